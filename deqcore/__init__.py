@@ -1,0 +1,19 @@
+"""deqcore: Deep Equilibrium Models and the solvers under them, on NumPy and CuPy arrays.
+
+>>> import numpy as np, deqcore as dq
+>>> isinstance(dq.__version__, str)
+True
+"""
+
+from ._version import __version__
+from .backend import get_namespace
+from .results import ReturnCode, SolveError, Solution
+
+__all__ = ["__version__", "get_namespace", "ReturnCode", "SolveError", "Solution"]
+
+# --- linalg ---
+# --- root ---
+# --- ode ---
+# --- adjoint ---
+# --- nn ---
+# --- models ---

@@ -1,0 +1,48 @@
+"""Test configuration.
+
+Numba's CUDA simulator is switched on before numba is imported, so CUDA kernels run (slowly, on tiny
+inputs) on machines without a GPU. Set ``DEQCORE_TEST_REAL_CUDA=1`` on a GPU machine to test real kernels.
+"""
+
+import os
+
+if os.environ.get("DEQCORE_TEST_REAL_CUDA") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "default",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def rng():
+    """A seeded NumPy generator."""
+    return np.random.default_rng(20261126)
+
+
+def _cupy_ready():
+    from deqcore.backend import cupy_available
+
+    return cupy_available()
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """Each array namespace: NumPy always, CuPy where a GPU is present (skipped otherwise)."""
+    if request.param == "numpy":
+        return np
+    if not _cupy_ready():
+        pytest.skip("CuPy with a CUDA device is not available")
+    import cupy
+
+    return cupy
