@@ -12,6 +12,9 @@ from .results import ReturnCode, SolveError, Solution
 __all__ = ["__version__", "get_namespace", "ReturnCode", "SolveError", "Solution"]
 
 # --- linalg ---
+from .linalg import GMRES, LU, LinearOperator, linear_solve  # noqa: E402
+
+__all__ += ["GMRES", "LU", "LinearOperator", "linear_solve"]
 # --- root ---
 # --- ode ---
 # --- adjoint ---

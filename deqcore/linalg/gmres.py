@@ -1,0 +1,224 @@
+"""Restarted GMRES with one Krylov space per sample, vectorised over the batch.
+
+Every sample of a ``(B, n)`` batch runs its own Arnoldi process (classical Gram–Schmidt applied twice,
+CGS2, as batched matmuls), its own Givens rotations and its own convergence test
+``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call. A sample that
+converges (or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x`` stops changing.
+The small least-squares problems stay on the array namespace as one batched triangular solve per cycle.
+
+>>> import numpy as np
+>>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
+>>> sol = GMRES(rtol=1e-10).solve(A, np.array([1.0, 0.0]))
+>>> sol.success, np.allclose(sol.value, np.linalg.solve(A, [1.0, 0.0]))
+(True, True)
+>>> sol.stats["num_steps"]  # two Arnoldi matvecs and the residual check
+3
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_callable, check_positive_int, check_tolerance
+from ..backend import check_finite, check_float_array
+from ..results import ReturnCode, Solution
+from ._validate import check_rhs
+from .operator import LinearOperator, as_operator
+
+__all__ = ["GMRES"]
+
+_BREAKDOWN_FACTOR = 100  # a new Krylov direction shorter than this many eps of ||A v_j|| is round-off
+
+
+def _rowwise(fn, batched):
+    """Call ``fn`` on ``(B, n)`` rows, or on the single ``(n,)`` vector of an unbatched problem."""
+    return fn if batched else (lambda v: fn(v[0])[None])
+
+
+def _norms(xp, v):
+    return xp.sqrt(xp.sum(v * v, axis=-1))
+
+
+@dataclass(frozen=True)
+class GMRES:
+    """Restarted, matrix-free GMRES(``restart``) for one system or a batch of independent systems.
+
+    Args:
+        rtol, atol: stop sample ``i`` when ``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``.
+        restart: Krylov dimension per cycle (memory ``B * (restart + 1) * n``).
+        max_steps: cap on the total number of operator calls, counting the one true-residual evaluation that
+            ends each cycle (and the one for ``x0``). None means ``10 * n`` (at least 2).
+
+    Return codes per sample: SUCCESS; MAX_STEPS (budget spent); BREAKDOWN (the Krylov space became
+    invariant on a singular restriction of A and the residual is above tolerance); STALLED (a whole cycle
+    reduced the residual by less than a relative ``sqrt(eps)``); DIVERGED (the operator produced non-finite
+    values; ``x`` keeps its last finite value). On a singular ``A`` with ``b`` in its range GMRES may still
+    succeed; from ``x0 = 0`` and a symmetric ``A`` the answer is then the minimum-norm solution.
+
+    >>> import numpy as np
+    >>> GMRES(restart=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: restart must be an integer >= 1, got 0
+    """
+
+    rtol: float = 1e-5
+    atol: float = 0.0
+    restart: int = 20
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        check_tolerance(self.rtol, "rtol")
+        check_tolerance(self.atol, "atol")
+        check_positive_int(self.restart, "restart")
+        if self.max_steps is not None:
+            check_positive_int(self.max_steps, "max_steps")
+
+    def solve(self, A, b, x0=None, *, preconditioner=None) -> Solution:
+        """Solve ``A x = b`` for ``b`` of shape ``(n,)`` or ``(B, n)``.
+
+        Args:
+            A: a :class:`LinearOperator`, or a dense ``(n, n)`` / ``(B, n, n)`` array.
+            b: right-hand side(s); one system per row when 2-D.
+            x0: start point (default zeros), shape of ``b``.
+            preconditioner: a callable or :class:`LinearOperator` approximating ``A^{-1}`` (right
+                preconditioning: GMRES solves ``A M u = b`` and returns ``x = x0 + M u``, so the residual
+                it tests is the true one).
+
+        Returns:
+            :class:`~deqcore.results.Solution` with ``stats = {"num_steps": operator calls, "restarts": ...}``
+            and ``residual`` the per-sample ``||b - A x||`` of the returned ``x``.
+        """
+        op = as_operator(A)
+        n = op.n
+        xp = check_rhs(b, n, op.batch_size)
+        batched = b.ndim == 2
+        dtype = np.result_type(b.dtype, op.dtype or b.dtype)
+        rhs = b.reshape(-1, n).astype(dtype, copy=False)
+        apply_A = _rowwise(op.matvec, batched)
+        if preconditioner is None:
+            apply_M = None
+        else:
+            if not isinstance(preconditioner, LinearOperator):
+                check_callable(preconditioner, "preconditioner")
+                preconditioner = LinearOperator(preconditioner, shape=(n, n))
+            apply_M = _rowwise(preconditioner.matvec, batched)
+        if x0 is not None:
+            check_float_array(x0, "x0")
+            if tuple(x0.shape) != tuple(b.shape):
+                raise ValueError(f"x0 must have the shape of b {tuple(b.shape)}, got {tuple(x0.shape)}")
+            check_finite(x0, "x0")
+        max_steps = self.max_steps if self.max_steps is not None else max(10 * n, 2)
+        return self._run(xp, apply_A, apply_M, rhs, x0, max_steps, batched, b.shape)
+
+    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, batched, out_shape) -> Solution:
+        dtype = rhs.dtype
+        eps = float(np.finfo(dtype).eps)
+        precondition = (lambda v: v) if apply_M is None else apply_M
+        bnorm = _norms(xp, rhs)
+        tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
+        bzero = bnorm == 0
+        steps = 0
+        if x0 is None:
+            x = xp.zeros_like(rhs)
+            r = rhs.copy()
+        else:
+            x = xp.where(bzero[:, None], xp.zeros((), dtype=dtype), x0.reshape(rhs.shape).astype(dtype))
+            r = rhs - apply_A(x)
+            steps += 1
+        rnorm = _norms(xp, r)
+        done = rnorm <= tol
+        codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
+        cycles = 0
+        while bool((~done).any()):
+            m = min(self.restart, max_steps - steps - 1)
+            if m < 1:
+                codes = xp.where(done, codes, int(ReturnCode.MAX_STEPS))
+                break
+            active = ~done
+            dx, broke, used = self._cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps)
+            x_new = x + precondition(dx)
+            r_new = rhs - apply_A(x_new)
+            steps += used + 1
+            cycles += 1
+            new = _norms(xp, r_new)
+            finite = xp.isfinite(new)
+            conv = new <= tol
+            stalled = ~conv & ~broke & ~(new < rnorm * (1 - eps**0.5))
+            code = xp.where(broke, int(ReturnCode.BREAKDOWN), int(ReturnCode.STALLED))
+            code = xp.where(conv, int(ReturnCode.SUCCESS), code)
+            code = xp.where(finite, code, int(ReturnCode.DIVERGED))
+            ended = active & (~finite | conv | broke | stalled)
+            codes = xp.where(ended, code, codes)
+            keep = active & finite
+            x = xp.where(keep[:, None], x_new, x)
+            r = xp.where(keep[:, None], r_new, r)
+            rnorm = xp.where(keep, new, rnorm)
+            done = done | ended
+        stats = {"num_steps": steps, "restarts": max(cycles - 1, 0)}
+        if batched:
+            return Solution(value=x, result=codes, stats=stats, residual=rnorm, batched=True)
+        code = ReturnCode(int(codes[0]))
+        return Solution(value=x.reshape(out_shape), result=code, stats=stats, residual=float(rnorm[0]))
+
+    @staticmethod
+    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps):
+        """One Arnoldi cycle of at most ``m`` steps for the ``active`` samples.
+
+        Returns the update ``dx`` (before preconditioning; zero for inactive samples), a bool array of
+        samples that broke down on a singular Hessenberg matrix, and the number of operator calls used.
+        """
+        B, n = r.shape
+        dtype = r.dtype
+        zero = xp.zeros((), dtype=dtype)
+        V = xp.zeros((B, m + 1, n), dtype=dtype)
+        H = xp.zeros((B, m + 1, m), dtype=dtype)
+        cs = xp.zeros((B, m), dtype=dtype)
+        sn = xp.zeros((B, m), dtype=dtype)
+        g = xp.zeros((B, m + 1), dtype=dtype)
+        g[:, 0] = xp.where(active, rnorm, zero)
+        V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
+        k = xp.zeros(B, dtype=np.int64)  # usable Hessenberg columns per sample
+        broke = xp.zeros(B, dtype=bool)
+        live = active
+        used = 0
+        for j in range(m):
+            w = apply_A(precondition(V[:, j]))
+            used += 1
+            wnorm = _norms(xp, w)
+            basis = V[:, : j + 1]
+            h = xp.matmul(basis, w[:, :, None])[:, :, 0]
+            w = w - xp.matmul(h[:, None, :], basis)[:, 0]
+            h2 = xp.matmul(basis, w[:, :, None])[:, :, 0]  # second pass of CGS2
+            w = w - xp.matmul(h2[:, None, :], basis)[:, 0]
+            hnext = _norms(xp, w)
+            col = xp.concatenate([h + h2, hnext[:, None]], axis=1)
+            for i in range(j):  # the previous rotations, each sample its own
+                c, s, upper, lower = cs[:, i], sn[:, i], col[:, i], col[:, i + 1]
+                col[:, i], col[:, i + 1] = c * upper + s * lower, c * lower - s * upper
+            den = xp.hypot(col[:, j], col[:, j + 1])
+            safe = xp.where(den > 0, den, 1)
+            c = xp.where(den > 0, col[:, j] / safe, 1)
+            s = xp.where(den > 0, col[:, j + 1] / safe, 0)
+            cs[:, j], sn[:, j] = c, s
+            col[:, j], col[:, j + 1] = den, 0
+            H[:, : j + 2, j] = col
+            g[:, j + 1] = -s * g[:, j]
+            g[:, j] = c * g[:, j]
+            tiny = _BREAKDOWN_FACTOR * eps * wnorm
+            usable = den > tiny  # the rotated diagonal: zero means H is singular on this Krylov space
+            k = xp.where(live & usable, j + 1, k)
+            broke = broke | (live & ~usable)
+            live = live & usable & (hnext > tiny) & ~(xp.abs(g[:, j + 1]) <= tol)
+            V[:, j + 1] = xp.where(live[:, None], w / xp.where(hnext > 0, hnext, 1)[:, None], zero)
+            if not bool(live.any()):
+                break
+        # least squares per sample: the upper-triangular k_i x k_i system; unused columns become identity
+        R = H[:, :used, :used]
+        usedcols = xp.arange(used)[None, :] < k[:, None]
+        R = xp.where(usedcols[:, None, :], R, xp.eye(used, dtype=dtype))
+        y = xp.linalg.solve(R, xp.where(usedcols, g[:, :used], zero)[:, :, None])[:, :, 0]
+        dx = xp.matmul(y[:, None, :], V[:, :used])[:, 0]
+        return dx, broke, used
