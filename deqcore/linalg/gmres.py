@@ -1,10 +1,12 @@
 """Restarted GMRES with one Krylov space per sample, vectorised over the batch.
 
 Every sample of a ``(B, n)`` batch runs its own Arnoldi process (classical Gram–Schmidt applied twice,
-CGS2, as batched matmuls), its own Givens rotations and its own convergence test
-``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call. A sample that
-converges (or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x`` stops changing.
-The small least-squares problems stay on the array namespace as one batched triangular solve per cycle.
+CGS2, as batched matmuls), its own Givens rotations (accumulated in a small ``(restart+1)^2`` matrix per
+sample, so applying them to a new Hessenberg column is one batched matmul, not a loop) and its own
+convergence test ``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call.
+A sample that converges (or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x``
+stops changing. The small least-squares problems stay on the array namespace as one batched triangular
+solve per cycle. Per Arnoldi step there is one host sync (whether any sample is still iterating).
 
 >>> import numpy as np
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
@@ -95,7 +97,7 @@ class GMRES:
         n = op.n
         xp = check_rhs(b, n, op.batch_size)
         batched = b.ndim == 2
-        dtype = np.result_type(b.dtype, op.dtype or b.dtype)
+        dtype = b.dtype if op.dtype is None else np.result_type(b.dtype, op.dtype)
         rhs = b.reshape(-1, n).astype(dtype, copy=False)
         apply_A = _rowwise(op.matvec, batched)
         if preconditioner is None:
@@ -174,11 +176,10 @@ class GMRES:
         dtype = r.dtype
         zero = xp.zeros((), dtype=dtype)
         V = xp.zeros((B, m + 1, n), dtype=dtype)
-        H = xp.zeros((B, m + 1, m), dtype=dtype)
-        cs = xp.zeros((B, m), dtype=dtype)
-        sn = xp.zeros((B, m), dtype=dtype)
-        g = xp.zeros((B, m + 1), dtype=dtype)
-        g[:, 0] = xp.where(active, rnorm, zero)
+        R = xp.zeros((B, m + 1, m), dtype=dtype)  # the Hessenberg matrix after the rotations: triangular
+        # Q: the product of this cycle's Givens rotations, per sample; Q @ (beta e1) is the rotated rhs
+        Q = xp.broadcast_to(xp.eye(m + 1, dtype=dtype), (B, m + 1, m + 1)).copy()
+        beta = xp.where(active, rnorm, zero)
         V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
         k = xp.zeros(B, dtype=np.int64)  # usable Hessenberg columns per sample
         broke = xp.zeros(B, dtype=bool)
@@ -195,30 +196,27 @@ class GMRES:
             w = w - xp.matmul(h2[:, None, :], basis)[:, 0]
             hnext = _norms(xp, w)
             col = xp.concatenate([h + h2, hnext[:, None]], axis=1)
-            for i in range(j):  # the previous rotations, each sample its own
-                c, s, upper, lower = cs[:, i], sn[:, i], col[:, i], col[:, i + 1]
-                col[:, i], col[:, i + 1] = c * upper + s * lower, c * lower - s * upper
+            col = xp.matmul(Q[:, : j + 2, : j + 2], col[:, :, None])[:, :, 0]  # the previous rotations
             den = xp.hypot(col[:, j], col[:, j + 1])
             safe = xp.where(den > 0, den, 1)
-            c = xp.where(den > 0, col[:, j] / safe, 1)
-            s = xp.where(den > 0, col[:, j + 1] / safe, 0)
-            cs[:, j], sn[:, j] = c, s
+            c = xp.where(den > 0, col[:, j] / safe, 1)[:, None]
+            s = xp.where(den > 0, col[:, j + 1] / safe, 0)[:, None]
+            Q[:, j], Q[:, j + 1] = c * Q[:, j] + s * Q[:, j + 1], c * Q[:, j + 1] - s * Q[:, j]
             col[:, j], col[:, j + 1] = den, 0
-            H[:, : j + 2, j] = col
-            g[:, j + 1] = -s * g[:, j]
-            g[:, j] = c * g[:, j]
+            R[:, : j + 2, j] = col
             tiny = _BREAKDOWN_FACTOR * eps * wnorm
             usable = den > tiny  # the rotated diagonal: zero means H is singular on this Krylov space
             k = xp.where(live & usable, j + 1, k)
             broke = broke | (live & ~usable)
-            live = live & usable & (hnext > tiny) & ~(xp.abs(g[:, j + 1]) <= tol)
+            estimate = beta * xp.abs(Q[:, j + 1, 0])  # the residual norm of the least-squares solution
+            live = live & usable & (hnext > tiny) & ~(estimate <= tol)
             V[:, j + 1] = xp.where(live[:, None], w / xp.where(hnext > 0, hnext, 1)[:, None], zero)
             if not bool(live.any()):
                 break
         # least squares per sample: the upper-triangular k_i x k_i system; unused columns become identity
-        R = H[:, :used, :used]
         usedcols = xp.arange(used)[None, :] < k[:, None]
-        R = xp.where(usedcols[:, None, :], R, xp.eye(used, dtype=dtype))
-        y = xp.linalg.solve(R, xp.where(usedcols, g[:, :used], zero)[:, :, None])[:, :, 0]
+        R = xp.where(usedcols[:, None, :], R[:, :used, :used], xp.eye(used, dtype=dtype))
+        g = xp.where(usedcols, beta[:, None] * Q[:, :used, 0], zero)
+        y = xp.linalg.solve(R, g[:, :, None])[:, :, 0]
         dx = xp.matmul(y[:, None, :], V[:, :used])[:, 0]
         return dx, broke, used

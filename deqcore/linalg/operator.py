@@ -178,7 +178,7 @@ class LinearOperator:
                 return get_namespace(A).broadcast_to(A, (batch_size,) + A.shape).copy()
             return A
         xp = np if xp is None else xp
-        dtype = np.dtype(dtype or self.dtype or np.float64)
+        dtype = np.dtype(next((d for d in (dtype, self.dtype) if d is not None), np.float64))
         n = self.n
         if batch_size is None:
             return xp.ascontiguousarray(self.matvec(xp.eye(n, dtype=dtype)).T)
