@@ -1,0 +1,142 @@
+"""Implicit gradients of fixed points against finite differences and a dense implicit-function solve."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import deqcore as dq
+from deqcore.adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
+
+
+def _problem(rng, batch, n, m, contraction=0.6):
+    W = rng.standard_normal((n, n))
+    W *= contraction / np.linalg.norm(W, 2)
+    U = rng.standard_normal((n, m)) / np.sqrt(m)
+    x = rng.standard_normal((batch, m))
+    return W, U, x
+
+
+def _solve(W, U, x, iters=400):
+    z = np.zeros((x.shape[0], W.shape[0]))
+    for _ in range(iters):
+        z = np.tanh(z @ W.T + x @ U.T)
+    return z
+
+
+def _fixed_point_vjp(W, U, x, z_star):
+    """θ = (W, x): f(z) = tanh(z Wᵀ + x Uᵀ); pullback returns (dz, (dW, dx))."""
+
+    def vjp(z):
+        fz = np.tanh(z @ W.T + x @ U.T)
+
+        def pullback(v):
+            s = v * (1 - fz ** 2)
+            return s @ W, (s.T @ z, s @ U)
+
+        return fz, pullback
+
+    return FixedPointVJP(z_star, vjp, batched=True)
+
+
+def _loss_grad_fd(W, U, x, c, eps=1e-6):
+    """Central differences of L = <c, z*(W, x)> with respect to W and x."""
+
+    def loss(W_, x_):
+        return float(np.sum(c * _solve(W_, U, x_)))
+
+    dW = np.zeros_like(W)
+    for idx in np.ndindex(*W.shape):
+        e = np.zeros_like(W)
+        e[idx] = eps
+        dW[idx] = (loss(W + e, x) - loss(W - e, x)) / (2 * eps)
+    dx = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        e = np.zeros_like(x)
+        e[idx] = eps
+        dx[idx] = (loss(W, x + e) - loss(W, x - e)) / (2 * eps)
+    return dW, dx
+
+
+@pytest.mark.parametrize("linsolve", [dq.LU(), dq.GMRES(rtol=1e-12, atol=0.0, max_steps=200)],
+                         ids=["lu", "gmres"])
+def test_exact_adjoint_matches_finite_differences(linsolve):
+    rng = np.random.default_rng(0)
+    W, U, x = _problem(rng, batch=3, n=4, m=3)
+    z = _solve(W, U, x)
+    c = rng.standard_normal(z.shape)
+    (dW, dx), info = SteadyStateAdjoint(linsolve=linsolve).gradient(_fixed_point_vjp(W, U, x, z), c)
+    dW_fd, dx_fd = _loss_grad_fd(W, U, x, c)
+    np.testing.assert_allclose(dW, dW_fd, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(dx, dx_fd, rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(info.result, 0)
+
+
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 4), n=st.integers(1, 12))
+def test_lu_and_gmres_adjoints_agree_with_dense_ift(seed, batch, n):
+    rng = np.random.default_rng(seed)
+    W, U, x = _problem(rng, batch, n, m=2)
+    z = _solve(W, U, x)
+    g = rng.standard_normal(z.shape)
+    problem = _fixed_point_vjp(W, U, x, z)
+    # Dense implicit-function theorem: λ_b = (I − J_b)^-T g_b with J_b = diag(1 − z_b²) W.
+    expected = np.stack([np.linalg.solve((np.eye(n) - (1 - z[b] ** 2)[:, None] * W).T, g[b])
+                         for b in range(batch)])
+    for linsolve in (dq.LU(), dq.GMRES(rtol=1e-11, atol=0.0, max_steps=10 * n + 10)):
+        _, info = SteadyStateAdjoint(linsolve=linsolve).gradient(problem, g)
+        np.testing.assert_allclose(info.lam, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_default_linsolve_follows_state_size():
+    rng = np.random.default_rng(1)
+    W, U, x = _problem(rng, 2, 60, 3)
+    z = _solve(W, U, x)
+    g = rng.standard_normal(z.shape)
+    _, info = SteadyStateAdjoint().gradient(_fixed_point_vjp(W, U, x, z), g)
+    # GMRES capped at 10 iterations (the reference's budget): cheap, roughly right.
+    assert info.num_steps <= 10 and info.nvjp <= 12
+    expected = np.stack([np.linalg.solve((np.eye(60) - (1 - z[b] ** 2)[:, None] * W).T, g[b]) for b in range(2)])
+    assert np.linalg.norm(info.lam - expected) <= 1e-2 * np.linalg.norm(expected)
+
+
+def test_phantom_gradient_converges_to_exact_gradient():
+    rng = np.random.default_rng(2)
+    W, U, x = _problem(rng, 2, 5, 3, contraction=0.5)
+    z = _solve(W, U, x)
+    g = rng.standard_normal(z.shape)
+    problem = _fixed_point_vjp(W, U, x, z)
+    (dW, dx), _ = SteadyStateAdjoint(linsolve=dq.LU()).gradient(problem, g)
+    errors = []
+    for steps in (1, 4, 16, 64):
+        (pW, px), _ = PhantomGradient(steps=steps, damping=1.0).gradient(problem, g)
+        errors.append(np.linalg.norm(pW - dW) + np.linalg.norm(px - dx))
+    assert errors == sorted(errors, reverse=True)
+    assert errors[-1] < 1e-10
+
+
+def test_one_step_gradient_is_a_single_vjp():
+    rng = np.random.default_rng(3)
+    W, U, x = _problem(rng, 2, 3, 2)
+    z = _solve(W, U, x)
+    g = rng.standard_normal(z.shape)
+    (dW, dx), info = OneStepGradient().gradient(_fixed_point_vjp(W, U, x, z), g)
+    s = g * (1 - z ** 2)
+    np.testing.assert_allclose(dW, s.T @ z)
+    np.testing.assert_allclose(dx, s @ U)
+    assert info.nvjp == 1
+
+
+def test_singular_system_reports_linear_solve_failed():
+    # f(z) = z + θ has I − J = 0: no fixed point to differentiate through.
+    problem = FixedPointVJP(np.zeros((2, 3)), lambda z: (z, lambda v: (v, v)), batched=True)
+    _, info = SteadyStateAdjoint(linsolve=dq.LU()).gradient(problem, np.ones((2, 3)))
+    np.testing.assert_array_equal(info.result, int(dq.ReturnCode.LINEAR_SOLVE_FAILED))
+    assert np.isfinite(info.lam).all()
+
+
+def test_bad_settings_named():
+    with pytest.raises(TypeError, match="linsolve"):
+        SteadyStateAdjoint(linsolve="lu")
+    with pytest.raises(ValueError, match="steps"):
+        PhantomGradient(steps=0)
+    with pytest.raises(ValueError, match="damping"):
+        PhantomGradient(damping=1.5)
