@@ -70,12 +70,14 @@ class LUFactorization:
         singular_mask: bool array ``(B,)``: the sample's matrix had a zero or non-finite pivot, non-finite
             entries, or a reciprocal pivot ratio ``min|u_ii| / max|u_ii|`` below the dtype's eps (an
             inexpensive lower bound on ``1 / cond(U)``).
+        any_singular: whether any sample is singular (a host bool).
     """
 
     lu: Any
     piv: Any
     batched: bool
     singular_mask: Any
+    any_singular: bool
 
     @property
     def n(self) -> int:
@@ -118,7 +120,8 @@ class LUFactorization:
         dtype = np.result_type(self.dtype, b.dtype)
         x3 = _lu_solve(xp, self.lu.astype(dtype, copy=False), self.piv, b3.astype(dtype, copy=False),
                        int(transpose))
-        x3 = xp.where(self.singular_mask[:, None, None], xp.zeros((), dtype=dtype), x3)
+        if self.any_singular:
+            x3 = xp.where(self.singular_mask[:, None, None], xp.zeros((), dtype=dtype), x3)
         return x3.reshape(b.shape)
 
 
@@ -147,12 +150,16 @@ class LU:
         n = A.shape[-1]
         eye = xp.eye(n, dtype=A.dtype)
         finite = xp.isfinite(A3).all(axis=(1, 2))
-        lu, piv = _lu_factor(xp, xp.where(finite[:, None, None], A3, eye))
+        lu, piv = _lu_factor(xp, A3 if bool(finite.all()) else xp.where(finite[:, None, None], A3, eye))
         pivots = xp.abs(xp.diagonal(lu, axis1=1, axis2=2))
         eps = np.finfo(A.dtype).eps
         # ~(a > b) is also True for NaN pivots and for an all-zero diagonal
         well_scaled = pivots.min(axis=1) > eps * pivots.max(axis=1)
         singular = ~finite | ~xp.isfinite(pivots).all(axis=1) | ~well_scaled
-        lu = xp.where(singular[:, None, None], eye, lu)
-        piv = xp.where(singular[:, None], xp.arange(n, dtype=piv.dtype), piv)
-        return LUFactorization(lu=lu, piv=piv, batched=batched, singular_mask=singular)
+        any_singular = bool(singular.any())  # one host sync per factorisation
+        if any_singular:
+            lu = xp.where(singular[:, None, None], eye, lu)
+            piv = xp.where(singular[:, None], xp.arange(n, dtype=piv.dtype), piv)
+        return LUFactorization(
+            lu=lu, piv=piv, batched=batched, singular_mask=singular, any_singular=any_singular
+        )

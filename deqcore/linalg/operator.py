@@ -92,8 +92,8 @@ class LinearOperator:
             op = cls(lambda v: v @ A.T, lambda v: v @ A, shape=A.shape, dtype=A.dtype)
         else:
             op = cls(
-                lambda v: xp.einsum("bij,bj->bi", A, v),
-                lambda v: xp.einsum("bji,bj->bi", A, v),
+                lambda v: xp.matmul(A, v[:, :, None])[:, :, 0],
+                lambda v: xp.matmul(v[:, None, :], A)[:, 0],
                 shape=A.shape[1:],
                 dtype=A.dtype,
             )
