@@ -28,6 +28,7 @@ from deqcore.linalg import GMRES, LU, LinearOperator  # noqa: E402
 
 
 def median_time(fn, repeats):
+    fn()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import check_finite, check_float_array
 
 
@@ -30,6 +32,6 @@ def check_rhs(b, n: int, batch_size, *, name: str = "b", finite: bool = True):
 
 def check_bool(value, name: str) -> bool:
     """A Python or NumPy bool."""
-    if not isinstance(value, (bool,)) and type(value).__name__ != "bool_":
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)

@@ -16,6 +16,7 @@ deqcore.results.SolveError: solve failed with LINEAR_SOLVE_FAILED: ...
 
 from __future__ import annotations
 
+from ..backend import check_float_array
 from ..results import ReturnCode, Solution
 from ._validate import check_bool, check_rhs, check_square
 from .gmres import GMRES
@@ -29,13 +30,13 @@ def _norms(xp, v):
     return xp.sqrt(xp.sum(v * v, axis=-1))
 
 
-def _lu_solve(solver: LU, A_or_op, b, transpose: bool) -> Solution:
+def _solve_with_lu(solver: LU, A_or_op, b, transpose: bool) -> Solution:
     batched = b.ndim == 2
     if isinstance(A_or_op, LinearOperator):
         # densifying costs one operator call on the (n, n) identity, or n calls on (B, n) unit vectors when
         # the operator holds one system per sample (a from_matrix operator hands over its matrix for free)
         batch = A_or_op.batch_size if A_or_op.batch_size is not None else (b.shape[0] if batched else None)
-        A = A_or_op.to_dense(batch, xp=check_rhs(b, A_or_op.n, None, finite=False), dtype=b.dtype)
+        A = A_or_op.to_dense(batch, xp=check_float_array(b, "b"), dtype=b.dtype)
     else:
         A = A_or_op
     xp = check_square(A, "A")
@@ -81,7 +82,7 @@ def linear_solve(A_or_op, b, solver=None, *, x0=None, transpose=False, throw=Tru
     if solver is None:
         solver = GMRES() if isinstance(A_or_op, LinearOperator) else LU()
     if isinstance(solver, LU):
-        sol = _lu_solve(solver, A_or_op, b, transpose)
+        sol = _solve_with_lu(solver, A_or_op, b, transpose)
     elif isinstance(solver, GMRES):
         op = as_operator(A_or_op)
         sol = solver.solve(op.T if transpose else op, b, x0)
