@@ -1,0 +1,383 @@
+"""Composition: :class:`Chain`, :class:`Parallel` (with connections ``add``, ``concat`` or your own),
+and the structural layers :class:`NoOpLayer`, :class:`WrappedFunction`, :class:`Flatten`, :class:`Reshape`.
+
+>>> import numpy as np
+>>> from deqcore import nn
+>>> model = nn.Parallel(nn.add, nn.Dense(2, 2, use_bias=False), nn.Dense(2, 2, use_bias=False))
+>>> params, state = nn.setup(np.random.default_rng(0), model)
+>>> z, x = np.zeros((1, 2)), np.ones((1, 2))
+>>> model((z, x), params, state)[0].shape           # layer 1 gets z, layer 2 gets x; outputs added
+(1, 2)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+from ..backend import get_namespace
+from .._checks import check_callable
+from .core import Layer, ShapeError, check_array_input, shape_error
+
+__all__ = ["Chain", "Parallel", "Connection", "Add", "Concat", "add", "concat", "NoOpLayer",
+           "WrappedFunction", "Flatten", "Reshape"]
+
+
+def _layer_names(layers):
+    return [f"layer_{i}" for i in range(1, len(layers) + 1)]
+
+
+def _check_layers(layers, owner):
+    if not layers:
+        raise ValueError(f"{owner} needs at least one layer")
+    for i, layer in enumerate(layers, 1):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{owner}: layer {i} must be a deqcore.nn.Layer, got {type(layer).__name__}")
+    return tuple(layers)
+
+
+def _sub(tree, key):
+    return None if tree is None else tree[key]
+
+
+def _in(owner, name, fn, *args):
+    """Run ``fn(*args)``, prefixing shape errors with where in the model they happened."""
+    try:
+        return fn(*args)
+    except ShapeError as err:
+        raise ShapeError(f"{owner}.{name}: {err}") from None
+
+
+class Chain(Layer):
+    """Layers applied one after another; parameters and state under ``layer_1``, ``layer_2``, ...
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> model = nn.Chain(nn.Dense(4, 8, "relu"), nn.Dense(8, 2))
+    >>> params, state = nn.setup(np.random.default_rng(0), model)
+    >>> list(params), model(np.ones((3, 4)), params, state)[0].shape
+    (['layer_1', 'layer_2'], (3, 2))
+    """
+
+    def __init__(self, *layers):
+        self.layers = _check_layers(layers, "Chain")
+        self.names = _layer_names(self.layers)
+
+    def __repr__(self):
+        return "Chain(" + ", ".join(map(repr, self.layers)) + ")"
+
+    def init(self, rng):
+        pairs = [layer.init(rng) for layer in self.layers]
+        return ({n: p for n, (p, _) in zip(self.names, pairs)}, {n: s for n, (_, s) in zip(self.names, pairs)})
+
+    def __call__(self, x, params, state):
+        new_state = {}
+        for name, layer in zip(self.names, self.layers):
+            x, new_state[name] = _in("Chain", name, layer, x, params[name], state[name])
+        return x, new_state
+
+    def vjp(self, x, params, state):
+        pullbacks, new_state = [], {}
+        for name, layer in zip(self.names, self.layers):
+            x, pb, new_state[name] = _in("Chain", name, layer.vjp, x, params[name], state[name])
+            pullbacks.append(pb)
+
+        def pullback(dy):
+            dparams = {}
+            for name, pb in zip(reversed(self.names), reversed(pullbacks)):
+                dy, dparams[name] = pb(dy)
+            return dy, {name: dparams[name] for name in self.names}
+
+        return x, pullback, new_state
+
+    def jvp(self, x, params, state, dx, dparams=None):
+        for name, layer in zip(self.names, self.layers):
+            x, dx = _in("Chain", name, layer.jvp, x, params[name], state[name], dx, _sub(dparams, name))
+        return x, dx
+
+
+class Connection:
+    """How :class:`Parallel` combines its branches' outputs: ``fn(*ys) -> y`` with its derivatives.
+
+    Args:
+        fn: the combination.
+        vjp: ``vjp(*ys) -> (y, pullback)`` with ``pullback(dy) -> tuple of dys`` (one per branch).
+        jvp: ``jvp(ys, dys) -> (y, dy)``.
+
+    >>> import numpy as np
+    >>> mul = Connection(lambda a, b: a * b, vjp=lambda a, b: (a * b, lambda d: (d * b, d * a)),
+    ...                  jvp=lambda ys, ds: (ys[0] * ys[1], ds[0] * ys[1] + ys[0] * ds[1]))
+    >>> mul.vjp(np.array([2.0]), np.array([3.0]))[1](np.array([1.0]))
+    (array([3.]), array([2.]))
+    """
+
+    def __init__(self, fn, vjp=None, jvp=None, name=None):
+        self.fn = check_callable(fn, "fn")
+        self._vjp = None if vjp is None else check_callable(vjp, "vjp")
+        self._jvp = None if jvp is None else check_callable(jvp, "jvp")
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+
+    def __repr__(self):
+        return self.name
+
+    def __call__(self, *ys):
+        return self.fn(*ys)
+
+    def vjp(self, *ys):
+        if self._vjp is None:
+            raise NotImplementedError(f"connection {self.name} has no vjp; pass vjp= to nn.Connection")
+        return self._vjp(*ys)
+
+    def jvp(self, ys, dys):
+        if self._jvp is None:
+            raise NotImplementedError(f"connection {self.name} has no jvp; pass jvp= to nn.Connection")
+        return self._jvp(ys, dys)
+
+
+class Add(Connection):
+    """Sum of the branches' outputs (all of one shape); ``nn.add`` is an instance."""
+
+    def __init__(self):
+        super().__init__(self._sum, name="add")
+
+    def _sum(self, *ys):
+        shapes = {tuple(y.shape) for y in ys}
+        if len(shapes) != 1:
+            raise ShapeError(f"add: the branches' outputs must have one shape; got {sorted(shapes)}")
+        return sum(ys[1:], ys[0])
+
+    def vjp(self, *ys):
+        return self._sum(*ys), lambda dy: (dy,) * len(ys)
+
+    def jvp(self, ys, dys):
+        return self._sum(*ys), sum(dys[1:], dys[0])
+
+
+class Concat(Connection):
+    """Concatenation of the branches' outputs along ``axis`` (default: the last, i.e. features; use
+    ``axis=1`` for NCHW channels); ``nn.concat`` concatenates features."""
+
+    def __init__(self, axis: int = -1):
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+        self.axis = int(axis)
+        super().__init__(self._cat, name=f"Concat(axis={self.axis})")
+
+    def _cat(self, *ys):
+        return get_namespace(*ys).concatenate(ys, axis=self.axis)
+
+    def vjp(self, *ys):
+        xp = get_namespace(*ys)
+        ends = list(_cumsum([y.shape[self.axis] for y in ys]))
+        return self._cat(*ys), lambda dy: tuple(xp.split(dy, ends[:-1], axis=self.axis))
+
+    def jvp(self, ys, dys):
+        return self._cat(*ys), self._cat(*dys)
+
+
+def _cumsum(sizes):
+    total = 0
+    for s in sizes:
+        total += s
+        yield total
+
+
+add = Add()
+concat = Concat()
+
+
+def _connection(connection):
+    if connection is None or isinstance(connection, Connection):
+        return connection
+    if connection is operator.add:
+        return add
+    raise TypeError("connection must be nn.add, nn.concat, nn.Concat(axis), an nn.Connection(fn, vjp=, jvp=) "
+                    f"or None (return the tuple of outputs); got {connection!r}")
+
+
+class Parallel(Layer):
+    """Branches applied side by side, combined by ``connection``.
+
+    A tuple input with one element per branch sends element i to branch i (so ``Parallel(add, f, g)`` on
+    ``(z, x)`` computes ``f(z) + g(x)``, the DEQ form); any other input goes to every branch.
+    ``connection=None`` returns the tuple of outputs. ``operator.add`` is accepted as ``nn.add``.
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> model = nn.Parallel(nn.concat, nn.Dense(3, 2), nn.Dense(3, 4))
+    >>> params, state = nn.setup(np.random.default_rng(0), model)
+    >>> model(np.ones((5, 3)), params, state)[0].shape
+    (5, 6)
+    """
+
+    def __init__(self, connection, *layers):
+        self.connection = _connection(connection)
+        self.layers = _check_layers(layers, "Parallel")
+        self.names = _layer_names(self.layers)
+
+    def __repr__(self):
+        return f"Parallel({self.connection!r}, " + ", ".join(map(repr, self.layers)) + ")"
+
+    init = Chain.init
+
+    def _inputs(self, x):
+        if isinstance(x, (tuple, list)):
+            if len(x) != len(self.layers):
+                raise ShapeError(f"{self!r}: a tuple input needs one element per branch ({len(self.layers)}); "
+                                 f"got {len(x)}")
+            return tuple(x), True
+        return (x,) * len(self.layers), False
+
+    def __call__(self, x, params, state):
+        xs, _ = self._inputs(x)
+        ys, new_state = [], {}
+        for name, layer, xi in zip(self.names, self.layers, xs):
+            y, new_state[name] = _in("Parallel", name, layer, xi, params[name], state[name])
+            ys.append(y)
+        return (tuple(ys) if self.connection is None else self.connection(*ys)), new_state
+
+    def vjp(self, x, params, state):
+        xs, routed = self._inputs(x)
+        ys, pullbacks, new_state = [], [], {}
+        for name, layer, xi in zip(self.names, self.layers, xs):
+            y, pb, new_state[name] = _in("Parallel", name, layer.vjp, xi, params[name], state[name])
+            ys.append(y)
+            pullbacks.append(pb)
+        if self.connection is None:
+            out, split = tuple(ys), tuple
+        else:
+            out, split = self.connection.vjp(*ys)
+
+        def pullback(dy):
+            parts = [pb(d) for pb, d in zip(pullbacks, split(dy))]
+            dparams = {name: dp for name, (_, dp) in zip(self.names, parts)}
+            dxs = [dx for dx, _ in parts]
+            return (tuple(dxs) if routed else _sum_cotangents(dxs)), dparams
+
+        return out, pullback, new_state
+
+    def jvp(self, x, params, state, dx, dparams=None):
+        xs, routed = self._inputs(x)
+        dxs = tuple(dx) if routed else (dx,) * len(self.layers)
+        pairs = [_in("Parallel", name, layer.jvp, xi, params[name], state[name], dxi, _sub(dparams, name))
+                 for name, layer, xi, dxi in zip(self.names, self.layers, xs, dxs)]
+        ys, dys = tuple(y for y, _ in pairs), tuple(d for _, d in pairs)
+        if self.connection is None:
+            return ys, dys
+        return self.connection.jvp(ys, dys)
+
+
+def _sum_cotangents(parts):
+    if isinstance(parts[0], tuple):
+        return tuple(_sum_cotangents(list(group)) for group in zip(*parts))
+    return sum(parts[1:], parts[0])
+
+
+class NoOpLayer(Layer):
+    """The identity (also on tuples); used on the diagonal of multiscale mapping matrices.
+
+    >>> import numpy as np
+    >>> NoOpLayer()(np.ones(2), {}, {})[0]
+    array([1., 1.])
+    """
+
+    def __call__(self, x, params, state):
+        return x, state
+
+    def vjp(self, x, params, state):
+        return x, lambda dy: (dy, {}), state
+
+    def jvp(self, x, params, state, dx, dparams=None):
+        return x, dx
+
+
+class WrappedFunction(Layer):
+    """A parameter-free function ``fn(x) -> y`` as a layer, with optional derivatives
+    ``vjp(x) -> (y, pullback)`` (``pullback(dy) -> dx``) and ``jvp(x, dx) -> (y, dy)``.
+
+    >>> import numpy as np
+    >>> double = WrappedFunction(lambda x: 2 * x, vjp=lambda x: (2 * x, lambda d: 2 * d),
+    ...                          jvp=lambda x, d: (2 * x, 2 * d))
+    >>> double.vjp(np.ones(2), {}, {})[1](np.ones(2))
+    (array([2., 2.]), {})
+    """
+
+    def __init__(self, fn, vjp=None, jvp=None):
+        self.fn = check_callable(fn, "fn")
+        self._vjp = None if vjp is None else check_callable(vjp, "vjp")
+        self._jvp = None if jvp is None else check_callable(jvp, "jvp")
+
+    def __repr__(self):
+        return f"WrappedFunction({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+
+    def __call__(self, x, params, state):
+        return self.fn(x), state
+
+    def vjp(self, x, params, state):
+        if self._vjp is None:
+            raise NotImplementedError(f"{self!r} has no vjp; pass vjp=lambda x: (y, pullback)")
+        y, pb = self._vjp(x)
+        return y, lambda dy: (pb(dy), {}), state
+
+    def jvp(self, x, params, state, dx, dparams=None):
+        if self._jvp is None:
+            raise NotImplementedError(f"{self!r} has no jvp; pass jvp=lambda x, dx: (y, dy)")
+        return self._jvp(x, dx)
+
+
+class Reshape(Layer):
+    """Reshape every sample: ``(B, ...) -> (B, *shape)`` (one entry may be -1).
+
+    >>> import numpy as np
+    >>> Reshape((2, 3))(np.zeros((4, 6)), {}, {})[0].shape
+    (4, 2, 3)
+    """
+
+    def __init__(self, shape):
+        if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+            shape = (shape,)
+        if (not isinstance(shape, (tuple, list)) or not shape
+                or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape)):
+            raise TypeError(f"shape must be an int or a non-empty tuple of ints, got {shape!r}")
+        if sum(s == -1 for s in shape) > 1 or any(s < -1 or s == 0 for s in shape):
+            raise ValueError(f"shape must hold positive sizes and at most one -1, got {tuple(shape)}")
+        self.shape = tuple(int(s) for s in shape)
+
+    def __repr__(self):
+        return f"Reshape({self.shape})"
+
+    def _target(self, x):
+        check_array_input(self, x)
+        known = math.prod(s for s in self.shape if s != -1)
+        size = math.prod(x.shape[1:]) if x.ndim >= 1 else 0
+        if x.ndim < 1 or (-1 not in self.shape and size != known) or (-1 in self.shape and size % known):
+            raise shape_error(self, f"(B, ...) with {known}{' x k' if -1 in self.shape else ''} elements "
+                              "per sample", x)
+        return (x.shape[0],) + self.shape
+
+    def __call__(self, x, params, state):
+        return x.reshape(self._target(x)), state
+
+    def vjp(self, x, params, state):
+        shape = x.shape
+        return x.reshape(self._target(x)), lambda dy: (dy.reshape(shape), {}), state
+
+    def jvp(self, x, params, state, dx, dparams=None):
+        target = self._target(x)
+        return x.reshape(target), dx.reshape(target)
+
+
+class Flatten(Reshape):
+    """``(B, ...) -> (B, prod(...))``.
+
+    >>> import numpy as np
+    >>> Flatten()(np.zeros((2, 3, 4, 4)), {}, {})[0].shape
+    (2, 48)
+    """
+
+    def __init__(self):
+        super().__init__((-1,))
+
+    def __repr__(self):
+        return "Flatten()"

@@ -1,0 +1,153 @@
+"""The layer protocol and the functions that drive it: :func:`setup`, :func:`vjp`, :func:`jvp`.
+
+A layer is a description (sizes, options; no arrays). Its parameters and state live in nested dicts that
+the caller passes in and gets back, so every call is a pure function of ``(x, params, state)``.
+
+>>> import numpy as np
+>>> from deqcore import nn
+>>> model = nn.Dense(3, 2)
+>>> params, state = nn.setup(np.random.default_rng(0), model)
+>>> y, state = model(np.ones((5, 3)), params, state)
+>>> y, pullback, _ = nn.vjp(model, np.ones((5, 3)), params, state)
+>>> dx, dparams = pullback(np.ones_like(y))
+>>> dx.shape, dparams["weight"].shape
+((5, 3), (2, 3))
+"""
+
+from __future__ import annotations
+
+import numbers
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from .tree import to_namespace, tree_map
+
+__all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode"]
+
+
+class ShapeError(ValueError):
+    """An input whose shape does not fit a layer; the message names the layer and the expected shape."""
+
+
+class Layer(ABC):
+    """Base class of every layer (and of models built from layers, such as DEQs).
+
+    A subclass implements four methods, all pure functions of their arguments:
+
+    * ``init(rng) -> (params, state)``: NumPy float64 arrays in nested dicts (``nn.setup`` casts and moves
+      them); the default returns ``({}, {})`` for layers without parameters or state;
+    * ``__call__(x, params, state) -> (y, state)``;
+    * ``vjp(x, params, state) -> (y, pullback, state)`` with ``pullback(dy) -> (dx, dparams)``, where
+      ``dparams`` has the structure of ``params``;
+    * ``jvp(x, params, state, dx, dparams=None) -> (y, dy)``; ``dparams=None`` means a zero tangent.
+
+    ``x`` is an array with the batch on the leading axis, or a tuple of arrays (then ``dx`` is a tuple).
+    """
+
+    def init(self, rng: np.random.Generator):
+        """Fresh ``(params, state)`` on the host (float64 NumPy arrays)."""
+        return {}, {}
+
+    @abstractmethod
+    def __call__(self, x, params, state):
+        """``(y, state)``."""
+
+    @abstractmethod
+    def vjp(self, x, params, state):
+        """``(y, pullback, state)`` with ``pullback(dy) -> (dx, dparams)``."""
+
+    @abstractmethod
+    def jvp(self, x, params, state, dx, dparams=None):
+        """``(y, dy)``: the output and its directional derivative along ``(dx, dparams)``."""
+
+    def __repr__(self):
+        return type(self).__name__ + "()"
+
+
+def _check_layer(model):
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a deqcore.nn.Layer, got {type(model).__name__}")
+
+
+def setup(rng, model, *, xp=None, dtype=np.float64):
+    """Initialise ``model``: ``(params, state)`` as nested dicts of arrays.
+
+    Args:
+        rng: a ``numpy.random.Generator`` (an int seed is accepted too).
+        model: a :class:`Layer`.
+        xp: the array namespace for the result, ``numpy`` (default) or ``cupy``.
+        dtype: floating dtype of the parameters (float64 default, or float32).
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> params, state = nn.setup(np.random.default_rng(0), nn.Dense(2, 3), dtype=np.float32)
+    >>> params["weight"].shape, params["weight"].dtype
+    ((3, 2), dtype('float32'))
+    """
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
+        rng = np.random.default_rng(int(rng))
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (or an int seed), got {type(rng).__name__}")
+    _check_layer(model)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    params, state = model.init(rng)
+    xp = np if xp is None else xp
+    return to_namespace(params, xp, dtype), to_namespace(state, xp, dtype)
+
+
+def vjp(model, x, params, state):
+    """``(y, pullback, state)``: run ``model`` and return ``pullback(dy) -> (dx, dparams)``."""
+    _check_layer(model)
+    return model.vjp(x, params, state)
+
+
+def jvp(model, x, params, state, dx, dparams=None):
+    """``(y, dy)``: the forward-mode derivative of ``model`` along ``dx`` (and ``dparams``; None = zero)."""
+    _check_layer(model)
+    return model.jvp(x, params, state, dx, dparams)
+
+
+def _set_training(state, flag):
+    if isinstance(state, dict):
+        return {k: (flag if k == "training" else _set_training(v, flag)) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_set_training(v, flag) for v in state)
+    return state
+
+
+def testmode(state):
+    """A copy of ``state`` with every ``training`` flag off (dropout off, spectral norm's vector frozen).
+
+    >>> testmode({"layer_1": {"training": True, "seed": 3}})
+    {'layer_1': {'training': False, 'seed': 3}}
+    """
+    return _set_training(state, False)
+
+
+def trainmode(state):
+    """A copy of ``state`` with every ``training`` flag on."""
+    return _set_training(state, True)
+
+
+def shape_error(layer, expected: str, x) -> ShapeError:
+    """The error for an input ``x`` that does not fit ``layer`` (used by the layers' input checks)."""
+    got = f"shape {tuple(x.shape)}" if hasattr(x, "shape") else f"a {type(x).__name__}"
+    return ShapeError(f"{layer!r}: expected an input of shape {expected}; got {got}")
+
+
+def check_array_input(layer, x):
+    """Reject tuples and non-arrays with a message naming the layer; return x."""
+    if isinstance(x, (tuple, list)):
+        raise TypeError(f"{layer!r} takes one array, got a {type(x).__name__} of {len(x)}; route tuples "
+                        "with nn.Parallel")
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{layer!r} takes a NumPy or CuPy array, got {type(x).__name__}")
+    return x
+
+
+def zero_tangent(params):
+    """``dparams=None`` stands for zero; this keeps layers' JVP code free of special cases."""
+    return tree_map(lambda a: a * 0, params)

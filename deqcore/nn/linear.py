@@ -1,0 +1,186 @@
+"""Layers with a weight, an optional bias and an activation: :class:`Dense` (and, in ``conv.py``, Conv2d).
+
+Both compute ``y = act(linear(x, W) + b)``; they differ only in the bilinear map ``linear``, so the
+forward pass, the pullback and the tangent are written once in :class:`WeightedLayer`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ..backend import get_namespace
+from .activations import activation as _activation
+from .core import Layer, check_array_input, shape_error
+from .reparam import weight_scheme
+
+__all__ = ["Dense", "WeightedLayer", "INITIALISERS"]
+
+
+def _glorot_uniform(rng, shape, fan_in, fan_out):
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def _glorot_normal(rng, shape, fan_in, fan_out):
+    return rng.standard_normal(shape) * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def _kaiming_uniform(rng, shape, fan_in, fan_out):
+    limit = math.sqrt(6.0 / fan_in)
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def _kaiming_normal(rng, shape, fan_in, fan_out):
+    return rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+
+
+INITIALISERS = {
+    "glorot_uniform": _glorot_uniform,
+    "glorot_normal": _glorot_normal,
+    "kaiming_uniform": _kaiming_uniform,
+    "kaiming_normal": _kaiming_normal,
+    "zeros": lambda rng, shape, fan_in, fan_out: np.zeros(shape),
+}
+
+
+def check_size(value, name: str) -> int:
+    """A positive integer size argument (errors name it)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def _check_init(init):
+    if callable(init):
+        return init
+    if isinstance(init, str) and init in INITIALISERS:
+        return init
+    raise ValueError(f"init must be one of {', '.join(map(repr, INITIALISERS))} or a callable "
+                     f"(rng, shape) -> array; got {init!r}")
+
+
+class WeightedLayer(Layer):
+    """``y = act(linear(x, W) + b)``. Subclasses set ``weight_shape``, ``fans`` and implement
+    ``_prepare(x) -> ctx``, ``_contract(ctx, W) -> z``, ``_transpose(dz, ctx, W) -> (dx, dW)``,
+    ``_bias(b)`` (b broadcast against z) and ``_bias_grad(dz)``."""
+
+    def __init__(self, activation, use_bias, init, weight_norm, spectral_norm):
+        self.activation = _activation(activation)
+        if not isinstance(use_bias, bool):
+            raise TypeError(f"use_bias must be True or False, got {type(use_bias).__name__}")
+        self.use_bias = use_bias
+        self.init_weight = _check_init(init)
+        self.weight_norm, self.spectral_norm = weight_norm, spectral_norm
+        self._scheme = weight_scheme(weight_norm, spectral_norm)
+
+    def _options(self):
+        parts = [] if self.activation.is_identity else [self.activation.name]
+        parts += [] if self.use_bias else ["use_bias=False"]
+        parts += ["weight_norm=True"] if self.weight_norm else []
+        parts += ["spectral_norm=True"] if self.spectral_norm else []
+        return "".join(", " + p for p in parts)
+
+    def init(self, rng):
+        fan_in, fan_out = self.fans
+        if callable(self.init_weight):
+            w = np.asarray(self.init_weight(rng, self.weight_shape), dtype=np.float64)
+            if w.shape != self.weight_shape:
+                raise ValueError(f"{self!r}: init returned shape {w.shape}, expected {self.weight_shape}")
+        else:
+            w = INITIALISERS[self.init_weight](rng, self.weight_shape, fan_in, fan_out)
+        params, state = self._scheme.init(w, rng)
+        if self.use_bias:
+            params["bias"] = np.zeros(self.weight_shape[0])
+        return params, state
+
+    def _affine(self, ctx, w, params):
+        z = self._contract(ctx, w)
+        return z + self._bias(params["bias"]) if self.use_bias else z
+
+    def __call__(self, x, params, state):
+        ctx = self._prepare(x)
+        w, state = self._scheme.weight(params, state)
+        return self.activation.apply(self._affine(ctx, w, params)), state
+
+    def vjp(self, x, params, state):
+        ctx = self._prepare(x)
+        w, weight_pullback, state = self._scheme.weight_vjp(params, state)
+        z = self._affine(ctx, w, params)
+        y = self.activation.apply(z)
+
+        def pullback(dy):
+            dz = self.activation.scale(z, y, dy)
+            dx, dw = self._transpose(dz, ctx, w)
+            dparams = weight_pullback(dw)
+            if self.use_bias:
+                dparams["bias"] = self._bias_grad(dz)
+            return dx, dparams
+
+        return y, pullback, state
+
+    def jvp(self, x, params, state, dx, dparams=None):
+        ctx = self._prepare(x)
+        w, dw = self._scheme.weight_jvp(params, state, dparams)
+        z = self._affine(ctx, w, params)
+        dz = self._contract(self._prepare(dx), w)
+        if dw is not None:
+            dz = dz + self._contract(ctx, dw)
+        if dparams is not None and self.use_bias:
+            dz = dz + self._bias(dparams["bias"])
+        y = self.activation.apply(z)
+        return y, self.activation.scale(z, y, dz)
+
+
+class Dense(WeightedLayer):
+    """Fully connected layer ``y = act(x Wᵀ + b)`` on the last axis: ``(..., in) -> (..., out)``.
+
+    Parameters: ``weight`` of shape ``(out, in)`` (Glorot-uniform by default) and ``bias`` (zeros).
+    ``weight_norm=True`` replaces ``weight`` by ``weight_v``/``weight_g``; ``spectral_norm=True`` divides the
+    weight by a power-iteration estimate of its largest singular value (vector ``u`` in the state).
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> layer = nn.Dense(4, 3, "tanh")
+    >>> params, state = nn.setup(np.random.default_rng(0), layer)
+    >>> layer(np.ones((2, 4)), params, state)[0].shape
+    (2, 3)
+    >>> layer(np.ones((2, 5)), params, state)
+    Traceback (most recent call last):
+    ...
+    deqcore.nn.core.ShapeError: Dense(4 => 3, tanh): expected an input of shape (B, 4) (features on the last axis); got shape (2, 5)
+    """
+
+    def __init__(self, in_features, out_features, activation=None, use_bias=True, init="glorot_uniform",
+                 weight_norm=False, spectral_norm=False):
+        self.in_features = check_size(in_features, "in_features")
+        self.out_features = check_size(out_features, "out_features")
+        super().__init__(activation, use_bias, init, weight_norm, spectral_norm)
+        self.weight_shape = (self.out_features, self.in_features)
+        self.fans = (self.in_features, self.out_features)
+
+    def __repr__(self):
+        return f"Dense({self.in_features} => {self.out_features}{self._options()})"
+
+    def _prepare(self, x):
+        check_array_input(self, x)
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise shape_error(self, f"(B, {self.in_features}) (features on the last axis)", x)
+        return x
+
+    def _contract(self, x, w):
+        return x @ w.T
+
+    def _transpose(self, dz, x, w):
+        dw = dz.reshape(-1, self.out_features).T @ x.reshape(-1, self.in_features)
+        return dz @ w, dw
+
+    def _bias(self, b):
+        return b
+
+    def _bias_grad(self, dz):
+        return dz.reshape(-1, self.out_features).sum(axis=0)

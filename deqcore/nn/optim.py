@@ -1,0 +1,171 @@
+"""Functional optimisers with explicit state, gradient clipping and a learning-rate schedule.
+
+An optimiser is a frozen dataclass of settings; ``state = opt.init(params)`` and
+``params, state = opt.update(grads, state, params)``. ``lr`` is a number or a schedule ``step -> lr``
+(step counts from 0). All arithmetic stays on the parameters' device.
+
+>>> import numpy as np
+>>> from deqcore import nn
+>>> opt = nn.SGD(lr=0.1, momentum=0.9)
+>>> params = {"w": np.array([1.0])}
+>>> state = opt.init(params)
+>>> params, state = opt.update({"w": np.array([2.0])}, state, params)
+>>> params["w"]
+array([0.8])
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from .._checks import check_positive_int, check_tolerance
+from ..backend import get_namespace
+from .tree import tree_leaves, tree_map, tree_norm, zeros_like
+
+__all__ = ["SGD", "Adam", "AdamW", "clip_by_global_norm", "cosine_schedule"]
+
+
+def _check_lr(lr):
+    if callable(lr):
+        return lr
+    check_tolerance(lr, "lr")
+    return lr
+
+
+def _check_beta(value, name):
+    value = check_tolerance(value, name)
+    if value >= 1:
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return value
+
+
+def _lr_at(lr, step):
+    return float(lr(step)) if callable(lr) else float(lr)
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Stochastic gradient descent with optional (Nesterov) momentum, PyTorch's convention:
+    ``v ← μ v + g``; step ``g + μ v`` (Nesterov) or ``v``; ``p ← p − lr · step``."""
+
+    lr: Any = 1e-2
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self):
+        _check_lr(self.lr)
+        _check_beta(self.momentum, "momentum")
+        if not isinstance(self.nesterov, bool):
+            raise TypeError(f"nesterov must be True or False, got {type(self.nesterov).__name__}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+
+    def init(self, params):
+        """Optimiser state for ``params``."""
+        return {"step": 0, "velocity": zeros_like(params) if self.momentum else None}
+
+    def update(self, grads, state, params):
+        """``(new_params, new_state)``."""
+        lr = _lr_at(self.lr, state["step"])
+        if not self.momentum:
+            return tree_map(lambda p, g: p - lr * g, params, grads), {**state, "step": state["step"] + 1}
+        mu = self.momentum
+        velocity = tree_map(lambda v, g: mu * v + g, state["velocity"], grads)
+        if self.nesterov:
+            new = tree_map(lambda p, g, v: p - lr * (g + mu * v), params, grads, velocity)
+        else:
+            new = tree_map(lambda p, v: p - lr * v, params, velocity)
+        return new, {"step": state["step"] + 1, "velocity": velocity}
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam (Kingma & Ba 2015) with bias correction; ``weight_decay`` > 0 gives AdamW's decoupled decay
+    ``p ← p − lr · (m̂ / (√v̂ + eps) + weight_decay · p)`` (Loshchilov & Hutter 2019)."""
+
+    lr: Any = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        _check_lr(self.lr)
+        _check_beta(self.b1, "b1")
+        _check_beta(self.b2, "b2")
+        check_tolerance(self.eps, "eps")
+        check_tolerance(self.weight_decay, "weight_decay")
+
+    def init(self, params):
+        """Optimiser state for ``params``."""
+        return {"step": 0, "m": zeros_like(params), "v": zeros_like(params)}
+
+    def update(self, grads, state, params):
+        """``(new_params, new_state)``."""
+        step = state["step"] + 1
+        lr = _lr_at(self.lr, state["step"])
+        b1, b2, eps, wd = self.b1, self.b2, self.eps, self.weight_decay
+        m = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state["m"], grads)
+        v = tree_map(lambda v, g: b2 * v + (1 - b2) * (g * g), state["v"], grads)
+        c1, c2 = 1 - b1 ** step, 1 - b2 ** step
+
+        def move(p, m, v):
+            xp = get_namespace(p)
+            update = (m / c1) / (xp.sqrt(v / c2) + eps)
+            return p - lr * (update + wd * p) if wd else p - lr * update
+
+        return tree_map(move, params, m, v), {"step": step, "m": m, "v": v}
+
+
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """:class:`Adam` with decoupled weight decay, 0.01 by default."""
+
+    weight_decay: float = 1e-2
+
+
+def clip_by_global_norm(grads, max_norm):
+    """``(clipped, norm)``: scale all gradients by ``min(1, max_norm / norm)`` where ``norm`` is the
+    Euclidean norm of all leaves together (computed on the device, no transfer).
+
+    >>> import numpy as np
+    >>> clipped, norm = clip_by_global_norm({"a": np.array([3.0, 4.0])}, 1.0)
+    >>> clipped["a"], float(norm)
+    (array([0.6, 0.8]), 5.0)
+    """
+    max_norm = check_tolerance(max_norm, "max_norm")
+    norm = tree_norm(grads)
+    leaves = tree_leaves(grads)
+    if not leaves:
+        return grads, norm
+    xp = get_namespace(*leaves)
+    factor = xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30))
+    return tree_map(lambda g: g * factor.astype(g.dtype), grads), norm
+
+
+def cosine_schedule(peak_lr, total_steps, warmup_steps=0, final_lr=0.0):
+    """``step -> lr``: linear warm-up from 0 to ``peak_lr`` over ``warmup_steps``, then a cosine decay to
+    ``final_lr`` at ``total_steps`` (constant afterwards).
+
+    >>> sched = cosine_schedule(1.0, total_steps=10, warmup_steps=2)
+    >>> [round(sched(s), 3) for s in (0, 1, 2, 6, 10, 20)]
+    [0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
+    """
+    peak_lr = check_tolerance(peak_lr, "peak_lr")
+    final_lr = check_tolerance(final_lr, "final_lr")
+    total_steps = check_positive_int(total_steps, "total_steps")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    if warmup_steps >= total_steps:
+        raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
+
+    def schedule(step):
+        if step < warmup_steps:
+            return peak_lr * (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return final_lr + 0.5 * (peak_lr - final_lr) * (1.0 + math.cos(math.pi * progress))
+
+    return schedule
