@@ -19,4 +19,12 @@ __all__ += ["GMRES", "LU", "LinearOperator", "linear_solve"]
 # --- ode ---
 # --- adjoint ---
 # --- nn ---
+from . import nn  # noqa: E402
+from .nn.tree import (  # noqa: E402
+    ravel, to_namespace, tree_add, tree_dot, tree_flatten, tree_leaves, tree_map, tree_norm, tree_scale,
+    tree_sub, tree_unflatten, unravel, zeros_like,
+)
+
+__all__ += ["nn", "ravel", "to_namespace", "tree_add", "tree_dot", "tree_flatten", "tree_leaves", "tree_map",
+            "tree_norm", "tree_scale", "tree_sub", "tree_unflatten", "unravel", "zeros_like"]
 # --- models ---
