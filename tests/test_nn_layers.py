@@ -153,8 +153,6 @@ def test_dropout(seed, p, training):
         kept = y != 0
         np.testing.assert_allclose(y[kept], x[kept] / (1 - p))
         assert new_state["counter"] == state["counter"] + 1
-        y2, _ = layer(x, params, new_state)
-        assert not np.array_equal(y2 != 0, kept) or x.size < 4
 
 
 def test_dropout_rate_and_reuse(rng):

@@ -1,5 +1,5 @@
-"""Shared derivative checks for the nn tests (no tests here): JVPs against central finite differences and the adjoint
-identity <u, J v> = <Jᵀu, v> linking each layer's VJP to its JVP."""
+"""Shared derivative checks for the nn tests (no tests here): JVPs against central finite differences
+and the adjoint identity <u, J v> = <Jᵀu, v> linking each layer's VJP to its JVP."""
 
 import numpy as np
 
