@@ -19,7 +19,7 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -49,19 +49,19 @@ class FixedPointVJP:
         vjp: ``vjp(z) -> (f(z), pullback)`` with ``pullback(v) -> (∂f/∂zᵀ v, ∂f/∂θᵀ v)``; the θ part is any
             tree of arrays (or None).
         batched: whether the leading axis holds independent systems.
+        pullback: the pullback of f at z* when the caller already has it (saves one evaluation of f).
     """
 
     z_star: Any
     vjp: Callable
     batched: bool = False
-    _cache: dict = field(default_factory=dict, repr=False)
+    pullback: Callable | None = None
 
     def pullback_at_fixed_point(self):
-        """The pullback of f at z* (computed once and cached)."""
-        if "pullback" not in self._cache:
-            _, pullback = self.vjp(self.z_star)
-            self._cache["pullback"] = pullback
-        return self._cache["pullback"]
+        """The pullback of f at z* (computed on first use when not given)."""
+        if self.pullback is None:
+            self.pullback = self.vjp(self.z_star)[1]
+        return self.pullback
 
 
 @dataclass

@@ -1,0 +1,361 @@
+"""Deep Equilibrium Networks (Bai et al. 2019) and skip DEQs (Pal et al. 2022) as deqcore layers.
+
+The model f is called on ``(z, x)``; the output is z* with z* = f((z*, x)), found by a root finder (any
+deqcore fixed-point or root solver) or by integrating dz/dt = f((z, x)) − z to steady state (any deqcore
+ODE solver). Gradients come from an implicit adjoint, never from backpropagating through the iterations.
+
+>>> import numpy as np, deqcore as dq
+>>> from deqcore import nn
+>>> model = dq.DeepEquilibriumNetwork(
+...     nn.Parallel(nn.add, nn.Dense(2, 2, use_bias=False), nn.Dense(2, 2, use_bias=False)), dq.VCABM3())
+>>> params, state = nn.setup(np.random.default_rng(0), model)
+>>> y, state = model(np.ones((1, 2)), params, state)
+>>> y.shape
+(1, 2)
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .._checks import check_choice, check_positive_int, check_tolerance
+from ..adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
+from ..backend import get_namespace
+from ..nn.core import Layer
+from ..nn.tree import tree_add, tree_map
+from .jacobian import JACOBIAN_MODES, hutchinson_probe, jacobian_loss_gradient
+from .solution import DeepEquilibriumSolution
+from .solvers import is_ode_solver, run_solver
+
+__all__ = ["DeepEquilibriumNetwork", "SkipDeepEquilibriumNetwork", "INIT_CHOICES", "with_fixed_depth"]
+
+#: Python spellings of the reference's ``init``: "zeros" (its ``missing``), "one_step" (its ``nothing``:
+#: Skip-Reg, u0 = f((0, x))), or a layer (u0 = init(x), trained through the skip loss).
+INIT_CHOICES = ("zeros", "one_step")
+_ADJOINTS = (SteadyStateAdjoint, OneStepGradient, PhantomGradient)
+
+
+def with_fixed_depth(state, depth: int):
+    """A copy of a DEQ's state that runs ``depth`` chained applications of f instead of solving (0: solve).
+
+    The unrolled mode is for pretraining; its gradient is exact backpropagation through the chain.
+
+    >>> with_fixed_depth({"fixed_depth": 0, "model": {}}, 3)["fixed_depth"]
+    3
+    """
+    depth = check_positive_int(depth, "depth", minimum=0)
+    return {**state, "fixed_depth": depth}
+
+
+class DeepEquilibriumNetwork(Layer):
+    """A layer whose output is the fixed point z* = f((z*, x)) of ``model``.
+
+    Args:
+        model: an ``nn.Layer`` called on the tuple ``(z, x)``, returning an array shaped like z.
+        solver: a root/fixed-point solver (``dq.Anderson()``, ``dq.Broyden()``, ``dq.NewtonRaphson()``, ...)
+            or an ODE solver (``dq.VCABM3()``, ``dq.Tsit5()``, ...: dz/dt = f((z, x)) − z to steady state).
+        init: "zeros" (default; z starts at zeros shaped like x), "one_step" (Skip-Reg: u0 = f((0, x))),
+            or an ``nn.Layer`` computing u0 = init(x) (a skip DEQ).
+        jacobian_regularization: None, "forward", "finite_diff" or "reverse" (see ``models.jacobian``).
+        problem_type: "steady_state" (a DEQ) or "ode" (a vanilla neural ODE over ``tspan``).
+        adjoint: ``dq.SteadyStateAdjoint(...)`` (default: LU up to 50 state elements per sample, else GMRES
+            with at most 10 iterations and tolerance 1e-3), ``dq.OneStepGradient()`` or
+            ``dq.PhantomGradient(...)``; for problem_type="ode", an ODE adjoint (default ``dq.GaussAdjoint()``).
+        atol, rtol, max_steps: the forward solve's tolerances (the reference's abstol/reltol/maxiters;
+            defaults 1e-3, 1e-3, 32: cheap solves are normal in DEQ training).
+        tspan: the time span of problem_type="ode".
+
+    State: ``state["solution"]`` holds a :class:`DeepEquilibriumSolution` after each call;
+    ``state["fixed_depth"]`` > 0 switches to the unrolled pretraining mode (see :func:`with_fixed_depth`).
+
+    The pullback of :func:`nn.vjp` takes optional keyword cotangents for the auxiliary losses:
+    ``pullback(dy, d_jacobian_loss=0.0, d_skip_loss=0.0)``.
+    """
+
+    def __init__(self, model, solver, *, init="zeros", jacobian_regularization=None,
+                 problem_type="steady_state", adjoint=None, atol=1e-3, rtol=1e-3, max_steps=32,
+                 tspan=(0.0, 1.0)):
+        if not isinstance(model, Layer):
+            raise TypeError(f"model must be a deqcore.nn.Layer, got {type(model).__name__}")
+        if not isinstance(init, Layer):
+            check_choice(init, "init", INIT_CHOICES)
+        check_choice(jacobian_regularization, "jacobian_regularization", JACOBIAN_MODES)
+        check_choice(problem_type, "problem_type", ("steady_state", "ode"))
+        self.model = model
+        self.solver = solver
+        self.init_layer = init if isinstance(init, Layer) else None
+        self.init_mode = "layer" if isinstance(init, Layer) else init
+        self.jacobian_regularization = jacobian_regularization
+        self.problem_type = problem_type
+        self.atol = check_tolerance(atol, "atol")
+        self.rtol = check_tolerance(rtol, "rtol")
+        self.max_steps = check_positive_int(max_steps, "max_steps")
+        if problem_type == "ode":
+            if not is_ode_solver(solver):
+                raise TypeError("problem_type='ode' needs an ODE solver such as dq.Tsit5() or dq.VCABM3(); got "
+                                f"{type(solver).__name__}")
+            self.tspan = _check_tspan(tspan)
+            self.adjoint = _default_ode_adjoint() if adjoint is None else adjoint
+        else:
+            run_solver.check(solver)
+            self.tspan = None
+            if adjoint is None:
+                adjoint = SteadyStateAdjoint()
+            if not isinstance(adjoint, _ADJOINTS):
+                raise TypeError("adjoint must be dq.SteadyStateAdjoint(...), dq.OneStepGradient() or "
+                                f"dq.PhantomGradient(...); got {type(adjoint).__name__}")
+            self.adjoint = adjoint
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.model!r}, {type(self.solver).__name__}(...))"
+
+    # -- parameters ---------------------------------------------------------------------------------------
+    def init(self, rng):
+        """Parameters ``{"model": ..., "init": ...}`` and state (the model's, plus the solve's record)."""
+        pm, sm = self.model.init(rng)
+        params, state = {"model": pm}, {"model": sm, "fixed_depth": 0, "jacobian_seed": 0, "solution": None}
+        if self.init_mode == "layer":
+            params["init"], state["init"] = self.init_layer.init(rng)
+        return params, state
+
+    def _zero_state(self, x):
+        """u0 for init="zeros": zeros shaped like x (the reference's ``zero(x)``)."""
+        return get_namespace(x).zeros_like(x)
+
+    def output(self, z_star):
+        """The layer's output from the fixed point (multiscale models split it per scale)."""
+        return z_star
+
+    def output_vjp(self, dy):
+        """The cotangent of z* from the output's cotangent (inverse of :meth:`output`)."""
+        return dy
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def _f(self, x, params, state):
+        model, pm, sm = self.model, params["model"], state["model"]
+        return lambda z: model((z, x), pm, sm)[0]
+
+    def _initial(self, x, params, state, want_vjp):
+        """(u0, pullback of u0 w.r.t. (x, params) or None, extra f-evaluations)."""
+        if self.init_mode == "layer":
+            if want_vjp:
+                u0, pb, _ = self.init_layer.vjp(x, params["init"], state["init"])
+                return u0, lambda du: _init_cotangent(pb(du)), 0
+            return self.init_layer(x, params["init"], state["init"])[0], None, 0
+        zeros = self._zero_state(x)
+        if self.init_mode == "zeros":
+            return zeros, None, 0
+        if want_vjp:
+            u0, pb, _ = self.model.vjp((zeros, x), params["model"], state["model"])
+            return u0, lambda du: _model_cotangent(pb(du)), 1
+        return self._f(x, params, state)(zeros), None, 1
+
+    def _solve(self, x, params, state, u0):
+        f = self._f(x, params, state)
+        if self.problem_type == "ode":
+            return run_solver.integrate(f, u0, self.solver, self.tspan, atol=self.atol, rtol=self.rtol,
+                                        max_steps=self.max_steps)
+        return run_solver(f, u0, self.solver, atol=self.atol, rtol=self.rtol, max_steps=self.max_steps)
+
+    def __call__(self, x, params, state):
+        y, _, new_state = self._forward(x, params, state, want_vjp=False)
+        return y, new_state
+
+    def vjp(self, x, params, state):
+        return self._forward(x, params, state, want_vjp=True)
+
+    def _forward(self, x, params, state, want_vjp):
+        depth = int(state.get("fixed_depth", 0))
+        u0, u0_pullback, extra_nfe = self._initial(x, params, state, want_vjp or depth > 0)
+        if depth > 0:
+            return self._unrolled(x, params, state, u0, u0_pullback, depth, extra_nfe)
+        outcome = self._solve(x, params, state, u0)
+        z_star = outcome.value
+        xp = get_namespace(z_star)
+        model, pm, sm = self.model, params["model"], state["model"]
+        jac_seed = int(state.get("jacobian_seed", 0))
+        fixed_pullback = None
+        model_state = sm
+        if want_vjp or self.jacobian_regularization == "reverse":
+            _, pb, model_state = model.vjp((z_star, x), pm, sm)
+            fixed_pullback = pb
+            extra_nfe += 1
+        jac_loss, jac_probe = 0.0, None
+        if self.jacobian_regularization is not None:
+            eps = xp.asarray(np.random.default_rng(jac_seed).standard_normal(z_star.shape), dtype=z_star.dtype)
+            f = self._f(x, params, state)
+            zeros_x = tree_map(lambda a: a * 0, x)
+            jac_loss, direction, cotangent = hutchinson_probe(
+                self.jacobian_regularization, z_star, eps, f,
+                jvp_z=lambda v: model.jvp((z_star, x), pm, sm, (v, zeros_x))[1],
+                vjp_z=lambda v: fixed_pullback(v)[0][0])
+            jac_probe = (direction, cotangent)
+            extra_nfe += 1
+        skip_loss = float(((z_star - u0) ** 2).mean()) if self.init_mode != "zeros" else 0.0
+        solution = DeepEquilibriumSolution(
+            z_star=z_star, u0=u0, residual=outcome.residual, jacobian_loss=jac_loss,
+            nfe=int(outcome.stats.get("nfev", 0)) + extra_nfe, result=outcome.result, original=outcome,
+            skip_loss=skip_loss)
+        new_state = {**state, "model": model_state, "solution": solution, "fixed_depth": depth,
+                     "jacobian_seed": jac_seed + (self.jacobian_regularization is not None)}
+        y = self.output(z_star)
+        if not want_vjp:
+            return y, None, new_state
+        pullback = self._implicit_pullback(x, params, state, solution, fixed_pullback, u0_pullback, jac_probe)
+        return y, pullback, new_state
+
+    def _theta_vjp(self, x, params, state):
+        """vjp(z) -> (f(z), pullback(v) -> (dz, (dx, dparams_model))) at fixed x and params."""
+        model, pm, sm = self.model, params["model"], state["model"]
+
+        def vjp(z):
+            fz, pb, _ = model.vjp((z, x), pm, sm)
+            return fz, lambda v: _split_model_cotangent(pb(v))
+
+        return vjp
+
+    def _implicit_pullback(self, x, params, state, solution, fixed_pullback, u0_pullback, jac_probe):
+        vjp = self._theta_vjp(x, params, state)
+        problem = FixedPointVJP(solution.z_star, vjp, batched=True,
+                                pullback=lambda v: _split_model_cotangent(fixed_pullback(v)))
+
+        def pullback(dy, *, d_jacobian_loss=0.0, d_skip_loss=0.0):
+            g = self.output_vjp(dy)
+            if self.problem_type == "ode":
+                (dx, dpm), info = self._ode_gradient(x, params, state, solution, g)
+            else:
+                (dx, dpm), info = self.adjoint.gradient(problem, g)
+            solution.adjoint = info
+            if d_jacobian_loss and jac_probe is not None:
+                direction, cotangent = jac_probe
+                ddx, ddp = jacobian_loss_gradient(lambda z: (lambda v: vjp(z)[1](v)[1]), solution.z_star,
+                                                  direction, cotangent, d_jacobian_loss)
+                dx, dpm = dx + ddx, tree_add(dpm, ddp)
+            dparams = {"model": dpm}
+            if self.init_mode == "layer":
+                dparams["init"] = tree_map(lambda a: a * 0, params["init"])
+            if d_skip_loss and u0_pullback is not None:
+                du0 = -2.0 * d_skip_loss * (solution.z_star - solution.u0) / solution.z_star.size
+                dx_init, dparams_init = u0_pullback(du0)
+                dx = dx + dx_init
+                key = "init" if self.init_mode == "layer" else "model"
+                dparams[key] = tree_add(dparams[key], dparams_init)
+            return dx, dparams
+
+        return pullback
+
+    def _ode_gradient(self, x, params, state, solution, g):
+        return run_solver.ode_gradient(self._theta_vjp(x, params, state), solution.original, g, self.adjoint)
+
+    def _unrolled(self, x, params, state, u0, u0_pullback, depth, extra_nfe):
+        """Fixed-depth mode: z_k = f((z_{k-1}, x)) for k = 1..depth from u0, with exact backpropagation."""
+        vjp = self._theta_vjp(x, params, state)
+        z, pullbacks = u0, []
+        for _ in range(depth):
+            z, pb = vjp(z)
+            pullbacks.append(pb)
+        xp = get_namespace(z)
+        residual_z, _ = vjp(z)
+        residual = xp.abs(residual_z - z).reshape(z.shape[0], -1).max(axis=1)
+        solution = DeepEquilibriumSolution(z_star=z, u0=u0, residual=residual, jacobian_loss=0.0,
+                                           nfe=depth + extra_nfe + 1, result=None, original=None)
+        new_state = {**state, "solution": solution, "fixed_depth": depth}
+
+        def pullback(dy, *, d_jacobian_loss=0.0, d_skip_loss=0.0):
+            v = self.output_vjp(dy)
+            dx, dpm = None, None
+            for pb in reversed(pullbacks):
+                v, (dx_k, dp_k) = pb(v)
+                dx, dpm = tree_add(dx, dx_k), tree_add(dpm, dp_k)
+            dparams = {"model": dpm}
+            if self.init_mode == "layer":
+                dparams["init"] = tree_map(lambda a: a * 0, params["init"])
+            if u0_pullback is not None:
+                dx_init, dparams_init = u0_pullback(v)
+                dx = tree_add(dx, dx_init)
+                key = "init" if self.init_mode == "layer" else "model"
+                dparams[key] = tree_add(dparams[key], dparams_init)
+            return dx, dparams
+
+        return self.output(z), pullback, new_state
+
+    # -- forward mode -------------------------------------------------------------------------------------
+    def jvp(self, x, params, state, dx, dparams=None):
+        """Tangent of z*: solve (I − ∂f/∂z) dz* = ∂f/∂x dx + ∂f/∂θ dθ (GMRES on JVPs, tight tolerance)."""
+        from ..linalg import GMRES, LinearOperator
+
+        y, new_state = self(x, params, state)
+        z = new_state["solution"].z_star
+        model, pm, sm = self.model, params["model"], state["model"]
+        dpm = None if dparams is None else dparams.get("model")
+        zeros_z = get_namespace(z).zeros_like(z)
+        zeros_x = tree_map(lambda a: a * 0, x)
+        rhs = model.jvp((z, x), pm, sm, (zeros_z, dx), dpm)[1]
+        shape = z.shape
+        n = int(np.prod(shape[1:]))
+
+        def matvec(v):
+            tangent = model.jvp((z, x), pm, sm, (v.reshape(shape), zeros_x), None)[1]
+            return v - tangent.reshape(shape[0], -1)
+
+        tol = 1e-10 if z.dtype == np.float64 else 1e-5
+        sol = GMRES(rtol=tol, atol=0.0, restart=min(n, 30), max_steps=10 * n + 50).solve(
+            LinearOperator(matvec, shape=(n, n), dtype=z.dtype), rhs.reshape(shape[0], -1))
+        return y, self.output(sol.value.reshape(shape))
+
+
+def _split_model_cotangent(result):
+    """model.vjp over (z, x) gives ((dz, dx), dparams): return (dz, (dx, dparams))."""
+    (dz, dx), dparams = result
+    return dz, (dx, dparams)
+
+
+def _model_cotangent(result):
+    """For u0 = f((0, x)): the cotangent of (x, params)."""
+    (_, dx), dparams = result
+    return dx, dparams
+
+
+def _init_cotangent(result):
+    dx, dparams = result
+    return dx, dparams
+
+
+def _check_tspan(tspan):
+    if not isinstance(tspan, (tuple, list)) or len(tspan) != 2:
+        raise ValueError(f"tspan must be a pair (t0, t1), got {tspan!r}")
+    t0, t1 = tspan
+    if not all(isinstance(t, numbers.Real) and np.isfinite(t) for t in (t0, t1)) or t0 == t1:
+        raise ValueError(f"tspan must hold two different finite times, got {tspan!r}")
+    return float(t0), float(t1)
+
+
+def _default_ode_adjoint():
+    from ..adjoint import GaussAdjoint
+
+    return GaussAdjoint()
+
+
+class SkipDeepEquilibriumNetwork(DeepEquilibriumNetwork):
+    """A DEQ whose solve starts from a learned guess u0 = init_model(x) (Pal et al. 2022); with
+    ``init_model=None`` the Skip-Reg variant, u0 = f((0, x)). The skip loss mean((z* − u0)²) is in
+    ``state["solution"].skip_loss``; pass ``d_skip_loss=weight`` to the pullback to train u0.
+
+    >>> import numpy as np, deqcore as dq
+    >>> from deqcore import nn
+    >>> deq = dq.SkipDeepEquilibriumNetwork(
+    ...     nn.Parallel(nn.add, nn.Dense(2, 2, use_bias=False), nn.Dense(2, 2, use_bias=False)),
+    ...     nn.Dense(2, 2), dq.Anderson())
+    >>> params, state = nn.setup(np.random.default_rng(0), deq)
+    >>> sorted(params)
+    ['init', 'model']
+    """
+
+    def __init__(self, model, init_model, solver, **settings):
+        if "init" in settings:
+            raise TypeError("SkipDeepEquilibriumNetwork takes the initial guess as init_model, not init=")
+        if init_model is not None and not isinstance(init_model, Layer):
+            raise TypeError(f"init_model must be an nn.Layer or None, got {type(init_model).__name__}")
+        super().__init__(model, solver, init="one_step" if init_model is None else init_model, **settings)
