@@ -28,7 +28,7 @@ from .containers import (
     add,
     concat,
 )
-from .conv import Conv2d
+from .conv import Conv2d, Upsample
 from .core import Layer, ShapeError, jvp, setup, testmode, trainmode, vjp
 from .dropout import Dropout
 from .io import load, save
@@ -56,7 +56,7 @@ from .tree import (
 __all__ = [
     "Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode",
     "Dense", "Conv2d", "Chain", "Parallel", "Connection", "Add", "Concat", "add", "concat",
-    "NoOpLayer", "WrappedFunction", "Flatten", "Reshape", "Activation", "ACTIVATIONS",
+    "NoOpLayer", "WrappedFunction", "Flatten", "Reshape", "Upsample", "Activation", "ACTIVATIONS",
     "LayerNorm", "GroupNorm", "Dropout",
     "tree_map", "tree_leaves", "tree_add", "tree_sub", "tree_scale", "tree_dot", "tree_norm",
     "tree_flatten", "tree_unflatten", "tree_paths", "ravel", "unravel", "zeros_like", "to_namespace",

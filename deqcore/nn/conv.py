@@ -9,10 +9,10 @@ from __future__ import annotations
 import numbers
 
 from ..backend import get_namespace
-from .core import check_array_input, shape_error
+from .core import Layer, check_array_input, shape_error
 from .linear import WeightedLayer, check_size
 
-__all__ = ["Conv2d"]
+__all__ = ["Conv2d", "Upsample"]
 
 
 def _pair(value, name, minimum):
@@ -127,3 +127,40 @@ class Conv2d(WeightedLayer):
 
     def _bias_grad(self, dz):
         return dz.sum(axis=(0, 2, 3))
+
+
+class Upsample(Layer):
+    """Nearest-neighbour upsampling of NCHW inputs by an integer ``scale`` (an int or ``(sh, sw)``):
+    ``(B, C, H, W) -> (B, C, sh·H, sw·W)``; used by multiscale mapping layers (coarse to fine).
+
+    >>> import numpy as np
+    >>> Upsample(2)(np.arange(4.0).reshape(1, 1, 2, 2), {}, {})[0][0, 0]
+    array([[0., 0., 1., 1.],
+           [0., 0., 1., 1.],
+           [2., 2., 3., 3.],
+           [2., 2., 3., 3.]])
+    """
+
+    def __init__(self, scale):
+        self.scale = _pair(scale, "scale", 1)
+
+    def __repr__(self):
+        return f"Upsample(scale={self.scale})"
+
+    def _up(self, x):
+        check_array_input(self, x)
+        if x.ndim != 4:
+            raise shape_error(self, "(B, C, H, W) (NCHW)", x)
+        xp = get_namespace(x)
+        (b, c, h, w), (sh, sw) = x.shape, self.scale
+        return xp.broadcast_to(x[:, :, :, None, :, None], (b, c, h, sh, w, sw)).reshape(b, c, h * sh, w * sw)
+
+    def __call__(self, x, params, state):
+        return self._up(x), state
+
+    def vjp(self, x, params, state):
+        (b, c, h, w), (sh, sw) = x.shape, self.scale
+        return self._up(x), lambda dy: (dy.reshape(b, c, h, sh, w, sw).sum(axis=(3, 5)), {}), state
+
+    def jvp(self, x, params, state, dx, dparams=None):
+        return self._up(x), self._up(dx)
