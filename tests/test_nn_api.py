@@ -25,7 +25,9 @@ def test_deq_example_layer(rng):
 
 
 def multiscale_layers():
-    main = (nn.Parallel(nn.add, nn.Dense(4, 4, "tanh", use_bias=False), nn.Dense(4, 4, "tanh", use_bias=False)),
+    injection = nn.Parallel(nn.add, nn.Dense(4, 4, "tanh", use_bias=False),
+                            nn.Dense(4, 4, "tanh", use_bias=False))
+    main = (injection,
             nn.Dense(3, 3, "tanh"), nn.Dense(2, 2, "tanh"), nn.Dense(1, 1, "tanh"))
     sizes = (4, 3, 2, 1)
     mapping = [[nn.NoOpLayer() if i == k else nn.Dense(sizes[i], sizes[k], "tanh") for k in range(4)]
@@ -117,7 +119,8 @@ def test_ravel_roundtrip_and_tree_algebra(seed):
     ov, _ = nn.ravel(other)
     np.testing.assert_allclose(float(nn.tree_dot(params, other)), vec @ ov, rtol=1e-12)
     np.testing.assert_allclose(float(nn.tree_norm(other)), np.linalg.norm(ov), rtol=1e-12)
-    np.testing.assert_allclose(nn.ravel(nn.tree_sub(nn.tree_add(params, other), nn.tree_scale(other, 2.0)))[0],
+    combined = nn.tree_sub(nn.tree_add(params, other), nn.tree_scale(other, 2.0))
+    np.testing.assert_allclose(nn.ravel(combined)[0],
                                vec - ov, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(nn.ravel(nn.zeros_like(params))[0], np.zeros_like(vec))
     leaves, treedef = nn.tree_flatten(params)
@@ -141,7 +144,8 @@ def test_save_load_roundtrip(tmp_path, rng):
     nn.save(path, params)
     with np.load(path, allow_pickle=False) as data:
         assert sorted(data.files) == sorted(["layer_1/weight_v", "layer_1/weight_g", "layer_1/bias",
-                                             "layer_3/weight", "layer_3/bias", "layer_4/scale", "layer_4/bias"])
+                                             "layer_3/weight", "layer_3/bias", "layer_4/scale",
+                                             "layer_4/bias"])
     template, _ = nn.setup(np.random.default_rng(99), model, dtype=np.float32)
     loaded = nn.load(path, template)
     assert nn.tree_map(lambda a: a.dtype, loaded) == nn.tree_map(lambda a: np.dtype(np.float32), params)
@@ -191,14 +195,14 @@ def test_wrong_input_names_layer_and_shape(rng):
 @pytest.mark.parametrize("build, error, pattern", [
     (lambda: nn.Dense(0, 3), ValueError, "in_features must be a positive integer, got 0"),
     (lambda: nn.Dense(2.5, 3), TypeError, "in_features must be a positive integer, got float"),
-    (lambda: nn.Dense(2, 3, "swish"), ValueError, "unknown activation 'swish'; choose one of 'identity', 'tanh'"),
+    (lambda: nn.Dense(2, 3, "swish"), ValueError, "unknown activation 'swish'; choose one of 'id"),
     (lambda: nn.Dense(2, 3, np.tanh), TypeError, "activation must be a name"),
     (lambda: nn.Dense(2, 3, use_bias=1), TypeError, "use_bias must be True or False"),
     (lambda: nn.Dense(2, 3, init="ones"), ValueError, "init must be one of 'glorot_uniform'"),
     (lambda: nn.Dense(2, 3, weight_norm=True, spectral_norm=True), ValueError, "cannot both be True"),
     (lambda: nn.Conv2d(1, 1, 3, stride=0), ValueError, "stride must be >= 1"),
     (lambda: nn.Conv2d(1, 1, (3, 3, 3)), TypeError, "kernel_size must be an int or a pair"),
-    (lambda: nn.Conv2d(1, 1, 3, padding="valid"), ValueError, "padding must be an int, a pair of ints or 'same'"),
+    (lambda: nn.Conv2d(1, 1, 3, padding="valid"), ValueError, "padding must be an int, a pair of"),
     (lambda: nn.Conv2d(1, 1, 2, padding="same"), ValueError, "needs stride 1 and odd kernel sizes"),
     (lambda: nn.GroupNorm(6, 4), ValueError, r"channels \(6\) must be divisible by groups \(4\)"),
     (lambda: nn.LayerNorm(3, eps=-1.0), ValueError, "eps must be a finite number >= 0"),

@@ -57,13 +57,15 @@ def naive_conv(x, weight, bias, stride, padding):
     for b in range(x.shape[0]):
         maps = []
         for o in range(weight.shape[0]):
-            acc = sum(scipy.signal.correlate(xpad[b, c], weight[o, c], mode="valid") for c in range(x.shape[1]))
+            acc = sum(scipy.signal.correlate(xpad[b, c], weight[o, c], mode="valid")
+                      for c in range(x.shape[1]))
             maps.append(acc[::sh, ::sw] + bias[o])
         out.append(maps)
     return np.array(out)
 
 
-@given(seed=seeds, case=conv_cases(), c_in=st.integers(1, 3), c_out=st.integers(1, 4), batch=st.integers(1, 3))
+@given(seed=seeds, case=conv_cases(), c_in=st.integers(1, 3), c_out=st.integers(1, 4),
+       batch=st.integers(1, 3))
 def test_conv2d_matches_scipy_correlation(seed, case, c_in, c_out, batch):
     options, (h, w) = case
     layer = nn.Conv2d(c_in, c_out, **options)
@@ -137,6 +139,34 @@ def test_groupnorm(seed, batch, groups, per_group, spatial, affine):
         view = (-1,) + (1,) * len(spatial)
         np.testing.assert_allclose(y, xhat * params["scale"].reshape(view) + params["bias"].reshape(view),
                                    rtol=1e-12, atol=1e-12)
+
+
+@given(seed=seeds, batch=st.integers(2, 4), channels=st.integers(1, 3),
+       spatial=st.lists(st.integers(1, 3), min_size=0, max_size=2), training=st.booleans())
+def test_batchnorm(seed, batch, channels, spatial, training):
+    layer = nn.BatchNorm(channels, momentum=0.2)
+    rng, params, state = _setup(layer, seed)
+    params = nn.tree_map(lambda a: a + 0.3 * rng.standard_normal(a.shape), params)
+    state = {**state, "running_mean": rng.standard_normal(channels),
+             "running_var": rng.random(channels) + 0.5}
+    state = state if training else nn.testmode(state)
+    x = rng.standard_normal((batch, channels) + tuple(spatial))
+    check_layer_derivatives(layer, x, params, state, rng)
+    y, new_state = layer(x, params, state)
+    view = (1, -1) + (1,) * len(spatial)
+    axes = (0,) + tuple(range(2, x.ndim))
+    if training:
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        n = x.size // channels
+        np.testing.assert_allclose(new_state["running_mean"], 0.8 * state["running_mean"] + 0.2 * mean)
+        np.testing.assert_allclose(new_state["running_var"],
+                                   0.8 * state["running_var"] + 0.2 * var * n / (n - 1))
+    else:
+        mean, var = state["running_mean"], state["running_var"]
+        assert new_state is state
+    xhat = (x - mean.reshape(view)) / np.sqrt(var.reshape(view) + 1e-5)
+    np.testing.assert_allclose(y, xhat * params["scale"].reshape(view) + params["bias"].reshape(view),
+                               rtol=1e-12, atol=1e-12)
 
 
 @given(seed=seeds, p=st.sampled_from([0.0, 0.2, 0.5, 0.9]), training=st.booleans())

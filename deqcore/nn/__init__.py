@@ -34,7 +34,7 @@ from .dropout import Dropout
 from .io import load, save
 from .linear import Dense
 from .losses import accuracy, log_softmax, mse, softmax_cross_entropy
-from .norm import GroupNorm, LayerNorm
+from .norm import BatchNorm, GroupNorm, LayerNorm
 from .optim import SGD, Adam, AdamW, clip_by_global_norm, cosine_schedule
 from .tree import (
     ravel,
@@ -57,7 +57,7 @@ __all__ = [
     "Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode",
     "Dense", "Conv2d", "Chain", "Parallel", "Connection", "Add", "Concat", "add", "concat",
     "NoOpLayer", "WrappedFunction", "Flatten", "Reshape", "Upsample", "Activation", "ACTIVATIONS",
-    "LayerNorm", "GroupNorm", "Dropout",
+    "LayerNorm", "GroupNorm", "BatchNorm", "Dropout",
     "tree_map", "tree_leaves", "tree_add", "tree_sub", "tree_scale", "tree_dot", "tree_norm",
     "tree_flatten", "tree_unflatten", "tree_paths", "ravel", "unravel", "zeros_like", "to_namespace",
     "SGD", "Adam", "AdamW", "clip_by_global_norm", "cosine_schedule",

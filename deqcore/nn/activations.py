@@ -73,7 +73,7 @@ class Activation(Layer):
     >>> Activation("swish")
     Traceback (most recent call last):
     ...
-    ValueError: unknown activation 'swish'; choose one of 'identity', 'tanh', 'relu', 'sigmoid', 'softplus', 'elu', 'gelu'
+    ValueError: unknown activation 'swish'; choose one of 'identity', 'tanh', 'relu', 'sigmoid', ...
     """
 
     def __init__(self, name: str):

@@ -69,7 +69,8 @@ class Chain(Layer):
 
     def init(self, rng):
         pairs = [layer.init(rng) for layer in self.layers]
-        return ({n: p for n, (p, _) in zip(self.names, pairs)}, {n: s for n, (_, s) in zip(self.names, pairs)})
+        params = {n: p for n, (p, _) in zip(self.names, pairs)}
+        return params, {n: s for n, (_, s) in zip(self.names, pairs)}
 
     def __call__(self, x, params, state):
         new_state = {}
@@ -224,8 +225,8 @@ class Parallel(Layer):
     def _inputs(self, x):
         if isinstance(x, (tuple, list)):
             if len(x) != len(self.layers):
-                raise ShapeError(f"{self!r}: a tuple input needs one element per branch ({len(self.layers)}); "
-                                 f"got {len(x)}")
+                raise ShapeError(f"{self!r}: a tuple input needs one element per branch "
+                                 f"({len(self.layers)}); got {len(x)}")
             return tuple(x), True
         return (x,) * len(self.layers), False
 

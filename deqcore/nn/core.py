@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .tree import to_namespace, tree_map
+from .tree import to_namespace
 
 __all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode"]
 
@@ -146,8 +146,3 @@ def check_array_input(layer, x):
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{layer!r} takes a NumPy or CuPy array, got {type(x).__name__}")
     return x
-
-
-def zero_tangent(params):
-    """``dparams=None`` stands for zero; this keeps layers' JVP code free of special cases."""
-    return tree_map(lambda a: a * 0, params)

@@ -11,7 +11,6 @@ import numbers
 
 import numpy as np
 
-from ..backend import get_namespace
 from .activations import activation as _activation
 from .core import Layer, check_array_input, shape_error
 from .reparam import weight_scheme
@@ -152,7 +151,7 @@ class Dense(WeightedLayer):
     >>> layer(np.ones((2, 5)), params, state)
     Traceback (most recent call last):
     ...
-    deqcore.nn.core.ShapeError: Dense(4 => 3, tanh): expected an input of shape (B, 4) (features on the last axis); got shape (2, 5)
+    deqcore.nn.core.ShapeError: Dense(4 => 3, tanh): expected an input of shape (B, 4) ...; got shape (2, 5)
     """
 
     def __init__(self, in_features, out_features, activation=None, use_bias=True, init="glorot_uniform",

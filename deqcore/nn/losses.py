@@ -29,8 +29,9 @@ def _targets(logits, labels, xp):
                              f"got {labels.shape}")
         return labels.astype(logits.dtype, copy=False)
     if labels.ndim != logits.ndim - 1 or labels.shape != logits.shape[:-1] or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integer class indices of shape {logits.shape[:-1]} or probabilities "
-                         f"of shape {logits.shape}; got {labels.dtype} array of shape {labels.shape}")
+        raise ValueError(f"labels must be integer class indices of shape {logits.shape[:-1]} or "
+                         f"probabilities of shape {logits.shape}; got {labels.dtype} array of shape "
+                         f"{labels.shape}")
     return (labels[..., None] == xp.arange(logits.shape[-1])).astype(logits.dtype)
 
 
