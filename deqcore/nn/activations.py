@@ -46,7 +46,7 @@ ACTIVATIONS = {
     "sigmoid": (_sigmoid, lambda xp, z, y: y * (1.0 - y)),
     "softplus": (_softplus, lambda xp, z, y: _sigmoid(xp, z)),
     "elu": (lambda xp, z: xp.where(z > 0, z, xp.expm1(xp.minimum(z, 0))),
-            lambda xp, z, y: xp.where(z > 0, 1.0, y + 1.0).astype(z.dtype)),
+            lambda xp, z, y: xp.exp(xp.minimum(z, 0))),
     "gelu": (_gelu, _gelu_derivative),
 }
 
