@@ -27,7 +27,8 @@ def _pair(value, name, minimum):
 
 
 class _Patches:
-    """im2col matrix of one input: rows (b, i, j), columns (c, ki, kj)."""
+    """Transposed im2col matrix of one input: rows (c, ki, kj), columns (b, i, j) (the copy reads rows of
+    the image contiguously, and the pullback's scatter-adds write them contiguously)."""
 
     def __init__(self, cols, batch, out_hw, padded_shape):
         self.cols, self.batch, self.out_hw, self.padded_shape = cols, batch, out_hw, padded_shape
@@ -97,30 +98,29 @@ class Conv2d(WeightedLayer):
         b, c = x.shape[:2]
         s = xpad.strides
         windows = xp.lib.stride_tricks.as_strided(
-            xpad, shape=(b, ho, wo, c, kh, kw), strides=(s[0], s[2] * sh, s[3] * sw, s[1], s[2], s[3]))
-        cols = windows.reshape(b * ho * wo, c * kh * kw)  # copies: the im2col matrix
+            xpad, shape=(c, kh, kw, b, ho, wo), strides=(s[1], s[2], s[3], s[0], s[2] * sh, s[3] * sw))
+        cols = windows.reshape(c * kh * kw, b * ho * wo)  # copies: the (transposed) im2col matrix
         return _Patches(cols, b, (ho, wo), xpad.shape)
 
     def _contract(self, patches, w):
         ho, wo = patches.out_hw
-        z = patches.cols @ w.reshape(self.out_channels, -1).T
-        return z.reshape(patches.batch, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
+        z = w.reshape(self.out_channels, -1) @ patches.cols
+        return z.reshape(self.out_channels, patches.batch, ho, wo).transpose(1, 0, 2, 3)
 
     def _transpose(self, dz, patches, w):
         xp = get_namespace(dz)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = patches.out_hw
-        dz_rows = dz.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
-        dw = (dz_rows.T @ patches.cols).reshape(w.shape)
-        dcols = (dz_rows @ w.reshape(self.out_channels, -1)).reshape(
-            patches.batch, ho, wo, self.in_channels, kh, kw)
-        dxpad = xp.zeros(patches.padded_shape, dtype=dz.dtype)
+        dz_mat = dz.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
+        dw = (dz_mat @ patches.cols.T).reshape(w.shape)
+        dcols = (w.reshape(self.out_channels, -1).T @ dz_mat).reshape(
+            self.in_channels, kh, kw, patches.batch, ho, wo)
+        b, c, hp, wp = patches.padded_shape
+        dxpad = xp.zeros((c, b, hp, wp), dtype=dz.dtype)
         for i in range(kh):
             for j in range(kw):
-                dxpad[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += \
-                    dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-        hp, wp = patches.padded_shape[2:]
-        return dxpad[:, :, ph:hp - ph, pw:wp - pw], dw
+                dxpad[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += dcols[:, i, j]
+        return dxpad[:, :, ph:hp - ph, pw:wp - pw].transpose(1, 0, 2, 3), dw
 
     def _bias(self, b):
         return b[:, None, None]
