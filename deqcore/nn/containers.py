@@ -137,7 +137,12 @@ class Connection:
 
 
 class Add(Connection):
-    """Sum of the branches' outputs (all of one shape); ``nn.add`` is an instance."""
+    """Sum of the branches' outputs (all of one shape); ``nn.add`` is an instance.
+
+    >>> import numpy as np
+    >>> add(np.ones(2), np.ones(2))
+    array([2., 2.])
+    """
 
     def __init__(self):
         super().__init__(self._sum, name="add")
@@ -157,7 +162,12 @@ class Add(Connection):
 
 class Concat(Connection):
     """Concatenation of the branches' outputs along ``axis`` (default: the last, i.e. features; use
-    ``axis=1`` for NCHW channels); ``nn.concat`` concatenates features."""
+    ``axis=1`` for NCHW channels); ``nn.concat`` concatenates features.
+
+    >>> import numpy as np
+    >>> Concat(axis=1)(np.zeros((2, 1, 3, 3)), np.zeros((2, 4, 3, 3))).shape
+    (2, 5, 3, 3)
+    """
 
     def __init__(self, axis: int = -1):
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):

@@ -27,7 +27,11 @@ __all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode"
 
 
 class ShapeError(ValueError):
-    """An input whose shape does not fit a layer; the message names the layer and the expected shape."""
+    """An input whose shape does not fit a layer; the message names the layer and the expected shape.
+
+    >>> issubclass(ShapeError, ValueError)
+    True
+    """
 
 
 class Layer(ABC):
@@ -43,6 +47,17 @@ class Layer(ABC):
     * ``jvp(x, params, state, dx, dparams=None) -> (y, dy)``; ``dparams=None`` means a zero tangent.
 
     ``x`` is an array with the batch on the leading axis, or a tuple of arrays (then ``dx`` is a tuple).
+
+    >>> import numpy as np
+    >>> class Double(Layer):
+    ...     def __call__(self, x, params, state):
+    ...         return 2 * x, state
+    ...     def vjp(self, x, params, state):
+    ...         return 2 * x, lambda dy: (2 * dy, {}), state
+    ...     def jvp(self, x, params, state, dx, dparams=None):
+    ...         return 2 * x, 2 * dx
+    >>> Double().vjp(np.ones((1, 2)), {}, {})[1](np.ones((1, 2)))
+    (array([[2., 2.]]), {})
     """
 
     def init(self, rng: np.random.Generator):
@@ -99,13 +114,29 @@ def setup(rng, model, *, xp=None, dtype=np.float64):
 
 
 def vjp(model, x, params, state):
-    """``(y, pullback, state)``: run ``model`` and return ``pullback(dy) -> (dx, dparams)``."""
+    """``(y, pullback, state)``: run ``model`` and return ``pullback(dy) -> (dx, dparams)``.
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> model = nn.Dense(2, 1, use_bias=False)
+    >>> params = {"weight": np.array([[3.0, 4.0]])}
+    >>> y, pullback, _ = nn.vjp(model, np.ones((1, 2)), params, {})
+    >>> pullback(np.ones((1, 1)))
+    (array([[3., 4.]]), {'weight': array([[1., 1.]])})
+    """
     _check_layer(model)
     return model.vjp(x, params, state)
 
 
 def jvp(model, x, params, state, dx, dparams=None):
-    """``(y, dy)``: the forward-mode derivative of ``model`` along ``dx`` (and ``dparams``; None = zero)."""
+    """``(y, dy)``: the forward-mode derivative of ``model`` along ``dx`` (and ``dparams``; None = zero).
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> params = {"weight": np.array([[3.0, 4.0]])}
+    >>> nn.jvp(nn.Dense(2, 1, use_bias=False), np.ones((1, 2)), params, {}, np.array([[1.0, 0.0]]))
+    (array([[7.]]), array([[3.]]))
+    """
     _check_layer(model)
     return model.jvp(x, params, state, dx, dparams)
 
@@ -128,7 +159,11 @@ def testmode(state):
 
 
 def trainmode(state):
-    """A copy of ``state`` with every ``training`` flag on."""
+    """A copy of ``state`` with every ``training`` flag on.
+
+    >>> trainmode({"layer_1": {"training": False}})
+    {'layer_1': {'training': True}}
+    """
     return _set_training(state, True)
 
 

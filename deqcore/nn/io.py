@@ -21,7 +21,14 @@ __all__ = ["save", "load"]
 
 
 def save(path, params) -> None:
-    """Write every array leaf of ``params`` to ``path`` (an ``.npz``, uncompressed), keyed by its path."""
+    """Write every array leaf of ``params`` to ``path`` (an ``.npz``, uncompressed), keyed by its path.
+
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "p.npz")
+    >>> save(path, {"dense": {"weight": np.ones((2, 2))}})
+    >>> np.load(path, allow_pickle=False).files
+    ['dense/weight']
+    """
     entries = tree_paths(params)
     for key, leaf in entries:
         if not hasattr(leaf, "shape"):
@@ -33,6 +40,14 @@ def load(path, template):
     """Read parameters saved by :func:`save` into the structure, dtypes and device of ``template``.
 
     Raises ``ValueError`` listing every missing key, unexpected key and shape mismatch.
+
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "p.npz")
+    >>> save(path, {"weight": np.ones((2, 2))})
+    >>> load(path, {"weight": np.zeros((3, 2))})
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot load '...p.npz' into the template: weight: file has shape (2, 2), template ...
     """
     expected = dict(tree_paths(template))
     with np.load(os.fspath(path), allow_pickle=False) as data:

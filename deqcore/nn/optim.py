@@ -49,7 +49,13 @@ def _lr_at(lr, step):
 @dataclass(frozen=True)
 class SGD:
     """Stochastic gradient descent with optional (Nesterov) momentum, PyTorch's convention:
-    ``v ← μ v + g``; step ``g + μ v`` (Nesterov) or ``v``; ``p ← p − lr · step``."""
+    ``v ← μ v + g``; step ``g + μ v`` (Nesterov) or ``v``; ``p ← p − lr · step``.
+
+    >>> import numpy as np
+    >>> opt = SGD(lr=0.1, momentum=0.9, nesterov=True)
+    >>> opt.update({"w": np.array([2.0])}, opt.init({"w": np.ones(1)}), {"w": np.ones(1)})[0]
+    {'w': array([0.62])}
+    """
 
     lr: Any = 1e-2
     momentum: float = 0.0
@@ -84,7 +90,14 @@ class SGD:
 @dataclass(frozen=True)
 class Adam:
     """Adam (Kingma & Ba 2015) with bias correction; ``weight_decay`` > 0 gives AdamW's decoupled decay
-    ``p ← p − lr · (m̂ / (√v̂ + eps) + weight_decay · p)`` (Loshchilov & Hutter 2019)."""
+    ``p ← p − lr · (m̂ / (√v̂ + eps) + weight_decay · p)`` (Loshchilov & Hutter 2019).
+
+    >>> import numpy as np
+    >>> opt = Adam(lr=0.1)
+    >>> params = {"w": np.ones(1)}
+    >>> opt.update({"w": np.array([2.0])}, opt.init(params), params)[0]   # first step: lr·sign(g)
+    {'w': array([0.9])}
+    """
 
     lr: Any = 1e-3
     b1: float = 0.9
@@ -122,7 +135,14 @@ class Adam:
 
 @dataclass(frozen=True)
 class AdamW(Adam):
-    """:class:`Adam` with decoupled weight decay, 0.01 by default."""
+    """:class:`Adam` with decoupled weight decay, 0.01 by default.
+
+    >>> import numpy as np
+    >>> opt = AdamW(lr=0.1, weight_decay=0.5)
+    >>> params = {"w": np.ones(1)}
+    >>> opt.update({"w": np.array([2.0])}, opt.init(params), params)[0]   # 1 − 0.1·(1 + 0.5)
+    {'w': array([0.85])}
+    """
 
     weight_decay: float = 1e-2
 

@@ -103,7 +103,11 @@ def tree_flatten(tree):
 
 
 def tree_unflatten(treedef, leaves):
-    """Inverse of :func:`tree_flatten`."""
+    """Inverse of :func:`tree_flatten`.
+
+    >>> tree_unflatten(tree_flatten({"a": 1, "b": [2, 3]})[1], [4, 5, 6])
+    {'a': 4, 'b': [5, 6]}
+    """
     leaves = list(leaves)
     it = iter(leaves)
     count = sum(1 for _ in tree_leaves(treedef))
