@@ -138,9 +138,17 @@ class WeightedLayer(Layer):
 class Dense(WeightedLayer):
     """Fully connected layer ``y = act(x Wᵀ + b)`` on the last axis: ``(..., in) -> (..., out)``.
 
-    Parameters: ``weight`` of shape ``(out, in)`` (Glorot-uniform by default) and ``bias`` (zeros).
-    ``weight_norm=True`` replaces ``weight`` by ``weight_v``/``weight_g``; ``spectral_norm=True`` divides the
-    weight by a power-iteration estimate of its largest singular value (vector ``u`` in the state).
+    Args:
+        in_features, out_features: sizes of the last axis in and out.
+        activation: a name (see ``nn.ACTIVATIONS``), an ``nn.Activation`` or None (identity).
+        use_bias: add ``bias`` (initialised to zeros).
+        init: the weight initialiser, one of ``nn.linear.INITIALISERS`` ("glorot_uniform", the default,
+            "glorot_normal", "kaiming_uniform", "kaiming_normal", "zeros") or ``init(rng, shape) -> array``.
+        weight_norm: parametrise the weight as ``weight_g * weight_v / ‖weight_v‖`` (row-wise).
+        spectral_norm: divide the weight by a power-iteration estimate of its largest singular value
+            (vector ``u`` in the state, refined by one step per training-mode call); keeps DEQs contractive.
+
+    Parameters: ``weight`` of shape ``(out, in)`` and ``bias`` of shape ``(out,)``.
 
     >>> import numpy as np
     >>> from deqcore import nn
