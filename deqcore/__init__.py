@@ -17,6 +17,9 @@ from .linalg import GMRES, LU, LinearOperator, linear_solve  # noqa: E402
 __all__ += ["GMRES", "LU", "LinearOperator", "linear_solve"]
 # --- root ---
 # --- ode ---
+from .ode import VCAB3, VCABM3, ODESolution, Rodas3, Tsit5, integrate, steady_state  # noqa: E402
+
+__all__ += ["VCAB3", "VCABM3", "ODESolution", "Rodas3", "Tsit5", "integrate", "steady_state"]
 # --- adjoint ---
 # --- nn ---
 from . import nn  # noqa: E402
@@ -28,3 +31,13 @@ from .nn.tree import (  # noqa: E402
 __all__ += ["nn", "ravel", "to_namespace", "tree_add", "tree_dot", "tree_flatten", "tree_leaves", "tree_map",
             "tree_norm", "tree_scale", "tree_sub", "tree_unflatten", "unravel", "zeros_like"]
 # --- models ---
+from .adjoint.steady_state import OneStepGradient, PhantomGradient, SteadyStateAdjoint  # noqa: E402
+from .models import (  # noqa: E402
+    DeepEquilibriumNetwork, DeepEquilibriumSolution, MultiScaleDeepEquilibriumNetwork, MultiScaleNeuralODE,
+    MultiScaleSkipDeepEquilibriumNetwork, SkipDeepEquilibriumNetwork, with_fixed_depth,
+)
+from . import models  # noqa: E402
+
+__all__ += ["SteadyStateAdjoint", "OneStepGradient", "PhantomGradient", "DeepEquilibriumNetwork",
+            "DeepEquilibriumSolution", "MultiScaleDeepEquilibriumNetwork", "MultiScaleNeuralODE",
+            "MultiScaleSkipDeepEquilibriumNetwork", "SkipDeepEquilibriumNetwork", "with_fixed_depth", "models"]

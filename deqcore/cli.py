@@ -1,9 +1,9 @@
 """Command line: ``python -m deqcore <command>``.
 
 Commands:
-  demo    train a DEQ classifier on scikit-learn's digits (or ``--solvers`` for the batched-solve demo)
-  solve   solve a built-in problem or ``fn`` from a Python file, with the solver and tolerances you choose
-  bench   run the benchmarks in ``benchmarks/`` and write tables and plots to ``benchmarks/results/``
+  demo    train a DEQ classifier on scikit-learn's digits (``--solvers``: the batched-solve comparison)
+  solve   solve a built-in problem, or ``fn`` from a Python file, with the solver and tolerances you choose
+  bench   run the benchmarks in ``benchmarks/`` and collect their tables in ``benchmarks/results/``
 
 Every command explains its flags with ``--help``. Bad arguments give a one-line message and exit code 2.
 """
@@ -22,27 +22,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep Equilibrium Models and the solvers under them, on NumPy and CuPy arrays.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{demo,solve,bench}")
-    demo = sub.add_parser("demo", help="run the demo (a DEQ classifier on digits; --solvers: batched solves)")
-    demo.add_argument("--solvers", action="store_true",
-                      help="instead: solve a batched nonlinear system with several solvers and compare them")
+    sub.add_parser("demo", add_help=False,
+                   help="train a DEQ classifier on digits (--solvers: compare solvers on a batched system)")
+    sub.add_parser("solve", add_help=False, help="solve a built-in problem or fn from a Python file")
+    sub.add_parser("bench", add_help=False, help="run the benchmarks and write tables to benchmarks/results/")
     return parser
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.command is None:
+    if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
-        return 2
-    if args.command == "demo":
-        if args.solvers:
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        if "--solvers" in rest:
             from .demos import batched_solve
 
-            return batched_solve.main(rest)
-        from .demos import batched_solve
+            return batched_solve.main([a for a in rest if a != "--solvers"])
+        from .demos import digits
 
-        return batched_solve.main(rest)
-    parser.error(f"unknown command {args.command!r}")
+        return digits.main(rest)
+    if command == "solve":
+        from .demos import solve_cli
+
+        return solve_cli.main(rest)
+    if command == "bench":
+        from .demos import bench_runner
+
+        return bench_runner.main(rest)
+    parser.error(f"unknown command {command!r} (choose from demo, solve, bench)")
     return 2
 
 

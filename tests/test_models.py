@@ -25,7 +25,7 @@ def _setup(model, seed=0, contract=("model", "layer_1", "layer_1", "weight"), sc
     return params, state
 
 
-TIGHT = dict(atol=1e-12, rtol=1e-12, max_steps=400)
+TIGHT = dict(atol=1e-12, rtol=1e-12, max_steps=5000)
 EXACT = dq.SteadyStateAdjoint(linsolve=dq.LU())
 
 

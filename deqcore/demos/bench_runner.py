@@ -1,0 +1,76 @@
+"""``python -m deqcore bench``: run every ``benchmarks/bench_*.py`` and collect their Markdown tables.
+
+Each benchmark script measures its comparisons side by side in one run (ratios, medians) and writes its own
+table to ``benchmarks/results/<name>.md``; this runner runs them in turn (``--quick`` sizes by default), then
+writes ``benchmarks/results/SUMMARY.md`` with the machine, the library versions and every table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+__all__ = ["main", "machine_description"]
+
+
+def machine_description() -> str:
+    """One line naming the machine and the versions of the libraries that matter for timings."""
+    import numpy
+    import scipy
+
+    parts = [f"{platform.machine()} {platform.processor() or ''}".strip(), f"{os.cpu_count()} CPUs",
+             f"Python {platform.python_version()}", f"NumPy {numpy.__version__}", f"SciPy {scipy.__version__}"]
+    try:
+        import numba
+
+        parts.append(f"Numba {numba.__version__}")
+    except ImportError:
+        pass
+    from .. import __version__
+
+    parts.append(f"deqcore {__version__}")
+    return ", ".join(parts)
+
+
+def _find_benchmarks(root: pathlib.Path, only):
+    scripts = sorted((root / "benchmarks").glob("bench_*.py"))
+    if only:
+        scripts = [s for s in scripts if any(name in s.stem for name in only)]
+    return scripts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deqcore bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="run the full sizes (default: each script's --quick)")
+    parser.add_argument("--only", nargs="*", default=[], help="run only benchmarks whose name contains these words")
+    parser.add_argument("--root", default=".", help="the repository root holding benchmarks/ (default: .)")
+    args = parser.parse_args(argv)
+    root = pathlib.Path(args.root).resolve()
+    scripts = _find_benchmarks(root, args.only)
+    if not scripts:
+        parser.error(f"no benchmarks/bench_*.py under {root}" + (f" matching {args.only}" if args.only else ""))
+    from tqdm import tqdm
+
+    results = root / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    sections, failures = [], 0
+    for script in tqdm(scripts, desc="benchmarks", unit="script"):
+        command = [sys.executable, str(script)] + ([] if args.full else ["--quick"])
+        start = time.perf_counter()
+        proc = subprocess.run(command, cwd=root, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        failures += proc.returncode != 0
+        body = proc.stdout.strip() if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()[-3000:]
+        sections.append(f"## {script.stem} — {status}, {elapsed:.0f} s\n\n{body}\n")
+    header = (f"# Benchmark summary\n\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
+              f"{machine_description()}; {'full' if args.full else 'quick'} sizes.\n\n")
+    (results / "SUMMARY.md").write_text(header + "\n".join(sections))
+    print(f"wrote {results / 'SUMMARY.md'} ({len(scripts)} benchmarks, {failures} failed)")
+    return 1 if failures else 0
