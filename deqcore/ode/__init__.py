@@ -1,0 +1,19 @@
+"""ODE integration: :func:`integrate` for initial value problems, :func:`steady_state` for du/dt = 0.
+
+Methods: :class:`Tsit5` (non-stiff default), :class:`VCAB3` and :class:`VCABM3` (variable-step Adams,
+cheap per step; VCABM3 is the default for steady states) and :class:`Rodas3` (L-stable Rosenbrock for stiff
+problems). Step sizes follow a PI controller; the first step is chosen automatically.
+
+>>> import numpy as np, deqcore as dq
+>>> sol = dq.integrate(lambda t, y, k: -k * y, np.ones(3), (0.0, 1.0), args=(2.0,), atol=1e-9, rtol=1e-9)
+>>> bool(np.allclose(sol.ys[-1], np.exp(-2.0)))
+True
+"""
+
+from .adams import VCAB3, VCABM3
+from .explicit import Tsit5
+from .rosenbrock import Rodas3
+from .solution import ODEProblem, ODESolution
+from .solve import integrate, steady_state
+
+__all__ = ["integrate", "steady_state", "ODESolution", "ODEProblem", "Tsit5", "VCAB3", "VCABM3", "Rodas3"]

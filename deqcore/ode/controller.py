@@ -1,0 +1,98 @@
+"""Step-size control shared by every ODE method: the weighted RMS error norm, the PI controller and
+Hairer's automatic initial step.
+
+All functions work per problem: ``batched=True`` gives one norm / step size per sample (leading axis).
+
+>>> import numpy as np
+>>> c = PIController(error_exponent=5)
+>>> round(c.beta1, 3), round(c.beta2, 3)
+(0.14, 0.08)
+>>> float(c.factor(np.array([1.0]), np.array([1.0]), np.array([False]))[0])
+0.9
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import to_host
+
+__all__ = ["PIController", "rms_norm", "error_norm", "initial_step"]
+
+SAFETY = 0.9
+FACTOR_MIN = 0.2
+FACTOR_MAX = 10.0
+
+
+def rms_norm(xp, x, batched: bool):
+    """Root mean square over all elements (per sample when ``batched``), as a device array."""
+    axis = tuple(range(1, x.ndim)) if batched else None
+    return xp.sqrt(xp.mean(x * x, axis=axis))
+
+
+def error_norm(xp, err, y_prev, y_new, atol: float, rtol: float, batched: bool):
+    """RMS(err / (atol + rtol·max(|y_prev|, |y_new|))) as a host array of shape ``(B,)`` (``(1,)`` unbatched)."""
+    scale = atol + rtol * xp.maximum(xp.abs(y_prev), xp.abs(y_new))
+    return np.atleast_1d(to_host(rms_norm(xp, err / scale, batched))).astype(float)
+
+
+@dataclass(frozen=True)
+class PIController:
+    """Proportional–integral step-size controller (Gustafsson; Hairer–Wanner II §IV.2).
+
+    ``h_new = h · clip(0.9 · err^−β₁ · err_prev^β₂, 1/5, 10)`` with ``β₁ = 7/(10p)``, ``β₂ = 2/(5p)`` where
+    ``p`` is the exponent of the local error estimate (error ∝ hᵖ). After a rejection the factor is
+    ``max(1/5, 0.9 · err^−1/p)``, and the step after a rejection may not grow.
+    """
+
+    error_exponent: int
+
+    @property
+    def beta1(self) -> float:
+        return 0.7 / self.error_exponent
+
+    @property
+    def beta2(self) -> float:
+        return 0.4 / self.error_exponent
+
+    def factor(self, err, err_prev, after_reject):
+        """Factor for the next step from host arrays ``err``, ``err_prev`` and ``after_reject`` (shape (B,))."""
+        err = np.maximum(err, 1e-10)
+        accepted = SAFETY * err ** -self.beta1 * err_prev ** self.beta2
+        accepted = np.clip(accepted, FACTOR_MIN, np.where(after_reject, 1.0, FACTOR_MAX))
+        with np.errstate(invalid="ignore"):
+            rejected = np.maximum(FACTOR_MIN, SAFETY * err ** (-1.0 / self.error_exponent))
+        rejected = np.where(np.isfinite(err), np.minimum(rejected, 1.0), FACTOR_MIN)
+        return np.where(err <= 1.0, accepted, rejected)
+
+
+def initial_step(xp, f, t0, y0, f0, direction, atol, rtol, error_exponent, batched, span):
+    """Hairer–Nørsett–Wanner I §II.4 starting step (costs one f evaluation); returns host ``|h|`` per sample.
+
+    ``f(t, y, h)`` evaluates the right-hand side at ``t + h`` (h a per-sample host array).
+    """
+    scale = atol + rtol * xp.abs(y0)
+    d0 = np.atleast_1d(to_host(rms_norm(xp, y0 / scale, batched)))
+    d1 = np.atleast_1d(to_host(rms_norm(xp, f0 / scale, batched)))
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h0 = np.where(small, 1e-6, 0.01 * d0 / np.where(small, 1.0, d1))
+    h0 = np.minimum(h0, span)
+    y1 = y0 + _broadcast(xp, direction * h0, y0, batched) * f0
+    f1 = f(t0, y1, direction * h0)
+    d2 = np.atleast_1d(to_host(rms_norm(xp, (f1 - f0) / scale, batched))) / h0
+    dmax = np.maximum(d1, d2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h1 = np.where(dmax <= 1e-15, np.maximum(1e-6, h0 * 1e-3),
+                      (0.01 / np.where(dmax <= 1e-15, 1.0, dmax)) ** (1.0 / error_exponent))
+    h = np.minimum(np.minimum(100.0 * h0, h1), span)
+    return np.where(np.isfinite(h) & (h > 0), h, 1e-6)
+
+
+def _broadcast(xp, h, y, batched):
+    """Host per-sample step sizes as a scalar (unbatched) or a device array broadcastable against y."""
+    if not batched:
+        return float(h[0])
+    return xp.asarray(h, dtype=y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))

@@ -1,0 +1,121 @@
+"""The result of :func:`~deqcore.ode.integrate`: saved times and states, return code, counters, and a dense
+output ``sol(t)`` (Tsit5's own 4th-order interpolant; cubic Hermite for the other methods)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..results import ReturnCode, SolveError
+from .driver import StepRecord
+from .tableaus import ButcherTableau
+
+__all__ = ["ODESolution", "ODEProblem"]
+
+
+@dataclass(frozen=True)
+class ODEProblem:
+    """What was solved (kept so that adjoints can re-evaluate the right-hand side and recompute steps)."""
+
+    rhs: Callable
+    args: tuple
+    t0: float
+    t1: float
+    solver: Any
+    atol: float
+    rtol: float
+    max_steps: int
+
+
+@dataclass
+class ODESolution:
+    """Solution of an initial value problem.
+
+    Attributes:
+        ts: host NumPy array of the saved times (``saveat``, or every accepted step point starting at t0).
+        ys: states at ``ts``, stacked on a new leading axis (namespace and dtype of ``y0``); without
+            ``saveat``, ``ys[-1]`` is the state at ``t1``.
+        result: a :class:`~deqcore.results.ReturnCode`.
+        stats: ``nfev``, ``num_steps`` (attempted), ``accepted``, ``rejected`` (plus ``njev``, ``nlinsolve``
+            for implicit methods).
+        problem: the :class:`ODEProblem` solved.
+        steps: the accepted steps (dense output and adjoints use them).
+    """
+
+    ts: np.ndarray
+    ys: Any
+    result: ReturnCode
+    stats: dict
+    problem: ODEProblem
+    steps: list = field(default_factory=list, repr=False)
+
+    @property
+    def success(self) -> bool:
+        return self.result == ReturnCode.SUCCESS
+
+    @property
+    def t_final(self) -> float:
+        """The time the integration reached (``t1`` on success)."""
+        return self.steps[-1].t + self.steps[-1].h if self.steps else self.problem.t0
+
+    @property
+    def y_final(self):
+        """The state at :attr:`t_final`."""
+        return self.steps[-1].y1 if self.steps else self._y0
+
+    def __call__(self, t):
+        """Dense output at a time or a 1-D array of times inside the integrated span (stacked on axis 0)."""
+        scalar = np.ndim(t) == 0
+        times = np.atleast_1d(np.asarray(t, dtype=float))
+        if times.ndim != 1 or not np.all(np.isfinite(times)):
+            raise ValueError("t must be a finite time or a 1-D array of finite times")
+        t0, t_fin = self.problem.t0, self.t_final
+        lo, hi = min(t0, t_fin), max(t0, t_fin)
+        if np.any((times < lo) | (times > hi)):
+            raise ValueError(f"t must lie in the integrated span [{lo}, {hi}], got {times.min()}..{times.max()}")
+        if not self.steps:
+            values = [self._y0 for _ in times]
+        else:
+            direction = 1.0 if t_fin >= t0 else -1.0
+            ends = direction * np.array([s.t + s.h for s in self.steps])
+            index = np.minimum(np.searchsorted(ends, direction * times, side="left"), len(self.steps) - 1)
+            values = [interpolate(self.steps[i], tau, self._tableau) for i, tau in zip(index, times)]
+        return values[0] if scalar else self._stack(values)
+
+    # set by integrate(); not part of the constructor signature used by adjoints
+    _y0: Any = field(default=None, repr=False)
+    _tableau: ButcherTableau | None = field(default=None, repr=False)
+    _stack: Callable = field(default=None, repr=False)
+
+    def raise_if_failed(self) -> "ODESolution":
+        if self.result != ReturnCode.SUCCESS:
+            raise SolveError(f"integration failed with {self.result.name} at t = {self.t_final}: "
+                             f"{self.result.message}", None)
+        return self
+
+
+def interpolate(step: StepRecord, t: float, tableau: ButcherTableau | None = None):
+    """State at time ``t`` inside an accepted step (the method's own interpolant when it has one)."""
+    theta = (t - step.t) / step.h
+    if theta == 0.0:
+        return step.y0
+    if theta == 1.0:
+        return step.y1
+    if tableau is not None and tableau.interp is not None and step.stages is not None:
+        weights = tableau.interpolation_weights(theta) * step.h
+        out = step.y0
+        for w, k in zip(weights, step.stages):
+            out = out + float(w) * k
+        return out
+    return hermite(step, theta)
+
+
+def hermite(step: StepRecord, theta: float):
+    """Cubic Hermite interpolation from both ends' states and derivatives."""
+    h00 = (1.0 + 2.0 * theta) * (1.0 - theta) ** 2
+    h10 = theta * (1.0 - theta) ** 2
+    h01 = theta * theta * (3.0 - 2.0 * theta)
+    h11 = theta * theta * (theta - 1.0)
+    return h00 * step.y0 + h01 * step.y1 + (step.h * h10) * step.f0 + (step.h * h11) * step.f1

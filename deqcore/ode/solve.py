@@ -1,0 +1,190 @@
+"""Public entry points: :func:`integrate` (initial value problems) and :func:`steady_state`.
+
+SciML's ``abstol``/``reltol``/``maxiters`` are ``atol``/``rtol``/``max_steps`` here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .._checks import check_callable, check_positive_int, check_tolerance
+from ..backend import check_finite, check_float_array, to_host
+from ..results import ReturnCode, SolveError, Solution
+from .adams import VCABM3
+from .base import Evaluator, ODEMethod
+from .driver import run
+from .explicit import Tsit5
+from .solution import ODEProblem, ODESolution, interpolate
+
+__all__ = ["integrate", "steady_state"]
+
+
+def _check_common(rhs, y0, solver, args, atol, rtol, max_steps):
+    check_callable(rhs, "rhs")
+    xp = check_float_array(y0, "y0")
+    check_finite(y0, "y0")
+    if not isinstance(solver, ODEMethod):
+        raise TypeError(f"solver must be an ODE method such as dq.Tsit5(), dq.VCABM3() or dq.Rodas3(); got "
+                        f"{type(solver).__name__}")
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple of extra arguments for rhs, got {type(args).__name__}")
+    atol, rtol = check_tolerance(atol, "atol"), check_tolerance(rtol, "rtol")
+    if atol == 0.0 and rtol == 0.0:
+        raise ValueError("atol and rtol cannot both be 0")
+    return xp, atol, rtol, check_positive_int(max_steps, "max_steps")
+
+
+def _check_time(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def _check_saveat(saveat, t0, t1):
+    if saveat is None:
+        return None
+    times = np.asarray(to_host(saveat) if hasattr(saveat, "shape") else saveat, dtype=float)
+    if times.ndim != 1 or times.size == 0 or not np.all(np.isfinite(times)):
+        raise ValueError("saveat must be a non-empty 1-D sequence of finite times")
+    direction = 1.0 if t1 > t0 else -1.0
+    if np.any(np.diff(times) * direction <= 0):
+        raise ValueError("saveat must be strictly increasing (strictly decreasing when t1 < t0)")
+    lo, hi = min(t0, t1), max(t0, t1)
+    if times.min() < lo or times.max() > hi:
+        raise ValueError(f"saveat must lie inside t_span [{lo}, {hi}], got {times.min()}..{times.max()}")
+    return times
+
+
+def integrate(rhs, y0, t_span, solver=None, *, args=(), atol=1e-6, rtol=1e-3, saveat=None, dt0=None,
+              max_steps=100_000, jac=None, throw=True) -> ODESolution:
+    """Solve ``dy/dt = rhs(t, y, *args)``, ``y(t0) = y0`` from ``t0`` to ``t1`` with adaptive steps.
+
+    Args:
+        rhs: ``rhs(t, y, *args) -> dy/dt`` (an array of the shape of ``y0``; ``t`` a Python float).
+        y0: initial state (any shape, float32/float64, NumPy or CuPy).
+        t_span: ``(t0, t1)``; ``t1 < t0`` integrates backwards.
+        solver: ``dq.Tsit5()`` (default), ``dq.VCAB3()``, ``dq.VCABM3()`` or ``dq.Rodas3()`` (stiff).
+        atol, rtol: error tolerances (per-step RMS error ≤ 1 in units of ``atol + rtol·|y|``).
+        saveat: times at which to return the solution (default: every accepted step).
+        dt0: first step size (its sign must match the direction of integration); default automatic.
+        max_steps: cap on attempted steps (MAX_STEPS when hit).
+        jac: optional ``jac(t, y, *args) -> (n, n)`` for implicit methods (default: finite differences).
+        throw: raise :class:`~deqcore.results.SolveError` when the integration fails.
+
+    Returns:
+        :class:`ODESolution` (``ts``, ``ys``, ``result``, ``stats``, dense output ``sol(t)``).
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.integrate(lambda t, y: np.array([y[1], -y[0]]), np.array([0.0, 1.0]), (0.0, np.pi / 2),
+    ...                    atol=1e-10, rtol=1e-10, saveat=[0.0, np.pi / 4, np.pi / 2])
+    >>> np.round(sol.ys[:, 0], 6)
+    array([0.      , 0.707107, 1.      ])
+    >>> round(float(sol(np.pi / 6)[0]), 6)
+    0.5
+    """
+    solver = Tsit5() if solver is None else solver
+    xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps)
+    if not isinstance(t_span, (tuple, list)) or len(t_span) != 2:
+        raise ValueError(f"t_span must be a pair (t0, t1), got {t_span!r}")
+    t0, t1 = _check_time(t_span[0], "t_span[0]"), _check_time(t_span[1], "t_span[1]")
+    if t0 == t1:
+        raise ValueError("t_span must have t1 != t0 (an empty span)")
+    direction = 1.0 if t1 > t0 else -1.0
+    if dt0 is not None:
+        dt0 = _check_time(dt0, "dt0")
+        if dt0 * direction <= 0:
+            raise ValueError(f"dt0 must be nonzero with the sign of t1 - t0, got {dt0}")
+    times = _check_saveat(saveat, t0, t1)
+    if jac is not None:
+        check_callable(jac, "jac")
+    ev = Evaluator(xp, rhs, args, batched=False, autonomous=False, shape=y0.shape, dtype=y0.dtype)
+    stepper = solver.stepper(ev, jac)
+    out = run(ev, stepper, y0, t0, t1, direction, atol=atol, rtol=rtol, max_steps=max_steps, dt0=dt0,
+              record=True)
+    code = ReturnCode(int(out.codes[0]))
+    stats = {"nfev": ev.nfev, "num_steps": out.num_steps, "accepted": int(out.accepted[0]),
+             "rejected": int(out.rejected[0])}
+    stats.update(getattr(stepper, "stats", {}))
+    problem = ODEProblem(rhs, args, t0, t1, solver, atol, rtol, max_steps)
+    tableau = getattr(solver, "tableau", None)
+    if times is None:
+        ts = np.array([t0] + [s.t + s.h for s in out.steps])
+        ys = xp.stack([y0] + [s.y1 for s in out.steps])
+    else:
+        reached = times[direction * (times - out.t[0]) <= 0] if code != ReturnCode.SUCCESS else times
+        sol = ODESolution(reached, None, code, stats, problem, out.steps, y0, tableau, xp.stack)
+        ts, ys = reached, (sol(reached) if reached.size else xp.empty((0,) + y0.shape, dtype=y0.dtype))
+    sol = ODESolution(ts, ys, code, stats, problem, out.steps, y0, tableau, xp.stack)
+    if throw and code != ReturnCode.SUCCESS:
+        sol.raise_if_failed()
+    return sol
+
+
+def steady_state(rhs, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-4, max_steps=1000, batched=False,
+                 jac=None, throw=True) -> Solution:
+    """Integrate ``du/dt = rhs(t, u, *args)`` towards ``t = ∞`` until ``max|du/dt| ≤ atol + rtol·max|u|``.
+
+    The right-hand side is treated as autonomous (it is called with ``t = 0.0``). With ``batched=True`` the
+    leading axis holds independent problems: each sample has its own step size, controller, convergence test
+    and return code, and samples that converge are frozen (``rhs`` still sees the whole batch, so ``args``
+    may carry per-sample data).
+
+    Args:
+        rhs, y0, args, atol, rtol, max_steps, jac: as in :func:`integrate`; ``max_steps`` counts attempted
+            steps (DEQ training typically uses ``atol = rtol = 1e-3`` and ``max_steps = 32``).
+        solver: default ``dq.VCABM3()``.
+        batched: whether the leading axis of ``y0`` holds independent problems.
+        throw: raise :class:`~deqcore.results.SolveError` when any sample failed.
+
+    Returns:
+        :class:`~deqcore.results.Solution`: ``value`` the steady state (the last iterate on failure),
+        ``result`` (an int array ``(B,)`` when batched), ``residual`` = ``max|du/dt|`` per sample, ``stats``
+        with ``nfev``, ``num_steps`` (attempted), ``accepted``, ``rejected`` and, when batched, ``nfe`` (the
+        evaluations each sample needed until it converged) and ``accepted`` per sample.
+
+    >>> import numpy as np, deqcore as dq
+    >>> A = np.array([[-2.0, 1.0], [0.0, -1.0]]); b = np.array([1.0, 1.0])
+    >>> sol = dq.steady_state(lambda t, u: A @ u + b, np.zeros(2), atol=1e-10, rtol=1e-10)
+    >>> np.allclose(sol.value, np.linalg.solve(A, -b), atol=1e-8)
+    True
+    """
+    solver = VCABM3() if solver is None else solver
+    xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps)
+    if not isinstance(batched, bool):
+        raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    if batched and y0.ndim < 1:
+        raise ValueError("batched=True needs y0 with a leading batch axis")
+    if jac is not None:
+        check_callable(jac, "jac")
+    axis = tuple(range(1, y0.ndim)) if batched else None
+    residual = {}
+
+    def converged(y, f):
+        res = np.atleast_1d(to_host(xp.max(xp.abs(f), axis=axis)))
+        scale = np.atleast_1d(to_host(xp.max(xp.abs(y), axis=axis)))
+        residual["value"] = res
+        return res <= atol + rtol * scale
+
+    ev = Evaluator(xp, rhs, args, batched=batched, autonomous=True, shape=y0.shape, dtype=y0.dtype)
+    stepper = solver.stepper(ev, jac)
+    out = run(ev, stepper, y0, 0.0, math.inf, 1.0, atol=atol, rtol=rtol, max_steps=max_steps, dt0=None,
+              converged=converged)
+    converged(out.y, out.f)
+    stats = {"nfev": ev.nfev, "num_steps": out.num_steps, "accepted": int(out.accepted.max()),
+             "rejected": int(out.rejected.max())}
+    stats.update(getattr(stepper, "stats", {}))
+    if batched:
+        stats["nfe"] = out.nfe
+        stats["accepted_per_sample"] = out.accepted
+        result = xp.asarray(out.codes)
+        res = xp.asarray(residual["value"])
+    else:
+        result = ReturnCode(int(out.codes[0]))
+        res = float(residual["value"][0])
+    sol = Solution(out.y, result, stats, res, batched)
+    if throw:
+        sol.raise_if_failed()
+    return sol
