@@ -10,9 +10,9 @@ LU factorisation (``linear_solver=dq.LU()``, the default), or no Jacobian at all
 finite-difference Jacobian–vector products (``linear_solver=dq.GMRES(...)``; one f per Krylov step).
 
 >>> import numpy as np, deqcore as dq
->>> stiff = lambda t, y: np.array([-1000.0 * (y[0] - np.cos(t))])
+>>> stiff = lambda t, y: -1e6 * (y - np.cos(t))          # explicit methods need ~10^6 steps here
 >>> sol = dq.integrate(stiff, np.array([0.0]), (0.0, 1.0), dq.Rodas3(), atol=1e-6, rtol=1e-6)
->>> sol.stats["accepted"] < 100, bool(abs(sol.ys[-1, 0] - np.cos(1.0)) < 1e-3)
+>>> sol.stats["accepted"] < 1000, bool(abs(sol.ys[-1, 0] - np.cos(1.0)) < 1e-5)
 (True, True)
 """
 

@@ -65,6 +65,18 @@ class ODESolution:
         """The state at :attr:`t_final`."""
         return self.steps[-1].y1 if self.steps else self._y0
 
+    @property
+    def value(self):
+        """The state at :attr:`t_final` (as ``Solution.value`` of a steady-state solve)."""
+        return self.y_final
+
+    @property
+    def residual(self) -> float:
+        """``max|dy/dt|`` at :attr:`t_final` (as ``Solution.residual`` of a steady-state solve)."""
+        if not self.steps:
+            return float("nan")
+        return float(abs(self.steps[-1].f1).max())
+
     def __call__(self, t):
         """Dense output at a time or a 1-D array of times inside the integrated span (stacked on axis 0)."""
         scalar = np.ndim(t) == 0
