@@ -21,6 +21,9 @@ from .ode import VCAB3, VCABM3, ODESolution, Rodas3, Tsit5, integrate, steady_st
 
 __all__ += ["VCAB3", "VCABM3", "ODESolution", "Rodas3", "Tsit5", "integrate", "steady_state"]
 # --- adjoint ---
+from .adjoint import BacksolveAdjoint, DiscreteAdjoint, GaussAdjoint, ode_gradients  # noqa: E402
+
+__all__ += ["BacksolveAdjoint", "DiscreteAdjoint", "GaussAdjoint", "ode_gradients"]
 # --- nn ---
 from . import nn  # noqa: E402
 from .nn.tree import (  # noqa: E402
