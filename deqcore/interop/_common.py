@@ -1,0 +1,73 @@
+"""Pieces shared by the framework adapters: option checks, the default solver and adjoint, the forward solve."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import check_positive_int, check_tolerance
+from ..adjoint.steady_state import OneStepGradient, PhantomGradient, SteadyStateAdjoint
+
+__all__ = ["import_framework", "check_options", "check_adjoint", "check_dtype", "default_solver", "solve"]
+
+_ADJOINTS = (SteadyStateAdjoint, OneStepGradient, PhantomGradient)
+SUPPORTED_DTYPES = ("float32", "float64")
+
+
+def import_framework(name: str, extra: str):
+    """Import an optional framework, or raise an ImportError that says how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ImportError(f"deqcore.interop.{extra} needs {name}: pip install deqcore[{extra}]") from exc
+
+
+def check_options(solver, atol, rtol, max_steps):
+    """Validated ``(solver, atol, rtol, max_steps)``; ``solver=None`` means ``dq.Anderson()``."""
+    from ..models.solvers import is_root_solver
+
+    solver = default_solver() if solver is None else solver
+    if not is_root_solver(solver):
+        raise TypeError("solver must be a deqcore fixed-point solver (dq.Anderson(), dq.Broyden(), "
+                        f"dq.FixedPointIteration(), ...); got {type(solver).__name__}")
+    return solver, check_tolerance(atol, "atol"), check_tolerance(rtol, "rtol"), check_positive_int(
+        max_steps, "max_steps")
+
+
+def check_adjoint(adjoint):
+    """``adjoint`` itself, or ``dq.SteadyStateAdjoint()`` for None; TypeError for anything else."""
+    if adjoint is None:
+        return SteadyStateAdjoint()
+    if not isinstance(adjoint, _ADJOINTS):
+        raise TypeError("adjoint must be dq.SteadyStateAdjoint(...), dq.OneStepGradient() or "
+                        f"dq.PhantomGradient(...); got {type(adjoint).__name__}")
+    return adjoint
+
+
+def check_dtype(dtype_name: str, name: str) -> None:
+    """float32 and float64 only; half precision gets an error that says what to do."""
+    if dtype_name not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} has dtype {dtype_name}; deqcore solves in float32 or float64: cast it first "
+                        "(e.g. .float() or .double())")
+
+
+def default_solver():
+    """``dq.Anderson()`` (imported when first needed)."""
+    from ..root import Anderson
+
+    return Anderson()
+
+
+def solve(fn, z0, solver, *, atol, rtol, max_steps, batched):
+    """``dq.fixed_point`` without raising: failures are recorded in the returned Solution's ``result``."""
+    from ..root import fixed_point
+
+    return fixed_point(fn, z0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched, throw=False)
+
+
+def writable(a):
+    """``a``, or a copy when it is a read-only NumPy array (frameworks ignore NumPy's read-only flag)."""
+    if isinstance(a, np.ndarray) and not a.flags.writeable:
+        return a.copy()
+    return a

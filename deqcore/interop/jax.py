@@ -1,0 +1,183 @@
+"""JAX adapter: a differentiable fixed point z* = f(z*, args) solved by deqcore.
+
+The solve and the implicit adjoint's λ-solve run in deqcore inside ``jax.pure_callback`` (so they work
+eagerly and under ``jax.jit``, ``jax.grad`` and ``jax.vmap``); inside them f and its VJP are evaluated by
+separately jitted JAX functions. The parameter cotangent ∂f/∂argsᵀ λ is computed by JAX itself, so ``args``
+may be any pytree. Under ``jax.vmap`` each mapped sample is its own system (per-sample convergence).
+
+>>> import jax, jax.numpy as jnp
+>>> from deqcore.interop import jax as dqj
+>>> f = lambda z, a: 0.5 * jnp.cos(z) + a
+>>> z = dqj.fixed_point(f, jnp.zeros(3), jnp.ones(3), atol=1e-6, rtol=1e-6)
+>>> bool(jnp.allclose(z, f(z, jnp.ones(3)), atol=1e-5))
+True
+>>> g = jax.grad(lambda a: dqj.fixed_point(f, jnp.zeros(3), a, atol=1e-6, rtol=1e-6).sum())(jnp.ones(3))
+>>> bool(jnp.allclose(g, 1 / (1 + 0.5 * jnp.sin(z)), atol=1e-4))     # dz*/da = 1 / (1 − f_z)
+True
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._checks import check_callable
+from ..adjoint.steady_state import FixedPointVJP, PhantomGradient
+from ..results import SolveError
+from ._common import check_adjoint, check_dtype, check_options, import_framework, solve
+
+jax = import_framework("jax", "jax")
+jnp = import_framework("jax.numpy", "jax")
+
+__all__ = ["fixed_point"]
+
+
+@dataclass(frozen=True)
+class _Config:
+    solver: Any
+    adjoint: Any
+    atol: float
+    rtol: float
+    max_steps: int
+    throw: bool
+
+
+def fixed_point(f, z0, args=(), solver=None, *, atol=1e-6, rtol=1e-5, max_steps=100, adjoint=None,
+                throw=True):
+    """z* with z* = f(z*, args), differentiable with respect to ``args`` by deqcore's implicit adjoint.
+
+    Args:
+        f: a JAX-traceable function ``f(z, args)`` returning an array shaped like z (same dtype).
+        z0: start point (float32 or float64 array); no gradient flows to it.
+        args: any pytree of arrays f depends on; gradients flow to its floating leaves.
+        solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
+        atol, rtol, max_steps: the solve's tolerances and budget.
+        adjoint: ``dq.SteadyStateAdjoint(...)`` (default) or ``dq.OneStepGradient()``.
+        throw: raise ``dq.SolveError`` (wrapped by JAX under ``jit``) when the solve fails; False returns
+            the best iterate.
+
+    Unmapped, the whole array is one system; under ``jax.vmap`` each mapped sample is one system.
+    """
+    check_callable(f, "f")
+    solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
+    adjoint = check_adjoint(adjoint)
+    if isinstance(adjoint, PhantomGradient):
+        raise TypeError("adjoint must be dq.SteadyStateAdjoint(...) or dq.OneStepGradient() for the JAX "
+                        "adapter; got PhantomGradient")
+    if not isinstance(throw, bool):
+        raise TypeError(f"throw must be a bool, got {type(throw).__name__}")
+    if not hasattr(z0, "dtype"):
+        raise TypeError(f"z0 must be a JAX or NumPy array, got {type(z0).__name__}")
+    z0 = jnp.asarray(z0)
+    check_dtype(str(z0.dtype), "z0")
+    out = jax.eval_shape(f, z0, args)
+    if not hasattr(out, "shape") or out.shape != z0.shape:
+        got = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"f must preserve the shape of z: got {got} from {z0.shape}")
+    if out.dtype != z0.dtype:
+        raise TypeError(f"f must preserve the dtype of z: got {out.dtype} from {z0.dtype}")
+    return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw))(z0, args)
+
+
+@functools.lru_cache(maxsize=64)
+def _implicit_fixed_point(f, config):
+    @jax.custom_vjp
+    def fp(z0, args):
+        return _callback(_host_solve, f, config, z0, args)
+
+    def fwd(z0, args):
+        z = fp(z0, args)
+        return z, (z, args)
+
+    def bwd(residuals, g):
+        z, args = residuals
+        lam = _callback(_host_adjoint, f, config, z, args, g)
+        _, pullback = jax.vjp(lambda a: f(z, a), args)
+        return jnp.zeros_like(z), pullback(lam)[0]
+
+    fp.defvjp(fwd, bwd)
+    return fp
+
+
+def _callback(host_fn, f, config, z, args, *extra):
+    """Run ``host_fn`` on host arrays; batch axes added by vmap arrive as leading axes (expand_dims)."""
+    fn = functools.partial(host_fn, f, config, z.ndim)
+    return jax.pure_callback(fn, jax.ShapeDtypeStruct(z.shape, z.dtype), z, args, *extra,
+                             vmap_method="expand_dims")
+
+
+class _HostProblem:
+    """The arrays of one callback, with vmap's leading axes folded into one batch axis (or none)."""
+
+    def __init__(self, f, core_ndim, z, args):
+        z = np.asarray(z)
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        k = z.ndim - core_ndim                      # number of vmap axes
+        self.out_shape = np.broadcast_shapes(z.shape[:k], *(np.shape(a)[:k] for a in leaves)) + z.shape[k:]
+        self.batched = k > 0
+        self.core_shape = z.shape[k:]
+        axes, flat = [], []
+        for leaf in leaves:
+            leaf = np.asarray(leaf)
+            if k and any(d != 1 for d in leaf.shape[:k]):
+                full = np.broadcast_to(leaf, self.out_shape[:k] + leaf.shape[k:])
+                flat.append(jnp.asarray(full.reshape((-1,) + leaf.shape[k:])))
+                axes.append(0)
+            else:
+                flat.append(jnp.asarray(leaf.reshape(leaf.shape[k:])))
+                axes.append(None)
+        self.args = jax.tree_util.tree_unflatten(treedef, flat)
+        self.evaluate, self.pullback = _evaluators(f, treedef, tuple(axes), self.batched)
+
+    def fold(self, a):
+        """``a`` with vmap's axes folded into one (or unchanged when not mapped), as a writable host array."""
+        a = np.broadcast_to(np.asarray(a), self.out_shape)
+        return np.array(a.reshape((-1,) + self.core_shape) if self.batched else a)
+
+    def unfold(self, a):
+        return np.asarray(a).reshape(self.out_shape)
+
+    def f(self, z):
+        return np.asarray(self.evaluate(jnp.asarray(z), self.args))
+
+    def pullback_at(self, z):
+        """``v -> (∂f/∂zᵀ v, None)`` at z (the args part is computed by JAX outside the callback)."""
+        zj = jnp.asarray(z)
+        return lambda v: (np.asarray(self.pullback(zj, self.args, jnp.asarray(v))), None)
+
+    def vjp(self, z):
+        return self.f(z), self.pullback_at(z)
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluators(f, treedef, axes, batched):
+    """Jitted f(z, args) and its z-VJP, vmapped over the folded batch axis when ``batched``."""
+    fb = f
+    if batched:
+        in_axes = (0, jax.tree_util.tree_unflatten(treedef, list(axes)))
+        fb = jax.vmap(f, in_axes=in_axes)
+
+    def pullback(z, args, v):
+        return jax.vjp(lambda zz: fb(zz, args), z)[1](v)[0]
+
+    return jax.jit(fb), jax.jit(pullback)
+
+
+def _host_solve(f, config, core_ndim, z0, args):
+    problem = _HostProblem(f, core_ndim, z0, args)
+    sol = solve(problem.f, problem.fold(z0), config.solver, atol=config.atol, rtol=config.rtol,
+                max_steps=config.max_steps, batched=problem.batched)
+    if config.throw and not bool(np.all(sol.success)):
+        raise SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol)
+    return problem.unfold(sol.value).astype(np.asarray(z0).dtype, copy=False)
+
+
+def _host_adjoint(f, config, core_ndim, z, args, g):
+    problem = _HostProblem(f, core_ndim, z, args)
+    z_flat = problem.fold(z)
+    fixed = FixedPointVJP(z_flat, problem.vjp, batched=problem.batched, pullback=problem.pullback_at(z_flat))
+    _, info = config.adjoint.gradient(fixed, problem.fold(g))
+    return problem.unfold(info.lam).astype(np.asarray(z).dtype, copy=False)

@@ -1,0 +1,324 @@
+"""PyTorch adapter: solve a torch model's fixed point with deqcore and differentiate it implicitly.
+
+Tensors cross to deqcore as zero-copy views (CPU tensors as NumPy arrays, CUDA tensors as CuPy arrays through
+DLPack) and back the same way. Tensors that require grad are detached first; non-contiguous ones are copied.
+f is always evaluated by torch: under ``torch.no_grad`` during the solve, and with autograd for the VJPs of the
+implicit adjoint. Don't modify ``z`` in place inside f: during the solve it is a view of the solver's array.
+
+>>> import torch, deqcore as dq
+>>> from deqcore.interop import torch as dqt
+>>> _ = torch.manual_seed(0)
+>>> f = dqt.example_cell(4, 3)                    # z -> tanh(W z + U x + b) with ||W||_2 = 0.5
+>>> layer = dqt.DEQ(f, atol=1e-8, rtol=1e-8, max_steps=100)
+>>> x = torch.randn(2, 3, dtype=torch.float64)
+>>> z = layer(x, torch.zeros(2, 4, dtype=torch.float64))     # z0=None starts from zeros shaped like x
+>>> bool(torch.allclose(z, f(z, x), atol=1e-6)), layer.last_solution.success.tolist()
+(True, [True, True])
+>>> z.sum().backward()                            # implicit adjoint: gradients reach f's parameters
+>>> f.W.weight.grad.shape
+torch.Size([4, 4])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..adjoint.steady_state import FixedPointVJP, PhantomGradient
+from ..nn.core import Layer
+from ..nn.tree import tree_flatten, tree_unflatten
+from ._common import check_adjoint, check_dtype, check_options, import_framework, solve, writable
+
+torch = import_framework("torch", "torch")
+
+__all__ = ["DEQ", "TorchLayer", "to_array", "from_array", "example_cell"]
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def to_array(tensor, name: str = "tensor"):
+    """A NumPy (CPU) or CuPy (CUDA) array sharing memory with ``tensor`` (detached; copied only when it is not
+    contiguous).
+
+    >>> import torch
+    >>> t = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    >>> a = to_array(t, "t"); a[0] = 5.0; float(t[0])
+    5.0
+    >>> to_array(torch.ones(2, dtype=torch.float16), "x")
+    Traceback (most recent call last):
+    ...
+    TypeError: x has dtype float16; deqcore solves in float32 or float64: cast it first (e.g. .float() or .double())
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    check_dtype(_DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype).replace("torch.", "")), name)
+    tensor = tensor.detach()
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    if tensor.device.type == "cpu":
+        return tensor.numpy()
+    if tensor.device.type == "cuda":
+        import cupy
+
+        return cupy.from_dlpack(tensor)
+    raise ValueError(f"{name} lives on device {tensor.device}; deqcore runs on CPU (NumPy) and CUDA (CuPy)")
+
+
+def from_array(array):
+    """A torch tensor sharing memory with a NumPy or CuPy array (read-only NumPy arrays are copied).
+
+    >>> import numpy as np
+    >>> from_array(np.arange(3.0))
+    tensor([0., 1., 2.], dtype=torch.float64)
+    """
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(writable(array)))
+    return torch.from_dlpack(array)
+
+
+def _check_like(out, like, name: str, what: str):
+    """``out`` must be a tensor with the shape, dtype and device of ``like``."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
+    if out.shape != like.shape:
+        raise ValueError(f"{name} must preserve the shape of {what}: got {tuple(out.shape)} from "
+                         f"{tuple(like.shape)}")
+    if out.dtype != like.dtype:
+        raise TypeError(f"{name} must preserve the dtype of {what}: got {out.dtype} from {like.dtype}")
+    if out.device != like.device:
+        raise ValueError(f"{name} returned a tensor on {out.device}; {what} is on {like.device}")
+    return out
+
+
+class DEQ(torch.nn.Module):
+    """A deep equilibrium layer: ``layer(x, z0=None)`` returns z* with z* = f(z*, x).
+
+    The fixed point is found by a deqcore solver on zero-copy views of the tensors; the backward pass solves
+    the implicit adjoint (I − ∂f/∂zᵀ) λ = ∂L/∂z* in deqcore with VJPs of f from torch autograd, then hands λ
+    to one autograd call for the gradients of x and of f's parameters.
+
+    Args:
+        f: a ``torch.nn.Module`` or function called as ``f(z, x)``, returning a tensor shaped like z.
+            Gradients reach the parameters of a module f (and x); tensors captured by a plain function get none.
+        solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
+        adjoint: ``dq.SteadyStateAdjoint(...)`` (default: dense LU up to 50 state elements per sample, else
+            GMRES with a small budget), ``dq.OneStepGradient()`` or ``dq.PhantomGradient(...)``.
+        atol, rtol, max_steps: the forward solve's tolerances (defaults as deqcore's DEQ models: cheap
+            solves, 1e-3 and 32 steps; tighten them for accurate gradients).
+        batched: True (default) treats each sample along the leading axis as its own system, with its own
+            convergence test; f must then treat samples independently (no batch norm over the batch).
+            False solves the whole array as one system.
+
+    After a call, ``layer.last_solution`` holds the forward ``dq.Solution`` (``.stats["nfev"]``,
+    ``.residual``, ``.result``, ``.success``; codes per sample when batched) and, after a backward pass,
+    ``layer.last_adjoint`` holds the adjoint's ``AdjointInfo`` (``nvjp``, ``num_steps``, ``result``).
+    A solve that does not converge is recorded there, not raised, and the best iterate is returned.
+    """
+
+    def __init__(self, f, solver=None, adjoint=None, *, atol=1e-3, rtol=1e-3, max_steps=32, batched=True):
+        super().__init__()
+        if not callable(f):
+            raise TypeError(f"f must be a torch.nn.Module or a function f(z, x), got {type(f).__name__}")
+        self.f = f
+        self.solver, self.atol, self.rtol, self.max_steps = check_options(solver, atol, rtol, max_steps)
+        self.adjoint = check_adjoint(adjoint)
+        if not isinstance(batched, bool):
+            raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+        self.batched = batched
+        self.last_solution = None
+        self.last_adjoint = None
+
+    def extra_repr(self):
+        return (f"solver={self.solver!r}, adjoint={self.adjoint!r}, atol={self.atol}, rtol={self.rtol}, "
+                f"max_steps={self.max_steps}, batched={self.batched}")
+
+    def _parameters_of_f(self):
+        if isinstance(self.f, torch.nn.Module):
+            return tuple(p for p in self.f.parameters() if p.requires_grad)
+        return ()
+
+    def forward(self, x, z0=None):
+        """z* for input ``x`` (batch on the leading axis), started from ``z0`` (default zeros like x)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        check_dtype(_DTYPE_NAMES.get(x.dtype, str(x.dtype).replace("torch.", "")), "x")
+        if z0 is None:
+            z0 = torch.zeros_like(x, memory_format=torch.contiguous_format)
+        else:
+            if not isinstance(z0, torch.Tensor):
+                raise TypeError(f"z0 must be a torch.Tensor or None, got {type(z0).__name__}")
+            if z0.device != x.device:
+                raise ValueError(f"z0 is on {z0.device} but x is on {x.device}; put them on one device")
+            if z0.dtype != x.dtype:
+                raise TypeError(f"z0 has dtype {z0.dtype} but x has {x.dtype}; use one dtype")
+            if self.batched and (z0.ndim == 0 or z0.shape[0] != x.shape[0]):
+                raise ValueError(f"z0 must have the batch size of x ({x.shape[0]}) on its leading axis; got "
+                                 f"shape {tuple(z0.shape)}")
+            z0 = z0.detach().clone(memory_format=torch.contiguous_format)   # the solver may write into it
+        return _ImplicitFixedPoint.apply(self, x, z0, *self._parameters_of_f())
+
+    def _solve(self, x, z0):
+        x = x.detach()
+
+        def fn(z):
+            zt = from_array(z)
+            with torch.no_grad():
+                out = _check_like(self.f(zt, x), zt, "f", "z")
+            return to_array(out, "f(z, x)")
+
+        self.last_adjoint = None
+        self.last_solution = solve(fn, to_array(z0, "z0"), self.solver, atol=self.atol, rtol=self.rtol,
+                                   max_steps=self.max_steps, batched=self.batched)
+        return from_array(self.last_solution.value)
+
+    def _gradients(self, x, z_star, g, params):
+        """``(dx, dparams)`` by the implicit adjoint for the cotangent ``g`` of z*."""
+        want_x = x.requires_grad
+        x_in = x.detach().requires_grad_(want_x)
+        inputs = ((x_in,) if want_x else ()) + params
+        full = isinstance(self.adjoint, PhantomGradient)     # it needs θ-cotangents at every step
+
+        def vjp(z):
+            with torch.enable_grad():
+                zt = from_array(z).requires_grad_(True)
+                fz = _check_like(self.f(zt, x_in), zt, "f", "z")
+
+            def pullback(v):
+                wrt = (zt,) + inputs if full else (zt,)
+                grads = torch.autograd.grad(fz, wrt, from_array(v), retain_graph=True, allow_unused=True)
+                dz = to_array(_zero_if_none(grads[0], zt), "dz")
+                if not full:
+                    return dz, None
+                return dz, tuple(to_array(_zero_if_none(d, t), "grad") for d, t in zip(grads[1:], inputs))
+
+            return to_array(fz, "f(z, x)"), pullback, fz
+
+        z_arr = to_array(z_star, "z_star")
+        f_star, pullback, fz = vjp(z_arr)
+        problem = FixedPointVJP(z_arr, lambda z: vjp(z)[:2], batched=self.batched, pullback=pullback)
+        dtheta, info = self.adjoint.gradient(problem, to_array(g, "grad_output"))
+        self.last_adjoint = info
+        if not inputs:
+            return None, ()
+        if full:
+            grads = tuple(from_array(d) for d in dtheta)
+        else:
+            grads = torch.autograd.grad(fz, inputs, from_array(info.lam), allow_unused=True)
+        grads = list(grads)
+        dx = grads.pop(0) if want_x else None
+        return dx, tuple(grads)
+
+
+def _zero_if_none(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
+
+
+class _ImplicitFixedPoint(torch.autograd.Function):
+    """z* = f(z*, x) forward by a deqcore solve, backward by deqcore's implicit adjoint."""
+
+    @staticmethod
+    def forward(ctx, layer, x, z0, *params):
+        z_star = layer._solve(x, z0)
+        ctx.layer = layer
+        ctx.save_for_backward(x, z_star, *params)
+        return z_star
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_z):
+        x, z_star, *params = ctx.saved_tensors
+        dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params))
+        if dparams == ():
+            dparams = (None,) * len(params)
+        return (None, dx, None, *dparams)
+
+
+class TorchLayer(torch.nn.Module):
+    """A deqcore layer (a model built from ``deqcore.nn`` or a ``dq.DeepEquilibriumNetwork``) as a
+    ``torch.nn.Module``.
+
+    The parameters become ``torch.nn.Parameter``\\ s that share memory with the arrays in ``params`` (so a
+    torch optimiser updates them in place); forward runs the deqcore layer on a zero-copy view of x, backward
+    its own pullback (``nn.vjp``). ``layer.state`` holds the latest state, ``layer.params`` the parameter tree.
+
+    Args:
+        model: a ``deqcore.nn.Layer``.
+        params, state: from ``nn.setup(rng, model)`` (NumPy float32/float64 arrays, or CuPy ones).
+
+    >>> import numpy as np, torch
+    >>> from deqcore import nn
+    >>> model = nn.Dense(3, 2)
+    >>> params, state = nn.setup(np.random.default_rng(0), model)
+    >>> layer = TorchLayer(model, params, state)
+    >>> y = layer(torch.ones(4, 3, dtype=torch.float64))
+    >>> y.sum().backward()
+    >>> layer.weights[0].grad.shape, np.shares_memory(layer.params["weight"], params["weight"])
+    (torch.Size([2, 3]), True)
+    """
+
+    def __init__(self, model, params, state):
+        super().__init__()
+        if not isinstance(model, Layer):
+            raise TypeError(f"model must be a deqcore.nn.Layer, got {type(model).__name__}")
+        leaves, self._treedef = tree_flatten(params)
+        tensors = []
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, np.ndarray) and not leaf.flags.writeable:
+                raise ValueError(f"params leaf {i} is a read-only array; torch would write into it: pass a copy")
+            if not hasattr(leaf, "dtype"):
+                raise TypeError(f"params leaf {i} must be an array, got {type(leaf).__name__}")
+            check_dtype(str(leaf.dtype), f"params leaf {i}")
+            tensors.append(torch.nn.Parameter(from_array(leaf)))
+        self.model = model
+        self.weights = torch.nn.ParameterList(tensors)
+        self.state = state
+
+    @property
+    def params(self):
+        """The parameter tree (views of the torch parameters)."""
+        return tree_unflatten(self._treedef, [to_array(p, "parameter") for p in self.weights])
+
+    def forward(self, x):
+        """The deqcore layer's output for ``x`` (a tensor, batch on the leading axis)."""
+        return _LayerFunction.apply(self, x, *self.weights)
+
+
+class _LayerFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, layer, x, *weights):
+        x_arr = to_array(x, "x")
+        params = layer.params
+        if any(ctx.needs_input_grad):
+            y, ctx.pullback, layer.state = layer.model.vjp(x_arr, params, layer.state)
+        else:
+            y, layer.state = layer.model(x_arr, params, layer.state)
+        return from_array(y)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        dx, dparams = ctx.pullback(to_array(grad_y, "grad_output"))
+        leaves = tree_flatten(dparams)[0]
+        return (None, from_array(dx), *(from_array(d) for d in leaves))
+
+
+class _Cell(torch.nn.Module):
+    def __init__(self, width, inputs, norm, dtype):
+        super().__init__()
+        self.W = torch.nn.Linear(width, width, bias=False, dtype=dtype)
+        self.U = torch.nn.Linear(inputs, width, dtype=dtype)
+        with torch.no_grad():
+            self.W.weight.mul_(norm / torch.linalg.matrix_norm(self.W.weight, ord=2))
+
+    def forward(self, z, x):
+        return torch.tanh(self.W(z) + self.U(x))
+
+
+def example_cell(width: int, inputs: int, *, norm: float = 0.5, dtype=torch.float64):
+    """The cell f(z, x) = tanh(W z + U x + b) with ``||W||_2 = norm`` (a contraction for norm < 1), as a
+    ``torch.nn.Module``; used in examples, tests and benchmarks.
+
+    >>> f = example_cell(3, 2)
+    >>> round(float(torch.linalg.matrix_norm(f.W.weight.detach(), ord=2)), 6)
+    0.5
+    """
+    return _Cell(width, inputs, norm, dtype)
