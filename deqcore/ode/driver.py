@@ -45,6 +45,7 @@ class LoopResult:
     nfe: np.ndarray | None = None
 
 
+@np.errstate(all="ignore")  # non-finite values are detected and reported below, never warned about
 def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *, atol: float, rtol: float,
         max_steps: int, dt0, converged: Callable | None = None, record: bool = False) -> LoopResult:
     """Step from ``t0`` towards ``t_end`` (``inf`` for steady states, which stop when ``converged(y, f)``,
@@ -75,46 +76,45 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
         active &= ~converged(y, fy)
     nfe[:] = ev.nfev
     num_steps = 0
-    with np.errstate(all="ignore"):  # non-finite trials are rejected below, never propagated
-        while active.any():
-            if num_steps >= max_steps:
-                codes[active] = ReturnCode.MAX_STEPS
-                break
-            remaining = np.abs(t_end - t)
-            last = h >= remaining * (1.0 - 1e-12)
-            h = np.where(last, remaining, h)
-            trial = stepper.attempt(t, y, fy, direction * h, active)
-            num_steps += 1
-            err = error_norm(xp, trial.err, y, trial.y1, atol, rtol, batched)
-            ok = active & (err <= 1.0)
-            finite = np.isfinite(err)
-            if ok.any():
-                t_new = np.where(last, t_end, t + direction * h)
-                if record:
-                    steps.append(StepRecord(float(t[0]), float(t_new[0] - t[0]), y, trial.y1, fy, trial.f1,
-                                            trial.stages))
-                y = ev.select(ok, trial.y1, y)
-                fy = ev.select(ok, trial.f1, fy)
-                stepper.accept(trial, ok, t_new)
-                t = np.where(ok, t_new, t)
-                err_prev = np.where(ok, np.maximum(err, 1e-4), err_prev)
-            fac = PIController(trial.error_exponent).factor(err, err_prev, after_reject)
-            h = np.where(active, h * fac, h)
-            after_reject = active & ~ok
-            accepted += ok
-            rejected += active & ~ok
-            nfe[active] = ev.nfev
-            done = ok & (t == t_end)
-            if converged is not None:
-                done |= ok & converged(y, fy)
-            active &= ~done
-            if ok.any():
-                blown = ok & ~_below(xp, y, big, batched)
-                codes[blown] = ReturnCode.DIVERGED
-                active &= ~blown
-            tiny = active & (h <= 8.0 * eps * np.maximum(np.abs(t), 1.0))
-            codes[tiny] = np.where(finite[tiny], int(ReturnCode.DT_TOO_SMALL), int(ReturnCode.DIVERGED))
-            active &= ~tiny
+    while active.any():
+        if num_steps >= max_steps:
+            codes[active] = ReturnCode.MAX_STEPS
+            break
+        remaining = np.abs(t_end - t)
+        last = h >= remaining * (1.0 - 1e-12)
+        h = np.where(last, remaining, h)
+        trial = stepper.attempt(t, y, fy, direction * h, active)
+        num_steps += 1
+        err = error_norm(xp, trial.err, y, trial.y1, atol, rtol, batched)
+        ok = active & (err <= 1.0)
+        finite = np.isfinite(err)
+        if ok.any():
+            t_new = np.where(last, t_end, t + direction * h)
+            if record:
+                steps.append(StepRecord(float(t[0]), float(t_new[0] - t[0]), y, trial.y1, fy, trial.f1,
+                                        trial.stages))
+            y = ev.select(ok, trial.y1, y)
+            fy = ev.select(ok, trial.f1, fy)
+            stepper.accept(trial, ok, t_new)
+            t = np.where(ok, t_new, t)
+            err_prev = np.where(ok, np.maximum(err, 1e-4), err_prev)
+        fac = PIController(trial.error_exponent).factor(err, err_prev, after_reject)
+        h = np.where(active, h * fac, h)
+        after_reject = active & ~ok
+        accepted += ok
+        rejected += active & ~ok
+        nfe[active] = ev.nfev
+        done = ok & (t == t_end)
+        if converged is not None:
+            done |= ok & converged(y, fy)
+        active &= ~done
+        if ok.any():
+            blown = ok & ~_below(xp, y, big, batched)
+            codes[blown] = ReturnCode.DIVERGED
+            active &= ~blown
+        tiny = active & (h <= 8.0 * eps * np.maximum(np.abs(t), 1.0))
+        codes[tiny] = np.where(finite[tiny], int(ReturnCode.DT_TOO_SMALL), int(ReturnCode.DIVERGED))
+        active &= ~tiny
     return LoopResult(y, fy, t, codes, steps, num_steps, accepted, rejected, nfe)
 
 
