@@ -1,0 +1,133 @@
+"""ODE adjoints against central finite differences (float64) and against the discrete adjoint."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import deqcore as dq
+
+ADJOINTS = [dq.GaussAdjoint(), dq.BacksolveAdjoint(), dq.DiscreteAdjoint()]
+
+
+def _rhs(t, y, params):
+    return np.tanh(params["W"] @ y + params["b"] * np.cos(t)) - params["decay"][0] * y
+
+
+def _vjp(t, y, args):
+    p = args[0]
+    th = np.tanh(p["W"] @ y + p["b"] * np.cos(t))
+    f = th - p["decay"][0] * y
+
+    def pullback(a):
+        g = a * (1.0 - th**2)
+        return p["W"].T @ g - p["decay"][0] * a, ({"W": np.outer(g, y), "b": g * np.cos(t),
+                                                    "decay": np.array([-(a @ y)])},)
+    return f, pullback
+
+
+def _problem(seed, n):
+    rng = np.random.default_rng(seed)
+    params = {"W": rng.standard_normal((n, n)) / np.sqrt(n), "b": rng.standard_normal(n),
+              "decay": np.array([0.3])}
+    return params, rng.standard_normal(n), rng.standard_normal(n)
+
+
+def _loss(y0, params, w, t1=1.5):
+    sol = dq.integrate(_rhs, y0, (0.0, t1), args=(params,), atol=1e-12, rtol=1e-12)
+    return w @ sol.ys[-1]
+
+
+def _finite_differences(y0, params, w, eps=1e-6):
+    dy0 = np.array([(_loss(y0 + eps * e, params, w) - _loss(y0 - eps * e, params, w)) / (2 * eps)
+                    for e in np.eye(y0.size)])
+    dparams = {}
+    for key, value in params.items():
+        grad = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            plus, minus = {**params, key: value.copy()}, {**params, key: value.copy()}
+            plus[key][idx] += eps
+            minus[key][idx] -= eps
+            grad[idx] = (_loss(y0, plus, w) - _loss(y0, minus, w)) / (2 * eps)
+        dparams[key] = grad
+    return dy0, dparams
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS, ids=lambda a: type(a).__name__)
+def test_adjoint_gradients_match_finite_differences(adjoint):
+    params, y0, w = _problem(3, 3)
+    fd_y0, fd_params = _finite_differences(y0, params, w)
+    sol = dq.integrate(_rhs, y0, (0.0, 1.5), args=(params,), atol=1e-10, rtol=1e-10)
+    dy0, (dparams,) = dq.ode_gradients(_vjp, sol, w, adjoint)
+    np.testing.assert_allclose(dy0, fd_y0, atol=1e-7)
+    for key in params:
+        np.testing.assert_allclose(dparams[key], fd_params[key], atol=1e-7)
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 4), adjoint=st.sampled_from(ADJOINTS[:2]))
+def test_continuous_adjoints_agree_with_the_discrete_adjoint(seed, n, adjoint):
+    params, y0, w = _problem(seed, n)
+    sol = dq.integrate(_rhs, y0, (0.0, 1.5), args=(params,), atol=1e-9, rtol=1e-9)
+    exact_y0, (exact,) = dq.ode_gradients(_vjp, sol, w, dq.DiscreteAdjoint())
+    dy0, (grads,) = dq.ode_gradients(_vjp, sol, w, adjoint)
+    np.testing.assert_allclose(dy0, exact_y0, atol=1e-6)
+    for key in params:
+        np.testing.assert_allclose(grads[key], exact[key], atol=1e-6)
+
+
+def test_discrete_adjoint_is_exact_for_the_discrete_solution():
+    """With loose tolerances the discrete gradient equals finite differences of the same step sequence."""
+    params, y0, w = _problem(5, 2)
+    sol = dq.integrate(_rhs, y0, (0.0, 1.5), args=(params,), atol=1e-3, rtol=1e-3)
+    dy0, _ = dq.ode_gradients(_vjp, sol, w, dq.DiscreteAdjoint())
+
+    def replay(y):  # the same accepted steps from a perturbed start
+        from deqcore.ode.base import Evaluator
+        from deqcore.ode.explicit import ExplicitRKStepper
+        from deqcore.ode.tableaus import TSIT5
+        ev = Evaluator(np, _rhs, (params,), False, False, y.shape, y.dtype)
+        stepper = ExplicitRKStepper(ev, TSIT5)
+        for step in sol.steps:
+            y = stepper.attempt(np.array([step.t]), y, ev(np.array([step.t]), y), np.array([step.h])).y1
+        return w @ y
+
+    eps = 1e-6
+    fd = np.array([(replay(y0 + eps * e) - replay(y0 - eps * e)) / (2 * eps) for e in np.eye(2)])
+    np.testing.assert_allclose(dy0, fd, atol=1e-9)
+
+
+def test_gradients_with_other_forward_methods_and_backwards_spans():
+    params, y0, w = _problem(7, 2)
+    ref = dq.ode_gradients(_vjp, dq.integrate(_rhs, y0, (0.0, 1.5), args=(params,), atol=1e-10, rtol=1e-10),
+                           w, dq.DiscreteAdjoint())
+    sol = dq.integrate(_rhs, y0, (0.0, 1.5), dq.VCABM3(), args=(params,), atol=1e-10, rtol=1e-10)
+    dy0, (grads,) = dq.ode_gradients(_vjp, sol, w)
+    np.testing.assert_allclose(dy0, ref[0], atol=1e-6)
+    np.testing.assert_allclose(grads["W"], ref[1][0]["W"], atol=1e-6)
+    # a backwards solve: y(−1) from y(0); the gradient of w·y(−1) w.r.t. y0 by finite differences
+    back = dq.integrate(_rhs, y0, (0.0, -1.0), args=(params,), atol=1e-10, rtol=1e-10)
+    eps = 1e-6
+    fd = [(w @ dq.integrate(_rhs, y0 + eps * e, (0.0, -1.0), args=(params,), atol=1e-12, rtol=1e-12).ys[-1]
+           - w @ dq.integrate(_rhs, y0 - eps * e, (0.0, -1.0), args=(params,), atol=1e-12, rtol=1e-12).ys[-1])
+          / (2 * eps) for e in np.eye(2)]
+    for adjoint in ADJOINTS:
+        np.testing.assert_allclose(dq.ode_gradients(_vjp, back, w, adjoint)[0], fd, atol=1e-6)
+
+
+def test_ode_gradients_bad_input():
+    params, y0, w = _problem(1, 2)
+    sol = dq.integrate(_rhs, y0, (0.0, 1.0), args=(params,))
+    with pytest.raises(ValueError, match="dL_dyT"):
+        dq.ode_gradients(_vjp, sol, np.ones(3))
+    with pytest.raises(TypeError, match="adjoint"):
+        dq.ode_gradients(_vjp, sol, w, adjoint="gauss")
+    with pytest.raises(TypeError, match="vjp"):
+        dq.ode_gradients(None, sol, w)
+    with pytest.raises(TypeError, match="DiscreteAdjoint"):
+        dq.ode_gradients(_vjp, dq.integrate(_rhs, y0, (0.0, 1.0), dq.VCABM3(), args=(params,)), w,
+                         dq.DiscreteAdjoint())
+    with pytest.raises(ValueError, match="quadrature_points"):
+        dq.GaussAdjoint(quadrature_points=0)
+    failed = dq.integrate(_rhs, y0, (0.0, 1.0), args=(params,), max_steps=2, throw=False)
+    with pytest.raises(ValueError, match="MAX_STEPS"):
+        dq.ode_gradients(_vjp, failed, w)
