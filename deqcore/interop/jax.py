@@ -56,8 +56,8 @@ def fixed_point(f, z0, args=(), solver=None, *, atol=1e-6, rtol=1e-5, max_steps=
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         atol, rtol, max_steps: the solve's tolerances and budget.
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default) or ``dq.OneStepGradient()``.
-        throw: raise ``dq.SolveError`` (wrapped by JAX under ``jit``) when the solve fails; False returns
-            the best iterate.
+        throw: raise when the solve fails (JAX re-raises the callback's ``dq.SolveError`` as a
+            ``jax.errors.JaxRuntimeError`` carrying its message); False returns the best iterate.
 
     Unmapped, the whole array is one system; under ``jax.vmap`` each mapped sample is one system.
     """

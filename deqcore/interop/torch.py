@@ -41,7 +41,7 @@ def to_array(tensor, name: str = "tensor"):
 
     >>> import torch
     >>> t = torch.ones(3, dtype=torch.float64, requires_grad=True)
-    >>> a = to_array(t, "t"); a[0] = 5.0; float(t[0])
+    >>> a = to_array(t, "t"); a[0] = 5.0; float(t.detach()[0])
     5.0
     >>> to_array(torch.ones(2, dtype=torch.float16), "x")
     Traceback (most recent call last):

@@ -1,0 +1,292 @@
+"""A DEQ defined in PyTorch, solved and differentiated by deqcore through the adapter, against pure-torch solvers.
+
+The layer is z = tanh(W z + U x + b) (batch 64, width 256, input 128), f written in torch. Two maps: an easy
+one with ||W||_2 = 0.9 and a hard one with spectral radius of W = 1.5. Every method solves to the same
+stopping rule (per sample ||f(z) − z|| <= tol·||f(z)||, tol 1e-6 in float64 and 1e-5 in float32, at most 200
+f-evaluations) and differentiates L = <c, z*> implicitly:
+
+* deqcore Anderson / Broyden through ``deqcore.interop.torch.DEQ`` (adjoint: batched GMRES on torch VJPs);
+* torch fixed-point iteration (the adjoint by the same iteration, λ ← g + ∂fᵀλ);
+* torch Anderson written here (history 6, ridge 1e-4, as TorchDEQ's defaults; adjoint by the same solver),
+  standing in for TorchDEQ; TorchDEQ's own anderson/broyden (``get_deq(ift=True)``) are added when
+  ``torchdeq`` is importable.
+
+Forward and backward times are medians over repeats, in one run; NFE is forward f-evaluations, VJPs the
+backward's vector-Jacobian products; ``residual`` is the worst per-sample relative residual of the returned z*,
+and ``grad err`` the relative difference of dL/dW from a dense implicit-function-theorem reference (float64
+easy map) or from deqcore Anderson's (others).
+
+    python benchmarks/bench_torch_deq.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):   # before NumPy loads its BLAS
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import deqcore as dq  # noqa: E402
+from deqcore.interop import torch as dqt  # noqa: E402
+
+MAX_STEPS = 200
+TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}
+
+
+class Cell(torch.nn.Module):
+    """f(z, x) = tanh(W z + U x + b)."""
+
+    def __init__(self, W, U, b):
+        super().__init__()
+        self.W, self.U, self.b = (torch.nn.Parameter(t) for t in (W, U, b))
+
+    def forward(self, z, x):
+        return torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
+
+
+def make_problem(kind, dtype, batch, width, inputs, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((width, width))
+    if kind == "easy":
+        W *= 0.9 / np.linalg.norm(W, 2)
+    else:
+        W *= 1.5 / np.abs(np.linalg.eigvals(W)).max()
+    U = rng.standard_normal((width, inputs)) / np.sqrt(inputs)
+    b = 0.1 * rng.standard_normal(width)
+    x = rng.standard_normal((batch, inputs))
+    c = rng.standard_normal((batch, width))
+    as_t = lambda a: torch.tensor(a, dtype=dtype)  # noqa: E731
+    return Cell(as_t(W), as_t(U), as_t(b)), as_t(x), as_t(c)
+
+
+def relative_residual(f, z, x):
+    with torch.no_grad():
+        fz = f(z, x)
+        return float(((fz - z).norm(dim=1) / fz.norm(dim=1).clamp_min(1e-30)).max())
+
+
+# ---- pure-torch baselines: a solver on g(u) = u, and one implicit layer that uses it both ways ----
+
+def torch_iteration(g, u0, tol, max_steps):
+    """Plain iteration; returns (u, evaluations)."""
+    u = u0
+    for k in range(1, max_steps + 1):
+        gu = g(u)
+        done = ((gu - u).norm(dim=1) <= tol * gu.norm(dim=1)).all()
+        u = gu
+        if done:
+            break
+    return u, k
+
+
+def torch_anderson(g, u0, tol, max_steps, m=6, lam=1e-4):
+    """Anderson acceleration (type II, β = 1) with one small regularised least-squares solve per sample."""
+    batch, n = u0.shape
+    X = u0.new_zeros(batch, m, n)
+    F = u0.new_zeros(batch, m, n)
+    X[:, 0], F[:, 0] = u0, g(u0)
+    X[:, 1], F[:, 1] = F[:, 0], g(F[:, 0])
+    H = u0.new_zeros(batch, m + 1, m + 1)
+    H[:, 0, 1:] = H[:, 1:, 0] = 1
+    y = u0.new_zeros(batch, m + 1, 1)
+    y[:, 0] = 1
+    evaluations, u = 2, F[:, 1]
+    for k in range(2, max_steps):
+        r = min(k, m)
+        G = F[:, :r] - X[:, :r]
+        H[:, 1:r + 1, 1:r + 1] = G @ G.transpose(1, 2) + lam * torch.eye(r, dtype=u0.dtype)
+        alpha = torch.linalg.solve(H[:, :r + 1, :r + 1], y[:, :r + 1])[:, 1:r + 1, 0]
+        u = (alpha[:, None] @ F[:, :r])[:, 0]
+        gu = g(u)
+        evaluations += 1
+        X[:, k % m], F[:, k % m] = u, gu
+        if ((gu - u).norm(dim=1) <= tol * gu.norm(dim=1)).all():
+            return gu, evaluations
+    return u, evaluations
+
+
+class TorchImplicit(torch.autograd.Function):
+    """z* by ``solver`` under no_grad; backward solves λ = g + ∂f/∂zᵀ λ with the same solver."""
+
+    @staticmethod
+    def forward(ctx, f, solver, tol, counts, x, *params):
+        with torch.no_grad():
+            z, counts["nfe"] = solver(lambda z: f(z, x), torch.zeros_like(x[:, :0]).new_zeros(
+                x.shape[0], params[0].shape[0]), tol, MAX_STEPS)
+        ctx.f, ctx.solver, ctx.tol, ctx.counts = f, solver, tol, counts
+        ctx.save_for_backward(z, x, *params)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, x, *params = ctx.saved_tensors
+        with torch.enable_grad():
+            z = z.detach().requires_grad_()
+            x_in = x.detach().requires_grad_()
+            fz = ctx.f(z, x_in)
+        lam, ctx.counts["nvjp"] = ctx.solver(
+            lambda v: grad + torch.autograd.grad(fz, z, v, retain_graph=True)[0], grad, ctx.tol, MAX_STEPS)
+        grads = torch.autograd.grad(fz, (x_in, *params), lam)
+        return (None, None, None, None, *grads)
+
+
+def torch_method(solver):
+    def run(f, x, tol):
+        counts = {}
+        z = TorchImplicit.apply(f, solver, tol, counts, x, *f.parameters())
+        return z, counts
+    return run
+
+
+def deqcore_method(solver):
+    def run(f, x, tol, cache={}):
+        key = (id(f), tol)
+        if key not in cache:
+            adjoint = dq.SteadyStateAdjoint(dq.GMRES(rtol=tol, atol=0.0, restart=30, max_steps=MAX_STEPS))
+            cache[key] = dqt.DEQ(f, solver, adjoint, atol=0.0, rtol=tol, max_steps=MAX_STEPS)
+        layer = cache[key]
+        z = layer(x, torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype))
+        return z, layer
+    return run
+
+
+def torchdeq_method(name):
+    from torchdeq import get_deq
+
+    def run(f, x, tol):
+        deq = get_deq(core="indexing", ift=True, f_solver=name, b_solver=name, f_max_iter=MAX_STEPS,
+                      b_max_iter=MAX_STEPS, f_tol=tol, b_tol=tol, f_stop_mode="rel", b_stop_mode="rel")
+        deq.train()
+        counts = {}
+        z_out, info = deq(lambda z: f(z, x), torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype),
+                          backward_writer=lambda stats: counts.update(nvjp=int(stats["nstep"].max())))
+        counts["nfe"] = int(info["nstep"].max())
+        return z_out[-1], counts
+    return run
+
+
+def methods():
+    table = {
+        "deqcore Anderson (adapter)": deqcore_method(dq.Anderson()),
+        "deqcore Broyden (adapter)": deqcore_method(dq.Broyden()),
+        "torch fixed-point iteration": torch_method(torch_iteration),
+        "torch Anderson (m=6, TorchDEQ stand-in)": torch_method(torch_anderson),
+    }
+    try:
+        import torchdeq  # noqa: F401
+    except ImportError:
+        return table
+    table["TorchDEQ anderson"] = torchdeq_method("anderson")
+    table["TorchDEQ broyden"] = torchdeq_method("broyden")
+    return table
+
+
+def counts_of(extra):
+    """(forward NFE, backward VJPs) from a method's second return value."""
+    if isinstance(extra, dict):
+        return extra.get("nfe"), extra.get("nvjp")
+    nvjp = extra.last_adjoint.nvjp if extra.last_adjoint is not None else None
+    return int(extra.last_solution.stats["nfev"]), nvjp
+
+
+def dense_reference_grad_W(f, x, c, z):
+    """dL/dW for L = <c, z*> by the implicit function theorem, one dense solve per sample (float64)."""
+    W = f.W.detach().double().numpy()
+    zs, cs = z.detach().double().numpy(), c.double().numpy()
+    grad = np.zeros_like(W)
+    for i in range(zs.shape[0]):
+        s = 1 - zs[i] ** 2
+        lam = np.linalg.solve((np.eye(W.shape[0]) - s[:, None] * W).T, cs[i])
+        grad += np.outer(s * lam, zs[i])
+    return grad
+
+
+def bench_case(kind, dtype, sizes, repeats):
+    f, x, c = make_problem(kind, dtype, *sizes)
+    tol = TOLERANCE[dtype]
+    rows, reference = [], None
+    for name, run in methods().items():
+        fwd, bwd = [], []
+        for _ in range(repeats + 1):                   # the first run warms up and is not timed
+            f.zero_grad()
+            start = time.perf_counter()
+            z, extra = run(f, x, tol)
+            mid = time.perf_counter()
+            (z * c).sum().backward()
+            end = time.perf_counter()
+            fwd.append(mid - start)
+            bwd.append(end - mid)
+        nfe, nvjp = counts_of(extra)
+        grad_W = f.W.grad.double().numpy().copy()
+        if reference is None:
+            reference = dense_reference_grad_W(f, x, c, z) if (kind, dtype) == ("easy", torch.float64) else grad_W
+        err = float(np.linalg.norm(grad_W - reference) / np.linalg.norm(reference))
+        rows.append(dict(method=name, fwd=statistics.median(fwd[1:]), bwd=statistics.median(bwd[1:]), nfe=nfe,
+                         nvjp=nvjp, residual=relative_residual(f, z.detach(), x), err=err))
+    return rows
+
+
+def table(kind, dtype, rows):
+    base = next(r for r in rows if r["method"].startswith("torch Anderson"))
+    base_total = base["fwd"] + base["bwd"]
+    lines = [f"### {kind} map, {str(dtype).replace('torch.', '')}, tol {TOLERANCE[dtype]:g}", "",
+             "| method | forward ms | backward ms | total ms | vs torch Anderson | NFE | VJPs | residual | grad err |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        total = r["fwd"] + r["bwd"]
+        lines.append(f"| {r['method']} | {1e3 * r['fwd']:.1f} | {1e3 * r['bwd']:.1f} | {1e3 * total:.1f} | "
+                     f"{total / base_total:.2f}x | {r['nfe']} | {r['nvjp']} | {r['residual']:.1e} | "
+                     f"{r['err']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (under a minute)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 5)")
+    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"),
+                        help="folder for torch_deq.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    repeats = args.repeats or (1 if args.quick else 5)
+    sizes = (64, 256, 128)
+    sections = []
+    for dtype in (torch.float64, torch.float32):
+        for kind in ("easy", "hard"):
+            rows = bench_case(kind, dtype, sizes, repeats)
+            sections.append(table(kind, dtype, rows))
+            print(sections[-1] + "\n", flush=True)
+    try:
+        import torchdeq
+        torchdeq_line = f"TorchDEQ {getattr(torchdeq, '__version__', '(installed)')}"
+    except ImportError:
+        torchdeq_line = "TorchDEQ not installed (the torch Anderson row stands in for it)"
+    header = [
+        "# DEQ in PyTorch: deqcore through the adapter vs pure-torch solvers", "",
+        "z = tanh(W z + U x + b), batch 64, width 256, input 128; L = <c, z*>; forward + implicit backward. "
+        f"Medians of {repeats} timed runs after a warm-up{' (--quick)' if args.quick else ''}.", "",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs (shared; timings are indicative), "
+        f"{torch.get_num_threads()} thread(s) for torch and BLAS. "
+        f"Python {platform.python_version()}, NumPy {np.__version__}, torch {torch.__version__}, "
+        f"deqcore {dq.__version__}; {torchdeq_line}.", "",
+    ]
+    text = "\n".join(header) + "\n\n".join(sections) + "\n"
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "torch_deq.md").write_text(text)
+    print(f"wrote {out / 'torch_deq.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
