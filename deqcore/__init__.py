@@ -16,6 +16,12 @@ from .linalg import GMRES, LU, LinearOperator, linear_solve  # noqa: E402
 
 __all__ += ["GMRES", "LU", "LinearOperator", "linear_solve"]
 # --- root ---
+from .root import (  # noqa: E402
+    Anderson, Broyden, FixedPointIteration, LimitedMemoryBroyden, NewtonRaphson, TrustRegion, fixed_point, root_find,
+)
+
+__all__ += ["Anderson", "Broyden", "FixedPointIteration", "LimitedMemoryBroyden", "NewtonRaphson", "TrustRegion",
+            "fixed_point", "root_find"]
 # --- ode ---
 from .ode import VCAB3, VCABM3, ODESolution, Rodas3, Tsit5, integrate, steady_state  # noqa: E402
 

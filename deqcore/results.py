@@ -101,6 +101,8 @@ class Solution:
         stats: counters such as ``num_steps``, ``nfev``, ``njev``.
         residual: norm of the final residual (an array of shape ``(B,)`` when batched).
         batched: whether the leading axis of ``value`` holds independent problems.
+        learned: what the solver learnt that a later solve can reuse (e.g. ``"lu"``: the LU factors of the last
+            Jacobian; ``"inverse_jacobian"``: Broyden's low-rank inverse-Jacobian approximation).
     """
 
     value: Any
@@ -108,6 +110,7 @@ class Solution:
     stats: dict = field(default_factory=dict)
     residual: Any = None
     batched: bool = False
+    learned: dict = field(default_factory=dict, repr=False)
 
     @property
     def success(self):

@@ -1,0 +1,155 @@
+"""The entry points: :func:`root_find` (fn(y) = 0) and :func:`fixed_point` (fn(y) = y).
+
+Both validate their arguments (errors name the argument), flatten the problem to (B, n) — B independent
+systems when ``batched=True``, else one system of any shape — and run the solver in the one driver loop.
+Convergence is per sample: max|F(y)| ≤ atol + rtol·max|y|, with F(y) = fn(y) for root_find and
+F(y) = fn(y) − y for fixed_point. Fixed-point solvers (Anderson, FixedPointIteration) also work in
+root_find: they iterate y ← y + fn(y), which converges where fn behaves like G(y) − y for a contractive G.
+Root finders work in fixed_point on the residual fn(y) − y.
+
+What the solver learnt is in ``sol.learned`` (``"lu"``: Newton's last LU factors; ``"inverse_jacobian"``:
+Broyden's low-rank inverse Jacobian), for an adjoint solve to reuse.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import check_callable, check_positive_int, check_tolerance
+from ..backend import check_finite, check_float_array, get_namespace
+from ..results import ReturnCode
+from .base import RootSolver
+from .broyden import LimitedMemoryBroyden
+from .driver import run, to_solution
+from .fixed_point_solvers import Anderson
+from .newton import DENSE_LIMIT, NewtonRaphson, TrustRegion
+from .problem import flat_problem
+
+__all__ = ["root_find", "fixed_point", "default_solvers"]
+
+
+def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched):
+    check_callable(fn, "fn")
+    check_float_array(y0, "y0")
+    check_finite(y0, "y0")
+    if solver is not None and not isinstance(solver, RootSolver):
+        raise TypeError("solver must be a deqcore root solver (dq.Anderson(), dq.Broyden(), dq.NewtonRaphson(), "
+                        f"dq.TrustRegion(), ...), got {type(solver).__name__}")
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple of extra arguments for fn, got {type(args).__name__}")
+    check_tolerance(atol, "atol")
+    check_tolerance(rtol, "rtol")
+    check_positive_int(max_steps, "max_steps")
+    if not isinstance(batched, bool):
+        raise TypeError(f"batched must be True or False, got {type(batched).__name__}")
+    if batched and (y0.ndim < 2 or y0.shape[0] == 0):
+        raise ValueError(f"batched=True needs y0 of shape (B, ...) with B >= 1 and a system per sample; got "
+                         f"{y0.shape}")
+    if y0.size == 0:
+        raise ValueError("y0 is empty")
+    fy = fn(y0, *args)
+    if not hasattr(fy, "shape") or tuple(fy.shape) != tuple(y0.shape):
+        got = tuple(fy.shape) if hasattr(fy, "shape") else type(fy).__name__
+        raise ValueError(f"fn must return an array of y0's shape {tuple(y0.shape)}; fn(y0) gave {got}")
+    if getattr(fy, "dtype", None) != y0.dtype:
+        raise TypeError(f"fn must return y0's dtype {y0.dtype}; fn(y0) gave {fy.dtype} (cast inside fn, or pass y0 "
+                        f"as {fy.dtype})")
+    if get_namespace(fy) is not get_namespace(y0):
+        raise TypeError("fn must return an array on y0's device (NumPy for NumPy, CuPy for CuPy)")
+
+
+def default_solvers(n: int, has_jac: bool):
+    """What ``root_find(solver=None)`` tries, in turn, on the samples still unsolved: Newton with a line search
+    (dense for small systems, Newton–Krylov for large), a dogleg trust region (small systems), then limited-
+    memory Broyden and Anderson (cheap, derivative-free).
+
+    >>> [type(s).__name__ for s in default_solvers(10, False)]
+    ['NewtonRaphson', 'TrustRegion', 'LimitedMemoryBroyden', 'Anderson']
+    """
+    small = has_jac or n <= DENSE_LIMIT
+    first = [NewtonRaphson(), TrustRegion()] if small else [NewtonRaphson()]
+    return first + [LimitedMemoryBroyden(), Anderson()]
+
+
+def _solve(fn, y0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode):
+    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac)
+    with np.errstate(all="ignore"):  # non-finite values are reported through return codes
+        if solver is not None:
+            best, codes, res, steps, state = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps)
+            learned = solver.learned(state)
+        else:
+            best, codes, res, steps, learned = _polyalgorithm(problem, y2d, atol, rtol, max_steps)
+    sol = to_solution(problem, best, codes, res, steps, unflatten, batched, learned)
+    if throw:
+        sol.raise_if_failed()
+    return sol
+
+
+def _polyalgorithm(problem, y2d, atol, rtol, max_steps):
+    """Run the default solvers in turn, each on the samples the previous ones left unsolved (from y0)."""
+    xp = problem.xp
+    best = y2d.copy()
+    codes = xp.full(problem.batch, int(ReturnCode.NOT_RUN), dtype=np.int64)
+    res = xp.full(problem.batch, xp.inf, dtype=y2d.dtype)
+    steps = 0
+    for solver in default_solvers(problem.n, problem.has_jac):
+        b, c, r, k, _ = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps)
+        steps += k
+        improve = (codes != int(ReturnCode.SUCCESS)) & ((c == int(ReturnCode.SUCCESS)) | (r < res))
+        best = xp.where(improve[:, None], b, best)
+        res = xp.where(improve, r, res)
+        codes = xp.where(improve, c, codes)
+        if bool((codes == int(ReturnCode.SUCCESS)).all()):
+            break
+    return best, codes, res, steps, {}
+
+
+def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
+              throw=True):
+    """Solve fn(y, *args) = 0 from y0.
+
+    Args:
+        fn: ``fn(y, *args)`` returning an array shaped like y.
+        y0: start point (float32/float64 NumPy or CuPy array).
+        solver: a root solver; None tries robust methods in turn (see :func:`default_solvers`).
+        jac: optional ``jac(y, *args)`` returning the Jacobian, shape (n, n) — or (B, n, n) when batched.
+        atol, rtol: per-sample test max|fn(y)| ≤ atol + rtol·max|y| (SciML's abstol/reltol).
+        max_steps: iteration limit (SciML's maxiters).
+        batched: the leading axis holds independent systems (per-sample convergence and return codes).
+        throw: raise :class:`~deqcore.SolveError` when a system fails (else check ``sol.result``).
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.root_find(lambda y: y ** 2 - np.array([4.0, 9.0]), np.ones(2))
+    >>> sol.value, sol.success
+    (array([2., 3.]), True)
+    """
+    _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched)
+    if jac is not None:
+        check_callable(jac, "jac")
+        n = y0[0].size if batched else y0.size
+        expected = ((y0.shape[0], n, n) if batched else (n, n))
+        J = jac(y0, *args)
+        if tuple(getattr(J, "shape", ())) != expected:
+            raise ValueError(f"jac must return the Jacobian of shape {expected}; jac(y0) gave "
+                             f"{getattr(J, 'shape', type(J).__name__)}")
+    return _solve(fn, y0, solver, args=args, jac=jac, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
+                  throw=throw, mode="root")
+
+
+def fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
+                throw=True):
+    """Find y = fn(y, *args) from y0; ``solver=None`` means ``Anderson()``.
+
+    The test is per sample: max|fn(y) − y| ≤ atol + rtol·max|y|; the other arguments are as in
+    :func:`root_find`.
+
+    >>> import numpy as np, deqcore as dq
+    >>> W = np.array([[0.5, 0.2], [0.1, 0.3]])
+    >>> sol = dq.fixed_point(lambda z, x: np.tanh(z @ W.T + x), np.zeros((3, 2)), dq.Anderson(),
+    ...                      args=(np.ones((3, 2)),), atol=1e-10, rtol=0.0, batched=True)
+    >>> sol.success.tolist(), sol.stats["num_steps"] < 20
+    ([True, True, True], True)
+    """
+    _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched)
+    return _solve(fn, y0, Anderson() if solver is None else solver, args=args, jac=None, atol=atol, rtol=rtol,
+                  max_steps=max_steps, batched=batched, throw=throw, mode="fixed_point")

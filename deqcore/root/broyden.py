@@ -1,0 +1,119 @@
+"""Broyden's "good" method in inverse, low-rank form, with bounded memory.
+
+The inverse Jacobian of F is approximated as H = −I + Σᵢ uᵢ vᵢᵀ (−I is exact when the map G has a zero
+Jacobian, so the first step is one plain fixed-point step). Each step y ← y − H F(y) and a Sherman–Morrison
+update that makes H map the last change of F onto the last change of y. Memory holds at most ``memory``
+pairs per sample: :class:`Broyden` forgets the oldest pair; :class:`LimitedMemoryBroyden` starts afresh when
+its ``threshold`` is reached or when the residual grows (a reset on stagnation).
+
+>>> import numpy as np, deqcore as dq
+>>> sol = dq.root_find(lambda y: np.tanh(y) - 0.5 * y - 0.1, np.zeros(3), dq.Broyden(), atol=1e-12)
+>>> bool(np.allclose(np.tanh(sol.value) - 0.5 * sol.value, 0.1))
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_positive_int, check_tolerance
+from .base import RootSolver, SolverState
+
+__all__ = ["Broyden", "LimitedMemoryBroyden"]
+
+
+def _bdot(a, b):
+    """Row-wise inner products of (B, n) arrays."""
+    return (a * b).sum(axis=1)
+
+
+class _LowRankBroyden(RootSolver):
+    """Shared mechanics; subclasses choose what happens when memory is full and on stagnation."""
+
+    def _capacity(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def init(self, problem, y, f):
+        xp, m, (batch, n) = problem.xp, self._capacity(), y.shape
+        return SolverState(y, f, U=xp.zeros((batch, m, n), dtype=y.dtype), V=xp.zeros((batch, m, n), dtype=y.dtype),
+                           count=xp.zeros(batch, dtype=np.int64), k=0)
+
+    @staticmethod
+    def _apply(xp, U, V, x):
+        """H x = −x + Σ uᵢ (vᵢ·x)."""
+        return -x + xp.matmul(xp.matmul(V, x[:, :, None])[:, :, 0][:, None, :], U)[:, 0]
+
+    @staticmethod
+    def _apply_transpose(xp, U, V, x):
+        """Hᵀ x = −x + Σ vᵢ (uᵢ·x)."""
+        return -x + xp.matmul(xp.matmul(U, x[:, :, None])[:, :, 0][:, None, :], V)[:, 0]
+
+    def step(self, problem, state):
+        xp = problem.xp
+        s = -self._apply(xp, state.U, state.V, state.f)
+        y = state.y + s
+        f = problem.F(y)
+        d = f - state.f
+        Hd = self._apply(xp, state.U, state.V, d)
+        v = self._apply_transpose(xp, state.U, state.V, s)
+        denom = _bdot(v, d)
+        scale = xp.maximum(xp.sqrt(_bdot(s, s) * _bdot(d, d)), float(np.finfo(problem.dtype).tiny))
+        usable = xp.isfinite(denom) & (xp.abs(denom) > 1e-12 * scale) & xp.isfinite(f).all(axis=1)
+        u = (s - Hd) / xp.where(usable, denom, 1.0)[:, None]
+        growth = xp.sqrt(_bdot(f, f) / xp.maximum(_bdot(state.f, state.f), float(np.finfo(problem.dtype).tiny)))
+        self._store(xp, state, xp.where(usable[:, None], u, 0), xp.where(usable[:, None], v, 0), usable, growth)
+        state.y, state.f, state.k = y, f, state.k + 1
+        return state
+
+    def learned(self, state) -> dict:
+        """``inverse_jacobian``: (U, V) with F's inverse Jacobian ≈ −I + Σ uᵢ vᵢᵀ per sample."""
+        return {"inverse_jacobian": (state.U, state.V)}
+
+
+@dataclass(frozen=True)
+class Broyden(_LowRankBroyden):
+    """Good Broyden with a ring of the last ``memory`` rank-one updates (bounded memory: O(memory·n) per
+    sample, never O(max_steps))."""
+
+    memory: int = 30
+
+    def __post_init__(self):
+        check_positive_int(self.memory, "memory")
+
+    def _capacity(self):
+        return self.memory
+
+    def _store(self, xp, state, u, v, usable, growth):
+        slot = state.k % self.memory
+        state.U[:, slot] = u
+        state.V[:, slot] = v
+
+
+@dataclass(frozen=True)
+class LimitedMemoryBroyden(_LowRankBroyden):
+    """Good Broyden that restarts from H = −I when ``threshold`` updates are stored, and for a sample whose
+    residual grew by more than ``reset_factor`` in one step (a reset on stagnation)."""
+
+    threshold: int = 10
+    reset_factor: float = 2.0
+
+    def __post_init__(self):
+        check_positive_int(self.threshold, "threshold")
+        check_tolerance(self.reset_factor, "reset_factor")
+
+    def _capacity(self):
+        return self.threshold
+
+    def _store(self, xp, state, u, v, usable, growth):
+        reset = (state.count >= self.threshold) | (growth > self.reset_factor)
+        if bool(reset.any()):
+            state.U = xp.where(reset[:, None, None], 0, state.U)
+            state.V = xp.where(reset[:, None, None], 0, state.V)
+            state.count = xp.where(reset, 0, state.count)
+        slot = state.count % self.threshold
+        rows = xp.arange(state.U.shape[0])
+        state.U[rows, slot] = u
+        state.V[rows, slot] = v
+        state.count = state.count + usable.astype(np.int64)

@@ -1,0 +1,73 @@
+"""The one driver loop every root solver runs in: per-sample norms, termination, best iterate, return codes.
+
+A solver is a frozen dataclass with ``init(problem, y, f) -> state`` and ``step(problem, state) -> state``;
+the state carries at least ``y`` (the current iterate, (B, n)), ``f`` (its residual F(y)) and ``failed``
+(None, or an int array of per-sample ReturnCodes the solver wants to report, 0 where it has nothing to say).
+The driver owns everything else: convergence (max|F| ≤ atol + rtol·max|y| per sample), the best iterate
+(lowest residual) per sample, freezing of finished samples, DIVERGED on non-finite or exploding residuals,
+STALLED when the best residual has not improved for ``patience`` steps, and MAX_STEPS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..results import ReturnCode, Solution
+from .problem import max_norm
+
+__all__ = ["run", "DIVERGENCE_FACTOR"]
+
+#: a residual this many times larger than the initial one counts as divergence
+DIVERGENCE_FACTOR = 1e8
+
+
+def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None) -> tuple:
+    """Iterate ``solver`` on ``problem`` from y0 (B, n). Returns ``(best_y, codes, best_res, num_steps, state)``."""
+    xp = problem.xp
+    batch = problem.batch
+    patience = max(25, max_steps // 4) if patience is None else patience
+    f = problem.F(y0)
+    res = max_norm(xp, f)
+    best_y, best_res = y0.copy(), res.copy()
+    res0 = xp.where(xp.isfinite(res), xp.maximum(res, 1e-300), xp.inf)
+    codes = xp.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
+    done = res <= atol + rtol * max_norm(xp, y0)
+    codes = xp.where(done, int(ReturnCode.SUCCESS), codes)
+    bad = ~xp.isfinite(res)
+    codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
+    done = done | bad
+    since_best = xp.zeros(batch, dtype=np.int64)
+    state = solver.init(problem, y0, f)
+    steps = 0
+    while steps < max_steps and not bool(done.all()):
+        state = solver.step(problem, state)
+        steps += 1
+        y, res = state.y, max_norm(xp, state.f)
+        live = ~done
+        improved = live & (res < best_res)
+        best_y = xp.where(improved[:, None], y, best_y)
+        best_res = xp.where(improved, res, best_res)
+        since_best = xp.where(improved, 0, since_best + 1)
+        converged = live & (res <= atol + rtol * max_norm(xp, y))
+        exploded = live & ~converged & (~xp.isfinite(res) | (res > DIVERGENCE_FACTOR * res0))
+        stalled = live & ~converged & ~exploded & (since_best >= patience)
+        codes = xp.where(converged, int(ReturnCode.SUCCESS), codes)
+        codes = xp.where(exploded, int(ReturnCode.DIVERGED), codes)
+        codes = xp.where(stalled, int(ReturnCode.STALLED), codes)
+        done = done | converged | exploded | stalled
+        if state.failed is not None:
+            reported = ~done & (state.failed != 0)
+            codes = xp.where(reported, state.failed, codes)
+            done = done | reported
+    return best_y, codes, best_res, steps, state
+
+
+def to_solution(problem, best_y, codes, best_res, steps, unflatten, batched, learned=None) -> Solution:
+    """Package the driver's output as a :class:`~deqcore.results.Solution` in the user's shapes."""
+    stats = {"num_steps": steps, "nfev": problem.nfev, "njev": problem.njev}
+    if batched:
+        result, residual = codes, best_res
+    else:
+        result, residual = ReturnCode(int(codes[0])), float(best_res[0])
+    return Solution(value=unflatten(best_y), result=result, stats=stats, residual=residual, batched=batched,
+                    learned={} if learned is None else learned)

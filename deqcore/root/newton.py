@@ -1,0 +1,188 @@
+"""Newton–Raphson (dense LU or matrix-free GMRES, optional backtracking line search) and a dogleg trust region.
+
+>>> import numpy as np, deqcore as dq
+>>> fn = lambda y: np.array([y[0] ** 2 + y[1] ** 2 - 4.0, y[0] - y[1]])
+>>> sol = dq.root_find(fn, np.array([1.0, 0.5]), dq.NewtonRaphson(), atol=1e-12)
+>>> bool(np.allclose(sol.value, np.sqrt(2.0)))
+True
+>>> bool(np.allclose(dq.root_find(fn, np.array([1.0, 0.5]), dq.TrustRegion(), atol=1e-12).value, np.sqrt(2.0)))
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._checks import check_choice, check_positive_int, check_tolerance
+from ..linalg import GMRES, LU, LinearOperator
+from ..results import ReturnCode
+from .base import RootSolver, SolverState
+
+__all__ = ["NewtonRaphson", "TrustRegion", "DENSE_LIMIT"]
+
+#: NewtonRaphson(linsolve=None) builds dense Jacobians up to this many unknowns per system, else uses GMRES
+DENSE_LIMIT = 64
+
+
+def _sq(a):
+    return (a * a).sum(axis=1)
+
+
+def _dense_step(xp, J, f):
+    """Solve J δ = −f by LU; singular samples get the Cauchy (steepest-descent) step of ½‖F‖² instead."""
+    factors = LU().factor(J)
+    delta = factors.solve(-f)
+    singular = xp.asarray(factors.singular).reshape(-1)
+    if bool(singular.any()):
+        g = xp.matmul(xp.swapaxes(J, 1, 2), f[:, :, None])[:, :, 0]
+        Jg = xp.matmul(J, g[:, :, None])[:, :, 0]
+        cauchy = -g * (_sq(g) / xp.maximum(_sq(Jg), 1e-300))[:, None]
+        delta = xp.where(singular[:, None], cauchy, delta)
+    return delta, factors
+
+
+@dataclass(frozen=True)
+class NewtonRaphson(RootSolver):
+    """Newton's method: solve J δ = −F(y), then y ← y + t·δ.
+
+    Args:
+        linsolve: ``None`` (dense LU up to ``DENSE_LIMIT`` unknowns per system or when ``jac=`` is given, else
+            GMRES), ``dq.LU()`` (dense Jacobian from ``jac=`` or batched finite differences), or
+            ``dq.GMRES(...)`` (matrix-free Newton–Krylov on finite-difference JVPs).
+        linesearch: "backtracking" (Armijo on ½‖F‖², halving t per sample up to ``max_backtracks`` times) or
+            None (full steps).
+    """
+
+    linsolve: Any = None
+    linesearch: Any = "backtracking"
+    max_backtracks: int = 10
+
+    def __post_init__(self):
+        if self.linsolve is not None and not isinstance(self.linsolve, (LU, GMRES)):
+            raise TypeError(f"linsolve must be None, dq.LU() or dq.GMRES(...), got {type(self.linsolve).__name__}")
+        check_choice(self.linesearch, "linesearch", ("backtracking", None))
+        check_positive_int(self.max_backtracks, "max_backtracks")
+
+    def _dense(self, problem):
+        if self.linsolve is None:
+            return problem.has_jac or problem.n <= DENSE_LIMIT
+        return isinstance(self.linsolve, LU)
+
+    def init(self, problem, y, f):
+        return SolverState(y, f, factors=None)
+
+    def step(self, problem, state):
+        xp = problem.xp
+        y, f = state.y, state.f
+        state.failed = None
+        if self._dense(problem):
+            delta, state.factors = _dense_step(xp, problem.jacobian(y, f), f)
+        else:
+            gmres = self.linsolve if isinstance(self.linsolve, GMRES) else GMRES(rtol=1e-3, restart=20, max_steps=40)
+            n = problem.n
+            op = LinearOperator(lambda v: problem.jvp(y, f, v), shape=(n, n), dtype=problem.dtype)
+            delta = gmres.solve(op, -f).value
+        finite = xp.isfinite(delta).all(axis=1)
+        state.failed = xp.where(finite, 0, int(ReturnCode.LINEAR_SOLVE_FAILED))
+        delta = xp.where(finite[:, None], delta, 0)
+        if self.linesearch is None:
+            y_new = y + delta
+            state.y, state.f = y_new, problem.F(y_new)
+            return state
+        state.y, state.f = self._backtrack(problem, y, f, delta)
+        return state
+
+    def _backtrack(self, problem, y, f, delta):
+        """Armijo backtracking per sample: accept t when ‖F(y + tδ)‖² ≤ (1 − 2·1e-4·t)‖F(y)‖²."""
+        xp = problem.xp
+        phi0 = _sq(f)
+        t = xp.ones(y.shape[0], dtype=y.dtype)
+        accepted = xp.zeros(y.shape[0], dtype=bool)
+        y_best, f_best = y, f
+        for _ in range(self.max_backtracks + 1):
+            trial = y + t[:, None] * delta
+            f_trial = problem.F(trial)
+            phi = _sq(f_trial)
+            ok = ~accepted & xp.isfinite(phi) & (phi <= (1 - 2e-4 * t) * phi0)
+            take = ok | (~accepted & xp.isfinite(phi) & (phi < _sq(f_best)))
+            y_best = xp.where(take[:, None], trial, y_best)
+            f_best = xp.where(take[:, None], f_trial, f_best)
+            accepted = accepted | ok
+            if bool(accepted.all()):
+                break
+            t = xp.where(accepted, t, 0.5 * t)
+        return y_best, f_best
+
+    def learned(self, state) -> dict:
+        """``lu``: the LU factors of the last dense Jacobian of F (reusable for transpose solves)."""
+        return {} if state.factors is None else {"lu": state.factors}
+
+
+@dataclass(frozen=True)
+class TrustRegion(RootSolver):
+    """Dogleg trust region on ½‖F‖² with a dense Jacobian (Nocedal & Wright, Algorithms 4.1 and 11.5).
+
+    The radius shrinks to a quarter of the step when the model predicts badly (ρ < 1/4) and doubles, up to
+    ``max_radius``, when it predicts well (ρ > 3/4) and the step reached the boundary; steps with ρ ≤ ``eta``
+    are rejected. The first radius is ``initial_radius``·max(1, ‖y0‖).
+    """
+
+    initial_radius: float = 1.0
+    max_radius: float = 1e10
+    eta: float = 1e-4
+
+    def __post_init__(self):
+        for name in ("initial_radius", "max_radius"):
+            if check_tolerance(getattr(self, name), name) == 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0 <= check_tolerance(self.eta, "eta") < 0.25:
+            raise ValueError(f"eta must lie in [0, 0.25), got {self.eta}")
+
+    def init(self, problem, y, f):
+        xp = problem.xp
+        radius = self.initial_radius * xp.maximum(xp.sqrt(_sq(y)), 1.0)
+        return SolverState(y, f, radius=radius, J=problem.jacobian(y, f), factors=None)
+
+    def step(self, problem, state):
+        xp = problem.xp
+        y, f, J, radius = state.y, state.f, state.J, state.radius
+        gauss_newton, state.factors = _dense_step(xp, J, f)
+        g = xp.matmul(xp.swapaxes(J, 1, 2), f[:, :, None])[:, :, 0]
+        Jg = xp.matmul(J, g[:, :, None])[:, :, 0]
+        cauchy = -g * (_sq(g) / xp.maximum(_sq(Jg), 1e-300))[:, None]
+        p = self._dogleg(xp, gauss_newton, cauchy, g, radius)
+        y_trial = y + p
+        f_trial = problem.F(y_trial)
+        model = f + xp.matmul(J, p[:, :, None])[:, :, 0]
+        predicted = _sq(f) - _sq(model)
+        actual = _sq(f) - _sq(f_trial)
+        rho = xp.where(predicted > 0, actual / xp.where(predicted > 0, predicted, 1), -1.0)
+        rho = xp.where(xp.isfinite(rho), rho, -1.0)
+        step_norm = xp.sqrt(_sq(p))
+        radius = xp.where(rho < 0.25, 0.25 * step_norm,
+                          xp.where((rho > 0.75) & (step_norm >= 0.99 * radius),
+                                   xp.minimum(2 * radius, self.max_radius), radius))
+        accept = (rho > self.eta)[:, None]
+        state.y = xp.where(accept, y_trial, y)
+        state.f = xp.where(accept, f_trial, f)
+        state.radius = xp.maximum(radius, 1e-300)
+        if bool(accept.any()):
+            state.J = xp.where(accept[:, :, None], problem.jacobian(state.y, state.f), J)
+        return state
+
+    @staticmethod
+    def _dogleg(xp, gauss_newton, cauchy, g, radius):
+        gn_norm, c_norm = xp.sqrt(_sq(gauss_newton)), xp.sqrt(_sq(cauchy))
+        g_norm = xp.maximum(xp.sqrt(_sq(g)), 1e-300)
+        boundary_sd = -g * (radius / g_norm)[:, None]
+        # τ ∈ [0, 1] with ‖c + τ(gn − c)‖ = radius
+        d = gauss_newton - cauchy
+        a, b, c = _sq(d), 2 * (cauchy * d).sum(axis=1), _sq(cauchy) - radius ** 2
+        disc = xp.sqrt(xp.maximum(b * b - 4 * a * c, 0))
+        tau = xp.clip((-b + disc) / xp.maximum(2 * a, 1e-300), 0, 1)
+        between = cauchy + tau[:, None] * d
+        return xp.where((gn_norm <= radius)[:, None], gauss_newton,
+                        xp.where((c_norm >= radius)[:, None], boundary_sd, between))
