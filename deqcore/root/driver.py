@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..results import ReturnCode, Solution
-from .problem import max_norm
+from .kernels import row_norms
 
 __all__ = ["run", "DIVERGENCE_FACTOR"]
 
@@ -27,11 +27,11 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None) -> tuple:
     batch = problem.batch
     patience = max(25, max_steps // 4) if patience is None else patience
     f = problem.F(y0)
-    res = max_norm(xp, f)
+    res, y_norm = row_norms(f, y0)
     best_y, best_res = y0.copy(), res.copy()
     res0 = xp.where(xp.isfinite(res), xp.maximum(res, 1e-300), xp.inf)
     codes = xp.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
-    done = res <= atol + rtol * max_norm(xp, y0)
+    done = res <= atol + rtol * y_norm
     codes = xp.where(done, int(ReturnCode.SUCCESS), codes)
     bad = ~xp.isfinite(res)
     codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
@@ -42,13 +42,14 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None) -> tuple:
     while steps < max_steps and not bool(done.all()):
         state = solver.step(problem, state)
         steps += 1
-        y, res = state.y, max_norm(xp, state.f)
+        y = state.y
+        res, y_norm = row_norms(state.f, y)
         live = ~done
         improved = live & (res < best_res)
         best_y = xp.where(improved[:, None], y, best_y)
         best_res = xp.where(improved, res, best_res)
         since_best = xp.where(improved, 0, since_best + 1)
-        converged = live & (res <= atol + rtol * max_norm(xp, y))
+        converged = live & (res <= atol + rtol * y_norm)
         exploded = live & ~converged & (~xp.isfinite(res) | (res > DIVERGENCE_FACTOR * res0))
         stalled = live & ~converged & ~exploded & (since_best >= patience)
         codes = xp.where(converged, int(ReturnCode.SUCCESS), codes)

@@ -11,13 +11,7 @@ import numpy as np
 
 from ..backend import get_namespace
 
-__all__ = ["RootProblem", "max_norm"]
-
-
-def max_norm(xp, v):
-    """Per-row max-norm of a (B, n) array; NaN rows give +inf so they never look converged."""
-    norms = xp.abs(v).max(axis=1)
-    return xp.where(xp.isnan(norms), xp.inf, norms)
+__all__ = ["RootProblem", "flat_problem"]
 
 
 class RootProblem:
