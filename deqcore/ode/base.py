@@ -75,14 +75,3 @@ class ODEMethod:
     def stepper(self, ev: Evaluator, jac=None):  # pragma: no cover - every method overrides it
         raise NotImplementedError
 
-
-def combine(y, h, coeffs, ks):
-    """``y + h · Σ coeffs[j] · ks[j]`` skipping zero coefficients (``y`` may be None: then no ``y`` term)."""
-    acc = None
-    for c, k in zip(coeffs, ks):
-        if c != 0.0:
-            acc = k * float(c) if acc is None else acc + float(c) * k
-    if acc is None:
-        return y
-    acc = acc * h
-    return acc if y is None else y + acc

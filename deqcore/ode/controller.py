@@ -9,6 +9,8 @@ All functions work per problem: ``batched=True`` gives one norm / step size per 
 (0.14, 0.08)
 >>> float(c.factor(np.array([1.0]), np.array([1.0]), np.array([False]))[0])
 0.9
+>>> float(c.factor(np.array([0.0]), np.array([1.0]), np.array([False]))[0])   # capped growth
+10.0
 """
 
 from __future__ import annotations
@@ -58,13 +60,13 @@ class PIController:
         return 0.4 / self.error_exponent
 
     def factor(self, err, err_prev, after_reject):
-        """Factor for the next step from host arrays ``err``, ``err_prev`` and ``after_reject`` (shape (B,))."""
+        """Factor for the next step from host arrays ``err``, ``err_prev`` and ``after_reject`` (shape (B,));
+        call it under ``np.errstate(all="ignore")`` (non-finite errors give the smallest factor)."""
         err = np.maximum(err, 1e-10)
         accepted = SAFETY * err ** -self.beta1 * err_prev ** self.beta2
-        accepted = np.clip(accepted, FACTOR_MIN, np.where(after_reject, 1.0, FACTOR_MAX))
-        with np.errstate(invalid="ignore"):
-            rejected = np.maximum(FACTOR_MIN, SAFETY * err ** (-1.0 / self.error_exponent))
-        rejected = np.where(np.isfinite(err), np.minimum(rejected, 1.0), FACTOR_MIN)
+        accepted = np.minimum(np.maximum(accepted, FACTOR_MIN), np.where(after_reject, 1.0, FACTOR_MAX))
+        rejected = np.minimum(np.maximum(FACTOR_MIN, SAFETY * err ** (-1.0 / self.error_exponent)), 1.0)
+        rejected = np.where(np.isfinite(err), rejected, FACTOR_MIN)
         return np.where(err <= 1.0, accepted, rejected)
 
 

@@ -8,6 +8,7 @@ size, controller history and return code per sample; samples that finish are fro
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -116,6 +117,11 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
         codes[tiny] = np.where(finite[tiny], int(ReturnCode.DT_TOO_SMALL), int(ReturnCode.DIVERGED))
         active &= ~tiny
     return LoopResult(y, fy, t, codes, steps, num_steps, accepted, rejected, nfe)
+
+
+@functools.lru_cache(maxsize=None)
+def _controller(error_exponent: int) -> PIController:
+    return PIController(error_exponent)
 
 
 def _below(xp, y, bound, batched):

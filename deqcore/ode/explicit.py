@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Evaluator, ODEMethod, Trial, combine
+from .base import Evaluator, ODEMethod, Trial
 from .tableaus import BS3, TSIT5, ButcherTableau
 
 __all__ = ["Tsit5", "ExplicitRKStepper"]
@@ -23,19 +23,25 @@ class ExplicitRKStepper:
     def __init__(self, ev: Evaluator, tableau: ButcherTableau):
         self.ev, self.tab = ev, tableau
         self.error_exponent = tableau.error_order + 1
+        self._a = ev.xp.asarray(tableau.a, dtype=ev.dtype)
+        self._b_err = ev.xp.asarray(tableau.b_err, dtype=ev.dtype)
 
     def start(self, t0, y0, f0):
         pass
 
     def attempt(self, t, y, fy, h, active=None) -> Trial:
-        tab, ev = self.tab, self.ev
+        tab, ev, xp = self.tab, self.ev, self.ev.xp
         hb = ev.steps(h, y)
-        ks = [fy]
+        # all stage derivatives in one buffer: each stage input is then one small matrix product
+        ks = xp.empty((tab.stages,) + tuple(y.shape), dtype=y.dtype)
+        ks[0] = fy
+        flat = ks.reshape(tab.stages, -1)
         for i in range(1, tab.stages):
-            stage_y = combine(y, hb, tab.a[i, :i], ks)
-            ks.append(ev(t + tab.c[i] * h, stage_y))
+            stage_y = y + hb * (self._a[i, :i] @ flat[:i]).reshape(y.shape)
+            ks[i] = ev(t + tab.c[i] * h, stage_y)
+        err = hb * (self._b_err @ flat).reshape(y.shape)
         # FSAL: the last stage is evaluated at y_new, so it is f1
-        return Trial(stage_y, ks[-1], combine(None, hb, tab.b_err, ks), self.error_exponent, ks)
+        return Trial(stage_y, ks[-1], err, self.error_exponent, ks)
 
     def accept(self, trial, mask, t_new):
         pass
