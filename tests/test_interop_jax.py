@@ -97,7 +97,8 @@ def test_float32_and_one_step_gradient(problem):
     z = dqj.fixed_point(cell, z0, (params, x), **opts)
     assert z.dtype == jnp.float32
     np.testing.assert_allclose(z, cell(z, (params, x)), atol=1e-5)
-    g = jax.grad(lambda a: dqj.fixed_point(cell, z0, a, adjoint=dq.OneStepGradient(), **opts).sum())((params, x))
+    one_step = dq.OneStepGradient()
+    g = jax.grad(lambda a: dqj.fixed_point(cell, z0, a, adjoint=one_step, **opts).sum())((params, x))
     want = jax.grad(lambda a: cell(z, a).sum())((params, x))          # λ ≈ g: one VJP at z*
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(want)):
         assert a.dtype == jnp.float32

@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -45,7 +47,10 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *f.parameters()), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("adjoint", [None, dq.SteadyStateAdjoint(dq.GMRES(rtol=1e-12, atol=0.0, max_steps=200))])
+TIGHT_GMRES = dq.SteadyStateAdjoint(dq.GMRES(rtol=1e-12, atol=0.0, max_steps=200))
+
+
+@pytest.mark.parametrize("adjoint", [None, TIGHT_GMRES])
 def test_gradients_match_dense_implicit_function_theorem(adjoint):
     f = cell(6, 4, norm=0.9, seed=1)
     layer = dqt.DEQ(f, adjoint=adjoint, **TIGHT)
@@ -73,6 +78,21 @@ def test_gradients_match_unrolled_autograd(batched):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
     assert layer.last_solution.batched is batched
+
+
+@given(batch=st.integers(1, 4), width=st.integers(2, 7), inputs=st.integers(1, 5),
+       norm=st.floats(0.05, 0.9), seed=st.integers(0, 2**16), batched=st.booleans())
+def test_random_contractive_cells_match_dense_gradients(batch, width, inputs, norm, seed, batched):
+    f = cell(width, inputs, norm=norm, seed=seed)
+    x = torch.randn(batch, inputs, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(batch, width, dtype=torch.float64)
+    layer = dqt.DEQ(f, batched=batched, **TIGHT)
+    z = layer(x, torch.zeros(batch, width, dtype=torch.float64))
+    torch.testing.assert_close(z, f(z, x), rtol=0, atol=1e-11)
+    (z * c).sum().backward()
+    dx, dW, _, _ = dense_ift_gradients(f, x, c)
+    np.testing.assert_allclose(x.grad.numpy(), dx, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(f.W.weight.grad.numpy(), dW, rtol=1e-7, atol=1e-10)
 
 
 def test_one_step_and_phantom_gradients():

@@ -3,8 +3,8 @@
 The adapters import their framework lazily; import the one you need:
 
 * ``from deqcore.interop import torch as dqt`` — ``dqt.DEQ`` (a ``torch.nn.Module`` whose fixed point is
-  solved by deqcore and differentiated by its implicit adjoint) and ``dqt.TorchLayer`` (a deqcore layer and its
-  parameters as a ``torch.nn.Module``); needs ``pip install deqcore[torch]``.
+  solved by deqcore and differentiated by its implicit adjoint) and ``dqt.TorchLayer`` (a deqcore layer and
+  its parameters as a ``torch.nn.Module``); needs ``pip install deqcore[torch]``.
 * ``from deqcore.interop import jax as dqj`` — ``dqj.fixed_point`` (a differentiable fixed point that works
   eagerly and under ``jax.jit``, ``jax.grad`` and ``jax.vmap``); needs ``pip install deqcore[jax]``.
 

@@ -1,4 +1,4 @@
-"""Pieces shared by the framework adapters: option checks, the default solver and adjoint, the forward solve."""
+"""Pieces shared by the framework adapters: option checks, default solver and adjoint, the forward solve."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def solve(fn, z0, solver, *, atol, rtol, max_steps, batched):
     """``dq.fixed_point`` without raising: failures are recorded in the returned Solution's ``result``."""
     from ..root import fixed_point
 
-    return fixed_point(fn, z0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched, throw=False)
+    return fixed_point(fn, z0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
+                       throw=False)
 
 
 def writable(a):

@@ -2,8 +2,9 @@
 
 Tensors cross to deqcore as zero-copy views (CPU tensors as NumPy arrays, CUDA tensors as CuPy arrays through
 DLPack) and back the same way. Tensors that require grad are detached first; non-contiguous ones are copied.
-f is always evaluated by torch: under ``torch.no_grad`` during the solve, and with autograd for the VJPs of the
-implicit adjoint. Don't modify ``z`` in place inside f: during the solve it is a view of the solver's array.
+f is always evaluated by torch: under ``torch.no_grad`` during the solve, and with autograd for the VJPs of
+the implicit adjoint. Don't modify ``z`` in place inside f: during the solve it is a view of the solver's
+array.
 
 >>> import torch, deqcore as dq
 >>> from deqcore.interop import torch as dqt
@@ -46,7 +47,7 @@ def to_array(tensor, name: str = "tensor"):
     >>> to_array(torch.ones(2, dtype=torch.float16), "x")
     Traceback (most recent call last):
     ...
-    TypeError: x has dtype float16; deqcore solves in float32 or float64: cast it first (e.g. .float() or .double())
+    TypeError: x has dtype float16; deqcore solves in float32 or float64: cast it first ...
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -98,7 +99,8 @@ class DEQ(torch.nn.Module):
 
     Args:
         f: a ``torch.nn.Module`` or function called as ``f(z, x)``, returning a tensor shaped like z.
-            Gradients reach the parameters of a module f (and x); tensors captured by a plain function get none.
+            Gradients reach the parameters of a module f (and x); tensors captured by a plain function get
+            none.
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default: dense LU up to 50 state elements per sample, else
             GMRES with a small budget), ``dq.OneStepGradient()`` or ``dq.PhantomGradient(...)``.
@@ -238,7 +240,8 @@ class TorchLayer(torch.nn.Module):
 
     The parameters become ``torch.nn.Parameter``\\ s that share memory with the arrays in ``params`` (so a
     torch optimiser updates them in place); forward runs the deqcore layer on a zero-copy view of x, backward
-    its own pullback (``nn.vjp``). ``layer.state`` holds the latest state, ``layer.params`` the parameter tree.
+    its own pullback (``nn.vjp``). ``layer.state`` holds the latest state, ``layer.params`` the parameter
+    tree.
 
     Args:
         model: a ``deqcore.nn.Layer``.
@@ -263,7 +266,8 @@ class TorchLayer(torch.nn.Module):
         tensors = []
         for i, leaf in enumerate(leaves):
             if isinstance(leaf, np.ndarray) and not leaf.flags.writeable:
-                raise ValueError(f"params leaf {i} is a read-only array; torch would write into it: pass a copy")
+                raise ValueError(f"params leaf {i} is a read-only array; torch would write into it: "
+                                 "pass a copy")
             if not hasattr(leaf, "dtype"):
                 raise TypeError(f"params leaf {i} must be an array, got {type(leaf).__name__}")
             check_dtype(str(leaf.dtype), f"params leaf {i}")
