@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..results import ReturnCode, Solution
-from .kernels import row_norms
+from ..backend import get_kernel
+from . import kernels  # noqa: F401  (registers row_norms)
 
 __all__ = ["run", "DIVERGENCE_FACTOR"]
 
@@ -26,6 +27,7 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None) -> tuple:
     xp = problem.xp
     batch = problem.batch
     patience = max(25, max_steps // 4) if patience is None else patience
+    row_norms = get_kernel("row_norms", xp)
     f = problem.F(y0)
     res, y_norm = row_norms(f, y0)
     best_y, best_res = y0.copy(), res.copy()
