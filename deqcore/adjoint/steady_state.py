@@ -29,6 +29,7 @@ from .._tree import tree_add, tree_scale
 from ..backend import get_namespace
 from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
+from ..root import RootSolver, fixed_point
 
 __all__ = [
     "FixedPointVJP",
@@ -110,12 +111,10 @@ class SteadyStateAdjoint:
     max_steps: int = 50
 
     def __post_init__(self):
-        if self.linsolve is not None and not isinstance(self.linsolve, (LU, GMRES)) and not hasattr(
-                self.linsolve, "fixed_point_step"):
-            if not _is_root_solver(self.linsolve):
-                raise TypeError(
-                    "linsolve must be None, dq.LU(), dq.GMRES(...) or a fixed-point solver such as dq.Anderson(); "
-                    f"got {type(self.linsolve).__name__}")
+        if self.linsolve is not None and not isinstance(self.linsolve, (LU, GMRES, RootSolver)):
+            raise TypeError(
+                "linsolve must be None, dq.LU(), dq.GMRES(...) or a fixed-point solver such as dq.Anderson(); "
+                f"got {type(self.linsolve).__name__}")
         check_positive_int(self.max_steps, "max_steps")
 
     def gradient(self, problem: FixedPointVJP, g, x0=None):
@@ -148,20 +147,10 @@ class SteadyStateAdjoint:
         return grad_theta, AdjointInfo(lam, result, count["nvjp"], steps)
 
     def _fixed_point_adjoint(self, solver, vjp_z, g_flat, x0, batched):
-        from ..root import fixed_point  # deferred: root sits beside adjoint's dependencies, not below linalg
-
         start = g_flat if x0 is None else _flat(x0, batched)
         sol = fixed_point(lambda lam: g_flat + vjp_z(lam), start, solver, atol=self.atol, rtol=self.rtol,
                           max_steps=self.max_steps, batched=batched, throw=False)
         return sol.value, sol.result, int(sol.stats.get("num_steps", 0))
-
-
-def _is_root_solver(obj) -> bool:
-    try:
-        from .. import root
-    except ImportError:  # pragma: no cover
-        return False
-    return type(obj).__module__.startswith(root.__name__)
 
 
 def _dense_adjoint(vjp_z, g_flat, n, batched, xp):

@@ -21,6 +21,7 @@ import numbers
 import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_tolerance
+from ..adjoint import GaussAdjoint
 from ..adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
 from ..backend import get_namespace
 from ..nn.core import Layer
@@ -333,8 +334,6 @@ def _check_tspan(tspan):
 
 
 def _default_ode_adjoint():
-    from ..adjoint import GaussAdjoint
-
     return GaussAdjoint()
 
 

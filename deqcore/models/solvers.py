@@ -6,21 +6,22 @@ raising on non-convergence: the return codes are recorded in the model's solutio
 
 from __future__ import annotations
 
+from ..adjoint import ode_gradients
+from ..ode import integrate, steady_state
+from ..ode.base import ODEMethod
+from ..root import RootSolver, fixed_point
+
 __all__ = ["run_solver", "is_ode_solver", "is_root_solver"]
 
 
-def _module_of(solver) -> str:
-    return type(solver).__module__
-
-
 def is_ode_solver(solver) -> bool:
-    """True for deqcore's ODE solvers (Tsit5, VCAB3, VCABM3, the implicit method)."""
-    return _module_of(solver).startswith("deqcore.ode")
+    """True for deqcore's ODE solvers (Tsit5, VCAB3, VCABM3, Rodas3)."""
+    return isinstance(solver, ODEMethod)
 
 
 def is_root_solver(solver) -> bool:
     """True for deqcore's root-finding and fixed-point solvers."""
-    return _module_of(solver).startswith("deqcore.root")
+    return isinstance(solver, RootSolver)
 
 
 class _RunSolver:
@@ -36,28 +37,20 @@ class _RunSolver:
     def __call__(self, f, u0, solver, *, atol, rtol, max_steps):
         """z* with z* = f(z*), per sample, as a ``deqcore.Solution`` (stats["nfev"] counts f-evaluations)."""
         if is_ode_solver(solver):
-            from ..ode import steady_state
-
             return steady_state(lambda t, z: f(z) - z, u0, solver, atol=atol, rtol=rtol, max_steps=max_steps,
                                 batched=True, throw=False)
-        from ..root import fixed_point
-
         return fixed_point(f, u0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=True, throw=False)
 
     @staticmethod
     def integrate(f, u0, solver, tspan, *, atol, rtol, max_steps):
         """Integrate dz/dt = f(z) − z over ``tspan`` (a vanilla neural ODE); returns the ODE solution with
         ``.value`` (the state at t1), ``.residual`` and ``.stats`` like a steady-state solve."""
-        from ..ode import integrate
-
         return integrate(lambda t, z: f(z) - z, u0, tspan, solver, atol=atol, rtol=rtol, max_steps=max_steps,
                          throw=False)
 
     @staticmethod
     def ode_gradient(theta_vjp, ode_solution, g, adjoint):
         """``(∂<g, z(t1)>/∂θ, info)`` through the ODE solution, by ``adjoint``."""
-        from ..adjoint import ode_gradients
-
         def vjp(t, z, args=None):
             fz, pullback = theta_vjp(z)
             return fz - z, lambda a: _minus_identity(pullback(a), a)
