@@ -12,12 +12,12 @@ implicitly:
   standing in for TorchDEQ; TorchDEQ's own anderson/broyden (``get_deq(ift=True)``) are added when
   ``torchdeq`` is importable.
 
-Forward and backward times are medians over repeats, in one run, single-threaded; NFE counts forward
-f-evaluations, VJPs the backward's vector-Jacobian products; ``residual`` is the worst per-sample relative
-residual of the returned z* (max-norm, as the stopping rule); ``converged`` counts the samples meeting the
-tolerance; ``grad err`` is the relative difference of dL/dW from a dense implicit-function-theorem solve
-(float64, one LU per sample) at deqcore Anderson's z*; ``overhead/NFE`` is the forward time per
-f-evaluation minus the time of one f alone.
+Forward and backward times are medians over repeats (round-robin over the methods), single-threaded;
+NFE counts forward f-evaluations, VJPs the backward's vector-Jacobian products; ``residual`` is the worst
+per-sample relative residual of the returned z* (max-norm, as the stopping rule); ``converged`` counts the
+samples meeting the tolerance; ``grad err`` is the relative difference of dL/dW from a dense
+implicit-function-theorem solve (float64, one LU per sample) at deqcore Anderson's z*; ``overhead/NFE`` is
+the forward time per f-evaluation minus the time of one f alone.
 
     python benchmarks/bench_torch_deq.py [--quick] [--out DIR]
 """
@@ -220,33 +220,43 @@ def dense_reference_grad_W(f, x, c, z):
     return grad
 
 
+def run_once(run, f, x, c, tol):
+    """One forward + backward: (forward s, backward s, z*, counts source, dL/dW)."""
+    f.zero_grad()
+    start = time.perf_counter()
+    z, extra = run(f, x, tol)
+    mid = time.perf_counter()
+    (z * c).sum().backward()
+    end = time.perf_counter()
+    return mid - start, end - mid, z.detach(), extra, f.W.grad.double().numpy().copy()
+
+
 def bench_case(kind, dtype, sizes, repeats):
+    """One row per method; the repeats go round-robin over the methods so load changes hit all alike."""
     f, x, c = make_problem(kind, dtype, *sizes)
     tol = TOLERANCE[dtype]
-    rows, reference = [], None
     with torch.no_grad():
         f_time = statistics.median(_timed_f(f, x) for _ in range(20))
-    for name, run in methods().items():
-        fwd, bwd = [], []
-        for _ in range(repeats + 1):                   # the first run warms up and is not timed
-            f.zero_grad()
-            start = time.perf_counter()
-            z, extra = run(f, x, tol)
-            mid = time.perf_counter()
-            (z * c).sum().backward()
-            end = time.perf_counter()
-            fwd.append(mid - start)
-            bwd.append(end - mid)
+    runs = methods()
+    times = {name: ([], []) for name in runs}
+    last = {}
+    for repeat in range(repeats + 1):                  # round 0 warms up and is not timed
+        for name, run in runs.items():
+            fwd, bwd, *last[name] = run_once(run, f, x, c, tol)
+            if repeat:
+                times[name][0].append(fwd)
+                times[name][1].append(bwd)
+    rows, reference = [], None
+    for name in runs:
+        z, extra, grad_W = last[name]
         nfe, nvjp = counts_of(extra)
-        grad_W = f.W.grad.double().numpy().copy()
         if reference is None:                          # at the first method's z*, which converged
             reference = dense_reference_grad_W(f, x, c, z)
         err = float(np.linalg.norm(grad_W - reference) / np.linalg.norm(reference))
-        res = relative_residuals(f, z.detach(), x)
-        rows.append(dict(method=name, fwd=statistics.median(fwd[1:]), bwd=statistics.median(bwd[1:]), nfe=nfe,
-                         nvjp=nvjp, residual=float(res.max()), ok=int((res <= tol * (1 + 1e-3)).sum()),
-                         batch=x.shape[0],
-                         err=err, f_time=f_time))
+        res = relative_residuals(f, z, x)
+        fwd, bwd = (statistics.median(t) for t in times[name])
+        rows.append(dict(method=name, fwd=fwd, bwd=bwd, nfe=nfe, nvjp=nvjp, residual=float(res.max()),
+                         ok=int((res <= tol * (1 + 1e-3)).sum()), batch=x.shape[0], err=err, f_time=f_time))
     return rows
 
 
