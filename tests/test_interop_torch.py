@@ -194,6 +194,8 @@ def test_bad_inputs():
         layer(torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64, device="meta"))
     with pytest.raises(TypeError, match="z0 has dtype"):
         layer(torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float32))
+    with pytest.raises(ValueError, match="x must have shape \\(batch, ...\\)"):
+        layer(torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="z0 must have the batch size"):
         layer(torch.ones(2, 3, dtype=torch.float64), torch.zeros(5, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="f must preserve the shape of z"):

@@ -4,6 +4,8 @@ The solve and the implicit adjoint's λ-solve run in deqcore inside ``jax.pure_c
 eagerly and under ``jax.jit``, ``jax.grad`` and ``jax.vmap``); inside them f and its VJP are evaluated by
 separately jitted JAX functions. The parameter cotangent ∂f/∂argsᵀ λ is computed by JAX itself, so ``args``
 may be any pytree. Under ``jax.vmap`` each mapped sample is its own system (per-sample convergence).
+``pure_callback`` hands the callbacks host arrays, so the solver itself runs on NumPy (on a GPU backend too,
+where f still runs on the device); higher-order derivatives are not supported.
 
 >>> import jax, jax.numpy as jnp
 >>> from deqcore.interop import jax as dqj

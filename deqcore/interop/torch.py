@@ -143,6 +143,9 @@ class DEQ(torch.nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         check_dtype(_DTYPE_NAMES.get(x.dtype, str(x.dtype).replace("torch.", "")), "x")
+        if self.batched and x.ndim < 2:
+            raise ValueError(f"x must have shape (batch, ...) with batched=True; got {tuple(x.shape)} (add a "
+                             "batch axis, or pass batched=False)")
         if z0 is None:
             z0 = torch.zeros_like(x, memory_format=torch.contiguous_format)
         else:
