@@ -1,0 +1,62 @@
+"""The command line: help, bad arguments, the solve command and a short run of the digits demo."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deqcore import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "deqcore", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_the_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "solve", "bench"):
+        assert command in out
+
+
+def test_no_command_is_an_error(capsys):
+    assert cli.main([]) == 2
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], ["solve", "--problem", "nope"], ["solve", "--atol", "-1"],
+                                  ["demo", "--epochs", "0"]])
+def test_bad_arguments_exit_2_with_one_line(args):
+    proc = _run(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(("usage", "python -m deqcore")) or "error" in proc.stderr
+
+
+def test_solve_builtin_problem(capsys):
+    from deqcore.demos import solve_cli
+
+    assert solve_cli.main(["--problem", "rosenbrock", "--solver", "newton", "--atol", "1e-10"]) == 0
+    out = capsys.readouterr().out
+    assert "converged: 1/1" in out
+
+
+def test_solve_from_file(tmp_path, capsys):
+    from deqcore.demos import solve_cli
+
+    path = tmp_path / "problem.py"
+    path.write_text("import numpy as np\nfn = lambda y: np.cos(y)\ny0 = np.zeros(3)\n")
+    assert solve_cli.main(["--file", str(path), "--fixed-point", "--solver", "anderson", "--atol", "1e-12"]) == 0
+    out = capsys.readouterr().out
+    assert "converged: 1/1" in out and "3 unknowns" in out
+
+
+def test_short_digits_demo_learns_and_writes_plots(tmp_path):
+    proc = _run("demo", "--epochs", "3", "--width", "32", "--no-progress", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    accuracy = float(proc.stdout.strip().splitlines()[-1].split(":")[1])
+    assert accuracy >= 0.85                      # three epochs; the full demo reaches >= 0.97
+    assert (tmp_path / "training.png").stat().st_size > 1000
+    assert (tmp_path / "residuals.png").stat().st_size > 1000
