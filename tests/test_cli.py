@@ -54,9 +54,9 @@ def test_solve_from_file(tmp_path, capsys):
 
 
 def test_short_digits_demo_learns_and_writes_plots(tmp_path):
-    proc = _run("demo", "--epochs", "3", "--width", "32", "--no-progress", "--out", str(tmp_path))
+    proc = _run("demo", "--epochs", "6", "--width", "32", "--lr", "2e-2", "--no-progress", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     accuracy = float(proc.stdout.strip().splitlines()[-1].split(":")[1])
-    assert accuracy >= 0.85                      # three epochs; the full demo reaches >= 0.97
+    assert accuracy >= 0.90                      # six epochs; the full demo reaches >= 0.97
     assert (tmp_path / "training.png").stat().st_size > 1000
     assert (tmp_path / "residuals.png").stat().st_size > 1000
