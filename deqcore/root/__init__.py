@@ -10,7 +10,7 @@ from .base import RootSolver
 from .broyden import Broyden, LimitedMemoryBroyden
 from .fixed_point_solvers import Anderson, FixedPointIteration
 from .newton import NewtonRaphson, TrustRegion
-from . import kernels  # noqa: F401  (registers the fused kernels)
+from . import anderson_kernels, kernels  # noqa: F401  (register the fused kernels)
 
 __all__ = ["root_find", "fixed_point", "default_solvers", "RootSolver", "NewtonRaphson", "TrustRegion", "Broyden",
            "LimitedMemoryBroyden", "Anderson", "FixedPointIteration"]

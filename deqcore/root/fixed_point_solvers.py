@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_positive_int, check_probability, check_tolerance
+from .anderson_kernels import anderson_weights
 from .base import RootSolver, SolverState
 
 __all__ = ["FixedPointIteration", "Anderson"]
@@ -65,43 +66,31 @@ class Anderson(RootSolver):
 
     def init(self, problem, y, f):
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
-        dtype = y.dtype
-        return SolverState(y, f, k=0, Y=xp.zeros((batch, m, n), dtype=dtype), F=xp.zeros((batch, m, n), dtype=dtype),
-                           H=xp.zeros((batch, m, m), dtype=dtype))
+        ring = dict(G=xp.zeros((batch, m, n), dtype=y.dtype), F=xp.zeros((batch, m, n), dtype=y.dtype))
+        return SolverState(y, f, k=0, H=xp.zeros((batch, m, m), dtype=y.dtype), **ring)
 
     def step(self, problem, state):
+        """Store (y + beta·f, f) in the ring, add ⟨fᵢ, f⟩ to the Gram matrix, mix with the fused weights."""
         xp = problem.xp
         m = self.history_size
         slot = state.k % m
         count = min(state.k + 1, m)
-        state.Y[:, slot] = state.y
+        state.G[:, slot] = state.y + self.beta * state.f
         state.F[:, slot] = state.f
         column = xp.matmul(state.F, state.f[:, :, None])[:, :, 0]         # ⟨f_i, f_new⟩ for every slot
         state.H[:, slot, :] = column
         state.H[:, :, slot] = column
-        alpha = self._weights(xp, state.H[:, :count, :count], slot, problem.dtype)
-        Y, F = state.Y[:, :count], state.F[:, :count]
-        y = xp.matmul(alpha[:, None, :], Y)[:, 0] + self.beta * xp.matmul(alpha[:, None, :], F)[:, 0]
+        finfo = np.finfo(problem.dtype)
+        alpha = anderson_weights(state.H[:, :count, :count], slot, max(self.ridge, 10 * float(finfo.eps)),
+                                 float(np.sqrt(finfo.tiny)))
+        if count < m:  # unused slots hold zeros: pad α so the mixing reads the contiguous ring
+            alpha = xp.concatenate([alpha, xp.zeros((alpha.shape[0], m - count), dtype=alpha.dtype)], axis=1)
+        y = xp.matmul(alpha[:, None, :], state.G)[:, 0]
         _, f = problem.G(y)
         state.y, state.f, state.k = y, f, state.k + 1
         return state
 
-    def _weights(self, xp, gram, slot, dtype):
-        """α = (H + λI)⁻¹1 / 1ᵀ(H + λI)⁻¹1 per sample, falling back to the newest iterate alone."""
-        batch, count, _ = gram.shape
-        finfo = np.finfo(dtype)
-        trace = xp.trace(gram, axis1=1, axis2=2) / count
-        lam = max(self.ridge, 10 * float(finfo.eps)) * trace + float(np.sqrt(finfo.tiny))
-        system = gram + lam[:, None, None] * xp.eye(count, dtype=dtype)
-        ones = xp.ones((batch, count, 1), dtype=dtype)
-        fallback = xp.zeros((batch, count), dtype=dtype)
-        fallback[:, slot] = 1
-        try:
-            w = xp.linalg.solve(system, ones)[:, :, 0]
-        except np.linalg.LinAlgError:
-            return fallback
-        total = w.sum(axis=1, keepdims=True)
-        ok = xp.isfinite(total) & (xp.abs(total) > 0)
-        alpha = w / xp.where(ok, total, 1)
-        good = ok[:, 0] & xp.isfinite(alpha).all(axis=1)
-        return xp.where(good[:, None], alpha, fallback)
+    def learned(self, state) -> dict:
+        """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ
+        (B, history_size, n), of which the first ``count`` slots are filled."""
+        return {"anderson_history": (state.G, state.F, min(state.k, self.history_size))}
