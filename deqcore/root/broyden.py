@@ -52,12 +52,14 @@ class _LowRankBroyden(RootSolver):
 
     def step(self, problem, state):
         xp = problem.xp
-        s = -self._apply(xp, state.U, state.V, state.f)
+        used = min(state.k, self._capacity())             # slots written so far: skip the empty tail
+        U, V = state.U[:, :used], state.V[:, :used]
+        s = -self._apply(xp, U, V, state.f)
         y = state.y + s
         f = problem.F(y)
         d = f - state.f
-        Hd = self._apply(xp, state.U, state.V, d)
-        v = self._apply_transpose(xp, state.U, state.V, s)
+        Hd = self._apply(xp, U, V, d)
+        v = self._apply_transpose(xp, U, V, s)
         denom = _bdot(v, d)
         scale = xp.maximum(xp.sqrt(_bdot(s, s) * _bdot(d, d)), float(np.finfo(problem.dtype).tiny))
         usable = xp.isfinite(denom) & (xp.abs(denom) > 1e-12 * scale) & xp.isfinite(f).all(axis=1)
