@@ -132,6 +132,10 @@ def steady_state(rhs, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-4, max_ste
     and return code, and samples that converge are frozen (``rhs`` still sees the whole batch, so ``args``
     may carry per-sample data).
 
+    On stiff problems explicit methods (VCABM3, VCAB3, Tsit5) run at their stability limit, where the error
+    control leaves stiff components at the tolerance level: ``max|du/dt|`` then stalls near
+    (stiffness × tolerance) and the solve ends with MAX_STEPS. Use ``dq.Rodas3()`` there.
+
     Args:
         rhs, y0, args, atol, rtol, max_steps, jac: as in :func:`integrate`; ``max_steps`` counts attempted
             steps (DEQ training typically uses ``atol = rtol = 1e-3`` and ``max_steps = 32``).
