@@ -11,15 +11,21 @@ alone in the same run. Medians of repeats; every solver measured side by side in
 from __future__ import annotations
 
 import argparse
-import pathlib
-import platform
-import statistics
-import sys
-import time
+import os
 
-import numpy as np
+# Single-threaded BLAS: the benchmark machine is shared, and a multi-threaded OpenBLAS under contention makes
+# one f-evaluation 5-20x slower and erratic. Set before NumPy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import deqcore as dq
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import deqcore as dq  # noqa: E402
 
 
 def make_map(kind, batch, width, inputs, dtype, seed=0):
@@ -93,7 +99,9 @@ def main(argv=None) -> int:
 
     header = [f"# Root solvers on DEQ maps (batch {batch}, width {width}, input {inputs})", "",
               f"{platform.machine()}, {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
-              f"Numba {numba.__version__}, deqcore {dq.__version__}; medians of {repeats} runs; max 200 steps.", "",
+              f"Numba {numba.__version__}, deqcore {dq.__version__}; OPENBLAS_NUM_THREADS="
+              f"{os.environ['OPENBLAS_NUM_THREADS']}; medians of {repeats} runs; max 200 steps; tolerance atol = 1e-6 "
+              "(float64) and 1e-5 (float32: 1e-6 is at float32's resolution for |z| ~ 1), rtol = 0.", "",
               "| dtype | map | solver | converged | NFE | max residual | wall ms | one f ms | "
               "overhead per iteration (f-evals) |", "|---|---|---|---|---|---|---|---|---|"]
     text = "\n".join(header + ["| " + " | ".join(map(str, row)) + " |" for row in rows]) + "\n"

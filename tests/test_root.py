@@ -53,6 +53,29 @@ def test_batched_equals_per_sample_unbatched(seed, batch, n):
             np.testing.assert_allclose(batched.value[b], single.value, atol=1e-10)
 
 
+@pytest.mark.parametrize("solver", [dq.Broyden(memory=3), dq.LimitedMemoryBroyden(threshold=3),
+                                    dq.Anderson(history_size=2)], ids=["broyden_ring", "lbroyden_reset", "anderson_2"])
+def test_small_memories_wrap_and_still_converge(solver, rng):
+    # Exercises the ring overwrite (Broyden), the restarts (LimitedMemoryBroyden) and the full Anderson ring.
+    f = _contractive_map(rng, 3, 12, np.float64, 0.7)
+    sol = dq.fixed_point(f, np.zeros((3, 12)), solver, atol=1e-11, rtol=0.0, max_steps=300, batched=True)
+    assert sol.stats["num_steps"] > 3
+    assert np.abs(f(sol.value) - sol.value).max() <= 1e-11
+
+
+def test_anderson_beats_plain_iteration_and_exposes_its_history(rng):
+    Q, _ = np.linalg.qr(rng.standard_normal((20, 20)))
+    W = (Q * np.linspace(-0.95, 0.95, 20)) @ Q.T            # symmetric, spectral radius 0.95
+    x = rng.standard_normal((4, 20))
+    f = lambda z: z @ W.T + x  # noqa: E731  (linear: plain iteration contracts by 0.95 per step)
+    plain = dq.fixed_point(f, np.zeros((4, 20)), dq.FixedPointIteration(), atol=1e-10, rtol=0.0, max_steps=1000,
+                           batched=True)
+    anderson = dq.fixed_point(f, np.zeros((4, 20)), dq.Anderson(), atol=1e-10, rtol=0.0, batched=True)
+    assert anderson.stats["nfev"] < plain.stats["nfev"] / 2
+    G, F, count = anderson.learned["anderson_history"]
+    assert G.shape == F.shape == (4, 10, 20) and count == min(anderson.stats["num_steps"], 10)
+
+
 def test_converged_samples_are_frozen():
     # Sample 0 converges at once (f = 0 is its fixed point), sample 1 needs many steps.
     scale = np.array([[0.0], [0.95]])

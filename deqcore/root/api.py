@@ -8,7 +8,8 @@ root_find: they iterate y ← y + fn(y), which converges where fn behaves like G
 Root finders work in fixed_point on the residual fn(y) − y.
 
 What the solver learnt is in ``sol.learned`` (``"lu"``: Newton's last LU factors; ``"inverse_jacobian"``:
-Broyden's low-rank inverse Jacobian), for an adjoint solve to reuse.
+Broyden's low-rank inverse Jacobian; ``"anderson_history"``: Anderson's ring), for an adjoint solve to reuse; the
+low-level entry without validation is ``deqcore.root.run`` on a ``deqcore.root.RootProblem`` (see the package docstring).
 """
 
 from __future__ import annotations

@@ -38,34 +38,36 @@ class _LowRankBroyden(RootSolver):
     def init(self, problem, y, f):
         xp, m, (batch, n) = problem.xp, self._capacity(), y.shape
         return SolverState(y, f, U=xp.zeros((batch, m, n), dtype=y.dtype), V=xp.zeros((batch, m, n), dtype=y.dtype),
-                           count=xp.zeros(batch, dtype=np.int64), k=0)
+                           count=xp.zeros(batch, dtype=np.int64), k=0, Hf=-f)
 
     @staticmethod
     def _apply(xp, U, V, x):
         """H x = −x + Σ uᵢ (vᵢ·x)."""
         return -x + xp.matmul(xp.matmul(V, x[:, :, None])[:, :, 0][:, None, :], U)[:, 0]
 
-    @staticmethod
-    def _apply_transpose(xp, U, V, x):
-        """Hᵀ x = −x + Σ vᵢ (uᵢ·x)."""
-        return -x + xp.matmul(xp.matmul(U, x[:, :, None])[:, :, 0][:, None, :], V)[:, 0]
-
     def step(self, problem, state):
+        """y ← y − H F(y), then the good-Broyden update H ← H + (s − H d) sᵀH / (sᵀH d) with s = Δy, d = ΔF.
+
+        Two passes over the stored pairs per step: H F(y_new) (which also gives H d = H F(y_new) + s, as
+        H F(y) = −s) and Hᵀ s; H F for the next step is then updated by the new pair alone."""
         xp = problem.xp
-        used = min(state.k, self._capacity())             # slots written so far: skip the empty tail
-        U, V = state.U[:, :used], state.V[:, :used]
-        s = -self._apply(xp, U, V, state.f)
+        top = min(state.k, self._capacity())            # slots beyond ``top`` are still empty
+        U, V = state.U[:, :top], state.V[:, :top]
+        s = -state.Hf
         y = state.y + s
         f = problem.F(y)
         d = f - state.f
-        Hd = self._apply(xp, U, V, d)
-        v = self._apply_transpose(xp, U, V, s)
+        Hf = self._apply(xp, U, V, f)
+        Hd = Hf + s
+        v = self._apply(xp, V, U, s)                     # Hᵀ s: the roles of U and V swap
         denom = _bdot(v, d)
-        scale = xp.maximum(xp.sqrt(_bdot(s, s) * _bdot(d, d)), float(np.finfo(problem.dtype).tiny))
+        tiny = float(np.finfo(problem.dtype).tiny)
+        scale = xp.maximum(xp.sqrt(_bdot(s, s) * _bdot(d, d)), tiny)
         usable = xp.isfinite(denom) & (xp.abs(denom) > 1e-12 * scale) & xp.isfinite(f).all(axis=1)
-        u = (s - Hd) / xp.where(usable, denom, 1.0)[:, None]
-        growth = xp.sqrt(_bdot(f, f) / xp.maximum(_bdot(state.f, state.f), float(np.finfo(problem.dtype).tiny)))
-        self._store(xp, state, xp.where(usable[:, None], u, 0), xp.where(usable[:, None], v, 0), usable, growth)
+        u = xp.where(usable[:, None], (s - Hd) / xp.where(usable, denom, 1.0)[:, None], 0)
+        v = xp.where(usable[:, None], v, 0)
+        growth = xp.sqrt(_bdot(f, f) / xp.maximum(_bdot(state.f, state.f), tiny))
+        state.Hf = self._store(xp, state, u, v, usable, growth, Hf + u * _bdot(v, f)[:, None], f)
         state.y, state.f, state.k = y, f, state.k + 1
         return state
 
@@ -88,10 +90,14 @@ class Broyden(_LowRankBroyden):
     def _capacity(self):
         return self.memory
 
-    def _store(self, xp, state, u, v, usable, growth):
+    def _store(self, xp, state, u, v, usable, growth, Hf, f):
+        """Overwrite the oldest pair; H F loses that pair's term. Returns H F for the new H."""
         slot = state.k % self.memory
+        if state.k >= self.memory:
+            Hf = Hf - state.U[:, slot] * _bdot(state.V[:, slot], f)[:, None]
         state.U[:, slot] = u
         state.V[:, slot] = v
+        return Hf
 
 
 @dataclass(frozen=True)
@@ -110,14 +116,17 @@ class LimitedMemoryBroyden(_LowRankBroyden):
     def _capacity(self):
         return self.threshold
 
-    def _store(self, xp, state, u, v, usable, growth):
+    def _store(self, xp, state, u, v, usable, growth, Hf, f):
+        """Append the pair, or restart a sample from H = −I (storing nothing). Returns H F for the new H."""
         reset = (state.count >= self.threshold) | (growth > self.reset_factor)
-        if bool(reset.any()):
+        slot = xp.minimum(state.count, self.threshold - 1)
+        rows = xp.arange(state.U.shape[0])
+        keep = ~reset[:, None]
+        state.U[rows, slot] = xp.where(keep, u, 0)
+        state.V[rows, slot] = xp.where(keep, v, 0)
+        state.count = xp.where(reset, 0, state.count + usable.astype(np.int64))
+        if bool(reset.any()):  # one small host check per step; the full-memory clear is rare
             state.U = xp.where(reset[:, None, None], 0, state.U)
             state.V = xp.where(reset[:, None, None], 0, state.V)
-            state.count = xp.where(reset, 0, state.count)
-        slot = state.count % self.threshold
-        rows = xp.arange(state.U.shape[0])
-        state.U[rows, slot] = u
-        state.V[rows, slot] = v
-        state.count = state.count + usable.astype(np.int64)
+            return xp.where(keep, Hf, -f)
+        return Hf
