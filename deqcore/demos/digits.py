@@ -52,7 +52,7 @@ def build_classifier(width: int, solver, *, atol=1e-3, rtol=1e-3, max_steps=32, 
     return nn.Chain(nn.Dense(64, width), deq, nn.Dense(width, 10))
 
 
-def train(model, data, *, epochs=25, batch_size=64, lr=5e-3, seed=0, progress=True):
+def train(model, data, *, epochs=25, batch_size=64, lr=1e-2, seed=0, progress=True):
     """Train with Adam and a cosine schedule; returns (params, state, history)."""
     from tqdm import tqdm
 
@@ -161,7 +161,7 @@ def build_parser():
     parser.add_argument("--width", type=int, default=64, help="width of the equilibrium state (default 64)")
     parser.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
-    parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate of Adam (default 5e-3)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="peak learning rate of Adam (default 1e-2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", default="demo_output", help="folder for the PNG plots (default demo_output)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
