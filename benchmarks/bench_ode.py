@@ -70,7 +70,8 @@ def nonstiff_rows(batch, tols, repeats):
         scipy_overhead = (scipy_time - scipy_sol.nfev * f_time) / scipy_steps / f_time
         rows.append(("RK45 (SciPy)", tol, scipy_sol.nfev, scipy_time, scipy_err, scipy_overhead, 1.0))
         for solver in (dq.Tsit5(), dq.VCABM3()):
-            sol, t = median_time(lambda: dq.integrate(rhs, y0, (0.0, t1), solver, atol=tol, rtol=tol), repeats)
+            sol, t = median_time(lambda: dq.integrate(rhs, y0, (0.0, t1), solver, atol=tol, rtol=tol),
+                                 repeats)
             err = np.abs(sol.ys[-1].reshape(-1) - ref).max()
             overhead = (t - sol.stats["nfev"] * f_time) / sol.stats["num_steps"] / f_time
             rows.append((f"{type(solver).__name__} (deqcore)", tol, sol.stats["nfev"], t, err, overhead,
@@ -121,7 +122,8 @@ def steady_rows(n, tol, repeats):
         sol, t = median_time(lambda: dq.steady_state(rhs, y0, solver, atol=tol, rtol=tol, max_steps=3000,
                                                      throw=False), repeats)
         name = type(solver).__name__ + (" + GMRES" if isinstance(solver, dq.Rodas3) else "")
-        rows.append((f"{name} (deqcore)", sol.result.name, sol.stats["nfev"], t, np.abs(sol.value - exact).max()))
+        error = np.abs(sol.value - exact).max()
+        rows.append((f"{name} (deqcore)", sol.result.name, sol.stats["nfev"], t, error))
     return rows
 
 
@@ -144,14 +146,15 @@ def main():
         f"## Batched non-stiff: {batch} Van der Pol oscillators (mu in [0.5, 2]) on [0, 10], "
         f"{2 * batch} unknowns; one f-evaluation takes {f_time * 1e6:.0f} µs",
         "",
-        "Error: max abs deviation from a DOP853 solution at rtol=atol=1e-12. Overhead: time per step outside f, "
-        "in f-evaluations. Speed-up: RK45 time / this time.",
+        "Error: max abs deviation from a DOP853 solution at rtol=atol=1e-12. Overhead: time per step outside "
+        "f, in f-evaluations. Speed-up: RK45 time / this time.",
         "",
         "| method | atol = rtol | nfev | time (ms) | error | overhead / step (f-evals) | speed-up vs RK45 |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, tol, nfev, t, err, over, speed in nonstiff:
-        lines.append(f"| {name} | {tol:.0e} | {nfev} | {t * 1e3:.1f} | {err:.1e} | {over:.2f} | {speed:.2f}x |")
+        lines.append(f"| {name} | {tol:.0e} | {nfev} | {t * 1e3:.1f} | {err:.1e} | {over:.2f} | "
+                     f"{speed:.2f}x |")
     lines += [
         "",
         f"## Steady state of the 2-D Brusselator ({grid}x{grid} periodic grid, {2 * grid * grid} unknowns), "

@@ -83,8 +83,8 @@ class GaussAdjoint:
         def adjoint_rhs(t, lam):
             return -vjp(t, solution(t), args)[1](lam)[0]
 
-        back = integrate(adjoint_rhs, dL_dyT, (p.t1, p.t0), self.solver or Tsit5(), atol=_or(self.atol, p.atol),
-                         rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps, throw=True)
+        back = integrate(adjoint_rhs, dL_dyT, (p.t1, p.t0), self.solver or Tsit5(),
+                         atol=_or(self.atol, p.atol), rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps, throw=True)
         dargs = None
         for step in back.steps:
             length = abs(step.h)
@@ -198,11 +198,12 @@ def ode_gradients(vjp: Callable, solution: ODESolution, dL_dyT, adjoint=None):
     if not isinstance(solution, ODESolution):
         raise TypeError(f"solution must be an ODESolution from dq.integrate, got {type(solution).__name__}")
     if not solution.success:
-        raise ValueError(f"solution did not succeed ({solution.result.name}); gradients need a complete solve")
+        raise ValueError(f"solution did not succeed ({solution.result.name}); gradients need a complete "
+                         "solve")
     adjoint = GaussAdjoint() if adjoint is None else adjoint
     if not isinstance(adjoint, (GaussAdjoint, BacksolveAdjoint, DiscreteAdjoint)):
-        raise TypeError("adjoint must be dq.GaussAdjoint(), dq.BacksolveAdjoint() or dq.DiscreteAdjoint(); got "
-                        f"{type(adjoint).__name__}")
+        raise TypeError("adjoint must be dq.GaussAdjoint(), dq.BacksolveAdjoint() or dq.DiscreteAdjoint(); "
+                        f"got {type(adjoint).__name__}")
     check_float_array(dL_dyT, "dL_dyT")
     if tuple(dL_dyT.shape) != tuple(solution.y_final.shape):
         raise ValueError(f"dL_dyT must have the shape of y0 {tuple(solution.y_final.shape)}, got "

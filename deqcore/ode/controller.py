@@ -35,7 +35,7 @@ def rms_norm(xp, x, batched: bool):
 
 
 def error_norm(xp, err, y_prev, y_new, atol: float, rtol: float, batched: bool):
-    """RMS(err / (atol + rtol·max(|y_prev|, |y_new|))) as a host array of shape ``(B,)`` (``(1,)`` unbatched)."""
+    """RMS(err / (atol + rtol·max(|y_prev|, |y_new|))) as a host array ``(B,)`` (``(1,)`` unbatched)."""
     scale = atol + rtol * xp.maximum(xp.abs(y_prev), xp.abs(y_new))
     return np.atleast_1d(to_host(rms_norm(xp, err / scale, batched))).astype(float)
 

@@ -98,7 +98,8 @@ class RosenbrockStepper:
             norm = xp.sqrt(xp.sum(v * v, axis=-1, keepdims=True))
             size = eps * (1.0 + xp.sqrt(xp.sum(flat * flat, axis=-1, keepdims=True)))
             step = xp.where(norm > 0, size / xp.where(norm > 0, norm, 1.0), 0.0)
-            jv = (self._flat(ev(t, (flat + step * v).reshape(y.shape))) - f_flat) / xp.where(step > 0, step, 1.0)
+            shifted = ev(t, (flat + step * v).reshape(y.shape))
+            jv = (self._flat(shifted) - f_flat) / xp.where(step > 0, step, 1.0)
             return inv_b * v - jv
 
         n = flat.shape[-1]
@@ -155,7 +156,8 @@ class Rodas3(ODEMethod):
 
     def __post_init__(self):
         if not isinstance(self.linear_solver, (LU, GMRES)):
-            raise TypeError(f"linear_solver must be dq.LU() or dq.GMRES(...), got {type(self.linear_solver).__name__}")
+            raise TypeError("linear_solver must be dq.LU() or dq.GMRES(...), got "
+                            f"{type(self.linear_solver).__name__}")
 
     def stepper(self, ev: Evaluator, jac=None):
         return RosenbrockStepper(ev, self.linear_solver, jac)

@@ -86,7 +86,8 @@ class ODESolution:
         t0, t_fin = self.problem.t0, self.t_final
         lo, hi = min(t0, t_fin), max(t0, t_fin)
         if np.any((times < lo) | (times > hi)):
-            raise ValueError(f"t must lie in the integrated span [{lo}, {hi}], got {times.min()}..{times.max()}")
+            raise ValueError(f"t must lie in the integrated span [{lo}, {hi}], got "
+                             f"{times.min()}..{times.max()}")
         if not self.steps:
             values = [self._y0 for _ in times]
         else:
