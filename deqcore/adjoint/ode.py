@@ -84,7 +84,8 @@ class GaussAdjoint:
             return -vjp(t, solution(t), args)[1](lam)[0]
 
         back = integrate(adjoint_rhs, dL_dyT, (p.t1, p.t0), self.solver or Tsit5(),
-                         atol=_or(self.atol, p.atol), rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps, throw=True)
+                         atol=_or(self.atol, p.atol), rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps,
+                         throw=True)
         dargs = None
         for step in back.steps:
             length = abs(step.h)

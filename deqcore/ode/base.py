@@ -34,7 +34,7 @@ class Evaluator:
         return out if out.dtype == self.dtype else out.astype(self.dtype)
 
     def steps(self, h, like):
-        """Host per-sample step sizes as a float (unbatched) or a device array broadcasting against ``like``."""
+        """Host per-sample step sizes: a float (unbatched) or a device array broadcasting against ``like``."""
         if not self.batched:
             return float(np.asarray(h).reshape(-1)[0])
         return self.xp.asarray(h, dtype=like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
