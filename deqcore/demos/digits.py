@@ -44,11 +44,16 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.25):
     return x_train, y_train, x_test, y_test
 
 
-def build_classifier(width: int, solver, *, atol=1e-3, rtol=1e-3, max_steps=32, init="zeros"):
-    """``Chain(Dense(64 → width), DEQ, Dense(width → 10))`` with f((z, x)) = tanh(W z + x)."""
+def build_classifier(width: int, solver, *, atol=1e-3, rtol=1e-3, max_steps=32, init="zeros", skip_loss_weight=0.0):
+    """``Chain(Dense(64 → width), DEQ, Dense(width → 10))`` with f((z, x)) = tanh(W z + x).
+
+    ``init`` and ``skip_loss_weight`` as in :class:`deqcore.DeepEquilibriumNetwork` (a layer as ``init`` makes a
+    skip DEQ whose initial guess is trained through the skip loss).
+    """
     f = nn.Chain(nn.Parallel(nn.add, nn.Dense(width, width, use_bias=False, weight_norm=True), nn.NoOpLayer()),
                  nn.Activation("tanh"))
-    deq = dq.DeepEquilibriumNetwork(f, solver, init=init, atol=atol, rtol=rtol, max_steps=max_steps)
+    deq = dq.DeepEquilibriumNetwork(f, solver, init=init, atol=atol, rtol=rtol, max_steps=max_steps,
+                                    skip_loss_weight=skip_loss_weight)
     return nn.Chain(nn.Dense(64, width), deq, nn.Dense(width, 10))
 
 

@@ -67,17 +67,21 @@ class DeepEquilibriumNetwork(Layer):
         atol, rtol, max_steps: the forward solve's tolerances (the reference's abstol/reltol/maxiters;
             defaults 1e-3, 1e-3, 32: cheap solves are normal in DEQ training).
         tspan: the time span of problem_type="ode".
+        jacobian_loss_weight, skip_loss_weight: weights with which the pullback adds the gradients of
+            ``solution.jacobian_loss`` and ``solution.skip_loss`` (default 0: add them yourself by passing
+            ``d_jacobian_loss=`` / ``d_skip_loss=`` to the pullback). Set them when the DEQ sits inside an
+            ``nn.Chain``, whose pullback passes only ``dy``; add ``weight * loss`` to the reported loss.
 
     State: ``state["solution"]`` holds a :class:`DeepEquilibriumSolution` after each call;
     ``state["fixed_depth"]`` > 0 switches to the unrolled pretraining mode (see :func:`with_fixed_depth`).
 
     The pullback of :func:`nn.vjp` takes optional keyword cotangents for the auxiliary losses:
-    ``pullback(dy, d_jacobian_loss=0.0, d_skip_loss=0.0)``.
+    ``pullback(dy, d_jacobian_loss=None, d_skip_loss=None)`` (None: the layer's weights).
     """
 
     def __init__(self, model, solver, *, init="zeros", jacobian_regularization=None,
                  problem_type="steady_state", adjoint=None, atol=1e-3, rtol=1e-3, max_steps=32,
-                 tspan=(0.0, 1.0)):
+                 tspan=(0.0, 1.0), jacobian_loss_weight=0.0, skip_loss_weight=0.0):
         if not isinstance(model, Layer):
             raise TypeError(f"model must be a deqcore.nn.Layer, got {type(model).__name__}")
         if not isinstance(init, Layer):
@@ -93,6 +97,8 @@ class DeepEquilibriumNetwork(Layer):
         self.atol = check_tolerance(atol, "atol")
         self.rtol = check_tolerance(rtol, "rtol")
         self.max_steps = check_positive_int(max_steps, "max_steps")
+        self.jacobian_loss_weight = check_tolerance(jacobian_loss_weight, "jacobian_loss_weight")
+        self.skip_loss_weight = check_tolerance(skip_loss_weight, "skip_loss_weight")
         if problem_type == "ode":
             if not is_ode_solver(solver):
                 raise TypeError("problem_type='ode' needs an ODE solver such as dq.Tsit5() or dq.VCABM3(); got "
@@ -222,7 +228,9 @@ class DeepEquilibriumNetwork(Layer):
         problem = FixedPointVJP(solution.z_star, vjp, batched=True,
                                 pullback=lambda v: _split_model_cotangent(fixed_pullback(v)))
 
-        def pullback(dy, *, d_jacobian_loss=0.0, d_skip_loss=0.0):
+        def pullback(dy, *, d_jacobian_loss=None, d_skip_loss=None):
+            d_jacobian_loss = self.jacobian_loss_weight if d_jacobian_loss is None else d_jacobian_loss
+            d_skip_loss = self.skip_loss_weight if d_skip_loss is None else d_skip_loss
             g = self.output_vjp(dy)
             if self.problem_type == "ode":
                 (dx, dpm), info = self._ode_gradient(x, params, state, solution, g)
@@ -264,7 +272,7 @@ class DeepEquilibriumNetwork(Layer):
                                            nfe=depth + extra_nfe + 1, result=None, original=None)
         new_state = {**state, "solution": solution, "fixed_depth": depth}
 
-        def pullback(dy, *, d_jacobian_loss=0.0, d_skip_loss=0.0):
+        def pullback(dy, *, d_jacobian_loss=None, d_skip_loss=None):
             v = self.output_vjp(dy)
             dx, dpm = None, None
             for pb in reversed(pullbacks):
