@@ -9,7 +9,8 @@ Root finders work in fixed_point on the residual fn(y) − y.
 
 What the solver learnt is in ``sol.learned`` (``"lu"``: Newton's last LU factors; ``"inverse_jacobian"``:
 Broyden's low-rank inverse Jacobian; ``"anderson_history"``: Anderson's ring), for an adjoint solve to reuse; the
-low-level entry without validation is ``deqcore.root.run`` on a ``deqcore.root.RootProblem`` (see the package docstring).
+low-level entry without validation is ``deqcore.root.run`` on a ``deqcore.root.RootProblem`` (see the package
+docstring).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class _LowRankBroyden(RootSolver):
         return -x + xp.matmul(xp.matmul(V, x[:, :, None])[:, :, 0][:, None, :], U)[:, 0]
 
     def step(self, problem, state):
-        """y ← y − H F(y), then the good-Broyden update H ← H + (s − H d) sᵀH / (sᵀH d) with s = Δy, d = ΔF.
+        """y ← y − H F(y), then the good-Broyden update H ← H + (s − H d) sᵀH / (sᵀH d), s = Δy, d = ΔF.
 
         Two passes over the stored pairs per step: H F(y_new) (which also gives H d = H F(y_new) + s, as
         H F(y) = −s) and Hᵀ s; H F for the next step is then updated by the new pair alone."""

@@ -48,7 +48,7 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None) -> tuple:
         res, y_norm = row_norms(state.f, y)
         live = ~done
         improved = live & (res < best_res)
-        best_y = xp.where(improved[:, None], y, best_y)
+        xp.copyto(best_y, y, where=improved[:, None])          # in place: no (B, n) temporary
         best_res = xp.where(improved, res, best_res)
         since_best = xp.where(improved, 0, since_best + 1)
         converged = live & (res <= atol + rtol * y_norm)

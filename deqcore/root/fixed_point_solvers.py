@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_positive_int, check_probability, check_tolerance
-from .anderson_kernels import anderson_weights
+from ..backend import get_kernel
+from . import anderson_kernels  # noqa: F401  (registers anderson_weights)
 from .base import RootSolver, SolverState
 
 __all__ = ["FixedPointIteration", "Anderson"]
@@ -49,8 +50,9 @@ class Anderson(RootSolver):
     tolerances), and at least a few ulps of the dtype; a sample whose small system still fails takes a plain
     damped step instead.
 
-    Defaults from measurement on the hard DEQ map (spectral radius 1.5, batch 64, width 256,
-    ``benchmarks/bench_root.py``): a history of 5 stalls there, 10–30 converge, 10 costs least per step.
+    Defaults from measurement (``benchmarks/bench_root.py``, batch 64, width 256, tolerance 1e-6, per-sample
+    stopping): on the hard DEQ map (spectral radius 1.5) histories 5 / 10 / 20 need 147 / 122 / 96
+    f-evaluations, on the easy map 15 / 14 / 23; each slot adds work per step, so 10 is the balance.
     """
 
     history_size: int = 10
@@ -67,7 +69,8 @@ class Anderson(RootSolver):
     def init(self, problem, y, f):
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
         ring = dict(G=xp.zeros((batch, m, n), dtype=y.dtype), F=xp.zeros((batch, m, n), dtype=y.dtype))
-        return SolverState(y, f, k=0, H=xp.zeros((batch, m, m), dtype=y.dtype), **ring)
+        return SolverState(y, f, k=0, H=xp.zeros((batch, m, m), dtype=y.dtype),
+                           weights=get_kernel("anderson_weights", xp), **ring)
 
     def step(self, problem, state):
         """Store (y + beta·f, f) in the ring, add ⟨fᵢ, f⟩ to the Gram matrix, mix with the fused weights."""
@@ -81,8 +84,8 @@ class Anderson(RootSolver):
         state.H[:, slot, :] = column
         state.H[:, :, slot] = column
         finfo = np.finfo(problem.dtype)
-        alpha = anderson_weights(state.H[:, :count, :count], slot, max(self.ridge, 10 * float(finfo.eps)),
-                                 float(np.sqrt(finfo.tiny)))
+        alpha = state.weights(state.H[:, :count, :count], slot, max(self.ridge, 10 * float(finfo.eps)),
+                              float(np.sqrt(finfo.tiny)))
         if count < m:  # unused slots hold zeros: pad α so the mixing reads the contiguous ring
             alpha = xp.concatenate([alpha, xp.zeros((alpha.shape[0], m - count), dtype=alpha.dtype)], axis=1)
         y = xp.matmul(alpha[:, None, :], state.G)[:, 0]
