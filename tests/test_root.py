@@ -76,6 +76,28 @@ def test_anderson_beats_plain_iteration_and_exposes_its_history(rng):
     assert G.shape == F.shape == (4, 10, 20) and count == min(anderson.stats["num_steps"], 10)
 
 
+@pytest.mark.parametrize("solver", [dq.Anderson(), dq.FixedPointIteration(damping=0.8)], ids=["anderson", "fpi"])
+def test_fixed_point_solvers_work_in_root_find(solver, rng):
+    # root_find iterates y <- y + fn(y): with fn(y) = G(y) - y for a contraction G that converges to fn's root.
+    G = _contractive_map(rng, 1, 6, np.float64, 0.5)
+    sol = dq.root_find(lambda y: G(y[None])[0] - y, np.zeros(6), solver, atol=1e-11, rtol=0.0, max_steps=300)
+    assert np.abs(G(sol.value[None])[0] - sol.value).max() <= 1e-11
+
+
+@pytest.mark.parametrize("solver", [dq.Anderson(), dq.Broyden(), dq.LimitedMemoryBroyden()], ids=IDS[1:4])
+def test_array_namespaces_agree_with_numpy(solver, xp, rng):
+    W = rng.standard_normal((16, 16))
+    W *= 0.9 / np.linalg.norm(W, 2)
+    x = rng.standard_normal((4, 16))
+    Wt, x_xp = xp.asarray(W.T), xp.asarray(x)
+    sol = dq.fixed_point(lambda z: xp.tanh(z @ Wt + x_xp), xp.zeros((4, 16)), solver, atol=1e-10, rtol=0.0,
+                         batched=True)
+    ref = dq.fixed_point(lambda z: np.tanh(z @ W.T + x), np.zeros((4, 16)), solver, atol=1e-10, rtol=0.0,
+                         batched=True)
+    assert dq.backend.get_namespace(sol.value) is xp
+    np.testing.assert_allclose(dq.backend.to_host(sol.value), ref.value, atol=1e-9)
+
+
 def test_converged_samples_are_frozen():
     # Sample 0 converges at once (f = 0 is its fixed point), sample 1 needs many steps.
     scale = np.array([[0.0], [0.95]])

@@ -39,6 +39,8 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None) -> tuple:
     codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
     done = done | bad
     since_best = xp.zeros(batch, dtype=np.int64)
+    limit = DIVERGENCE_FACTOR * res0
+    SUCCESS, DIVERGED, STALLED = (int(c) for c in (ReturnCode.SUCCESS, ReturnCode.DIVERGED, ReturnCode.STALLED))
     state = solver.init(problem, y0, f)
     steps = 0
     while steps < max_steps and not bool(done.all()):
@@ -49,15 +51,16 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None) -> tuple:
         live = ~done
         improved = live & (res < best_res)
         xp.copyto(best_y, y, where=improved[:, None])          # in place: no (B, n) temporary
-        best_res = xp.where(improved, res, best_res)
-        since_best = xp.where(improved, 0, since_best + 1)
-        converged = live & (res <= atol + rtol * y_norm)
-        exploded = live & ~converged & (~xp.isfinite(res) | (res > DIVERGENCE_FACTOR * res0))
-        stalled = live & ~converged & ~exploded & (since_best >= patience)
-        codes = xp.where(converged, int(ReturnCode.SUCCESS), codes)
-        codes = xp.where(exploded, int(ReturnCode.DIVERGED), codes)
-        codes = xp.where(stalled, int(ReturnCode.STALLED), codes)
-        done = done | converged | exploded | stalled
+        xp.copyto(best_res, res, where=improved)
+        since_best += 1
+        xp.copyto(since_best, 0, where=improved)
+        converged = res <= (atol + rtol * y_norm if rtol else atol)
+        exploded = ~(res < limit)                                # non-finite, or DIVERGENCE_FACTOR × the first
+        stalled = since_best >= patience
+        finished = live & (converged | exploded | stalled)
+        outcome = xp.where(converged, SUCCESS, xp.where(exploded, DIVERGED, STALLED))
+        xp.copyto(codes, outcome, where=finished)
+        done |= finished
         if state.failed is not None:
             reported = ~done & (state.failed != 0)
             codes = xp.where(reported, state.failed, codes)

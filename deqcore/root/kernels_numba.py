@@ -40,14 +40,14 @@ def _row_absmax_bits(f_bits, y_bits, magnitude, inf_bits, out_f, out_y):
         out_y[i] = inf_bits if my > inf_bits else my
 
 
-_INT_OF = {np.dtype(np.float64): np.int64, np.dtype(np.float32): np.int32}
+# float dtype -> (integer type of its size, mask clearing the sign bit, bit pattern of +inf)
+_BITS = {np.dtype(t): (i, i(np.iinfo(i).max), np.array(np.inf, dtype=t).view(i)[()])
+         for t, i in ((np.float64, np.int64), (np.float32, np.int32))}
 
 
 def row_norms_numba_cpu(f, y):
     """One vectorised pass over both arrays (see ``_row_absmax_bits``)."""
-    itype = _INT_OF[f.dtype]
-    magnitude = itype(np.iinfo(itype).max)
-    inf_bits = np.array(np.inf, dtype=f.dtype).view(itype)[()]
+    itype, magnitude, inf_bits = _BITS[f.dtype]
     out_f = np.empty(f.shape[0], dtype=itype)
     out_y = np.empty(f.shape[0], dtype=itype)
     _row_absmax_bits(np.ascontiguousarray(f).view(itype), np.ascontiguousarray(y).view(itype), magnitude,
