@@ -140,3 +140,20 @@ def test_bad_settings_named():
         PhantomGradient(steps=0)
     with pytest.raises(ValueError, match="damping"):
         PhantomGradient(damping=1.5)
+
+
+@pytest.mark.parametrize("forward", [dq.Broyden(), dq.NewtonRaphson(linsolve=dq.LU())], ids=["broyden", "newton"])
+def test_forward_solve_preconditions_the_adjoint(forward):
+    from deqcore.adjoint.steady_state import preconditioner_from_forward
+
+    rng = np.random.default_rng(4)
+    W, U, x = _problem(rng, batch=4, n=40, m=5, contraction=0.95)
+    sol = dq.fixed_point(lambda z: np.tanh(z @ W.T + x @ U.T), np.zeros((4, 40)), forward, atol=1e-12, rtol=0.0,
+                         max_steps=300, batched=True)
+    problem = _fixed_point_vjp(W, U, x, sol.value)
+    g = rng.standard_normal(sol.value.shape)
+    adjoint = SteadyStateAdjoint(linsolve=dq.GMRES(rtol=1e-10, atol=0.0, restart=40, max_steps=400))
+    _, plain = adjoint.gradient(problem, g)
+    _, conditioned = adjoint.gradient(problem, g, preconditioner=preconditioner_from_forward(sol.learned))
+    np.testing.assert_allclose(conditioned.lam, plain.lam, rtol=1e-7, atol=1e-9)
+    assert conditioned.num_steps < plain.num_steps

@@ -38,6 +38,7 @@ __all__ = [
     "OneStepGradient",
     "PhantomGradient",
     "default_adjoint_linsolve",
+    "preconditioner_from_forward",
 ]
 
 
@@ -88,6 +89,32 @@ def default_adjoint_linsolve(state_size: int):
     return GMRES(rtol=1e-3, atol=1e-3, restart=10, max_steps=10)
 
 
+def preconditioner_from_forward(learned: dict):
+    """An approximation of (I − ∂f/∂zᵀ)⁻¹ from what a forward fixed-point solve learnt (``sol.learned``), or
+    None. With F(z) = f(z) − z the adjoint matrix is −∂F/∂zᵀ, so Broyden's inverse-Jacobian estimate
+    H ≈ (∂F/∂z)⁻¹ gives −Hᵀ, and Newton's LU factors of ∂F/∂z give −(∂F/∂z)⁻ᵀ directly. Works on flat
+    (B, n) vectors, the layout of a batched solve.
+
+    >>> import numpy as np
+    >>> U, V = np.zeros((1, 1, 2)), np.zeros((1, 1, 2))          # H = −I: the identity preconditioner
+    >>> preconditioner_from_forward({"inverse_jacobian": (U, V)})(np.ones((1, 2)))
+    array([[1., 1.]])
+    """
+    if "lu" in learned:
+        factors = learned["lu"]
+        return lambda v: -factors.solve(v, transpose=True)
+    if "inverse_jacobian" in learned:
+        U, V = learned["inverse_jacobian"]
+        xp = get_namespace(U)
+
+        def apply(v):
+            coefficients = xp.matmul(U, v[:, :, None])                     # (B, m, 1): uᵢ·v
+            return v - xp.matmul(xp.swapaxes(V, 1, 2), coefficients)[:, :, 0]
+
+        return apply
+    return None
+
+
 def _flat(z, batched):
     return z.reshape(z.shape[0], -1) if batched else z.reshape(-1)
 
@@ -117,8 +144,10 @@ class SteadyStateAdjoint:
                 f"got {type(self.linsolve).__name__}")
         check_positive_int(self.max_steps, "max_steps")
 
-    def gradient(self, problem: FixedPointVJP, g, x0=None):
-        """``(∂L/∂θ, AdjointInfo)`` for the cotangent ``g = ∂L/∂z*``; ``x0`` warm-starts λ (e.g. the last one)."""
+    def gradient(self, problem: FixedPointVJP, g, x0=None, preconditioner=None):
+        """``(∂L/∂θ, AdjointInfo)`` for the cotangent ``g = ∂L/∂z*``; ``x0`` warm-starts λ (e.g. the last one);
+        ``preconditioner`` (flat (B, n) → (B, n), see :func:`preconditioner_from_forward`) approximates
+        (I − ∂f/∂zᵀ)⁻¹ for GMRES."""
         pullback = problem.pullback_at_fixed_point()
         batched = problem.batched
         xp = get_namespace(g)
@@ -137,7 +166,7 @@ class SteadyStateAdjoint:
         elif isinstance(linsolve, GMRES):
             op = LinearOperator(lambda v: v - vjp_z(v), shape=(n, n), dtype=g.dtype)
             x0_flat = None if x0 is None else _flat(x0, batched)
-            sol = linsolve.solve(op, g_flat, x0=x0_flat)
+            sol = linsolve.solve(op, g_flat, x0=x0_flat, preconditioner=preconditioner if batched else None)
             lam_flat, result, steps = sol.value, sol.result, int(sol.stats.get("num_steps", 0))
         else:
             lam_flat, result, steps = self._fixed_point_adjoint(linsolve, vjp_z, g_flat, x0, batched)

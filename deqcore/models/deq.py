@@ -22,7 +22,9 @@ import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_tolerance
 from ..adjoint import GaussAdjoint
-from ..adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
+from ..adjoint.steady_state import (
+    FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint, preconditioner_from_forward,
+)
 from ..backend import get_namespace
 from ..nn.core import Layer
 from ..nn.tree import tree_add, tree_map
@@ -235,7 +237,7 @@ class DeepEquilibriumNetwork(Layer):
             if self.problem_type == "ode":
                 (dx, dpm), info = self._ode_gradient(x, params, state, solution, g)
             else:
-                (dx, dpm), info = self.adjoint.gradient(problem, g)
+                (dx, dpm), info = self._adjoint_gradient(problem, g, solution)
             solution.adjoint = info
             if d_jacobian_loss and jac_probe is not None:
                 direction, cotangent = jac_probe
@@ -254,6 +256,13 @@ class DeepEquilibriumNetwork(Layer):
             return dx, dparams
 
         return pullback
+
+    def _adjoint_gradient(self, problem, g, solution):
+        """The implicit adjoint, preconditioned by what the forward solve learnt when it can be."""
+        if isinstance(self.adjoint, SteadyStateAdjoint):
+            learned = getattr(solution.original, "learned", None) or {}
+            return self.adjoint.gradient(problem, g, preconditioner=preconditioner_from_forward(learned))
+        return self.adjoint.gradient(problem, g)
 
     def _ode_gradient(self, x, params, state, solution, g):
         return run_solver.ode_gradient(self._theta_vjp(x, params, state), solution.original, g, self.adjoint)
