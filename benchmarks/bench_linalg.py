@@ -138,7 +138,7 @@ def main(argv=None):
         lines.append(f"| {prob} | {method} | {t_s} | {r_s} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    out = Path(__file__).resolve().parent / "results" / "bench_linalg.md"
+    out = Path(__file__).resolve().parent / "results" / ("bench_linalg_quick.md" if args.quick else "bench_linalg.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
 

@@ -126,8 +126,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="10 epochs instead of 40")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None, help="training runs per implementation")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "mlp_digits.md"))
+    parser.add_argument("--output", default=None, help="the Markdown file (default results/mlp_digits.md, _quick.md with --quick)")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = str(Path(__file__).parent / "results" / ("mlp_digits_quick.md" if args.quick else "mlp_digits.md"))
     epochs = args.epochs or (10 if args.quick else 40)
     repeats = args.repeats or (1 if args.quick else 3)
     hidden = (256, 128)

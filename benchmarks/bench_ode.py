@@ -170,7 +170,7 @@ def main():
         lines.append(f"| {name} | {code} | {nfev} | {t * 1e3:.1f} | {err:.1e} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    out = Path(__file__).resolve().parent / "results" / "ode.md"
+    out = Path(__file__).resolve().parent / "results" / ("ode_quick.md" if opts.quick else "ode.md")
     out.parent.mkdir(exist_ok=True)
     out.write_text(table)
 

@@ -319,8 +319,9 @@ def main(argv=None) -> int:
     text = "\n".join(header + ["\n\n".join(sections), ""])
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "torch_deq.md").write_text(text)
-    print(f"wrote {out / 'torch_deq.md'}")
+    name = "torch_deq_quick.md" if args.quick else "torch_deq.md"
+    (out / name).write_text(text)
+    print(f"wrote {out / name}")
     return 0
 
 

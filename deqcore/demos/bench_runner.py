@@ -1,8 +1,10 @@
 """``python -m deqcore bench``: run every ``benchmarks/bench_*.py`` and collect their Markdown tables.
 
 Each benchmark script measures its comparisons side by side in one run (ratios, medians) and writes its own
-table to ``benchmarks/results/<name>.md``; this runner runs them in turn (``--quick`` sizes by default), then
-writes ``benchmarks/results/SUMMARY.md`` with the machine, the library versions and every table.
+table to ``benchmarks/results/<name>.md`` (``<name>_quick.md`` at quick sizes, not committed); this runner
+runs them in turn (quick sizes by default, ``--full`` for the recorded ones), then writes
+``benchmarks/results/SUMMARY.md`` (``SUMMARY_quick.md``) with the machine, the library versions and every
+table.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def main(argv=None) -> int:
         sections.append(f"## {script.stem} — {status}, {elapsed:.0f} s\n\n{body}\n")
     header = (f"# Benchmark summary\n\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
               f"{machine_description()}; {'full' if args.full else 'quick'} sizes.\n\n")
-    (results / "SUMMARY.md").write_text(header + "\n".join(sections))
-    print(f"wrote {results / 'SUMMARY.md'} ({len(scripts)} benchmarks, {failures} failed)")
+    summary = results / ("SUMMARY.md" if args.full else "SUMMARY_quick.md")
+    summary.write_text(header + "\n".join(sections))
+    print(f"wrote {summary} ({len(scripts)} benchmarks, {failures} failed)")
     return 1 if failures else 0
