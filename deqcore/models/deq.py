@@ -151,7 +151,7 @@ class DeepEquilibriumNetwork(Layer):
         if self.init_mode == "layer":
             if want_vjp:
                 u0, pb, _ = self.init_layer.vjp(x, params["init"], state["init"])
-                return u0, lambda du: _init_cotangent(pb(du)), 0
+                return u0, pb, 0
             return self.init_layer(x, params["init"], state["init"])[0], None, 0
         zeros = self._zero_state(x)
         if self.init_mode == "zeros":
@@ -333,11 +333,6 @@ def _split_model_cotangent(result):
 def _model_cotangent(result):
     """For u0 = f((0, x)): the cotangent of (x, params)."""
     (_, dx), dparams = result
-    return dx, dparams
-
-
-def _init_cotangent(result):
-    dx, dparams = result
     return dx, dparams
 
 
