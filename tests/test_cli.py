@@ -60,3 +60,13 @@ def test_short_digits_demo_learns_and_writes_plots(tmp_path):
     assert accuracy >= 0.90                      # six epochs; the full demo reaches >= 0.97
     assert (tmp_path / "training.png").stat().st_size > 1000
     assert (tmp_path / "residuals.png").stat().st_size > 1000
+
+
+def test_bench_runner_plots_nfe_and_time_columns(tmp_path):
+    from deqcore.demos.bench_runner import plot_tables
+
+    text = ("| solver | NFE | wall ms |\n|---|---|---|\n| Anderson | 12 | 3.5 |\n| Broyden | 9 | 4.0 |\n"
+            "| FixedPointIteration | 40 | 2.0 |\n")
+    assert plot_tables("demo", text, tmp_path / "demo.png")
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+    assert not plot_tables("no numbers", "| a | b |\n|---|---|\n| x | y |\n", tmp_path / "none.png")

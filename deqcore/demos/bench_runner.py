@@ -40,6 +40,75 @@ def machine_description() -> str:
     return ", ".join(parts)
 
 
+def markdown_tables(text: str) -> list:
+    """Every Markdown table in ``text`` as (header cells, rows of cells).
+
+    >>> markdown_tables("| a | b |\n|---|---|\n| x | 1.5 |\n")
+    [(['a', 'b'], [['x', '1.5']])]
+    """
+    tables, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines) - 1:
+        if lines[i].startswith("|") and set(lines[i + 1].replace("|", "").strip()) <= set("-: ") and "-" in lines[i + 1]:
+            header = [c.strip() for c in lines[i].strip("|").split("|")]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            tables.append((header, rows))
+        else:
+            i += 1
+    return tables
+
+
+def _number(cell):
+    try:
+        return float(cell.replace("x", "").replace("%", "").split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def plot_tables(name: str, text: str, path: pathlib.Path) -> bool:
+    """Bar charts of each table's f-evaluation and time columns (the quantities every benchmark compares);
+    returns whether anything was plotted."""
+    panels = []
+    for header, rows in markdown_tables(text):
+        found = set()
+        for j, title in enumerate(header):
+            lowered = title.lower()
+            kind = "nfe" if "nfe" in lowered or "nfev" in lowered else "time" if ("ms" in lowered or "time" in
+                                                                                  lowered) else None
+            if kind is None or kind in found:
+                continue
+            values = [_number(r[j]) if j < len(r) else None for r in rows]
+            labels = [" / ".join(c for k, c in enumerate(r) if _number(c) is None)[:60] for r in rows]
+            pairs = [(lab, v) for lab, v in zip(labels, values) if v is not None]
+            if len(pairs) >= 2:
+                panels.append((title, pairs))
+                found.add(kind)
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = panels[:4]
+    height = max(2.5, 0.28 * max(len(p) for _, p in panels) + 1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), height), squeeze=False)
+    for ax, (title, pairs) in zip(axes[0], panels):
+        labels, values = zip(*pairs)
+        ax.barh(range(len(values)), values)
+        ax.set_yticks(range(len(values)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(title)
+    fig.suptitle(name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def _find_benchmarks(root: pathlib.Path, only):
     scripts = sorted((root / "benchmarks").glob("bench_*.py"))
     if only:
@@ -70,6 +139,9 @@ def main(argv=None) -> int:
         status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
         failures += proc.returncode != 0
         body = proc.stdout.strip() if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()[-3000:]
+        png = results / f"{script.stem}{'' if args.full else '_quick'}.png"
+        if proc.returncode == 0 and plot_tables(script.stem, body, png):
+            body += f"\n\n![{script.stem}]({png.name})"
         sections.append(f"## {script.stem} — {status}, {elapsed:.0f} s\n\n{body}\n")
     header = (f"# Benchmark summary\n\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
               f"{machine_description()}; {'full' if args.full else 'quick'} sizes.\n\n")
