@@ -14,7 +14,6 @@ On the CPU (``--xp numpy``) the same script runs at small sizes as a smoke test.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import statistics
 import sys

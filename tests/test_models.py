@@ -77,7 +77,7 @@ def _check_gradients(model, params, state, x, tol=1e-5, reference=None, directio
     eps = 1e-6
     for _ in range(directions):
         v = rng.standard_normal(grad.size)
-        vp, vx = unravel(v[:vec.size]), v[vec.size:].reshape(x.shape)
+        vx = v[vec.size:].reshape(x.shape)
         fd = (loss(unravel(vec + eps * v[:vec.size]), x + eps * vx)
               - loss(unravel(vec - eps * v[:vec.size]), x - eps * vx)) / (2 * eps)
         assert abs(float(grad @ v) - fd) <= tol * max(1.0, abs(fd)), (float(grad @ v), fd)

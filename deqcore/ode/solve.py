@@ -12,12 +12,12 @@ import numpy as np
 
 from .._checks import check_callable, check_positive_int, check_tolerance
 from ..backend import check_finite, check_float_array, to_host
-from ..results import ReturnCode, SolveError, Solution
+from ..results import ReturnCode, Solution
 from .adams import VCABM3
 from .base import Evaluator, ODEMethod
 from .driver import run
 from .explicit import Tsit5
-from .solution import ODEProblem, ODESolution, interpolate
+from .solution import ODEProblem, ODESolution
 
 __all__ = ["integrate", "steady_state"]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_tolerance
 from ..linalg import GMRES, LU, LinearOperator
