@@ -7,7 +7,7 @@ import scipy.optimize
 from hypothesis import given, strategies as st
 
 import deqcore as dq
-from tests.problem_bank import PROBLEMS
+from deqcore.demos.problems import PROBLEMS
 
 FIXED_POINT_SOLVERS = [dq.FixedPointIteration(), dq.Anderson(), dq.Broyden(), dq.LimitedMemoryBroyden(),
                        dq.NewtonRaphson(), dq.TrustRegion()]

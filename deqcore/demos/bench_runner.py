@@ -41,7 +41,7 @@ def machine_description() -> str:
 
 
 def markdown_tables(text: str) -> list:
-    """Every Markdown table in ``text`` as (header cells, rows of cells).
+    r"""Every Markdown table in ``text`` as (header cells, rows of cells).
 
     >>> markdown_tables("| a | b |\n|---|---|\n| x | 1.5 |\n")
     [(['a', 'b'], [['x', '1.5']])]

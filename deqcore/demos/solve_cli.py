@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from .problems import PROBLEMS as CLASSIC
+
 __all__ = ["main", "PROBLEMS", "SOLVER_NAMES"]
 
 SOLVER_NAMES = ("default", "newton", "newton_krylov", "trust_region", "broyden", "lbroyden", "anderson",
@@ -51,40 +53,9 @@ def _deq_problem(batch=64, width=256, inputs=128, radius=1.5, seed=0):
     return (lambda z: np.tanh(z @ W.T + injection)), np.zeros((batch, width)), True, True
 
 
-def _rosenbrock(n=10):
-    def fn(y):
-        out = np.empty_like(y)
-        out[0::2] = 10.0 * (y[1::2] - y[0::2] ** 2)
-        out[1::2] = 1.0 - y[0::2]
-        return out
-
-    y0 = np.tile([-1.2, 1.0], n // 2)
-    return fn, y0, False, False
-
-
-def _powell_singular():
-    def fn(y):
-        return np.array([y[0] + 10 * y[1], np.sqrt(5.0) * (y[2] - y[3]), (y[1] - 2 * y[2]) ** 2,
-                         np.sqrt(10.0) * (y[0] - y[3]) ** 2])
-
-    return fn, np.array([3.0, -1.0, 0.0, 1.0]), False, False
-
-
-def _broyden_tridiagonal(n=100):
-    def fn(y):
-        padded = np.concatenate([[0.0], y, [0.0]])
-        return (3 - 2 * y) * y - padded[:-2] - 2 * padded[2:] + 1
-
-    return fn, -np.ones(n), False, False
-
-
 #: name -> builder returning (fn, y0, batched, is_fixed_point)
-PROBLEMS = {
-    "deq": _deq_problem,
-    "rosenbrock": _rosenbrock,
-    "powell_singular": _powell_singular,
-    "broyden_tridiagonal": _broyden_tridiagonal,
-}
+PROBLEMS = {"deq": _deq_problem}
+PROBLEMS.update({name: (lambda build: lambda: (*build(), False, False))(build) for name, build in CLASSIC.items()})
 
 
 def _from_file(path, parser):

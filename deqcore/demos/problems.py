@@ -1,4 +1,13 @@
-"""Classic nonlinear systems (Moré, Garbow & Hillstrom 1981 and friends) with their standard start points."""
+"""Classic nonlinear systems (Moré, Garbow & Hillstrom 1981 and friends) with their standard start points.
+
+``PROBLEMS[name]()`` returns ``(fn, y0)`` for a root problem fn(y) = 0; the test suite solves each against
+``scipy.optimize.root`` and ``python -m deqcore solve --problem NAME`` solves any of them.
+
+>>> import numpy as np
+>>> fn, y0 = PROBLEMS["rosenbrock"]()
+>>> fn(np.ones(2))
+array([0., 0.])
+"""
 
 import numpy as np
 
