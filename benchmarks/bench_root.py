@@ -27,18 +27,11 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import deqcore as dq  # noqa: E402
+from deq_maps import deq_map_arrays  # noqa: E402
 
 
 def make_map(kind, batch, width, inputs, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((width, width))
-    if kind == "easy":
-        W *= 0.9 / np.linalg.norm(W, 2)
-    else:
-        W *= 1.5 / np.max(np.abs(np.linalg.eigvals(W)))
-    U = rng.standard_normal((width, inputs)) / np.sqrt(inputs)
-    b = 0.1 * rng.standard_normal(width)
-    x = rng.standard_normal((batch, inputs))
+    W, U, b, x = deq_map_arrays(kind, batch, width, inputs, np.random.default_rng(seed))
     Wt = np.ascontiguousarray(W.T.astype(dtype))
     injection = (x @ U.T + b).astype(dtype)
 

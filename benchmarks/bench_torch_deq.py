@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 import deqcore as dq  # noqa: E402
 from deqcore.interop import torch as dqt  # noqa: E402
+from deq_maps import deq_map_arrays  # noqa: E402
 
 MAX_STEPS = 200
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}
@@ -59,14 +60,7 @@ class Cell(torch.nn.Module):
 
 def make_problem(kind, dtype, batch, width, inputs, seed=0):
     rng = np.random.default_rng(seed)
-    W = rng.standard_normal((width, width))
-    if kind == "easy":
-        W *= 0.9 / np.linalg.norm(W, 2)
-    else:
-        W *= 1.5 / np.abs(np.linalg.eigvals(W)).max()
-    U = rng.standard_normal((width, inputs)) / np.sqrt(inputs)
-    b = 0.1 * rng.standard_normal(width)
-    x = rng.standard_normal((batch, inputs))
+    W, U, b, x = deq_map_arrays(kind, batch, width, inputs, rng)
     c = rng.standard_normal((batch, width))
     as_t = lambda a: torch.tensor(a, dtype=dtype)  # noqa: E731
     return Cell(as_t(W), as_t(U), as_t(b)), as_t(x), as_t(c)
