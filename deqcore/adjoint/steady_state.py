@@ -130,6 +130,18 @@ class SteadyStateAdjoint:
             fixed-point solver (``dq.Anderson()``, ``dq.FixedPointIteration()``, ...) applied to
             λ = g + ∂f/∂zᵀ λ.
         atol, rtol, max_steps: tolerances when ``linsolve`` is a fixed-point solver.
+
+    >>> import numpy as np, deqcore as dq
+    >>> A = np.array([[[0.5, 0.2], [0.0, 0.4]]]); theta = np.ones((1, 2))       # f(z) = A z + θ, one sample
+    >>> z_star = np.linalg.solve(np.eye(2) - A[0], theta[0])[None]
+    >>> problem = FixedPointVJP(z_star, lambda z: (z @ A[0].T + theta, lambda v: (v @ A[0], v)), batched=True)
+    >>> exact = np.linalg.solve((np.eye(2) - A[0]).T, np.ones(2))
+    >>> for linsolve in (dq.LU(), dq.GMRES(rtol=1e-12), dq.Anderson()):
+    ...     grad, info = dq.SteadyStateAdjoint(linsolve=linsolve, atol=1e-12).gradient(problem, np.ones((1, 2)))
+    ...     print(type(linsolve).__name__, bool(np.allclose(grad[0], exact)))
+    LU True
+    GMRES True
+    Anderson True
     """
 
     linsolve: Any = None

@@ -79,6 +79,20 @@ class DeepEquilibriumNetwork(Layer):
 
     The pullback of :func:`nn.vjp` takes optional keyword cotangents for the auxiliary losses:
     ``pullback(dy, d_jacobian_loss=None, d_skip_loss=None)`` (None: the layer's weights).
+
+    >>> import numpy as np, deqcore as dq
+    >>> from deqcore import nn
+    >>> f = nn.Chain(nn.Parallel(nn.add, nn.Dense(3, 3, use_bias=False), nn.Dense(3, 3)), nn.Activation("tanh"))
+    >>> deq = dq.DeepEquilibriumNetwork(f, dq.Anderson(), atol=1e-10, rtol=0.0, max_steps=100)
+    >>> params, state = nn.setup(np.random.default_rng(0), deq)
+    >>> params["model"]["layer_1"]["layer_1"]["weight"] *= 0.3          # keep f contractive
+    >>> x = np.ones((2, 3))
+    >>> z, pullback, state = nn.vjp(deq, x, params, state)
+    >>> bool(np.abs(f((z, x), params["model"], state["model"])[0] - z).max() < 1e-9)     # z = f((z, x))
+    True
+    >>> dx, dparams = pullback(np.ones_like(z))                         # implicit adjoint
+    >>> dx.shape, sorted(dparams)
+    ((2, 3), ['model'])
     """
 
     def __init__(self, model, solver, *, init="zeros", jacobian_regularization=None,

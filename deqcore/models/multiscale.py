@@ -211,6 +211,15 @@ class MultiScaleDeepEquilibriumNetwork(DeepEquilibriumNetwork):
         solver: any deqcore root finder or ODE solver.
         scales: per-sample shapes of the scales, e.g. ``((4,), (3,), (2,), (1,))`` or NCHW ``((8, 16, 16), ...)``.
         Other keywords as :class:`DeepEquilibriumNetwork` (init, jacobian_regularization, adjoint, atol, ...).
+
+    >>> import numpy as np, deqcore as dq
+    >>> from deqcore import nn
+    >>> main = (nn.Parallel(nn.add, nn.Dense(2, 2, "tanh"), nn.Dense(2, 2, "tanh")), nn.Dense(1, 1, "tanh"))
+    >>> mapping = [[nn.NoOpLayer(), nn.Dense(2, 1, "tanh")], [nn.Dense(1, 2, "tanh"), nn.NoOpLayer()]]
+    >>> model = dq.MultiScaleDeepEquilibriumNetwork(main, mapping, None, dq.Anderson(), ((2,), (1,)))
+    >>> params, state = nn.setup(np.random.default_rng(0), model)
+    >>> [y.shape for y in model(np.ones((5, 2)), params, state)[0]]
+    [(5, 2), (5, 1)]
     """
 
     def __init__(self, main_layers, mapping_layers, post_fuse_layer, solver, scales, **settings):
@@ -231,8 +240,20 @@ class MultiScaleDeepEquilibriumNetwork(DeepEquilibriumNetwork):
 
 
 class MultiScaleSkipDeepEquilibriumNetwork(MultiScaleDeepEquilibriumNetwork):
-    """Multiscale skip DEQ (Pal et al. 2022): ``init`` is a layer mapping x to the flat initial state (or a
-    tuple of per-scale arrays); ``init=None`` gives the Skip-Reg variant, u0 = f((0, x))."""
+    """Multiscale skip DEQ (Pal et al. 2022): ``init`` is a layer mapping x to the flat initial state
+    (batch, Σ numel(scaleᵢ)); ``init=None`` gives the Skip-Reg variant, u0 = f((0, x)).
+
+    >>> import numpy as np, deqcore as dq
+    >>> from deqcore import nn
+    >>> main = (nn.Parallel(nn.add, nn.Dense(2, 2, "tanh"), nn.Dense(2, 2, "tanh")), nn.Dense(1, 1, "tanh"))
+    >>> mapping = [[nn.NoOpLayer(), nn.Dense(2, 1, "tanh")], [nn.Dense(1, 2, "tanh"), nn.NoOpLayer()]]
+    >>> model = dq.MultiScaleSkipDeepEquilibriumNetwork(main, mapping, None, nn.Dense(2, 3), dq.Anderson(),
+    ...                                                 ((2,), (1,)))
+    >>> params, state = nn.setup(np.random.default_rng(0), model)
+    >>> _, state = model(np.ones((5, 2)), params, state)
+    >>> state["solution"].u0.shape, state["solution"].skip_loss >= 0
+    ((5, 3), True)
+    """
 
     def __init__(self, main_layers, mapping_layers, post_fuse_layer, init, solver, scales, **settings):
         super().__init__(main_layers, mapping_layers, post_fuse_layer, solver, scales,
@@ -241,7 +262,19 @@ class MultiScaleSkipDeepEquilibriumNetwork(MultiScaleDeepEquilibriumNetwork):
 
 class MultiScaleNeuralODE(MultiScaleDeepEquilibriumNetwork):
     """The multiscale model as a neural ODE: dz/dt = f((z, x)) − z integrated over t ∈ [0, 1]; gradients by
-    ``dq.GaussAdjoint()`` unless another ODE adjoint is given."""
+    ``dq.GaussAdjoint()`` unless another ODE adjoint is given.
+
+    >>> import numpy as np, deqcore as dq
+    >>> from deqcore import nn
+    >>> main = (nn.Parallel(nn.add, nn.Dense(2, 2, "tanh"), nn.Dense(2, 2, "tanh")), nn.Dense(1, 1, "tanh"))
+    >>> mapping = [[nn.NoOpLayer(), nn.Dense(2, 1, "tanh")], [nn.Dense(1, 2, "tanh"), nn.NoOpLayer()]]
+    >>> model = dq.MultiScaleNeuralODE(main, mapping, None, dq.Tsit5(), ((2,), (1,)))
+    >>> params, state = nn.setup(np.random.default_rng(0), model)
+    >>> ys, pullback, state = nn.vjp(model, np.ones((3, 2)), params, state)
+    >>> dx, dparams = pullback(tuple(np.ones_like(y) for y in ys))     # GaussAdjoint through [0, 1]
+    >>> [y.shape for y in ys], dx.shape
+    ([(3, 2), (3, 1)], (3, 2))
+    """
 
     def __init__(self, main_layers, mapping_layers, post_fuse_layer, solver, scales, **settings):
         settings.setdefault("problem_type", "ode")

@@ -25,6 +25,17 @@ class DeepEquilibriumSolution:
         result: the return code(s) of the solve (per sample; non-convergence does not raise by default).
         original: the underlying :class:`deqcore.Solution` (or ODE solution).
         adjoint: statistics of the backward solve, filled in when the pullback runs.
+
+    >>> import numpy as np, deqcore as dq
+    >>> from deqcore import nn
+    >>> deq = dq.DeepEquilibriumNetwork(nn.Parallel(nn.add, nn.Dense(2, 2, use_bias=False), nn.NoOpLayer()),
+    ...                                 dq.Anderson(), atol=1e-8, rtol=0.0)
+    >>> params, state = nn.setup(np.random.default_rng(0), deq)
+    >>> params["model"]["layer_1"]["weight"] *= 0.1
+    >>> _, state = deq(np.ones((4, 2)), params, state)
+    >>> solution = state["solution"]
+    >>> bool(solution.success.all()), bool((solution.residual <= 1e-8).all()), solution.nfe > 1
+    (True, True, True)
     """
 
     z_star: Any
