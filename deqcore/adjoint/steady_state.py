@@ -160,6 +160,13 @@ class SteadyStateAdjoint:
         """``(∂L/∂θ, AdjointInfo)`` for the cotangent ``g = ∂L/∂z*``; ``x0`` warm-starts λ (e.g. the last one);
         ``preconditioner`` (flat (B, n) → (B, n), see :func:`preconditioner_from_forward`) approximates
         (I − ∂f/∂zᵀ)⁻¹ for GMRES."""
+        info = self.solve_adjoint(problem, g, x0, preconditioner)
+        info.nvjp += 1
+        return problem.pullback_at_fixed_point()(info.lam)[1], info
+
+    def solve_adjoint(self, problem: FixedPointVJP, g, x0=None, preconditioner=None) -> AdjointInfo:
+        """Only λ with (I − ∂f/∂zᵀ) λ = g (no final parameter VJP): for callers that pull λ back through f
+        themselves, such as the PyTorch and JAX adapters."""
         pullback = problem.pullback_at_fixed_point()
         batched = problem.batched
         xp = get_namespace(g)
@@ -182,10 +189,7 @@ class SteadyStateAdjoint:
             lam_flat, result, steps = sol.value, sol.result, int(sol.stats.get("num_steps", 0))
         else:
             lam_flat, result, steps = self._fixed_point_adjoint(linsolve, vjp_z, g_flat, x0, batched)
-        lam = lam_flat.reshape(shape)
-        count["nvjp"] += 1
-        grad_theta = pullback(lam)[1]
-        return grad_theta, AdjointInfo(lam, result, count["nvjp"], steps)
+        return AdjointInfo(lam_flat.reshape(shape), result, count["nvjp"], steps)
 
     def _fixed_point_adjoint(self, solver, vjp_z, g_flat, x0, batched):
         start = g_flat if x0 is None else _flat(x0, batched)

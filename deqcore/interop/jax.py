@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_callable
-from ..adjoint.steady_state import FixedPointVJP, PhantomGradient
+from ..adjoint.steady_state import FixedPointVJP, PhantomGradient, SteadyStateAdjoint
 from ..results import SolveError
 from ._common import check_adjoint, check_dtype, check_options, import_framework, solve
 
@@ -181,5 +181,8 @@ def _host_adjoint(f, config, core_ndim, z, args, g):
     problem = _HostProblem(f, core_ndim, z, args)
     z_flat = problem.fold(z)
     fixed = FixedPointVJP(z_flat, problem.vjp, batched=problem.batched, pullback=problem.pullback_at(z_flat))
-    _, info = config.adjoint.gradient(fixed, problem.fold(g))
+    if isinstance(config.adjoint, SteadyStateAdjoint):
+        info = config.adjoint.solve_adjoint(fixed, problem.fold(g))     # JAX pulls λ back through f itself
+    else:
+        _, info = config.adjoint.gradient(fixed, problem.fold(g))
     return problem.unfold(info.lam).astype(np.asarray(z).dtype, copy=False)

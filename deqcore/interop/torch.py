@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..adjoint.steady_state import FixedPointVJP, PhantomGradient
+from ..adjoint.steady_state import FixedPointVJP, PhantomGradient, SteadyStateAdjoint
 from ..nn.core import Layer
 from ..nn.tree import tree_flatten, tree_unflatten
 from ._common import check_adjoint, check_dtype, check_options, import_framework, solve, writable
@@ -200,7 +200,10 @@ class DEQ(torch.nn.Module):
         z_arr = to_array(z_star, "z_star")
         f_star, pullback, fz = vjp(z_arr)
         problem = FixedPointVJP(z_arr, lambda z: vjp(z)[:2], batched=self.batched, pullback=pullback)
-        dtheta, info = self.adjoint.gradient(problem, to_array(g, "grad_output"))
+        if not full and isinstance(self.adjoint, SteadyStateAdjoint):
+            dtheta, info = None, self.adjoint.solve_adjoint(problem, to_array(g, "grad_output"))
+        else:
+            dtheta, info = self.adjoint.gradient(problem, to_array(g, "grad_output"))
         self.last_adjoint = info
         if not inputs:
             return None, ()
