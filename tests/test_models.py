@@ -321,3 +321,17 @@ def test_trained_skip_deq_needs_fewer_nfe_than_plain_deq():
         _, state = model(data[2], params, nn.testmode(state))
         nfe[name] = state["layer_2"]["solution"].nfe
     assert nfe["skip"] < nfe["plain"], nfe
+
+
+def test_vanilla_neural_ode_matches_scipy_and_finite_differences():
+    import scipy.integrate
+
+    model = dq.DeepEquilibriumNetwork(_deq_layer(3), dq.Tsit5(), problem_type="ode", tspan=(0.0, 2.0), atol=1e-10,
+                                      rtol=1e-10, max_steps=5000)
+    params, state = _setup(model)
+    x = np.random.default_rng(13).standard_normal((2, 3))
+    z, _ = model(x, params, state)
+    f = lambda zz: model.model((zz.reshape(2, 3), x), params["model"], state["model"])[0].ravel()  # noqa: E731
+    ref = scipy.integrate.solve_ivp(lambda t, zz: f(zz) - zz, (0.0, 2.0), np.zeros(6), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(z.ravel(), ref.y[:, -1], atol=1e-8)
+    _check_gradients(model, params, state, x, tol=1e-5)
