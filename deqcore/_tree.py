@@ -13,7 +13,12 @@ __all__ = ["tree_map", "tree_leaves", "tree_add", "tree_scale"]
 
 
 def tree_map(fn, tree, *rest):
-    """Apply ``fn`` leaf-wise over trees of the same structure (None stays None)."""
+    """Apply ``fn`` leaf-wise over trees of the same structure (None stays None).
+
+    >>> import numpy as np, deqcore as dq
+    >>> dq.tree_map(lambda a: 2 * a, {"w": np.array([1.0, 2.0]), "b": [3.0, None]})
+    {'w': array([2., 4.]), 'b': [6.0, None]}
+    """
     if tree is None:
         return None
     if isinstance(tree, dict):
@@ -31,7 +36,12 @@ def tree_map(fn, tree, *rest):
 
 
 def tree_leaves(tree) -> list:
-    """The leaves of a tree in a fixed order (dict keys in insertion order)."""
+    """The leaves of a tree in a fixed order (dict keys in insertion order).
+
+    >>> import numpy as np, deqcore as dq
+    >>> dq.tree_leaves({"w": 1.0, "b": (2.0, None, [3.0])})
+    [1.0, 2.0, 3.0]
+    """
     if tree is None:
         return []
     if isinstance(tree, dict):
@@ -42,7 +52,14 @@ def tree_leaves(tree) -> list:
 
 
 def tree_add(a, b):
-    """Leaf-wise sum; ``None`` on either side counts as zero."""
+    """Leaf-wise sum; ``None`` on either side counts as zero.
+
+    >>> import numpy as np, deqcore as dq
+    >>> dq.tree_add({"w": np.ones(2), "b": 1.0}, {"w": np.arange(2.0), "b": 2.0})
+    {'w': array([1., 2.]), 'b': 3.0}
+    >>> dq.tree_add(None, (1.0, 2.0))
+    (1.0, 2.0)
+    """
     if a is None:
         return b
     if b is None:
@@ -51,5 +68,10 @@ def tree_add(a, b):
 
 
 def tree_scale(tree, factor):
-    """Every leaf times ``factor``."""
+    """Every leaf times ``factor``.
+
+    >>> import numpy as np, deqcore as dq
+    >>> dq.tree_scale({"w": np.array([1.0, -2.0]), "b": None}, 0.5)
+    {'w': array([ 0.5, -1. ]), 'b': None}
+    """
     return tree_map(lambda x: x * factor, tree)

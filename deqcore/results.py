@@ -21,7 +21,14 @@ __all__ = ["ReturnCode", "SolveError", "Solution"]
 
 
 class ReturnCode(enum.IntEnum):
-    """Outcome of a solve. Batched solves hold one code per sample (an int array of these values)."""
+    """Outcome of a solve. Batched solves hold one code per sample (an int array of these values).
+
+    >>> import numpy as np, deqcore as dq
+    >>> dq.ReturnCode(1).name, int(dq.ReturnCode.SUCCESS)
+    ('MAX_STEPS', 0)
+    >>> dq.ReturnCode.DIVERGED.message.startswith("the iterates became non-finite")
+    True
+    """
 
     SUCCESS = 0
     MAX_STEPS = 1
@@ -73,6 +80,13 @@ class SolveError(RuntimeError):
     """Raised by a solve called with ``throw=True`` that did not succeed.
 
     ``error.result`` holds the return code(s) and ``error.solution`` the solution with the best iterate.
+
+    >>> import numpy as np, deqcore as dq
+    >>> try:
+    ...     dq.linear_solve(np.zeros((2, 2)), np.ones(2))
+    ... except dq.SolveError as err:
+    ...     print(err.result.name, err.solution.success)
+    LINEAR_SOLVE_FAILED False
     """
 
     def __init__(self, message: str, solution: "Solution | None" = None):
@@ -103,6 +117,14 @@ class Solution:
         batched: whether the leading axis of ``value`` holds independent problems.
         learned: what the solver learnt that a later solve can reuse (e.g. ``"lu"``: the LU factors of the last
             Jacobian; ``"inverse_jacobian"``: Broyden's low-rank inverse-Jacobian approximation).
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.Solution(value=np.ones((2, 3)), result=np.array([0, 1]), residual=np.array([0.0, 1.0]),
+    ...                   batched=True)
+    >>> sol.success, sol.codes
+    (array([ True, False]), [<ReturnCode.SUCCESS: 0>, <ReturnCode.MAX_STEPS: 1>])
+    >>> sol.failure_message().startswith("batched solve failed: 1 of 2 samples MAX_STEPS")
+    True
     """
 
     value: Any

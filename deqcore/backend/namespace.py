@@ -44,6 +44,12 @@ def get_namespace(*arrays):
     """numpy or cupy, from the arrays given (scalars and None are ignored).
 
     Mixing NumPy and CuPy arrays raises ``TypeError``: deqcore never moves data between devices silently.
+
+    >>> import numpy as np, deqcore as dq
+    >>> dq.get_namespace(np.ones(2), None, 3.0) is np        # scalars and None are skipped
+    True
+    >>> dq.get_namespace() is np                              # nothing to go by: NumPy
+    True
     """
     found = None
     for a in arrays:

@@ -76,6 +76,14 @@ def linear_solve(A_or_op, b, solver=None, *, x0=None, transpose=False, throw=Tru
     Returns:
         :class:`~deqcore.results.Solution` with per-sample codes (SUCCESS, LINEAR_SOLVE_FAILED for a singular
         LU, MAX_STEPS / BREAKDOWN / STALLED for GMRES), ``stats`` and ``residual = ||b - A x||`` per sample.
+
+    >>> import numpy as np, deqcore as dq
+    >>> A = np.array([[4.0, 1.0], [2.0, 3.0]])
+    >>> sol = dq.linear_solve(A, np.array([[4.0, 2.0], [1.0, 3.0]]))     # a batch of two right-hand sides
+    >>> bool(np.allclose(sol.value, np.eye(2))), sol.success.tolist()
+    (True, [True, True])
+    >>> bool(np.allclose(dq.linear_solve(A, np.array([6.0, 4.0]), transpose=True).value, [1.0, 1.0]))
+    True
     """
     transpose = check_bool(transpose, "transpose")
     throw = check_bool(throw, "throw")

@@ -79,7 +79,13 @@ class AdamsStepper:
 @dataclass(frozen=True)
 class VCAB3(ODEMethod):
     """Variable-coefficient Adams–Bashforth of order 3: one f per step (the cheapest per step; a smaller
-    stability region than Tsit5). Error estimate from the next divided difference at the new point."""
+    stability region than Tsit5). Error estimate from the next divided difference at the new point.
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.integrate(lambda t, y: -y, np.array([1.0]), (0.0, 1.0), dq.VCAB3(), atol=1e-8, rtol=1e-8)
+    >>> bool(abs(sol.ys[-1, 0] - np.exp(-1.0)) < 1e-6)
+    True
+    """
 
     order = 3
 
@@ -90,7 +96,13 @@ class VCAB3(ODEMethod):
 @dataclass(frozen=True)
 class VCABM3(ODEMethod):
     """Variable-coefficient Adams–Bashforth–Moulton of order 3 in PECE mode: two f per step, a larger
-    stability region than VCAB3 and a Milne-type error estimate (AM4 − AM3). The default for steady states."""
+    stability region than VCAB3 and a Milne-type error estimate (AM4 − AM3). The default for steady states.
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.integrate(lambda t, y: -y, np.array([1.0]), (0.0, 1.0), dq.VCABM3(), atol=1e-8, rtol=1e-8)
+    >>> bool(abs(sol.ys[-1, 0] - np.exp(-1.0)) < 1e-6)
+    True
+    """
 
     order = 3
 

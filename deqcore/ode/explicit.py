@@ -50,7 +50,13 @@ class ExplicitRKStepper:
 @dataclass(frozen=True)
 class Tsit5(ODEMethod):
     """Tsitouras' 5(4) Runge–Kutta pair (2011): 7 stages, first-same-as-last (6 f per step), an embedded
-    4th-order error estimate and a free 4th-order dense interpolant. The default non-stiff method."""
+    4th-order error estimate and a free 4th-order dense interpolant. The default non-stiff method.
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.integrate(lambda t, y: -y, np.array([1.0]), (0.0, 1.0), dq.Tsit5(), atol=1e-10, rtol=1e-10)
+    >>> bool(abs(sol.ys[-1, 0] - np.exp(-1.0)) < 1e-9)
+    True
+    """
 
     order = 5
 

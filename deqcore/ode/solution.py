@@ -42,6 +42,13 @@ class ODESolution:
             for implicit methods).
         problem: the :class:`ODEProblem` solved.
         steps: the accepted steps (dense output and adjoints use them).
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.integrate(lambda t, y: -y, np.array([1.0]), (0.0, 2.0), atol=1e-10, rtol=1e-10)
+    >>> round(float(sol(0.5)[0]), 8), sol(np.array([0.5, 1.5])).shape        # exp(-0.5) = 0.6065306597...
+    (0.60653066, (2, 1))
+    >>> sol.success, sol.t_final
+    (True, 2.0)
     """
 
     ts: np.ndarray

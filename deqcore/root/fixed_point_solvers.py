@@ -23,7 +23,13 @@ __all__ = ["FixedPointIteration", "Anderson"]
 @dataclass(frozen=True)
 class FixedPointIteration(RootSolver):
     """y ← (1 − damping)·y + damping·G(y). Converges for contractive maps; the baseline every other solver
-    should beat. ``damping`` < 1 stabilises maps whose Jacobian has eigenvalues near −1."""
+    should beat. ``damping`` < 1 stabilises maps whose Jacobian has eigenvalues near −1.
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.fixed_point(np.cos, np.zeros(1), dq.FixedPointIteration(damping=0.5), atol=1e-10, rtol=0.0)
+    >>> round(float(sol.value[0]), 8)                    # the Dottie number, cos(y) = y
+    0.73908513
+    """
 
     damping: float = 1.0
 
@@ -53,6 +59,12 @@ class Anderson(RootSolver):
     Defaults from measurement (``benchmarks/bench_root.py``, batch 64, width 256, tolerance 1e-6, per-sample
     stopping): on the hard DEQ map (spectral radius 1.5) histories 5 / 10 / 20 need 147 / 122 / 96
     f-evaluations, on the easy map 15 / 14 / 23; each slot adds work per step, so 10 is the balance.
+
+    >>> import numpy as np, deqcore as dq
+    >>> W, b = np.array([[0.5, 0.2], [0.1, 0.3]]), np.array([1.0, 2.0])
+    >>> sol = dq.fixed_point(lambda y: W @ y + b, np.zeros(2), dq.Anderson(history_size=5), atol=1e-10)
+    >>> bool(np.allclose(sol.value, np.linalg.solve(np.eye(2) - W, b)))     # y = W y + b
+    True
     """
 
     history_size: int = 10

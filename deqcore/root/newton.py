@@ -53,6 +53,12 @@ class NewtonRaphson(RootSolver):
             ``dq.GMRES(...)`` (matrix-free Newton–Krylov on finite-difference JVPs).
         linesearch: "backtracking" (Armijo on ½‖F‖², halving t per sample up to ``max_backtracks`` times) or
             None (full steps).
+
+    >>> import numpy as np, deqcore as dq
+    >>> fn = lambda y: y ** 2 - np.array([4.0, 9.0])
+    >>> sol = dq.root_find(fn, np.ones(2), dq.NewtonRaphson(), jac=lambda y: np.diag(2 * y), atol=1e-10)
+    >>> bool(np.allclose(sol.value, [2.0, 3.0])), sol.success
+    (True, True)
     """
 
     linsolve: Any = None
@@ -127,6 +133,12 @@ class TrustRegion(RootSolver):
     The radius shrinks to a quarter of the step when the model predicts badly (ρ < 1/4) and doubles, up to
     ``max_radius``, when it predicts well (ρ > 3/4) and the step reached the boundary; steps with ρ ≤ ``eta``
     are rejected. The first radius is ``initial_radius``·max(1, ‖y0‖).
+
+    >>> import numpy as np, deqcore as dq
+    >>> fn = lambda y: np.array([10.0 * (y[1] - y[0] ** 2), 1.0 - y[0]])      # Rosenbrock's root (1, 1)
+    >>> sol = dq.root_find(fn, np.array([-1.2, 1.0]), dq.TrustRegion(), atol=1e-10)
+    >>> bool(np.allclose(sol.value, [1.0, 1.0]))
+    True
     """
 
     initial_radius: float = 1.0
