@@ -275,7 +275,7 @@ def test_jacobian_loss_gradient_matches_finite_differences_at_fixed_z():
 
     f = lambda zz: np.tanh(zz @ W.T)  # noqa: E731
     jvp_z = lambda v: (1 - f(z) ** 2) * (v @ W.T)  # noqa: E731
-    loss, direction, cotangent = hutchinson_probe("forward", z, eps, f, jvp_z, None)
+    loss, direction, cotangent = hutchinson_probe("forward", z, eps, f(z), f, jvp_z, None)
     assert abs(loss - jac_loss(W)) <= 1e-12
     grad = jacobian_loss_gradient(pullback_theta_at, z, direction, cotangent, 1.0)
     np.testing.assert_allclose(grad, _fd_input(jac_loss, W), rtol=1e-5, atol=1e-8)

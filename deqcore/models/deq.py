@@ -26,11 +26,12 @@ from ..adjoint.steady_state import (
     FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint, preconditioner_from_forward,
 )
 from ..backend import get_namespace
+from ..linalg import GMRES, LinearOperator
 from ..nn.core import Layer
 from ..nn.tree import tree_add, tree_map
 from .jacobian import JACOBIAN_MODES, hutchinson_probe, jacobian_loss_gradient
 from .solution import DeepEquilibriumSolution
-from .solvers import is_ode_solver, run_solver
+from .solvers import check_solver, integrate_span, is_ode_solver, ode_parameter_gradient, solve_equilibrium
 
 __all__ = ["DeepEquilibriumNetwork", "SkipDeepEquilibriumNetwork", "INIT_CHOICES", "with_fixed_depth"]
 
@@ -122,7 +123,7 @@ class DeepEquilibriumNetwork(Layer):
             self.tspan = _check_tspan(tspan)
             self.adjoint = _default_ode_adjoint() if adjoint is None else adjoint
         else:
-            run_solver.check(solver)
+            check_solver(solver)
             self.tspan = None
             if adjoint is None:
                 adjoint = SteadyStateAdjoint()
@@ -178,9 +179,9 @@ class DeepEquilibriumNetwork(Layer):
     def _solve(self, x, params, state, u0):
         f = self._f(x, params, state)
         if self.problem_type == "ode":
-            return run_solver.integrate(f, u0, self.solver, self.tspan, atol=self.atol, rtol=self.rtol,
-                                        max_steps=self.max_steps)
-        return run_solver(f, u0, self.solver, atol=self.atol, rtol=self.rtol, max_steps=self.max_steps)
+            return integrate_span(f, u0, self.solver, self.tspan, atol=self.atol, rtol=self.rtol,
+                                  max_steps=self.max_steps)
+        return solve_equilibrium(f, u0, self.solver, atol=self.atol, rtol=self.rtol, max_steps=self.max_steps)
 
     def __call__(self, x, params, state):
         y, _, new_state = self._forward(x, params, state, want_vjp=False)
@@ -199,24 +200,22 @@ class DeepEquilibriumNetwork(Layer):
         xp = get_namespace(z_star)
         model, pm, sm = self.model, params["model"], state["model"]
         jac_seed = int(state.get("jacobian_seed", 0))
-        fixed_pullback = None
+        fixed_pullback, f_star = None, None
         model_state = sm
-        if want_vjp or self.jacobian_regularization == "reverse":
-            _, pb, model_state = model.vjp((z_star, x), pm, sm)
-            fixed_pullback = pb
+        if want_vjp or self.jacobian_regularization is not None:
+            f_star, fixed_pullback, model_state = model.vjp((z_star, x), pm, sm)
             extra_nfe += 1
         jac_loss, jac_probe = 0.0, None
         if self.jacobian_regularization is not None:
             eps = xp.asarray(np.random.default_rng(jac_seed).standard_normal(z_star.shape), dtype=z_star.dtype)
-            f = self._f(x, params, state)
             zeros_x = tree_map(lambda a: a * 0, x)
             jac_loss, direction, cotangent = hutchinson_probe(
-                self.jacobian_regularization, z_star, eps, f,
+                self.jacobian_regularization, z_star, eps, f_star, self._f(x, params, state),
                 jvp_z=lambda v: model.jvp((z_star, x), pm, sm, (v, zeros_x))[1],
                 vjp_z=lambda v: fixed_pullback(v)[0][0])
             jac_probe = (direction, cotangent)
-            extra_nfe += 1
-        skip_loss = float(((z_star - u0) ** 2).mean()) if self.init_mode != "zeros" else 0.0
+            extra_nfe += self.jacobian_regularization == "finite_diff"
+        skip_loss = ((z_star - u0) ** 2).mean() if self.init_mode != "zeros" else 0.0
         solution = DeepEquilibriumSolution(
             z_star=z_star, u0=u0, residual=outcome.residual, jacobian_loss=jac_loss,
             nfe=int(outcome.stats.get("nfev", 0)) + extra_nfe, result=outcome.result, original=outcome,
@@ -258,18 +257,25 @@ class DeepEquilibriumNetwork(Layer):
                 ddx, ddp = jacobian_loss_gradient(lambda z: (lambda v: vjp(z)[1](v)[1]), solution.z_star,
                                                   direction, cotangent, d_jacobian_loss)
                 dx, dpm = dx + ddx, tree_add(dpm, ddp)
-            dparams = {"model": dpm}
-            if self.init_mode == "layer":
-                dparams["init"] = tree_map(lambda a: a * 0, params["init"])
-            if d_skip_loss and u0_pullback is not None:
+            du0 = None
+            if d_skip_loss:
                 du0 = -2.0 * d_skip_loss * (solution.z_star - solution.u0) / solution.z_star.size
-                dx_init, dparams_init = u0_pullback(du0)
-                dx = dx + dx_init
-                key = "init" if self.init_mode == "layer" else "model"
-                dparams[key] = tree_add(dparams[key], dparams_init)
-            return dx, dparams
+            return self._add_initial_guess_cotangent(dx, dpm, params, u0_pullback, du0)
 
         return pullback
+
+    def _add_initial_guess_cotangent(self, dx, dparams_model, params, u0_pullback, du0):
+        """``(dx, dparams)`` after pulling ``du0`` (the cotangent of u0, or None) back through the initial
+        guess: into the init layer's parameters, or into f's for the Skip-Reg start u0 = f((0, x))."""
+        dparams = {"model": dparams_model}
+        if self.init_mode == "layer":
+            dparams["init"] = tree_map(lambda a: a * 0, params["init"])
+        if du0 is not None and u0_pullback is not None:
+            dx_init, dparams_init = u0_pullback(du0)
+            dx = tree_add(dx, dx_init)
+            key = "init" if self.init_mode == "layer" else "model"
+            dparams[key] = tree_add(dparams[key], dparams_init)
+        return dx, dparams
 
     def _adjoint_gradient(self, problem, g, solution):
         """The implicit adjoint, preconditioned by what the forward solve learnt when it can be."""
@@ -279,7 +285,7 @@ class DeepEquilibriumNetwork(Layer):
         return self.adjoint.gradient(problem, g)
 
     def _ode_gradient(self, x, params, state, solution, g):
-        return run_solver.ode_gradient(self._theta_vjp(x, params, state), solution.original, g, self.adjoint)
+        return ode_parameter_gradient(self._theta_vjp(x, params, state), solution.original, g, self.adjoint)
 
     def _unrolled(self, x, params, state, u0, u0_pullback, depth, extra_nfe):
         """Fixed-depth mode: z_k = f((z_{k-1}, x)) for k = 1..depth from u0, with exact backpropagation."""
@@ -289,8 +295,7 @@ class DeepEquilibriumNetwork(Layer):
             z, pb = vjp(z)
             pullbacks.append(pb)
         xp = get_namespace(z)
-        residual_z, _ = vjp(z)
-        residual = xp.abs(residual_z - z).reshape(z.shape[0], -1).max(axis=1)
+        residual = xp.abs(self._f(x, params, state)(z) - z).reshape(z.shape[0], -1).max(axis=1)
         solution = DeepEquilibriumSolution(z_star=z, u0=u0, residual=residual, jacobian_loss=0.0,
                                            nfe=depth + extra_nfe + 1, result=None, original=None)
         new_state = {**state, "solution": solution, "fixed_depth": depth}
@@ -301,23 +306,13 @@ class DeepEquilibriumNetwork(Layer):
             for pb in reversed(pullbacks):
                 v, (dx_k, dp_k) = pb(v)
                 dx, dpm = tree_add(dx, dx_k), tree_add(dpm, dp_k)
-            dparams = {"model": dpm}
-            if self.init_mode == "layer":
-                dparams["init"] = tree_map(lambda a: a * 0, params["init"])
-            if u0_pullback is not None:
-                dx_init, dparams_init = u0_pullback(v)
-                dx = tree_add(dx, dx_init)
-                key = "init" if self.init_mode == "layer" else "model"
-                dparams[key] = tree_add(dparams[key], dparams_init)
-            return dx, dparams
+            return self._add_initial_guess_cotangent(dx, dpm, params, u0_pullback, v)
 
         return self.output(z), pullback, new_state
 
     # -- forward mode -------------------------------------------------------------------------------------
     def jvp(self, x, params, state, dx, dparams=None):
         """Tangent of z*: solve (I − ∂f/∂z) dz* = ∂f/∂x dx + ∂f/∂θ dθ (GMRES on JVPs, tight tolerance)."""
-        from ..linalg import GMRES, LinearOperator
-
         y, new_state = self(x, params, state)
         z = new_state["solution"].z_star
         model, pm, sm = self.model, params["model"], state["model"]
