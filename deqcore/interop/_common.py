@@ -6,8 +6,9 @@ import numpy as np
 
 from .._checks import check_positive_int, check_tolerance
 from ..adjoint.steady_state import OneStepGradient, PhantomGradient, SteadyStateAdjoint
+from ..root import Anderson, RootSolver, fixed_point
 
-__all__ = ["import_framework", "check_options", "check_adjoint", "check_dtype", "default_solver", "solve"]
+__all__ = ["import_framework", "check_options", "check_adjoint", "check_dtype", "solve"]
 
 _ADJOINTS = (SteadyStateAdjoint, OneStepGradient, PhantomGradient)
 SUPPORTED_DTYPES = ("float32", "float64")
@@ -25,10 +26,8 @@ def import_framework(name: str, extra: str):
 
 def check_options(solver, atol, rtol, max_steps):
     """Validated ``(solver, atol, rtol, max_steps)``; ``solver=None`` means ``dq.Anderson()``."""
-    from ..models.solvers import is_root_solver
-
-    solver = default_solver() if solver is None else solver
-    if not is_root_solver(solver):
+    solver = Anderson() if solver is None else solver
+    if not isinstance(solver, RootSolver):
         raise TypeError("solver must be a deqcore fixed-point solver (dq.Anderson(), dq.Broyden(), "
                         f"dq.FixedPointIteration(), ...); got {type(solver).__name__}")
     return solver, check_tolerance(atol, "atol"), check_tolerance(rtol, "rtol"), check_positive_int(
@@ -52,17 +51,8 @@ def check_dtype(dtype_name: str, name: str) -> None:
                         "(e.g. .float() or .double())")
 
 
-def default_solver():
-    """``dq.Anderson()`` (imported when first needed)."""
-    from ..root import Anderson
-
-    return Anderson()
-
-
 def solve(fn, z0, solver, *, atol, rtol, max_steps, batched):
     """``dq.fixed_point`` without raising: failures are recorded in the returned Solution's ``result``."""
-    from ..root import fixed_point
-
     return fixed_point(fn, z0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
                        throw=False)
 
