@@ -58,6 +58,7 @@ def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched):
                         f"as {fy.dtype})")
     if get_namespace(fy) is not get_namespace(y0):
         raise TypeError("fn must return an array on y0's device (NumPy for NumPy, CuPy for CuPy)")
+    return fy
 
 
 def default_solvers(n: int, has_jac: bool):
@@ -73,21 +74,27 @@ def default_solvers(n: int, has_jac: bool):
     return first + [LimitedMemoryBroyden(), Anderson()]
 
 
-def _solve(fn, y0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode):
+def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode):
+    """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation)."""
     problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac)
+    f0 = fy0.reshape(y2d.shape)
+    if mode == "fixed_point":
+        f0 = f0 - y2d
+    problem.nfev += 1
     with np.errstate(all="ignore"):  # non-finite values are reported through return codes
         if solver is not None:
-            best, codes, res, steps, state = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps)
+            best, codes, res, steps, state = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps,
+                                                 f0=f0)
             learned = solver.learned(state)
         else:
-            best, codes, res, steps, learned = _polyalgorithm(problem, y2d, atol, rtol, max_steps)
+            best, codes, res, steps, learned = _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps)
     sol = to_solution(problem, best, codes, res, steps, unflatten, batched, learned)
     if throw:
         sol.raise_if_failed()
     return sol
 
 
-def _polyalgorithm(problem, y2d, atol, rtol, max_steps):
+def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps):
     """Run the default solvers in turn, each on the samples the previous ones left unsolved (from y0)."""
     xp = problem.xp
     best = y2d.copy()
@@ -95,7 +102,7 @@ def _polyalgorithm(problem, y2d, atol, rtol, max_steps):
     res = xp.full(problem.batch, xp.inf, dtype=y2d.dtype)
     steps = 0
     for solver in default_solvers(problem.n, problem.has_jac):
-        b, c, r, k, _ = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps)
+        b, c, r, k, _ = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0)
         steps += k
         improve = (codes != int(ReturnCode.SUCCESS)) & ((c == int(ReturnCode.SUCCESS)) | (r < res))
         best = xp.where(improve[:, None], b, best)
@@ -125,7 +132,7 @@ def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, m
     >>> sol.value, sol.success
     (array([2., 3.]), True)
     """
-    _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched)
+    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched)
     if jac is not None:
         check_callable(jac, "jac")
         n = y0[0].size if batched else y0.size
@@ -134,7 +141,7 @@ def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, m
         if tuple(getattr(J, "shape", ())) != expected:
             raise ValueError(f"jac must return the Jacobian of shape {expected}; jac(y0) gave "
                              f"{getattr(J, 'shape', type(J).__name__)}")
-    return _solve(fn, y0, solver, args=args, jac=jac, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
+    return _solve(fn, y0, fy0, solver, args=args, jac=jac, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
                   throw=throw, mode="root")
 
 
@@ -152,6 +159,6 @@ def fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps
     >>> sol.success.tolist(), sol.stats["num_steps"] < 20
     ([True, True, True], True)
     """
-    _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched)
-    return _solve(fn, y0, Anderson() if solver is None else solver, args=args, jac=None, atol=atol, rtol=rtol,
+    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched)
+    return _solve(fn, y0, fy0, Anderson() if solver is None else solver, args=args, jac=None, atol=atol, rtol=rtol,
                   max_steps=max_steps, batched=batched, throw=throw, mode="fixed_point")

@@ -22,13 +22,15 @@ __all__ = ["run", "DIVERGENCE_FACTOR"]
 DIVERGENCE_FACTOR = 1e8
 
 
-def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None) -> tuple:
-    """Iterate ``solver`` on ``problem`` from y0 (B, n). Returns ``(best_y, codes, best_res, num_steps, state)``."""
+def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None) -> tuple:
+    """Iterate ``solver`` on ``problem`` from y0 (B, n). Returns ``(best_y, codes, best_res, num_steps, state)``.
+
+    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``)."""
     xp = problem.xp
     batch = problem.batch
     patience = max(25, max_steps // 4) if patience is None else patience
     row_norms = get_kernel("row_norms", xp)
-    f = problem.F(y0)
+    f = problem.F(y0) if f0 is None else f0
     res, y_norm = row_norms(f, y0)
     best_y, best_res = y0.copy(), res.copy()
     res0 = xp.where(xp.isfinite(res), xp.maximum(res, 1e-300), xp.inf)
