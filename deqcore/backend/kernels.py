@@ -32,8 +32,12 @@ class KernelSpec:
 
     ``cuda_ptx_targets`` lists ``("module:kernel_pyfunc", "signature")`` pairs: the raw CUDA kernel
     functions with one signature each, compiled to PTX by the test suite to check they build for sm_90.
-    ``example`` names a function ``example(rng, dtype) -> tuple of NumPy arguments``: the test suite runs
-    every implementation on it and compares the outputs with the reference's.
+    ``example`` names a function ``example(rng, dtype, size="small") -> tuple of NumPy arguments`` (``size``
+    optional; the GPU benchmark asks for ``size="large"``, arguments of a few MiB): the test suite runs
+    every implementation on it and compares the outputs with the reference's (kernels that update arrays in
+    place return them, so they are compared too). ``traffic`` names a function ``traffic(*args) -> int``: the
+    fewest bytes any implementation must read and write for those arguments, which the GPU benchmark divides
+    by the kernel's time to compare it with a device-to-device copy.
     """
 
     name: str
@@ -42,6 +46,7 @@ class KernelSpec:
     numba_cuda: str | None = None
     cuda_ptx_targets: tuple = ()
     example: str | None = None
+    traffic: str | None = None
     _loaded: dict = field(default_factory=dict, repr=False)
 
     def load(self, impl: str) -> Callable:
@@ -65,11 +70,13 @@ def resolve(target: str):
 
 
 def register_kernel(name: str, *, reference: Callable, numba_cpu: str | None = None,
-                    numba_cuda: str | None = None, cuda_ptx_targets=(), example: str | None = None) -> None:
+                    numba_cuda: str | None = None, cuda_ptx_targets=(), example: str | None = None,
+                    traffic: str | None = None) -> None:
     """Register (or replace) a kernel."""
     if not callable(reference):
         raise TypeError("reference must be callable")
-    _REGISTRY[name] = KernelSpec(name, reference, numba_cpu, numba_cuda, tuple(cuda_ptx_targets), example)
+    _REGISTRY[name] = KernelSpec(name, reference, numba_cpu, numba_cuda, tuple(cuda_ptx_targets), example,
+                                 traffic)
 
 
 def registered_kernels() -> dict[str, KernelSpec]:

@@ -58,9 +58,9 @@ _SIG = "void({t}[:, :, :], {t}[:, :, :], int64, float64, float64, {t}[:, :])"
 register_kernel(
     "anderson_weights",
     reference=anderson_weights_reference,
-    numba_cpu="deqcore.root.kernels_numba:anderson_weights_numba_cpu",
-    numba_cuda="deqcore.root.kernels_numba:anderson_weights_numba_cuda",
-    cuda_ptx_targets=[("deqcore.root.kernels_numba:anderson_weights_cuda_kernel", _SIG.format(t=t))
+    numba_cpu="deqcore.root.anderson_kernels_numba:anderson_weights_numba_cpu",
+    numba_cuda="deqcore.root.anderson_kernels_numba:anderson_weights_numba_cuda",
+    cuda_ptx_targets=[("deqcore.root.anderson_kernels_numba:anderson_weights_cuda_kernel", _SIG.format(t=t))
                       for t in ("float64", "float32")],
     example="deqcore.root.anderson_kernels:example",
 )
