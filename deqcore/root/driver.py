@@ -14,26 +14,34 @@ import numpy as np
 
 from ..results import ReturnCode, Solution
 from ..backend import get_kernel
-from . import kernels  # noqa: F401  (registers row_norms)
+from . import kernels  # noqa: F401  (registers row_norms and driver_update)
 
-__all__ = ["run", "DIVERGENCE_FACTOR"]
+__all__ = ["run", "DIVERGENCE_FACTOR", "CHECK_EVERY_DEVICE"]
 
 #: a residual this many times larger than the initial one counts as divergence
 DIVERGENCE_FACTOR = 1e8
+#: steps between "all done?" checks on a GPU (each check waits for the device; measured by benchmarks/bench_gpu.py)
+CHECK_EVERY_DEVICE = 4
 
 
-def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None) -> tuple:
+def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, check_every=None) -> tuple:
     """Iterate ``solver`` on ``problem`` from y0 (B, n). Returns ``(best_y, codes, best_res, num_steps, state)``.
 
-    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``)."""
+    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``).
+    ``check_every``: steps between the host's "all samples done?" checks, the loop's only device-to-host sync
+    (every step on NumPy, where it is free; see :data:`CHECK_EVERY_DEVICE` on a GPU). Samples finish on the
+    device either way; at most ``check_every − 1`` extra steps run after the last one finished."""
     xp = problem.xp
     batch = problem.batch
     patience = max(25, max_steps // 4) if patience is None else patience
-    row_norms = get_kernel("row_norms", xp)
+    if check_every is None:
+        check_every = 1 if xp is np else CHECK_EVERY_DEVICE
+    update = get_kernel("driver_update", xp)
     f = problem.F(y0) if f0 is None else f0
-    res, y_norm = row_norms(f, y0)
+    res, y_norm = get_kernel("row_norms", xp)(f, y0)
     best_y, best_res = y0.copy(), res.copy()
     res0 = xp.where(xp.isfinite(res), xp.maximum(res, 1e-300), xp.inf)
+    limit = (DIVERGENCE_FACTOR * res0).astype(res.dtype)
     codes = xp.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
     done = res <= atol + rtol * y_norm
     codes = xp.where(done, int(ReturnCode.SUCCESS), codes)
@@ -41,32 +49,17 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None) -
     codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
     done = done | bad
     since_best = xp.zeros(batch, dtype=np.int64)
-    limit = DIVERGENCE_FACTOR * res0
-    SUCCESS, DIVERGED, STALLED = (int(c) for c in (ReturnCode.SUCCESS, ReturnCode.DIVERGED, ReturnCode.STALLED))
     state = solver.init(problem, y0, f)
     steps = 0
     while steps < max_steps and not bool(done.all()):
-        state = solver.step(problem, state)
-        steps += 1
-        y = state.y
-        res, y_norm = row_norms(state.f, y)
-        live = ~done
-        improved = live & (res < best_res)
-        xp.copyto(best_y, y, where=improved[:, None])          # in place: no (B, n) temporary
-        xp.copyto(best_res, res, where=improved)
-        since_best += 1
-        xp.copyto(since_best, 0, where=improved)
-        converged = res <= (atol + rtol * y_norm if rtol else atol)
-        exploded = ~(res < limit)                                # non-finite, or DIVERGENCE_FACTOR × the first
-        stalled = since_best >= patience
-        finished = live & (converged | exploded | stalled)
-        outcome = xp.where(converged, SUCCESS, xp.where(exploded, DIVERGED, STALLED))
-        xp.copyto(codes, outcome, where=finished)
-        done |= finished
-        if state.failed is not None:
-            reported = ~done & (state.failed != 0)
-            codes = xp.where(reported, state.failed, codes)
-            done = done | reported
+        for _ in range(min(check_every, max_steps - steps)):
+            state = solver.step(problem, state)
+            steps += 1
+            update(state.f, state.y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience)
+            if state.failed is not None:
+                reported = ~done & (state.failed != 0)
+                xp.copyto(codes, state.failed, where=reported)
+                done |= reported
     return best_y, codes, best_res, steps, state
 
 

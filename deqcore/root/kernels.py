@@ -1,7 +1,12 @@
-"""Fused kernel of the driver loop: per-sample max-norms of the residual and of the iterate in one pass.
+"""Fused kernels of the driver loop.
 
-``row_norms(f, y) -> (max|f| per row, max|y| per row)`` (a row holding NaN gives +inf) replaces four array passes
-and two temporaries of the NumPy form; the CPU version reduces on the floats' bit patterns, which vectorises. Reference, Numba CPU and Numba CUDA versions share one scalar helper.
+``row_norms(f, y) -> (max|f| per row, max|y| per row)`` (a row holding NaN gives +inf): the norms of the first
+iterate. ``driver_update(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience)`` is the
+whole per-step bookkeeping of the driver in one pass per live row: the residual and iterate norms, the best
+iterate (copied into ``best_y`` where the residual improved), the steps since the last improvement, and the
+termination test (converged, diverged, stalled) with its return code; rows already done are not read. It
+replaces about fifteen array operations (each a pass over memory, and on a GPU a launch). The CPU versions
+reduce on the floats' bit patterns, which vectorises; all versions share the scalar helpers.
 
 >>> import numpy as np
 >>> row_norms_reference(np.array([[1.0, -3.0], [np.nan, 0.0]]), np.array([[2.0, 0.0], [0.0, -5.0]]))
@@ -13,8 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_namespace, register_kernel
+from ..results import ReturnCode
 
-__all__ = ["row_norms_reference", "row_norms"]
+__all__ = ["row_norms_reference", "row_norms", "driver_update_reference", "SUCCESS", "DIVERGED", "STALLED"]
+
+SUCCESS, DIVERGED, STALLED = (int(c) for c in (ReturnCode.SUCCESS, ReturnCode.DIVERGED, ReturnCode.STALLED))
+
 
 def row_norms_reference(f, y):
     """Reference (array-namespace) implementation."""
@@ -30,10 +39,66 @@ def row_norms(f, y):
     return get_kernel("row_norms", get_namespace(f))(f, y)
 
 
-def example(rng, dtype):
-    f = rng.standard_normal((3, 45)).astype(dtype)
+def driver_update_reference(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+    """Reference implementation; updates ``best_y``, ``best_res``, ``since_best``, ``codes`` and ``done`` in place
+    and returns them.
+
+    A live row converges when max|f| ≤ atol + rtol·max|y| (atol alone when rtol = 0, so an infinite iterate
+    cannot turn the test into NaN), diverges when max|f| is not below its ``limit`` (non-finite included), and
+    stalls after ``patience`` steps without a lower residual.
+
+    >>> import numpy as np
+    >>> f, y = np.array([[1e-9], [1.0]]), np.array([[1.0], [2.0]])
+    >>> best_y, best_res, since = np.zeros((2, 1)), np.full(2, np.inf), np.zeros(2, np.int64)
+    >>> codes, done, limit = np.zeros(2, np.int64), np.zeros(2, bool), np.full(2, 1e8)
+    >>> out = driver_update_reference(f, y, best_y, best_res, since, codes, done, 1e-6, 0.0, limit, 25)
+    >>> out[0].tolist(), out[4].tolist()                 # both improved; row 0 converged
+    ([[1.0], [2.0]], [True, False])
+    """
+    xp = get_namespace(f)
+    res, y_norm = row_norms_reference(f, y)
+    live = ~done
+    improved = live & (res < best_res)
+    xp.copyto(best_y, y, where=improved[:, None])
+    xp.copyto(best_res, res, where=improved)
+    xp.copyto(since_best, xp.where(improved, 0, since_best + 1), where=live)
+    converged = res <= (atol + rtol * y_norm if rtol else atol)
+    exploded = ~(res < limit)
+    stalled = since_best >= patience
+    finished = live & (converged | exploded | stalled)
+    outcome = xp.where(converged, SUCCESS, xp.where(exploded, DIVERGED, STALLED))
+    xp.copyto(codes, outcome, where=finished)
+    done |= finished
+    return best_y, best_res, since_best, codes, done
+
+
+def example(rng, dtype, size="small"):
+    batch, n = (3, 45) if size == "small" else (4096, 256)
+    f = rng.standard_normal((batch, n)).astype(dtype)
     f[1, 7] = np.nan
-    return f, rng.standard_normal((3, 45)).astype(dtype)
+    return f, rng.standard_normal((batch, n)).astype(dtype)
+
+
+def driver_example(rng, dtype, size="small"):
+    """Rows that converge, improve, stall, diverge (NaN and growth) and rows already done."""
+    batch, n = (12, 45) if size == "small" else (4096, 256)
+    scale = 10.0 ** rng.integers(-9, 2, size=(batch, 1))
+    f = (scale * rng.standard_normal((batch, n))).astype(dtype)
+    f[1, 3] = np.nan
+    y = rng.standard_normal((batch, n)).astype(dtype)
+    best_y = rng.standard_normal((batch, n)).astype(dtype)
+    best_res = (10.0 ** rng.integers(-10, 2, size=batch)).astype(dtype)
+    since_best = rng.integers(0, 30, size=batch).astype(np.int64)
+    codes = np.zeros(batch, dtype=np.int64)
+    done = rng.random(batch) < 0.25
+    limit = (10.0 ** rng.integers(-3, 8, size=batch)).astype(dtype)
+    return f, y, best_y, best_res, since_best, codes, done, 1e-6, 1e-6, limit, 25
+
+
+def driver_traffic(f, y, best_y, best_res, since_best, codes, done, *scalars):
+    """Read f and y, write best_y (its worst case: every row improves), and the per-row vectors."""
+    per_row = sum(a.dtype.itemsize for a in (best_res, since_best, codes, done, scalars[2]))
+    return 3 * f.nbytes + 2 * per_row * f.shape[0]
 
 
 register_kernel(
@@ -44,5 +109,23 @@ register_kernel(
     cuda_ptx_targets=[("deqcore.root.kernels_numba:row_norms_cuda_kernel",
                        f"void({t}[:, :], {t}[:, :], {t}[:], {t}[:])") for t in ("float64", "float32")],
     example="deqcore.root.kernels:example",
+    traffic="deqcore.root.kernels:norms_traffic",
 )
 
+
+def norms_traffic(f, y):
+    return f.nbytes + y.nbytes + 2 * f.shape[0] * f.dtype.itemsize
+
+
+_DRIVER_SIG = ("void({t}[:, :], {t}[:, :], {t}[:, :], {t}[:], int64[:], int64[:], boolean[:], float64, float64, "
+               "{t}[:], int64)")
+register_kernel(
+    "driver_update",
+    reference=driver_update_reference,
+    numba_cpu="deqcore.root.kernels_numba:driver_update_numba_cpu",
+    numba_cuda="deqcore.root.kernels_numba:driver_update_numba_cuda",
+    cuda_ptx_targets=[("deqcore.root.kernels_numba:driver_update_cuda_kernel", _DRIVER_SIG.format(t=t))
+                      for t in ("float64", "float32")],
+    example="deqcore.root.kernels:driver_example",
+    traffic="deqcore.root.kernels:driver_traffic",
+)

@@ -8,7 +8,12 @@ from ..backend import get_namespace
 from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, launch_config, numba
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 
-__all__ = ["row_norms_numba_cpu", "row_norms_numba_cuda", "row_norms_cuda_kernel", "absmax_nan"]
+__all__ = ["row_norms_numba_cpu", "row_norms_numba_cuda", "row_norms_cuda_kernel", "absmax_nan",
+           "driver_update_numba_cpu", "driver_update_numba_cuda", "driver_update_cuda_kernel"]
+
+from .kernels import DIVERGED, STALLED, SUCCESS  # noqa: E402
+
+NO_CODE = -1
 
 THREADS = 128
 
@@ -96,3 +101,127 @@ def row_norms_numba_cuda(f, y):
     else:
         kernel[f.shape[0], threads, cupy_stream()](f, y, out_f, out_y)
     return out_f, out_y
+
+
+# -- the driver's per-step bookkeeping --------------------------------------------------------------------------
+@numba.njit(inline="always")
+def driver_decision(res, y_norm, best, since, atol, rtol, limit, patience):
+    """One live row: (improved, steps since the best residual, return code or NO_CODE)."""
+    improved = res < best
+    since = 0 if improved else since + 1
+    threshold = atol if rtol == 0.0 else atol + rtol * y_norm
+    if res <= threshold:
+        code = SUCCESS
+    elif not (res < limit):
+        code = DIVERGED
+    elif since >= patience:
+        code = STALLED
+    else:
+        code = NO_CODE
+    return improved, since, code
+
+
+@numba.njit(cache=CACHE)
+def _live_row_absmax_bits(f_bits, y_bits, done, magnitude, inf_bits, out_f, out_y):
+    """``_row_absmax_bits`` restricted to the rows not done."""
+    for i in range(f_bits.shape[0]):
+        if done[i]:
+            continue
+        mf = f_bits[i, 0] & magnitude
+        my = y_bits[i, 0] & magnitude
+        for j in range(1, f_bits.shape[1]):
+            a = f_bits[i, j] & magnitude
+            b = y_bits[i, j] & magnitude
+            mf = a if a > mf else mf
+            my = b if b > my else my
+        out_f[i] = inf_bits if mf > inf_bits else mf
+        out_y[i] = inf_bits if my > inf_bits else my
+
+
+@numba.njit(cache=CACHE)
+def _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+    for i in range(res.shape[0]):
+        if done[i]:
+            continue
+        improved, since, code = driver_decision(res[i], y_norm[i], best_res[i], since_best[i], atol, rtol, limit[i],
+                                                patience)
+        since_best[i] = since
+        if improved:
+            best_res[i] = res[i]
+            best_y[i, :] = y[i, :]
+        if code != NO_CODE:
+            codes[i] = code
+            done[i] = True
+
+
+def driver_update_numba_cpu(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+    """Norms of the live rows on bit patterns (vectorised), then the scalar bookkeeping per row."""
+    itype, magnitude, inf_bits = _BITS[f.dtype]
+    res_bits = np.zeros(f.shape[0], dtype=itype)
+    y_bits = np.zeros(f.shape[0], dtype=itype)
+    y = np.ascontiguousarray(y)
+    _live_row_absmax_bits(np.ascontiguousarray(f).view(itype), y.view(itype), done, magnitude, inf_bits, res_bits,
+                          y_bits)
+    _driver_bookkeeping(res_bits.view(f.dtype), y_bits.view(f.dtype), y, best_y, best_res, since_best, codes, done,
+                        float(atol), float(rtol), limit, int(patience))
+    return best_y, best_res, since_best, codes, done
+
+
+_decision_cuda = driver_decision.py_func if cuda_simulator_enabled() else driver_decision
+
+
+def driver_update_cuda_kernel(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+    """One block per row: a shared-memory max-reduction of both norms, thread 0 decides, then the block copies
+    the row into ``best_y`` if it improved. Rows already done return at once."""
+    row = cuda.blockIdx.x
+    if done[row]:
+        return
+    tid = cuda.threadIdx.x
+    shared_f = cuda.shared.array(THREADS, numba.float64)
+    shared_y = cuda.shared.array(THREADS, numba.float64)
+    copy_row = cuda.shared.array(1, numba.int32)
+    mf, my = 0.0, 0.0
+    for j in range(tid, f.shape[1], cuda.blockDim.x):
+        mf = absmax_nan(mf, f[row, j])
+        my = absmax_nan(my, y[row, j])
+    shared_f[tid] = mf
+    shared_y[tid] = my
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if tid < stride:
+            shared_f[tid] = absmax_nan(shared_f[tid], shared_f[tid + stride])
+            shared_y[tid] = absmax_nan(shared_y[tid], shared_y[tid + stride])
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0:
+        res = shared_f[0]
+        improved, since, code = _decision_cuda(res, shared_y[0], best_res[row], since_best[row], atol, rtol,
+                                               limit[row], patience)
+        since_best[row] = since
+        copy_row[0] = 0
+        if improved:
+            best_res[row] = res
+            copy_row[0] = 1
+        if code != NO_CODE:
+            codes[row] = code
+            done[row] = True
+    cuda.syncthreads()
+    if copy_row[0] == 1:
+        for j in range(tid, f.shape[1], cuda.blockDim.x):
+            best_y[row, j] = y[row, j]
+
+
+def driver_update_numba_cuda(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+    """Launch on CuPy's current stream (or on NumPy arrays under the CUDA simulator)."""
+    if "driver_update" not in _compiled:
+        _compiled["driver_update"] = cuda.jit(driver_update_cuda_kernel)
+    kernel = _compiled["driver_update"]
+    xp = get_namespace(f)
+    threads = 32 if cuda_simulator_enabled() else THREADS
+    args = (f, y, best_y, best_res, since_best, codes, done, float(atol), float(rtol), limit, int(patience))
+    if xp is np:
+        kernel[f.shape[0], threads](*args)
+    else:
+        kernel[f.shape[0], threads, cupy_stream()](*args)
+    return best_y, best_res, since_best, codes, done

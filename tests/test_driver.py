@@ -1,0 +1,90 @@
+"""The driver loop's fused bookkeeping: the Numba kernels give the reference's iterates, codes and counts; rows
+finish independently (converged, diverged, stalled); checking for "all done" every k steps changes nothing but
+the number of extra steps."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import deqcore as dq
+from deqcore.root import RootProblem, run
+
+
+def _mixed_batch(rng, batch, n, dtype):
+    """Per-sample maps z ↦ tanh(A_b z + x_b) (contractive), z ↦ 1000 z + 1 (diverging) and z ↦ z + 1 (stalls:
+    the residual never improves)."""
+    A = rng.standard_normal((batch, n, n))
+    A *= 0.6 / np.linalg.norm(A, 2, axis=(1, 2))[:, None, None]
+    x = rng.standard_normal((batch, n))
+    kind = rng.integers(0, 3, size=batch)
+    A, x = A.astype(dtype), x.astype(dtype)
+
+    def g(z):
+        contractive = np.tanh(np.einsum("bij,bj->bi", A, z) + x)
+        out = np.where(kind[:, None] == 0, contractive, np.where(kind[:, None] == 1, 1e3 * z + 1, z + 1))
+        return out.astype(dtype)
+
+    return g, kind
+
+
+def _solve(g, batch, n, dtype, solver, **options):
+    problem = RootProblem(lambda y: g(y) - y, np, dtype, batch, n, fixed_point_map=g)
+    with np.errstate(all="ignore"):            # the diverging samples overflow, as the entry points allow
+        best, codes, res, steps, _ = run(problem, solver, np.zeros((batch, n), dtype), atol=1e-6, rtol=1e-6,
+                                         max_steps=60, patience=8, **options)
+    return best, codes, res, steps, problem.nfev
+
+
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 7), n=st.integers(1, 9),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_fused_bookkeeping_matches_the_reference(seed, batch, n, dtype):
+    g, kind = _mixed_batch(np.random.default_rng(seed), batch, n, dtype)
+    solver = dq.FixedPointIteration()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEQCORE_KERNELS", "reference")
+        reference = _solve(g, batch, n, dtype, solver)
+        patch.setenv("DEQCORE_KERNELS", "numba_cpu")
+        fused = _solve(g, batch, n, dtype, solver)
+    for ref, out in zip(reference, fused):
+        np.testing.assert_array_equal(out, ref)
+    codes = reference[1]
+    assert (codes[kind == 0] == int(dq.ReturnCode.SUCCESS)).all()
+    assert (codes[kind == 1] == int(dq.ReturnCode.DIVERGED)).all()
+    assert (codes[kind == 2] == int(dq.ReturnCode.STALLED)).all()
+
+
+@pytest.mark.parametrize("check_every", [2, 5])
+def test_checking_every_k_steps_only_adds_steps(rng, check_every):
+    g, kind = _mixed_batch(rng, 6, 5, np.float64)
+    every_step = _solve(g, 6, 5, np.float64, dq.Anderson(), check_every=1)
+    sparse = _solve(g, 6, 5, np.float64, dq.Anderson(), check_every=check_every)
+    np.testing.assert_array_equal(sparse[0], every_step[0])            # best iterates
+    np.testing.assert_array_equal(sparse[1], every_step[1])            # return codes
+    assert every_step[3] <= sparse[3] < every_step[3] + check_every    # steps
+    assert sparse[4] - every_step[4] == sparse[3] - every_step[3]      # one f per extra step
+
+
+def test_max_steps_is_respected_with_sparse_checks():
+    g = lambda z: z + 1.0                                              # never converges, never diverges
+    problem = RootProblem(lambda y: g(y) - y, np, np.float64, 1, 1, fixed_point_map=g)
+    _, codes, _, steps, _ = run(problem, dq.FixedPointIteration(), np.zeros((1, 1)), atol=1e-6, rtol=0.0,
+                                max_steps=7, patience=100, check_every=4)
+    assert steps == 7 and codes[0] == int(dq.ReturnCode.MAX_STEPS)
+
+
+def test_device_driver_matches_numpy(xp):
+    # On a GPU: the fused CUDA bookkeeping, with sparse "all done" checks, against the NumPy run.
+    rng = np.random.default_rng(3)
+    g, kind = _mixed_batch(rng, 6, 5, np.float64)
+    expected = _solve(g, 6, 5, np.float64, dq.Anderson(), check_every=1)
+
+    def g_device(z):
+        return xp.asarray(g(xp.asnumpy(z) if hasattr(xp, "asnumpy") else z))
+
+    problem = RootProblem(lambda y: g_device(y) - y, xp, np.float64, 6, 5, fixed_point_map=g_device)
+    with np.errstate(all="ignore"):
+        best, codes, res, steps, _ = run(problem, dq.Anderson(), xp.zeros((6, 5)), atol=1e-6, rtol=1e-6,
+                                         max_steps=60, patience=8)
+    to_host = (lambda a: xp.asnumpy(a)) if hasattr(xp, "asnumpy") else np.asarray
+    np.testing.assert_allclose(to_host(best), expected[0], atol=1e-12)
+    np.testing.assert_array_equal(to_host(codes), expected[1])
