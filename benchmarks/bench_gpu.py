@@ -24,6 +24,7 @@ import numpy as np
 import deqcore as dq
 from deqcore.adjoint.steady_state import FixedPointVJP, SteadyStateAdjoint
 from deqcore.backend import cupy_available, synchronize
+from deqcore.root import driver
 
 
 def _timed(xp, fn, repeats):
@@ -67,12 +68,21 @@ def bench_deq(xp, batch, width, inputs, dtype, tol, repeats):
     for label, radius in (("easy ‖W‖₂=0.9", 0.9),):
         f, vjp, z0 = make_problem(xp, batch, width, inputs, radius, dtype)
         f_time, _ = _timed(xp, lambda: f(z0), max(repeats, 5))
-        for name, solver in (("Anderson", dq.Anderson()), ("Broyden", dq.Broyden()),
-                             ("FixedPointIteration", dq.FixedPointIteration())):
+        for name, solver, check_every in (
+                ("Anderson", dq.Anderson(), None), ("Anderson, host check every step", dq.Anderson(), 1),
+                ("Broyden", dq.Broyden(), None), ("LimitedMemoryBroyden", dq.LimitedMemoryBroyden(), None),
+                ("FixedPointIteration", dq.FixedPointIteration(), None)):
             def forward():
                 return dq.fixed_point(f, z0, solver, atol=tol, rtol=0.0, max_steps=200, batched=True, throw=False)
 
-            fwd_time, sol = _timed(xp, forward, repeats)
+            # the driver's "all done?" host check: every CHECK_EVERY_DEVICE steps by default, every step to
+            # measure what a sync per step costs
+            default_every = driver.CHECK_EVERY_DEVICE
+            driver.CHECK_EVERY_DEVICE = check_every or default_every
+            try:
+                fwd_time, sol = _timed(xp, forward, repeats)
+            finally:
+                driver.CHECK_EVERY_DEVICE = default_every
             g = xp.ones_like(sol.value)
             adjoint = SteadyStateAdjoint(linsolve=dq.GMRES(rtol=1e-4, atol=0.0, restart=20, max_steps=40))
             bwd_time, (_, info) = _timed(xp, lambda: adjoint.gradient(FixedPointVJP(sol.value, vjp, batched=True), g),
