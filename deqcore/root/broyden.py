@@ -19,55 +19,42 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_positive_int, check_tolerance
+from ..backend import get_kernel
 from .base import RootSolver, SolverState
+from . import broyden_kernels  # noqa: F401  (registers broyden_dots and broyden_update)
 
 __all__ = ["Broyden", "LimitedMemoryBroyden"]
-
-
-def _bdot(a, b):
-    """Row-wise inner products of (B, n) arrays."""
-    return (a * b).sum(axis=1)
 
 
 class _LowRankBroyden(RootSolver):
     """Shared mechanics; subclasses choose what happens when memory is full and on stagnation."""
 
+    _limited = False
+
     def _capacity(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _reset_factor(self) -> float:
+        return np.inf
+
     def init(self, problem, y, f):
+        """H = −I: the first step s = −H f = f is a plain fixed-point step."""
         xp, m, (batch, n) = problem.xp, self._capacity(), y.shape
         return SolverState(y, f, U=xp.zeros((batch, m, n), dtype=y.dtype), V=xp.zeros((batch, m, n), dtype=y.dtype),
-                           count=xp.zeros(batch, dtype=np.int64), k=0, Hf=-f)
-
-    @staticmethod
-    def _apply(xp, U, V, x):
-        """H x = −x + Σ uᵢ (vᵢ·x)."""
-        return -x + xp.matmul(xp.matmul(V, x[:, :, None])[:, :, 0][:, None, :], U)[:, 0]
+                           count=xp.zeros(batch, dtype=np.int64), k=0, s=f, y_next=y + f,
+                           kernel=get_kernel("broyden_step", xp))
 
     def step(self, problem, state):
-        """y ← y − H F(y), then the good-Broyden update H ← H + (s − H d) sᵀH / (sᵀH d), s = Δy, d = ΔF.
+        """y ← y + s with s = −H F(y), then the good-Broyden update H ← H + (s − H d) sᵀH / (sᵀH d), s = Δy,
+        d = ΔF, and the next step −H F(y) for the new H.
 
-        Two passes over the stored pairs per step: H F(y_new) (which also gives H d = H F(y_new) + s, as
-        H F(y) = −s) and Hᵀ s; H F for the next step is then updated by the new pair alone."""
-        xp = problem.xp
-        top = min(state.k, self._capacity())            # slots beyond ``top`` are still empty
-        U, V = state.U[:, :top], state.V[:, :top]
-        s = -state.Hf
-        y = state.y + s
+        One fused kernel call, two passes over the stored pairs (see :mod:`deqcore.root.broyden_kernels`): the
+        dot products vᵢ·F(y) and uᵢ·s, then H F(y) and Hᵀ s, the update, the ring store (or restart) and the
+        next step and iterate. Every per-sample decision stays on the device."""
+        y, s = state.y_next, state.s
         f = problem.F(y)
-        d = f - state.f
-        Hf = self._apply(xp, U, V, f)
-        Hd = Hf + s
-        v = self._apply(xp, V, U, s)                     # Hᵀ s: the roles of U and V swap
-        denom = _bdot(v, d)
-        tiny = float(np.finfo(problem.dtype).tiny)
-        scale = xp.maximum(xp.sqrt(_bdot(s, s) * _bdot(d, d)), tiny)
-        usable = xp.isfinite(denom) & (xp.abs(denom) > 1e-12 * scale) & xp.isfinite(f).all(axis=1)
-        u = xp.where(usable[:, None], (s - Hd) / xp.where(usable, denom, 1.0)[:, None], 0)
-        v = xp.where(usable[:, None], v, 0)
-        growth = xp.sqrt(_bdot(f, f) / xp.maximum(_bdot(state.f, state.f), tiny))
-        state.Hf = self._store(xp, state, u, v, usable, growth, Hf + u * _bdot(v, f)[:, None], f)
+        state.y_next, state.s, state.U, state.V, state.count = state.kernel(
+            state.U, state.V, y, f, state.f, s, state.count, state.k, self._limited, self._reset_factor())
         state.y, state.f, state.k = y, f, state.k + 1
         return state
 
@@ -96,15 +83,6 @@ class Broyden(_LowRankBroyden):
     def _capacity(self):
         return self.memory
 
-    def _store(self, xp, state, u, v, usable, growth, Hf, f):
-        """Overwrite the oldest pair; H F loses that pair's term. Returns H F for the new H."""
-        slot = state.k % self.memory
-        if state.k >= self.memory:
-            Hf = Hf - state.U[:, slot] * _bdot(state.V[:, slot], f)[:, None]
-        state.U[:, slot] = u
-        state.V[:, slot] = v
-        return Hf
-
 
 @dataclass(frozen=True)
 class LimitedMemoryBroyden(_LowRankBroyden):
@@ -126,20 +104,10 @@ class LimitedMemoryBroyden(_LowRankBroyden):
         check_positive_int(self.threshold, "threshold")
         check_tolerance(self.reset_factor, "reset_factor")
 
+    _limited = True
+
     def _capacity(self):
         return self.threshold
 
-    def _store(self, xp, state, u, v, usable, growth, Hf, f):
-        """Append the pair, or restart a sample from H = −I (storing nothing). Returns H F for the new H."""
-        reset = (state.count >= self.threshold) | (growth > self.reset_factor)
-        slot = xp.minimum(state.count, self.threshold - 1)
-        rows = xp.arange(state.U.shape[0])
-        keep = ~reset[:, None]
-        state.U[rows, slot] = xp.where(keep, u, 0)
-        state.V[rows, slot] = xp.where(keep, v, 0)
-        state.count = xp.where(reset, 0, state.count + usable.astype(np.int64))
-        if bool(reset.any()):  # one small host check per step; the full-memory clear is rare
-            state.U = xp.where(reset[:, None, None], 0, state.U)
-            state.V = xp.where(reset[:, None, None], 0, state.V)
-            return xp.where(keep, Hf, -f)
-        return Hf
+    def _reset_factor(self):
+        return self.reset_factor
