@@ -10,6 +10,7 @@ problems). Step sizes follow a PI controller; the first step is chosen automatic
 True
 """
 
+from . import kernels  # noqa: F401  (registers the step kernels)
 from .adams import VCAB3, VCABM3
 from .explicit import Tsit5
 from .rosenbrock import Rodas3

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backend import get_kernel
 from .base import Evaluator, ODEMethod, Trial
 from .explicit import bs3_stepper
 
@@ -29,50 +30,73 @@ __all__ = ["VCAB3", "VCABM3", "AdamsStepper"]
 
 
 class AdamsStepper:
-    """Adams–Bashforth 3 (``corrector=False``, one f per step) or PECE Adams–Bashforth–Moulton 3 (two)."""
+    """Adams–Bashforth 3 (``corrector=False``, one f per step) or PECE Adams–Bashforth–Moulton 3 (two).
+
+    The history is the last three derivatives and the last two step sizes (per sample when batched; before
+    two steps are accepted, dummy unit steps keep the divided differences of frozen samples finite). The
+    prediction is one ``adams_predict`` kernel; the correction, its error estimate, scaled norm and
+    ``max|y_new|`` one ``adams_correct_error`` pass.
+    """
 
     error_exponent = 4
 
     def __init__(self, ev: Evaluator, corrector: bool):
         self.ev, self.corrector = ev, corrector
         self.starter = bs3_stepper(ev)
+        self._predict = get_kernel("adams_predict", ev.xp)
+        self._correct = get_kernel("adams_correct_error", ev.xp)
 
     def start(self, t0, y0, f0):
-        B = np.asarray(t0).size
-        # distinct dummy times keep the divided differences of samples frozen during start-up finite
-        self.times = [np.asarray(t0, dtype=float).reshape(B) - k for k in range(3)]
-        self.fs = [f0, f0, f0]
-        self.count = np.zeros(B, dtype=int)
-
-    def attempt(self, t, y, fy, h, active) -> Trial:
-        if self.count[active].min(initial=2) < 2:
-            return self.starter.attempt(t, y, fy, h)
         ev = self.ev
-        t0, t1, t2 = self.times
-        f0, f1, f2 = self.fs
-        hb, h1, h2 = ev.steps(h, y), ev.steps(t0 - t1, y), ev.steps(t1 - t2, y)
-        d1 = (f0 - f1) / h1
-        d2 = (d1 - (f1 - f2) / h2) / (h1 + h2)
-        w2 = hb * hb * (hb / 3.0 + h1 / 2.0)  # ∫_0^h s (s + h₁) ds
-        y_pred = y + hb * (f0 + (0.5 * hb) * d1) + w2 * d2
-        f_pred = ev(t + h, y_pred)
-        e2 = ((f_pred - f0) / hb - d1) / (hb + h1)
-        e3 = (e2 - d2) / (hb + h1 + h2)
-        if not self.corrector:
-            # next Newton term of the explicit formula: ∫_0^h s (s + h₁)(s + h₁ + h₂) ds
-            a, b = h1, h1 + h2
-            w3 = hb * hb * (hb * hb / 4.0 + (a + b) * hb / 3.0 + a * b / 2.0)
-            return Trial(y_pred, f_pred, w3 * e3, self.error_exponent)
-        y_corr = y_pred + w2 * (e2 - d2)
-        # AM4 − AM3: ∫_0^h (s − h) s (s + h₁) ds = −h⁴/12 − h₁h³/6
-        w3 = -hb * hb * hb * (hb / 12.0 + h1 / 6.0)
-        return Trial(y_corr, ev(t + h, y_corr), w3 * e3, self.error_exponent)
+        self.fs = [f0, f0, f0]
+        if ev.batched:
+            self.h1, self.h2 = ev.row_values(1.0, 1.0)
+            self.count = ev.xp.zeros(ev.num_rows, dtype=np.int64)
+        else:
+            self.h1 = self.h2 = 1.0
+            self.count = 0
+        self._starting = True
+
+    def _still_starting(self, active) -> bool:
+        """Whether an active sample has fewer than two accepted steps (once False, it stays False)."""
+        if not self.ev.batched:
+            return self.count < 2
+        pending = self.count < 2 if active is None else active & (self.count < 2)
+        return bool(pending.any())
+
+    def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
+        self._h = h
+        if self._starting:
+            self._starting = self._still_starting(active)
+            if self._starting:
+                return self.starter.attempt(t, y, fy, h, active, tol)
+        ev = self.ev
+        atol, rtol = (1.0, 1.0) if tol is None else tol
+        rows = ev.rows
+        hr, h1, h2 = ev.row_values(h, self.h1, self.h2)
+        f0, f1, f2 = (rows(f) for f in self.fs)
+        yrows = rows(y)
+        y_pred = self._predict(yrows, f0, f1, f2, hr, h1, h2)
+        t_new = t + h if not ev.autonomous else 0.0
+        f_pred = ev(t_new, y_pred.reshape(y.shape))
+        new = ev.xp.empty_like(yrows) if self.corrector else y_pred
+        y_new, err_sq, y_absmax = self._correct(yrows, y_pred, rows(f_pred), f0, f1, f2, hr, h1, h2, new,
+                                                self.corrector, atol, rtol)
+        y_new = y_new.reshape(y.shape)
+        f_new = ev(t_new, y_new) if self.corrector else f_pred
+        return Trial(y_new, f_new, None, self.error_exponent, err_sq=err_sq, y_absmax=y_absmax)
 
     def accept(self, trial, mask, t_new):
-        ev = self.ev
-        shifted = [t_new] + self.times[:2]
-        self.times = [np.where(mask, new, old) for new, old in zip(shifted, self.times)]
+        """Shift the history in the samples that accepted (``mask`` a device bool array, None for all)."""
+        ev, h = self.ev, self._h
+        if mask is None:
+            self.fs = [trial.f1] + self.fs[:2]
+            self.h1, self.h2 = h, self.h1
+            self.count = self.count + 1
+            return
+        xp = ev.xp
         self.fs = [ev.select(mask, new, old) for new, old in zip([trial.f1] + self.fs[:2], self.fs)]
+        self.h1, self.h2 = xp.where(mask, h, self.h1), xp.where(mask, self.h1, self.h2)
         self.count = self.count + mask
 
 

@@ -15,13 +15,14 @@ All functions work per problem: ``batched=True`` gives one norm / step size per 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backend import to_host
 
-__all__ = ["PIController", "rms_norm", "error_norm", "initial_step"]
+__all__ = ["PIController", "pi_factor", "pi_factor_array", "rms_norm", "initial_step"]
 
 SAFETY = 0.9
 FACTOR_MIN = 0.2
@@ -34,10 +35,22 @@ def rms_norm(xp, x, batched: bool):
     return xp.sqrt(xp.mean(x * x, axis=axis))
 
 
-def error_norm(xp, err, y_prev, y_new, atol: float, rtol: float, batched: bool):
-    """RMS(err / (atol + rtol·max(|y_prev|, |y_new|))) as a host array ``(B,)`` (``(1,)`` unbatched)."""
-    scale = atol + rtol * xp.maximum(xp.abs(y_prev), xp.abs(y_new))
-    return np.atleast_1d(to_host(rms_norm(xp, err / scale, batched))).astype(float)
+def pi_factor(err, err_prev, after_reject, exponent):
+    """The PI controller's step-size factor for one problem (plain Python floats; Numba compiles the same
+    function for its kernels): see :class:`PIController`. A non-finite error gives the smallest factor.
+
+    >>> pi_factor(1.0, 1.0, False, 5), pi_factor(0.0, 1.0, False, 5), pi_factor(0.0, 1.0, True, 5)
+    (0.9, 10.0, 1.0)
+    >>> pi_factor(float("nan"), 1.0, False, 5)
+    0.2
+    """
+    e = err if (err > 1e-10 or err != err) else 1e-10
+    if e <= 1.0:
+        factor = SAFETY * e ** (-(0.7 / exponent)) * err_prev ** (0.4 / exponent)
+        return min(max(factor, FACTOR_MIN), 1.0 if after_reject else FACTOR_MAX)
+    if not math.isfinite(e):
+        return FACTOR_MIN
+    return min(max(FACTOR_MIN, SAFETY * e ** (-1.0 / exponent)), 1.0)
 
 
 @dataclass(frozen=True)
@@ -62,12 +75,17 @@ class PIController:
     def factor(self, err, err_prev, after_reject):
         """Factor for the next step from host arrays ``err``, ``err_prev`` and ``after_reject`` (shape (B,));
         call it under ``np.errstate(all="ignore")`` (non-finite errors give the smallest factor)."""
-        err = np.maximum(err, 1e-10)
-        accepted = SAFETY * err ** -self.beta1 * err_prev ** self.beta2
-        accepted = np.minimum(np.maximum(accepted, FACTOR_MIN), np.where(after_reject, 1.0, FACTOR_MAX))
-        rejected = np.minimum(np.maximum(FACTOR_MIN, SAFETY * err ** (-1.0 / self.error_exponent)), 1.0)
-        rejected = np.where(np.isfinite(err), rejected, FACTOR_MIN)
-        return np.where(err <= 1.0, accepted, rejected)
+        return pi_factor_array(np, err, err_prev, after_reject, self.error_exponent)
+
+
+def pi_factor_array(xp, err, err_prev, after_reject, exponent):
+    """:func:`pi_factor` on arrays of the namespace ``xp`` (one factor per sample)."""
+    e = xp.maximum(err, 1e-10)
+    accepted = SAFETY * e ** (-(0.7 / exponent)) * err_prev ** (0.4 / exponent)
+    accepted = xp.minimum(xp.maximum(accepted, FACTOR_MIN), xp.where(after_reject, 1.0, FACTOR_MAX))
+    rejected = xp.minimum(xp.maximum(FACTOR_MIN, SAFETY * e ** (-1.0 / exponent)), 1.0)
+    rejected = xp.where(xp.isfinite(e), rejected, FACTOR_MIN)
+    return xp.where(e <= 1.0, accepted, rejected)
 
 
 def initial_step(xp, f, t0, y0, f0, direction, atol, rtol, error_exponent, batched, span):

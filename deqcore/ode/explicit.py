@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..backend import get_kernel
 from .base import Evaluator, ODEMethod, Trial
 from .tableaus import BS3, TSIT5, ButcherTableau
 
@@ -18,30 +19,53 @@ __all__ = ["Tsit5", "ExplicitRKStepper"]
 
 
 class ExplicitRKStepper:
-    """Takes steps with an FSAL embedded pair; ``stages`` are returned for dense output and adjoints."""
+    """Takes steps with an embedded pair; ``stages`` are returned for dense output and adjoints.
+
+    Each stage input is one ``rk_stage`` kernel over the stage buffer; the error estimate, its scaled norm
+    and ``max|y_new|`` come from one ``rk_combine_error`` pass (``tol=(atol, rtol)``; without ``tol`` no
+    error is computed, as when a step is replayed).
+    """
 
     def __init__(self, ev: Evaluator, tableau: ButcherTableau):
         self.ev, self.tab = ev, tableau
         self.error_exponent = tableau.error_order + 1
-        self._a = ev.xp.asarray(tableau.a, dtype=ev.dtype)
-        self._b_err = ev.xp.asarray(tableau.b_err, dtype=ev.dtype)
+        xp = ev.xp
+        self._a = [xp.asarray(tableau.a[i, :i]) for i in range(tableau.stages)]
+        self._b = xp.asarray(tableau.b)
+        self._e = xp.asarray(tableau.b_err)
+        self._c = [float(c) for c in tableau.c]
+        self._stage = get_kernel("rk_stage", xp)
+        self._combine = get_kernel("rk_combine_error", xp)
 
     def start(self, t0, y0, f0):
         pass
 
-    def attempt(self, t, y, fy, h, active=None) -> Trial:
-        tab, ev, xp = self.tab, self.ev, self.ev.xp
-        hb = ev.steps(h, y)
-        # all stage derivatives in one buffer: each stage input is then one small matrix product
-        ks = xp.empty((tab.stages,) + tuple(y.shape), dtype=y.dtype)
+    def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
+        tab, ev = self.tab, self.ev
+        (hr,) = ev.row_values(h)
+        # all stage derivatives in one buffer, seen as (stages, rows, elements) by the kernels
+        ks = ev.xp.empty((tab.stages,) + tuple(y.shape), dtype=y.dtype)
         ks[0] = fy
-        flat = ks.reshape(tab.stages, -1)
+        krows, yrows = ks.reshape(tab.stages, ev.num_rows, -1), ev.rows(y)
+        timed = not ev.autonomous
         for i in range(1, tab.stages):
-            stage_y = y + hb * (self._a[i, :i] @ flat[:i]).reshape(y.shape)
-            ks[i] = ev(t + tab.c[i] * h, stage_y)
-        err = hb * (self._b_err @ flat).reshape(y.shape)
-        # FSAL: the last stage is evaluated at y_new, so it is f1
-        return Trial(stage_y, ks[-1], err, self.error_exponent, ks)
+            stage_y = self._stage(yrows, krows, self._a[i], hr).reshape(y.shape)
+            ks[i] = ev(t + self._c[i] * h if timed else 0.0, stage_y)
+        if tab.fsal:  # the last stage is evaluated at y_new, so it is f1
+            y1, f1 = stage_y, ks[-1]
+        if tol is None:
+            if not tab.fsal:
+                y1 = self._combine(yrows, krows, self._b, self._e, hr, ev.xp.empty_like(yrows), True, 1.0,
+                                   1.0)[0].reshape(y.shape)
+                f1 = ev(t + h if timed else 0.0, y1)
+            return Trial(y1, f1, None, self.error_exponent, ks)
+        new_rows = ev.rows(y1) if tab.fsal else ev.xp.empty_like(yrows)
+        new_rows, err_sq, y_absmax = self._combine(yrows, krows, self._b, self._e, hr, new_rows, not tab.fsal,
+                                                   tol[0], tol[1])
+        if not tab.fsal:
+            y1 = new_rows.reshape(y.shape)
+            f1 = ev(t + h if timed else 0.0, y1)
+        return Trial(y1, f1, None, self.error_exponent, ks, err_sq=err_sq, y_absmax=y_absmax)
 
     def accept(self, trial, mask, t_new):
         pass

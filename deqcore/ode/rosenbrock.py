@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..linalg import GMRES, LU, LinearOperator
-from .base import Evaluator, ODEMethod, Trial
+from .base import Evaluator, ODEMethod, Trial, host_float
 
 __all__ = ["Rodas3", "RosenbrockStepper"]
 
@@ -62,7 +62,7 @@ class RosenbrockStepper:
         ev, xp = self.ev, self.ev.xp
         self.stats["njev"] += 1
         if self.jac is not None:
-            J = self.jac(float(t[0]) if not ev.autonomous else 0.0, y, *ev.args)
+            J = self.jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
         else:
             flat, f_flat = self._flat(y), self._flat(fy)
             n = flat.shape[-1]
@@ -79,11 +79,11 @@ class RosenbrockStepper:
     def _solver(self, t, y, fy, h):
         """A function ``rhs -> (I/(hγ) − J)^{-1} rhs`` for this step."""
         ev, xp = self.ev, self.ev.xp
-        inv = 1.0 / (_GAMMA * np.asarray(h, dtype=float))
+        inv = 1.0 / (_GAMMA * (xp.asarray(h, dtype=np.float64) if ev.batched else host_float(h)))
         if isinstance(self.linear_solver, LU):
             J = self._jacobian(t, y, fy)
             n = J.shape[-1]
-            scale = xp.asarray(inv, dtype=J.dtype).reshape((-1, 1, 1)) if ev.batched else float(inv[0])
+            scale = xp.asarray(inv, dtype=J.dtype).reshape((-1, 1, 1)) if ev.batched else inv
             fac = self.linear_solver.factor(scale * xp.eye(n, dtype=J.dtype) - J)
 
             def solve(rhs):
@@ -111,13 +111,13 @@ class RosenbrockStepper:
             return self.linear_solver.solve(op, b, x0=b / inv_b).value.reshape(y.shape)
         return solve
 
-    def attempt(self, t, y, fy, h, active=None) -> Trial:
+    def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev = self.ev
         hb = ev.steps(h, y)
         solve = self._solver(t, y, fy, h)
         f_t = None
         if not ev.autonomous:
-            dt = float(np.sqrt(np.finfo(y.dtype).eps)) * max(abs(float(t[0])), 1.0)
+            dt = float(np.sqrt(np.finfo(y.dtype).eps)) * max(abs(host_float(t)), 1.0)
             f_t = (ev(t + dt, y) - fy) / dt
         ks, f_stage = [], fy
         for i in range(4):

@@ -1,0 +1,456 @@
+"""Numba CPU and CUDA versions of the ODE step kernels (loaded lazily through the kernel registry).
+
+Scalar logic (NaN-propagating maxima, the PI factor, the control of one row) is written once as
+``numba.njit(inline="always")`` helpers, called by the CPU loops and the CUDA kernels alike. CUDA kernels
+that reduce over a row run one block per (row, chunk of columns) and leave one partial result per chunk;
+rows longer than ``CHUNK_ELEMENTS`` are split over several blocks and their partials summed afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_namespace
+from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, launch_config, numba
+from .controller import pi_factor as _pi_factor_py
+from .kernels import DIVERGED, DT_TOO_SMALL
+from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+
+__all__ = ["rk_stage_numba_cpu", "rk_stage_numba_cuda", "rk_combine_error_numba_cpu",
+           "rk_combine_error_numba_cuda", "adams_predict_numba_cpu", "adams_predict_numba_cuda",
+           "adams_correct_error_numba_cpu", "adams_correct_error_numba_cuda", "ode_control_numba_cpu",
+           "ode_control_numba_cuda"]
+
+THREADS = 128
+#: columns one CUDA block reduces before a row is split over several blocks
+CHUNK_ELEMENTS = 8 * THREADS
+MAX_CHUNKS = 1024
+
+
+# ---- scalar helpers (CPU and CUDA) ------------------------------------------------------------------------
+
+@numba.njit(inline="always")
+def max_nan(a, b):
+    """max(a, b), NaN if either is NaN (as ``numpy.maximum``)."""
+    return a if (a > b or a != a) else b
+
+
+pi_factor = numba.njit(inline="always")(_pi_factor_py)
+
+
+@numba.njit(inline="always")
+def adams_differences(f0, f1, f2, h1, h2):
+    """First and second divided differences of the last three derivatives."""
+    d1 = (f0 - f1) / h1
+    d2 = (d1 - (f1 - f2) / h2) / (h1 + h2)
+    return d1, d2
+
+
+@numba.njit(inline="always")
+def adams_error_weight(h, h1, h2, corrector):
+    """Weight of the third divided difference in the local error (AM4 − AM3, or the next AB term)."""
+    if corrector:
+        return -h * h * h * (h / 12.0 + h1 / 6.0)
+    p = h1
+    q = h1 + h2
+    return h * h * (h * h / 4.0 + (p + q) * h / 3.0 + p * q / 2.0)
+
+
+@numba.njit(inline="always")
+def control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_reject, active, codes, accepted,
+                rejected, nfe, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev):
+    """Step control of row ``r`` after an attempt (see ``ode_control_reference``)."""
+    hr = h[r]
+    if not active[r]:
+        h_next[r] = hr
+        after_reject[r] = False
+        return
+    if good:
+        last = hr >= abs(t_end - t[r]) * (1.0 - 1e-12)
+        t[r] = t_end if last else t[r] + direction * hr
+        err_prev[r] = max(err, 1e-4)
+    hn = hr * pi_factor(err, err_prev[r], after_reject[r], exponent)
+    h_next[r] = hn
+    after_reject[r] = not good
+    if good:
+        accepted[r] += 1
+    else:
+        rejected[r] += 1
+    nfe[r] = nfev
+    if good and (t[r] == t_end or (steady and res <= atol + rtol * y_absmax[r])):
+        active[r] = False
+    if good and not (y_absmax[r] < big):
+        codes[r] = DIVERGED
+        active[r] = False
+    if active[r] and hn <= 8.0 * eps * max(abs(t[r]), 1.0):
+        codes[r] = DT_TOO_SMALL if math.isfinite(err) else DIVERGED
+        active[r] = False
+
+
+# The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
+if cuda_simulator_enabled():
+    _max_nan, _adams_differences, _adams_error_weight, _control_row = (
+        max_nan.py_func, adams_differences.py_func, adams_error_weight.py_func, control_row.py_func)
+else:
+    _max_nan, _adams_differences, _adams_error_weight, _control_row = (
+        max_nan, adams_differences, adams_error_weight, control_row)
+
+
+# ---- Numba CPU ------------------------------------------------------------------------------------------
+
+@numba.njit(inline="always")
+def _accumulate(acc, coef, ks, r):
+    """acc = Σ_j coef_j ks[j, r] (stage by stage, so each pass vectorises)."""
+    m = acc.shape[0]
+    for i in range(m):
+        acc[i] = 0.0
+    for j in range(coef.shape[0]):
+        c = coef[j]
+        for i in range(m):
+            acc[i] += c * ks[j, r, i]
+
+
+@numba.njit(cache=CACHE)
+def _rk_stage_cpu(y, ks, a, h, out):
+    rows, m = y.shape
+    acc = np.empty(m)
+    for r in range(rows):
+        _accumulate(acc, a, ks, r)
+        hr = h[r]
+        for i in range(m):
+            out[r, i] = y[r, i] + hr * acc[i]
+
+
+def rk_stage_numba_cpu(y, ks, a, h):
+    out = np.empty(y.shape, dtype=y.dtype)
+    _rk_stage_cpu(y, ks, a, h, out)
+    return out
+
+
+@numba.njit(cache=CACHE)
+def _rk_combine_cpu(y, ks, b, e, h, y_new, compute_new, atol, rtol, err_sq, y_absmax):
+    rows, m = y.shape
+    acc = np.empty(m)
+    for r in range(rows):
+        hr = h[r]
+        if compute_new:
+            _accumulate(acc, b, ks, r)
+            for i in range(m):
+                y_new[r, i] = y[r, i] + hr * acc[i]
+        _accumulate(acc, e, ks, r)
+        total = 0.0
+        top = 0.0
+        for i in range(m):
+            a_new = abs(y_new[r, i])
+            q = hr * acc[i] / (atol + rtol * max_nan(abs(y[r, i]), a_new))
+            total += q * q
+            top = max_nan(top, a_new)
+        err_sq[r] = total
+        y_absmax[r] = top
+
+
+def rk_combine_error_numba_cpu(y, ks, b, e, h, y_new, compute_new, atol, rtol):
+    err_sq = np.empty(y.shape[0])
+    y_absmax = np.empty(y.shape[0])
+    _rk_combine_cpu(y, ks, b, e, h, y_new, bool(compute_new), float(atol), float(rtol), err_sq, y_absmax)
+    return y_new, err_sq, y_absmax
+
+
+@numba.njit(cache=CACHE)
+def _adams_predict_cpu(y, f0, f1, f2, h, h1, h2, out):
+    rows, m = y.shape
+    for r in range(rows):
+        hr, a, b = h[r], h1[r], h2[r]
+        w2 = hr * hr * (hr / 3.0 + a / 2.0)
+        half = 0.5 * hr
+        for i in range(m):
+            d1, d2 = adams_differences(f0[r, i], f1[r, i], f2[r, i], a, b)
+            out[r, i] = y[r, i] + hr * (f0[r, i] + half * d1) + w2 * d2
+
+
+def adams_predict_numba_cpu(y, f0, f1, f2, h, h1, h2):
+    out = np.empty(y.shape, dtype=y.dtype)
+    _adams_predict_cpu(y, f0, f1, f2, h, h1, h2, out)
+    return out
+
+
+@numba.njit(cache=CACHE)
+def _adams_correct_cpu(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, corrector, atol, rtol, err_sq,
+                       y_absmax):
+    rows, m = y.shape
+    for r in range(rows):
+        hr, a, b = h[r], h1[r], h2[r]
+        w2 = hr * hr * (hr / 3.0 + a / 2.0)
+        w3 = adams_error_weight(hr, a, b, corrector)
+        total = 0.0
+        top = 0.0
+        for i in range(m):
+            d1, d2 = adams_differences(f0[r, i], f1[r, i], f2[r, i], a, b)
+            e2 = ((f_pred[r, i] - f0[r, i]) / hr - d1) / (hr + a)
+            e3 = (e2 - d2) / (hr + a + b)
+            if corrector:
+                y_new[r, i] = y_pred[r, i] + w2 * (e2 - d2)
+            a_new = abs(y_new[r, i])
+            q = w3 * e3 / (atol + rtol * max_nan(abs(y[r, i]), a_new))
+            total += q * q
+            top = max_nan(top, a_new)
+        err_sq[r] = total
+        y_absmax[r] = top
+
+
+def adams_correct_error_numba_cpu(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, corrector, atol, rtol):
+    err_sq = np.empty(y.shape[0])
+    y_absmax = np.empty(y.shape[0])
+    _adams_correct_cpu(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, bool(corrector), float(atol),
+                       float(rtol), err_sq, y_absmax)
+    return y_new, err_sq, y_absmax
+
+
+@numba.njit(cache=CACHE)
+def _control_cpu(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes, accepted,
+                 rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev):
+    rows, m = f_new.shape
+    n_ok = 0
+    n_active = 0
+    for r in range(rows):
+        err = math.sqrt(err_sq[r] / m)
+        good = active[r] and err <= 1.0
+        res = 0.0
+        if steady and good:
+            for i in range(m):
+                res = max_nan(res, abs(f_new[r, i]))
+        control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_reject, active, codes,
+                    accepted, rejected, nfe, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev)
+        ok[r] = good
+        n_ok += good
+        n_active += active[r]
+    summary[0] = n_ok
+    summary[1] = n_active
+
+
+def ode_control_numba_cpu(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes,
+                          accepted, rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol,
+                          rtol, big, eps, nfev):
+    _control_cpu(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes, accepted,
+                 rejected, nfe, ok, summary, float(t_end), float(direction), int(exponent), bool(steady),
+                 float(atol), float(rtol), float(big), float(eps), int(nfev))
+    return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok, summary
+
+
+# ---- Numba CUDA -----------------------------------------------------------------------------------------
+
+def rk_stage_cuda_kernel(y, ks, a, h, out):
+    """Grid-stride over all elements; each sums its stages."""
+    rows, m = y.shape
+    for idx in range(cuda.grid(1), rows * m, cuda.gridsize(1)):
+        r = idx // m
+        i = idx - r * m
+        acc = 0.0
+        for j in range(a.shape[0]):
+            acc += a[j] * ks[j, r, i]
+        out[r, i] = y[r, i] + h[r] * acc
+
+
+def rk_combine_error_cuda_kernel(y, ks, b, e, h, y_new, compute_new, atol, rtol, part_sum, part_max):
+    """Block (row, chunk): strides over its share of the row's columns, then a shared-memory reduction."""
+    r = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    m = y.shape[1]
+    hr = h[r]
+    total = 0.0
+    top = 0.0
+    step = cuda.blockDim.x * cuda.gridDim.y
+    for i in range(cuda.blockIdx.y * cuda.blockDim.x + tid, m, step):
+        if compute_new:
+            acc = 0.0
+            for j in range(b.shape[0]):
+                acc += b[j] * ks[j, r, i]
+            y_new[r, i] = y[r, i] + hr * acc
+        acc = 0.0
+        for j in range(e.shape[0]):
+            acc += e[j] * ks[j, r, i]
+        a_new = abs(y_new[r, i])
+        q = hr * acc / (atol + rtol * _max_nan(abs(y[r, i]), a_new))
+        total += q * q
+        top = _max_nan(top, a_new)
+    shared_sum = cuda.shared.array(THREADS, numba.float64)
+    shared_max = cuda.shared.array(THREADS, numba.float64)
+    shared_sum[tid] = total
+    shared_max[tid] = top
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if tid < stride:
+            shared_sum[tid] += shared_sum[tid + stride]
+            shared_max[tid] = _max_nan(shared_max[tid], shared_max[tid + stride])
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0:
+        part_sum[r, cuda.blockIdx.y] = shared_sum[0]
+        part_max[r, cuda.blockIdx.y] = shared_max[0]
+
+
+def adams_predict_cuda_kernel(y, f0, f1, f2, h, h1, h2, out):
+    rows, m = y.shape
+    for idx in range(cuda.grid(1), rows * m, cuda.gridsize(1)):
+        r = idx // m
+        i = idx - r * m
+        hr, a, b = h[r], h1[r], h2[r]
+        d1, d2 = _adams_differences(f0[r, i], f1[r, i], f2[r, i], a, b)
+        w2 = hr * hr * (hr / 3.0 + a / 2.0)
+        out[r, i] = y[r, i] + hr * (f0[r, i] + (0.5 * hr) * d1) + w2 * d2
+
+
+def adams_correct_error_cuda_kernel(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, corrector, atol, rtol,
+                                    part_sum, part_max):
+    r = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    m = y.shape[1]
+    hr, a, b = h[r], h1[r], h2[r]
+    w2 = hr * hr * (hr / 3.0 + a / 2.0)
+    w3 = _adams_error_weight(hr, a, b, corrector)
+    total = 0.0
+    top = 0.0
+    step = cuda.blockDim.x * cuda.gridDim.y
+    for i in range(cuda.blockIdx.y * cuda.blockDim.x + tid, m, step):
+        d1, d2 = _adams_differences(f0[r, i], f1[r, i], f2[r, i], a, b)
+        e2 = ((f_pred[r, i] - f0[r, i]) / hr - d1) / (hr + a)
+        e3 = (e2 - d2) / (hr + a + b)
+        if corrector:
+            y_new[r, i] = y_pred[r, i] + w2 * (e2 - d2)
+        a_new = abs(y_new[r, i])
+        q = w3 * e3 / (atol + rtol * _max_nan(abs(y[r, i]), a_new))
+        total += q * q
+        top = _max_nan(top, a_new)
+    shared_sum = cuda.shared.array(THREADS, numba.float64)
+    shared_max = cuda.shared.array(THREADS, numba.float64)
+    shared_sum[tid] = total
+    shared_max[tid] = top
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if tid < stride:
+            shared_sum[tid] += shared_sum[tid + stride]
+            shared_max[tid] = _max_nan(shared_max[tid], shared_max[tid + stride])
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0:
+        part_sum[r, cuda.blockIdx.y] = shared_sum[0]
+        part_max[r, cuda.blockIdx.y] = shared_max[0]
+
+
+def ode_control_cuda_kernel(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes,
+                            accepted, rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol,
+                            rtol, big, eps, nfev):
+    """One block per row: the block reduces max|f_new| of the row when its convergence is tested, then
+    thread 0 runs the row's control and counts it into ``summary`` (atomics)."""
+    r = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    m = f_new.shape[1]
+    err = math.sqrt(err_sq[r] / m)
+    good = active[r] and err <= 1.0
+    res = 0.0
+    if steady and good:  # the same for every thread of the block
+        shared = cuda.shared.array(THREADS, numba.float64)
+        top = 0.0
+        for i in range(tid, m, cuda.blockDim.x):
+            top = _max_nan(top, abs(f_new[r, i]))
+        shared[tid] = top
+        cuda.syncthreads()
+        stride = cuda.blockDim.x // 2
+        while stride > 0:
+            if tid < stride:
+                shared[tid] = _max_nan(shared[tid], shared[tid + stride])
+            cuda.syncthreads()
+            stride //= 2
+        res = shared[0]
+    if tid == 0:
+        _control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_reject, active, codes,
+                     accepted, rejected, nfe, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev)
+        ok[r] = good
+        if good:
+            cuda.atomic.add(summary, 0, 1)
+        if active[r]:
+            cuda.atomic.add(summary, 1, 1)
+
+
+_compiled = {}
+
+
+def _kernel(name, fn):
+    if name not in _compiled:
+        _compiled[name] = cuda.jit(fn)
+    return _compiled[name]
+
+
+def _threads():
+    return 32 if cuda_simulator_enabled() else THREADS
+
+
+def _launch(kernel, xp, grid, threads, *args):
+    if xp is np:
+        kernel[grid, threads](*args)
+    else:
+        kernel[grid, threads, cupy_stream()](*args)
+
+
+def _row_partials(xp, rows, m, threads):
+    """(grid, partial sums, partial maxima) of a reduction over each row's ``m`` columns."""
+    chunks = max(1, min(MAX_CHUNKS, -(-m // max(CHUNK_ELEMENTS, threads))))
+    return (rows, chunks), xp.empty((rows, chunks)), xp.empty((rows, chunks))
+
+
+def _finish(xp, part_sum, part_max):
+    if part_sum.shape[1] == 1:
+        return part_sum[:, 0], part_max[:, 0]
+    return part_sum.sum(axis=1), part_max.max(axis=1)
+
+
+def rk_stage_numba_cuda(y, ks, a, h):
+    xp = get_namespace(y)
+    out = xp.empty(y.shape, dtype=y.dtype)
+    blocks, threads = launch_config(y.size, _threads())
+    _launch(_kernel("rk_stage", rk_stage_cuda_kernel), xp, blocks, threads, y, ks, a, h, out)
+    return out
+
+
+def rk_combine_error_numba_cuda(y, ks, b, e, h, y_new, compute_new, atol, rtol):
+    xp = get_namespace(y)
+    threads = _threads()
+    grid, part_sum, part_max = _row_partials(xp, y.shape[0], y.shape[1], threads)
+    _launch(_kernel("rk_combine_error", rk_combine_error_cuda_kernel), xp, grid, threads, y, ks, b, e, h,
+            y_new, bool(compute_new), float(atol), float(rtol), part_sum, part_max)
+    return (y_new,) + _finish(xp, part_sum, part_max)
+
+
+def adams_predict_numba_cuda(y, f0, f1, f2, h, h1, h2):
+    xp = get_namespace(y)
+    out = xp.empty(y.shape, dtype=y.dtype)
+    blocks, threads = launch_config(y.size, _threads())
+    _launch(_kernel("adams_predict", adams_predict_cuda_kernel), xp, blocks, threads, y, f0, f1, f2, h, h1,
+            h2, out)
+    return out
+
+
+def adams_correct_error_numba_cuda(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, corrector, atol, rtol):
+    xp = get_namespace(y)
+    threads = _threads()
+    grid, part_sum, part_max = _row_partials(xp, y.shape[0], y.shape[1], threads)
+    _launch(_kernel("adams_correct_error", adams_correct_error_cuda_kernel), xp, grid, threads, y, y_pred,
+            f_pred, f0, f1, f2, h, h1, h2, y_new, bool(corrector), float(atol), float(rtol), part_sum,
+            part_max)
+    return (y_new,) + _finish(xp, part_sum, part_max)
+
+
+def ode_control_numba_cuda(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes,
+                           accepted, rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol,
+                           rtol, big, eps, nfev):
+    xp = get_namespace(err_sq)
+    summary[...] = 0
+    _launch(_kernel("ode_control", ode_control_cuda_kernel), xp, err_sq.shape[0], _threads(), err_sq,
+            y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok,
+            summary, float(t_end), float(direction), int(exponent), bool(steady), float(atol), float(rtol),
+            float(big), float(eps), int(nfev))
+    return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok, summary

@@ -1,0 +1,305 @@
+"""The fused ODE step kernels against their references, and the solvers with fused kernels against the same
+solvers on the reference implementations.
+
+tests/test_kernels.py runs every kernel's registered example; here: edge cases (NaN rows, one row, one stage,
+the prediction-only Adams path, rows split over several CUDA blocks), random shapes, the control kernel's
+decisions one by one, and whole solves (same steps, same values to round-off)."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import deqcore as dq
+from deqcore.backend import kernels as registry
+from deqcore.ode import driver, kernels_numba
+from deqcore.ode.base import Evaluator
+from deqcore.ode.controller import PIController, pi_factor
+from deqcore.ode.explicit import ExplicitRKStepper
+from deqcore.ode.tableaus import BS3, TSIT5, ButcherTableau
+from deqcore.results import ReturnCode
+
+IMPLS = ["numba_cpu", "numba_cuda"]
+
+
+def _impl(name, impl):
+    return registry.registered_kernels()[name].load(impl)
+
+
+def _same(out, ref, dtype=np.float64):
+    tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    assert len(outs) == len(refs)
+    for o, r in zip(outs, refs):
+        o, r = np.asarray(o), np.asarray(r)
+        assert o.shape == r.shape
+        if o.dtype == bool or o.dtype.kind == "i":
+            np.testing.assert_array_equal(o, r)
+        else:
+            np.testing.assert_allclose(o, r, rtol=tol, atol=tol)
+
+
+def _run_both(name, impl, args, dtype=np.float64):
+    """Reference and ``impl`` on fresh copies of ``args`` (kernels may write into their arguments)."""
+    fresh = lambda: [a.copy() if isinstance(a, np.ndarray) else a for a in args]  # noqa: E731
+    ref = registry.registered_kernels()[name].reference(*fresh())
+    _same(_impl(name, impl)(*fresh()), ref, dtype)
+    return ref
+
+
+# ---- stage combination and error sums ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stage_and_error_on_one_row_with_one_stage(impl, dtype):
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((1, 7)).astype(dtype)
+    ks = rng.standard_normal((2, 1, 7)).astype(dtype)
+    h = np.array([0.25])
+    _run_both("rk_stage", impl, (y, ks, np.array([0.5]), h), dtype)
+    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, (y, ks, np.array([1.0]), np.array([0.5, -0.5]), h,
+                                                                np.empty_like(y), True, 1e-3, 1e-2), dtype)
+    # by hand: y_new = y + h k0, err = h (k0 − k1)/2, scaled by atol + rtol max(|y|, |y_new|)
+    np.testing.assert_allclose(y_new, y + dtype(0.25) * ks[0], rtol=1e-6)
+    scale = 1e-3 + 1e-2 * np.maximum(np.abs(y), np.abs(y_new)).astype(float)
+    np.testing.assert_allclose(err_sq, [np.sum((0.125 * (ks[0] - ks[1]).astype(float) / scale) ** 2)], rtol=1e-5)
+    np.testing.assert_allclose(y_max, [np.abs(y_new).max()], rtol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nan_rows_stay_in_their_row(impl):
+    rng = np.random.default_rng(1)
+    y = rng.standard_normal((3, 5))
+    ks = rng.standard_normal((4, 3, 5))
+    ks[2, 1, 3] = np.nan
+    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, (y, ks, BS3.b.copy(), BS3.b_err.copy(),
+                                                                np.full(3, 0.1), np.empty_like(y), True, 1e-6, 1e-6))
+    assert np.isnan(err_sq[1]) and np.isnan(y_max[1])
+    assert np.isfinite(err_sq[[0, 2]]).all() and np.isfinite(y_max[[0, 2]]).all()
+    assert np.isnan(y_new[1, 3]) and np.isfinite(np.delete(y_new[1], 3)).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_given_new_state_is_only_read(impl):
+    """FSAL: the new state comes in (here with an infinity: its row's maximum is inf, its error finite)."""
+    rng = np.random.default_rng(2)
+    y = rng.standard_normal((2, 6))
+    y_new = rng.standard_normal((2, 6))
+    y_new[0, 2] = np.inf
+    ks = rng.standard_normal((7, 2, 6))
+    before = y_new.copy()
+    out, err_sq, y_max = _run_both("rk_combine_error", impl, (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(),
+                                                              np.array([0.1, 0.2]), y_new, False, 1e-6, 1e-3))
+    np.testing.assert_array_equal(out, before)
+    assert y_max[0] == np.inf and np.isfinite(err_sq).all()
+
+
+def test_rows_longer_than_one_cuda_block_are_split(monkeypatch):
+    """A row reduced by several blocks (partial sums and maxima, then combined) equals the reference."""
+    monkeypatch.setattr(kernels_numba, "CHUNK_ELEMENTS", 8)
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((2, 80))
+    ks = rng.standard_normal((7, 2, 80))
+    ks[1, 1, 70] = np.nan                  # in the second chunk of row 1
+    grid, _, _ = kernels_numba._row_partials(np, 2, 80, 32)
+    assert grid == (2, 3)
+    _run_both("rk_combine_error", "numba_cuda", (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(), np.array([0.1, 0.3]),
+                                                 np.empty_like(y), True, 1e-6, 1e-3))
+    f = rng.standard_normal((2, 80))
+    _run_both("adams_correct_error", "numba_cuda", (y, y + 0.1 * f, f, f, f * 0.5, f * 0.25, np.array([0.1, 0.2]),
+                                                    np.array([0.1, 0.1]), np.array([0.2, 0.05]), np.empty_like(y),
+                                                    True, 1e-6, 1e-3))
+
+
+@settings(max_examples=20)
+@given(rows=st.integers(1, 4), m=st.integers(1, 40), stages=st.integers(1, 7), seed=st.integers(0, 2**31 - 1),
+       compute_new=st.booleans())
+def test_random_shapes_on_the_cpu(rows, m, stages, seed, compute_new):
+    rng = np.random.default_rng(seed)
+    y = rng.standard_normal((rows, m))
+    ks = rng.standard_normal((7, rows, m))
+    a, e = rng.standard_normal(stages), rng.standard_normal(stages)
+    h = 10.0 ** rng.uniform(-4, 0, rows) * rng.choice([-1.0, 1.0], rows)
+    _run_both("rk_stage", "numba_cpu", (y, ks, a, h))
+    _run_both("rk_combine_error", "numba_cpu", (y, ks, a, e, h, y + rng.standard_normal((rows, m)), compute_new,
+                                                1e-6, 1e-4))
+
+
+# ---- Adams -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("corrector", [True, False])
+def test_adams_kernels(impl, corrector):
+    rng = np.random.default_rng(4)
+    y, f0, f1, f2, f_pred = (rng.standard_normal((3, 10)) for _ in range(5))
+    h, h1, h2 = np.array([0.1, -0.2, 0.05]), np.array([0.1, -0.1, 0.2]), np.array([0.3, -0.1, 0.05])
+    f_pred[2, 4] = np.nan
+    y_pred = _run_both("adams_predict", impl, (y, f0, f1, f2, h, h1, h2))
+    new = np.empty_like(y) if corrector else y_pred
+    y_new, err_sq, y_max = _run_both("adams_correct_error", impl, (y, y_pred, f_pred, f0, f1, f2, h, h1, h2, new,
+                                                                   corrector, 1e-6, 1e-3))
+    if not corrector:
+        np.testing.assert_array_equal(y_new, y_pred)
+    assert np.isnan(err_sq[2]) and np.isfinite(err_sq[:2]).all()
+
+
+def test_adams_prediction_is_exact_for_quadratic_derivatives():
+    """AB3 integrates the quadratic through the last three derivatives exactly; AM3 with f_pred = f(t+h) too,
+    and then the error estimate of a quadratic f vanishes."""
+    f = lambda t: 1.0 - 2.0 * t + 3.0 * t * t  # noqa: E731
+    F = lambda t: t - t * t + t ** 3  # noqa: E731
+    t0, h, h1, h2 = 0.4, 0.15, 0.1, 0.2
+    row = lambda v: np.array([[v]])  # noqa: E731
+    args = (row(F(t0)), row(f(t0)), row(f(t0 - h1)), row(f(t0 - h1 - h2)), *(np.array([v]) for v in (h, h1, h2)))
+    for impl in ("reference", "numba_cpu"):
+        kernel = registry.get_kernel("adams_predict", np, impl)
+        y_pred = kernel(*args)
+        np.testing.assert_allclose(y_pred, row(F(t0 + h)), rtol=1e-13)
+        correct = registry.get_kernel("adams_correct_error", np, impl)
+        y_new, err_sq, _ = correct(args[0], y_pred, row(f(t0 + h)), *args[1:], np.empty((1, 1)), True, 1e-6, 0.0)
+        np.testing.assert_allclose(y_new, row(F(t0 + h)), rtol=1e-13)
+        assert err_sq[0] < 1e-20
+
+
+# ---- step control ------------------------------------------------------------------------------------------
+
+@settings(max_examples=50)
+@given(err=st.floats(0.0, 1e6) | st.just(math.nan) | st.just(math.inf), err_prev=st.floats(1e-4, 1.0),
+       after_reject=st.booleans(), exponent=st.integers(2, 6))
+def test_scalar_pi_factor_equals_the_array_controller(err, err_prev, after_reject, exponent):
+    with np.errstate(all="ignore"):
+        expected = PIController(exponent).factor(np.array([err]), np.array([err_prev]), np.array([after_reject]))
+    assert pi_factor(err, err_prev, after_reject, exponent) == float(expected[0])
+
+
+def _control_args(err, h, t, active, after_reject=False, f_max=1.0, y_max=1.0, t_end=math.inf, steady=True):
+    rows = len(err)
+    f_new = np.full((rows, 4), 0.0)
+    f_new[:, 0] = f_max
+    n = lambda v: np.asarray(v, dtype=float) * np.ones(rows)  # noqa: E731
+    return [4 * n(err) ** 2, n(y_max), f_new, n(t), n(h), np.zeros(rows), np.full(rows, 0.5),
+            np.full(rows, after_reject), np.asarray(active), np.zeros(rows, dtype=np.int64),
+            np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64),
+            np.zeros(rows, dtype=bool), np.zeros(2, dtype=np.int64), t_end, 1.0, 4, steady, 1e-6, 1e-6, 1e150,
+            float(np.finfo(float).eps), 9]
+
+
+@pytest.mark.parametrize("impl", ["reference"] + IMPLS)
+def test_control_decisions(impl):
+    control = registry.get_kernel("ode_control", np, impl)
+    # rows: accepted; rejected; accepted and converged; accepted but blown up; NaN error; step vanishes; idle
+    args = _control_args(err=[0.5, 2.0, 0.5, 0.5, math.nan, 2.0, 0.5], h=[0.1, 0.1, 0.1, 0.1, 0.1, 1e-17, 0.1],
+                         t=[1.0] * 7, active=[True] * 6 + [False],
+                         f_max=[1.0, 1.0, 1e-9, 1.0, 1.0, 1.0, 1.0], y_max=[1.0, 1.0, 1.0, np.inf, 1.0, 1.0, 1.0])
+    t, h_next, err_prev, after_reject, active, codes, acc, rej, nfe, ok, summary = control(*args)
+    np.testing.assert_array_equal(ok, [True, False, True, True, False, False, False])
+    np.testing.assert_allclose(t, [1.1, 1.0, 1.1, 1.1, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(err_prev[:3], [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(h_next[0], 0.1 * pi_factor(0.5, 0.5, False, 4))
+    np.testing.assert_allclose(h_next[1], 0.1 * pi_factor(2.0, 0.5, False, 4))
+    assert h_next[4] == pytest.approx(0.02) and h_next[6] == 0.1
+    np.testing.assert_array_equal(active, [True, True, False, False, True, False, False])
+    np.testing.assert_array_equal(codes, [0, 0, 0, int(ReturnCode.DIVERGED), 0, int(ReturnCode.DT_TOO_SMALL), 0])
+    np.testing.assert_array_equal(after_reject, [False, True, False, False, True, True, False])
+    np.testing.assert_array_equal(acc + rej, [1] * 6 + [0])
+    np.testing.assert_array_equal(nfe, [9] * 6 + [0])
+    np.testing.assert_array_equal(summary, [3, 3])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_control_reaches_a_finite_end_and_agrees_with_the_reference(impl):
+    args = _control_args(err=[0.1, 0.5, 0.9, 1.5], h=[0.5, 0.2, 0.3, 0.1], t=[0.5, 0.5, 0.2, 0.9],
+                         active=[True] * 4, after_reject=True, t_end=1.0, steady=False)
+    out = _run_both("ode_control", impl, args)
+    assert out[0][0] == 1.0                                          # lands exactly on t_end, and stops
+    np.testing.assert_allclose(out[0][1:], [0.7, 0.5, 0.9])
+    np.testing.assert_array_equal(out[4], [False, True, True, True])
+    assert out[1][0] == 0.5                                          # no growth after a rejection
+
+
+# ---- whole solves: fused kernels against the references --------------------------------------------------------
+
+def _deq_map(seed, B, n):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((n, n))
+    W *= 0.8 / np.linalg.norm(W, 2)
+    X = rng.standard_normal((B, n))
+    return lambda t, z: np.tanh(z @ W.T + X) - z
+
+
+def _van_der_pol(t, y):
+    return np.array([y[1], 2.0 * (1.0 - y[0] ** 2) * y[1] - y[0]])
+
+
+def _solve_all(monkeypatch, mode):
+    monkeypatch.setenv("DEQCORE_KERNELS", mode)
+    g = _deq_map(5, 6, 4)
+    out = []
+    for solver in (dq.Tsit5(), dq.VCABM3(), dq.VCAB3(), dq.Rodas3()):
+        batched = dq.steady_state(g, np.zeros((6, 4)), solver, atol=1e-8, rtol=1e-8, batched=True,
+                                  max_steps=3000)
+        single = dq.steady_state(lambda t, z: g(t, z[None])[0], np.zeros(4), solver, atol=1e-8, rtol=1e-8)
+        ode = dq.integrate(_van_der_pol, np.array([2.0, 0.0]), (0.0, 3.0), solver, atol=1e-7, rtol=1e-7,
+                           saveat=[1.0, 2.5])
+        back = dq.integrate(_van_der_pol, np.array([2.0, 0.0]), (0.0, -0.5), solver, atol=1e-7, rtol=1e-7)
+        out.append([(batched.value, batched.stats["nfe"], batched.result),
+                    (single.value, single.stats["nfev"], single.residual),
+                    (ode.ys, ode.stats["nfev"], ode.stats["rejected"]),
+                    (back.ys[-1], back.stats["nfev"], back.ts.size)])
+    return out
+
+
+def test_solves_with_fused_kernels_equal_the_reference_ones(monkeypatch):
+    fused, reference = _solve_all(monkeypatch, "auto"), _solve_all(monkeypatch, "reference")
+    for per_solver_fused, per_solver_ref in zip(fused, reference):
+        for (value, count, extra), (value_ref, count_ref, extra_ref) in zip(per_solver_fused, per_solver_ref):
+            np.testing.assert_allclose(value, value_ref, rtol=1e-11, atol=1e-12)
+            np.testing.assert_array_equal(count, count_ref)
+            np.testing.assert_allclose(extra, extra_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_steady_state_on_fused_kernels():
+    g = _deq_map(6, 5, 8)
+    z0 = np.zeros((5, 8), dtype=np.float32)
+    sol = dq.steady_state(lambda t, z: g(t, z).astype(np.float32), z0, atol=1e-4, rtol=1e-4, batched=True)
+    assert sol.value.dtype == np.float32 and sol.success.all()
+    assert (sol.residual <= 1e-4 * (1 + np.abs(sol.value).max(axis=1))).all()
+
+
+def test_batched_loop_moves_two_counts_to_the_host_per_step(monkeypatch):
+    calls = []
+    real = driver.to_host
+    monkeypatch.setattr(driver, "to_host", lambda x: calls.append(np.shape(x)) or real(x))
+    sol = dq.steady_state(_deq_map(7, 4, 3), np.zeros((4, 3)), atol=1e-6, rtol=1e-6, batched=True)
+    steps = sol.stats["num_steps"]
+    assert calls[:steps] == [(2,)] * steps and len(calls) == steps + 5  # + t, codes and counters at the end
+
+
+# ---- steppers ---------------------------------------------------------------------------------------------
+
+def test_tableau_without_fsal_computes_the_new_state_in_the_error_pass():
+    no_fsal = ButcherTableau(BS3.a, BS3.b, BS3.c, BS3.b_err, BS3.order, BS3.error_order, fsal=False)
+    y0 = np.array([2.0, 0.0])
+    trials = []
+    for tab in (BS3, no_fsal):
+        ev = Evaluator(np, _van_der_pol, (), False, False, y0.shape, y0.dtype)
+        stepper = ExplicitRKStepper(ev, tab)
+        trials.append(stepper.attempt(0.0, y0, ev(0.0, y0), 0.05, None, (1e-6, 1e-6)))
+        trials.append(stepper.attempt(0.0, y0, ev(0.0, y0), 0.05))   # a replay: no error computed
+        assert trials[-1].err_sq is None
+    for trial in trials[1:]:
+        np.testing.assert_allclose(trial.y1, trials[0].y1, rtol=1e-14)
+        np.testing.assert_allclose(trial.f1, trials[0].f1, rtol=1e-14)
+    np.testing.assert_allclose(trials[2].err_sq, trials[0].err_sq, rtol=1e-12)
+
+
+def test_kernels_are_registered_with_examples_traffic_and_ptx_targets():
+    for name in ("rk_stage", "rk_combine_error", "adams_predict", "adams_correct_error", "ode_control"):
+        spec = registry.registered_kernels()[name]
+        args = registry.resolve(spec.example)(np.random.default_rng(0), np.float32)
+        assert registry.resolve(spec.traffic)(*args) > 0
+        assert len(spec.cuda_ptx_targets) == 2
+
