@@ -1,13 +1,29 @@
-"""Fused kernel of Anderson mixing: the weights of the small per-sample least-squares problem.
+"""Fused kernel of Anderson mixing: one whole step of the ring update, the small solve and the mixing.
 
-``anderson_weights(gram, newest, ridge, floor) -> alpha`` solves (H + λI) w = 1 for every sample's Gram matrix H
-(B, c, c) of its last c residuals, with λ = ridge·trace(H)/c + floor (scaled to the Gram matrix, never absolute),
-and returns α = w / Σw (so Σα = 1). A sample whose system is singular or non-finite gets α = e_newest (a plain
-step from the newest iterate). NumPy's batched ``linalg.solve`` costs far more than the arithmetic for these
-tiny systems (and raises for the whole batch when one is singular); the Numba versions eliminate each system
-in place with partial pivoting.
+``anderson_step(G, F, H, y, f, slot, count, beta, ridge, floor) -> (y_new, G, F, H)`` takes each sample's
+ring of mapped iterates G (B, m, n), residuals F (B, m, n), their Gram matrix H (B, m, m), the current iterate
+y (B, n) and its residual f (B, n). In place it stores G[:, slot] = y + beta·f and F[:, slot] = f and sets
+row and column ``slot`` of H to ⟨F_i, f⟩ for the ``count`` slots in use (slots 0 … count − 1; the others are
+never read nor written). Then it solves (Hc + λI) w = 1 per sample for the used block Hc, with
+λ = ridge·trace(Hc)/count + floor (scaled to the Gram matrix, never absolute), in float64, takes α = w / Σw
+(so Σα = 1; a sample whose system is singular or non-finite gets α = e_slot, a plain step from the newest
+iterate) and returns y_new = Σ α_i G_i. The arrays updated in place are returned too.
+
+The reference runs six array operations and NumPy's batched solve (which costs far more than the arithmetic
+for these tiny systems); the Numba versions do all of it in one pass per sample: write the slot and form the
+``count`` dot products, eliminate the small system with partial pivoting, mix. The CUDA version holds the
+small system in static shared memory, so histories are capped at :data:`HISTORY_CAP` slots there.
 
 >>> import numpy as np
+>>> G, F, H = np.zeros((1, 3, 2)), np.zeros((1, 3, 2)), np.zeros((1, 3, 3))
+>>> y_new, G, F, H = anderson_step_reference(G, F, H, np.array([[1.0, 2.0]]), np.array([[0.5, -1.0]]),
+...                                          0, 1, 1.0, 0.0, 0.0)
+>>> y_new                                      # one slot in use: a plain step y + beta·f
+array([[1.5, 1. ]])
+>>> H[0]                                       # row and column 0 hold ⟨f, f⟩; unused slots untouched
+array([[1.25, 0.  , 0.  ],
+       [0.  , 0.  , 0.  ],
+       [0.  , 0.  , 0.  ]])
 >>> anderson_weights_reference(np.array([[[2.0, 0.0], [0.0, 1.0]]]), 1, 0.0, 0.0)
 array([[0.33333333, 0.66666667]])
 """
@@ -18,49 +34,95 @@ import numpy as np
 
 from ..backend import get_namespace, register_kernel
 
-__all__ = ["anderson_weights_reference", "anderson_weights"]
+__all__ = ["anderson_step_reference", "anderson_step", "anderson_weights_reference", "HISTORY_CAP"]
+
+#: the most history slots the CUDA kernel's static shared memory holds (``Anderson.history_size`` ≤ this)
+HISTORY_CAP = 32
 
 
 def anderson_weights_reference(gram, newest, ridge, floor):
-    """Reference (array-namespace) implementation."""
+    """α (B, c) with Σα = 1 from the Gram matrices ``gram`` (B, c, c): (H + λI) w = 1 solved in float64,
+    α = w/Σw, and α = e_newest for a sample whose system is singular or non-finite."""
     xp = get_namespace(gram)
     batch, count, _ = gram.shape
+    gram = gram.astype(xp.float64)
     lam = ridge * xp.trace(gram, axis1=1, axis2=2) / count + floor
-    system = gram + lam[:, None, None] * xp.eye(count, dtype=gram.dtype)
-    fallback = xp.zeros((batch, count), dtype=gram.dtype)
-    fallback[:, newest] = 1
+    system = gram + lam[:, None, None] * xp.eye(count, dtype=xp.float64)
+    rhs = xp.ones((batch, count, 1), dtype=xp.float64)
     try:
-        w = xp.linalg.solve(system, xp.ones((batch, count, 1), dtype=gram.dtype))[:, :, 0]
-    except np.linalg.LinAlgError:
-        return fallback
+        w = xp.linalg.solve(system, rhs)[:, :, 0]
+    except np.linalg.LinAlgError:  # NumPy raises for the whole batch: solve the samples one by one
+        w = xp.full((batch, count), xp.nan)
+        for b in range(batch):
+            try:
+                w[b] = xp.linalg.solve(system[b], rhs[b])[:, 0]
+            except np.linalg.LinAlgError:
+                pass
     total = w.sum(axis=1, keepdims=True)
     ok = xp.isfinite(total) & (total != 0)
     alpha = w / xp.where(ok, total, 1)
     good = ok[:, 0] & xp.isfinite(alpha).all(axis=1)
+    fallback = xp.zeros((batch, count), dtype=xp.float64)
+    fallback[:, newest] = 1
     return xp.where(good[:, None], alpha, fallback)
 
 
-def anderson_weights(gram, newest, ridge, floor):
-    """The registered implementation for the namespace of ``gram``."""
+def anderson_step_reference(G, F, H, y, f, slot, count, beta, ridge, floor):
+    """Reference (array-namespace) implementation; updates ``G``, ``F`` and ``H`` in place."""
+    xp = get_namespace(G)
+    G[:, slot] = y + beta * f
+    F[:, slot] = f
+    column = xp.matmul(F[:, :count], f[:, :, None])[:, :, 0]           # ⟨F_i, f⟩ for the used slots
+    H[:, slot, :count] = column
+    H[:, :count, slot] = column
+    alpha = anderson_weights_reference(H[:, :count, :count], slot, ridge, floor).astype(G.dtype)
+    y_new = xp.matmul(alpha[:, None, :], G[:, :count])[:, 0]
+    return y_new, G, F, H
+
+
+def anderson_step(G, F, H, y, f, slot, count, beta, ridge, floor):
+    """The registered implementation for the namespace of ``G``."""
     from ..backend import get_kernel
 
-    return get_kernel("anderson_weights", get_namespace(gram))(gram, newest, ridge, floor)
+    return get_kernel("anderson_step", get_namespace(G))(G, F, H, y, f, slot, count, beta, ridge, floor)
 
 
-def example(rng, dtype):
-    a = rng.standard_normal((40, 6, 9)).astype(dtype)
-    gram = a @ a.transpose(0, 2, 1)
-    gram[3] = 0.0                          # singular: falls back to the newest slot
-    return gram, 2, 1e-8, float(np.sqrt(np.finfo(dtype).tiny))
+def example(rng, dtype, size="small"):
+    """A ring not yet full whose unused slots hold NaN (reading one would show), one sample whose residual
+    holds NaN (falls back to a plain step) and one whose residual is zero (a zero Gram matrix)."""
+    batch, m, n, count = (5, 6, 45, 4) if size == "small" else (1024, 10, 256, 10)
+    G = rng.standard_normal((batch, m, n)).astype(dtype)
+    F = rng.standard_normal((batch, m, n)).astype(dtype)
+    H = (F @ F.transpose(0, 2, 1)).astype(dtype)
+    G[:, count:] = F[:, count:] = np.nan
+    H[:, count:, :] = H[:, :, count:] = np.nan
+    y = rng.standard_normal((batch, n)).astype(dtype)
+    f = (0.1 * rng.standard_normal((batch, n))).astype(dtype)
+    if size == "small":
+        f[1, 3] = np.nan
+        f[2] = 0.0
+        F[2] = 0.0
+        H[2, :count, :count] = 0.0
+    floor = float(np.sqrt(np.finfo(dtype).tiny))
+    return G, F, H, y, f, count - 1, count, 1.0, 1e-8, floor
 
 
-_SIG = "void({t}[:, :, :], {t}[:, :, :], int64, float64, float64, {t}[:, :])"
+def traffic(G, F, H, y, f, slot, count, *scalars):
+    """Read y, f, the used rows of F and G and the used block of H; write both slot rows, H's row and column
+    ``slot`` and y_new."""
+    batch, _, n = G.shape
+    return G.dtype.itemsize * batch * (n * (2 + 2 * count + 2 + 1) + count * count + 2 * count)
+
+
+_SIG = ("void({t}[:, :, :], {t}[:, :, :], {t}[:, :, :], {t}[:, :], {t}[:, :], int64, int64, float64, "
+        "float64, float64, {t}[:, :])")
 register_kernel(
-    "anderson_weights",
-    reference=anderson_weights_reference,
-    numba_cpu="deqcore.root.anderson_kernels_numba:anderson_weights_numba_cpu",
-    numba_cuda="deqcore.root.anderson_kernels_numba:anderson_weights_numba_cuda",
-    cuda_ptx_targets=[("deqcore.root.anderson_kernels_numba:anderson_weights_cuda_kernel", _SIG.format(t=t))
+    "anderson_step",
+    reference=anderson_step_reference,
+    numba_cpu="deqcore.root.anderson_kernels_numba:anderson_step_numba_cpu",
+    numba_cuda="deqcore.root.anderson_kernels_numba:anderson_step_numba_cuda",
+    cuda_ptx_targets=[("deqcore.root.anderson_kernels_numba:anderson_step_cuda_kernel", _SIG.format(t=t))
                       for t in ("float64", "float32")],
     example="deqcore.root.anderson_kernels:example",
+    traffic="deqcore.root.anderson_kernels:traffic",
 )

@@ -1,23 +1,23 @@
-"""Numba CPU and CUDA versions of the Anderson kernels (loaded lazily through the kernel registry)."""
+"""Numba CPU and CUDA versions of the fused Anderson step (loaded lazily through the kernel registry)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, launch_config, numba
+from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
+from .anderson_kernels import HISTORY_CAP
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 
-__all__ = ["anderson_weights_numba_cpu", "anderson_weights_numba_cuda", "anderson_weights_cuda_kernel",
+__all__ = ["anderson_step_numba_cpu", "anderson_step_numba_cuda", "anderson_step_cuda_kernel",
            "solve_anderson_system"]
 
 _compiled = {}
 
-
 @numba.njit(inline="always")
 def solve_anderson_system(gram, work, newest, ridge, floor, alpha):
-    """One sample: (H + λI) w = 1 by elimination with partial pivoting in ``work`` (c, c + 1), α = w/Σw,
-    else α = e_newest. Shared by the CPU loop and the CUDA kernel."""
+    """One sample: (H + λI) w = 1 by elimination with partial pivoting in ``work`` (at least c × (c + 1)),
+    α = w/Σw in ``alpha``, else α = e_newest. Shared by the CPU loop and the CUDA kernel."""
     c = gram.shape[0]
     trace = 0.0
     for i in range(c):
@@ -71,39 +71,130 @@ def solve_anderson_system(gram, work, newest, ridge, floor, alpha):
 _solve_system_cuda = solve_anderson_system.py_func if cuda_simulator_enabled() else solve_anderson_system
 
 
+# -- CPU -----------------------------------------------------------------------------------------------------
+@numba.njit(fastmath={"reassoc", "contract"})
+def _dot(a, b):
+    """Σ a_j b_j in float64; reassociation lets LLVM vectorise the sum."""
+    acc = 0.0
+    for j in range(a.shape[0]):
+        acc += np.float64(a[j]) * np.float64(b[j])
+    return acc
+
+
+@numba.njit(inline="always")
+def _step_sample(G, F, H, y, f, slot, count, beta, ridge, floor, work, alpha, acc, y_new):
+    """Sample b's whole step (arrays already indexed by the sample): write the slot, the dot products, the
+    small solve, the mixing (accumulated in float64 in ``acc``). Only slots below ``count`` are touched."""
+    n = y.shape[0]
+    for j in range(n):
+        G[slot, j] = y[j] + beta * f[j]
+        F[slot, j] = f[j]
+    for i in range(count):
+        d = _dot(F[i], f)
+        H[slot, i] = d
+        H[i, slot] = d
+    solve_anderson_system(H[:count, :count], work, slot, ridge, floor, alpha)
+    a = alpha[0]
+    for j in range(n):
+        acc[j] = a * G[0, j]
+    for i in range(1, count):
+        a = alpha[i]
+        for j in range(n):
+            acc[j] += a * G[i, j]
+    for j in range(n):
+        y_new[j] = acc[j]
+
+
 @numba.njit(cache=CACHE)
-def _anderson_weights_loop(gram, work, newest, ridge, floor, alpha):
-    for b in range(gram.shape[0]):
-        solve_anderson_system(gram[b], work[b], newest, ridge, floor, alpha[b])
+def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new):
+    work = np.empty((count, count + 1))
+    alpha = np.empty(count)
+    acc = np.empty(y.shape[1])
+    for b in range(y.shape[0]):
+        _step_sample(G[b], F[b], H[b], y[b], f[b], slot, count, beta, ridge, floor, work, alpha, acc,
+                     y_new[b])
 
 
-def anderson_weights_numba_cpu(gram, newest, ridge, floor):
-    batch, c, _ = gram.shape
-    alpha = np.empty((batch, c), dtype=gram.dtype)
-    work = np.empty((batch, c, c + 1), dtype=gram.dtype)
-    _anderson_weights_loop(np.ascontiguousarray(gram), work, int(newest), float(ridge), float(floor), alpha)
-    return alpha
+def anderson_step_numba_cpu(G, F, H, y, f, slot, count, beta, ridge, floor):
+    """One pass per sample (see ``anderson_kernels``), on one thread.
+
+    Threads over the samples (``parallel=True``, ``prange``) were measured on 2 cores and not kept: 1.2-2x
+    faster at batch 64 x width 256 on an idle machine, but 0.7-0.8x at batch 1024 x width 1024 (bound by
+    memory bandwidth) and up to 50x slower whenever another process holds one of the cores (the parallel
+    region waits a scheduler time slice, about 7 ms, for the descheduled thread)."""
+    y_new = np.empty_like(y)
+    _step_loop(G, F, H, np.ascontiguousarray(y), np.ascontiguousarray(f), int(slot), int(count), float(beta),
+               float(ridge), float(floor), y_new)
+    return y_new, G, F, H
 
 
-def anderson_weights_cuda_kernel(gram, work, newest, ridge, floor, alpha):
-    """One thread per sample (the systems are tiny); ``work`` is per-sample scratch in global memory."""
-    b = cuda.grid(1)
-    if b < gram.shape[0]:
-        _solve_system_cuda(gram[b], work[b], newest, ridge, floor, alpha[b])
+# -- CUDA ----------------------------------------------------------------------------------------------------
+THREADS = 128   # threads per block (a power of two); the simulator runs 32
+CHUNK = 8       # dot products reduced together in shared memory
+_WORK_COLS = HISTORY_CAP + 1   # shared-array shapes must be compile-time constants
 
 
-def anderson_weights_numba_cuda(gram, newest, ridge, floor):
-    if "anderson_weights" not in _compiled:
-        _compiled["anderson_weights"] = cuda.jit(anderson_weights_cuda_kernel)
-    kernel = _compiled["anderson_weights"]
-    xp = get_namespace(gram)
-    batch, c, _ = gram.shape
-    gram = xp.ascontiguousarray(gram)
-    alpha = xp.empty((batch, c), dtype=gram.dtype)
-    work = xp.empty((batch, c, c + 1), dtype=gram.dtype)
-    blocks, threads = launch_config(batch, 64)
+def anderson_step_cuda_kernel(G, F, H, y, f, slot, count, beta, ridge, floor, y_new):
+    """One block per sample. Pass 1: the threads stride over the columns, write the slot and form the partial
+    dot products ⟨F_i, f⟩ (float64), reduced in shared memory ``CHUNK`` slots at a time; thread 0 solves the
+    small system in shared memory; pass 2 mixes y_new = Σ α_i G_i (float64 sums)."""
+    b = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    n = y.shape[1]
+    red = cuda.shared.array((CHUNK, THREADS), numba.float64)
+    work = cuda.shared.array((HISTORY_CAP, _WORK_COLS), numba.float64)
+    alpha = cuda.shared.array(HISTORY_CAP, numba.float64)
+    for j in range(tid, n, threads):
+        fj = f[b, j]
+        G[b, slot, j] = y[b, j] + beta * fj
+        F[b, slot, j] = fj
+    for start in range(0, count, CHUNK):
+        stop = min(start + CHUNK, count)
+        for i in range(start, stop):
+            acc = 0.0
+            for j in range(tid, n, threads):
+                acc += np.float64(F[b, i, j]) * np.float64(f[b, j])
+            red[i - start, tid] = acc
+        cuda.syncthreads()
+        rows = stop - start
+        stride = threads // 2
+        while stride > 0:
+            for k in range(tid, rows * stride, threads):
+                r = k // stride
+                t = k - r * stride
+                red[r, t] += red[r, t + stride]
+            cuda.syncthreads()
+            stride //= 2
+        if tid < rows:
+            d = red[tid, 0]
+            H[b, slot, start + tid] = d
+            H[b, start + tid, slot] = d
+        cuda.syncthreads()
+    if tid == 0:
+        _solve_system_cuda(H[b, :count, :count], work, slot, ridge, floor, alpha)
+    cuda.syncthreads()
+    for j in range(tid, n, threads):
+        acc = 0.0
+        for i in range(count):
+            acc += alpha[i] * G[b, i, j]
+        y_new[b, j] = acc
+
+
+def anderson_step_numba_cuda(G, F, H, y, f, slot, count, beta, ridge, floor):
+    """Launch on CuPy's current stream (or on NumPy arrays under the CUDA simulator); no host sync."""
+    if not 0 < count <= min(HISTORY_CAP, G.shape[1]) or not 0 <= slot < count:
+        raise ValueError(f"need 0 <= slot < count <= min({HISTORY_CAP}, history size), got slot={slot}, "
+                         f"count={count}")
+    if "anderson_step" not in _compiled:
+        _compiled["anderson_step"] = cuda.jit(anderson_step_cuda_kernel)
+    kernel = _compiled["anderson_step"]
+    xp = get_namespace(G)
+    y_new = xp.empty_like(y)
+    threads = 32 if cuda_simulator_enabled() else THREADS
+    args = (G, F, H, y, f, int(slot), int(count), float(beta), float(ridge), float(floor), y_new)
     if xp is np:
-        kernel[blocks, threads](gram, work, int(newest), float(ridge), float(floor), alpha)
+        kernel[G.shape[0], threads](*args)
     else:
-        kernel[blocks, threads, cupy_stream()](gram, work, int(newest), float(ridge), float(floor), alpha)
-    return alpha
+        kernel[G.shape[0], threads, cupy_stream()](*args)
+    return y_new, G, F, H

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._checks import check_positive_int, check_probability, check_tolerance
 from ..backend import get_kernel
-from . import anderson_kernels  # noqa: F401  (registers anderson_weights)
+from .anderson_kernels import HISTORY_CAP  # (importing it registers anderson_step)
 from .base import RootSolver, SolverState
 
 __all__ = ["FixedPointIteration", "Anderson"]
@@ -54,7 +54,9 @@ class Anderson(RootSolver):
     minimising ‖Σ αᵢ fᵢ‖ and steps to Σ αᵢ (yᵢ + beta·fᵢ). The ridge added to the residuals' Gram matrix is
     ``ridge`` times its mean diagonal (never an absolute constant, which would slow convergence at tight
     tolerances), and at least a few ulps of the dtype; a sample whose small system still fails takes a plain
-    damped step instead.
+    damped step instead. Each iteration is one fused kernel (``anderson_step``: ring update, Gram column,
+    small solve and mixing in one pass per sample); ``history_size`` is at most 32, the slots its GPU version
+    holds in shared memory.
 
     Defaults from measurement (``benchmarks/bench_root.py``, batch 64, width 256, tolerance 1e-6, per-sample
     stopping): on the hard DEQ map (spectral radius 1.5) histories 5 / 10 / 20 need 147 / 122 / 96
@@ -73,6 +75,10 @@ class Anderson(RootSolver):
 
     def __post_init__(self):
         check_positive_int(self.history_size, "history_size")
+        if self.history_size > HISTORY_CAP:
+            raise ValueError(f"history_size must be <= {HISTORY_CAP} (the fused GPU step holds each sample's "
+                             f"small system in shared memory; 10 to 30 is the useful range), "
+                             f"got {self.history_size}")
         check_tolerance(self.beta, "beta")
         if self.beta == 0:
             raise ValueError("beta must be > 0")
@@ -80,27 +86,18 @@ class Anderson(RootSolver):
 
     def init(self, problem, y, f):
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
+        finfo = np.finfo(problem.dtype)
+        ridge, floor = max(self.ridge, 10 * float(finfo.eps)), float(np.sqrt(finfo.tiny))
         ring = dict(G=xp.zeros((batch, m, n), dtype=y.dtype), F=xp.zeros((batch, m, n), dtype=y.dtype))
         return SolverState(y, f, k=0, H=xp.zeros((batch, m, m), dtype=y.dtype),
-                           weights=get_kernel("anderson_weights", xp), **ring)
+                           fused_step=get_kernel("anderson_step", xp), ridge=ridge, floor=floor, **ring)
 
     def step(self, problem, state):
-        """Store (y + beta·f, f) in the ring, add ⟨fᵢ, f⟩ to the Gram matrix, mix with the fused weights."""
-        xp = problem.xp
-        m = self.history_size
-        slot = state.k % m
-        count = min(state.k + 1, m)
-        state.G[:, slot] = state.y + self.beta * state.f
-        state.F[:, slot] = state.f
-        column = xp.matmul(state.F, state.f[:, :, None])[:, :, 0]         # ⟨f_i, f_new⟩ for every slot
-        state.H[:, slot, :] = column
-        state.H[:, :, slot] = column
-        finfo = np.finfo(problem.dtype)
-        alpha = state.weights(state.H[:, :count, :count], slot, max(self.ridge, 10 * float(finfo.eps)),
-                              float(np.sqrt(finfo.tiny)))
-        if count < m:  # unused slots hold zeros: pad α so the mixing reads the contiguous ring
-            alpha = xp.concatenate([alpha, xp.zeros((alpha.shape[0], m - count), dtype=alpha.dtype)], axis=1)
-        y = xp.matmul(alpha[:, None, :], state.G)[:, 0]
+        """One fused kernel stores (y + beta·f, f) in the ring, adds ⟨fᵢ, f⟩ to the Gram matrix, solves for
+        the weights and mixes; only the ``count`` slots filled so far are read."""
+        m, k = self.history_size, state.k
+        y, state.G, state.F, state.H = state.fused_step(state.G, state.F, state.H, state.y, state.f, k % m,
+                                                        min(k + 1, m), self.beta, state.ridge, state.floor)
         _, f = problem.G(y)
         state.y, state.f, state.k = y, f, state.k + 1
         return state

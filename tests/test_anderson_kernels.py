@@ -1,0 +1,146 @@
+"""The fused Anderson step: every implementation against the reference at every state of the ring (filling
+and wrapped), unused slots never read nor written, per-sample fallbacks, and Anderson's iterates unchanged
+by the choice of implementation."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import deqcore as dq
+from deqcore.backend import get_kernel
+from deqcore.root.anderson_kernels import HISTORY_CAP, anderson_step_reference
+
+IMPLS = ["numba_cpu", "numba_cuda"]
+
+
+def _ring(rng, batch, m, n, k, dtype):
+    """The ring before step k (0-based): slots below min(k, m) filled, the rest NaN; H the filled slots' Gram
+    matrix (NaN elsewhere). Returns the step's arguments."""
+    filled = min(k, m)
+    G = np.full((batch, m, n), np.nan, dtype=dtype)
+    F = np.full((batch, m, n), np.nan, dtype=dtype)
+    H = np.full((batch, m, m), np.nan, dtype=dtype)
+    G[:, :filled] = rng.standard_normal((batch, filled, n))
+    F[:, :filled] = rng.standard_normal((batch, filled, n))
+    H[:, :filled, :filled] = F[:, :filled] @ F[:, :filled].transpose(0, 2, 1)
+    y = rng.standard_normal((batch, n)).astype(dtype)
+    f = (0.5 * rng.standard_normal((batch, n))).astype(dtype)
+    floor = float(np.sqrt(np.finfo(dtype).tiny))
+    return G, F, H, y, f, k % m, min(k + 1, m), 0.7, 1e-8, floor
+
+
+def _run(impl, args):
+    fn = anderson_step_reference if impl == "reference" else get_kernel("anderson_step", np, impl=impl)
+    out = fn(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
+    return tuple(np.asarray(o) for o in out)
+
+
+def _assert_same(out, ref, dtype):
+    tol = 1e-4 if np.dtype(dtype) == np.float32 else 1e-11
+    for o, r in zip(out, ref):
+        np.testing.assert_allclose(o, r, rtol=tol, atol=tol)      # NaN exactly where the reference has NaN
+
+
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 5), m=st.integers(1, 7), extra=st.integers(0, 60),
+       k=st.integers(0, 20), dtype=st.sampled_from([np.float32, np.float64]))
+def test_cpu_step_matches_reference_at_every_ring_state(seed, batch, m, extra, k, dtype):
+    # n ≥ 2m + 4 keeps the random Gram matrices well conditioned, so float32 roundoff stays within tolerance
+    args = _ring(np.random.default_rng(seed), batch, m, 2 * m + 4 + extra, k, dtype)
+    ref = _run("reference", args)
+    _assert_same(_run("numba_cpu", args), ref, dtype)
+    count = args[6]
+    y_new, G, F, H = ref
+    assert np.isnan(G[:, count:]).all() and np.isnan(F[:, count:]).all()      # unused slots: not written
+    assert np.isnan(H[:, count:, :]).all() and np.isnan(H[:, :, count:]).all()
+    assert np.isfinite(y_new).all()                                            # ... and not read
+
+
+@pytest.mark.parametrize("batch,m,n,k", [(2, 4, 40, 1), (2, 4, 40, 6), (1, 3, 5, 2), (3, 1, 33, 4)],
+                         ids=["filling", "wrapped", "batch1_narrow", "history1"])
+def test_cuda_step_matches_reference(batch, m, n, k):
+    for dtype in (np.float32, np.float64):
+        args = _ring(np.random.default_rng(k), batch, m, n, k, dtype)
+        _assert_same(_run("numba_cuda", args), _run("reference", args), dtype)
+
+
+@pytest.mark.parametrize("impl", ["reference"] + IMPLS)
+def test_failed_samples_take_a_plain_step_and_leave_the_others_alone(impl):
+    # Sample 0 has a NaN residual, sample 1 a zero one with no ridge (a singular system: NumPy's batched solve
+    # raises for the whole batch, so the reference solves sample by sample), sample 2 is regular.
+    rng = np.random.default_rng(3)
+    G, F, H, y, f, slot, count, beta, _, _ = _ring(rng, 3, 3, 6, 5, np.float64)
+    f[0, 2] = np.nan
+    F[1], H[1], f[1] = 0.0, 0.0, 0.0
+    args = (G, F, H, y, f, slot, count, beta, 0.0, 0.0)
+    y_new, G_out, _, H_out = _run(impl, args)
+    np.testing.assert_array_equal(y_new[:2], G_out[:2, slot])                   # α = e_slot: y + beta·f
+    assert np.isnan(y_new[0, 2]) and np.isfinite(y_new[1:]).all()
+    alpha = np.linalg.solve(H_out[2], np.ones(count))
+    np.testing.assert_allclose(y_new[2], (alpha / alpha.sum()) @ G_out[2], rtol=1e-10)
+
+
+def _deq_map(rng, batch, n, radius):
+    W = rng.standard_normal((n, n))
+    W *= radius / np.abs(np.linalg.eigvals(W)).max()
+    x = rng.standard_normal((batch, n))
+    return lambda z: np.tanh(z @ W.T + x)
+
+
+def _iterates(fn, y0, solver, impl, monkeypatch, **options):
+    seen = []
+
+    def recorded(z):
+        seen.append(z.copy())
+        return fn(z)
+
+    monkeypatch.setenv("DEQCORE_KERNELS", impl)
+    sol = dq.fixed_point(recorded, y0, solver, rtol=0.0, batched=True, throw=False, **options)
+    return sol, seen
+
+
+@pytest.mark.parametrize("radius,atol,tol", [(0.7, 1e-12, 1e-13), (1.5, 1e-10, 1e-11)],
+                         ids=["contractive", "hard"])
+def test_anderson_iterates_do_not_depend_on_the_implementation(radius, atol, tol, monkeypatch):
+    fn = _deq_map(np.random.default_rng(1), 8, 48, radius)
+    y0 = np.zeros((8, 48))
+    options = {"atol": atol, "max_steps": 300}
+    ref, ref_iterates = _iterates(fn, y0, dq.Anderson(), "reference", monkeypatch, **options)
+    fused, fused_iterates = _iterates(fn, y0, dq.Anderson(), "numba_cpu", monkeypatch, **options)
+    assert ref.success.all() and fused.success.all()
+    assert fused.stats == ref.stats and len(fused_iterates) == len(ref_iterates)
+    assert ref.stats["num_steps"] > 10                      # the ring wrapped
+    for a, b in zip(fused_iterates, ref_iterates):
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+
+
+def test_cuda_iterates_match_the_reference(monkeypatch):
+    # Simulator: tiny sizes, a few steps, enough to wrap a ring of 2.
+    fn = _deq_map(np.random.default_rng(2), 2, 6, 0.8)
+    y0 = np.zeros((2, 6))
+    options = {"atol": 1e-300, "max_steps": 4}
+    _, ref_iterates = _iterates(fn, y0, dq.Anderson(history_size=2), "reference", monkeypatch, **options)
+    _, cuda_iterates = _iterates(fn, y0, dq.Anderson(history_size=2), "numba_cuda", monkeypatch, **options)
+    assert len(cuda_iterates) == len(ref_iterates) == 5
+    for a, b in zip(cuda_iterates, ref_iterates):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
+
+
+def test_history_is_capped_with_a_clear_error():
+    assert dq.Anderson(history_size=HISTORY_CAP).history_size == HISTORY_CAP
+    with pytest.raises(ValueError, match=f"history_size must be <= {HISTORY_CAP}"):
+        dq.Anderson(history_size=HISTORY_CAP + 1)
+    m = HISTORY_CAP + 1                     # the CUDA version refuses a longer ring before launching
+    ring = (np.zeros((1, m, 2)), np.zeros((1, m, 2)), np.zeros((1, m, m)), np.zeros((1, 2)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="count"):
+        get_kernel("anderson_step", np, impl="numba_cuda")(*ring, 0, m, 1.0, 1e-8, 0.0)
+
+
+def test_learned_history_has_only_the_used_slots_written(rng):
+    fn = _deq_map(rng, 3, 10, 0.3)
+    sol = dq.fixed_point(fn, np.zeros((3, 10)), dq.Anderson(history_size=20), atol=1e-6, rtol=0.0,
+                         batched=True)
+    G, F, count = sol.learned["anderson_history"]
+    assert G.shape == F.shape == (3, 20, 10) and 1 < count == sol.stats["num_steps"] < 20
+    assert (G[:, count:] == 0).all() and (F[:, count:] == 0).all()
+    for i in range(count):                  # slot i holds G(y_i) = y_i + f_i and f_i (beta = 1)
+        np.testing.assert_allclose(fn(G[:, i] - F[:, i]), G[:, i], atol=1e-12)
