@@ -9,6 +9,10 @@
 2. The steady state of the 2-D Brusselator reaction-diffusion system (periodic grid): deqcore steady_state
    (VCABM3, Tsit5, Rodas3 with matrix-free GMRES) against solve_ivp RK45 and BDF stopped by a terminal event
    at the same residual test max|du/dt| <= atol + rtol max|u|.
+3. The step loop's overhead with the fused step kernels (Numba) against the same loop on the reference
+   (NumPy) kernels, ``DEQCORE_KERNELS=reference``: the oscillators of 1. as one system (integrate), and a
+   batched DEQ-style steady state z = tanh(W z + x) (one step size and controller per sample), timed
+   alternately in one process.
 
 Prints a Markdown table (medians of repeated timings) and writes it to benchmarks/results/ode.md.
 """
@@ -16,6 +20,7 @@ Prints a Markdown table (medians of repeated timings) and writes it to benchmark
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -127,6 +132,67 @@ def steady_rows(n, tol, repeats):
     return rows
 
 
+# ---- 3. fused step kernels against the reference kernels -------------------------------------------------
+
+def deq_map(batch, width, rng):
+    W = rng.standard_normal((width, width))
+    W *= 0.8 / np.linalg.norm(W, 2)
+    X = rng.standard_normal((batch, width))
+    return lambda t, z: np.tanh(z @ W.T + X) - z
+
+
+def alternating_medians(fns, repeats):
+    """Median time of each function, timed in turn (so that both see the same machine load)."""
+    results = {name: fn() for name, fn in fns.items()}  # warm-up (and compilation), and the results reported
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return results, {name: float(np.median(t)) for name, t in times.items()}
+
+
+def with_kernels(mode, solve):
+    def run():
+        previous = os.environ.get("DEQCORE_KERNELS")
+        os.environ["DEQCORE_KERNELS"] = mode
+        try:
+            return solve()
+        finally:
+            if previous is None:
+                del os.environ["DEQCORE_KERNELS"]
+            else:
+                os.environ["DEQCORE_KERNELS"] = previous
+    return run
+
+
+def kernel_rows(batch, deq_batch, width, repeats):
+    rng = np.random.default_rng(0)
+    rhs, y0 = oscillators(batch, rng)
+    g = deq_map(deq_batch, width, rng)
+    z0 = np.zeros((deq_batch, width))
+    problems = [(f"integrate: {batch} oscillators as one system", rhs, y0,
+                 lambda solver, tol: dq.integrate(rhs, y0, (0.0, 10.0), solver, atol=tol, rtol=tol)),
+                (f"steady state: batch {deq_batch}, width {width}, per sample", g, z0,
+                 lambda solver, tol: dq.steady_state(g, z0, solver, atol=tol, rtol=tol, batched=True,
+                                                     max_steps=1000))]
+    rows = []
+    for label, f, x0, solve in problems:
+        _, f_time = median_time(lambda: [f(0.0, x0) for _ in range(100)], repeats)
+        f_time /= 100
+        for solver in (dq.Tsit5(), dq.VCABM3()):
+            for tol in (1e-3, 1e-6):
+                fns = {mode: with_kernels(mode, lambda: solve(solver, tol)) for mode in ("auto", "reference")}
+                sols, times = alternating_medians(fns, repeats)
+                sol = sols["auto"]
+                nfev, steps = sol.stats["nfev"], sol.stats["num_steps"]
+                over = {mode: (t - nfev * f_time) / steps / f_time for mode, t in times.items()}
+                rows.append((label, type(solver).__name__, tol, nfev, steps, f_time, times["auto"],
+                             over["auto"], times["reference"], over["reference"]))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, finishes in well under a minute")
@@ -135,6 +201,7 @@ def main():
     tols = (1e-4, 1e-6, 1e-8)
     nonstiff, f_time = nonstiff_rows(batch, tols, repeats)
     steady = steady_rows(grid, 1e-6, max(1, repeats - 2))
+    kernels = kernel_rows(batch, 64 if opts.quick else 256, 32 if opts.quick else 128, 2 * repeats + 1)
 
     lines = [
         "# ODE engine vs scipy.integrate.solve_ivp",
@@ -168,6 +235,20 @@ def main():
     ]
     for name, code, nfev, t, err in steady:
         lines.append(f"| {name} | {code} | {nfev} | {t * 1e3:.1f} | {err:.1e} |")
+    lines += [
+        "",
+        "## Step overhead: fused step kernels against the reference kernels",
+        "",
+        "The same solves with the Numba step kernels (default) and with `DEQCORE_KERNELS=reference` (NumPy "
+        "kernels), timed alternately. Overhead: time per attempted step outside f, in f-evaluations.",
+        "",
+        "| problem | method | atol = rtol | nfev | steps | f (µs) | fused time (ms) | "
+        "fused overhead / step | reference time (ms) | reference overhead / step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, name, tol, nfev, steps, ft, t_fused, o_fused, t_ref, o_ref in kernels:
+        lines.append(f"| {label} | {name} | {tol:.0e} | {nfev} | {steps} | {ft * 1e6:.0f} | "
+                     f"{t_fused * 1e3:.1f} | {o_fused:.2f} | {t_ref * 1e3:.1f} | {o_ref:.2f} |")
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(__file__).resolve().parent / "results" / ("ode_quick.md" if opts.quick else "ode.md")

@@ -45,9 +45,9 @@ class Evaluator:
         if self.batched:
             return tuple(xp.full(self.num_rows, v, dtype=np.float64) if np.ndim(v) == 0
                          else xp.asarray(v, dtype=np.float64) for v in values)
-        host = np.array([[host_float(v)] for v in values])
+        host = np.array([host_float(v) for v in values])
         dev = host if xp is np else xp.asarray(host)
-        return tuple(dev[i] for i in range(len(values)))
+        return (dev,) if len(values) == 1 else tuple(dev[i:i + 1] for i in range(len(values)))
 
     def steps(self, h, like):
         """Per-sample step sizes broadcasting against ``like`` in its dtype (a float when unbatched)."""

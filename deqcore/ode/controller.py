@@ -1,7 +1,8 @@
-"""Step-size control shared by every ODE method: the weighted RMS error norm, the PI controller and
-Hairer's automatic initial step.
+"""Step-size control shared by every ODE method: the PI controller (a scalar version for the host loop and the
+Numba kernels, an array version for the reference kernels) and Hairer's automatic initial step. The weighted
+RMS error norm is formed by the fused step kernels (:mod:`deqcore.ode.kernels`).
 
-All functions work per problem: ``batched=True`` gives one norm / step size per sample (leading axis).
+``batched=True`` gives one norm / step size per sample (leading axis).
 
 >>> import numpy as np
 >>> c = PIController(error_exponent=5)

@@ -37,7 +37,7 @@ def max_nan(a, b):
     return a if (a > b or a != a) else b
 
 
-pi_factor = numba.njit(inline="always")(_pi_factor_py)
+pi_factor = numba.njit(inline="always", cache=CACHE)(_pi_factor_py)
 
 
 @numba.njit(inline="always")
@@ -385,8 +385,8 @@ def _kernel(name, fn):
     return _compiled[name]
 
 
-def _threads():
-    return 32 if cuda_simulator_enabled() else THREADS
+def _threads(simulated=32):
+    return simulated if cuda_simulator_enabled() else THREADS
 
 
 def _launch(kernel, xp, grid, threads, *args):
@@ -449,7 +449,7 @@ def ode_control_numba_cuda(err_sq, y_absmax, f_new, t, h, h_next, err_prev, afte
                            rtol, big, eps, nfev):
     xp = get_namespace(err_sq)
     summary[...] = 0
-    _launch(_kernel("ode_control", ode_control_cuda_kernel), xp, err_sq.shape[0], _threads(), err_sq,
+    _launch(_kernel("ode_control", ode_control_cuda_kernel), xp, err_sq.shape[0], _threads(8), err_sq,
             y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok,
             summary, float(t_end), float(direction), int(exponent), bool(steady), float(atol), float(rtol),
             float(big), float(eps), int(nfev))
