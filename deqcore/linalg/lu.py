@@ -1,8 +1,9 @@
 """Dense LU factorisation, batched over a leading axis: factor once, solve ``A x = b`` and ``A^T x = b``.
 
-NumPy arrays use SciPy's stacked ``lu_factor``/``lu_solve`` (one LAPACK call over the whole batch); CuPy
-arrays use ``cupyx.scipy.linalg`` (cuSOLVER getrf/getrs), which has no batched form, so it loops over the
-samples. The transpose solve reuses the same factors (``trans=1``), which is what an adjoint solve needs.
+Small systems (the usual case: Newton's dense path, adjoints of small states) are factored by fused kernels,
+one system per loop iteration on the CPU and per thread on a GPU (``deqcore.linalg.lu_kernels``); larger ones by
+SciPy's ``lu_factor``/``lu_solve`` (NumPy) or ``cupyx.scipy.linalg`` (cuSOLVER, CuPy). The transpose solve
+reuses the same factors (``trans=1``), which is what an adjoint solve needs.
 
 >>> import numpy as np
 >>> A = np.array([[4.0, 1.0], [2.0, 3.0]])
@@ -19,44 +20,31 @@ True
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..backend import check_float_array, is_cupy_namespace
+from ..backend import check_float_array, get_kernel
+from .lu_kernels import SMALL_SYSTEM_LIMIT, lu_factor_reference, lu_solve_reference
 from ._validate import check_bool, check_square
 
 __all__ = ["LU", "LUFactorization"]
 
 
 def _lu_factor(xp, A3):
-    """Factors of a stack ``(B, n, n)`` without finiteness checks or singularity warnings."""
-    if is_cupy_namespace(xp):
-        from cupyx.scipy.linalg import lu_factor
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # cuSOLVER's "exactly zero" pivot warning
-            parts = [lu_factor(a, check_finite=False) for a in A3]
-        return xp.stack([p[0] for p in parts]), xp.stack([p[1] for p in parts])
-    from scipy.linalg import LinAlgWarning, lu_factor
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LinAlgWarning)
-        return lu_factor(A3, check_finite=False)
+    """Factors of a stack ``(B, n, n)`` without finiteness checks or singularity warnings: the per-sample
+    kernel for small systems, LAPACK / cuSOLVER beyond :data:`~deqcore.linalg.lu_kernels.SMALL_SYSTEM_LIMIT`."""
+    if A3.shape[-1] <= SMALL_SYSTEM_LIMIT:
+        return get_kernel("lu_factor", xp)(A3)
+    return lu_factor_reference(A3)
 
 
 def _lu_solve(xp, lu, piv, b3, trans):
     """Solve with stacked factors ``(B, n, n)`` for right-hand sides ``(B, n, k)``."""
-    if is_cupy_namespace(xp):
-        from cupyx.scipy.linalg import lu_solve
-
-        parts = [lu_solve((lu[i], piv[i]), b3[i], trans=trans, check_finite=False) for i in range(len(lu))]
-        return xp.stack(parts)
-    from scipy.linalg import lu_solve
-
-    return lu_solve((lu, piv), b3, trans=trans, check_finite=False)
+    if lu.shape[-1] <= SMALL_SYSTEM_LIMIT:
+        return get_kernel("lu_solve", xp)(lu, piv, b3, trans)
+    return lu_solve_reference(lu, piv, b3, trans)
 
 
 @dataclass(frozen=True, eq=False)
