@@ -9,10 +9,13 @@ never read nor written). Then it solves (Hc + λI) w = 1 per sample for the used
 (so Σα = 1; a sample whose system is singular or non-finite gets α = e_slot, a plain step from the newest
 iterate) and returns y_new = Σ α_i G_i. The arrays updated in place are returned too.
 
-The reference runs six array operations and NumPy's batched solve (which costs far more than the arithmetic
-for these tiny systems); the Numba versions do all of it in one pass per sample: write the slot and form the
-``count`` dot products, eliminate the small system with partial pivoting, mix. The CUDA version holds the
-small system in static shared memory, so histories are capped at :data:`HISTORY_CAP` slots there.
+H must be symmetric (the kernel keeps it so; the CPU version reads only its upper triangle). The reference
+runs six array operations and NumPy's batched solve (which costs far more than the arithmetic for these tiny
+systems); the Numba versions make one pass over each sample's ring: write the slot and form the ``count``
+dot products, solve the small system, mix. The CPU version eliminates the systems of 8 samples side by side
+without pivoting (they are positive definite; a sample that fails there is solved again with partial
+pivoting); the CUDA version eliminates each with partial pivoting in static shared memory, so histories are
+capped at :data:`HISTORY_CAP` slots there.
 
 >>> import numpy as np
 >>> G, F, H = np.zeros((1, 3, 2)), np.zeros((1, 3, 2)), np.zeros((1, 3, 3))
@@ -93,7 +96,8 @@ def example(rng, dtype, size="small"):
     batch, m, n, count = (5, 6, 45, 4) if size == "small" else (1024, 10, 256, 10)
     G = rng.standard_normal((batch, m, n)).astype(dtype)
     F = rng.standard_normal((batch, m, n)).astype(dtype)
-    H = (F @ F.transpose(0, 2, 1)).astype(dtype)
+    H = F @ F.transpose(0, 2, 1)
+    H = (0.5 * (H + H.transpose(0, 2, 1))).astype(dtype)       # exactly symmetric, as the kernel keeps it
     G[:, count:] = F[:, count:] = np.nan
     H[:, count:, :] = H[:, :, count:] = np.nan
     y = rng.standard_normal((batch, n)).astype(dtype)

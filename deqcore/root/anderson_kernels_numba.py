@@ -81,42 +81,110 @@ def _dot(a, b):
     return acc
 
 
+#: samples whose small systems the CPU version eliminates side by side (independent chains, one per lane)
+LANES = 8
+
+
 @numba.njit(inline="always")
-def _step_sample(G, F, H, y, f, slot, count, beta, ridge, floor, work, alpha, acc, y_new):
-    """Sample b's whole step (arrays already indexed by the sample): write the slot, the dot products, the
-    small solve, the mixing (accumulated in float64 in ``acc``). Only slots below ``count`` are touched."""
-    n = y.shape[0]
-    for j in range(n):
-        G[slot, j] = y[j] + beta * f[j]
-        F[slot, j] = f[j]
-    for i in range(count):
-        d = _dot(F[i], f)
-        H[slot, i] = d
-        H[i, slot] = d
-    solve_anderson_system(H[:count, :count], work, slot, ridge, floor, alpha)
-    a = alpha[0]
-    for j in range(n):
-        acc[j] = a * G[0, j]
-    for i in range(1, count):
-        a = alpha[i]
-        for j in range(n):
-            acc[j] += a * G[i, j]
-    for j in range(n):
-        y_new[j] = acc[j]
+def _solve_lanes(H, b0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac):
+    """The systems of samples b0 … b0 + nb − 1 at once, sample index innermost: symmetric elimination
+    without pivoting (H + λI is symmetric positive definite; only H's upper triangle is read), α = w / Σw in
+    ``alpha[:, lane]``. A lane whose pivot is not positive and finite, or whose α is not finite, gets
+    ``good[lane] = False`` (the caller solves that sample again with pivoting). Lanes past ``nb`` solve
+    I w = 1."""
+    c = count
+    for s in range(LANES):
+        good[s] = s < nb
+        lam[s] = 0.0
+    for i in range(c):
+        for j in range(i, c):
+            for s in range(LANES):
+                W[i, j, s] = H[b0 + s, i, j] if s < nb else (1.0 if i == j else 0.0)
+        for s in range(LANES):
+            W[i, c, s] = 1.0
+            lam[s] += W[i, i, s]
+    for s in range(LANES):
+        lam[s] = ridge * lam[s] / c + floor
+    for i in range(c):
+        for s in range(LANES):
+            W[i, i, s] += lam[s]
+    for k in range(c):
+        for s in range(LANES):
+            p = W[k, k, s]
+            ok = p > 0.0 and p < np.inf
+            good[s] = good[s] and ok
+            inv[k, s] = 1.0 / p if ok else 0.0
+        for i in range(k + 1, c):
+            for s in range(LANES):
+                fac[s] = W[k, i, s] * inv[k, s]
+            for j in range(i, c + 1):
+                for s in range(LANES):
+                    W[i, j, s] -= fac[s] * W[k, j, s]
+    for i in range(c - 1, -1, -1):
+        for s in range(LANES):
+            alpha[i, s] = W[i, c, s]
+        for j in range(i + 1, c):
+            for s in range(LANES):
+                alpha[i, s] -= W[i, j, s] * alpha[j, s]
+        for s in range(LANES):
+            alpha[i, s] *= inv[i, s]
+    for s in range(LANES):
+        total = 0.0
+        for i in range(c):
+            total += alpha[i, s]
+        ok = total == total and total != 0.0 and abs(total) != np.inf
+        scale = 1.0 / total if ok else 0.0
+        for i in range(c):
+            alpha[i, s] *= scale
+            ok = ok and abs(alpha[i, s]) < np.inf
+        good[s] = good[s] and ok
 
 
 @numba.njit(cache=CACHE)
 def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new):
+    """Blocks of ``LANES`` samples: write the slot and form the dot products of each sample, solve the
+    block's systems side by side (a sample that fails there: ``solve_anderson_system``, with pivoting and the
+    plain-step fallback), then mix each sample in float64. Only slots below ``count`` are touched."""
+    batch, n = y.shape
+    W = np.empty((count, count + 1, LANES))
+    inv = np.empty((count, LANES))
+    alpha = np.empty((count, LANES))
+    good = np.empty(LANES, dtype=np.bool_)
+    lam = np.empty(LANES)
+    fac = np.empty(LANES)
     work = np.empty((count, count + 1))
-    alpha = np.empty(count)
-    acc = np.empty(y.shape[1])
-    for b in range(y.shape[0]):
-        _step_sample(G[b], F[b], H[b], y[b], f[b], slot, count, beta, ridge, floor, work, alpha, acc,
-                     y_new[b])
+    single = np.empty(count)
+    acc = np.empty(n)
+    for b0 in range(0, batch, LANES):
+        nb = min(LANES, batch - b0)
+        for b in range(b0, b0 + nb):
+            for j in range(n):
+                G[b, slot, j] = y[b, j] + beta * f[b, j]
+                F[b, slot, j] = f[b, j]
+            for i in range(count):
+                d = _dot(F[b, i], f[b])
+                H[b, slot, i] = d
+                H[b, i, slot] = d
+        _solve_lanes(H, b0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac)
+        for s in range(nb):
+            b = b0 + s
+            if not good[s]:
+                solve_anderson_system(H[b, :count, :count], work, slot, ridge, floor, single)
+                for i in range(count):
+                    alpha[i, s] = single[i]
+            a = alpha[0, s]
+            for j in range(n):
+                acc[j] = a * G[b, 0, j]
+            for i in range(1, count):
+                a = alpha[i, s]
+                for j in range(n):
+                    acc[j] += a * G[b, i, j]
+            for j in range(n):
+                y_new[b, j] = acc[j]
 
 
 def anderson_step_numba_cpu(G, F, H, y, f, slot, count, beta, ridge, floor):
-    """One pass per sample (see ``anderson_kernels``), on one thread.
+    """One pass over each sample's ring (see ``_step_loop``), on one thread.
 
     Threads over the samples (``parallel=True``, ``prange``) were measured on 2 cores and not kept: 1.2-2x
     faster at batch 64 x width 256 on an idle machine, but 0.7-0.8x at batch 1024 x width 1024 (bound by
