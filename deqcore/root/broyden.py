@@ -38,10 +38,14 @@ class _LowRankBroyden(RootSolver):
         return np.inf
 
     def init(self, problem, y, f):
-        """H = −I: the first step s = −H f = f is a plain fixed-point step."""
+        """H = −I: the first step s = −H f = f is a plain fixed-point step.
+
+        U and V are two halves of one allocation: the C allocator then reuses the same memory solve after
+        solve, where two separate arrays of a few MiB each get fresh pages every time (measured: their page
+        faults cost more than all the Broyden arithmetic of a short solve)."""
         xp, m, (batch, n) = problem.xp, self._capacity(), y.shape
-        return SolverState(y, f, U=xp.zeros((batch, m, n), dtype=y.dtype), V=xp.zeros((batch, m, n), dtype=y.dtype),
-                           count=xp.zeros(batch, dtype=np.int64), k=0, s=f, y_next=y + f,
+        ring = xp.zeros((2, batch, m, n), dtype=y.dtype)
+        return SolverState(y, f, U=ring[0], V=ring[1], count=xp.zeros(batch, dtype=np.int64), k=0, s=f, y_next=y + f,
                            kernel=get_kernel("broyden_step", xp))
 
     def step(self, problem, state):

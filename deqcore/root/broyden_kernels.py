@@ -8,9 +8,9 @@ sample b (zero beyond), in one pass over both rings.
 
 ``broyden_update(U, V, y, f, f_old, s, a, c, count, k, limited, reset_factor) -> (y_next, s_next, U, V, count)``:
 with H f = −f + Σ aᵢ uᵢ and Hᵀ s = −s + Σ cᵢ vᵢ, the good-Broyden update by Sherman–Morrison,
-u = (s − H d)/(sᵀ H d) = −H f/(vᵀ d), v = Hᵀ s (d = f − f_old, since H f_old = −s), is stored into the ring
-(skipped, zero, where the denominator is negligible or f is not finite), H f is updated to the new H, and the
-next step s_next = −H f and iterate y_next = y + s_next are written; U, V and ``count`` are updated in place.
+u = (s − H d)/(sᵀ H d) = −H f/(vᵀ d), v = Hᵀ s (d = f − f_old, since H f_old = −s), goes into the ring (a zero
+pair instead where the denominator is negligible or f is not finite), H f is updated to the new H, and the next
+step s_next = −H f and iterate y_next = y + s_next are written; U, V and ``count`` are updated in place.
 ``broyden_step(U, V, y, f, f_old, s, count, k, limited, reset_factor)`` is the two in one call, what the solvers
 use: on the CPU one loop over the samples that runs both passes over a sample's pairs back to back (the second
 finds them in cache); on a GPU the two kernels.

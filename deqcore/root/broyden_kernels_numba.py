@@ -1,8 +1,11 @@
 """Numba CPU and CUDA versions of the Broyden kernels (loaded lazily through the kernel registry).
 
-Dot products and sums accumulate in float64 whatever the arrays' dtype. The CPU loops let LLVM reassociate
-floating-point sums (``fastmath={"reassoc", "contract"}``, nothing that changes NaN or infinity handling) so that
-the reductions vectorise.
+The CPU loops go sample by sample, both passes over a sample's pairs back to back, and let LLVM reassociate
+floating-point sums (``fastmath={"reassoc", "contract"}``; nothing that changes NaN or infinity handling) so
+that the dot products vectorise; the sums over the pairs accumulate in the arrays' dtype (in many partial sums),
+each sample's scalar reductions in float64. The CUDA kernels accumulate everything in float64 (they are bound by
+memory, not arithmetic). A parallel CPU loop over the samples (``prange``) was measured slower on the 2-core
+machines this runs on whenever anything else is running, and is not used.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = ["broyden_dots_numba_cpu", "broyden_dots_numba_cuda", "broyden_dots_cu
 
 THREADS = 128
 _FASTMATH = {"reassoc", "contract"}
+_TINY = {np.dtype(t): float(np.finfo(t).tiny) for t in (np.float64, np.float32)}
 
 
 @numba.njit(inline="always")
@@ -52,7 +56,7 @@ _decision_cuda = broyden_decision.py_func if cuda_simulator_enabled() else broyd
 # Per-sample loops: the dot products and the sums over the stored pairs take four slots at a time, so each load
 # of f (or of H f) serves four pairs. They accumulate in the arrays' dtype (vectorised, in many partial sums);
 # the sample's scalar reductions in float64.
-@numba.njit(fastmath=_FASTMATH)
+@numba.njit(fastmath=_FASTMATH, inline="always")
 def _dots_sample(U, V, f, s, b, filled, a, c, r):
     """a[r, i] = V[b, i]·f[b] and c[r, i] = U[b, i]·s[b] for i < filled, zero beyond. (Sample and row indices
     rather than views: a view per sample costs reference counting.)"""
@@ -89,7 +93,7 @@ def _dots_sample(U, V, f, s, b, filled, a, c, r):
         c[r, i] = 0.0
 
 
-@numba.njit(fastmath=_FASTMATH)
+@numba.njit(fastmath=_FASTMATH, inline="always")
 def _update_sample(U, V, y, f, f_old, s, a, c, b, r, filled, k, limited, reset_factor, tiny, hf, ht, y_next, s_next):
     """Sample b of ``broyden_update`` (its dot products in row r of a and c); ``hf``, ``ht``: (n,) scratch.
     Returns the sample's new count."""
@@ -156,7 +160,7 @@ def _update_sample(U, V, y, f, f_old, s, a, c, b, r, filled, k, limited, reset_f
     return min(filled + 1, m)
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(cache=CACHE, fastmath=_FASTMATH)
 def _dots_loop(U, V, f, s, count, a, c):
     m = U.shape[1]
     for b in range(U.shape[0]):
@@ -170,7 +174,7 @@ def broyden_dots_numba_cpu(U, V, f, s, count):
     return a, c
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(cache=CACHE, fastmath=_FASTMATH)
 def _update_loop(U, V, y, f, f_old, s, a, c, count, k, limited, reset_factor, tiny, y_next, s_next):
     m, n = U.shape[1], U.shape[2]
     hf = np.empty(n, dtype=U.dtype)
@@ -187,7 +191,7 @@ def broyden_update_numba_cpu(U, V, y, f, f_old, s, a, c, count, k, limited, rese
     return y_next, s_next, U, V, count
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(cache=CACHE, fastmath=_FASTMATH)
 def _step_loop(U, V, y, f, f_old, s, count, k, limited, reset_factor, tiny, y_next, s_next):
     m, n = U.shape[1], U.shape[2]
     a = np.empty((1, m), dtype=U.dtype)
@@ -202,13 +206,14 @@ def _step_loop(U, V, y, f, f_old, s, count, k, limited, reset_factor, tiny, y_ne
 
 
 def broyden_step_numba_cpu(U, V, y, f, f_old, s, count, k, limited, reset_factor):
-    y_next = np.empty_like(y)
-    s_next = np.empty_like(y)
+    """The fused CPU loop. The residuals come from user code: made contiguous (a no-op when they are), so that
+    an unusual layout costs a copy rather than a new compilation."""
+    f, f_old, s = np.ascontiguousarray(f), np.ascontiguousarray(f_old), np.ascontiguousarray(s)
+    y_next = np.empty(y.shape, dtype=U.dtype)
+    s_next = np.empty(y.shape, dtype=U.dtype)
     _step_loop(U, V, y, f, f_old, s, count, k, limited, reset_factor, _TINY[U.dtype], y_next, s_next)
     return y_next, s_next, U, V, count
 
-
-_TINY = {np.dtype(t): float(np.finfo(t).tiny) for t in (np.float64, np.float32)}
 
 
 # -- CUDA ---------------------------------------------------------------------------------------------------------
