@@ -33,18 +33,26 @@ MAX_CHUNKS = 1024
 
 @numba.njit(inline="always")
 def max_nan(a, b):
-    """max(a, b), NaN if either is NaN (as ``numpy.maximum``)."""
-    return a if (a > b or a != a) else b
+    """max(a, b), NaN if either is NaN (as ``numpy.maximum``); branch-free, so reductions pipeline."""
+    return a if (a > b) | (a != a) else b
 
 
 pi_factor = numba.njit(inline="always", cache=CACHE)(_pi_factor_py)
 
 
 @numba.njit(inline="always")
-def adams_differences(f0, f1, f2, h1, h2):
+def adams_row(h, h1, h2):
+    """Per-row constants of the Adams kernels: the weight w₂ = ∫_0^h s (s + h₁) ds and the reciprocals of
+    h₁, h₂, h₁ + h₂, h, h + h₁, h + h₁ + h₂ (products by reciprocals instead of divisions per element)."""
+    return (h * h * (h / 3.0 + h1 / 2.0), 1.0 / h1, 1.0 / h2, 1.0 / (h1 + h2), 1.0 / h, 1.0 / (h + h1),
+            1.0 / (h + h1 + h2))
+
+
+@numba.njit(inline="always")
+def adams_differences(f0, f1, f2, inv1, inv2, inv12):
     """First and second divided differences of the last three derivatives."""
-    d1 = (f0 - f1) / h1
-    d2 = (d1 - (f1 - f2) / h2) / (h1 + h2)
+    d1 = (f0 - f1) * inv1
+    d2 = (d1 - (f1 - f2) * inv2) * inv12
     return d1, d2
 
 
@@ -91,11 +99,12 @@ def control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_rejec
 
 # The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
 if cuda_simulator_enabled():
-    _max_nan, _adams_differences, _adams_error_weight, _control_row = (
-        max_nan.py_func, adams_differences.py_func, adams_error_weight.py_func, control_row.py_func)
+    _max_nan, _adams_row, _adams_differences, _adams_error_weight, _control_row = (
+        max_nan.py_func, adams_row.py_func, adams_differences.py_func, adams_error_weight.py_func,
+        control_row.py_func)
 else:
-    _max_nan, _adams_differences, _adams_error_weight, _control_row = (
-        max_nan, adams_differences, adams_error_weight, control_row)
+    _max_nan, _adams_row, _adams_differences, _adams_error_weight, _control_row = (
+        max_nan, adams_row, adams_differences, adams_error_weight, control_row)
 
 
 # ---- Numba CPU ------------------------------------------------------------------------------------------
@@ -162,11 +171,11 @@ def rk_combine_error_numba_cpu(y, ks, b, e, h, y_new, compute_new, atol, rtol):
 def _adams_predict_cpu(y, f0, f1, f2, h, h1, h2, out):
     rows, m = y.shape
     for r in range(rows):
-        hr, a, b = h[r], h1[r], h2[r]
-        w2 = hr * hr * (hr / 3.0 + a / 2.0)
+        hr = h[r]
+        w2, inv1, inv2, inv12, _, _, _ = adams_row(hr, h1[r], h2[r])
         half = 0.5 * hr
         for i in range(m):
-            d1, d2 = adams_differences(f0[r, i], f1[r, i], f2[r, i], a, b)
+            d1, d2 = adams_differences(f0[r, i], f1[r, i], f2[r, i], inv1, inv2, inv12)
             out[r, i] = y[r, i] + hr * (f0[r, i] + half * d1) + w2 * d2
 
 
@@ -181,15 +190,15 @@ def _adams_correct_cpu(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, correcto
                        y_absmax):
     rows, m = y.shape
     for r in range(rows):
-        hr, a, b = h[r], h1[r], h2[r]
-        w2 = hr * hr * (hr / 3.0 + a / 2.0)
-        w3 = adams_error_weight(hr, a, b, corrector)
+        hr = h[r]
+        w2, inv1, inv2, inv12, inv_h, inv_h1, inv_h12 = adams_row(hr, h1[r], h2[r])
+        w3 = adams_error_weight(hr, h1[r], h2[r], corrector)
         total = 0.0
         top = 0.0
         for i in range(m):
-            d1, d2 = adams_differences(f0[r, i], f1[r, i], f2[r, i], a, b)
-            e2 = ((f_pred[r, i] - f0[r, i]) / hr - d1) / (hr + a)
-            e3 = (e2 - d2) / (hr + a + b)
+            d1, d2 = adams_differences(f0[r, i], f1[r, i], f2[r, i], inv1, inv2, inv12)
+            e2 = ((f_pred[r, i] - f0[r, i]) * inv_h - d1) * inv_h1
+            e3 = (e2 - d2) * inv_h12
             if corrector:
                 y_new[r, i] = y_pred[r, i] + w2 * (e2 - d2)
             a_new = abs(y_new[r, i])
@@ -297,9 +306,9 @@ def adams_predict_cuda_kernel(y, f0, f1, f2, h, h1, h2, out):
     for idx in range(cuda.grid(1), rows * m, cuda.gridsize(1)):
         r = idx // m
         i = idx - r * m
-        hr, a, b = h[r], h1[r], h2[r]
-        d1, d2 = _adams_differences(f0[r, i], f1[r, i], f2[r, i], a, b)
-        w2 = hr * hr * (hr / 3.0 + a / 2.0)
+        hr = h[r]
+        w2, inv1, inv2, inv12, _, _, _ = _adams_row(hr, h1[r], h2[r])
+        d1, d2 = _adams_differences(f0[r, i], f1[r, i], f2[r, i], inv1, inv2, inv12)
         out[r, i] = y[r, i] + hr * (f0[r, i] + (0.5 * hr) * d1) + w2 * d2
 
 
@@ -308,16 +317,16 @@ def adams_correct_error_cuda_kernel(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_
     r = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     m = y.shape[1]
-    hr, a, b = h[r], h1[r], h2[r]
-    w2 = hr * hr * (hr / 3.0 + a / 2.0)
-    w3 = _adams_error_weight(hr, a, b, corrector)
+    hr = h[r]
+    w2, inv1, inv2, inv12, inv_h, inv_h1, inv_h12 = _adams_row(hr, h1[r], h2[r])
+    w3 = _adams_error_weight(hr, h1[r], h2[r], corrector)
     total = 0.0
     top = 0.0
     step = cuda.blockDim.x * cuda.gridDim.y
     for i in range(cuda.blockIdx.y * cuda.blockDim.x + tid, m, step):
-        d1, d2 = _adams_differences(f0[r, i], f1[r, i], f2[r, i], a, b)
-        e2 = ((f_pred[r, i] - f0[r, i]) / hr - d1) / (hr + a)
-        e3 = (e2 - d2) / (hr + a + b)
+        d1, d2 = _adams_differences(f0[r, i], f1[r, i], f2[r, i], inv1, inv2, inv12)
+        e2 = ((f_pred[r, i] - f0[r, i]) * inv_h - d1) * inv_h1
+        e3 = (e2 - d2) * inv_h12
         if corrector:
             y_new[r, i] = y_pred[r, i] + w2 * (e2 - d2)
         a_new = abs(y_new[r, i])
