@@ -53,18 +53,19 @@ class ExplicitRKStepper:
             ks[i] = ev(t + self._c[i] * h if timed else 0.0, stage_y)
         if tab.fsal:  # the last stage is evaluated at y_new, so it is f1
             y1, f1 = stage_y, ks[-1]
-        if tol is None:
-            if not tab.fsal:
-                y1 = self._combine(yrows, krows, self._b, self._e, hr, ev.xp.empty_like(yrows), True, 1.0,
-                                   1.0)[0].reshape(y.shape)
-                f1 = ev(t + h if timed else 0.0, y1)
-            return Trial(y1, f1, None, self.error_exponent, ks)
-        new_rows = ev.rows(y1) if tab.fsal else ev.xp.empty_like(yrows)
+            if tol is None:
+                return Trial(y1, f1, None, self.error_exponent, ks)
+            new_rows = ev.rows(y1)
+        else:
+            new_rows = ev.xp.empty_like(yrows)
+        atol, rtol = (1.0, 1.0) if tol is None else tol
         new_rows, err_sq, y_absmax = self._combine(yrows, krows, self._b, self._e, hr, new_rows, not tab.fsal,
-                                                   tol[0], tol[1])
+                                                   atol, rtol)
         if not tab.fsal:
             y1 = new_rows.reshape(y.shape)
             f1 = ev(t + h if timed else 0.0, y1)
+        if tol is None:
+            return Trial(y1, f1, None, self.error_exponent, ks)
         return Trial(y1, f1, None, self.error_exponent, ks, err_sq=err_sq, y_absmax=y_absmax)
 
     def accept(self, trial, mask, t_new):
