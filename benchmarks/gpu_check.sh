@@ -15,10 +15,12 @@ export DEQCORE_TEST_REAL_CUDA=1            # tests/conftest.py: real CUDA kernel
   echo "# GPU check"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: n/a"
   "$py" -c "import cupy, numba; print('cupy', cupy.__version__, 'numba', numba.__version__)"
+  git rev-parse HEAD 2>/dev/null || echo "commit: n/a"
 } > "$out/environment.txt" 2>&1
 
 # 1. Tests: the whole suite, CuPy parametrisations enabled (about 4 minutes at most).
-timeout 240 "$py" -m pytest -q -x -p no:cacheprovider -m "not slow" tests > "$out/tests.log" 2>&1
+# No -x: one run on a borrowed machine should report every failure.
+timeout 240 "$py" -m pytest -q -p no:cacheprovider --timeout 60 -m "not slow" tests > "$out/tests.log" 2>&1
 echo "tests exit code: $?" >> "$out/tests.log"
 
 # 2. Benchmarks: DEQ forward+backward at batch 1024, width 1024, float32; kernel bandwidth; torch via DLPack.
