@@ -45,6 +45,43 @@ def median_time(fn, repeats):
     return out, float(np.median(times))
 
 
+class TimedRHS:
+    """A right-hand side that adds up the time spent inside it, so that a solver's overhead is measured
+    against the f-evaluations of the same run (robust to the machine's load changing between runs)."""
+
+    def __init__(self, f):
+        self.f, self.seconds = f, 0.0
+
+    def __call__(self, t, y):
+        t0 = time.perf_counter()
+        out = self.f(t, y)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def step_overhead(total, inside, nfev, steps):
+    """Time per step outside f, in mean f-evaluations of the same run."""
+    return (total - inside) / steps / (inside / nfev)
+
+
+def timed_solve(solve, timer, count, repeats):
+    """(result, median time, median overhead per step in f-evaluations); ``count(result)`` gives
+    ``(nfev, steps)``."""
+    out = solve()  # warm-up, and the result reported
+    times, overheads = [], []
+    for _ in range(repeats):
+        timer.seconds = 0.0
+        t0 = time.perf_counter()
+        result = solve()
+        times.append(time.perf_counter() - t0)
+        overheads.append(step_overhead(times[-1], timer.seconds, *count(result)))
+    return out, float(np.median(times)), float(np.median(overheads))
+
+
+def deq_counts(sol):
+    return sol.stats["nfev"], sol.stats["num_steps"]
+
+
 # ---- 1. batched non-stiff oscillators -------------------------------------------------------------------
 
 def oscillators(batch, rng):
@@ -61,24 +98,23 @@ def oscillators(batch, rng):
 def nonstiff_rows(batch, tols, repeats):
     rng = np.random.default_rng(0)
     rhs, y0 = oscillators(batch, rng)
-    flat = lambda t, y: rhs(t, y.reshape(-1, 2)).reshape(-1)  # noqa: E731
+    rhs = TimedRHS(rhs)
+    flat = TimedRHS(lambda t, y: rhs.f(t, y.reshape(-1, 2)).reshape(-1))
     t1 = 10.0
     ref = solve_ivp(flat, (0, t1), y0.reshape(-1), method="DOP853", rtol=1e-12, atol=1e-12).y[:, -1]
-    _, f_time = median_time(lambda: [rhs(0.0, y0) for _ in range(100)], repeats)
+    _, f_time = median_time(lambda: [rhs.f(0.0, y0) for _ in range(100)], repeats)
     f_time /= 100
     rows = []
     for tol in tols:
-        scipy_sol, scipy_time = median_time(
-            lambda: solve_ivp(flat, (0, t1), y0.reshape(-1), method="RK45", rtol=tol, atol=tol), repeats)
+        scipy_sol, scipy_time, scipy_overhead = timed_solve(
+            lambda: solve_ivp(flat, (0, t1), y0.reshape(-1), method="RK45", rtol=tol, atol=tol), flat,
+            lambda s: (s.nfev, s.t.size - 1), repeats)
         scipy_err = np.abs(scipy_sol.y[:, -1] - ref).max()
-        scipy_steps = scipy_sol.t.size - 1
-        scipy_overhead = (scipy_time - scipy_sol.nfev * f_time) / scipy_steps / f_time
         rows.append(("RK45 (SciPy)", tol, scipy_sol.nfev, scipy_time, scipy_err, scipy_overhead, 1.0))
         for solver in (dq.Tsit5(), dq.VCABM3()):
-            sol, t = median_time(lambda: dq.integrate(rhs, y0, (0.0, t1), solver, atol=tol, rtol=tol),
-                                 repeats)
+            solve = lambda: dq.integrate(rhs, y0, (0.0, t1), solver, atol=tol, rtol=tol)  # noqa: E731
+            sol, t, overhead = timed_solve(solve, rhs, deq_counts, repeats)
             err = np.abs(sol.ys[-1].reshape(-1) - ref).max()
-            overhead = (t - sol.stats["nfev"] * f_time) / sol.stats["num_steps"] / f_time
             rows.append((f"{type(solver).__name__} (deqcore)", tol, sol.stats["nfev"], t, err, overhead,
                          scipy_time / t))
     return rows, f_time
@@ -141,16 +177,20 @@ def deq_map(batch, width, rng):
     return lambda t, z: np.tanh(z @ W.T + X) - z
 
 
-def alternating_medians(fns, repeats):
-    """Median time of each function, timed in turn (so that both see the same machine load)."""
+def alternating_medians(fns, timer, repeats):
+    """Median time and overhead per step (f-evaluations) of each solve, timed in turn."""
     results = {name: fn() for name, fn in fns.items()}  # warm-up (and compilation), and the results reported
     times = {name: [] for name in fns}
+    overheads = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            timer.seconds = 0.0
             t0 = time.perf_counter()
-            fn()
+            sol = fn()
             times[name].append(time.perf_counter() - t0)
-    return results, {name: float(np.median(t)) for name, t in times.items()}
+            overheads[name].append(step_overhead(times[name][-1], timer.seconds, *deq_counts(sol)))
+    return results, ({name: float(np.median(v)) for name, v in times.items()},
+                     {name: float(np.median(v)) for name, v in overheads.items()})
 
 
 def with_kernels(mode, solve):
@@ -170,7 +210,8 @@ def with_kernels(mode, solve):
 def kernel_rows(batch, deq_batch, width, repeats):
     rng = np.random.default_rng(0)
     rhs, y0 = oscillators(batch, rng)
-    g = deq_map(deq_batch, width, rng)
+    rhs = TimedRHS(rhs)
+    g = TimedRHS(deq_map(deq_batch, width, rng))
     z0 = np.zeros((deq_batch, width))
     problems = [(f"integrate: {batch} oscillators as one system", rhs, y0,
                  lambda solver, tol: dq.integrate(rhs, y0, (0.0, 10.0), solver, atol=tol, rtol=tol)),
@@ -179,15 +220,13 @@ def kernel_rows(batch, deq_batch, width, repeats):
                                                      max_steps=1000))]
     rows = []
     for label, f, x0, solve in problems:
-        _, f_time = median_time(lambda: [f(0.0, x0) for _ in range(100)], repeats)
+        _, f_time = median_time(lambda: [f.f(0.0, x0) for _ in range(100)], repeats)
         f_time /= 100
         for solver in (dq.Tsit5(), dq.VCABM3()):
             for tol in (1e-3, 1e-6):
                 fns = {mode: with_kernels(mode, lambda: solve(solver, tol)) for mode in ("auto", "reference")}
-                sols, times = alternating_medians(fns, repeats)
-                sol = sols["auto"]
-                nfev, steps = sol.stats["nfev"], sol.stats["num_steps"]
-                over = {mode: (t - nfev * f_time) / steps / f_time for mode, t in times.items()}
+                sols, (times, over) = alternating_medians(fns, f, repeats)
+                nfev, steps = deq_counts(sols["auto"])
                 rows.append((label, type(solver).__name__, tol, nfev, steps, f_time, times["auto"],
                              over["auto"], times["reference"], over["reference"]))
     return rows
@@ -214,7 +253,8 @@ def main():
         f"{2 * batch} unknowns; one f-evaluation takes {f_time * 1e6:.0f} µs",
         "",
         "Error: max abs deviation from a DOP853 solution at rtol=atol=1e-12. Overhead: time per step outside "
-        "f, in f-evaluations. Speed-up: RK45 time / this time.",
+        "f, in f-evaluations (the mean time of one f-evaluation in the same run). Speed-up: RK45 time / this "
+        "time.",
         "",
         "| method | atol = rtol | nfev | time (ms) | error | overhead / step (f-evals) | speed-up vs RK45 |",
         "|---|---|---|---|---|---|---|",
@@ -240,7 +280,8 @@ def main():
         "## Step overhead: fused step kernels against the reference kernels",
         "",
         "The same solves with the Numba step kernels (default) and with `DEQCORE_KERNELS=reference` (NumPy "
-        "kernels), timed alternately. Overhead: time per attempted step outside f, in f-evaluations.",
+        "kernels), timed alternately. Overhead: time per attempted step outside f, in f-evaluations (their "
+        "mean time in the same run; f column: one f-evaluation timed on its own).",
         "",
         "| problem | method | atol = rtol | nfev | steps | f (µs) | fused time (ms) | "
         "fused overhead / step | reference time (ms) | reference overhead / step |",
