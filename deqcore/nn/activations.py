@@ -10,45 +10,14 @@ array([[0., 0.]])
 
 from __future__ import annotations
 
-import math
-
-from ..backend import get_namespace
+from .activation_kernels import REFERENCE, fused_activation
 from .core import Layer, check_array_input
 
 __all__ = ["Activation", "ACTIVATIONS", "activation"]
 
-_GELU_K = math.sqrt(2.0 / math.pi)
-_GELU_C = 0.044715
-
-
-def _sigmoid(xp, z):
-    return 0.5 * (1.0 + xp.tanh(0.5 * z))
-
-
-def _softplus(xp, z):
-    return xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
-
-
-def _gelu(xp, z):
-    return 0.5 * z * (1.0 + xp.tanh(_GELU_K * (z + _GELU_C * z ** 3)))
-
-
-def _gelu_derivative(xp, z, y):
-    t = xp.tanh(_GELU_K * (z + _GELU_C * z ** 3))
-    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_K * (1.0 + 3.0 * _GELU_C * z * z)
-
-
-# name -> (f(xp, z), f'(xp, z, y) with y = f(z))
-ACTIVATIONS = {
-    "identity": (lambda xp, z: z, None),
-    "tanh": (lambda xp, z: xp.tanh(z), lambda xp, z, y: 1.0 - y * y),
-    "relu": (lambda xp, z: xp.maximum(z, 0), lambda xp, z, y: (z > 0).astype(z.dtype)),
-    "sigmoid": (_sigmoid, lambda xp, z, y: y * (1.0 - y)),
-    "softplus": (_softplus, lambda xp, z, y: _sigmoid(xp, z)),
-    "elu": (lambda xp, z: xp.where(z > 0, z, xp.expm1(xp.minimum(z, 0))),
-            lambda xp, z, y: xp.exp(xp.minimum(z, 0))),
-    "gelu": (_gelu, _gelu_derivative),
-}
+#: name -> (f(xp, z), f'(xp, z, y) with y = f(z)), the reference formulas; the layers run them through the fused
+#: kernels of ``activation_kernels`` (value and derivative in one pass)
+ACTIVATIONS = dict(REFERENCE)
 
 
 def activation(name):
@@ -83,7 +52,6 @@ class Activation(Layer):
             raise ValueError(f"unknown activation {name!r}; choose one of "
                              f"{', '.join(map(repr, ACTIVATIONS))}")
         self.name = name
-        self._f, self._df = ACTIVATIONS[name]
 
     def __repr__(self):
         return f"Activation({self.name!r})"
@@ -99,26 +67,38 @@ class Activation(Layer):
         return self.name == "identity"
 
     # elementwise helpers shared with Dense and Conv2d
-    def apply(self, z):
-        """``f(z)``."""
-        return self._f(get_namespace(z), z)
+    def apply(self, z, bias=None, axis=-1):
+        """``f(z + bias)``, the bias (1-d, optional) broadcast along ``axis``."""
+        if self.is_identity:
+            return z if bias is None else z + _along(bias, z.ndim, axis)
+        return fused_activation(z, self.name, bias, axis, derivative=False)
 
-    def scale(self, z, y, t):
-        """``f'(z) * t`` (both the VJP and the JVP of an elementwise map)."""
-        if self._df is None:
-            return t
-        return self._df(get_namespace(z), z, y) * t
+    def forward(self, z, bias=None, axis=-1):
+        """``(f(z + bias), f'(z + bias))`` in one pass; the derivative is None for the identity."""
+        if self.is_identity:
+            return (z if bias is None else z + _along(bias, z.ndim, axis)), None
+        return fused_activation(z, self.name, bias, axis)
+
+    @staticmethod
+    def scale(d, t):
+        """``d * t`` (the VJP and the JVP of an elementwise map), where ``d`` from :meth:`forward` is None for
+        the identity."""
+        return t if d is None else d * t
 
     # Layer protocol
     def __call__(self, x, params, state):
         return self.apply(check_array_input(self, x)), state
 
     def vjp(self, x, params, state):
-        x = check_array_input(self, x)
-        y = self.apply(x)
-        return y, lambda dy: (self.scale(x, y, dy), {}), state
+        y, d = self.forward(check_array_input(self, x))
+        return y, lambda dy: (self.scale(d, dy), {}), state
 
     def jvp(self, x, params, state, dx, dparams=None):
-        x = check_array_input(self, x)
-        y = self.apply(x)
-        return y, self.scale(x, y, dx)
+        y, d = self.forward(check_array_input(self, x))
+        return y, self.scale(d, dx)
+
+
+def _along(bias, ndim, axis):
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return bias.reshape(shape)

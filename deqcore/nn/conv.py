@@ -72,6 +72,7 @@ class Conv2d(WeightedLayer):
         kh, kw = self.kernel_size
         self.weight_shape = (self.out_channels, self.in_channels, kh, kw)
         self.fans = (self.in_channels * kh * kw, self.out_channels * kh * kw)
+        self.bias_axis = 1
 
     def __repr__(self):
         extra = "" if self.stride == (1, 1) else f", stride={self.stride}"

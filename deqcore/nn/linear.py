@@ -64,9 +64,9 @@ def _check_init(init):
 
 
 class WeightedLayer(Layer):
-    """``y = act(linear(x, W) + b)``. Subclasses set ``weight_shape``, ``fans`` and implement
-    ``_prepare(x) -> ctx``, ``_contract(ctx, W) -> z``, ``_transpose(dz, ctx, W) -> (dx, dW)``,
-    ``_bias(b)`` (b broadcast against z) and ``_bias_grad(dz)``."""
+    """``y = act(linear(x, W) + b)``. Subclasses set ``weight_shape``, ``fans``, ``bias_axis`` (the axis of z
+    the bias runs along) and implement ``_prepare(x) -> ctx``, ``_contract(ctx, W) -> z``,
+    ``_transpose(dz, ctx, W) -> (dx, dW)``, ``_bias(b)`` (b broadcast against z) and ``_bias_grad(dz)``."""
 
     def __init__(self, activation, use_bias, init, weight_norm, spectral_norm):
         self.activation = _activation(activation)
@@ -97,23 +97,22 @@ class WeightedLayer(Layer):
             params["bias"] = np.zeros(self.weight_shape[0])
         return params, state
 
-    def _affine(self, ctx, w, params):
-        z = self._contract(ctx, w)
-        return z + self._bias(params["bias"]) if self.use_bias else z
+    def _bias_of(self, params):
+        return params["bias"] if self.use_bias else None
 
+    # the bias add, the activation and its derivative run as one fused pass (nn.activation_kernels)
     def __call__(self, x, params, state):
         ctx = self._prepare(x)
         w, state = self._scheme.weight(params, state)
-        return self.activation.apply(self._affine(ctx, w, params)), state
+        return self.activation.apply(self._contract(ctx, w), self._bias_of(params), self.bias_axis), state
 
     def vjp(self, x, params, state):
         ctx = self._prepare(x)
         w, weight_pullback, state = self._scheme.weight_vjp(params, state)
-        z = self._affine(ctx, w, params)
-        y = self.activation.apply(z)
+        y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
 
         def pullback(dy):
-            dz = self.activation.scale(z, y, dy)
+            dz = self.activation.scale(d, dy)
             dx, dw = self._transpose(dz, ctx, w)
             dparams = weight_pullback(dw)
             if self.use_bias:
@@ -125,14 +124,13 @@ class WeightedLayer(Layer):
     def jvp(self, x, params, state, dx, dparams=None):
         ctx = self._prepare(x)
         w, dw = self._scheme.weight_jvp(params, state, dparams)
-        z = self._affine(ctx, w, params)
+        y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
         dz = self._contract(self._prepare(dx), w)
         if dw is not None:
             dz = dz + self._contract(ctx, dw)
         if dparams is not None and self.use_bias:
             dz = dz + self._bias(dparams["bias"])
-        y = self.activation.apply(z)
-        return y, self.activation.scale(z, y, dz)
+        return y, self.activation.scale(d, dz)
 
 
 class Dense(WeightedLayer):
@@ -169,6 +167,7 @@ class Dense(WeightedLayer):
         super().__init__(activation, use_bias, init, weight_norm, spectral_norm)
         self.weight_shape = (self.out_features, self.in_features)
         self.fans = (self.in_features, self.out_features)
+        self.bias_axis = -1
 
     def __repr__(self):
         return f"Dense({self.in_features} => {self.out_features}{self._options()})"
