@@ -14,6 +14,7 @@ __all__ = ["anderson_step_numba_cpu", "anderson_step_numba_cuda", "anderson_step
 
 _compiled = {}
 
+
 @numba.njit(inline="always")
 def solve_anderson_system(gram, work, newest, ridge, floor, alpha):
     """One sample: (H + λI) w = 1 by elimination with partial pivoting in ``work`` (at least c × (c + 1)),
