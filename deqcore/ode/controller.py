@@ -23,17 +23,11 @@ import numpy as np
 
 from ..backend import to_host
 
-__all__ = ["PIController", "pi_factor", "pi_factor_array", "rms_norm", "initial_step"]
+__all__ = ["PIController", "pi_factor", "pi_factor_array", "initial_step"]
 
 SAFETY = 0.9
 FACTOR_MIN = 0.2
 FACTOR_MAX = 10.0
-
-
-def rms_norm(xp, x, batched: bool):
-    """Root mean square over all elements (per sample when ``batched``), as a device array."""
-    axis = tuple(range(1, x.ndim)) if batched else None
-    return xp.sqrt(xp.mean(x * x, axis=axis))
 
 
 def pi_factor(err, err_prev, after_reject, exponent):
@@ -89,25 +83,30 @@ def pi_factor_array(xp, err, err_prev, after_reject, exponent):
     return xp.where(e <= 1.0, accepted, rejected)
 
 
+@np.errstate(divide="ignore", invalid="ignore")
 def initial_step(xp, f, t0, y0, f0, direction, atol, rtol, error_exponent, batched, span):
     """Hairer–Nørsett–Wanner I §II.4 starting step (costs one f evaluation); returns host ``|h|`` per sample.
 
     ``f(t, y, h)`` evaluates the right-hand side at ``t + h`` (h a per-sample host array).
     """
     scale = atol + rtol * xp.abs(y0)
-    d0 = np.atleast_1d(to_host(rms_norm(xp, y0 / scale, batched)))
-    d1 = np.atleast_1d(to_host(rms_norm(xp, f0 / scale, batched)))
+    axis = tuple(range(1, y0.ndim)) if batched else None
+    n = y0[0].size if batched else y0.size
+
+    def rms(*arrays):
+        """RMS(a / scale) per sample of each array, on the host (one transfer for all)."""
+        sums = [xp.sum(q * q, axis=axis) for q in (a / scale for a in arrays)]
+        return np.sqrt(to_host(xp.stack(sums)).reshape(len(arrays), -1) / n)
+
+    d0, d1 = rms(y0, f0)
     small = (d0 < 1e-5) | (d1 < 1e-5)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h0 = np.where(small, 1e-6, 0.01 * d0 / np.where(small, 1.0, d1))
-    h0 = np.minimum(h0, span)
+    h0 = np.minimum(np.where(small, 1e-6, 0.01 * d0 / np.where(small, 1.0, d1)), span)
     y1 = y0 + _broadcast(xp, direction * h0, y0, batched) * f0
     f1 = f(t0, y1, direction * h0)
-    d2 = np.atleast_1d(to_host(rms_norm(xp, (f1 - f0) / scale, batched))) / h0
+    d2 = rms(f1 - f0)[0] / h0
     dmax = np.maximum(d1, d2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h1 = np.where(dmax <= 1e-15, np.maximum(1e-6, h0 * 1e-3),
-                      (0.01 / np.where(dmax <= 1e-15, 1.0, dmax)) ** (1.0 / error_exponent))
+    h1 = np.where(dmax <= 1e-15, np.maximum(1e-6, h0 * 1e-3),
+                  (0.01 / np.where(dmax <= 1e-15, 1.0, dmax)) ** (1.0 / error_exponent))
     h = np.minimum(np.minimum(100.0 * h0, h1), span)
     return np.where(np.isfinite(h) & (h > 0), h, 1e-6)
 

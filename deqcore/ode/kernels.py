@@ -37,8 +37,7 @@ from .controller import pi_factor_array
 __all__ = ["rk_stage_reference", "rk_combine_error_reference", "adams_predict_reference",
            "adams_correct_error_reference", "ode_control_reference"]
 
-SUCCESS, DIVERGED = int(ReturnCode.SUCCESS), int(ReturnCode.DIVERGED)
-DT_TOO_SMALL = int(ReturnCode.DT_TOO_SMALL)
+DIVERGED, DT_TOO_SMALL = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
 
 
 def _col(xp, h, dtype):
