@@ -60,12 +60,13 @@ def test_stage_and_error_on_one_row_with_one_stage(impl, dtype):
     ks = rng.standard_normal((2, 1, 7)).astype(dtype)
     h = np.array([0.25])
     _run_both("rk_stage", impl, (y, ks, np.array([0.5]), h), dtype)
-    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, (y, ks, np.array([1.0]), np.array([0.5, -0.5]), h,
-                                                                np.empty_like(y), True, 1e-3, 1e-2), dtype)
+    args = (y, ks, np.array([1.0]), np.array([0.5, -0.5]), h, np.empty_like(y), True, 1e-3, 1e-2)
+    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, args, dtype)
     # by hand: y_new = y + h k0, err = h (k0 − k1)/2, scaled by atol + rtol max(|y|, |y_new|)
     np.testing.assert_allclose(y_new, y + dtype(0.25) * ks[0], rtol=1e-6)
     scale = 1e-3 + 1e-2 * np.maximum(np.abs(y), np.abs(y_new)).astype(float)
-    np.testing.assert_allclose(err_sq, [np.sum((0.125 * (ks[0] - ks[1]).astype(float) / scale) ** 2)], rtol=1e-5)
+    err = 0.125 * (ks[0] - ks[1]).astype(float)
+    np.testing.assert_allclose(err_sq, [np.sum((err / scale) ** 2)], rtol=1e-5)
     np.testing.assert_allclose(y_max, [np.abs(y_new).max()], rtol=1e-6)
 
 
@@ -75,8 +76,8 @@ def test_nan_rows_stay_in_their_row(impl):
     y = rng.standard_normal((3, 5))
     ks = rng.standard_normal((4, 3, 5))
     ks[2, 1, 3] = np.nan
-    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, (y, ks, BS3.b.copy(), BS3.b_err.copy(),
-                                                                np.full(3, 0.1), np.empty_like(y), True, 1e-6, 1e-6))
+    args = (y, ks, BS3.b.copy(), BS3.b_err.copy(), np.full(3, 0.1), np.empty_like(y), True, 1e-6, 1e-6)
+    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, args)
     assert np.isnan(err_sq[1]) and np.isnan(y_max[1])
     assert np.isfinite(err_sq[[0, 2]]).all() and np.isfinite(y_max[[0, 2]]).all()
     assert np.isnan(y_new[1, 3]) and np.isfinite(np.delete(y_new[1], 3)).all()
@@ -106,12 +107,13 @@ def test_rows_longer_than_one_cuda_block_are_split(monkeypatch):
     ks[1, 1, 70] = np.nan                  # in the second chunk of row 1
     grid, _, _ = kernels_numba._row_partials(np, 2, 80, 32)
     assert grid == (2, 3)
-    _run_both("rk_combine_error", "numba_cuda", (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(), np.array([0.1, 0.3]),
-                                                 np.empty_like(y), True, 1e-6, 1e-3))
+    h = np.array([0.1, 0.3])
+    _run_both("rk_combine_error", "numba_cuda",
+              (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(), h, np.empty_like(y), True, 1e-6, 1e-3))
     f = rng.standard_normal((2, 80))
-    _run_both("adams_correct_error", "numba_cuda", (y, y + 0.1 * f, f, f, f * 0.5, f * 0.25, np.array([0.1, 0.2]),
-                                                    np.array([0.1, 0.1]), np.array([0.2, 0.05]), np.empty_like(y),
-                                                    True, 1e-6, 1e-3))
+    h1, h2 = np.array([0.1, 0.1]), np.array([0.2, 0.05])
+    _run_both("adams_correct_error", "numba_cuda",
+              (y, y + 0.1 * f, f, f, f * 0.5, f * 0.25, h, h1, h2, np.empty_like(y), True, 1e-6, 1e-3))
 
 
 @settings(max_examples=20)
@@ -124,8 +126,8 @@ def test_random_shapes_on_the_cpu(rows, m, stages, seed, compute_new):
     a, e = rng.standard_normal(stages), rng.standard_normal(stages)
     h = 10.0 ** rng.uniform(-4, 0, rows) * rng.choice([-1.0, 1.0], rows)
     _run_both("rk_stage", "numba_cpu", (y, ks, a, h))
-    _run_both("rk_combine_error", "numba_cpu", (y, ks, a, e, h, y + rng.standard_normal((rows, m)), compute_new,
-                                                1e-6, 1e-4))
+    y_new = y + rng.standard_normal((rows, m))
+    _run_both("rk_combine_error", "numba_cpu", (y, ks, a, e, h, y_new, compute_new, 1e-6, 1e-4))
 
 
 # ---- Adams -------------------------------------------------------------------------------------------------
@@ -139,8 +141,8 @@ def test_adams_kernels(impl, corrector):
     f_pred[2, 4] = np.nan
     y_pred = _run_both("adams_predict", impl, (y, f0, f1, f2, h, h1, h2))
     new = np.empty_like(y) if corrector else y_pred
-    y_new, err_sq, y_max = _run_both("adams_correct_error", impl, (y, y_pred, f_pred, f0, f1, f2, h, h1, h2, new,
-                                                                   corrector, 1e-6, 1e-3))
+    args = (y, y_pred, f_pred, f0, f1, f2, h, h1, h2, new, corrector, 1e-6, 1e-3)
+    y_new, err_sq, y_max = _run_both("adams_correct_error", impl, args)
     if not corrector:
         np.testing.assert_array_equal(y_new, y_pred)
     assert np.isnan(err_sq[2]) and np.isfinite(err_sq[:2]).all()
@@ -153,13 +155,15 @@ def test_adams_prediction_is_exact_for_quadratic_derivatives():
     F = lambda t: t - t * t + t ** 3  # noqa: E731
     t0, h, h1, h2 = 0.4, 0.15, 0.1, 0.2
     row = lambda v: np.array([[v]])  # noqa: E731
-    args = (row(F(t0)), row(f(t0)), row(f(t0 - h1)), row(f(t0 - h1 - h2)), *(np.array([v]) for v in (h, h1, h2)))
+    steps = (np.array([v]) for v in (h, h1, h2))
+    args = (row(F(t0)), row(f(t0)), row(f(t0 - h1)), row(f(t0 - h1 - h2)), *steps)
     for impl in ("reference", "numba_cpu"):
         kernel = registry.get_kernel("adams_predict", np, impl)
         y_pred = kernel(*args)
         np.testing.assert_allclose(y_pred, row(F(t0 + h)), rtol=1e-13)
         correct = registry.get_kernel("adams_correct_error", np, impl)
-        y_new, err_sq, _ = correct(args[0], y_pred, row(f(t0 + h)), *args[1:], np.empty((1, 1)), True, 1e-6, 0.0)
+        y_new, err_sq, _ = correct(args[0], y_pred, row(f(t0 + h)), *args[1:], np.empty((1, 1)), True, 1e-6,
+                                   0.0)
         np.testing.assert_allclose(y_new, row(F(t0 + h)), rtol=1e-13)
         assert err_sq[0] < 1e-20
 
@@ -171,7 +175,8 @@ def test_adams_prediction_is_exact_for_quadratic_derivatives():
        after_reject=st.booleans(), exponent=st.integers(2, 6))
 def test_scalar_pi_factor_equals_the_array_controller(err, err_prev, after_reject, exponent):
     with np.errstate(all="ignore"):
-        expected = PIController(exponent).factor(np.array([err]), np.array([err_prev]), np.array([after_reject]))
+        expected = PIController(exponent).factor(np.array([err]), np.array([err_prev]),
+                                                 np.array([after_reject]))
     assert pi_factor(err, err_prev, after_reject, exponent) == float(expected[0])
 
 
@@ -191,9 +196,10 @@ def _control_args(err, h, t, active, after_reject=False, f_max=1.0, y_max=1.0, t
 def test_control_decisions(impl):
     control = registry.get_kernel("ode_control", np, impl)
     # rows: accepted; rejected; accepted and converged; accepted but blown up; NaN error; step vanishes; idle
-    args = _control_args(err=[0.5, 2.0, 0.5, 0.5, math.nan, 2.0, 0.5], h=[0.1, 0.1, 0.1, 0.1, 0.1, 1e-17, 0.1],
-                         t=[1.0] * 7, active=[True] * 6 + [False],
-                         f_max=[1.0, 1.0, 1e-9, 1.0, 1.0, 1.0, 1.0], y_max=[1.0, 1.0, 1.0, np.inf, 1.0, 1.0, 1.0])
+    args = _control_args(err=[0.5, 2.0, 0.5, 0.5, math.nan, 2.0, 0.5],
+                         h=[0.1, 0.1, 0.1, 0.1, 0.1, 1e-17, 0.1], t=[1.0] * 7, active=[True] * 6 + [False],
+                         f_max=[1.0, 1.0, 1e-9, 1.0, 1.0, 1.0, 1.0],
+                         y_max=[1.0, 1.0, 1.0, np.inf, 1.0, 1.0, 1.0])
     t, h_next, err_prev, after_reject, active, codes, acc, rej, nfe, ok, summary = control(*args)
     np.testing.assert_array_equal(ok, [True, False, True, True, False, False, False])
     np.testing.assert_allclose(t, [1.1, 1.0, 1.1, 1.1, 1.0, 1.0, 1.0])
@@ -202,7 +208,8 @@ def test_control_decisions(impl):
     np.testing.assert_allclose(h_next[1], 0.1 * pi_factor(2.0, 0.5, False, 4))
     assert h_next[4] == pytest.approx(0.02) and h_next[6] == 0.1
     np.testing.assert_array_equal(active, [True, True, False, False, True, False, False])
-    np.testing.assert_array_equal(codes, [0, 0, 0, int(ReturnCode.DIVERGED), 0, int(ReturnCode.DT_TOO_SMALL), 0])
+    diverged, too_small = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
+    np.testing.assert_array_equal(codes, [0, 0, 0, diverged, 0, too_small, 0])
     np.testing.assert_array_equal(after_reject, [False, True, False, False, True, True, False])
     np.testing.assert_array_equal(acc + rej, [1] * 6 + [0])
     np.testing.assert_array_equal(nfe, [9] * 6 + [0])
@@ -220,7 +227,7 @@ def test_control_reaches_a_finite_end_and_agrees_with_the_reference(impl):
     assert out[1][0] == 0.5                                          # no growth after a rejection
 
 
-# ---- whole solves: fused kernels against the references --------------------------------------------------------
+# ---- whole solves: fused kernels against the references -----------------------------------------------
 
 def _deq_map(seed, B, n):
     rng = np.random.default_rng(seed)
@@ -239,7 +246,8 @@ def _solve_all(monkeypatch, mode):
     g = _deq_map(5, 6, 4)
     out = []
     for solver, tol in ((dq.Tsit5(), 1e-8), (dq.VCABM3(), 1e-8), (dq.VCAB3(), 1e-8), (dq.Rodas3(), 1e-5)):
-        batched = dq.steady_state(g, np.zeros((6, 4)), solver, atol=tol, rtol=tol, batched=True, max_steps=3000)
+        batched = dq.steady_state(g, np.zeros((6, 4)), solver, atol=tol, rtol=tol, batched=True,
+                                  max_steps=3000)
         single = dq.steady_state(lambda t, z: g(t, z[None])[0], np.zeros(4), solver, atol=tol, rtol=tol)
         ode = dq.integrate(_van_der_pol, np.array([2.0, 0.0]), (0.0, 3.0), solver, atol=tol, rtol=tol,
                            saveat=[1.0, 2.5])
@@ -262,8 +270,8 @@ def test_solves_with_fused_kernels_equal_the_reference_ones(monkeypatch):
 
 
 def test_solves_on_the_cuda_kernels_equal_the_reference_ones(monkeypatch):
-    """Under the CUDA simulator (tiny problems, a few steps: the simulator is slow): batched VCABM3 through its
-    starter and first Adams step, and Tsit5 steps of an unbatched integration."""
+    """Under the CUDA simulator (tiny problems, a few steps: the simulator is slow): batched VCABM3 through
+    its starter and first Adams step, and Tsit5 steps of an unbatched integration."""
     g = _deq_map(8, 2, 3)
     out = {}
     for mode in ("reference", "numba_cuda"):
