@@ -1,12 +1,13 @@
 """Restarted GMRES with one Krylov space per sample, vectorised over the batch.
 
 Every sample of a ``(B, n)`` batch runs its own Arnoldi process (classical Gram–Schmidt applied twice,
-CGS2, as batched matmuls), its own Givens rotations (accumulated in a small ``(restart+1)^2`` matrix per
-sample, so applying them to a new Hessenberg column is one batched matmul, not a loop) and its own
+CGS2), its own Givens rotations (accumulated in a small ``(restart+1)^2`` matrix per sample) and its own
 convergence test ``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call.
 A sample that converges (or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x``
 stops changing. The small least-squares problems stay on the array namespace as one batched triangular
-solve per cycle. Per Arnoldi step there is one host sync (whether any sample is still iterating).
+solve per cycle. Each Arnoldi step after the operator call is one fused kernel (``arnoldi_step``: CGS2,
+rotations and convergence test per sample), and one host sync (whether any sample is still iterating: an
+operator call saved is worth far more than the sync).
 
 >>> import numpy as np
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
@@ -24,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_callable, check_positive_int, check_tolerance
-from ..backend import check_finite, check_float_array
+from ..backend import check_finite, check_float_array, get_kernel
 from ..results import ReturnCode, Solution
 from ._validate import check_rhs
+from .gmres_kernels import MAX_RESTART, arnoldi_step_reference
 from .operator import LinearOperator, as_operator
 
 __all__ = ["GMRES"]
@@ -183,34 +185,15 @@ class GMRES:
         V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
         k = xp.zeros(B, dtype=np.int64)  # usable Hessenberg columns per sample
         broke = xp.zeros(B, dtype=bool)
-        live = active
+        live = active.copy()
         used = 0
+        arnoldi_step = get_kernel("arnoldi_step", xp) if m <= MAX_RESTART else arnoldi_step_reference
+        tiny_factor = _BREAKDOWN_FACTOR * eps
+        tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), (B,)).astype(dtype, copy=True)
         for j in range(m):
             w = apply_A(precondition(V[:, j]))
             used += 1
-            wnorm = _norms(xp, w)
-            basis = V[:, : j + 1]
-            h = xp.matmul(basis, w[:, :, None])[:, :, 0]
-            w = w - xp.matmul(h[:, None, :], basis)[:, 0]
-            h2 = xp.matmul(basis, w[:, :, None])[:, :, 0]  # second pass of CGS2
-            w = w - xp.matmul(h2[:, None, :], basis)[:, 0]
-            hnext = _norms(xp, w)
-            col = xp.concatenate([h + h2, hnext[:, None]], axis=1)
-            col = xp.matmul(Q[:, : j + 2, : j + 2], col[:, :, None])[:, :, 0]  # the previous rotations
-            den = xp.hypot(col[:, j], col[:, j + 1])
-            safe = xp.where(den > 0, den, 1)
-            c = xp.where(den > 0, col[:, j] / safe, 1)[:, None]
-            s = xp.where(den > 0, col[:, j + 1] / safe, 0)[:, None]
-            Q[:, j], Q[:, j + 1] = c * Q[:, j] + s * Q[:, j + 1], c * Q[:, j + 1] - s * Q[:, j]
-            col[:, j], col[:, j + 1] = den, 0
-            R[:, : j + 2, j] = col
-            tiny = _BREAKDOWN_FACTOR * eps * wnorm
-            usable = den > tiny  # the rotated diagonal: zero means H is singular on this Krylov space
-            k = xp.where(live & usable, j + 1, k)
-            broke = broke | (live & ~usable)
-            estimate = beta * xp.abs(Q[:, j + 1, 0])  # the residual norm of the least-squares solution
-            live = live & usable & (hnext > tiny) & ~(estimate <= tol)
-            V[:, j + 1] = xp.where(live[:, None], w / xp.where(hnext > 0, hnext, 1)[:, None], zero)
+            arnoldi_step(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor)
             if not bool(live.any()):
                 break
         # least squares per sample: the upper-triangular k_i x k_i system; unused columns become identity

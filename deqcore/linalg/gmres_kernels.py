@@ -1,0 +1,104 @@
+"""Fused kernel of GMRES: one Arnoldi step per sample (CGS2 orthogonalisation, the Givens rotations and the
+convergence test) in one pass over the basis.
+
+``arnoldi_step(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor)`` takes ``w = A M v_j`` for every sample and
+updates, in place: the next basis vector ``V[:, j+1]``, column ``j`` of the rotated Hessenberg matrix ``R``, the
+accumulated rotations ``Q``, the usable column count ``k``, and the ``live`` / ``broke`` flags. The NumPy form is
+about twenty array operations per step (each a pass over memory, and on a GPU a launch); the kernels do it in
+one call, and skip samples that are no longer iterating (whose basis vectors are zero).
+
+>>> import numpy as np
+>>> V = np.zeros((1, 3, 2)); V[0, 0] = [1.0, 0.0]
+>>> R, Q = np.zeros((1, 3, 2)), np.eye(3)[None].copy()
+>>> k, live, broke = np.zeros(1, np.int64), np.ones(1, bool), np.zeros(1, bool)
+>>> out = arnoldi_step_reference(V, np.array([[2.0, 1.0]]), R, Q, np.ones(1), np.zeros(1), k, live, broke, 0, 1e-14)
+>>> out[0][0, 1].tolist(), out[3].tolist(), out[4].tolist()       # next basis vector, k, still live
+([0.0, 1.0], [1], [True])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_namespace, register_kernel
+
+__all__ = ["arnoldi_step_reference", "MAX_RESTART"]
+
+#: the largest Krylov dimension per cycle the fused kernel handles (its per-sample scratch is static)
+MAX_RESTART = 64
+
+
+def arnoldi_step_reference(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+    """Reference (array-namespace) implementation; returns ``(V, R, Q, k, live, broke)`` updated in place."""
+    xp = get_namespace(V)
+    norms = lambda v: xp.sqrt(xp.sum(v * v, axis=-1))  # noqa: E731
+    wnorm = norms(w)
+    basis = V[:, : j + 1]
+    h = xp.matmul(basis, w[:, :, None])[:, :, 0]
+    w = w - xp.matmul(h[:, None, :], basis)[:, 0]
+    h2 = xp.matmul(basis, w[:, :, None])[:, :, 0]            # the second pass of CGS2
+    w = w - xp.matmul(h2[:, None, :], basis)[:, 0]
+    hnext = norms(w)
+    col = xp.concatenate([h + h2, hnext[:, None]], axis=1)
+    col = xp.matmul(Q[:, : j + 2, : j + 2], col[:, :, None])[:, :, 0]   # the previous rotations
+    den = xp.hypot(col[:, j], col[:, j + 1])
+    safe = xp.where(den > 0, den, 1)
+    c = xp.where(den > 0, col[:, j] / safe, 1)[:, None]
+    s = xp.where(den > 0, col[:, j + 1] / safe, 0)[:, None]
+    Q[:, j], Q[:, j + 1] = c * Q[:, j] + s * Q[:, j + 1], c * Q[:, j + 1] - s * Q[:, j]
+    col[:, j], col[:, j + 1] = den, 0
+    R[:, : j + 2, j] = col
+    tiny = tiny_factor * wnorm
+    usable = den > tiny                 # the rotated diagonal: zero means H is singular on this Krylov space
+    xp.copyto(k, j + 1, where=live & usable)
+    broke |= live & ~usable
+    estimate = beta * xp.abs(Q[:, j + 1, 0])                 # the least-squares residual norm
+    live &= usable & (hnext > tiny) & ~(estimate <= tol)
+    V[:, j + 1] = xp.where(live[:, None], w / xp.where(hnext > 0, hnext, 1)[:, None], 0)
+    return V, R, Q, k, live, broke
+
+
+def example(rng, dtype, size="small"):
+    """Step j = 2 of a cycle on random systems; sample 1 stopped earlier (zero basis vectors, w = 0)."""
+    batch, n, m = (4, 9, 5) if size == "small" else (1024, 1024, 20)
+    j = 2
+    V = np.zeros((batch, m + 1, n), dtype=dtype)
+    basis, _ = np.linalg.qr(rng.standard_normal((batch, n, j + 1)))
+    V[:, : j + 1] = np.swapaxes(basis, 1, 2)
+    w = rng.standard_normal((batch, n)).astype(dtype)
+    R = np.zeros((batch, m + 1, m), dtype=dtype)
+    angles = rng.uniform(0, np.pi, size=(batch, j))
+    Q = np.broadcast_to(np.eye(m + 1, dtype=dtype), (batch, m + 1, m + 1)).copy()
+    for i in range(j):                                      # some earlier rotations
+        c, s = np.cos(angles[:, i]), np.sin(angles[:, i])
+        Qi, Qn = Q[:, i].copy(), Q[:, i + 1].copy()
+        Q[:, i] = c[:, None] * Qi + s[:, None] * Qn
+        Q[:, i + 1] = c[:, None] * Qn - s[:, None] * Qi
+    live = np.ones(batch, dtype=bool)
+    live[1] = False
+    V[1], w[1] = 0, 0
+    beta = np.abs(rng.standard_normal(batch)).astype(dtype) + 1
+    tol = np.full(batch, 1e-3, dtype=dtype)
+    k = np.full(batch, j, dtype=np.int64)
+    return V, w, R, Q, beta, tol, k, live, np.zeros(batch, dtype=bool), j, 100 * float(np.finfo(dtype).eps)
+
+
+def traffic(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+    """Two reads of the j + 1 basis vectors (dots, then the update, for each CGS pass: four), w read and
+    written, the new basis vector written; the small matrices are negligible."""
+    row = V.shape[2] * V.dtype.itemsize
+    return V.shape[0] * row * (4 * (j + 1) + 3)
+
+
+_SIG = ("void({t}[:, :, :], {t}[:, :], {t}[:, :, :], {t}[:, :, :], {t}[:], {t}[:], int64[:], boolean[:], "
+        "boolean[:], int64, float64)")
+register_kernel(
+    "arnoldi_step",
+    reference=arnoldi_step_reference,
+    numba_cpu="deqcore.linalg.gmres_kernels_numba:arnoldi_step_numba_cpu",
+    numba_cuda="deqcore.linalg.gmres_kernels_numba:arnoldi_step_numba_cuda",
+    cuda_ptx_targets=[("deqcore.linalg.gmres_kernels_numba:arnoldi_step_cuda_kernel", _SIG.format(t=t))
+                      for t in ("float64", "float32")],
+    example="deqcore.linalg.gmres_kernels:example",
+    traffic="deqcore.linalg.gmres_kernels:traffic",
+)

@@ -1,0 +1,185 @@
+"""Numba CPU and CUDA versions of the fused Arnoldi step (loaded lazily through the kernel registry)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_namespace
+from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
+from .gmres_kernels import MAX_RESTART
+from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+
+__all__ = ["arnoldi_step_numba_cpu", "arnoldi_step_numba_cuda", "arnoldi_step_cuda_kernel", "finish_column"]
+
+THREADS = 128
+SCRATCH = MAX_RESTART + 2
+
+
+@numba.njit(inline="always")
+def finish_column(hsum, hnext, wnorm, Q, R, col, j, beta, tol, tiny_factor):
+    """The scalar tail of an Arnoldi step on one sample: rotate the new Hessenberg column by the previous
+    rotations (``Q``), add the rotation that zeroes its subdiagonal, store it in ``R``. Returns
+    ``(usable, go_on)``: the rotated diagonal is not round-off, and the sample keeps iterating."""
+    for r in range(j + 2):
+        acc = 0.0
+        for c in range(j + 1):
+            acc += Q[r, c] * hsum[c]
+        col[r] = acc + Q[r, j + 1] * hnext
+    den = math.hypot(col[j], col[j + 1])
+    c = col[j] / den if den > 0 else 1.0
+    s = col[j + 1] / den if den > 0 else 0.0
+    for i in range(Q.shape[1]):
+        qj = Q[j, i]
+        qn = Q[j + 1, i]
+        Q[j, i] = c * qj + s * qn
+        Q[j + 1, i] = c * qn - s * qj
+    col[j] = den
+    col[j + 1] = 0.0
+    for r in range(j + 2):
+        R[r, j] = col[r]
+    tiny = tiny_factor * wnorm
+    usable = den > tiny
+    estimate = beta * abs(Q[j + 1, 0])
+    go_on = usable and hnext > tiny and not (estimate <= tol)
+    return usable, go_on
+
+
+@numba.njit(cache=CACHE)
+def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+    hsum = np.empty(j + 1)
+    h = np.empty(j + 1)
+    col = np.empty(j + 2)
+    n = w.shape[1]
+    for b in range(V.shape[0]):
+        if not live[b]:
+            continue
+        wb = w[b]
+        Vb = V[b]
+        acc = 0.0
+        for e in range(n):
+            acc += wb[e] * wb[e]
+        wnorm = math.sqrt(acc)
+        for i in range(j + 1):
+            hsum[i] = 0.0
+        for _ in range(2):                                  # classical Gram–Schmidt, twice
+            for i in range(j + 1):
+                acc = 0.0
+                for e in range(n):
+                    acc += Vb[i, e] * wb[e]
+                h[i] = acc
+            for i in range(j + 1):
+                hi = h[i]
+                for e in range(n):
+                    wb[e] -= hi * Vb[i, e]
+                hsum[i] += hi
+        acc = 0.0
+        for e in range(n):
+            acc += wb[e] * wb[e]
+        hnext = math.sqrt(acc)
+        usable, go_on = finish_column(hsum, hnext, wnorm, Q[b], R[b], col, j, beta[b], tol[b], tiny_factor)
+        if usable:
+            k[b] = j + 1
+        else:
+            broke[b] = True
+        live[b] = go_on
+        scale = 1.0 / hnext if hnext > 0 else 1.0
+        for e in range(n):
+            Vb[j + 1, e] = wb[e] * scale if go_on else 0.0
+
+
+def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+    w = np.array(w, order="C", copy=True)                  # scratch: the caller's w is left as it was
+    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor))
+    return V, R, Q, k, live, broke
+
+
+_finish_cuda = finish_column.py_func if cuda_simulator_enabled() else finish_column
+
+
+def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+    """One block per live sample: block reductions for the norms and the dot products, thread 0 for the
+    rotations, then the block writes the next basis vector. ``w`` is overwritten (scratch)."""
+    b = cuda.blockIdx.x
+    if not live[b]:
+        return
+    tid = cuda.threadIdx.x
+    n = w.shape[1]
+    red = cuda.shared.array(THREADS, numba.float64)
+    hsum = cuda.shared.array(SCRATCH, numba.float64)
+    h = cuda.shared.array(SCRATCH, numba.float64)
+    col = cuda.shared.array(SCRATCH, numba.float64)
+    norms = cuda.shared.array(3, numba.float64)             # ||w|| before, ||w|| after, 1 / scale or 0
+    for i in range(tid, j + 1, cuda.blockDim.x):
+        hsum[i] = 0.0
+    cuda.syncthreads()
+    # task -1: ||w||²; tasks 0..j: <V_i, w>, for each of the two passes; task j + 1 of the last pass: ||w||²
+    for sweep in range(2):
+        for task in range(-1 if sweep == 0 else 0, j + 1):
+            acc = 0.0
+            for e in range(tid, n, cuda.blockDim.x):
+                acc += (w[b, e] * w[b, e]) if task < 0 else (V[b, task, e] * w[b, e])
+            red[tid] = acc
+            cuda.syncthreads()
+            stride = cuda.blockDim.x // 2
+            while stride > 0:
+                if tid < stride:
+                    red[tid] += red[tid + stride]
+                cuda.syncthreads()
+                stride //= 2
+            if tid == 0:
+                if task < 0:
+                    norms[0] = math.sqrt(red[0])
+                else:
+                    h[task] = red[0]
+                    hsum[task] += red[0]
+            cuda.syncthreads()
+        for e in range(tid, n, cuda.blockDim.x):
+            acc = w[b, e]
+            for i in range(j + 1):
+                acc -= h[i] * V[b, i, e]
+            w[b, e] = acc
+        cuda.syncthreads()
+    acc = 0.0
+    for e in range(tid, n, cuda.blockDim.x):
+        acc += w[b, e] * w[b, e]
+    red[tid] = acc
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if tid < stride:
+            red[tid] += red[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0:
+        hnext = math.sqrt(red[0])
+        usable, go_on = _finish_cuda(hsum, hnext, norms[0], Q[b], R[b], col, j, beta[b], tol[b], tiny_factor)
+        if usable:
+            k[b] = j + 1
+        else:
+            broke[b] = True
+        live[b] = go_on
+        norms[2] = (1.0 / hnext if hnext > 0 else 1.0) if go_on else 0.0
+    cuda.syncthreads()
+    scale = norms[2]
+    for e in range(tid, n, cuda.blockDim.x):
+        V[b, j + 1, e] = w[b, e] * scale
+
+
+_compiled = {}
+
+
+def arnoldi_step_numba_cuda(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+    if "arnoldi_step" not in _compiled:
+        _compiled["arnoldi_step"] = cuda.jit(arnoldi_step_cuda_kernel)
+    kernel = _compiled["arnoldi_step"]
+    xp = get_namespace(V)
+    w = xp.array(w, order="C", copy=True)
+    threads = 8 if cuda_simulator_enabled() else THREADS       # the simulator runs each thread in Python
+    args = (V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor))
+    if xp is np:
+        kernel[V.shape[0], threads](*args)
+    else:
+        kernel[V.shape[0], threads, cupy_stream()](*args)
+    return V, R, Q, k, live, broke

@@ -1,0 +1,57 @@
+"""GMRES on the fused Arnoldi step: the same iterates as the array-namespace reference (NumPy and the CUDA
+kernel on the simulator), per-sample codes with samples finishing at different steps, and the fallback for a
+Krylov dimension above the kernel's limit."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from deqcore import linalg
+from deqcore.linalg.gmres_kernels import MAX_RESTART
+
+
+def _systems(rng, batch, n, dtype):
+    A = rng.standard_normal((batch, n, n)) / np.sqrt(n)
+    A += np.eye(n) * rng.uniform(0.8, 3.0, size=(batch, 1, 1))     # different conditioning per sample
+    return A.astype(dtype), rng.standard_normal((batch, n)).astype(dtype)
+
+
+def _solve(A, b, impl, **settings):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEQCORE_KERNELS", impl)
+        return linalg.GMRES(**settings).solve(A, b)
+
+
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 5), n=st.integers(1, 12),
+       restart=st.integers(1, 8), dtype=st.sampled_from([np.float32, np.float64]))
+def test_fused_arnoldi_gives_the_reference_solution(seed, batch, n, restart, dtype):
+    A, b = _systems(np.random.default_rng(seed), batch, n, dtype)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    ref = _solve(A, b, "reference", rtol=rtol, restart=restart)
+    fused = _solve(A, b, "numba_cpu", rtol=rtol, restart=restart)
+    np.testing.assert_array_equal(fused.result, ref.result)
+    assert fused.stats == ref.stats
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(fused.value, ref.value, rtol=tol, atol=tol)
+    # a converged sample's true residual, in float64, meets the test up to the dtype's round-off
+    A64, b64, x64 = (a.astype(np.float64) for a in (A, b, fused.value))
+    residual = np.linalg.norm(np.einsum("bij,bj->bi", A64, x64) - b64, axis=1)
+    slack = 10 * np.finfo(dtype).eps * np.linalg.norm(A64, axis=(1, 2)) * np.linalg.norm(x64, axis=1)
+    ok = fused.result == 0
+    assert np.all(residual[ok] <= 1.01 * rtol * np.linalg.norm(b64, axis=1)[ok] + slack[ok])
+
+
+def test_cuda_kernel_on_the_simulator_gives_the_reference_solution(rng):
+    A, b = _systems(rng, 2, 4, np.float64)
+    ref = _solve(A, b, "reference", rtol=1e-10, restart=4)
+    cuda = _solve(A, b, "numba_cuda", rtol=1e-10, restart=4)
+    np.testing.assert_array_equal(cuda.result, ref.result)
+    np.testing.assert_allclose(cuda.value, ref.value, atol=1e-10)
+
+
+def test_krylov_dimension_above_the_kernel_limit_falls_back(rng):
+    n = MAX_RESTART + 6
+    A, b = _systems(rng, 2, n, np.float64)
+    sol = linalg.GMRES(rtol=1e-10, restart=MAX_RESTART + 4).solve(A, b)
+    assert sol.success.all()
+    np.testing.assert_allclose(sol.value, np.linalg.solve(A, b[:, :, None])[:, :, 0], atol=1e-8)
