@@ -168,6 +168,7 @@ def _logistic(w):
 
 
 # -- each activation: (value, derivative) --------------------------------------------------------------------------
+# The conditional expressions below are written so that NaN passes through (max/min would drop it).
 @numba.njit(inline="always", cache=CACHE)
 def identity_vd(z):
     return z, _c(1.0, z)
