@@ -403,7 +403,8 @@ _compiled = {}
 
 def _launch(z, bias, code, want_d):
     if "forward" not in _compiled:
-        _compiled["forward"] = cuda.jit(activation_forward_cuda_kernel)
+        # one kernel for all activations takes seconds to compile: keep it on disk where a cache folder exists
+        _compiled["forward"] = cuda.jit(activation_forward_cuda_kernel, cache=CACHE)
     kernel = _compiled["forward"]
     xp = get_namespace(z)
     y = xp.empty_like(z)
