@@ -10,6 +10,7 @@ from ..backend import get_namespace
 from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
 from .gmres_kernels import MAX_RESTART
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+from ..backend.cuda_blocks import block_reduce, for_kernels  # noqa: E402
 
 __all__ = ["arnoldi_step_numba_cpu", "arnoldi_step_numba_cuda", "arnoldi_step_cuda_kernel", "finish_column"]
 
@@ -96,6 +97,7 @@ def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor
 
 
 _finish_cuda = finish_column.py_func if cuda_simulator_enabled() else finish_column
+_block_reduce, = for_kernels(block_reduce)
 
 
 def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
@@ -120,20 +122,13 @@ def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_fact
             acc = 0.0
             for e in range(tid, n, cuda.blockDim.x):
                 acc += (w[b, e] * w[b, e]) if task < 0 else (V[b, task, e] * w[b, e])
-            red[tid] = acc
-            cuda.syncthreads()
-            stride = cuda.blockDim.x // 2
-            while stride > 0:
-                if tid < stride:
-                    red[tid] += red[tid + stride]
-                cuda.syncthreads()
-                stride //= 2
+            total = _block_reduce(red, acc, False)
             if tid == 0:
                 if task < 0:
-                    norms[0] = math.sqrt(red[0])
+                    norms[0] = math.sqrt(total)
                 else:
-                    h[task] = red[0]
-                    hsum[task] += red[0]
+                    h[task] = total
+                    hsum[task] += total
             cuda.syncthreads()
         for e in range(tid, n, cuda.blockDim.x):
             acc = w[b, e]
@@ -144,16 +139,8 @@ def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_fact
     acc = 0.0
     for e in range(tid, n, cuda.blockDim.x):
         acc += w[b, e] * w[b, e]
-    red[tid] = acc
-    cuda.syncthreads()
-    stride = cuda.blockDim.x // 2
-    while stride > 0:
-        if tid < stride:
-            red[tid] += red[tid + stride]
-        cuda.syncthreads()
-        stride //= 2
+    hnext = math.sqrt(_block_reduce(red, acc, False))
     if tid == 0:
-        hnext = math.sqrt(red[0])
         usable, go_on = _finish_cuda(hsum, hnext, norms[0], Q[b], R[b], col, j, beta[b], tol[b], tiny_factor)
         if usable:
             k[b] = j + 1

@@ -17,6 +17,7 @@ from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, la
 from .controller import pi_factor as _pi_factor_py
 from .kernels import DIVERGED, DT_TOO_SMALL
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+from ..backend.cuda_blocks import block_reduce, block_reduce2, for_kernels, max_nan  # noqa: E402
 
 __all__ = ["rk_stage_numba_cpu", "rk_stage_numba_cuda", "rk_combine_error_numba_cpu",
            "rk_combine_error_numba_cuda", "adams_predict_numba_cpu", "adams_predict_numba_cuda",
@@ -30,13 +31,6 @@ MAX_CHUNKS = 1024
 
 
 # ---- scalar helpers (CPU and CUDA) ------------------------------------------------------------------------
-
-@numba.njit(inline="always")
-def max_nan(a, b):
-    """max(a, b), NaN if either is NaN (as ``numpy.maximum``); branch-free, so reductions pipeline."""
-    return a if (a > b) | (a != a) else b
-
-
 pi_factor = numba.njit(inline="always", cache=CACHE)(_pi_factor_py)
 
 
@@ -97,6 +91,7 @@ def control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_rejec
         active[r] = False
 
 
+_block_reduce, _block_reduce2 = for_kernels(block_reduce, block_reduce2)
 # The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
 if cuda_simulator_enabled():
     _max_nan, _adams_row, _adams_differences, _adams_error_weight, _control_row = (
@@ -286,19 +281,10 @@ def rk_combine_error_cuda_kernel(y, ks, b, e, h, y_new, compute_new, atol, rtol,
         top = _max_nan(top, a_new)
     shared_sum = cuda.shared.array(THREADS, numba.float64)
     shared_max = cuda.shared.array(THREADS, numba.float64)
-    shared_sum[tid] = total
-    shared_max[tid] = top
-    cuda.syncthreads()
-    stride = cuda.blockDim.x // 2
-    while stride > 0:
-        if tid < stride:
-            shared_sum[tid] += shared_sum[tid + stride]
-            shared_max[tid] = _max_nan(shared_max[tid], shared_max[tid + stride])
-        cuda.syncthreads()
-        stride //= 2
+    block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
     if tid == 0:
-        part_sum[r, cuda.blockIdx.y] = shared_sum[0]
-        part_max[r, cuda.blockIdx.y] = shared_max[0]
+        part_sum[r, cuda.blockIdx.y] = block_sum
+        part_max[r, cuda.blockIdx.y] = block_max
 
 
 def adams_predict_cuda_kernel(y, f0, f1, f2, h, h1, h2, out):
@@ -335,19 +321,10 @@ def adams_correct_error_cuda_kernel(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_
         top = _max_nan(top, a_new)
     shared_sum = cuda.shared.array(THREADS, numba.float64)
     shared_max = cuda.shared.array(THREADS, numba.float64)
-    shared_sum[tid] = total
-    shared_max[tid] = top
-    cuda.syncthreads()
-    stride = cuda.blockDim.x // 2
-    while stride > 0:
-        if tid < stride:
-            shared_sum[tid] += shared_sum[tid + stride]
-            shared_max[tid] = _max_nan(shared_max[tid], shared_max[tid + stride])
-        cuda.syncthreads()
-        stride //= 2
+    block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
     if tid == 0:
-        part_sum[r, cuda.blockIdx.y] = shared_sum[0]
-        part_max[r, cuda.blockIdx.y] = shared_max[0]
+        part_sum[r, cuda.blockIdx.y] = block_sum
+        part_max[r, cuda.blockIdx.y] = block_max
 
 
 def ode_control_cuda_kernel(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes,
@@ -366,15 +343,7 @@ def ode_control_cuda_kernel(err_sq, y_absmax, f_new, t, h, h_next, err_prev, aft
         top = 0.0
         for i in range(tid, m, cuda.blockDim.x):
             top = _max_nan(top, abs(f_new[r, i]))
-        shared[tid] = top
-        cuda.syncthreads()
-        stride = cuda.blockDim.x // 2
-        while stride > 0:
-            if tid < stride:
-                shared[tid] = _max_nan(shared[tid], shared[tid + stride])
-            cuda.syncthreads()
-            stride //= 2
-        res = shared[0]
+        res = _block_reduce(shared, top, True)
     if tid == 0:
         _control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_reject, active, codes,
                      accepted, rejected, nfe, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev)

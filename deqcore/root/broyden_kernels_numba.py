@@ -16,7 +16,8 @@ import numpy as np
 
 from ..backend import get_namespace
 from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
-from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+from numba import cuda  # noqa: E402
+from ..backend.cuda_blocks import block_reduce2, for_kernels  # noqa: E402  (after numba_tools has set the cache folder)
 
 __all__ = ["broyden_dots_numba_cpu", "broyden_dots_numba_cuda", "broyden_dots_cuda_kernel",
            "broyden_update_numba_cpu", "broyden_update_numba_cuda", "broyden_update_cuda_kernel",
@@ -50,6 +51,7 @@ def broyden_decision(denom, ss, dd, bad, ff, fo, count, m, limited, reset_factor
 # The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
 _slot_cuda = broyden_slot.py_func if cuda_simulator_enabled() else broyden_slot
 _decision_cuda = broyden_decision.py_func if cuda_simulator_enabled() else broyden_decision
+_block_reduce2, = for_kernels(block_reduce2)
 
 
 # -- CPU ----------------------------------------------------------------------------------------------------------
@@ -234,19 +236,10 @@ def broyden_dots_cuda_kernel(U, V, f, s, count, a, c):
     for j in range(tid, U.shape[2], cuda.blockDim.x):
         acc_a += float(V[b, i, j]) * float(f[b, j])
         acc_c += float(U[b, i, j]) * float(s[b, j])
-    shared_a[tid] = acc_a
-    shared_c[tid] = acc_c
-    cuda.syncthreads()
-    stride = cuda.blockDim.x // 2
-    while stride > 0:
-        if tid < stride:
-            shared_a[tid] += shared_a[tid + stride]
-            shared_c[tid] += shared_c[tid + stride]
-        cuda.syncthreads()
-        stride //= 2
+    sum_a, sum_c = _block_reduce2(shared_a, shared_c, acc_a, acc_c, False, False)
     if tid == 0:
-        a[b, i] = shared_a[0]
-        c[b, i] = shared_c[0]
+        a[b, i] = sum_a
+        c[b, i] = sum_c
 
 
 def broyden_update_cuda_kernel(U, V, y, f, f_old, s, a, c, count, k, limited, reset_factor, tiny, work, y_next,

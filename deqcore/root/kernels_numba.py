@@ -7,6 +7,7 @@ import numpy as np
 from ..backend import get_namespace
 from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, launch_config, numba
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+from ..backend.cuda_blocks import block_reduce2, for_kernels  # noqa: E402
 
 __all__ = ["row_norms_numba_cpu", "row_norms_numba_cuda", "row_norms_cuda_kernel", "absmax_nan",
            "driver_update_numba_cpu", "driver_update_numba_cuda", "driver_update_cuda_kernel"]
@@ -59,29 +60,30 @@ def row_norms_numba_cpu(f, y):
     return out_f.view(f.dtype), out_y.view(f.dtype)
 
 
+@numba.njit(inline="always")
+def block_row_absmax(f, y, row, shared_f, shared_y):
+    """(max|f[row]|, max|y[row]|) over a CUDA block, NaN as +inf (the partial maxima hold no NaN, so a plain
+    maximum combines them)."""
+    mf, my = 0.0, 0.0
+    for j in range(cuda.threadIdx.x, f.shape[1], cuda.blockDim.x):
+        mf = absmax_nan(mf, f[row, j])
+        my = absmax_nan(my, y[row, j])
+    return _block_reduce2(shared_f, shared_y, mf, my, True, True)
+
+
+_block_reduce2, = for_kernels(block_reduce2)
+_block_row_absmax, = for_kernels(block_row_absmax)
+
+
 def row_norms_cuda_kernel(f, y, out_f, out_y):
     """One block per row; threads stride over the columns, then a shared-memory max-reduction."""
     row = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
     shared_f = cuda.shared.array(THREADS, numba.float64)
     shared_y = cuda.shared.array(THREADS, numba.float64)
-    mf, my = 0.0, 0.0
-    for j in range(tid, f.shape[1], cuda.blockDim.x):
-        mf = absmax_nan(mf, f[row, j])
-        my = absmax_nan(my, y[row, j])
-    shared_f[tid] = mf
-    shared_y[tid] = my
-    cuda.syncthreads()
-    stride = cuda.blockDim.x // 2
-    while stride > 0:
-        if tid < stride:
-            shared_f[tid] = absmax_nan(shared_f[tid], shared_f[tid + stride])
-            shared_y[tid] = absmax_nan(shared_y[tid], shared_y[tid + stride])
-        cuda.syncthreads()
-        stride //= 2
-    if tid == 0:
-        out_f[row] = shared_f[0]
-        out_y[row] = shared_y[0]
+    nf, ny = _block_row_absmax(f, y, row, shared_f, shared_y)
+    if cuda.threadIdx.x == 0:
+        out_f[row] = nf
+        out_y[row] = ny
 
 
 _compiled = {}
@@ -167,7 +169,7 @@ def driver_update_numba_cpu(f, y, best_y, best_res, since_best, codes, done, ato
     return best_y, best_res, since_best, codes, done
 
 
-_decision_cuda = driver_decision.py_func if cuda_simulator_enabled() else driver_decision
+_decision_cuda, = for_kernels(driver_decision)
 
 
 def driver_update_cuda_kernel(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
@@ -180,23 +182,9 @@ def driver_update_cuda_kernel(f, y, best_y, best_res, since_best, codes, done, a
     shared_f = cuda.shared.array(THREADS, numba.float64)
     shared_y = cuda.shared.array(THREADS, numba.float64)
     copy_row = cuda.shared.array(1, numba.int32)
-    mf, my = 0.0, 0.0
-    for j in range(tid, f.shape[1], cuda.blockDim.x):
-        mf = absmax_nan(mf, f[row, j])
-        my = absmax_nan(my, y[row, j])
-    shared_f[tid] = mf
-    shared_y[tid] = my
-    cuda.syncthreads()
-    stride = cuda.blockDim.x // 2
-    while stride > 0:
-        if tid < stride:
-            shared_f[tid] = absmax_nan(shared_f[tid], shared_f[tid + stride])
-            shared_y[tid] = absmax_nan(shared_y[tid], shared_y[tid + stride])
-        cuda.syncthreads()
-        stride //= 2
+    res, y_norm = _block_row_absmax(f, y, row, shared_f, shared_y)
     if tid == 0:
-        res = shared_f[0]
-        improved, since, code = _decision_cuda(res, shared_y[0], best_res[row], since_best[row], atol, rtol,
+        improved, since, code = _decision_cuda(res, y_norm, best_res[row], since_best[row], atol, rtol,
                                                limit[row], patience)
         since_best[row] = since
         copy_row[0] = 0
