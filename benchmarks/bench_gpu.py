@@ -28,6 +28,8 @@ from deqcore.root import driver
 
 
 def _timed(xp, fn, repeats):
+    """Median wall time of ``repeats`` calls after one untimed call (which compiles the kernels)."""
+    fn()
     times, out = [], None
     for _ in range(repeats):
         synchronize(xp)
@@ -95,7 +97,7 @@ def bench_deq(xp, batch, width, inputs, dtype, tol, repeats):
     return rows, f_time
 
 
-def kernel_arguments(spec, xp):
+def kernel_arguments(spec, xp, size="large"):
     """The kernel's example arguments at benchmark size, on the device: ``example(..., size="large")`` where the
     example takes ``size``, else the small example with every array's leading (batch) axis repeated."""
     import inspect
@@ -105,13 +107,17 @@ def kernel_arguments(spec, xp):
     example = registry.resolve(spec.example)
     rng = np.random.default_rng(0)
     if "size" in inspect.signature(example).parameters:
-        args = example(rng, np.float32, size="large")
+        args = example(rng, np.float32, size=size)
     else:
         args = example(rng, np.float32)
         per_row = max(a[0].size for a in args if isinstance(a, np.ndarray) and a.ndim >= 1)
         repeat = max(1, 2 ** 20 // per_row)
         args = [np.repeat(a, repeat, axis=0) if isinstance(a, np.ndarray) and a.ndim >= 1 else a for a in args]
     return [xp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+
+
+def _fresh(args):
+    return [a.copy() if hasattr(a, "copy") else a for a in args]
 
 
 def bench_kernels(xp, repeats):
@@ -126,9 +132,16 @@ def bench_kernels(xp, repeats):
         try:
             args = kernel_arguments(spec, xp)
             kernel = spec.load("numba_cuda")
-            fresh = [a.copy() if hasattr(a, "copy") else a for a in args]     # in-place kernels: same inputs
-            kernel(*fresh)                                                   # compile outside the timing
-            k_time, _ = _timed(xp, lambda: kernel(*fresh), repeats)
+            kernel(*_fresh(args))                                        # compile outside the timing
+            times = []
+            for _ in range(repeats):
+                fresh = _fresh(args)        # in-place kernels (done flags, rings) start from the same state
+                synchronize(xp)
+                start = time.perf_counter()
+                kernel(*fresh)
+                synchronize(xp)
+                times.append(time.perf_counter() - start)
+            k_time = statistics.median(times)
         except Exception as err:  # report, do not hide: a kernel that cannot run at scale is a finding
             rows.append((name, f"error: {type(err).__name__}: {err}", "", "", ""))
             continue
