@@ -47,7 +47,7 @@ def finish_column(hsum, hnext, wnorm, Q, R, col, j, beta, tol, tiny_factor):
     return usable, go_on
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(cache=CACHE, fastmath={"reassoc", "contract"})   # reassociation vectorises the dot products
 def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
     hsum = np.empty(j + 1)
     h = np.empty(j + 1)
