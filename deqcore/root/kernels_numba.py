@@ -29,11 +29,13 @@ def absmax_nan(current, value):
 
 
 @numba.njit(cache=CACHE)
-def _row_absmax_bits(f_bits, y_bits, magnitude, inf_bits, out_f, out_y):
-    """Max-norms on the floats' bit patterns: with the sign bit cleared, non-negative floats order like integers,
-    and every NaN pattern lies above +inf's — so an integer max (which vectorises, unlike a NaN-aware float max)
-    gives the norm, with NaN clamped to +inf."""
+def _row_absmax_bits(f_bits, y_bits, skip, magnitude, inf_bits, out_f, out_y):
+    """Max-norms of the rows not ``skip``-ped, on the floats' bit patterns: with the sign bit cleared,
+    non-negative floats order like integers, and every NaN pattern lies above +inf's — so an integer max (which
+    vectorises, unlike a NaN-aware float max) gives the norm, with NaN clamped to +inf."""
     for i in range(f_bits.shape[0]):
+        if skip[i]:
+            continue
         mf = f_bits[i, 0] & magnitude
         my = y_bits[i, 0] & magnitude
         for j in range(1, f_bits.shape[1]):
@@ -50,14 +52,19 @@ _BITS = {np.dtype(t): (i, i(np.iinfo(i).max), np.array(np.inf, dtype=t).view(i)[
          for t, i in ((np.float64, np.int64), (np.float32, np.int32))}
 
 
-def row_norms_numba_cpu(f, y):
-    """One vectorised pass over both arrays (see ``_row_absmax_bits``)."""
+def _norms_cpu(f, y, skip):
+    """(max|f|, max|y|) per row as float arrays (zero on skipped rows), in one vectorised pass."""
     itype, magnitude, inf_bits = _BITS[f.dtype]
-    out_f = np.empty(f.shape[0], dtype=itype)
-    out_y = np.empty(f.shape[0], dtype=itype)
-    _row_absmax_bits(np.ascontiguousarray(f).view(itype), np.ascontiguousarray(y).view(itype), magnitude,
+    out_f = np.zeros(f.shape[0], dtype=itype)
+    out_y = np.zeros(f.shape[0], dtype=itype)
+    _row_absmax_bits(np.ascontiguousarray(f).view(itype), np.ascontiguousarray(y).view(itype), skip, magnitude,
                      inf_bits, out_f, out_y)
     return out_f.view(f.dtype), out_y.view(f.dtype)
+
+
+def row_norms_numba_cpu(f, y):
+    """One vectorised pass over both arrays (see ``_row_absmax_bits``)."""
+    return _norms_cpu(f, y, np.zeros(f.shape[0], dtype=bool))
 
 
 @numba.njit(inline="always")
@@ -124,23 +131,6 @@ def driver_decision(res, y_norm, best, since, atol, rtol, limit, patience):
 
 
 @numba.njit(cache=CACHE)
-def _live_row_absmax_bits(f_bits, y_bits, done, magnitude, inf_bits, out_f, out_y):
-    """``_row_absmax_bits`` restricted to the rows not done."""
-    for i in range(f_bits.shape[0]):
-        if done[i]:
-            continue
-        mf = f_bits[i, 0] & magnitude
-        my = y_bits[i, 0] & magnitude
-        for j in range(1, f_bits.shape[1]):
-            a = f_bits[i, j] & magnitude
-            b = y_bits[i, j] & magnitude
-            mf = a if a > mf else mf
-            my = b if b > my else my
-        out_f[i] = inf_bits if mf > inf_bits else mf
-        out_y[i] = inf_bits if my > inf_bits else my
-
-
-@numba.njit(cache=CACHE)
 def _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
     for i in range(res.shape[0]):
         if done[i]:
@@ -158,14 +148,10 @@ def _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, don
 
 def driver_update_numba_cpu(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
     """Norms of the live rows on bit patterns (vectorised), then the scalar bookkeeping per row."""
-    itype, magnitude, inf_bits = _BITS[f.dtype]
-    res_bits = np.zeros(f.shape[0], dtype=itype)
-    y_bits = np.zeros(f.shape[0], dtype=itype)
     y = np.ascontiguousarray(y)
-    _live_row_absmax_bits(np.ascontiguousarray(f).view(itype), y.view(itype), done, magnitude, inf_bits, res_bits,
-                          y_bits)
-    _driver_bookkeeping(res_bits.view(f.dtype), y_bits.view(f.dtype), y, best_y, best_res, since_best, codes, done,
-                        float(atol), float(rtol), limit, int(patience))
+    res, y_norm = _norms_cpu(f, y, done)
+    _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, float(atol), float(rtol), limit,
+                        int(patience))
     return best_y, best_res, since_best, codes, done
 
 
