@@ -48,9 +48,19 @@ def broyden_decision(denom, ss, dd, bad, ff, fo, count, m, limited, reset_factor
     return usable, reset
 
 
+@numba.njit(inline="always")
+def add_pair_terms(denom, vf, ss, dd, ff, fo, bad, fj, oj, sj, tj):
+    """One element's terms added to a sample's seven reductions for :func:`broyden_decision` (tj: Hᵀs, fj: f,
+    oj: the previous f, sj: s). Shared by the CPU loop and the CUDA kernel."""
+    dj = fj - oj
+    return (denom + tj * dj, vf + tj * fj, ss + sj * sj, dd + dj * dj, ff + fj * fj, fo + oj * oj,
+            bad + (fj - fj))
+
+
 # The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
 _slot_cuda = broyden_slot.py_func if cuda_simulator_enabled() else broyden_slot
 _decision_cuda = broyden_decision.py_func if cuda_simulator_enabled() else broyden_decision
+_add_pair_terms = add_pair_terms.py_func if cuda_simulator_enabled() else add_pair_terms
 _block_reduce2, = for_kernels(block_reduce2)
 
 
@@ -121,18 +131,8 @@ def _update_sample(U, V, y, f, f_old, s, a, c, b, r, filled, k, limited, reset_f
         i += 1
     denom, vf, ss, dd, ff, fo, bad = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     for j in range(n):
-        fj = float(f[b, j])
-        oj = float(f_old[b, j])
-        sj = float(s[b, j])
-        tj = float(ht[j])
-        dj = fj - oj
-        denom += tj * dj
-        vf += tj * fj
-        ss += sj * sj
-        dd += dj * dj
-        ff += fj * fj
-        fo += oj * oj
-        bad += fj - fj
+        denom, vf, ss, dd, ff, fo, bad = add_pair_terms(denom, vf, ss, dd, ff, fo, bad, float(f[b, j]),
+                                                        float(f_old[b, j]), float(s[b, j]), float(ht[j]))
     usable, reset = broyden_decision(denom, ss, dd, bad, ff, fo, filled, m, limited, reset_factor, tiny)
     if reset:                                           # H = −I: the step is a plain fixed-point step
         for j in range(n):
@@ -264,17 +264,8 @@ def broyden_update_cuda_kernel(U, V, y, f, f_old, s, a, c, count, k, limited, re
             ht += float(c[b, i]) * float(V[b, i, j])
         work[b, 0, j] = hf
         work[b, 1, j] = ht
-        fj = float(f[b, j])
-        oj = float(f_old[b, j])
-        sj = float(s[b, j])
-        dj = fj - oj
-        denom += ht * dj
-        vf += ht * fj
-        ss += sj * sj
-        dd += dj * dj
-        ff += fj * fj
-        fo += oj * oj
-        bad += fj - fj
+        denom, vf, ss, dd, ff, fo, bad = _add_pair_terms(denom, vf, ss, dd, ff, fo, bad, float(f[b, j]),
+                                                         float(f_old[b, j]), float(s[b, j]), ht)
     sums[0, tid] = denom
     sums[1, tid] = vf
     sums[2, tid] = ss
