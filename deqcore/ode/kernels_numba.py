@@ -31,6 +31,15 @@ MAX_CHUNKS = 1024
 
 
 # ---- scalar helpers (CPU and CUDA) ------------------------------------------------------------------------
+@numba.njit(inline="always")
+def add_scaled_error(total, top, err, y_old, y_new, atol, rtol):
+    """One element into a row's error sums: Σ (err / (atol + rtol·max(|y_old|, |y_new|)))² and max|y_new|
+    (NaN-propagating). Shared by the Runge–Kutta and Adams kernels, CPU and CUDA."""
+    a_new = abs(y_new)
+    q = err / (atol + rtol * max_nan(abs(y_old), a_new))
+    return total + q * q, max_nan(top, a_new)
+
+
 pi_factor = numba.njit(inline="always", cache=CACHE)(_pi_factor_py)
 
 
@@ -92,6 +101,7 @@ def control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_rejec
 
 
 _block_reduce, _block_reduce2 = for_kernels(block_reduce, block_reduce2)
+_add_scaled_error = add_scaled_error.py_func if cuda_simulator_enabled() else add_scaled_error
 # The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
 if cuda_simulator_enabled():
     _max_nan, _adams_row, _adams_differences, _adams_error_weight, _control_row = (
@@ -147,10 +157,7 @@ def _rk_combine_cpu(y, ks, b, e, h, y_new, compute_new, atol, rtol, err_sq, y_ab
         total = 0.0
         top = 0.0
         for i in range(m):
-            a_new = abs(y_new[r, i])
-            q = hr * acc[i] / (atol + rtol * max_nan(abs(y[r, i]), a_new))
-            total += q * q
-            top = max_nan(top, a_new)
+            total, top = add_scaled_error(total, top, hr * acc[i], y[r, i], y_new[r, i], atol, rtol)
         err_sq[r] = total
         y_absmax[r] = top
 
@@ -196,10 +203,7 @@ def _adams_correct_cpu(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, correcto
             e3 = (e2 - d2) * inv_h12
             if corrector:
                 y_new[r, i] = y_pred[r, i] + w2 * (e2 - d2)
-            a_new = abs(y_new[r, i])
-            q = w3 * e3 / (atol + rtol * max_nan(abs(y[r, i]), a_new))
-            total += q * q
-            top = max_nan(top, a_new)
+            total, top = add_scaled_error(total, top, w3 * e3, y[r, i], y_new[r, i], atol, rtol)
         err_sq[r] = total
         y_absmax[r] = top
 
@@ -275,10 +279,7 @@ def rk_combine_error_cuda_kernel(y, ks, b, e, h, y_new, compute_new, atol, rtol,
         acc = 0.0
         for j in range(e.shape[0]):
             acc += e[j] * ks[j, r, i]
-        a_new = abs(y_new[r, i])
-        q = hr * acc / (atol + rtol * _max_nan(abs(y[r, i]), a_new))
-        total += q * q
-        top = _max_nan(top, a_new)
+        total, top = _add_scaled_error(total, top, hr * acc, y[r, i], y_new[r, i], atol, rtol)
     shared_sum = cuda.shared.array(THREADS, numba.float64)
     shared_max = cuda.shared.array(THREADS, numba.float64)
     block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
@@ -315,10 +316,7 @@ def adams_correct_error_cuda_kernel(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_
         e3 = (e2 - d2) * inv_h12
         if corrector:
             y_new[r, i] = y_pred[r, i] + w2 * (e2 - d2)
-        a_new = abs(y_new[r, i])
-        q = w3 * e3 / (atol + rtol * _max_nan(abs(y[r, i]), a_new))
-        total += q * q
-        top = _max_nan(top, a_new)
+        total, top = _add_scaled_error(total, top, w3 * e3, y[r, i], y_new[r, i], atol, rtol)
     shared_sum = cuda.shared.array(THREADS, numba.float64)
     shared_max = cuda.shared.array(THREADS, numba.float64)
     block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
