@@ -24,6 +24,8 @@ from .namespace import is_cupy_namespace
 __all__ = ["register_kernel", "get_kernel", "implementations", "registered_kernels", "KernelSpec", "IMPLS"]
 
 IMPLS = ("reference", "numba_cpu", "numba_cuda")
+#: the float types a signature template's ``{t}`` stands for
+FLOAT_TYPES = ("float64", "float32")
 
 
 @dataclass
@@ -31,7 +33,8 @@ class KernelSpec:
     """One registered kernel.
 
     ``cuda_ptx_targets`` lists ``("module:kernel_pyfunc", "signature")`` pairs: the raw CUDA kernel
-    functions with one signature each, compiled to PTX by the test suite to check they build for sm_90.
+    functions with one signature each, compiled to PTX by the test suite to check they build for sm_90. At
+    registration a signature holding ``{t}`` becomes one target per float type (float64, float32).
     ``example`` names a function ``example(rng, dtype, size="small") -> tuple of NumPy arguments`` (``size``
     optional; the GPU benchmark asks for ``size="large"``, arguments of a few MiB): the test suite runs
     every implementation on it and compares the outputs with the reference's (kernels that update arrays in
@@ -75,8 +78,11 @@ def register_kernel(name: str, *, reference: Callable, numba_cpu: str | None = N
     """Register (or replace) a kernel."""
     if not callable(reference):
         raise TypeError("reference must be callable")
-    _REGISTRY[name] = KernelSpec(name, reference, numba_cpu, numba_cuda, tuple(cuda_ptx_targets), example,
-                                 traffic)
+    targets = []
+    for target, signature in cuda_ptx_targets:   # "{t}" in a signature: one target per float type
+        types = FLOAT_TYPES if "{t}" in signature else (None,)
+        targets += [(target, signature.format(t=t) if t else signature) for t in types]
+    _REGISTRY[name] = KernelSpec(name, reference, numba_cpu, numba_cuda, tuple(targets), example, traffic)
 
 
 def registered_kernels() -> dict[str, KernelSpec]:

@@ -97,8 +97,7 @@ register_kernel(
     reference=arnoldi_step_reference,
     numba_cpu="deqcore.linalg.gmres_kernels_numba:arnoldi_step_numba_cpu",
     numba_cuda="deqcore.linalg.gmres_kernels_numba:arnoldi_step_numba_cuda",
-    cuda_ptx_targets=[("deqcore.linalg.gmres_kernels_numba:arnoldi_step_cuda_kernel", _SIG.format(t=t))
-                      for t in ("float64", "float32")],
+    cuda_ptx_targets=[("deqcore.linalg.gmres_kernels_numba:arnoldi_step_cuda_kernel", _SIG)],
     example="deqcore.linalg.gmres_kernels:example",
     traffic="deqcore.linalg.gmres_kernels:traffic",
 )

@@ -90,8 +90,7 @@ register_kernel(
     reference=lu_factor_reference,
     numba_cpu=_NUMBA + "lu_factor_numba_cpu",
     numba_cuda=_NUMBA + "lu_factor_numba_cuda",
-    cuda_ptx_targets=[(_NUMBA + "lu_factor_cuda_kernel", f"void({t}[:, :, :], int32[:, :])")
-                      for t in ("float64", "float32")],
+    cuda_ptx_targets=[(_NUMBA + "lu_factor_cuda_kernel", "void({t}[:, :, :], int32[:, :])")],
     example="deqcore.linalg.lu_kernels:factor_example",
     traffic="deqcore.linalg.lu_kernels:factor_traffic",
 )
@@ -100,8 +99,7 @@ register_kernel(
     reference=lu_solve_reference,
     numba_cpu=_NUMBA + "lu_solve_numba_cpu",
     numba_cuda=_NUMBA + "lu_solve_numba_cuda",
-    cuda_ptx_targets=[(_NUMBA + "lu_solve_cuda_kernel", f"void({t}[:, :, :], int32[:, :], {t}[:, :, :], int64)")
-                      for t in ("float64", "float32")],
+    cuda_ptx_targets=[(_NUMBA + "lu_solve_cuda_kernel", "void({t}[:, :, :], int32[:, :], {t}[:, :, :], int64)")],
     example="deqcore.linalg.lu_kernels:solve_example",
     traffic="deqcore.linalg.lu_kernels:solve_traffic",
 )

@@ -207,8 +207,7 @@ register_kernel(
     reference=activation_forward_reference,
     numba_cpu=f"{_MOD}_numba:activation_forward_numba_cpu",
     numba_cuda=f"{_MOD}_numba:activation_forward_numba_cuda",
-    cuda_ptx_targets=[(f"{_MOD}_numba:activation_forward_cuda_kernel", _SIG.format(t=t))
-                      for t in ("float64", "float32")],
+    cuda_ptx_targets=[(f"{_MOD}_numba:activation_forward_cuda_kernel", _SIG)],
     example=f"{_MOD}:example",
     traffic=f"{_MOD}:forward_traffic",
 )

@@ -236,11 +236,10 @@ def control_traffic(err_sq, y_absmax, f_new, *state_and_scalars):
 # ---- registration ------------------------------------------------------------------------------------------
 
 _MOD = "deqcore.ode.kernels_numba"
-_TYPES = ("float64", "float32")
 
 
 def _ptx(kernel, signature):
-    return [(f"{_MOD}:{kernel}", signature.format(t=t)) for t in _TYPES]
+    return [(f"{_MOD}:{kernel}", signature)]
 
 
 register_kernel(

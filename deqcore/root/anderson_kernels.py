@@ -125,8 +125,7 @@ register_kernel(
     reference=anderson_step_reference,
     numba_cpu="deqcore.root.anderson_kernels_numba:anderson_step_numba_cpu",
     numba_cuda="deqcore.root.anderson_kernels_numba:anderson_step_numba_cuda",
-    cuda_ptx_targets=[("deqcore.root.anderson_kernels_numba:anderson_step_cuda_kernel", _SIG.format(t=t))
-                      for t in ("float64", "float32")],
+    cuda_ptx_targets=[("deqcore.root.anderson_kernels_numba:anderson_step_cuda_kernel", _SIG)],
     example="deqcore.root.anderson_kernels:example",
     traffic="deqcore.root.anderson_kernels:traffic",
 )

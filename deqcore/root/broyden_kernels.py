@@ -213,7 +213,7 @@ register_kernel(
     reference=broyden_dots_reference,
     numba_cpu=f"{_MOD}:broyden_dots_numba_cpu",
     numba_cuda=f"{_MOD}:broyden_dots_numba_cuda",
-    cuda_ptx_targets=[(f"{_MOD}:broyden_dots_cuda_kernel", _DOTS_SIG.format(t=t)) for t in ("float64", "float32")],
+    cuda_ptx_targets=[(f"{_MOD}:broyden_dots_cuda_kernel", _DOTS_SIG)],
     example="deqcore.root.broyden_kernels:dots_example",
     traffic="deqcore.root.broyden_kernels:dots_traffic",
 )
@@ -222,8 +222,7 @@ register_kernel(
     reference=broyden_update_reference,
     numba_cpu=f"{_MOD}:broyden_update_numba_cpu",
     numba_cuda=f"{_MOD}:broyden_update_numba_cuda",
-    cuda_ptx_targets=[(f"{_MOD}:broyden_update_cuda_kernel", _UPDATE_SIG.format(t=t))
-                      for t in ("float64", "float32")],
+    cuda_ptx_targets=[(f"{_MOD}:broyden_update_cuda_kernel", _UPDATE_SIG)],
     example="deqcore.root.broyden_kernels:update_example",
     traffic="deqcore.root.broyden_kernels:update_traffic",
 )
@@ -232,8 +231,8 @@ register_kernel(
     reference=broyden_step_reference,
     numba_cpu=f"{_MOD}:broyden_step_numba_cpu",
     numba_cuda=f"{_MOD}:broyden_step_numba_cuda",
-    cuda_ptx_targets=[(f"{_MOD}:broyden_dots_cuda_kernel", _DOTS_SIG.format(t=t)) for t in ("float64", "float32")]
-    + [(f"{_MOD}:broyden_update_cuda_kernel", _UPDATE_SIG.format(t=t)) for t in ("float64", "float32")],
+    cuda_ptx_targets=[(f"{_MOD}:broyden_dots_cuda_kernel", _DOTS_SIG),
+                      (f"{_MOD}:broyden_update_cuda_kernel", _UPDATE_SIG)],
     example="deqcore.root.broyden_kernels:step_example",
     traffic="deqcore.root.broyden_kernels:step_traffic",
 )

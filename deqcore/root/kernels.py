@@ -107,7 +107,7 @@ register_kernel(
     numba_cpu="deqcore.root.kernels_numba:row_norms_numba_cpu",
     numba_cuda="deqcore.root.kernels_numba:row_norms_numba_cuda",
     cuda_ptx_targets=[("deqcore.root.kernels_numba:row_norms_cuda_kernel",
-                       f"void({t}[:, :], {t}[:, :], {t}[:], {t}[:])") for t in ("float64", "float32")],
+                       "void({t}[:, :], {t}[:, :], {t}[:], {t}[:])")],
     example="deqcore.root.kernels:example",
     traffic="deqcore.root.kernels:norms_traffic",
 )
@@ -124,8 +124,7 @@ register_kernel(
     reference=driver_update_reference,
     numba_cpu="deqcore.root.kernels_numba:driver_update_numba_cpu",
     numba_cuda="deqcore.root.kernels_numba:driver_update_numba_cuda",
-    cuda_ptx_targets=[("deqcore.root.kernels_numba:driver_update_cuda_kernel", _DRIVER_SIG.format(t=t))
-                      for t in ("float64", "float32")],
+    cuda_ptx_targets=[("deqcore.root.kernels_numba:driver_update_cuda_kernel", _DRIVER_SIG)],
     example="deqcore.root.kernels:driver_example",
     traffic="deqcore.root.kernels:driver_traffic",
 )
