@@ -14,7 +14,7 @@ import numpy as np
 
 from ..results import ReturnCode, Solution
 from ..backend import get_kernel
-from . import kernels  # noqa: F401  (registers row_norms and driver_update)
+from . import kernels  # noqa: F401  (registers driver_update)
 
 __all__ = ["run", "DIVERGENCE_FACTOR", "CHECK_EVERY_DEVICE"]
 
@@ -38,17 +38,14 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
         check_every = 1 if xp is np else CHECK_EVERY_DEVICE
     update = get_kernel("driver_update", xp)
     f = problem.F(y0) if f0 is None else f0
-    res, y_norm = get_kernel("row_norms", xp)(f, y0)
-    best_y, best_res = y0.copy(), res.copy()
-    res0 = xp.where(xp.isfinite(res), xp.maximum(res, 1e-300), xp.inf)
-    limit = (DIVERGENCE_FACTOR * res0).astype(res.dtype)
-    codes = xp.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
-    done = res <= atol + rtol * y_norm
-    codes = xp.where(done, int(ReturnCode.SUCCESS), codes)
-    bad = ~xp.isfinite(res)
-    codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
-    done = done | bad
+    # The start point goes through the same bookkeeping as every step (no divergence limit yet): it sets the
+    # best residual, and finishes samples that start converged (SUCCESS) or non-finite (DIVERGED).
+    best_y, best_res = y0.copy(), xp.full(batch, xp.inf, dtype=y0.dtype)
     since_best = xp.zeros(batch, dtype=np.int64)
+    codes = xp.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
+    done = xp.zeros(batch, dtype=bool)
+    update(f, y0, best_y, best_res, since_best, codes, done, atol, rtol, best_res.copy(), patience)
+    limit = (DIVERGENCE_FACTOR * xp.maximum(best_res, 1e-300)).astype(best_res.dtype)
     state = solver.init(problem, y0, f)
     steps = 0
     while steps < max_steps and not bool(done.all()):

@@ -1,8 +1,8 @@
-"""Fused kernels of the driver loop.
+"""The fused kernel of the driver loop.
 
-``row_norms(f, y) -> (max|f| per row, max|y| per row)`` (a row holding NaN gives +inf): the norms of the first
-iterate. ``driver_update(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience)`` is the
-whole per-step bookkeeping of the driver in one pass per live row: the residual and iterate norms, the best
+``driver_update(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience)`` is the whole
+per-step bookkeeping of the driver (start point included) in one pass per live row: the residual and iterate
+norms (max-norms; a row holding NaN gives +inf, see ``row_norms_reference``), the best
 iterate (copied into ``best_y`` where the residual improved), the steps since the last improvement, and the
 termination test (converged, diverged, stalled) with its return code; rows already done are not read. It
 replaces about fifteen array operations (each a pass over memory, and on a GPU a launch). The CPU versions
@@ -20,23 +20,16 @@ import numpy as np
 from ..backend import get_namespace, register_kernel
 from ..results import ReturnCode
 
-__all__ = ["row_norms_reference", "row_norms", "driver_update_reference", "SUCCESS", "DIVERGED", "STALLED"]
+__all__ = ["row_norms_reference", "driver_update_reference", "SUCCESS", "DIVERGED", "STALLED"]
 
 SUCCESS, DIVERGED, STALLED = (int(c) for c in (ReturnCode.SUCCESS, ReturnCode.DIVERGED, ReturnCode.STALLED))
 
 
 def row_norms_reference(f, y):
-    """Reference (array-namespace) implementation."""
+    """(max|f|, max|y|) per row, NaN as +inf."""
     xp = get_namespace(f, y)
     nf, ny = xp.abs(f).max(axis=1), xp.abs(y).max(axis=1)
     return xp.where(xp.isnan(nf), xp.inf, nf), xp.where(xp.isnan(ny), xp.inf, ny)
-
-
-def row_norms(f, y):
-    """The registered implementation for the namespace of ``f``."""
-    from ..backend import get_kernel
-
-    return get_kernel("row_norms", get_namespace(f))(f, y)
 
 
 def driver_update_reference(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
@@ -72,13 +65,6 @@ def driver_update_reference(f, y, best_y, best_res, since_best, codes, done, ato
     return best_y, best_res, since_best, codes, done
 
 
-def example(rng, dtype, size="small"):
-    batch, n = (3, 45) if size == "small" else (4096, 256)
-    f = rng.standard_normal((batch, n)).astype(dtype)
-    f[1, 7] = np.nan
-    return f, rng.standard_normal((batch, n)).astype(dtype)
-
-
 def driver_example(rng, dtype, size="small"):
     """Rows that converge, improve, stall, diverge (NaN and growth) and rows already done."""
     batch, n = (12, 45) if size == "small" else (4096, 256)
@@ -99,22 +85,6 @@ def driver_traffic(f, y, best_y, best_res, since_best, codes, done, *scalars):
     """Read f and y, write best_y (its worst case: every row improves), and the per-row vectors."""
     per_row = sum(a.dtype.itemsize for a in (best_res, since_best, codes, done, scalars[2]))
     return 3 * f.nbytes + 2 * per_row * f.shape[0]
-
-
-register_kernel(
-    "row_norms",
-    reference=row_norms_reference,
-    numba_cpu="deqcore.root.kernels_numba:row_norms_numba_cpu",
-    numba_cuda="deqcore.root.kernels_numba:row_norms_numba_cuda",
-    cuda_ptx_targets=[("deqcore.root.kernels_numba:row_norms_cuda_kernel",
-                       "void({t}[:, :], {t}[:, :], {t}[:], {t}[:])")],
-    example="deqcore.root.kernels:example",
-    traffic="deqcore.root.kernels:norms_traffic",
-)
-
-
-def norms_traffic(f, y):
-    return f.nbytes + y.nbytes + 2 * f.shape[0] * f.dtype.itemsize
 
 
 _DRIVER_SIG = ("void({t}[:, :], {t}[:, :], {t}[:, :], {t}[:], int64[:], int64[:], boolean[:], float64, float64, "

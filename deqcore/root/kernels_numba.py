@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, launch_config, numba
+from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 from ..backend.cuda_blocks import block_reduce2, for_kernels  # noqa: E402
 
-__all__ = ["row_norms_numba_cpu", "row_norms_numba_cuda", "row_norms_cuda_kernel", "absmax_nan",
-           "driver_update_numba_cpu", "driver_update_numba_cuda", "driver_update_cuda_kernel"]
+__all__ = ["absmax_nan", "driver_update_numba_cpu", "driver_update_numba_cuda", "driver_update_cuda_kernel"]
 
 from .kernels import DIVERGED, STALLED, SUCCESS  # noqa: E402
 
@@ -62,11 +61,6 @@ def _norms_cpu(f, y, skip):
     return out_f.view(f.dtype), out_y.view(f.dtype)
 
 
-def row_norms_numba_cpu(f, y):
-    """One vectorised pass over both arrays (see ``_row_absmax_bits``)."""
-    return _norms_cpu(f, y, np.zeros(f.shape[0], dtype=bool))
-
-
 @numba.njit(inline="always")
 def block_row_absmax(f, y, row, shared_f, shared_y):
     """(max|f[row]|, max|y[row]|) over a CUDA block, NaN as +inf (the partial maxima hold no NaN, so a plain
@@ -82,34 +76,7 @@ _block_reduce2, = for_kernels(block_reduce2)
 _block_row_absmax, = for_kernels(block_row_absmax)
 
 
-def row_norms_cuda_kernel(f, y, out_f, out_y):
-    """One block per row; threads stride over the columns, then a shared-memory max-reduction."""
-    row = cuda.blockIdx.x
-    shared_f = cuda.shared.array(THREADS, numba.float64)
-    shared_y = cuda.shared.array(THREADS, numba.float64)
-    nf, ny = _block_row_absmax(f, y, row, shared_f, shared_y)
-    if cuda.threadIdx.x == 0:
-        out_f[row] = nf
-        out_y[row] = ny
-
-
 _compiled = {}
-
-
-def row_norms_numba_cuda(f, y):
-    """Launch on CuPy's current stream (or on NumPy arrays under the CUDA simulator)."""
-    if "row_norms" not in _compiled:
-        _compiled["row_norms"] = cuda.jit(row_norms_cuda_kernel)
-    kernel = _compiled["row_norms"]
-    xp = get_namespace(f)
-    out_f = xp.empty(f.shape[0], dtype=f.dtype)
-    out_y = xp.empty(f.shape[0], dtype=f.dtype)
-    threads = 32 if cuda_simulator_enabled() else THREADS
-    if xp is np:
-        kernel[f.shape[0], threads](f, y, out_f, out_y)
-    else:
-        kernel[f.shape[0], threads, cupy_stream()](f, y, out_f, out_y)
-    return out_f, out_y
 
 
 # -- the driver's per-step bookkeeping --------------------------------------------------------------------------
