@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench install install-test clean
+.PHONY: demo test fuzz bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest
+
+# Random property runs with many examples (the default test profile is derandomised, as CI runs it).
+fuzz: install-test
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -m "not gpu" -p no:cacheprovider
 
 bench: install-test
 	$(BIN)/python -m deqcore bench

@@ -177,7 +177,9 @@ def test_scalar_pi_factor_equals_the_array_controller(err, err_prev, after_rejec
     with np.errstate(all="ignore"):
         expected = PIController(exponent).factor(np.array([err]), np.array([err_prev]),
                                                  np.array([after_reject]))
-    assert pi_factor(err, err_prev, after_reject, exponent) == float(expected[0])
+    # the scalar and array paths associate the powers differently: equal to a few ulps, not bit for bit
+    assert math.isclose(pi_factor(err, err_prev, after_reject, exponent), float(expected[0]),
+                        rel_tol=8 * np.finfo(float).eps, abs_tol=0.0)
 
 
 def _control_args(err, h, t, active, after_reject=False, f_max=1.0, y_max=1.0, t_end=math.inf, steady=True):
