@@ -12,9 +12,10 @@ array([[1.  , 0.5 ],
 True
 """
 
+from .base import LinearSolver
 from .gmres import GMRES
 from .lu import LU, LUFactorization
 from .operator import LinearOperator
 from .solve import linear_solve
 
-__all__ = ["GMRES", "LU", "LUFactorization", "LinearOperator", "linear_solve"]
+__all__ = ["GMRES", "LU", "LUFactorization", "LinearOperator", "LinearSolver", "linear_solve"]

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_callable, check_positive_int, check_tolerance
-from ..backend import check_finite, check_float_array, get_kernel
+from ..backend import check_float_array, get_kernel
 from ..results import ReturnCode, Solution
-from ._validate import check_rhs
+from .base import LinearSolver, finish, nonfinite_rows
+from ._validate import check_bool, check_rhs
 from .gmres_kernels import MAX_RESTART, arnoldi_step_reference
 from .operator import LinearOperator, as_operator
 
@@ -46,19 +47,21 @@ def _norms(xp, v):
 
 
 @dataclass(frozen=True)
-class GMRES:
+class GMRES(LinearSolver):
     """Restarted, matrix-free GMRES(``restart``) for one system or a batch of independent systems.
 
     Args:
         rtol, atol: stop sample ``i`` when ``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``.
-        restart: Krylov dimension per cycle (memory ``B * (restart + 1) * n``).
+        restart: Krylov dimension per cycle (memory ``B * (restart + 1) * n``); capped at ``n``, where GMRES
+            is exact in exact arithmetic.
         max_steps: cap on the total number of operator calls, counting the one true-residual evaluation that
             ends each cycle (and the one for ``x0``). None means ``10 * n`` (at least 2).
 
     Return codes per sample: SUCCESS; MAX_STEPS (budget spent); BREAKDOWN (the Krylov space became
     invariant on a singular restriction of A and the residual is above tolerance); STALLED (a whole cycle
     reduced the residual by less than a relative ``sqrt(eps)``); DIVERGED (the operator produced non-finite
-    values; ``x`` keeps its last finite value). On a singular ``A`` with ``b`` in its range GMRES may still
+    values; ``x`` keeps its last finite value; a right-hand side holding NaN or infinity gives DIVERGED and a NaN
+    ``x`` for that sample alone; a non-finite row of ``x0`` starts from zero). On a singular ``A`` with ``b`` in its range GMRES may still
     succeed; from ``x0 = 0`` and a symmetric ``A`` the answer is then the minimum-norm solution.
 
     >>> import numpy as np
@@ -80,12 +83,18 @@ class GMRES:
         if self.max_steps is not None:
             check_positive_int(self.max_steps, "max_steps")
 
-    def solve(self, A, b, x0=None, *, preconditioner=None) -> Solution:
-        """Solve ``A x = b`` for ``b`` of shape ``(n,)`` or ``(B, n)``.
+    def init(self, operator_or_matrix) -> LinearOperator:
+        """The operator (a dense array becomes ``LinearOperator.from_matrix``); GMRES keeps nothing else."""
+        return as_operator(operator_or_matrix)
+
+    def solve(self, A, b, *, transpose=False, x0=None, preconditioner=None) -> Solution:
+        """Solve ``A x = b`` (or ``Aᵀ x = b``, which needs the operator's ``rmatvec``) for ``b`` of shape ``(n,)``
+        or ``(B, n)``.
 
         Args:
             A: a :class:`LinearOperator`, or a dense ``(n, n)`` / ``(B, n, n)`` array.
             b: right-hand side(s); one system per row when 2-D.
+            transpose: solve with the transposed operator.
             x0: start point (default zeros), shape of ``b``.
             preconditioner: a callable or :class:`LinearOperator` approximating ``A^{-1}`` (right
                 preconditioning: GMRES solves ``A M u = b`` and returns ``x = x0 + M u``, so the residual
@@ -95,9 +104,11 @@ class GMRES:
             :class:`~deqcore.results.Solution` with ``stats = {"num_steps": operator calls, "restarts": ...}``
             and ``residual`` the per-sample ``||b - A x||`` of the returned ``x``.
         """
-        op = as_operator(A)
+        state = op = as_operator(A)
+        if check_bool(transpose, "transpose"):
+            op = op.T
         n = op.n
-        xp = check_rhs(b, n, op.batch_size)
+        xp = check_rhs(b, n, op.batch_size, finite=False)
         batched = b.ndim == 2
         dtype = b.dtype if op.dtype is None else np.result_type(b.dtype, op.dtype)
         rhs = b.reshape(-1, n).astype(dtype, copy=False)
@@ -113,11 +124,22 @@ class GMRES:
             check_float_array(x0, "x0")
             if tuple(x0.shape) != tuple(b.shape):
                 raise ValueError(f"x0 must have the shape of b {tuple(b.shape)}, got {tuple(x0.shape)}")
-            check_finite(x0, "x0")
+            x0 = x0.reshape(rhs.shape)
+            x0 = xp.where(nonfinite_rows(x0)[:, None], xp.zeros((), dtype=dtype), x0.astype(dtype, copy=False))
+        bad = nonfinite_rows(rhs)
+        any_bad = bool(bad.any())
+        if any_bad:   # a non-finite sample is that sample's failure: solve the others, with zeros in its row
+            rhs = xp.where(bad[:, None], xp.zeros((), dtype=dtype), rhs)
         max_steps = self.max_steps if self.max_steps is not None else max(10 * n, 2)
-        return self._run(xp, apply_A, apply_M, rhs, x0, max_steps, batched, b.shape)
+        x, codes, rnorm, stats = self._run(xp, apply_A, apply_M, rhs, x0, max_steps, min(self.restart, n))
+        if any_bad:
+            codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
+            x = xp.where(bad[:, None], xp.asarray(np.nan, dtype=dtype), x)
+            rnorm = xp.where(bad, xp.asarray(np.nan, dtype=rnorm.dtype), rnorm)
+        return finish(x, codes, rnorm, stats, batched, b.shape, state=state)
 
-    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, batched, out_shape) -> Solution:
+    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart):
+        """``(x, codes, residual norms, stats)`` for the rows of ``rhs`` (all finite)."""
         dtype = rhs.dtype
         eps = float(np.finfo(dtype).eps)
         precondition = (lambda v: v) if apply_M is None else apply_M
@@ -129,7 +151,7 @@ class GMRES:
             x = xp.zeros_like(rhs)
             r = rhs.copy()
         else:
-            x = xp.where(bzero[:, None], xp.zeros((), dtype=dtype), x0.reshape(rhs.shape).astype(dtype))
+            x = xp.where(bzero[:, None], xp.zeros((), dtype=dtype), x0)
             r = rhs - apply_A(x)
             steps += 1
         rnorm = _norms(xp, r)
@@ -137,7 +159,7 @@ class GMRES:
         codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
         cycles = 0
         while bool((~done).any()):
-            m = min(self.restart, max_steps - steps - 1)
+            m = min(restart, max_steps - steps - 1)
             if m < 1:
                 codes = xp.where(done, codes, int(ReturnCode.MAX_STEPS))
                 break
@@ -161,11 +183,7 @@ class GMRES:
             r = xp.where(keep[:, None], r_new, r)
             rnorm = xp.where(keep, new, rnorm)
             done = done | ended
-        stats = {"num_steps": steps, "restarts": max(cycles - 1, 0)}
-        if batched:
-            return Solution(value=x, result=codes, stats=stats, residual=rnorm, batched=True)
-        code = ReturnCode(int(codes[0]))
-        return Solution(value=x.reshape(out_shape), result=code, stats=stats, residual=float(rnorm[0]))
+        return x, codes, rnorm, {"num_steps": steps, "restarts": max(cycles - 1, 0)}
 
     @staticmethod
     def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps):

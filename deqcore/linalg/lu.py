@@ -16,18 +16,25 @@ True
 True
 >>> LU().factor(np.ones((2, 2))).singular
 True
+>>> sol = LU().solve(A, np.array([1.0, 2.0]))            # the LinearSolver interface: a Solution ...
+>>> again = LU().solve(sol.learned["state"], np.array([1.0, 2.0]), transpose=True)   # ... and reusable factors
+>>> bool(np.allclose(again.value, y)), again.stats["nfactor"]
+(True, 0)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..backend import check_float_array, get_kernel
+from ..results import ReturnCode, Solution
+from .base import LinearSolver, finish, nonfinite_rows
 from .lu_kernels import SMALL_SYSTEM_LIMIT, lu_factor_reference, lu_solve_reference
-from ._validate import check_bool, check_square
+from .operator import LinearOperator
+from ._validate import check_bool, check_rhs, check_square
 
 __all__ = ["LU", "LUFactorization"]
 
@@ -59,6 +66,7 @@ class LUFactorization:
             entries, or a reciprocal pivot ratio ``min|u_ii| / max|u_ii|`` below the dtype's eps (an
             inexpensive lower bound on ``1 / cond(U)``).
         any_singular: whether any sample is singular (a host bool).
+        matrix: the factored matrix (``(n, n)`` or ``(B, n, n)``), kept for residuals.
     """
 
     lu: Any
@@ -66,6 +74,7 @@ class LUFactorization:
     batched: bool
     singular_mask: Any
     any_singular: bool
+    matrix: Any = None
 
     @property
     def n(self) -> int:
@@ -114,11 +123,16 @@ class LUFactorization:
 
 
 @dataclass(frozen=True)
-class LU:
+class LU(LinearSolver):
     """Dense LU factorisation with partial pivoting (LAPACK getrf/getrs; cuSOLVER on CuPy).
 
-    No settings: ``LU().factor(A)`` factors an ``(n, n)`` matrix or a ``(B, n, n)`` stack once; the result's
-    ``solve(b, transpose=...)`` reuses the factors for ``A x = b`` and ``A^T x = b``.
+    No settings. ``LU().solve(A, b, transpose=...)`` factors and solves (an operator is densified with
+    ``to_dense``: ``n`` operator calls for a per-sample batch); the :class:`LUFactorization` it used is
+    ``sol.learned["state"]`` (also ``LU().init(A)`` or ``LU().factor(A)``), and passing it back in place of ``A``
+    solves again without refactoring, with ``A`` or ``Aᵀ``.
+
+    Return codes per sample: SUCCESS; LINEAR_SOLVE_FAILED (singular to working precision or non-finite matrix:
+    ``x = 0``); DIVERGED (``b`` holds NaN or infinity: ``x`` is NaN).
 
     >>> import numpy as np
     >>> A = np.stack([np.diag([1.0, 2.0]), np.diag([1.0, 0.0])])
@@ -128,7 +142,11 @@ class LU:
     >>> fac.solve(np.ones((2, 2)))
     array([[1. , 0.5],
            [0. , 0. ]])
+    >>> LU().solve(A, np.ones((2, 2))).codes
+    [<ReturnCode.SUCCESS: 0>, <ReturnCode.LINEAR_SOLVE_FAILED: 4>]
     """
+
+    wants_matrix: ClassVar[bool] = True
 
     def factor(self, A) -> LUFactorization:
         """Factor ``A`` (``(n, n)`` or ``(B, n, n)``); singular samples are flagged, never raised."""
@@ -149,5 +167,50 @@ class LU:
             lu = xp.where(singular[:, None, None], eye, lu)
             piv = xp.where(singular[:, None], xp.arange(n, dtype=piv.dtype), piv)
         return LUFactorization(
-            lu=lu, piv=piv, batched=batched, singular_mask=singular, any_singular=any_singular
+            lu=lu, piv=piv, batched=batched, singular_mask=singular, any_singular=any_singular, matrix=A
         )
+
+    def init(self, operator_or_matrix, *, batch_size=None, xp=None, dtype=None) -> LUFactorization:
+        """The factorisation of a matrix, or of an operator densified with ``to_dense(batch_size, ...)``."""
+        if isinstance(operator_or_matrix, LUFactorization):
+            return operator_or_matrix
+        if isinstance(operator_or_matrix, LinearOperator):
+            op = operator_or_matrix
+            batch = op.batch_size if op.batch_size is not None else batch_size
+            operator_or_matrix = op.to_dense(batch, xp=xp, dtype=dtype)
+        return self.factor(operator_or_matrix)
+
+    def solve(self, operator_or_matrix, b, *, transpose=False, x0=None, preconditioner=None) -> Solution:
+        """Solve ``A x = b`` (or ``Aᵀ x = b``) for ``b`` of shape ``(n,)`` or ``(B, n)``; ``A`` is a dense
+        matrix, a :class:`LinearOperator` or a :class:`LUFactorization` (reused: ``stats["nfactor"] == 0``).
+        ``x0`` and ``preconditioner`` are accepted for the common interface and not needed."""
+        transpose = check_bool(transpose, "transpose")
+        xp = check_float_array(b, "b")
+        batched = b.ndim == 2
+        reused = isinstance(operator_or_matrix, LUFactorization)
+        fac = self.init(operator_or_matrix, batch_size=b.shape[0] if batched else None, xp=xp, dtype=b.dtype)
+        n = fac.n
+        check_rhs(b, n, fac.lu.shape[0] if fac.batched else None, finite=False)
+        rows = b.reshape(-1, n)
+        bad = nonfinite_rows(rows)
+        any_bad = bool(bad.any())
+        if any_bad:
+            rows = xp.where(bad[:, None], xp.zeros((), dtype=rows.dtype), rows)
+        if not fac.batched and batched:  # one matrix shared by the batch: the rows of b are columns of one solve
+            x = fac.solve(rows.T, transpose=transpose).T
+            singular = xp.broadcast_to(fac.singular_mask, (rows.shape[0],))
+        else:
+            x = fac.solve(rows if batched else rows[0], transpose=transpose).reshape(rows.shape)
+            singular = fac.singular_mask
+        residual = xp.zeros(rows.shape[0], dtype=x.dtype)
+        if fac.matrix is not None:
+            M = fac.matrix.swapaxes(-1, -2) if transpose else fac.matrix
+            Ax = xp.matmul(M, x[..., None])[..., 0] if M.ndim == 3 else x @ M.T
+            residual = xp.sqrt(xp.sum((rows - Ax) ** 2, axis=-1))
+        codes = xp.where(singular, int(ReturnCode.LINEAR_SOLVE_FAILED), int(ReturnCode.SUCCESS))
+        if any_bad:
+            codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
+            x = xp.where(bad[:, None], xp.asarray(np.nan, dtype=x.dtype), x)
+            residual = xp.where(bad, xp.asarray(np.nan, dtype=residual.dtype), residual)
+        stats = {"num_steps": 1, "nfactor": 0 if reused else 1}
+        return finish(x, codes, residual, stats, batched, b.shape, state=fac)
