@@ -16,47 +16,14 @@ deqcore.results.SolveError: solve failed with LINEAR_SOLVE_FAILED: ...
 
 from __future__ import annotations
 
-from ..backend import check_float_array
-from ..results import ReturnCode, Solution
-from ._validate import check_bool, check_rhs, check_square
+from ..results import Solution
+from ._validate import check_bool
+from .base import LinearSolver
 from .gmres import GMRES
 from .lu import LU
-from .operator import LinearOperator, as_operator
+from .operator import LinearOperator
 
 __all__ = ["linear_solve"]
-
-
-def _norms(xp, v):
-    return xp.sqrt(xp.sum(v * v, axis=-1))
-
-
-def _solve_with_lu(solver: LU, A_or_op, b, transpose: bool) -> Solution:
-    batched = b.ndim == 2
-    if isinstance(A_or_op, LinearOperator):
-        # densifying costs one operator call on the (n, n) identity, or n calls on (B, n) unit vectors when
-        # the operator holds one system per sample (a from_matrix operator hands over its matrix for free)
-        batch = A_or_op.batch_size if A_or_op.batch_size is not None else (b.shape[0] if batched else None)
-        A = A_or_op.to_dense(batch, xp=check_float_array(b, "b"), dtype=b.dtype)
-    else:
-        A = A_or_op
-    xp = check_square(A, "A")
-    n = A.shape[-1]
-    check_rhs(b, n, A.shape[0] if A.ndim == 3 else None)
-    fac = solver.factor(A)
-    if A.ndim == 2 and batched:  # one matrix shared by the batch: the rows of b are columns of one solve
-        x = fac.solve(b.T, transpose=transpose).T
-        singular = xp.broadcast_to(fac.singular_mask, (b.shape[0],))
-    else:
-        x = fac.solve(b, transpose=transpose)
-        singular = fac.singular_mask if batched else fac.singular_mask[:1]
-    M = A.swapaxes(-1, -2) if transpose else A
-    r = b - (xp.matmul(M, x[..., None])[..., 0] if M.ndim == 3 else x @ M.T)
-    codes = xp.where(singular, int(ReturnCode.LINEAR_SOLVE_FAILED), int(ReturnCode.SUCCESS))
-    residual = _norms(xp, r)
-    stats = {"num_steps": 1, "nfactor": 1}
-    if batched:
-        return Solution(value=x, result=codes, stats=stats, residual=residual, batched=True)
-    return Solution(value=x, result=ReturnCode(int(codes[0])), stats=stats, residual=float(residual))
 
 
 def linear_solve(A_or_op, b, solver=None, *, x0=None, transpose=False, throw=True) -> Solution:
@@ -64,18 +31,20 @@ def linear_solve(A_or_op, b, solver=None, *, x0=None, transpose=False, throw=Tru
 
     Args:
         A_or_op: a dense ``(n, n)`` matrix (shared by every row of ``b``), a ``(B, n, n)`` stack (one per
-            sample), or a :class:`LinearOperator`.
+            sample), a :class:`LinearOperator`, or the state a solver returned in ``sol.learned["state"]``.
         b: the right-hand side(s).
-        solver: :class:`LU` or :class:`GMRES`. None picks LU for arrays and ``GMRES()`` for operators. GMRES
-            wraps an array with ``LinearOperator.from_matrix``; LU densifies an operator with ``to_dense``
-            (``n`` operator calls for a per-sample batch, then an O(n^3) factorisation per sample).
-        x0: start point for GMRES (LU does not use one).
+        solver: any :class:`~deqcore.linalg.base.LinearSolver` (:class:`LU`, :class:`GMRES`). None picks LU
+            for arrays and ``GMRES()`` for operators. GMRES wraps an array with ``LinearOperator.from_matrix``;
+            LU densifies an operator with ``to_dense`` (``n`` operator calls for a per-sample batch, then an
+            O(n^3) factorisation per sample).
+        x0: start point for iterative solvers (LU does not use one).
         transpose: solve with ``A^T`` (LU reuses its factors; GMRES needs the operator's ``rmatvec``).
         throw: raise :class:`~deqcore.results.SolveError` when any sample failed.
 
     Returns:
         :class:`~deqcore.results.Solution` with per-sample codes (SUCCESS, LINEAR_SOLVE_FAILED for a singular
-        LU, MAX_STEPS / BREAKDOWN / STALLED for GMRES), ``stats`` and ``residual = ||b - A x||`` per sample.
+        LU, MAX_STEPS / BREAKDOWN / STALLED for GMRES, DIVERGED for a sample whose ``b`` holds NaN or
+        infinity), ``stats`` and ``residual = ||b - A x||`` per sample.
 
     >>> import numpy as np, deqcore as dq
     >>> A = np.array([[4.0, 1.0], [2.0, 3.0]])
@@ -89,11 +58,8 @@ def linear_solve(A_or_op, b, solver=None, *, x0=None, transpose=False, throw=Tru
     throw = check_bool(throw, "throw")
     if solver is None:
         solver = GMRES() if isinstance(A_or_op, LinearOperator) else LU()
-    if isinstance(solver, LU):
-        sol = _solve_with_lu(solver, A_or_op, b, transpose)
-    elif isinstance(solver, GMRES):
-        op = as_operator(A_or_op)
-        sol = solver.solve(op.T if transpose else op, b, x0)
-    else:
-        raise TypeError(f"solver must be LU() or GMRES(...), got {type(solver).__name__}")
+    if not isinstance(solver, LinearSolver):
+        raise TypeError(f"solver must be a linear solver such as dq.LU() or dq.GMRES(...), got "
+                        f"{type(solver).__name__}")
+    sol = solver.solve(A_or_op, b, transpose=transpose, x0=x0)
     return sol.raise_if_failed() if throw else sol
