@@ -64,7 +64,7 @@ def test_exact_adjoint_matches_finite_differences(linsolve):
     W, U, x = _problem(rng, batch=3, n=4, m=3)
     z = _solve(W, U, x)
     c = rng.standard_normal(z.shape)
-    (dW, dx), info = SteadyStateAdjoint(linsolve=linsolve).gradient(_fixed_point_vjp(W, U, x, z), c)
+    (dW, dx), info = SteadyStateAdjoint(linear_solver=linsolve).gradient(_fixed_point_vjp(W, U, x, z), c)
     dW_fd, dx_fd = _loss_grad_fd(W, U, x, c)
     np.testing.assert_allclose(dW, dW_fd, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(dx, dx_fd, rtol=1e-5, atol=1e-8)
@@ -82,7 +82,7 @@ def test_lu_and_gmres_adjoints_agree_with_dense_ift(seed, batch, n):
     expected = np.stack([np.linalg.solve((np.eye(n) - (1 - z[b] ** 2)[:, None] * W).T, g[b])
                          for b in range(batch)])
     for linsolve in (dq.LU(), dq.GMRES(rtol=1e-11, atol=0.0, max_steps=10 * n + 10)):
-        _, info = SteadyStateAdjoint(linsolve=linsolve).gradient(problem, g)
+        _, info = SteadyStateAdjoint(linear_solver=linsolve).gradient(problem, g)
         np.testing.assert_allclose(info.lam, expected, rtol=1e-7, atol=1e-9)
 
 
@@ -104,7 +104,7 @@ def test_phantom_gradient_converges_to_exact_gradient():
     z = _solve(W, U, x)
     g = rng.standard_normal(z.shape)
     problem = _fixed_point_vjp(W, U, x, z)
-    (dW, dx), _ = SteadyStateAdjoint(linsolve=dq.LU()).gradient(problem, g)
+    (dW, dx), _ = SteadyStateAdjoint(linear_solver=dq.LU()).gradient(problem, g)
     errors = []
     for steps in (1, 4, 16, 64):
         (pW, px), _ = PhantomGradient(steps=steps, damping=1.0).gradient(problem, g)
@@ -128,7 +128,7 @@ def test_one_step_gradient_is_a_single_vjp():
 def test_singular_system_reports_linear_solve_failed():
     # f(z) = z + θ has I − J = 0: no fixed point to differentiate through.
     problem = FixedPointVJP(np.zeros((2, 3)), lambda z: (z, lambda v: (v, v)), batched=True)
-    _, info = SteadyStateAdjoint(linsolve=dq.LU()).gradient(problem, np.ones((2, 3)))
+    _, info = SteadyStateAdjoint(linear_solver=dq.LU()).gradient(problem, np.ones((2, 3)))
     np.testing.assert_array_equal(info.result, int(dq.ReturnCode.LINEAR_SOLVE_FAILED))
     assert np.isfinite(info.lam).all()
 
@@ -152,7 +152,7 @@ def test_forward_solve_preconditions_the_adjoint(forward):
                          max_steps=300, batched=True)
     problem = _fixed_point_vjp(W, U, x, sol.value)
     g = rng.standard_normal(sol.value.shape)
-    adjoint = SteadyStateAdjoint(linsolve=dq.GMRES(rtol=1e-10, atol=0.0, restart=40, max_steps=400))
+    adjoint = SteadyStateAdjoint(linear_solver=dq.GMRES(rtol=1e-10, atol=0.0, restart=40, max_steps=400))
     _, plain = adjoint.gradient(problem, g)
     _, conditioned = adjoint.gradient(problem, g, preconditioner=preconditioner_from_forward(sol.learned))
     np.testing.assert_allclose(conditioned.lam, plain.lam, rtol=1e-7, atol=1e-9)

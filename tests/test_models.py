@@ -26,7 +26,7 @@ def _setup(model, seed=0, contract=("model", "layer_1", "layer_1", "weight"), sc
 
 
 TIGHT = dict(atol=1e-12, rtol=1e-12, max_steps=5000)
-EXACT = dq.SteadyStateAdjoint(linsolve=dq.LU())
+EXACT = dq.SteadyStateAdjoint(linear_solver=dq.LU())
 
 
 def _fd_gradient(loss, params, eps=1e-6):
@@ -143,7 +143,7 @@ def test_deq_gradients_match_finite_differences(solver):
 
 
 def test_gmres_adjoint_tight_matches_finite_differences():
-    adjoint = dq.SteadyStateAdjoint(linsolve=dq.GMRES(rtol=1e-12, atol=0.0, max_steps=100))
+    adjoint = dq.SteadyStateAdjoint(linear_solver=dq.GMRES(rtol=1e-12, atol=0.0, max_steps=100))
     model = dq.DeepEquilibriumNetwork(_deq_layer(3), dq.Anderson(), adjoint=adjoint, **TIGHT)
     params, state = _setup(model)
     _check_gradients(model, params, state, np.random.default_rng(3).standard_normal((2, 3)))

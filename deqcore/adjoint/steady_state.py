@@ -3,8 +3,9 @@
 With g = ∂L/∂z*, the implicit function theorem gives ∂L/∂θ = λᵀ ∂f/∂θ where λ solves
 (I − ∂f/∂zᵀ) λ = g. Three ways to get it, all taking the same :class:`FixedPointVJP` description of f:
 
-* :class:`SteadyStateAdjoint` — solve for λ (dense LU for small states, batched matrix-free GMRES on VJPs
-  otherwise, or any fixed-point solver on λ = g + ∂f/∂zᵀ λ);
+* :class:`SteadyStateAdjoint` — solve for λ (any linear solver: dense LU for small states, batched
+  matrix-free GMRES on VJPs otherwise; or any fixed-point solver on λ = g + ∂f/∂zᵀ λ), by default to the
+  forward solve's tolerance;
 * :class:`OneStepGradient` — the Jacobian-free approximation λ ≈ g (one VJP);
 * :class:`PhantomGradient` — backpropagate through k damped steps z ← (1−α) z + α f(z) from z*.
 
@@ -15,21 +16,24 @@ With g = ∂L/∂z*, the implicit function theorem gives ∂L/∂θ = λᵀ ∂f
 >>> grad, info = SteadyStateAdjoint().gradient(problem, np.ones(2))
 >>> np.allclose(grad, np.linalg.solve((np.eye(2) - A).T, np.ones(2)))    # dL/dθ = (I − A)^-T g
 True
+>>> info
+AdjointInfo(value=<float64 (2,)>, result=SUCCESS, residual=0, stats={'num_steps': 1, 'nvjp': 3, 'nfev': 1})
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 
-from .._checks import check_positive_int, check_probability
+from .._checks import check_choice, check_positive_int, check_probability, check_tolerance
 from .._tree import tree_add, tree_scale
 from ..backend import get_namespace
-from ..linalg import GMRES, LU, LinearOperator
-from ..results import ReturnCode
+from ..linalg import GMRES, LU, LinearOperator, LinearSolver
+from ..results import ReturnCode, Solution, _codes_host
 from ..root import RootSolver, fixed_point
+from ._warn import warn_failed
 
 __all__ = [
     "FixedPointVJP",
@@ -37,9 +41,19 @@ __all__ = [
     "SteadyStateAdjoint",
     "OneStepGradient",
     "PhantomGradient",
-    "default_adjoint_linsolve",
+    "default_adjoint_linear_solver",
     "preconditioner_from_forward",
+    "DENSE_ADJOINT_LIMIT",
 ]
+
+#: the default adjoint factors the dense (I − ∂f/∂z) up to this many state elements per sample (as the reference)
+DENSE_ADJOINT_LIMIT = 50
+#: DeepEquilibriumNetworks.jl's cheap GMRES budget, ``accuracy="cheap"``
+CHEAP_GMRES = GMRES(rtol=1e-3, atol=1e-3, restart=10, max_steps=10)
+#: tolerances of the default adjoint when it is used without a forward solve to follow
+FALLBACK_RTOL, FALLBACK_MAX_STEPS = 1e-5, 100
+#: the default GMRES's Krylov dimension per cycle (capped at the state size)
+ADJOINT_RESTART = 30
 
 
 @dataclass
@@ -66,27 +80,79 @@ class FixedPointVJP:
         return self.pullback
 
 
-@dataclass
-class AdjointInfo:
-    """Statistics of an adjoint solve: ``lam`` (the adjoint vector), ``result`` (ReturnCode, per sample when
-    batched), ``nvjp`` (VJP evaluations), ``num_steps`` (linear-solver iterations)."""
-
-    lam: Any
-    result: Any
-    nvjp: int
-    num_steps: int = 0
+def _summary(a) -> str:
+    if hasattr(a, "shape") and getattr(a, "ndim", 0) > 0:
+        return f"<{a.dtype} {tuple(a.shape)}>"
+    return repr(a)
 
 
-def default_adjoint_linsolve(state_size: int):
-    """The reference's rule: dense LU up to 50 state elements per sample, otherwise GMRES with a small budget
-    (at most 10 iterations, tolerance 1e-3) — cheap solves are normal in DEQ training.
+@dataclass(repr=False)
+class AdjointInfo(Solution):
+    """The adjoint solve, with :class:`~deqcore.results.Solution`'s contract.
 
-    >>> type(default_adjoint_linsolve(10)).__name__, type(default_adjoint_linsolve(1000)).__name__
-    ('LU', 'GMRES')
+    Attributes:
+        value: λ (shaped like the cotangent g); ``lam`` is the same array.
+        result: ReturnCode (an int array ``(B,)`` when batched): SUCCESS when λ meets the adjoint's tolerance.
+        residual: per-sample norm of g − (I − ∂f/∂zᵀ) λ (L2 for the linear solvers, max-norm for fixed-point
+            solvers); zero for the approximate gradients, which solve no system.
+        stats: ``num_steps`` (solver iterations), ``nvjp`` (VJPs of f), ``nfev`` (evaluations of f itself).
     """
-    if state_size <= 50:
+
+    @property
+    def lam(self):
+        """The adjoint vector λ (``value``)."""
+        return self.value
+
+    @property
+    def nvjp(self) -> int:
+        """VJPs of f used by the adjoint."""
+        return int(self.stats.get("nvjp", 0))
+
+    @property
+    def num_steps(self) -> int:
+        """Iterations of the adjoint's solver."""
+        return int(self.stats.get("num_steps", 0))
+
+    def __repr__(self) -> str:
+        if self.batched:
+            codes = _codes_host(self.result)
+            names = ", ".join(f"{ReturnCode(int(c)).name} x{int((codes == c).sum())}" for c in np.unique(codes))
+            result = f"[{names}]"
+            residual = f"max {float(np.max(_host(self.residual))):.2g}" if codes.size else "-"
+        else:
+            result = ReturnCode(int(self.result)).name
+            residual = f"{float(self.residual):.2g}"
+        return f"AdjointInfo(value={_summary(self.value)}, result={result}, residual={residual}, stats={self.stats})"
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _info(lam, codes, residual, stats, batched) -> AdjointInfo:
+    """An AdjointInfo from per-row codes/residuals ``(B,)`` (one row when unbatched)."""
+    if batched:
+        return AdjointInfo(value=lam, result=codes, stats=stats, residual=residual, batched=True)
+    return AdjointInfo(value=lam, result=ReturnCode(int(_codes_host(codes)[0])), stats=stats,
+                       residual=float(_host(residual).reshape(-1)[0]))
+
+
+def default_adjoint_linear_solver(state_size: int, *, accuracy="forward", rtol=FALLBACK_RTOL, atol=0.0,
+                                  max_steps=FALLBACK_MAX_STEPS):
+    """The linear solver of ``SteadyStateAdjoint(linear_solver=None)``: dense LU up to
+    :data:`DENSE_ADJOINT_LIMIT` state elements per sample (exact; one VJP per element), otherwise GMRES on VJPs.
+    ``accuracy="forward"`` solves GMRES to ``rtol``/``atol`` within ``max_steps`` VJPs (the forward solve's,
+    when a model or adapter passes them); ``accuracy="cheap"`` is DeepEquilibriumNetworks.jl's rule: at most 10
+    iterations with tolerance 1e-3 (gradients 7e-4 off on an easy DEQ map, 31% off on a hard one).
+
+    >>> type(default_adjoint_linear_solver(10)).__name__, default_adjoint_linear_solver(1000, accuracy="cheap")
+    ('LU', GMRES(rtol=0.001, atol=0.001, restart=10, max_steps=10))
+    """
+    if state_size <= DENSE_ADJOINT_LIMIT:
         return LU()
-    return GMRES(rtol=1e-3, atol=1e-3, restart=10, max_steps=10)
+    if accuracy == "cheap":
+        return CHEAP_GMRES
+    return GMRES(rtol=rtol, atol=atol, restart=min(ADJOINT_RESTART, state_size), max_steps=max_steps)
 
 
 def preconditioner_from_forward(learned: dict):
@@ -115,8 +181,12 @@ def preconditioner_from_forward(learned: dict):
     return None
 
 
-def _flat(z, batched):
-    return z.reshape(z.shape[0], -1) if batched else z.reshape(-1)
+def _rows(z):
+    """``(B, n)`` rows of a batched array, or one row for an unbatched one."""
+    return z.reshape(z.shape[0], -1) if z.ndim > 1 else z.reshape(1, -1)
+
+
+_ACCURACIES = ("forward", "cheap")
 
 
 @dataclass(frozen=True)
@@ -124,102 +194,126 @@ class SteadyStateAdjoint:
     """Implicit gradient: solve (I − ∂f/∂zᵀ) λ = g, then ∂L/∂θ = ∂f/∂θᵀ λ.
 
     Args:
-        linsolve: ``None`` (dense LU for ≤ 50 state elements per sample, else GMRES capped at 10 iterations
-            with tolerance 1e-3, as in the reference), ``dq.LU()`` (exact; costs one VJP per state element),
-            ``dq.GMRES(...)`` (matrix-free; tighten ``rtol``/``max_steps`` for exact gradients), or a
-            fixed-point solver (``dq.Anderson()``, ``dq.FixedPointIteration()``, ...) applied to
-            λ = g + ∂f/∂zᵀ λ.
-        atol, rtol, max_steps: tolerances when ``linsolve`` is a fixed-point solver.
+        linear_solver: ``None`` (dense LU up to 50 state elements per sample, else GMRES on VJPs with the
+            tolerances below), any linear solver (``dq.LU()``: exact, one VJP per state element;
+            ``dq.GMRES(...)``: matrix-free, with its own tolerances), or a fixed-point solver (``dq.Anderson()``,
+            ``dq.FixedPointIteration()``, ...) applied to λ = g + ∂f/∂zᵀ λ with the tolerances below.
+        accuracy: ``"forward"`` (default): solve to the forward solve's tolerance with a budget like the
+            forward's (a DEQ model or adapter fills in its ``atol``/``rtol``/``max_steps``; used alone: relative
+            residual 1e-5 within 100 VJPs). ``"cheap"``: DeepEquilibriumNetworks.jl's default — GMRES capped at 10
+            iterations with tolerance 1e-3 — fast but inexact (31% gradient error on a hard DEQ map).
+        atol, rtol, max_steps: override the tolerances and budget (None: from ``accuracy``). The adjoint's test
+            is ``||g − (I − ∂f/∂zᵀ) λ|| <= max(atol, rtol·||g||)`` per sample; following a forward solve,
+            ``rtol = max(forward rtol, forward atol)``, ``atol = 0`` and ``max_steps`` = the forward's.
+
+    A sample whose adjoint does not converge keeps its code in the returned :class:`AdjointInfo` (and in
+    ``state["solution"].adjoint`` / ``layer.last_adjoint``) and raises a ``RuntimeWarning`` once per call site.
 
     >>> import numpy as np, deqcore as dq
     >>> A = np.array([[[0.5, 0.2], [0.0, 0.4]]]); theta = np.ones((1, 2))       # f(z) = A z + θ, one sample
     >>> z_star = np.linalg.solve(np.eye(2) - A[0], theta[0])[None]
     >>> problem = FixedPointVJP(z_star, lambda z: (z @ A[0].T + theta, lambda v: (v @ A[0], v)), batched=True)
     >>> exact = np.linalg.solve((np.eye(2) - A[0]).T, np.ones(2))
-    >>> for linsolve in (dq.LU(), dq.GMRES(rtol=1e-12), dq.Anderson()):
-    ...     grad, info = dq.SteadyStateAdjoint(linsolve=linsolve, atol=1e-12).gradient(problem, np.ones((1, 2)))
-    ...     print(type(linsolve).__name__, bool(np.allclose(grad[0], exact)))
-    LU True
-    GMRES True
-    Anderson True
+    >>> for solver in (dq.LU(), dq.GMRES(rtol=1e-12), dq.Anderson()):
+    ...     grad, info = dq.SteadyStateAdjoint(solver, atol=1e-12).gradient(problem, np.ones((1, 2)))
+    ...     print(type(solver).__name__, bool(np.allclose(grad[0], exact)), info.success.tolist())
+    LU True [True]
+    GMRES True [True]
+    Anderson True [True]
+    >>> dq.SteadyStateAdjoint(atol=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: atol must be a finite number >= 0, got -1.0
     """
 
-    linsolve: Any = None
-    atol: float = 1e-6
-    rtol: float = 1e-5
-    max_steps: int = 50
+    linear_solver: Any = None
+    accuracy: str = "forward"
+    atol: float | None = None
+    rtol: float | None = None
+    max_steps: int | None = None
 
     def __post_init__(self):
-        if self.linsolve is not None and not isinstance(self.linsolve, (LU, GMRES, RootSolver)):
+        if self.linear_solver is not None and not isinstance(self.linear_solver, (LinearSolver, RootSolver)):
             raise TypeError(
-                "linsolve must be None, dq.LU(), dq.GMRES(...) or a fixed-point solver such as dq.Anderson(); "
-                f"got {type(self.linsolve).__name__}")
-        check_positive_int(self.max_steps, "max_steps")
+                "linear_solver must be None, a linear solver (dq.LU(), dq.GMRES(...)) or a fixed-point solver "
+                f"such as dq.Anderson(); got {type(self.linear_solver).__name__}")
+        check_choice(self.accuracy, "accuracy", _ACCURACIES)
+        for name in ("atol", "rtol"):
+            if getattr(self, name) is not None:
+                check_tolerance(getattr(self, name), name)
+        if self.max_steps is not None:
+            check_positive_int(self.max_steps, "max_steps")
+
+    def with_forward(self, atol: float, rtol: float, max_steps: int) -> "SteadyStateAdjoint":
+        """A copy whose unset tolerances follow a forward solve's ``atol``/``rtol``/``max_steps`` (for
+        ``accuracy="forward"``; otherwise ``self``). DEQ models and the adapters call this.
+
+        >>> SteadyStateAdjoint().with_forward(1e-6, 1e-5, 100)
+        SteadyStateAdjoint(linear_solver=None, accuracy='forward', atol=0.0, rtol=1e-05, max_steps=100)
+        """
+        if self.accuracy != "forward":
+            return self
+        return replace(self, atol=0.0 if self.atol is None else self.atol,
+                       rtol=max(float(rtol), float(atol)) if self.rtol is None else self.rtol,
+                       max_steps=max_steps if self.max_steps is None else self.max_steps)
+
+    def _tolerances(self, dtype):
+        """(atol, rtol, max_steps) of this adjoint, with the dtype's floor on rtol."""
+        cheap = self.accuracy == "cheap"
+        atol = self.atol if self.atol is not None else (1e-3 if cheap else 0.0)
+        rtol = self.rtol if self.rtol is not None else (1e-3 if cheap else FALLBACK_RTOL)
+        max_steps = self.max_steps if self.max_steps is not None else (10 if cheap else FALLBACK_MAX_STEPS)
+        return atol, max(rtol, 4 * float(np.finfo(dtype).eps)), max_steps
+
+    def linear_solver_for(self, state_size: int, dtype=np.float64):
+        """The solver this adjoint uses for states of ``state_size`` elements per sample."""
+        if self.linear_solver is not None:
+            return self.linear_solver
+        atol, rtol, max_steps = self._tolerances(dtype)
+        return default_adjoint_linear_solver(state_size, accuracy=self.accuracy, rtol=rtol, atol=atol,
+                                             max_steps=max_steps)
 
     def gradient(self, problem: FixedPointVJP, g, x0=None, preconditioner=None):
         """``(∂L/∂θ, AdjointInfo)`` for the cotangent ``g = ∂L/∂z*``; ``x0`` warm-starts λ (e.g. the last one);
         ``preconditioner`` (flat (B, n) → (B, n), see :func:`preconditioner_from_forward`) approximates
         (I − ∂f/∂zᵀ)⁻¹ for GMRES."""
         info = self.solve_adjoint(problem, g, x0, preconditioner)
-        info.nvjp += 1
+        info.stats["nvjp"] += 1
         return problem.pullback_at_fixed_point()(info.lam)[1], info
 
     def solve_adjoint(self, problem: FixedPointVJP, g, x0=None, preconditioner=None) -> AdjointInfo:
         """Only λ with (I − ∂f/∂zᵀ) λ = g (no final parameter VJP): for callers that pull λ back through f
         themselves, such as the PyTorch and JAX adapters."""
+        evaluated = problem.pullback is None
         pullback = problem.pullback_at_fixed_point()
         batched = problem.batched
         xp = get_namespace(g)
         shape = g.shape
-        n = int(np.prod(shape[1:] if batched else shape))
-        linsolve = self.linsolve if self.linsolve is not None else default_adjoint_linsolve(n)
+        g_rows = _rows(g) if batched else g.reshape(1, -1)
+        batch, n = g_rows.shape
+        solver = self.linear_solver_for(n, g.dtype)
         count = {"nvjp": 0}
 
-        def vjp_z(v_flat):
+        def vjp_rows(v_rows):
             count["nvjp"] += 1
-            return _flat(pullback(v_flat.reshape(shape))[0], batched)
+            return pullback(v_rows.reshape(shape))[0].reshape(batch, n)
 
-        g_flat = _flat(g, batched)
-        if isinstance(linsolve, LU):
-            lam_flat, result, steps = _dense_adjoint(vjp_z, g_flat, n, batched, xp)
-        elif isinstance(linsolve, GMRES):
-            op = LinearOperator(lambda v: v - vjp_z(v), shape=(n, n), dtype=g.dtype)
-            x0_flat = None if x0 is None else _flat(x0, batched)
-            sol = linsolve.solve(op, g_flat, x0=x0_flat, preconditioner=preconditioner if batched else None)
-            lam_flat, result, steps = sol.value, sol.result, int(sol.stats.get("num_steps", 0))
+        x0_rows = None if x0 is None else x0.reshape(batch, n)
+        if isinstance(solver, LinearSolver):
+            op = LinearOperator(lambda v: v - vjp_rows(v), shape=(n, n), dtype=g.dtype)
+            op.batch_size = batch
+            sol = solver.solve(op, g_rows, x0=x0_rows, preconditioner=preconditioner if batched else None)
+            lam, codes, residual = sol.value, sol.result, sol.residual
         else:
-            lam_flat, result, steps = self._fixed_point_adjoint(linsolve, vjp_z, g_flat, x0, batched)
-        return AdjointInfo(lam_flat.reshape(shape), result, count["nvjp"], steps)
-
-    def _fixed_point_adjoint(self, solver, vjp_z, g_flat, x0, batched):
-        start = g_flat if x0 is None else _flat(x0, batched)
-        sol = fixed_point(lambda lam: g_flat + vjp_z(lam), start, solver, atol=self.atol, rtol=self.rtol,
-                          max_steps=self.max_steps, batched=batched, throw=False)
-        return sol.value, sol.result, int(sol.stats.get("num_steps", 0))
-
-
-def _dense_adjoint(vjp_z, g_flat, n, batched, xp):
-    """Build ∂f/∂z row by row from n VJPs with basis vectors, then solve (I − J)ᵀ λ = g by LU."""
-    eye = xp.eye(n, dtype=g_flat.dtype)
-    if batched:
-        batch = g_flat.shape[0]
-        rows = [vjp_z(xp.broadcast_to(eye[j], (batch, n)).copy()) for j in range(n)]
-        jac = xp.stack(rows, axis=1)                       # (B, n, n): row j of each sample's J
-        system = eye[None] - jac
-    else:
-        jac = xp.stack([vjp_z(eye[j]) for j in range(n)], axis=0)
-        system = eye - jac
-    factors = LU().factor(system)
-    lam = factors.solve(g_flat, transpose=True)
-    singular = factors.singular
-    if batched:
-        result = xp.where(xp.asarray(singular), int(ReturnCode.LINEAR_SOLVE_FAILED), int(ReturnCode.SUCCESS))
-        lam = xp.where(xp.asarray(singular)[:, None], xp.zeros_like(lam), lam)
-    else:
-        result = ReturnCode.LINEAR_SOLVE_FAILED if bool(singular) else ReturnCode.SUCCESS
-        if bool(singular):
-            lam = xp.zeros_like(lam)
-    return lam, result, n
+            atol, rtol, max_steps = self._tolerances(g.dtype)
+            sol = fixed_point(lambda lam: g_rows + vjp_rows(lam), g_rows if x0_rows is None else x0_rows,
+                              solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=True, throw=False)
+            lam, codes, residual = sol.value, sol.result, sol.residual
+        stats = {"num_steps": int(sol.stats.get("num_steps", 0)), "nvjp": count["nvjp"], "nfev": int(evaluated)}
+        info = _info(lam.reshape(shape), codes, residual, stats, batched)
+        warn_failed("the adjoint solve", codes, "Their gradients are not the implicit gradient: raise the "
+                    "adjoint's max_steps or the forward solve's accuracy, or pass linear_solver=dq.LU()")
+        return info
 
 
 @dataclass(frozen=True)
@@ -229,16 +323,15 @@ class OneStepGradient:
 
     >>> import numpy as np
     >>> p = FixedPointVJP(np.zeros(2), lambda z: (z, lambda v: (0.5 * v, 2.0 * v)))
-    >>> OneStepGradient().gradient(p, np.ones(2))[0]
-    array([2., 2.])
+    >>> grad, info = OneStepGradient().gradient(p, np.ones(2))
+    >>> grad, info.nvjp
+    (array([2., 2.]), 1)
     """
 
     def gradient(self, problem: FixedPointVJP, g, x0=None):
+        evaluated = problem.pullback is None
         grad_theta = problem.pullback_at_fixed_point()(g)[1]
-        ok = ReturnCode.SUCCESS
-        if problem.batched:
-            ok = get_namespace(g).zeros(g.shape[0], dtype=np.int64)
-        return grad_theta, AdjointInfo(g, ok, 1, 0)
+        return grad_theta, _approximate_info(g, problem.batched, {"num_steps": 0, "nvjp": 1, "nfev": int(evaluated)})
 
 
 @dataclass(frozen=True)
@@ -273,7 +366,12 @@ class PhantomGradient:
             dz, dtheta = pullback(v)
             grad_theta = tree_add(grad_theta, tree_scale(dtheta, alpha))
             v = (1 - alpha) * v + alpha * dz
-        ok = ReturnCode.SUCCESS
-        if problem.batched:
-            ok = get_namespace(g).zeros(g.shape[0], dtype=np.int64)
-        return grad_theta, AdjointInfo(v, ok, self.steps, self.steps)
+        stats = {"num_steps": self.steps, "nvjp": self.steps, "nfev": self.steps}
+        return grad_theta, _approximate_info(v, problem.batched, stats)
+
+
+def _approximate_info(lam, batched, stats) -> AdjointInfo:
+    """The AdjointInfo of a gradient that solves no system (SUCCESS, zero residual)."""
+    xp = get_namespace(lam)
+    rows = lam.shape[0] if batched else 1
+    return _info(lam, xp.zeros(rows, dtype=np.int64), xp.zeros(rows), stats, batched)

@@ -9,9 +9,10 @@ ODE solver). Gradients come from an implicit adjoint, never from backpropagating
 >>> model = dq.DeepEquilibriumNetwork(
 ...     nn.Parallel(nn.add, nn.Dense(2, 2, use_bias=False), nn.Dense(2, 2, use_bias=False)), dq.VCABM3())
 >>> params, state = nn.setup(np.random.default_rng(0), model)
+>>> params["model"]["layer_1"]["weight"] *= 0.5             # z ↦ W z + U x has a steady state when W is stable
 >>> y, state = model(np.ones((1, 2)), params, state)
->>> y.shape
-(1, 2)
+>>> y.shape, state["solution"].success
+((1, 2), array([ True]))
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_tolerance
 from ..adjoint import GaussAdjoint
+from ..adjoint._warn import warn_failed
 from ..adjoint.steady_state import (
     FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint, preconditioner_from_forward,
 )
 from ..backend import get_namespace
 from ..linalg import GMRES, LinearOperator
 from ..nn.core import Layer
-from ..nn.tree import tree_add, tree_map
+from ..nn.tree import tree_add, tree_leaves, tree_map
+from ..results import ReturnCode
 from .jacobian import JACOBIAN_MODES, hutchinson_probe, jacobian_loss_gradient
 from .solution import DeepEquilibriumSolution
 from .solvers import check_solver, integrate_span, is_ode_solver, ode_parameter_gradient, solve_equilibrium
@@ -64,8 +67,9 @@ class DeepEquilibriumNetwork(Layer):
             or an ``nn.Layer`` computing u0 = init(x) (a skip DEQ).
         jacobian_regularization: None, "forward", "finite_diff" or "reverse" (see ``models.jacobian``).
         problem_type: "steady_state" (a DEQ) or "ode" (a vanilla neural ODE over ``tspan``).
-        adjoint: ``dq.SteadyStateAdjoint(...)`` (default: LU up to 50 state elements per sample, else GMRES
-            with at most 10 iterations and tolerance 1e-3), ``dq.OneStepGradient()`` or
+        adjoint: ``dq.SteadyStateAdjoint(...)`` (default: LU up to 50 state elements per sample, else GMRES on
+            VJPs solved to this model's tolerance within ``max_steps`` VJPs; ``dq.SteadyStateAdjoint(
+            accuracy="cheap")`` is the reference's cheaper, inexact setting), ``dq.OneStepGradient()`` or
             ``dq.PhantomGradient(...)``; for problem_type="ode", an ODE adjoint (default ``dq.GaussAdjoint()``).
         atol, rtol, max_steps: the forward solve's tolerances (the reference's abstol/reltol/maxiters;
             defaults 1e-3, 1e-3, 32: cheap solves are normal in DEQ training).
@@ -74,6 +78,11 @@ class DeepEquilibriumNetwork(Layer):
             ``solution.jacobian_loss`` and ``solution.skip_loss`` (default 0: add them yourself by passing
             ``d_jacobian_loss=`` / ``d_skip_loss=`` to the pullback). Set them when the DEQ sits inside an
             ``nn.Chain``, whose pullback passes only ``dy``; add ``weight * loss`` to the reported loss.
+
+    A sample whose forward solve fails keeps its code in ``state["solution"].result`` and the best iterate
+    (a ``RuntimeWarning`` names the code and the count, once per call site); its gradient is then not the implicit
+    gradient. A sample whose input (or initial guess) holds NaN or infinity is marked DIVERGED; the others are
+    unaffected.
 
     State: ``state["solution"]`` holds a :class:`DeepEquilibriumSolution` after each call;
     ``state["fixed_depth"]`` > 0 switches to the unrolled pretraining mode (see :func:`with_fixed_depth`).
@@ -130,6 +139,8 @@ class DeepEquilibriumNetwork(Layer):
             if not isinstance(adjoint, _ADJOINTS):
                 raise TypeError("adjoint must be dq.SteadyStateAdjoint(...), dq.OneStepGradient() or "
                                 f"dq.PhantomGradient(...); got {type(adjoint).__name__}")
+            if isinstance(adjoint, SteadyStateAdjoint):     # unset tolerances follow this model's forward solve
+                adjoint = adjoint.with_forward(self.atol, self.rtol, self.max_steps)
             self.adjoint = adjoint
 
     def __repr__(self):
@@ -159,7 +170,30 @@ class DeepEquilibriumNetwork(Layer):
     # -- forward ------------------------------------------------------------------------------------------
     def _f(self, x, params, state):
         model, pm, sm = self.model, params["model"], state["model"]
-        return lambda z: model((z, x), pm, sm)[0]
+
+        def f(z):
+            out = model((z, x), pm, sm)[0]
+            if getattr(out, "shape", None) != z.shape or getattr(out, "dtype", None) != z.dtype:
+                raise _model_mismatch(type(self).__name__, out, z, x)
+            return out
+
+        return f
+
+    def _check_input(self, x, params):
+        """x must be a floating array of the parameters' dtype (errors name x and the parameters)."""
+        if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+            raise TypeError(f"x must be a NumPy or CuPy array, got {type(x).__name__}")
+        if np.dtype(x.dtype).kind != "f":
+            raise TypeError(f"x has dtype {x.dtype}; pass a float32 or float64 array (e.g. x.astype(np.float32))")
+        if getattr(x, "ndim", 0) < 1:
+            raise ValueError(f"x must have a leading batch axis, got shape {tuple(x.shape)}")
+        kinds = {np.dtype(a.dtype) for a in tree_leaves(params) if np.dtype(a.dtype).kind == "f"}
+        if kinds and np.dtype(x.dtype) not in kinds:
+            want = sorted(str(k) for k in kinds)[0]
+            raise TypeError(
+                f"x has dtype {x.dtype} but the parameters are {'/'.join(sorted(str(k) for k in kinds))}: cast x "
+                f"(x.astype(np.{want})) or the parameters (deqcore.tree_map(lambda a: a.astype(np.{x.dtype}), "
+                "params)) so that they agree")
 
     def _initial(self, x, params, state, want_vjp):
         """(u0, pullback of u0 w.r.t. (x, params) or None, extra f-evaluations)."""
@@ -183,6 +217,28 @@ class DeepEquilibriumNetwork(Layer):
                                   max_steps=self.max_steps)
         return solve_equilibrium(f, u0, self.solver, atol=self.atol, rtol=self.rtol, max_steps=self.max_steps)
 
+    def _solve_isolated(self, x, params, state, u0):
+        """The forward solve; a sample whose start u0 holds NaN/inf (a NaN input through a learned or
+        one-step initial guess) starts from zeros instead and is marked DIVERGED, so it cannot stop the batch.
+        Warns once per call site when samples fail."""
+        xp = get_namespace(u0)
+        bad = None
+        if self.problem_type == "steady_state" and u0.ndim >= 1 and u0.shape[0] > 0:
+            bad = ~xp.isfinite(u0.reshape(u0.shape[0], -1)).all(axis=1)
+            if bool(bad.any()):
+                u0 = xp.where(bad.reshape((-1,) + (1,) * (u0.ndim - 1)), xp.zeros((), dtype=u0.dtype), u0)
+            else:
+                bad = None
+        outcome = self._solve(x, params, state, u0)
+        if self.problem_type != "steady_state":
+            return outcome
+        if bad is not None:
+            outcome.result = xp.where(bad, int(ReturnCode.DIVERGED), outcome.result)
+        warn_failed(f"the forward solve of {type(self).__name__}", outcome.result,
+                    "The best iterate is returned and its gradient is not the implicit gradient: raise max_steps, "
+                    "loosen atol/rtol or keep f contractive")
+        return outcome
+
     def __call__(self, x, params, state):
         y, _, new_state = self._forward(x, params, state, want_vjp=False)
         return y, new_state
@@ -191,11 +247,12 @@ class DeepEquilibriumNetwork(Layer):
         return self._forward(x, params, state, want_vjp=True)
 
     def _forward(self, x, params, state, want_vjp):
+        self._check_input(x, params)
         depth = int(state.get("fixed_depth", 0))
         u0, u0_pullback, extra_nfe = self._initial(x, params, state, want_vjp or depth > 0)
         if depth > 0:
             return self._unrolled(x, params, state, u0, u0_pullback, depth, extra_nfe)
-        outcome = self._solve(x, params, state, u0)
+        outcome = self._solve_isolated(x, params, state, u0)
         z_star = outcome.value
         xp = get_namespace(z_star)
         model, pm, sm = self.model, params["model"], state["model"]
@@ -331,6 +388,19 @@ class DeepEquilibriumNetwork(Layer):
         sol = GMRES(rtol=tol, atol=0.0, restart=min(n, 30), max_steps=10 * n + 50).solve(
             LinearOperator(matvec, shape=(n, n), dtype=z.dtype), rhs.reshape(shape[0], -1))
         return y, self.output(sol.value.reshape(shape))
+
+
+def _model_mismatch(model_name, out, z, x):
+    """The error for a model whose output does not match z, naming what the user passed."""
+    got_shape, got_dtype = tuple(getattr(out, "shape", ())), getattr(out, "dtype", type(out).__name__)
+    if got_dtype != z.dtype:
+        return TypeError(
+            f"{model_name}: the model returned dtype {got_dtype} for x of dtype {x.dtype} (z has x's dtype): "
+            f"the parameters and x must share one dtype; cast x or the parameters")
+    return ValueError(
+        f"{model_name}: the model returned shape {got_shape} but z has shape {tuple(z.shape)} (zeros shaped like x "
+        "for init='zeros', or the initial guess's shape): the model must map (z, x) to an array shaped like z; "
+        "check x's shape and the layers' widths")
 
 
 def _split_model_cotangent(result):

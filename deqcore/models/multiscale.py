@@ -16,7 +16,11 @@ layer per scale. The output is a tuple with one array per scale.
 ...                                             ((4,), (3,), (2,), (1,)))
 >>> params, state = nn.setup(np.random.default_rng(0), model)
 >>> x = np.random.default_rng(1).random((12, 4))
->>> [y.shape for y in model(x, params, state)[0]]
+>>> import warnings
+>>> with warnings.catch_warnings():
+...     warnings.simplefilter("ignore")   # random weights: some samples do not converge, and a warning says so
+...     ys, state = model(x, params, state)
+>>> [y.shape for y in ys]
 [(12, 4), (12, 3), (12, 2), (12, 1)]
 """
 
