@@ -198,10 +198,12 @@ def test_bad_inputs():
         layer(torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="z0 must have the batch size"):
         layer(torch.ones(2, 3, dtype=torch.float64), torch.zeros(5, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="f must preserve the shape of z"):
+    with pytest.raises(ValueError, match=r"f\(z, x\) returned shape \(2, 2\) for z of shape \(2, 3\).*pass z0"):
         dqt.DEQ(lambda z, x: z[:, :2], **TIGHT)(torch.ones(2, 3, dtype=torch.float64))
-    with pytest.raises(TypeError, match="f must preserve the dtype"):
+    with pytest.raises(TypeError, match=r"returned dtype torch.float32 .* one dtype"):
         dqt.DEQ(lambda z, x: z.float(), **TIGHT)(torch.ones(2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"x has dtype torch.float32 but f's parameter 'W.weight' has torch.float64"):
+        layer(torch.ones(2, 3, dtype=torch.float32))
     with pytest.raises(TypeError, match="solver must be"):
         dqt.DEQ(f, solver="anderson")
     with pytest.raises(TypeError, match="adjoint must be"):
@@ -217,7 +219,9 @@ def test_bad_inputs():
 def test_non_convergence_is_recorded_not_raised():
     f = cell(3, norm=0.99)
     layer = dqt.DEQ(f, solver=dq.FixedPointIteration(), atol=1e-14, rtol=0.0, max_steps=2)
-    z = layer(torch.randn(2, 3, dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match=r"forward solve of deqcore.interop.torch.DEQ failed for 2 of 2 "
+                                            r"samples \(MAX_STEPS\)"):
+        z = layer(torch.randn(2, 3, dtype=torch.float64))
     assert torch.isfinite(z).all()
     assert not layer.last_solution.success.any()
     assert dq.ReturnCode.MAX_STEPS in layer.last_solution.codes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_positive_int, check_tolerance
+from ..adjoint._warn import warn_failed
 from ..adjoint.steady_state import OneStepGradient, PhantomGradient, SteadyStateAdjoint
 from ..root import Anderson, RootSolver, fixed_point
 
@@ -34,13 +35,16 @@ def check_options(solver, atol, rtol, max_steps):
         max_steps, "max_steps")
 
 
-def check_adjoint(adjoint):
-    """``adjoint`` itself, or ``dq.SteadyStateAdjoint()`` for None; TypeError for anything else."""
+def check_adjoint(adjoint, atol=None, rtol=None, max_steps=None):
+    """``adjoint`` itself, or ``dq.SteadyStateAdjoint()`` for None; TypeError for anything else. Given the
+    forward solve's ``atol``/``rtol``/``max_steps``, a SteadyStateAdjoint's unset tolerances follow them."""
     if adjoint is None:
-        return SteadyStateAdjoint()
+        adjoint = SteadyStateAdjoint()
     if not isinstance(adjoint, _ADJOINTS):
         raise TypeError("adjoint must be dq.SteadyStateAdjoint(...), dq.OneStepGradient() or "
                         f"dq.PhantomGradient(...); got {type(adjoint).__name__}")
+    if isinstance(adjoint, SteadyStateAdjoint) and max_steps is not None:
+        adjoint = adjoint.with_forward(atol, rtol, max_steps)
     return adjoint
 
 
@@ -51,10 +55,14 @@ def check_dtype(dtype_name: str, name: str) -> None:
                         "(e.g. .float() or .double())")
 
 
-def solve(fn, z0, solver, *, atol, rtol, max_steps, batched):
-    """``dq.fixed_point`` without raising: failures are recorded in the returned Solution's ``result``."""
-    return fixed_point(fn, z0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
-                       throw=False)
+def solve(fn, z0, solver, *, atol, rtol, max_steps, batched, where="the forward solve", warn=True):
+    """``dq.fixed_point`` without raising: failures are recorded in the returned Solution's ``result`` and
+    (with ``warn``) reported by one RuntimeWarning per call site naming the code and the count."""
+    sol = fixed_point(fn, z0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched, throw=False)
+    if warn:
+        warn_failed(where, sol.result, "The best iterate is returned and its gradient is not the implicit "
+                    "gradient: raise max_steps or loosen atol/rtol")
+    return sol
 
 
 def writable(a):

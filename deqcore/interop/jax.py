@@ -65,7 +65,7 @@ def fixed_point(f, z0, args=(), solver=None, *, atol=1e-6, rtol=1e-5, max_steps=
     """
     check_callable(f, "f")
     solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
-    adjoint = check_adjoint(adjoint)
+    adjoint = check_adjoint(adjoint, atol, rtol, max_steps)     # the default adjoint follows these tolerances
     if isinstance(adjoint, PhantomGradient):
         raise TypeError("adjoint must be dq.SteadyStateAdjoint(...) or dq.OneStepGradient() for the JAX "
                         "adapter; got PhantomGradient")
@@ -171,7 +171,8 @@ def _evaluators(f, treedef, axes, batched):
 def _host_solve(f, config, core_ndim, z0, args):
     problem = _HostProblem(f, core_ndim, z0, args)
     sol = solve(problem.f, problem.fold(z0), config.solver, atol=config.atol, rtol=config.rtol,
-                max_steps=config.max_steps, batched=problem.batched)
+                max_steps=config.max_steps, batched=problem.batched,
+                where="the forward solve of deqcore.interop.jax.fixed_point", warn=not config.throw)
     if config.throw and not bool(np.all(sol.success)):
         raise SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol)
     return problem.unfold(sol.value).astype(np.asarray(z0).dtype, copy=False)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..adjoint.steady_state import FixedPointVJP, PhantomGradient, SteadyStateAdjoint
+from ..adjoint.steady_state import FixedPointVJP, PhantomGradient, SteadyStateAdjoint, preconditioner_from_forward
 from ..nn.core import Layer
 from ..nn.tree import tree_flatten, tree_unflatten
 from ._common import check_adjoint, check_dtype, check_options, import_framework, solve, writable
@@ -77,17 +77,32 @@ def from_array(array):
 
 
 def _check_like(out, like, name: str, what: str):
-    """``out`` must be a tensor with the shape, dtype and device of ``like``."""
+    """``out`` must be a tensor with the shape, dtype and device of ``like``; errors say what the user passed
+    (``z`` starts as z0, or zeros shaped like x) and how to fix it."""
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
     if out.shape != like.shape:
-        raise ValueError(f"{name} must preserve the shape of {what}: got {tuple(out.shape)} from "
-                         f"{tuple(like.shape)}")
+        raise ValueError(f"{name}(z, x) returned shape {tuple(out.shape)} for {what} of shape {tuple(like.shape)}; "
+                         "z starts as z0 (zeros shaped like x when z0 is None): pass z0 with the shape of f's "
+                         "output, e.g. layer(x, z0=torch.zeros(batch, width))")
     if out.dtype != like.dtype:
-        raise TypeError(f"{name} must preserve the dtype of {what}: got {out.dtype} from {like.dtype}")
+        raise TypeError(f"{name}(z, x) returned dtype {out.dtype} for {what} of dtype {like.dtype} (x's and z0's "
+                        "dtype): give x, z0 and f's parameters one dtype (x.double() or f.double(), or .float())")
     if out.device != like.device:
         raise ValueError(f"{name} returned a tensor on {out.device}; {what} is on {like.device}")
     return out
+
+
+def _check_parameters_match(f, x):
+    """f's floating parameters must share x's dtype and device (named errors, not a torch matmul error)."""
+    if not isinstance(f, torch.nn.Module):
+        return
+    for name, p in f.named_parameters():
+        if p.is_floating_point() and p.dtype != x.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but f's parameter {name!r} has {p.dtype}: cast x "
+                            f"(x.to({p.dtype})) or the module (f.to({x.dtype})) so that they agree")
+        if p.device != x.device:
+            raise ValueError(f"x is on {x.device} but f's parameter {name!r} is on {p.device}: move one of them")
 
 
 class DEQ(torch.nn.Module):
@@ -98,12 +113,15 @@ class DEQ(torch.nn.Module):
     to one autograd call for the gradients of x and of f's parameters.
 
     Args:
-        f: a ``torch.nn.Module`` or function called as ``f(z, x)``, returning a tensor shaped like z.
+        f: a ``torch.nn.Module`` or function called as ``f(z, x)``, returning a tensor shaped like z (and with
+            z's dtype: x, z0 and the parameters of f share one dtype).
             Gradients reach the parameters of a module f (and x); tensors captured by a plain function get
             none.
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default: dense LU up to 50 state elements per sample, else
-            GMRES with a small budget), ``dq.OneStepGradient()`` or ``dq.PhantomGradient(...)``.
+            GMRES on VJPs to this layer's tolerance within ``max_steps`` VJPs, preconditioned by what the forward
+            solve learnt; ``dq.SteadyStateAdjoint(accuracy="cheap")`` is DeepEquilibriumNetworks.jl's cheaper,
+            inexact budget), ``dq.OneStepGradient()`` or ``dq.PhantomGradient(...)``.
         atol, rtol, max_steps: the forward solve's tolerances (defaults as deqcore's DEQ models: cheap
             solves, 1e-3 and 32 steps; tighten them for accurate gradients).
         batched: True (default) treats each sample along the leading axis as its own system, with its own
@@ -113,7 +131,9 @@ class DEQ(torch.nn.Module):
     After a call, ``layer.last_solution`` holds the forward ``dq.Solution`` (``.stats["nfev"]``,
     ``.residual``, ``.result``, ``.success``; codes per sample when batched) and, after a backward pass,
     ``layer.last_adjoint`` holds the adjoint's ``AdjointInfo`` (``nvjp``, ``num_steps``, ``result``).
-    A solve that does not converge is recorded there, not raised, and the best iterate is returned.
+    A solve that does not converge is recorded there, not raised, and the best iterate is returned; a
+    ``RuntimeWarning`` names the code and the count (once per call site). A sample whose x holds NaN or
+    infinity is that sample's DIVERGED code; the others are unaffected.
     """
 
     def __init__(self, f, solver=None, adjoint=None, *, atol=1e-3, rtol=1e-3, max_steps=32, batched=True):
@@ -143,6 +163,7 @@ class DEQ(torch.nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         check_dtype(_DTYPE_NAMES.get(x.dtype, str(x.dtype).replace("torch.", "")), "x")
+        _check_parameters_match(self.f, x)
         if self.batched and x.ndim < 2:
             raise ValueError(f"x must have shape (batch, ...) with batched=True; got {tuple(x.shape)} (add a "
                              "batch axis, or pass batched=False)")
@@ -172,10 +193,11 @@ class DEQ(torch.nn.Module):
 
         self.last_adjoint = None
         self.last_solution = solve(fn, to_array(z0, "z0"), self.solver, atol=self.atol, rtol=self.rtol,
-                                   max_steps=self.max_steps, batched=self.batched)
+                                   max_steps=self.max_steps, batched=self.batched,
+                                   where="the forward solve of deqcore.interop.torch.DEQ")
         return from_array(self.last_solution.value)
 
-    def _gradients(self, x, z_star, g, params):
+    def _gradients(self, x, z_star, g, params, forward=None):
         """``(dx, dparams)`` by the implicit adjoint for the cotangent ``g`` of z*."""
         want_x = x.requires_grad
         x_in = x.detach().requires_grad_(want_x)
@@ -200,10 +222,14 @@ class DEQ(torch.nn.Module):
         z_arr = to_array(z_star, "z_star")
         f_star, pullback, fz = vjp(z_arr)
         problem = FixedPointVJP(z_arr, lambda z: vjp(z)[:2], batched=self.batched, pullback=pullback)
-        if not full and isinstance(self.adjoint, SteadyStateAdjoint):
-            dtheta, info = None, self.adjoint.solve_adjoint(problem, to_array(g, "grad_output"))
+        adjoint = self.adjoint
+        if not full and isinstance(adjoint, SteadyStateAdjoint):
+            adjoint = adjoint.with_forward(self.atol, self.rtol, self.max_steps)
+            learned = getattr(forward, "learned", None) or {}
+            dtheta, info = None, adjoint.solve_adjoint(problem, to_array(g, "grad_output"),
+                                                       preconditioner=preconditioner_from_forward(learned))
         else:
-            dtheta, info = self.adjoint.gradient(problem, to_array(g, "grad_output"))
+            dtheta, info = adjoint.gradient(problem, to_array(g, "grad_output"))
         self.last_adjoint = info
         if not inputs:
             return None, ()
@@ -226,7 +252,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, x, z0, *params):
         z_star = layer._solve(x, z0)
-        ctx.layer = layer
+        ctx.layer, ctx.forward = layer, layer.last_solution
         ctx.save_for_backward(x, z_star, *params)
         return z_star
 
@@ -234,7 +260,7 @@ class _ImplicitFixedPoint(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_z):
         x, z_star, *params = ctx.saved_tensors
-        dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params))
+        dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params), ctx.forward)
         if dparams == ():
             dparams = (None,) * len(params)
         return (None, dx, None, *dparams)
