@@ -306,9 +306,14 @@ class SteadyStateAdjoint:
             lam, codes, residual = sol.value, sol.result, sol.residual
         else:
             atol, rtol, max_steps = self._tolerances(g.dtype)
-            sol = fixed_point(lambda lam: g_rows + vjp_rows(lam), g_rows if x0_rows is None else x0_rows,
-                              solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=True, throw=False)
-            lam, codes, residual = sol.value, sol.result, sol.residual
+            bad = ~xp.isfinite(g_rows).all(axis=1)     # a non-finite cotangent is that sample's failure alone
+            rhs = xp.where(bad[:, None], xp.zeros((), dtype=g.dtype), g_rows)
+            start = rhs if x0_rows is None else xp.where(xp.isfinite(x0_rows), x0_rows, 0)
+            sol = fixed_point(lambda lam: rhs + vjp_rows(lam), start, solver, atol=atol, rtol=rtol,
+                              max_steps=max_steps, batched=True, throw=False)
+            lam = xp.where(bad[:, None], xp.asarray(np.nan, dtype=g.dtype), sol.value)
+            codes = xp.where(bad, int(ReturnCode.DIVERGED), sol.result)
+            residual = xp.where(bad, xp.asarray(np.nan, dtype=g.dtype), sol.residual)
         stats = {"num_steps": int(sol.stats.get("num_steps", 0)), "nvjp": count["nvjp"], "nfev": int(evaluated)}
         info = _info(lam.reshape(shape), codes, residual, stats, batched)
         warn_failed("the adjoint solve", codes, "Their gradients are not the implicit gradient: raise the "
