@@ -172,7 +172,13 @@ class DeepEquilibriumNetwork(Layer):
         model, pm, sm = self.model, params["model"], state["model"]
 
         def f(z):
-            out = model((z, x), pm, sm)[0]
+            try:
+                out = model((z, x), pm, sm)[0]
+            except (TypeError, ValueError) as error:
+                raise type(error)(
+                    f"{type(self).__name__}: the model failed on (z, x) with z of shape {tuple(z.shape)} (zeros shaped "
+                    f"like x for init='zeros', else the initial guess's shape) and x of shape "
+                    f"{tuple(getattr(x, 'shape', ()))}: {error}") from error
             if getattr(out, "shape", None) != z.shape or getattr(out, "dtype", None) != z.dtype:
                 raise _model_mismatch(type(self).__name__, out, z, x)
             return out
