@@ -155,6 +155,29 @@ def test_forward_solve_preconditions_the_adjoint(forward):
     g = rng.standard_normal(sol.value.shape)
     adjoint = SteadyStateAdjoint(linear_solver=dq.GMRES(rtol=1e-10, atol=0.0, restart=40, max_steps=400))
     _, plain = adjoint.gradient(problem, g)
-    _, conditioned = adjoint.gradient(problem, g, preconditioner=preconditioner_from_forward(sol.learned))
+    learned = preconditioner_from_forward(sol.learned)
+    # a plain callable is always used (the one straight from the forward solve is timed against a VJP first)
+    _, conditioned = adjoint.gradient(problem, g, preconditioner=lambda v: learned(v))
     np.testing.assert_allclose(conditioned.lam, plain.lam, rtol=1e-7, atol=1e-9)
     assert conditioned.num_steps < plain.num_steps
+
+
+def test_a_low_rank_preconditioner_slower_than_half_a_vjp_is_dropped():
+    import time
+
+    rng = np.random.default_rng(5)
+    W, U, x = _problem(rng, batch=2, n=60, m=3)
+    problem = _fixed_point_vjp(W, U, x, _solve(W, U, x))
+    g = rng.standard_normal((2, 60))
+
+    def slow(v):
+        time.sleep(0.05)                      # far slower than one VJP of this small map
+        return v
+
+    slow.worth_timing = True
+    adjoint = SteadyStateAdjoint(linear_solver=dq.GMRES(rtol=1e-10, atol=0.0, restart=60, max_steps=200))
+    _, plain = adjoint.gradient(problem, g)
+    start = time.perf_counter()
+    _, timed = adjoint.gradient(problem, g, preconditioner=slow)
+    assert time.perf_counter() - start < 0.05 * 3          # applied once to time it, then dropped
+    assert timed.num_steps == plain.num_steps and timed.nvjp == plain.nvjp + 1   # one VJP spent timing

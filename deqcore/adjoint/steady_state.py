@@ -22,6 +22,7 @@ AdjointInfo(value=<float64 (2,)>, result=SUCCESS, residual=0, stats={'num_steps'
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_probability, check_tolerance
 from .._tree import tree_add, tree_scale
-from ..backend import get_namespace
+from ..backend import get_namespace, synchronize
 from ..linalg import GMRES, LU, LinearOperator, LinearSolver
 from ..results import ReturnCode, Solution, _codes_host
 from ..root import RootSolver, fixed_point
@@ -185,8 +186,31 @@ def preconditioner_from_forward(learned: dict):
             coefficients = xp.matmul(U, v[:, :, None])                     # (B, rank, 1): uᵢ·v
             return v - xp.matmul(Vt, coefficients)[:, :, 0]
 
+        # per-sample factors are read whole on every application (2·B·rank·n numbers) while a VJP of a layer
+        # with shared weights reads them once: the adjoint times both and keeps this one only when it pays
+        apply.worth_timing = True
         return apply
     return None
+
+
+#: a low-rank preconditioner is kept when one application costs at most this fraction of one VJP: it roughly
+#: halves GMRES's VJPs on the hard DEQ map and saves none on the easy one
+PRECONDITIONER_COST_LIMIT = 0.5
+
+
+def _if_cheap(preconditioner, vjp_rows, g_rows, xp):
+    """``preconditioner``, or None when one application takes longer than ``PRECONDITIONER_COST_LIMIT`` VJPs
+    (both timed once, on the cotangent's rows; one VJP is spent on the measurement)."""
+    probe = xp.where(xp.isfinite(g_rows), g_rows, 0)
+    synchronize(xp)
+    start = time.perf_counter()
+    vjp_rows(probe)
+    synchronize(xp)
+    middle = time.perf_counter()
+    preconditioner(probe)
+    synchronize(xp)
+    end = time.perf_counter()
+    return preconditioner if end - middle <= PRECONDITIONER_COST_LIMIT * (middle - start) else None
 
 
 def _rows(z):
@@ -307,6 +331,8 @@ class SteadyStateAdjoint:
             return pullback(v_rows.reshape(shape))[0].reshape(batch, n)
 
         x0_rows = None if x0 is None else x0.reshape(batch, n)
+        if preconditioner is not None and getattr(preconditioner, "worth_timing", False):
+            preconditioner = _if_cheap(preconditioner, vjp_rows, g_rows, xp)
         if isinstance(solver, LinearSolver):
             op = LinearOperator(lambda v: v - vjp_rows(v), shape=(n, n), dtype=g.dtype)
             op.batch_size = batch
