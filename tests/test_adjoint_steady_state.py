@@ -179,5 +179,5 @@ def test_a_low_rank_preconditioner_slower_than_half_a_vjp_is_dropped():
     _, plain = adjoint.gradient(problem, g)
     start = time.perf_counter()
     _, timed = adjoint.gradient(problem, g, preconditioner=slow)
-    assert time.perf_counter() - start < 0.05 * 3          # applied once to time it, then dropped
-    assert timed.num_steps == plain.num_steps and timed.nvjp == plain.nvjp + 1   # one VJP spent timing
+    assert time.perf_counter() - start < 0.05 * 4          # applied twice to time it, then dropped
+    assert timed.num_steps == plain.num_steps and timed.nvjp == plain.nvjp + 2   # two VJPs spent timing
