@@ -86,7 +86,7 @@ def bench_deq(xp, batch, width, inputs, dtype, tol, repeats):
             finally:
                 driver.CHECK_EVERY_DEVICE = default_every
             g = xp.ones_like(sol.value)
-            adjoint = SteadyStateAdjoint(linsolve=dq.GMRES(rtol=1e-4, atol=0.0, restart=20, max_steps=40))
+            adjoint = SteadyStateAdjoint(linear_solver=dq.GMRES(rtol=1e-4, atol=0.0, restart=20, max_steps=40))
             bwd_time, (_, info) = _timed(xp, lambda: adjoint.gradient(FixedPointVJP(sol.value, vjp, batched=True), g),
                                          repeats)
             nfev = int(sol.stats.get("nfev", 0))
