@@ -70,7 +70,7 @@ def warn_failed(what: str, result, advice: str = "") -> bool:
     if advice:
         message += f". {advice}"
     warnings.warn_explicit(message, RuntimeWarning, filename, lineno,
-                           module=module_globals.get("__name__", "deqcore"), registry=None)
+                           module=module_globals.get("__name__", "<string>"), registry=None)
     return True
 
 
