@@ -48,7 +48,7 @@ if [ "$dry_run" = 1 ]; then
   torch_opts=(--device cpu --tiny)
 else
   export DEQCORE_TEST_REAL_CUDA=1          # tests/conftest.py: real CUDA kernels, not the simulator
-  limits=(45 170 110 60 45)
+  limits=(45 150 130 60 60)
   device=cuda
   bench_opts=(--xp cupy)
   torch_opts=(--device cuda --quick)
