@@ -70,7 +70,8 @@ def _versions():
     return (f"Python {platform.python_version()}, NumPy {np.__version__}, numba {_version('numba')}, "
             f"numba-cuda {_version('numba-cuda')}, cupy {_version('cupy-cuda13x')}, "
             f"torch {_version('torch')}, jax {_version('jax')}; pytest {_version('pytest')}, "
-            f"pytest-timeout {_version('pytest-timeout')}, hypothesis {_version('hypothesis')}, scipy {_version('scipy')}")
+            f"pytest-timeout {_version('pytest-timeout')}, hypothesis {_version('hypothesis')}, "
+            f"scipy {_version('scipy')}")
 
 
 def _cupy_runtime():
