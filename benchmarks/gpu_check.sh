@@ -32,7 +32,7 @@ out="$(cd "$out" && pwd)"
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$out/numba-cache}"
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-${TMPDIR:-/tmp}/deqcore-gpu-check-numba}"   # not in OUT_DIR: logs only
 start_all=$SECONDS
 : > "$out/summary.txt"
 
