@@ -49,13 +49,11 @@ if [ "$dry_run" = 1 ]; then
   export NUMBA_ENABLE_CUDASIM=1
   unset DEQCORE_TEST_REAL_CUDA
   limits=(60 900 300 300 300)
-  device=cpu
   bench_opts=(--xp numpy --tiny)
   torch_opts=(--device cpu --tiny)
 else
   export DEQCORE_TEST_REAL_CUDA=1          # tests/conftest.py: real CUDA kernels, not the simulator
   limits=(45 150 130 60 60)
-  device=cuda
   bench_opts=(--xp cupy)
   torch_opts=(--device cuda --quick)
 fi
