@@ -12,14 +12,19 @@ implicitly:
   standing in for TorchDEQ; TorchDEQ's own anderson/broyden (``get_deq(ift=True)``) are added when
   ``torchdeq`` is importable.
 
+On ``--device cuda`` the same torch model runs on the GPU and deqcore works on CuPy views of the CUDA tensors
+(DLPack both ways, on the current stream); times are then taken with the device synchronised around each
+forward and each backward.
+
 Forward and backward times are medians over repeats (round-robin over the methods), single-threaded;
 NFE counts forward f-evaluations, VJPs the backward's vector-Jacobian products; ``residual`` is the worst
 per-sample relative residual of the returned z* (max-norm, as the stopping rule); ``converged`` counts the
 samples meeting the tolerance; ``grad err`` is the relative difference of dL/dW from a dense
-implicit-function-theorem solve (float64, one LU per sample) at deqcore Anderson's z*; ``overhead/NFE`` is
-the forward time per f-evaluation minus the time of one f alone.
+implicit-function-theorem solve (float64, one LU per sample) at a float64 z* (per sample, Newton's method from
+the methods' z* with the smallest residual), so every row's error is against the same exact gradient;
+``overhead/NFE`` is the forward time per f-evaluation minus the time of one f alone.
 
-    python benchmarks/bench_torch_deq.py [--quick] [--out DIR]
+    python benchmarks/bench_torch_deq.py [--device cpu|cuda] [--quick] [--tiny] [--out DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -58,12 +64,23 @@ class Cell(torch.nn.Module):
         return torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
 
 
-def make_problem(kind, dtype, batch, width, inputs, seed=0):
+def make_problem(kind, dtype, batch, width, inputs, seed=0, device="cpu"):
     rng = np.random.default_rng(seed)
     W, U, b, x = deq_map_arrays(kind, batch, width, inputs, rng)
     c = rng.standard_normal((batch, width))
-    as_t = lambda a: torch.tensor(a, dtype=dtype)  # noqa: E731
+    as_t = lambda a: torch.tensor(a, dtype=dtype, device=device)  # noqa: E731
     return Cell(as_t(W), as_t(U), as_t(b)), as_t(x), as_t(c)
+
+
+def sync(device):
+    """Wait for the device's queued work (timing on CUDA)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def host(t):
+    """A float64 NumPy copy of a tensor on any device."""
+    return t.detach().double().cpu().numpy()
 
 
 def relative_residuals(f, z, x):
@@ -107,7 +124,7 @@ def torch_anderson(g, u0, tol, max_steps, m=6, lam=1e-4):
     for k in range(2, max_steps):
         r = min(k, m)
         G = F[:, :r] - X[:, :r]
-        H[:, 1:r + 1, 1:r + 1] = G @ G.transpose(1, 2) + lam * torch.eye(r, dtype=u0.dtype)
+        H[:, 1:r + 1, 1:r + 1] = G @ G.transpose(1, 2) + lam * torch.eye(r, dtype=u0.dtype, device=u0.device)
         alpha = torch.linalg.solve(H[:, :r + 1, :r + 1], y[:, :r + 1])[:, 1:r + 1, 0]
         u = (alpha[:, None] @ F[:, :r])[:, 0]
         gu = g(u)
@@ -158,7 +175,7 @@ def deqcore_method(solver):
             adjoint = dq.SteadyStateAdjoint(dq.GMRES(rtol=tol, atol=0.0, restart=30, max_steps=MAX_STEPS))
             cache[key] = dqt.DEQ(f, solver, adjoint, atol=0.0, rtol=tol, max_steps=MAX_STEPS)
         layer = cache[key]
-        z = layer(x, torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype))
+        z = layer(x, torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device))
         return z, layer
     return run
 
@@ -171,7 +188,7 @@ def torchdeq_method(name):
                       b_max_iter=MAX_STEPS, f_tol=tol, b_tol=tol, f_stop_mode="rel", b_stop_mode="rel")
         deq.train()
         counts = {}
-        z_out, info = deq(lambda z: f(z, x), torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype),
+        z_out, info = deq(lambda z: f(z, x), torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device),
                           backward_writer=lambda stats: counts.update(nvjp=int(stats["nstep"].max())))
         counts["nfe"] = int(info["nstep"].max())
         return z_out[-1], counts
@@ -202,10 +219,33 @@ def counts_of(extra):
     return int(extra.last_solution.stats["nfev"]), nvjp
 
 
+def reference_fixed_point(f, x, candidates):
+    """z* in float64 per sample: Newton's method on z − tanh(W z + U x + b) with dense Jacobians, started from
+    the candidate (one per method) with the smallest residual for that sample; the samples Newton cannot bring
+    below 1e-12 keep that candidate."""
+    W, U, b, xs = host(f.W), host(f.U), host(f.b), host(x)
+    inj = xs @ U.T + b
+    zs = np.stack([host(z) for z in candidates])                      # (methods, batch, width)
+    res = np.abs(np.tanh(zs @ W.T + inj) - zs).max(axis=2)
+    z = zs[res.argmin(axis=0), np.arange(zs.shape[1])]
+    eye = np.eye(W.shape[0])
+    for i in range(z.shape[0]):
+        zi = z[i].copy()
+        for _ in range(30):
+            fz = np.tanh(W @ zi + inj[i])
+            r = zi - fz
+            if np.abs(r).max() <= 1e-13:
+                break
+            zi = zi - np.linalg.solve(eye - (1 - fz ** 2)[:, None] * W, r)
+        if np.isfinite(zi).all() and np.abs(np.tanh(W @ zi + inj[i]) - zi).max() <= 1e-12:
+            z[i] = zi
+    return z
+
+
 def dense_reference_grad_W(f, x, c, z):
     """dL/dW for L = <c, z*> by the implicit function theorem, one dense solve per sample (float64)."""
-    W = f.W.detach().double().numpy()
-    zs, cs = z.detach().double().numpy(), c.double().numpy()
+    W = host(f.W)
+    zs, cs = (z if isinstance(z, np.ndarray) else host(z)), host(c)
     grad = np.zeros_like(W)
     for i in range(zs.shape[0]):
         s = 1 - zs[i] ** 2
@@ -217,17 +257,20 @@ def dense_reference_grad_W(f, x, c, z):
 def run_once(run, f, x, c, tol):
     """One forward + backward: (forward s, backward s, z*, counts source, dL/dW)."""
     f.zero_grad()
+    sync(x.device)
     start = time.perf_counter()
     z, extra = run(f, x, tol)
+    sync(x.device)
     mid = time.perf_counter()
     (z * c).sum().backward()
+    sync(x.device)
     end = time.perf_counter()
-    return mid - start, end - mid, z.detach(), extra, f.W.grad.double().numpy().copy()
+    return mid - start, end - mid, z.detach(), extra, host(f.W.grad).copy()
 
 
-def bench_case(kind, dtype, sizes, repeats):
+def bench_case(kind, dtype, sizes, repeats, device="cpu"):
     """One row per method; the repeats go round-robin over the methods so load changes hit all alike."""
-    f, x, c = make_problem(kind, dtype, *sizes)
+    f, x, c = make_problem(kind, dtype, *sizes, device=device)
     tol = TOLERANCE[dtype]
     with torch.no_grad():
         f_time = statistics.median(_timed_f(f, x) for _ in range(20))
@@ -240,12 +283,12 @@ def bench_case(kind, dtype, sizes, repeats):
             if repeat:
                 times[name][0].append(fwd)
                 times[name][1].append(bwd)
-    rows, reference = [], None
+    rows = []
+    z_ref = reference_fixed_point(f, x, [last[name][0] for name in runs])
+    reference = dense_reference_grad_W(f, x, c, z_ref)
     for name in runs:
         z, extra, grad_W = last[name]
         nfe, nvjp = counts_of(extra)
-        if reference is None:                          # at the first method's z*, which converged
-            reference = dense_reference_grad_W(f, x, c, z)
         err = float(np.linalg.norm(grad_W - reference) / np.linalg.norm(reference))
         res = relative_residuals(f, z, x)
         fwd, bwd = (statistics.median(t) for t in times[name])
@@ -255,9 +298,11 @@ def bench_case(kind, dtype, sizes, repeats):
 
 
 def _timed_f(f, x):
-    z = torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype)
+    z = torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device)
+    sync(x.device)
     start = time.perf_counter()
     f(z, x)
+    sync(x.device)
     return time.perf_counter() - start
 
 
@@ -280,20 +325,19 @@ def table(kind, dtype, rows):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the torch model runs (cuda: deqcore on CuPy views through DLPack)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under a minute)")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes, one repeat: a dry run of the script")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 5)")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"),
                         help="folder for torch_deq.md")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    repeats = args.repeats or (1 if args.quick else 5)
-    sizes = (64, 256, 128)
-    sections = []
-    for dtype in (torch.float64, torch.float32):
-        for kind in ("easy", "hard"):
-            rows = bench_case(kind, dtype, sizes, repeats)
-            sections.append(table(kind, dtype, rows))
-            print(sections[-1] + "\n", flush=True)
+    repeats = args.repeats or (1 if args.quick or args.tiny else 5)
+    sizes = (8, 16, 8) if args.tiny else (64, 256, 128)
     try:
         import importlib.metadata
 
@@ -301,22 +345,45 @@ def main(argv=None) -> int:
         torchdeq_line = f"TorchDEQ {importlib.metadata.version('torchdeq')} (not a deqcore dependency)"
     except ImportError:
         torchdeq_line = "TorchDEQ not installed (the torch Anderson row stands in for it)"
+    if args.device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        machine = (f"Device: {props.name}, torch CUDA {torch.version.cuda}; host {platform.platform()}, "
+                   f"{os.cpu_count()} CPUs")
+    else:
+        machine = (f"Machine: {platform.platform()}, {os.cpu_count()} CPUs (shared; timings are indicative), "
+                   f"{torch.get_num_threads()} thread(s) for torch and BLAS")
     header = [
         "# DEQ in PyTorch: deqcore through the adapter vs pure-torch solvers", "",
-        "z = tanh(W z + U x + b), batch 64, width 256, input 128; L = <c, z*>; forward + implicit backward. "
-        f"Medians of {repeats} timed runs after a warm-up{' (--quick)' if args.quick else ''}.", "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs (shared; timings are indicative), "
-        f"{torch.get_num_threads()} thread(s) for torch and BLAS. "
-        f"Python {platform.python_version()}, NumPy {np.__version__}, torch {torch.__version__}, "
+        f"z = tanh(W z + U x + b), batch {sizes[0]}, width {sizes[1]}, input {sizes[2]}; L = <c, z*>; forward + "
+        f"implicit backward, on {args.device}. Medians of {repeats} timed runs after a warm-up"
+        f"{' (--quick)' if args.quick else ' (--tiny)' if args.tiny else ''}. Every row has its gradient error "
+        "(dL/dW against a dense float64 implicit-function-theorem solve) next to its time.", "",
+        f"{machine}. Python {platform.python_version()}, NumPy {np.__version__}, torch {torch.__version__}, "
         f"deqcore {dq.__version__}; {torchdeq_line}.", "",
     ]
-    text = "\n".join(header + ["\n\n".join(sections), ""])
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "torch_deq_quick.md" if args.quick else "torch_deq.md"
-    (out / name).write_text(text)
+    name = "torch_deq" + ("_cuda" if args.device == "cuda" else "") + \
+        ("_tiny" if args.tiny else "_quick" if args.quick else "") + ".md"
+    sections, failures = [], 0
+    for dtype in (torch.float64, torch.float32):
+        for kind in ("easy", "hard"):
+            start = time.perf_counter()
+            label = f"{kind} {str(dtype).replace('torch.', '')}"
+            try:
+                rows = bench_case(kind, dtype, sizes, repeats, args.device)
+                sections.append(table(kind, dtype, rows))
+                status = "ok"
+            except Exception as err:      # keep the other cases and what they measured
+                traceback.print_exc()
+                failures += 1
+                status = f"error: {type(err).__name__}: {err}".splitlines()[0][:200]
+                sections.append(f"### {kind} map, {str(dtype).replace('torch.', '')}: {status}")
+            print(sections[-1] + "\n", flush=True)
+            (out / name).write_text("\n".join(header + ["\n\n".join(sections), ""]))   # written as measured
+            print(f"bench_torch_deq: {label}: {status} ({time.perf_counter() - start:.1f} s)", flush=True)
     print(f"wrote {out / name}")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deqcore import nn
-from deqcore.backend import get_kernel
+from deqcore.backend import get_kernel, to_host
 from deqcore.nn import activation_kernels as ak
 from deqcore.nn import activation_kernels_numba as akn
 
@@ -39,7 +39,7 @@ def _reference64(z, bias, code):
 
 def _close(got, want, dtype):
     tol = _tol(dtype)
-    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(to_host(got).astype(np.float64), want, rtol=tol, atol=tol)
 
 
 def kernels_everywhere():
@@ -168,19 +168,33 @@ def test_dtypes_follow_numpy_promotion():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", NAMES)
-def test_cuda_kernel_on_simulator(name, dtype):
+def test_cuda_kernel_on_simulator(name, dtype, xp):
     """Grid-stride launch (4 blocks of 32 threads under the simulator) over 150 elements, with and without a
-    bias along the channels, against the reference."""
+    bias along the channels, against the reference; on CuPy arrays where a GPU is present."""
     rng = np.random.default_rng(5)
     z = _values(rng, (2, 3, 25), dtype)
     code = ak.CODES[name]
     for b in (rng.standard_normal(3).astype(dtype), np.empty(0, dtype)):
-        y, d = akn.activation_forward_numba_cuda(z, b, code)
+        y, d = akn.activation_forward_numba_cuda(xp.asarray(z), xp.asarray(b), code)
+        assert type(y) is type(xp.asarray(z)) and y.dtype == d.dtype == dtype
         want_y, want_d = _reference64(z, b, code)
         _close(y, want_y, dtype)
         _close(d, want_d, dtype)
-    value = akn.activation_value_numba_cuda(z, b, code)
+    value = akn.activation_value_numba_cuda(xp.asarray(z), xp.asarray(b), code)
     _close(value, want_y, dtype)
+
+
+def test_cuda_fused_activation_on_device_arrays(xp):
+    """``fused_activation`` on a transposed (non-contiguous) array with a bias on axis 1, through the kernel
+    its namespace chooses (CUDA for CuPy), against the reference formulas."""
+    rng = np.random.default_rng(6)
+    z = _values(rng, (5, 4, 3), np.float64).transpose(2, 1, 0)
+    b = rng.standard_normal(4)
+    with kernels_everywhere():
+        y, d = ak.fused_activation(xp.asarray(z), "tanh", bias=xp.asarray(b), axis=1)
+    want_y, want_d = _reference64(z + b[None, :, None], np.empty(0), ak.CODES["tanh"])
+    _close(y, want_y, np.float64)
+    _close(d, want_d, np.float64)
 
 
 def test_kernels_are_registered_with_numba_defaults():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import deqcore as dq
-from deqcore.backend import get_kernel
+from deqcore.backend import get_kernel, to_host
 from deqcore.root.anderson_kernels import HISTORY_CAP, anderson_step_reference
 
 IMPLS = ["numba_cpu", "numba_cuda"]
@@ -30,10 +30,12 @@ def _ring(rng, batch, m, n, k, dtype):
     return G, F, H, y, f, k % m, min(k + 1, m), 0.7, 1e-8, floor
 
 
-def _run(impl, args):
-    fn = anderson_step_reference if impl == "reference" else get_kernel("anderson_step", np, impl=impl)
-    out = fn(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
-    return tuple(np.asarray(o) for o in out)
+def _run(impl, args, xp=np):
+    """The step by ``impl`` on copies of ``args`` moved to ``xp`` (NumPy, or CuPy: the arrays the solvers pass
+    on a GPU); the outputs on the host."""
+    fn = anderson_step_reference if impl == "reference" else get_kernel("anderson_step", xp, impl=impl)
+    out = fn(*[xp.asarray(a.copy()) if isinstance(a, np.ndarray) else a for a in args])
+    return tuple(to_host(o) for o in out)
 
 
 def _assert_same(out, ref, dtype):
@@ -58,15 +60,20 @@ def test_cpu_step_matches_reference_at_every_ring_state(seed, batch, m, extra, k
 
 @pytest.mark.parametrize("batch,m,n,k", [(2, 4, 40, 1), (2, 4, 40, 6), (1, 3, 5, 2), (3, 1, 33, 4)],
                          ids=["filling", "wrapped", "batch1_narrow", "history1"])
-def test_cuda_step_matches_reference(batch, m, n, k):
+def test_cuda_step_matches_reference(batch, m, n, k, xp):
     for dtype in (np.float32, np.float64):
         args = _ring(np.random.default_rng(k), batch, m, n, k, dtype)
-        _assert_same(_run("numba_cuda", args), _run("reference", args), dtype)
+        ref = _run("reference", args)
+        _assert_same(_run("numba_cuda", args, xp), ref, dtype)
+        if xp is not np:                                   # the reference on the device agrees too
+            _assert_same(_run("reference", args, xp), ref, dtype)
 
 
 @pytest.mark.parametrize("impl,failed", [("reference", (0, 1)), ("reference", (9, 5)), ("numba_cpu", (0, 1)),
                                          ("numba_cpu", (9, 5)), ("numba_cuda", (0, 1))])
-def test_failed_samples_take_a_plain_step_and_leave_the_others_alone(impl, failed):
+def test_failed_samples_take_a_plain_step_and_leave_the_others_alone(impl, failed, xp):
+    if impl == "numba_cpu" and xp is not np:
+        pytest.skip("the CPU kernel takes NumPy arrays")
     # One sample has a NaN residual, one a zero residual with no ridge (a singular system: NumPy's batched
     # solve raises for the whole batch, so the reference solves sample by sample); the others are regular.
     # 11 samples: more than one block of the CPU version's lanes.
@@ -76,7 +83,7 @@ def test_failed_samples_take_a_plain_step_and_leave_the_others_alone(impl, faile
     f[nan, 2] = np.nan
     F[zero], H[zero], f[zero] = 0.0, 0.0, 0.0
     args = (G, F, H, y, f, slot, count, beta, 0.0, 0.0)
-    y_new, G_out, _, H_out = _run(impl, args)
+    y_new, G_out, _, H_out = _run(impl, args, xp)
     for b in failed:                                                            # α = e_slot: y + beta·f
         np.testing.assert_array_equal(y_new[b], G_out[b, slot])
     regular = [b for b in range(11) if b not in failed]
@@ -86,18 +93,19 @@ def test_failed_samples_take_a_plain_step_and_leave_the_others_alone(impl, faile
         np.testing.assert_allclose(y_new[b], (alpha / alpha.sum()) @ G_out[b], rtol=1e-10)
 
 
-def _deq_map(rng, batch, n, radius):
+def _deq_map(rng, batch, n, radius, xp=np):
     W = rng.standard_normal((n, n))
     W *= radius / np.abs(np.linalg.eigvals(W)).max()
     x = rng.standard_normal((batch, n))
-    return lambda z: np.tanh(z @ W.T + x)
+    Wt, x = xp.asarray(W.T), xp.asarray(x)
+    return lambda z: xp.tanh(z @ Wt + x)
 
 
 def _iterates(fn, y0, solver, impl, monkeypatch, **options):
     seen = []
 
     def recorded(z):
-        seen.append(z.copy())
+        seen.append(to_host(z).copy())
         return fn(z)
 
     monkeypatch.setenv("DEQCORE_KERNELS", impl)
@@ -120,13 +128,16 @@ def test_anderson_iterates_do_not_depend_on_the_implementation(radius, atol, tol
         np.testing.assert_allclose(a, b, rtol=0, atol=tol)
 
 
-def test_cuda_iterates_match_the_reference(monkeypatch):
-    # Simulator: tiny sizes, a few steps, enough to wrap a ring of 2.
-    fn = _deq_map(np.random.default_rng(2), 2, 6, 0.8)
-    y0 = np.zeros((2, 6))
+def test_cuda_iterates_match_the_reference(monkeypatch, xp):
+    # Simulator: tiny sizes, a few steps, enough to wrap a ring of 2. On CuPy arrays (a GPU) the solver's own
+    # choice of kernel is the CUDA one: the production path.
     options = {"atol": 1e-300, "max_steps": 4}
-    _, ref_iterates = _iterates(fn, y0, dq.Anderson(history_size=2), "reference", monkeypatch, **options)
-    _, cuda_iterates = _iterates(fn, y0, dq.Anderson(history_size=2), "numba_cuda", monkeypatch, **options)
+    fn = _deq_map(np.random.default_rng(2), 2, 6, 0.8)
+    _, ref_iterates = _iterates(fn, np.zeros((2, 6)), dq.Anderson(history_size=2), "reference", monkeypatch,
+                                **options)
+    fn = _deq_map(np.random.default_rng(2), 2, 6, 0.8, xp)
+    _, cuda_iterates = _iterates(fn, xp.zeros((2, 6)), dq.Anderson(history_size=2),
+                                 "numba_cuda" if xp is np else "auto", monkeypatch, **options)
     assert len(cuda_iterates) == len(ref_iterates) == 5
     for a, b in zip(cuda_iterates, ref_iterates):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)

@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 
 import deqcore as dq
 from deqcore.backend import kernels as registry
+from deqcore.backend import to_host
 from deqcore.root import RootProblem
 from deqcore.root import broyden_kernels as bk
 
@@ -17,29 +18,31 @@ SPECS = registry.registered_kernels()
 
 
 # -- the solvers: fused kernels against the reference kernels ------------------------------------------------------
-def _tanh_map(seed, batch, n, radius):
+def _tanh_map(seed, batch, n, radius, xp=np):
     """F(y) = tanh(W y + x) − y with W scaled to spectral radius ``radius``: at 1.5 (seed 0) plain iteration
     needs 170 steps or more and does not converge every sample in 300; Broyden needs about 25."""
     rng = np.random.default_rng(seed)
     W = rng.standard_normal((n, n))
     W *= radius / np.abs(np.linalg.eigvals(W)).max()
     x = rng.standard_normal((batch, n))
-    return lambda y: np.tanh(y @ W.T + x) - y
+    Wt, x = xp.asarray(W.T), xp.asarray(x)
+    return lambda y: xp.tanh(y @ Wt + x) - y
 
 
-def _trajectory(monkeypatch, impl, solver, F, batch, n, steps):
-    """(y, F(y), count) after each step, with ``DEQCORE_KERNELS=impl`` (None: the fused kernels)."""
+def _trajectory(monkeypatch, impl, solver, F, batch, n, steps, xp=np):
+    """(y, F(y), count) after each step (on the host), with ``DEQCORE_KERNELS=impl`` (None: the fused kernels
+    the namespace ``xp`` chooses)."""
     if impl is None:
         monkeypatch.delenv("DEQCORE_KERNELS", raising=False)
     else:
         monkeypatch.setenv("DEQCORE_KERNELS", impl)
-    problem = RootProblem(F, np, np.float64, batch, n)
-    y0 = np.zeros((batch, n))
+    problem = RootProblem(F, xp, np.float64, batch, n)
+    y0 = xp.zeros((batch, n))
     state = solver.init(problem, y0, problem.F(y0))
     out = []
     for _ in range(steps):
         state = solver.step(problem, state)
-        out.append((state.y.copy(), state.f.copy(), state.count.copy()))
+        out.append((to_host(state.y).copy(), to_host(state.f).copy(), to_host(state.count).copy()))
     return out, state
 
 
@@ -64,6 +67,18 @@ def test_solvers_give_the_reference_iterates(monkeypatch, solver, radius):
     fused, _ = _trajectory(monkeypatch, None, solver, F, 4, 16, 30)
     res = _assert_same_iterates(ref, fused, tol=1e-13)
     assert (res[-1] <= 1e-9).all()                     # both maps are solved within the 30 steps
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")      # the simulator runs the kernels on NumPy scalars
+@pytest.mark.parametrize("solver", [dq.Broyden(memory=2), dq.LimitedMemoryBroyden(threshold=2)],
+                         ids=["Broyden", "LimitedMemory"])
+def test_cuda_kernels_in_the_solvers_give_the_reference_iterates(monkeypatch, solver, xp):
+    """The CUDA kernels as the solvers call them (on CuPy arrays on a GPU: the production path), a few steps
+    at simulator size, past a full ring."""
+    ref, _ = _trajectory(monkeypatch, "reference", solver, _tanh_map(0, 2, 5, 0.9), 2, 5, 4)
+    fused, _ = _trajectory(monkeypatch, "numba_cuda" if xp is np else None, solver, _tanh_map(0, 2, 5, 0.9, xp),
+                           2, 5, 4, xp)
+    _assert_same_iterates(ref, fused, tol=1e-12)
 
 
 def test_ring_wrap_and_restarts_give_the_reference_iterates(monkeypatch):
@@ -123,13 +138,14 @@ def _state(seed, batch, m, n, limited, k, dtype=np.float64, nonfinite=False):
     return (*args, count, k, limited, 1e3)
 
 
-def _copies(args):
-    return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+def _copies(args, xp=np):
+    """Copies of the arrays in ``args``, on ``xp`` (NumPy, or CuPy: what the solvers pass on a GPU)."""
+    return [xp.asarray(a.copy()) if isinstance(a, np.ndarray) else a for a in args]
 
 
 def _compare(out, ref, tol):
     for o, r in zip(out, ref):
-        np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=tol, atol=tol)
+        np.testing.assert_allclose(to_host(o), to_host(r), rtol=tol, atol=tol)
 
 
 @given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 5), m=st.integers(1, 6), n=st.integers(1, 40),
@@ -146,13 +162,30 @@ def test_step_kernel_matches_reference(seed, batch, m, n, limited, k, nonfinite)
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")      # the simulator runs the kernels on NumPy scalars
 @pytest.mark.parametrize("limited", [False, True], ids=["ring", "limited"])
-def test_cuda_kernels_match_reference_with_non_finite_samples(limited):
+def test_cuda_kernels_match_reference_with_non_finite_samples(limited, xp):
     args = _state(3, 3, 3, 33, limited, 5, nonfinite=True)
     ref = bk.broyden_step_reference(*_copies(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        out = SPECS["broyden_step"].load("numba_cuda")(*_copies(args))
+        out = SPECS["broyden_step"].load("numba_cuda")(*_copies(args, xp))
+        if xp is not np:                                    # the reference on the device agrees too
+            _compare(bk.broyden_step_reference(*_copies(args, xp)), ref, 1e-10)
     _compare(out, ref, 1e-10)
+
+
+def test_dots_kernel_puts_the_batch_on_the_grid_x_axis(monkeypatch):
+    """gridDim.y and gridDim.z stop at 65,535 blocks, x at 2³¹ − 1: the batch goes on x so that any batch
+    launches (the slots, at most the ring's length, go on y)."""
+    from deqcore.root import broyden_kernels_numba as bkn
+
+    grids = []
+    real_launch = bkn._launch
+    monkeypatch.setattr(bkn, "_launch", lambda kernel, xp, blocks, args: (grids.append(blocks),
+                                                                          real_launch(kernel, xp, blocks, args)))
+    U, V, y, f, f_old, s, count, *_ = _state(4, 5, 2, 3, False, 2)
+    a, c = bkn.broyden_dots_numba_cuda(U, V, f, s, count)
+    assert grids == [(5, 2)]
+    _compare((a, c), bk.broyden_dots_reference(U, V, f, s, count), 1e-12)
 
 
 def _apply_scale(U, V, x):
@@ -236,13 +269,21 @@ def test_no_usable_pair_stores_nothing():
         np.testing.assert_array_equal(count, 2 if limited else 3)
 
 
-def test_batch_of_one_and_empty_ring():
+def test_batch_of_one_and_empty_ring(xp):
     U, V = np.zeros((1, 2, 3)), np.zeros((1, 2, 3))
     f, f_old = np.array([[0.5, 0.0, 1.0]]), np.array([[1.0, 2.0, 0.0]])
     args = (U, V, np.zeros((1, 3)), f, f_old, f_old, np.zeros(1, np.int64), 0, False, 1e3)
     ref = bk.broyden_step_reference(*_copies(args))
-    for impl in ("numba_cpu", "numba_cuda"):
-        _compare(SPECS["broyden_step"].load(impl)(*_copies(args)), ref, 1e-12)
+    for impl in ("numba_cpu", "numba_cuda") if xp is np else ("numba_cuda",):
+        _compare(SPECS["broyden_step"].load(impl)(*_copies(args, xp)), ref, 1e-12)
+
+
+def test_traffic_model_counts_filled_slots_on_any_namespace(xp):
+    """The benchmark's traffic model reads ``count`` on the host whichever device holds it."""
+    U, V, y, f, f_old, s, count, *_ = _state(7, 3, 4, 5, True, 0)
+    count[:] = (0, 2, 9)                                     # 9 > m: counted as a full ring
+    expected = 2 * (0 + 2 + 4) * 5 * 8 + f.nbytes + s.nbytes + 2 * 3 * 4 * 8
+    assert bk.dots_traffic(*_copies((U, V, f, s, count), xp)) == expected
 
 
 def test_reference_makes_no_host_round_trip():

@@ -35,3 +35,46 @@ def test_large_example_and_traffic(name):
     traffic = int(registry.resolve(spec.traffic)(*args))
     # at least one full read of the largest input, at most every array read and written a few times
     assert max(a.nbytes for a in arrays) // 2 <= traffic <= 8 * total
+
+
+@pytest.mark.parametrize("name", CUDA_KERNELS)
+def test_bandwidth_scaling_keeps_the_arguments_consistent(name):
+    """The benchmark grows each kernel's batch until the traffic reaches its target: the grown arguments still
+    run (through the reference) and the traffic grows with the batch."""
+    bench = _bench_module()
+    spec = SPECS[name]
+    small, base = bench.bandwidth_arguments(spec, 0, size="small")
+    grown, traffic = bench.bandwidth_arguments(spec, 3 * base, size="small")
+    assert 2.5 * base <= traffic <= 3.5 * base
+    batch = next(a.shape[0] for a in small if isinstance(a, np.ndarray))
+    assert next(a.shape[0] for a in grown if isinstance(a, np.ndarray)) == 3 * batch
+    with np.errstate(all="ignore"):
+        spec.reference(*[a.copy() if isinstance(a, np.ndarray) else a for a in grown])
+
+
+def test_a_failing_row_keeps_the_rows_measured(tmp_path, monkeypatch):
+    """Every row is written as soon as it is measured; a solver that fails leaves an error row and the others."""
+    bench = _bench_module()
+
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("no device memory")
+
+    monkeypatch.setattr(bench, "SOLVERS", (("Anderson", bench.dq.Anderson, None), ("broken", Broken, None),
+                                           ("FixedPointIteration", bench.dq.FixedPointIteration, None)))
+    report = bench.Report(tmp_path / "gpu.md", ["# test"])
+    failed = bench.bench_deq(np, report, 4, 8, 4, np.float32, 1e-4, 1)
+    text = (tmp_path / "gpu.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| easy")]
+    assert failed == 1 and len(rows) == 3
+    assert "| broken | error: RuntimeError: no device memory |" in rows[1]
+    assert rows[0].split(" | ")[2:4] == ["4", "4"] and rows[2].split(" | ")[2:4] == ["4", "4"]   # all converged
+
+
+def test_main_reports_each_step_and_keeps_going(tmp_path, monkeypatch, capsys):
+    bench = _bench_module()
+    monkeypatch.setattr(bench, "bench_deq", lambda *a, **k: 1 / 0)
+    assert bench.main(["--xp", "numpy", "--tiny", "--steps", "deq", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "bench_gpu: deq: error: ZeroDivisionError" in out
+    assert "## deq: failed" in (tmp_path / "gpu_dry_run.md").read_text()

@@ -9,7 +9,7 @@ the prediction's device (call ``float()`` when you want it on the host).
 
 from __future__ import annotations
 
-from ..backend import check_float_array, get_namespace
+from ..backend import check_float_array, get_namespace, to_host
 
 __all__ = ["softmax_cross_entropy", "mse", "log_softmax", "accuracy"]
 
@@ -37,7 +37,14 @@ def _targets(logits, labels, xp):
         raise ValueError(f"labels must be integer class indices of shape {logits.shape[:-1]} or "
                          f"probabilities of shape {logits.shape}; got {labels.dtype} array of shape "
                          f"{labels.shape}")
-    return (labels[..., None] == xp.arange(logits.shape[-1])).astype(logits.dtype)
+    classes = logits.shape[-1]
+    bad = (labels < 0) | (labels >= classes)
+    if bool(bad.any()):
+        values = sorted({int(v) for v in to_host(labels[bad]).ravel()})
+        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+        raise ValueError(f"labels must be class indices in [0, {classes}) for logits with {classes} classes; "
+                         f"got {shown}")
+    return (labels[..., None] == xp.arange(classes)).astype(logits.dtype)
 
 
 def softmax_cross_entropy(logits, labels):
@@ -48,6 +55,10 @@ def softmax_cross_entropy(logits, labels):
     >>> value, grad = softmax_cross_entropy(np.array([[0.0, 0.0]]), np.array([1]))
     >>> round(float(value), 4), grad
     (0.6931, array([[ 0.5, -0.5]]))
+    >>> softmax_cross_entropy(np.array([[0.0, 0.0]]), np.array([2]))
+    Traceback (most recent call last):
+    ...
+    ValueError: labels must be class indices in [0, 2) for logits with 2 classes; got 2
     """
     check_float_array(logits, "logits")
     xp = get_namespace(logits, labels)

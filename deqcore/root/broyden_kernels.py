@@ -179,7 +179,9 @@ def step_example(rng, dtype, size="small"):
 
 
 def _filled_rows(U, count):
-    return int(np.minimum(np.asarray(count), U.shape[1]).sum())
+    """The number of filled ring slots over the batch, as a Python int, for NumPy or CuPy ``count``."""
+    xp = get_namespace(count)
+    return int(xp.minimum(count, U.shape[1]).sum())
 
 
 def dots_traffic(U, V, f, s, count):

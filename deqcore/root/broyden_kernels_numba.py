@@ -220,9 +220,10 @@ def broyden_step_numba_cpu(U, V, y, f, f_old, s, count, k, limited, reset_factor
 
 # -- CUDA ---------------------------------------------------------------------------------------------------------
 def broyden_dots_cuda_kernel(U, V, f, s, count, a, c):
-    """One block per (slot, sample): both dot products of the slot, reduced in shared memory."""
-    i = cuda.blockIdx.x
-    b = cuda.blockIdx.y
+    """One block per (sample, slot): both dot products of the slot, reduced in shared memory. The batch is on the
+    grid's x axis (up to 2³¹ − 1 blocks), the slots on y (at most 65,535)."""
+    b = cuda.blockIdx.x
+    i = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     if i >= count[b]:                                   # the same for the whole block
         if tid == 0:
@@ -344,7 +345,7 @@ def broyden_dots_numba_cuda(U, V, f, s, count):
     batch, m, _ = U.shape
     a = xp.empty((batch, m), dtype=U.dtype)
     c = xp.empty((batch, m), dtype=U.dtype)
-    _launch(_kernel("broyden_dots", broyden_dots_cuda_kernel), xp, (m, batch), (U, V, f, s, count, a, c))
+    _launch(_kernel("broyden_dots", broyden_dots_cuda_kernel), xp, (batch, m), (U, V, f, s, count, a, c))
     return a, c
 
 
