@@ -30,9 +30,9 @@ def _mixed_batch(rng, batch, n, dtype):
 def _solve(g, batch, n, dtype, solver, **options):
     problem = RootProblem(lambda y: g(y) - y, np, dtype, batch, n, fixed_point_map=g)
     with np.errstate(all="ignore"):            # the diverging samples overflow, as the entry points allow
-        best, codes, res, steps, _ = run(problem, solver, np.zeros((batch, n), dtype), atol=1e-6, rtol=1e-6,
-                                         max_steps=60, patience=8, **options)
-    return best, codes, res, steps, problem.nfev
+        out = run(problem, solver, np.zeros((batch, n), dtype), atol=1e-6, rtol=1e-6, max_steps=60, patience=8,
+                  **options)
+    return out.value, out.codes, out.residual, out.num_steps, problem.nfev
 
 
 @given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 7), n=st.integers(1, 9),
@@ -67,9 +67,9 @@ def test_checking_every_k_steps_only_adds_steps(rng, check_every):
 def test_max_steps_is_respected_with_sparse_checks():
     g = lambda z: z + 1.0                                              # never converges, never diverges
     problem = RootProblem(lambda y: g(y) - y, np, np.float64, 1, 1, fixed_point_map=g)
-    _, codes, _, steps, _ = run(problem, dq.FixedPointIteration(), np.zeros((1, 1)), atol=1e-6, rtol=0.0,
-                                max_steps=7, patience=100, check_every=4)
-    assert steps == 7 and codes[0] == int(dq.ReturnCode.MAX_STEPS)
+    out = run(problem, dq.FixedPointIteration(), np.zeros((1, 1)), atol=1e-6, rtol=0.0, max_steps=7, patience=100,
+              check_every=4)
+    assert out.num_steps == 7 and out.codes[0] == int(dq.ReturnCode.MAX_STEPS)
 
 
 def test_device_driver_matches_numpy(xp):
@@ -83,8 +83,7 @@ def test_device_driver_matches_numpy(xp):
 
     problem = RootProblem(lambda y: g_device(y) - y, xp, np.float64, 6, 5, fixed_point_map=g_device)
     with np.errstate(all="ignore"):
-        best, codes, res, steps, _ = run(problem, dq.Anderson(), xp.zeros((6, 5)), atol=1e-6, rtol=1e-6,
-                                         max_steps=60, patience=8)
+        out = run(problem, dq.Anderson(), xp.zeros((6, 5)), atol=1e-6, rtol=1e-6, max_steps=60, patience=8)
     to_host = (lambda a: xp.asnumpy(a)) if hasattr(xp, "asnumpy") else np.asarray
-    np.testing.assert_allclose(to_host(best), expected[0], atol=1e-12)
-    np.testing.assert_array_equal(to_host(codes), expected[1])
+    np.testing.assert_allclose(to_host(out.value), expected[0], atol=1e-12)
+    np.testing.assert_array_equal(to_host(out.codes), expected[1])

@@ -3,12 +3,18 @@
 Every problem is held as ``(B, n)`` arrays, one system per row (an unbatched problem is one row). The
 residual is F(y) (zero at a solution); the associated fixed-point map is G(y) = y + F(y). For
 ``fixed_point(fn)`` that is F(y) = fn(y) − y and G = fn; for ``root_find(fn)`` it is F = fn.
+
+The convergence test is max|F(y)| ≤ atol + rtol·scale per sample, with the scale fixed at the start point
+(:meth:`RootProblem.tolerance_scale`): max|F(y0)| for a root problem (SciPy's ``f_rtol``: a relative reduction
+of the residual), max(max|y0|, max|G(y0)|) for a fixed-point problem (the size of the iterates, as in a DEQ's
+relative tolerance). Being fixed, it cannot grow with an iterate that runs off to infinity.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .._checks import check_choice, check_returned_array
 from ..backend import get_namespace
 
 __all__ = ["RootProblem", "flat_problem"]
@@ -22,10 +28,19 @@ class RootProblem:
         batch, n: sizes.
         jac: optional ``jac(y2d) -> (B, n, n)`` Jacobian of F.
         fixed_point_map: optional cheaper ``G(y2d)`` (defaults to y + F(y)).
+        relative_to: what rtol scales: ``"residual"`` (max|F(y0)|, root problems) or ``"iterate"``
+            (max(max|y0|, max|G(y0)|), fixed-point problems).
+
+    >>> import numpy as np
+    >>> problem = RootProblem(lambda y: 0.5 * y - y, np, np.float64, 1, 2, relative_to="iterate")   # G(y) = y / 2
+    >>> y0 = np.array([[1.0, -3.0]])
+    >>> problem.tolerance_scale(y0, problem.F(y0))            # max(max|y0|, max|G(y0)|)
+    array([3.])
     """
 
-    def __init__(self, residual, xp, dtype, batch, n, *, jac=None, fixed_point_map=None):
+    def __init__(self, residual, xp, dtype, batch, n, *, jac=None, fixed_point_map=None, relative_to="residual"):
         self._residual = residual
+        self.relative_to = check_choice(relative_to, "relative_to", ("residual", "iterate"))
         self._jac = jac
         self._map = fixed_point_map
         self.xp = xp
@@ -40,6 +55,14 @@ class RootProblem:
     def has_jac(self) -> bool:
         """True when the user supplied the Jacobian."""
         return self._jac is not None
+
+    def tolerance_scale(self, y0, f0):
+        """Per-sample scale of rtol, fixed for the solve (non-finite values count as 0: atol alone)."""
+        xp = self.xp
+        scale = xp.abs(f0).max(axis=1)
+        if self.relative_to == "iterate":
+            scale = xp.maximum(xp.abs(y0).max(axis=1), xp.abs(y0 + f0).max(axis=1))
+        return xp.where(xp.isfinite(scale), scale, 0)
 
     def F(self, y):
         self.nfev += 1
@@ -82,26 +105,33 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None):
     """(RootProblem, y0 as (B, n), unflatten) for ``fn`` of the user's shapes.
 
     ``mode="root"``: F = fn; ``mode="fixed_point"``: F = fn(y) − y with G = fn.
+
+    Every call's output is checked (type, shape, dtype: attribute reads, no pass over the data), so a ``fn``
+    or ``jac`` that changes what it returns part-way fails with an error naming it.
     """
     xp = get_namespace(y0)
-    shape = y0.shape
+    shape, dtype, array_type = tuple(y0.shape), y0.dtype, xp.ndarray
     batch = shape[0] if batched else 1
     n = int(np.prod(shape[1:])) if batched else int(np.prod(shape))
+    jac_shape = (batch, n, n) if batched else (n, n)
 
     def unflatten(y2d):
         return y2d.reshape(shape)
 
     def call(y2d):
-        return fn(unflatten(y2d), *args).reshape(batch, n)
+        out = check_returned_array(fn(unflatten(y2d), *args), "fn", shape, dtype, array_type)
+        return out.reshape(batch, n)
 
     user_jac = None
     if jac is not None:  # root mode only: fixed_point takes no Jacobian
         def user_jac(y2d):
-            J = jac(unflatten(y2d), *args)
+            J = check_returned_array(jac(unflatten(y2d), *args), "jac", jac_shape, dtype, array_type,
+                                     shape_of="the Jacobian's")
             return J.reshape(batch, n, n)
 
     if mode == "root":
-        problem = RootProblem(call, xp, y0.dtype, batch, n, jac=user_jac)
+        problem = RootProblem(call, xp, dtype, batch, n, jac=user_jac)
     else:
-        problem = RootProblem(lambda y: call(y) - y, xp, y0.dtype, batch, n, jac=user_jac, fixed_point_map=call)
+        problem = RootProblem(lambda y: call(y) - y, xp, dtype, batch, n, jac=user_jac, fixed_point_map=call,
+                              relative_to="iterate")
     return problem, y0.reshape(batch, n), unflatten
