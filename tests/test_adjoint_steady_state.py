@@ -142,7 +142,7 @@ def test_bad_settings_named():
         PhantomGradient(damping=1.5)
 
 
-@pytest.mark.parametrize("forward", [dq.Broyden(), dq.NewtonRaphson(linsolve=dq.LU())], ids=["broyden", "newton"])
+@pytest.mark.parametrize("forward", [dq.Broyden(), dq.NewtonRaphson(linear_solver=dq.LU())], ids=["broyden", "newton"])
 def test_forward_solve_preconditions_the_adjoint(forward):
     from deqcore.adjoint.steady_state import preconditioner_from_forward
 

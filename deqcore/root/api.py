@@ -5,13 +5,14 @@ systems when ``batched=True``, else one system of any shape — and run the solv
 
 Convergence is per sample, on the max-norm of the residual, against a threshold fixed at the start point:
 
-- ``root_find``: max|fn(y)| ≤ atol + rtol·max|fn(y0)| (SciPy's ``f_tol``/``f_rtol``: rtol asks for a relative
-  reduction of the residual; atol alone with ``rtol=0``);
-- ``fixed_point``: max|fn(y) − y| ≤ atol + rtol·max(max|y0|, max|fn(y0)|) (rtol relative to the size of the
-  start and its image, as a DEQ's relative tolerance).
+- ``root_find``: max|fn(y)| ≤ atol + rtol·min(max|y|, max|fn(y0)|);
+- ``fixed_point``: max|fn(y) − y| ≤ atol + rtol·min(max|y|, s0), s0 = max(max|y0|, max|fn(y0)|); an iterate
+  growing past s0/√eps has run away (DIVERGED: fn(y) − y would round to zero there).
 
-SciML's abstol/reltol map onto atol/rtol. The threshold never grows with the iterate, so iterates running off
-to infinity are never accepted (they end DIVERGED, STALLED or MAX_STEPS), and a SUCCESS sample's
+atol is absolute; rtol is relative to the iterate's size (SciML's abstol/reltol map onto atol/rtol), capped at
+a scale fixed at the start (for root_find the start's residual, SciPy's ``f_rtol``). ``rtol=0`` leaves atol
+alone. The threshold never grows past its value at the start, so iterates
+running off to infinity are never accepted (they end DIVERGED, STALLED or MAX_STEPS), and a SUCCESS sample's
 ``sol.value`` is the very iterate that met the test: ``fn`` evaluated there passes it (``sol.residual`` is its
 max|residual|). Fixed-point solvers (Anderson, FixedPointIteration) also work in
 root_find: they iterate y ← y + fn(y), which converges where fn behaves like G(y) − y for a contractive G.
@@ -106,17 +107,17 @@ def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps) -> RootLoopResult:
     best = y2d.copy()
     codes = xp.full(problem.batch, int(ReturnCode.NOT_RUN), dtype=np.int64)
     res = xp.full(problem.batch, xp.inf, dtype=y2d.dtype)
-    steps, tol = 0, None
+    steps = 0
     for solver in default_solvers(problem.n, problem.has_jac):
         out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0)
-        steps, tol = steps + out.num_steps, out.tol
+        steps += out.num_steps
         improve = (codes != int(ReturnCode.SUCCESS)) & ((out.codes == int(ReturnCode.SUCCESS)) | (out.residual < res))
         best = xp.where(improve[:, None], out.value, best)
         res = xp.where(improve, out.residual, res)
         codes = xp.where(improve, out.codes, codes)
         if bool((codes == int(ReturnCode.SUCCESS)).all()):
             break
-    return RootLoopResult(best, codes, res, tol, steps, None)
+    return RootLoopResult(best, codes, res, steps, None)
 
 
 def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
@@ -129,9 +130,9 @@ def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, m
         solver: a root solver; None tries robust methods in turn (see :func:`default_solvers`).
         jac: optional ``jac(y, *args)`` returning the Jacobian, shape (n, n) — or (B, n, n) when batched — in
             y0's dtype.
-        atol, rtol: the per-sample test max|fn(y)| ≤ atol + rtol·max|fn(y0)|: atol is absolute, rtol asks for a
-            relative reduction of the start's residual (SciPy's ``f_tol``/``f_rtol``; SciML's abstol/reltol).
-            The threshold is fixed at the start, so runaway iterates are never accepted.
+        atol, rtol: the per-sample test max|fn(y)| ≤ atol + rtol·min(max|y|, max|fn(y0)|): atol is absolute,
+            rtol relative to the iterate's size (SciML's abstol/reltol) but capped at the start's residual
+            (SciPy's ``f_rtol``), so runaway iterates are never accepted.
         max_steps: iteration limit (SciML's maxiters); any positive integer.
         batched: the leading axis holds independent systems (per-sample convergence and return codes).
         throw: raise :class:`~deqcore.SolveError` when a system fails (else check ``sol.result``).
@@ -161,9 +162,10 @@ def fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps
                 throw=True):
     """Find y = fn(y, *args) from y0; ``solver=None`` means ``Anderson()``.
 
-    The test is per sample: max|fn(y) − y| ≤ atol + rtol·max(max|y0|, max|fn(y0)|): atol is absolute, rtol is
-    relative to the size of the start point and its image (fixed at the start, so iterates running off to
-    infinity are never accepted). The other arguments are as in :func:`root_find`.
+    The test is per sample: max|fn(y) − y| ≤ atol + rtol·min(max|y|, s0) with s0 = max(max|y0|, max|fn(y0)|):
+    atol is absolute, rtol relative to the iterate's size (SciML's reltol, as DEQs use it) but capped at the
+    start's size s0, so iterates running off to infinity are never accepted; an iterate growing past s0/√eps
+    (where fn(y) − y would round to zero) ends DIVERGED. The other arguments are as in :func:`root_find`.
 
     >>> import numpy as np, deqcore as dq
     >>> W = np.array([[0.5, 0.2], [0.1, 0.3]])

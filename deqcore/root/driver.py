@@ -7,9 +7,8 @@ iterate (lowest residual) per sample, freezing of finished samples, DIVERGED on 
 exploding residuals, STALLED when the best residual has not improved for ``patience`` steps, MAX_STEPS, and the
 codes the solver reports through ``failed``.
 
-The test, per sample, is max|F(y)| ≤ atol + rtol·scale with a scale fixed at the start (see
-:meth:`RootProblem.tolerance_scale`), so an iterate running off to infinity never meets it; and the value
-returned for a SUCCESS is the very iterate that met it.
+The test, per sample, is fixed at the start (see :meth:`RootProblem.tolerance`), so an iterate running off to
+infinity never meets it; and the value returned for a SUCCESS is the very iterate that met it.
 """
 
 from __future__ import annotations
@@ -23,26 +22,26 @@ from ..results import ReturnCode, Solution
 from ..backend import get_kernel
 from . import driver_kernels  # noqa: F401  (registers driver_update)
 
-__all__ = ["run", "RootLoopResult", "DIVERGENCE_FACTOR", "CHECK_EVERY_DEVICE"]
+__all__ = ["run", "RootLoopResult", "DIVERGENCE_FACTOR", "CHECK_EVERY_DEVICE", "PATIENCE_CAP"]
 
 #: a residual this many times larger than the initial one counts as divergence
 DIVERGENCE_FACTOR = 1e8
 #: steps between "all done?" checks on a GPU (each check waits for the device; measured by benchmarks/bench_gpu.py)
 CHECK_EVERY_DEVICE = 4
-#: patience is kept within int64 (``max_steps`` may be any positive integer)
-_PATIENCE_CAP = 2 ** 62
+#: the default patience is max_steps // 4, at least 25 and at most this (so a huge max_steps cannot keep a
+#: sample that no longer improves running for ever)
+PATIENCE_CAP = 1000
 
 
 @dataclass
 class RootLoopResult:
     """What :func:`run` returns, per sample (B rows): ``value`` (the converged iterate for SUCCESS, else the
-    lowest-residual one), ``codes`` (int ReturnCodes), ``residual`` (max|F(value)|), ``tol`` (the threshold
-    the test used: atol + rtol·scale), and for the whole batch ``num_steps`` and the solver's final ``state``."""
+    lowest-residual one), ``codes`` (int ReturnCodes), ``residual`` (max|F(value)|), and for the whole batch
+    ``num_steps`` and the solver's final ``state``."""
 
     value: Any
     codes: Any
     residual: Any
-    tol: Any
     num_steps: int
     state: Any
 
@@ -51,25 +50,27 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
     """Iterate ``solver`` on ``problem`` from y0 (B, n).
 
     ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``).
+    ``patience``: steps without a new lowest residual before a sample is STALLED (default: max_steps // 4,
+    within [25, :data:`PATIENCE_CAP`]).
     ``check_every``: steps between the host's "all samples done?" checks, the loop's only device-to-host sync
     (every step on NumPy, where it is free; see :data:`CHECK_EVERY_DEVICE` on a GPU). Samples finish on the
     device either way; at most ``check_every − 1`` extra steps run after the last one finished."""
     xp = problem.xp
     batch = problem.batch
-    patience = max(25, max_steps // 4) if patience is None else patience
-    patience = min(int(patience), _PATIENCE_CAP)
+    patience = min(max(25, max_steps // 4), PATIENCE_CAP) if patience is None else min(int(patience), 2 ** 62)
     if check_every is None:
         check_every = 1 if xp is np else CHECK_EVERY_DEVICE
     update = get_kernel("driver_update", xp)
     f = problem.F(y0) if f0 is None else f0
-    tol = (atol + rtol * problem.tolerance_scale(y0, f)).astype(y0.dtype)
+    tol, cap, y_limit = problem.tolerance(y0, f, atol, rtol)
+    rtol = float(rtol)
     # The start point goes through the same bookkeeping as every step (no divergence limit yet): it sets the
     # best residual, and finishes samples that start converged (SUCCESS) or non-finite (DIVERGED).
     best_y, best_res = y0.copy(), xp.full(batch, xp.inf, dtype=y0.dtype)
     since_best = xp.zeros(batch, dtype=np.int64)
     codes = xp.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
     done = xp.zeros(batch, dtype=bool)
-    update(f, y0, best_y, best_res, since_best, codes, done, tol, best_res.copy(), patience)
+    update(f, y0, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience)
     limit = (DIVERGENCE_FACTOR * xp.maximum(best_res, 1e-300)).astype(best_res.dtype)
     state = solver.init(problem, y0, f)
     steps = 0
@@ -77,12 +78,13 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
         for _ in range(min(check_every, max_steps - steps)):
             state, failed = solver.step(problem, state)
             steps += 1
-            update(state.f, state.y, best_y, best_res, since_best, codes, done, tol, limit, patience)
+            update(state.f, state.y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit,
+                   patience)
             if failed is not None:
                 reported = ~done & (failed != 0)
                 xp.copyto(codes, failed, where=reported)
                 done |= reported
-    return RootLoopResult(best_y, codes, best_res, tol, steps, state)
+    return RootLoopResult(best_y, codes, best_res, steps, state)
 
 
 def to_solution(problem, out: RootLoopResult, unflatten, batched, learned=None) -> Solution:

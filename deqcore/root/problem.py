@@ -4,10 +4,10 @@ Every problem is held as ``(B, n)`` arrays, one system per row (an unbatched pro
 residual is F(y) (zero at a solution); the associated fixed-point map is G(y) = y + F(y). For
 ``fixed_point(fn)`` that is F(y) = fn(y) − y and G = fn; for ``root_find(fn)`` it is F = fn.
 
-The convergence test is max|F(y)| ≤ atol + rtol·scale per sample, with the scale fixed at the start point
-(:meth:`RootProblem.tolerance_scale`): max|F(y0)| for a root problem (SciPy's ``f_rtol``: a relative reduction
-of the residual), max(max|y0|, max|G(y0)|) for a fixed-point problem (the size of the iterates, as in a DEQ's
-relative tolerance). Being fixed, it cannot grow with an iterate that runs off to infinity.
+The convergence test is per sample: max|F(y)| ≤ atol + rtol·min(max|y|, s0), relative to the iterate's size
+(SciML's reltol) but never to more than a scale s0 fixed at the start point (:meth:`RootProblem.tolerance`):
+s0 = max|F(y0)| for a root problem (SciPy's ``f_rtol``), max(max|y0|, max|G(y0)|) for a fixed-point problem.
+An iterate that runs off to infinity can therefore never widen the test.
 """
 
 from __future__ import annotations
@@ -28,14 +28,10 @@ class RootProblem:
         batch, n: sizes.
         jac: optional ``jac(y2d) -> (B, n, n)`` Jacobian of F.
         fixed_point_map: optional cheaper ``G(y2d)`` (defaults to y + F(y)).
-        relative_to: what rtol scales: ``"residual"`` (max|F(y0)|, root problems) or ``"iterate"``
-            (max(max|y0|, max|G(y0)|), fixed-point problems).
+        relative_to: what caps rtol's scale (see :meth:`tolerance`): ``"residual"`` (max|F(y0)|, root problems)
+            or ``"iterate"`` (max|y|, capped at max(max|y0|, max|G(y0)|), fixed-point problems).
 
     >>> import numpy as np
-    >>> problem = RootProblem(lambda y: 0.5 * y - y, np, np.float64, 1, 2, relative_to="iterate")   # G(y) = y / 2
-    >>> y0 = np.array([[1.0, -3.0]])
-    >>> problem.tolerance_scale(y0, problem.F(y0))            # max(max|y0|, max|G(y0)|)
-    array([3.])
     """
 
     def __init__(self, residual, xp, dtype, batch, n, *, jac=None, fixed_point_map=None, relative_to="residual"):
@@ -56,13 +52,35 @@ class RootProblem:
         """True when the user supplied the Jacobian."""
         return self._jac is not None
 
-    def tolerance_scale(self, y0, f0):
-        """Per-sample scale of rtol, fixed for the solve (non-finite values count as 0: atol alone)."""
+    def tolerance(self, y0, f0, atol, rtol):
+        """The per-sample test, fixed at the start point: ``(tol, cap, y_limit)`` for the driver, which accepts
+        max|F(y)| ≤ tol + rtol·min(max|y|, cap) and calls an iterate with max|y| ≥ y_limit runaway (DIVERGED).
+
+        - ``relative_to="residual"``: tol = atol, cap = max|F(y0)|, y_limit = inf;
+        - ``relative_to="iterate"``: tol = atol, cap = s0 = max(max|y0|, max|G(y0)|), y_limit = s0/√eps (an
+          iterate that large has run away: G(y) − y would round to zero there and fake a fixed point).
+
+        rtol is thus relative to the iterate's size (SciML's reltol) but never to more than the start's scale.
+
+        Non-finite scales count as 0 (atol alone).
+
+        >>> import numpy as np
+        >>> problem = RootProblem(lambda y: 0.5 * y - y, np, np.float64, 1, 2, relative_to="iterate")  # G(y) = y/2
+        >>> y0 = np.array([[1.0, -3.0]])
+        >>> tol, cap, y_limit = problem.tolerance(y0, problem.F(y0), 1e-6, 1e-3)
+        >>> tol.tolist(), cap.tolist(), bool(y_limit[0] > 1e8)
+        ([1e-06], [3.0], True)
+        """
         xp = self.xp
-        scale = xp.abs(f0).max(axis=1)
-        if self.relative_to == "iterate":
-            scale = xp.maximum(xp.abs(y0).max(axis=1), xp.abs(y0 + f0).max(axis=1))
-        return xp.where(xp.isfinite(scale), scale, 0)
+
+        def finite(a):
+            return xp.where(xp.isfinite(a), a, 0).astype(self.dtype)
+
+        tol = xp.full(self.batch, atol, dtype=self.dtype)
+        if self.relative_to == "residual":
+            return tol, finite(xp.abs(f0).max(axis=1)), xp.full(self.batch, xp.inf, dtype=self.dtype)
+        s0 = finite(xp.maximum(xp.abs(y0).max(axis=1), xp.abs(y0 + f0).max(axis=1)))
+        return tol, s0, xp.where(s0 > 0, s0 / np.sqrt(self.eps), xp.inf).astype(self.dtype)
 
     def F(self, y):
         self.nfev += 1
@@ -120,7 +138,7 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None):
 
     def call(y2d):
         out = check_returned_array(fn(unflatten(y2d), *args), "fn", shape, dtype, array_type)
-        return out.reshape(batch, n)
+        return xp.ascontiguousarray(out).reshape(batch, n)      # the kernels are compiled for C order
 
     user_jac = None
     if jac is not None:  # root mode only: fixed_point takes no Jacobian
@@ -134,4 +152,4 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None):
     else:
         problem = RootProblem(lambda y: call(y) - y, xp, dtype, batch, n, jac=user_jac, fixed_point_map=call,
                               relative_to="iterate")
-    return problem, y0.reshape(batch, n), unflatten
+    return problem, xp.ascontiguousarray(y0).reshape(batch, n), unflatten
