@@ -242,3 +242,57 @@ def test_bad_solver_settings_are_named():
         dq.LimitedMemoryBroyden(threshold=0)
     with pytest.raises(ValueError, match="eta"):
         dq.TrustRegion(eta=0.5)
+
+
+# -- active-set compaction -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", [dq.Anderson(), dq.Broyden(), dq.LimitedMemoryBroyden(), dq.FixedPointIteration(),
+                                    dq.NewtonRaphson()], ids=["anderson", "broyden", "lbroyden", "fpi", "newton"])
+def test_compaction_evaluates_fewer_rows_and_changes_no_result(solver, rng):
+    # Samples of very different difficulty (contractions 0.05 ... 0.9) and one without a fixed point: with
+    # compact=True fn sees only the running rows, and each sample's value, code and residual equal the
+    # uncompacted solve and its own unbatched solve to round-off.
+    B, n = 8, 5
+    W = rng.standard_normal((B, n, n))
+    W *= np.linspace(0.05, 0.9, B)[:, None, None] / np.linalg.norm(W, 2, axis=(1, 2))[:, None, None]
+    x = rng.standard_normal((B, n))
+    shift = np.zeros((B, 1))
+    shift[3] = 5.0                                      # sample 3: z -> z + 5 - arctan(z) has no fixed point
+
+    def fn(z, W, x, shift):
+        g = np.tanh(np.einsum("bij,bj->bi", W, z) + x)
+        return np.where(shift > 0, z + shift - np.arctan(z), g)
+
+    seen = []
+
+    def counted(z, *args):
+        seen.append(z.shape[0])
+        return fn(z, *args)
+
+    args = (W, x, shift)
+    options = dict(atol=1e-10, rtol=0.0, max_steps=120, batched=True, throw=False)
+    with np.errstate(all="ignore"):
+        plain = dq.fixed_point(fn, np.zeros((B, n)), solver, args=args, **options)
+        compact = dq.fixed_point(counted, np.zeros((B, n)), solver, args=args, compact=True, **options)
+    np.testing.assert_array_equal(compact.result, plain.result)
+    np.testing.assert_allclose(compact.value, plain.value, rtol=1e-12, atol=1e-14)
+    assert compact.stats["nfev"] == plain.stats["nfev"]
+    assert compact.stats["row_evaluations"] == sum(seen)
+    assert plain.stats["row_evaluations"] == B * plain.stats["nfev"]
+    if solver.compactable:
+        assert compact.stats["row_evaluations"] < plain.stats["row_evaluations"]
+        assert min(seen) < B
+    assert not compact.success[3] and compact.success[np.arange(B) != 3].all()
+    for b in range(B):
+        solo = dq.fixed_point(lambda z: fn(z[None], W[b:b + 1], x[b:b + 1], shift[b:b + 1])[0], np.zeros(n), solver,
+                              **{**options, "batched": False})
+        np.testing.assert_allclose(compact.value[b], solo.value, rtol=1e-12, atol=1e-14)
+
+
+def test_compaction_arguments_are_checked():
+    f = lambda z, x: 0.5 * z + x  # noqa: E731
+    with pytest.raises(ValueError, match="compact=True needs batched=True"):
+        dq.fixed_point(f, np.zeros(3), args=(np.ones(3),), compact=True)
+    with pytest.raises(ValueError, match=r"args\[0\]"):
+        dq.fixed_point(f, np.zeros((2, 3)), args=(np.ones(3),), batched=True, compact=True)
+    with pytest.raises(TypeError, match="compact"):
+        dq.fixed_point(f, np.zeros((2, 3)), args=(np.ones((2, 3)),), batched=True, compact="yes")

@@ -42,7 +42,7 @@ from .problem import flat_problem
 __all__ = ["root_find", "fixed_point", "default_solvers"]
 
 
-def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw):
+def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact):
     check_callable(fn, "fn")
     if isinstance(y0, np.generic):
         raise TypeError(f"y0 must be a NumPy or CuPy array, got the scalar {type(y0).__name__}: pass "
@@ -60,11 +60,19 @@ def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw):
     check_positive_int(max_steps, "max_steps")
     check_bool(batched, "batched")
     check_bool(throw, "throw")
+    if check_bool(compact, "compact") and not batched:
+        raise ValueError("compact=True needs batched=True (it drops finished samples of a batch)")
     if batched and (y0.ndim < 2 or y0.shape[0] == 0):
         raise ValueError(f"batched=True needs y0 of shape (B, ...) with B >= 1 and a system per sample; got "
                          f"{y0.shape}")
     if y0.size == 0:
         raise ValueError("y0 is empty")
+    if compact:
+        for i, a in enumerate(args):
+            if not (isinstance(a, xp.ndarray) and a.ndim >= 1 and a.shape[0] == y0.shape[0]):
+                raise ValueError(f"compact=True needs every element of args to be a per-sample array with the batch "
+                                 f"({y0.shape[0]}) on its leading axis; args[{i}] is not (capture shared arrays in "
+                                 f"fn instead)")
     return check_returned_array(fn(y0, *args), "fn", y0.shape, y0.dtype, xp.ndarray)
 
 
@@ -81,13 +89,14 @@ def default_solvers(n: int, has_jac: bool):
     return first + [LimitedMemoryBroyden(), Anderson()]
 
 
-def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode):
+def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode, compact):
     """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation)."""
-    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac)
+    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact)
     f0 = fy0.reshape(y2d.shape)
     if mode == "fixed_point":
         f0 = f0 - y2d
     problem.nfev += 1
+    problem.row_evaluations += problem.batch
     with np.errstate(all="ignore"):  # non-finite values are reported through return codes
         if solver is not None:
             out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0)
@@ -121,7 +130,7 @@ def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps) -> RootLoopResult:
 
 
 def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
-              throw=True):
+              throw=True, compact=False):
     """Solve fn(y, *args) = 0 from y0.
 
     Args:
@@ -136,6 +145,11 @@ def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, m
         max_steps: iteration limit (SciML's maxiters); any positive integer.
         batched: the leading axis holds independent systems (per-sample convergence and return codes).
         throw: raise :class:`~deqcore.SolveError` when a system fails (else check ``sol.result``).
+        compact: with ``batched=True``, declares fn's rows independent and every element of ``args`` per-sample
+            (batch on its leading axis; capture shared arrays in fn): finished samples are then dropped from the
+            evaluations (fn is called on the running rows only, with the matching rows of ``args``) where the
+            solver allows it (Anderson, Broyden, LimitedMemoryBroyden, FixedPointIteration).
+            ``sol.stats["row_evaluations"]`` counts the rows evaluated (nfev × B without compaction).
 
     Every call of ``fn`` (and ``jac``) is checked to return an array of y0's kind, shape and dtype; float32 and
     float64 are supported. A SUCCESS sample's ``sol.value`` is the iterate that passed the test.
@@ -147,7 +161,7 @@ def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, m
     >>> dq.root_find(lambda y: np.arctan(y) - 2.0, np.zeros(1), throw=False).success     # no root: never SUCCESS
     False
     """
-    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw)
+    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact)
     if jac is not None:
         check_callable(jac, "jac")
         n = y0[0].size if batched else y0.size
@@ -155,11 +169,11 @@ def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, m
         check_returned_array(jac(y0, *args), "jac", expected, y0.dtype, get_namespace(y0).ndarray,
                              shape_of="the Jacobian's")
     return _solve(fn, y0, fy0, solver, args=args, jac=jac, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
-                  throw=throw, mode="root")
+                  throw=throw, mode="root", compact=compact)
 
 
 def fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
-                throw=True):
+                throw=True, compact=False):
     """Find y = fn(y, *args) from y0; ``solver=None`` means ``Anderson()``.
 
     The test is per sample: max|fn(y) − y| ≤ atol + rtol·min(max|y|, s0) with s0 = max(max|y0|, max|fn(y0)|):
@@ -174,6 +188,6 @@ def fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps
     >>> sol.success.tolist(), sol.stats["num_steps"] < 20
     ([True, True, True], True)
     """
-    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw)
+    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact)
     return _solve(fn, y0, fy0, Anderson() if solver is None else solver, args=args, jac=None, atol=atol, rtol=rtol,
-                  max_steps=max_steps, batched=batched, throw=throw, mode="fixed_point")
+                  max_steps=max_steps, batched=batched, throw=throw, mode="fixed_point", compact=compact)

@@ -9,6 +9,8 @@ A solver is a frozen dataclass of settings with two methods:
   report). The driver owns what happens next: it records the code and finishes those samples.
 
 Kernel handles are not state: a solver fetches them from the registry (``backend.get_kernel``) when it steps.
+A solver whose state fields are all per-row arrays (batch on the leading axis) or shared scalars sets
+``compactable = True``: the driver may then run it on the still-running rows only (active-set compaction).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class RootSolver:
     (see the module docstring) and may override ``learned(state) -> dict`` to hand what they learnt to later
     solves (adjoints).
     """
+
+    #: the state is all per-row arrays and shared scalars: the driver may gather it to the running rows
+    compactable = False
 
     def init(self, problem, y, f) -> IterateState:  # pragma: no cover - abstract
         raise NotImplementedError

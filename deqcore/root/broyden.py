@@ -45,6 +45,7 @@ class _LowRankBroyden(RootSolver):
     """Shared mechanics; subclasses choose what happens when memory is full and on stagnation."""
 
     _limited = False
+    compactable = True
 
     def _capacity(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -47,6 +47,7 @@ class FixedPointIteration(RootSolver):
     """
 
     damping: float = 1.0
+    compactable = True
 
     def __post_init__(self):
         check_probability(self.damping, "damping")
@@ -87,6 +88,7 @@ class Anderson(RootSolver):
     history_size: int = 10
     beta: float = 1.0
     ridge: float = 1e-8
+    compactable = True
 
     def __post_init__(self):
         check_positive_int(self.history_size, "history_size")

@@ -30,22 +30,55 @@ class RootProblem:
         fixed_point_map: optional cheaper ``G(y2d)`` (defaults to y + F(y)).
         relative_to: what caps rtol's scale (see :meth:`tolerance`): ``"residual"`` (max|F(y0)|, root problems)
             or ``"iterate"`` (max|y|, capped at max(max|y0|, max|G(y0)|), fixed-point problems).
+        row_residual, row_map: optional ``F(y_rows, rows)`` / ``G(y_rows, rows)`` evaluating only the batch rows
+            ``rows`` (an index array): the rows are independent, and the driver may drop finished samples from
+            the evaluations (active-set compaction, see :meth:`restrict`).
 
-    >>> import numpy as np
+    Counters: ``nfev`` (calls of F or G), ``njev`` (Jacobians) and ``row_evaluations`` (rows evaluated, summed
+    over calls: nfev × batch without compaction), shared with every restriction of the problem.
     """
 
-    def __init__(self, residual, xp, dtype, batch, n, *, jac=None, fixed_point_map=None, relative_to="residual"):
+    def __init__(self, residual, xp, dtype, batch, n, *, jac=None, fixed_point_map=None, relative_to="residual",
+                 row_residual=None, row_map=None):
         self._residual = residual
         self.relative_to = check_choice(relative_to, "relative_to", ("residual", "iterate"))
         self._jac = jac
         self._map = fixed_point_map
+        self._row_residual, self._row_map = row_residual, row_map
         self.xp = xp
         self.dtype = np.dtype(dtype)
         self.batch = batch
         self.n = n
-        self.nfev = 0
-        self.njev = 0
+        self.counts = {"nfev": 0, "njev": 0, "row_evaluations": 0}
+        self.rows = None                      # the full problem's rows this one evaluates (None: all)
         self.eps = float(np.finfo(self.dtype).eps)
+
+    nfev = property(lambda self: self.counts["nfev"], lambda self, v: self.counts.__setitem__("nfev", v))
+    njev = property(lambda self: self.counts["njev"], lambda self, v: self.counts.__setitem__("njev", v))
+    row_evaluations = property(lambda self: self.counts["row_evaluations"],
+                               lambda self, v: self.counts.__setitem__("row_evaluations", v))
+
+    @property
+    def can_restrict(self) -> bool:
+        """True when F can be evaluated on a subset of the rows (independent rows)."""
+        return self._row_residual is not None
+
+    def restrict(self, rows) -> "RootProblem":
+        """The problem on the full problem's rows ``rows`` only: F and G evaluate just those rows; the counters are
+        shared with this problem. A restriction of a restriction still indexes the full problem's rows.
+
+        >>> import numpy as np
+        >>> full = RootProblem(lambda y: y - 1.0, np, np.float64, 3, 2, row_residual=lambda y, rows: y - 1.0)
+        >>> sub = full.restrict(np.array([0, 2]))
+        >>> sub.F(np.zeros((2, 2))).shape, full.nfev, full.row_evaluations
+        ((2, 2), 1, 2)
+        """
+        residual, row_map = self._row_residual, self._row_map
+        sub = RootProblem(lambda y: residual(y, rows), self.xp, self.dtype, len(rows), self.n,
+                          fixed_point_map=None if row_map is None else (lambda y: row_map(y, rows)),
+                          relative_to=self.relative_to, row_residual=residual, row_map=row_map)
+        sub.counts, sub.rows = self.counts, rows
+        return sub
 
     @property
     def has_jac(self) -> bool:
@@ -84,12 +117,14 @@ class RootProblem:
 
     def F(self, y):
         self.nfev += 1
+        self.row_evaluations += self.batch
         return self._residual(y)
 
     def G(self, y):
         """The fixed-point map; returns (G(y), F(y))."""
         if self._map is not None:
             self.nfev += 1
+            self.row_evaluations += self.batch
             g = self._map(y)
             return g, g - y
         f = self.F(y)
@@ -119,13 +154,15 @@ class RootProblem:
         return (self.F(y + h[:, None] * v) - fy) / h[:, None]
 
 
-def flat_problem(fn, y0, args, batched, *, mode, jac=None):
+def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     """(RootProblem, y0 as (B, n), unflatten) for ``fn`` of the user's shapes.
 
     ``mode="root"``: F = fn; ``mode="fixed_point"``: F = fn(y) − y with G = fn.
 
     Every call's output is checked (type, shape, dtype: attribute reads, no pass over the data), so a ``fn``
-    or ``jac`` that changes what it returns part-way fails with an error naming it.
+    or ``jac`` that changes what it returns part-way fails with an error naming it. ``compact=True`` (batched
+    only): fn's rows are independent and every element of ``args`` is per-sample (batch on its leading axis), so
+    fn can be evaluated on some rows alone, with the matching rows of ``args``.
     """
     xp = get_namespace(y0)
     shape, dtype, array_type = tuple(y0.shape), y0.dtype, xp.ndarray
@@ -140,6 +177,17 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None):
         out = check_returned_array(fn(unflatten(y2d), *args), "fn", shape, dtype, array_type)
         return xp.ascontiguousarray(out).reshape(batch, n)      # the kernels are compiled for C order
 
+    def call_rows(y_rows, rows):
+        k = y_rows.shape[0]
+        out = check_returned_array(fn(y_rows.reshape((k,) + shape[1:]), *(a[rows] for a in args)), "fn",
+                                   (k,) + shape[1:], dtype, array_type)
+        return xp.ascontiguousarray(out).reshape(k, n)
+
+    row_residual = row_map = None
+    if compact:
+        row_map = call_rows
+        row_residual = call_rows if mode == "root" else (lambda y, rows: call_rows(y, rows) - y)
+
     user_jac = None
     if jac is not None:  # root mode only: fixed_point takes no Jacobian
         def user_jac(y2d):
@@ -148,8 +196,8 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None):
             return J.reshape(batch, n, n)
 
     if mode == "root":
-        problem = RootProblem(call, xp, dtype, batch, n, jac=user_jac)
+        problem = RootProblem(call, xp, dtype, batch, n, jac=user_jac, row_residual=row_residual)
     else:
         problem = RootProblem(lambda y: call(y) - y, xp, dtype, batch, n, jac=user_jac, fixed_point_map=call,
-                              relative_to="iterate")
+                              relative_to="iterate", row_residual=row_residual, row_map=row_map)
     return problem, xp.ascontiguousarray(y0).reshape(batch, n), unflatten
