@@ -117,8 +117,8 @@ def check_returned_array(out, name: str, shape, dtype, array_type, *, shape_of: 
         raise TypeError(f"{name} must return an array of the same kind as y0 ({array_type.__module__}."
                         f"{array_type.__name__}); a call returned {type(out).__name__}")
     if out.dtype != dtype:
-        raise TypeError(f"{name} must return arrays of y0's dtype {dtype}; a call returned {out.dtype} (cast "
-                        f"inside {name}, or pass y0 as {out.dtype})")
+        fix = f"cast inside {name}" + (f", or pass y0 as {out.dtype}" if str(out.dtype) in SOLVER_DTYPES else "")
+        raise TypeError(f"{name} must return arrays of y0's dtype {dtype}; a call returned {out.dtype} ({fix})")
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"{name} must return arrays of {shape_of} shape {tuple(shape)}; a call returned "
                          f"{tuple(out.shape)}")

@@ -6,11 +6,12 @@
 
 Low-level entry (for DEQ models and adjoints that solve many times): :class:`RootProblem` holds the residual
 F on (B, n) arrays (one system per row) and :func:`run` iterates a solver on it without validating or
-re-wrapping anything. It returns a :class:`RootLoopResult` (``value``, ``codes``, ``residual``, ``tol``,
-``num_steps``, ``state``), and ``solver.learned(result.state)`` hands over what the solve learnt, for an adjoint solve to reuse: ``"lu"`` (Newton's
-last LU factors of F's Jacobian; ``.solve(b, transpose=True)`` for the adjoint), ``"inverse_jacobian"``
-(Broyden's ``(U, V)`` with F's inverse Jacobian ≈ −I + Σ uᵢ vᵢᵀ), ``"anderson_history"`` (Anderson's ring).
-The high-level calls return the same dict as ``sol.learned``.
+re-wrapping anything. It returns a :class:`RootLoopResult` (``value``, ``codes``, ``residual``,
+``num_steps``, ``state``), and ``solver.learned(result.state)`` hands over what the solve learnt, for an
+adjoint solve to reuse: ``"lu"`` (Newton's last LU factors of F's Jacobian; ``.solve(b, transpose=True)``
+for the adjoint), ``"inverse_jacobian"`` (Broyden's ``(U, V)`` with F's inverse Jacobian ≈ −I + Σ uᵢ vᵢᵀ),
+``"anderson_history"`` (Anderson's ring). The high-level calls return the same dict as ``sol.learned``. With
+active-set compaction (``compact=True``) a sample's learnt state is the one it had when it finished.
 
 >>> import numpy as np
 >>> from deqcore.root import Broyden, RootProblem, run

@@ -121,5 +121,6 @@ class Anderson(RootSolver):
 
     def learned(self, state) -> dict:
         """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ
-        (B, history_size, n), of which the first ``count`` slots are filled."""
+        (B, history_size, n), of which the first ``count`` slots are filled (with ``compact=True``, a sample that
+        finished early filled only the slots of the steps it ran; the others are zero)."""
         return {"anderson_history": (state.G, state.F, min(state.k, self.history_size))}
