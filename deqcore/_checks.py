@@ -5,7 +5,11 @@ from __future__ import annotations
 import numbers
 import math
 
-__all__ = ["check_tolerance", "check_positive_int", "check_callable", "check_probability", "check_choice"]
+__all__ = ["check_tolerance", "check_positive_int", "check_callable", "check_probability", "check_choice",
+           "check_bool", "check_solver_dtype", "check_returned_array", "SOLVER_DTYPES"]
+
+#: the floating dtypes the solvers and their kernels support
+SOLVER_DTYPES = ("float32", "float64")
 
 
 def check_tolerance(value, name: str) -> float:
@@ -66,3 +70,56 @@ def check_choice(value, name: str, choices):
         listed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {listed}; got {value!r}")
     return value
+
+
+def check_bool(value, name: str) -> bool:
+    """A Python or NumPy bool (not a string, not a number).
+
+    >>> check_bool(True, "throw")
+    True
+    >>> check_bool("False", "throw")
+    Traceback (most recent call last):
+    ...
+    TypeError: throw must be True or False, got str
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+
+
+def check_solver_dtype(x, name: str):
+    """``x`` (an array already known to be floating) holds float32 or float64: the precisions the solvers and
+    their kernels support (float16 is too coarse, longdouble/float128 has no kernels).
+
+    >>> import numpy as np
+    >>> check_solver_dtype(np.zeros(2, np.longdouble), "y0")
+    Traceback (most recent call last):
+    ...
+    TypeError: y0 has dtype float128; deqcore solves in float32 or float64: pass y0.astype(np.float64)
+    """
+    if str(x.dtype) not in SOLVER_DTYPES:
+        raise TypeError(f"{name} has dtype {x.dtype}; deqcore solves in float32 or float64: pass "
+                        f"{name}.astype(np.float64)")
+    return x
+
+
+def check_returned_array(out, name: str, shape, dtype, array_type, *, shape_of: str = "y0's"):
+    """What a user callable ``name`` returned: an ``array_type`` of ``shape`` (described as ``shape_of`` shape)
+    and of y0's ``dtype``; attribute reads only, cheap enough for every call. Errors name the callable.
+
+    >>> import numpy as np
+    >>> check_returned_array(np.zeros(2, np.float32), "fn", (2,), np.dtype(np.float64), np.ndarray)
+    Traceback (most recent call last):
+    ...
+    TypeError: fn must return arrays of y0's dtype float64; a call returned float32 (cast inside fn, or pass y0 as float32)
+    """
+    if not isinstance(out, array_type):
+        raise TypeError(f"{name} must return an array of the same kind as y0 ({array_type.__module__}."
+                        f"{array_type.__name__}); a call returned {type(out).__name__}")
+    if out.dtype != dtype:
+        fix = f"cast inside {name}" + (f", or pass y0 as {out.dtype}" if str(out.dtype) in SOLVER_DTYPES else "")
+        raise TypeError(f"{name} must return arrays of y0's dtype {dtype}; a call returned {out.dtype} ({fix})")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} must return arrays of {shape_of} shape {tuple(shape)}; a call returned "
+                         f"{tuple(out.shape)}")
+    return out

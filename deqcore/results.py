@@ -58,7 +58,8 @@ _MESSAGES = {
     ),
     ReturnCode.STALLED: (
         "the residual stopped decreasing before reaching the tolerance: the problem may have no root "
-        "near the start point, or the tolerance is below what the dtype can resolve (use float64)"
+        "near the start point (its iterates may be running off to infinity, where no root lies), or the "
+        "tolerance is below what the dtype can resolve (use float64)"
     ),
     ReturnCode.LINEAR_SOLVE_FAILED: (
         "a linear solve failed (singular or ill-conditioned matrix, or GMRES did not converge): use a "

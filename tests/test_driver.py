@@ -28,11 +28,11 @@ def _mixed_batch(rng, batch, n, dtype):
 
 
 def _solve(g, batch, n, dtype, solver, **options):
-    problem = RootProblem(lambda y: g(y) - y, np, dtype, batch, n, fixed_point_map=g)
+    problem = RootProblem(lambda y: g(y) - y, np, dtype, batch, n, fixed_point_map=g, relative_to="iterate")
     with np.errstate(all="ignore"):            # the diverging samples overflow, as the entry points allow
-        best, codes, res, steps, _ = run(problem, solver, np.zeros((batch, n), dtype), atol=1e-6, rtol=1e-6,
-                                         max_steps=60, patience=8, **options)
-    return best, codes, res, steps, problem.nfev
+        out = run(problem, solver, np.zeros((batch, n), dtype), atol=1e-6, rtol=1e-6, max_steps=60, patience=8,
+                  **options)
+    return out.value, out.codes, out.residual, out.num_steps, problem.nfev
 
 
 @given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 7), n=st.integers(1, 9),
@@ -67,9 +67,9 @@ def test_checking_every_k_steps_only_adds_steps(rng, check_every):
 def test_max_steps_is_respected_with_sparse_checks():
     g = lambda z: z + 1.0                                              # never converges, never diverges
     problem = RootProblem(lambda y: g(y) - y, np, np.float64, 1, 1, fixed_point_map=g)
-    _, codes, _, steps, _ = run(problem, dq.FixedPointIteration(), np.zeros((1, 1)), atol=1e-6, rtol=0.0,
-                                max_steps=7, patience=100, check_every=4)
-    assert steps == 7 and codes[0] == int(dq.ReturnCode.MAX_STEPS)
+    out = run(problem, dq.FixedPointIteration(), np.zeros((1, 1)), atol=1e-6, rtol=0.0, max_steps=7, patience=100,
+              check_every=4)
+    assert out.num_steps == 7 and out.codes[0] == int(dq.ReturnCode.MAX_STEPS)
 
 
 def test_device_driver_matches_numpy(xp):
@@ -81,10 +81,37 @@ def test_device_driver_matches_numpy(xp):
     def g_device(z):
         return xp.asarray(g(xp.asnumpy(z) if hasattr(xp, "asnumpy") else z))
 
-    problem = RootProblem(lambda y: g_device(y) - y, xp, np.float64, 6, 5, fixed_point_map=g_device)
+    problem = RootProblem(lambda y: g_device(y) - y, xp, np.float64, 6, 5, fixed_point_map=g_device,
+                          relative_to="iterate")
     with np.errstate(all="ignore"):
-        best, codes, res, steps, _ = run(problem, dq.Anderson(), xp.zeros((6, 5)), atol=1e-6, rtol=1e-6,
-                                         max_steps=60, patience=8)
+        out = run(problem, dq.Anderson(), xp.zeros((6, 5)), atol=1e-6, rtol=1e-6, max_steps=60, patience=8)
     to_host = (lambda a: xp.asnumpy(a)) if hasattr(xp, "asnumpy") else np.asarray
-    np.testing.assert_allclose(to_host(best), expected[0], atol=1e-12)
-    np.testing.assert_array_equal(to_host(codes), expected[1])
+    np.testing.assert_allclose(to_host(out.value), expected[0], atol=1e-12)
+    np.testing.assert_array_equal(to_host(out.codes), expected[1])
+
+
+def test_cuda_bookkeeping_matches_the_reference_on_a_whole_run(rng):
+    # Under the CUDA simulator: a mixed batch (converging, diverging, stalling rows) plus a runaway row whose
+    # fixed-point residual rounds to zero far out, with a relative tolerance: same iterates, codes and counts.
+    g_mixed, kind = _mixed_batch(rng, 4, 3, np.float64)
+
+    def g(z):
+        out = g_mixed(z)
+        out[3] = z[3] + 2.0 - np.arctan(z[3])                      # no fixed point; its iterates run away
+        return out
+
+    def solve():
+        problem = RootProblem(lambda y: g(y) - y, np, np.float64, 4, 3, fixed_point_map=g, relative_to="iterate")
+        with np.errstate(all="ignore"):
+            out = run(problem, dq.FixedPointIteration(), np.zeros((4, 3)), atol=1e-8, rtol=1e-3, max_steps=12,
+                      patience=4)
+        return out.value, out.codes, out.residual, out.num_steps, problem.nfev
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEQCORE_KERNELS", "reference")
+        reference = solve()
+        patch.setenv("DEQCORE_KERNELS", "numba_cuda")
+        simulated = solve()
+    for ref, out in zip(reference, simulated):
+        np.testing.assert_array_equal(out, ref)
+    assert reference[1][3] != int(dq.ReturnCode.SUCCESS)

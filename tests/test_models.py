@@ -317,7 +317,8 @@ def test_trained_skip_deq_needs_fewer_nfe_than_plain_deq():
     data = digits.load_digits_split(0)
     nfe = {}
     for name, init, weight in (("plain", "zeros", 0.0), ("skip", nn.Dense(32, 32, "tanh"), 1.0)):
-        model = digits.build_classifier(32, dq.Anderson(), init=init, skip_loss_weight=weight)
+        # compared at one absolute tolerance (rtol=0): a relative test scales with each start point
+        model = digits.build_classifier(32, dq.Anderson(), init=init, skip_loss_weight=weight, rtol=0.0)
         params, state, _ = digits.train(model, data, epochs=4, lr=2e-2, progress=False)
         _, state = model(data[2], params, nn.testmode(state))
         nfe[name] = state["layer_2"]["solution"].nfe

@@ -126,7 +126,7 @@ def test_default_solves_every_problem_scipy_solves(name):
         assert np.abs(fn(sol.value)).max() <= 1e-9           # checked independently of the solver
 
 
-@pytest.mark.parametrize("solver", [dq.NewtonRaphson(), dq.TrustRegion(), dq.NewtonRaphson(linsolve=dq.GMRES())],
+@pytest.mark.parametrize("solver", [dq.NewtonRaphson(), dq.TrustRegion(), dq.NewtonRaphson(linear_solver=dq.GMRES())],
                          ids=["newton", "trust_region", "newton_krylov"])
 def test_newton_family_on_rosenbrock(solver):
     fn, y0 = PROBLEMS["generalised_rosenbrock_10"]()
@@ -148,7 +148,7 @@ def test_user_jacobian_is_used():
 
 def test_newton_reports_learned_lu_factors():
     A = np.array([[3.0, 1.0], [1.0, 2.0]])
-    sol = dq.root_find(lambda y: A @ y - 1.0, np.zeros(2), dq.NewtonRaphson(linsolve=dq.LU()))
+    sol = dq.root_find(lambda y: A @ y - 1.0, np.zeros(2), dq.NewtonRaphson(linear_solver=dq.LU()))
     lu = sol.learned["lu"]
     np.testing.assert_allclose(lu.solve(np.ones((1, 2)), transpose=True)[0], np.linalg.solve(A.T, np.ones(2)),
                                rtol=1e-6)
@@ -207,9 +207,9 @@ def test_bad_input_is_named():
         dq.fixed_point(f, np.array([np.nan]))
     with pytest.raises(TypeError, match="y0 must have a floating dtype"):
         dq.fixed_point(f, np.arange(3))
-    with pytest.raises(ValueError, match="fn must return an array of y0's shape"):
+    with pytest.raises(ValueError, match="fn must return arrays of y0's shape"):
         dq.fixed_point(lambda z: z[:1], np.zeros(3))
-    with pytest.raises(TypeError, match="fn must return y0's dtype"):
+    with pytest.raises(TypeError, match="fn must return arrays of y0's dtype"):
         dq.fixed_point(lambda z: z.astype(np.float64), np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="atol"):
         dq.fixed_point(f, np.zeros(3), atol=-1.0)
@@ -221,7 +221,7 @@ def test_bad_input_is_named():
         dq.fixed_point(None, np.zeros(3))
     with pytest.raises(ValueError, match="batched=True needs y0"):
         dq.fixed_point(f, np.zeros(3), batched=True)
-    with pytest.raises(ValueError, match="jac must return"):
+    with pytest.raises(ValueError, match="jac must return arrays of the Jacobian's shape"):
         dq.root_find(f, np.zeros(3), jac=lambda y: np.eye(2))
     with pytest.raises(TypeError, match="unexpected keyword"):
         dq.fixed_point(f, np.zeros(3), tol=1e-3)
@@ -234,9 +234,65 @@ def test_bad_solver_settings_are_named():
         dq.FixedPointIteration(damping=0.0)
     with pytest.raises(ValueError, match="linesearch"):
         dq.NewtonRaphson(linesearch="wolfe")
-    with pytest.raises(TypeError, match="linsolve"):
-        dq.NewtonRaphson(linsolve="gmres")
+    with pytest.raises(TypeError, match="linear_solver"):
+        dq.NewtonRaphson(linear_solver="gmres")
+    with pytest.raises(TypeError, match="now called linear_solver"):
+        dq.NewtonRaphson(linsolve=dq.GMRES())
     with pytest.raises(ValueError, match="threshold"):
         dq.LimitedMemoryBroyden(threshold=0)
     with pytest.raises(ValueError, match="eta"):
         dq.TrustRegion(eta=0.5)
+
+
+# -- active-set compaction -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", [dq.Anderson(), dq.Broyden(), dq.LimitedMemoryBroyden(), dq.FixedPointIteration(),
+                                    dq.NewtonRaphson()], ids=["anderson", "broyden", "lbroyden", "fpi", "newton"])
+def test_compaction_evaluates_fewer_rows_and_changes_no_result(solver, rng):
+    # Samples of very different difficulty (contractions 0.05 ... 0.9) and one without a fixed point: with
+    # compact=True fn sees only the running rows, and each sample's value, code and residual equal the
+    # uncompacted solve and its own unbatched solve to round-off.
+    B, n = 8, 5
+    W = rng.standard_normal((B, n, n))
+    W *= np.linspace(0.05, 0.9, B)[:, None, None] / np.linalg.norm(W, 2, axis=(1, 2))[:, None, None]
+    x = rng.standard_normal((B, n))
+    shift = np.zeros((B, 1))
+    shift[3] = 5.0                                      # sample 3: z -> z + 5 - arctan(z) has no fixed point
+
+    def fn(z, W, x, shift):
+        g = np.tanh(np.einsum("bij,bj->bi", W, z) + x)
+        return np.where(shift > 0, z + shift - np.arctan(z), g)
+
+    seen = []
+
+    def counted(z, *args):
+        seen.append(z.shape[0])
+        return fn(z, *args)
+
+    args = (W, x, shift)
+    options = dict(atol=1e-10, rtol=0.0, max_steps=120, batched=True, throw=False)
+    with np.errstate(all="ignore"):
+        plain = dq.fixed_point(fn, np.zeros((B, n)), solver, args=args, **options)
+        compact = dq.fixed_point(counted, np.zeros((B, n)), solver, args=args, compact=True, **options)
+    np.testing.assert_array_equal(compact.result, plain.result)
+    np.testing.assert_allclose(compact.value, plain.value, rtol=1e-12, atol=1e-14)
+    assert compact.stats["nfev"] == plain.stats["nfev"]
+    assert compact.stats["row_evaluations"] == sum(seen)
+    assert plain.stats["row_evaluations"] == B * plain.stats["nfev"]
+    if solver.compactable:
+        assert compact.stats["row_evaluations"] < plain.stats["row_evaluations"]
+        assert min(seen) < B
+    assert not compact.success[3] and compact.success[np.arange(B) != 3].all()
+    for b in range(B):
+        solo = dq.fixed_point(lambda z: fn(z[None], W[b:b + 1], x[b:b + 1], shift[b:b + 1])[0], np.zeros(n), solver,
+                              **{**options, "batched": False})
+        np.testing.assert_allclose(compact.value[b], solo.value, rtol=1e-12, atol=1e-14)
+
+
+def test_compaction_arguments_are_checked():
+    f = lambda z, x: 0.5 * z + x  # noqa: E731
+    with pytest.raises(ValueError, match="compact=True needs batched=True"):
+        dq.fixed_point(f, np.zeros(3), args=(np.ones(3),), compact=True)
+    with pytest.raises(ValueError, match=r"args\[0\]"):
+        dq.fixed_point(f, np.zeros((2, 3)), args=(np.ones(3),), batched=True, compact=True)
+    with pytest.raises(TypeError, match="compact"):
+        dq.fixed_point(f, np.zeros((2, 3)), args=(np.ones((2, 3)),), batched=True, compact="yes")

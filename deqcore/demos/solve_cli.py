@@ -32,7 +32,7 @@ def _solver(name):
     return {
         "default": None,
         "newton": dq.NewtonRaphson(),
-        "newton_krylov": dq.NewtonRaphson(linsolve=dq.GMRES()),
+        "newton_krylov": dq.NewtonRaphson(linear_solver=dq.GMRES()),
         "trust_region": dq.TrustRegion(),
         "broyden": dq.Broyden(),
         "lbroyden": dq.LimitedMemoryBroyden(),

@@ -16,8 +16,10 @@ deqcore.results.SolveError: solve failed with LINEAR_SOLVE_FAILED: ...
 
 from __future__ import annotations
 
+from .._checks import check_solver_dtype
+from ..backend import check_float_array
 from ..results import Solution
-from ._validate import check_bool
+from ._validate import check_bool, check_square
 from .base import LinearSolver
 from .gmres import GMRES
 from .lu import LU
@@ -53,9 +55,18 @@ def linear_solve(A_or_op, b, solver=None, *, x0=None, transpose=False, throw=Tru
     (True, [True, True])
     >>> bool(np.allclose(dq.linear_solve(A, np.array([6.0, 4.0]), transpose=True).value, [1.0, 1.0]))
     True
+    >>> dq.linear_solve(A, [6.0, 4.0])
+    Traceback (most recent call last):
+    ...
+    TypeError: b must be a NumPy or CuPy array, got list
     """
     transpose = check_bool(transpose, "transpose")
     throw = check_bool(throw, "throw")
+    check_float_array(b, "b")            # before anything reads b's shape: a list gets an error naming b
+    check_solver_dtype(b, "b")
+    if not isinstance(A_or_op, LinearOperator):
+        check_square(A_or_op, "A")
+        check_solver_dtype(A_or_op, "A")
     if solver is None:
         solver = GMRES() if isinstance(A_or_op, LinearOperator) else LU()
     if not isinstance(solver, LinearSolver):

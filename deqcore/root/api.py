@@ -2,8 +2,19 @@
 
 Both validate their arguments (errors name the argument), flatten the problem to (B, n) — B independent
 systems when ``batched=True``, else one system of any shape — and run the solver in the one driver loop.
-Convergence is per sample: max|F(y)| ≤ atol + rtol·max|y|, with F(y) = fn(y) for root_find and
-F(y) = fn(y) − y for fixed_point. Fixed-point solvers (Anderson, FixedPointIteration) also work in
+
+Convergence is per sample, on the max-norm of the residual, against a threshold fixed at the start point:
+
+- ``root_find``: max|fn(y)| ≤ atol + rtol·min(max|y|, max|fn(y0)|);
+- ``fixed_point``: max|fn(y) − y| ≤ atol + rtol·min(max|y|, s0), s0 = max(max|y0|, max|fn(y0)|); an iterate
+  growing past s0/√eps has run away (DIVERGED: fn(y) − y would round to zero there).
+
+atol is absolute; rtol is relative to the iterate's size (SciML's abstol/reltol map onto atol/rtol), capped at
+a scale fixed at the start (for root_find the start's residual, SciPy's ``f_rtol``). ``rtol=0`` leaves atol
+alone. The threshold never grows past its value at the start, so iterates
+running off to infinity are never accepted (they end DIVERGED, STALLED or MAX_STEPS), and a SUCCESS sample's
+``sol.value`` is the very iterate that met the test: ``fn`` evaluated there passes it (``sol.residual`` is its
+max|residual|). Fixed-point solvers (Anderson, FixedPointIteration) also work in
 root_find: they iterate y ← y + fn(y), which converges where fn behaves like G(y) − y for a contractive G.
 Root finders work in fixed_point on the residual fn(y) − y.
 
@@ -17,12 +28,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_callable, check_positive_int, check_tolerance
+from .._checks import (check_bool, check_callable, check_positive_int, check_returned_array, check_solver_dtype,
+                       check_tolerance)
 from ..backend import check_finite, check_float_array, get_namespace
 from ..results import ReturnCode
 from .base import RootSolver
 from .broyden import LimitedMemoryBroyden
-from .driver import run, to_solution
+from .driver import RootLoopResult, run, to_solution
 from .fixed_point_solvers import Anderson
 from .newton import DENSE_LIMIT, NewtonRaphson, TrustRegion
 from .problem import flat_problem
@@ -30,9 +42,13 @@ from .problem import flat_problem
 __all__ = ["root_find", "fixed_point", "default_solvers"]
 
 
-def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched):
+def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact):
     check_callable(fn, "fn")
-    check_float_array(y0, "y0")
+    if isinstance(y0, np.generic):
+        raise TypeError(f"y0 must be a NumPy or CuPy array, got the scalar {type(y0).__name__}: pass "
+                        f"np.asarray(y0).reshape(1)")
+    xp = check_float_array(y0, "y0")
+    check_solver_dtype(y0, "y0")
     check_finite(y0, "y0")
     if solver is not None and not isinstance(solver, RootSolver):
         raise TypeError("solver must be a deqcore root solver (dq.Anderson(), dq.Broyden(), dq.NewtonRaphson(), "
@@ -42,23 +58,22 @@ def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched):
     check_tolerance(atol, "atol")
     check_tolerance(rtol, "rtol")
     check_positive_int(max_steps, "max_steps")
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be True or False, got {type(batched).__name__}")
+    check_bool(batched, "batched")
+    check_bool(throw, "throw")
+    if check_bool(compact, "compact") and not batched:
+        raise ValueError("compact=True needs batched=True (it drops finished samples of a batch)")
     if batched and (y0.ndim < 2 or y0.shape[0] == 0):
         raise ValueError(f"batched=True needs y0 of shape (B, ...) with B >= 1 and a system per sample; got "
                          f"{y0.shape}")
     if y0.size == 0:
         raise ValueError("y0 is empty")
-    fy = fn(y0, *args)
-    if not hasattr(fy, "shape") or tuple(fy.shape) != tuple(y0.shape):
-        got = tuple(fy.shape) if hasattr(fy, "shape") else type(fy).__name__
-        raise ValueError(f"fn must return an array of y0's shape {tuple(y0.shape)}; fn(y0) gave {got}")
-    if getattr(fy, "dtype", None) != y0.dtype:
-        raise TypeError(f"fn must return y0's dtype {y0.dtype}; fn(y0) gave {fy.dtype} (cast inside fn, or pass y0 "
-                        f"as {fy.dtype})")
-    if get_namespace(fy) is not get_namespace(y0):
-        raise TypeError("fn must return an array on y0's device (NumPy for NumPy, CuPy for CuPy)")
-    return fy
+    if compact:
+        for i, a in enumerate(args):
+            if not (isinstance(a, xp.ndarray) and a.ndim >= 1 and a.shape[0] == y0.shape[0]):
+                raise ValueError(f"compact=True needs every element of args to be a per-sample array with the batch "
+                                 f"({y0.shape[0]}) on its leading axis; args[{i}] is not (capture shared arrays in "
+                                 f"fn instead)")
+    return check_returned_array(fn(y0, *args), "fn", y0.shape, y0.dtype, xp.ndarray)
 
 
 def default_solvers(n: int, has_jac: bool):
@@ -74,83 +89,97 @@ def default_solvers(n: int, has_jac: bool):
     return first + [LimitedMemoryBroyden(), Anderson()]
 
 
-def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode):
+def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode, compact):
     """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation)."""
-    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac)
+    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact)
     f0 = fy0.reshape(y2d.shape)
     if mode == "fixed_point":
         f0 = f0 - y2d
     problem.nfev += 1
+    problem.row_evaluations += problem.batch
     with np.errstate(all="ignore"):  # non-finite values are reported through return codes
         if solver is not None:
-            best, codes, res, steps, state = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps,
-                                                 f0=f0)
-            learned = solver.learned(state)
+            out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0)
+            learned = solver.learned(out.state)
         else:
-            best, codes, res, steps, learned = _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps)
-    sol = to_solution(problem, best, codes, res, steps, unflatten, batched, learned)
+            out, learned = _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps), {}
+    sol = to_solution(problem, out, unflatten, batched, learned)
     if throw:
         sol.raise_if_failed()
     return sol
 
 
-def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps):
-    """Run the default solvers in turn, each on the samples the previous ones left unsolved (from y0)."""
+def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps) -> RootLoopResult:
+    """Run the default solvers in turn, each on the samples the previous ones left unsolved (from y0). A sample
+    keeps the first SUCCESS, else the lowest-residual outcome (its value and code together)."""
     xp = problem.xp
     best = y2d.copy()
     codes = xp.full(problem.batch, int(ReturnCode.NOT_RUN), dtype=np.int64)
     res = xp.full(problem.batch, xp.inf, dtype=y2d.dtype)
     steps = 0
     for solver in default_solvers(problem.n, problem.has_jac):
-        b, c, r, k, _ = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0)
-        steps += k
-        improve = (codes != int(ReturnCode.SUCCESS)) & ((c == int(ReturnCode.SUCCESS)) | (r < res))
-        best = xp.where(improve[:, None], b, best)
-        res = xp.where(improve, r, res)
-        codes = xp.where(improve, c, codes)
+        out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0)
+        steps += out.num_steps
+        improve = (codes != int(ReturnCode.SUCCESS)) & ((out.codes == int(ReturnCode.SUCCESS)) | (out.residual < res))
+        best = xp.where(improve[:, None], out.value, best)
+        res = xp.where(improve, out.residual, res)
+        codes = xp.where(improve, out.codes, codes)
         if bool((codes == int(ReturnCode.SUCCESS)).all()):
             break
-    return best, codes, res, steps, {}
+    return RootLoopResult(best, codes, res, steps, None)
 
 
 def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
-              throw=True):
+              throw=True, compact=False):
     """Solve fn(y, *args) = 0 from y0.
 
     Args:
         fn: ``fn(y, *args)`` returning an array shaped like y.
         y0: start point (float32/float64 NumPy or CuPy array).
         solver: a root solver; None tries robust methods in turn (see :func:`default_solvers`).
-        jac: optional ``jac(y, *args)`` returning the Jacobian, shape (n, n) — or (B, n, n) when batched.
-        atol, rtol: per-sample test max|fn(y)| ≤ atol + rtol·max|y| (SciML's abstol/reltol).
-        max_steps: iteration limit (SciML's maxiters).
+        jac: optional ``jac(y, *args)`` returning the Jacobian, shape (n, n) — or (B, n, n) when batched — in
+            y0's dtype.
+        atol, rtol: the per-sample test max|fn(y)| ≤ atol + rtol·min(max|y|, max|fn(y0)|): atol is absolute,
+            rtol relative to the iterate's size (SciML's abstol/reltol) but capped at the start's residual
+            (SciPy's ``f_rtol``), so runaway iterates are never accepted.
+        max_steps: iteration limit (SciML's maxiters); any positive integer.
         batched: the leading axis holds independent systems (per-sample convergence and return codes).
         throw: raise :class:`~deqcore.SolveError` when a system fails (else check ``sol.result``).
+        compact: with ``batched=True``, declares fn's rows independent and every element of ``args`` per-sample
+            (batch on its leading axis; capture shared arrays in fn): finished samples are then dropped from the
+            evaluations (fn is called on the running rows only, with the matching rows of ``args``) where the
+            solver allows it (Anderson, Broyden, LimitedMemoryBroyden, FixedPointIteration).
+            ``sol.stats["row_evaluations"]`` counts the rows evaluated (nfev × B without compaction).
+
+    Every call of ``fn`` (and ``jac``) is checked to return an array of y0's kind, shape and dtype; float32 and
+    float64 are supported. A SUCCESS sample's ``sol.value`` is the iterate that passed the test.
 
     >>> import numpy as np, deqcore as dq
     >>> sol = dq.root_find(lambda y: y ** 2 - np.array([4.0, 9.0]), np.ones(2))
     >>> sol.value, sol.success
     (array([2., 3.]), True)
+    >>> dq.root_find(lambda y: np.arctan(y) - 2.0, np.zeros(1), throw=False).success     # no root: never SUCCESS
+    False
     """
-    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched)
+    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact)
     if jac is not None:
         check_callable(jac, "jac")
         n = y0[0].size if batched else y0.size
         expected = ((y0.shape[0], n, n) if batched else (n, n))
-        J = jac(y0, *args)
-        if tuple(getattr(J, "shape", ())) != expected:
-            raise ValueError(f"jac must return the Jacobian of shape {expected}; jac(y0) gave "
-                             f"{getattr(J, 'shape', type(J).__name__)}")
+        check_returned_array(jac(y0, *args), "jac", expected, y0.dtype, get_namespace(y0).ndarray,
+                             shape_of="the Jacobian's")
     return _solve(fn, y0, fy0, solver, args=args, jac=jac, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
-                  throw=throw, mode="root")
+                  throw=throw, mode="root", compact=compact)
 
 
 def fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
-                throw=True):
+                throw=True, compact=False):
     """Find y = fn(y, *args) from y0; ``solver=None`` means ``Anderson()``.
 
-    The test is per sample: max|fn(y) − y| ≤ atol + rtol·max|y|; the other arguments are as in
-    :func:`root_find`.
+    The test is per sample: max|fn(y) − y| ≤ atol + rtol·min(max|y|, s0) with s0 = max(max|y0|, max|fn(y0)|):
+    atol is absolute, rtol relative to the iterate's size (SciML's reltol, as DEQs use it) but capped at the
+    start's size s0, so iterates running off to infinity are never accepted; an iterate growing past s0/√eps
+    (where fn(y) − y would round to zero) ends DIVERGED. The other arguments are as in :func:`root_find`.
 
     >>> import numpy as np, deqcore as dq
     >>> W = np.array([[0.5, 0.2], [0.1, 0.3]])
@@ -159,6 +188,6 @@ def fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps
     >>> sol.success.tolist(), sol.stats["num_steps"] < 20
     ([True, True, True], True)
     """
-    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched)
+    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact)
     return _solve(fn, y0, fy0, Anderson() if solver is None else solver, args=args, jac=None, atol=atol, rtol=rtol,
-                  max_steps=max_steps, batched=batched, throw=throw, mode="fixed_point")
+                  max_steps=max_steps, batched=batched, throw=throw, mode="fixed_point", compact=compact)

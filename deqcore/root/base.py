@@ -1,32 +1,49 @@
-"""What every root solver shares: its mutable iteration state and the settings checks."""
+"""What every root solver shares: the state every solver's state extends, and the solver protocol.
+
+A solver is a frozen dataclass of settings with two methods:
+
+- ``init(problem, y, f) -> state``: a dataclass extending :class:`IterateState` (the current iterate ``y`` and
+  its residual ``f`` = F(y), both (B, n)), its own fields declared in one place;
+- ``step(problem, state) -> (state, failed)``: one iteration; ``failed`` is None, or an int array (B,) of
+  :class:`~deqcore.ReturnCode` values for samples the solver itself cannot continue (0 where it has nothing to
+  report). The driver owns what happens next: it records the code and finishes those samples.
+
+Kernel handles are not state: a solver fetches them from the registry (``backend.get_kernel``) when it steps.
+A solver whose state fields are all per-row arrays (batch on the leading axis) or shared scalars sets
+``compactable = True``: the driver may then run it on the still-running rows only (active-set compaction).
+"""
 
 from __future__ import annotations
 
-__all__ = ["SolverState", "RootSolver"]
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["IterateState", "RootSolver"]
 
 
-class SolverState:
-    """The iteration state: ``y`` and ``f`` = F(y) of shape (B, n), ``failed`` (None or per-sample ReturnCodes
-    the solver reports, 0 where it has nothing to say) and solver-specific fields."""
+@dataclass
+class IterateState:
+    """The current iterate ``y`` and its residual ``f`` = F(y), each (B, n)."""
 
-    def __init__(self, y, f, **fields):
-        self.y = y
-        self.f = f
-        self.failed = None
-        self.__dict__.update(fields)
+    y: Any
+    f: Any
 
 
 class RootSolver:
     """Base of the root-finding and fixed-point solvers (frozen dataclasses of settings).
 
-    Subclasses implement ``init(problem, y, f) -> SolverState`` and ``step(problem, state) -> SolverState``
-    and may override ``learned(state) -> dict`` to hand what they learnt to later solves (adjoints).
+    Subclasses implement ``init(problem, y, f) -> state`` and ``step(problem, state) -> (state, failed)``
+    (see the module docstring) and may override ``learned(state) -> dict`` to hand what they learnt to later
+    solves (adjoints).
     """
 
-    def init(self, problem, y, f):  # pragma: no cover - abstract
+    #: the state is all per-row arrays and shared scalars: the driver may gather it to the running rows
+    compactable = False
+
+    def init(self, problem, y, f) -> IterateState:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def step(self, problem, state):  # pragma: no cover - abstract
+    def step(self, problem, state) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def learned(self, state) -> dict:

@@ -15,21 +15,37 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .._checks import check_positive_int, check_tolerance
 from ..backend import get_kernel
-from .base import RootSolver, SolverState
+from .base import IterateState, RootSolver
 from . import broyden_kernels  # noqa: F401  (registers broyden_dots and broyden_update)
 
-__all__ = ["Broyden", "LimitedMemoryBroyden"]
+__all__ = ["Broyden", "LimitedMemoryBroyden", "BroydenState"]
+
+
+@dataclass
+class BroydenState(IterateState):
+    """Broyden's state besides the iterate ``y`` and ``f`` = F(y): the stored pairs ``U``, ``V`` (B, memory, n)
+    with F's inverse Jacobian ≈ −I + Σ uᵢ vᵢᵀ, ``count`` (B,) pairs stored per sample, ``k`` steps taken, the
+    next step ``s`` and the next iterate ``y_next`` = y + s."""
+
+    U: Any = None
+    V: Any = None
+    count: Any = None
+    k: int = 0
+    s: Any = None
+    y_next: Any = None
 
 
 class _LowRankBroyden(RootSolver):
     """Shared mechanics; subclasses choose what happens when memory is full and on stagnation."""
 
     _limited = False
+    compactable = True
 
     def _capacity(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -45,10 +61,10 @@ class _LowRankBroyden(RootSolver):
         faults cost more than all the Broyden arithmetic of a short solve)."""
         xp, m, (batch, n) = problem.xp, self._capacity(), y.shape
         ring = xp.zeros((2, batch, m, n), dtype=y.dtype)
-        return SolverState(y, f, U=ring[0], V=ring[1], count=xp.zeros(batch, dtype=np.int64), k=0, s=f, y_next=y + f,
-                           kernel=get_kernel("broyden_step", xp))
+        return BroydenState(y, f, U=ring[0], V=ring[1], count=xp.zeros(batch, dtype=np.int64), k=0, s=f,
+                            y_next=y + f)
 
-    def step(self, problem, state):
+    def step(self, problem, state: BroydenState):
         """y ← y + s with s = −H F(y), then the good-Broyden update H ← H + (s − H d) sᵀH / (sᵀH d), s = Δy,
         d = ΔF, and the next step −H F(y) for the new H.
 
@@ -57,10 +73,11 @@ class _LowRankBroyden(RootSolver):
         next step and iterate. Every per-sample decision stays on the device."""
         y, s = state.y_next, state.s
         f = problem.F(y)
-        state.y_next, state.s, state.U, state.V, state.count = state.kernel(
+        kernel = get_kernel("broyden_step", problem.xp)
+        state.y_next, state.s, state.U, state.V, state.count = kernel(
             state.U, state.V, y, f, state.f, s, state.count, state.k, self._limited, self._reset_factor())
         state.y, state.f, state.k = y, f, state.k + 1
-        return state
+        return state, None
 
     def learned(self, state) -> dict:
         """``inverse_jacobian``: (U, V) with F's inverse Jacobian ≈ −I + Σ uᵢ vᵢᵀ per sample."""

@@ -1,71 +1,153 @@
 """The one driver loop every root solver runs in: per-sample norms, termination, best iterate, return codes.
 
-A solver is a frozen dataclass with ``init(problem, y, f) -> state`` and ``step(problem, state) -> state``;
-the state carries at least ``y`` (the current iterate, (B, n)), ``f`` (its residual F(y)) and ``failed``
-(None, or an int array of per-sample ReturnCodes the solver wants to report, 0 where it has nothing to say).
-The driver owns everything else: convergence (max|F| ≤ atol + rtol·max|y| per sample), the best iterate
-(lowest residual) per sample, freezing of finished samples, DIVERGED on non-finite or exploding residuals,
-STALLED when the best residual has not improved for ``patience`` steps, and MAX_STEPS.
+A solver is a frozen dataclass with ``init(problem, y, f) -> state`` and ``step(problem, state) -> (state,
+failed)`` (see :mod:`deqcore.root.base`); the state carries at least ``y`` (the current iterate, (B, n)) and
+``f`` (its residual F(y)). The driver owns everything else: the per-sample tolerance, convergence, the best
+iterate (lowest residual) per sample, freezing of finished samples, DIVERGED on non-finite iterates or
+exploding residuals, STALLED when the best residual has not improved for ``patience`` steps, MAX_STEPS, and the
+codes the solver reports through ``failed``.
+
+The test, per sample, is fixed at the start (see :meth:`RootProblem.tolerance`), so an iterate running off to
+infinity never meets it; and the value returned for a SUCCESS is the very iterate that met it.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..results import ReturnCode, Solution
 from ..backend import get_kernel
-from . import kernels  # noqa: F401  (registers driver_update)
+from . import driver_kernels  # noqa: F401  (registers driver_update)
 
-__all__ = ["run", "DIVERGENCE_FACTOR", "CHECK_EVERY_DEVICE"]
+__all__ = ["run", "RootLoopResult", "DIVERGENCE_FACTOR", "CHECK_EVERY_DEVICE", "PATIENCE_CAP", "COMPACT_BELOW"]
 
 #: a residual this many times larger than the initial one counts as divergence
 DIVERGENCE_FACTOR = 1e8
 #: steps between "all done?" checks on a GPU (each check waits for the device; measured by benchmarks/bench_gpu.py)
 CHECK_EVERY_DEVICE = 4
+#: the default patience is max_steps // 4, at least 25 and at most this (so a huge max_steps cannot keep a
+#: sample that no longer improves running for ever)
+PATIENCE_CAP = 1000
+#: active-set compaction: the loop drops finished rows when at most this fraction of its rows is still running
+#: (so the gathers happen at most log2(B) times)
+COMPACT_BELOW = 0.5
 
 
-def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, check_every=None) -> tuple:
-    """Iterate ``solver`` on ``problem`` from y0 (B, n). Returns ``(best_y, codes, best_res, num_steps, state)``.
+@dataclass
+class RootLoopResult:
+    """What :func:`run` returns, per sample (B rows): ``value`` (the converged iterate for SUCCESS, else the
+    lowest-residual one), ``codes`` (int ReturnCodes), ``residual`` (max|F(value)|), and for the whole batch
+    ``num_steps`` and the solver's final ``state``."""
+
+    value: Any
+    codes: Any
+    residual: Any
+    num_steps: int
+    state: Any
+
+
+def _is_rows(value, batch) -> bool:
+    return hasattr(value, "shape") and value.ndim >= 1 and value.shape[0] == batch
+
+
+def _gather_state(state, local, batch):
+    """The solver state on the rows ``local`` (every array field holds the batch on its leading axis)."""
+    return dataclasses.replace(state, **{field.name: getattr(state, field.name)[local]
+                                         for field in dataclasses.fields(state)
+                                         if _is_rows(getattr(state, field.name), batch)})
+
+
+def _scatter_state(full, part, rows, batch):
+    """Write ``part`` (the state on the full state's rows ``rows``) back into ``full``; shared scalars are taken."""
+    for field in dataclasses.fields(full):
+        value = getattr(part, field.name)
+        if _is_rows(getattr(full, field.name), batch):
+            getattr(full, field.name)[rows] = value
+        else:
+            setattr(full, field.name, value)
+
+
+def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, check_every=None,
+        compact=True) -> RootLoopResult:
+    """Iterate ``solver`` on ``problem`` from y0 (B, n).
 
     ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``).
+    ``patience``: steps without a new lowest residual before a sample is STALLED (default: max_steps // 4,
+    within [25, :data:`PATIENCE_CAP`]).
     ``check_every``: steps between the host's "all samples done?" checks, the loop's only device-to-host sync
     (every step on NumPy, where it is free; see :data:`CHECK_EVERY_DEVICE` on a GPU). Samples finish on the
-    device either way; at most ``check_every − 1`` extra steps run after the last one finished."""
+    device either way; at most ``check_every − 1`` extra steps run after the last one finished.
+    ``compact``: drop finished rows from the loop (f evaluations, solver work and bookkeeping) at the host checks
+    once at most :data:`COMPACT_BELOW` of the rows still run — where the problem's rows are independent
+    (``problem.can_restrict``) and the solver's state is all per-row arrays (``solver.compactable``). The
+    finished rows' results and solver state are kept as they were when they finished."""
     xp = problem.xp
     batch = problem.batch
-    patience = max(25, max_steps // 4) if patience is None else patience
+    patience = min(max(25, max_steps // 4), PATIENCE_CAP) if patience is None else min(int(patience), 2 ** 62)
     if check_every is None:
         check_every = 1 if xp is np else CHECK_EVERY_DEVICE
     update = get_kernel("driver_update", xp)
     f = problem.F(y0) if f0 is None else f0
+    tol, cap, y_limit = problem.tolerance(y0, f, atol, rtol)
+    rtol = float(rtol)
     # The start point goes through the same bookkeeping as every step (no divergence limit yet): it sets the
     # best residual, and finishes samples that start converged (SUCCESS) or non-finite (DIVERGED).
     best_y, best_res = y0.copy(), xp.full(batch, xp.inf, dtype=y0.dtype)
     since_best = xp.zeros(batch, dtype=np.int64)
     codes = xp.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
     done = xp.zeros(batch, dtype=bool)
-    update(f, y0, best_y, best_res, since_best, codes, done, atol, rtol, best_res.copy(), patience)
+    update(f, y0, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience)
     limit = (DIVERGENCE_FACTOR * xp.maximum(best_res, 1e-300)).astype(best_res.dtype)
     state = solver.init(problem, y0, f)
+    compact = compact and problem.can_restrict and getattr(solver, "compactable", False)
+    full, rows, current = None, None, problem        # full-batch arrays and the rows the loop runs on
     steps = 0
     while steps < max_steps and not bool(done.all()):
         for _ in range(min(check_every, max_steps - steps)):
-            state = solver.step(problem, state)
+            state, failed = solver.step(current, state)
             steps += 1
-            update(state.f, state.y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience)
-            if state.failed is not None:
-                reported = ~done & (state.failed != 0)
-                xp.copyto(codes, state.failed, where=reported)
+            update(state.f, state.y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit,
+                   patience)
+            if failed is not None:
+                reported = ~done & (failed != 0)
+                xp.copyto(codes, failed, where=reported)
                 done |= reported
-    return best_y, codes, best_res, steps, state
+        if compact and steps < max_steps:
+            live = xp.nonzero(~done)[0]
+            if 0 < live.shape[0] <= COMPACT_BELOW * done.shape[0]:
+                if full is None:
+                    full, rows = (best_y, best_res, codes, state), xp.arange(batch)
+                else:
+                    _scatter(full, (best_y, best_res, codes, state), rows, batch)
+                state = _gather_state(state, live, done.shape[0])
+                rows = rows[live]
+                best_y, best_res, since_best, codes, done, tol, cap, y_limit, limit = (
+                    a[live] for a in (best_y, best_res, since_best, codes, done, tol, cap, y_limit, limit))
+                current = problem.restrict(rows)
+    if full is not None:
+        _scatter(full, (best_y, best_res, codes, state), rows, batch)
+        best_y, best_res, codes, state = full
+    return RootLoopResult(best_y, codes, best_res, steps, state)
 
 
-def to_solution(problem, best_y, codes, best_res, steps, unflatten, batched, learned=None) -> Solution:
+def _scatter(full, part, rows, batch):
+    """Write the loop's arrays on ``rows`` back into the full-batch ones."""
+    for whole, piece in zip(full[:3], part[:3]):
+        whole[rows] = piece
+    _scatter_state(full[3], part[3], rows, batch)
+
+
+def to_solution(problem, out: RootLoopResult, unflatten, batched, learned=None) -> Solution:
     """Package the driver's output as a :class:`~deqcore.results.Solution` in the user's shapes."""
-    stats = {"num_steps": steps, "nfev": problem.nfev, "njev": problem.njev}
+    stats = {"num_steps": out.num_steps, "nfev": problem.nfev, "njev": problem.njev,
+             "row_evaluations": problem.row_evaluations}
     if batched:
-        result, residual = codes, best_res
+        result, residual = out.codes, out.residual
     else:
-        result, residual = ReturnCode(int(codes[0])), float(best_res[0])
-    return Solution(value=unflatten(best_y), result=result, stats=stats, residual=residual, batched=batched,
+        result, residual = ReturnCode(int(out.codes[0])), float(out.residual[0])
+    return Solution(value=unflatten(out.value), result=result, stats=stats, residual=residual, batched=batched,
                     learned={} if learned is None else learned)

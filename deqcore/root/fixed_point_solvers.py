@@ -9,15 +9,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .._checks import check_positive_int, check_probability, check_tolerance
 from ..backend import get_kernel
 from .anderson_kernels import HISTORY_CAP  # (importing it registers anderson_step)
-from .base import RootSolver, SolverState
+from .base import IterateState, RootSolver
 
-__all__ = ["FixedPointIteration", "Anderson"]
+__all__ = ["FixedPointIteration", "Anderson", "AndersonState"]
+
+
+@dataclass
+class AndersonState(IterateState):
+    """Anderson's state besides ``y`` and ``f``: the ring of mapped iterates ``G`` and residuals ``F``
+    (B, history_size, n), their Gram matrix ``H`` (B, history_size, history_size), the step count ``k`` (slot
+    k % history_size is written next), and the ridge factor and floor for the dtype."""
+
+    G: Any = None
+    F: Any = None
+    H: Any = None
+    k: int = 0
+    ridge: float = 0.0
+    floor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -32,18 +47,19 @@ class FixedPointIteration(RootSolver):
     """
 
     damping: float = 1.0
+    compactable = True
 
     def __post_init__(self):
         check_probability(self.damping, "damping")
 
-    def init(self, problem, y, f):
-        return SolverState(y, f)
+    def init(self, problem, y, f) -> IterateState:
+        return IterateState(y, f)
 
-    def step(self, problem, state):
+    def step(self, problem, state: IterateState):
         y = state.y + self.damping * state.f
         _, f = problem.G(y)
         state.y, state.f = y, f
-        return state
+        return state, None
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class Anderson(RootSolver):
     history_size: int = 10
     beta: float = 1.0
     ridge: float = 1e-8
+    compactable = True
 
     def __post_init__(self):
         check_positive_int(self.history_size, "history_size")
@@ -84,25 +101,26 @@ class Anderson(RootSolver):
             raise ValueError("beta must be > 0")
         check_tolerance(self.ridge, "ridge")
 
-    def init(self, problem, y, f):
+    def init(self, problem, y, f) -> AndersonState:
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
         finfo = np.finfo(problem.dtype)
         ridge, floor = max(self.ridge, 10 * float(finfo.eps)), float(np.sqrt(finfo.tiny))
-        ring = dict(G=xp.zeros((batch, m, n), dtype=y.dtype), F=xp.zeros((batch, m, n), dtype=y.dtype))
-        return SolverState(y, f, k=0, H=xp.zeros((batch, m, m), dtype=y.dtype),
-                           fused_step=get_kernel("anderson_step", xp), ridge=ridge, floor=floor, **ring)
+        return AndersonState(y, f, G=xp.zeros((batch, m, n), dtype=y.dtype), F=xp.zeros((batch, m, n), dtype=y.dtype),
+                             H=xp.zeros((batch, m, m), dtype=y.dtype), k=0, ridge=ridge, floor=floor)
 
-    def step(self, problem, state):
+    def step(self, problem, state: AndersonState):
         """One fused kernel stores (y + beta·f, f) in the ring, adds ⟨fᵢ, f⟩ to the Gram matrix, solves for
         the weights and mixes; only the ``count`` slots filled so far are read."""
         m, k = self.history_size, state.k
-        y, state.G, state.F, state.H = state.fused_step(state.G, state.F, state.H, state.y, state.f, k % m,
-                                                        min(k + 1, m), self.beta, state.ridge, state.floor)
+        fused_step = get_kernel("anderson_step", problem.xp)
+        y, state.G, state.F, state.H = fused_step(state.G, state.F, state.H, state.y, state.f, k % m, min(k + 1, m),
+                                                  self.beta, state.ridge, state.floor)
         _, f = problem.G(y)
         state.y, state.f, state.k = y, f, state.k + 1
-        return state
+        return state, None
 
     def learned(self, state) -> dict:
         """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ
-        (B, history_size, n), of which the first ``count`` slots are filled."""
+        (B, history_size, n), of which the first ``count`` slots are filled (with ``compact=True``, a sample that
+        finished early filled only the slots of the steps it ran; the others are zero)."""
         return {"anderson_history": (state.G, state.F, min(state.k, self.history_size))}

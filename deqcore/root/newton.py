@@ -11,18 +11,17 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any
-
 
 from .._checks import check_choice, check_positive_int, check_tolerance
 from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
-from .base import RootSolver, SolverState
+from .base import IterateState, RootSolver
 
-__all__ = ["NewtonRaphson", "TrustRegion", "DENSE_LIMIT"]
+__all__ = ["NewtonRaphson", "TrustRegion", "NewtonState", "TrustRegionState", "DENSE_LIMIT"]
 
-#: NewtonRaphson(linsolve=None) builds dense Jacobians up to this many unknowns per system, else uses GMRES
+#: NewtonRaphson(linear_solver=None) builds dense Jacobians up to this many unknowns per system, else uses GMRES
 DENSE_LIMIT = 64
 
 
@@ -43,12 +42,28 @@ def _dense_step(xp, J, f):
     return delta, factors
 
 
+@dataclass
+class NewtonState(IterateState):
+    """Newton's state: the iterate and residual, and the LU factors of the last dense Jacobian (None with GMRES)."""
+
+    factors: Any = None
+
+
+@dataclass
+class TrustRegionState(IterateState):
+    """The dogleg's state: per-sample radius (B,), the dense Jacobian at y (B, n, n), its last LU factors."""
+
+    radius: Any = None
+    J: Any = None
+    factors: Any = None
+
+
 @dataclass(frozen=True)
 class NewtonRaphson(RootSolver):
     """Newton's method: solve J δ = −F(y), then y ← y + t·δ.
 
     Args:
-        linsolve: ``None`` (dense LU up to ``DENSE_LIMIT`` unknowns per system or when ``jac=`` is given, else
+        linear_solver: ``None`` (dense LU up to ``DENSE_LIMIT`` unknowns per system or when ``jac=`` is given, else
             GMRES), ``dq.LU()`` (dense Jacobian from ``jac=`` or batched finite differences), or
             ``dq.GMRES(...)`` (matrix-free Newton–Krylov on finite-difference JVPs).
         linesearch: "backtracking" (Armijo on ½‖F‖², halving t per sample up to ``max_backtracks`` times) or
@@ -61,44 +76,49 @@ class NewtonRaphson(RootSolver):
     (True, True)
     """
 
-    linsolve: Any = None
+    linear_solver: Any = None
     linesearch: Any = "backtracking"
     max_backtracks: int = 10
+    linsolve: InitVar[Any] = None          # the former name: refused with a pointer to ``linear_solver``
 
-    def __post_init__(self):
-        if self.linsolve is not None and not isinstance(self.linsolve, (LU, GMRES)):
-            raise TypeError(f"linsolve must be None, dq.LU() or dq.GMRES(...), got {type(self.linsolve).__name__}")
+    def __post_init__(self, linsolve):
+        if linsolve is not None:
+            raise TypeError("NewtonRaphson's linsolve= is now called linear_solver=: pass "
+                            "NewtonRaphson(linear_solver=...)")
+        if self.linear_solver is not None and not isinstance(self.linear_solver, (LU, GMRES)):
+            raise TypeError("linear_solver must be None, dq.LU() or dq.GMRES(...), got "
+                            f"{type(self.linear_solver).__name__}")
         check_choice(self.linesearch, "linesearch", ("backtracking", None))
         check_positive_int(self.max_backtracks, "max_backtracks")
 
     def _dense(self, problem):
-        if self.linsolve is None:
+        if self.linear_solver is None:
             return problem.has_jac or problem.n <= DENSE_LIMIT
-        return isinstance(self.linsolve, LU)
+        return isinstance(self.linear_solver, LU)
 
-    def init(self, problem, y, f):
-        return SolverState(y, f, factors=None)
+    def init(self, problem, y, f) -> NewtonState:
+        return NewtonState(y, f)
 
-    def step(self, problem, state):
+    def step(self, problem, state: NewtonState):
+        """One Newton step; samples whose linear solve gave a non-finite step are reported as failed."""
         xp = problem.xp
         y, f = state.y, state.f
-        state.failed = None
         if self._dense(problem):
             delta, state.factors = _dense_step(xp, problem.jacobian(y, f), f)
         else:
-            gmres = self.linsolve if isinstance(self.linsolve, GMRES) else GMRES(rtol=1e-3, restart=20, max_steps=40)
+            gmres = self.linear_solver if isinstance(self.linear_solver, GMRES) else GMRES(rtol=1e-3, restart=20, max_steps=40)
             n = problem.n
             op = LinearOperator(lambda v: problem.jvp(y, f, v), shape=(n, n), dtype=problem.dtype)
             delta = gmres.solve(op, -f).value
         finite = xp.isfinite(delta).all(axis=1)
-        state.failed = xp.where(finite, 0, int(ReturnCode.LINEAR_SOLVE_FAILED))
+        failed = xp.where(finite, 0, int(ReturnCode.LINEAR_SOLVE_FAILED))
         delta = xp.where(finite[:, None], delta, 0)
         if self.linesearch is None:
             y_new = y + delta
             state.y, state.f = y_new, problem.F(y_new)
-            return state
-        state.y, state.f = self._backtrack(problem, y, f, delta)
-        return state
+        else:
+            state.y, state.f = self._backtrack(problem, y, f, delta)
+        return state, failed
 
     def _backtrack(self, problem, y, f, delta):
         """Armijo backtracking per sample: accept t when ‖F(y + tδ)‖² ≤ (1 − 2·1e-4·t)‖F(y)‖²."""
@@ -152,12 +172,12 @@ class TrustRegion(RootSolver):
         if not 0 <= check_tolerance(self.eta, "eta") < 0.25:
             raise ValueError(f"eta must lie in [0, 0.25), got {self.eta}")
 
-    def init(self, problem, y, f):
+    def init(self, problem, y, f) -> TrustRegionState:
         xp = problem.xp
         radius = self.initial_radius * xp.maximum(xp.sqrt(_sq(y)), 1.0)
-        return SolverState(y, f, radius=radius, J=problem.jacobian(y, f), factors=None)
+        return TrustRegionState(y, f, radius=radius, J=problem.jacobian(y, f))
 
-    def step(self, problem, state):
+    def step(self, problem, state: TrustRegionState):
         xp = problem.xp
         y, f, J, radius = state.y, state.f, state.J, state.radius
         gauss_newton, state.factors = _dense_step(xp, J, f)
@@ -182,7 +202,7 @@ class TrustRegion(RootSolver):
         state.radius = xp.maximum(radius, 1e-300)
         if bool(accept.any()):
             state.J = xp.where(accept[:, :, None], problem.jacobian(state.y, state.f), J)
-        return state
+        return state, None
 
     @staticmethod
     def _dogleg(xp, gauss_newton, cauchy, g, radius):

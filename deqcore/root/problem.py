@@ -3,12 +3,18 @@
 Every problem is held as ``(B, n)`` arrays, one system per row (an unbatched problem is one row). The
 residual is F(y) (zero at a solution); the associated fixed-point map is G(y) = y + F(y). For
 ``fixed_point(fn)`` that is F(y) = fn(y) − y and G = fn; for ``root_find(fn)`` it is F = fn.
+
+The convergence test is per sample: max|F(y)| ≤ atol + rtol·min(max|y|, s0), relative to the iterate's size
+(SciML's reltol) but never to more than a scale s0 fixed at the start point (:meth:`RootProblem.tolerance`):
+s0 = max|F(y0)| for a root problem (SciPy's ``f_rtol``), max(max|y0|, max|G(y0)|) for a fixed-point problem.
+An iterate that runs off to infinity can therefore never widen the test.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .._checks import check_choice, check_returned_array
 from ..backend import get_namespace
 
 __all__ = ["RootProblem", "flat_problem"]
@@ -22,33 +28,103 @@ class RootProblem:
         batch, n: sizes.
         jac: optional ``jac(y2d) -> (B, n, n)`` Jacobian of F.
         fixed_point_map: optional cheaper ``G(y2d)`` (defaults to y + F(y)).
+        relative_to: what caps rtol's scale (see :meth:`tolerance`): ``"residual"`` (max|F(y0)|, root problems)
+            or ``"iterate"`` (max|y|, capped at max(max|y0|, max|G(y0)|), fixed-point problems).
+        row_residual, row_map: optional ``F(y_rows, rows)`` / ``G(y_rows, rows)`` evaluating only the batch rows
+            ``rows`` (an index array): the rows are independent, and the driver may drop finished samples from
+            the evaluations (active-set compaction, see :meth:`restrict`).
+
+    Counters: ``nfev`` (calls of F or G), ``njev`` (Jacobians) and ``row_evaluations`` (rows evaluated, summed
+    over calls: nfev × batch without compaction), shared with every restriction of the problem.
     """
 
-    def __init__(self, residual, xp, dtype, batch, n, *, jac=None, fixed_point_map=None):
+    def __init__(self, residual, xp, dtype, batch, n, *, jac=None, fixed_point_map=None, relative_to="residual",
+                 row_residual=None, row_map=None):
         self._residual = residual
+        self.relative_to = check_choice(relative_to, "relative_to", ("residual", "iterate"))
         self._jac = jac
         self._map = fixed_point_map
+        self._row_residual, self._row_map = row_residual, row_map
         self.xp = xp
         self.dtype = np.dtype(dtype)
         self.batch = batch
         self.n = n
-        self.nfev = 0
-        self.njev = 0
+        self.counts = {"nfev": 0, "njev": 0, "row_evaluations": 0}
+        self.rows = None                      # the full problem's rows this one evaluates (None: all)
         self.eps = float(np.finfo(self.dtype).eps)
+
+    nfev = property(lambda self: self.counts["nfev"], lambda self, v: self.counts.__setitem__("nfev", v))
+    njev = property(lambda self: self.counts["njev"], lambda self, v: self.counts.__setitem__("njev", v))
+    row_evaluations = property(lambda self: self.counts["row_evaluations"],
+                               lambda self, v: self.counts.__setitem__("row_evaluations", v))
+
+    @property
+    def can_restrict(self) -> bool:
+        """True when F can be evaluated on a subset of the rows (independent rows)."""
+        return self._row_residual is not None
+
+    def restrict(self, rows) -> "RootProblem":
+        """The problem on the full problem's rows ``rows`` only: F and G evaluate just those rows; the counters are
+        shared with this problem. A restriction of a restriction still indexes the full problem's rows.
+
+        >>> import numpy as np
+        >>> full = RootProblem(lambda y: y - 1.0, np, np.float64, 3, 2, row_residual=lambda y, rows: y - 1.0)
+        >>> sub = full.restrict(np.array([0, 2]))
+        >>> sub.F(np.zeros((2, 2))).shape, full.nfev, full.row_evaluations
+        ((2, 2), 1, 2)
+        """
+        residual, row_map = self._row_residual, self._row_map
+        sub = RootProblem(lambda y: residual(y, rows), self.xp, self.dtype, len(rows), self.n,
+                          fixed_point_map=None if row_map is None else (lambda y: row_map(y, rows)),
+                          relative_to=self.relative_to, row_residual=residual, row_map=row_map)
+        sub.counts, sub.rows = self.counts, rows
+        return sub
 
     @property
     def has_jac(self) -> bool:
         """True when the user supplied the Jacobian."""
         return self._jac is not None
 
+    def tolerance(self, y0, f0, atol, rtol):
+        """The per-sample test, fixed at the start point: ``(tol, cap, y_limit)`` for the driver, which accepts
+        max|F(y)| ≤ tol + rtol·min(max|y|, cap) and calls an iterate with max|y| ≥ y_limit runaway (DIVERGED).
+
+        - ``relative_to="residual"``: tol = atol, cap = max|F(y0)|, y_limit = inf;
+        - ``relative_to="iterate"``: tol = atol, cap = s0 = max(max|y0|, max|G(y0)|), y_limit = s0/√eps (an
+          iterate that large has run away: G(y) − y would round to zero there and fake a fixed point).
+
+        rtol is thus relative to the iterate's size (SciML's reltol) but never to more than the start's scale.
+
+        Non-finite scales count as 0 (atol alone).
+
+        >>> import numpy as np
+        >>> problem = RootProblem(lambda y: 0.5 * y - y, np, np.float64, 1, 2, relative_to="iterate")  # G(y) = y/2
+        >>> y0 = np.array([[1.0, -3.0]])
+        >>> tol, cap, y_limit = problem.tolerance(y0, problem.F(y0), 1e-6, 1e-3)
+        >>> tol.tolist(), cap.tolist(), bool(y_limit[0] > 1e8)
+        ([1e-06], [3.0], True)
+        """
+        xp = self.xp
+
+        def finite(a):
+            return xp.where(xp.isfinite(a), a, 0).astype(self.dtype)
+
+        tol = xp.full(self.batch, atol, dtype=self.dtype)
+        if self.relative_to == "residual":
+            return tol, finite(xp.abs(f0).max(axis=1)), xp.full(self.batch, xp.inf, dtype=self.dtype)
+        s0 = finite(xp.maximum(xp.abs(y0).max(axis=1), xp.abs(y0 + f0).max(axis=1)))
+        return tol, s0, xp.where(s0 > 0, s0 / np.sqrt(self.eps), xp.inf).astype(self.dtype)
+
     def F(self, y):
         self.nfev += 1
+        self.row_evaluations += self.batch
         return self._residual(y)
 
     def G(self, y):
         """The fixed-point map; returns (G(y), F(y))."""
         if self._map is not None:
             self.nfev += 1
+            self.row_evaluations += self.batch
             g = self._map(y)
             return g, g - y
         f = self.F(y)
@@ -78,30 +154,50 @@ class RootProblem:
         return (self.F(y + h[:, None] * v) - fy) / h[:, None]
 
 
-def flat_problem(fn, y0, args, batched, *, mode, jac=None):
+def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     """(RootProblem, y0 as (B, n), unflatten) for ``fn`` of the user's shapes.
 
     ``mode="root"``: F = fn; ``mode="fixed_point"``: F = fn(y) − y with G = fn.
+
+    Every call's output is checked (type, shape, dtype: attribute reads, no pass over the data), so a ``fn``
+    or ``jac`` that changes what it returns part-way fails with an error naming it. ``compact=True`` (batched
+    only): fn's rows are independent and every element of ``args`` is per-sample (batch on its leading axis), so
+    fn can be evaluated on some rows alone, with the matching rows of ``args``.
     """
     xp = get_namespace(y0)
-    shape = y0.shape
+    shape, dtype, array_type = tuple(y0.shape), y0.dtype, xp.ndarray
     batch = shape[0] if batched else 1
     n = int(np.prod(shape[1:])) if batched else int(np.prod(shape))
+    jac_shape = (batch, n, n) if batched else (n, n)
 
     def unflatten(y2d):
         return y2d.reshape(shape)
 
     def call(y2d):
-        return fn(unflatten(y2d), *args).reshape(batch, n)
+        out = check_returned_array(fn(unflatten(y2d), *args), "fn", shape, dtype, array_type)
+        return xp.ascontiguousarray(out).reshape(batch, n)      # the kernels are compiled for C order
+
+    def call_rows(y_rows, rows):
+        k = y_rows.shape[0]
+        out = check_returned_array(fn(y_rows.reshape((k,) + shape[1:]), *(a[rows] for a in args)), "fn",
+                                   (k,) + shape[1:], dtype, array_type)
+        return xp.ascontiguousarray(out).reshape(k, n)
+
+    row_residual = row_map = None
+    if compact:
+        row_map = call_rows
+        row_residual = call_rows if mode == "root" else (lambda y, rows: call_rows(y, rows) - y)
 
     user_jac = None
     if jac is not None:  # root mode only: fixed_point takes no Jacobian
         def user_jac(y2d):
-            J = jac(unflatten(y2d), *args)
+            J = check_returned_array(jac(unflatten(y2d), *args), "jac", jac_shape, dtype, array_type,
+                                     shape_of="the Jacobian's")
             return J.reshape(batch, n, n)
 
     if mode == "root":
-        problem = RootProblem(call, xp, y0.dtype, batch, n, jac=user_jac)
+        problem = RootProblem(call, xp, dtype, batch, n, jac=user_jac, row_residual=row_residual)
     else:
-        problem = RootProblem(lambda y: call(y) - y, xp, y0.dtype, batch, n, jac=user_jac, fixed_point_map=call)
-    return problem, y0.reshape(batch, n), unflatten
+        problem = RootProblem(lambda y: call(y) - y, xp, dtype, batch, n, jac=user_jac, fixed_point_map=call,
+                              relative_to="iterate", row_residual=row_residual, row_map=row_map)
+    return problem, xp.ascontiguousarray(y0).reshape(batch, n), unflatten

@@ -11,7 +11,7 @@ from ..backend.cuda_blocks import block_reduce2, for_kernels  # noqa: E402
 
 __all__ = ["absmax_nan", "driver_update_numba_cpu", "driver_update_numba_cuda", "driver_update_cuda_kernel"]
 
-from .kernels import DIVERGED, STALLED, SUCCESS  # noqa: E402
+from .driver_kernels import DIVERGED, STALLED, SUCCESS  # noqa: E402
 
 NO_CODE = -1
 
@@ -81,14 +81,18 @@ _compiled = {}
 
 # -- the driver's per-step bookkeeping --------------------------------------------------------------------------
 @numba.njit(inline="always")
-def driver_decision(res, y_norm, best, since, atol, rtol, limit, patience):
-    """One live row: (improved, steps since the best residual, return code or NO_CODE)."""
-    improved = res < best
+def driver_decision(res, y_norm, best, since, tol, rtol, cap, y_limit, limit, patience):
+    """One live row: (improved, steps since the best residual, return code or NO_CODE).
+
+    An iterate that is non-finite or reaches ``y_limit`` diverges; a residual within tol + rtol·min(max|y|, cap)
+    converges and always counts as improved (the returned value of a SUCCESS is the iterate that passed)."""
+    bounded = y_norm < y_limit
+    converged = bounded and res <= tol + rtol * min(y_norm, cap)
+    improved = bounded and (res < best or converged)
     since = 0 if improved else since + 1
-    threshold = atol if rtol == 0.0 else atol + rtol * y_norm
-    if res <= threshold:
+    if converged:
         code = SUCCESS
-    elif not (res < limit):
+    elif not bounded or not (res < limit):
         code = DIVERGED
     elif since >= patience:
         code = STALLED
@@ -98,12 +102,13 @@ def driver_decision(res, y_norm, best, since, atol, rtol, limit, patience):
 
 
 @numba.njit(cache=CACHE)
-def _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+def _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit,
+                        patience):
     for i in range(res.shape[0]):
         if done[i]:
             continue
-        improved, since, code = driver_decision(res[i], y_norm[i], best_res[i], since_best[i], atol, rtol, limit[i],
-                                                patience)
+        improved, since, code = driver_decision(res[i], y_norm[i], best_res[i], since_best[i], tol[i], rtol, cap[i],
+                                                y_limit[i], limit[i], patience)
         since_best[i] = since
         if improved:
             best_res[i] = res[i]
@@ -113,19 +118,20 @@ def _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, don
             done[i] = True
 
 
-def driver_update_numba_cpu(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+def driver_update_numba_cpu(f, y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit, patience):
     """Norms of the live rows on bit patterns (vectorised), then the scalar bookkeeping per row."""
     y = np.ascontiguousarray(y)
     res, y_norm = _norms_cpu(f, y, done)
-    _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, float(atol), float(rtol), limit,
-                        int(patience))
+    _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, tol, float(rtol), cap, y_limit,
+                        limit, int(patience))
     return best_y, best_res, since_best, codes, done
 
 
 _decision_cuda, = for_kernels(driver_decision)
 
 
-def driver_update_cuda_kernel(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+def driver_update_cuda_kernel(f, y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit,
+                              patience):
     """One block per row: a shared-memory max-reduction of both norms, thread 0 decides, then the block copies
     the row into ``best_y`` if it improved. Rows already done return at once."""
     row = cuda.blockIdx.x
@@ -137,8 +143,8 @@ def driver_update_cuda_kernel(f, y, best_y, best_res, since_best, codes, done, a
     copy_row = cuda.shared.array(1, numba.int32)
     res, y_norm = _block_row_absmax(f, y, row, shared_f, shared_y)
     if tid == 0:
-        improved, since, code = _decision_cuda(res, y_norm, best_res[row], since_best[row], atol, rtol,
-                                               limit[row], patience)
+        improved, since, code = _decision_cuda(res, y_norm, best_res[row], since_best[row], tol[row], rtol, cap[row],
+                                               y_limit[row], limit[row], patience)
         since_best[row] = since
         copy_row[0] = 0
         if improved:
@@ -153,14 +159,15 @@ def driver_update_cuda_kernel(f, y, best_y, best_res, since_best, codes, done, a
             best_y[row, j] = y[row, j]
 
 
-def driver_update_numba_cuda(f, y, best_y, best_res, since_best, codes, done, atol, rtol, limit, patience):
+def driver_update_numba_cuda(f, y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit,
+                             patience):
     """Launch on CuPy's current stream (or on NumPy arrays under the CUDA simulator)."""
     if "driver_update" not in _compiled:
         _compiled["driver_update"] = cuda.jit(driver_update_cuda_kernel)
     kernel = _compiled["driver_update"]
     xp = get_namespace(f)
     threads = 32 if cuda_simulator_enabled() else THREADS
-    args = (f, y, best_y, best_res, since_best, codes, done, float(atol), float(rtol), limit, int(patience))
+    args = (f, y, best_y, best_res, since_best, codes, done, tol, float(rtol), cap, y_limit, limit, int(patience))
     if xp is np:
         kernel[f.shape[0], threads](*args)
     else:
