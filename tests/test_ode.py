@@ -165,15 +165,15 @@ def test_batched_steady_state_equals_unbatched_solves(seed, B, n, solver):
     A, b = _stable_system(rng, B, n)
     batched = dq.steady_state(lambda t, u: np.einsum("bij,bj->bi", A, u) + b, np.zeros((B, n)), solver,
                               atol=1e-8, rtol=1e-8, batched=True, max_steps=20_000)
-    assert batched.success.all() and batched.stats["nfe"].shape == (B,)
+    assert batched.success.all() and batched.stats["nfev_per_sample"].shape == (B,)
     for i in range(B):
         single = dq.steady_state(lambda t, u: A[i] @ u + b[i], np.zeros(n), solver, atol=1e-8, rtol=1e-8,
                                  max_steps=20_000)
         # each sample is controlled on its own: only round-off (batched matmul vs matvec) differs, which can
         # flip a borderline accept/reject; both stay within the tolerance of the same steady state
         np.testing.assert_allclose(batched.value[i], single.value, rtol=1e-6, atol=1e-6)
-        assert batched.stats["nfe"][i] <= batched.stats["nfev"]
-    assert batched.stats["nfev"] == batched.stats["nfe"].max()
+        assert batched.stats["nfev_per_sample"][i] <= batched.stats["nfev"]
+    assert batched.stats["nfev"] == batched.stats["nfev_per_sample"].max()
 
 
 def test_batched_steady_state_freezes_converged_samples_and_reports_codes():
@@ -184,7 +184,7 @@ def test_batched_steady_state_freezes_converged_samples_and_reports_codes():
                           throw=False)
     assert sol.codes == [dq.ReturnCode.SUCCESS, dq.ReturnCode.MAX_STEPS]
     np.testing.assert_allclose(sol.value[0], 1.0, atol=1e-5)
-    assert sol.stats["nfe"][0] < sol.stats["nfe"][1] == sol.stats["nfev"]
+    assert sol.stats["nfev_per_sample"][0] < sol.stats["nfev_per_sample"][1] == sol.stats["nfev"]
     assert sol.residual[0] <= 2e-6 < sol.residual[1]
     with pytest.raises(dq.SolveError, match="MAX_STEPS"):
         dq.steady_state(rhs, np.ones((2, 2)) * 0.5, batched=True, max_steps=200)
@@ -225,7 +225,7 @@ def test_rodas3_batched_steady_state():
     sol = dq.steady_state(lambda t, u: np.einsum("bij,bj->bi", A, u) + b, np.zeros((3, 4)), dq.Rodas3(),
                           atol=1e-7, rtol=1e-7, batched=True)
     np.testing.assert_allclose(sol.value, np.linalg.solve(A, -b[..., None])[..., 0], atol=1e-6)
-    assert sol.stats["nfe"][2] < sol.stats["nfe"][0]  # the stiffest sample relaxes fastest with big steps
+    assert sol.stats["nfev_per_sample"][2] < sol.stats["nfev_per_sample"][0]  # the stiffest sample relaxes fastest with big steps
 
 
 # ---- bad input and return codes ----
