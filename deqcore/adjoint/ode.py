@@ -38,7 +38,7 @@ from .._tree import tree_add, tree_leaves, tree_map
 from ..backend import check_float_array, get_namespace
 from ..ode import Tsit5, integrate
 from ..ode.base import ODEMethod
-from ..ode.solution import ODESolution
+from ..ode.solution import ODESolution, interpolate
 
 __all__ = ["GaussAdjoint", "BacksolveAdjoint", "DiscreteAdjoint", "ode_gradients"]
 
@@ -96,10 +96,12 @@ class GaussAdjoint:
                          throw=True)
         dargs = None
         for step in back.steps:
-            length = abs(step.h)
+            # dL/dθ = ∫_{t0}^{t1} λᵀ ∂f/∂θ dt; the adjoint runs from t1 to t0, so each of its steps adds its
+            # piece of the integral with the weight −h (signed: the span may run either way)
+            length = -step.h
             for node, weight in zip(nodes, weights):
                 t = step.t + node * step.h
-                contribution = vjp(t, solution(t), args)[1](back(t))[1]
+                contribution = vjp(t, solution(t), args)[1](interpolate(step, t, back._tableau))[1]
                 dargs = tree_add(dargs, tree_map(lambda g: (weight * length) * g, contribution))
         return back.y_final, dargs
 

@@ -94,7 +94,9 @@ def adams_correct_error_reference(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_ne
     e3 = (e2 - d2) / (h + h1 + h2)
     if corrector:
         y_new[...] = y_pred + w2 * (e2 - d2)
-        w3 = -h * h * h * (h / 12.0 + h1 / 6.0)  # AM4 − AM3: ∫_0^h (s − h) s (s + h₁) ds
+        # twice AM4 − AM3 (∫_0^h (s − h) s (s + h₁) ds): in PECE mode the new state also carries the
+        # predictor's error through the corrector's h·β₀·∂f/∂y, which the Milne term does not see
+        w3 = -h * h * h * (h / 6.0 + h1 / 3.0)
     else:
         p, q = h1, h1 + h2  # ∫_0^h s (s + h₁)(s + h₁ + h₂) ds
         w3 = h * h * (h * h / 4.0 + (p + q) * h / 3.0 + p * q / 2.0)

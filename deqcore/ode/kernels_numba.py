@@ -61,9 +61,9 @@ def adams_differences(f0, f1, f2, inv1, inv2, inv12):
 
 @numba.njit(inline="always")
 def adams_error_weight(h, h1, h2, corrector):
-    """Weight of the third divided difference in the local error (AM4 − AM3, or the next AB term)."""
+    """Weight of the third divided difference in the local error (twice AM4 − AM3, or the next AB term)."""
     if corrector:
-        return -h * h * h * (h / 12.0 + h1 / 6.0)
+        return -h * h * h * (h / 6.0 + h1 / 3.0)
     p = h1
     q = h1 + h2
     return h * h * (h * h / 4.0 + (p + q) * h / 3.0 + p * q / 2.0)
