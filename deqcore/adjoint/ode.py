@@ -35,7 +35,7 @@ import numpy as np
 
 from .._checks import check_callable, check_positive_int, check_tolerance
 from .._tree import tree_add, tree_leaves, tree_map
-from ..backend import check_float_array, get_namespace
+from ..backend import check_finite, check_float_array, get_namespace
 from ..ode import Tsit5, integrate
 from ..ode.base import ODEMethod
 from ..ode.solution import ODESolution, interpolate
@@ -240,6 +240,7 @@ def ode_gradients(vjp: Callable, solution: ODESolution, dL_dyT, adjoint=None):
         raise TypeError("adjoint must be dq.GaussAdjoint(), dq.BacksolveAdjoint() or dq.DiscreteAdjoint(); "
                         f"got {type(adjoint).__name__}")
     check_float_array(dL_dyT, "dL_dyT")
+    check_finite(dL_dyT, "dL_dyT")
     if tuple(dL_dyT.shape) != tuple(solution.y_final.shape):
         raise ValueError(f"dL_dyT must have the shape of y0 {tuple(solution.y_final.shape)}, got "
                          f"{tuple(dL_dyT.shape)}")

@@ -55,6 +55,10 @@ class Evaluator:
             raise ValueError(f"rhs must return an array of shape {self.shape} (the shape of y0), got "
                              f"{getattr(out, 'shape', type(out).__name__)}")
         if out.dtype != self.dtype:
+            kind, size = np.dtype(out.dtype).kind, np.dtype(out.dtype).itemsize
+            if kind != "f" or size < np.dtype(self.dtype).itemsize:
+                raise TypeError(f"rhs must return a real floating array of y0's dtype {np.dtype(self.dtype)}, "
+                                f"got {np.dtype(out.dtype)}")
             return out.astype(self.dtype)
         return out.copy() if _maybe_shared(out) else out
 

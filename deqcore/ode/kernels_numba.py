@@ -108,12 +108,11 @@ def control_row(r, err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err
 _add_scaled_error = add_scaled_error.py_func if cuda_simulator_enabled() else add_scaled_error
 # The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
 if cuda_simulator_enabled():
-    _max_nan, _adams_row, _adams_differences, _adams_error_weight, _control_row = (
-        max_nan.py_func, adams_row.py_func, adams_differences.py_func, adams_error_weight.py_func,
-        control_row.py_func)
+    _adams_row, _adams_differences, _adams_error_weight, _control_row = (
+        adams_row.py_func, adams_differences.py_func, adams_error_weight.py_func, control_row.py_func)
 else:
-    _max_nan, _adams_row, _adams_differences, _adams_error_weight, _control_row = (
-        max_nan, adams_row, adams_differences, adams_error_weight, control_row)
+    _adams_row, _adams_differences, _adams_error_weight, _control_row = (
+        adams_row, adams_differences, adams_error_weight, control_row)
 
 
 # ---- Numba CPU ------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ __all__ = ["integrate", "steady_state"]
 def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False):
     check_callable(rhs, "rhs")
     xp = check_float_array(y0, "y0")
+    if np.dtype(y0.dtype) not in (np.float32, np.float64):
+        raise TypeError(f"y0 must be float32 or float64, got {np.dtype(y0.dtype)}")
     if y0.size == 0:
         raise ValueError(f"y0 must have at least one element, got shape {tuple(y0.shape)}")
     check_finite(y0, "y0")
