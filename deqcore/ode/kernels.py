@@ -213,7 +213,7 @@ def correct_traffic(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, corrector, 
 
 def control_example(rng, dtype, size="small"):
     """Rows that are accepted, rejected, converge, blow up, hit a NaN error, shrink to nothing or are idle."""
-    rows, m = (12, 9) if size == "small" else (4096, 256)
+    rows, m = (12, 9) if size == "small" else (65536, 256)   # the control reads per-row numbers only
     res = 10.0 ** rng.integers(-9, 1, rows).astype(float)
     res[3] = np.nan
     err_sq = m * (10.0 ** rng.uniform(-4, 1, rows)) ** 2
