@@ -33,6 +33,7 @@ BAD = {
     "solver": st.sampled_from([dq.LU(), "Tsit5", dq.Tsit5, None.__class__]),
     "throw": st.sampled_from(["False", 1, None]),
     "rhs": st.sampled_from([None, 3.0, "f"]),
+    "batched": st.sampled_from([1, "yes", None]),
 }
 BAD_INTEGRATE = {
     "t_span": st.sampled_from([(0.0,), (1.0, 1.0), (0.0, float("nan")), (0.0, float("inf")), "01",
@@ -48,6 +49,8 @@ BAD_INTEGRATE = {
 def test_bad_argument_raises_an_error_naming_it(data, name, entry):
     if name in BAD_INTEGRATE and entry != "integrate":
         entry = "integrate"
+    if name == "batched":
+        entry = "steady_state"
     value = data.draw(BAD[name] if name in BAD else BAD_INTEGRATE[name])
     if name == "solver" and value is None:
         return                                       # None means the default solver

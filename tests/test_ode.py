@@ -387,6 +387,11 @@ def test_tolerances_below_the_dtype_resolution_are_raised_with_a_warning():
         dq.integrate(_decay, np.ones(1, dtype=np.float32), (0.0, 1.0), rtol=1e-9)
 
 
+def test_a_tiny_dt0_is_raised_to_the_resolution_of_t():
+    sol = dq.integrate(_decay, np.ones(1), (0.0, 1.0), dt0=1e-300, atol=1e-9, rtol=1e-9)
+    assert sol.success and abs(sol.ys[-1, 0] - np.exp(-1.0)) < 1e-7
+
+
 def test_t_span_may_be_an_array():
     sol = dq.integrate(_decay, np.ones(1), np.array([0.0, 1.0]), atol=1e-10, rtol=1e-10)
     assert sol.ts[-1] == 1.0 and abs(sol.ys[-1, 0] - np.exp(-1.0)) < 1e-8

@@ -84,7 +84,8 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
         h0 = initial_step(xp, lambda t, y, dh: ev(t + dh, y), np.full(R, t0), y0, f0, direction,
                           ev.full_atol(atol), rtol, stepper.error_exponent, ev.batched, span)
     else:
-        h0 = np.full(R, min(abs(float(dt0)), span))
+        floor = 100.0 * T_EPS * max(abs(float(t0)), 1.0)  # a dt0 below t's resolution is raised to it
+        h0 = np.full(R, min(max(abs(float(dt0)), floor), span))
     stepper.start(float(t0), y0, f0)
     control = get_kernel("ode_control", cx)
     big = float(np.sqrt(np.finfo(y0.dtype).max))
