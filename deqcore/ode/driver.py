@@ -15,7 +15,6 @@ The stepper protocol (:class:`~deqcore.ode.base.Stepper`): ``start(t0, y0, f0)``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,15 +107,12 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
         active = cx.ones(R, dtype=bool)
     y, fy = y0, f0
     steps: list[StepRecord] = []
-    finite_end = math.isfinite(t_end)
+    exponent, h_spare = cx.empty(R), cx.empty(R)
     n_active, num_steps = int(active.sum()), 0
     while n_active:
         if num_steps >= max_steps:
             cx.copyto(codes, int(ReturnCode.MAX_STEPS), where=active)
             break
-        if finite_end:
-            remaining = cx.abs(t_end - t)
-            h = cx.where(h >= remaining * (1.0 - 1e-12), remaining, h)
         if ev.batched:
             t_arg, h_arg = t, (h if direction == 1.0 else direction * h)
         else:
@@ -129,12 +125,17 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
             err_sq, y_absmax, res = to_host(xp.stack([trial.err_sq, trial.y_absmax, res]))
         else:
             err_sq, y_absmax = trial.err_sq, trial.y_absmax
-        h_next = cx.empty(R)
-        exponent = cx.asarray(trial.error_exponent, dtype=np.float64) * cx.ones(R)
+        if isinstance(trial.error_exponent, (int, float)):
+            exponent.fill(trial.error_exponent)
+        else:
+            exponent = cx.asarray(trial.error_exponent, dtype=np.float64)
+        h_old = h
         t, h, err_prev, after_reject, active, codes, accepted, rejected, nfev, ok, summary = control(
-            err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject, active, codes,
+            err_sq, y_absmax, res, threshold, exponent, t, h, h_spare, err_prev, after_reject, active, codes,
             accepted, rejected, nfev, ok, summary, m, t_end, direction, steady, big, T_EPS, ev.nfev)
-        n_ok, n_active = (int(v) for v in to_host(summary))  # the step's one transfer to the host
+        # an unbatched stepper got h as a float, so its buffer can be reused; a batched one may keep the array
+        h_spare = cx.empty(R) if ev.batched else h_old
+        n_ok, n_active = to_host(summary).tolist()  # the step's one transfer to the host
         if n_ok:
             mask = None if n_ok == R else xp.asarray(ok)
             if record:

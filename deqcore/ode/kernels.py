@@ -113,7 +113,8 @@ def ode_control_reference(err_sq, y_absmax, res, threshold, exponent, t, h, h_ne
     ``res`` = max|f(y_new)| (read when ``steady``), ``threshold`` the steady-state test's bound and
     ``exponent`` the power of h the row's local error scales with. For each active row: RMS error
     ``sqrt(err_sq / m)``; accept when ≤ 1 (advance ``t`` by ``direction·h``, landing exactly on ``t_end``,
-    and remember the error); ``h_next = h · factor`` (PI controller); count the attempt; then finish the row
+    and remember the error); ``h_next = h · factor`` (PI controller), then at most the rest of the span
+    ``|t_end − t|``; count the attempt; then finish the row
     when it reached ``t_end`` or (``steady``) ``res ≤ threshold`` (SUCCESS), when an accepted state is not
     below ``big`` (DIVERGED), or when the next step would vanish against ``eps·max(|t|, 1)`` (DT_TOO_SMALL,
     or DIVERGED for a non-finite error). ``ok`` receives the accepted rows, ``summary`` the number of
@@ -141,6 +142,7 @@ def ode_control_reference(err_sq, y_absmax, res, threshold, exponent, t, h, h_ne
     tiny = still & (h_next <= 8.0 * eps * xp.maximum(xp.abs(t), 1.0))
     xp.copyto(codes, xp.where(xp.isfinite(err), DT_TOO_SMALL, DIVERGED), where=tiny)
     xp.copyto(active, still & ~tiny)
+    xp.copyto(h_next, xp.minimum(h_next, xp.abs(t_end - t)), where=active)  # never past t_end
     xp.copyto(ok, good)
     summary[0] = good.sum()
     summary[1] = active.sum()

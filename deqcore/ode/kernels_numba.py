@@ -101,6 +101,8 @@ def control_row(r, err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err
     if active[r] and hn <= 8.0 * eps * max(abs(t[r]), 1.0):
         codes[r] = DT_TOO_SMALL if math.isfinite(err) else DIVERGED
         active[r] = False
+    if active[r]:
+        h_next[r] = min(hn, abs(t_end - t[r]))  # never past t_end
     return good
 
 
