@@ -125,7 +125,7 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
             err_sq, y_absmax, res = to_host(xp.stack([trial.err_sq, trial.y_absmax, res]))
         else:
             err_sq, y_absmax = trial.err_sq, trial.y_absmax
-        if isinstance(trial.error_exponent, (int, float)):
+        if isinstance(trial.error_exponent, (int, float, np.number)):
             exponent.fill(trial.error_exponent)
         else:
             exponent = cx.asarray(trial.error_exponent, dtype=np.float64)
