@@ -2,17 +2,21 @@
 
     python benchmarks/bench_ode.py            # B=2048 oscillators; Brusselator 32x32 (2048 unknowns)
     python benchmarks/bench_ode.py --quick    # B=256; Brusselator 16x16 (well under a minute)
+    python benchmarks/bench_ode.py --adjoints # only section 4, written into its section of ode.md
 
 1. A batched non-stiff problem (B Van der Pol oscillators with different mu, integrated as one system):
    deqcore Tsit5 / VCABM3 against RK45 — f-evaluations, wall time, error against a DOP853 reference, and the
    per-step overhead outside f as a fraction of one f-evaluation.
 2. The steady state of the 2-D Brusselator reaction-diffusion system (periodic grid): deqcore steady_state
    (VCABM3, Tsit5, Rodas3 with matrix-free GMRES) against solve_ivp RK45 and BDF stopped by a terminal event
-   at the same residual test max|du/dt| <= atol + rtol max|u|.
+   at the same residual test max|du/dt| <= atol + rtol max|du/dt at the start|.
 3. The step loop's overhead with the fused step kernels (Numba) against the same loop on the reference
    (NumPy) kernels, ``DEQCORE_KERNELS=reference``: the oscillators of 1. as one system (integrate), and a
    batched DEQ-style steady state z = tanh(W z + x) (one step size and controller per sample), timed
    alternately in one process.
+4. ODE adjoints on a long span (T = 1000, a few thousand forward steps): GaussAdjoint (dense forward solution
+   + Gauss–Legendre quadrature) against BacksolveAdjoint; GaussAdjoint's dense-output lookups are O(log
+   steps), so both grow linearly with the number of steps.
 
 Prints a Markdown table (medians of repeated timings) and writes it to benchmarks/results/ode.md.
 """
@@ -147,9 +151,10 @@ def steady_rows(n, tol, repeats):
     flat = lambda t, y: rhs(t, y.reshape(shape)).reshape(-1)  # noqa: E731
     rows = []
 
+    res0 = np.abs(flat(0.0, y0.reshape(-1))).max()
+
     def event(t, y):
-        f = flat(t, y)
-        return np.abs(f).max() - (tol + tol * np.abs(y).max())
+        return np.abs(flat(t, y)).max() - (tol + tol * res0)
     event.terminal = True
 
     for method in ("RK45", "BDF"):
@@ -232,10 +237,74 @@ def kernel_rows(batch, deq_batch, width, repeats):
     return rows
 
 
+# ---- 4. ODE adjoints on a long span -----------------------------------------------------------------------
+
+def adjoint_rows(spans, repeats):
+    """Seconds of one gradient (median) with each continuous adjoint, and the gradients' agreement."""
+    rng = np.random.default_rng(0)
+    n = 4
+    W, b = rng.standard_normal((n, n)) / np.sqrt(n), rng.standard_normal(n)
+
+    def rhs(t, y, W, b):
+        return np.tanh(W @ y + b * np.cos(t)) - 0.3 * y
+
+    def vjp(t, y, args):
+        W, b = args
+        th = np.tanh(W @ y + b * np.cos(t))
+
+        def pullback(a):
+            g = a * (1 - th ** 2)
+            return W.T @ g - 0.3 * a, (np.outer(g, y), g * np.cos(t))
+        return th - 0.3 * y, pullback
+
+    rows = []
+    for T in spans:
+        y0 = rng.standard_normal(n)
+        tight = dq.integrate(rhs, y0, (0.0, T), args=(W, b), atol=1e-10, rtol=1e-10)
+        reference = dq.ode_gradients(vjp, tight, np.ones(n), dq.DiscreteAdjoint())[1][1]
+        sol = dq.integrate(rhs, y0, (0.0, T), args=(W, b), atol=1e-6, rtol=1e-6)
+        for adjoint in (dq.BacksolveAdjoint(), dq.GaussAdjoint()):
+            grads, t = median_time(lambda: dq.ode_gradients(vjp, sol, np.ones(n), adjoint), repeats)
+            rows.append((T, len(sol.steps), type(adjoint).__name__, t, np.abs(grads[1][1] - reference).max()))
+    return rows
+
+
+def adjoint_section(rows, repeats):
+    lines = ["## ODE adjoints on a long span", "",
+             "dL/dθ for L = sum(y(T)) of y' = tanh(W y + b cos t) − 0.3 y (4 unknowns, atol = rtol = 1e-6), "
+             f"median of {repeats} gradients. Error: max |dL/db − reference|, the reference being the discrete "
+             "adjoint of a forward solve at 1e-10.", "",
+             "| T | forward steps | adjoint | time (s) | time / Backsolve | error |", "|---|---|---|---|---|---|"]
+    base = {r[0]: r[3] for r in rows if r[2] == "BacksolveAdjoint"}
+    for T, steps, name, t, error in rows:
+        lines.append(f"| {T:g} | {steps} | {name} | {t:.3f} | {t / base[T]:.2f}x | {error:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path, section):
+    """Replace (or append) the section with the same heading in the results file."""
+    text = path.read_text() if path.exists() else ""
+    heading = section.splitlines()[0]
+    if heading in text:
+        start = text.index(heading)
+        nxt = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1:])
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, finishes in well under a minute")
+    parser.add_argument("--adjoints", action="store_true", help="only the adjoint section (4.)")
     opts = parser.parse_args()
+    out = Path(__file__).resolve().parent / "results" / ("ode_quick.md" if opts.quick else "ode.md")
+    if opts.adjoints:
+        section = adjoint_section(adjoint_rows((100.0, 1000.0), 3), 3)
+        print(section)
+        write_section(out, section)
+        return
     batch, grid, repeats = (256, 16, 3) if opts.quick else (2048, 32, 5)
     tols = (1e-4, 1e-6, 1e-8)
     nonstiff, f_time = nonstiff_rows(batch, tols, repeats)
@@ -267,7 +336,7 @@ def main():
         f"## Steady state of the 2-D Brusselator ({grid}x{grid} periodic grid, {2 * grid * grid} unknowns), "
         "atol = rtol = 1e-6",
         "",
-        "Stop when max|du/dt| <= atol + rtol max|u| (SciPy: a terminal event on the same test; its extra "
+        "Stop when max|du/dt| <= atol + rtol max|du/dt(u0)| (SciPy: a terminal event on the same test; its extra "
         "f-evaluations are not counted in nfev). Error: max deviation from the exact steady state (a, b/a).",
         "",
         "| method | result | nfev | time (ms) | error |",
@@ -290,9 +359,8 @@ def main():
     for label, name, tol, nfev, steps, ft, t_fused, o_fused, t_ref, o_ref in kernels:
         lines.append(f"| {label} | {name} | {tol:.0e} | {nfev} | {steps} | {ft * 1e6:.0f} | "
                      f"{t_fused * 1e3:.1f} | {o_fused:.2f} | {t_ref * 1e3:.1f} | {o_ref:.2f} |")
-    table = "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n\n" + adjoint_section(adjoint_rows((100.0, 1000.0), repeats), repeats)
     print(table)
-    out = Path(__file__).resolve().parent / "results" / ("ode_quick.md" if opts.quick else "ode.md")
     out.parent.mkdir(exist_ok=True)
     out.write_text(table)
 

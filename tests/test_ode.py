@@ -165,15 +165,15 @@ def test_batched_steady_state_equals_unbatched_solves(seed, B, n, solver):
     A, b = _stable_system(rng, B, n)
     batched = dq.steady_state(lambda t, u: np.einsum("bij,bj->bi", A, u) + b, np.zeros((B, n)), solver,
                               atol=1e-8, rtol=1e-8, batched=True, max_steps=20_000)
-    assert batched.success.all() and batched.stats["nfe"].shape == (B,)
+    assert batched.success.all() and batched.stats["nfev_per_sample"].shape == (B,)
     for i in range(B):
         single = dq.steady_state(lambda t, u: A[i] @ u + b[i], np.zeros(n), solver, atol=1e-8, rtol=1e-8,
                                  max_steps=20_000)
         # each sample is controlled on its own: only round-off (batched matmul vs matvec) differs, which can
         # flip a borderline accept/reject; both stay within the tolerance of the same steady state
         np.testing.assert_allclose(batched.value[i], single.value, rtol=1e-6, atol=1e-6)
-        assert batched.stats["nfe"][i] <= batched.stats["nfev"]
-    assert batched.stats["nfev"] == batched.stats["nfe"].max()
+        assert batched.stats["nfev_per_sample"][i] <= batched.stats["nfev"]
+    assert batched.stats["nfev"] == batched.stats["nfev_per_sample"].max()
 
 
 def test_batched_steady_state_freezes_converged_samples_and_reports_codes():
@@ -184,7 +184,7 @@ def test_batched_steady_state_freezes_converged_samples_and_reports_codes():
                           throw=False)
     assert sol.codes == [dq.ReturnCode.SUCCESS, dq.ReturnCode.MAX_STEPS]
     np.testing.assert_allclose(sol.value[0], 1.0, atol=1e-5)
-    assert sol.stats["nfe"][0] < sol.stats["nfe"][1] == sol.stats["nfev"]
+    assert sol.stats["nfev_per_sample"][0] < sol.stats["nfev_per_sample"][1] == sol.stats["nfev"]
     assert sol.residual[0] <= 2e-6 < sol.residual[1]
     with pytest.raises(dq.SolveError, match="MAX_STEPS"):
         dq.steady_state(rhs, np.ones((2, 2)) * 0.5, batched=True, max_steps=200)
@@ -225,7 +225,7 @@ def test_rodas3_batched_steady_state():
     sol = dq.steady_state(lambda t, u: np.einsum("bij,bj->bi", A, u) + b, np.zeros((3, 4)), dq.Rodas3(),
                           atol=1e-7, rtol=1e-7, batched=True)
     np.testing.assert_allclose(sol.value, np.linalg.solve(A, -b[..., None])[..., 0], atol=1e-6)
-    assert sol.stats["nfe"][2] < sol.stats["nfe"][0]  # the stiffest sample relaxes fastest with big steps
+    assert sol.stats["nfev_per_sample"][2] < sol.stats["nfev_per_sample"][0]  # the stiffest sample relaxes fastest with big steps
 
 
 # ---- bad input and return codes ----
@@ -283,3 +283,195 @@ def test_non_finite_rhs_is_diverged():
     assert sol.result == dq.ReturnCode.DIVERGED
     with pytest.raises(dq.SolveError, match="DIVERGED"):
         dq.integrate(lambda t, y: np.full_like(y, np.inf), np.ones(1), (0.0, 1.0))
+
+
+# ---- corners: local error control, shared buffers, dtypes, arguments, messages -------------------------------
+
+def _kepler(t, y):
+    r3 = (y[0] ** 2 + y[1] ** 2) ** 1.5
+    return np.array([y[2], y[3], -y[0] / r3, -y[1] / r3])
+
+
+@pytest.mark.parametrize("solver", EXPLICIT, ids=lambda s: type(s).__name__)
+def test_every_accepted_step_meets_the_tolerance_on_detest_d5(solver):
+    """DETEST D5 (eccentricity 0.9) at rtol = atol = 1e-3 through the first pericentre passage: the true local
+    error of each accepted step (DOP853 at 1e-12 from the step's start) stays within the tolerance."""
+    e, tol = 0.9, 1e-3
+    y0 = np.array([1 - e, 0.0, 0.0, np.sqrt((1 + e) / (1 - e))])
+    sol = dq.integrate(_kepler, y0, (0.0, 7.0), solver, atol=tol, rtol=tol)
+    worst = 0.0
+    for step in sol.steps:
+        exact = solve_ivp(_kepler, (step.t, step.t + step.h), step.y0, method="DOP853", rtol=1e-12,
+                          atol=1e-12).y[:, -1]
+        scale = tol + tol * np.maximum(np.abs(step.y0), np.abs(step.y1))
+        worst = max(worst, np.sqrt(np.mean(((step.y1 - exact) / scale) ** 2)))
+    assert worst <= 1.2, worst
+
+
+class _Buffered:
+    """A right-hand side that writes every result into the same preallocated array."""
+
+    def __init__(self, f, shape):
+        self.f, self.out = f, np.empty(shape)
+
+    def __call__(self, t, y):
+        self.out[...] = self.f(t, y)
+        return self.out
+
+
+@pytest.mark.parametrize("solver", ALL, ids=lambda s: type(s).__name__)
+def test_rhs_returning_one_preallocated_array_gives_the_same_solution(solver):
+    fresh = dq.integrate(_oscillator, np.array([0.0, 1.0]), (0.0, 6.0), solver, atol=1e-8, rtol=1e-8)
+    shared = dq.integrate(_Buffered(_oscillator, 2), np.array([0.0, 1.0]), (0.0, 6.0), solver, atol=1e-8,
+                          rtol=1e-8)
+    np.testing.assert_array_equal(shared.ys, fresh.ys)
+    np.testing.assert_allclose(shared.ys[-1], [np.sin(6.0), np.cos(6.0)], atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", EXPLICIT, ids=lambda s: type(s).__name__)
+def test_batched_steady_state_with_one_preallocated_array(solver):
+    k = np.array([[1.0], [3.0]])
+    f = lambda t, u: -k * (u - 2.0) + 0.1 * np.sin(u)  # noqa: E731
+    fresh = dq.steady_state(f, np.zeros((2, 3)), solver, atol=1e-9, rtol=1e-9, batched=True)
+    shared = dq.steady_state(_Buffered(f, (2, 3)), np.zeros((2, 3)), solver, atol=1e-9, rtol=1e-9,
+                             batched=True)
+    np.testing.assert_array_equal(shared.value, fresh.value)
+    assert shared.success.all()
+
+
+def test_float32_state_at_large_times():
+    """t is float64 whatever the state's dtype: steps of 0.1 at t = 1e8 are fine."""
+    sol = dq.integrate(lambda t, y: -y, np.ones(2, dtype=np.float32), (1e8, 1e8 + 1.0), atol=1e-6, rtol=1e-4)
+    assert sol.success and sol.ys.dtype == np.float32
+    np.testing.assert_allclose(sol.ys[-1], np.exp(-1.0), rtol=1e-3)
+
+
+def test_solution_does_not_alias_the_callers_y0():
+    y0 = np.ones(2)
+    sol = dq.integrate(_decay, y0, (0.0, 1.0))
+    y0[:] = 5.0
+    np.testing.assert_array_equal(sol.steps[0].y0, [1.0, 1.0])
+    np.testing.assert_array_equal(sol.ys[0], [1.0, 1.0])
+    assert sol(0.0)[0] == 1.0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: dq.integrate(_decay, np.ones(0), (0.0, 1.0)),
+    lambda: dq.steady_state(_decay, np.ones(0)),
+    lambda: dq.steady_state(_decay, np.ones((3, 0)), batched=True),
+    lambda: dq.steady_state(_decay, np.ones((0, 2)), batched=True),
+])
+def test_empty_y0_is_refused(call):
+    with pytest.raises(ValueError, match="y0"):
+        call()
+
+
+def test_failure_messages_give_ode_advice():
+    with pytest.raises(dq.SolveError) as info:
+        dq.integrate(_oscillator, np.array([0.0, 1.0]), (0.0, 100.0), max_steps=5)
+    message = str(info.value)
+    assert "MAX_STEPS" in message and "max_steps" in message and "Rodas3" in message
+    assert "Anderson" not in message and "Broyden" not in message
+    assert info.value.solution is not None and info.value.solution.t_final < 100
+    with pytest.raises(dq.SolveError) as info:
+        dq.steady_state(lambda t, u: u * u + 1.0, np.zeros(2))
+    assert "Anderson" not in str(info.value) and info.value.solution.value.shape == (2,)
+
+
+def test_tolerances_below_the_dtype_resolution_are_raised_with_a_warning():
+    with pytest.warns(UserWarning, match="rtol"):
+        sol = dq.integrate(_decay, np.ones(1), (0.0, 1.0), atol=1e-30, rtol=1e-20)
+    assert sol.problem.rtol == 100 * np.finfo(np.float64).eps
+    np.testing.assert_allclose(sol.ys[-1], np.exp(-1.0), rtol=1e-12)
+    with pytest.warns(UserWarning, match="float32"):
+        dq.integrate(_decay, np.ones(1, dtype=np.float32), (0.0, 1.0), rtol=1e-9)
+
+
+def test_a_tiny_dt0_is_raised_to_the_resolution_of_t():
+    sol = dq.integrate(_decay, np.ones(1), (0.0, 1.0), dt0=1e-300, atol=1e-9, rtol=1e-9)
+    assert sol.success and abs(sol.ys[-1, 0] - np.exp(-1.0)) < 1e-7
+
+
+def test_t_span_may_be_an_array():
+    sol = dq.integrate(_decay, np.ones(1), np.array([0.0, 1.0]), atol=1e-10, rtol=1e-10)
+    assert sol.ts[-1] == 1.0 and abs(sol.ys[-1, 0] - np.exp(-1.0)) < 1e-8
+    with pytest.raises(ValueError, match="t_span"):
+        dq.integrate(_decay, np.ones(1), np.array([0.0, 1.0, 2.0]))
+
+
+def test_atol_per_component():
+    """y' = −y with components of size 1 and 1e-6: a per-component atol holds the small one to its scale,
+    as solve_ivp does with the same array."""
+    y0, atol = np.array([1.0, 1e-6]), np.array([1e-4, 1e-12])
+    exact = y0 * np.exp(-2.0)
+    sol = dq.integrate(_decay, y0, (0.0, 2.0), atol=atol, rtol=1e-8)
+    ref = solve_ivp(_decay, (0.0, 2.0), y0, rtol=1e-8, atol=atol).y[:, -1]
+    err, err_ref = np.abs(sol.ys[-1] - exact), np.abs(ref - exact)
+    assert err[1] <= 1e-11 and err[1] <= 10 * max(err_ref[1], 1e-14)
+    loose = dq.integrate(_decay, y0, (0.0, 2.0), atol=1e-4, rtol=1e-8)
+    assert sol.stats["nfev"] > loose.stats["nfev"]                  # the small component costs steps
+    for solver in (dq.VCABM3(), dq.Rodas3()):
+        other = dq.integrate(_decay, y0, (0.0, 2.0), solver, atol=atol, rtol=1e-8)
+        assert abs(other.ys[-1, 1] - exact[1]) <= 1e-10
+    with pytest.raises(ValueError, match="atol"):
+        dq.integrate(_decay, y0, (0.0, 1.0), atol=np.ones(3))
+    with pytest.raises(ValueError, match="atol"):
+        dq.integrate(_decay, y0, (0.0, 1.0), atol=np.array([1e-6, -1.0]))
+
+
+def test_dense_output_builds_its_step_index_once():
+    sol = dq.integrate(_oscillator, np.array([0.0, 1.0]), (0.0, 6.0))
+    sol(1.0)
+    ends = sol._ends
+    sol(np.array([2.0, 3.0]))
+    assert sol._ends is ends and ends[1].size == len(sol.steps)
+
+
+def test_ode_solution_follows_the_solution_contract():
+    sol = dq.integrate(_oscillator, np.array([0.0, 1.0]), (0.0, 2.0), atol=1e-9, rtol=1e-9)
+    assert sol.success and sol.result == dq.ReturnCode.SUCCESS and sol.raise_if_failed() is sol
+    np.testing.assert_array_equal(sol.value, sol.ys[-1])
+    np.testing.assert_allclose(sol.residual, np.abs(_oscillator(2.0, sol.value)).max(), rtol=1e-12)
+    assert "nfev" in sol.stats and "nfe" not in sol.stats and "ys" not in repr(sol)
+    failed = dq.integrate(_oscillator, np.array([0.0, 1.0]), (0.0, 50.0), max_steps=3, throw=False)
+    with pytest.raises(dq.SolveError) as info:
+        failed.raise_if_failed()
+    assert info.value.solution is failed and info.value.result == dq.ReturnCode.MAX_STEPS
+    steady = dq.steady_state(_decay, np.ones((2, 2)), batched=True)
+    assert set(steady.stats) >= {"nfev", "nfev_per_sample", "accepted_per_sample"}
+    assert "nfe" not in steady.stats
+
+
+# ---- steady states: a runaway is not a steady state; one sample never moves another -------------------------
+
+@pytest.mark.parametrize("solver", ALL, ids=lambda s: type(s).__name__)
+def test_a_runaway_is_not_a_steady_state(solver):
+    sol = dq.steady_state(lambda t, u: np.ones_like(u), np.zeros(2), solver, throw=False)
+    assert sol.result != dq.ReturnCode.SUCCESS
+    # batched: a relaxing sample beside the runaway one
+    rhs = lambda t, u: np.stack([1.0 - u[0], np.ones_like(u[1])])  # noqa: E731
+    sol = dq.steady_state(rhs, np.zeros((2, 2)), solver, batched=True, throw=False)
+    assert sol.codes[0] == dq.ReturnCode.SUCCESS and sol.codes[1] != dq.ReturnCode.SUCCESS
+    np.testing.assert_allclose(sol.value[0], 1.0, atol=1e-4)
+
+
+def _relaxation(k, c):
+    """u' = −k (u − c) + 0.2 sin(u), elementwise per sample (k, c of shape (B, 1)); k < 0 gives NaN."""
+    return lambda t, u: -k * (u - c) + 0.2 * np.sin(u) + 0.0 * np.sqrt(k)
+
+
+@pytest.mark.parametrize("solver", EXPLICIT, ids=lambda s: type(s).__name__)
+def test_each_batched_sample_equals_its_own_solve_beside_stiff_and_nan_neighbours(solver):
+    k = np.array([[1.0], [2e3], [-1.0], [0.5]])      # a normal, a stiff, a NaN-producing and a slow sample
+    c = np.array([[1.0], [2.0], [0.0], [-1.5]])
+    y0 = np.zeros((4, 3))
+    with np.errstate(invalid="ignore"):
+        batched = dq.steady_state(_relaxation(k, c), y0, solver, atol=1e-8, rtol=1e-8, batched=True,
+                                  max_steps=300, throw=False)
+        assert batched.codes[2] == dq.ReturnCode.DIVERGED
+        for i in (0, 1, 3):
+            single = dq.steady_state(_relaxation(k[i], c[i]), y0[i], solver, atol=1e-8, rtol=1e-8,
+                                     max_steps=300, throw=False)
+            assert batched.codes[i] == single.result
+            np.testing.assert_allclose(batched.value[i], single.value, rtol=1e-14, atol=1e-15)
+            assert batched.stats["accepted_per_sample"][i] == single.stats["accepted"]

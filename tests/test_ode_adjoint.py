@@ -114,6 +114,36 @@ def test_gradients_with_other_forward_methods_and_backwards_spans():
         np.testing.assert_allclose(dq.ode_gradients(_vjp, back, w, adjoint)[0], fd, atol=1e-6)
 
 
+@pytest.mark.parametrize("adjoint", ADJOINTS, ids=lambda a: type(a).__name__)
+@pytest.mark.parametrize("span", [(0.0, 1.0), (1.0, 0.0)], ids=["forwards", "backwards"])
+def test_parameter_gradient_of_exponential_decay_in_both_directions(adjoint, span):
+    """y' = −k y: y(t1) = y(t0) exp(−k (t1 − t0)), so dy(t1)/dk = −(t1 − t0) y(t1)."""
+    k = np.array([0.5])
+    sol = dq.integrate(lambda t, y, k: -k * y, np.ones(1), span, args=(k,), atol=1e-11, rtol=1e-11)
+    vjp = lambda t, y, args: (-args[0] * y, lambda a: (-args[0] * a, (-(a * y),)))  # noqa: E731
+    dy0, (dk,) = dq.ode_gradients(vjp, sol, np.ones(1), adjoint)
+    length = span[1] - span[0]
+    np.testing.assert_allclose(dy0, np.exp(-0.5 * length), rtol=1e-7)
+    np.testing.assert_allclose(dk, -length * np.exp(-0.5 * length), rtol=1e-7)
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS, ids=lambda a: type(a).__name__)
+def test_parameter_gradients_on_a_backwards_span_match_finite_differences(adjoint):
+    params, y0, w = _problem(11, 2)
+    loss = lambda p: w @ dq.integrate(_rhs, y0, (1.0, -0.5), args=(p,), atol=1e-12, rtol=1e-12).ys[-1]  # noqa
+    eps = 1e-6
+    sol = dq.integrate(_rhs, y0, (1.0, -0.5), args=(params,), atol=1e-10, rtol=1e-10)
+    _, (grads,) = dq.ode_gradients(_vjp, sol, w, adjoint)
+    for key in ("b", "decay"):
+        fd = np.zeros_like(params[key])
+        for i in range(fd.size):
+            plus, minus = ({**params, key: params[key].copy()} for _ in range(2))
+            plus[key][i] += eps
+            minus[key][i] -= eps
+            fd[i] = (loss(plus) - loss(minus)) / (2 * eps)
+        np.testing.assert_allclose(grads[key], fd, atol=1e-6)
+
+
 def test_ode_gradients_bad_input():
     params, y0, w = _problem(1, 2)
     sol = dq.integrate(_rhs, y0, (0.0, 1.0), args=(params,))

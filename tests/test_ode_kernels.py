@@ -16,7 +16,7 @@ import deqcore as dq
 from deqcore.backend import kernels as registry
 from deqcore.ode import driver, kernels_numba
 from deqcore.ode.base import Evaluator
-from deqcore.ode.controller import PIController, pi_factor
+from deqcore.ode.controller import pi_factor, pi_factor_array
 from deqcore.ode.explicit import ExplicitRKStepper
 from deqcore.ode.tableaus import BS3, TSIT5, ButcherTableau
 from deqcore.results import ReturnCode
@@ -175,22 +175,21 @@ def test_adams_prediction_is_exact_for_quadratic_derivatives():
        after_reject=st.booleans(), exponent=st.integers(2, 6))
 def test_scalar_pi_factor_equals_the_array_controller(err, err_prev, after_reject, exponent):
     with np.errstate(all="ignore"):
-        expected = PIController(exponent).factor(np.array([err]), np.array([err_prev]),
-                                                 np.array([after_reject]))
+        expected = pi_factor_array(np, np.array([err]), np.array([err_prev]), np.array([after_reject]),
+                                   exponent)
     # the scalar and array paths associate the powers differently: equal to a few ulps, not bit for bit
     assert math.isclose(pi_factor(err, err_prev, after_reject, exponent), float(expected[0]),
                         rel_tol=8 * np.finfo(float).eps, abs_tol=0.0)
 
 
-def _control_args(err, h, t, active, after_reject=False, f_max=1.0, y_max=1.0, t_end=math.inf, steady=True):
+def _control_args(err, h, t, active, after_reject=False, f_max=1.0, y_max=1.0, t_end=math.inf, steady=True,
+                  exponent=4.0):
     rows = len(err)
-    f_new = np.full((rows, 4), 0.0)
-    f_new[:, 0] = f_max
     n = lambda v: np.asarray(v, dtype=float) * np.ones(rows)  # noqa: E731
-    return [4 * n(err) ** 2, n(y_max), f_new, n(t), n(h), np.zeros(rows), np.full(rows, 0.5),
-            np.full(rows, after_reject), np.asarray(active), np.zeros(rows, dtype=np.int64),
+    return [4 * n(err) ** 2, n(y_max), n(f_max), np.full(rows, 2e-6), n(exponent), n(t), n(h), np.zeros(rows),
+            np.full(rows, 0.5), np.full(rows, after_reject), np.asarray(active), np.zeros(rows, dtype=np.int64),
             np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64),
-            np.zeros(rows, dtype=bool), np.zeros(2, dtype=np.int64), t_end, 1.0, 4, steady, 1e-6, 1e-6, 1e150,
+            np.zeros(rows, dtype=bool), np.zeros(2, dtype=np.int64), 4, t_end, 1.0, steady, 1e150,
             float(np.finfo(float).eps), 9]
 
 
@@ -202,7 +201,7 @@ def test_control_decisions(impl):
                          h=[0.1, 0.1, 0.1, 0.1, 0.1, 1e-17, 0.1], t=[1.0] * 7, active=[True] * 6 + [False],
                          f_max=[1.0, 1.0, 1e-9, 1.0, 1.0, 1.0, 1.0],
                          y_max=[1.0, 1.0, 1.0, np.inf, 1.0, 1.0, 1.0])
-    t, h_next, err_prev, after_reject, active, codes, acc, rej, nfe, ok, summary = control(*args)
+    t, h_next, err_prev, after_reject, active, codes, acc, rej, nfev, ok, summary = control(*args)
     np.testing.assert_array_equal(ok, [True, False, True, True, False, False, False])
     np.testing.assert_allclose(t, [1.1, 1.0, 1.1, 1.1, 1.0, 1.0, 1.0])
     np.testing.assert_allclose(err_prev[:3], [0.5, 0.5, 0.5])
@@ -214,7 +213,7 @@ def test_control_decisions(impl):
     np.testing.assert_array_equal(codes, [0, 0, 0, diverged, 0, too_small, 0])
     np.testing.assert_array_equal(after_reject, [False, True, False, False, True, True, False])
     np.testing.assert_array_equal(acc + rej, [1] * 6 + [0])
-    np.testing.assert_array_equal(nfe, [9] * 6 + [0])
+    np.testing.assert_array_equal(nfev, [9] * 6 + [0])
     np.testing.assert_array_equal(summary, [3, 3])
 
 
@@ -227,6 +226,16 @@ def test_control_reaches_a_finite_end_and_agrees_with_the_reference(impl):
     np.testing.assert_allclose(out[0][1:], [0.7, 0.5, 0.9])
     np.testing.assert_array_equal(out[4], [False, True, True, True])
     assert out[1][0] == 0.5                                          # no growth after a rejection
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_control_with_a_different_error_exponent_per_row(impl):
+    args = _control_args(err=[0.3, 0.3, 3.0], h=[0.1, 0.1, 0.1], t=[0.0] * 3, active=[True] * 3,
+                         exponent=[3.0, 4.0, 5.0], steady=False)
+    out = _run_both("ode_control", impl, args)
+    expected = [0.1 * pi_factor(0.3, 0.3, False, 3.0), 0.1 * pi_factor(0.3, 0.3, False, 4.0),
+                0.1 * pi_factor(3.0, 0.5, False, 5.0)]
+    np.testing.assert_allclose(out[1], expected, rtol=1e-14)
 
 
 # ---- whole solves: fused kernels against the references -----------------------------------------------
@@ -254,7 +263,7 @@ def _solve_all(monkeypatch, mode):
         ode = dq.integrate(_van_der_pol, np.array([2.0, 0.0]), (0.0, 3.0), solver, atol=tol, rtol=tol,
                            saveat=[1.0, 2.5])
         back = dq.integrate(_van_der_pol, np.array([2.0, 0.0]), (0.0, -0.5), solver, atol=tol, rtol=tol)
-        out.append([tol, (batched.value, batched.stats["nfe"], batched.result),
+        out.append([tol, (batched.value, batched.stats["nfev_per_sample"], batched.result),
                     (single.value, single.stats["nfev"], single.residual),
                     (ode.ys, ode.stats["nfev"], ode.stats["rejected"]),
                     (back.ys[-1], back.stats["nfev"], back.ts.size)])
@@ -327,5 +336,6 @@ def test_kernels_are_registered_with_examples_traffic_and_ptx_targets():
         spec = registry.registered_kernels()[name]
         args = registry.resolve(spec.example)(np.random.default_rng(0), np.float32)
         assert registry.resolve(spec.traffic)(*args) > 0
-        assert len(spec.cuda_ptx_targets) == 2
+        # one PTX target per float type where the kernel reads the state; the control reads only float64 rows
+        assert len(spec.cuda_ptx_targets) == (1 if name == "ode_control" else 2)
 

@@ -35,10 +35,10 @@ import numpy as np
 
 from .._checks import check_callable, check_positive_int, check_tolerance
 from .._tree import tree_add, tree_leaves, tree_map
-from ..backend import check_float_array, get_namespace
+from ..backend import check_finite, check_float_array, get_namespace
 from ..ode import Tsit5, integrate
 from ..ode.base import ODEMethod
-from ..ode.solution import ODESolution
+from ..ode.solution import ODESolution, interpolate
 
 __all__ = ["GaussAdjoint", "BacksolveAdjoint", "DiscreteAdjoint", "ode_gradients"]
 
@@ -96,10 +96,12 @@ class GaussAdjoint:
                          throw=True)
         dargs = None
         for step in back.steps:
-            length = abs(step.h)
+            # dL/dθ = ∫_{t0}^{t1} λᵀ ∂f/∂θ dt; the adjoint runs from t1 to t0, so each of its steps adds its
+            # piece of the integral with the weight −h (signed: the span may run either way)
+            length = -step.h
             for node, weight in zip(nodes, weights):
                 t = step.t + node * step.h
-                contribution = vjp(t, solution(t), args)[1](back(t))[1]
+                contribution = vjp(t, solution(t), args)[1](interpolate(step, t, back._tableau))[1]
                 dargs = tree_add(dargs, tree_map(lambda g: (weight * length) * g, contribution))
         return back.y_final, dargs
 
@@ -238,6 +240,7 @@ def ode_gradients(vjp: Callable, solution: ODESolution, dL_dyT, adjoint=None):
         raise TypeError("adjoint must be dq.GaussAdjoint(), dq.BacksolveAdjoint() or dq.DiscreteAdjoint(); "
                         f"got {type(adjoint).__name__}")
     check_float_array(dL_dyT, "dL_dyT")
+    check_finite(dL_dyT, "dL_dyT")
     if tuple(dL_dyT.shape) != tuple(solution.y_final.shape):
         raise ValueError(f"dL_dyT must have the shape of y0 {tuple(solution.y_final.shape)}, got "
                          f"{tuple(dL_dyT.shape)}")

@@ -1,29 +1,27 @@
-"""Step-size control shared by every ODE method: the PI controller (a scalar version for the host loop and the
-Numba kernels, an array version for the reference kernels) and Hairer's automatic initial step. The weighted
-RMS error norm is formed by the fused step kernels (:mod:`deqcore.ode.kernels`).
+"""Step-size control shared by every ODE method: the PI controller's factor (a scalar function compiled into
+the Numba control kernels, and the same formula on arrays for the reference kernel) and Hairer's automatic
+initial step. The weighted RMS error norm is formed by the fused step kernels (:mod:`deqcore.ode.kernels`).
 
-``batched=True`` gives one norm / step size per sample (leading axis).
+Proportional–integral control (Gustafsson; Hairer–Wanner II §IV.2): ``h_new = h · clip(0.9 · err^−β₁ ·
+err_prev^β₂, 1/5, 10)`` with ``β₁ = 7/(10p)``, ``β₂ = 2/(5p)``, where ``p`` is the exponent of the local error
+estimate (error ∝ hᵖ). After a rejection the factor is ``max(1/5, 0.9 · err^−1/p)``, and the step after a
+rejection may not grow.
 
 >>> import numpy as np
->>> c = PIController(error_exponent=5)
->>> round(c.beta1, 3), round(c.beta2, 3)
-(0.14, 0.08)
->>> float(c.factor(np.array([1.0]), np.array([1.0]), np.array([False]))[0])
+>>> float(pi_factor_array(np, np.array([1.0]), np.array([1.0]), np.array([False]), 5.0)[0])
 0.9
->>> float(c.factor(np.array([0.0]), np.array([1.0]), np.array([False]))[0])   # capped growth
+>>> float(pi_factor_array(np, np.array([0.0]), np.array([1.0]), np.array([False]), 5.0)[0])   # capped growth
 10.0
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..backend import to_host
 
-__all__ = ["PIController", "pi_factor", "pi_factor_array", "initial_step"]
+__all__ = ["pi_factor", "pi_factor_array", "initial_step"]
 
 SAFETY = 0.9
 FACTOR_MIN = 0.2
@@ -31,8 +29,8 @@ FACTOR_MAX = 10.0
 
 
 def pi_factor(err, err_prev, after_reject, exponent):
-    """The PI controller's step-size factor for one problem (plain Python floats; Numba compiles the same
-    function for its kernels): see :class:`PIController`. A non-finite error gives the smallest factor.
+    """The PI controller's step-size factor for one row (plain Python floats; Numba compiles this function
+    into its control kernels). A non-finite error gives the smallest factor.
 
     >>> pi_factor(1.0, 1.0, False, 5), pi_factor(0.0, 1.0, False, 5), pi_factor(0.0, 1.0, True, 5)
     (0.9, 10.0, 1.0)
@@ -48,33 +46,9 @@ def pi_factor(err, err_prev, after_reject, exponent):
     return min(max(FACTOR_MIN, SAFETY * e ** (-1.0 / exponent)), 1.0)
 
 
-@dataclass(frozen=True)
-class PIController:
-    """Proportional–integral step-size controller (Gustafsson; Hairer–Wanner II §IV.2).
-
-    ``h_new = h · clip(0.9 · err^−β₁ · err_prev^β₂, 1/5, 10)`` with ``β₁ = 7/(10p)``, ``β₂ = 2/(5p)`` where
-    ``p`` is the exponent of the local error estimate (error ∝ hᵖ). After a rejection the factor is
-    ``max(1/5, 0.9 · err^−1/p)``, and the step after a rejection may not grow.
-    """
-
-    error_exponent: int
-
-    @property
-    def beta1(self) -> float:
-        return 0.7 / self.error_exponent
-
-    @property
-    def beta2(self) -> float:
-        return 0.4 / self.error_exponent
-
-    def factor(self, err, err_prev, after_reject):
-        """Factor for the next step from host arrays ``err``, ``err_prev`` and ``after_reject`` (shape (B,));
-        call it under ``np.errstate(all="ignore")`` (non-finite errors give the smallest factor)."""
-        return pi_factor_array(np, err, err_prev, after_reject, self.error_exponent)
-
-
 def pi_factor_array(xp, err, err_prev, after_reject, exponent):
-    """:func:`pi_factor` on arrays of the namespace ``xp`` (one factor per sample)."""
+    """:func:`pi_factor` on arrays of the namespace ``xp`` (one factor per row; ``exponent`` a number or an
+    array); call it under ``errstate(all="ignore")`` (non-finite errors give the smallest factor)."""
     e = xp.maximum(err, 1e-10)
     accepted = SAFETY * e ** (-(0.7 / exponent)) * err_prev ** (0.4 / exponent)
     accepted = xp.minimum(xp.maximum(accepted, FACTOR_MIN), xp.where(after_reject, 1.0, FACTOR_MAX))

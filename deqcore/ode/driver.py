@@ -1,19 +1,20 @@
 """The one adaptive time-stepping loop behind :func:`~deqcore.ode.integrate` and
-:func:`~deqcore.ode.steady_state`.
+:func:`~deqcore.ode.steady_state`, batched or not.
 
-States and derivatives stay on the device. The steppers return the error of an attempt as per-row sums of
-the squared scaled error (and ``max|y_new|``), formed by fused kernels in the pass that combines the stages.
+Every problem is a set of rows (one row per sample of a batched problem, a single row otherwise) with its own
+time, step size, controller history, counters and return code. After each attempt the ``ode_control`` kernel
+(:mod:`deqcore.ode.kernels`) decides for every row: accept or reject, the PI step-size factor, the end of the
+span, the steady-state test, divergence and step-size failure. That kernel is the only copy of the control
+logic. Batched problems keep the rows on the device, and the step's only transfer to the host is two counts
+(accepted and still active rows); an unbatched problem keeps its one row on the host, so the right-hand side
+receives ``t`` as a Python float and the accepted steps are recorded for dense output.
 
-- Unbatched problems keep time, step size and controller state as Python floats: one transfer of two
-  numbers per step on CuPy (the RHS takes ``t`` as a float, and the accepted steps are recorded on the host).
-- Batched problems (steady states) keep one step size, controller history and return code per sample on the
-  device; the ``ode_control`` kernel updates them, freezes finished samples, and leaves two counts (accepted
-  and still active samples) that are the step's only transfer to the host.
+The stepper protocol (:class:`~deqcore.ode.base.Stepper`): ``start(t0, y0, f0)`` once, then
+``attempt(t, y, f, h, active, tol) -> Trial`` and, for the rows that accepted, ``accept(trial, mask, t_new)``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,13 @@ import numpy as np
 
 from ..backend import get_kernel, to_host
 from ..results import ReturnCode
-from .base import Evaluator
-from .controller import initial_step, pi_factor
+from .base import Evaluator, ensure_error_sums
+from .controller import initial_step
 
 __all__ = ["run", "StepRecord", "LoopResult"]
+
+#: the time variable is float64 whatever the state's dtype: the step-size floor uses its resolution
+T_EPS = float(np.finfo(np.float64).eps)
 
 
 @dataclass
@@ -42,7 +46,8 @@ class StepRecord:
 
 @dataclass
 class LoopResult:
-    """The final state; ``t``, ``codes``, ``accepted``, ``rejected`` and ``nfe`` are host arrays ``(B,)``."""
+    """The final state; ``t``, ``codes``, ``accepted``, ``rejected`` and ``nfev`` are host arrays ``(rows,)``
+    (``nfev``: the evaluations done when each row finished)."""
 
     y: Any
     f: Any
@@ -52,148 +57,92 @@ class LoopResult:
     num_steps: int = 0
     accepted: np.ndarray | None = None
     rejected: np.ndarray | None = None
-    nfe: np.ndarray | None = None
+    nfev: np.ndarray | None = None
 
 
-def error_sums(ev: Evaluator, trial, y, tol):
-    """Fill ``trial.err_sq`` and ``trial.y_absmax`` from an error array ``trial.err`` (methods without their
-    own fused error kernel): the ``rk_combine_error`` kernel with the error as its only stage."""
-    xp = ev.xp
-    combine = get_kernel("rk_combine_error", xp)
-    ones = xp.ones(ev.num_rows)
-    _, trial.err_sq, trial.y_absmax = combine(ev.rows(y), ev.rows(trial.err)[None], ones[:1], ones[:1], ones,
-                                              ev.rows(trial.y1), False, tol[0], tol[1])
-    return trial
+def row_absmax(ev: Evaluator, a):
+    """max|a| of every row as float64 (NaN-propagating), in ``a``'s namespace."""
+    return ev.xp.max(ev.xp.abs(ev.rows(a)), axis=1).astype(np.float64)
 
 
-@np.errstate(all="ignore")  # non-finite values are detected and reported below, never warned about
-def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *, atol: float, rtol: float,
+@np.errstate(all="ignore")  # non-finite values are detected and reported as codes, never warned about
+def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *, atol, rtol: float,
         max_steps: int, dt0, steady: bool = False, record: bool = False) -> LoopResult:
-    """Step from ``t0`` towards ``t_end`` (``inf`` for steady states, ``steady=True``, which stop where
-    ``max|f| ≤ atol + rtol·max|y|``, per sample when batched)."""
-    B = y0.shape[0] if ev.batched else 1
+    """Step from ``t0`` towards ``t_end`` (``inf`` for steady states, ``steady=True``).
+
+    A steady-state row stops at an accepted state where ``max|f| ≤ atol + rtol·max|f(y0)|`` (the residual
+    fell below ``atol`` or by the factor ``rtol`` from its start). ``atol`` may be an array broadcastable to a
+    row's elements (per-component error weights; then the reference kernels form the error norms).
+    """
+    xp, R = ev.xp, ev.num_rows
+    cx = xp if ev.batched else np  # where the per-row control state lives
+    tol = (atol, rtol)
     f0 = ev(t0, y0)
     span = abs(t_end - t0)
     if dt0 is None:
-        h = initial_step(ev.xp, lambda t, y, dh: ev(t + dh, y), np.full(B, t0), y0, f0, direction, atol, rtol,
-                         stepper.error_exponent, ev.batched, span)
+        h0 = initial_step(xp, lambda t, y, dh: ev(t + dh, y), np.full(R, t0), y0, f0, direction,
+                          ev.full_atol(atol), rtol, stepper.error_exponent, ev.batched, span)
     else:
-        h = np.full(B, min(abs(float(dt0)), span))
+        floor = 100.0 * T_EPS * max(abs(float(t0)), 1.0)  # a dt0 below t's resolution is raised to it
+        h0 = np.full(R, min(max(abs(float(dt0)), floor), span))
     stepper.start(float(t0), y0, f0)
-    run_loop = _run_batched if ev.batched else _run_single
-    return run_loop(ev, stepper, y0, f0, float(t0), t_end, direction, h, atol=atol, rtol=rtol,
-                    max_steps=max_steps, steady=steady, record=record)
-
-
-def _run_single(ev, stepper, y, fy, t, t_end, direction, h, *, atol, rtol, max_steps, steady, record):
-    """The loop of an unbatched problem: step control on Python floats."""
-    xp, n = ev.xp, y.size
-    h = float(h[0])
-    tol = (atol, rtol)
-    big = float(np.sqrt(np.finfo(y.dtype).max))
-    eps = float(np.finfo(y.dtype).eps)
-    on_host = xp is np
-    code = ReturnCode.SUCCESS
-    err_prev, after_reject = 1.0, False
-    accepted = rejected = num_steps = 0
-    steps: list[StepRecord] = []
-    active = not (steady and _converged(xp, y, fy, atol, rtol))
-    while active:
-        if num_steps >= max_steps:
-            code = ReturnCode.MAX_STEPS
-            break
-        remaining = abs(t_end - t)
-        last = h >= remaining * (1.0 - 1e-12)
-        if last:
-            h = remaining
-        trial = stepper.attempt(t, y, fy, direction * h, None, tol)
-        num_steps += 1
-        if trial.err_sq is None:
-            error_sums(ev, trial, y, tol)
-        if on_host:
-            err_sq, y_max = float(trial.err_sq[0]), float(trial.y_absmax[0])
-        else:
-            err_sq, y_max = (float(v) for v in to_host(xp.concatenate([trial.err_sq, trial.y_absmax])))
-        err = math.sqrt(err_sq / n)
-        ok = err <= 1.0
-        if ok:
-            t_new = t_end if last else t + direction * h
-            if record:
-                steps.append(StepRecord(t, t_new - t, y, trial.y1, fy, trial.f1, trial.stages))
-            y, fy = trial.y1, trial.f1
-            stepper.accept(trial, None, t_new)
-            t = t_new
-            err_prev = max(err, 1e-4)
-            accepted += 1
-        else:
-            rejected += 1
-        h *= pi_factor(err, err_prev, after_reject, trial.error_exponent)
-        after_reject = not ok
-        if ok:
-            if not (y_max < big):
-                code = ReturnCode.DIVERGED
-                break
-            if t == t_end or (steady and _converged(xp, y, fy, atol, rtol, y_max)):
-                break
-        if h <= 8.0 * eps * max(abs(t), 1.0):
-            code = ReturnCode.DT_TOO_SMALL if math.isfinite(err) else ReturnCode.DIVERGED
-            break
-    return LoopResult(y, fy, np.array([t]), np.array([int(code)]), steps, num_steps, np.array([accepted]),
-                      np.array([rejected]), np.array([ev.nfev]))
-
-
-def _converged(xp, y, f, atol, rtol, y_max=None):
-    """The steady-state test of an unbatched problem: max|f| ≤ atol + rtol·max|y| (False for NaN)."""
-    res = xp.max(xp.abs(f))
-    if y_max is None:
-        y_max = xp.max(xp.abs(y))
-    return bool(res <= atol + rtol * y_max)
-
-
-def _run_batched(ev, stepper, y, fy, t0, t_end, direction, h_host, *, atol, rtol, max_steps, steady, record):
-    """The loop of a batched problem: per-sample step control on the device (``ode_control``)."""
-    xp, R = ev.xp, ev.num_rows
-    control = get_kernel("ode_control", xp)
-    tol = (atol, rtol)
-    big = float(np.sqrt(np.finfo(y.dtype).max))
-    eps = float(np.finfo(y.dtype).eps)
-    t = xp.full(R, t0, dtype=np.float64)
-    h = xp.asarray(h_host, dtype=np.float64)
-    err_prev = xp.ones(R)
-    after_reject = xp.zeros(R, dtype=bool)
-    codes = xp.full(R, int(ReturnCode.SUCCESS), dtype=np.int64)
-    accepted, rejected = xp.zeros(R, dtype=np.int64), xp.zeros(R, dtype=np.int64)
-    nfe = xp.full(R, ev.nfev, dtype=np.int64)
+    control = get_kernel("ode_control", cx)
+    big = float(np.sqrt(np.finfo(y0.dtype).max))
+    m = y0.size // R
+    t = cx.full(R, float(t0), dtype=np.float64)
+    h = cx.asarray(h0, dtype=np.float64)
+    err_prev = cx.ones(R)
+    after_reject, ok = cx.zeros(R, dtype=bool), cx.zeros(R, dtype=bool)
+    codes = cx.full(R, int(ReturnCode.SUCCESS), dtype=np.int64)
+    accepted, rejected = cx.zeros(R, dtype=np.int64), cx.zeros(R, dtype=np.int64)
+    nfev = cx.full(R, ev.nfev, dtype=np.int64)
+    summary = cx.zeros(2, dtype=np.int64)
     if steady:
-        rows_f, rows_y = ev.rows(fy), ev.rows(y)
-        active = ~(xp.max(xp.abs(rows_f), axis=1) <= atol + rtol * xp.max(xp.abs(rows_y), axis=1))
+        res0 = row_absmax(ev, f0)
+        res0 = res0 if cx is xp else to_host(res0)
+        threshold = float(np.max(atol)) + rtol * res0
+        active = ~(res0 <= threshold)
     else:
-        active = xp.ones(R, dtype=bool)
-    summary = xp.zeros(2, dtype=np.int64)
-    n_active = int(active.sum())
-    finite_end = math.isfinite(t_end)
-    num_steps = 0
+        threshold = cx.zeros(R)
+        active = cx.ones(R, dtype=bool)
+    y, fy = y0, f0
+    steps: list[StepRecord] = []
+    exponent, h_spare = cx.empty(R), cx.empty(R)
+    n_active, num_steps = int(active.sum()), 0
     while n_active:
         if num_steps >= max_steps:
-            xp.copyto(codes, int(ReturnCode.MAX_STEPS), where=active)
+            cx.copyto(codes, int(ReturnCode.MAX_STEPS), where=active)
             break
-        if finite_end:
-            remaining = xp.abs(t_end - t)
-            h = xp.where(h >= remaining * (1.0 - 1e-12), remaining, h)
-        trial = stepper.attempt(t, y, fy, h if direction == 1.0 else direction * h, active, tol)
+        if ev.batched:
+            t_arg, h_arg = t, (h if direction == 1.0 else direction * h)
+        else:
+            t_arg, h_arg = float(t[0]), direction * float(h[0])
+        trial = stepper.attempt(t_arg, y, fy, h_arg, active if ev.batched else None, tol)
+        ensure_error_sums(ev, trial, y, tol)
         num_steps += 1
-        if trial.err_sq is None:
-            error_sums(ev, trial, y, tol)
-        ok = xp.empty(R, dtype=bool)
-        t, h, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok, summary = control(
-            trial.err_sq, trial.y_absmax, ev.rows(trial.f1), t, h, xp.empty(R), err_prev, after_reject,
-            active, codes, accepted, rejected, nfe, ok, summary, t_end, direction, trial.error_exponent,
-            steady, atol, rtol, big, eps, ev.nfev)
-        n_ok, n_active = (int(v) for v in to_host(summary))  # the step's one transfer to the host
+        res = row_absmax(ev, trial.f1) if steady else trial.err_sq
+        if cx is not xp:  # an unbatched problem on a device: its row's numbers in one transfer
+            err_sq, y_absmax, res = to_host(xp.stack([trial.err_sq, trial.y_absmax, res]))
+        else:
+            err_sq, y_absmax = trial.err_sq, trial.y_absmax
+        if isinstance(trial.error_exponent, (int, float, np.number)):
+            exponent.fill(trial.error_exponent)
+        else:
+            exponent = cx.asarray(trial.error_exponent, dtype=np.float64)
+        h_old = h
+        t, h, err_prev, after_reject, active, codes, accepted, rejected, nfev, ok, summary = control(
+            err_sq, y_absmax, res, threshold, exponent, t, h, h_spare, err_prev, after_reject, active, codes,
+            accepted, rejected, nfev, ok, summary, m, t_end, direction, steady, big, T_EPS, ev.nfev)
+        # an unbatched stepper got h as a float, so its buffer can be reused; a batched one may keep the array
+        h_spare = cx.empty(R) if ev.batched else h_old
+        n_ok, n_active = to_host(summary).tolist()  # the step's one transfer to the host
         if n_ok:
-            mask = None if n_ok == R else ok
+            mask = None if n_ok == R else xp.asarray(ok)
+            if record:
+                steps.append(StepRecord(t_arg, float(t[0]) - t_arg, y, trial.y1, fy, trial.f1, trial.stages))
             y = ev.select(mask, trial.y1, y)
             fy = ev.select(mask, trial.f1, fy)
-            stepper.accept(trial, mask, t)
-    return LoopResult(y, fy, to_host(t), to_host(codes), [], num_steps, to_host(accepted), to_host(rejected),
-                      to_host(nfe))
+            stepper.accept(trial, mask, t if ev.batched else float(t[0]))
+    host = (to_host(a) for a in (t, codes, accepted, rejected, nfev))
+    t, codes, accepted, rejected, nfev = host
+    return LoopResult(y, fy, t, codes, steps, num_steps, accepted, rejected, nfev)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backend import get_kernel
-from .base import Evaluator, ODEMethod, Trial
+from .base import Evaluator, ODEMethod, Trial, kernel_for
 from .tableaus import BS3, TSIT5, ButcherTableau
 
 __all__ = ["Tsit5", "ExplicitRKStepper"]
@@ -35,7 +35,7 @@ class ExplicitRKStepper:
         self._e = xp.asarray(tableau.b_err)
         self._c = [float(c) for c in tableau.c]
         self._stage = get_kernel("rk_stage", xp)
-        self._combine = get_kernel("rk_combine_error", xp)
+        self._combine = kernel_for("rk_combine_error", ev)
 
     def start(self, t0, y0, f0):
         pass
@@ -60,7 +60,7 @@ class ExplicitRKStepper:
             new_rows = ev.xp.empty_like(yrows)
         atol, rtol = (1.0, 1.0) if tol is None else tol
         new_rows, err_sq, y_absmax = self._combine(yrows, krows, self._b, self._e, hr, new_rows, not tab.fsal,
-                                                   atol, rtol)
+                                                   ev.row_atol(atol), rtol)
         if not tab.fsal:
             y1 = new_rows.reshape(y.shape)
             f1 = ev(t + h if timed else 0.0, y1)

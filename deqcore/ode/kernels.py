@@ -11,8 +11,9 @@ computed in the pass that forms the error, so the error itself is never stored.
   stage input instead), the error ``h·Σ e_j k_j`` reduced to its per-row sum, and ``max|y_new|`` per row.
 - ``adams_predict(y, f0, f1, f2, h, h1, h2)`` and ``adams_correct_error(...)``: the same for the
   variable-step Adams methods in divided-difference form (see :mod:`deqcore.ode.adams`).
-- ``ode_control(...)``: the per-sample step control of a batched solve (RMS norm, accept/reject, PI factor,
-  convergence, divergence and step-size failure) on the device, with a two-number summary for the host.
+- ``ode_control(...)``: the step control of every row (RMS norm, accept/reject, PI factor, end of the span,
+  steady-state test, divergence and step-size failure), with a two-number summary for the host. It is the
+  only copy of that logic: unbatched problems run it on one host row, batched ones on the device.
 
 Maxima propagate NaN (as ``xp.max`` does), so a row holding NaN is never accepted or converged.
 
@@ -93,7 +94,9 @@ def adams_correct_error_reference(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_ne
     e3 = (e2 - d2) / (h + h1 + h2)
     if corrector:
         y_new[...] = y_pred + w2 * (e2 - d2)
-        w3 = -h * h * h * (h / 12.0 + h1 / 6.0)  # AM4 − AM3: ∫_0^h (s − h) s (s + h₁) ds
+        # twice AM4 − AM3 (∫_0^h (s − h) s (s + h₁) ds): in PECE mode the new state also carries the
+        # predictor's error through the corrector's h·β₀·∂f/∂y, which the Milne term does not see
+        w3 = -h * h * h * (h / 6.0 + h1 / 3.0)
     else:
         p, q = h1, h1 + h2  # ∫_0^h s (s + h₁)(s + h₁ + h₂) ds
         w3 = h * h * (h * h / 4.0 + (p + q) * h / 3.0 + p * q / 2.0)
@@ -101,20 +104,23 @@ def adams_correct_error_reference(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_ne
     return y_new, err_sq, y_absmax
 
 
-def ode_control_reference(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes,
-                          accepted, rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol,
-                          rtol, big, eps, nfev):
-    """Reference: one step of per-row control after an attempt (rows ``(R,)``; ``f_new`` is ``(R, m)``).
+def ode_control_reference(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject,
+                          active, codes, accepted, rejected, nfev_rows, ok, summary, m, t_end, direction, steady,
+                          big, eps, nfev):
+    """Reference: the step control of every row after an attempt (all per-row arrays ``(R,)``).
 
-    For each active row: RMS error ``sqrt(err_sq / m)``; accept when ≤ 1 (advance ``t``, remember the error);
-    ``h_next = h · factor`` (PI controller with error exponent ``exponent``); count the attempt; then finish
-    the row when it reached ``t_end`` or (``steady``) ``max|f_new| ≤ atol + rtol·y_absmax`` (SUCCESS), when an
-    accepted state is not below ``big`` (DIVERGED), or when the next step would vanish against ``eps·|t|``
-    (DT_TOO_SMALL, or DIVERGED for a non-finite error). ``ok`` receives the accepted rows, ``summary`` the
-    number of accepted and of still active rows. Inactive rows keep ``h``.
+    ``err_sq`` are the squared scaled error sums over the ``m`` elements of a row, ``y_absmax`` = max|y_new|,
+    ``res`` = max|f(y_new)| (read when ``steady``), ``threshold`` the steady-state test's bound and
+    ``exponent`` the power of h the row's local error scales with. For each active row: RMS error
+    ``sqrt(err_sq / m)``; accept when ≤ 1 (advance ``t`` by ``direction·h``, landing exactly on ``t_end``,
+    and remember the error); ``h_next = h · factor`` (PI controller), then at most the rest of the span
+    ``|t_end − t|``; count the attempt; then finish the row
+    when it reached ``t_end`` or (``steady``) ``res ≤ threshold`` (SUCCESS), when an accepted state is not
+    below ``big`` (DIVERGED), or when the next step would vanish against ``eps·max(|t|, 1)`` (DT_TOO_SMALL,
+    or DIVERGED for a non-finite error). ``ok`` receives the accepted rows, ``summary`` the number of
+    accepted and of still active rows. Inactive rows keep ``h``.
     """
     xp = get_namespace(err_sq)
-    m = f_new.shape[1]
     err = xp.sqrt(err_sq / m)
     last = h >= xp.abs(t_end - t) * (1.0 - 1e-12)
     good = active & (err <= 1.0)
@@ -126,20 +132,21 @@ def ode_control_reference(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after
     xp.copyto(after_reject, bad)
     accepted += good
     rejected += bad
-    xp.copyto(nfe, nfev, where=active)
+    xp.copyto(nfev_rows, nfev, where=active)
     done = good & (t == t_end)
     if steady:
-        done |= good & (xp.max(xp.abs(f_new), axis=1) <= atol + rtol * y_absmax)
+        done |= good & (res <= threshold)
     blown = good & ~(y_absmax < big)
     xp.copyto(codes, DIVERGED, where=blown)
     still = active & ~done & ~blown
     tiny = still & (h_next <= 8.0 * eps * xp.maximum(xp.abs(t), 1.0))
     xp.copyto(codes, xp.where(xp.isfinite(err), DT_TOO_SMALL, DIVERGED), where=tiny)
     xp.copyto(active, still & ~tiny)
+    xp.copyto(h_next, xp.minimum(h_next, xp.abs(t_end - t)), where=active)  # never past t_end
     xp.copyto(ok, good)
     summary[0] = good.sum()
     summary[1] = active.sum()
-    return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok, summary
+    return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfev_rows, ok, summary
 
 
 # ---- examples (tests and the GPU bandwidth benchmark) and memory traffic ---------------------------------
@@ -208,13 +215,14 @@ def correct_traffic(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, corrector, 
 
 def control_example(rng, dtype, size="small"):
     """Rows that are accepted, rejected, converge, blow up, hit a NaN error, shrink to nothing or are idle."""
-    rows, m = (12, 9) if size == "small" else (4096, 256)
-    f_new = (10.0 ** rng.integers(-9, 1, (rows, 1)) * rng.standard_normal((rows, m))).astype(dtype)
-    f_new[3, 2] = np.nan
+    rows, m = (12, 9) if size == "small" else (65536, 256)   # the control reads per-row numbers only
+    res = 10.0 ** rng.integers(-9, 1, rows).astype(float)
+    res[3] = np.nan
     err_sq = m * (10.0 ** rng.uniform(-4, 1, rows)) ** 2
     err_sq[5] = np.nan
     y_absmax = 10.0 ** rng.uniform(-1, 1, rows)
     y_absmax[7] = np.inf
+    exponent = rng.choice([3.0, 4.0, 5.0], rows)
     t = rng.uniform(0, 10, rows)
     h = 10.0 ** rng.uniform(-3, 0, rows)
     h[9] = 1e-17
@@ -223,14 +231,14 @@ def control_example(rng, dtype, size="small"):
     active[[5, 7, 9]] = True
     codes = np.zeros(rows, dtype=np.int64)
     counts = [rng.integers(0, 5, rows).astype(np.int64) for _ in range(3)]
-    return (err_sq, y_absmax, f_new, t, h, np.zeros(rows), rng.uniform(1e-4, 1, rows), after_reject, active,
-            codes, *counts, np.zeros(rows, dtype=bool), np.zeros(2, dtype=np.int64), np.inf, 1.0, 4, True,
-            1e-6, 1e-6, 1e150, float(np.finfo(dtype).eps), 17)
+    return (err_sq, y_absmax, res, np.full(rows, 1e-6), exponent, t, h, np.zeros(rows),
+            rng.uniform(1e-4, 1, rows), after_reject, active, codes, *counts, np.zeros(rows, dtype=bool),
+            np.zeros(2, dtype=np.int64), m, np.inf, 1.0, True, 1e150, float(np.finfo(np.float64).eps), 17)
 
 
-def control_traffic(err_sq, y_absmax, f_new, *state_and_scalars):
-    per_row = sum(a.dtype.itemsize for a in state_and_scalars[:11] if hasattr(a, "dtype"))
-    return f_new.nbytes + (err_sq.itemsize + y_absmax.itemsize + 2 * per_row) * err_sq.shape[0]
+def control_traffic(err_sq, *state_and_scalars):
+    per_row = sum(a.dtype.itemsize for a in state_and_scalars[:15] if hasattr(a, "dtype"))
+    return (err_sq.itemsize + per_row) * err_sq.shape[0]
 
 
 # ---- registration ------------------------------------------------------------------------------------------
@@ -292,9 +300,9 @@ register_kernel(
     numba_cpu=f"{_MOD}:ode_control_numba_cpu",
     numba_cuda=f"{_MOD}:ode_control_numba_cuda",
     cuda_ptx_targets=_ptx("ode_control_cuda_kernel",
-                          "void(float64[:], float64[:], {t}[:, :], float64[:], float64[:], float64[:], "
-                          "float64[:], boolean[:], boolean[:], int64[:], int64[:], int64[:], int64[:], "
-                          "boolean[:], int64[:], float64, float64, int64, boolean, float64, float64, "
+                          "void(float64[:], float64[:], float64[:], float64[:], float64[:], float64[:], "
+                          "float64[:], float64[:], float64[:], boolean[:], boolean[:], int64[:], int64[:], "
+                          "int64[:], int64[:], boolean[:], int64[:], int64, float64, float64, boolean, "
                           "float64, float64, int64)"),
     example="deqcore.ode.kernels:control_example",
     traffic="deqcore.ode.kernels:control_traffic",

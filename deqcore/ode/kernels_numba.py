@@ -17,7 +17,7 @@ from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, la
 from .controller import pi_factor as _pi_factor_py
 from .kernels import DIVERGED, DT_TOO_SMALL
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
-from ..backend.cuda_blocks import block_reduce, block_reduce2, for_kernels, max_nan  # noqa: E402
+from ..backend.cuda_blocks import block_reduce2, for_kernels, max_nan  # noqa: E402
 
 __all__ = ["rk_stage_numba_cpu", "rk_stage_numba_cuda", "rk_combine_error_numba_cpu",
            "rk_combine_error_numba_cuda", "adams_predict_numba_cpu", "adams_predict_numba_cuda",
@@ -61,36 +61,39 @@ def adams_differences(f0, f1, f2, inv1, inv2, inv12):
 
 @numba.njit(inline="always")
 def adams_error_weight(h, h1, h2, corrector):
-    """Weight of the third divided difference in the local error (AM4 − AM3, or the next AB term)."""
+    """Weight of the third divided difference in the local error (twice AM4 − AM3, or the next AB term)."""
     if corrector:
-        return -h * h * h * (h / 12.0 + h1 / 6.0)
+        return -h * h * h * (h / 6.0 + h1 / 3.0)
     p = h1
     q = h1 + h2
     return h * h * (h * h / 4.0 + (p + q) * h / 3.0 + p * q / 2.0)
 
 
 @numba.njit(inline="always")
-def control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_reject, active, codes, accepted,
-                rejected, nfe, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev):
-    """Step control of row ``r`` after an attempt (see ``ode_control_reference``)."""
+def control_row(r, err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject, active,
+                codes, accepted, rejected, nfev_rows, m, t_end, direction, steady, big, eps, nfev):
+    """Step control of row ``r`` after an attempt (see ``ode_control_reference``); returns whether the row's
+    attempt was accepted."""
     hr = h[r]
     if not active[r]:
         h_next[r] = hr
         after_reject[r] = False
-        return
+        return False
+    err = math.sqrt(err_sq[r] / m)
+    good = err <= 1.0
     if good:
         last = hr >= abs(t_end - t[r]) * (1.0 - 1e-12)
         t[r] = t_end if last else t[r] + direction * hr
         err_prev[r] = max(err, 1e-4)
-    hn = hr * pi_factor(err, err_prev[r], after_reject[r], exponent)
+    hn = hr * pi_factor(err, err_prev[r], after_reject[r], exponent[r])
     h_next[r] = hn
     after_reject[r] = not good
     if good:
         accepted[r] += 1
     else:
         rejected[r] += 1
-    nfe[r] = nfev
-    if good and (t[r] == t_end or (steady and res <= atol + rtol * y_absmax[r])):
+    nfev_rows[r] = nfev
+    if good and (t[r] == t_end or (steady and res[r] <= threshold[r])):
         active[r] = False
     if good and not (y_absmax[r] < big):
         codes[r] = DIVERGED
@@ -98,18 +101,20 @@ def control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_rejec
     if active[r] and hn <= 8.0 * eps * max(abs(t[r]), 1.0):
         codes[r] = DT_TOO_SMALL if math.isfinite(err) else DIVERGED
         active[r] = False
+    if active[r]:
+        h_next[r] = min(hn, abs(t_end - t[r]))  # never past t_end
+    return good
 
 
-_block_reduce, _block_reduce2 = for_kernels(block_reduce, block_reduce2)
+(_block_reduce2,) = for_kernels(block_reduce2)
 _add_scaled_error = add_scaled_error.py_func if cuda_simulator_enabled() else add_scaled_error
 # The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
 if cuda_simulator_enabled():
-    _max_nan, _adams_row, _adams_differences, _adams_error_weight, _control_row = (
-        max_nan.py_func, adams_row.py_func, adams_differences.py_func, adams_error_weight.py_func,
-        control_row.py_func)
+    _adams_row, _adams_differences, _adams_error_weight, _control_row = (
+        adams_row.py_func, adams_differences.py_func, adams_error_weight.py_func, control_row.py_func)
 else:
-    _max_nan, _adams_row, _adams_differences, _adams_error_weight, _control_row = (
-        max_nan, adams_row, adams_differences, adams_error_weight, control_row)
+    _adams_row, _adams_differences, _adams_error_weight, _control_row = (
+        adams_row, adams_differences, adams_error_weight, control_row)
 
 
 # ---- Numba CPU ------------------------------------------------------------------------------------------
@@ -217,20 +222,14 @@ def adams_correct_error_numba_cpu(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_ne
 
 
 @numba.njit(cache=CACHE)
-def _control_cpu(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes, accepted,
-                 rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev):
-    rows, m = f_new.shape
+def _control_cpu(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject, active,
+                 codes, accepted, rejected, nfev_rows, ok, summary, m, t_end, direction, steady, big, eps, nfev):
     n_ok = 0
     n_active = 0
-    for r in range(rows):
-        err = math.sqrt(err_sq[r] / m)
-        good = active[r] and err <= 1.0
-        res = 0.0
-        if steady and good:
-            for i in range(m):
-                res = max_nan(res, abs(f_new[r, i]))
-        control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_reject, active, codes,
-                    accepted, rejected, nfe, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev)
+    for r in range(err_sq.shape[0]):
+        good = control_row(r, err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev,
+                           after_reject, active, codes, accepted, rejected, nfev_rows, m, t_end, direction,
+                           steady, big, eps, nfev)
         ok[r] = good
         n_ok += good
         n_active += active[r]
@@ -238,13 +237,13 @@ def _control_cpu(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, 
     summary[1] = n_active
 
 
-def ode_control_numba_cpu(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes,
-                          accepted, rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol,
-                          rtol, big, eps, nfev):
-    _control_cpu(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes, accepted,
-                 rejected, nfe, ok, summary, float(t_end), float(direction), int(exponent), bool(steady),
-                 float(atol), float(rtol), float(big), float(eps), int(nfev))
-    return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok, summary
+def ode_control_numba_cpu(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject,
+                          active, codes, accepted, rejected, nfev_rows, ok, summary, m, t_end, direction, steady,
+                          big, eps, nfev):
+    _control_cpu(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject, active,
+                 codes, accepted, rejected, nfev_rows, ok, summary, int(m), float(t_end), float(direction),
+                 bool(steady), float(big), float(eps), int(nfev))
+    return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfev_rows, ok, summary
 
 
 # ---- Numba CUDA -----------------------------------------------------------------------------------------
@@ -325,26 +324,14 @@ def adams_correct_error_cuda_kernel(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_
         part_max[r, cuda.blockIdx.y] = block_max
 
 
-def ode_control_cuda_kernel(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes,
-                            accepted, rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol,
-                            rtol, big, eps, nfev):
-    """One block per row: the block reduces max|f_new| of the row when its convergence is tested, then
-    thread 0 runs the row's control and counts it into ``summary`` (atomics)."""
-    r = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    m = f_new.shape[1]
-    err = math.sqrt(err_sq[r] / m)
-    good = active[r] and err <= 1.0
-    res = 0.0
-    if steady and good:  # the same for every thread of the block
-        shared = cuda.shared.array(THREADS, numba.float64)
-        top = 0.0
-        for i in range(tid, m, cuda.blockDim.x):
-            top = _max_nan(top, abs(f_new[r, i]))
-        res = _block_reduce(shared, top, True)
-    if tid == 0:
-        _control_row(r, err, good, res, y_absmax, t, h, h_next, err_prev, after_reject, active, codes,
-                     accepted, rejected, nfe, t_end, direction, exponent, steady, atol, rtol, big, eps, nfev)
+def ode_control_cuda_kernel(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject,
+                            active, codes, accepted, rejected, nfev_rows, ok, summary, m, t_end, direction,
+                            steady, big, eps, nfev):
+    """One thread per row (grid-stride): the row's control, counted into ``summary`` (atomics)."""
+    for r in range(cuda.grid(1), err_sq.shape[0], cuda.gridsize(1)):
+        good = _control_row(r, err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev,
+                            after_reject, active, codes, accepted, rejected, nfev_rows, m, t_end, direction,
+                            steady, big, eps, nfev)
         ok[r] = good
         if good:
             cuda.atomic.add(summary, 0, 1)
@@ -420,13 +407,14 @@ def adams_correct_error_numba_cuda(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_n
     return (y_new,) + _finish(xp, part_sum, part_max)
 
 
-def ode_control_numba_cuda(err_sq, y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes,
-                           accepted, rejected, nfe, ok, summary, t_end, direction, exponent, steady, atol,
-                           rtol, big, eps, nfev):
+def ode_control_numba_cuda(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject,
+                           active, codes, accepted, rejected, nfev_rows, ok, summary, m, t_end, direction, steady,
+                           big, eps, nfev):
     xp = get_namespace(err_sq)
     summary[...] = 0
-    _launch(_kernel("ode_control", ode_control_cuda_kernel), xp, err_sq.shape[0], _threads(8), err_sq,
-            y_absmax, f_new, t, h, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok,
-            summary, float(t_end), float(direction), int(exponent), bool(steady), float(atol), float(rtol),
-            float(big), float(eps), int(nfev))
-    return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfe, ok, summary
+    blocks, threads = launch_config(err_sq.shape[0], _threads())
+    _launch(_kernel("ode_control", ode_control_cuda_kernel), xp, blocks, threads, err_sq, y_absmax, res,
+            threshold, exponent, t, h, h_next, err_prev, after_reject, active, codes, accepted, rejected,
+            nfev_rows, ok, summary, int(m), float(t_end), float(direction), bool(steady), float(big),
+            float(eps), int(nfev))
+    return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfev_rows, ok, summary

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..results import ReturnCode, SolveError
 from .driver import StepRecord
+from .messages import ode_failure_message
 from .tableaus import ButcherTableau
 
 __all__ = ["ODESolution", "ODEProblem"]
@@ -33,6 +34,10 @@ class ODEProblem:
 class ODESolution:
     """Solution of an initial value problem.
 
+    It follows :class:`~deqcore.results.Solution`'s contract: ``value`` (the state reached), ``result``,
+    ``success``, ``stats``, ``residual`` and ``raise_if_failed()`` (a :class:`~deqcore.results.SolveError`
+    carrying this solution).
+
     Attributes:
         ts: host NumPy array of the saved times (``saveat``, or every accepted step point starting at t0).
         ys: states at ``ts``, stacked on a new leading axis (namespace and dtype of ``y0``); without
@@ -41,7 +46,8 @@ class ODESolution:
         stats: ``nfev``, ``num_steps`` (attempted), ``accepted``, ``rejected`` (plus ``njev``, ``nlinsolve``
             for implicit methods).
         problem: the :class:`ODEProblem` solved.
-        steps: the accepted steps (dense output and adjoints use them).
+        steps: the accepted steps (dense output and adjoints use them). Dense output finds a time's step by
+            bisection, O(log steps).
 
     >>> import numpy as np, deqcore as dq
     >>> sol = dq.integrate(lambda t, y: -y, np.array([1.0]), (0.0, 2.0), atol=1e-10, rtol=1e-10)
@@ -52,7 +58,7 @@ class ODESolution:
     """
 
     ts: np.ndarray
-    ys: Any
+    ys: Any = field(repr=False)
     result: ReturnCode
     stats: dict
     problem: ODEProblem
@@ -98,21 +104,38 @@ class ODESolution:
         if not self.steps:
             values = [self._y0 for _ in times]
         else:
-            direction = 1.0 if t_fin >= t0 else -1.0
-            ends = direction * np.array([s.t + s.h for s in self.steps])
+            direction, ends = self._step_ends()
             index = np.minimum(np.searchsorted(ends, direction * times, side="left"), len(self.steps) - 1)
             values = [interpolate(self.steps[i], tau, self._tableau) for i, tau in zip(index, times)]
         return values[0] if scalar else self._stack(values)
+
+    def _step_ends(self):
+        """(direction, direction · end time of every step), built once: a dense-output call costs
+        O(log steps), not O(steps)."""
+        if self._ends is None or self._ends[1].size != len(self.steps):
+            direction = 1.0 if self.t_final >= self.problem.t0 else -1.0
+            self._ends = (direction, direction * np.array([s.t + s.h for s in self.steps]))
+        return self._ends
+
+    def __repr__(self) -> str:
+        return (f"ODESolution(result={self.result.name}, t=[{self.problem.t0}, {self.t_final}], "
+                f"saved={len(self.ts)}, steps={len(self.steps)}, stats={self.stats})")
 
     # set by integrate(); not part of the constructor signature used by adjoints
     _y0: Any = field(default=None, repr=False)
     _tableau: ButcherTableau | None = field(default=None, repr=False)
     _stack: Callable = field(default=None, repr=False)
+    _ends: Any = field(default=None, repr=False)
+
+    def failure_message(self) -> str | None:
+        """What failed and what to try (ODE advice), or None on success."""
+        return ode_failure_message(np.array([int(self.result)]), False, f" at t = {self.t_final}")
 
     def raise_if_failed(self) -> "ODESolution":
-        if self.result != ReturnCode.SUCCESS:
-            raise SolveError(f"integration failed with {self.result.name} at t = {self.t_final}: "
-                             f"{self.result.message}", None)
+        """Raise :class:`~deqcore.results.SolveError` (carrying this solution) unless the solve succeeded."""
+        message = self.failure_message()
+        if message is not None:
+            raise SolveError(message, self)
         return self
 
 

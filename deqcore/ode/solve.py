@@ -7,34 +7,67 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
 from .._checks import check_callable, check_positive_int, check_tolerance
 from ..backend import check_finite, check_float_array, to_host
-from ..results import ReturnCode, Solution
+from ..results import ReturnCode, Solution, SolveError
 from .adams import VCABM3
 from .base import Evaluator, ODEMethod
 from .driver import run
 from .explicit import Tsit5
+from .messages import ode_failure_message
 from .solution import ODEProblem, ODESolution
 
 __all__ = ["integrate", "steady_state"]
 
 
-def _check_common(rhs, y0, solver, args, atol, rtol, max_steps):
+def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False):
     check_callable(rhs, "rhs")
     xp = check_float_array(y0, "y0")
+    if np.dtype(y0.dtype) not in (np.float32, np.float64):
+        raise TypeError(f"y0 must be float32 or float64, got {np.dtype(y0.dtype)}")
+    if y0.size == 0:
+        raise ValueError(f"y0 must have at least one element, got shape {tuple(y0.shape)}")
     check_finite(y0, "y0")
     if not isinstance(solver, ODEMethod):
         raise TypeError(f"solver must be an ODE method such as dq.Tsit5(), dq.VCABM3() or dq.Rodas3(); got "
                         f"{type(solver).__name__}")
     if not isinstance(args, tuple):
         raise TypeError(f"args must be a tuple of extra arguments for rhs, got {type(args).__name__}")
-    atol, rtol = check_tolerance(atol, "atol"), check_tolerance(rtol, "rtol")
-    if atol == 0.0 and rtol == 0.0:
+    atol = _check_atol(atol, y0) if atol_array else check_tolerance(atol, "atol")
+    rtol = check_tolerance(rtol, "rtol")
+    if np.all(atol == 0.0) and rtol == 0.0:
         raise ValueError("atol and rtol cannot both be 0")
+    rtol_min = 100.0 * float(np.finfo(y0.dtype).eps)
+    if rtol < rtol_min:
+        warnings.warn(f"rtol={rtol!r} is below what {np.dtype(y0.dtype).name} resolves; using rtol = "
+                      f"{rtol_min:.3g} (100 eps)", UserWarning, stacklevel=3)
+        rtol = rtol_min
     return xp, atol, rtol, check_positive_int(max_steps, "max_steps")
+
+
+def _check_atol(atol, y0):
+    """A number, or an array of per-component absolute tolerances broadcastable to ``y0`` (kept on the host
+    as a float64 NumPy array of y0's shape; a constant array becomes a number)."""
+    if np.ndim(atol) == 0:
+        return check_tolerance(atol, "atol")
+    values = np.asarray(to_host(atol) if hasattr(atol, "__cuda_array_interface__") else atol)
+    if values.dtype.kind not in "iuf":
+        raise TypeError(f"atol must be a real number or an array of them, got dtype {values.dtype}")
+    values = values.astype(np.float64)
+    try:
+        values = np.broadcast_to(values, y0.shape)
+    except ValueError:
+        raise ValueError(f"atol must broadcast to the shape of y0 {tuple(y0.shape)}, got shape "
+                         f"{values.shape}") from None
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError("atol must hold finite numbers >= 0")
+    if np.all(values == values.flat[0]):
+        return float(values.flat[0])
+    return values
 
 
 def _check_time(value, name):
@@ -65,9 +98,13 @@ def integrate(rhs, y0, t_span, solver=None, *, args=(), atol=1e-6, rtol=1e-3, sa
     Args:
         rhs: ``rhs(t, y, *args) -> dy/dt`` (an array of the shape of ``y0``; ``t`` a Python float).
         y0: initial state (any shape, float32/float64, NumPy or CuPy).
-        t_span: ``(t0, t1)``; ``t1 < t0`` integrates backwards.
+        t_span: ``(t0, t1)`` (a tuple, list or NumPy array); ``t1 < t0`` integrates backwards.
         solver: ``dq.Tsit5()`` (default), ``dq.VCAB3()``, ``dq.VCABM3()`` or ``dq.Rodas3()`` (stiff).
-        atol, rtol: error tolerances (per-step RMS error ≤ 1 in units of ``atol + rtol·|y|``).
+        atol, rtol: local error tolerances: every accepted step's error estimate has an RMS norm ≤ 1 in units
+            of ``atol + rtol·max(|y_old|, |y_new|)``, per component. ``atol`` may be an array broadcastable to
+            ``y0`` (one absolute tolerance per component). ``rtol`` below 100 eps of y0's dtype is raised to
+            that with a warning. The global error is not controlled; it is usually a small multiple of the
+            tolerance on non-chaotic problems.
         saveat: times at which to return the solution (default: every accepted step).
         dt0: first step size (its sign must match the direction of integration); default automatic.
         max_steps: cap on attempted steps (MAX_STEPS when hit).
@@ -75,7 +112,8 @@ def integrate(rhs, y0, t_span, solver=None, *, args=(), atol=1e-6, rtol=1e-3, sa
         throw: raise :class:`~deqcore.results.SolveError` when the integration fails.
 
     Returns:
-        :class:`ODESolution` (``ts``, ``ys``, ``result``, ``stats``, dense output ``sol(t)``).
+        :class:`ODESolution` (``ts``, ``ys``, ``value``, ``result``, ``success``, ``stats``, ``residual``,
+        dense output ``sol(t)``).
 
     >>> import numpy as np, deqcore as dq
     >>> sol = dq.integrate(lambda t, y: np.array([y[1], -y[0]]), np.array([0.0, 1.0]), (0.0, np.pi / 2),
@@ -86,12 +124,8 @@ def integrate(rhs, y0, t_span, solver=None, *, args=(), atol=1e-6, rtol=1e-3, sa
     0.5
     """
     solver = Tsit5() if solver is None else solver
-    xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps)
-    if not isinstance(t_span, (tuple, list)) or len(t_span) != 2:
-        raise ValueError(f"t_span must be a pair (t0, t1), got {t_span!r}")
-    t0, t1 = _check_time(t_span[0], "t_span[0]"), _check_time(t_span[1], "t_span[1]")
-    if t0 == t1:
-        raise ValueError("t_span must have t1 != t0 (an empty span)")
+    xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=True)
+    t0, t1 = _check_span(t_span)
     direction = 1.0 if t1 > t0 else -1.0
     if dt0 is not None:
         dt0 = _check_time(dt0, "dt0")
@@ -100,9 +134,14 @@ def integrate(rhs, y0, t_span, solver=None, *, args=(), atol=1e-6, rtol=1e-3, sa
     times = _check_saveat(saveat, t0, t1)
     if jac is not None:
         check_callable(jac, "jac")
-    ev = Evaluator(xp, rhs, args, batched=False, autonomous=False, shape=y0.shape, dtype=y0.dtype)
+    check_bool(throw, "throw")
+    y0 = y0.copy()  # the solution's records never alias the caller's array
+    per_component = np.ndim(atol) > 0
+    ev = Evaluator(xp, rhs, args, batched=False, autonomous=False, shape=y0.shape, dtype=y0.dtype,
+                   atol_per_component=per_component)
     stepper = solver.stepper(ev, jac)
-    out = run(ev, stepper, y0, t0, t1, direction, atol=atol, rtol=rtol, max_steps=max_steps, dt0=dt0,
+    run_atol = xp.asarray(atol) if per_component and xp is not np else atol
+    out = run(ev, stepper, y0, t0, t1, direction, atol=run_atol, rtol=rtol, max_steps=max_steps, dt0=dt0,
               record=True)
     code = ReturnCode(int(out.codes[0]))
     stats = {"nfev": ev.nfev, "num_steps": out.num_steps, "accepted": int(out.accepted[0]),
@@ -123,9 +162,32 @@ def integrate(rhs, y0, t_span, solver=None, *, args=(), atol=1e-6, rtol=1e-3, sa
     return sol
 
 
+def _check_span(t_span):
+    """``(t0, t1)`` from a pair: a tuple, list or 1-D array of two finite, different real numbers."""
+    if hasattr(t_span, "__cuda_array_interface__"):
+        t_span = to_host(t_span)
+    if isinstance(t_span, np.ndarray):
+        if t_span.shape != (2,) or t_span.dtype.kind not in "iuf":
+            raise ValueError(f"t_span must be a pair (t0, t1), got an array of shape {t_span.shape} and dtype "
+                             f"{t_span.dtype}")
+        t_span = tuple(t_span.tolist())
+    if not isinstance(t_span, (tuple, list)) or len(t_span) != 2:
+        raise ValueError(f"t_span must be a pair (t0, t1), got {t_span!r}")
+    t0, t1 = _check_time(t_span[0], "t_span[0]"), _check_time(t_span[1], "t_span[1]")
+    if t0 == t1:
+        raise ValueError("t_span must have t1 != t0 (an empty span)")
+    return t0, t1
+
+
 def steady_state(rhs, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-4, max_steps=1000, batched=False,
                  jac=None, throw=True) -> Solution:
-    """Integrate ``du/dt = rhs(t, u, *args)`` towards ``t = ∞`` until ``max|du/dt| ≤ atol + rtol·max|u|``.
+    """Integrate ``du/dt = rhs(t, u, *args)`` towards ``t = ∞`` until ``max|du/dt| ≤ atol + rtol·max|f(u0)|``.
+
+    ``atol`` and ``rtol`` mean two things here. The stopping test: a state is steady when the residual
+    ``max|f(u)|`` is at most ``atol``, or has fallen by the factor ``rtol`` from its value at the start
+    (``max|f(u0)|``), at an accepted step. And the step control, as in :func:`integrate`. Because the test
+    asks the residual to decrease, a state that runs away (``|u|`` growing without bound while ``|f|`` does
+    not shrink, e.g. ``du/dt = 1``) never passes it and ends with MAX_STEPS or DIVERGED.
 
     The right-hand side is treated as autonomous (it is called with ``t = 0.0``). With ``batched=True`` the
     leading axis holds independent problems: each sample has its own step size, controller, convergence test
@@ -146,8 +208,8 @@ def steady_state(rhs, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-4, max_ste
     Returns:
         :class:`~deqcore.results.Solution`: ``value`` the steady state (the last iterate on failure),
         ``result`` (an int array ``(B,)`` when batched), ``residual`` = ``max|du/dt|`` per sample, ``stats``
-        with ``nfev``, ``num_steps`` (attempted), ``accepted``, ``rejected`` and, when batched, ``nfe`` (the
-        evaluations each sample needed until it converged) and ``accepted`` per sample.
+        with ``nfev``, ``num_steps`` (attempted), ``accepted``, ``rejected`` and, when batched,
+        ``nfev_per_sample`` (the evaluations done when each sample finished) and ``accepted_per_sample``.
 
     >>> import numpy as np, deqcore as dq
     >>> A = np.array([[-2.0, 1.0], [0.0, -1.0]]); b = np.array([1.0, 1.0])
@@ -159,10 +221,13 @@ def steady_state(rhs, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-4, max_ste
     xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps)
     if not isinstance(batched, bool):
         raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
-    if batched and y0.ndim < 1:
-        raise ValueError("batched=True needs y0 with a leading batch axis")
+    if batched and (y0.ndim < 1 or y0.shape[0] == 0 or y0.size == 0):
+        raise ValueError(f"batched=True needs y0 with a leading batch axis and elements, got shape "
+                         f"{tuple(y0.shape)}")
     if jac is not None:
         check_callable(jac, "jac")
+    check_bool(throw, "throw")
+    y0 = y0.copy()
     ev = Evaluator(xp, rhs, args, batched=batched, autonomous=True, shape=y0.shape, dtype=y0.dtype)
     stepper = solver.stepper(ev, jac)
     out = run(ev, stepper, y0, 0.0, math.inf, 1.0, atol=atol, rtol=rtol, max_steps=max_steps, dt0=None,
@@ -172,7 +237,7 @@ def steady_state(rhs, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-4, max_ste
              "rejected": int(out.rejected.max())}
     stats.update(getattr(stepper, "stats", {}))
     if batched:
-        stats["nfe"] = out.nfe
+        stats["nfev_per_sample"] = out.nfev
         stats["accepted_per_sample"] = out.accepted
         result = xp.asarray(out.codes)
         res = residual
@@ -180,6 +245,13 @@ def steady_state(rhs, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-4, max_ste
         result = ReturnCode(int(out.codes[0]))
         res = float(residual[0])
     sol = Solution(out.y, result, stats, res, batched)
-    if throw:
-        sol.raise_if_failed()
+    message = ode_failure_message(out.codes, batched)
+    if throw and message is not None:
+        raise SolveError(message, sol)
     return sol
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
