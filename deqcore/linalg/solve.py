@@ -16,6 +16,8 @@ deqcore.results.SolveError: solve failed with LINEAR_SOLVE_FAILED: ...
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._checks import check_solver_dtype
 from ..backend import check_float_array
 from ..results import Solution
@@ -28,7 +30,8 @@ from .operator import LinearOperator
 __all__ = ["linear_solve"]
 
 
-def linear_solve(A_or_op, b, solver=None, *, x0=None, transpose=False, throw=True) -> Solution:
+def linear_solve(A_or_op: Any, b: Any, solver: LinearSolver | None = None, *, x0: Any = None,
+                 transpose: bool = False, throw: bool = True) -> Solution:
     """Solve ``A x = b`` (or ``A^T x = b``) for one system ``b: (n,)`` or a batch ``b: (B, n)``.
 
     Args:

@@ -26,12 +26,14 @@ docstring).
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from .._checks import (check_bool, check_callable, check_positive_int, check_returned_array, check_solver_dtype,
                        check_tolerance)
 from ..backend import check_finite, check_float_array, get_namespace
-from ..results import ReturnCode
+from ..results import ReturnCode, Solution
 from .base import RootSolver
 from .broyden import LimitedMemoryBroyden
 from .driver import RootLoopResult, run, to_solution
@@ -129,8 +131,9 @@ def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps) -> RootLoopResult:
     return RootLoopResult(best, codes, res, steps, None)
 
 
-def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
-              throw=True, compact=False):
+def root_find(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None, *, args: tuple = (),
+              jac: Callable[..., Any] | None = None, atol: float = 1e-6, rtol: float = 1e-6, max_steps: int = 100,
+              batched: bool = False, throw: bool = True, compact: bool = False) -> Solution:
     """Solve fn(y, *args) = 0 from y0.
 
     Args:
@@ -172,8 +175,9 @@ def root_find(fn, y0, solver=None, *, args=(), jac=None, atol=1e-6, rtol=1e-6, m
                   throw=throw, mode="root", compact=compact)
 
 
-def fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
-                throw=True, compact=False):
+def fixed_point(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None, *, args: tuple = (),
+                atol: float = 1e-6, rtol: float = 1e-6, max_steps: int = 100, batched: bool = False,
+                throw: bool = True, compact: bool = False) -> Solution:
     """Find y = fn(y, *args) from y0; ``solver=None`` means ``Anderson()``.
 
     The test is per sample: max|fn(y) − y| ≤ atol + rtol·min(max|y|, s0) with s0 = max(max|y0|, max|fn(y0)|):
