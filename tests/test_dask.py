@@ -200,6 +200,26 @@ def test_local_cluster_loses_a_worker_mid_solve_and_loses_no_sample():
         again = dqd.fixed_point(fn, da.zeros(x.shape, chunks=60), args=(da.from_array(x, chunks=60),),
                                 atol=1e-12, rtol=0.0).compute(scheduler=cluster.scheduler_address)
         np.testing.assert_array_equal(again.value, ref.value)
+        # the command line on the same cluster
+        from deqcore.demos import solve_cli
+
+        assert solve_cli.main(["--batch", "300", "--width", "8", "--chunk-size", "100", "--atol", "1e-8",
+                               "--scheduler", cluster.scheduler_address]) == 0
+
+
+def test_cli_batch_on_local_threads_prints_codes_and_throughput(capsys):
+    from deqcore.demos import solve_cli
+
+    assert solve_cli.main(["--batch", "500", "--width", "8", "--chunk-size", "128", "--atol", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    assert "500 samples of width 8 in 4 chunks of 128" in out and "codes: SUCCESS 500" in out
+    assert "samples/s" in out
+    # one failing budget: the codes say so and the exit status is 1
+    assert solve_cli.main(["--batch", "64", "--width", "8", "--max-steps", "2", "--atol", "1e-12"]) == 1
+    assert "MAX_STEPS 64" in capsys.readouterr().out
+    for bad in (["--workers", "2"], ["--batch", "0"], ["--batch", "10", "--chunk-size", "0"]):
+        with pytest.raises(SystemExit):
+            solve_cli.main(bad)
 
 
 def test_engine_imports_without_dask_and_the_extra_says_how_to_install():
