@@ -111,7 +111,8 @@ def main(argv=None):
     x = np.random.default_rng(0).standard_normal((args.batch, INPUTS))
     params = (W, U, b)
     rows = []
-    in_process(fn, x[:256], params, 1)                         # warm-up: kernels compiled or loaded once
+    for chunk in (2 ** 10, 2 ** 12, 2 ** 14):                # warm-up: kernels compiled or loaded once
+        in_process(fn, x[:chunk], params, 1)
     t, ref = in_process(fn, x, params, args.repeats)
     rows.append(("in process (one batched solve)", "-", t, ref.stats["nfev"]))
     print(rows[-1], flush=True)
@@ -120,7 +121,8 @@ def main(argv=None):
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
-            on_dask(client, fn, x[:256 * workers], params, 256, 1)   # warm-up on every worker
+            for chunk in chunks:                       # warm-up: every worker compiles/loads its kernels
+                on_dask(client, fn, x[:2 * workers * chunk], params, chunk, 1)
             per_chunk_overhead(client)
             overhead[workers] = per_chunk_overhead(client)
             for chunk in chunks:
