@@ -31,13 +31,12 @@ True
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .results import ReturnCode, Solution
+from .results import Solution
 
 try:
     import cloudpickle

@@ -179,8 +179,11 @@ batches_forward = list(host_batches)
 z_ref = unsharded(params, x)
 g = jax.jit(jax.grad(loss(sharded), argnums=(0, 1)))(params, x)
 g_ref = jax.grad(loss(unsharded), argnums=(0, 1))(params, x)
-err = lambda a, b: max(float(jnp.abs(u - v).max()) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-print(json.dumps({"value": err(z, z_ref), "grad": err(g, g_ref), "fixed": float(np.abs(np.asarray(z) - np.tanh(np.asarray(z) @ W.T + np.asarray(x) + np.asarray(params["b"]))).max()),
+leaves = jax.tree_util.tree_leaves
+err = lambda a, b: max(float(jnp.abs(u - v).max()) for u, v in zip(leaves(a), leaves(b)))
+zn = np.asarray(z)
+fixed = float(np.abs(zn - np.tanh(zn @ W.T + np.asarray(x) + np.asarray(params["b"]))).max())
+print(json.dumps({"value": err(z, z_ref), "grad": err(g, g_ref), "fixed": fixed,
                   "axis0": z.sharding.spec[0], "batches_forward": batches_forward,
                   "devices": len(z.sharding.device_set)}))
 '''
@@ -208,5 +211,7 @@ def test_sharded_fixed_point_rejects_bad_arguments(problem):
         dqj.sharded_fixed_point(f, jnp.zeros((2, 1)), jnp.ones((2, 1)), mesh=mesh, axis="x")
     with pytest.raises(ValueError, match="in_axes"):
         dqj.sharded_fixed_point(f, jnp.zeros((2, 1)), jnp.ones((2, 1)), mesh=mesh, in_axes=1)
+    with pytest.raises(ValueError, match="in_axes"):
+        dqj.sharded_fixed_point(f, jnp.zeros((2, 1)), (jnp.ones((2, 1)),), mesh=mesh, in_axes=(0, None))
     with pytest.raises(ValueError, match="leading axis"):
         dqj.sharded_fixed_point(f, jnp.zeros(()), jnp.ones(()), mesh=mesh)

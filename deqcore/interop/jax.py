@@ -236,15 +236,7 @@ def sharded_fixed_point(f, z0, args=(), *, mesh, axis="b", in_axes=0, **options)
     if not hasattr(z0, "shape") or len(z0.shape) < 1:
         raise ValueError("z0 must have the batch on its leading axis")
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    try:
-        axes = jax.tree_util.tree_broadcast(in_axes, args, is_leaf=lambda x: x is None) \
-            if hasattr(jax.tree_util, "tree_broadcast") else None
-    except ValueError as exc:
-        raise ValueError(f"in_axes must be 0, None or a pytree prefix of args of those: {exc}") from exc
-    flat_axes = [in_axes] * len(leaves) if axes is None or not isinstance(in_axes, (tuple, list, dict)) \
-        else jax.tree_util.tree_leaves(axes, is_leaf=lambda x: x is None)
-    if len(flat_axes) != len(leaves) or any(a not in (0, None) for a in flat_axes):
-        raise ValueError(f"in_axes must be 0, None or a pytree prefix of args of those, got {in_axes!r}")
+    flat_axes = _flat_in_axes(in_axes, args, len(leaves))
     spec = [PartitionSpec(axis) if a == 0 else PartitionSpec() for a in flat_axes]
 
     def place(x, s):
@@ -262,3 +254,18 @@ def sharded_fixed_point(f, z0, args=(), *, mesh, axis="b", in_axes=0, **options)
 
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(axis), *spec), out_specs=PartitionSpec(axis))
     return mapped(z0, *leaves)
+
+
+def _flat_in_axes(in_axes, args, count):
+    """One 0/None per leaf of ``args`` from ``in_axes`` (0, None, or a pytree prefix of args of those)."""
+    shared = -1                                           # None leaves vanish from pytrees: a stand-in
+    try:
+        per_leaf = jax.tree_util.tree_map(
+            lambda ax, sub: [shared if ax is None else ax] * len(jax.tree_util.tree_leaves(sub)),
+            in_axes, args, is_leaf=lambda x: x is None)
+        flat = [None if ax == shared else ax for ax in jax.tree_util.tree_leaves(per_leaf)]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"in_axes must be 0, None or a pytree prefix of args of those: {exc}") from exc
+    if len(flat) != count or any(ax not in (0, None) for ax in flat):
+        raise ValueError(f"in_axes must be 0, None or a pytree prefix of args of those, got {in_axes!r}")
+    return flat
