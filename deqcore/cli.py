@@ -2,7 +2,8 @@
 
 Commands:
   demo    train a DEQ classifier on scikit-learn's digits (``--solvers``: the batched-solve comparison)
-  solve   solve a built-in problem, or ``fn`` from a Python file, with the solver and tolerances you choose
+  solve   solve a built-in problem, or ``fn`` from a Python file, with the solver and tolerances you choose;
+          ``--batch N [--workers K | --scheduler ADDRESS]`` solves N samples of the DEQ map in chunks on Dask
   bench   run the benchmarks in ``benchmarks/`` and collect their tables in ``benchmarks/results/``
 
 Every command explains its flags with ``--help``. Bad arguments give a one-line message and exit code 2.

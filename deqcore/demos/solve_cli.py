@@ -4,10 +4,15 @@ A file passed with ``--file`` must define ``fn(y)`` (a root problem fn(y) = 0, o
 whose fixed point y = fn(y) is wanted) and ``y0`` (the start point, a NumPy array); it may define
 ``batched = True`` when the leading axis of y0 holds independent systems.
 
+With ``--batch N`` the built-in DEQ map is solved for N samples in chunks on Dask (``pip install
+deqcore[dask]``): on the local threaded scheduler, on ``--workers K`` local worker processes, or on the cluster
+at ``--scheduler ADDRESS``; a progress bar runs and the summary gives the return codes and the throughput.
+
 Examples::
 
     python -m deqcore solve --problem deq --solver anderson --atol 1e-8
     python -m deqcore solve --file my_problem.py --solver newton --max-steps 100
+    python -m deqcore solve --batch 1000000 --width 64 --workers 2 --atol 1e-6
 """
 
 from __future__ import annotations
@@ -83,6 +88,13 @@ def build_parser():
     parser.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance (default 1e-8)")
     parser.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
     parser.add_argument("--max-steps", type=int, default=200, help="iteration limit (default 200)")
+    scale = parser.add_argument_group("many samples on Dask (the built-in deq map)")
+    scale.add_argument("--batch", type=int, help="number of samples, solved in chunks on Dask")
+    scale.add_argument("--width", type=int, default=256, help="state width of the deq map (default 256)")
+    scale.add_argument("--chunk-size", type=int, default=16384, help="samples per chunk (default 16384)")
+    where = scale.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="start this many local worker processes (a LocalCluster)")
+    where.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
     return parser
 
 
@@ -95,6 +107,8 @@ def main(argv=None) -> int:
         parser.error("--atol and --rtol must be >= 0")
     if args.max_steps < 1:
         parser.error("--max-steps must be a positive integer")
+    if args.batch is not None or args.workers is not None or args.scheduler is not None:
+        return _main_dask(args, parser)
     if args.file:
         fn, y0, batched = _from_file(args.file, parser)
         fixed = args.fixed_point
@@ -122,3 +136,90 @@ def main(argv=None) -> int:
         print(sol.failure_message())
         return 1
     return 0
+
+
+def _main_dask(args, parser):
+    """``--batch``: the deq map for many samples, chunked on Dask; prints codes and throughput."""
+    if args.batch is None:
+        parser.error("--workers and --scheduler need --batch N")
+    if args.file or args.fixed_point:
+        parser.error("--batch solves the built-in deq map; --file is not supported with it")
+    for flag, value in (("--batch", args.batch), ("--width", args.width), ("--chunk-size", args.chunk_size),
+                        ("--workers", 1 if args.workers is None else args.workers)):
+        if value < 1:
+            parser.error(f"{flag} must be a positive integer")
+    try:
+        import dask.array as da
+
+        import deqcore.dask as dqd
+    except ImportError:
+        parser.error("--batch needs dask: pip install deqcore[dask]")
+    import deqcore as dq
+
+    fn, W, U, b = _deq_map_for_chunks(args.width)
+    chunks = (min(args.chunk_size, args.batch), args.width)
+    x = da.random.default_rng(0).standard_normal((args.batch, U.shape[1]), chunks=(chunks[0], U.shape[1]))
+    solver = _solver(args.solver)
+    lazy = dqd.fixed_point(fn, da.zeros((args.batch, args.width), chunks=chunks),
+                           dq.Anderson() if solver is None else solver, args=(x, W, U, b), atol=args.atol,
+                           rtol=args.rtol, max_steps=args.max_steps)
+    summary = [da.bincount(lazy.result, minlength=len(dq.ReturnCode)), lazy.residual.max(), lazy.stats]
+    start = time.perf_counter()
+    where = _run_summary(summary, args)
+    if where is None:
+        return 2
+    (counts, worst, stats), label = where
+    elapsed = time.perf_counter() - start
+    total = _sum(stats, "nfev")
+    print(f"problem: deq map, {args.batch} samples of width {args.width} in {lazy.num_chunks} chunks of "
+          f"{chunks[0]} ({label})")
+    print("codes: " + ", ".join(f"{dq.ReturnCode(i).name} {int(c)}" for i, c in enumerate(counts) if c))
+    print(f"max residual: {worst:.3e}; f-evaluations (summed over chunks): {total}")
+    print(f"time: {elapsed:.2f} s; throughput: {args.batch / elapsed:,.0f} samples/s")
+    return 0 if counts[0] == args.batch else 1
+
+
+def _sum(stats, key):
+    return int(sum(s.get(key, 0) for s in stats))
+
+
+def _deq_map_for_chunks(width, inputs=32, radius=0.9, seed=0):
+    """z = tanh(W z + U x + b) with ρ(W) = ``radius``; every piece a plain NumPy argument (picklable)."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((width, width))
+    W *= radius / np.max(np.abs(np.linalg.eigvals(W)))
+    U = rng.standard_normal((width, inputs)) / np.sqrt(inputs)
+    b = 0.1 * rng.standard_normal(width)
+    return deq_map, W, U, b
+
+
+def deq_map(z, x, W, U, b):
+    """One chunk of the DEQ map: tanh(z Wᵀ + x Uᵀ + b)."""
+    return np.tanh(z @ W.T + (x @ U.T + b))
+
+
+def _run_summary(parts, args):
+    """Compute ``parts`` with a progress bar where ``args`` says; returns (values, label)."""
+    if args.workers is None and args.scheduler is None:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(dt=0.5):
+            import dask
+
+            return dask.compute(*parts, scheduler="threads"), "dask threads, this process"
+    from distributed import Client, LocalCluster, progress
+
+    if args.scheduler is not None:
+        client, cluster, label = Client(args.scheduler), None, f"cluster at {args.scheduler}"
+    else:
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None)
+        client, label = Client(cluster), f"{args.workers} local worker processes"
+    try:
+        futures = client.compute(parts)
+        progress(futures)
+        print()
+        return client.gather(futures), label
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -34,7 +34,7 @@ from ._common import check_adjoint, check_dtype, check_options, import_framework
 jax = import_framework("jax", "jax")
 jnp = import_framework("jax.numpy", "jax")
 
-__all__ = ["fixed_point"]
+__all__ = ["fixed_point", "sharded_fixed_point"]
 
 
 @dataclass(frozen=True)
@@ -92,23 +92,46 @@ def _implicit_fixed_point(f, config):
 
     def fwd(z0, args):
         z = fp(z0, args)
-        return z, (z, args)
+        return z, (z, z0, args)
 
     def bwd(residuals, g):
-        z, args = residuals
+        z, z0, args = residuals
         lam = _callback(_host_adjoint, f, config, z, args, g)
-        _, pullback = jax.vjp(lambda a: f(z, a), args)
-        return jnp.zeros_like(z), pullback(lam)[0]
+        out, pullback = jax.vjp(lambda a: f(z, a), args)
+        lam = _varying_like(lam, out)
+        return jnp.zeros_like(z0), pullback(lam)[0]
 
     fp.defvjp(fwd, bwd)
     return fp
 
 
+def _varying_axes(x):
+    """The manual mesh axes ``x`` varies over inside ``shard_map`` (empty outside it)."""
+    kind = getattr(jax.typeof(x), "manual_axis_type", None)
+    if kind is not None:
+        return frozenset(kind.varying)
+    return frozenset(getattr(jax.typeof(x), "vma", ()))
+
+
+def _varying_like(x, *like):
+    """``x`` marked as varying over the mesh axes ``like`` varies over (a host callback's result carries no
+    such mark inside ``shard_map``, and the pullback of f needs its cotangent typed like f's output)."""
+    wanted = frozenset().union(*(_varying_axes(y) for y in like if hasattr(y, "dtype")))
+    missing = tuple(sorted(wanted - _varying_axes(x)))
+    if not missing:
+        return x
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, missing, to="varying")
+    return jax.lax.pvary(x, missing)  # pragma: no cover - older JAX
+
+
 def _callback(host_fn, f, config, z, args, *extra):
     """Run ``host_fn`` on host arrays; batch axes added by vmap arrive as leading axes (expand_dims)."""
     fn = functools.partial(host_fn, f, config, z.ndim)
-    return jax.pure_callback(fn, jax.ShapeDtypeStruct(z.shape, z.dtype), z, args, *extra,
-                             vmap_method="expand_dims")
+    out = jax.pure_callback(fn, jax.ShapeDtypeStruct(z.shape, z.dtype), z, args, *extra,
+                            vmap_method="expand_dims")
+    # inside shard_map the result varies over the mesh axes its inputs vary over (each device's own rows)
+    return _varying_like(out, *jax.tree_util.tree_leaves((z, args, extra)))
 
 
 class _HostProblem:
@@ -187,3 +210,63 @@ def _host_adjoint(f, config, core_ndim, z, args, g):
     else:
         _, info = config.adjoint.gradient(fixed, problem.fold(g))
     return problem.unfold(info.lam).astype(np.asarray(z).dtype, copy=False)
+
+
+def sharded_fixed_point(f, z0, args=(), *, mesh, axis="b", in_axes=0, **options):
+    """Per-sample fixed points of a batch sharded over ``mesh``'s ``axis``: each device solves its own shard.
+
+    ``z0`` has the batch on its leading axis; ``in_axes`` says which leaves of ``args`` carry the batch on
+    their leading axis (0, sharded like z0) and which are shared (None, replicated), as in ``jax.vmap``. Under
+    ``jax.shard_map`` every device calls the host solver on its local rows only (one batched solve per device,
+    samples never gathered onto one host), and the implicit adjoint runs the same way; gradients of shared
+    arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`.
+    The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> mesh = jax.make_mesh((1,), ("b",))
+    >>> f = lambda z, a: 0.5 * jnp.cos(z) + a
+    >>> a = jnp.linspace(0.0, 1.0, 4).reshape(4, 1)
+    >>> z = jax.jit(lambda a: sharded_fixed_point(f, jnp.zeros_like(a), a, mesh=mesh, atol=1e-8, rtol=0.0))(a)
+    >>> bool(jnp.allclose(z, f(z, a), atol=1e-7)), z.shape
+    (True, (4, 1))
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if axis not in mesh.axis_names:
+        raise ValueError(f"axis {axis!r} is not an axis of mesh (its axes: {mesh.axis_names})")
+    if not hasattr(z0, "shape") or len(z0.shape) < 1:
+        raise ValueError("z0 must have the batch on its leading axis")
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    flat_axes = _flat_in_axes(in_axes, args, len(leaves))
+    spec = [PartitionSpec(axis) if a == 0 else PartitionSpec() for a in flat_axes]
+
+    def place(x, s):
+        sharding = NamedSharding(mesh, s)
+        explicit = any(str(t).endswith("Explicit") for t in getattr(mesh, "axis_types", ()))
+        return jax.sharding.reshard(x, sharding) if explicit else jax.lax.with_sharding_constraint(x, sharding)
+
+    z0 = place(jnp.asarray(z0), PartitionSpec(axis))
+    leaves = [place(jnp.asarray(x), s) for x, s in zip(leaves, spec)]
+    vmap_axes = jax.tree_util.tree_unflatten(treedef, flat_axes)
+
+    def local(z_local, *arg_leaves):
+        local_args = jax.tree_util.tree_unflatten(treedef, list(arg_leaves))
+        return jax.vmap(lambda z, a: fixed_point(f, z, a, **options), in_axes=(0, vmap_axes))(z_local, local_args)
+
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(axis), *spec), out_specs=PartitionSpec(axis))
+    return mapped(z0, *leaves)
+
+
+def _flat_in_axes(in_axes, args, count):
+    """One 0/None per leaf of ``args`` from ``in_axes`` (0, None, or a pytree prefix of args of those)."""
+    shared = -1                                           # None leaves vanish from pytrees: a stand-in
+    try:
+        per_leaf = jax.tree_util.tree_map(
+            lambda ax, sub: [shared if ax is None else ax] * len(jax.tree_util.tree_leaves(sub)),
+            in_axes, args, is_leaf=lambda x: x is None)
+        flat = [None if ax == shared else ax for ax in jax.tree_util.tree_leaves(per_leaf)]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"in_axes must be 0, None or a pytree prefix of args of those: {exc}") from exc
+    if len(flat) != count or any(ax not in (0, None) for ax in flat):
+        raise ValueError(f"in_axes must be 0, None or a pytree prefix of args of those, got {in_axes!r}")
+    return flat
