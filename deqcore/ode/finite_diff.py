@@ -170,6 +170,45 @@ class FiniteDiffJacobian:
         self.evaluations += 1
         return F(yp) - f0
 
+    def _quotients(self, xp, F, y, f0, h, groups):
+        """Difference quotients of the given groups: ``(rows, nnz)`` on the pattern (CSC order), or the dense
+        ``(rows, n, n)`` Jacobian's columns; plus per column the largest |difference| and |f| there."""
+        rows, n = y.shape
+        f_abs = xp.abs(f0)
+        if self.pattern is None:
+            D = xp.empty((rows, n, len(groups)), dtype=y.dtype)
+            for k, g in enumerate(groups):
+                D[:, :, k] = self._column_diffs(xp, F, y, f0, h, self.groups[g])
+            cols = np.array([self.groups[g][0] for g in groups])
+            Q = D / h[:, None, cols]
+            where = xp.argmax(xp.abs(D), axis=1)                                  # (rows, k)
+            big = xp.take_along_axis(xp.abs(D), where[:, None, :], 1)[:, 0, :]
+            scale = xp.take_along_axis(f_abs, where, 1)
+            return Q, big, scale, cols
+        nz = np.concatenate([self.group_nz[g] for g in groups])
+        vals = xp.empty((rows, nz.size), dtype=y.dtype)
+        at = 0
+        for g in groups:
+            diff = self._column_diffs(xp, F, y, f0, h, self.groups[g])
+            gnz = self.group_nz[g]
+            vals[:, at:at + gnz.size] = diff[:, self.row_index[gnz]]
+            at += gnz.size
+        order = np.argsort(nz, kind="stable")                 # back to CSC order (columns contiguous)
+        nz, vals = nz[order], vals[:, order]
+        c_i = self.col_index[nz]
+        Q = vals / h[:, c_i]
+        starts = np.flatnonzero(np.r_[True, c_i[1:] != c_i[:-1]])
+        cols = c_i[starts]
+        if xp is np:
+            big = np.maximum.reduceat(np.abs(vals), starts, axis=1)
+            scale = np.maximum.reduceat(f_abs[:, self.row_index[nz]], starts, axis=1)
+        else:
+            ends = np.r_[starts[1:], nz.size]
+            a_v, a_f = xp.abs(vals), f_abs[:, self.row_index[nz]]
+            big = xp.stack([a_v[:, i:j].max(axis=1) for i, j in zip(starts, ends)], axis=1)
+            scale = xp.stack([a_f[:, i:j].max(axis=1) for i, j in zip(starts, ends)], axis=1)
+        return (Q, nz), big, scale, cols
+
     def _entries(self, xp, F, y, f0):
         """Difference quotients on the pattern: ``(rows, nnz)`` in CSC order, or the dense ``(rows, n, n)``
         Jacobian without a pattern."""
@@ -177,74 +216,35 @@ class FiniteDiffJacobian:
         dtype = y.dtype
         eps = _eps(dtype)
         factor = self._factors(xp, rows, dtype)
-        threshold = self.threshold
-        h = increments(xp, y, threshold, factor)
-        f_abs = xp.abs(f0)
-        dense = self.pattern is None
-        out = xp.empty((rows, n, n) if dense else (rows, self.row_index.size), dtype=dtype)
-        # per column: the largest |difference| and the size of f where it occurs (rounding scale)
-        big = xp.zeros((rows, n), dtype=dtype)
-        scale = xp.zeros((rows, n), dtype=dtype)
-
-        def fill(k, cols, diff, hh, only=None):
-            if dense:
-                j = int(cols[0])
-                q = diff / hh[:, j:j + 1]
-                d_abs = xp.abs(diff)
-                where = xp.argmax(d_abs, axis=1)
-                m = xp.take_along_axis(d_abs, where[:, None], 1)[:, 0]
-                s = xp.take_along_axis(f_abs, where[:, None], 1)[:, 0]
-                if only is None:
-                    out[:, :, j] = q
-                    big[:, j], scale[:, j] = m, s
-                else:
-                    out[:, :, j] = xp.where(only[:, j:j + 1], q, out[:, :, j])
-                    big[:, j] = xp.where(only[:, j], m, big[:, j])
-                    scale[:, j] = xp.where(only[:, j], s, scale[:, j])
-                return
-            nz = self.group_nz[k]
-            r_i, c_i = self.row_index[nz], self.col_index[nz]
-            vals = diff[:, r_i]
-            q = vals / hh[:, c_i]
-            if only is not None:
-                keep = only[:, c_i]
-                out[:, nz] = xp.where(keep, q, out[:, nz])
+        h = increments(xp, y, self.threshold, factor)
+        all_groups = list(range(len(self.groups)))
+        Q, big, scale, cols = self._quotients(xp, F, y, f0, h, all_groups)
+        big_c, scale_c = xp.zeros((rows, n), dtype=dtype), xp.zeros((rows, n), dtype=dtype)
+        big_c[:, cols], scale_c[:, cols] = big, scale
+        # columns lost in rounding: recompute them once with a 10x larger increment
+        lost = (big_c < eps ** 0.875 * scale_c) & xp.isfinite(big_c) & (scale_c > 0)
+        lost_cols = np.flatnonzero(_host(xp, lost.any(axis=0)))
+        if lost_cols.size:
+            factor = xp.where(lost, factor * _GROW, factor)
+            h2 = increments(xp, y, self.threshold, factor)
+            redo = [g for g in all_groups if np.isin(self.groups[g], lost_cols).any()]
+            Q2, big2, scale2, cols2 = self._quotients(xp, F, y, f0, h2, redo)
+            take = lost[:, cols2]
+            if self.pattern is None:
+                Q[:, :, cols2] = xp.where(take[:, None, :], Q2, Q[:, :, cols2])
             else:
-                out[:, nz] = q
-            # each row of a group belongs to one column: the per-column max via a scatter
-            d_abs, s_abs = xp.abs(vals), f_abs[:, r_i]
-            for c in cols:
-                sel = np.flatnonzero(c_i == c)
-                if sel.size == 0:
-                    continue
-                loc = xp.argmax(d_abs[:, sel], axis=1)
-                m = xp.take_along_axis(d_abs[:, sel], loc[:, None], 1)[:, 0]
-                s = xp.take_along_axis(s_abs[:, sel], loc[:, None], 1)[:, 0]
-                if only is None:
-                    big[:, c], scale[:, c] = m, s
-                else:
-                    big[:, c] = xp.where(only[:, c], m, big[:, c])
-                    scale[:, c] = xp.where(only[:, c], s, scale[:, c])
-
-        for k, cols in enumerate(self.groups):
-            fill(k, cols, self._column_diffs(xp, F, y, f0, h, cols), h)
-        # columns lost in rounding: recompute once with a 10x larger increment
-        lost = big < eps ** 0.875 * scale
-        lost &= xp.isfinite(big) & (scale > 0)
-        if bool(lost.any()):
-            factor_new = xp.where(lost, factor * _GROW, factor)
-            h_new = increments(xp, y, threshold, factor_new)
-            lost_cols = np.flatnonzero(_host(xp, lost.any(axis=0)))
-            for k, cols in enumerate(self.groups):
-                if np.isin(cols, lost_cols).any():
-                    fill(k, cols, self._column_diffs(xp, F, y, f0, h_new, cols), h_new, only=lost)
-            factor = factor_new
+                (q_all, nz_all), (q2, nz2) = Q, Q2
+                pos = np.searchsorted(nz_all, nz2)
+                keep = lost[:, self.col_index[nz2]]
+                q_all[:, pos] = xp.where(keep, q2, q_all[:, pos])
+            big_c[:, cols2] = xp.where(take, big2, big_c[:, cols2])
+            scale_c[:, cols2] = xp.where(take, scale2, scale_c[:, cols2])
         # adapt the factors for the next Jacobian
-        small = big < eps ** 0.75 * scale
-        large = big > eps ** 0.25 * scale
+        small = big_c < eps ** 0.75 * scale_c
+        large = big_c > eps ** 0.25 * scale_c
         factor = xp.where(small, factor * _GROW, xp.where(large, factor * _SHRINK, factor))
         self.factor = xp.clip(factor, 1e3 * eps, eps ** 0.25)
-        return out
+        return Q if self.pattern is None else Q[0]
 
     def dense(self, F, y, f0):
         """The Jacobian as a dense ``(rows, n, n)`` array (``y``, ``f0``: ``(rows, n)``)."""

@@ -38,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import warnings
+
 import numpy as np
 
 from ..linalg import GMRES, LU, LinearOperator
@@ -96,6 +98,12 @@ class RosenbrockStepper:
         self._y = self._f0 = None
         self._jac_for = None          # the state whose Jacobian (and ∂f/∂t) is cached
         self._J = self._ft = None
+        tab = tableau
+        # per stage, as Python floats: which earlier increments enter its argument and its right-hand side
+        self._plan = [(tab.reuses_f0(i), float(tab.c[i]), float(tab.d[i]),
+                       np.asarray(tab.a[i, :i]), [(j, float(tab.C[i, j])) for j in range(i) if tab.C[i, j]])
+                      for i in range(tab.stages)]
+        self._m, self._e = np.asarray(tab.m), np.asarray(tab.e)
 
     # ---- right-hand side, copied: an rhs may hand back the same buffer on every call ----
     def _call(self, t, y):
@@ -193,6 +201,8 @@ class RosenbrockStepper:
             return self._sparse_lu(J if isinstance(J, list) else [J], inv)
         inv_rows = xp.asarray(inv, dtype=J.dtype).reshape(-1, 1, 1) if ev.batched else inv
         M = inv_rows * xp.eye(n, dtype=J.dtype) - J
+        if xp is np and R == 1:
+            return self._lapack(M[0])
         fac = self.linear_solver.factor(M)
         failed = fac.singular_mask | (_det_sign_dense(xp, fac.lu, fac.piv) <= 0)
 
@@ -200,6 +210,25 @@ class RosenbrockStepper:
             self.stats["nlinsolve"] += 1
             return fac.solve(rhs_rows)
         return _Factored(solve, failed)
+
+    def _lapack(self, M):
+        """One NumPy system: LAPACK getrf/getrs called directly (the common small case, where per-call
+        overhead is what counts)."""
+        from scipy.linalg.lapack import get_lapack_funcs
+
+        if not np.isfinite(M).all():
+            return _Factored(None, np.ones(1, dtype=bool))
+        getrf, getrs = get_lapack_funcs(("getrf", "getrs"), (M,))
+        lu, piv, info = getrf(M, overwrite_a=True)
+        diag = np.abs(np.diagonal(lu))
+        sign = _det_sign_dense(np, lu[None], piv[None])[0]
+        failed = info != 0 or not (diag.min() > np.finfo(M.dtype).eps * diag.max()) or sign <= 0
+
+        def solve(rhs_rows):
+            self.stats["nlinsolve"] += 1
+            x, _ = getrs(lu, piv, rhs_rows[0])
+            return x[None]
+        return _Factored(None if failed else solve, np.array([failed]))
 
     def _sparse_lu(self, Js, inv):
         import scipy.sparse as sp
@@ -275,30 +304,24 @@ class RosenbrockStepper:
         h_rows = xp.asarray(h, dtype=y.dtype).reshape(-1, 1) if ev.batched else host_float(h)
         y_rows, f_rows = self._rows(y), self._rows(fy)
         ft_rows = None if ft is None else self._rows(ft)
-        us = []
-        for i in range(tab.stages):
-            if tab.reuses_f0(i):
+        S = tab.stages
+        U = xp.empty((S,) + y_rows.shape, dtype=y.dtype)
+        flat = U.reshape(S, -1)
+        if fac.solve is None:                               # the stage matrix could not be factored
+            return self._failed_trial(t, h, y, y_rows)
+        for i, (reuse, c_i, d_i, a_row, c_terms) in enumerate(self._plan):
+            if reuse:
                 rhs = f_rows
             else:
-                stage = y_rows
-                for j in range(i):
-                    if tab.a[i, j] != 0.0:
-                        stage = stage + tab.a[i, j] * us[j]
-                rhs = self._rows(ev(t + tab.c[i] * h, stage.reshape(y.shape)))
-            for j in range(i):
-                if tab.C[i, j] != 0.0:
-                    rhs = rhs + (tab.C[i, j] / h_rows) * us[j]
-            if ft_rows is not None and tab.d[i] != 0.0:
-                rhs = rhs + (tab.d[i] * h_rows) * ft_rows
-            us.append(fac.solve(rhs))
-        y1 = y_rows
-        for j in range(tab.stages):
-            if tab.m[j] != 0.0:
-                y1 = y1 + tab.m[j] * us[j]
-        err = None
-        for j in range(tab.stages):
-            if tab.e[j] != 0.0:
-                err = tab.e[j] * us[j] if err is None else err + tab.e[j] * us[j]
+                stage = y_rows + (a_row @ flat[:i]).reshape(y_rows.shape)
+                rhs = self._rows(ev(t + c_i * h, stage.reshape(y.shape)))
+            for j, c in c_terms:
+                rhs = rhs + (c / h_rows) * U[j]
+            if ft_rows is not None and d_i != 0.0:
+                rhs = rhs + (d_i * h_rows) * ft_rows
+            U[i] = fac.solve(rhs)
+        y1 = y_rows + (self._m @ flat).reshape(y_rows.shape)
+        err = (self._e @ flat).reshape(y_rows.shape)
         failed = getattr(fac, "state", {"failed": fac.failed})["failed"]
         failed = failed | ~xp.isfinite(err).all(axis=1) | ~xp.isfinite(y1).all(axis=1)
         if bool(failed.any()):
@@ -308,6 +331,12 @@ class RosenbrockStepper:
         y1 = y1.reshape(y.shape)
         f1 = self._call(t + h, y1)
         return Trial(y1, f1, err.reshape(y.shape), self.error_exponent)
+
+    def _failed_trial(self, t, h, y, y_rows):
+        """A rejected attempt: the state unchanged, an infinite error (the driver shrinks the step)."""
+        self.stats["nfailed_solves"] += 1
+        err = self.ev.xp.full(y.shape, np.inf, dtype=y.dtype)
+        return Trial(y, self._f0, err, self.error_exponent)
 
 
 def _is_sparse(J) -> bool:
