@@ -165,6 +165,8 @@ class RosenbrockStepper:
         else:
             if self.fd is None:
                 atol = tol[0] if tol is not None else 0.0
+                if np.ndim(atol) > 0:           # one atol per component: rows of the flat state
+                    atol = xp.asarray(atol, dtype=ev.dtype).reshape(-1, self.n)
                 self.fd = FiniteDiffJacobian(self.n, threshold=atol, sparsity=self.pattern)
             shape = y.shape
             F = lambda rows: self._rows(ev(t, rows.reshape(shape)))   # noqa: E731
