@@ -21,7 +21,8 @@ steps. Linear solvers:
 A step whose linear solves fail (a singular or non-finite stage matrix, a GMRES solve that does not reach
 its tolerance, non-finite stages) is rejected and retried with a smaller step; a step across which the
 stage matrix changes the sign of its determinant (h·γ larger than the inverse of a growth rate of J: the
-linear solve would turn growth into decay, e.g. stepping over a finite-time blow-up) is rejected too. When
+linear solve would turn growth into decay, e.g. stepping over a finite-time blow-up) is rejected too (with
+GMRES, which has no determinant, when the first increment points against f: u₁·f = u₁·M u₁ < 0). When
 no step size works the solve ends with DIVERGED or DT_TOO_SMALL, never SUCCESS.
 
 >>> import numpy as np, deqcore as dq
@@ -94,6 +95,7 @@ class RosenbrockStepper:
         self.pattern = None if sparsity is None else normalize_sparsity(sparsity, self.n)
         self.sparsity = sparsity
         self.fd = None
+        self._matrix_free = isinstance(linear_solver, GMRES)
         self.stats = {"njev": 0, "nlinsolve": 0, "nfactor": 0, "nfev_jac": 0, "nfailed_solves": 0}
         self._y = self._f0 = None
         self._jac_for = None          # the state whose Jacobian (and ∂f/∂t) is cached
@@ -322,6 +324,11 @@ class RosenbrockStepper:
             if ft_rows is not None and d_i != 0.0:
                 rhs = rhs + (d_i * h_rows) * ft_rows
             U[i] = fac.solve(rhs)
+            if i == 0 and self._matrix_free:
+                # no determinant without a matrix: u₁·M u₁ = u₁·f < 0 means the stage matrix is indefinite
+                # along u₁ (h·γ beyond the inverse of a growth rate): the same rejection as the sign test
+                indefinite = xp.sum(U[0] * f_rows, axis=1) < 0
+                fac.state["failed"] = fac.state["failed"] | indefinite
         y1 = y_rows + (self._m @ flat).reshape(y_rows.shape)
         err = (self._e @ flat).reshape(y_rows.shape)
         failed = getattr(fac, "state", {"failed": fac.failed})["failed"]
