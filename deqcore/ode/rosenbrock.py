@@ -39,8 +39,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import warnings
-
 import numpy as np
 
 from ..linalg import GMRES, LU, LinearOperator
@@ -298,7 +296,6 @@ class RosenbrockStepper:
     # ---- one step ----
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev, xp, tab = self.ev, self.ev.xp, self.tab
-        R, n = ev.num_rows, self.n
         fy = self._current_f(y, fy)
         fac = self._factor(t, y, fy, h, tol)
         _, ft = (None, None) if isinstance(self.linear_solver, GMRES) else self._jacobian(t, y, fy, h, tol)
