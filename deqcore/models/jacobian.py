@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._tree import tree_map
+from ..backend import get_namespace
+from ..ode.finite_diff import jvp_step
 
 __all__ = ["JACOBIAN_MODES", "hutchinson_probe", "jacobian_loss_gradient"]
 
@@ -35,9 +37,11 @@ def hutchinson_probe(mode, z, eps, f_z, f, jvp_z, vjp_z):
     if mode == "forward":
         u = jvp_z(eps)
     else:
-        dtype = np.dtype(z.dtype)
-        h = float(np.sqrt(np.finfo(dtype).eps)) * (1.0 + float(abs(z).max()))
-        u = (f(z + h * eps) - f_z) / h
+        # the package's one rule for directional differences: a step per sample scaled to ‖z_b‖ / ‖ε_b‖
+        xp = get_namespace(z)
+        rows = z.shape[0]
+        h = jvp_step(xp, z.reshape(rows, -1), eps.reshape(rows, -1)).reshape((rows,) + (1,) * (z.ndim - 1))
+        u = (f(z + h * eps) - f_z) / xp.where(h > 0, h, 1.0)
     return _per_sample_mean(u), eps, u              # ∂/∂θ ⟨u, J ε⟩: move z along ε, pull back u
 
 

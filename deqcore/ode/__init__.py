@@ -13,8 +13,9 @@ True
 from . import kernels  # noqa: F401  (registers the step kernels)
 from .adams import VCAB3, VCABM3
 from .explicit import Tsit5
-from .rosenbrock import Rodas3
+from .rosenbrock import Rodas3, Rodas4, Rodas5P
 from .solution import ODEProblem, ODESolution
 from .solve import integrate, steady_state
 
-__all__ = ["integrate", "steady_state", "ODESolution", "ODEProblem", "Tsit5", "VCAB3", "VCABM3", "Rodas3"]
+__all__ = ["integrate", "steady_state", "ODESolution", "ODEProblem", "Tsit5", "VCAB3", "VCABM3", "Rodas3", "Rodas4",
+           "Rodas5P"]

@@ -1,18 +1,36 @@
-"""Rodas3: a 4-stage, order-3, L-stable, stiffly accurate Rosenbrock method with an embedded order-2 error
-estimate (Sandu et al., "Benchmarking stiff ODE solvers for atmospheric chemistry II: Rosenbrock solvers",
-Atmos. Environ. 31, 1997), written in the form
+"""Rosenbrock methods for stiff problems: Rodas3 (order 3), Rodas4 (order 4) and Rodas5P (order 5), all
+L-stable and stiffly accurate, with embedded error estimates; their coefficients are data
+(:mod:`deqcore.ode.rosenbrock_tableaus`). One step solves s linear systems with the same matrix
+``I/(hγ) − J``:
 
-    (I/(hγ) − J) k_i = f(t + α_i h, y + Σ_j a_ij k_j) + Σ_j (c_ij / h) k_j + h γ_i ∂f/∂t,
-    y_new = y + Σ m_i k_i,   err = Σ e_i k_i.
+    (I/(hγ) − J) u_i = f(t + c_i h, y + Σ a_ij u_j) + Σ (C_ij / h) u_j + h d_i ∂f/∂t,   y_new = y + Σ m_i u_i.
 
-Each step needs the Jacobian J = ∂f/∂y once (finite differences, n evaluations, or a user ``jac``) and one
-LU factorisation (``linear_solver=dq.LU()``, the default), or no Jacobian at all with matrix-free GMRES on
-finite-difference Jacobian–vector products (``linear_solver=dq.GMRES(...)``; one f per Krylov step).
+The Jacobian J = ∂f/∂y is evaluated once per step at the step's start point (the user's ``jac``, or forward
+differences with increments scaled to each component and to ``atol``, :mod:`deqcore.ode.finite_diff`) and
+reused when the step is retried from the same point; only the factorisation is redone for the new h. These
+methods need the exact Jacobian of the current point for their order, so J is not carried across accepted
+steps. Linear solvers:
+
+- ``linear_solver=dq.LU()`` (default): dense batched LU; with ``jac_sparsity`` (an ``(n, n)`` pattern) the
+  finite-difference Jacobian costs one f per group of structurally orthogonal columns, and on NumPy the
+  stage matrix is factored by SciPy's sparse LU (``splu``); on CuPy the grouped Jacobian is scattered into a
+  dense matrix and factored by cuSOLVER (no sparse LU there).
+- ``linear_solver=dq.GMRES(...)``: matrix-free, finite-difference Jacobian–vector products (one f per Krylov
+  step), no Jacobian.
+
+A step whose linear solves fail (a singular or non-finite stage matrix, a GMRES solve that does not reach
+its tolerance, non-finite stages) is rejected and retried with a smaller step; a step across which the
+stage matrix changes the sign of its determinant (h·γ larger than the inverse of a growth rate of J: the
+linear solve would turn growth into decay, e.g. stepping over a finite-time blow-up) is rejected too (with
+GMRES, which has no determinant, when the first increment points against f: u₁·f = u₁·M u₁ < 0). When
+no step size works the solve ends with DIVERGED or DT_TOO_SMALL, never SUCCESS.
 
 >>> import numpy as np, deqcore as dq
->>> stiff = lambda t, y: -1e6 * (y - np.cos(t))          # explicit methods need ~10^6 steps here
->>> sol = dq.integrate(stiff, np.array([0.0]), (0.0, 1.0), dq.Rodas3(), atol=1e-6, rtol=1e-6)
->>> sol.stats["accepted"] < 1000, bool(abs(sol.ys[-1, 0] - np.cos(1.0)) < 1e-5)
+>>> lam = 1e6                                            # explicit methods need ~10^6 steps here
+>>> sol = dq.integrate(lambda t, y: -lam * (y - np.cos(t)), np.array([0.0]), (0.0, 1.0), dq.Rodas5P(),
+...                    atol=1e-10, rtol=1e-10)
+>>> exact = (lam ** 2 * np.cos(1.0) + lam * np.sin(1.0)) / (lam ** 2 + 1)       # after the transient
+>>> sol.stats["accepted"] < 500, bool(abs(sol.ys[-1, 0] - exact) < 1e-9)
 (True, True)
 """
 
@@ -24,131 +42,372 @@ from typing import Any
 import numpy as np
 
 from ..linalg import GMRES, LU, LinearOperator
+from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
+from .finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
+from .rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P, RosenbrockTableau
 
-__all__ = ["Rodas3", "RosenbrockStepper"]
+__all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper"]
 
-_GAMMA = 0.5
-_A = {(2, 0): 2.0, (3, 0): 2.0, (3, 2): 1.0}                    # stage inputs y + Σ a_ij k_j
-_C = {(1, 0): 4.0, (2, 0): 1.0, (2, 1): -1.0, (3, 0): 1.0, (3, 1): -1.0, (3, 2): -8.0 / 3.0}
-_ALPHA = (0.0, 0.0, 1.0, 1.0)
-_GAMMAS = (0.5, 1.5, 0.0, 0.0)
-_NEW_F = (True, False, True, True)
-_M = (2.0, 0.0, 1.0, 1.0)
-_E = (0.0, 0.0, 0.0, 1.0)
+
+class _Factored:
+    """The stage matrix of one attempt, factored; ``solve(rhs_rows)`` and ``failed`` (host bool ``(rows,)``)."""
+
+    def __init__(self, solve, failed):
+        self.solve, self.failed = solve, failed
+
+
+def _det_sign_dense(xp, lu, piv):
+    """Sign of det(A) per sample from LAPACK-style factors ``(B, n, n)`` and pivots ``(B, n)``."""
+    diag = xp.diagonal(lu, axis1=1, axis2=2)
+    negative = xp.sum(diag < 0, axis=1)
+    swaps = xp.sum(piv != xp.arange(piv.shape[1]), axis=1)
+    return 1 - 2 * ((negative + swaps) % 2)
+
+
+def _parity(perm: np.ndarray) -> int:
+    """0 for an even permutation, 1 for an odd one."""
+    seen = np.zeros(perm.size, dtype=bool)
+    odd = 0
+    for i in range(perm.size):
+        if not seen[i]:
+            j, length = i, 0
+            while not seen[j]:
+                seen[j] = True
+                j = perm[j]
+                length += 1
+            odd ^= (length - 1) & 1
+    return odd
 
 
 class RosenbrockStepper:
-    error_exponent = 3
+    """Steps of a Rosenbrock method for the ODE driver (see the module docstring)."""
 
-    def __init__(self, ev: Evaluator, linear_solver, jac):
-        self.ev, self.linear_solver, self.jac = ev, linear_solver, jac
-        self.stats = {"njev": 0, "nlinsolve": 0}
-        self._jac_at = None
+    def __init__(self, ev: Evaluator, tableau: RosenbrockTableau, linear_solver, jac, sparsity, autonomous):
+        self.ev, self.tab, self.linear_solver, self.jac = ev, tableau, linear_solver, jac
+        self.error_exponent = tableau.embedded_order + 1
+        self.autonomous = autonomous or ev.autonomous
+        xp = ev.xp
+        self.n = int(np.prod(ev.shape[1:] if ev.batched else ev.shape, dtype=np.int64))
+        self.sparse_lu = sparsity is not None and xp is np and isinstance(linear_solver, LU)
+        self.pattern = None if sparsity is None else normalize_sparsity(sparsity, self.n)
+        self.sparsity = sparsity
+        self.fd = None
+        self._matrix_free = isinstance(linear_solver, GMRES)
+        self.stats = {"njev": 0, "nlinsolve": 0, "nfactor": 0, "nfev_jac": 0, "nfailed_solves": 0}
+        self._y = self._f0 = None
+        self._jac_for = None          # the state whose Jacobian (and ∂f/∂t) is cached
+        self._J = self._ft = None
+        tab = tableau
+        # per stage, as Python floats: which earlier increments enter its argument and its right-hand side
+        self._plan = [(tab.reuses_f0(i), float(tab.c[i]), float(tab.d[i]),
+                       np.asarray(tab.a[i, :i]), [(j, float(tab.C[i, j])) for j in range(i) if tab.C[i, j]])
+                      for i in range(tab.stages)]
+        self._m, self._e = np.asarray(tab.m), np.asarray(tab.e)
+
+    # ---- right-hand side, copied: an rhs may hand back the same buffer on every call ----
+    def _call(self, t, y):
+        out = self.ev(t, y)
+        return out.copy()
 
     def start(self, t0, y0, f0):
-        pass
+        self._y, self._f0 = y0, self._call(t0, y0)
 
     def accept(self, trial, mask, t_new):
-        pass
+        ev = self.ev
+        self._y = trial.y1 if mask is None else ev.select(mask, trial.y1, self._y)
+        self._f0 = trial.f1 if mask is None else ev.select(mask, trial.f1, self._f0)
 
-    def _flat(self, y):
-        return y.reshape(y.shape[0], -1) if self.ev.batched else y.reshape(-1)
+    def _current_f(self, y, fy):
+        if self._y is not None and (y is self._y or bool(self.ev.xp.array_equal(y, self._y))):
+            self._y = y
+            return self._f0
+        self._y, self._f0, self._jac_for = y, fy.copy(), None
+        return self._f0
 
-    def _jacobian(self, t, y, fy):
-        """Dense ∂f/∂y, (n, n) or (B, n, n); reused while the step is retried from the same point."""
-        if self._jac_at is not None and self._jac_at[0] is y:
-            return self._jac_at[1]
+    # ---- Jacobian ----
+    def _rows(self, a):
+        return self.ev.rows(a)
+
+    def _user_jacobian(self, t, y):
+        ev, xp, n, R = self.ev, self.ev.xp, self.n, self.ev.num_rows
+        J = self.jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
+        import scipy.sparse as sp
+
+        if sp.issparse(J):
+            if ev.batched or xp is not np:
+                raise ValueError("jac returned a scipy.sparse matrix; that is supported for unbatched NumPy "
+                                 "problems only: return a dense array here")
+            if J.shape != (n, n):
+                raise ValueError(f"jac must return an ({n}, {n}) matrix (n = y0.size), got shape {J.shape}")
+            return sp.csc_matrix(J, dtype=ev.dtype)
+        if not hasattr(J, "shape") or not hasattr(J, "dtype"):
+            raise TypeError(f"jac must return an array, got {type(J).__name__}")
+        expected = (R, n, n) if ev.batched else (n, n)
+        if tuple(J.shape) != expected:
+            raise ValueError(f"jac must return an array of shape {expected} "
+                             f"({'one (n, n) Jacobian per sample' if ev.batched else 'n = y0.size'}), "
+                             f"got {tuple(J.shape)}")
+        if not np.issubdtype(np.dtype(J.dtype), np.floating):
+            raise TypeError(f"jac must return a floating-point array, got dtype {J.dtype}")
+        if J.dtype != ev.dtype:
+            J = J.astype(ev.dtype)
+        return J.reshape(R, n, n)
+
+    def _jacobian(self, t, y, fy, h, tol):
+        """J (dense ``(rows, n, n)``, or per-row SciPy CSC matrices) and ∂f/∂t at the current point."""
+        if self._jac_for is y:
+            return self._J, self._ft
         ev, xp = self.ev, self.ev.xp
         self.stats["njev"] += 1
         if self.jac is not None:
-            J = self.jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
+            J = self._user_jacobian(t, y)
         else:
-            flat, f_flat = self._flat(y), self._flat(fy)
-            n = flat.shape[-1]
-            delta = float(np.sqrt(np.finfo(y.dtype).eps)) * xp.maximum(xp.abs(flat), 1.0)
-            cols = []
-            for j in range(n):
-                yp = flat.copy()
-                yp[..., j] += delta[..., j]
-                cols.append((self._flat(ev(t, yp.reshape(y.shape))) - f_flat) / delta[..., j:j + 1])
-            J = xp.stack(cols, axis=-1)
-        self._jac_at = (y, J)
-        return J
+            if self.fd is None:
+                atol = tol[0] if tol is not None else 0.0
+                if np.ndim(atol) > 0:           # one atol per component: rows of the flat state
+                    atol = xp.asarray(atol, dtype=ev.dtype).reshape(-1, self.n)
+                self.fd = FiniteDiffJacobian(self.n, threshold=atol, sparsity=self.pattern)
+            shape = y.shape
+            F = lambda rows: self._rows(ev(t, rows.reshape(shape)))   # noqa: E731
+            before = self.fd.evaluations
+            y_rows, f_rows = self._rows(y), self._rows(fy)
+            if self.sparse_lu:
+                J = self._csc_rows(self.fd.sparse_values(F, y_rows, f_rows))
+            else:
+                J = self.fd.dense(F, y_rows, f_rows)
+            self.stats["nfev_jac"] += self.fd.evaluations - before
+        ft = None
+        if not self.autonomous:
+            dt = time_increment(host_float(t), host_float(h), ev.dtype)
+            ft = (ev(t + dt, y) - fy) / dt
+            self.stats["nfev_jac"] += 1
+        self._jac_for, self._J, self._ft = y, J, ft
+        return J, ft
 
-    def _solver(self, t, y, fy, h):
-        """A function ``rhs -> (I/(hγ) − J)^{-1} rhs`` for this step."""
-        ev, xp = self.ev, self.ev.xp
-        inv = 1.0 / (_GAMMA * (xp.asarray(h, dtype=np.float64) if ev.batched else host_float(h)))
-        if isinstance(self.linear_solver, LU):
-            J = self._jacobian(t, y, fy)
-            n = J.shape[-1]
-            scale = xp.asarray(inv, dtype=J.dtype).reshape((-1, 1, 1)) if ev.batched else inv
-            fac = self.linear_solver.factor(scale * xp.eye(n, dtype=J.dtype) - J)
+    def _csc_rows(self, values):
+        import scipy.sparse as sp
 
-            def solve(rhs):
-                self.stats["nlinsolve"] += 1
-                return fac.solve(self._flat(rhs)).reshape(y.shape)
-            return solve
-        flat, f_flat = self._flat(y), self._flat(fy)
-        eps = float(np.sqrt(np.finfo(y.dtype).eps))
-        inv_b = ev.steps(inv, flat)
+        S = self.pattern
+        return [sp.csc_matrix((values[r], S.indices, S.indptr), shape=S.shape) for r in range(values.shape[0])]
+
+    # ---- the stage matrix: the one place where linear solvers are called ----
+    def _factor(self, t, y, fy, h, tol) -> _Factored:
+        ev, xp, n, R = self.ev, self.ev.xp, self.n, self.ev.num_rows
+        inv = 1.0 / (self.tab.gamma * (xp.asarray(h, dtype=np.float64) if ev.batched else host_float(h)))
+        self.stats["nfactor"] += 1
+        if isinstance(self.linear_solver, GMRES):
+            return self._gmres(t, y, fy, inv)
+        J, _ = self._jacobian(t, y, fy, h, tol)
+        if isinstance(J, list) or _is_sparse(J):
+            return self._sparse_lu(J if isinstance(J, list) else [J], inv)
+        inv_rows = xp.asarray(inv, dtype=J.dtype).reshape(-1, 1, 1) if ev.batched else inv
+        M = inv_rows * xp.eye(n, dtype=J.dtype) - J
+        if xp is np and R == 1:
+            return self._lapack(M[0])
+        fac = self.linear_solver.factor(M)
+        failed = fac.singular_mask | (_det_sign_dense(xp, fac.lu, fac.piv) <= 0)
+
+        def solve(rhs_rows):
+            self.stats["nlinsolve"] += 1
+            return fac.solve(rhs_rows)
+        return _Factored(solve, failed)
+
+    def _lapack(self, M):
+        """One NumPy system: LAPACK getrf/getrs called directly (the common small case, where per-call
+        overhead is what counts)."""
+        from scipy.linalg.lapack import get_lapack_funcs
+
+        if not np.isfinite(M).all():
+            return _Factored(None, np.ones(1, dtype=bool))
+        getrf, getrs = get_lapack_funcs(("getrf", "getrs"), (M,))
+        lu, piv, info = getrf(M, overwrite_a=True)
+        diag = np.abs(np.diagonal(lu))
+        sign = _det_sign_dense(np, lu[None], piv[None])[0]
+        failed = info != 0 or not (diag.min() > np.finfo(M.dtype).eps * diag.max()) or sign <= 0
+
+        def solve(rhs_rows):
+            self.stats["nlinsolve"] += 1
+            x, _ = getrs(lu, piv, rhs_rows[0])
+            return x[None]
+        return _Factored(None if failed else solve, np.array([failed]))
+
+    def _sparse_lu(self, Js, inv):
+        import scipy.sparse as sp
+        from scipy.sparse.linalg import splu
+
+        n = self.n
+        inv_h = np.broadcast_to(np.asarray(inv, dtype=np.float64), (len(Js),))
+        eye = sp.identity(n, format="csc")
+        lus, failed = [], np.zeros(len(Js), dtype=bool)
+        for r, J in enumerate(Js):
+            M = (inv_h[r] * eye - J).tocsc()
+            lu = None
+            if np.isfinite(M.data).all():
+                try:
+                    lu = splu(M)
+                except RuntimeError:   # exactly singular
+                    lu = None
+            if lu is not None:
+                diag = lu.U.diagonal()
+                sign = (np.sum(diag < 0) + _parity(lu.perm_r) + _parity(lu.perm_c)) % 2
+                if sign or not np.all(np.abs(diag) > np.finfo(M.dtype).eps * np.abs(diag).max()):
+                    lu = None
+            failed[r] = lu is None
+            lus.append(lu)
+
+        def solve(rhs_rows):
+            self.stats["nlinsolve"] += 1
+            out = np.zeros_like(rhs_rows)
+            for r, lu in enumerate(lus):
+                if lu is not None:
+                    out[r] = lu.solve(rhs_rows[r])
+            return out
+        return _Factored(solve, failed)
+
+    def _gmres(self, t, y, fy, inv):
+        ev, xp, n, R = self.ev, self.ev.xp, self.n, self.ev.num_rows
+        y_rows, f_rows = self._rows(y), self._rows(fy)
+        shape = y.shape
+        inv_rows = xp.asarray(inv, dtype=y.dtype).reshape(-1, 1) if ev.batched else inv
+        failed = xp.zeros(R, dtype=bool)
 
         def matvec(v):
-            norm = xp.sqrt(xp.sum(v * v, axis=-1, keepdims=True))
-            size = eps * (1.0 + xp.sqrt(xp.sum(flat * flat, axis=-1, keepdims=True)))
-            step = xp.where(norm > 0, size / xp.where(norm > 0, norm, 1.0), 0.0)
-            shifted = ev(t, (flat + step * v).reshape(y.shape))
-            jv = (self._flat(shifted) - f_flat) / xp.where(step > 0, step, 1.0)
-            return inv_b * v - jv
+            s = jvp_step(xp, y_rows, v)
+            shifted = self._rows(ev(t, (y_rows + s * v).reshape(shape)))
+            return inv_rows * v - (shifted - f_rows) / xp.where(s > 0, s, 1.0)
 
-        n = flat.shape[-1]
         op = LinearOperator(matvec, shape=(n, n), dtype=y.dtype)
+        state = {"failed": failed}
 
-        def solve(rhs):
+        def solve(rhs_rows):
             self.stats["nlinsolve"] += 1
-            b = self._flat(rhs)
-            return self.linear_solver.solve(op, b, x0=b / inv_b).value.reshape(y.shape)
-        return solve
+            finite = xp.isfinite(rhs_rows).all(axis=1)
+            b = xp.where(finite[:, None], rhs_rows, 0.0)
+            sol = self.linear_solver.solve(op, b, x0=b / inv_rows)
+            codes = xp.asarray(sol.result).reshape(-1)
+            state["failed"] = state["failed"] | ~finite | (codes != int(ReturnCode.SUCCESS))
+            return sol.value.reshape(R, n)
 
+        fac = _Factored(solve, failed)
+        fac.state = state
+        return fac
+
+    # ---- one step ----
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
-        ev = self.ev
-        hb = ev.steps(h, y)
-        solve = self._solver(t, y, fy, h)
-        f_t = None
-        if not ev.autonomous:
-            dt = float(np.sqrt(np.finfo(y.dtype).eps)) * max(abs(host_float(t)), 1.0)
-            f_t = (ev(t + dt, y) - fy) / dt
-        ks, f_stage = [], fy
-        for i in range(4):
-            if _NEW_F[i] and i > 0:
-                stage_y = y
-                for (r, j), a in _A.items():
-                    if r == i:
-                        stage_y = stage_y + a * ks[j]
-                f_stage = ev(t + _ALPHA[i] * h, stage_y)
-            rhs = f_stage
-            for (r, j), c in _C.items():
-                if r == i:
-                    rhs = rhs + (c / hb) * ks[j]
-            if f_t is not None and _GAMMAS[i] != 0.0:
-                rhs = rhs + (_GAMMAS[i] * hb) * f_t
-            ks.append(solve(rhs))
-        y1 = y
-        for m, k in zip(_M, ks):
-            if m != 0.0:
-                y1 = y1 + m * k
-        err = sum(e * k for e, k in zip(_E, ks) if e != 0.0)
-        return Trial(y1, ev(t + h, y1), err, self.error_exponent)
+        ev, xp, tab = self.ev, self.ev.xp, self.tab
+        fy = self._current_f(y, fy)
+        fac = self._factor(t, y, fy, h, tol)
+        _, ft = (None, None) if isinstance(self.linear_solver, GMRES) else self._jacobian(t, y, fy, h, tol)
+        if ft is None and not self.autonomous and isinstance(self.linear_solver, GMRES):
+            dt = time_increment(host_float(t), host_float(h), ev.dtype)
+            ft = (ev(t + dt, y) - fy) / dt
+        h_rows = xp.asarray(h, dtype=y.dtype).reshape(-1, 1) if ev.batched else host_float(h)
+        y_rows, f_rows = self._rows(y), self._rows(fy)
+        ft_rows = None if ft is None else self._rows(ft)
+        S = tab.stages
+        U = xp.empty((S,) + y_rows.shape, dtype=y.dtype)
+        flat = U.reshape(S, -1)
+        if fac.solve is None:                               # the stage matrix could not be factored
+            return self._failed_trial(t, h, y, y_rows)
+        for i, (reuse, c_i, d_i, a_row, c_terms) in enumerate(self._plan):
+            if reuse:
+                rhs = f_rows
+            else:
+                stage = y_rows + (a_row @ flat[:i]).reshape(y_rows.shape)
+                rhs = self._rows(ev(t + c_i * h, stage.reshape(y.shape)))
+            for j, c in c_terms:
+                rhs = rhs + (c / h_rows) * U[j]
+            if ft_rows is not None and d_i != 0.0:
+                rhs = rhs + (d_i * h_rows) * ft_rows
+            U[i] = fac.solve(rhs)
+            if i == 0 and self._matrix_free:
+                # no determinant without a matrix: u₁·M u₁ = u₁·f < 0 means the stage matrix is indefinite
+                # along u₁ (h·γ beyond the inverse of a growth rate): the same rejection as the sign test
+                indefinite = xp.sum(U[0] * f_rows, axis=1) < 0
+                fac.state["failed"] = fac.state["failed"] | indefinite
+        y1 = y_rows + (self._m @ flat).reshape(y_rows.shape)
+        err = (self._e @ flat).reshape(y_rows.shape)
+        failed = getattr(fac, "state", {"failed": fac.failed})["failed"]
+        failed = failed | ~xp.isfinite(err).all(axis=1) | ~xp.isfinite(y1).all(axis=1)
+        if bool(failed.any()):
+            self.stats["nfailed_solves"] += 1
+            err = xp.where(failed[:, None], xp.asarray(np.inf, dtype=err.dtype), err)
+            y1 = xp.where(failed[:, None], y_rows, y1)       # a failed sample keeps its state
+        y1 = y1.reshape(y.shape)
+        f1 = self._call(t + h, y1)
+        return Trial(y1, f1, err.reshape(y.shape), self.error_exponent)
+
+    def _failed_trial(self, t, h, y, y_rows):
+        """A rejected attempt: the state unchanged, an infinite error (the driver shrinks the step)."""
+        self.stats["nfailed_solves"] += 1
+        err = self.ev.xp.full(y.shape, np.inf, dtype=y.dtype)
+        return Trial(y, self._f0, err, self.error_exponent)
 
 
-@dataclass(frozen=True)
-class Rodas3(ODEMethod):
-    """L-stable order-3 Rosenbrock method for stiff problems.
+def _is_sparse(J) -> bool:
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover
+        return False
+    return sp.issparse(J)
 
+
+def _check_settings(method):
+    if not isinstance(method.linear_solver, (LU, GMRES)):
+        raise TypeError("linear_solver must be dq.LU() or dq.GMRES(...), got "
+                        f"{type(method.linear_solver).__name__}")
+    if not isinstance(method.autonomous, (bool, np.bool_)):
+        raise TypeError(f"autonomous must be a bool, got {type(method.autonomous).__name__}")
+    if method.jac_sparsity is not None:
+        if isinstance(method.linear_solver, GMRES):
+            raise ValueError("jac_sparsity needs linear_solver=dq.LU() (GMRES never forms the Jacobian)")
+        shape = getattr(method.jac_sparsity, "shape", None)
+        if shape is None:
+            shape = np.shape(method.jac_sparsity)
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"jac_sparsity must be a square (n, n) pattern, got shape {tuple(shape)}")
+
+
+@dataclass(frozen=True, eq=False)
+class _Rosenbrock(ODEMethod):
+    linear_solver: Any = field(default_factory=LU)
+    jac_sparsity: Any = None
+    autonomous: bool = False
+    tableau = None
+
+    def __post_init__(self):
+        _check_settings(self)
+
+    @property
+    def order(self):
+        return self.tableau.order
+
+    def stepper(self, ev: Evaluator, jac=None):
+        if self.jac_sparsity is not None:
+            n = int(np.prod(ev.shape[1:] if ev.batched else ev.shape, dtype=np.int64))
+            if tuple(np.shape(self.jac_sparsity)) != (n, n):
+                raise ValueError(f"jac_sparsity must have shape ({n}, {n}) for this y0 (n elements per "
+                                 f"{'sample' if ev.batched else 'state'}), got {tuple(np.shape(self.jac_sparsity))}")
+        return RosenbrockStepper(ev, self.tableau, self.linear_solver, jac, self.jac_sparsity, self.autonomous)
+
+
+_SETTINGS_DOC = """
     Args:
-        linear_solver: ``dq.LU()`` (default; dense Jacobian from finite differences or the ``jac`` passed to
-            :func:`~deqcore.ode.integrate`) or ``dq.GMRES(...)`` (matrix-free, finite-difference JVPs).
+        linear_solver: ``dq.LU()`` (default: dense or, with ``jac_sparsity`` on NumPy, sparse LU of the stage
+            matrix; the Jacobian is the ``jac`` passed to :func:`~deqcore.ode.integrate` /
+            :func:`~deqcore.ode.steady_state`, or finite differences) or ``dq.GMRES(...)`` (matrix-free,
+            finite-difference Jacobian–vector products).
+        jac_sparsity: optional ``(n, n)`` pattern of ∂f/∂y (array-like or ``scipy.sparse``; n elements per
+            sample): finite differences then cost one f per group of columns that share no row.
+        autonomous: set True when f does not depend on t, to skip the finite-difference ∂f/∂t (one f per
+            step). Steady states are always autonomous.
+"""
+
+
+@dataclass(frozen=True, eq=False)
+class Rodas3(_Rosenbrock):
+    """L-stable order-3 Rosenbrock method (4 stages, 3 evaluations of f per step besides the Jacobian).
 
     >>> import numpy as np, deqcore as dq
     >>> lam = 1e4                                # stiff: y relaxes onto cos(t) within ~1e-4
@@ -158,13 +417,34 @@ class Rodas3(ODEMethod):
     (True, True)
     """
 
-    linear_solver: Any = field(default_factory=LU)
-    order = 3
+    tableau = RODAS3
 
-    def __post_init__(self):
-        if not isinstance(self.linear_solver, (LU, GMRES)):
-            raise TypeError("linear_solver must be dq.LU() or dq.GMRES(...), got "
-                            f"{type(self.linear_solver).__name__}")
 
-    def stepper(self, ev: Evaluator, jac=None):
-        return RosenbrockStepper(ev, self.linear_solver, jac)
+@dataclass(frozen=True, eq=False)
+class Rodas4(_Rosenbrock):
+    """L-stable order-4 Rosenbrock method of Hairer and Wanner (6 stages, 6 evaluations of f per step)."""
+
+    tableau = RODAS4
+
+
+@dataclass(frozen=True, eq=False)
+class Rodas5P(_Rosenbrock):
+    """L-stable order-5 Rosenbrock method of Steinebach (2023) (8 stages, 8 evaluations of f per step); the
+    most efficient choice for stiff problems at moderate to tight tolerances.
+
+    >>> import numpy as np, deqcore as dq
+    >>> def robertson(t, y):
+    ...     return np.array([-0.04 * y[0] + 1e4 * y[1] * y[2],
+    ...                      0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2])
+    >>> sol = dq.integrate(robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e5), dq.Rodas5P(autonomous=True),
+    ...                    atol=1e-10, rtol=1e-6)
+    >>> np.round(sol.ys[-1], 5).tolist(), sol.stats["accepted"] < 200
+    ([0.01787, 0.0, 0.98213], True)
+    """
+
+    tableau = RODAS5P
+
+
+for _cls in (Rodas3, Rodas4, Rodas5P):
+    _cls.__doc__ = _cls.__doc__.replace("\n\n    >>>", "\n" + _SETTINGS_DOC + "\n    >>>", 1) \
+        if ">>>" in _cls.__doc__ else _cls.__doc__ + _SETTINGS_DOC
