@@ -164,10 +164,12 @@ def _peak_bytes_of_a_reduced_solve(batch, chunk):
 def test_a_batch_larger_than_memory_is_solved_chunk_by_chunk():
     """Reduced without gathering, an 8 MiB batch peaks no higher than a 1 MiB one (512 KiB chunks): memory
     depends on the chunk, not on the batch."""
+    _peak_bytes_of_a_reduced_solve(2 ** 16, 2 ** 16)       # first use (imports, kernel compilation) not counted
     small = _peak_bytes_of_a_reduced_solve(2 ** 17, 2 ** 16)
     large = _peak_bytes_of_a_reduced_solve(2 ** 20, 2 ** 16)
+    # 8× the batch (7 MiB more data) costs less than 1 MiB more at the peak; the peak's absolute size depends on
+    # the interpreter's other allocations, so only the difference is asserted
     assert large < small + 2 ** 20, f"peak {large / 2**20:.1f} MiB vs {small / 2**20:.1f} MiB"
-    assert large < 2 ** 23
 
 
 def _slow_map(delay):
