@@ -41,7 +41,7 @@ def _trajectory(monkeypatch, impl, solver, F, batch, n, steps, xp=np):
     state = solver.init(problem, y0, problem.F(y0))
     out = []
     for _ in range(steps):
-        state = solver.step(problem, state)
+        state, _ = solver.step(problem, state)
         out.append((to_host(state.y).copy(), to_host(state.f).copy(), to_host(state.count).copy()))
     return out, state
 

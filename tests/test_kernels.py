@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import deqcore  # noqa: F401  (registers kernels)
-from deqcore.backend import kernels as registry
+from deqcore.backend import is_cupy_namespace, kernels as registry
+from tests.helpers import assert_same, on
 
 
 def _load_all_kernel_modules():
@@ -38,15 +39,7 @@ CASES = [(name, impl) for name, spec in sorted(SPECS.items()) if spec.example
 
 
 def _compare(out, ref, dtype):
-    tol = 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
-    outs = out if isinstance(out, tuple) else (out,)
-    refs = ref if isinstance(ref, tuple) else (ref,)
-    assert len(outs) == len(refs)
-    for o, r in zip(outs, refs):
-        o = np.asarray(o.copy_to_host() if hasattr(o, "copy_to_host") else o)
-        r = np.asarray(r)
-        assert o.shape == r.shape
-        np.testing.assert_allclose(o, r, rtol=tol, atol=tol)
+    assert_same(out, ref, dtype, float32=1e-4, float64=1e-10)
 
 
 def test_registry_has_kernels():
@@ -58,14 +51,55 @@ def test_registry_has_kernels():
 
 @pytest.mark.parametrize("name,impl", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kernel_matches_reference(name, impl, dtype):
+def test_kernel_matches_reference(name, impl, dtype, xp):
+    """On NumPy: the CPU kernels natively, the CUDA kernels on the simulator; on CuPy (a GPU): the CUDA
+    kernels and the reference on device arrays, both against the reference on the host."""
+    if impl == "numba_cpu" and is_cupy_namespace(xp):
+        pytest.skip("the Numba CPU kernels take NumPy arrays")
     spec = SPECS[name]
     example = registry.resolve(spec.example)
     args = example(np.random.default_rng(7), dtype)
-    ref = spec.reference(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
-    fast = spec.load(impl)
-    out = fast(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
-    _compare(out, ref, dtype)
+    ref = spec.reference(*on(np, args))
+    _compare(spec.load(impl)(*on(xp, args)), ref, dtype)
+    if is_cupy_namespace(xp):
+        _compare(spec.reference(*on(xp, args)), ref, dtype)
+
+
+@pytest.mark.parametrize("name", sorted(name for name, spec in SPECS.items() if spec.example and spec.numba_cuda))
+def test_cuda_launches_match_the_registered_signatures(name):
+    """Every kernel the example launches has a registered PTX signature with the launch's argument types (array
+    dtype and dimensions, scalar types), so the PTX test compiles what really runs."""
+    from deqcore.backend.launch import recording
+    from numba.core import types
+    from numba.core.sigutils import normalize_signature
+
+    spec = SPECS[name]
+    registered = {}                          # over every kernel: two registered kernels may share a CUDA kernel
+    for other in SPECS.values():
+        for target, signature in other.cuda_ptx_targets:
+            registered.setdefault(target, []).append(normalize_signature(signature)[0])
+    for dtype in (np.float32, np.float64):
+        args = registry.resolve(spec.example)(np.random.default_rng(7), dtype)
+        with recording() as launches:
+            spec.load("numba_cuda")(*on(np, args))
+        assert launches, f"{name}: the CUDA version launched nothing"
+        for target, launched in launches:
+            assert target in registered, f"{name}: {target} has no registered PTX signature"
+            assert any(_accepts(sig, launched, types) for sig in registered[target]), (
+                f"{name}: no registered signature of {target} takes {launched}; registered: {registered[target]}")
+
+
+def _accepts(signature, launched, types):
+    if len(signature) != len(launched):
+        return False
+    for want, got in zip(signature, launched):
+        if isinstance(want, types.Array):
+            if not (isinstance(got, types.Array) and want.dtype == got.dtype and want.ndim == got.ndim
+                    and (want.layout == "A" or want.layout == got.layout)):
+                return False
+        elif want != got:
+            return False
+    return True
 
 
 def test_get_kernel_defaults():
