@@ -179,9 +179,9 @@ def test_dots_kernel_puts_the_batch_on_the_grid_x_axis(monkeypatch):
     from deqcore.root import broyden_kernels_numba as bkn
 
     grids = []
-    real_launch = bkn._launch
-    monkeypatch.setattr(bkn, "_launch", lambda kernel, xp, blocks, args: (grids.append(blocks),
-                                                                          real_launch(kernel, xp, blocks, args)))
+    real_launch = bkn._DOTS.launch
+    monkeypatch.setattr(bkn._DOTS, "launch", lambda grid, block, *args: (grids.append(grid),
+                                                                         real_launch(grid, block, *args)))
     U, V, y, f, f_old, s, count, *_ = _state(4, 5, 2, 3, False, 2)
     a, c = bkn.broyden_dots_numba_cuda(U, V, f, s, count)
     assert grids == [(5, 2)]

@@ -117,13 +117,69 @@ def test_unknown_kernel_and_impl():
         registry.get_kernel(name, np, impl="fortran")
 
 
+def _add_one(x):
+    from numba import cuda
+
+    i = cuda.grid(1)
+    if i < x.shape[0]:
+        x[i] += 1.0
+
+
+def test_launcher_wraps_cupy_arrays_without_a_host_wait(monkeypatch):
+    """The call the launcher makes for a CuPy argument (checked on stand-ins: no CuPy arrays without a GPU):
+    a view owned by the array, with sync=False; NumPy arguments pass as they are."""
+    from types import SimpleNamespace
+
+    from deqcore.backend import launch
+
+    class FakeCupyArray:
+        __cuda_array_interface__ = {"shape": (3,), "typestr": "<f8", "data": (1, False), "version": 3}
+
+    calls = []
+    fake_cuda = SimpleNamespace(from_cuda_array_interface=lambda desc, owner, sync: calls.append((desc, owner, sync))
+                                or "device view")
+    monkeypatch.setattr(launch, "is_cupy_array", lambda a: isinstance(a, FakeCupyArray))
+    monkeypatch.setattr(launch, "cuda_simulator_enabled", lambda: False)
+    monkeypatch.setattr(launch, "cuda", fake_cuda)
+    host = np.ones(2)
+    device = FakeCupyArray()
+    assert launch.device_arguments((host, 2.0)) == ((host, 2.0), False)
+    args, on_device = launch.device_arguments((host, device, 3))
+    assert on_device and args == (host, "device view", 3)
+    assert calls == [(FakeCupyArray.__cuda_array_interface__, device, False)]
+
+
+def test_launcher_on_cupy_arrays_does_not_wait_for_the_gpu(xp, monkeypatch):
+    """On a GPU: a launch on CuPy arrays never synchronises a stream, and computes on CuPy's current stream."""
+    if not is_cupy_namespace(xp):
+        pytest.skip("needs CuPy arrays on a GPU")
+    from numba.cuda.cudadrv import driver
+
+    from deqcore.backend.launch import cuda_kernel
+    from deqcore.backend.numba_tools import launch_config
+
+    waits = []
+    real = driver.Stream.synchronize
+    monkeypatch.setattr(driver.Stream, "synchronize", lambda self: waits.append(self) or real(self))
+    kernel = cuda_kernel(_add_one)
+    with xp.cuda.Stream(non_blocking=True) as stream:
+        x = xp.arange(1000, dtype=xp.float64)
+        kernel[launch_config(1000, kernel.threads)](x)
+        x *= 2.0                                          # ordered after the kernel on the same stream
+    assert waits == []
+    stream.synchronize()
+    np.testing.assert_array_equal(x.get(), 2.0 * (np.arange(1000) + 1.0))
+
+
 _PTX_SCRIPT = r"""
-import json, sys
+import inspect, json, sys
 import deqcore
 from tests.test_kernels import _load_all_kernel_modules
 _load_all_kernel_modules()
 from deqcore.backend import kernels as registry
 from numba import cuda
+# the launcher's conversion of CuPy arrays (the simulator has none; checked against the real API here)
+assert {"owner", "sync"} <= set(inspect.signature(cuda.from_cuda_array_interface).parameters)
 done = []
 for name, spec in sorted(registry.registered_kernels().items()):
     for target, signature in spec.cuda_ptx_targets:
