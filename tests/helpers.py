@@ -37,10 +37,14 @@ def fd_jvp(fn, x, v, eps: float = 1e-6):
     return (fn(x + eps * v) - fn(x - eps * v)) / (2 * eps)
 
 
-def contractive_map(rng, batch, n, dtype=np.float64, contraction=0.8, xp=np):
-    """z ↦ tanh(z Wᵀ + x) for a batch ``(batch, n)``, with ‖W‖₂ = ``contraction`` (a contraction below 1)."""
+def contractive_map(rng, batch, n, dtype=np.float64, contraction=0.8, xp=np, spectral=False):
+    """z ↦ tanh(z Wᵀ + x) for a batch ``(batch, n)``, with ‖W‖₂ = ``contraction`` (a contraction below 1), or
+    with ``spectral`` W's spectral radius = ``contraction`` (above 1: a hard map that plain iteration fails on)."""
     W = rng.standard_normal((n, n))
-    W *= contraction / max(np.linalg.norm(W, 2), 1e-12)
+    if spectral:
+        W *= contraction / np.abs(np.linalg.eigvals(W)).max()
+    else:
+        W *= contraction / max(np.linalg.norm(W, 2), 1e-12)
     x = rng.standard_normal((batch, n))
     W, x = xp.asarray(W.astype(dtype)), xp.asarray(x.astype(dtype))
     return lambda z: xp.tanh(z @ W.T + x)

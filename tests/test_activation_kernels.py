@@ -12,6 +12,7 @@ from deqcore import nn
 from deqcore.backend import get_kernel, to_host
 from deqcore.nn import activation_kernels as ak
 from deqcore.nn import activation_kernels_numba as akn
+from tests.helpers import tolerance
 
 from .test_nn_support import check_layer_derivatives
 
@@ -23,7 +24,7 @@ seeds = st.integers(0, 2 ** 32 - 1)
 
 def _tol(dtype):
     # measured: at most 1e-7 (float32) and 3e-15 (float64) times 1 + |reference|
-    return 5e-7 if np.dtype(dtype) == np.float32 else 1e-13
+    return tolerance(dtype, 5e-7, 1e-13)
 
 
 def _values(rng, shape, dtype):

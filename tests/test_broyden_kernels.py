@@ -13,6 +13,7 @@ from deqcore.backend import kernels as registry
 from deqcore.backend import to_host
 from deqcore.root import RootProblem
 from deqcore.root import broyden_kernels as bk
+from tests.helpers import contractive_map
 
 SPECS = registry.registered_kernels()
 
@@ -21,12 +22,8 @@ SPECS = registry.registered_kernels()
 def _tanh_map(seed, batch, n, radius, xp=np):
     """F(y) = tanh(W y + x) − y with W scaled to spectral radius ``radius``: at 1.5 (seed 0) plain iteration
     needs 170 steps or more and does not converge every sample in 300; Broyden needs about 25."""
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((n, n))
-    W *= radius / np.abs(np.linalg.eigvals(W)).max()
-    x = rng.standard_normal((batch, n))
-    Wt, x = xp.asarray(W.T), xp.asarray(x)
-    return lambda y: xp.tanh(y @ Wt + x) - y
+    G = contractive_map(np.random.default_rng(seed), batch, n, np.float64, radius, xp, spectral=True)
+    return lambda y: G(y) - y
 
 
 def _trajectory(monkeypatch, impl, solver, F, batch, n, steps, xp=np):

@@ -107,8 +107,21 @@ def control_row(r, err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err
     return good
 
 
-_block_reduce2, _add_scaled_error, _adams_row, _adams_differences, _adams_error_weight, _control_row = for_kernels(
-    block_reduce2, add_scaled_error, adams_row, adams_differences, adams_error_weight, control_row)
+_block_reduce2, = for_kernels(block_reduce2)
+
+
+@numba.njit(inline="always")
+def store_row_partials(shared_sum, shared_max, total, top, part_sum, part_max, r):
+    """The block's sum of ``total`` and maximum of ``top`` into column ``blockIdx.y`` of row ``r``'s partials
+    (the tail of the CUDA error kernels)."""
+    block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
+    if cuda.threadIdx.x == 0:
+        part_sum[r, cuda.blockIdx.y] = block_sum
+        part_max[r, cuda.blockIdx.y] = block_max
+
+
+_add_scaled_error, _adams_row, _adams_differences, _adams_error_weight, _control_row, _store_row_partials = (
+    for_kernels(add_scaled_error, adams_row, adams_differences, adams_error_weight, control_row, store_row_partials))
 
 
 # ---- Numba CPU ------------------------------------------------------------------------------------------
@@ -275,10 +288,7 @@ def rk_combine_error_cuda_kernel(y, ks, b, e, h, y_new, compute_new, atol, rtol,
         total, top = _add_scaled_error(total, top, hr * acc, y[r, i], y_new[r, i], atol, rtol)
     shared_sum = cuda.shared.array(THREADS, numba.float64)
     shared_max = cuda.shared.array(THREADS, numba.float64)
-    block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
-    if tid == 0:
-        part_sum[r, cuda.blockIdx.y] = block_sum
-        part_max[r, cuda.blockIdx.y] = block_max
+    _store_row_partials(shared_sum, shared_max, total, top, part_sum, part_max, r)
 
 
 def adams_predict_cuda_kernel(y, f0, f1, f2, h, h1, h2, out):
@@ -312,10 +322,7 @@ def adams_correct_error_cuda_kernel(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_
         total, top = _add_scaled_error(total, top, w3 * e3, y[r, i], y_new[r, i], atol, rtol)
     shared_sum = cuda.shared.array(THREADS, numba.float64)
     shared_max = cuda.shared.array(THREADS, numba.float64)
-    block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
-    if tid == 0:
-        part_sum[r, cuda.blockIdx.y] = block_sum
-        part_max[r, cuda.blockIdx.y] = block_max
+    _store_row_partials(shared_sum, shared_max, total, top, part_sum, part_max, r)
 
 
 def ode_control_cuda_kernel(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject,
