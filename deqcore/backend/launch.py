@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 
 from .namespace import is_cupy_array
-from .numba_tools import cuda_simulator_enabled, numba  # noqa: F401  (sets the cache folder first)
+from .numba_tools import cuda_simulator_enabled, numba  # first: it sets the cache folder
 from numba import cuda  # noqa: E402
 
 __all__ = ["CudaKernel", "cuda_kernel", "recording", "device_arguments"]
@@ -39,7 +39,7 @@ class CudaKernel:
     """A CUDA kernel compiled on first launch; see the module docstring."""
 
     def __init__(self, pyfunc, *, threads: int = 128, simulated_threads: int = 32, cache: bool = False):
-        if threads & (threads - 1) or simulated_threads & (simulated_threads - 1):
+        if min(threads, simulated_threads) < 1 or threads & (threads - 1) or simulated_threads & (simulated_threads - 1):
             raise ValueError(f"threads must be powers of two, got {threads} and {simulated_threads}")
         self.pyfunc = pyfunc
         self.cache = cache
@@ -101,6 +101,8 @@ def _current_stream():
     key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr)
     stream = _STREAMS.get(key)
     if stream is None:
+        if len(_STREAMS) >= 64:                             # streams come and go: keep the handles bounded
+            _STREAMS.clear()
         stream = _STREAMS[key] = cuda.external_stream(key[1])
     return stream
 
