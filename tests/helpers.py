@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: finite differences, tolerances by dtype, the contractive test maps, solver lists
-and moving arguments between NumPy and CuPy."""
+"""Helpers shared by the tests: finite differences, tolerances by dtype, the contractive test maps, solver
+lists and moving arguments between NumPy and CuPy."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def tolerance(dtype, float32: float, float64: float) -> float:
 
 
 def fd_gradient(loss, x, eps: float = 1e-6) -> np.ndarray:
-    """Central finite differences of the scalar ``loss(x)`` with respect to every element of the array ``x``."""
+    """Central finite differences of the scalar ``loss(x)`` with respect to each element of ``x``."""
     x = np.asarray(x, dtype=np.float64)
     grad = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
@@ -38,8 +38,8 @@ def fd_jvp(fn, x, v, eps: float = 1e-6):
 
 
 def contractive_map(rng, batch, n, dtype=np.float64, contraction=0.8, xp=np, spectral=False):
-    """z ↦ tanh(z Wᵀ + x) for a batch ``(batch, n)``, with ‖W‖₂ = ``contraction`` (a contraction below 1), or
-    with ``spectral`` W's spectral radius = ``contraction`` (above 1: a hard map that plain iteration fails on)."""
+    """z ↦ tanh(z Wᵀ + x) for a batch ``(batch, n)``, with ‖W‖₂ = ``contraction`` (a contraction below 1),
+    or with ``spectral`` W's spectral radius = ``contraction`` (above 1: a hard map for plain iteration)."""
     W = rng.standard_normal((n, n))
     if spectral:
         W *= contraction / np.abs(np.linalg.eigvals(W)).max()
@@ -72,7 +72,8 @@ def host(out):
 def assert_same(out, ref, dtype=np.float64, float32=1e-5, float64=1e-12):
     """Outputs equal on the host: integers and booleans exactly, floats to the dtype's tolerance."""
     tol = tolerance(dtype, float32, float64)
-    outs, refs = host(out if isinstance(out, tuple) else (out,)), host(ref if isinstance(ref, tuple) else (ref,))
+    outs = host(out if isinstance(out, tuple) else (out,))
+    refs = host(ref if isinstance(ref, tuple) else (ref,))
     assert len(outs) == len(refs)
     for o, r in zip(outs, refs):
         assert o.shape == r.shape

@@ -65,16 +65,16 @@ def test_kernel_matches_reference(name, impl, dtype, xp):
         _compare(spec.reference(*on(xp, args)), ref, dtype)
 
 
-@pytest.mark.parametrize("name", sorted(name for name, spec in SPECS.items() if spec.example and spec.numba_cuda))
+@pytest.mark.parametrize("name", sorted(n for n, spec in SPECS.items() if spec.example and spec.numba_cuda))
 def test_cuda_launches_match_the_registered_signatures(name):
-    """Every kernel the example launches has a registered PTX signature with the launch's argument types (array
-    dtype and dimensions, scalar types), so the PTX test compiles what really runs."""
+    """Every kernel the example launches has a registered PTX signature with the launch's argument types
+    (array dtype and dimensions, scalar types), so the PTX test compiles what really runs."""
     from deqcore.backend.launch import recording
     from numba.core import types
     from numba.core.sigutils import normalize_signature
 
     spec = SPECS[name]
-    registered = {}                          # over every kernel: two registered kernels may share a CUDA kernel
+    registered = {}                # over every registered kernel: two of them may share one CUDA kernel
     for other in SPECS.values():
         for target, signature in other.cuda_ptx_targets:
             registered.setdefault(target, []).append(normalize_signature(signature)[0])
@@ -86,7 +86,8 @@ def test_cuda_launches_match_the_registered_signatures(name):
         for target, launched in launches:
             assert target in registered, f"{name}: {target} has no registered PTX signature"
             assert any(_accepts(sig, launched, types) for sig in registered[target]), (
-                f"{name}: no registered signature of {target} takes {launched}; registered: {registered[target]}")
+                f"{name}: no registered signature of {target} takes {launched}; "
+                f"registered: {registered[target]}")
 
 
 def _accepts(signature, launched, types):
@@ -136,8 +137,11 @@ def test_launcher_wraps_cupy_arrays_without_a_host_wait(monkeypatch):
         __cuda_array_interface__ = {"shape": (3,), "typestr": "<f8", "data": (1, False), "version": 3}
 
     calls = []
-    fake_cuda = SimpleNamespace(from_cuda_array_interface=lambda desc, owner, sync: calls.append((desc, owner, sync))
-                                or "device view")
+    def from_cuda_array_interface(desc, owner, sync):
+        calls.append((desc, owner, sync))
+        return "device view"
+
+    fake_cuda = SimpleNamespace(from_cuda_array_interface=from_cuda_array_interface)
     monkeypatch.setattr(launch, "is_cupy_array", lambda a: isinstance(a, FakeCupyArray))
     monkeypatch.setattr(launch, "cuda_simulator_enabled", lambda: False)
     monkeypatch.setattr(launch, "cuda", fake_cuda)
@@ -150,7 +154,7 @@ def test_launcher_wraps_cupy_arrays_without_a_host_wait(monkeypatch):
 
 
 def test_launcher_on_cupy_arrays_does_not_wait_for_the_gpu(xp, monkeypatch):
-    """On a GPU: a launch on CuPy arrays never synchronises a stream, and computes on CuPy's current stream."""
+    """On a GPU: a launch on CuPy arrays never synchronises a stream, and runs on CuPy's current stream."""
     if not is_cupy_namespace(xp):
         pytest.skip("needs CuPy arrays on a GPU")
     from numba.cuda.cudadrv import driver

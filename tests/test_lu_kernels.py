@@ -45,8 +45,8 @@ def test_lu_factorization_on_both_sides_of_the_size_limit(rng, n):
 
 @pytest.mark.parametrize("n", [5, SMALL_SYSTEM_LIMIT + 3])
 def test_cuda_kernels_factor_and_solve_on_both_sides_of_the_size_limit(rng, xp, monkeypatch, n):
-    """The CUDA kernels (on the simulator for NumPy arrays, on the device for CuPy arrays) directly and through
-    ``linalg.LU``, a singular sample flagged; above the limit LU takes LAPACK / cuSOLVER."""
+    """The CUDA kernels (on the simulator for NumPy arrays, on the device for CuPy arrays) directly and
+    through ``linalg.LU``, a singular sample flagged; above the limit LU takes LAPACK / cuSOLVER."""
     monkeypatch.setenv("DEQCORE_KERNELS", "numba_cuda")
     A = rng.standard_normal((3, n, n)) + 2 * np.sqrt(n) * np.eye(n)
     A[1, :, 0] = 0.0
@@ -58,8 +58,8 @@ def test_cuda_kernels_factor_and_solve_on_both_sides_of_the_size_limit(rng, xp, 
         np.testing.assert_allclose(to_host(lu), ref_lu, rtol=1e-12, atol=1e-12)
         good = A[[0, 2]]
         x = get_kernel("lu_solve", xp, impl="numba_cuda")(lu[::2], piv[::2], xp.asarray(b[::2, :, None]), 1)
-        np.testing.assert_allclose(to_host(x)[:, :, 0], np.linalg.solve(np.swapaxes(good, 1, 2), b[::2, :, None])[:, :, 0],
-                                   rtol=1e-10, atol=1e-10)
+        expected = np.linalg.solve(np.swapaxes(good, 1, 2), b[::2, :, None])[:, :, 0]
+        np.testing.assert_allclose(to_host(x)[:, :, 0], expected, rtol=1e-10, atol=1e-10)
     fac = linalg.LU().factor(xp.asarray(A))
     assert to_host(fac.singular).tolist() == [False, True, False]
     for transpose in (False, True):

@@ -43,8 +43,8 @@ def _same(out, ref, dtype=np.float64):
 
 
 def _run_both(name, impl, args, dtype=np.float64, xp=np):
-    """The reference on NumPy and ``impl`` on ``xp``, on fresh copies of ``args`` (kernels may write into their
-    arguments); returns the reference's output."""
+    """The reference on NumPy and ``impl`` on ``xp``, on fresh copies of ``args`` (kernels may write into
+    their arguments); returns the reference's output."""
     ref = registry.registered_kernels()[name].reference(*on(np, args))
     _same(_impl(name, impl)(*on(xp, args)), ref, dtype)
     return ref
@@ -89,8 +89,8 @@ def test_given_new_state_is_only_read(impl, xp):
     y_new[0, 2] = np.inf
     ks = rng.standard_normal((7, 2, 6))
     before = y_new.copy()
-    out, err_sq, y_max = _run_both("rk_combine_error", impl, (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(),
-                                                              np.array([0.1, 0.2]), y_new, False, 1e-6, 1e-3), xp=xp)
+    args = (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(), np.array([0.1, 0.2]), y_new, False, 1e-6, 1e-3)
+    out, err_sq, y_max = _run_both("rk_combine_error", impl, args, xp=xp)
     np.testing.assert_array_equal(out, before)
     assert y_max[0] == np.inf and np.isfinite(err_sq).all()
 
@@ -201,7 +201,8 @@ def test_control_decisions(impl, xp):
                          h=[0.1, 0.1, 0.1, 0.1, 0.1, 1e-17, 0.1], t=[1.0] * 7, active=[True] * 6 + [False],
                          f_max=[1.0, 1.0, 1e-9, 1.0, 1.0, 1.0, 1.0],
                          y_max=[1.0, 1.0, 1.0, np.inf, 1.0, 1.0, 1.0])
-    t, h_next, err_prev, after_reject, active, codes, acc, rej, nfev, ok, summary = host(control(*on(xp, args)))
+    out = host(control(*on(xp, args)))
+    t, h_next, err_prev, after_reject, active, codes, acc, rej, nfev, ok, summary = out
     np.testing.assert_array_equal(ok, [True, False, True, True, False, False, False])
     np.testing.assert_allclose(t, [1.1, 1.0, 1.1, 1.1, 1.0, 1.0, 1.0])
     np.testing.assert_allclose(err_prev[:3], [0.5, 0.5, 0.5])
@@ -281,10 +282,10 @@ def test_solves_on_the_cuda_kernels_equal_the_reference_ones(monkeypatch, xp):
     out = {}
     for mode, on_xp in (("reference", np), ("numba_cuda", xp)):
         monkeypatch.setenv("DEQCORE_KERNELS", mode)
-        steady = dq.steady_state(_deq_map(8, 2, 3, on_xp), on_xp.zeros((2, 3)), dq.VCABM3(), atol=1e-3, rtol=1e-3,
-                                 batched=True, max_steps=3, throw=False)
-        ode = dq.integrate(_van_der_pol, on_xp.asarray([2.0, 0.0]), (0.0, 1.0), atol=1e-3, rtol=1e-3, max_steps=2,
-                           throw=False)
+        steady = dq.steady_state(_deq_map(8, 2, 3, on_xp), on_xp.zeros((2, 3)), dq.VCABM3(), atol=1e-3,
+                                 rtol=1e-3, batched=True, max_steps=3, throw=False)
+        ode = dq.integrate(_van_der_pol, on_xp.asarray([2.0, 0.0]), (0.0, 1.0), atol=1e-3, rtol=1e-3,
+                           max_steps=2, throw=False)
         assert get_namespace(steady.value, ode.ys) is on_xp
         out[mode] = (to_host(steady.value), to_host(steady.stats["accepted_per_sample"]), to_host(ode.ys),
                      ode.stats["nfev"])

@@ -39,7 +39,7 @@ class CudaKernel:
     """A CUDA kernel compiled on first launch; see the module docstring."""
 
     def __init__(self, pyfunc, *, threads: int = 128, simulated_threads: int = 32, cache: bool = False):
-        if min(threads, simulated_threads) < 1 or threads & (threads - 1) or simulated_threads & (simulated_threads - 1):
+        if any(t < 1 or t & (t - 1) for t in (threads, simulated_threads)):
             raise ValueError(f"threads must be powers of two, got {threads} and {simulated_threads}")
         self.pyfunc = pyfunc
         self.cache = cache
@@ -72,19 +72,20 @@ class CudaKernel:
             self.compiled[grid, block](*args)
 
 
-def cuda_kernel(pyfunc, *, threads: int = 128, simulated_threads: int = 32, cache: bool = False) -> CudaKernel:
+def cuda_kernel(pyfunc, *, threads: int = 128, simulated_threads: int = 32,
+                cache: bool = False) -> CudaKernel:
     """Declare ``pyfunc`` (a plain Python function written against ``numba.cuda``) as a CUDA kernel.
 
-    ``cache=True`` keeps the compiled kernel on disk where a writable cache folder exists (worth it for kernels
-    that take seconds to compile)."""
+    ``cache=True`` keeps the compiled kernel on disk where a writable cache folder exists (worth it for
+    kernels that take seconds to compile)."""
     from .numba_tools import CACHE
 
     return CudaKernel(pyfunc, threads=threads, simulated_threads=simulated_threads, cache=cache and CACHE)
 
 
 def device_arguments(args):
-    """(the arguments with CuPy arrays wrapped as Numba device arrays without a stream synchronisation, whether
-    any was a CuPy array)."""
+    """(the arguments with CuPy arrays wrapped as Numba device arrays without a stream synchronisation,
+    whether any was a CuPy array)."""
     if not any(is_cupy_array(a) for a in args):
         return args, False
     if cuda_simulator_enabled():

@@ -121,7 +121,8 @@ def store_row_partials(shared_sum, shared_max, total, top, part_sum, part_max, r
 
 
 _add_scaled_error, _adams_row, _adams_differences, _adams_error_weight, _control_row, _store_row_partials = (
-    for_kernels(add_scaled_error, adams_row, adams_differences, adams_error_weight, control_row, store_row_partials))
+    for_kernels(add_scaled_error, adams_row, adams_differences, adams_error_weight, control_row,
+                store_row_partials))
 
 
 # ---- Numba CPU ------------------------------------------------------------------------------------------
@@ -369,8 +370,8 @@ def rk_combine_error_numba_cuda(y, ks, b, e, h, y_new, compute_new, atol, rtol):
     xp = get_namespace(y)
     threads = _RK_COMBINE_ERROR.threads
     grid, part_sum, part_max = _row_partials(xp, y.shape[0], y.shape[1], threads)
-    _RK_COMBINE_ERROR[grid, threads](y, ks, b, e, h, y_new, bool(compute_new), float(atol), float(rtol), part_sum,
-                                     part_max)
+    _RK_COMBINE_ERROR[grid, threads](y, ks, b, e, h, y_new, bool(compute_new), float(atol), float(rtol),
+                                     part_sum, part_max)
     return (y_new,) + _finish(xp, part_sum, part_max)
 
 
@@ -394,7 +395,7 @@ def ode_control_numba_cuda(err_sq, y_absmax, res, threshold, exponent, t, h, h_n
                            big, eps, nfev):
     summary[...] = 0
     _ODE_CONTROL[launch_config(err_sq.shape[0], _ODE_CONTROL.threads)](
-        err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject, active, codes, accepted,
-        rejected, nfev_rows, ok, summary, int(m), float(t_end), float(direction), bool(steady), float(big),
-        float(eps), int(nfev))
+        err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject, active, codes,
+        accepted, rejected, nfev_rows, ok, summary, int(m), float(t_end), float(direction), bool(steady),
+        float(big), float(eps), int(nfev))
     return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfev_rows, ok, summary

@@ -332,8 +332,8 @@ def broyden_update_numba_cuda(U, V, y, f, f_old, s, a, c, count, k, limited, res
     work = xp.empty((batch, 2, n), dtype=np.float64)
     y_next = xp.empty_like(y)
     s_next = xp.empty_like(y)
-    _UPDATE[batch, _UPDATE.threads](U, V, y, f, f_old, s, a, c, count, int(k), bool(limited), float(reset_factor),
-                                    _TINY[np.dtype(U.dtype)], work, y_next, s_next)
+    _UPDATE[batch, _UPDATE.threads](U, V, y, f, f_old, s, a, c, count, int(k), bool(limited),
+                                    float(reset_factor), _TINY[np.dtype(U.dtype)], work, y_next, s_next)
     return y_next, s_next, U, V, count
 
 
