@@ -53,41 +53,41 @@ def test_registry_has_kernels():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernel_matches_reference(name, impl, dtype, xp):
     """On NumPy: the CPU kernels natively, the CUDA kernels on the simulator; on CuPy (a GPU): the CUDA
-    kernels and the reference on device arrays, both against the reference on the host."""
+    kernels and the reference on device arrays, both against the reference on the host. The CUDA launches'
+    argument types must match registered PTX signatures."""
     if impl == "numba_cpu" and is_cupy_namespace(xp):
         pytest.skip("the Numba CPU kernels take NumPy arrays")
+    from deqcore.backend.launch import recording
+
     spec = SPECS[name]
     example = registry.resolve(spec.example)
     args = example(np.random.default_rng(7), dtype)
     ref = spec.reference(*on(np, args))
-    _compare(spec.load(impl)(*on(xp, args)), ref, dtype)
+    with recording() as launches:
+        out = spec.load(impl)(*on(xp, args))
+    _compare(out, ref, dtype)
+    if impl == "numba_cuda":
+        _check_launch_signatures(name, launches)
     if is_cupy_namespace(xp):
         _compare(spec.reference(*on(xp, args)), ref, dtype)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, spec in SPECS.items() if spec.example and spec.numba_cuda))
-def test_cuda_launches_match_the_registered_signatures(name):
-    """Every kernel the example launches has a registered PTX signature with the launch's argument types
-    (array dtype and dimensions, scalar types), so the PTX test compiles what really runs."""
-    from deqcore.backend.launch import recording
+def _check_launch_signatures(name, launches):
+    """Every kernel launched has a registered PTX signature with the launch's argument types (array dtype and
+    dimensions, scalar types), so the PTX test compiles what really runs."""
     from numba.core import types
     from numba.core.sigutils import normalize_signature
 
-    spec = SPECS[name]
     registered = {}                # over every registered kernel: two of them may share one CUDA kernel
-    for other in SPECS.values():
-        for target, signature in other.cuda_ptx_targets:
+    for spec in SPECS.values():
+        for target, signature in spec.cuda_ptx_targets:
             registered.setdefault(target, []).append(normalize_signature(signature)[0])
-    for dtype in (np.float32, np.float64):
-        args = registry.resolve(spec.example)(np.random.default_rng(7), dtype)
-        with recording() as launches:
-            spec.load("numba_cuda")(*on(np, args))
-        assert launches, f"{name}: the CUDA version launched nothing"
-        for target, launched in launches:
-            assert target in registered, f"{name}: {target} has no registered PTX signature"
-            assert any(_accepts(sig, launched, types) for sig in registered[target]), (
-                f"{name}: no registered signature of {target} takes {launched}; "
-                f"registered: {registered[target]}")
+    assert launches, f"{name}: the CUDA version launched nothing"
+    for target, launched in launches:
+        assert target in registered, f"{name}: {target} has no registered PTX signature"
+        assert any(_accepts(sig, launched, types) for sig in registered[target]), (
+            f"{name}: no registered signature of {target} takes {launched}; "
+            f"registered: {registered[target]}")
 
 
 def _accepts(signature, launched, types):
@@ -101,6 +101,20 @@ def _accepts(signature, launched, types):
         elif want != got:
             return False
     return True
+
+
+def test_signature_check_tells_dtype_rank_layout_and_scalars_apart():
+    from numba.core import types
+    from numba.core.sigutils import normalize_signature
+
+    registered = normalize_signature("void(float64[:, :], float32[::1], int64)")[0]
+    f64, f32 = types.Array(types.float64, 2, "C"), types.Array(types.float32, 1, "C")
+    assert _accepts(registered, (f64, f32, types.int64), types)
+    assert not _accepts(registered, (types.Array(types.float32, 2, "C"), f32, types.int64), types)
+    assert not _accepts(registered, (types.Array(types.float64, 1, "C"), f32, types.int64), types)
+    assert not _accepts(registered, (f64, types.Array(types.float32, 1, "A"), types.int64), types)
+    assert not _accepts(registered, (f64, f32, types.float64), types)
+    assert not _accepts(registered, (f64, f32), types)
 
 
 def test_get_kernel_defaults():
