@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 import deqcore as dq
 from deqcore.backend import get_kernel, to_host
 from deqcore.root.anderson_kernels import HISTORY_CAP, anderson_step_reference
+from tests.helpers import contractive_map, tolerance
 
 IMPLS = ["numba_cpu", "numba_cuda"]
 
@@ -39,7 +40,7 @@ def _run(impl, args, xp=np):
 
 
 def _assert_same(out, ref, dtype):
-    tol = 1e-4 if np.dtype(dtype) == np.float32 else 1e-11
+    tol = tolerance(dtype, 1e-4, 1e-11)
     for o, r in zip(out, ref):
         np.testing.assert_allclose(o, r, rtol=tol, atol=tol)      # NaN exactly where the reference has NaN
 
@@ -94,11 +95,7 @@ def test_failed_samples_take_a_plain_step_and_leave_the_others_alone(impl, faile
 
 
 def _deq_map(rng, batch, n, radius, xp=np):
-    W = rng.standard_normal((n, n))
-    W *= radius / np.abs(np.linalg.eigvals(W)).max()
-    x = rng.standard_normal((batch, n))
-    Wt, x = xp.asarray(W.T), xp.asarray(x)
-    return lambda z: xp.tanh(z @ Wt + x)
+    return contractive_map(rng, batch, n, np.float64, radius, xp, spectral=True)
 
 
 def _iterates(fn, y0, solver, impl, monkeypatch, **options):

@@ -13,6 +13,7 @@ from deqcore.backend import kernels as registry
 from deqcore.backend import to_host
 from deqcore.root import RootProblem
 from deqcore.root import broyden_kernels as bk
+from tests.helpers import contractive_map
 
 SPECS = registry.registered_kernels()
 
@@ -21,12 +22,8 @@ SPECS = registry.registered_kernels()
 def _tanh_map(seed, batch, n, radius, xp=np):
     """F(y) = tanh(W y + x) − y with W scaled to spectral radius ``radius``: at 1.5 (seed 0) plain iteration
     needs 170 steps or more and does not converge every sample in 300; Broyden needs about 25."""
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((n, n))
-    W *= radius / np.abs(np.linalg.eigvals(W)).max()
-    x = rng.standard_normal((batch, n))
-    Wt, x = xp.asarray(W.T), xp.asarray(x)
-    return lambda y: xp.tanh(y @ Wt + x) - y
+    G = contractive_map(np.random.default_rng(seed), batch, n, np.float64, radius, xp, spectral=True)
+    return lambda y: G(y) - y
 
 
 def _trajectory(monkeypatch, impl, solver, F, batch, n, steps, xp=np):
@@ -179,9 +176,9 @@ def test_dots_kernel_puts_the_batch_on_the_grid_x_axis(monkeypatch):
     from deqcore.root import broyden_kernels_numba as bkn
 
     grids = []
-    real_launch = bkn._launch
-    monkeypatch.setattr(bkn, "_launch", lambda kernel, xp, blocks, args: (grids.append(blocks),
-                                                                          real_launch(kernel, xp, blocks, args)))
+    real_launch = bkn._DOTS.launch
+    monkeypatch.setattr(bkn._DOTS, "launch", lambda grid, block, *args: (grids.append(grid),
+                                                                         real_launch(grid, block, *args)))
     U, V, y, f, f_old, s, count, *_ = _state(4, 5, 2, 3, False, 2)
     a, c = bkn.broyden_dots_numba_cuda(U, V, f, s, count)
     assert grids == [(5, 2)]

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import deqcore as dq
+from tests.helpers import EXPLICIT_ODE_SOLVERS
 
-SOLVERS = [dq.Tsit5(), dq.VCAB3(), dq.VCABM3()]
+SOLVERS = EXPLICIT_ODE_SOLVERS
 ADJOINTS = [dq.GaussAdjoint(), dq.BacksolveAdjoint(), dq.DiscreteAdjoint()]
 
 

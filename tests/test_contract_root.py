@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import deqcore as dq
+from tests.helpers import FIXED_POINT_IDS, FIXED_POINT_SOLVERS
 
-ROOT_SOLVERS = [None, dq.NewtonRaphson(), dq.TrustRegion(), dq.Broyden(), dq.LimitedMemoryBroyden(), dq.Anderson(),
-                dq.FixedPointIteration()]
-ROOT_IDS = ["default"] + [type(s).__name__ for s in ROOT_SOLVERS[1:]]
+ROOT_SOLVERS = [None] + FIXED_POINT_SOLVERS
+ROOT_IDS = ["default"] + FIXED_POINT_IDS
 SUCCESS = int(dq.ReturnCode.SUCCESS)
 
 

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from deqcore import linalg
+from deqcore.backend import to_host
 from deqcore.linalg.gmres_kernels import MAX_RESTART
+from tests.helpers import tolerance
 
 
 def _systems(rng, batch, n, dtype):
@@ -26,12 +28,12 @@ def _solve(A, b, impl, **settings):
        restart=st.integers(1, 8), dtype=st.sampled_from([np.float32, np.float64]))
 def test_fused_arnoldi_gives_the_reference_solution(seed, batch, n, restart, dtype):
     A, b = _systems(np.random.default_rng(seed), batch, n, dtype)
-    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    rtol = tolerance(dtype, 1e-4, 1e-10)
     ref = _solve(A, b, "reference", rtol=rtol, restart=restart)
     fused = _solve(A, b, "numba_cpu", rtol=rtol, restart=restart)
     np.testing.assert_array_equal(fused.result, ref.result)
     assert fused.stats == ref.stats
-    tol = 1e-3 if dtype == np.float32 else 1e-9
+    tol = tolerance(dtype, 1e-3, 1e-9)
     np.testing.assert_allclose(fused.value, ref.value, rtol=tol, atol=tol)
     # a converged sample's true residual, in float64, meets the test up to the dtype's round-off
     A64, b64, x64 = (a.astype(np.float64) for a in (A, b, fused.value))
@@ -41,17 +43,18 @@ def test_fused_arnoldi_gives_the_reference_solution(seed, batch, n, restart, dty
     assert np.all(residual[ok] <= 1.01 * rtol * np.linalg.norm(b64, axis=1)[ok] + slack[ok])
 
 
-def test_cuda_kernel_on_the_simulator_gives_the_reference_solution(rng):
-    A, b = _systems(rng, 2, 4, np.float64)
+def test_cuda_kernel_gives_the_reference_solution(rng, xp):
+    """On the simulator for NumPy arrays, on the device for CuPy arrays (the reference then runs on CuPy)."""
+    A, b = (xp.asarray(a) for a in _systems(rng, 2, 4, np.float64))
     ref = _solve(A, b, "reference", rtol=1e-10, restart=4)
     cuda = _solve(A, b, "numba_cuda", rtol=1e-10, restart=4)
-    np.testing.assert_array_equal(cuda.result, ref.result)
-    np.testing.assert_allclose(cuda.value, ref.value, atol=1e-10)
+    np.testing.assert_array_equal(to_host(cuda.result), to_host(ref.result))
+    np.testing.assert_allclose(to_host(cuda.value), to_host(ref.value), atol=1e-10)
 
 
-def test_krylov_dimension_above_the_kernel_limit_falls_back(rng):
+def test_krylov_dimension_above_the_kernel_limit_falls_back(rng, xp):
     n = MAX_RESTART + 6
     A, b = _systems(rng, 2, n, np.float64)
-    sol = linalg.GMRES(rtol=1e-10, restart=MAX_RESTART + 4).solve(A, b)
-    assert sol.success.all()
-    np.testing.assert_allclose(sol.value, np.linalg.solve(A, b[:, :, None])[:, :, 0], atol=1e-8)
+    sol = linalg.GMRES(rtol=1e-10, restart=MAX_RESTART + 4).solve(xp.asarray(A), xp.asarray(b))
+    assert to_host(sol.success).all()
+    np.testing.assert_allclose(to_host(sol.value), np.linalg.solve(A, b[:, :, None])[:, :, 0], atol=1e-8)

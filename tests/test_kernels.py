@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import deqcore  # noqa: F401  (registers kernels)
-from deqcore.backend import kernels as registry
+from deqcore.backend import is_cupy_namespace, kernels as registry
+from tests.helpers import assert_same, on
 
 
 def _load_all_kernel_modules():
@@ -38,15 +39,7 @@ CASES = [(name, impl) for name, spec in sorted(SPECS.items()) if spec.example
 
 
 def _compare(out, ref, dtype):
-    tol = 1e-4 if np.dtype(dtype) == np.float32 else 1e-10
-    outs = out if isinstance(out, tuple) else (out,)
-    refs = ref if isinstance(ref, tuple) else (ref,)
-    assert len(outs) == len(refs)
-    for o, r in zip(outs, refs):
-        o = np.asarray(o.copy_to_host() if hasattr(o, "copy_to_host") else o)
-        r = np.asarray(r)
-        assert o.shape == r.shape
-        np.testing.assert_allclose(o, r, rtol=tol, atol=tol)
+    assert_same(out, ref, dtype, float32=1e-4, float64=1e-10)
 
 
 def test_registry_has_kernels():
@@ -58,14 +51,70 @@ def test_registry_has_kernels():
 
 @pytest.mark.parametrize("name,impl", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kernel_matches_reference(name, impl, dtype):
+def test_kernel_matches_reference(name, impl, dtype, xp):
+    """On NumPy: the CPU kernels natively, the CUDA kernels on the simulator; on CuPy (a GPU): the CUDA
+    kernels and the reference on device arrays, both against the reference on the host. The CUDA launches'
+    argument types must match registered PTX signatures."""
+    if impl == "numba_cpu" and is_cupy_namespace(xp):
+        pytest.skip("the Numba CPU kernels take NumPy arrays")
+    from deqcore.backend.launch import recording
+
     spec = SPECS[name]
     example = registry.resolve(spec.example)
     args = example(np.random.default_rng(7), dtype)
-    ref = spec.reference(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
-    fast = spec.load(impl)
-    out = fast(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
+    ref = spec.reference(*on(np, args))
+    with recording() as launches:
+        out = spec.load(impl)(*on(xp, args))
     _compare(out, ref, dtype)
+    if impl == "numba_cuda":
+        _check_launch_signatures(name, launches)
+    if is_cupy_namespace(xp):
+        _compare(spec.reference(*on(xp, args)), ref, dtype)
+
+
+def _check_launch_signatures(name, launches):
+    """Every kernel launched has a registered PTX signature with the launch's argument types (array dtype and
+    dimensions, scalar types), so the PTX test compiles what really runs."""
+    from numba.core import types
+    from numba.core.sigutils import normalize_signature
+
+    registered = {}                # over every registered kernel: two of them may share one CUDA kernel
+    for spec in SPECS.values():
+        for target, signature in spec.cuda_ptx_targets:
+            registered.setdefault(target, []).append(normalize_signature(signature)[0])
+    assert launches, f"{name}: the CUDA version launched nothing"
+    for target, launched in launches:
+        assert target in registered, f"{name}: {target} has no registered PTX signature"
+        assert any(_accepts(sig, launched, types) for sig in registered[target]), (
+            f"{name}: no registered signature of {target} takes {launched}; "
+            f"registered: {registered[target]}")
+
+
+def _accepts(signature, launched, types):
+    if len(signature) != len(launched):
+        return False
+    for want, got in zip(signature, launched):
+        if isinstance(want, types.Array):
+            if not (isinstance(got, types.Array) and want.dtype == got.dtype and want.ndim == got.ndim
+                    and (want.layout == "A" or want.layout == got.layout)):
+                return False
+        elif want != got:
+            return False
+    return True
+
+
+def test_signature_check_tells_dtype_rank_layout_and_scalars_apart():
+    from numba.core import types
+    from numba.core.sigutils import normalize_signature
+
+    registered = normalize_signature("void(float64[:, :], float32[::1], int64)")[0]
+    f64, f32 = types.Array(types.float64, 2, "C"), types.Array(types.float32, 1, "C")
+    assert _accepts(registered, (f64, f32, types.int64), types)
+    assert not _accepts(registered, (types.Array(types.float32, 2, "C"), f32, types.int64), types)
+    assert not _accepts(registered, (types.Array(types.float64, 1, "C"), f32, types.int64), types)
+    assert not _accepts(registered, (f64, types.Array(types.float32, 1, "A"), types.int64), types)
+    assert not _accepts(registered, (f64, f32, types.float64), types)
+    assert not _accepts(registered, (f64, f32), types)
 
 
 def test_get_kernel_defaults():
@@ -83,13 +132,72 @@ def test_unknown_kernel_and_impl():
         registry.get_kernel(name, np, impl="fortran")
 
 
+def _add_one(x):
+    from numba import cuda
+
+    i = cuda.grid(1)
+    if i < x.shape[0]:
+        x[i] += 1.0
+
+
+def test_launcher_wraps_cupy_arrays_without_a_host_wait(monkeypatch):
+    """The call the launcher makes for a CuPy argument (checked on stand-ins: no CuPy arrays without a GPU):
+    a view owned by the array, with sync=False; NumPy arguments pass as they are."""
+    from types import SimpleNamespace
+
+    from deqcore.backend import launch
+
+    class FakeCupyArray:
+        __cuda_array_interface__ = {"shape": (3,), "typestr": "<f8", "data": (1, False), "version": 3}
+
+    calls = []
+    def from_cuda_array_interface(desc, owner, sync):
+        calls.append((desc, owner, sync))
+        return "device view"
+
+    fake_cuda = SimpleNamespace(from_cuda_array_interface=from_cuda_array_interface)
+    monkeypatch.setattr(launch, "is_cupy_array", lambda a: isinstance(a, FakeCupyArray))
+    monkeypatch.setattr(launch, "cuda_simulator_enabled", lambda: False)
+    monkeypatch.setattr(launch, "cuda", fake_cuda)
+    host = np.ones(2)
+    device = FakeCupyArray()
+    assert launch.device_arguments((host, 2.0)) == ((host, 2.0), False)
+    args, on_device = launch.device_arguments((host, device, 3))
+    assert on_device and args == (host, "device view", 3)
+    assert calls == [(FakeCupyArray.__cuda_array_interface__, device, False)]
+
+
+def test_launcher_on_cupy_arrays_does_not_wait_for_the_gpu(xp, monkeypatch):
+    """On a GPU: a launch on CuPy arrays never synchronises a stream, and runs on CuPy's current stream."""
+    if not is_cupy_namespace(xp):
+        pytest.skip("needs CuPy arrays on a GPU")
+    from numba.cuda.cudadrv import driver
+
+    from deqcore.backend.launch import cuda_kernel
+    from deqcore.backend.numba_tools import launch_config
+
+    waits = []
+    real = driver.Stream.synchronize
+    monkeypatch.setattr(driver.Stream, "synchronize", lambda self: waits.append(self) or real(self))
+    kernel = cuda_kernel(_add_one)
+    with xp.cuda.Stream(non_blocking=True) as stream:
+        x = xp.arange(1000, dtype=xp.float64)
+        kernel[launch_config(1000, kernel.threads)](x)
+        x *= 2.0                                          # ordered after the kernel on the same stream
+    assert waits == []
+    stream.synchronize()
+    np.testing.assert_array_equal(x.get(), 2.0 * (np.arange(1000) + 1.0))
+
+
 _PTX_SCRIPT = r"""
-import json, sys
+import inspect, json, sys
 import deqcore
 from tests.test_kernels import _load_all_kernel_modules
 _load_all_kernel_modules()
 from deqcore.backend import kernels as registry
 from numba import cuda
+# the launcher's conversion of CuPy arrays (the simulator has none; checked against the real API here)
+assert {"owner", "sync"} <= set(inspect.signature(cuda.from_cuda_array_interface).parameters)
 done = []
 for name, spec in sorted(registry.registered_kernels().items()):
     for target, signature in spec.cuda_ptx_targets:

@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 import deqcore as dq
 from deqcore.linalg import GMRES, LU, LinearOperator, LUFactorization, linear_solve
 from deqcore.results import ReturnCode, SolveError
+from tests.helpers import tolerance
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 
 
 def _rtol(dtype):
-    return 1e-5 if dtype == np.float32 else 1e-10
+    return tolerance(dtype, 1e-5, 1e-10)
 
 
 def _orthogonal(rng, n):

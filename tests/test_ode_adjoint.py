@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import deqcore as dq
+from tests.helpers import fd_gradient
 
 ADJOINTS = [dq.GaussAdjoint(), dq.BacksolveAdjoint(), dq.DiscreteAdjoint()]
 
@@ -37,18 +38,10 @@ def _loss(y0, params, w, t1=1.5):
     return w @ sol.ys[-1]
 
 
-def _finite_differences(y0, params, w, eps=1e-6):
-    dy0 = np.array([(_loss(y0 + eps * e, params, w) - _loss(y0 - eps * e, params, w)) / (2 * eps)
-                    for e in np.eye(y0.size)])
-    dparams = {}
-    for key, value in params.items():
-        grad = np.zeros_like(value)
-        for idx in np.ndindex(value.shape):
-            plus, minus = {**params, key: value.copy()}, {**params, key: value.copy()}
-            plus[key][idx] += eps
-            minus[key][idx] -= eps
-            grad[idx] = (_loss(y0, plus, w) - _loss(y0, minus, w)) / (2 * eps)
-        dparams[key] = grad
+def _finite_differences(y0, params, w):
+    dy0 = fd_gradient(lambda y: _loss(y, params, w), y0)
+    dparams = {key: fd_gradient(lambda v, key=key: _loss(y0, {**params, key: v}, w), value)
+               for key, value in params.items()}
     return dy0, dparams
 
 
@@ -91,8 +84,7 @@ def test_discrete_adjoint_is_exact_for_the_discrete_solution():
             y = stepper.attempt(np.array([step.t]), y, ev(np.array([step.t]), y), np.array([step.h])).y1
         return w @ y
 
-    eps = 1e-6
-    fd = np.array([(replay(y0 + eps * e) - replay(y0 - eps * e)) / (2 * eps) for e in np.eye(2)])
+    fd = fd_gradient(replay, y0)
     np.testing.assert_allclose(dy0, fd, atol=1e-9)
 
 
@@ -106,10 +98,8 @@ def test_gradients_with_other_forward_methods_and_backwards_spans():
     np.testing.assert_allclose(grads["W"], ref[1][0]["W"], atol=1e-6)
     # a backwards solve: y(−1) from y(0); the gradient of w·y(−1) w.r.t. y0 by finite differences
     back = dq.integrate(_rhs, y0, (0.0, -1.0), args=(params,), atol=1e-10, rtol=1e-10)
-    eps = 1e-6
-    fd = [(w @ dq.integrate(_rhs, y0 + eps * e, (0.0, -1.0), args=(params,), atol=1e-12, rtol=1e-12).ys[-1]
-           - w @ dq.integrate(_rhs, y0 - eps * e, (0.0, -1.0), args=(params,), atol=1e-12, rtol=1e-12).ys[-1])
-          / (2 * eps) for e in np.eye(2)]
+    fd = fd_gradient(lambda y: w @ dq.integrate(_rhs, y, (0.0, -1.0), args=(params,), atol=1e-12,
+                                                rtol=1e-12).ys[-1], y0)
     for adjoint in ADJOINTS:
         np.testing.assert_allclose(dq.ode_gradients(_vjp, back, w, adjoint)[0], fd, atol=1e-6)
 
@@ -131,16 +121,10 @@ def test_parameter_gradient_of_exponential_decay_in_both_directions(adjoint, spa
 def test_parameter_gradients_on_a_backwards_span_match_finite_differences(adjoint):
     params, y0, w = _problem(11, 2)
     loss = lambda p: w @ dq.integrate(_rhs, y0, (1.0, -0.5), args=(p,), atol=1e-12, rtol=1e-12).ys[-1]  # noqa
-    eps = 1e-6
     sol = dq.integrate(_rhs, y0, (1.0, -0.5), args=(params,), atol=1e-10, rtol=1e-10)
     _, (grads,) = dq.ode_gradients(_vjp, sol, w, adjoint)
     for key in ("b", "decay"):
-        fd = np.zeros_like(params[key])
-        for i in range(fd.size):
-            plus, minus = ({**params, key: params[key].copy()} for _ in range(2))
-            plus[key][i] += eps
-            minus[key][i] -= eps
-            fd[i] = (loss(plus) - loss(minus)) / (2 * eps)
+        fd = fd_gradient(lambda v, key=key: loss({**params, key: v}), params[key])
         np.testing.assert_allclose(grads[key], fd, atol=1e-6)
 
 

@@ -13,15 +13,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deqcore as dq
-from deqcore.backend import kernels as registry
+from deqcore.backend import get_namespace, is_cupy_namespace, kernels as registry, to_host
 from deqcore.ode import driver, kernels_numba
 from deqcore.ode.base import Evaluator
 from deqcore.ode.controller import pi_factor, pi_factor_array
 from deqcore.ode.explicit import ExplicitRKStepper
 from deqcore.ode.tableaus import BS3, TSIT5, ButcherTableau
 from deqcore.results import ReturnCode
+from tests.helpers import assert_same, host, on, steady_state_rhs
 
 IMPLS = ["numba_cpu", "numba_cuda"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request, xp):
+    """Each fused implementation on each namespace it takes: the CUDA kernels on NumPy arrays run on the
+    simulator, on CuPy arrays on the device."""
+    if request.param == "numba_cpu" and is_cupy_namespace(xp):
+        pytest.skip("the Numba CPU kernels take NumPy arrays")
+    return request.param
 
 
 def _impl(name, impl):
@@ -29,39 +39,28 @@ def _impl(name, impl):
 
 
 def _same(out, ref, dtype=np.float64):
-    tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
-    outs = out if isinstance(out, tuple) else (out,)
-    refs = ref if isinstance(ref, tuple) else (ref,)
-    assert len(outs) == len(refs)
-    for o, r in zip(outs, refs):
-        o, r = np.asarray(o), np.asarray(r)
-        assert o.shape == r.shape
-        if o.dtype == bool or o.dtype.kind == "i":
-            np.testing.assert_array_equal(o, r)
-        else:
-            np.testing.assert_allclose(o, r, rtol=tol, atol=tol)
+    assert_same(out, ref, dtype, float32=1e-5, float64=1e-12)
 
 
-def _run_both(name, impl, args, dtype=np.float64):
-    """Reference and ``impl`` on fresh copies of ``args`` (kernels may write into their arguments)."""
-    fresh = lambda: [a.copy() if isinstance(a, np.ndarray) else a for a in args]  # noqa: E731
-    ref = registry.registered_kernels()[name].reference(*fresh())
-    _same(_impl(name, impl)(*fresh()), ref, dtype)
+def _run_both(name, impl, args, dtype=np.float64, xp=np):
+    """The reference on NumPy and ``impl`` on ``xp``, on fresh copies of ``args`` (kernels may write into
+    their arguments); returns the reference's output."""
+    ref = registry.registered_kernels()[name].reference(*on(np, args))
+    _same(_impl(name, impl)(*on(xp, args)), ref, dtype)
     return ref
 
 
 # ---- stage combination and error sums ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_stage_and_error_on_one_row_with_one_stage(impl, dtype):
+def test_stage_and_error_on_one_row_with_one_stage(impl, xp, dtype):
     rng = np.random.default_rng(0)
     y = rng.standard_normal((1, 7)).astype(dtype)
     ks = rng.standard_normal((2, 1, 7)).astype(dtype)
     h = np.array([0.25])
-    _run_both("rk_stage", impl, (y, ks, np.array([0.5]), h), dtype)
+    _run_both("rk_stage", impl, (y, ks, np.array([0.5]), h), dtype, xp)
     args = (y, ks, np.array([1.0]), np.array([0.5, -0.5]), h, np.empty_like(y), True, 1e-3, 1e-2)
-    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, args, dtype)
+    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, args, dtype, xp)
     # by hand: y_new = y + h k0, err = h (k0 − k1)/2, scaled by atol + rtol max(|y|, |y_new|)
     np.testing.assert_allclose(y_new, y + dtype(0.25) * ks[0], rtol=1e-6)
     scale = 1e-3 + 1e-2 * np.maximum(np.abs(y), np.abs(y_new)).astype(float)
@@ -70,21 +69,19 @@ def test_stage_and_error_on_one_row_with_one_stage(impl, dtype):
     np.testing.assert_allclose(y_max, [np.abs(y_new).max()], rtol=1e-6)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_nan_rows_stay_in_their_row(impl):
+def test_nan_rows_stay_in_their_row(impl, xp):
     rng = np.random.default_rng(1)
     y = rng.standard_normal((3, 5))
     ks = rng.standard_normal((4, 3, 5))
     ks[2, 1, 3] = np.nan
     args = (y, ks, BS3.b.copy(), BS3.b_err.copy(), np.full(3, 0.1), np.empty_like(y), True, 1e-6, 1e-6)
-    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, args)
+    y_new, err_sq, y_max = _run_both("rk_combine_error", impl, args, xp=xp)
     assert np.isnan(err_sq[1]) and np.isnan(y_max[1])
     assert np.isfinite(err_sq[[0, 2]]).all() and np.isfinite(y_max[[0, 2]]).all()
     assert np.isnan(y_new[1, 3]) and np.isfinite(np.delete(y_new[1], 3)).all()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_given_new_state_is_only_read(impl):
+def test_given_new_state_is_only_read(impl, xp):
     """FSAL: the new state comes in (here with an infinity: its row's maximum is inf, its error finite)."""
     rng = np.random.default_rng(2)
     y = rng.standard_normal((2, 6))
@@ -92,28 +89,30 @@ def test_given_new_state_is_only_read(impl):
     y_new[0, 2] = np.inf
     ks = rng.standard_normal((7, 2, 6))
     before = y_new.copy()
-    out, err_sq, y_max = _run_both("rk_combine_error", impl, (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(),
-                                                              np.array([0.1, 0.2]), y_new, False, 1e-6, 1e-3))
+    args = (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(), np.array([0.1, 0.2]), y_new, False, 1e-6, 1e-3)
+    out, err_sq, y_max = _run_both("rk_combine_error", impl, args, xp=xp)
     np.testing.assert_array_equal(out, before)
     assert y_max[0] == np.inf and np.isfinite(err_sq).all()
 
 
-def test_rows_longer_than_one_cuda_block_are_split(monkeypatch):
+def test_rows_longer_than_one_cuda_block_are_split(monkeypatch, xp):
     """A row reduced by several blocks (partial sums and maxima, then combined) equals the reference."""
     monkeypatch.setattr(kernels_numba, "CHUNK_ELEMENTS", 8)
+    threads = kernels_numba._RK_COMBINE_ERROR.threads
+    m = 2 * threads + 16                   # three blocks per row
     rng = np.random.default_rng(3)
-    y = rng.standard_normal((2, 80))
-    ks = rng.standard_normal((7, 2, 80))
-    ks[1, 1, 70] = np.nan                  # in the second chunk of row 1
-    grid, _, _ = kernels_numba._row_partials(np, 2, 80, 32)
+    y = rng.standard_normal((2, m))
+    ks = rng.standard_normal((7, 2, m))
+    ks[1, 1, m - 10] = np.nan              # in the last chunk of row 1
+    grid, _, _ = kernels_numba._row_partials(np, 2, m, threads)
     assert grid == (2, 3)
     h = np.array([0.1, 0.3])
     _run_both("rk_combine_error", "numba_cuda",
-              (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(), h, np.empty_like(y), True, 1e-6, 1e-3))
-    f = rng.standard_normal((2, 80))
+              (y, ks, TSIT5.b.copy(), TSIT5.b_err.copy(), h, np.empty_like(y), True, 1e-6, 1e-3), xp=xp)
+    f = rng.standard_normal((2, m))
     h1, h2 = np.array([0.1, 0.1]), np.array([0.2, 0.05])
     _run_both("adams_correct_error", "numba_cuda",
-              (y, y + 0.1 * f, f, f, f * 0.5, f * 0.25, h, h1, h2, np.empty_like(y), True, 1e-6, 1e-3))
+              (y, y + 0.1 * f, f, f, f * 0.5, f * 0.25, h, h1, h2, np.empty_like(y), True, 1e-6, 1e-3), xp=xp)
 
 
 @settings(max_examples=20)
@@ -132,17 +131,16 @@ def test_random_shapes_on_the_cpu(rows, m, stages, seed, compute_new):
 
 # ---- Adams -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("corrector", [True, False])
-def test_adams_kernels(impl, corrector):
+def test_adams_kernels(impl, xp, corrector):
     rng = np.random.default_rng(4)
     y, f0, f1, f2, f_pred = (rng.standard_normal((3, 10)) for _ in range(5))
     h, h1, h2 = np.array([0.1, -0.2, 0.05]), np.array([0.1, -0.1, 0.2]), np.array([0.3, -0.1, 0.05])
     f_pred[2, 4] = np.nan
-    y_pred = _run_both("adams_predict", impl, (y, f0, f1, f2, h, h1, h2))
+    y_pred = _run_both("adams_predict", impl, (y, f0, f1, f2, h, h1, h2), xp=xp)
     new = np.empty_like(y) if corrector else y_pred
     args = (y, y_pred, f_pred, f0, f1, f2, h, h1, h2, new, corrector, 1e-6, 1e-3)
-    y_new, err_sq, y_max = _run_both("adams_correct_error", impl, args)
+    y_new, err_sq, y_max = _run_both("adams_correct_error", impl, args, xp=xp)
     if not corrector:
         np.testing.assert_array_equal(y_new, y_pred)
     assert np.isnan(err_sq[2]) and np.isfinite(err_sq[:2]).all()
@@ -194,14 +192,17 @@ def _control_args(err, h, t, active, after_reject=False, f_max=1.0, y_max=1.0, t
 
 
 @pytest.mark.parametrize("impl", ["reference"] + IMPLS)
-def test_control_decisions(impl):
-    control = registry.get_kernel("ode_control", np, impl)
+def test_control_decisions(impl, xp):
+    if impl == "numba_cpu" and is_cupy_namespace(xp):
+        pytest.skip("the Numba CPU kernels take NumPy arrays")
+    control = registry.get_kernel("ode_control", xp, impl)
     # rows: accepted; rejected; accepted and converged; accepted but blown up; NaN error; step vanishes; idle
     args = _control_args(err=[0.5, 2.0, 0.5, 0.5, math.nan, 2.0, 0.5],
                          h=[0.1, 0.1, 0.1, 0.1, 0.1, 1e-17, 0.1], t=[1.0] * 7, active=[True] * 6 + [False],
                          f_max=[1.0, 1.0, 1e-9, 1.0, 1.0, 1.0, 1.0],
                          y_max=[1.0, 1.0, 1.0, np.inf, 1.0, 1.0, 1.0])
-    t, h_next, err_prev, after_reject, active, codes, acc, rej, nfev, ok, summary = control(*args)
+    out = host(control(*on(xp, args)))
+    t, h_next, err_prev, after_reject, active, codes, acc, rej, nfev, ok, summary = out
     np.testing.assert_array_equal(ok, [True, False, True, True, False, False, False])
     np.testing.assert_allclose(t, [1.1, 1.0, 1.1, 1.1, 1.0, 1.0, 1.0])
     np.testing.assert_allclose(err_prev[:3], [0.5, 0.5, 0.5])
@@ -217,22 +218,20 @@ def test_control_decisions(impl):
     np.testing.assert_array_equal(summary, [3, 3])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_control_reaches_a_finite_end_and_agrees_with_the_reference(impl):
+def test_control_reaches_a_finite_end_and_agrees_with_the_reference(impl, xp):
     args = _control_args(err=[0.1, 0.5, 0.9, 1.5], h=[0.5, 0.2, 0.3, 0.1], t=[0.5, 0.5, 0.2, 0.9],
                          active=[True] * 4, after_reject=True, t_end=1.0, steady=False)
-    out = _run_both("ode_control", impl, args)
+    out = _run_both("ode_control", impl, args, xp=xp)
     assert out[0][0] == 1.0                                          # lands exactly on t_end, and stops
     np.testing.assert_allclose(out[0][1:], [0.7, 0.5, 0.9])
     np.testing.assert_array_equal(out[4], [False, True, True, True])
     assert out[1][0] == 0.5                                          # no growth after a rejection
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_control_with_a_different_error_exponent_per_row(impl):
+def test_control_with_a_different_error_exponent_per_row(impl, xp):
     args = _control_args(err=[0.3, 0.3, 3.0], h=[0.1, 0.1, 0.1], t=[0.0] * 3, active=[True] * 3,
                          exponent=[3.0, 4.0, 5.0], steady=False)
-    out = _run_both("ode_control", impl, args)
+    out = _run_both("ode_control", impl, args, xp=xp)
     expected = [0.1 * pi_factor(0.3, 0.3, False, 3.0), 0.1 * pi_factor(0.3, 0.3, False, 4.0),
                 0.1 * pi_factor(3.0, 0.5, False, 5.0)]
     np.testing.assert_allclose(out[1], expected, rtol=1e-14)
@@ -240,16 +239,12 @@ def test_control_with_a_different_error_exponent_per_row(impl):
 
 # ---- whole solves: fused kernels against the references -----------------------------------------------
 
-def _deq_map(seed, B, n):
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((n, n))
-    W *= 0.8 / np.linalg.norm(W, 2)
-    X = rng.standard_normal((B, n))
-    return lambda t, z: np.tanh(z @ W.T + X) - z
+def _deq_map(seed, B, n, xp=np):
+    return steady_state_rhs(np.random.default_rng(seed), B, n, 0.8, xp)
 
 
 def _van_der_pol(t, y):
-    return np.array([y[1], 2.0 * (1.0 - y[0] ** 2) * y[1] - y[0]])
+    return get_namespace(y).stack([y[1], 2.0 * (1.0 - y[0] ** 2) * y[1] - y[0]])
 
 
 def _solve_all(monkeypatch, mode):
@@ -282,18 +277,20 @@ def test_solves_with_fused_kernels_equal_the_reference_ones(monkeypatch):
             np.testing.assert_allclose(extra, extra_ref, rtol=1e-9, atol=1e-12)
 
 
-def test_solves_on_the_cuda_kernels_equal_the_reference_ones(monkeypatch):
-    """Under the CUDA simulator (tiny problems, a few steps: the simulator is slow): batched VCABM3 through
-    its starter and first Adams step, and Tsit5 steps of an unbatched integration."""
-    g = _deq_map(8, 2, 3)
+def test_solves_on_the_cuda_kernels_equal_the_reference_ones(monkeypatch, xp):
+    """The CUDA kernels on the simulator for NumPy arrays (tiny problems, a few steps: the simulator is slow),
+    on the device for a CuPy ``y0``: batched VCABM3 through its starter and first Adams step, and Tsit5 steps
+    of an unbatched integration, against the reference kernels (on NumPy)."""
     out = {}
-    for mode in ("reference", "numba_cuda"):
+    for mode, on_xp in (("reference", np), ("numba_cuda", xp)):
         monkeypatch.setenv("DEQCORE_KERNELS", mode)
-        steady = dq.steady_state(g, np.zeros((2, 3)), dq.VCABM3(), atol=1e-3, rtol=1e-3, batched=True,
-                                 max_steps=3, throw=False)
-        ode = dq.integrate(_van_der_pol, np.array([2.0, 0.0]), (0.0, 1.0), atol=1e-3, rtol=1e-3, max_steps=2,
-                           throw=False)
-        out[mode] = (steady.value, steady.stats["accepted_per_sample"], ode.ys, ode.stats["nfev"])
+        steady = dq.steady_state(_deq_map(8, 2, 3, on_xp), on_xp.zeros((2, 3)), dq.VCABM3(), atol=1e-3,
+                                 rtol=1e-3, batched=True, max_steps=3, throw=False)
+        ode = dq.integrate(_van_der_pol, on_xp.asarray([2.0, 0.0]), (0.0, 1.0), atol=1e-3, rtol=1e-3,
+                           max_steps=2, throw=False)
+        assert get_namespace(steady.value, ode.ys) is on_xp
+        out[mode] = (to_host(steady.value), to_host(steady.stats["accepted_per_sample"]), to_host(ode.ys),
+                     ode.stats["nfev"])
     for fused, ref in zip(out["numba_cuda"], out["reference"]):
         np.testing.assert_allclose(fused, ref, rtol=1e-12, atol=1e-14)
 

@@ -8,18 +8,8 @@ from hypothesis import given, strategies as st
 
 import deqcore as dq
 from deqcore.demos.problems import PROBLEMS
-
-FIXED_POINT_SOLVERS = [dq.FixedPointIteration(), dq.Anderson(), dq.Broyden(), dq.LimitedMemoryBroyden(),
-                       dq.NewtonRaphson(), dq.TrustRegion()]
-IDS = [type(s).__name__ for s in FIXED_POINT_SOLVERS]
-
-
-def _contractive_map(rng, batch, n, dtype, contraction):
-    W = rng.standard_normal((n, n))
-    W *= contraction / max(np.linalg.norm(W, 2), 1e-12)
-    x = rng.standard_normal((batch, n))
-    W, x = W.astype(dtype), x.astype(dtype)
-    return lambda z: np.tanh(z @ W.T + x)
+from tests.helpers import FIXED_POINT_IDS as IDS
+from tests.helpers import FIXED_POINT_SOLVERS, contractive_map, tolerance
 
 
 @pytest.mark.parametrize("solver", FIXED_POINT_SOLVERS, ids=IDS)
@@ -27,8 +17,8 @@ def _contractive_map(rng, batch, n, dtype, contraction):
        dtype=st.sampled_from([np.float32, np.float64]), contraction=st.floats(0.1, 0.8))
 def test_contractive_maps_converge_and_the_residual_is_verified(solver, seed, batch, n, dtype, contraction):
     rng = np.random.default_rng(seed)
-    f = _contractive_map(rng, batch, n, dtype, contraction)
-    atol = 1e-4 if dtype == np.float32 else 1e-10
+    f = contractive_map(rng, batch, n, dtype, contraction)
+    atol = tolerance(dtype, 1e-4, 1e-10)
     sol = dq.fixed_point(f, np.zeros((batch, n), dtype), solver, atol=atol, rtol=0.0, max_steps=300, batched=True)
     assert sol.value.dtype == dtype and sol.success.all()
     # Verify independently of the solver's own claim, in float64.
@@ -57,7 +47,7 @@ def test_batched_equals_per_sample_unbatched(seed, batch, n):
                                     dq.Anderson(history_size=2)], ids=["broyden_ring", "lbroyden_reset", "anderson_2"])
 def test_small_memories_wrap_and_still_converge(solver, rng):
     # Exercises the ring overwrite (Broyden), the restarts (LimitedMemoryBroyden) and the full Anderson ring.
-    f = _contractive_map(rng, 3, 12, np.float64, 0.7)
+    f = contractive_map(rng, 3, 12, np.float64, 0.7)
     sol = dq.fixed_point(f, np.zeros((3, 12)), solver, atol=1e-11, rtol=0.0, max_steps=300, batched=True)
     assert sol.stats["num_steps"] > 3
     assert np.abs(f(sol.value) - sol.value).max() <= 1e-11
@@ -79,7 +69,7 @@ def test_anderson_beats_plain_iteration_and_exposes_its_history(rng):
 @pytest.mark.parametrize("solver", [dq.Anderson(), dq.FixedPointIteration(damping=0.8)], ids=["anderson", "fpi"])
 def test_fixed_point_solvers_work_in_root_find(solver, rng):
     # root_find iterates y <- y + fn(y): with fn(y) = G(y) - y for a contraction G that converges to fn's root.
-    G = _contractive_map(rng, 1, 6, np.float64, 0.5)
+    G = contractive_map(rng, 1, 6, np.float64, 0.5)
     sol = dq.root_find(lambda y: G(y[None])[0] - y, np.zeros(6), solver, atol=1e-11, rtol=0.0, max_steps=300)
     assert np.abs(G(sol.value[None])[0] - sol.value).max() <= 1e-11
 

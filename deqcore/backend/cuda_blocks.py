@@ -12,7 +12,7 @@ from __future__ import annotations
 from .numba_tools import cuda_simulator_enabled, numba
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 
-__all__ = ["max_nan", "block_reduce", "block_reduce2", "for_kernels"]
+__all__ = ["max_nan", "block_reduce", "block_reduce2", "block_sum_rows", "for_kernels"]
 
 
 @numba.njit(inline="always")
@@ -60,6 +60,24 @@ def block_reduce2(shared_a, shared_b, a, b, a_max, b_max):
     ra, rb = shared_a[0], shared_b[0]
     cuda.syncthreads()
     return ra, rb
+
+
+@numba.njit(inline="always")
+def block_sum_rows(shared, rows):
+    """n reductions in one tree: sums each of the first ``rows`` rows of ``shared`` (rows × block size, one
+    column per thread, filled by the caller) into its first column. The threads share the (row, column) pairs
+    of each halving step, so few rows still keep the block busy; the result is visible to every thread."""
+    tid = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    cuda.syncthreads()
+    stride = threads // 2
+    while stride > 0:
+        for k in range(tid, rows * stride, threads):
+            r = k // stride
+            t = k - r * stride
+            shared[r, t] += shared[r, t + stride]
+        cuda.syncthreads()
+        stride //= 2
 
 
 def for_kernels(*helpers):

@@ -1,4 +1,5 @@
-"""Numba set-up: a writable cache folder, lazy imports, and launching CUDA kernels on CuPy's stream.
+"""Numba set-up: a writable cache folder, lazy imports, CuPy's stream and launch sizes (kernels launch through
+:mod:`deqcore.backend.launch`).
 
 Importing this module imports numba; the rest of deqcore imports it only when a Numba kernel is used.
 """

@@ -7,10 +7,11 @@ import math
 import numpy as np
 
 from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
+from ..backend.numba_tools import CACHE, numba
 from .gmres_kernels import MAX_RESTART
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 from ..backend.cuda_blocks import block_reduce, for_kernels  # noqa: E402
+from ..backend.launch import cuda_kernel  # noqa: E402
 
 __all__ = ["arnoldi_step_numba_cpu", "arnoldi_step_numba_cuda", "arnoldi_step_cuda_kernel", "finish_column"]
 
@@ -96,8 +97,7 @@ def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor
     return V, R, Q, k, live, broke
 
 
-_finish_cuda = finish_column.py_func if cuda_simulator_enabled() else finish_column
-_block_reduce, = for_kernels(block_reduce)
+_finish_cuda, _block_reduce = for_kernels(finish_column, block_reduce)
 
 
 def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
@@ -154,19 +154,11 @@ def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_fact
         V[b, j + 1, e] = w[b, e] * scale
 
 
-_compiled = {}
+_ARNOLDI_STEP = cuda_kernel(arnoldi_step_cuda_kernel, threads=THREADS, simulated_threads=8)
 
 
 def arnoldi_step_numba_cuda(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
-    if "arnoldi_step" not in _compiled:
-        _compiled["arnoldi_step"] = cuda.jit(arnoldi_step_cuda_kernel)
-    kernel = _compiled["arnoldi_step"]
-    xp = get_namespace(V)
-    w = xp.array(w, order="C", copy=True)
-    threads = 8 if cuda_simulator_enabled() else THREADS       # the simulator runs each thread in Python
-    args = (V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor))
-    if xp is np:
-        kernel[V.shape[0], threads](*args)
-    else:
-        kernel[V.shape[0], threads, cupy_stream()](*args)
+    w = get_namespace(V).array(w, order="C", copy=True)      # scratch: the caller's w is left as it was
+    _ARNOLDI_STEP[V.shape[0], _ARNOLDI_STEP.threads](V, w, R, Q, beta, tol, k, live, broke, int(j),
+                                                     float(tiny_factor))
     return V, R, Q, k, live, broke

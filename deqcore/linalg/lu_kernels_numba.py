@@ -8,8 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, launch_config, numba
+from ..backend.numba_tools import CACHE, launch_config, numba
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+from ..backend.cuda_blocks import for_kernels  # noqa: E402
+from ..backend.launch import cuda_kernel  # noqa: E402
 
 __all__ = ["lu_factor_numba_cpu", "lu_factor_numba_cuda", "lu_factor_cuda_kernel", "lu_solve_numba_cpu",
            "lu_solve_numba_cuda", "lu_solve_cuda_kernel"]
@@ -110,9 +112,7 @@ def lu_solve_numba_cpu(lu, piv, b3, trans):
     return x
 
 
-# The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
-_factor_cuda = factor_one.py_func if cuda_simulator_enabled() else factor_one
-_solve_cuda = solve_one.py_func if cuda_simulator_enabled() else solve_one
+_factor_cuda, _solve_cuda = for_kernels(factor_one, solve_one)
 
 
 def lu_factor_cuda_kernel(a, piv):
@@ -129,30 +129,22 @@ def lu_solve_cuda_kernel(lu, piv, x, trans):
         _solve_cuda(lu[b], piv[b], x[b], trans)
 
 
-_compiled = {}
-
-
-def _launch(name, pyfunc, batch, *args):
-    if name not in _compiled:
-        _compiled[name] = cuda.jit(pyfunc)
-    blocks, threads = launch_config(batch, 64)
-    if get_namespace(args[0]) is np:
-        _compiled[name][blocks, threads](*args)
-    else:
-        _compiled[name][blocks, threads, cupy_stream()](*args)
+_FACTOR = cuda_kernel(lu_factor_cuda_kernel, threads=64)
+_SOLVE = cuda_kernel(lu_solve_cuda_kernel, threads=64)
 
 
 def lu_factor_numba_cuda(A3):
     xp = get_namespace(A3)
     lu = xp.array(A3, order="C", copy=True)
     piv = xp.empty(A3.shape[:2], dtype=np.int32)
-    _launch("lu_factor", lu_factor_cuda_kernel, A3.shape[0], lu, piv)
+    _FACTOR[launch_config(A3.shape[0], _FACTOR.threads)](lu, piv)
     return lu, piv
 
 
 def lu_solve_numba_cuda(lu, piv, b3, trans):
     xp = get_namespace(lu)
     x = xp.array(b3, dtype=np.result_type(lu.dtype, b3.dtype), order="C", copy=True)
-    _launch("lu_solve", lu_solve_cuda_kernel, lu.shape[0], xp.ascontiguousarray(lu),
-            xp.ascontiguousarray(piv).astype(np.int32, copy=False), x, int(trans))
+    _SOLVE[launch_config(lu.shape[0], _SOLVE.threads)](xp.ascontiguousarray(lu),
+                                                       xp.ascontiguousarray(piv).astype(np.int32, copy=False),
+                                                       x, int(trans))
     return x

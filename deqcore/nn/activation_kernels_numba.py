@@ -17,9 +17,11 @@ import numpy as np
 from llvmlite import ir
 
 from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, launch_config, numba
+from ..backend.numba_tools import CACHE, cuda_simulator_enabled, launch_config, numba
 from numba import cuda, types  # noqa: E402  (after numba_tools has set the cache folder)
 from numba.extending import intrinsic  # noqa: E402
+from ..backend.cuda_blocks import for_kernels  # noqa: E402
+from ..backend.launch import cuda_kernel  # noqa: E402
 
 from .activation_kernels import CODES
 
@@ -378,8 +380,7 @@ def activation_value_numba_cpu(z, bias, code):
 
 
 # -- CUDA ------------------------------------------------------------------------------------------------------------
-# The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
-_value_and_derivative_cuda = value_and_derivative.py_func if cuda_simulator_enabled() else value_and_derivative
+_value_and_derivative_cuda, = for_kernels(value_and_derivative)
 
 
 def activation_forward_cuda_kernel(z, bias, channels, inner, code, y, d, want_d):
@@ -398,14 +399,11 @@ def activation_forward_cuda_kernel(z, bias, channels, inner, code, y, d, want_d)
             d[i] = derivative
 
 
-_compiled = {}
+# one kernel for all activations takes seconds to compile: kept on disk where a cache folder exists
+_FORWARD = cuda_kernel(activation_forward_cuda_kernel, threads=256, cache=True)
 
 
 def _launch(z, bias, code, want_d):
-    if "forward" not in _compiled:
-        # one kernel for all activations takes seconds to compile: keep it on disk where a cache folder exists
-        _compiled["forward"] = cuda.jit(activation_forward_cuda_kernel, cache=CACHE)
-    kernel = _compiled["forward"]
     xp = get_namespace(z)
     y = xp.empty_like(z)
     d = xp.empty_like(z) if want_d else None
@@ -414,15 +412,12 @@ def _launch(z, bias, code, want_d):
         return y, d
     flat = z.reshape(-1)
     channels = z.shape[1] if bias.shape[0] else 0
-    blocks, threads = launch_config(n, 256)
+    blocks, threads = launch_config(n, _FORWARD.threads)
     blocks = min(blocks, 4 if cuda_simulator_enabled() else 8192)
     # placeholders are the input, only read (an output passed twice would be copied back twice by the simulator)
     args = (flat, bias if channels else flat, channels, z.shape[2], int(code), y.reshape(-1),
             d.reshape(-1) if want_d else flat, bool(want_d))
-    if xp is np:
-        kernel[blocks, threads](*args)
-    else:
-        kernel[blocks, threads, cupy_stream()](*args)
+    _FORWARD[blocks, threads](*args)
     return y, d
 
 

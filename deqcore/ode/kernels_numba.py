@@ -13,11 +13,12 @@ import math
 import numpy as np
 
 from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, launch_config, numba
+from ..backend.numba_tools import CACHE, launch_config, numba
 from .controller import pi_factor as _pi_factor_py
 from .kernels import DIVERGED, DT_TOO_SMALL
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 from ..backend.cuda_blocks import block_reduce2, for_kernels, max_nan  # noqa: E402
+from ..backend.launch import cuda_kernel  # noqa: E402
 
 __all__ = ["rk_stage_numba_cpu", "rk_stage_numba_cuda", "rk_combine_error_numba_cpu",
            "rk_combine_error_numba_cuda", "adams_predict_numba_cpu", "adams_predict_numba_cuda",
@@ -106,15 +107,22 @@ def control_row(r, err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err
     return good
 
 
-(_block_reduce2,) = for_kernels(block_reduce2)
-_add_scaled_error = add_scaled_error.py_func if cuda_simulator_enabled() else add_scaled_error
-# The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
-if cuda_simulator_enabled():
-    _adams_row, _adams_differences, _adams_error_weight, _control_row = (
-        adams_row.py_func, adams_differences.py_func, adams_error_weight.py_func, control_row.py_func)
-else:
-    _adams_row, _adams_differences, _adams_error_weight, _control_row = (
-        adams_row, adams_differences, adams_error_weight, control_row)
+_block_reduce2, = for_kernels(block_reduce2)
+
+
+@numba.njit(inline="always")
+def store_row_partials(shared_sum, shared_max, total, top, part_sum, part_max, r):
+    """The block's sum of ``total`` and maximum of ``top`` into column ``blockIdx.y`` of row ``r``'s partials
+    (the tail of the CUDA error kernels)."""
+    block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
+    if cuda.threadIdx.x == 0:
+        part_sum[r, cuda.blockIdx.y] = block_sum
+        part_max[r, cuda.blockIdx.y] = block_max
+
+
+_add_scaled_error, _adams_row, _adams_differences, _adams_error_weight, _control_row, _store_row_partials = (
+    for_kernels(add_scaled_error, adams_row, adams_differences, adams_error_weight, control_row,
+                store_row_partials))
 
 
 # ---- Numba CPU ------------------------------------------------------------------------------------------
@@ -281,10 +289,7 @@ def rk_combine_error_cuda_kernel(y, ks, b, e, h, y_new, compute_new, atol, rtol,
         total, top = _add_scaled_error(total, top, hr * acc, y[r, i], y_new[r, i], atol, rtol)
     shared_sum = cuda.shared.array(THREADS, numba.float64)
     shared_max = cuda.shared.array(THREADS, numba.float64)
-    block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
-    if tid == 0:
-        part_sum[r, cuda.blockIdx.y] = block_sum
-        part_max[r, cuda.blockIdx.y] = block_max
+    _store_row_partials(shared_sum, shared_max, total, top, part_sum, part_max, r)
 
 
 def adams_predict_cuda_kernel(y, f0, f1, f2, h, h1, h2, out):
@@ -318,10 +323,7 @@ def adams_correct_error_cuda_kernel(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_
         total, top = _add_scaled_error(total, top, w3 * e3, y[r, i], y_new[r, i], atol, rtol)
     shared_sum = cuda.shared.array(THREADS, numba.float64)
     shared_max = cuda.shared.array(THREADS, numba.float64)
-    block_sum, block_max = _block_reduce2(shared_sum, shared_max, total, top, False, True)
-    if tid == 0:
-        part_sum[r, cuda.blockIdx.y] = block_sum
-        part_max[r, cuda.blockIdx.y] = block_max
+    _store_row_partials(shared_sum, shared_max, total, top, part_sum, part_max, r)
 
 
 def ode_control_cuda_kernel(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject,
@@ -339,24 +341,11 @@ def ode_control_cuda_kernel(err_sq, y_absmax, res, threshold, exponent, t, h, h_
             cuda.atomic.add(summary, 1, 1)
 
 
-_compiled = {}
-
-
-def _kernel(name, fn):
-    if name not in _compiled:
-        _compiled[name] = cuda.jit(fn)
-    return _compiled[name]
-
-
-def _threads(simulated=32):
-    return simulated if cuda_simulator_enabled() else THREADS
-
-
-def _launch(kernel, xp, grid, threads, *args):
-    if xp is np:
-        kernel[grid, threads](*args)
-    else:
-        kernel[grid, threads, cupy_stream()](*args)
+_RK_STAGE = cuda_kernel(rk_stage_cuda_kernel, threads=THREADS)
+_RK_COMBINE_ERROR = cuda_kernel(rk_combine_error_cuda_kernel, threads=THREADS)
+_ADAMS_PREDICT = cuda_kernel(adams_predict_cuda_kernel, threads=THREADS)
+_ADAMS_CORRECT_ERROR = cuda_kernel(adams_correct_error_cuda_kernel, threads=THREADS)
+_ODE_CONTROL = cuda_kernel(ode_control_cuda_kernel, threads=THREADS)
 
 
 def _row_partials(xp, rows, m, threads):
@@ -372,49 +361,41 @@ def _finish(xp, part_sum, part_max):
 
 
 def rk_stage_numba_cuda(y, ks, a, h):
-    xp = get_namespace(y)
-    out = xp.empty(y.shape, dtype=y.dtype)
-    blocks, threads = launch_config(y.size, _threads())
-    _launch(_kernel("rk_stage", rk_stage_cuda_kernel), xp, blocks, threads, y, ks, a, h, out)
+    out = get_namespace(y).empty(y.shape, dtype=y.dtype)
+    _RK_STAGE[launch_config(y.size, _RK_STAGE.threads)](y, ks, a, h, out)
     return out
 
 
 def rk_combine_error_numba_cuda(y, ks, b, e, h, y_new, compute_new, atol, rtol):
     xp = get_namespace(y)
-    threads = _threads()
+    threads = _RK_COMBINE_ERROR.threads
     grid, part_sum, part_max = _row_partials(xp, y.shape[0], y.shape[1], threads)
-    _launch(_kernel("rk_combine_error", rk_combine_error_cuda_kernel), xp, grid, threads, y, ks, b, e, h,
-            y_new, bool(compute_new), float(atol), float(rtol), part_sum, part_max)
+    _RK_COMBINE_ERROR[grid, threads](y, ks, b, e, h, y_new, bool(compute_new), float(atol), float(rtol),
+                                     part_sum, part_max)
     return (y_new,) + _finish(xp, part_sum, part_max)
 
 
 def adams_predict_numba_cuda(y, f0, f1, f2, h, h1, h2):
-    xp = get_namespace(y)
-    out = xp.empty(y.shape, dtype=y.dtype)
-    blocks, threads = launch_config(y.size, _threads())
-    _launch(_kernel("adams_predict", adams_predict_cuda_kernel), xp, blocks, threads, y, f0, f1, f2, h, h1,
-            h2, out)
+    out = get_namespace(y).empty(y.shape, dtype=y.dtype)
+    _ADAMS_PREDICT[launch_config(y.size, _ADAMS_PREDICT.threads)](y, f0, f1, f2, h, h1, h2, out)
     return out
 
 
 def adams_correct_error_numba_cuda(y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, corrector, atol, rtol):
     xp = get_namespace(y)
-    threads = _threads()
+    threads = _ADAMS_CORRECT_ERROR.threads
     grid, part_sum, part_max = _row_partials(xp, y.shape[0], y.shape[1], threads)
-    _launch(_kernel("adams_correct_error", adams_correct_error_cuda_kernel), xp, grid, threads, y, y_pred,
-            f_pred, f0, f1, f2, h, h1, h2, y_new, bool(corrector), float(atol), float(rtol), part_sum,
-            part_max)
+    _ADAMS_CORRECT_ERROR[grid, threads](y, y_pred, f_pred, f0, f1, f2, h, h1, h2, y_new, bool(corrector),
+                                        float(atol), float(rtol), part_sum, part_max)
     return (y_new,) + _finish(xp, part_sum, part_max)
 
 
 def ode_control_numba_cuda(err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject,
                            active, codes, accepted, rejected, nfev_rows, ok, summary, m, t_end, direction, steady,
                            big, eps, nfev):
-    xp = get_namespace(err_sq)
     summary[...] = 0
-    blocks, threads = launch_config(err_sq.shape[0], _threads())
-    _launch(_kernel("ode_control", ode_control_cuda_kernel), xp, blocks, threads, err_sq, y_absmax, res,
-            threshold, exponent, t, h, h_next, err_prev, after_reject, active, codes, accepted, rejected,
-            nfev_rows, ok, summary, int(m), float(t_end), float(direction), bool(steady), float(big),
-            float(eps), int(nfev))
+    _ODE_CONTROL[launch_config(err_sq.shape[0], _ODE_CONTROL.threads)](
+        err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject, active, codes,
+        accepted, rejected, nfev_rows, ok, summary, int(m), float(t_end), float(direction), bool(steady),
+        float(big), float(eps), int(nfev))
     return t, h_next, err_prev, after_reject, active, codes, accepted, rejected, nfev_rows, ok, summary

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
+from ..backend.numba_tools import CACHE, numba
 from .anderson_kernels import HISTORY_CAP
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+from ..backend.cuda_blocks import block_sum_rows, for_kernels  # noqa: E402
+from ..backend.launch import cuda_kernel  # noqa: E402
 
 __all__ = ["anderson_step_numba_cpu", "anderson_step_numba_cuda", "anderson_step_cuda_kernel",
            "solve_anderson_system"]
-
-_compiled = {}
 
 
 @numba.njit(inline="always")
@@ -68,8 +68,7 @@ def solve_anderson_system(gram, work, newest, ridge, floor, alpha):
         alpha[newest] = 1.0
 
 
-# The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
-_solve_system_cuda = solve_anderson_system.py_func if cuda_simulator_enabled() else solve_anderson_system
+_solve_system_cuda, _block_sum_rows = for_kernels(solve_anderson_system, block_sum_rows)
 
 
 # -- CPU -----------------------------------------------------------------------------------------------------
@@ -225,16 +224,8 @@ def anderson_step_cuda_kernel(G, F, H, y, f, slot, count, beta, ridge, floor, y_
             for j in range(tid, n, threads):
                 acc += np.float64(F[b, i, j]) * np.float64(f[b, j])
             red[i - start, tid] = acc
-        cuda.syncthreads()
         rows = stop - start
-        stride = threads // 2
-        while stride > 0:
-            for k in range(tid, rows * stride, threads):
-                r = k // stride
-                t = k - r * stride
-                red[r, t] += red[r, t + stride]
-            cuda.syncthreads()
-            stride //= 2
+        _block_sum_rows(red, rows)
         if tid < rows:
             d = red[tid, 0]
             H[b, slot, start + tid] = d
@@ -250,20 +241,14 @@ def anderson_step_cuda_kernel(G, F, H, y, f, slot, count, beta, ridge, floor, y_
         y_new[b, j] = acc
 
 
+_ANDERSON_STEP = cuda_kernel(anderson_step_cuda_kernel, threads=THREADS)
+
+
 def anderson_step_numba_cuda(G, F, H, y, f, slot, count, beta, ridge, floor):
-    """Launch on CuPy's current stream (or on NumPy arrays under the CUDA simulator); no host sync."""
     if not 0 < count <= min(HISTORY_CAP, G.shape[1]) or not 0 <= slot < count:
         raise ValueError(f"need 0 <= slot < count <= min({HISTORY_CAP}, history size), got slot={slot}, "
                          f"count={count}")
-    if "anderson_step" not in _compiled:
-        _compiled["anderson_step"] = cuda.jit(anderson_step_cuda_kernel)
-    kernel = _compiled["anderson_step"]
-    xp = get_namespace(G)
-    y_new = xp.empty_like(y)
-    threads = 32 if cuda_simulator_enabled() else THREADS
-    args = (G, F, H, y, f, int(slot), int(count), float(beta), float(ridge), float(floor), y_new)
-    if xp is np:
-        kernel[G.shape[0], threads](*args)
-    else:
-        kernel[G.shape[0], threads, cupy_stream()](*args)
+    y_new = get_namespace(G).empty_like(y)
+    _ANDERSON_STEP[G.shape[0], _ANDERSON_STEP.threads](G, F, H, y, f, int(slot), int(count), float(beta),
+                                                       float(ridge), float(floor), y_new)
     return y_new, G, F, H

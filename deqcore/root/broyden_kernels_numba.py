@@ -15,9 +15,10 @@ import math
 import numpy as np
 
 from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
-from numba import cuda  # noqa: E402
-from ..backend.cuda_blocks import block_reduce2, for_kernels  # noqa: E402  (after numba_tools has set the cache folder)
+from ..backend.numba_tools import CACHE, numba
+from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+from ..backend.cuda_blocks import block_reduce2, block_sum_rows, for_kernels  # noqa: E402
+from ..backend.launch import cuda_kernel  # noqa: E402
 
 __all__ = ["broyden_dots_numba_cpu", "broyden_dots_numba_cuda", "broyden_dots_cuda_kernel",
            "broyden_update_numba_cpu", "broyden_update_numba_cuda", "broyden_update_cuda_kernel",
@@ -57,11 +58,8 @@ def add_pair_terms(denom, vf, ss, dd, ff, fo, bad, fj, oj, sj, tj):
             bad + (fj - fj))
 
 
-# The CUDA simulator runs kernels as Python on array stand-ins that compiled helpers cannot take.
-_slot_cuda = broyden_slot.py_func if cuda_simulator_enabled() else broyden_slot
-_decision_cuda = broyden_decision.py_func if cuda_simulator_enabled() else broyden_decision
-_add_pair_terms = add_pair_terms.py_func if cuda_simulator_enabled() else add_pair_terms
-_block_reduce2, = for_kernels(block_reduce2)
+_slot_cuda, _decision_cuda, _add_pair_terms, _block_reduce2, _block_sum_rows = for_kernels(
+    broyden_slot, broyden_decision, add_pair_terms, block_reduce2, block_sum_rows)
 
 
 # -- CPU ----------------------------------------------------------------------------------------------------------
@@ -274,14 +272,7 @@ def broyden_update_cuda_kernel(U, V, y, f, f_old, s, a, c, count, k, limited, re
     sums[4, tid] = ff
     sums[5, tid] = fo
     sums[6, tid] = bad
-    cuda.syncthreads()
-    stride = step // 2
-    while stride > 0:
-        if tid < stride:
-            for r in range(7):
-                sums[r, tid] += sums[r, tid + stride]
-        cuda.syncthreads()
-        stride //= 2
+    _block_sum_rows(sums, 7)
     if tid == 0:
         usable, reset = _decision_cuda(sums[0, 0], sums[2, 0], sums[3, 0], sums[6, 0], sums[4, 0], sums[5, 0], filled,
                                        m, limited, reset_factor, tiny)
@@ -322,43 +313,27 @@ def broyden_update_cuda_kernel(U, V, y, f, f_old, s, a, c, count, k, limited, re
             count[b] = min(filled + 1, m)
 
 
-_compiled = {}
-
-
-def _kernel(name, fn):
-    if name not in _compiled:
-        _compiled[name] = cuda.jit(fn)
-    return _compiled[name]
-
-
-def _launch(kernel, xp, blocks, args):
-    threads = 32 if cuda_simulator_enabled() else THREADS
-    if xp is np:
-        kernel[blocks, threads](*args)
-    else:
-        kernel[blocks, threads, cupy_stream()](*args)
+_DOTS = cuda_kernel(broyden_dots_cuda_kernel, threads=THREADS)
+_UPDATE = cuda_kernel(broyden_update_cuda_kernel, threads=THREADS)
 
 
 def broyden_dots_numba_cuda(U, V, f, s, count):
-    """Launch on CuPy's current stream (or on NumPy arrays under the CUDA simulator)."""
     xp = get_namespace(U)
     batch, m, _ = U.shape
     a = xp.empty((batch, m), dtype=U.dtype)
     c = xp.empty((batch, m), dtype=U.dtype)
-    _launch(_kernel("broyden_dots", broyden_dots_cuda_kernel), xp, (batch, m), (U, V, f, s, count, a, c))
+    _DOTS[(batch, m), _DOTS.threads](U, V, f, s, count, a, c)
     return a, c
 
 
 def broyden_update_numba_cuda(U, V, y, f, f_old, s, a, c, count, k, limited, reset_factor):
-    """Launch on CuPy's current stream (or on NumPy arrays under the CUDA simulator)."""
     xp = get_namespace(U)
     batch, _, n = U.shape
     work = xp.empty((batch, 2, n), dtype=np.float64)
     y_next = xp.empty_like(y)
     s_next = xp.empty_like(y)
-    args = (U, V, y, f, f_old, s, a, c, count, int(k), bool(limited), float(reset_factor), _TINY[np.dtype(U.dtype)],
-            work, y_next, s_next)
-    _launch(_kernel("broyden_update", broyden_update_cuda_kernel), xp, batch, args)
+    _UPDATE[batch, _UPDATE.threads](U, V, y, f, f_old, s, a, c, count, int(k), bool(limited),
+                                    float(reset_factor), _TINY[np.dtype(U.dtype)], work, y_next, s_next)
     return y_next, s_next, U, V, count
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_namespace
-from ..backend.numba_tools import CACHE, cuda_simulator_enabled, cupy_stream, numba
+from ..backend.numba_tools import CACHE, numba
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 from ..backend.cuda_blocks import block_reduce2, for_kernels  # noqa: E402
+from ..backend.launch import cuda_kernel  # noqa: E402
 
 __all__ = ["absmax_nan", "driver_update_numba_cpu", "driver_update_numba_cuda", "driver_update_cuda_kernel"]
 
@@ -74,9 +74,6 @@ def block_row_absmax(f, y, row, shared_f, shared_y):
 
 _block_reduce2, = for_kernels(block_reduce2)
 _block_row_absmax, = for_kernels(block_row_absmax)
-
-
-_compiled = {}
 
 
 # -- the driver's per-step bookkeeping --------------------------------------------------------------------------
@@ -159,17 +156,11 @@ def driver_update_cuda_kernel(f, y, best_y, best_res, since_best, codes, done, t
             best_y[row, j] = y[row, j]
 
 
+_DRIVER_UPDATE = cuda_kernel(driver_update_cuda_kernel, threads=THREADS)
+
+
 def driver_update_numba_cuda(f, y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit,
                              patience):
-    """Launch on CuPy's current stream (or on NumPy arrays under the CUDA simulator)."""
-    if "driver_update" not in _compiled:
-        _compiled["driver_update"] = cuda.jit(driver_update_cuda_kernel)
-    kernel = _compiled["driver_update"]
-    xp = get_namespace(f)
-    threads = 32 if cuda_simulator_enabled() else THREADS
-    args = (f, y, best_y, best_res, since_best, codes, done, tol, float(rtol), cap, y_limit, limit, int(patience))
-    if xp is np:
-        kernel[f.shape[0], threads](*args)
-    else:
-        kernel[f.shape[0], threads, cupy_stream()](*args)
+    _DRIVER_UPDATE[f.shape[0], _DRIVER_UPDATE.threads](f, y, best_y, best_res, since_best, codes, done, tol,
+                                                       float(rtol), cap, y_limit, limit, int(patience))
     return best_y, best_res, since_best, codes, done
