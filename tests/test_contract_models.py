@@ -63,6 +63,44 @@ def test_a_nan_input_sample_is_diverged_alone(kind, seed):
         np.testing.assert_allclose(dx[i], dx_i[0], rtol=1e-7, atol=1e-9)
 
 
+def multiscale_deq(kind):
+    """A two-scale DEQ (sizes 3 and 2) with small weights, so every finite sample converges."""
+    main = (nn.Parallel(nn.add, nn.Dense(3, 3, "tanh", use_bias=False), nn.Dense(3, 3, "tanh", use_bias=False)),
+            nn.Dense(2, 2, "tanh"))
+    mapping = [[nn.NoOpLayer(), nn.Dense(3, 2, "tanh")], [nn.Dense(2, 3, "tanh"), nn.NoOpLayer()]]
+    scales = ((3,), (2,))
+    tight = dict(atol=1e-10, rtol=1e-10, max_steps=300)
+    if kind == "multiscale":
+        model = dq.MultiScaleDeepEquilibriumNetwork(main, mapping, None, dq.Anderson(), scales, **tight)
+    else:
+        model = dq.MultiScaleDeepEquilibriumNetwork(main, mapping, None, dq.VCABM3(), scales, atol=1e-8, rtol=1e-8,
+                                                    max_steps=3000)
+    params, state = nn.setup(np.random.default_rng(0), model)
+    return model, nn.tree_map(lambda p: 0.3 * p, params), state
+
+
+@pytest.mark.parametrize("kind", ["multiscale", "multiscale_ode_solver"])
+def test_a_nan_input_sample_of_a_multiscale_deq_is_diverged_alone(kind):
+    model, params, state = multiscale_deq(kind)
+    x = np.random.default_rng(5).standard_normal((4, 3))
+    x[2, 1] = np.nan
+
+    def forward(inputs):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ys, st_ = model(inputs, params, state)
+        return ys, st_["solution"]
+
+    ys, solution = forward(x)
+    assert solution.result[2] != dq.ReturnCode.SUCCESS
+    for i in (0, 1, 3):
+        ys_i, solo = forward(x[i:i + 1])
+        assert solution.result[i] == solo.result[0] == dq.ReturnCode.SUCCESS
+        for y, y_i in zip(ys, ys_i):
+            assert np.isfinite(y[i]).all()
+            np.testing.assert_allclose(y[i], y_i[0], rtol=1e-7, atol=1e-9)
+
+
 def test_model_gradient_is_the_implicit_gradient_by_default():
     """The default adjoint of a model (state above 50 elements: GMRES) matches a dense float64 solve."""
     model, params, state = contractive_deq("plain")
