@@ -95,7 +95,8 @@ def test_vmapped_gradient_of_a_shared_weight_is_one_contraction(problem):
     per-sample copy of the shared weight's gradient (a (B, n, n) array summed afterwards)."""
     (params, _), c, z0 = problem
     xs = jnp.asarray(np.random.default_rng(7).standard_normal((6, 3)))
-    loss = lambda p: jnp.sum(jax.vmap(lambda x: dqj.fixed_point(cell, z0, (p, x), **TIGHT))(xs) @ c)  # noqa: E731
+    def loss(p):
+        return jnp.sum(jax.vmap(lambda x: dqj.fixed_point(cell, z0, (p, x), **TIGHT))(xs) @ c)
     hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
     assert "[6,5,5]" not in hlo
     got = jax.jit(jax.grad(loss))(params)
@@ -124,7 +125,8 @@ def test_forward_mode_and_jacobians_match_the_unrolled_solve(problem, adjoint):
     ours = lambda x: dqj.fixed_point(cell, z0, (params, x), adjoint=adjoint, **TIGHT)  # noqa: E731
     ref = lambda x: unrolled(z0, (params, x))  # noqa: E731
     dx = jnp.asarray([0.3, -1.0, 0.5])
-    np.testing.assert_allclose(jax.jvp(ours, (x,), (dx,))[1], jax.jvp(ref, (x,), (dx,))[1], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(jax.jvp(ours, (x,), (dx,))[1], jax.jvp(ref, (x,), (dx,))[1],
+                               rtol=1e-8, atol=1e-10)
     want = jax.jacfwd(ref)(x)
     np.testing.assert_allclose(jax.jit(jax.jacrev(ours))(x), want, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(jax.jit(jax.jacfwd(ours))(x), want, rtol=1e-8, atol=1e-10)
