@@ -90,6 +90,59 @@ def test_vmap_equals_per_sample_solves(problem):
         np.testing.assert_allclose(grad_batch[k], sum(g[k] for g in grad_each), rtol=1e-9, atol=1e-11)
 
 
+def test_vmapped_gradient_of_a_shared_weight_is_one_contraction(problem):
+    """grad(vmap(...)) equals the per-sample gradients summed, and the compiled program never holds a
+    per-sample copy of the shared weight's gradient (a (B, n, n) array summed afterwards)."""
+    (params, _), c, z0 = problem
+    xs = jnp.asarray(np.random.default_rng(7).standard_normal((6, 3)))
+    def loss(p):
+        return jnp.sum(jax.vmap(lambda x: dqj.fixed_point(cell, z0, (p, x), **TIGHT))(xs) @ c)
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    assert "[6,5,5]" not in hlo
+    got = jax.jit(jax.grad(loss))(params)
+    want = jax.grad(loss_fn(lambda p: jax.vmap(lambda x: unrolled(z0, (p, x)))(xs), c[None]))(params)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-8, atol=1e-10)
+
+
+def test_per_sample_gradients_through_vmap_of_grad(problem):
+    """vmap(grad(...)) with the weight shared: one gradient per sample, each equal to its own solve's."""
+    (params, _), c, z0 = problem
+    xs = jnp.asarray(np.random.default_rng(8).standard_normal((3, 3)))
+    per_sample = jax.vmap(jax.grad(lambda p, x: dqj.fixed_point(cell, z0, (p, x), **TIGHT) @ c), (None, 0))
+    got = jax.jit(per_sample)(params, xs)
+    for i in range(3):
+        want = jax.grad(lambda p: unrolled(z0, (p, xs[i])) @ c)(params)
+        for k in params:
+            np.testing.assert_allclose(got[k][i], want[k], rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("adjoint", [None, dq.SteadyStateAdjoint(dq.GMRES(rtol=1e-12, atol=0.0))])
+def test_forward_mode_and_jacobians_match_the_unrolled_solve(problem, adjoint):
+    """jax.jvp solves (I − ∂f/∂z) ż = ∂f/∂a·ȧ in deqcore; jacrev maps the adjoint over cotangents and jacfwd
+    the tangent solve over tangents, each as one batched solve."""
+    (params, x), _, z0 = problem
+    ours = lambda x: dqj.fixed_point(cell, z0, (params, x), adjoint=adjoint, **TIGHT)  # noqa: E731
+    ref = lambda x: unrolled(z0, (params, x))  # noqa: E731
+    dx = jnp.asarray([0.3, -1.0, 0.5])
+    np.testing.assert_allclose(jax.jvp(ours, (x,), (dx,))[1], jax.jvp(ref, (x,), (dx,))[1],
+                               rtol=1e-8, atol=1e-10)
+    want = jax.jacfwd(ref)(x)
+    np.testing.assert_allclose(jax.jit(jax.jacrev(ours))(x), want, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(ours))(x), want, rtol=1e-8, atol=1e-10)
+
+
+def test_gradient_with_respect_to_some_arguments_only(problem):
+    """Arguments without a tangent (closed-over data, an integer leaf) are skipped, not differentiated."""
+    (params, x), c, z0 = problem
+    scale = jnp.asarray(2, jnp.int32)
+    f = lambda z, a: cell(z, (a[0], a[1] / a[2].astype(z.dtype)))  # noqa: E731
+    got = jax.jit(jax.grad(lambda b: dqj.fixed_point(f, z0, ({**params, "b": b}, x, scale), **TIGHT) @ c))(
+        params["b"])
+    want = jax.grad(lambda b: unrolled(z0, ({**params, "b": b}, x / 2)) @ c)(params["b"])
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
 def test_float32_and_one_step_gradient(problem):
     params = make_params(dtype=np.float32, norm=0.3)
     x = jnp.ones(3, jnp.float32)

@@ -1,11 +1,15 @@
 """JAX adapter: a differentiable fixed point z* = f(z*, args) solved by deqcore.
 
-The solve and the implicit adjoint's λ-solve run in deqcore inside ``jax.pure_callback`` (so they work
-eagerly and under ``jax.jit``, ``jax.grad`` and ``jax.vmap``); inside them f and its VJP are evaluated by
-separately jitted JAX functions. The parameter cotangent ∂f/∂argsᵀ λ is computed by JAX itself, so ``args``
-may be any pytree. Under ``jax.vmap`` each mapped sample is its own system (per-sample convergence).
-``pure_callback`` hands the callbacks host arrays, so the solver itself runs on NumPy (on a GPU backend too,
-where f still runs on the device); higher-order derivatives are not supported.
+The solve runs in deqcore inside one ``jax.pure_callback`` per call (so it works eagerly and under
+``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vmap``); inside it f is evaluated by a jitted JAX function.
+Differentiation is implicit: z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through
+``jax.lax.custom_linear_solve``, so reverse mode solves the adjoint (I − ∂f/∂zᵀ) λ = g in deqcore (a second
+callback, with f linearised once at z* and each VJP reusing that linearisation) and JAX itself pulls λ back
+to ``args`` (any pytree). Under ``jax.vmap`` each mapped sample is its own system, all solved in one batched
+solve per callback, and arguments shared by the samples stay unbatched: the gradient of a shared weight is
+one contraction over the batch, never a per-sample gradient summed afterwards. ``pure_callback`` hands the
+callbacks host arrays, so the solver itself runs on NumPy (on a GPU backend too, where f still runs on the
+device); higher-order derivatives are not supported.
 
 >>> import jax, jax.numpy as jnp
 >>> from deqcore.interop import jax as dqj
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .._checks import check_callable
-from ..adjoint.steady_state import FixedPointVJP, PhantomGradient, SteadyStateAdjoint
+from ..adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient
 from ..results import SolveError
 from ._common import check_adjoint, check_dtype, check_options, import_framework, solve
 
@@ -57,7 +61,8 @@ def fixed_point(f, z0, args=(), solver=None, *, atol=1e-6, rtol=1e-5, max_steps=
         args: any pytree of arrays f depends on; gradients flow to its floating leaves.
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         atol, rtol, max_steps: the solve's tolerances and budget.
-        adjoint: ``dq.SteadyStateAdjoint(...)`` (default) or ``dq.OneStepGradient()``.
+        adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
+            ``dq.OneStepGradient()``.
         throw: raise when the solve fails (JAX re-raises the callback's ``dq.SolveError`` as a
             ``jax.errors.JaxRuntimeError`` carrying its message); False returns the best iterate.
 
@@ -86,23 +91,49 @@ def fixed_point(f, z0, args=(), solver=None, *, atol=1e-6, rtol=1e-5, max_steps=
 
 @functools.lru_cache(maxsize=64)
 def _implicit_fixed_point(f, config):
-    @jax.custom_vjp
+    """z*(z0, args) with the implicit JVP; cached per (f, config) so repeated calls reuse JAX's caches."""
+
+    @jax.custom_jvp
     def fp(z0, args):
         return _callback(_host_solve, f, config, z0, args)
 
-    def fwd(z0, args):
-        z = fp(z0, args)
-        return z, (z, z0, args)
+    def fp_jvp(primals, tangents):
+        z0, args = primals
+        z = _callback(_host_solve, f, config, z0, args)
+        b = _args_tangent(f, z, args, tangents[1])
+        if b is None:                                    # no argument carries a tangent
+            return z, jnp.zeros_like(z)
+        if isinstance(config.adjoint, OneStepGradient):  # (I − ∂f/∂z)⁻¹ ≈ I: λ ≈ g, ż ≈ b
+            return z, b
 
-    def bwd(residuals, g):
-        z, z0, args = residuals
-        lam = _callback(_host_adjoint, f, config, z, args, g)
-        out, pullback = jax.vjp(lambda a: f(z, a), args)
-        lam = _varying_like(lam, out)
-        return jnp.zeros_like(z0), pullback(lam)[0]
+        def matvec(v):                                   # only traced (for its transpose), never run
+            return v - jax.jvp(lambda zz: f(zz, args), (z,), (v,))[1]
 
-    fp.defvjp(fwd, bwd)
+        dz = jax.lax.custom_linear_solve(
+            matvec, b,
+            solve=lambda _, rhs: _callback(_host_tangent, f, config, z, args, rhs),
+            transpose_solve=lambda _, g: _callback(_host_adjoint, f, config, z, args, g))
+        return z, dz
+
+    fp.defjvp(fp_jvp, symbolic_zeros=True)
     return fp
+
+
+def _args_tangent(f, z, args, dargs):
+    """∂f/∂args · ȧrgs at z, over the leaves whose tangent is not a symbolic zero (None when none is)."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    tangents = treedef.flatten_up_to(dargs)
+    live = [i for i, t in enumerate(tangents) if not isinstance(t, jax.custom_derivatives.SymbolicZero)]
+    if not live:
+        return None
+
+    def f_of_live(*values):
+        full = list(leaves)
+        for i, v in zip(live, values):
+            full[i] = v
+        return f(z, jax.tree_util.tree_unflatten(treedef, full))
+
+    return jax.jvp(f_of_live, tuple(leaves[i] for i in live), tuple(tangents[i] for i in live))[1]
 
 
 def _varying_axes(x):
@@ -125,9 +156,15 @@ def _varying_like(x, *like):
     return jax.lax.pvary(x, missing)  # pragma: no cover - older JAX
 
 
+@functools.lru_cache(maxsize=256)
+def _host_callable(host_fn, f, config, core_ndim):
+    """One callable per (host function, f, config, rank): eager calls then hit JAX's compilation cache."""
+    return functools.partial(host_fn, f, config, core_ndim)
+
+
 def _callback(host_fn, f, config, z, args, *extra):
     """Run ``host_fn`` on host arrays; batch axes added by vmap arrive as leading axes (expand_dims)."""
-    fn = functools.partial(host_fn, f, config, z.ndim)
+    fn = _host_callable(host_fn, f, config, z.ndim)
     out = jax.pure_callback(fn, jax.ShapeDtypeStruct(z.shape, z.dtype), z, args, *extra,
                             vmap_method="expand_dims")
     # inside shard_map the result varies over the mesh axes its inputs vary over (each device's own rows)
@@ -135,60 +172,83 @@ def _callback(host_fn, f, config, z, args, *extra):
 
 
 class _HostProblem:
-    """The arrays of one callback, with vmap's leading axes folded into one batch axis (or none)."""
+    """The arrays of one callback, with vmap's leading axes folded into one batch axis (or none).
 
-    def __init__(self, f, core_ndim, z, args):
+    The arguments go to the device once per callback; each evaluation of f hands its NumPy iterate straight to
+    the jitted f (one transfer each way), and the VJPs and JVPs of an adjoint or tangent solve apply one
+    linearisation of f computed once at z*.
+    """
+
+    def __init__(self, f, core_ndim, z, args, *others):
         z = np.asarray(z)
         leaves, treedef = jax.tree_util.tree_flatten(args)
+        leaves = [np.asarray(leaf) for leaf in leaves]
         k = z.ndim - core_ndim                      # number of vmap axes
-        self.out_shape = np.broadcast_shapes(z.shape[:k], *(np.shape(a)[:k] for a in leaves)) + z.shape[k:]
+        self.out_shape = np.broadcast_shapes(
+            *(np.shape(a)[:k] for a in (z, *leaves, *others))) + z.shape[k:]
         self.batched = k > 0
         self.core_shape = z.shape[k:]
         axes, flat = [], []
         for leaf in leaves:
-            leaf = np.asarray(leaf)
             if k and any(d != 1 for d in leaf.shape[:k]):
                 full = np.broadcast_to(leaf, self.out_shape[:k] + leaf.shape[k:])
-                flat.append(jnp.asarray(full.reshape((-1,) + leaf.shape[k:])))
+                flat.append(full.reshape((-1,) + leaf.shape[k:]))
                 axes.append(0)
             else:
-                flat.append(jnp.asarray(leaf.reshape(leaf.shape[k:])))
+                flat.append(leaf.reshape(leaf.shape[k:]))
                 axes.append(None)
-        self.args = jax.tree_util.tree_unflatten(treedef, flat)
-        self.evaluate, self.pullback = _evaluators(f, treedef, tuple(axes), self.batched)
+        self.args = jax.tree_util.tree_unflatten(treedef, jax.device_put(flat))
+        self.ops = _evaluators(f, treedef, tuple(axes), self.batched)
 
     def fold(self, a):
         """``a`` with vmap's axes folded into one (or unchanged when not mapped), as a writable host array."""
         a = np.broadcast_to(np.asarray(a), self.out_shape)
         return np.array(a.reshape((-1,) + self.core_shape) if self.batched else a)
 
-    def unfold(self, a):
-        return np.asarray(a).reshape(self.out_shape)
+    def unfold(self, a, dtype):
+        return np.asarray(a).reshape(self.out_shape).astype(dtype, copy=False)
 
     def f(self, z):
-        return np.asarray(self.evaluate(jnp.asarray(z), self.args))
+        return np.asarray(self.ops.f(z, self.args))
 
     def pullback_at(self, z):
-        """``v -> (∂f/∂zᵀ v, None)`` at z (the args part is computed by JAX outside the callback)."""
-        zj = jnp.asarray(z)
-        return lambda v: (np.asarray(self.pullback(zj, self.args, jnp.asarray(v))), None)
+        """``v -> (∂f/∂zᵀ v, None)`` at z: f linearised once, each call one transposed application."""
+        linear = self.ops.linearize_vjp(z, self.args)
+        return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
 
-    def vjp(self, z):
-        return self.f(z), self.pullback_at(z)
+    def pushforward_at(self, z):
+        """``v -> (∂f/∂z v, None)`` at z, for the tangent solve (same shape of call as the pullback)."""
+        linear = self.ops.linearize_jvp(z, self.args)
+        return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
+
+
+@dataclass(frozen=True)
+class _Evaluators:
+    f: Any
+    linearize_vjp: Any
+    linearize_jvp: Any
+    apply: Any
 
 
 @functools.lru_cache(maxsize=64)
 def _evaluators(f, treedef, axes, batched):
-    """Jitted f(z, args) and its z-VJP, vmapped over the folded batch axis when ``batched``."""
+    """Jitted f(z, args) and its z-linearisations, vmapped over the folded batch axis when ``batched``
+    (shared leaves, axis None, are not broadcast)."""
     fb = f
     if batched:
-        in_axes = (0, jax.tree_util.tree_unflatten(treedef, list(axes)))
-        fb = jax.vmap(f, in_axes=in_axes)
+        fb = jax.vmap(f, in_axes=(0, jax.tree_util.tree_unflatten(treedef, list(axes))))
 
-    def pullback(z, args, v):
-        return jax.vjp(lambda zz: fb(zz, args), z)[1](v)[0]
+    def linearize_vjp(z, args):
+        return jax.vjp(lambda zz: fb(zz, args), z)[1]
 
-    return jax.jit(fb), jax.jit(pullback)
+    def linearize_jvp(z, args):
+        return jax.linearize(lambda zz: fb(zz, args), z)[1]
+
+    def apply(linear, v):
+        out = linear(v)
+        return out[0] if isinstance(out, tuple) else out
+
+    return _Evaluators(jax.jit(fb), jax.jit(linearize_vjp), jax.jit(linearize_jvp), jax.jit(apply))
 
 
 def _host_solve(f, config, core_ndim, z0, args):
@@ -198,18 +258,27 @@ def _host_solve(f, config, core_ndim, z0, args):
                 where="the forward solve of deqcore.interop.jax.fixed_point", warn=not config.throw)
     if config.throw and not bool(np.all(sol.success)):
         raise SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol)
-    return problem.unfold(sol.value).astype(np.asarray(z0).dtype, copy=False)
+    return problem.unfold(sol.value, np.asarray(z0).dtype)
+
+
+def _linear_solve(problem, z, rhs, config, linear_at):
+    """x with (I − M) x = rhs, M = ∂f/∂zᵀ (the adjoint) or ∂f/∂z (a tangent), by the configured adjoint."""
+    z_flat = problem.fold(z)
+    fixed = FixedPointVJP(z_flat, None, batched=problem.batched, pullback=linear_at(z_flat))
+    info = config.adjoint.solve_adjoint(fixed, problem.fold(rhs))
+    return problem.unfold(info.lam, np.asarray(z).dtype)
 
 
 def _host_adjoint(f, config, core_ndim, z, args, g):
-    problem = _HostProblem(f, core_ndim, z, args)
-    z_flat = problem.fold(z)
-    fixed = FixedPointVJP(z_flat, problem.vjp, batched=problem.batched, pullback=problem.pullback_at(z_flat))
-    if isinstance(config.adjoint, SteadyStateAdjoint):
-        info = config.adjoint.solve_adjoint(fixed, problem.fold(g))     # JAX pulls λ back through f itself
-    else:
-        _, info = config.adjoint.gradient(fixed, problem.fold(g))
-    return problem.unfold(info.lam).astype(np.asarray(z).dtype, copy=False)
+    """λ with (I − ∂f/∂zᵀ) λ = g (JAX pulls λ back to the arguments through f itself)."""
+    problem = _HostProblem(f, core_ndim, z, args, g)
+    return _linear_solve(problem, z, g, config, problem.pullback_at)
+
+
+def _host_tangent(f, config, core_ndim, z, args, b):
+    """ż with (I − ∂f/∂z) ż = b (forward mode)."""
+    problem = _HostProblem(f, core_ndim, z, args, b)
+    return _linear_solve(problem, z, b, config, problem.pushforward_at)
 
 
 def sharded_fixed_point(f, z0, args=(), *, mesh, axis="b", in_axes=0, **options):
