@@ -16,6 +16,9 @@ against the f and VJP times of that repeat, and the tables show medians over the
 * ``bwd / full floor``: backward over what any implicit backward must do besides the adjoint's VJPs: one f
   with a graph at z* (torch; the native forward records its pullback there and counts it in its NFE) and
   the final VJP into the parameters (timed as one more VJP);
+* ``fwd outside f``, ``bwd outside f, VJPs``, ``step outside f, VJPs``: the share of the forward, the backward
+  and both together not spent inside the f-evaluations and VJPs the solves make, timed where they run (inside
+  the loops, where f meets the caches the solver leaves; the floors above time f and the VJP in a warm loop);
 * ``grad err``: ‖dL/dW − exact‖ / ‖exact‖, exact from a dense per-sample float64 solve at the returned z*.
 
     python benchmarks/bench_overhead.py [--repeats N] [--quick]
@@ -95,9 +98,27 @@ class TorchCase:
                 self.W, self.U, self.b = (torch.nn.Parameter(as_t(a)) for a in (W, U, b))
 
             def forward(self, z, x):
-                return torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
+                start = _clock()
+                out = torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
+                self.spent += _clock() - start
+                return out
 
         self.f, self.x, self.c = Cell(), as_t(x), as_t(self.c_np)
+        self.f.spent = 0.0
+        import deqcore.interop.torch as adapter
+
+        engine, self.vjp_spent = getattr(adapter, "_ENGINE", None), [0.0]
+
+        def timed_engine(*args, **kwargs):              # every VJP the adapter runs goes through this call
+            start = _clock()
+            out = engine(*args, **kwargs)
+            self.vjp_spent[0] += _clock() - start
+            return out
+
+        if engine is not None:
+            adapter._ENGINE = timed_engine
+        else:                                               # an older deqcore: VJPs not timed in place
+            self.vjp_spent[0] = float("nan")
         self.layer = dqt.DEQ(self.f, atol=0.0, rtol=TOLERANCE[dtype], max_steps=MAX_STEPS)
         self.z0 = torch.zeros(SIZES[0], SIZES[1], dtype=tdtype)
         self.W = W
@@ -121,12 +142,16 @@ class TorchCase:
 
     def run(self):
         self.f.zero_grad()
+        self.f.spent = 0.0
+        self.vjp_spent[0] = 0.0 if self.vjp_spent[0] == self.vjp_spent[0] else float("nan")
         start = _clock()
         z = self.layer(self.x, self.z0)
         mid = _clock()
+        in_f = self.f.spent
         (z * self.c).sum().backward()
         end = _clock()
         self.z = z.detach()
+        self.inside = (in_f, self.f.spent - in_f + self.vjp_spent[0])
         return mid - start, end - mid
 
     def counts(self):
@@ -169,6 +194,38 @@ class NativeCase:
         else:
             self.vjp_z = input_pullback(pb, (True, False))
         self.v = np.full_like(self.z0, 0.1)
+        self.spent = [0.0, 0.0]
+        make_f = self.deq._f
+
+        def timed_f(*args):                                  # the map the forward solve evaluates
+            f = make_f(*args)
+
+            def run(z):
+                start = _clock()
+                out = f(z)
+                self.spent[0] += _clock() - start
+                return out
+            return run
+
+        self.deq._f = timed_f
+        import deqcore.models.deq as models
+
+        pullback_of = getattr(models, "input_pullback", None)
+        if pullback_of is None:                             # an older deqcore: VJPs not timed in place
+            self.spent[1] = float("nan")
+            return
+
+        def timed_pullback(*args):                           # the VJPs the adjoint solve calls
+            vjp = pullback_of(*args)
+
+            def run(v):
+                start = _clock()
+                out = vjp(v)
+                self.spent[1] += _clock() - start
+                return out
+            return run
+
+        models.input_pullback = timed_pullback
 
     def time_f(self):
         pm, sm = self.params["model"], self.state["model"]
@@ -178,12 +235,14 @@ class NativeCase:
         return _block(lambda: self.vjp_z(self.v))
 
     def run(self):
+        self.spent[:] = [0.0, 0.0 if self.spent[1] == self.spent[1] else float("nan")]
         start = _clock()
         z, pullback, state = nn.vjp(self.deq, self.x, self.params, self.state)
         mid = _clock()
         _, self.grads = pullback(self.c)
         end = _clock()
         self.z, self.solution = z, state["solution"]
+        self.inside = tuple(self.spent)
         return mid - start, end - mid
 
     def counts(self):
@@ -208,22 +267,30 @@ def measure(case, repeats):
         nfe, nvjp = case.counts()
         extra = 2 if case.name == "torch adapter" else 1   # (f with a graph at z*) + parameter VJP; see docstring
         full = (t_f if extra == 2 else 0.0) + (nvjp + 1) * t_vjp
+        in_f, in_vjp = case.inside
         rows.append(dict(fwd=fwd, bwd=bwd, t_f=t_f, t_vjp=t_vjp, nfe=nfe, nvjp=nvjp,
-                         r_fwd=fwd / (nfe * t_f), r_bwd=bwd / (nvjp * t_vjp), r_full=bwd / full))
+                         r_fwd=fwd / (nfe * t_f), r_bwd=bwd / (nvjp * t_vjp), r_full=bwd / full,
+                         out_f=1 - in_f / fwd, out_vjp=1 - in_vjp / bwd, out=1 - (in_f + in_vjp) / (fwd + bwd)))
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     med["err"] = case.grad_error()
     med["ok"] = case.converged()
     return med
 
 
+def _share(value):
+    return "-" if value != value else f"{value:.0%}"
+
+
 def table(results):
     lines = ["| path | map | dtype | forward ms | NFE | t_f ms | fwd / NFE·t_f | backward ms | N_vjp | t_vjp ms "
-             "| bwd / N_vjp·t_vjp | bwd / full floor | converged | grad err |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| bwd / N_vjp·t_vjp | bwd / full floor | fwd outside f | bwd outside f, VJPs | step outside f, VJPs "
+             "| converged | grad err |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (path, kind, dtype), r in results:
         lines.append(f"| {path} | {kind} | {dtype} | {1e3 * r['fwd']:.2f} | {r['nfe']:.0f} | {1e3 * r['t_f']:.3f} "
                      f"| {r['r_fwd']:.2f} | {1e3 * r['bwd']:.2f} | {r['nvjp']:.0f} | {1e3 * r['t_vjp']:.3f} "
-                     f"| {r['r_bwd']:.2f} | {r['r_full']:.2f} | {r['ok']}/{SIZES[0]} | {r['err']:.1e} |")
+                     f"| {r['r_bwd']:.2f} | {r['r_full']:.2f} | {_share(r['out_f'])} | {_share(r['out_vjp'])} | {_share(r['out'])} "
+                     f"| {r['ok']}/{SIZES[0]} | {r['err']:.1e} |")
     return "\n".join(lines)
 
 

@@ -55,8 +55,8 @@ CHEAP_GMRES = GMRES(rtol=1e-3, atol=1e-3, restart=10, max_steps=10)
 FALLBACK_RTOL, FALLBACK_MAX_STEPS = 1e-5, 100
 #: the default GMRES's Krylov dimension per cycle (capped at the state size)
 ADJOINT_RESTART = 30
-#: the default accurate adjoint first iterates λ ← g + ∂f/∂zᵀ λ (one VJP and an addition per step) and hands the
-#: rest to GMRES as soon as some unfinished sample's residual shrinks by less than this factor per step. A GMRES
+#: the default accurate adjoint first iterates λ ← g + ∂f/∂zᵀ λ (one VJP and an addition per step) and hands a
+#: sample to GMRES as soon as its residual shrinks by less than this factor in a step. A GMRES
 #: step costs a VJP plus an orthogonalisation against the Krylov basis (measured at batch 64 x width 256: 0.3-0.8
 #: of a VJP), and GMRES gains little over the plain iteration on a well-contracting map (the easy DEQ map: 12
 #: VJPs each), much on a slow or divergent one (the hard map: the iteration diverges at once and GMRES takes over).
@@ -382,10 +382,10 @@ def _row_norms(xp, a):
 
 
 def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
-    """λ with ||g − (I − Jᵀ)λ|| <= max(atol, rtol·||g||) per row (GMRES's test and budget): iterate
-    λ ← λ + r, r = g + Jᵀλ − λ, while every unfinished row's residual shrinks by at least
-    :data:`RICHARDSON_RATE` per step, then solve the correction (I − Jᵀ) δ = r by GMRES from zero (no VJP spent
-    on a restart residual) for the rows left. Each residual is computed from a VJP, so the test is on true
+    """λ with ||g − (I − Jᵀ)λ|| <= max(atol, rtol·||g||) per row (GMRES's test and budget): each row iterates
+    λ ← λ + r, r = g + Jᵀλ − λ, while its residual shrinks by at least :data:`RICHARDSON_RATE` per step; the
+    rows that slow down then solve their correction (I − Jᵀ) δ = r by GMRES from zero (no VJP spent on a
+    restart residual). Rows never wait on or change one another (a row's result is its solo solve's). Each residual is computed from a VJP, so the test is on true
     residuals. Returns ``(λ, codes, residual norms, num_steps)``; a row with a non-finite g is DIVERGED with a
     NaN λ, alone."""
     dtype = g.dtype
@@ -403,27 +403,27 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
         steps += 1
     rnorm = _row_norms(xp, r)
     done = (rnorm <= tol) | bad
-    while steps < budget and not bool(done.all()):
-        # every row steps (a finished one only gets closer while the iteration contracts, and its residual is
-        # recomputed each step); a row whose residual turns non-finite keeps its last iterate
-        trial = lam + r
+    slow = xp.zeros_like(done)
+    going = ~done
+    while steps < budget and bool(going.any()):
+        # each row iterates on its own: a finished row, or one waiting for GMRES, keeps its iterate (its row of
+        # the shared VJP call is spent for nothing), so a row's result never depends on the others
+        trial = lam + xp.where(going[:, None], r, zero)
         r_new = g + vjp_rows(trial)
         r_new -= trial
         steps += 1
         new = _row_norms(xp, r_new)
-        finite = xp.isfinite(new)
-        if not bool(finite.all()):
-            trial = xp.where(finite[:, None], trial, lam)
-            r_new = xp.where(finite[:, None], r_new, r)
-            new = xp.where(finite, new, rnorm)
-        slow = ~finite | (new > RICHARDSON_RATE * rnorm)
-        lam, r, rnorm = trial, r_new, new
-        done = (rnorm <= tol) | bad
-        if bool((~done & slow).any()):
-            break
+        take = going & xp.isfinite(new)                       # a non-finite residual keeps the last iterate
+        slow = slow | (going & ~take) | (take & (new > RICHARDSON_RATE * rnorm))
+        lam = xp.where(take[:, None], trial, lam)
+        r = xp.where(take[:, None], r_new, r)
+        rnorm = xp.where(take, new, rnorm)
+        done = done | (take & (rnorm <= tol))
+        slow = slow & ~done
+        going = ~done & ~slow
     codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.MAX_STEPS))
-    if not bool(done.all()) and steps < budget:
-        active = ~done
+    if bool(slow.any()) and steps < budget:
+        active = slow
         rhs = xp.where(active[:, None], r, zero)
         apply_A = lambda v: v - vjp_rows(v)  # noqa: E731
         delta, gcodes, gnorm, stats = gmres._run(xp, apply_A, preconditioner, rhs, None, budget - steps,
