@@ -378,7 +378,7 @@ class SteadyStateAdjoint:
 
 
 def _row_norms(xp, a):
-    return xp.sqrt(xp.sum(a * a, axis=1))
+    return xp.sqrt(xp.einsum("ij,ij->i", a, a))
 
 
 def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
@@ -408,16 +408,19 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
     while steps < budget and bool(going.any()):
         # each row iterates on its own: a finished row, or one waiting for GMRES, keeps its iterate (its row of
         # the shared VJP call is spent for nothing), so a row's result never depends on the others
-        trial = lam + xp.where(going[:, None], r, zero)
+        trial = lam + r if bool(going.all()) else xp.where(going[:, None], lam + r, lam)
         r_new = g + vjp_rows(trial)
         r_new -= trial
         steps += 1
         new = _row_norms(xp, r_new)
         take = going & xp.isfinite(new)                       # a non-finite residual keeps the last iterate
         slow = slow | (going & ~take) | (take & (new > RICHARDSON_RATE * rnorm))
-        lam = xp.where(take[:, None], trial, lam)
-        r = xp.where(take[:, None], r_new, r)
-        rnorm = xp.where(take, new, rnorm)
+        if bool(take.all()):                                  # the common case: no masking
+            lam, r, rnorm = trial, r_new, new
+        else:
+            xp.copyto(lam, trial, where=take[:, None])
+            xp.copyto(r, r_new, where=take[:, None])
+            rnorm = xp.where(take, new, rnorm)
         done = done | (take & (rnorm <= tol))
         slow = slow & ~done
         going = ~done & ~slow
