@@ -242,3 +242,23 @@ def test_default_adjoint_warm_start_spends_fewer_vjps():
     warm = adjoint.solve_adjoint(_fixed_point_vjp(W, U, x, z_star), g, x0=cold.lam)
     assert warm.success.all() and warm.nvjp < cold.nvjp
     np.testing.assert_allclose(warm.lam, cold.lam, rtol=1e-7, atol=1e-10)
+
+
+def test_default_adjoint_rows_iterate_and_switch_on_their_own():
+    """A batch mixing a fast-contracting sample (saturated tanh) and a slow one: each row's λ equals its solo
+    solve, and the fast row rides along in the slow row's GMRES calls (no extra VJPs for the batch)."""
+    rng = np.random.default_rng(14)
+    n = 60
+    W = rng.standard_normal((n, n))
+    W *= 0.97 / np.linalg.norm(W, 2)
+    U = np.eye(n)[:, :n]
+    x = np.stack([np.zeros(n), 8.0 * np.sign(rng.standard_normal(n))])     # slow row, saturated (fast) row
+    z_star = _solve(W, U, x, iters=2000)
+    g = rng.standard_normal((2, n))
+    adjoint = SteadyStateAdjoint().with_forward(0.0, 1e-10, 300)
+    both = adjoint.solve_adjoint(_fixed_point_vjp(W, U, x, z_star), g)
+    solos = [adjoint.solve_adjoint(_fixed_point_vjp(W, U, x[i:i + 1], z_star[i:i + 1]), g[i:i + 1]) for i in (0, 1)]
+    assert both.success.all()
+    for i, solo in enumerate(solos):
+        np.testing.assert_allclose(both.lam[i], solo.lam[0], rtol=1e-9, atol=1e-13)
+    assert solos[1].nvjp < solos[0].nvjp and both.nvjp == max(s.nvjp for s in solos)

@@ -403,38 +403,56 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
         steps += 1
     rnorm = _row_norms(xp, r)
     done = (rnorm <= tol) | bad
-    slow = xp.zeros_like(done)
-    going = ~done
-    while steps < budget and bool(going.any()):
-        # each row iterates on its own: a finished row, or one waiting for GMRES, keeps its iterate (its row of
-        # the shared VJP call is spent for nothing), so a row's result never depends on the others
-        trial = lam + r if bool(going.all()) else xp.where(going[:, None], lam + r, lam)
-        r_new = g + vjp_rows(trial)
+    state = dict(lam=lam, r=r, rnorm=rnorm, done=done, slow=xp.zeros_like(done), going=~done, steps=steps)
+
+    def iterate(vectors=None):
+        """One step of the iteration for the rows still iterating, in one VJP call with ``vectors`` (B, n) for
+        the other rows (GMRES's, riding along); returns that call's VJPs."""
+        lam, r, going = state["lam"], state["r"], state["going"]
+        any_going = bool(going.any())
+        if vectors is None:
+            trial = lam + r if bool(going.all()) else xp.where(going[:, None], lam + r, lam)
+        else:
+            trial = xp.where(going[:, None], lam + r, vectors) if any_going else vectors
+        u = vjp_rows(trial)
+        state["steps"] += 1
+        if not any_going:
+            return u
+        r_new = g + u
         r_new -= trial
-        steps += 1
         new = _row_norms(xp, r_new)
         take = going & xp.isfinite(new)                       # a non-finite residual keeps the last iterate
-        slow = slow | (going & ~take) | (take & (new > RICHARDSON_RATE * rnorm))
+        slow = state["slow"] | (going & ~take) | (take & (new > RICHARDSON_RATE * state["rnorm"]))
         if bool(take.all()):                                  # the common case: no masking
-            lam, r, rnorm = trial, r_new, new
+            state.update(lam=trial, r=r_new, rnorm=new)
         else:
             xp.copyto(lam, trial, where=take[:, None])
             xp.copyto(r, r_new, where=take[:, None])
-            rnorm = xp.where(take, new, rnorm)
-        done = done | (take & (rnorm <= tol))
-        slow = slow & ~done
-        going = ~done & ~slow
-    codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.MAX_STEPS))
-    if bool(slow.any()) and steps < budget:
-        active = slow
-        rhs = xp.where(active[:, None], r, zero)
-        apply_A = lambda v: v - vjp_rows(v)  # noqa: E731
-        delta, gcodes, gnorm, stats = gmres._run(xp, apply_A, preconditioner, rhs, None, budget - steps,
-                                                 min(gmres.restart, g.shape[1]), tol=xp.where(active, tol, 1))
-        steps += int(stats["num_steps"])
-        lam = xp.where(active[:, None], lam + delta, lam)
-        codes = xp.where(active, gcodes, codes)
-        rnorm = xp.where(active, gnorm, rnorm)
+            state["rnorm"] = xp.where(take, new, state["rnorm"])
+        done = state["done"] | (take & (state["rnorm"] <= tol))
+        state.update(done=done, slow=slow & ~done, going=~done & ~slow)
+        return u
+
+    codes = xp.full(g.shape[0], int(ReturnCode.SUCCESS), dtype=np.int64)
+    waiting = state["slow"]
+    while state["steps"] < budget and bool((state["going"] | waiting).any()):
+        if not bool(waiting.any()):
+            iterate()
+        else:
+            # the rows that slowed down solve their correction by GMRES; the rows still iterating ride along in
+            # its VJP calls (a row's path never depends on the others); rows that slow down meanwhile wait for
+            # the next round
+            state.update(slow=state["slow"] & ~waiting, done=state["done"] | waiting)    # handed over
+            rhs = xp.where(waiting[:, None], state["r"], zero)
+            delta, gcodes, gnorm, stats = gmres._run(
+                xp, lambda v: v - iterate(v), preconditioner, rhs, None, budget - state["steps"],
+                min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1))
+            state["lam"] = xp.where(waiting[:, None], state["lam"] + delta, state["lam"])
+            state["rnorm"] = xp.where(waiting, gnorm, state["rnorm"])
+            codes = xp.where(waiting, gcodes, codes)
+        waiting = state["slow"]
+    lam, rnorm, steps = state["lam"], state["rnorm"], state["steps"]
+    codes = xp.where(state["done"], codes, int(ReturnCode.MAX_STEPS))     # 0 (SUCCESS) for the iterated rows
     codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
     lam = xp.where(bad[:, None], xp.asarray(np.nan, dtype=dtype), lam)
     rnorm = xp.where(bad, xp.asarray(np.nan, dtype=dtype), rnorm)
