@@ -56,7 +56,7 @@ FALLBACK_RTOL, FALLBACK_MAX_STEPS = 1e-5, 100
 #: the default GMRES's Krylov dimension per cycle (capped at the state size)
 ADJOINT_RESTART = 30
 #: the default accurate adjoint first iterates λ ← g + ∂f/∂zᵀ λ (one VJP and an addition per step) and hands a
-#: sample to GMRES as soon as its residual shrinks by less than this factor in a step. A GMRES
+#: sample to GMRES when its residual shrinks by less than this factor in its first step. A GMRES
 #: step costs a VJP plus an orthogonalisation against the Krylov basis (measured at batch 64 x width 256: 0.3-0.8
 #: of a VJP), and GMRES gains little over the plain iteration on a well-contracting map (the easy DEQ map: 12
 #: VJPs each), much on a slow or divergent one (the hard map: the iteration diverges at once and GMRES takes over).
@@ -242,8 +242,9 @@ class SteadyStateAdjoint:
     """Implicit gradient: solve (I − ∂f/∂zᵀ) λ = g, then ∂L/∂θ = ∂f/∂θᵀ λ.
 
     Args:
-        linear_solver: ``None`` (dense LU up to 50 state elements per sample, else GMRES on VJPs with the
-            tolerances below), any linear solver (``dq.LU()``: exact, one VJP per state element;
+        linear_solver: ``None`` (dense LU up to 50 state elements per sample, else, with ``accuracy="forward"``,
+            the plain iteration λ ← g + ∂f/∂zᵀ λ for the samples it contracts fast (one VJP and an addition a
+            step) and GMRES on VJPs for the others, to the tolerances below), any linear solver (``dq.LU()``: exact, one VJP per state element;
             ``dq.GMRES(...)``: matrix-free, with its own tolerances), or a fixed-point solver (``dq.Anderson()``,
             ``dq.FixedPointIteration()``, ...) applied to λ = g + ∂f/∂zᵀ λ with the tolerances below.
         accuracy: ``"forward"`` (default): solve to the forward solve's tolerance with a budget like the
@@ -387,9 +388,9 @@ def _row_norms(xp, a):
 
 def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
     """λ with ||g − (I − Jᵀ)λ|| <= max(atol, rtol·||g||) per row (GMRES's test and budget): each row iterates
-    λ ← λ + r, r = g + Jᵀλ − λ, while its residual shrinks by at least :data:`RICHARDSON_RATE` per step; the
-    rows that slow down then solve their correction (I − Jᵀ) δ = r by GMRES from zero (no VJP spent on a
-    restart residual). Rows never wait on or change one another (a row's result is its solo solve's). Each residual is computed from a VJP, so the test is on true
+    λ ← λ + r, r = g + Jᵀλ − λ, while its residual shrinks by :data:`RICHARDSON_RATE` in its first step and by
+    :data:`RICHARDSON_KEEP_RATE` in the later ones; the rows that slow down then solve their correction
+    (I − Jᵀ) δ = r by GMRES from zero (no VJP spent on a restart residual). Rows never wait on or change one another (a row's result is its solo solve's). Each residual is computed from a VJP, so the test is on true
     residuals. Returns ``(λ, codes, residual norms, num_steps)``; a row with a non-finite g is DIVERGED with a
     NaN λ, alone."""
     dtype = g.dtype

@@ -119,8 +119,8 @@ class DEQ(torch.nn.Module):
             none.
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default: dense LU up to 50 state elements per sample, else
-            GMRES on VJPs to this layer's tolerance within ``max_steps`` VJPs, preconditioned by what the forward
-            solve learnt; ``dq.SteadyStateAdjoint(accuracy="cheap")`` is DeepEquilibriumNetworks.jl's cheaper,
+            the plain iteration on VJPs for fast-contracting samples and GMRES for the others, to this layer's
+            tolerance within ``max_steps`` VJPs, preconditioned by what the forward solve learnt; ``dq.SteadyStateAdjoint(accuracy="cheap")`` is DeepEquilibriumNetworks.jl's cheaper,
             inexact budget), ``dq.OneStepGradient()`` or ``dq.PhantomGradient(...)``.
         atol, rtol, max_steps: the forward solve's tolerances (defaults as deqcore's DEQ models: cheap
             solves, 1e-3 and 32 steps; tighten them for accurate gradients).
