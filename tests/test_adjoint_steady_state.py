@@ -181,3 +181,84 @@ def test_a_low_rank_preconditioner_slower_than_half_a_vjp_is_dropped():
     _, timed = adjoint.gradient(problem, g, preconditioner=slow)
     assert time.perf_counter() - start < 0.05 * 4          # applied twice to time it, then dropped
     assert timed.num_steps == plain.num_steps and timed.nvjp == plain.nvjp + 2   # two VJPs spent timing
+
+
+def _dense_lambda(W, U, x, z_star, g):
+    """λ = (I − ∂f/∂zᵀ)⁻¹ g per sample, one dense solve each."""
+    s = 1 - np.tanh(z_star @ W.T + x @ U.T) ** 2
+    return np.stack([np.linalg.solve((np.eye(W.shape[0]) - s[i][:, None] * W).T, g[i]) for i in range(len(g))])
+
+
+@pytest.mark.parametrize("contraction, gmres", [(0.3, False), (0.9, True), (1.6, True)],
+                         ids=["fast", "slow", "divergent-iteration"])
+def test_default_adjoint_iterates_then_hands_slow_rows_to_gmres(contraction, gmres, monkeypatch):
+    """The default accurate adjoint (plain iteration first, GMRES once it contracts slowly) meets its tolerance on
+    true residuals whether the iteration contracts fast, slowly or diverges (spectral radius 1.6)."""
+    rng = np.random.default_rng(11)
+    n = 60                                                   # above the dense-LU limit: the iterative path
+    W = rng.standard_normal((n, n))
+    W *= contraction / np.max(np.abs(np.linalg.eigvals(W)))
+    U = rng.standard_normal((n, 3))
+    x = 0.5 * rng.standard_normal((4, 3))
+    z_star = dq.fixed_point(lambda z: np.tanh(z @ W.T + x @ U.T), np.zeros((4, n)), dq.Anderson(), atol=1e-10,
+                            rtol=0.0, max_steps=500, batched=True, throw=False).value  # λ's system holds at any z
+    g = rng.standard_normal((4, n))
+    calls = []
+    run = dq.GMRES._run
+    monkeypatch.setattr(dq.GMRES, "_run", lambda self, *a, **k: calls.append(1) or run(self, *a, **k))
+    adjoint = SteadyStateAdjoint().with_forward(0.0, 1e-10, 300)
+    info = adjoint.solve_adjoint(_fixed_point_vjp(W, U, x, z_star), g)
+    assert bool(calls) is gmres
+    exact = _dense_lambda(W, U, x, z_star, g)
+    assert info.success.all()
+    s = 1 - np.tanh(z_star @ W.T + x @ U.T) ** 2
+    true_residual = np.linalg.norm(g - info.lam + (info.lam * s) @ W, axis=1)
+    np.testing.assert_array_less(true_residual, 1e-10 * np.linalg.norm(g, axis=1) * (1 + 1e-6))
+    np.testing.assert_allclose(info.lam, exact, rtol=1e-7, atol=1e-9 * np.abs(exact).max())
+    assert info.nvjp <= 300
+
+
+def test_default_adjoint_keeps_a_nonfinite_cotangent_to_its_row():
+    rng = np.random.default_rng(12)
+    W, U, x = _problem(rng, batch=3, n=60, m=4, contraction=0.7)
+    z_star = _solve(W, U, x)
+    g = rng.standard_normal((3, 60))
+    clean = SteadyStateAdjoint().with_forward(0.0, 1e-10, 200).solve_adjoint(_fixed_point_vjp(W, U, x, z_star), g)
+    g[1, 5] = np.nan
+    with pytest.warns(RuntimeWarning, match="1 of 3"):
+        info = SteadyStateAdjoint().with_forward(0.0, 1e-10, 200).solve_adjoint(_fixed_point_vjp(W, U, x, z_star), g)
+    assert info.result.tolist() == [0, int(dq.ReturnCode.DIVERGED), 0]
+    assert np.isnan(info.lam[1]).all()
+    np.testing.assert_allclose(info.lam[[0, 2]], clean.lam[[0, 2]], rtol=1e-8, atol=1e-12)
+
+
+def test_default_adjoint_warm_start_spends_fewer_vjps():
+    rng = np.random.default_rng(13)
+    W, U, x = _problem(rng, batch=2, n=60, m=4, contraction=0.8)
+    z_star = _solve(W, U, x)
+    g = rng.standard_normal((2, 60))
+    adjoint = SteadyStateAdjoint().with_forward(0.0, 1e-9, 200)
+    cold = adjoint.solve_adjoint(_fixed_point_vjp(W, U, x, z_star), g)
+    warm = adjoint.solve_adjoint(_fixed_point_vjp(W, U, x, z_star), g, x0=cold.lam)
+    assert warm.success.all() and warm.nvjp < cold.nvjp
+    np.testing.assert_allclose(warm.lam, cold.lam, rtol=1e-7, atol=1e-10)
+
+
+def test_default_adjoint_rows_iterate_and_switch_on_their_own():
+    """A batch mixing a fast-contracting sample (saturated tanh) and a slow one: each row's λ equals its solo
+    solve, and the fast row rides along in the slow row's GMRES calls (no extra VJPs for the batch)."""
+    rng = np.random.default_rng(14)
+    n = 60
+    W = rng.standard_normal((n, n))
+    W *= 0.97 / np.linalg.norm(W, 2)
+    U = np.eye(n)[:, :n]
+    x = np.stack([np.zeros(n), 8.0 * np.sign(rng.standard_normal(n))])     # slow row, saturated (fast) row
+    z_star = _solve(W, U, x, iters=2000)
+    g = rng.standard_normal((2, n))
+    adjoint = SteadyStateAdjoint().with_forward(0.0, 1e-10, 300)
+    both = adjoint.solve_adjoint(_fixed_point_vjp(W, U, x, z_star), g)
+    solos = [adjoint.solve_adjoint(_fixed_point_vjp(W, U, x[i:i + 1], z_star[i:i + 1]), g[i:i + 1]) for i in (0, 1)]
+    assert both.success.all()
+    for i, solo in enumerate(solos):
+        np.testing.assert_allclose(both.lam[i], solo.lam[0], rtol=1e-9, atol=1e-13)
+    assert solos[1].nvjp < solos[0].nvjp and both.nvjp == max(s.nvjp for s in solos)

@@ -227,3 +227,27 @@ def test_operator_add_is_accepted(rng):
 
     model = nn.Parallel(operator.add, nn.Dense(2, 2), nn.Dense(2, 2))
     assert model.connection is nn.add
+
+
+def test_input_pullback_matches_the_full_pullback(rng):
+    """The input-only pullbacks the adjoint uses give the full pullback's dx (built-in layers skip dparams;
+    a user layer without the shortcut runs in full), and drop the tuple elements not wanted."""
+    from deqcore.nn.core import input_pullback
+
+    f = nn.Chain(nn.Parallel(nn.add, nn.Dense(4, 4, use_bias=False, weight_norm=True), nn.Dense(3, 4)),
+                 nn.Activation("tanh"), Scale(), nn.Dense(4, 4, "gelu"))
+    params, state = nn.setup(rng, f)
+    z, x, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 3)), rng.standard_normal((5, 4))
+    _, pullback, _ = f.vjp((z, x), params, state)
+    (dz, dx), _ = pullback(dy)
+    both = input_pullback(pullback)(dy)
+    np.testing.assert_allclose(both[0], dz, rtol=1e-12)
+    np.testing.assert_allclose(both[1], dx, rtol=1e-12)
+    only_z = input_pullback(pullback, (True, False))(dy)
+    np.testing.assert_allclose(only_z[0], dz, rtol=1e-12)
+    assert only_z[1] is None
+    shared = nn.Chain(nn.Dense(3, 3), nn.Parallel(nn.add, nn.Dense(3, 3), nn.NoOpLayer(), Scale()))
+    p2, s2 = nn.setup(rng, shared)                                          # one input to every branch
+    x3, d3 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    _, pb2, _ = shared.vjp(x3, p2, s2)
+    np.testing.assert_allclose(input_pullback(pb2)(d3), pb2(d3)[0], rtol=1e-12)

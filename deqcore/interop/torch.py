@@ -119,8 +119,8 @@ class DEQ(torch.nn.Module):
             none.
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default: dense LU up to 50 state elements per sample, else
-            GMRES on VJPs to this layer's tolerance within ``max_steps`` VJPs, preconditioned by what the forward
-            solve learnt; ``dq.SteadyStateAdjoint(accuracy="cheap")`` is DeepEquilibriumNetworks.jl's cheaper,
+            the plain iteration on VJPs for fast-contracting samples and GMRES for the others, to this layer's
+            tolerance within ``max_steps`` VJPs, preconditioned by what the forward solve learnt; ``dq.SteadyStateAdjoint(accuracy="cheap")`` is DeepEquilibriumNetworks.jl's cheaper,
             inexact budget), ``dq.OneStepGradient()`` or ``dq.PhantomGradient(...)``.
         atol, rtol, max_steps: the forward solve's tolerances (defaults as deqcore's DEQ models: cheap
             solves, 1e-3 and 32 steps; tighten them for accurate gradients).
@@ -184,17 +184,12 @@ class DEQ(torch.nn.Module):
 
     def _solve(self, x, z0):
         x = x.detach()
-
-        def fn(z):
-            zt = from_array(z)
-            with torch.no_grad():
-                out = _check_like(self.f(zt, x), zt, "f", "z")
-            return to_array(out, "f(z, x)")
-
+        fn = _fast_map(self.f, x, z0)
         self.last_adjoint = None
-        self.last_solution = solve(fn, to_array(z0, "z0"), self.solver, atol=self.atol, rtol=self.rtol,
-                                   max_steps=self.max_steps, batched=self.batched,
-                                   where="the forward solve of deqcore.interop.torch.DEQ")
+        with torch.no_grad():
+            self.last_solution = solve(fn, to_array(z0, "z0"), self.solver, atol=self.atol, rtol=self.rtol,
+                                       max_steps=self.max_steps, batched=self.batched,
+                                       where="the forward solve of deqcore.interop.torch.DEQ")
         return from_array(self.last_solution.value)
 
     def _gradients(self, x, z_star, g, params, forward=None):
@@ -208,13 +203,12 @@ class DEQ(torch.nn.Module):
             with torch.enable_grad():
                 zt = from_array(z).requires_grad_(True)
                 fz = _check_like(self.f(zt, x_in), zt, "f", "z")
+            if not full:
+                return to_array(fz, "f(z, x)"), _z_pullback(fz, zt), fz
 
             def pullback(v):
-                wrt = (zt,) + inputs if full else (zt,)
-                grads = torch.autograd.grad(fz, wrt, from_array(v), retain_graph=True, allow_unused=True)
+                grads = _grad(fz, (zt,) + inputs, _as_tensor(v), retain=True)
                 dz = to_array(_zero_if_none(grads[0], zt), "dz")
-                if not full:
-                    return dz, None
                 return dz, tuple(to_array(_zero_if_none(d, t), "grad") for d, t in zip(grads[1:], inputs))
 
             return to_array(fz, "f(z, x)"), pullback, fz
@@ -236,10 +230,70 @@ class DEQ(torch.nn.Module):
         if full:
             grads = tuple(from_array(d) for d in dtheta)
         else:
-            grads = torch.autograd.grad(fz, inputs, from_array(info.lam), allow_unused=True)
+            grads = _grad(fz, inputs, from_array(info.lam), retain=False)
         grads = list(grads)
         dx = grads.pop(0) if want_x else None
         return dx, tuple(grads)
+
+
+def _fast_map(f, x, z0):
+    """``fn(z)`` for the forward solve: f on a zero-copy tensor view of the solver's array, its output as an
+    array. The output's type, shape, dtype and device are checked on every call (a few attribute reads); the
+    views skip the generic conversions' checks, which hold for the solver's own arrays."""
+    shape, dtype, device = z0.shape, z0.dtype, z0.device
+    on_cpu = device.type == "cpu"
+
+    def fn(z):
+        if on_cpu and type(z) is np.ndarray and z.flags.c_contiguous and z.flags.writeable:
+            zt = torch.from_numpy(z)
+        else:
+            zt = from_array(z)
+        out = f(zt, x)
+        if type(out) is not torch.Tensor or out.shape != shape or out.dtype != dtype or out.device != device:
+            _check_like(out, zt, "f", "z")            # raises the named error (or accepts a Tensor subclass)
+            return to_array(out, "f(z, x)")
+        if on_cpu and out.is_contiguous():
+            return out.detach().numpy() if out.requires_grad else out.numpy()
+        return to_array(out, "f(z, x)")
+
+    return fn
+
+
+def _as_tensor(v):
+    """A tensor view of a solver's array (the generic conversion when it is not a plain writable C array)."""
+    if type(v) is np.ndarray and v.flags.c_contiguous and v.flags.writeable:
+        return torch.from_numpy(v)
+    return from_array(v)
+
+
+try:   # the autograd engine's entry without torch.autograd.grad's per-call argument checks (which hold here)
+    from torch.autograd.graph import _engine_run_backward as _ENGINE
+except ImportError:  # pragma: no cover - a torch without it takes the public path
+    _ENGINE = None
+
+
+def _grad(output, inputs, cotangent, retain):
+    """``torch.autograd.grad(output, inputs, cotangent, allow_unused=True)`` for a cotangent of output's shape and
+    dtype (the engine's call, as autograd.grad makes it after its checks)."""
+    if _ENGINE is not None and cotangent.shape == output.shape and cotangent.dtype == output.dtype:
+        return _ENGINE((output,), (cotangent,), retain, False, tuple(inputs), True, accumulate_grad=False)
+    return torch.autograd.grad(output, inputs, cotangent, retain_graph=retain, allow_unused=True)
+
+
+def _z_pullback(fz, zt):
+    """``pullback(v) -> (∂f/∂zᵀ v, None)`` on one retained graph, arrays in and out."""
+    wrt = (zt,)
+    on_cpu = zt.device.type == "cpu"
+
+    def pullback(v):
+        dz = _grad(fz, wrt, _as_tensor(v), retain=True)[0]
+        if dz is None:
+            return np.zeros(zt.shape, dtype=v.dtype) if on_cpu else to_array(torch.zeros_like(zt), "dz"), None
+        if on_cpu and dz.is_contiguous():
+            return dz.numpy(), None
+        return to_array(dz, "dz"), None
+
+    return pullback
 
 
 def _zero_if_none(grad, like):

@@ -138,13 +138,15 @@ class GMRES(LinearSolver):
             rnorm = xp.where(bad, xp.asarray(np.nan, dtype=rnorm.dtype), rnorm)
         return finish(x, codes, rnorm, stats, batched, b.shape, state=state)
 
-    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart):
-        """``(x, codes, residual norms, stats)`` for the rows of ``rhs`` (all finite)."""
+    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None):
+        """``(x, codes, residual norms, stats)`` for the rows of ``rhs`` (all finite); ``tol``: per-row absolute
+        tolerances in place of ``max(atol, rtol·||rhs_i||)`` (for callers solving a correction equation)."""
         dtype = rhs.dtype
         eps = float(np.finfo(dtype).eps)
         precondition = (lambda v: v) if apply_M is None else apply_M
         bnorm = _norms(xp, rhs)
-        tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
+        if tol is None:
+            tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
         bzero = bnorm == 0
         steps = 0
         if x0 is None:

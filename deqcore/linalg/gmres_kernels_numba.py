@@ -59,7 +59,8 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
             continue
         wb = w[b]
         Vb = V[b]
-        acc = 0.0
+        zero = wb[0] * 0                                    # sums in the arrays' dtype: 8 float32 lanes per vector
+        acc = zero
         for e in range(n):
             acc += wb[e] * wb[e]
         wnorm = math.sqrt(acc)
@@ -67,16 +68,16 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
             hsum[i] = 0.0
         for _ in range(2):                                  # classical Gram–Schmidt, twice
             for i in range(j + 1):
-                acc = 0.0
+                acc = zero
                 for e in range(n):
                     acc += Vb[i, e] * wb[e]
                 h[i] = acc
             for i in range(j + 1):
-                hi = h[i]
+                hi = wb.dtype.type(h[i])
                 for e in range(n):
                     wb[e] -= hi * Vb[i, e]
-                hsum[i] += hi
-        acc = 0.0
+                hsum[i] += h[i]
+        acc = zero
         for e in range(n):
             acc += wb[e] * wb[e]
         hnext = math.sqrt(acc)

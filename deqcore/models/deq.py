@@ -29,7 +29,7 @@ from ..adjoint.steady_state import (
 )
 from ..backend import get_namespace
 from ..linalg import GMRES, LinearOperator
-from ..nn.core import Layer
+from ..nn.core import Layer, input_pullback
 from ..nn.tree import tree_add, tree_leaves, tree_map
 from ..results import ReturnCode
 from .jacobian import JACOBIAN_MODES, hutchinson_probe, jacobian_loss_gradient
@@ -303,8 +303,10 @@ class DeepEquilibriumNetwork(Layer):
 
     def _implicit_pullback(self, x, params, state, solution, fixed_pullback, u0_pullback, jac_probe):
         vjp = self._theta_vjp(x, params, state)
+        z_only = input_pullback(fixed_pullback, (True, False))
         problem = FixedPointVJP(solution.z_star, vjp, batched=True,
-                                pullback=lambda v: _split_model_cotangent(fixed_pullback(v)))
+                                pullback=lambda v: _split_model_cotangent(fixed_pullback(v)),
+                                pullback_z=lambda v: z_only(v)[0])
 
         def pullback(dy, *, d_jacobian_loss=None, d_skip_loss=None):
             d_jacobian_loss = self.jacobian_loss_weight if d_jacobian_loss is None else d_jacobian_loss

@@ -11,7 +11,7 @@ array([[0., 0.]])
 from __future__ import annotations
 
 from .activation_kernels import REFERENCE, fused_activation
-from .core import Layer, check_array_input
+from .core import Layer, check_array_input, with_input_only
 
 __all__ = ["Activation", "ACTIVATIONS", "activation"]
 
@@ -91,7 +91,8 @@ class Activation(Layer):
 
     def vjp(self, x, params, state):
         y, d = self.forward(check_array_input(self, x))
-        return y, lambda dy: (self.scale(d, dy), {}), state
+        pullback = with_input_only(lambda dy: (self.scale(d, dy), {}), lambda dy, wanted=None: self.scale(d, dy))
+        return y, pullback, state
 
     def jvp(self, x, params, state, dx, dparams=None):
         y, d = self.forward(check_array_input(self, x))

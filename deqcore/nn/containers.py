@@ -18,7 +18,7 @@ import operator
 
 from ..backend import get_namespace
 from .._checks import check_callable
-from .core import Layer, ShapeError, check_array_input, shape_error
+from .core import Layer, ShapeError, check_array_input, input_pullback, shape_error, with_input_only
 
 __all__ = ["Chain", "Parallel", "Connection", "Add", "Concat", "add", "concat", "NoOpLayer",
            "WrappedFunction", "Flatten", "Reshape"]
@@ -90,7 +90,14 @@ class Chain(Layer):
                 dy, dparams[name] = pb(dy)
             return dy, {name: dparams[name] for name in self.names}
 
-        return x, pullback, new_state
+        inner = [input_pullback(pb) for pb in pullbacks[1:]]
+
+        def input_only(dy, wanted=None):
+            for pb in reversed(inner):
+                dy = pb(dy)
+            return input_pullback(pullbacks[0], wanted)(dy)
+
+        return x, with_input_only(pullback, input_only), new_state
 
     def jvp(self, x, params, state, dx, dparams=None):
         for name, layer in zip(self.names, self.layers):
@@ -266,7 +273,13 @@ class Parallel(Layer):
             dxs = [dx for dx, _ in parts]
             return (tuple(dxs) if routed else _sum_cotangents(dxs)), dparams
 
-        return out, pullback, new_state
+        def input_only(dy, wanted=None):
+            if routed:
+                return tuple(input_pullback(pb)(d) if wanted is None or wanted[i] else None
+                             for i, (pb, d) in enumerate(zip(pullbacks, split(dy))))
+            return _sum_cotangents([input_pullback(pb, wanted)(d) for pb, d in zip(pullbacks, split(dy))])
+
+        return out, with_input_only(pullback, input_only), new_state
 
     def jvp(self, x, params, state, dx, dparams=None):
         xs, routed = self._inputs(x)
@@ -282,7 +295,10 @@ class Parallel(Layer):
 def _sum_cotangents(parts):
     if isinstance(parts[0], tuple):
         return tuple(_sum_cotangents(list(group)) for group in zip(*parts))
-    return sum(parts[1:], parts[0])
+    present = [p for p in parts if p is not None]        # None: an element an input pullback was not asked for
+    if not present:
+        return None
+    return sum(present[1:], present[0])
 
 
 class NoOpLayer(Layer):
@@ -297,7 +313,7 @@ class NoOpLayer(Layer):
         return x, state
 
     def vjp(self, x, params, state):
-        return x, lambda dy: (dy, {}), state
+        return x, with_input_only(lambda dy: (dy, {}), lambda dy, wanted=None: dy), state
 
     def jvp(self, x, params, state, dx, dparams=None):
         return x, dx

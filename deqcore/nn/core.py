@@ -23,7 +23,7 @@ import numpy as np
 
 from .tree import to_namespace
 
-__all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode"]
+__all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode", "input_pullback"]
 
 
 class ShapeError(ValueError):
@@ -139,6 +139,33 @@ def jvp(model, x, params, state, dx, dparams=None):
     """
     _check_layer(model)
     return model.jvp(x, params, state, dx, dparams)
+
+
+def input_pullback(pullback, wanted=None):
+    """``dy -> dx``: the input part of ``pullback(dy) -> (dx, dparams)`` without computing ``dparams`` when the
+    layer knows how (the built-in layers do: an adjoint solve needs many input cotangents and no parameter
+    cotangents until its last step). ``wanted``: for a layer called on a tuple, one bool per element; the
+    elements not wanted may come back as None. A pullback without the shortcut runs in full.
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> model = nn.Parallel(nn.add, nn.Dense(2, 2, use_bias=False), nn.Dense(2, 2))
+    >>> params, state = nn.setup(np.random.default_rng(0), model)
+    >>> y, pullback, _ = model.vjp((np.ones((1, 2)), np.ones((1, 2))), params, state)
+    >>> dz, dx = input_pullback(pullback, (True, False))(np.ones((1, 2)))
+    >>> bool(np.allclose(dz, pullback(np.ones((1, 2)))[0][0])), dx
+    (True, None)
+    """
+    fast = getattr(pullback, "input_only", None)
+    if fast is not None:
+        return lambda dy: fast(dy, wanted)
+    return lambda dy: pullback(dy)[0]
+
+
+def with_input_only(pullback, input_only):
+    """``pullback`` carrying ``input_only(dy, wanted) -> dx`` for :func:`input_pullback`; returns it."""
+    pullback.input_only = input_only
+    return pullback
 
 
 def _set_training(state, flag):

@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 
 from .activations import activation as _activation
-from .core import Layer, check_array_input, shape_error
+from .core import Layer, check_array_input, shape_error, with_input_only
 from .reparam import weight_scheme
 
 __all__ = ["Dense", "WeightedLayer", "INITIALISERS"]
@@ -119,7 +119,14 @@ class WeightedLayer(Layer):
                 dparams["bias"] = self._bias_grad(dz)
             return dx, dparams
 
-        return y, pullback, state
+        def input_only(dy, wanted=None):
+            return self._transpose_input(self.activation.scale(d, dy), ctx, w)
+
+        return y, with_input_only(pullback, input_only), state
+
+    def _transpose_input(self, dz, ctx, w):
+        """The input part of ``_transpose`` alone (subclasses override it when it is cheaper)."""
+        return self._transpose(dz, ctx, w)[0]
 
     def jvp(self, x, params, state, dx, dparams=None):
         ctx = self._prepare(x)
@@ -184,6 +191,9 @@ class Dense(WeightedLayer):
     def _transpose(self, dz, x, w):
         dw = dz.reshape(-1, self.out_features).T @ x.reshape(-1, self.in_features)
         return dz @ w, dw
+
+    def _transpose_input(self, dz, x, w):
+        return dz @ w
 
     def _bias(self, b):
         return b
