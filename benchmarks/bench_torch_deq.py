@@ -6,7 +6,7 @@ stopping rule (per sample max|f(z) − z| <= tol·max|z|, tol 1e-6 in float64 an
 200 f-evaluations; TorchDEQ uses its own, ||f(z) − z||₂ <= tol·||f(z)||₂) and differentiates L = <c, z*>
 implicitly:
 
-* deqcore Anderson / Broyden through ``deqcore.interop.torch.DEQ`` (adjoint: batched GMRES on torch VJPs);
+* deqcore Anderson / Broyden through ``deqcore.interop.torch.DEQ`` (its default adjoint, to the forward's tolerance);
 * torch fixed-point iteration (the adjoint by the same iteration, λ ← g + ∂fᵀλ);
 * torch Anderson written here (history 6, ridge 1e-4, as TorchDEQ's defaults; adjoint by the same solver),
   standing in for TorchDEQ; TorchDEQ's own anderson/broyden (``get_deq(ift=True)``) are added when
@@ -172,8 +172,8 @@ def deqcore_method(solver):
     def run(f, x, tol, cache={}):
         key = (id(f), tol)
         if key not in cache:
-            adjoint = dq.SteadyStateAdjoint(dq.GMRES(rtol=tol, atol=0.0, restart=30, max_steps=MAX_STEPS))
-            cache[key] = dqt.DEQ(f, solver, adjoint, atol=0.0, rtol=tol, max_steps=MAX_STEPS)
+            # the default adjoint: it follows the forward's tolerance and budget (rtol=tol, atol 0, MAX_STEPS)
+            cache[key] = dqt.DEQ(f, solver, None, atol=0.0, rtol=tol, max_steps=MAX_STEPS)
         layer = cache[key]
         z = layer(x, torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device))
         return z, layer
