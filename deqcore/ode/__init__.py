@@ -12,10 +12,11 @@ True
 
 from . import kernels  # noqa: F401  (registers the step kernels)
 from .adams import VCAB3, VCABM3
+from .bdf import BDF
 from .explicit import Tsit5
 from .rosenbrock import Rodas3, Rodas4, Rodas5P
 from .solution import ODEProblem, ODESolution
 from .solve import integrate, steady_state
 
-__all__ = ["integrate", "steady_state", "ODESolution", "ODEProblem", "Tsit5", "VCAB3", "VCABM3", "Rodas3", "Rodas4",
+__all__ = ["integrate", "steady_state", "ODESolution", "ODEProblem", "Tsit5", "VCAB3", "VCABM3", "Rodas3", "Rodas4", "BDF",
            "Rodas5P"]

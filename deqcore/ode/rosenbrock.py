@@ -111,7 +111,7 @@ class RosenbrockStepper:
         return out.copy()
 
     def start(self, t0, y0, f0):
-        self._y, self._f0 = y0, self._call(t0, y0)
+        self._y, self._f0 = y0, f0           # the driver's own copy of f(t0, y0)
 
     def accept(self, trial, mask, t_new):
         ev = self.ev
@@ -130,29 +130,7 @@ class RosenbrockStepper:
         return self.ev.rows(a)
 
     def _user_jacobian(self, t, y):
-        ev, xp, n, R = self.ev, self.ev.xp, self.n, self.ev.num_rows
-        J = self.jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
-        import scipy.sparse as sp
-
-        if sp.issparse(J):
-            if ev.batched or xp is not np:
-                raise ValueError("jac returned a scipy.sparse matrix; that is supported for unbatched NumPy "
-                                 "problems only: return a dense array here")
-            if J.shape != (n, n):
-                raise ValueError(f"jac must return an ({n}, {n}) matrix (n = y0.size), got shape {J.shape}")
-            return sp.csc_matrix(J, dtype=ev.dtype)
-        if not hasattr(J, "shape") or not hasattr(J, "dtype"):
-            raise TypeError(f"jac must return an array, got {type(J).__name__}")
-        expected = (R, n, n) if ev.batched else (n, n)
-        if tuple(J.shape) != expected:
-            raise ValueError(f"jac must return an array of shape {expected} "
-                             f"({'one (n, n) Jacobian per sample' if ev.batched else 'n = y0.size'}), "
-                             f"got {tuple(J.shape)}")
-        if not np.issubdtype(np.dtype(J.dtype), np.floating):
-            raise TypeError(f"jac must return a floating-point array, got dtype {J.dtype}")
-        if J.dtype != ev.dtype:
-            J = J.astype(ev.dtype)
-        return J.reshape(R, n, n)
+        return user_jacobian(self.ev, self.jac, self.n, t, y)
 
     def _jacobian(self, t, y, fy, h, tol):
         """J (dense ``(rows, n, n)``, or per-row SciPy CSC matrices) and ∂f/∂t at the current point."""
@@ -343,6 +321,34 @@ class RosenbrockStepper:
         self.stats["nfailed_solves"] += 1
         err = self.ev.xp.full(y.shape, np.inf, dtype=y.dtype)
         return Trial(y, self._f0, err, self.error_exponent)
+
+
+def user_jacobian(ev, jac, n, t, y):
+    """The user's ``jac(t, y, *args)`` checked: dense ``(rows, n, n)`` in the state's dtype, or (unbatched NumPy)
+    a SciPy CSC matrix."""
+    xp, R = ev.xp, ev.num_rows
+    J = jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
+    import scipy.sparse as sp
+
+    if sp.issparse(J):
+        if ev.batched or xp is not np:
+            raise ValueError("jac returned a scipy.sparse matrix; that is supported for unbatched NumPy "
+                             "problems only: return a dense array here")
+        if J.shape != (n, n):
+            raise ValueError(f"jac must return an ({n}, {n}) matrix (n = y0.size), got shape {J.shape}")
+        return sp.csc_matrix(J, dtype=ev.dtype)
+    if not hasattr(J, "shape") or not hasattr(J, "dtype"):
+        raise TypeError(f"jac must return an array, got {type(J).__name__}")
+    expected = (R, n, n) if ev.batched else (n, n)
+    if tuple(J.shape) != expected:
+        raise ValueError(f"jac must return an array of shape {expected} "
+                         f"({'one (n, n) Jacobian per sample' if ev.batched else 'n = y0.size'}), "
+                         f"got {tuple(J.shape)}")
+    if not np.issubdtype(np.dtype(J.dtype), np.floating):
+        raise TypeError(f"jac must return a floating-point array, got dtype {J.dtype}")
+    if J.dtype != ev.dtype:
+        J = J.astype(ev.dtype)
+    return J.reshape(R, n, n)
 
 
 def _is_sparse(J) -> bool:
