@@ -327,8 +327,8 @@ class BDF(ODEMethod):
     >>> sol = dq.integrate(lambda t, y: -lam * (y - np.cos(t)), np.array([0.0]), (0.0, 1.0), dq.BDF(),
     ...                    atol=1e-10, rtol=1e-8)
     >>> exact = (lam ** 2 * np.cos(1.0) + lam * np.sin(1.0)) / (lam ** 2 + 1)
-    >>> bool(abs(sol.ys[-1, 0] - exact) < 1e-8), sol.stats["njev"]
-    (True, 1)
+    >>> bool(abs(sol.ys[-1, 0] - exact) < 1e-8), sol.stats["njev"] <= 2     # J evaluated at most twice
+    (True, True)
     """
 
     max_order: int = 5
