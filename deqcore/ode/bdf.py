@@ -43,7 +43,7 @@ import numpy as np
 
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
-from .finite_diff import FiniteDiffJacobian, normalize_sparsity
+from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
 from .rosenbrock import user_jacobian
 
 __all__ = ["BDF", "BDFStepper"]

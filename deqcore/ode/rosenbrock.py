@@ -45,7 +45,7 @@ import numpy as np
 from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
-from .finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
+from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
 from .rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P, RosenbrockTableau
 
 __all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper"]
