@@ -199,7 +199,7 @@ class BDFStepper:
         psi = (D[1:order + 1].T @ self.gamma[1:order + 1]) / self.alpha[order]
         c = h / self.alpha[order]
         newton_tol = max(10 * np.finfo(ev.dtype).eps / rtol, min(0.03, rtol ** 0.5))
-        linear_failed = False
+        linear_failed, f_pred = False, None
         while True:
             if self.J is None:
                 self.J = self._jacobian(t, D[0], self._f_at_start(t), tol)
@@ -212,10 +212,12 @@ class BDFStepper:
                 converged = False
             else:
                 linear_failed = False
-                converged, n_iter, y_new, d, f_last = self._newton(t_new, y_predict, c, psi, scale, newton_tol)
+                converged, n_iter, y_new, d, f_first = self._newton(t_new, y_predict, c, psi, scale, newton_tol)
+                f_pred = f_first if f_pred is None else f_pred
             if converged or self.jac_current:
                 break
-            f_pred = ev(t_new, y_predict.reshape(ev.shape)).reshape(-1)
+            if f_pred is None:     # Newton's first evaluation is f(t_new, y_predict): reused for the Jacobian
+                f_pred = ev(t_new, y_predict.reshape(ev.shape)).reshape(-1)
             if not np.isfinite(f_pred).all():
                 break
             self.J = self._jacobian(t_new, y_predict, f_pred, tol)
@@ -267,10 +269,11 @@ class BDFStepper:
         solve = self.lu[0]
         d = np.zeros_like(y_predict)
         y = y_predict.copy()
-        dy_norm_old, converged, f = None, False, None
+        dy_norm_old, converged, f_first = None, False, None
         k = 0
         for k in range(NEWTON_MAXITER):
             f = ev(t_new, y.reshape(ev.shape)).reshape(-1)
+            f_first = f if k == 0 else f_first
             if not np.isfinite(f).all():
                 break
             dy = solve(c * f - psi - d)
@@ -287,7 +290,7 @@ class BDFStepper:
                 converged = True
                 break
             dy_norm_old = dy_norm
-        return converged, k + 1, y, d, f
+        return converged, k + 1, y, d, f_first
 
     def _reject(self, y, fy, h_next, code, err_sq=np.inf):
         """A rejected attempt: the state unchanged; the driver retries with ``h_next``."""
