@@ -1,4 +1,4 @@
-"""Stiff ODEs: deqcore's Rosenbrock methods against SciPy's Radau, BDF and LSODA at matched error.
+"""Stiff ODEs: deqcore's Rodas5P (Rosenbrock) and BDF (variable-order NDF) against SciPy's Radau, BDF and LSODA at matched error.
 
     python benchmarks/bench_ode_stiff.py              # the recorded run (a few minutes)
     python benchmarks/bench_ode_stiff.py --quick      # fewer tolerances and one timing per run
@@ -119,7 +119,7 @@ def run_deqcore(problem, make, rtol):
 
 DEQCORE = {
     "Rodas5P": lambda p: dq.Rodas5P(jac_sparsity=p["sparsity"], autonomous=True),
-    "Rodas5P (t-dependent)": lambda p: dq.Rodas5P(jac_sparsity=p["sparsity"]),
+    "BDF (deqcore)": lambda p: dq.BDF(jac_sparsity=p["sparsity"]),
 }
 
 
@@ -174,20 +174,23 @@ def matched_table(curves):
     errs = sorted({e for curve in curves.values() for _, e, _, _ in curve if e > 0})
     targets = [10.0 ** k for k in range(-2, -10, -1) if errs and errs[0] <= 10.0 ** k <= errs[-1]]
     lines += ["", "At matched error: rhs calls / time (log–log interpolation along each sweep; ≤: the loosest "
-              "run was already more accurate, its cost shown; ratio = Rodas5P / best SciPy solver):", "",
-              "| error | " + " | ".join(curves) + " | Rodas5P / best SciPy (calls, time) |",
-              "|---|" + "---|" * (len(curves) + 1)]
+              "run was already more accurate, its cost shown; ratios = deqcore's solver / best SciPy solver at "
+              "that error, calls and time taken separately):", "",
+              "| error | " + " | ".join(curves) + "".join(f" | {m} / best SciPy (calls, time)" for m in DEQCORE)
+              + " |", "|---|" + "---|" * (len(curves) + len(DEQCORE))]
     for target in targets:
         cells, best_c, best_t = [], np.inf, np.inf
-        ours = at_error(curves["Rodas5P"], target)
         for name, curve in curves.items():
             v = at_error(curve, target)
             cells.append("—" if v is None else f"{'' if v[2] else '≤ '}{v[0]:.0f} / {v[1]:.3f}s")
             if v is not None and name not in DEQCORE:
                 best_c, best_t = min(best_c, v[0]), min(best_t, v[1])
-        ratio = "—" if ours is None or not np.isfinite(best_c) else \
-            f"{'' if ours[2] else '≤ '}{ours[0] / best_c:.2f}, {ours[1] / best_t:.2f}"
-        lines.append(f"| {target:.0e} | " + " | ".join(cells) + f" | {ratio} |")
+        ratios = []
+        for m in DEQCORE:
+            ours = at_error(curves[m], target) if m in curves else None
+            ratios.append("—" if ours is None or not np.isfinite(best_c) else
+                          f"{'' if ours[2] else '≤ '}{ours[0] / best_c:.2f}, {ours[1] / best_t:.2f}")
+        lines.append(f"| {target:.0e} | " + " | ".join(cells + ratios) + " |")
     return lines
 
 
@@ -242,6 +245,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--brusselator-repeats", type=int, default=1, help="timed runs per point there (slow)")
     ap.add_argument("--problems", default="robertson,vdp,hires,brusselator")
     ap.add_argument("--out", default="ode_stiff.md", help="results file under benchmarks/results")
     ap.add_argument("--retable", action="store_true", help="only rebuild the matched-error tables of "
@@ -253,16 +257,18 @@ def main(argv=None):
     rtols = [1e-4, 1e-6, 1e-8] if args.quick else [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
     repeats = 1 if args.quick else args.repeats
     makers = {"robertson": robertson, "vdp": van_der_pol, "hires": hires, "brusselator": brusselator_2d}
-    lines = ["# Stiff ODEs: Rosenbrock (deqcore) against SciPy's Radau, BDF and LSODA", "",
+    lines = ["# Stiff ODEs: Rodas5P and BDF (deqcore) against SciPy's Radau, BDF and LSODA", "",
              f"Python {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
              f"{platform.machine()}; `python benchmarks/bench_ode_stiff.py"
              f"{' --quick' if args.quick else ''}`; medians of {repeats} timed run(s) per point, solvers "
-             "interleaved. rhs calls include finite-difference Jacobian evaluations (a wrapper counts every "
-             "call). `Rodas5P` is told the problem is autonomous (no ∂f/∂t); `Rodas5P (t-dependent)` "
-             "pays one rhs call per step for a finite-difference ∂f/∂t.", ""]
+             f"interleaved (the Brusselator: {args.brusselator_repeats} timed run(s) per point). rhs calls include finite-difference "
+             "Jacobian evaluations (a wrapper counts every call). `Rodas5P` is told the problem is autonomous "
+             "(no ∂f/∂t; otherwise one more rhs call per step); `BDF (deqcore)` is `dq.BDF()` (NDF, orders "
+             "1–5), SciPy's `BDF` the same family of formulas.", ""]
     for key in args.problems.split(","):
         problem = makers[key]()
-        curves = sweep(problem, rtols, repeats)
+        curves = sweep(problem, rtols, args.brusselator_repeats if key == "brusselator" and not args.quick
+                       else repeats)
         png = RESULTS / f"ode_stiff_{key}.png"
         plot(problem, curves, png)
         lines += [f"## {problem['name']}", "", f"![work-precision]({png.name})", "",

@@ -1,11 +1,11 @@
-"""Finite-difference derivatives (deqcore.ode.finite_diff) against analytic Jacobians."""
+"""Finite-difference derivatives (deqcore.linalg.finite_diff; also deqcore.ode.finite_diff) against analytic Jacobians."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings, strategies as st
 
-from deqcore.ode.finite_diff import FiniteDiffJacobian, column_groups, increments, jvp_step
+from deqcore.linalg.finite_diff import FiniteDiffJacobian, column_groups, increments, jvp_step
 
 
 def _robertson_rows(Y):
@@ -94,3 +94,28 @@ def test_jvp_step_is_per_row_and_zero_for_zero_directions():
     f = lambda Y: Y ** 2
     jv = (f(y + s * v) - f(y)) / np.where(s > 0, s, 1)
     np.testing.assert_allclose(jv[0], [6.0, 0.0], rtol=1e-6)
+
+
+# ---- the root solvers use the same increments ----
+def _badly_scaled(y):
+    """Components of size ~1e-8 and ~1e8, coupled; root at (2e-8, sqrt(7e16))."""
+    y0, y1 = y[..., 0], y[..., 1]
+    return np.stack([(y0 * y0 - 4e-16) * 1e16 + 1e-16 * (y1 - 7e16 ** 0.5), (y1 * y1 - 9e16) * 1e-16 + 1e8 * y0],
+                    axis=-1)
+
+
+def test_root_problem_jacobian_is_accurate_on_a_badly_scaled_system():
+    from deqcore.root.problem import flat_problem
+
+    y = np.array([[1.3e-8, 0.7e8]])
+    problem, y2d, _ = flat_problem(_badly_scaled, y, (), True, mode="root")
+    J = problem.jacobian(y2d, problem.F(y2d))[0]
+    exact = np.array([[2e16 * y[0, 0], 1e-16], [1e8, 2e-16 * y[0, 1]]])
+    # every entry to 1e-6 of its row's largest; a fixed sqrt(eps)·max(|y|, 1) increment (1.5e-8 > y0) gave
+    # ∂f0/∂y0 58% off
+    assert np.all(np.abs(J - exact) <= 1e-6 * np.abs(exact).max(axis=1, keepdims=True)), J
+    assert abs(J[0, 0] / exact[0, 0] - 1) < 1e-6
+    # and a zero component still gets a usable increment (MINPACK's sqrt(eps)·1)
+    J0 = problem.jacobian(np.array([[0.0, 1e8]]), problem.F(np.array([[0.0, 1e8]])))[0]
+    assert abs(J0[1, 0] / 1e8 - 1) < 1e-6 and abs(J0[1, 1] / 2e-8 - 1) < 1e-6
+

@@ -373,7 +373,7 @@ def test_failure_messages_give_ode_advice():
     with pytest.raises(dq.SolveError) as info:
         dq.integrate(_oscillator, np.array([0.0, 1.0]), (0.0, 100.0), max_steps=5)
     message = str(info.value)
-    assert "MAX_STEPS" in message and "max_steps" in message and "Rodas3" in message
+    assert "MAX_STEPS" in message and "max_steps" in message and "Rodas5P" in message and "BDF" in message
     assert "Anderson" not in message and "Broyden" not in message
     assert info.value.solution is not None and info.value.solution.t_final < 100
     with pytest.raises(dq.SolveError) as info:

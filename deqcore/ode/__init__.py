@@ -1,8 +1,10 @@
 """ODE integration: :func:`integrate` for initial value problems, :func:`steady_state` for du/dt = 0.
 
 Methods: :class:`Tsit5` (non-stiff default), :class:`VCAB3` and :class:`VCABM3` (variable-step Adams,
-cheap per step; VCABM3 is the default for steady states) and :class:`Rodas3` (L-stable Rosenbrock for stiff
-problems). Step sizes follow a PI controller; the first step is chosen automatically.
+cheap per step; VCABM3 is the default for steady states) and, for stiff problems, :class:`BDF`
+(variable-order NDF reusing its Jacobian; unbatched NumPy) and :class:`Rodas5P` / :class:`Rodas4` /
+:class:`Rodas3` (L-stable Rosenbrock, batched too). Step sizes follow a PI controller (BDF chooses its own
+order and step size); the first step is chosen automatically.
 
 >>> import numpy as np, deqcore as dq
 >>> sol = dq.integrate(lambda t, y, k: -k * y, np.ones(3), (0.0, 1.0), args=(2.0,), atol=1e-9, rtol=1e-9)
@@ -12,10 +14,11 @@ True
 
 from . import kernels  # noqa: F401  (registers the step kernels)
 from .adams import VCAB3, VCABM3
+from .bdf import BDF
 from .explicit import Tsit5
 from .rosenbrock import Rodas3, Rodas4, Rodas5P
 from .solution import ODEProblem, ODESolution
 from .solve import integrate, steady_state
 
-__all__ = ["integrate", "steady_state", "ODESolution", "ODEProblem", "Tsit5", "VCAB3", "VCABM3", "Rodas3", "Rodas4",
+__all__ = ["integrate", "steady_state", "ODESolution", "ODEProblem", "Tsit5", "VCAB3", "VCABM3", "Rodas3", "Rodas4", "BDF",
            "Rodas5P"]

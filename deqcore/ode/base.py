@@ -15,6 +15,10 @@ error estimate scales with, used for the first step) and three methods, called b
 The error of an attempt has one form: per-row sums of the squared scaled error ``Trial.err_sq`` with
 ``Trial.y_absmax`` = max|y_new| per row; a stepper without a fused error kernel may leave ``err_sq`` None and
 give the error array ``Trial.err``, which :func:`ensure_error_sums` reduces.
+
+Two optional fields of :class:`Trial` let a stepper steer the loop: ``h_next`` (a method with its own
+step-size and order selection, such as BDF, proposes the next step size; unbatched problems) and ``code``
+(the return code to report, e.g. LINEAR_SOLVE_FAILED, when a row ends on that failed attempt).
 """
 
 from __future__ import annotations
@@ -151,6 +155,12 @@ class Trial:
     stages: list | None = None
     err_sq: Any = None
     y_absmax: Any = None
+    #: the step size the method wants next (a positive float), for methods with their own step-size (and
+    #: order) selection; the driver uses it instead of the PI factor (unbatched problems only)
+    h_next: float | None = None
+    #: a return code for the rows of a failed attempt (e.g. LINEAR_SOLVE_FAILED: an int, or per row an int
+    #: array, 0 = none): reported instead of DIVERGED/DT_TOO_SMALL when those rows end on this attempt
+    code: Any = None
 
 
 class ODEMethod:

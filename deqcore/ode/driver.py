@@ -60,6 +60,25 @@ class LoopResult:
     nfev: np.ndarray | None = None
 
 
+DIVERGED, DT_TOO_SMALL = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
+
+
+def _propose_step(trial, t, h, active, codes, summary, t_end):
+    """The host override for a stepper with its own step-size selection (unbatched: one host row): its
+    proposed ``trial.h_next`` replaces the PI controller's, clipped to the rest of the span; a proposal below
+    the resolution of t ends the row like the controller's own test (DT_TOO_SMALL, or DIVERGED when the
+    attempt's error was not finite)."""
+    if not active[0]:
+        return
+    h_next = min(abs(float(trial.h_next)), abs(t_end - float(t[0])))
+    if not h_next > 8.0 * T_EPS * max(abs(float(t[0])), 1.0):
+        codes[0] = DT_TOO_SMALL if np.isfinite(np.asarray(trial.err_sq, dtype=float)).all() else DIVERGED
+        active[0] = False
+        summary[1] = 0
+        return
+    h[0] = h_next
+
+
 def row_absmax(ev: Evaluator, a):
     """max|a| of every row as float64 (NaN-propagating), in ``a``'s namespace."""
     return ev.xp.max(ev.xp.abs(ev.rows(a)), axis=1).astype(np.float64)
@@ -77,7 +96,8 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
     xp, R = ev.xp, ev.num_rows
     cx = xp if ev.batched else np  # where the per-row control state lives
     tol = (atol, rtol)
-    f0 = ev(t0, y0)
+    # copied: an rhs that hands back the same buffer on every call would overwrite it in initial_step
+    f0 = ev(t0, y0).copy()
     span = abs(t_end - t0)
     if dt0 is None:
         h0 = initial_step(xp, lambda t, y, dh: ev(t + dh, y), np.full(R, t0), y0, f0, direction,
@@ -130,9 +150,15 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
         else:
             exponent = cx.asarray(trial.error_exponent, dtype=np.float64)
         h_old = h
+        was_active = active.copy() if trial.code is not None else None
         t, h, err_prev, after_reject, active, codes, accepted, rejected, nfev, ok, summary = control(
             err_sq, y_absmax, res, threshold, exponent, t, h, h_spare, err_prev, after_reject, active, codes,
             accepted, rejected, nfev, ok, summary, m, t_end, direction, steady, big, T_EPS, ev.nfev)
+        if trial.h_next is not None and not ev.batched:
+            _propose_step(trial, t, h, active, codes, summary, t_end)
+        if trial.code is not None:
+            ended = was_active & ~active & ((codes == DIVERGED) | (codes == DT_TOO_SMALL)) & (trial.code != 0)
+            cx.copyto(codes, cx.asarray(trial.code, dtype=np.int64), where=ended)
         # an unbatched stepper got h as a float, so its buffer can be reused; a batched one may keep the array
         h_spare = cx.empty(R) if ev.batched else h_old
         n_ok, n_active = to_host(summary).tolist()  # the step's one transfer to the host

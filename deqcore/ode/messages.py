@@ -22,17 +22,17 @@ _MESSAGES = {
     ReturnCode.MAX_STEPS: (
         "max_steps steps were attempted before reaching t1 (a steady state: before max|f(u)| fell to "
         "atol + rtol·max|f(u0)|): raise max_steps or loosen atol/rtol; a stiff problem (many rejected or tiny "
-        "steps) needs dq.Rodas3(); a steady state that is never reached (oscillation, slow drift, growth "
+        "steps) needs a stiff method: dq.BDF() (unbatched) or dq.Rodas5P(); a steady state that is never reached (oscillation, slow drift, growth "
         "without bound) does not exist from this start"
     ),
     ReturnCode.DIVERGED: (
         "the state became non-finite or overflowed: the solution may blow up in finite time, the right-hand "
         "side may return NaN/inf there, or the explicit method is unstable on a stiff problem (use "
-        "dq.Rodas3() or tighter tolerances)"
+        "dq.BDF() or dq.Rodas5P(), or tighter tolerances)"
     ),
     ReturnCode.DT_TOO_SMALL: (
         "the step size fell below the resolution of t: the solution probably blows up in finite time near "
-        "the time reached, or the right-hand side is discontinuous or stiff there (use dq.Rodas3())"
+        "the time reached, or the right-hand side is discontinuous or stiff there (for a stiff problem use dq.BDF() or dq.Rodas5P())"
     ),
     ReturnCode.LINEAR_SOLVE_FAILED: (
         "a linear solve inside an implicit step failed (a singular or non-finite matrix): pass an analytic "

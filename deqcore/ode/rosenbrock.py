@@ -23,7 +23,8 @@ its tolerance, non-finite stages) is rejected and retried with a smaller step; a
 stage matrix changes the sign of its determinant (h·γ larger than the inverse of a growth rate of J: the
 linear solve would turn growth into decay, e.g. stepping over a finite-time blow-up) is rejected too (with
 GMRES, which has no determinant, when the first increment points against f: u₁·f = u₁·M u₁ < 0). When
-no step size works the solve ends with DIVERGED or DT_TOO_SMALL, never SUCCESS.
+no step size works the solve ends with LINEAR_SOLVE_FAILED (the stage matrix could not be factored at the
+last attempt), DIVERGED or DT_TOO_SMALL, never SUCCESS.
 
 >>> import numpy as np, deqcore as dq
 >>> lam = 1e6                                            # explicit methods need ~10^6 steps here
@@ -44,7 +45,7 @@ import numpy as np
 from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
-from .finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
+from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
 from .rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P, RosenbrockTableau
 
 __all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper"]
@@ -53,8 +54,10 @@ __all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper"]
 class _Factored:
     """The stage matrix of one attempt, factored; ``solve(rhs_rows)`` and ``failed`` (host bool ``(rows,)``)."""
 
-    def __init__(self, solve, failed):
+    def __init__(self, solve, failed, singular=None):
         self.solve, self.failed = solve, failed
+        #: rows whose matrix could not be factored (singular or non-finite; not the determinant-sign test)
+        self.singular = failed if singular is None else singular
 
 
 def _det_sign_dense(xp, lu, piv):
@@ -111,7 +114,7 @@ class RosenbrockStepper:
         return out.copy()
 
     def start(self, t0, y0, f0):
-        self._y, self._f0 = y0, self._call(t0, y0)
+        self._y, self._f0 = y0, f0           # the driver's own copy of f(t0, y0)
 
     def accept(self, trial, mask, t_new):
         ev = self.ev
@@ -130,29 +133,7 @@ class RosenbrockStepper:
         return self.ev.rows(a)
 
     def _user_jacobian(self, t, y):
-        ev, xp, n, R = self.ev, self.ev.xp, self.n, self.ev.num_rows
-        J = self.jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
-        import scipy.sparse as sp
-
-        if sp.issparse(J):
-            if ev.batched or xp is not np:
-                raise ValueError("jac returned a scipy.sparse matrix; that is supported for unbatched NumPy "
-                                 "problems only: return a dense array here")
-            if J.shape != (n, n):
-                raise ValueError(f"jac must return an ({n}, {n}) matrix (n = y0.size), got shape {J.shape}")
-            return sp.csc_matrix(J, dtype=ev.dtype)
-        if not hasattr(J, "shape") or not hasattr(J, "dtype"):
-            raise TypeError(f"jac must return an array, got {type(J).__name__}")
-        expected = (R, n, n) if ev.batched else (n, n)
-        if tuple(J.shape) != expected:
-            raise ValueError(f"jac must return an array of shape {expected} "
-                             f"({'one (n, n) Jacobian per sample' if ev.batched else 'n = y0.size'}), "
-                             f"got {tuple(J.shape)}")
-        if not np.issubdtype(np.dtype(J.dtype), np.floating):
-            raise TypeError(f"jac must return a floating-point array, got dtype {J.dtype}")
-        if J.dtype != ev.dtype:
-            J = J.astype(ev.dtype)
-        return J.reshape(R, n, n)
+        return user_jacobian(self.ev, self.jac, self.n, t, y)
 
     def _jacobian(self, t, y, fy, h, tol):
         """J (dense ``(rows, n, n)``, or per-row SciPy CSC matrices) and ∂f/∂t at the current point."""
@@ -207,11 +188,12 @@ class RosenbrockStepper:
             return self._lapack(M[0])
         fac = self.linear_solver.factor(M)
         failed = fac.singular_mask | (_det_sign_dense(xp, fac.lu, fac.piv) <= 0)
+        singular = fac.singular_mask
 
         def solve(rhs_rows):
             self.stats["nlinsolve"] += 1
             return fac.solve(rhs_rows)
-        return _Factored(solve, failed)
+        return _Factored(solve, failed, singular)
 
     def _lapack(self, M):
         """One NumPy system: LAPACK getrf/getrs called directly (the common small case, where per-call
@@ -224,13 +206,14 @@ class RosenbrockStepper:
         lu, piv, info = getrf(M, overwrite_a=True)
         diag = np.abs(np.diagonal(lu))
         sign = _det_sign_dense(np, lu[None], piv[None])[0]
-        failed = info != 0 or not (diag.min() > np.finfo(M.dtype).eps * diag.max()) or sign <= 0
+        singular = info != 0 or not (diag.min() > np.finfo(M.dtype).eps * diag.max())
+        failed = singular or sign <= 0
 
         def solve(rhs_rows):
             self.stats["nlinsolve"] += 1
             x, _ = getrs(lu, piv, rhs_rows[0])
             return x[None]
-        return _Factored(None if failed else solve, np.array([failed]))
+        return _Factored(None if failed else solve, np.array([failed]), np.array([singular]))
 
     def _sparse_lu(self, Js, inv):
         import scipy.sparse as sp
@@ -239,7 +222,7 @@ class RosenbrockStepper:
         n = self.n
         inv_h = np.broadcast_to(np.asarray(inv, dtype=np.float64), (len(Js),))
         eye = sp.identity(n, format="csc")
-        lus, failed = [], np.zeros(len(Js), dtype=bool)
+        lus, failed, singular = [], np.zeros(len(Js), dtype=bool), np.zeros(len(Js), dtype=bool)
         for r, J in enumerate(Js):
             M = (inv_h[r] * eye - J).tocsc()
             lu = None
@@ -248,10 +231,13 @@ class RosenbrockStepper:
                     lu = splu(M)
                 except RuntimeError:   # exactly singular
                     lu = None
+            singular[r] = lu is None
             if lu is not None:
                 diag = lu.U.diagonal()
                 sign = (np.sum(diag < 0) + _parity(lu.perm_r) + _parity(lu.perm_c)) % 2
-                if sign or not np.all(np.abs(diag) > np.finfo(M.dtype).eps * np.abs(diag).max()):
+                tiny = not np.all(np.abs(diag) > np.finfo(M.dtype).eps * np.abs(diag).max())
+                singular[r] = tiny
+                if sign or tiny:
                     lu = None
             failed[r] = lu is None
             lus.append(lu)
@@ -263,7 +249,7 @@ class RosenbrockStepper:
                 if lu is not None:
                     out[r] = lu.solve(rhs_rows[r])
             return out
-        return _Factored(solve, failed)
+        return _Factored(solve, failed, singular)
 
     def _gmres(self, t, y, fy, inv):
         ev, xp, n, R = self.ev, self.ev.xp, self.n, self.ev.num_rows
@@ -309,7 +295,7 @@ class RosenbrockStepper:
         U = xp.empty((S,) + y_rows.shape, dtype=y.dtype)
         flat = U.reshape(S, -1)
         if fac.solve is None:                               # the stage matrix could not be factored
-            return self._failed_trial(t, h, y, y_rows)
+            return self._failed_trial(t, h, y, y_rows, bool(np.asarray(fac.singular).any()))
         for i, (reuse, c_i, d_i, a_row, c_terms) in enumerate(self._plan):
             if reuse:
                 rhs = f_rows
@@ -336,13 +322,48 @@ class RosenbrockStepper:
             y1 = xp.where(failed[:, None], y_rows, y1)       # a failed sample keeps its state
         y1 = y1.reshape(y.shape)
         f1 = self._call(t + h, y1)
-        return Trial(y1, f1, err.reshape(y.shape), self.error_exponent)
+        code = None
+        singular = fac.singular if not self._matrix_free else None
+        if singular is not None and bool(xp.asarray(singular).any()):  # LINEAR_SOLVE_FAILED if these rows end here
+            code = xp.where(xp.asarray(singular), int(ReturnCode.LINEAR_SOLVE_FAILED), 0).astype(np.int64)
+            code = code if ev.batched else np.asarray(code.get() if hasattr(code, "get") else code)
+        return Trial(y1, f1, err.reshape(y.shape), self.error_exponent, code=code)
 
-    def _failed_trial(self, t, h, y, y_rows):
-        """A rejected attempt: the state unchanged, an infinite error (the driver shrinks the step)."""
+    def _failed_trial(self, t, h, y, y_rows, singular=False):
+        """A rejected attempt: the state unchanged, an infinite error (the driver shrinks the step); a
+        singular or non-finite stage matrix ends the solve with LINEAR_SOLVE_FAILED if no step size works."""
         self.stats["nfailed_solves"] += 1
         err = self.ev.xp.full(y.shape, np.inf, dtype=y.dtype)
-        return Trial(y, self._f0, err, self.error_exponent)
+        code = int(ReturnCode.LINEAR_SOLVE_FAILED) if singular else None
+        return Trial(y, self._f0, err, self.error_exponent, code=code)
+
+
+def user_jacobian(ev, jac, n, t, y):
+    """The user's ``jac(t, y, *args)`` checked: dense ``(rows, n, n)`` in the state's dtype, or (unbatched NumPy)
+    a SciPy CSC matrix."""
+    xp, R = ev.xp, ev.num_rows
+    J = jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
+    import scipy.sparse as sp
+
+    if sp.issparse(J):
+        if ev.batched or xp is not np:
+            raise ValueError("jac returned a scipy.sparse matrix; that is supported for unbatched NumPy "
+                             "problems only: return a dense array here")
+        if J.shape != (n, n):
+            raise ValueError(f"jac must return an ({n}, {n}) matrix (n = y0.size), got shape {J.shape}")
+        return sp.csc_matrix(J, dtype=ev.dtype)
+    if not hasattr(J, "shape") or not hasattr(J, "dtype"):
+        raise TypeError(f"jac must return an array, got {type(J).__name__}")
+    expected = (R, n, n) if ev.batched else (n, n)
+    if tuple(J.shape) != expected:
+        raise ValueError(f"jac must return an array of shape {expected} "
+                         f"({'one (n, n) Jacobian per sample' if ev.batched else 'n = y0.size'}), "
+                         f"got {tuple(J.shape)}")
+    if not np.issubdtype(np.dtype(J.dtype), np.floating):
+        raise TypeError(f"jac must return a floating-point array, got dtype {J.dtype}")
+    if J.dtype != ev.dtype:
+        J = J.astype(ev.dtype)
+    return J.reshape(R, n, n)
 
 
 def _is_sparse(J) -> bool:

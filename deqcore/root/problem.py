@@ -16,6 +16,7 @@ import numpy as np
 
 from .._checks import check_choice, check_returned_array
 from ..backend import get_namespace
+from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step
 
 __all__ = ["RootProblem", "flat_problem"]
 
@@ -52,6 +53,7 @@ class RootProblem:
         self.counts = {"nfev": 0, "njev": 0, "row_evaluations": 0}
         self.rows = None                      # the full problem's rows this one evaluates (None: all)
         self.eps = float(np.finfo(self.dtype).eps)
+        self._fd = None                       # finite-difference Jacobian state (per-column increment factors)
 
     nfev = property(lambda self: self.counts["nfev"], lambda self, v: self.counts.__setitem__("nfev", v))
     njev = property(lambda self: self.counts["njev"], lambda self, v: self.counts.__setitem__("njev", v))
@@ -136,22 +138,21 @@ class RootProblem:
         self.njev += 1
         if self._jac is not None:
             return self._jac(y)
+        # increments scaled to each component (deqcore.linalg.finite_diff, as for the ODE methods): sqrt(eps)·|y_j|,
+        # adapted per column between calls; a zero component gets sqrt(eps)·1 (MINPACK's rule), never a fixed
+        # sqrt(eps)·max(|y_j|, 1), which is far larger than a component of size 1e-8
         xp = self.xp
-        h = xp.sqrt(xp.asarray(self.eps, dtype=self.dtype)) * xp.maximum(xp.abs(y), 1.0)
-        J = xp.empty((self.batch, self.n, self.n), dtype=self.dtype)
-        for j in range(self.n):
-            step = y.copy()
-            step[:, j] += h[:, j]
-            J[:, :, j] = (self.F(step) - fy) / (step[:, j] - y[:, j])[:, None]
-        return J
+        if self._fd is None or self._fd.n != self.n:
+            self._fd = FiniteDiffJacobian(self.n)
+        self._fd.threshold = xp.where(y == 0, xp.asarray(1.0, dtype=self.dtype),
+                                      xp.asarray(np.finfo(self.dtype).tiny, dtype=self.dtype))
+        return self._fd.dense(self.F, y, fy)
 
     def jvp(self, y, fy, v):
-        """J(y) v per sample by a forward difference scaled to each sample's sizes."""
-        xp = self.xp
-        vnorm = xp.sqrt((v * v).sum(axis=1))
-        ynorm = xp.sqrt((y * y).sum(axis=1))
-        h = float(np.sqrt(self.eps)) * (1.0 + ynorm) / xp.where(vnorm > 0, vnorm, 1.0)
-        return (self.F(y + h[:, None] * v) - fy) / h[:, None]
+        """J(y) v per sample by a forward difference scaled to each sample's sizes
+        (:func:`deqcore.linalg.finite_diff.jvp_step`)."""
+        h = jvp_step(self.xp, y, v)
+        return (self.F(y + h * v) - fy) / self.xp.where(h > 0, h, 1.0)
 
 
 def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):

@@ -1,0 +1,368 @@
+"""A variable-order (1–5) BDF / NDF method for stiff problems that reuses its Jacobian and LU factors across
+many steps (the quasi-constant step-size form of Shampine & Reichelt, "The MATLAB ODE Suite", 1997).
+
+The state is kept as backward differences of the solution, ``D[j] = ∇^j y_n`` scaled to the current step
+size h. A step of order k predicts ``y⁰ = Σ_{j≤k} D[j]`` and solves the corrector
+
+    y − y⁰ = d,   (h / α_k) f(t + h, y) − ψ − d = 0,   ψ = Σ_{j=1..k} γ_j D[j] / α_k,
+
+by a simplified Newton iteration with the matrix ``I − (h/α_k) J``. J is kept until Newton converges slowly
+(then it is re-evaluated once per step), and the LU factors are kept while h and the order stay the same.
+The local error is ``(κ_k γ_k + 1/(k+1)) d``. The NDF variant (default) adds κ_k ∇^{k+1} terms that make
+orders 1–4 more accurate at almost the same stability (Klopfenstein–Shampine coefficients); ``ndf=False``
+gives the classical BDF formulas. Orders and step sizes are chosen by the method itself after k + 1 steps
+of equal size (comparing the error estimates of orders k − 1, k, k + 1); a change of h rescales the
+differences. The method tells the driver its next step size through :attr:`~deqcore.ode.base.Trial.h_next`.
+
+What it solves: unbatched NumPy problems (one state of any shape). Batched problems and CuPy arrays are
+refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
+
+The derivative handed back with each accepted step is the corrector's ``(ψ + d)·α_k / h`` (equal to
+f(t + h, y) to the Newton tolerance), not a fresh evaluation of f; under :func:`~deqcore.ode.steady_state`
+(where the residual test reads it) f is evaluated at the new point.
+
+A step whose Newton iteration does not converge (also: a singular matrix, or f returning NaN/inf) is
+retried with half the step; when no step size works the solve ends with LINEAR_SOLVE_FAILED (the last
+attempt's matrix could not be factored), DIVERGED or DT_TOO_SMALL, never SUCCESS.
+
+>>> import numpy as np, deqcore as dq
+>>> def robertson(t, y):
+...     return np.array([-0.04 * y[0] + 1e4 * y[1] * y[2],
+...                      0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2])
+>>> sol = dq.integrate(robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e5), dq.BDF(), atol=1e-10, rtol=1e-6)
+>>> np.round(sol.ys[-1], 5).tolist(), sol.stats["njev"] < 20
+([0.01787, 0.0, 0.98213], True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..results import ReturnCode
+from .base import Evaluator, ODEMethod, Trial, host_float
+from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
+from .rosenbrock import user_jacobian
+
+__all__ = ["BDF", "BDFStepper"]
+
+MAX_ORDER = 5
+NEWTON_MAXITER = 4
+MIN_FACTOR, MAX_FACTOR = 0.2, 10.0
+#: Klopfenstein–Shampine NDF coefficients κ_k (order 5 is plain BDF)
+NDF_KAPPA = np.array([0.0, -0.1850, -1.0 / 9.0, -0.0823, -0.0415, 0.0])
+
+
+def _coefficients(ndf: bool):
+    kappa = NDF_KAPPA if ndf else np.zeros(MAX_ORDER + 1)
+    gamma = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, MAX_ORDER + 1))])
+    alpha = (1.0 - kappa) * gamma
+    error_const = kappa * gamma + 1.0 / np.arange(1, MAX_ORDER + 2)
+    return gamma, alpha, error_const
+
+
+def _rescale_matrix(order: int, factor: float) -> np.ndarray:
+    """The matrix taking differences at step h to differences at step factor·h (Shampine & Reichelt)."""
+    i = np.arange(1, order + 1)[:, None]
+    j = np.arange(1, order + 1)
+    M = np.zeros((order + 1, order + 1))
+    M[1:, 1:] = (i - 1 - factor * j) / i
+    M[0] = 1.0
+    return np.cumprod(M, axis=0)
+
+
+def rescale_differences(D: np.ndarray, order: int, factor: float) -> None:
+    """Rescale the backward differences ``D[:order + 1]`` (in place) from step h to step ``factor·h``.
+
+    >>> D = np.array([[1.0], [0.5], [0.0], [0.0]])      # y = 1 with h·y' = 0.5: a linear solution
+    >>> rescale_differences(D, 2, 0.5)
+    >>> D[:3, 0].tolist()                                 # h halves: h·y' halves, ∇² stays 0
+    [1.0, 0.25, 0.0]
+    """
+    RU = _rescale_matrix(order, factor) @ _rescale_matrix(order, 1.0)
+    D[:order + 1] = RU.T @ D[:order + 1]
+
+
+def _rms(x) -> float:
+    return float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
+
+
+class BDFStepper:
+    """Steps of the BDF/NDF method for the ODE driver (see the module docstring)."""
+
+    def __init__(self, ev: Evaluator, method: "BDF", jac):
+        self.ev, self.jac = ev, jac
+        self.n = int(np.prod(ev.shape, dtype=np.int64))
+        self.max_order = method.max_order
+        self.gamma, self.alpha, self.error_const = _coefficients(method.ndf)
+        self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, self.n)
+        self.error_exponent = 2
+        self.fd = None
+        self.stats = {"njev": 0, "nlinsolve": 0, "nfactor": 0, "nfev_jac": 0, "nfailed_solves": 0,
+                      "nnewton_fail": 0}
+        self.D = None
+        self.order, self.h_abs, self.n_equal = 1, None, 0
+        self.J = None
+        self.jac_current = False
+        self.lu = None            # (solve, c) for the current c = h/α_k
+        self._pending = None
+
+    # ---- Jacobian and factorisation ----
+    def _jacobian(self, t, y, f, tol):
+        ev = self.ev
+        self.stats["njev"] += 1
+        if self.jac is not None:
+            J = user_jacobian(ev, self.jac, self.n, t, y.reshape(ev.shape))
+            return J if not isinstance(J, np.ndarray) else J[0]
+        if self.fd is None:
+            atol = tol[0]
+            if np.ndim(atol) > 0:
+                atol = np.broadcast_to(np.asarray(atol, dtype=ev.dtype), ev.shape).reshape(1, self.n)
+            self.fd = FiniteDiffJacobian(self.n, threshold=atol, sparsity=self.pattern)
+        shape = ev.shape
+        F = lambda rows: ev(t, rows.reshape(shape)).reshape(1, -1)   # noqa: E731
+        before = self.fd.evaluations
+        y_rows, f_rows = y.reshape(1, -1), f.reshape(1, -1)
+        if self.pattern is not None:
+            import scipy.sparse as sp
+
+            S = self.pattern
+            vals = self.fd.sparse_values(F, y_rows, f_rows)[0]
+            J = sp.csc_matrix((vals, S.indices, S.indptr), shape=S.shape)
+        else:
+            J = self.fd.dense(F, y_rows, f_rows)[0]
+        self.stats["nfev_jac"] += self.fd.evaluations - before
+        return J
+
+    def _factor(self, c):
+        """Factor ``I − c J``; returns a solve function, or None when the matrix is singular/non-finite."""
+        self.stats["nfactor"] += 1
+        J, n = self.J, self.n
+        if not isinstance(J, np.ndarray):
+            import scipy.sparse as sp
+            from scipy.sparse.linalg import splu
+
+            M = (sp.identity(n, format="csc", dtype=J.dtype) - c * J).tocsc()
+            if not np.isfinite(M.data).all():
+                return None
+            try:
+                lu = splu(M)
+            except RuntimeError:          # exactly singular
+                return None
+            diag = np.abs(lu.U.diagonal())
+            if not diag.min() > np.finfo(M.dtype).eps * diag.max():
+                return None
+            return lu.solve
+        from scipy.linalg.lapack import get_lapack_funcs
+
+        M = np.eye(n, dtype=J.dtype) - c * J
+        if not np.isfinite(M).all():
+            return None
+        getrf, getrs = get_lapack_funcs(("getrf", "getrs"), (M,))
+        lu, piv, info = getrf(M, overwrite_a=True)
+        diag = np.abs(np.diagonal(lu))
+        if info != 0 or not diag.min() > np.finfo(M.dtype).eps * diag.max():
+            return None
+
+        def solve(b):
+            return getrs(lu, piv, b)[0]
+        return solve
+
+    # ---- protocol ----
+    def start(self, t0, y0, f0):
+        self._t0, self._y0, self._f0 = t0, y0.reshape(-1).copy(), f0.reshape(-1).copy()
+
+    def _init_differences(self, h_abs, direction):
+        n = self.n
+        self.D = np.zeros((MAX_ORDER + 3, n), dtype=self.ev.dtype)
+        self.D[0] = self._y0
+        self.D[1] = self._f0 * (h_abs * direction)
+        self.h_abs, self.order, self.n_equal = h_abs, 1, 0
+
+    def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
+        ev = self.ev
+        t, h = host_float(t), host_float(h)
+        h_abs, direction = abs(h), (1.0 if h > 0 else -1.0)
+        if self.D is None:
+            self._init_differences(h_abs, direction)
+        elif h_abs != self.h_abs:                      # the driver's h (clipped at t1, or after a rejection)
+            rescale_differences(self.D, self.order, h_abs / self.h_abs)
+            self.h_abs, self.n_equal, self.lu = h_abs, 0, None
+        atol, rtol = tol
+        atol = atol if np.ndim(atol) == 0 else np.broadcast_to(np.asarray(atol), ev.shape).reshape(-1)
+        order, D = self.order, self.D
+        t_new = t + h
+        y_predict = np.sum(D[:order + 1], axis=0)
+        scale = atol + rtol * np.abs(y_predict)
+        psi = (D[1:order + 1].T @ self.gamma[1:order + 1]) / self.alpha[order]
+        c = h / self.alpha[order]
+        newton_tol = max(10 * np.finfo(ev.dtype).eps / rtol, min(0.03, rtol ** 0.5))
+        linear_failed, f_pred = False, None
+        while True:
+            if self.J is None:
+                self.J = self._jacobian(t, D[0], self._f_at_start(t), tol)
+                self.jac_current, self.lu = True, None
+            if self.lu is None or self.lu[1] != c:
+                solve = self._factor(c)
+                self.lu = None if solve is None else (solve, c)
+            if self.lu is None:
+                linear_failed = True
+                converged = False
+            else:
+                linear_failed = False
+                converged, n_iter, y_new, d, f_first = self._newton(t_new, y_predict, c, psi, scale, newton_tol)
+                f_pred = f_first if f_pred is None else f_pred
+            if converged or self.jac_current:
+                break
+            if f_pred is None:     # Newton's first evaluation is f(t_new, y_predict): reused for the Jacobian
+                f_pred = ev(t_new, y_predict.reshape(ev.shape)).reshape(-1)
+            if not np.isfinite(f_pred).all():
+                break
+            self.J = self._jacobian(t_new, y_predict, f_pred, tol)
+            self.jac_current, self.lu = True, None
+        if not converged:
+            self.stats["nnewton_fail"] += 1
+            if linear_failed:
+                self.stats["nfailed_solves"] += 1
+            return self._reject(y, fy, 0.5 * h_abs, ReturnCode.LINEAR_SOLVE_FAILED if linear_failed else None)
+        safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + n_iter)
+        scale = atol + rtol * np.maximum(np.abs(D[0]), np.abs(y_new))   # the driver's error weights
+        q = self.error_const[order] * d / scale
+        err_sq = float(np.dot(q, q))
+        error_norm = np.sqrt(err_sq / max(self.n, 1))
+        if not np.isfinite(error_norm):
+            return self._reject(y, fy, 0.5 * h_abs, None)
+        if error_norm > 1.0:
+            factor = max(MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1)))
+            return self._reject(y, fy, factor * h_abs, None, err_sq)
+        # accepted (the driver's test is the same): the new differences, then the order and step size
+        D_new = D.copy()
+        D_new[order + 2] = d - D_new[order + 1]
+        D_new[order + 1] = d
+        for i in reversed(range(order + 1)):
+            D_new[i] += D_new[i + 1]
+        new_order, h_next = order, h_abs
+        if self.n_equal + 1 >= order + 1:
+            ec = self.error_const
+            err_m = _rms(ec[order - 1] * D_new[order] / scale) if order > 1 else np.inf
+            err_p = _rms(ec[order + 1] * D_new[order + 2] / scale) if order < self.max_order else np.inf
+            with np.errstate(divide="ignore"):
+                norms = np.array([err_m, error_norm, err_p])
+                factors = norms ** (-1.0 / np.arange(order, order + 3))
+            new_order = order + int(np.argmax(factors)) - 1
+            h_next = h_abs * min(MAX_FACTOR, safety * float(np.max(factors)))
+        f_new = (psi + d) / c if not ev.autonomous else None
+        y1 = y_new.reshape(ev.shape)
+        f1 = f_new.reshape(ev.shape) if f_new is not None else ev(t_new, y1)
+        self._pending = (D_new, new_order)
+        return Trial(y1, f1, None, order + 1, err_sq=np.array([err_sq]),
+                     y_absmax=np.array([float(np.max(np.abs(y_new))) if y_new.size else 0.0]), h_next=h_next)
+
+    def _f_at_start(self, t):
+        return self._f0 if self._y0 is not None and np.array_equal(self._y0, self.D[0]) else \
+            self.ev(t, self.D[0].reshape(self.ev.shape)).reshape(-1)
+
+    def _newton(self, t_new, y_predict, c, psi, scale, tol):
+        ev = self.ev
+        solve = self.lu[0]
+        d = np.zeros_like(y_predict)
+        y = y_predict.copy()
+        dy_norm_old, converged, f_first = None, False, None
+        k = 0
+        for k in range(NEWTON_MAXITER):
+            f = ev(t_new, y.reshape(ev.shape)).reshape(-1)
+            f_first = f if k == 0 else f_first
+            if not np.isfinite(f).all():
+                break
+            dy = solve(c * f - psi - d)
+            self.stats["nlinsolve"] += 1
+            dy_norm = _rms(dy / scale)
+            if not np.isfinite(dy_norm):
+                break
+            rate = None if dy_norm_old is None else dy_norm / dy_norm_old
+            if rate is not None and (rate >= 1 or rate ** (NEWTON_MAXITER - k) / (1 - rate) * dy_norm > tol):
+                break
+            y += dy
+            d += dy
+            if dy_norm == 0 or (rate is not None and rate / (1 - rate) * dy_norm < tol):
+                converged = True
+                break
+            dy_norm_old = dy_norm
+        return converged, k + 1, y, d, f_first
+
+    def _reject(self, y, fy, h_next, code, err_sq=np.inf):
+        """A rejected attempt: the state unchanged; the driver retries with ``h_next``."""
+        self._pending = None
+        return Trial(y, fy, None, self.order + 1, err_sq=np.array([err_sq]),
+                     y_absmax=np.array([float(np.max(np.abs(y))) if y.size else 0.0]), h_next=h_next,
+                     code=None if code is None else int(code))
+
+    def accept(self, trial, mask, t_new):
+        self.D, new_order = self._pending
+        if new_order != self.order:
+            self.order, self.n_equal, self.lu = new_order, 0, None
+        else:
+            self.n_equal += 1
+        self.jac_current = False
+        self._y0 = None
+        self._pending = None
+
+
+@dataclass(frozen=True, eq=False)
+class BDF(ODEMethod):
+    """Variable-order (1–5) BDF/NDF method for stiff problems, with Jacobian and LU reuse (see
+    :mod:`deqcore.ode.bdf`). Few Jacobians per solve: the best choice when each Jacobian is expensive
+    (many unknowns without an analytic ``jac``, or a sparse pattern with many colour groups).
+
+    Args:
+        max_order: highest order used (1–5; default 5; 2 keeps the method A-stable).
+        ndf: use the numerical differentiation formulas (default True) instead of classical BDF.
+        jac_sparsity: optional ``(n, n)`` pattern of ∂f/∂y (array-like or ``scipy.sparse``): finite
+            differences then cost one f per group of columns that share no row, and the Newton matrix is
+            factored by SciPy's sparse LU.
+
+    Unbatched NumPy problems only (``integrate``, or ``steady_state`` with ``batched=False``).
+
+    >>> import numpy as np, deqcore as dq
+    >>> lam = 1e6
+    >>> sol = dq.integrate(lambda t, y: -lam * (y - np.cos(t)), np.array([0.0]), (0.0, 1.0), dq.BDF(),
+    ...                    atol=1e-10, rtol=1e-8)
+    >>> exact = (lam ** 2 * np.cos(1.0) + lam * np.sin(1.0)) / (lam ** 2 + 1)
+    >>> bool(abs(sol.ys[-1, 0] - exact) < 1e-8), sol.stats["njev"] <= 2     # J evaluated at most twice
+    (True, True)
+    """
+
+    max_order: int = 5
+    ndf: bool = True
+    jac_sparsity: Any = None
+
+    def __post_init__(self):
+        if isinstance(self.max_order, bool) or not isinstance(self.max_order, (int, np.integer)):
+            raise TypeError(f"max_order must be an int, got {type(self.max_order).__name__}")
+        if not 1 <= self.max_order <= MAX_ORDER:
+            raise ValueError(f"max_order must be between 1 and {MAX_ORDER}, got {self.max_order}")
+        if not isinstance(self.ndf, (bool, np.bool_)):
+            raise TypeError(f"ndf must be a bool, got {type(self.ndf).__name__}")
+        if self.jac_sparsity is not None:
+            shape = getattr(self.jac_sparsity, "shape", None)
+            shape = np.shape(self.jac_sparsity) if shape is None else shape
+            if len(shape) != 2 or shape[0] != shape[1]:
+                raise ValueError(f"jac_sparsity must be a square (n, n) pattern, got shape {tuple(shape)}")
+
+    @property
+    def order(self):
+        return self.max_order
+
+    def stepper(self, ev: Evaluator, jac=None):
+        if ev.batched:
+            raise ValueError("dq.BDF() solves unbatched problems only (batched=False); for a batch use "
+                             "dq.Rodas5P() or solve the samples one by one")
+        if ev.xp is not np:
+            raise ValueError("dq.BDF() needs a NumPy y0 (it runs on the host); for CuPy arrays use dq.Rodas5P()")
+        n = int(np.prod(ev.shape, dtype=np.int64))
+        if self.jac_sparsity is not None and tuple(np.shape(self.jac_sparsity)) != (n, n):
+            raise ValueError(f"jac_sparsity must have shape ({n}, {n}) for this y0 (n = y0.size), got "
+                             f"{tuple(np.shape(self.jac_sparsity))}")
+        return BDFStepper(ev, self, jac)

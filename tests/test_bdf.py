@@ -1,0 +1,187 @@
+"""dq.BDF (variable-order NDF with Jacobian and LU reuse): stiff problems against SciPy's Radau at rtol 1e-12,
+accuracy following the tolerance, failures reported as codes, bad input named."""
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.integrate import solve_ivp
+
+import deqcore as dq
+from deqcore.ode.bdf import rescale_differences
+from deqcore.ode.messages import ode_message
+from tests.test_stiff import _brusselator_1d, _robertson, _robertson_jac, _vdp
+
+
+def _hires(t, y):
+    return np.array([
+        -1.71 * y[0] + 0.43 * y[1] + 8.32 * y[2] + 0.0007,
+        1.71 * y[0] - 8.75 * y[1],
+        -10.03 * y[2] + 0.43 * y[3] + 0.035 * y[4],
+        8.32 * y[1] + 1.71 * y[2] - 1.12 * y[3],
+        -1.745 * y[4] + 0.43 * y[5] + 0.43 * y[6],
+        -280.0 * y[5] * y[7] + 0.69 * y[3] + 1.71 * y[4] - 0.43 * y[5] + 0.69 * y[6],
+        280.0 * y[5] * y[7] - 1.81 * y[6],
+        -280.0 * y[5] * y[7] + 1.81 * y[6]])
+
+
+HIRES_Y0 = np.array([1.0, 0, 0, 0, 0, 0, 0, 0.0057])
+
+
+@lru_cache(None)
+def _radau(name):
+    if name == "robertson":
+        return solve_ivp(_robertson, (0, 1e5), [1.0, 0, 0], method="Radau", rtol=1e-12, atol=1e-20,
+                         jac=_robertson_jac).y[:, -1]
+    if name == "vdp":
+        return solve_ivp(_vdp, (0, 1000.0), [2.0, 0.0], method="Radau", rtol=1e-12, atol=1e-12).y[:, -1]
+    if name == "hires":
+        return solve_ivp(_hires, (0, 321.8122), HIRES_Y0, method="Radau", rtol=1e-12, atol=1e-14).y[:, -1]
+    rhs, y0, pattern = _brusselator_1d()
+    return solve_ivp(rhs, (0, 10.0), y0, method="Radau", rtol=1e-12, atol=1e-12, jac_sparsity=pattern).y[:, -1]
+
+
+@pytest.mark.parametrize("name", ["robertson", "vdp", "hires", "brusselator"])
+def test_stiff_problems_against_radau(name):
+    if name == "robertson":
+        sol = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0, 1e5), dq.BDF(), rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(sol.ys[-1], _radau(name), rtol=1e-4, atol=1e-11)
+    elif name == "vdp":
+        sol = dq.integrate(_vdp, np.array([2.0, 0.0]), (0, 1000.0), dq.BDF(), rtol=1e-7, atol=1e-7)
+        np.testing.assert_allclose(sol.ys[-1], _radau(name), rtol=1e-3, atol=1e-3)
+    elif name == "hires":
+        sol = dq.integrate(_hires, HIRES_Y0, (0, 321.8122), dq.BDF(), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(sol.ys[-1], _radau(name), rtol=1e-4, atol=1e-8)
+    else:
+        rhs, y0, pattern = _brusselator_1d()
+        sol = dq.integrate(rhs, y0, (0, 10.0), dq.BDF(jac_sparsity=sp.csr_matrix(pattern)), rtol=1e-7,
+                           atol=1e-7)
+        np.testing.assert_allclose(sol.ys[-1], _radau(name), atol=1e-4)
+        # 5 colour groups of a band of half-width 2 per Jacobian (plus rare refinements), not 64 columns
+        assert sol.stats["nfev_jac"] <= 7 * sol.stats["njev"]
+    assert sol.result == dq.ReturnCode.SUCCESS
+    # the point of BDF: few Jacobians and factorisations for many steps
+    assert sol.stats["njev"] < 0.2 * sol.stats["accepted"]
+    assert sol.stats["nfactor"] < 0.6 * sol.stats["accepted"]
+
+
+def test_analytic_and_sparse_jacobians_give_the_same_answer():
+    y0 = np.array([1.0, 0, 0])
+    fd = dq.integrate(_robertson, y0, (0, 1e5), dq.BDF(), rtol=1e-7, atol=1e-12)
+    exact = dq.integrate(_robertson, y0, (0, 1e5), dq.BDF(), rtol=1e-7, atol=1e-12, jac=_robertson_jac)
+    sparse = dq.integrate(_robertson, y0, (0, 1e5), dq.BDF(), rtol=1e-7, atol=1e-12,
+                          jac=lambda t, y: sp.csr_matrix(_robertson_jac(t, y)))
+    for sol in (exact, sparse):
+        np.testing.assert_allclose(sol.ys[-1], _radau("robertson"), rtol=1e-4, atol=1e-11)
+        assert sol.stats["nfev_jac"] == 0
+    np.testing.assert_allclose(fd.ys[-1], exact.ys[-1], rtol=1e-4, atol=1e-11)
+
+
+@settings(max_examples=8)
+@given(lam=st.floats(1.0, 1e6), rtol=st.sampled_from([1e-4, 1e-6, 1e-8]))
+def test_error_follows_the_tolerance_on_a_stiff_linear_problem(lam, rtol):
+    """y' = −λ(y − cos t): global error a small multiple of the tolerance, and falling with it."""
+    exact = lambda t: (lam ** 2 * np.cos(t) + lam * np.sin(t)) / (lam ** 2 + 1) \
+        + (1.0 - lam ** 2 / (lam ** 2 + 1)) * np.exp(-lam * t)          # noqa: E731
+    sol = dq.integrate(lambda t, y: -lam * (y - np.cos(t)), np.ones(1), (0.0, 2.0), dq.BDF(), rtol=rtol,
+                       atol=rtol)
+    assert sol.result == dq.ReturnCode.SUCCESS
+    assert abs(sol.ys[-1, 0] - exact(2.0)) < 50 * rtol
+    mid = float(sol(1.0)[0])                                           # dense output
+    assert abs(mid - exact(1.0)) < 200 * rtol
+
+
+def test_order_selection_reaches_high_order_and_classic_bdf_works():
+    """A smooth non-stiff solution at tight tolerance: orders up to 5 make it cheap; max_order=1
+    (implicit Euler) needs far more steps for the same tolerance."""
+    f = lambda t, y: np.array([y[1], -y[0]])   # noqa: E731
+    y0 = np.array([0.0, 1.0])
+    cost = {}
+    for method in (dq.BDF(), dq.BDF(ndf=False), dq.BDF(max_order=2)):
+        sol = dq.integrate(f, y0, (0.0, 10.0), method, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(sol.ys[-1], [np.sin(10.0), np.cos(10.0)], atol=1e-4)
+        cost[(method.max_order, method.ndf)] = sol.stats["accepted"]
+    assert cost[(5, True)] < 0.3 * cost[(2, True)]
+
+
+def test_rescaling_the_differences_keeps_the_interpolating_polynomial():
+    """Differences of a cubic at step h, rescaled to step h/3, equal the differences taken at h/3."""
+    p = lambda t: 1.0 + 2.0 * t - t ** 2 + 0.5 * t ** 3     # noqa: E731
+
+    def diffs(h, order=3):
+        vals = np.array([p(-k * h) for k in range(order + 1)])
+        D = [vals]
+        for _ in range(order):
+            D.append(D[-1][:-1] - D[-1][1:])
+        return np.array([[d[0]] for d in D] + [[0.0], [0.0]])
+    D = diffs(0.3)
+    rescale_differences(D, 3, 1.0 / 3.0)
+    np.testing.assert_allclose(D[:4], diffs(0.1)[:4], atol=1e-13)
+
+
+# ---- failures are codes, never SUCCESS, never an exception with throw=False ----
+def test_nan_rhs_is_not_success_and_does_not_raise():
+    sol = dq.integrate(lambda t, y: y * np.nan, np.ones(2), (0.0, 1.0), dq.BDF(), throw=False)
+    assert sol.result != dq.ReturnCode.SUCCESS
+    later = dq.integrate(lambda t, y: -y if t < 0.5 else np.full(2, np.inf), np.ones(2), (0.0, 1.0), dq.BDF(),
+                         throw=False)
+    assert later.result != dq.ReturnCode.SUCCESS and later.t_final < 0.5
+    with pytest.raises(dq.SolveError):
+        dq.integrate(lambda t, y: y * np.nan, np.ones(2), (0.0, 1.0), dq.BDF())
+
+
+def test_a_matrix_that_cannot_be_factored_ends_with_linear_solve_failed():
+    sol = dq.integrate(lambda t, y: -y, np.ones(2), (0.0, 1.0), dq.BDF(),
+                       jac=lambda t, y: np.full((2, 2), np.nan), throw=False)
+    assert sol.result == dq.ReturnCode.LINEAR_SOLVE_FAILED
+    assert "linear solve" in ode_message(sol.result)
+
+
+def test_finite_time_blow_up_is_not_success():
+    """y' = y², y(0) = 1 blows up at t = 1."""
+    for tol in (1e-3, 1e-6):
+        sol = dq.integrate(lambda t, y: y * y, np.ones(1), (0.0, 2.0), dq.BDF(), atol=tol, rtol=tol,
+                           throw=False)
+        assert sol.result != dq.ReturnCode.SUCCESS and sol.t_final < 1.01
+    ok = dq.integrate(lambda t, y: y * y, np.ones(1), (0.0, 0.9), dq.BDF(), atol=1e-9, rtol=1e-9)
+    np.testing.assert_allclose(ok.ys[-1], [10.0], rtol=1e-5)
+
+
+def test_rhs_returning_one_preallocated_buffer_gives_the_same_answer():
+    buf = np.empty(3)
+
+    def into_buffer(t, y):
+        buf[:] = _robertson(t, y)
+        return buf
+    fresh = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0.0, 50.0), dq.BDF(), rtol=1e-6, atol=1e-10)
+    reused = dq.integrate(into_buffer, np.array([1.0, 0, 0]), (0.0, 50.0), dq.BDF(), rtol=1e-6, atol=1e-10)
+    np.testing.assert_array_equal(fresh.ys[-1], reused.ys[-1])
+
+
+def test_backwards_and_unbatched_steady_state():
+    back = dq.integrate(lambda t, y: -50.0 * y, np.ones(1), (1.0, 0.0), dq.BDF(), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(back.ys[-1], np.exp(50.0), rtol=1e-5)
+    A = -np.diag([1.0, 100.0, 1e4])
+    sol = dq.steady_state(lambda t, u: A @ u + 1.0, np.zeros(3), dq.BDF(), atol=1e-10, rtol=1e-10)
+    np.testing.assert_allclose(sol.value, np.linalg.solve(A, -np.ones(3)), rtol=1e-8)
+
+
+# ---- bad input ----
+def test_bad_settings_and_unsupported_problems_are_named():
+    with pytest.raises(ValueError, match="max_order"):
+        dq.BDF(max_order=6)
+    with pytest.raises(TypeError, match="max_order"):
+        dq.BDF(max_order=2.0)
+    with pytest.raises(TypeError, match="ndf"):
+        dq.BDF(ndf="yes")
+    with pytest.raises(ValueError, match="jac_sparsity"):
+        dq.BDF(jac_sparsity=np.ones((2, 3)))
+    with pytest.raises(ValueError, match="jac_sparsity"):
+        dq.integrate(_robertson, np.array([1.0, 0, 0]), (0, 1.0), dq.BDF(jac_sparsity=np.eye(2)))
+    with pytest.raises(ValueError, match="dq.BDF\\(\\) solves unbatched problems only"):
+        dq.steady_state(lambda t, u: -u, np.ones((2, 3)), dq.BDF(), batched=True)
+    with pytest.raises(ValueError, match="jac must return an array of shape \\(3, 3\\)"):
+        dq.integrate(_robertson, np.array([1.0, 0, 0]), (0.0, 1.0), dq.BDF(), jac=lambda t, y: np.eye(2))
