@@ -90,7 +90,7 @@ def cpu_overhead(model, params, state, x, y, repeats=15):
         step_pullback(nn.softmax_cross_entropy(logits, y)[1])
         total = clock() - start
         solution = new_state["layer_2"]["solution"]
-        nfe, nvjp = solution.nfe, solution.adjoint.nvjp
+        nfe, nvjp = solution.nfev, solution.adjoint.nvjp
         as_f.append(1 - (nfe + nvjp) * t_f / total)
         as_own.append(1 - (nfe * t_f + nvjp * t_vjp) / total)
     return statistics.median(as_f), statistics.median(as_own)
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         overhead = (fwd + bwd - (fwd_nfe + bwd_nfe) * t_f) / (fwd + bwd)
         _, test_state = model(data[2], params, nn.testmode(state))
         rows.append((name, f"{per_epoch:.2f}", f"{fwd_nfe:.1f}", f"{bwd_nfe:.1f}",
-                     test_state["layer_2"]["solution"].nfe, f"{history['test_accuracy'][-1]:.4f}",
+                     test_state["layer_2"]["solution"].nfev, f"{history['test_accuracy'][-1]:.4f}",
                      f"{fwd * 1e3:.1f}", f"{bwd * 1e3:.1f}", f"{t_f * 1e3:.3f}", f"{t_vjp * 1e3:.3f}", f"{overhead:.0%}",
                      f"{cpu_as_f:.0%}", f"{cpu_own:.0%}"))
     import numba

@@ -246,7 +246,7 @@ class NativeCase:
         return mid - start, end - mid
 
     def counts(self):
-        return int(self.solution.nfe), self.solution.adjoint.nvjp
+        return int(self.solution.nfev), self.solution.adjoint.nvjp
 
     def grad_error(self):
         exact = exact_grad_W(self.W, self.z, self.c_np)

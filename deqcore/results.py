@@ -105,7 +105,18 @@ def _codes_host(result) -> np.ndarray:
     return np.asarray(result).reshape(-1)
 
 
-@dataclass
+def _summary(a) -> str:
+    """An array as ``<dtype shape>``; anything else as its repr."""
+    if hasattr(a, "shape") and getattr(a, "ndim", 0) > 0:
+        return f"<{a.dtype} {tuple(a.shape)}>"
+    return repr(a)
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+@dataclass(repr=False)
 class Solution:
     """The result of a root-finding, fixed-point, steady-state or linear solve.
 
@@ -126,6 +137,8 @@ class Solution:
     (array([ True, False]), [<ReturnCode.SUCCESS: 0>, <ReturnCode.MAX_STEPS: 1>])
     >>> sol.failure_message().startswith("batched solve failed: 1 of 2 samples MAX_STEPS")
     True
+    >>> sol
+    Solution(value=<float64 (2, 3)>, result=[SUCCESS x1, MAX_STEPS x1], residual=max 1, stats={})
     """
 
     value: Any
@@ -160,6 +173,20 @@ class Solution:
             rc = ReturnCode(int(code))
             parts.append(f"{int((failed == code).sum())} of {codes.size} samples {rc.name} ({rc.message})")
         return "batched solve failed: " + "; ".join(parts)
+
+    def __repr__(self) -> str:
+        """A summary: arrays by dtype and shape, codes counted, the largest residual (never whole arrays)."""
+        codes = _codes_host(self.result)
+        if self.batched:
+            names = ", ".join(f"{ReturnCode(int(c)).name} x{int((codes == c).sum())}" for c in np.unique(codes))
+            result = f"[{names}]"
+            residual = f"max {float(np.max(_host(self.residual))):.2g}" if codes.size and self.residual is not None \
+                else "-"
+        else:
+            result = ReturnCode(int(codes[0])).name
+            residual = "-" if self.residual is None else f"{float(self.residual):.2g}"
+        return (f"{type(self).__name__}(value={_summary(self.value)}, result={result}, residual={residual}, "
+                f"stats={self.stats})")
 
     def raise_if_failed(self) -> "Solution":
         """Raise :class:`SolveError` when any problem failed; return ``self`` otherwise."""

@@ -183,7 +183,7 @@ def test_fixed_depth_mode_backpropagates_exactly_through_the_chain():
     for _ in range(4):
         expected = f(expected)
     np.testing.assert_allclose(z, expected, rtol=1e-14)
-    assert new_state["solution"].nfe == 5
+    assert new_state["solution"].nfev == 5
     _check_gradients(model, params, state, x)
 
 
@@ -321,7 +321,7 @@ def test_trained_skip_deq_needs_fewer_nfe_than_plain_deq():
         model = digits.build_classifier(32, dq.Anderson(), init=init, skip_loss_weight=weight, rtol=0.0)
         params, state, _ = digits.train(model, data, epochs=4, lr=2e-2, progress=False)
         _, state = model(data[2], params, nn.testmode(state))
-        nfe[name] = state["layer_2"]["solution"].nfe
+        nfe[name] = state["layer_2"]["solution"].nfev
     assert nfe["skip"] < nfe["plain"], nfe
 
 

@@ -32,7 +32,7 @@ from .._checks import check_choice, check_positive_int, check_probability, check
 from .._tree import tree_add, tree_scale
 from ..backend import get_namespace, synchronize
 from ..linalg import GMRES, LU, LinearOperator, LinearSolver
-from ..results import ReturnCode, Solution, _codes_host
+from ..results import ReturnCode, Solution, _codes_host, _host
 from ..root import RootSolver, fixed_point
 from ._warn import warn_failed
 
@@ -94,12 +94,6 @@ class FixedPointVJP:
         return self.pullback
 
 
-def _summary(a) -> str:
-    if hasattr(a, "shape") and getattr(a, "ndim", 0) > 0:
-        return f"<{a.dtype} {tuple(a.shape)}>"
-    return repr(a)
-
-
 @dataclass(repr=False)
 class AdjointInfo(Solution):
     """The adjoint solve, with :class:`~deqcore.results.Solution`'s contract.
@@ -126,21 +120,6 @@ class AdjointInfo(Solution):
     def num_steps(self) -> int:
         """Iterations of the adjoint's solver."""
         return int(self.stats.get("num_steps", 0))
-
-    def __repr__(self) -> str:
-        if self.batched:
-            codes = _codes_host(self.result)
-            names = ", ".join(f"{ReturnCode(int(c)).name} x{int((codes == c).sum())}" for c in np.unique(codes))
-            result = f"[{names}]"
-            residual = f"max {float(np.max(_host(self.residual))):.2g}" if codes.size else "-"
-        else:
-            result = ReturnCode(int(self.result)).name
-            residual = f"{float(self.residual):.2g}"
-        return f"AdjointInfo(value={_summary(self.value)}, result={result}, residual={residual}, stats={self.stats})"
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def _info(lam, codes, residual, stats, batched) -> AdjointInfo:

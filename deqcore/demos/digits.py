@@ -83,7 +83,7 @@ def train(model, data, *, epochs=25, batch_size=64, lr=1e-2, seed=0, progress=Tr
             t2 = time.perf_counter()
             params, opt_state = opt.update(grads, opt_state, params)
             solution = state["layer_2"]["solution"]
-            history["forward_nfe"].append(solution.nfe)
+            history["forward_nfe"].append(solution.nfev)
             history["backward_nfe"].append(solution.adjoint.nvjp if solution.adjoint is not None else 0)
             history["forward_time"].append(t1 - t0)
             history["backward_time"].append(t2 - t1)

@@ -281,7 +281,7 @@ class DeepEquilibriumNetwork(Layer):
         skip_loss = ((z_star - u0) ** 2).mean() if self.init_mode != "zeros" else 0.0
         solution = DeepEquilibriumSolution(
             z_star=z_star, u0=u0, residual=outcome.residual, jacobian_loss=jac_loss,
-            nfe=int(outcome.stats.get("nfev", 0)) + extra_nfe, result=outcome.result, original=outcome,
+            nfev=int(outcome.stats.get("nfev", 0)) + extra_nfe, result=outcome.result, original=outcome,
             skip_loss=skip_loss)
         new_state = {**state, "model": model_state, "solution": solution, "fixed_depth": depth,
                      "jacobian_seed": jac_seed + (self.jacobian_regularization is not None)}
@@ -362,7 +362,7 @@ class DeepEquilibriumNetwork(Layer):
         xp = get_namespace(z)
         residual = xp.abs(self._f(x, params, state)(z) - z).reshape(z.shape[0], -1).max(axis=1)
         solution = DeepEquilibriumSolution(z_star=z, u0=u0, residual=residual, jacobian_loss=0.0,
-                                           nfe=depth + extra_nfe + 1, result=None, original=None)
+                                           nfev=depth + extra_nfe + 1, result=None, original=None)
         new_state = {**state, "solution": solution, "fixed_depth": depth}
 
         def pullback(dy, *, d_jacobian_loss=None, d_skip_loss=None):

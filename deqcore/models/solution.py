@@ -21,7 +21,7 @@ class DeepEquilibriumSolution:
             ``d_jacobian_loss=weight`` to the pullback.
         skip_loss: mean((z* − u0)²), the skip-DEQ loss (Pal et al. 2022) with z* held fixed; pass
             ``d_skip_loss=weight`` to the pullback to train the initial guess.
-        nfe: evaluations of f in the forward pass (the solve plus extra evaluations such as the initial step).
+        nfev: evaluations of f in the forward pass (the solve plus extra evaluations such as the initial step).
         result: the return code(s) of the solve (per sample; non-convergence does not raise by default).
         original: the underlying :class:`deqcore.Solution` (or ODE solution).
         adjoint: statistics of the backward solve, filled in when the pullback runs.
@@ -34,7 +34,7 @@ class DeepEquilibriumSolution:
     >>> params["model"]["layer_1"]["weight"] *= 0.1
     >>> _, state = deq(np.ones((4, 2)), params, state)
     >>> solution = state["solution"]
-    >>> bool(solution.success.all()), bool((solution.residual <= 1e-8).all()), solution.nfe > 1
+    >>> bool(solution.success.all()), bool((solution.residual <= 1e-8).all()), solution.nfev > 1
     (True, True, True)
     """
 
@@ -42,7 +42,7 @@ class DeepEquilibriumSolution:
     u0: Any
     residual: Any
     jacobian_loss: Any
-    nfe: int
+    nfev: int
     result: Any = None
     original: Any = None
     skip_loss: Any = 0.0
