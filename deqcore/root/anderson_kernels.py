@@ -14,8 +14,10 @@ runs six array operations and NumPy's batched solve (which costs far more than t
 systems); the Numba versions make one pass over each sample's ring: write the slot and form the ``count``
 dot products, solve the small system, mix. The CPU version eliminates the systems of 8 samples side by side
 without pivoting (they are positive definite; a sample that fails there is solved again with partial
-pivoting); the CUDA version eliminates each with partial pivoting in static shared memory, so histories are
-capped at :data:`HISTORY_CAP` slots there.
+pivoting) and sums the dot products and the mixing in the arrays' dtype, as the reference's matmuls do (for
+float32 rings: 8 SIMD lanes and no conversions, 1.3-1.5x faster than float64 sums); the CUDA version sums
+in float64 and eliminates each system with partial pivoting in static shared memory, so histories are capped
+at :data:`HISTORY_CAP` slots there.
 
 >>> import numpy as np
 >>> G, F, H = np.zeros((1, 3, 2)), np.zeros((1, 3, 2)), np.zeros((1, 3, 3))

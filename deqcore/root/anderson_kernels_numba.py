@@ -73,11 +73,12 @@ _solve_system_cuda, _block_sum_rows = for_kernels(solve_anderson_system, block_s
 
 # -- CPU -----------------------------------------------------------------------------------------------------
 @numba.njit(fastmath={"reassoc", "contract"})
-def _dot(a, b):
-    """Σ a_j b_j in float64; reassociation lets LLVM vectorise the sum."""
-    acc = 0.0
+def _dot(a, b, zero):
+    """Σ a_j b_j in the type of ``zero`` (the arrays' dtype, as the reference's matmul sums); reassociation lets
+    LLVM vectorise the sum (float32 data: 8 lanes, twice float64's and with no conversions)."""
+    acc = zero
     for j in range(a.shape[0]):
-        acc += np.float64(a[j]) * np.float64(b[j])
+        acc += a[j] * b[j]
     return acc
 
 
@@ -141,10 +142,11 @@ def _solve_lanes(H, b0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac):
 
 
 @numba.njit(cache=CACHE)
-def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new):
+def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero):
     """Blocks of ``LANES`` samples: write the slot and form the dot products of each sample, solve the
     block's systems side by side (a sample that fails there: ``solve_anderson_system``, with pivoting and the
-    plain-step fallback), then mix each sample in float64. Only slots below ``count`` are touched."""
+    plain-step fallback), then mix each sample. Dot products and mixing run in the arrays' dtype (``zero``'s
+    type), the small systems in float64. Only slots below ``count`` are touched."""
     batch, n = y.shape
     W = np.empty((count, count + 1, LANES))
     inv = np.empty((count, LANES))
@@ -154,7 +156,8 @@ def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new):
     fac = np.empty(LANES)
     work = np.empty((count, count + 1))
     single = np.empty(count)
-    acc = np.empty(n)
+    acc = np.empty(n, y.dtype)
+    weights = np.empty(count, y.dtype)
     for b0 in range(0, batch, LANES):
         nb = min(LANES, batch - b0)
         for b in range(b0, b0 + nb):
@@ -162,7 +165,7 @@ def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new):
                 G[b, slot, j] = y[b, j] + beta * f[b, j]
                 F[b, slot, j] = f[b, j]
             for i in range(count):
-                d = _dot(F[b, i], f[b])
+                d = _dot(F[b, i], f[b], zero)
                 H[b, slot, i] = d
                 H[b, i, slot] = d
         _solve_lanes(H, b0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac)
@@ -172,11 +175,13 @@ def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new):
                 solve_anderson_system(H[b, :count, :count], work, slot, ridge, floor, single)
                 for i in range(count):
                     alpha[i, s] = single[i]
-            a = alpha[0, s]
+            for i in range(count):
+                weights[i] = alpha[i, s]
+            a = weights[0]
             for j in range(n):
                 acc[j] = a * G[b, 0, j]
             for i in range(1, count):
-                a = alpha[i, s]
+                a = weights[i]
                 for j in range(n):
                     acc[j] += a * G[b, i, j]
             for j in range(n):
@@ -192,7 +197,7 @@ def anderson_step_numba_cpu(G, F, H, y, f, slot, count, beta, ridge, floor):
     region waits a scheduler time slice, about 7 ms, for the descheduled thread)."""
     y_new = np.empty_like(y)
     _step_loop(G, F, H, np.ascontiguousarray(y), np.ascontiguousarray(f), int(slot), int(count), float(beta),
-               float(ridge), float(floor), y_new)
+               float(ridge), float(floor), y_new, G.dtype.type(0))
     return y_new, G, F, H
 
 

@@ -27,7 +27,7 @@ def absmax_nan(current, value):
     return a if a > current else current
 
 
-@numba.njit(cache=CACHE)
+@numba.njit(inline="always")
 def _row_absmax_bits(f_bits, y_bits, skip, magnitude, inf_bits, out_f, out_y):
     """Max-norms of the rows not ``skip``-ped, on the floats' bit patterns: with the sign bit cleared,
     non-negative floats order like integers, and every NaN pattern lies above +inf's — so an integer max (which
@@ -49,16 +49,6 @@ def _row_absmax_bits(f_bits, y_bits, skip, magnitude, inf_bits, out_f, out_y):
 # float dtype -> (integer type of its size, mask clearing the sign bit, bit pattern of +inf)
 _BITS = {np.dtype(t): (i, i(np.iinfo(i).max), np.array(np.inf, dtype=t).view(i)[()])
          for t, i in ((np.float64, np.int64), (np.float32, np.int32))}
-
-
-def _norms_cpu(f, y, skip):
-    """(max|f|, max|y|) per row as float arrays (zero on skipped rows), in one vectorised pass."""
-    itype, magnitude, inf_bits = _BITS[f.dtype]
-    out_f = np.zeros(f.shape[0], dtype=itype)
-    out_y = np.zeros(f.shape[0], dtype=itype)
-    _row_absmax_bits(np.ascontiguousarray(f).view(itype), np.ascontiguousarray(y).view(itype), skip, magnitude,
-                     inf_bits, out_f, out_y)
-    return out_f.view(f.dtype), out_y.view(f.dtype)
 
 
 @numba.njit(inline="always")
@@ -99,16 +89,21 @@ def driver_decision(res, y_norm, best, since, tol, rtol, cap, y_limit, limit, pa
 
 
 @numba.njit(cache=CACHE)
-def _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit,
-                        patience):
-    for i in range(res.shape[0]):
+def _driver_update_loop(f_bits, y_bits, magnitude, inf_bits, norm_bits, norms, y, best_y, best_res, since_best,
+                        codes, done, tol, rtol, cap, y_limit, limit, patience):
+    """The whole CPU update in one call: the live rows' norms on bit patterns into ``norm_bits`` (2, B), read
+    back as floats through ``norms`` (the same memory viewed as the float dtype), then the scalar bookkeeping
+    per row."""
+    _row_absmax_bits(f_bits, y_bits, done, magnitude, inf_bits, norm_bits[0], norm_bits[1])
+    for i in range(y.shape[0]):
         if done[i]:
             continue
-        improved, since, code = driver_decision(res[i], y_norm[i], best_res[i], since_best[i], tol[i], rtol, cap[i],
+        res = norms[0, i]
+        improved, since, code = driver_decision(res, norms[1, i], best_res[i], since_best[i], tol[i], rtol, cap[i],
                                                 y_limit[i], limit[i], patience)
         since_best[i] = since
         if improved:
-            best_res[i] = res[i]
+            best_res[i] = res
             best_y[i, :] = y[i, :]
         if code != NO_CODE:
             codes[i] = code
@@ -116,11 +111,13 @@ def _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, don
 
 
 def driver_update_numba_cpu(f, y, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit, patience):
-    """Norms of the live rows on bit patterns (vectorised), then the scalar bookkeeping per row."""
-    y = np.ascontiguousarray(y)
-    res, y_norm = _norms_cpu(f, y, done)
-    _driver_bookkeeping(res, y_norm, y, best_y, best_res, since_best, codes, done, tol, float(rtol), cap, y_limit,
-                        limit, int(patience))
+    """Norms of the live rows on bit patterns (vectorised), then the scalar bookkeeping per row, in one call."""
+    f, y = np.ascontiguousarray(f), np.ascontiguousarray(y)
+    itype, magnitude, inf_bits = _BITS[f.dtype]
+    norm_bits = np.empty((2, f.shape[0]), dtype=itype)
+    _driver_update_loop(f.view(itype), y.view(itype), magnitude, inf_bits, norm_bits, norm_bits.view(f.dtype), y,
+                        best_y, best_res, since_best, codes, done, tol, float(rtol), cap, y_limit, limit,
+                        int(patience))
     return best_y, best_res, since_best, codes, done
 
 

@@ -56,7 +56,7 @@ class FixedPointIteration(RootSolver):
         return IterateState(y, f)
 
     def step(self, problem, state: IterateState):
-        y = state.y + self.damping * state.f
+        y = state.y + state.f if self.damping == 1.0 else state.y + self.damping * state.f   # (1·f is f)
         _, f = problem.G(y)
         state.y, state.f = y, f
         return state, None

@@ -118,15 +118,17 @@ class RootProblem:
         return tol, s0, xp.where(s0 > 0, s0 / np.sqrt(self.eps), xp.inf).astype(self.dtype)
 
     def F(self, y):
-        self.nfev += 1
-        self.row_evaluations += self.batch
+        counts = self.counts
+        counts["nfev"] += 1
+        counts["row_evaluations"] += self.batch
         return self._residual(y)
 
     def G(self, y):
         """The fixed-point map; returns (G(y), F(y))."""
         if self._map is not None:
-            self.nfev += 1
-            self.row_evaluations += self.batch
+            counts = self.counts
+            counts["nfev"] += 1
+            counts["row_evaluations"] += self.batch
             g = self._map(y)
             return g, g - y
         f = self.F(y)
