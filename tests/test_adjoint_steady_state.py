@@ -6,6 +6,7 @@ from hypothesis import given, strategies as st
 
 import deqcore as dq
 from deqcore.adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
+from tests.helpers import fd_gradient, tanh_fixed_point
 
 
 def _problem(rng, batch, n, m, contraction=0.6):
@@ -17,10 +18,7 @@ def _problem(rng, batch, n, m, contraction=0.6):
 
 
 def _solve(W, U, x, iters=400):
-    z = np.zeros((x.shape[0], W.shape[0]))
-    for _ in range(iters):
-        z = np.tanh(z @ W.T + x @ U.T)
-    return z
+    return tanh_fixed_point(W, x @ U.T, iters)
 
 
 def _fixed_point_vjp(W, U, x, z_star):
@@ -44,16 +42,8 @@ def _loss_grad_fd(W, U, x, c, eps=1e-6):
     def loss(W_, x_):
         return float(np.sum(c * _solve(W_, U, x_)))
 
-    dW = np.zeros_like(W)
-    for idx in np.ndindex(*W.shape):
-        e = np.zeros_like(W)
-        e[idx] = eps
-        dW[idx] = (loss(W + e, x) - loss(W - e, x)) / (2 * eps)
-    dx = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        e = np.zeros_like(x)
-        e[idx] = eps
-        dx[idx] = (loss(W, x + e) - loss(W, x - e)) / (2 * eps)
+    dW = fd_gradient(lambda W_: loss(W_, x), W, eps)
+    dx = fd_gradient(lambda x_: loss(W, x_), x, eps)
     return dW, dx
 
 
