@@ -57,13 +57,12 @@ FALLBACK_RTOL, FALLBACK_MAX_STEPS = 1e-5, 100
 ADJOINT_RESTART = 30
 #: the default accurate adjoint first iterates λ ← g + ∂f/∂zᵀ λ (one VJP and an addition per step) and hands a
 #: sample to GMRES when its residual shrinks by less than this factor in its first step. A GMRES
-#: step costs a VJP plus an orthogonalisation against the Krylov basis (measured at batch 64 x width 256: 0.3-0.8
-#: of a VJP), and GMRES gains little over the plain iteration on a well-contracting map (the easy DEQ map: 12
+#: step costs a VJP plus an orthogonalisation against the Krylov basis (a fraction of a VJP), and GMRES gains little over the plain iteration on a well-contracting map (the easy DEQ map: 12
 #: VJPs each), much on a slow or divergent one (the hard map: the iteration diverges at once and GMRES takes over).
 RICHARDSON_RATE = 0.5
 #: after its first step, a sample keeps iterating while its residual shrinks by at least this factor a step (a
-#: sample that slows down later waits for a GMRES round of its own, after the running one: on the digits DEQ,
-#: handing over at 0.5 throughout took 27.5 VJPs where GMRES alone took 17.9)
+#: sample that slows down later waits for a GMRES round of its own, after the running one; ARCHITECTURE.md,
+#: "Constants set by measurement", has the figures behind both rates)
 RICHARDSON_KEEP_RATE = 0.9
 
 
