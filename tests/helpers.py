@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 import deqcore as dq
+from deqcore import nn
 from deqcore.backend import to_host
 
 #: every fixed-point / root solver, and their test ids
@@ -37,6 +38,14 @@ def fd_jvp(fn, x, v, eps: float = 1e-6):
     return (fn(x + eps * v) - fn(x - eps * v)) / (2 * eps)
 
 
+def fd_jvp_tree(fn, x, v, eps: float = 1e-6):
+    """:func:`fd_jvp` on parameter trees: ``x`` and ``v`` are trees of the same structure (a tuple of trees for
+    several arguments), ``fn(x)`` returns a tree; the result is that tree's directional derivative along ``v``."""
+    plus = fn(nn.tree_map(lambda a, d: a + eps * d, x, v))
+    minus = fn(nn.tree_map(lambda a, d: a - eps * d, x, v))
+    return nn.tree_map(lambda a, b: (a - b) / (2 * eps), plus, minus)
+
+
 def contractive_map(rng, batch, n, dtype=np.float64, contraction=0.8, xp=np, spectral=False):
     """z ↦ tanh(z Wᵀ + x) for a batch ``(batch, n)``, with ‖W‖₂ = ``contraction`` (a contraction below 1),
     or with ``spectral`` W's spectral radius = ``contraction`` (above 1: a hard map for plain iteration)."""
@@ -48,6 +57,15 @@ def contractive_map(rng, batch, n, dtype=np.float64, contraction=0.8, xp=np, spe
     x = rng.standard_normal((batch, n))
     W, x = xp.asarray(W.astype(dtype)), xp.asarray(x.astype(dtype))
     return lambda z: xp.tanh(z @ W.T + x)
+
+
+def tanh_fixed_point(W, u, iters: int = 500) -> np.ndarray:
+    """The fixed point of z ↦ tanh(z Wᵀ + u) for rows ``u`` (shape ``(batch, n)``) by plain iteration from zero:
+    a reference computed without deqcore's solvers (``iters`` steps, enough for ‖W‖₂ well below 1)."""
+    z = np.zeros(np.shape(u))
+    for _ in range(iters):
+        z = np.tanh(z @ W.T + u)
+    return z
 
 
 def steady_state_rhs(rng, batch, n, contraction=0.8, xp=np):

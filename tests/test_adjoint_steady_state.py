@@ -6,6 +6,7 @@ from hypothesis import given, strategies as st
 
 import deqcore as dq
 from deqcore.adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
+from tests.helpers import fd_gradient, tanh_fixed_point
 
 
 def _problem(rng, batch, n, m, contraction=0.6):
@@ -16,18 +17,20 @@ def _problem(rng, batch, n, m, contraction=0.6):
     return W, U, x
 
 
+def _cell(W, U, x):
+    """f(z) = tanh(z Wᵀ + x Uᵀ), the map every test here differentiates through."""
+    return lambda z: np.tanh(z @ W.T + x @ U.T)
+
+
 def _solve(W, U, x, iters=400):
-    z = np.zeros((x.shape[0], W.shape[0]))
-    for _ in range(iters):
-        z = np.tanh(z @ W.T + x @ U.T)
-    return z
+    return tanh_fixed_point(W, x @ U.T, iters)
 
 
 def _fixed_point_vjp(W, U, x, z_star):
     """θ = (W, x): f(z) = tanh(z Wᵀ + x Uᵀ); pullback returns (dz, (dW, dx))."""
 
     def vjp(z):
-        fz = np.tanh(z @ W.T + x @ U.T)
+        fz = _cell(W, U, x)(z)
 
         def pullback(v):
             s = v * (1 - fz ** 2)
@@ -44,16 +47,8 @@ def _loss_grad_fd(W, U, x, c, eps=1e-6):
     def loss(W_, x_):
         return float(np.sum(c * _solve(W_, U, x_)))
 
-    dW = np.zeros_like(W)
-    for idx in np.ndindex(*W.shape):
-        e = np.zeros_like(W)
-        e[idx] = eps
-        dW[idx] = (loss(W + e, x) - loss(W - e, x)) / (2 * eps)
-    dx = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        e = np.zeros_like(x)
-        e[idx] = eps
-        dx[idx] = (loss(W, x + e) - loss(W, x - e)) / (2 * eps)
+    dW = fd_gradient(lambda W_: loss(W_, x), W, eps)
+    dx = fd_gradient(lambda x_: loss(W, x_), x, eps)
     return dW, dx
 
 
@@ -149,7 +144,7 @@ def test_forward_solve_preconditions_the_adjoint(forward):
 
     rng = np.random.default_rng(4)
     W, U, x = _problem(rng, batch=4, n=40, m=5, contraction=0.95)
-    sol = dq.fixed_point(lambda z: np.tanh(z @ W.T + x @ U.T), np.zeros((4, 40)), forward, atol=1e-12, rtol=0.0,
+    sol = dq.fixed_point(_cell(W, U, x), np.zeros((4, 40)), forward, atol=1e-12, rtol=0.0,
                          max_steps=300, batched=True)
     problem = _fixed_point_vjp(W, U, x, sol.value)
     g = rng.standard_normal(sol.value.shape)
@@ -185,7 +180,7 @@ def test_a_low_rank_preconditioner_slower_than_half_a_vjp_is_dropped():
 
 def _dense_lambda(W, U, x, z_star, g):
     """λ = (I − ∂f/∂zᵀ)⁻¹ g per sample, one dense solve each."""
-    s = 1 - np.tanh(z_star @ W.T + x @ U.T) ** 2
+    s = 1 - _cell(W, U, x)(z_star) ** 2
     return np.stack([np.linalg.solve((np.eye(W.shape[0]) - s[i][:, None] * W).T, g[i]) for i in range(len(g))])
 
 
@@ -200,7 +195,7 @@ def test_default_adjoint_iterates_then_hands_slow_rows_to_gmres(contraction, gmr
     W *= contraction / np.max(np.abs(np.linalg.eigvals(W)))
     U = rng.standard_normal((n, 3))
     x = 0.5 * rng.standard_normal((4, 3))
-    z_star = dq.fixed_point(lambda z: np.tanh(z @ W.T + x @ U.T), np.zeros((4, n)), dq.Anderson(), atol=1e-10,
+    z_star = dq.fixed_point(_cell(W, U, x), np.zeros((4, n)), dq.Anderson(), atol=1e-10,
                             rtol=0.0, max_steps=500, batched=True, throw=False).value  # λ's system holds at any z
     g = rng.standard_normal((4, n))
     calls = []
@@ -211,7 +206,7 @@ def test_default_adjoint_iterates_then_hands_slow_rows_to_gmres(contraction, gmr
     assert bool(calls) is gmres
     exact = _dense_lambda(W, U, x, z_star, g)
     assert info.success.all()
-    s = 1 - np.tanh(z_star @ W.T + x @ U.T) ** 2
+    s = 1 - _cell(W, U, x)(z_star) ** 2
     true_residual = np.linalg.norm(g - info.lam + (info.lam * s) @ W, axis=1)
     np.testing.assert_array_less(true_residual, 1e-10 * np.linalg.norm(g, axis=1) * (1 + 1e-6))
     np.testing.assert_allclose(info.lam, exact, rtol=1e-7, atol=1e-9 * np.abs(exact).max())

@@ -5,6 +5,8 @@ import numpy as np
 
 from deqcore import nn
 
+from tests.helpers import fd_jvp_tree
+
 
 def random_like(tree, rng):
     return nn.tree_map(lambda a: rng.standard_normal(a.shape), tree)
@@ -15,12 +17,7 @@ def check_layer_derivatives(layer, x, params, state, rng, rtol=1e-6, eps=1e-6):
     dx = random_like(x, rng)
     dp = random_like(params, rng)
 
-    def f(t):
-        xt = nn.tree_map(lambda a, d: a + t * d, x, dx)
-        pt = nn.tree_map(lambda a, d: a + t * d, params, dp)
-        return layer(xt, pt, state)[0]
-
-    fd = nn.tree_map(lambda a, b: (a - b) / (2 * eps), f(eps), f(-eps))
+    fd = fd_jvp_tree(lambda xp: layer(xp[0], xp[1], state)[0], (x, params), (dx, dp), eps)
     y, dy = nn.jvp(layer, x, params, state, dx, dp)
     y_call = layer(x, params, state)[0]
     for got, want in zip(nn.tree_leaves(y), nn.tree_leaves(y_call)):
@@ -30,9 +27,7 @@ def check_layer_derivatives(layer, x, params, state, rng, rtol=1e-6, eps=1e-6):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
 
     # tangent of the inputs alone (dparams=None means zero)
-    fd_x = nn.tree_map(lambda a, b: (a - b) / (2 * eps),
-                       layer(nn.tree_map(lambda a, d: a + eps * d, x, dx), params, state)[0],
-                       layer(nn.tree_map(lambda a, d: a - eps * d, x, dx), params, state)[0])
+    fd_x = fd_jvp_tree(lambda x_: layer(x_, params, state)[0], x, dx, eps)
     _, dy_x = nn.jvp(layer, x, params, state, dx)
     for got, want in zip(nn.tree_leaves(dy_x), nn.tree_leaves(fd_x)):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)

@@ -82,7 +82,7 @@ class GaussAdjoint:
         _check_settings(self)
         check_positive_int(self.quadrature_points, "quadrature_points")
 
-    def gradients(self, vjp, solution: ODESolution, dL_dyT):
+    def gradients(self, vjp: Callable, solution: ODESolution, dL_dyT: Any) -> tuple[Any, Any]:
         p = solution.problem
         args = p.args
         nodes, weights = np.polynomial.legendre.leggauss(self.quadrature_points)
@@ -132,7 +132,7 @@ class BacksolveAdjoint:
     def __post_init__(self):
         _check_settings(self)
 
-    def gradients(self, vjp, solution: ODESolution, dL_dyT):
+    def gradients(self, vjp: Callable, solution: ODESolution, dL_dyT: Any) -> tuple[Any, Any]:
         p = solution.problem
         args = p.args
         y1 = solution.y_final
@@ -171,7 +171,7 @@ class DiscreteAdjoint:
     True
     """
 
-    def gradients(self, vjp, solution: ODESolution, dL_dyT):
+    def gradients(self, vjp: Callable, solution: ODESolution, dL_dyT: Any) -> tuple[Any, Any]:
         tableau = getattr(solution.problem.solver, "tableau", None)
         if tableau is None:
             raise TypeError("DiscreteAdjoint needs an explicit Runge–Kutta forward solve (dq.Tsit5()); use "
@@ -208,7 +208,9 @@ class DiscreteAdjoint:
         return ybar, dargs
 
 
-def ode_gradients(vjp: Callable, solution: ODESolution, dL_dyT, adjoint=None):
+def ode_gradients(vjp: Callable, solution: ODESolution, dL_dyT: Any,
+                  adjoint: GaussAdjoint | BacksolveAdjoint | DiscreteAdjoint | None = None
+                  ) -> tuple[Any, Any]:
     """Gradients of a loss ``L(y(t1))`` with respect to ``y0`` and the ``args`` of an :func:`integrate` solve.
 
     Args:

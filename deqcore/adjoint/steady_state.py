@@ -57,13 +57,12 @@ FALLBACK_RTOL, FALLBACK_MAX_STEPS = 1e-5, 100
 ADJOINT_RESTART = 30
 #: the default accurate adjoint first iterates λ ← g + ∂f/∂zᵀ λ (one VJP and an addition per step) and hands a
 #: sample to GMRES when its residual shrinks by less than this factor in its first step. A GMRES
-#: step costs a VJP plus an orthogonalisation against the Krylov basis (measured at batch 64 x width 256: 0.3-0.8
-#: of a VJP), and GMRES gains little over the plain iteration on a well-contracting map (the easy DEQ map: 12
+#: step costs a VJP plus an orthogonalisation against the Krylov basis (a fraction of a VJP), and GMRES gains little over the plain iteration on a well-contracting map (the easy DEQ map: 12
 #: VJPs each), much on a slow or divergent one (the hard map: the iteration diverges at once and GMRES takes over).
 RICHARDSON_RATE = 0.5
 #: after its first step, a sample keeps iterating while its residual shrinks by at least this factor a step (a
-#: sample that slows down later waits for a GMRES round of its own, after the running one: on the digits DEQ,
-#: handing over at 0.5 throughout took 27.5 VJPs where GMRES alone took 17.9)
+#: sample that slows down later waits for a GMRES round of its own, after the running one; ARCHITECTURE.md,
+#: "Constants set by measurement", has the figures behind both rates)
 RICHARDSON_KEEP_RATE = 0.9
 
 
@@ -229,7 +228,7 @@ class SteadyStateAdjoint:
         accuracy: ``"forward"`` (default): solve to the forward solve's tolerance with a budget like the
             forward's (a DEQ model or adapter fills in its ``atol``/``rtol``/``max_steps``; used alone: relative
             residual 1e-5 within 100 VJPs). ``"cheap"``: DeepEquilibriumNetworks.jl's default — GMRES capped at 10
-            iterations with tolerance 1e-3 — fast but inexact (31% gradient error on a hard DEQ map).
+            iterations with tolerance 1e-3 — fast but inexact (biased gradients on slowly contracting maps).
         atol, rtol, max_steps: override the tolerances and budget (None: from ``accuracy``). The adjoint's test
             is ``||g − (I − ∂f/∂zᵀ) λ|| <= max(atol, rtol·||g||)`` per sample; following a forward solve,
             ``rtol = max(forward rtol, forward atol)``, ``atol = 0`` and ``max_steps`` = the forward's.
@@ -305,7 +304,8 @@ class SteadyStateAdjoint:
         """Whether the solve starts with plain iterations (the default accurate adjoint's GMRES only)."""
         return self.linear_solver is None and self.accuracy == "forward" and isinstance(solver, GMRES)
 
-    def gradient(self, problem: FixedPointVJP, g, x0=None, preconditioner=None):
+    def gradient(self, problem: FixedPointVJP, g: Any, x0: Any = None,
+                 preconditioner: Callable | None = None) -> tuple[Any, AdjointInfo]:
         """``(∂L/∂θ, AdjointInfo)`` for the cotangent ``g = ∂L/∂z*``; ``x0`` warm-starts λ (e.g. the last one);
         ``preconditioner`` (flat (B, n) → (B, n), see :func:`preconditioner_from_forward`) approximates
         (I − ∂f/∂zᵀ)⁻¹ for GMRES."""
@@ -313,7 +313,8 @@ class SteadyStateAdjoint:
         info.stats["nvjp"] += 1
         return problem.pullback_at_fixed_point()(info.lam)[1], info
 
-    def solve_adjoint(self, problem: FixedPointVJP, g, x0=None, preconditioner=None) -> AdjointInfo:
+    def solve_adjoint(self, problem: FixedPointVJP, g: Any, x0: Any = None,
+                      preconditioner: Callable | None = None) -> AdjointInfo:
         """Only λ with (I − ∂f/∂zᵀ) λ = g (no final parameter VJP): for callers that pull λ back through f
         themselves, such as the PyTorch and JAX adapters."""
         evaluated = problem.pullback is None
@@ -457,7 +458,7 @@ class OneStepGradient:
     (array([2., 2.]), 1)
     """
 
-    def gradient(self, problem: FixedPointVJP, g, x0=None):
+    def gradient(self, problem: FixedPointVJP, g: Any, x0: Any = None) -> tuple[Any, AdjointInfo]:
         evaluated = problem.pullback is None
         grad_theta = problem.pullback_at_fixed_point()(g)[1]
         return grad_theta, _approximate_info(g, problem.batched, {"num_steps": 0, "nvjp": 1, "nfev": int(evaluated)})
@@ -481,7 +482,7 @@ class PhantomGradient:
         check_positive_int(self.steps, "steps")
         check_probability(self.damping, "damping")
 
-    def gradient(self, problem: FixedPointVJP, g, x0=None):
+    def gradient(self, problem: FixedPointVJP, g: Any, x0: Any = None) -> tuple[Any, AdjointInfo]:
         alpha = self.damping
         z = problem.z_star
         pullbacks = []

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .._checks import check_callable
-from ..adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient
+from ..adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
 from ..results import SolveError
+from ..root import RootSolver
 from ._common import check_adjoint, check_dtype, check_options, import_framework, solve
 
 jax = import_framework("jax", "jax")
@@ -51,8 +52,10 @@ class _Config:
     throw: bool
 
 
-def fixed_point(f, z0, args=(), solver=None, *, atol=1e-6, rtol=1e-5, max_steps=100, adjoint=None,
-                throw=True):
+def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | None = None, *,
+                atol: float = 1e-6, rtol: float = 1e-5, max_steps: int = 100,
+                adjoint: SteadyStateAdjoint | OneStepGradient | PhantomGradient | None = None,
+                throw: bool = True) -> Any:
     """z* with z* = f(z*, args), differentiable with respect to ``args`` by deqcore's implicit adjoint.
 
     Args:
@@ -281,7 +284,8 @@ def _host_tangent(f, config, core_ndim, z, args, b):
     return _linear_solve(problem, z, b, config, problem.pushforward_at)
 
 
-def sharded_fixed_point(f, z0, args=(), *, mesh, axis="b", in_axes=0, **options):
+def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, axis: str = "b",
+                        in_axes: Any = 0, **options: Any) -> Any:
     """Per-sample fixed points of a batch sharded over ``mesh``'s ``axis``: each device solves its own shard.
 
     ``z0`` has the batch on its leading axis; ``in_axes`` says which leaves of ``args`` carry the batch on

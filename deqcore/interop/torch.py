@@ -22,11 +22,15 @@ torch.Size([4, 4])
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from ..adjoint.steady_state import FixedPointVJP, PhantomGradient, SteadyStateAdjoint, preconditioner_from_forward
+from ..adjoint.steady_state import (FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint,
+                                    preconditioner_from_forward)
 from ..nn.core import Layer
 from ..nn.tree import tree_flatten, tree_unflatten
+from ..root import RootSolver
 from ._common import check_adjoint, check_dtype, check_options, import_framework, solve, writable
 
 torch = import_framework("torch", "torch")
@@ -136,7 +140,9 @@ class DEQ(torch.nn.Module):
     infinity is that sample's DIVERGED code; the others are unaffected.
     """
 
-    def __init__(self, f, solver=None, adjoint=None, *, atol=1e-3, rtol=1e-3, max_steps=32, batched=True):
+    def __init__(self, f: Callable, solver: RootSolver | None = None,
+                 adjoint: SteadyStateAdjoint | OneStepGradient | PhantomGradient | None = None, *,
+                 atol: float = 1e-3, rtol: float = 1e-3, max_steps: int = 32, batched: bool = True) -> None:
         super().__init__()
         if not callable(f):
             raise TypeError(f"f must be a torch.nn.Module or a function f(z, x), got {type(f).__name__}")
@@ -158,7 +164,7 @@ class DEQ(torch.nn.Module):
             return tuple(p for p in self.f.parameters() if p.requires_grad)
         return ()
 
-    def forward(self, x, z0=None):
+    def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None) -> torch.Tensor:
         """z* for input ``x`` (batch on the leading axis), started from ``z0`` (default zeros like x)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")

@@ -21,6 +21,7 @@ operator call saved is worth far more than the sync).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -83,11 +84,12 @@ class GMRES(LinearSolver):
         if self.max_steps is not None:
             check_positive_int(self.max_steps, "max_steps")
 
-    def init(self, operator_or_matrix) -> LinearOperator:
+    def init(self, operator_or_matrix: Any) -> LinearOperator:
         """The operator (a dense array becomes ``LinearOperator.from_matrix``); GMRES keeps nothing else."""
         return as_operator(operator_or_matrix)
 
-    def solve(self, A, b, *, transpose=False, x0=None, preconditioner=None) -> Solution:
+    def solve(self, A: Any, b: Any, *, transpose: bool = False, x0: Any = None,
+              preconditioner: Callable | None = None) -> Solution:
         """Solve ``A x = b`` (or ``Aᵀ x = b``, which needs the operator's ``rmatvec``) for ``b`` of shape ``(n,)``
         or ``(B, n)``.
 

@@ -25,7 +25,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -170,7 +170,8 @@ class LU(LinearSolver):
             lu=lu, piv=piv, batched=batched, singular_mask=singular, any_singular=any_singular, matrix=A
         )
 
-    def init(self, operator_or_matrix, *, batch_size=None, xp=None, dtype=None) -> LUFactorization:
+    def init(self, operator_or_matrix: Any, *, batch_size: int | None = None, xp: Any = None,
+             dtype: Any = None) -> LUFactorization:
         """The factorisation of a matrix, or of an operator densified with ``to_dense(batch_size, ...)``."""
         if isinstance(operator_or_matrix, LUFactorization):
             return operator_or_matrix
@@ -180,7 +181,8 @@ class LU(LinearSolver):
             operator_or_matrix = op.to_dense(batch, xp=xp, dtype=dtype)
         return self.factor(operator_or_matrix)
 
-    def solve(self, operator_or_matrix, b, *, transpose=False, x0=None, preconditioner=None) -> Solution:
+    def solve(self, operator_or_matrix: Any, b: Any, *, transpose: bool = False, x0: Any = None,
+              preconditioner: Callable | None = None) -> Solution:
         """Solve ``A x = b`` (or ``Aᵀ x = b``) for ``b`` of shape ``(n,)`` or ``(B, n)``; ``A`` is a dense
         matrix, a :class:`LinearOperator` or a :class:`LUFactorization` (reused: ``stats["nfactor"] == 0``).
         ``x0`` and ``preconditioner`` are accepted for the common interface and not needed."""

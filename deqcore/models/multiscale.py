@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any, Sequence
 
 from ..backend import get_namespace
 from ..nn.core import Layer
@@ -66,7 +67,8 @@ def _check_layer(layer, where):
 class MultiScaleMap(Layer):
     """f((z, x)) of a multiscale DEQ, acting on the flat state z (batch, Σ numel(scaleᵢ))."""
 
-    def __init__(self, main_layers, mapping_layers, post_fuse_layers, scales):
+    def __init__(self, main_layers: Sequence[Layer], mapping_layers: Sequence[Sequence[Layer]],
+                 post_fuse_layers: Sequence[Layer] | None, scales: Sequence[tuple[int, ...]]) -> None:
         self.scales = _check_scales(scales)
         n = len(self.scales)
         if not isinstance(main_layers, (tuple, list)) or len(main_layers) != n:
@@ -226,7 +228,9 @@ class MultiScaleDeepEquilibriumNetwork(DeepEquilibriumNetwork):
     [(5, 2), (5, 1)]
     """
 
-    def __init__(self, main_layers, mapping_layers, post_fuse_layer, solver, scales, **settings):
+    def __init__(self, main_layers: Sequence[Layer], mapping_layers: Sequence[Sequence[Layer]],
+                 post_fuse_layer: Sequence[Layer] | None, solver: Any, scales: Sequence[tuple[int, ...]],
+                 **settings: Any) -> None:
         self.map = MultiScaleMap(main_layers, mapping_layers, post_fuse_layer, scales)
         super().__init__(self.map, solver, **settings)
 
@@ -259,7 +263,9 @@ class MultiScaleSkipDeepEquilibriumNetwork(MultiScaleDeepEquilibriumNetwork):
     ((5, 3), True)
     """
 
-    def __init__(self, main_layers, mapping_layers, post_fuse_layer, init, solver, scales, **settings):
+    def __init__(self, main_layers: Sequence[Layer], mapping_layers: Sequence[Sequence[Layer]],
+                 post_fuse_layer: Sequence[Layer] | None, init: Layer | str | None, solver: Any,
+                 scales: Sequence[tuple[int, ...]], **settings: Any) -> None:
         super().__init__(main_layers, mapping_layers, post_fuse_layer, solver, scales,
                          init="one_step" if init is None else init, **settings)
 
@@ -280,7 +286,9 @@ class MultiScaleNeuralODE(MultiScaleDeepEquilibriumNetwork):
     ([(3, 2), (3, 1)], (3, 2))
     """
 
-    def __init__(self, main_layers, mapping_layers, post_fuse_layer, solver, scales, **settings):
+    def __init__(self, main_layers: Sequence[Layer], mapping_layers: Sequence[Sequence[Layer]],
+                 post_fuse_layer: Sequence[Layer] | None, solver: Any, scales: Sequence[tuple[int, ...]],
+                 **settings: Any) -> None:
         settings.setdefault("problem_type", "ode")
         if settings["problem_type"] != "ode":
             raise ValueError("MultiScaleNeuralODE always has problem_type='ode'")

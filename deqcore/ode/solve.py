@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -91,8 +92,10 @@ def _check_saveat(saveat, t0, t1):
     return times
 
 
-def integrate(rhs, y0, t_span, solver=None, *, args=(), atol=1e-6, rtol=1e-3, saveat=None, dt0=None,
-              max_steps=100_000, jac=None, throw=True) -> ODESolution:
+def integrate(rhs: Callable, y0: Any, t_span: Sequence[float] | np.ndarray, solver: ODEMethod | None = None,
+              *, args: tuple = (), atol: Any = 1e-6, rtol: float = 1e-3,
+              saveat: Sequence[float] | np.ndarray | None = None, dt0: float | None = None,
+              max_steps: int = 100_000, jac: Callable | None = None, throw: bool = True) -> ODESolution:
     """Solve ``dy/dt = rhs(t, y, *args)``, ``y(t0) = y0`` from ``t0`` to ``t1`` with adaptive steps.
 
     Args:
@@ -181,8 +184,9 @@ def _check_span(t_span):
     return t0, t1
 
 
-def steady_state(rhs, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-4, max_steps=1000, batched=False,
-                 jac=None, throw=True) -> Solution:
+def steady_state(rhs: Callable, y0: Any, solver: ODEMethod | None = None, *, args: tuple = (),
+                 atol: float = 1e-6, rtol: float = 1e-4, max_steps: int = 1000, batched: bool = False,
+                 jac: Callable | None = None, throw: bool = True) -> Solution:
     """Integrate ``du/dt = rhs(t, u, *args)`` towards ``t = ∞`` until ``max|du/dt| ≤ atol + rtol·max|f(u0)|``.
 
     ``atol`` and ``rtol`` mean two things here. The stopping test: a state is steady when the residual
