@@ -189,12 +189,8 @@ def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero):
 
 
 def anderson_step_numba_cpu(G, F, H, y, f, slot, count, beta, ridge, floor):
-    """One pass over each sample's ring (see ``_step_loop``), on one thread.
-
-    Threads over the samples (``parallel=True``, ``prange``) were measured on 2 cores and not kept: 1.2-2x
-    faster at batch 64 x width 256 on an idle machine, but 0.7-0.8x at batch 1024 x width 1024 (bound by
-    memory bandwidth) and up to 50x slower whenever another process holds one of the cores (the parallel
-    region waits a scheduler time slice, about 7 ms, for the descheduled thread)."""
+    """One pass over each sample's ring (see ``_step_loop``), on one thread (why not threads over the samples:
+    ARCHITECTURE.md, "Constants set by measurement")."""
     y_new = np.empty_like(y)
     _step_loop(G, F, H, np.ascontiguousarray(y), np.ascontiguousarray(f), int(slot), int(count), float(beta),
                float(ridge), float(floor), y_new, G.dtype.type(0))

@@ -87,8 +87,8 @@ class _LowRankBroyden(RootSolver):
 @dataclass(frozen=True)
 class Broyden(_LowRankBroyden):
     """Good Broyden with a ring of the last ``memory`` rank-one updates (bounded memory: O(memory·n) per
-    sample, never O(max_steps)). Measured on the hard DEQ map (``benchmarks/bench_root.py``): a memory of 30
-    loses samples once the ring wraps; 60–100 converge every sample.
+    sample, never O(max_steps)). The default memory is chosen from ``benchmarks/bench_root.py`` (see
+    ARCHITECTURE.md, "Constants set by measurement").
 
     >>> import numpy as np, deqcore as dq
     >>> sol = dq.root_find(lambda y: y ** 3 + y - np.array([2.0, 10.0]), np.ones(2), dq.Broyden(), atol=1e-10)
@@ -108,8 +108,8 @@ class Broyden(_LowRankBroyden):
 @dataclass(frozen=True)
 class LimitedMemoryBroyden(_LowRankBroyden):
     """Good Broyden that restarts from H = −I when ``threshold`` updates are stored, and for a sample whose
-    residual grew by more than ``reset_factor`` in one step (its model has gone bad). Measured on the hard DEQ
-    map: threshold 10 or a reset at 2× growth lose samples; 30 with resets only on blow-ups converges all.
+    residual grew by more than ``reset_factor`` in one step (its model has gone bad). The defaults are chosen
+    from ``benchmarks/bench_root.py`` (see ARCHITECTURE.md, "Constants set by measurement").
 
     >>> import numpy as np, deqcore as dq
     >>> fn = lambda y: y ** 3 + y - np.array([2.0, 10.0])                     # roots 1 and 2
