@@ -33,6 +33,7 @@ from scipy.integrate import solve_ivp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import deqcore as dq  # noqa: E402
+from deqcore.demos import stiff_problems  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,18 +55,8 @@ def van_der_pol(mu=1000.0):
 
 
 def hires():
-    def f(t, y):
-        return np.array([
-            -1.71 * y[0] + 0.43 * y[1] + 8.32 * y[2] + 0.0007,
-            1.71 * y[0] - 8.75 * y[1],
-            -10.03 * y[2] + 0.43 * y[3] + 0.035 * y[4],
-            8.32 * y[1] + 1.71 * y[2] - 1.12 * y[3],
-            -1.745 * y[4] + 0.43 * y[5] + 0.43 * y[6],
-            -280.0 * y[5] * y[7] + 0.69 * y[3] + 1.71 * y[4] - 0.43 * y[5] + 0.69 * y[6],
-            280.0 * y[5] * y[7] - 1.81 * y[6],
-            -280.0 * y[5] * y[7] + 1.81 * y[6]])
-    y0 = np.array([1.0, 0, 0, 0, 0, 0, 0, 0.0057])
-    return dict(name="HIRES", f=f, y0=y0, t1=321.8122, atol_ratio=1e-3, floor=1e-6, sparsity=None)
+    f, y0 = stiff_problems.hires, stiff_problems.HIRES_Y0
+    return dict(name="HIRES", f=f, y0=y0, t1=stiff_problems.HIRES_T1, atol_ratio=1e-3, floor=1e-6, sparsity=None)
 
 
 def brusselator_2d(N=16, A=3.4, B=1.0, alpha=10.0):

@@ -11,24 +11,11 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 import deqcore as dq
+from deqcore.demos.stiff_problems import HIRES_Y0, hires
 from deqcore.ode.bdf import rescale_differences
 from deqcore.ode.messages import ode_message
 from tests.test_stiff import _brusselator_1d, _robertson, _robertson_jac, _vdp
 
-
-def _hires(t, y):
-    return np.array([
-        -1.71 * y[0] + 0.43 * y[1] + 8.32 * y[2] + 0.0007,
-        1.71 * y[0] - 8.75 * y[1],
-        -10.03 * y[2] + 0.43 * y[3] + 0.035 * y[4],
-        8.32 * y[1] + 1.71 * y[2] - 1.12 * y[3],
-        -1.745 * y[4] + 0.43 * y[5] + 0.43 * y[6],
-        -280.0 * y[5] * y[7] + 0.69 * y[3] + 1.71 * y[4] - 0.43 * y[5] + 0.69 * y[6],
-        280.0 * y[5] * y[7] - 1.81 * y[6],
-        -280.0 * y[5] * y[7] + 1.81 * y[6]])
-
-
-HIRES_Y0 = np.array([1.0, 0, 0, 0, 0, 0, 0, 0.0057])
 
 
 @lru_cache(None)
@@ -39,7 +26,7 @@ def _radau(name):
     if name == "vdp":
         return solve_ivp(_vdp, (0, 1000.0), [2.0, 0.0], method="Radau", rtol=1e-12, atol=1e-12).y[:, -1]
     if name == "hires":
-        return solve_ivp(_hires, (0, 321.8122), HIRES_Y0, method="Radau", rtol=1e-12, atol=1e-14).y[:, -1]
+        return solve_ivp(hires, (0, 321.8122), HIRES_Y0, method="Radau", rtol=1e-12, atol=1e-14).y[:, -1]
     rhs, y0, pattern = _brusselator_1d()
     return solve_ivp(rhs, (0, 10.0), y0, method="Radau", rtol=1e-12, atol=1e-12, jac_sparsity=pattern).y[:, -1]
 
@@ -53,7 +40,7 @@ def test_stiff_problems_against_radau(name):
         sol = dq.integrate(_vdp, np.array([2.0, 0.0]), (0, 1000.0), dq.BDF(), rtol=1e-7, atol=1e-7)
         np.testing.assert_allclose(sol.ys[-1], _radau(name), rtol=1e-3, atol=1e-3)
     elif name == "hires":
-        sol = dq.integrate(_hires, HIRES_Y0, (0, 321.8122), dq.BDF(), rtol=1e-8, atol=1e-10)
+        sol = dq.integrate(hires, HIRES_Y0, (0, 321.8122), dq.BDF(), rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(sol.ys[-1], _radau(name), rtol=1e-4, atol=1e-8)
     else:
         rhs, y0, pattern = _brusselator_1d()
