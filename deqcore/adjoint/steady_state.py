@@ -22,7 +22,6 @@ AdjointInfo(value=<float64 (2,)>, result=SUCCESS, residual=0, stats={'num_steps'
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_probability, check_tolerance
 from .._tree import tree_add, tree_scale
-from ..backend import get_namespace, synchronize
+from ..backend import get_namespace
 from ..linalg import GMRES, LU, LinearOperator, LinearSolver
 from ..results import ReturnCode, Solution, _codes_host, _host
 from ..root import RootSolver, fixed_point
@@ -147,25 +146,32 @@ def default_adjoint_linear_solver(state_size: int, *, accuracy="forward", rtol=F
     return GMRES(rtol=rtol, atol=atol, restart=min(ADJOINT_RESTART, state_size), max_steps=max_steps)
 
 
-def preconditioner_from_forward(learned: dict):
+def preconditioner_from_forward(learned: dict, *, low_rank: bool = False):
     """An approximation of (I − ∂f/∂zᵀ)⁻¹ from what a forward fixed-point solve learnt (``sol.learned``), or
-    None. With F(z) = f(z) − z the adjoint matrix is −∂F/∂zᵀ, so Broyden's inverse-Jacobian estimate
-    H ≈ (∂F/∂z)⁻¹ gives −Hᵀ, and Newton's LU factors of ∂F/∂z give −(∂F/∂z)⁻ᵀ directly. Works on flat
+    None. With F(z) = f(z) − z the adjoint matrix is −∂F/∂zᵀ, so Newton's LU factors of ∂F/∂z give
+    −(∂F/∂z)⁻ᵀ directly, and Broyden's inverse-Jacobian estimate H ≈ (∂F/∂z)⁻¹ gives −Hᵀ. Works on flat
     (B, n) vectors, the layout of a batched solve.
+
+    The LU factors are always used: one application is a triangular solve of the state's size. Broyden's
+    estimate only with ``low_rank=True``: each application reads its per-sample factors whole (2·B·rank·n
+    numbers), which costs more than the VJPs it saves whenever f shares its weights across the batch (a DEQ
+    layer), and roughly halves GMRES's VJPs where f is expensive per sample.
 
     >>> import numpy as np
     >>> U, V = np.zeros((1, 1, 2)), np.zeros((1, 1, 2))          # H = −I: the identity preconditioner
-    >>> preconditioner_from_forward({"inverse_jacobian": (U, V)})(np.ones((1, 2)))
+    >>> preconditioner_from_forward({"inverse_jacobian": (U, V)}) is None
+    True
+    >>> preconditioner_from_forward({"inverse_jacobian": (U, V)}, low_rank=True)(np.ones((1, 2)))
     array([[1., 1.]])
     """
     if "lu" in learned:
         factors = learned["lu"]
         return lambda v: -factors.solve(v, transpose=True)
-    if "inverse_jacobian" in learned:
+    if low_rank and "inverse_jacobian" in learned:
         U, V = learned["inverse_jacobian"]
         xp = get_namespace(U)
         # only the ring slots the forward solve filled (a memory of 100 with 12 updates costs 12, not 100), and
-        # Vᵀ laid out once: each application is then two small batched products, far below one VJP
+        # Vᵀ laid out once: each application is then two small batched products
         used = xp.nonzero(xp.any(U != 0, axis=(0, 2)))[0]
         rank = int(used.max()) + 1 if used.size else 0
         if rank == 0:
@@ -177,34 +183,8 @@ def preconditioner_from_forward(learned: dict):
             coefficients = xp.matmul(U, v[:, :, None])                     # (B, rank, 1): uᵢ·v
             return v - xp.matmul(Vt, coefficients)[:, :, 0]
 
-        # per-sample factors are read whole on every application (2·B·rank·n numbers) while a VJP of a layer
-        # with shared weights reads them once: the adjoint times both and keeps this one only when it pays
-        apply.worth_timing = True
         return apply
     return None
-
-
-#: a low-rank preconditioner is kept when one application costs at most this fraction of one VJP: it roughly
-#: halves GMRES's VJPs on the hard DEQ map and saves none on the easy one
-PRECONDITIONER_COST_LIMIT = 0.5
-
-
-def _if_cheap(preconditioner, vjp_rows, g_rows, xp):
-    """``preconditioner``, or None when one application takes longer than ``PRECONDITIONER_COST_LIMIT`` VJPs.
-    Each is timed twice on the cotangent's rows and the faster run counts (a framework's first VJP on a fresh
-    graph is slower than the rest); two VJPs are spent on the measurement."""
-    probe = xp.where(xp.isfinite(g_rows), g_rows, 0)
-    vjp_time = min(_timed(xp, vjp_rows, probe) for _ in range(2))
-    apply_time = min(_timed(xp, preconditioner, probe) for _ in range(2))
-    return preconditioner if apply_time <= PRECONDITIONER_COST_LIMIT * vjp_time else None
-
-
-def _timed(xp, fn, arg) -> float:
-    synchronize(xp)
-    start = time.perf_counter()
-    fn(arg)
-    synchronize(xp)
-    return time.perf_counter() - start
 
 
 def _rows(z):
@@ -334,8 +314,6 @@ class SteadyStateAdjoint:
             return pullback_z(v_rows.reshape(shape)).reshape(batch, n)
 
         x0_rows = None if x0 is None else x0.reshape(batch, n)
-        if preconditioner is not None and getattr(preconditioner, "worth_timing", False):
-            preconditioner = _if_cheap(preconditioner, vjp_rows, g_rows, xp)
         if self._iterate_first(solver):
             lam, codes, residual, steps = _richardson_then_gmres(solver, vjp_rows, g_rows, x0_rows,
                                                                  preconditioner if batched else None, xp)
