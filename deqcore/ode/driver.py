@@ -96,8 +96,7 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
     xp, R = ev.xp, ev.num_rows
     cx = xp if ev.batched else np  # where the per-row control state lives
     tol = (atol, rtol)
-    # copied: an rhs that hands back the same buffer on every call would overwrite it in initial_step
-    f0 = ev(t0, y0).copy()
+    f0 = ev(t0, y0)     # the evaluator copies a result that lives in a buffer the rhs reuses
     span = abs(t_end - t0)
     if dt0 is None:
         h0 = initial_step(xp, lambda t, y, dh: ev(t + dh, y), np.full(R, t0), y0, f0, direction,

@@ -98,8 +98,7 @@ class RosenbrockStepper:
         self.fd = None
         self._matrix_free = isinstance(linear_solver, GMRES)
         self.stats = {"njev": 0, "nlinsolve": 0, "nfactor": 0, "nfev_jac": 0, "nfailed_solves": 0}
-        self._y = self._f0 = None
-        self._jac_for = None          # the state whose Jacobian (and ∂f/∂t) is cached
+        self._jac_for = None          # the state (the driver's array object) whose Jacobian and ∂f/∂t are cached
         self._J = self._ft = None
         tab = tableau
         # per stage, as Python floats: which earlier increments enter its argument and its right-hand side
@@ -108,25 +107,14 @@ class RosenbrockStepper:
                       for i in range(tab.stages)]
         self._m, self._e = np.asarray(tab.m), np.asarray(tab.e)
 
-    # ---- right-hand side, copied: an rhs may hand back the same buffer on every call ----
-    def _call(self, t, y):
-        out = self.ev(t, y)
-        return out.copy()
-
+    # The driver hands every attempt the current state and f(t, y) (the evaluator already copies an rhs result
+    # that lives in a reused buffer), and a retried step the very same state object: the Jacobian cache is
+    # keyed on that object, so the stepper keeps no state of its own between steps.
     def start(self, t0, y0, f0):
-        self._y, self._f0 = y0, f0           # the driver's own copy of f(t0, y0)
+        self._jac_for = None
 
     def accept(self, trial, mask, t_new):
-        ev = self.ev
-        self._y = trial.y1 if mask is None else ev.select(mask, trial.y1, self._y)
-        self._f0 = trial.f1 if mask is None else ev.select(mask, trial.f1, self._f0)
-
-    def _current_f(self, y, fy):
-        if self._y is not None and (y is self._y or bool(self.ev.xp.array_equal(y, self._y))):
-            self._y = y
-            return self._f0
-        self._y, self._f0, self._jac_for = y, fy.copy(), None
-        return self._f0
+        pass
 
     # ---- Jacobian ----
     def _rows(self, a):
@@ -282,7 +270,6 @@ class RosenbrockStepper:
     # ---- one step ----
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev, xp, tab = self.ev, self.ev.xp, self.tab
-        fy = self._current_f(y, fy)
         fac = self._factor(t, y, fy, h, tol)
         _, ft = (None, None) if isinstance(self.linear_solver, GMRES) else self._jacobian(t, y, fy, h, tol)
         if ft is None and not self.autonomous and isinstance(self.linear_solver, GMRES):
@@ -295,7 +282,7 @@ class RosenbrockStepper:
         U = xp.empty((S,) + y_rows.shape, dtype=y.dtype)
         flat = U.reshape(S, -1)
         if fac.solve is None:                               # the stage matrix could not be factored
-            return self._failed_trial(t, h, y, y_rows, bool(np.asarray(fac.singular).any()))
+            return self._failed_trial(y, fy, bool(np.asarray(fac.singular).any()))
         for i, (reuse, c_i, d_i, a_row, c_terms) in enumerate(self._plan):
             if reuse:
                 rhs = f_rows
@@ -321,7 +308,7 @@ class RosenbrockStepper:
             err = xp.where(failed[:, None], xp.asarray(np.inf, dtype=err.dtype), err)
             y1 = xp.where(failed[:, None], y_rows, y1)       # a failed sample keeps its state
         y1 = y1.reshape(y.shape)
-        f1 = self._call(t + h, y1)
+        f1 = ev(t + h, y1)
         code = None
         singular = fac.singular if not self._matrix_free else None
         if singular is not None and bool(xp.asarray(singular).any()):  # LINEAR_SOLVE_FAILED if these rows end here
@@ -329,13 +316,13 @@ class RosenbrockStepper:
             code = code if ev.batched else np.asarray(code.get() if hasattr(code, "get") else code)
         return Trial(y1, f1, err.reshape(y.shape), self.error_exponent, code=code)
 
-    def _failed_trial(self, t, h, y, y_rows, singular=False):
+    def _failed_trial(self, y, fy, singular=False):
         """A rejected attempt: the state unchanged, an infinite error (the driver shrinks the step); a
         singular or non-finite stage matrix ends the solve with LINEAR_SOLVE_FAILED if no step size works."""
         self.stats["nfailed_solves"] += 1
         err = self.ev.xp.full(y.shape, np.inf, dtype=y.dtype)
         code = int(ReturnCode.LINEAR_SOLVE_FAILED) if singular else None
-        return Trial(y, self._f0, err, self.error_exponent, code=code)
+        return Trial(y, fy, err, self.error_exponent, code=code)
 
 
 def user_jacobian(ev, jac, n, t, y):
