@@ -18,10 +18,11 @@ ODE solver). Gradients come from an implicit adjoint, never from backpropagating
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
-from .._checks import check_choice, check_positive_int, check_tolerance
+from .._checks import check_bool, check_choice, check_positive_int, check_tolerance
 from ..adjoint import GaussAdjoint
 from ..adjoint._warn import warn_failed
 from ..adjoint.steady_state import (
@@ -78,6 +79,14 @@ class DeepEquilibriumNetwork(Layer):
             ``solution.jacobian_loss`` and ``solution.skip_loss`` (default 0: add them yourself by passing
             ``d_jacobian_loss=`` / ``d_skip_loss=`` to the pullback). Set them when the DEQ sits inside an
             ``nn.Chain``, whose pullback passes only ``dy``; add ``weight * loss`` to the reported loss.
+        compact: True declares ``model``'s rows independent (sample i's output depends on sample i's z and x
+            alone): x then goes to the solver as a per-sample argument and finished samples stop costing
+            f-evaluations (active-set compaction; the forward solve only, with solvers that support it:
+            Anderson, Broyden, LimitedMemoryBroyden, FixedPointIteration). The results are those of the
+            uncompacted solve up to round-off. A layer that couples the samples in its current state
+            (``nn.BatchNorm`` or ``nn.Dropout`` in training mode, see ``nn.Layer.row_coupling``) makes a call
+            solve uncompacted with a ``RuntimeWarning`` naming it; ODE solvers are refused (ValueError). Your
+            own layers must not mix samples (or must say so through ``row_coupling``). Default False.
 
     A sample whose forward solve fails keeps its code in ``state["solution"].result`` and the best iterate
     (a ``RuntimeWarning`` names the code and the count, once per call site); its gradient is then not the implicit
@@ -107,7 +116,7 @@ class DeepEquilibriumNetwork(Layer):
 
     def __init__(self, model, solver, *, init="zeros", jacobian_regularization=None,
                  problem_type="steady_state", adjoint=None, atol=1e-3, rtol=1e-3, max_steps=32,
-                 tspan=(0.0, 1.0), jacobian_loss_weight=0.0, skip_loss_weight=0.0):
+                 tspan=(0.0, 1.0), jacobian_loss_weight=0.0, skip_loss_weight=0.0, compact=False):
         if not isinstance(model, Layer):
             raise TypeError(f"model must be a deqcore.nn.Layer, got {type(model).__name__}")
         if not isinstance(init, Layer):
@@ -125,6 +134,11 @@ class DeepEquilibriumNetwork(Layer):
         self.max_steps = check_positive_int(max_steps, "max_steps")
         self.jacobian_loss_weight = check_tolerance(jacobian_loss_weight, "jacobian_loss_weight")
         self.skip_loss_weight = check_tolerance(skip_loss_weight, "skip_loss_weight")
+        self.compact = check_bool(compact, "compact")
+        if self.compact and is_ode_solver(solver):
+            raise ValueError(f"compact=True drops finished samples from a root solver's evaluations; the ODE solver "
+                             f"{type(solver).__name__} evaluates every sample: pass compact=False or a root solver "
+                             "such as dq.Anderson()")
         if problem_type == "ode":
             if not is_ode_solver(solver):
                 raise TypeError("problem_type='ode' needs an ODE solver such as dq.Tsit5() or dq.VCABM3(); got "
@@ -155,6 +169,13 @@ class DeepEquilibriumNetwork(Layer):
             params["init"], state["init"] = self.init_layer.init(rng)
         return params, state
 
+    def row_coupling(self, state):
+        """Why this DEQ's rows are not independent in ``state`` (a reason naming the layer), or None."""
+        reason = self.model.row_coupling(state["model"])
+        if reason is None and self.init_mode == "layer":
+            reason = self.init_layer.row_coupling(state["init"])
+        return reason
+
     def _zero_state(self, x):
         """u0 for init="zeros": zeros shaped like x (the reference's ``zero(x)``)."""
         return get_namespace(x).zeros_like(x)
@@ -169,9 +190,15 @@ class DeepEquilibriumNetwork(Layer):
 
     # -- forward ------------------------------------------------------------------------------------------
     def _f(self, x, params, state):
+        """z ↦ f((z, x)) at fixed x and parameters (shapes and dtypes checked, errors naming z and x)."""
+        f = self._f_rows(params, state)
+        return lambda z: f(z, x)
+
+    def _f_rows(self, params, state):
+        """(z, x) ↦ f((z, x)) on any rows of a batch (the compacted solve passes x per sample)."""
         model, pm, sm = self.model, params["model"], state["model"]
 
-        def f(z):
+        def f(z, x):
             try:
                 out = model((z, x), pm, sm)[0]
             except (TypeError, ValueError) as error:
@@ -217,11 +244,30 @@ class DeepEquilibriumNetwork(Layer):
         return self._f(x, params, state)(zeros), None, 1
 
     def _solve(self, x, params, state, u0):
-        f = self._f(x, params, state)
         if self.problem_type == "ode":
-            return integrate_span(f, u0, self.solver, self.tspan, atol=self.atol, rtol=self.rtol,
-                                  max_steps=self.max_steps)
-        return solve_equilibrium(f, u0, self.solver, atol=self.atol, rtol=self.rtol, max_steps=self.max_steps)
+            return integrate_span(self._f(x, params, state), u0, self.solver, self.tspan, atol=self.atol,
+                                  rtol=self.rtol, max_steps=self.max_steps)
+        if self._compacts(x, state, u0):
+            return solve_equilibrium(self._f_rows(params, state), u0, self.solver, atol=self.atol, rtol=self.rtol,
+                                     max_steps=self.max_steps, args=(x,), compact=True)
+        return solve_equilibrium(self._f(x, params, state), u0, self.solver, atol=self.atol, rtol=self.rtol,
+                                 max_steps=self.max_steps)
+
+    def _compacts(self, x, state, u0):
+        """True when this call's solve may drop finished samples: ``compact=True`` and no layer of the model
+        couples the samples in ``state`` (else a warning names the layer and the solve evaluates every row)."""
+        if not self.compact:
+            return False
+        if x.shape[0] != u0.shape[0]:
+            raise ValueError(f"compact=True passes x to the solver per sample: x must hold the batch of the initial "
+                             f"state ({u0.shape[0]}) on its leading axis; got shape {tuple(x.shape)}")
+        reason = self.model.row_coupling(state["model"])
+        if reason is not None:
+            warnings.warn(f"{type(self).__name__}(compact=True) solves every sample to the end in this call: "
+                          f"{reason} couples the samples (use nn.testmode(state) for inference, or a per-sample "
+                          "normalisation such as nn.GroupNorm)", RuntimeWarning, stacklevel=6)
+            return False
+        return True
 
     def _solve_isolated(self, x, params, state, u0):
         """The forward solve; a sample whose start u0 holds NaN/inf (a NaN input through a learned or

@@ -31,6 +31,7 @@ import numbers
 from typing import Any, Sequence
 
 from ..backend import get_namespace
+from ..nn.containers import first_coupling
 from ..nn.core import Layer
 from ..nn.tree import tree_add
 from .deq import DeepEquilibriumNetwork
@@ -106,6 +107,9 @@ class MultiScaleMap(Layer):
         for name, layer in self._units():
             params[name], state[name] = layer.init(rng)
         return params, state
+
+    def row_coupling(self, state):
+        return first_coupling((layer, state[name]) for name, layer in self._units())
 
     def split(self, z):
         """The flat state as a list of per-scale arrays of shape (batch, *scale)."""

@@ -27,12 +27,19 @@ def check_solver(solver) -> None:
                         f"or an ODE solver (dq.VCABM3(), dq.Tsit5(), ...); got {type(solver).__name__}")
 
 
-def solve_equilibrium(f, u0, solver, *, atol, rtol, max_steps):
-    """z* with z* = f(z*), per sample, as a ``deqcore.Solution`` (stats["nfev"] counts f-evaluations)."""
+def solve_equilibrium(f, u0, solver, *, atol, rtol, max_steps, args=(), compact=False):
+    """z* with z* = f(z*, *args), per sample, as a ``deqcore.Solution`` (stats["nfev"] counts f-evaluations,
+    stats["row_evaluations"] the rows evaluated). ``compact=True`` (root solvers only): f's rows are independent
+    and every element of ``args`` holds the batch on its leading axis, so finished samples drop out of the
+    evaluations (see :func:`deqcore.fixed_point`)."""
     if is_ode_solver(solver):
-        return steady_state(lambda t, z: f(z) - z, u0, solver, atol=atol, rtol=rtol, max_steps=max_steps,
-                            batched=True, throw=False)
-    return fixed_point(f, u0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=True, throw=False)
+        if compact:
+            raise ValueError(f"compact=True needs a root solver; the ODE solver {type(solver).__name__} evaluates "
+                             "every sample")
+        return steady_state(lambda t, z, *a: f(z, *a) - z, u0, solver, args=args, atol=atol, rtol=rtol,
+                            max_steps=max_steps, batched=True, throw=False)
+    return fixed_point(f, u0, solver, args=args, atol=atol, rtol=rtol, max_steps=max_steps, batched=True,
+                       throw=False, compact=compact)
 
 
 def integrate_span(f, u0, solver, tspan, *, atol, rtol, max_steps):

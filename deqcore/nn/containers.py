@@ -37,6 +37,15 @@ def _check_layers(layers, owner):
     return tuple(layers)
 
 
+def first_coupling(layers_and_states):
+    """The first ``layer.row_coupling(state)`` that is not None over ``(layer, state)`` pairs, else None."""
+    for layer, state in layers_and_states:
+        reason = layer.row_coupling(state)
+        if reason is not None:
+            return reason
+    return None
+
+
 def _sub(tree, key):
     return None if tree is None else tree[key]
 
@@ -66,6 +75,9 @@ class Chain(Layer):
 
     def __repr__(self):
         return "Chain(" + ", ".join(map(repr, self.layers)) + ")"
+
+    def row_coupling(self, state):
+        return first_coupling((layer, state[name]) for name, layer in zip(self.names, self.layers))
 
     def init(self, rng):
         pairs = [layer.init(rng) for layer in self.layers]
@@ -238,6 +250,11 @@ class Parallel(Layer):
         return f"Parallel({self.connection!r}, " + ", ".join(map(repr, self.layers)) + ")"
 
     init = Chain.init
+
+    def row_coupling(self, state):
+        if isinstance(self.connection, Concat) and self.connection.axis == 0:
+            return f"{self!r} (concatenates along the batch axis)"
+        return Chain.row_coupling(self, state)
 
     def _inputs(self, x):
         if isinstance(x, (tuple, list)):

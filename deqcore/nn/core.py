@@ -76,6 +76,24 @@ class Layer(ABC):
     def jvp(self, x, params, state, dx, dparams=None):
         """``(y, dy)``: the output and its directional derivative along ``(dx, dparams)``."""
 
+    def row_coupling(self, state):
+        """None when each output row depends on its own input row alone (with this ``state``), so the layer may
+        run on some rows of a batch; else a short reason naming the layer (a DEQ with ``compact=True`` then
+        evaluates every row). Default None; a layer that mixes samples (batch statistics) or depends on a
+        sample's position in the batch (a dropout mask drawn over the whole batch) overrides it, and containers
+        ask their sub-layers.
+
+        >>> import numpy as np
+        >>> from deqcore import nn
+        >>> model = nn.Chain(nn.Dense(2, 2), nn.BatchNorm(2))
+        >>> params, state = nn.setup(np.random.default_rng(0), model)
+        >>> model.row_coupling(state)
+        'BatchNorm(2) in training mode (batch statistics)'
+        >>> model.row_coupling(nn.testmode(state)) is None
+        True
+        """
+        return None
+
     def __repr__(self):
         return type(self).__name__ + "()"
 

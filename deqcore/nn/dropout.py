@@ -60,6 +60,11 @@ class Dropout(Layer):
     def __repr__(self):
         return f"Dropout({self.p})"
 
+    def row_coupling(self, state):
+        if self.p == 0.0 or not state.get("training", False):
+            return None
+        return f"{self!r} in training mode (its mask depends on the sample's position in the batch)"
+
     def init(self, rng):
         return {}, {"seed": int(rng.integers(0, 2 ** 62)), "counter": 0, "training": True}
 

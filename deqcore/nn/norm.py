@@ -208,6 +208,9 @@ class BatchNorm(_ChannelNorm):
     def __repr__(self):
         return f"BatchNorm({self.channels})"
 
+    def row_coupling(self, state):
+        return f"{self!r} in training mode (batch statistics)" if state.get("training", False) else None
+
     def init(self, rng):
         params, _ = super().init(rng)
         return params, {"running_mean": np.zeros(self.channels), "running_var": np.ones(self.channels),
