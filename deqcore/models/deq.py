@@ -83,10 +83,12 @@ class DeepEquilibriumNetwork(Layer):
             alone): x then goes to the solver as a per-sample argument and finished samples stop costing
             f-evaluations (active-set compaction; the forward solve only, with solvers that support it:
             Anderson, Broyden, LimitedMemoryBroyden, FixedPointIteration). The results are those of the
-            uncompacted solve up to round-off. A layer that couples the samples in its current state
-            (``nn.BatchNorm`` or ``nn.Dropout`` in training mode, see ``nn.Layer.row_coupling``) makes a call
-            solve uncompacted with a ``RuntimeWarning`` naming it; ODE solvers are refused (ValueError). Your
-            own layers must not mix samples (or must say so through ``row_coupling``). Default False.
+            uncompacted solve up to round-off (f on fewer rows may round differently, which can also change the
+            outcome of a sample whose iteration is chaotic, e.g. one that stalls). A layer that couples the
+            samples in its current state (``nn.BatchNorm`` or ``nn.Dropout`` in training mode, see
+            ``nn.Layer.row_coupling``) makes a call solve uncompacted with a ``RuntimeWarning`` naming it; ODE
+            solvers are refused (ValueError). Your own layers must not mix samples (or must say so through
+            ``row_coupling``). Default False.
 
     A sample whose forward solve fails keeps its code in ``state["solution"].result`` and the best iterate
     (a ``RuntimeWarning`` names the code and the count, once per call site); its gradient is then not the implicit
