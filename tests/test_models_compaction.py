@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import deqcore as dq
 from deqcore import nn
+from deqcore.adjoint import _warn
 
 WIDTH, BATCH, SMALL = 16, 16, 4
 #: per-sample input scales over three decades: large inputs saturate tanh (fast, contractive samples), small
@@ -162,11 +163,14 @@ def test_a_training_mode_batch_norm_falls_back_with_a_warning():
     params, state = nn.setup(np.random.default_rng(3), model)
     _make_hard(params, ("model", "layer_1", "layer_1", "weight"))
     x = np.random.default_rng(15).standard_normal((BATCH, WIDTH)) * SCALES
+    _warn.reset()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, out = model(x, params, state)
-    messages = [str(w.message) for w in caught if "compact=True" in str(w.message)]
-    assert len(messages) == 1 and "BatchNorm(16) in training mode" in messages[0]
+        for _ in range(2):                           # warned once per call site, at the caller's line
+            nn.vjp(model, x, params, state)
+    messages = [w for w in caught if "compact=True" in str(w.message)]
+    assert len(messages) == 1 and "BatchNorm(16) in training mode" in str(messages[0].message)
+    assert messages[0].filename == __file__
     assert set(counter.rows) == {BATCH}          # every row evaluated: the batch statistics need all of them
     # in test mode the running statistics are used, the rows are independent and the solve compacts
     counter.rows.clear()

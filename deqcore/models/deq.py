@@ -24,6 +24,7 @@ import numpy as np
 
 from .._checks import check_bool, check_choice, check_positive_int, check_tolerance
 from ..adjoint import GaussAdjoint
+from ..adjoint import _warn
 from ..adjoint._warn import warn_failed
 from ..adjoint.steady_state import (
     FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint, preconditioner_from_forward,
@@ -86,9 +87,10 @@ class DeepEquilibriumNetwork(Layer):
             uncompacted solve up to round-off (f on fewer rows may round differently, which can also change the
             outcome of a sample whose iteration is chaotic, e.g. one that stalls). A layer that couples the
             samples in its current state (``nn.BatchNorm`` or ``nn.Dropout`` in training mode, see
-            ``nn.Layer.row_coupling``) makes a call solve uncompacted with a ``RuntimeWarning`` naming it; ODE
-            solvers are refused (ValueError). Your own layers must not mix samples (or must say so through
-            ``row_coupling``). Default False.
+            ``nn.Layer.row_coupling``) makes a call solve uncompacted with a ``RuntimeWarning`` naming it (once per
+            call site); ODE solvers are refused (ValueError). Your own layers must not mix samples (or must say so
+            through ``row_coupling``). ``state["solution"].original.stats["row_evaluations"]`` counts the rows
+            evaluated. Default False.
 
     A sample whose forward solve fails keeps its code in ``state["solution"].result`` and the best iterate
     (a ``RuntimeWarning`` names the code and the count, once per call site); its gradient is then not the implicit
@@ -265,9 +267,9 @@ class DeepEquilibriumNetwork(Layer):
                              f"state ({u0.shape[0]}) on its leading axis; got shape {tuple(x.shape)}")
         reason = self.model.row_coupling(state["model"])
         if reason is not None:
-            warnings.warn(f"{type(self).__name__}(compact=True) solves every sample to the end in this call: "
-                          f"{reason} couples the samples (use nn.testmode(state) for inference, or a per-sample "
-                          "normalisation such as nn.GroupNorm)", RuntimeWarning, stacklevel=6)
+            _warn_once(f"{type(self).__name__}(compact=True) solves every sample to the end in this call: {reason} "
+                       "couples the samples (use nn.testmode(state) for inference, or a per-sample normalisation "
+                       "such as nn.GroupNorm)")
             return False
         return True
 
@@ -444,6 +446,16 @@ class DeepEquilibriumNetwork(Layer):
         sol = GMRES(rtol=tol, atol=0.0, restart=min(n, 30), max_steps=10 * n + 50).solve(
             LinearOperator(matvec, shape=(n, n), dtype=z.dtype), rhs.reshape(shape[0], -1))
         return y, self.output(sol.value.reshape(shape))
+
+
+def _warn_once(message):
+    """A RuntimeWarning at the user's call site (the first frame outside deqcore), once per site and message."""
+    filename, lineno, module_globals = _warn._call_site()
+    key = (message, filename, lineno)
+    if key not in _warn._SEEN:
+        _warn._SEEN.add(key)
+        warnings.warn_explicit(message, RuntimeWarning, filename, lineno,
+                               module=module_globals.get("__name__", "<string>"), registry=None)
 
 
 def _model_mismatch(model_name, out, z, x):
