@@ -48,6 +48,8 @@ class FixedPointIteration(RootSolver):
 
     damping: float = 1.0
     compactable = True
+    #: the driver's fused step on the CPU (see :mod:`deqcore.root.step_kernels`)
+    fused_kernel = "plain_driver_step"
 
     def __post_init__(self):
         check_probability(self.damping, "damping")
@@ -60,6 +62,13 @@ class FixedPointIteration(RootSolver):
         _, f = problem.G(y)
         state.y, state.f = y, f
         return state, None
+
+    def fused_step(self, kernel, state, out, is_map, book, step) -> int:
+        """The driver's bookkeeping on the raw evaluation ``out`` at ``state.y`` and, if ``step``, this step, in
+        one call of ``kernel`` (``plain_driver_step``); returns the rows still running."""
+        y_new, live = kernel(out, is_map, state.y, state.f, *book, self.damping, step)[:2]
+        state.y = y_new
+        return live
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,8 @@ class Anderson(RootSolver):
     beta: float = 1.0
     ridge: float = 1e-8
     compactable = True
+    #: the driver's fused step on the CPU (see :mod:`deqcore.root.step_kernels`)
+    fused_kernel = "anderson_driver_step"
 
     def __post_init__(self):
         check_positive_int(self.history_size, "history_size")
@@ -118,6 +129,16 @@ class Anderson(RootSolver):
         _, f = problem.G(y)
         state.y, state.f, state.k = y, f, state.k + 1
         return state, None
+
+    def fused_step(self, kernel, state, out, is_map, book, step) -> int:
+        """The driver's bookkeeping on the raw evaluation ``out`` at ``state.y`` and, if ``step``, this step, in
+        one call of ``kernel`` (``anderson_driver_step``); returns the rows still running."""
+        m, k = self.history_size, state.k
+        y_new, live = kernel(out, is_map, state.y, state.f, *book, state.G, state.F, state.H, k % m, min(k + 1, m),
+                             self.beta, state.ridge, state.floor, step)[:2]
+        if y_new is not state.y:
+            state.y, state.k = y_new, k + 1
+        return live
 
     def learned(self, state) -> dict:
         """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ

@@ -123,6 +123,16 @@ class RootProblem:
         counts["row_evaluations"] += self.batch
         return self._residual(y)
 
+    def evaluate(self, y):
+        """One counted evaluation in its raw form: ``(G(y), True)`` when the problem has a fixed-point map,
+        else ``(F(y), False)`` (the fused driver steps form the residual themselves)."""
+        counts = self.counts
+        counts["nfev"] += 1
+        counts["row_evaluations"] += self.batch
+        if self._map is not None:
+            return self._map(y), True
+        return self._residual(y), False
+
     def G(self, y):
         """The fixed-point map; returns (G(y), F(y))."""
         if self._map is not None:
