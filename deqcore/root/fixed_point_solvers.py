@@ -17,6 +17,7 @@ from .._checks import check_positive_int, check_probability, check_tolerance
 from ..backend import get_kernel
 from .anderson_kernels import HISTORY_CAP  # (importing it registers anderson_step)
 from .base import IterateState, RootSolver
+from .workspace import take
 
 __all__ = ["FixedPointIteration", "Anderson", "AndersonState"]
 
@@ -116,8 +117,17 @@ class Anderson(RootSolver):
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
         finfo = np.finfo(problem.dtype)
         ridge, floor = max(self.ridge, 10 * float(finfo.eps)), float(np.sqrt(finfo.tiny))
-        return AndersonState(y, f, G=xp.zeros((batch, m, n), dtype=y.dtype), F=xp.zeros((batch, m, n), dtype=y.dtype),
-                             H=xp.zeros((batch, m, m), dtype=y.dtype), k=0, ridge=ridge, floor=floor)
+        if xp is np:
+            # reused rings (see deqcore.root.workspace): only slots below count are read, and every row writes
+            # slot k at step k, so stale slots are never read; learned() zeroes those not yet written. With
+            # compaction a finished row stops writing: those rings start zeroed.
+            G, F = take((batch, m, n), y.dtype), take((batch, m, n), y.dtype)
+            if problem.can_restrict:
+                G.fill(0)
+                F.fill(0)
+        else:
+            G, F = xp.zeros((batch, m, n), dtype=y.dtype), xp.zeros((batch, m, n), dtype=y.dtype)
+        return AndersonState(y, f, G=G, F=F, H=xp.zeros((batch, m, m), dtype=y.dtype), k=0, ridge=ridge, floor=floor)
 
     def step(self, problem, state: AndersonState):
         """One fused kernel stores (y + beta·f, f) in the ring, adds ⟨fᵢ, f⟩ to the Gram matrix, solves for
@@ -144,4 +154,7 @@ class Anderson(RootSolver):
         """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ
         (B, history_size, n), of which the first ``count`` slots are filled (with ``compact=True``, a sample that
         finished early filled only the slots of the steps it ran; the others are zero)."""
-        return {"anderson_history": (state.G, state.F, min(state.k, self.history_size))}
+        count = min(state.k, self.history_size)
+        state.G[:, count:] = 0
+        state.F[:, count:] = 0
+        return {"anderson_history": (state.G, state.F, count)}
