@@ -81,6 +81,9 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
     ``check_every``: steps between the host's "all samples done?" checks, the loop's only device-to-host sync
     (every step on NumPy, where it is free; see :data:`CHECK_EVERY_DEVICE` on a GPU). Samples finish on the
     device either way; at most ``check_every − 1`` extra steps run after the last one finished.
+    On NumPy, a solver with a fused driver step (``solver.fused_kernel``: Anderson, FixedPointIteration) runs
+    each iteration as one compiled call (:mod:`deqcore.root.step_kernels`: the residual, this bookkeeping and the
+    step) that also counts the running rows, so the check is every step there and ``check_every`` is not used.
     ``compact``: drop finished rows from the loop (f evaluations, solver work and bookkeeping) at the host checks
     once at most :data:`COMPACT_BELOW` of the rows still run — where the problem's rows are independent
     (``problem.can_restrict``) and the solver's state is all per-row arrays (``solver.compactable``). The

@@ -81,12 +81,13 @@ class Anderson(RootSolver):
     ``ridge`` times its mean diagonal (never an absolute constant, which would slow convergence at tight
     tolerances), and at least a few ulps of the dtype; a sample whose small system still fails takes a plain
     damped step instead. Each iteration is one fused kernel (``anderson_step``: ring update, Gram column,
-    small solve and mixing in one pass per sample); ``history_size`` is at most 32, the slots its GPU version
-    holds in shared memory.
+    small solve and mixing in one pass per sample; on the CPU fused with the driver's bookkeeping,
+    ``anderson_driver_step``); ``history_size`` is at most 32, the slots its GPU version holds in shared memory.
 
     Defaults from measurement (``benchmarks/bench_root.py``, batch 64, width 256, tolerance 1e-6, per-sample
     stopping): on the hard DEQ map (spectral radius 1.5) histories 5 / 10 / 20 need 147 / 122 / 96
-    f-evaluations, on the easy map 15 / 14 / 23; each slot adds work per step, so 10 is the balance.
+    f-evaluations, on the easy map 15 / 14 / 23; each slot adds work per step, so 10 is the balance (re-measured
+    with the step's cost at tolerance 1e-5: ``benchmarks/results/overhead.md``).
 
     >>> import numpy as np, deqcore as dq
     >>> W, b = np.array([[0.5, 0.2], [0.1, 0.3]]), np.array([1.0, 2.0])
