@@ -17,7 +17,6 @@ from .._checks import check_positive_int, check_probability, check_tolerance
 from ..backend import get_kernel
 from .anderson_kernels import HISTORY_CAP  # (importing it registers anderson_step)
 from .base import IterateState, RootSolver
-from .workspace import take
 
 __all__ = ["FixedPointIteration", "Anderson", "AndersonState"]
 
@@ -118,16 +117,11 @@ class Anderson(RootSolver):
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
         finfo = np.finfo(problem.dtype)
         ridge, floor = max(self.ridge, 10 * float(finfo.eps)), float(np.sqrt(finfo.tiny))
-        if xp is np:
-            # reused rings (see deqcore.root.workspace): only slots below count are read, and every row writes
-            # slot k at step k, so stale slots are never read; learned() zeroes those not yet written. With
-            # compaction a finished row stops writing: those rings start zeroed.
-            G, F = take((batch, m, n), y.dtype), take((batch, m, n), y.dtype)
-            if problem.can_restrict:
-                G.fill(0)
-                F.fill(0)
-        else:
-            G, F = xp.zeros((batch, m, n), dtype=y.dtype), xp.zeros((batch, m, n), dtype=y.dtype)
+        # Only slots below count are read and every row writes slot k at step k, so the rings need no zeroing
+        # (a pass over B·m·n elements twice); learned() zeroes the slots not yet written. With compaction a
+        # finished row stops writing: those rings start zeroed.
+        make = xp.zeros if problem.can_restrict else xp.empty
+        G, F = make((batch, m, n), dtype=y.dtype), make((batch, m, n), dtype=y.dtype)
         return AndersonState(y, f, G=G, F=F, H=xp.zeros((batch, m, m), dtype=y.dtype), k=0, ridge=ridge, floor=floor)
 
     def step(self, problem, state: AndersonState):
@@ -146,7 +140,7 @@ class Anderson(RootSolver):
         one call of ``kernel`` (``anderson_driver_step``); returns the rows still running."""
         m, k = self.history_size, state.k
         y_new, live = kernel(out, is_map, state.y, state.f, *book, state.G, state.F, state.H, k % m, min(k + 1, m),
-                             self.beta, state.ridge, state.floor, step)[:2]
+                             min(k, m), self.beta, state.ridge, state.floor, step)[:2]
         if y_new is not state.y:
             state.y, state.k = y_new, k + 1
         return live

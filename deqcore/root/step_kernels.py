@@ -5,8 +5,10 @@ when ``is_map``, else the residual F(y)), writes the residual f = G(y) − y (or
 runs the driver's bookkeeping on (f, y) exactly as ``driver_update`` does (norms, best iterate, codes, ``done``),
 and then, when ``step`` is true and at least one row is still running, the solver's step from (y, f):
 
-- ``anderson_driver_step(out, is_map, y, f, <bookkeeping>, G, F, H, slot, count, beta, ridge, floor, step)``:
-  the step of ``anderson_step`` (every row, as the unfused loop steps every row);
+- ``anderson_driver_step(out, is_map, y, f, <bookkeeping>, G, F, H, slot, count, filled, beta, ridge, floor,
+  step)``: the step of ``anderson_step`` on the rows still running; a finished row keeps its iterate and its
+  ring (no more traffic for it), and a row finishing now gets its slots from ``filled`` (the slots written so
+  far, min(k, m) after k steps) on zeroed, so its ring holds its own history only;
 - ``plain_driver_step(out, is_map, y, f, <bookkeeping>, damping, step)``: y_new = y + damping·f (y + f for
   damping 1, as :class:`~deqcore.root.FixedPointIteration` computes it).
 
@@ -52,14 +54,25 @@ def _residual_and_update(out, is_map, y, f, book):
 
 
 def anderson_driver_step_reference(out, is_map, y, f, best_y, best_res, since_best, codes, done, tol, rtol, cap,
-                                   y_limit, limit, patience, G, F, H, slot, count, beta, ridge, floor, step):
-    """Reference: the residual, ``driver_update_reference``, then ``anderson_step_reference`` if stepping."""
+                                   y_limit, limit, patience, G, F, H, slot, count, filled, beta, ridge, floor, step):
+    """Reference: the residual, ``driver_update_reference``; rows that have just finished get their ring slots
+    from ``filled`` on zeroed; if stepping, ``anderson_step_reference`` on the running rows (finished rows keep
+    their iterate)."""
+    xp = get_namespace(y)
+    was_done = done.copy()
     book = (best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit, patience)
     live = _residual_and_update(out, is_map, y, f, book)
+    finished = xp.nonzero(done & ~was_done)[0]
+    G[finished, filled:] = 0
+    F[finished, filled:] = 0
     y_new = y
     if step and live:
+        running = xp.nonzero(~done)[0]
+        y_new = y.copy()
         with np.errstate(invalid="ignore", over="ignore"):
-            y_new, G, F, H = anderson_step_reference(G, F, H, y, f, slot, count, beta, ridge, floor)
+            y_run, G_run, F_run, H_run = anderson_step_reference(G[running], F[running], H[running], y[running],
+                                                                 f[running], slot, count, beta, ridge, floor)
+        y_new[running], G[running], F[running], H[running] = y_run, G_run, F_run, H_run
     return (y_new, np.int64(live), f, best_y, best_res, since_best, codes, done, G, F, H)
 
 
@@ -93,7 +106,7 @@ def anderson_example(rng, dtype, size="small"):
     H = F @ F.transpose(0, 2, 1)
     H = (0.5 * (H + H.transpose(0, 2, 1))).astype(dtype)
     floor = float(np.sqrt(np.finfo(dtype).tiny))
-    return (out, True, y, np.empty_like(y), *book, G, F, H, count - 1, count, 1.0, 1e-8, floor, True)
+    return (out, True, y, np.empty_like(y), *book, G, F, H, count - 1, count, count - 1, 1.0, 1e-8, floor, True)
 
 
 def plain_example(rng, dtype, size="small"):

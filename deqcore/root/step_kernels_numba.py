@@ -54,12 +54,31 @@ def _residual_and_update(out, is_map, y, f, f_bits, y_bits, magnitude, inf_bits,
 
 @numba.njit(cache=CACHE)
 def _anderson_driver(out, is_map, y, f, f_bits, y_bits, magnitude, inf_bits, norm_bits, norms, best_y, best_res,
-                     since_best, codes, done, tol, rtol, cap, y_limit, limit, patience, G, F, H, slot, count, beta,
-                     ridge, floor, step, y_new, zero):
+                     since_best, codes, done, tol, rtol, cap, y_limit, limit, patience, G, F, H, slot, count, filled,
+                     beta, ridge, floor, step, y_new, zero, was_done, rows):
+    """The update, then: a row that has just finished gets its ring slots from ``filled`` on zeroed (never
+    written), a running row takes the Anderson step, a finished row keeps its iterate (y_new = y)."""
+    batch, n = y.shape
+    for i in range(batch):
+        was_done[i] = done[i]
     live = _residual_and_update(out, is_map, y, f, f_bits, y_bits, magnitude, inf_bits, norm_bits, norms, best_y,
                                 best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit, patience)
+    nrows = 0
+    for i in range(batch):
+        if not done[i]:
+            rows[nrows] = i
+            nrows += 1
+        elif not was_done[i]:
+            for s in range(filled, G.shape[1]):
+                for j in range(n):
+                    G[i, s, j] = 0
+                    F[i, s, j] = 0
     if step and live > 0:
-        _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero)
+        for i in range(batch):
+            if done[i]:
+                for j in range(n):
+                    y_new[i, j] = y[i, j]
+        _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero, rows, nrows)
     return live
 
 
@@ -90,14 +109,16 @@ def _common(out, y, f):
 
 
 def anderson_driver_step_numba_cpu(out, is_map, y, f, best_y, best_res, since_best, codes, done, tol, rtol, cap,
-                                   y_limit, limit, patience, G, F, H, slot, count, beta, ridge, floor, step):
+                                   y_limit, limit, patience, G, F, H, slot, count, filled, beta, ridge, floor, step):
     """One compiled call: the residual and the driver's bookkeeping row by row, then the fused Anderson step
-    (``anderson_step``'s CPU loop) from the same y and f."""
+    (``anderson_step``'s CPU loop) of the running rows from the same y and f."""
     out, y, bits = _common(out, y, f)
     y_new = np.empty_like(y) if step else y
+    batch = y.shape[0]
     live = _anderson_driver(out, bool(is_map), y, f, *bits, best_y, best_res, since_best, codes, done, tol,
                             float(rtol), cap, y_limit, limit, int(patience), G, F, H, int(slot), int(count),
-                            float(beta), float(ridge), float(floor), bool(step), y_new, G.dtype.type(0))
+                            int(filled), float(beta), float(ridge), float(floor), bool(step), y_new, G.dtype.type(0),
+                            np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64))
     return (y_new if live else y), np.int64(live), f, best_y, best_res, since_best, codes, done, G, F, H
 
 
