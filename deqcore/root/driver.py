@@ -152,10 +152,11 @@ def _fused_kernel(solver, xp):
 
 
 def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patience, max_steps, compact):
-    """The loop of :func:`run` with one compiled call per step: ``solver.fused_step`` takes the problem's raw
-    evaluation at the current iterate, does the driver's bookkeeping on it and the solver's step, and returns how
-    many rows still run (the host check, free on the CPU: every step). Same iterates, codes and counts as the
-    unfused loop."""
+    """The loop of :func:`run` with one compiled call per step: ``solver.fused_step(kernel, state, book)`` binds
+    the solver's state and the driver's bookkeeping arrays (``book``: driver_update's arguments after y) and
+    returns ``fused(out, is_map, step)``, which takes the problem's raw evaluation at the current iterate, does
+    the bookkeeping and the solver's step, and returns how many rows still run (the host check, free on the CPU:
+    every step). Same codes, counts and results as the unfused loop; finished rows are no longer stepped."""
     batch = problem.batch
     best_y, best_res = y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
     since_best = np.zeros(batch, dtype=np.int64)
@@ -165,14 +166,15 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
     state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
     # the start point's bookkeeping (no divergence limit yet), then the first step
     book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience]
-    live = solver.fused_step(kernel, state, f0, False, book, max_steps > 0)
+    live = solver.fused_step(kernel, state, book)(f0, False, max_steps > 0)
     book[9] = (DIVERGENCE_FACTOR * np.maximum(best_res, 1e-300)).astype(best_res.dtype)
+    fused = solver.fused_step(kernel, state, book)      # bound again whenever book or state are replaced
     full, rows, current = None, None, problem
     steps = 0
     while live and steps < max_steps:
         out, is_map = current.evaluate(state.y)
         steps += 1
-        live = solver.fused_step(kernel, state, out, is_map, book, steps < max_steps)
+        live = fused(out, is_map, steps < max_steps)
         if compact and steps < max_steps and 0 < live <= COMPACT_BELOW * book[4].shape[0]:
             running = np.nonzero(~book[4])[0]
             if full is None:
@@ -183,6 +185,7 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
             rows = rows[running]
             book = [a[running] if i not in (6, 10) else a for i, a in enumerate(book)]
             current = problem.restrict(rows)
+            fused = solver.fused_step(kernel, state, book)
     best_y, best_res, codes = book[0], book[1], book[3]
     if full is not None:
         _scatter(full, (best_y, best_res, codes, state), rows, batch)

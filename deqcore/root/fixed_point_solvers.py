@@ -63,12 +63,22 @@ class FixedPointIteration(RootSolver):
         state.y, state.f = y, f
         return state, None
 
-    def fused_step(self, kernel, state, out, is_map, book, step) -> int:
-        """The driver's bookkeeping on the raw evaluation ``out`` at ``state.y`` and, if ``step``, this step, in
-        one call of ``kernel`` (``plain_driver_step``); returns the rows still running."""
-        y_new, live = kernel(out, is_map, state.y, state.f, *book, self.damping, step)[:2]
-        state.y = y_new
-        return live
+    def fused_step(self, kernel, state, book):
+        """``fused(out, is_map, step) -> live``: the driver's bookkeeping on the raw evaluation ``out`` at
+        ``state.y`` and, if ``step``, this step, in one call of ``kernel`` (``plain_driver_step``, with ``state``
+        and the driver's ``book`` bound); returns the rows still running."""
+        prepare = getattr(kernel, "prepare", None)
+        if prepare is None:
+            def call(out, is_map, y, step):
+                return kernel(out, is_map, y, state.f, *book, self.damping, step)[:2]
+        else:
+            call = prepare(state.f, book, self.damping)
+
+        def fused(out, is_map, step):
+            state.y, live = call(out, is_map, state.y, step)
+            return live
+
+        return fused
 
 
 @dataclass(frozen=True)
@@ -135,15 +145,27 @@ class Anderson(RootSolver):
         state.y, state.f, state.k = y, f, state.k + 1
         return state, None
 
-    def fused_step(self, kernel, state, out, is_map, book, step) -> int:
-        """The driver's bookkeeping on the raw evaluation ``out`` at ``state.y`` and, if ``step``, this step, in
-        one call of ``kernel`` (``anderson_driver_step``); returns the rows still running."""
-        m, k = self.history_size, state.k
-        y_new, live = kernel(out, is_map, state.y, state.f, *book, state.G, state.F, state.H, k % m, min(k + 1, m),
-                             min(k, m), self.beta, state.ridge, state.floor, step)[:2]
-        if y_new is not state.y:
-            state.y, state.k = y_new, k + 1
-        return live
+    def fused_step(self, kernel, state, book):
+        """``fused(out, is_map, step) -> live``: the driver's bookkeeping on the raw evaluation ``out`` at
+        ``state.y`` and, if ``step``, this step, in one call of ``kernel`` (``anderson_driver_step``, with
+        ``state`` and the driver's ``book`` bound); returns the rows still running."""
+        m, beta = self.history_size, self.beta
+        prepare = getattr(kernel, "prepare", None)
+        if prepare is None:
+            def call(out, is_map, y, slot, count, filled, step):
+                return kernel(out, is_map, y, state.f, *book, state.G, state.F, state.H, slot, count, filled, beta,
+                              state.ridge, state.floor, step)[:2]
+        else:
+            call = prepare(state.f, book, state.G, state.F, state.H, beta, state.ridge, state.floor)
+
+        def fused(out, is_map, step):
+            k = state.k
+            y_new, live = call(out, is_map, state.y, k % m, k + 1 if k < m else m, k if k < m else m, step)
+            if y_new is not state.y:
+                state.y, state.k = y_new, k + 1
+            return live
+
+        return fused
 
     def learned(self, state) -> dict:
         """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ

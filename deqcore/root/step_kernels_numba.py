@@ -131,3 +131,59 @@ def plain_driver_step_numba_cpu(out, is_map, y, f, best_y, best_res, since_best,
     live = _plain_driver(out, bool(is_map), y, f, *bits, best_y, best_res, since_best, codes, done, tol,
                          float(rtol), cap, y_limit, limit, int(patience), y.dtype.type(damping), bool(step), y_new)
     return (y_new if live else y), np.int64(live), f, best_y, best_res, since_best, codes, done
+
+
+def _prepare_anderson(f, book, G, F, H, beta, ridge, floor):
+    """``step(out, is_map, y, slot, count, filled, step) -> (y_new, live)``: :func:`anderson_driver_step_numba_cpu`
+    with what stays fixed during a solve (the bookkeeping arrays, the ring, the bit views, the scratch rows, the
+    scalars) bound once, so a step converts and checks only what changes (the loop calls it once per
+    f-evaluation; measured in place, after f has evicted the interpreter's data, each Python operation costs
+    several times its cost in a warm loop)."""
+    best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit, patience = book
+    itype, magnitude, inf_bits = _BITS[f.dtype]
+    norm_bits = np.empty(2, dtype=itype)
+    fixed_a = (f, f.view(itype))
+    fixed_b = (magnitude, inf_bits, norm_bits, norm_bits.view(f.dtype), best_y, best_res, since_best, codes, done, tol,
+               float(rtol), cap, y_limit, limit, int(patience), G, F, H)
+    fixed_c = (float(beta), float(ridge), float(floor))
+    batch = f.shape[0]
+    zero, was_done, rows = G.dtype.type(0), np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64)
+    kernel, empty_like, contiguous = _anderson_driver, np.empty_like, np.ascontiguousarray
+
+    def step(out, is_map, y, slot, count, filled, step):
+        if not out.flags.c_contiguous:
+            out = contiguous(out)
+        if not y.flags.c_contiguous:
+            y = contiguous(y)
+        y_new = empty_like(y) if step else y
+        live = kernel(out, is_map, y, *fixed_a, y.view(itype), *fixed_b, slot, count, filled, *fixed_c, step, y_new,
+                      zero, was_done, rows)
+        return (y_new if live else y), live
+
+    return step
+
+
+def _prepare_plain(f, book, damping):
+    """As :func:`_prepare_anderson`, for :func:`plain_driver_step_numba_cpu`: ``step(out, is_map, y, step)``."""
+    best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit, patience = book
+    itype, magnitude, inf_bits = _BITS[f.dtype]
+    norm_bits = np.empty(2, dtype=itype)
+    fixed_a = (f, f.view(itype))
+    fixed_b = (magnitude, inf_bits, norm_bits, norm_bits.view(f.dtype), best_y, best_res, since_best, codes, done, tol,
+               float(rtol), cap, y_limit, limit, int(patience), f.dtype.type(damping))
+    kernel, empty_like, contiguous = _plain_driver, np.empty_like, np.ascontiguousarray
+
+    def step(out, is_map, y, step):
+        if not out.flags.c_contiguous:
+            out = contiguous(out)
+        if not y.flags.c_contiguous:
+            y = contiguous(y)
+        y_new = empty_like(y) if step else y
+        live = kernel(out, is_map, y, *fixed_a, y.view(itype), *fixed_b, step, y_new)
+        return (y_new if live else y), live
+
+    return step
+
+
+anderson_driver_step_numba_cpu.prepare = _prepare_anderson
+plain_driver_step_numba_cpu.prepare = _prepare_plain
