@@ -169,8 +169,8 @@ class Anderson(RootSolver):
 
     def learned(self, state) -> dict:
         """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ
-        (B, history_size, n), of which the first ``count`` slots are filled (with ``compact=True``, a sample that
-        finished early filled only the slots of the steps it ran; the others are zero)."""
+        (B, history_size, n), of which the first ``count`` slots are filled (on the CPU, or with ``compact=True``,
+        a sample that finished early filled only the slots of the steps it ran; the others are zero)."""
         count = min(state.k, self.history_size)
         state.G[:, count:] = 0
         state.F[:, count:] = 0
