@@ -144,8 +144,8 @@ def _solve_lanes(H, rows, r0, nb, count, ridge, floor, W, inv, alpha, good, lam,
 @numba.njit(cache=CACHE)
 def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero, rows, nrows):
     """The samples ``rows[:nrows]`` (the others are not touched), in blocks of ``LANES``: write the slot and form
-    the dot products of each sample, solve the block's systems side by side (a sample that fails there: ``solve_anderson_system``, with pivoting and the
-    plain-step fallback), then mix each sample. Dot products and mixing run in the arrays' dtype (``zero``'s
+    the dot products of each sample, solve the block's systems side by side (a sample that fails there:
+    ``solve_anderson_system``, with pivoting and the plain-step fallback), then mix each sample. Dot products and mixing run in the arrays' dtype (``zero``'s
     type), the small systems in float64. Only slots below ``count`` are touched."""
     batch, n = y.shape
     W = np.empty((count, count + 1, LANES))

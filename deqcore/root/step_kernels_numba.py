@@ -143,8 +143,8 @@ def _prepare_anderson(f, book, G, F, H, beta, ridge, floor):
     itype, magnitude, inf_bits = _BITS[f.dtype]
     norm_bits = np.empty(2, dtype=itype)
     fixed_a = (f, f.view(itype))
-    fixed_b = (magnitude, inf_bits, norm_bits, norm_bits.view(f.dtype), best_y, best_res, since_best, codes, done, tol,
-               float(rtol), cap, y_limit, limit, int(patience), G, F, H)
+    fixed_b = (magnitude, inf_bits, norm_bits, norm_bits.view(f.dtype), best_y, best_res, since_best, codes, done,
+               tol, float(rtol), cap, y_limit, limit, int(patience), G, F, H)
     fixed_c = (float(beta), float(ridge), float(floor))
     batch = f.shape[0]
     zero, was_done, rows = G.dtype.type(0), np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64)
@@ -169,8 +169,8 @@ def _prepare_plain(f, book, damping):
     itype, magnitude, inf_bits = _BITS[f.dtype]
     norm_bits = np.empty(2, dtype=itype)
     fixed_a = (f, f.view(itype))
-    fixed_b = (magnitude, inf_bits, norm_bits, norm_bits.view(f.dtype), best_y, best_res, since_best, codes, done, tol,
-               float(rtol), cap, y_limit, limit, int(patience), f.dtype.type(damping))
+    fixed_b = (magnitude, inf_bits, norm_bits, norm_bits.view(f.dtype), best_y, best_res, since_best, codes, done,
+               tol, float(rtol), cap, y_limit, limit, int(patience), f.dtype.type(damping))
     kernel, empty_like, contiguous = _plain_driver, np.empty_like, np.ascontiguousarray
 
     def step(out, is_map, y, step):
