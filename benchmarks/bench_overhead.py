@@ -21,7 +21,7 @@ against the f and VJP times of that repeat, and the tables show medians over the
   the loops, where f meets the caches the solver leaves; the floors above time f and the VJP in a warm loop);
 * ``grad err``: ‖dL/dW − exact‖ / ‖exact‖, exact from a dense per-sample float64 solve at the returned z*.
 
-    python benchmarks/bench_overhead.py [--repeats N] [--quick]
+    python benchmarks/bench_overhead.py [--repeats N] [--quick] [--fused-ab]
 """
 
 from __future__ import annotations
@@ -277,6 +277,41 @@ def measure(case, repeats):
     return med
 
 
+def measure_fused_ab(case, repeats):
+    """The forward with the fused CPU loop (one compiled call per step, ``deqcore.root.step_kernels``) against the
+    unfused loop it replaced (``driver_update`` + the solver's step kernel, switched back on for the comparison),
+    interleaved repeat by repeat in this process so both meet the same load. Medians of fwd / NFE·t_f and of the
+    forward's time outside f per f-evaluation (µs)."""
+    import deqcore.root.driver as driver
+
+    fused_kernel = driver._fused_kernel
+    modes = {"fused": fused_kernel, "unfused": lambda solver, xp: None}
+    rows = {mode: [] for mode in modes}
+    try:
+        for mode in modes:
+            driver._fused_kernel = modes[mode]
+            case.run()
+        for r in range(repeats):
+            for mode in (("fused", "unfused") if r % 2 else ("unfused", "fused")):
+                driver._fused_kernel = modes[mode]
+                t_f = case.time_f()
+                fwd, _ = case.run()
+                nfe = case.counts()[0]
+                rows[mode].append((fwd / (nfe * t_f), (fwd - case.inside[0]) / nfe))
+    finally:
+        driver._fused_kernel = fused_kernel
+    return {mode: tuple(statistics.median(c) for c in zip(*rs)) for mode, rs in rows.items()}
+
+
+def ab_table(results):
+    lines = ["| path | map | dtype | fwd / NFE·t_f, unfused → fused | outside f per f-evaluation µs, unfused → fused |",
+             "|---|---|---|---:|---:|"]
+    for (path, kind, dtype), r in results:
+        lines.append(f"| {path} | {kind} | {dtype} | {r['unfused'][0]:.2f} → {r['fused'][0]:.2f} "
+                     f"| {1e6 * r['unfused'][1]:.0f} → {1e6 * r['fused'][1]:.0f} |")
+    return "\n".join(lines)
+
+
 def _share(value):
     return "-" if value != value else f"{value:.0%}"
 
@@ -302,19 +337,24 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the working thread's CPU time (default); wall: elapsed time")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="folder for overhead.md")
+    parser.add_argument("--fused-ab", action="store_true",
+                        help="also time the forward with the fused CPU loop and with the unfused loop, interleaved")
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else args.repeats
     global _clock
     _clock = CLOCKS[args.clock]
     combos = [("easy", "float32")] if args.quick else [("easy", "float32"), ("easy", "float64"), ("hard", "float32")]
     cases = {"torch": TorchCase, "native": NativeCase}
-    results = []
+    results, ab = [], []
     warnings.simplefilter("ignore", RuntimeWarning)
     for kind, dtype in combos:
         for path in args.paths.split(","):
             case = cases[path](kind, dtype)
             results.append(((case.name, kind, dtype), measure(case, repeats)))
             print(table(results[-1:]).splitlines()[-1], flush=True)
+            if args.fused_ab:
+                ab.append(((case.name, kind, dtype), measure_fused_ab(case, repeats)))
+                print(ab_table(ab[-1:]).splitlines()[-1], flush=True)
     text = "\n".join([
         "# Overhead of a DEQ solve over its f-evaluations and VJPs", "",
         f"z = tanh(W z + U x + b), batch {SIZES[0]}, width {SIZES[1]}, input {SIZES[2]}; Anderson forward, default "
@@ -324,7 +364,9 @@ def main(argv=None) -> int:
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs shared with other work (ratios are measured in one "
         f"run; absolute times are indicative), one thread. Python {platform.python_version()}, NumPy "
         f"{np.__version__}, deqcore {dq.__version__}.", "",
-        table(results), ""])
+        table(results), ""] + ([
+        "Fused CPU loop against the unfused one (`--fused-ab`: the same cases, interleaved repeat by repeat in one "
+        "process; see `measure_fused_ab`):", "", ab_table(ab), ""] if ab else []))
     print(text)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -116,13 +116,26 @@ def test_anderson_iterates_do_not_depend_on_the_implementation(radius, atol, tol
     fn = _deq_map(np.random.default_rng(1), 8, 48, radius)
     y0 = np.zeros((8, 48))
     options = {"atol": atol, "max_steps": 300}
-    ref, ref_iterates = _iterates(fn, y0, dq.Anderson(), "reference", monkeypatch, **options)
-    fused, fused_iterates = _iterates(fn, y0, dq.Anderson(), "numba_cpu", monkeypatch, **options)
+    ref, ref_iterates = _iterates(fn, y0, dq.Anderson(), "reference", monkeypatch, **options)     # unfused loop
+    fused, fused_iterates = _iterates(fn, y0, dq.Anderson(), "numba_cpu", monkeypatch, **options)  # fused step
     assert ref.success.all() and fused.success.all()
     assert fused.stats == ref.stats and len(fused_iterates) == len(ref_iterates)
     assert ref.stats["num_steps"] > 10                      # the ring wrapped
-    for a, b in zip(fused_iterates, ref_iterates):
-        np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+    np.testing.assert_allclose(fused.value, ref.value, rtol=0, atol=tol)
+    np.testing.assert_array_equal(fused.result, ref.result)
+    # The unfused loop keeps stepping a finished row (its result frozen); the fused one stops stepping it, so fn
+    # sees that row's last iterate again. Up to then each row's iterates agree.
+    finished_at = []
+    for row in range(y0.shape[0]):
+        t = 1
+        while t < len(fused_iterates) and not np.array_equal(fused_iterates[t][row], fused_iterates[t - 1][row]):
+            t += 1
+        finished_at.append(t)
+        for a, b in zip(fused_iterates[:t], ref_iterates[:t]):
+            np.testing.assert_allclose(a[row], b[row], rtol=0, atol=tol)
+        for a in fused_iterates[t:]:
+            np.testing.assert_array_equal(a[row], fused_iterates[t - 1][row])
+    assert max(finished_at) == len(fused_iterates)          # the slowest row ran to the end
 
 
 def test_cuda_iterates_match_the_reference(monkeypatch, xp):
@@ -157,5 +170,9 @@ def test_learned_history_has_only_the_used_slots_written(rng):
     G, F, count = sol.learned["anderson_history"]
     assert G.shape == F.shape == (3, 20, 10) and 1 < count == sol.stats["num_steps"] < 20
     assert (G[:, count:] == 0).all() and (F[:, count:] == 0).all()
-    for i in range(count):                  # slot i holds G(y_i) = y_i + f_i and f_i (beta = 1)
-        np.testing.assert_allclose(fn(G[:, i] - F[:, i]), G[:, i], atol=1e-12)
+    for b in range(3):                      # a row that finished early holds the steps it ran, then zeros
+        ran = int(np.any(F[b] != 0, axis=1).sum())
+        assert ran >= 1 and (F[b, ran:] == 0).all() and (G[b, ran:] == 0).all()
+        for i in range(ran):                # slot i holds G(y_i) = y_i + f_i and f_i (beta = 1)
+            np.testing.assert_allclose(fn(G[:, i] - F[:, i])[b], G[b, i], atol=1e-12)
+    assert max(int(np.any(F[b] != 0, axis=1).sum()) for b in range(3)) == count

@@ -191,11 +191,12 @@ class DEQ(torch.nn.Module):
     def _solve(self, x, z0):
         x = x.detach()
         fn = _fast_map(self.f, x, z0)
-        self.last_adjoint = None
+        record = self.__dict__        # plain attributes, without torch.nn.Module.__setattr__'s checks (µs a call)
+        record["last_adjoint"] = None
         with torch.no_grad():
-            self.last_solution = solve(fn, to_array(z0, "z0"), self.solver, atol=self.atol, rtol=self.rtol,
-                                       max_steps=self.max_steps, batched=self.batched,
-                                       where="the forward solve of deqcore.interop.torch.DEQ")
+            record["last_solution"] = solve(fn, to_array(z0, "z0"), self.solver, atol=self.atol, rtol=self.rtol,
+                                            max_steps=self.max_steps, batched=self.batched,
+                                            where="the forward solve of deqcore.interop.torch.DEQ")
         return from_array(self.last_solution.value)
 
     def _gradients(self, x, z_star, g, params, forward=None):
@@ -230,7 +231,7 @@ class DEQ(torch.nn.Module):
                                                        preconditioner=preconditioner_from_forward(learned))
         else:
             dtheta, info = adjoint.gradient(problem, to_array(g, "grad_output"))
-        self.last_adjoint = info
+        self.__dict__["last_adjoint"] = info
         if not inputs:
             return None, ()
         if full:

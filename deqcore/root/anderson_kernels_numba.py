@@ -87,8 +87,8 @@ LANES = 8
 
 
 @numba.njit(inline="always")
-def _solve_lanes(H, b0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac):
-    """The systems of samples b0 … b0 + nb − 1 at once, sample index innermost: symmetric elimination
+def _solve_lanes(H, rows, r0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac):
+    """The systems of samples rows[r0] … rows[r0 + nb − 1] at once, sample index innermost: symmetric elimination
     without pivoting (H + λI is symmetric positive definite; only H's upper triangle is read), α = w / Σw in
     ``alpha[:, lane]``. A lane whose pivot is not positive and finite, or whose α is not finite, gets
     ``good[lane] = False`` (the caller solves that sample again with pivoting). Lanes past ``nb`` solve
@@ -100,7 +100,7 @@ def _solve_lanes(H, b0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac):
     for i in range(c):
         for j in range(i, c):
             for s in range(LANES):
-                W[i, j, s] = H[b0 + s, i, j] if s < nb else (1.0 if i == j else 0.0)
+                W[i, j, s] = H[rows[r0 + s], i, j] if s < nb else (1.0 if i == j else 0.0)
         for s in range(LANES):
             W[i, c, s] = 1.0
             lam[s] += W[i, i, s]
@@ -142,10 +142,10 @@ def _solve_lanes(H, b0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac):
 
 
 @numba.njit(cache=CACHE)
-def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero):
-    """Blocks of ``LANES`` samples: write the slot and form the dot products of each sample, solve the
-    block's systems side by side (a sample that fails there: ``solve_anderson_system``, with pivoting and the
-    plain-step fallback), then mix each sample. Dot products and mixing run in the arrays' dtype (``zero``'s
+def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero, rows, nrows):
+    """The samples ``rows[:nrows]`` (the others are not touched), in blocks of ``LANES``: write the slot and form
+    the dot products of each sample, solve the block's systems side by side (a sample that fails there:
+    ``solve_anderson_system``, with pivoting and the plain-step fallback), then mix each sample. Dot products and mixing run in the arrays' dtype (``zero``'s
     type), the small systems in float64. Only slots below ``count`` are touched."""
     batch, n = y.shape
     W = np.empty((count, count + 1, LANES))
@@ -158,9 +158,10 @@ def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero):
     single = np.empty(count)
     acc = np.empty(n, y.dtype)
     weights = np.empty(count, y.dtype)
-    for b0 in range(0, batch, LANES):
-        nb = min(LANES, batch - b0)
-        for b in range(b0, b0 + nb):
+    for r0 in range(0, nrows, LANES):
+        nb = min(LANES, nrows - r0)
+        for s in range(nb):
+            b = rows[r0 + s]
             for j in range(n):
                 G[b, slot, j] = y[b, j] + beta * f[b, j]
                 F[b, slot, j] = f[b, j]
@@ -168,9 +169,9 @@ def _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero):
                 d = _dot(F[b, i], f[b], zero)
                 H[b, slot, i] = d
                 H[b, i, slot] = d
-        _solve_lanes(H, b0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac)
+        _solve_lanes(H, rows, r0, nb, count, ridge, floor, W, inv, alpha, good, lam, fac)
         for s in range(nb):
-            b = b0 + s
+            b = rows[r0 + s]
             if not good[s]:
                 solve_anderson_system(H[b, :count, :count], work, slot, ridge, floor, single)
                 for i in range(count):
@@ -193,7 +194,7 @@ def anderson_step_numba_cpu(G, F, H, y, f, slot, count, beta, ridge, floor):
     ARCHITECTURE.md, "Constants set by measurement")."""
     y_new = np.empty_like(y)
     _step_loop(G, F, H, np.ascontiguousarray(y), np.ascontiguousarray(f), int(slot), int(count), float(beta),
-               float(ridge), float(floor), y_new, G.dtype.type(0))
+               float(ridge), float(floor), y_new, G.dtype.type(0), np.arange(y.shape[0]), y.shape[0])
     return y_new, G, F, H
 
 

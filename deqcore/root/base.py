@@ -11,6 +11,8 @@ A solver is a frozen dataclass of settings with two methods:
 Kernel handles are not state: a solver fetches them from the registry (``backend.get_kernel``) when it steps.
 A solver whose state fields are all per-row arrays (batch on the leading axis) or shared scalars sets
 ``compactable = True``: the driver may then run it on the still-running rows only (active-set compaction).
+Optionally, ``fused_kernel`` (a registered kernel's name) and ``fused_step(kernel, state, book)`` let the NumPy
+loop run the driver's bookkeeping and the step in one compiled call (see :mod:`deqcore.root.step_kernels`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..results import ReturnCode, Solution
-from ..backend import get_kernel
-from . import driver_kernels  # noqa: F401  (registers driver_update)
+from ..backend import get_kernel, registered_kernels
+from . import driver_kernels, step_kernels  # noqa: F401  (register driver_update and the fused driver steps)
 
 __all__ = ["run", "RootLoopResult", "DIVERGENCE_FACTOR", "CHECK_EVERY_DEVICE", "PATIENCE_CAP", "COMPACT_BELOW"]
 
@@ -81,6 +81,9 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
     ``check_every``: steps between the host's "all samples done?" checks, the loop's only device-to-host sync
     (every step on NumPy, where it is free; see :data:`CHECK_EVERY_DEVICE` on a GPU). Samples finish on the
     device either way; at most ``check_every − 1`` extra steps run after the last one finished.
+    On NumPy, a solver with a fused driver step (``solver.fused_kernel``: Anderson, FixedPointIteration) runs
+    each iteration as one compiled call (:mod:`deqcore.root.step_kernels`: the residual, this bookkeeping and the
+    step) that also counts the running rows, so the check is every step there and ``check_every`` is not used.
     ``compact``: drop finished rows from the loop (f evaluations, solver work and bookkeeping) at the host checks
     once at most :data:`COMPACT_BELOW` of the rows still run — where the problem's rows are independent
     (``problem.can_restrict``) and the solver's state is all per-row arrays (``solver.compactable``). The
@@ -90,10 +93,14 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
     patience = min(max(25, max_steps // 4), PATIENCE_CAP) if patience is None else min(int(patience), 2 ** 62)
     if check_every is None:
         check_every = 1 if xp is np else CHECK_EVERY_DEVICE
-    update = get_kernel("driver_update", xp)
     f = problem.F(y0) if f0 is None else f0
     tol, cap, y_limit = problem.tolerance(y0, f, atol, rtol)
     rtol = float(rtol)
+    compact = compact and problem.can_restrict and getattr(solver, "compactable", False)
+    fused = _fused_kernel(solver, xp)
+    if fused is not None:
+        return _run_fused(problem, solver, fused, y0, f, tol, rtol, cap, y_limit, patience, max_steps, compact)
+    update = get_kernel("driver_update", xp)
     # The start point goes through the same bookkeeping as every step (no divergence limit yet): it sets the
     # best residual, and finishes samples that start converged (SUCCESS) or non-finite (DIVERGED).
     best_y, best_res = y0.copy(), xp.full(batch, xp.inf, dtype=y0.dtype)
@@ -103,7 +110,6 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
     update(f, y0, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience)
     limit = (DIVERGENCE_FACTOR * xp.maximum(best_res, 1e-300)).astype(best_res.dtype)
     state = solver.init(problem, y0, f)
-    compact = compact and problem.can_restrict and getattr(solver, "compactable", False)
     full, rows, current = None, None, problem        # full-batch arrays and the rows the loop runs on
     steps = 0
     while steps < max_steps and not bool(done.all()):
@@ -128,6 +134,59 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
                 best_y, best_res, since_best, codes, done, tol, cap, y_limit, limit = (
                     a[live] for a in (best_y, best_res, since_best, codes, done, tol, cap, y_limit, limit))
                 current = problem.restrict(rows)
+    if full is not None:
+        _scatter(full, (best_y, best_res, codes, state), rows, batch)
+        best_y, best_res, codes, state = full
+    return RootLoopResult(best_y, codes, best_res, steps, state)
+
+
+def _fused_kernel(solver, xp):
+    """The solver's fused driver step (bookkeeping and step in one compiled call) where it runs: NumPy arrays and
+    the kernel's Numba CPU version (``DEQCORE_KERNELS=reference`` or ``numba_cuda`` keep the unfused loop and
+    those kernels); else None."""
+    name = getattr(solver, "fused_kernel", None)
+    if name is None or xp is not np:
+        return None
+    kernel = get_kernel(name, xp)
+    return None if kernel is registered_kernels()[name].reference else kernel
+
+
+def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patience, max_steps, compact):
+    """The loop of :func:`run` with one compiled call per step: ``solver.fused_step(kernel, state, book)`` binds
+    the solver's state and the driver's bookkeeping arrays (``book``: driver_update's arguments after y) and
+    returns ``fused(out, is_map, step)``, which takes the problem's raw evaluation at the current iterate, does
+    the bookkeeping and the solver's step, and returns how many rows still run (the host check, free on the CPU:
+    every step). Same codes, counts and results as the unfused loop; finished rows are no longer stepped."""
+    batch = problem.batch
+    best_y, best_res = y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
+    since_best = np.zeros(batch, dtype=np.int64)
+    codes = np.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
+    done = np.zeros(batch, dtype=bool)
+    state = solver.init(problem, y0, f0)
+    state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
+    # the start point's bookkeeping (no divergence limit yet), then the first step
+    book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience]
+    live = solver.fused_step(kernel, state, book)(f0, False, max_steps > 0)
+    book[9] = (DIVERGENCE_FACTOR * np.maximum(best_res, 1e-300)).astype(best_res.dtype)
+    fused = solver.fused_step(kernel, state, book)      # bound again whenever book or state are replaced
+    full, rows, current = None, None, problem
+    steps = 0
+    while live and steps < max_steps:
+        out, is_map = current.evaluate(state.y)
+        steps += 1
+        live = fused(out, is_map, steps < max_steps)
+        if compact and steps < max_steps and 0 < live <= COMPACT_BELOW * book[4].shape[0]:
+            running = np.nonzero(~book[4])[0]
+            if full is None:
+                full, rows = (book[0], book[1], book[3], state), np.arange(batch)
+            else:
+                _scatter(full, (book[0], book[1], book[3], state), rows, batch)
+            state = _gather_state(state, running, book[4].shape[0])
+            rows = rows[running]
+            book = [a[running] if i not in (6, 10) else a for i, a in enumerate(book)]
+            current = problem.restrict(rows)
+            fused = solver.fused_step(kernel, state, book)
+    best_y, best_res, codes = book[0], book[1], book[3]
     if full is not None:
         _scatter(full, (best_y, best_res, codes, state), rows, batch)
         best_y, best_res, codes, state = full

@@ -48,6 +48,8 @@ class FixedPointIteration(RootSolver):
 
     damping: float = 1.0
     compactable = True
+    #: the driver's fused step on the CPU (see :mod:`deqcore.root.step_kernels`)
+    fused_kernel = "plain_driver_step"
 
     def __post_init__(self):
         check_probability(self.damping, "damping")
@@ -61,6 +63,23 @@ class FixedPointIteration(RootSolver):
         state.y, state.f = y, f
         return state, None
 
+    def fused_step(self, kernel, state, book):
+        """``fused(out, is_map, step) -> live``: the driver's bookkeeping on the raw evaluation ``out`` at
+        ``state.y`` and, if ``step``, this step, in one call of ``kernel`` (``plain_driver_step``, with ``state``
+        and the driver's ``book`` bound); returns the rows still running."""
+        prepare = getattr(kernel, "prepare", None)
+        if prepare is None:
+            def call(out, is_map, y, step):
+                return kernel(out, is_map, y, state.f, *book, self.damping, step)[:2]
+        else:
+            call = prepare(state.f, book, self.damping)
+
+        def fused(out, is_map, step):
+            state.y, live = call(out, is_map, state.y, step)
+            return live
+
+        return fused
+
 
 @dataclass(frozen=True)
 class Anderson(RootSolver):
@@ -71,12 +90,13 @@ class Anderson(RootSolver):
     ``ridge`` times its mean diagonal (never an absolute constant, which would slow convergence at tight
     tolerances), and at least a few ulps of the dtype; a sample whose small system still fails takes a plain
     damped step instead. Each iteration is one fused kernel (``anderson_step``: ring update, Gram column,
-    small solve and mixing in one pass per sample); ``history_size`` is at most 32, the slots its GPU version
-    holds in shared memory.
+    small solve and mixing in one pass per sample; on the CPU fused with the driver's bookkeeping,
+    ``anderson_driver_step``); ``history_size`` is at most 32, the slots its GPU version holds in shared memory.
 
     Defaults from measurement (``benchmarks/bench_root.py``, batch 64, width 256, tolerance 1e-6, per-sample
     stopping): on the hard DEQ map (spectral radius 1.5) histories 5 / 10 / 20 need 147 / 122 / 96
-    f-evaluations, on the easy map 15 / 14 / 23; each slot adds work per step, so 10 is the balance.
+    f-evaluations, on the easy map 15 / 14 / 23; each slot adds work per step, so 10 is the balance (re-measured
+    with the step's cost at tolerance 1e-5: ``benchmarks/results/overhead.md``).
 
     >>> import numpy as np, deqcore as dq
     >>> W, b = np.array([[0.5, 0.2], [0.1, 0.3]]), np.array([1.0, 2.0])
@@ -89,6 +109,8 @@ class Anderson(RootSolver):
     beta: float = 1.0
     ridge: float = 1e-8
     compactable = True
+    #: the driver's fused step on the CPU (see :mod:`deqcore.root.step_kernels`)
+    fused_kernel = "anderson_driver_step"
 
     def __post_init__(self):
         check_positive_int(self.history_size, "history_size")
@@ -105,8 +127,12 @@ class Anderson(RootSolver):
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
         finfo = np.finfo(problem.dtype)
         ridge, floor = max(self.ridge, 10 * float(finfo.eps)), float(np.sqrt(finfo.tiny))
-        return AndersonState(y, f, G=xp.zeros((batch, m, n), dtype=y.dtype), F=xp.zeros((batch, m, n), dtype=y.dtype),
-                             H=xp.zeros((batch, m, m), dtype=y.dtype), k=0, ridge=ridge, floor=floor)
+        # Only slots below count are read and every row writes slot k at step k, so the rings need no zeroing
+        # (a pass over B·m·n elements twice); learned() zeroes the slots not yet written. With compaction a
+        # finished row stops writing: those rings start zeroed.
+        make = xp.zeros if problem.can_restrict else xp.empty
+        G, F = make((batch, m, n), dtype=y.dtype), make((batch, m, n), dtype=y.dtype)
+        return AndersonState(y, f, G=G, F=F, H=xp.zeros((batch, m, m), dtype=y.dtype), k=0, ridge=ridge, floor=floor)
 
     def step(self, problem, state: AndersonState):
         """One fused kernel stores (y + beta·f, f) in the ring, adds ⟨fᵢ, f⟩ to the Gram matrix, solves for
@@ -119,8 +145,33 @@ class Anderson(RootSolver):
         state.y, state.f, state.k = y, f, state.k + 1
         return state, None
 
+    def fused_step(self, kernel, state, book):
+        """``fused(out, is_map, step) -> live``: the driver's bookkeeping on the raw evaluation ``out`` at
+        ``state.y`` and, if ``step``, this step, in one call of ``kernel`` (``anderson_driver_step``, with
+        ``state`` and the driver's ``book`` bound); returns the rows still running."""
+        m, beta = self.history_size, self.beta
+        prepare = getattr(kernel, "prepare", None)
+        if prepare is None:
+            def call(out, is_map, y, slot, count, filled, step):
+                return kernel(out, is_map, y, state.f, *book, state.G, state.F, state.H, slot, count, filled, beta,
+                              state.ridge, state.floor, step)[:2]
+        else:
+            call = prepare(state.f, book, state.G, state.F, state.H, beta, state.ridge, state.floor)
+
+        def fused(out, is_map, step):
+            k = state.k
+            y_new, live = call(out, is_map, state.y, k % m, k + 1 if k < m else m, k if k < m else m, step)
+            if y_new is not state.y:
+                state.y, state.k = y_new, k + 1
+            return live
+
+        return fused
+
     def learned(self, state) -> dict:
         """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ
-        (B, history_size, n), of which the first ``count`` slots are filled (with ``compact=True``, a sample that
-        finished early filled only the slots of the steps it ran; the others are zero)."""
-        return {"anderson_history": (state.G, state.F, min(state.k, self.history_size))}
+        (B, history_size, n), of which the first ``count`` slots are filled (on the CPU, or with ``compact=True``,
+        a sample that finished early filled only the slots of the steps it ran; the others are zero)."""
+        count = min(state.k, self.history_size)
+        state.G[:, count:] = 0
+        state.F[:, count:] = 0
+        return {"anderson_history": (state.G, state.F, count)}

@@ -114,7 +114,11 @@ class RootProblem:
         tol = xp.full(self.batch, atol, dtype=self.dtype)
         if self.relative_to == "residual":
             return tol, finite(xp.abs(f0).max(axis=1)), xp.full(self.batch, xp.inf, dtype=self.dtype)
-        s0 = finite(xp.maximum(xp.abs(y0).max(axis=1), xp.abs(y0 + f0).max(axis=1)))
+        work = xp.abs(y0)
+        s0 = work.max(axis=1)
+        xp.add(y0, f0, out=work)                                  # G(y0), as y0 + F(y0)
+        xp.abs(work, out=work)
+        s0 = finite(xp.maximum(s0, work.max(axis=1), out=s0))
         return tol, s0, xp.where(s0 > 0, s0 / np.sqrt(self.eps), xp.inf).astype(self.dtype)
 
     def F(self, y):
@@ -122,6 +126,16 @@ class RootProblem:
         counts["nfev"] += 1
         counts["row_evaluations"] += self.batch
         return self._residual(y)
+
+    def evaluate(self, y):
+        """One counted evaluation in its raw form: ``(G(y), True)`` when the problem has a fixed-point map,
+        else ``(F(y), False)`` (the fused driver steps form the residual themselves)."""
+        counts = self.counts
+        counts["nfev"] += 1
+        counts["row_evaluations"] += self.batch
+        if self._map is not None:
+            return self._map(y), True
+        return self._residual(y), False
 
     def G(self, y):
         """The fixed-point map; returns (G(y), F(y))."""
@@ -177,8 +191,12 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
         return y2d.reshape(shape)
 
     def call(y2d):
-        out = check_returned_array(fn(unflatten(y2d), *args), "fn", shape, dtype, array_type)
-        return xp.ascontiguousarray(out).reshape(batch, n)      # the kernels are compiled for C order
+        out = fn(y2d.reshape(shape), *args)
+        if type(out) is not array_type or out.dtype != dtype or out.shape != shape:   # the usual case: 3 reads
+            out = check_returned_array(out, "fn", shape, dtype, array_type)
+        if not out.flags.c_contiguous:
+            out = xp.ascontiguousarray(out)                       # the kernels are compiled for C order
+        return out.reshape(batch, n)
 
     def call_rows(y_rows, rows):
         k = y_rows.shape[0]
