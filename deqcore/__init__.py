@@ -23,9 +23,9 @@ from .root import (  # noqa: E402
 __all__ += ["Anderson", "Broyden", "FixedPointIteration", "LimitedMemoryBroyden", "NewtonRaphson", "TrustRegion",
             "fixed_point", "root_find"]
 # --- ode ---
-from .ode import BDF, VCAB3, VCABM3, ODESolution, Rodas3, Rodas4, Rodas5P, Tsit5, integrate, steady_state  # noqa: E402
+from .ode import BDF, Radau, VCAB3, VCABM3, ODESolution, Rodas3, Rodas4, Rodas5P, Tsit5, integrate, steady_state  # noqa: E402
 
-__all__ += ["BDF", "VCAB3", "VCABM3", "ODESolution", "Rodas3", "Rodas4", "Rodas5P", "Tsit5", "integrate", "steady_state"]
+__all__ += ["BDF", "Radau", "VCAB3", "VCABM3", "ODESolution", "Rodas3", "Rodas4", "Rodas5P", "Tsit5", "integrate", "steady_state"]
 # --- adjoint ---
 from .adjoint import BacksolveAdjoint, DiscreteAdjoint, GaussAdjoint, ode_gradients  # noqa: E402
 

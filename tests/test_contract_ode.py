@@ -73,7 +73,7 @@ def test_bad_argument_raises_an_error_naming_it(data, name, entry):
 
 @settings(max_examples=20)
 @given(kind=st.sampled_from(["shape", "dtype", "complex", "scalar"]), entry=st.sampled_from(["ivp", "steady"]),
-       solver=st.sampled_from(SOLVERS + [dq.Rodas3()]))
+       solver=st.sampled_from(SOLVERS + [dq.Rodas3(), dq.BDF(), dq.Radau()]))
 def test_a_bad_rhs_result_is_named(kind, entry, solver):
     out = {"shape": np.ones(3), "dtype": np.ones(2, dtype=int), "complex": np.ones(2, dtype=complex),
            "scalar": 1.0}[kind]

@@ -1,0 +1,489 @@
+"""The 3-stage Radau IIA method of order 5 for stiff problems (Hairer & Wanner, Solving ODEs II, §IV.8).
+
+A step of size h from ``(t, y)`` solves the collocation system for the stage increments ``Z_i = Y_i − y``,
+
+    Z = h (A ⊗ I) F(Z),   F(Z)_i = f(t + c_i h, y + Z_i),   y_new = y + Z_3   (stiffly accurate),
+
+by a simplified Newton iteration. With ``A⁻¹ = T Λ T⁻¹`` (one real eigenvalue γ, one complex pair) and
+``W = (T⁻¹ ⊗ I) Z`` the 3n × 3n Newton matrix splits into one real ``γ/h − J`` and one complex
+``(α + iβ)/h − J`` system, factored once per (h, J) and reused while both stay. J = ∂f/∂y is kept across
+steps; it is re-evaluated after a step whose Newton iteration needed more than two iterations at a
+contraction rate θ above ``jac_rate``, and when Newton fails with a J that is not fresh (the step is then
+retried at the same size first). The step size is kept unchanged when the controller asks for a change by a
+factor in [1, 1.2], so that the factors can be reused too. Newton starts from the previous step's
+collocation polynomial extrapolated to the new stages, and stops once its predicted remaining error
+``θ/(1 − θ)·‖ΔW‖`` is below ``newton_tol · min(0.03, √rtol)`` (in units of the error weights; the rate of the
+previous step serves the first iteration, so a well-predicted step needs a single iteration, 3 evaluations
+of f); it is abandoned (a smaller step) when the rate predicts it cannot reach ``min(0.03, √rtol)`` within
+``max_newton_iter`` iterations.
+
+Error estimate: the embedded order-3 formula filtered by ``(I − hγ₀J)⁻¹`` (γ₀ = 1/γ), so that it stays bounded
+for stiff components; at the first step and after a rejection a second, re-filtered estimate is used when the
+first exceeds the tolerance. Step sizes: Gustafsson's predictive controller (the smaller of it and the
+standard factor), growth at most 8×, shrinking at least to 1/5. Dense output is the collocation polynomial
+(degree 3, order 3 uniformly, exact at the step's ends). The method tells the driver its next step size
+through :attr:`~deqcore.ode.base.Trial.h_next`.
+
+The derivative handed back with each accepted step is the collocation polynomial's slope at t + h (equal to
+f(t + h, y_new) to the Newton tolerance; the filtered error estimate of the next step is insensitive to the
+difference), not a fresh evaluation of f: f is evaluated there only when a finite-difference Jacobian is
+formed at that point, and under :func:`~deqcore.ode.steady_state` (where the residual test reads it).
+
+A step whose Newton iteration fails (also: a singular or non-finite matrix, or f returning NaN/inf) is retried
+with a smaller step and, if J was not fresh, a new J; when no step size works the solve ends with
+LINEAR_SOLVE_FAILED (the last attempt's matrix could not be factored), DIVERGED or DT_TOO_SMALL, never SUCCESS.
+
+What it solves: unbatched NumPy problems (one state of any shape). Batched problems and CuPy arrays are
+refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
+
+>>> import numpy as np, deqcore as dq
+>>> def robertson(t, y):
+...     return np.array([-0.04 * y[0] + 1e4 * y[1] * y[2],
+...                      0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2])
+>>> sol = dq.integrate(robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e5), dq.Radau(), atol=1e-10, rtol=1e-6)
+>>> np.round(sol.ys[-1], 5).tolist(), sol.stats["njev"] < sol.stats["accepted"] // 2
+([0.01787, 0.0, 0.98213], True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
+from ..results import ReturnCode
+from .base import Evaluator, ODEMethod, Trial, host_float
+from .rosenbrock import user_jacobian
+
+__all__ = ["Radau", "RadauStepper", "radau_coefficients"]
+
+#: step-size factor limits (new h / old h), the safety factor, and the ratio band in which h is kept
+MIN_FACTOR, MAX_FACTOR, SAFETY = 0.2, 8.0, 0.9
+KEEP_LOW, KEEP_HIGH = 1.0, 1.2
+#: J is kept after a step whose Newton iteration took at most this many iterations, whatever its rate
+JAC_KEEP_ITER = 2
+
+
+@dataclass(frozen=True)
+class RadauCoefficients:
+    """Everything the method needs, derived from its nodes (see :func:`radau_coefficients`)."""
+
+    c: np.ndarray          # nodes (3,)
+    A: np.ndarray          # collocation matrix (3, 3)
+    T: np.ndarray          # A⁻¹ = T Λ T⁻¹
+    T_inv: np.ndarray
+    gamma: float           # real eigenvalue of A⁻¹
+    mu: complex            # the complex eigenvalue pairing with W₂ + iW₃: the matrix (mu/h − J)
+    error: np.ndarray      # the filtered estimate is (γ/h − J)⁻¹ (f(t, y) + Σ error_i Z_i / h)
+    dense: np.ndarray      # collocation polynomial: y + Σ_i Z_i Σ_k dense[i, k] θ^(k+1)
+
+
+def radau_coefficients() -> RadauCoefficients:
+    """The coefficients of Radau IIA with 3 stages, computed from its nodes c (the zeros of
+    ``d²/dx² (x²(x − 1)³)``... i.e. (4 ∓ √6)/10 and 1): A from the collocation conditions
+    ``Σ_j a_ij c_jᵏ⁻¹ = c_iᵏ / k``; T from the eigenvectors of A⁻¹ (real one of unit length, complex one with
+    last entry 1); the embedded order-3 weights b̂ (with b̂₀ = 1/γ on f(t, y)) from the order conditions.
+
+    >>> co = radau_coefficients()
+    >>> bool(np.allclose(co.A.sum(axis=1), co.c)), round(co.gamma, 6), round(abs(co.mu.imag), 6)
+    (True, 3.637834, 3.050430)
+    >>> s6 = np.sqrt(6.0)        # the closed form of Hairer & Wanner's error coefficients
+    >>> bool(np.allclose(co.error, [-(13 + 7 * s6) / 3, (-13 + 7 * s6) / 3, -1 / 3]))
+    True
+    """
+    s6 = np.sqrt(6.0)
+    c = np.array([(4.0 - s6) / 10.0, (4.0 + s6) / 10.0, 1.0])
+    k = np.arange(1, 4)
+    V = c[:, None] ** (k - 1)                       # V[j, k] = c_j^(k-1)
+    A = (c[:, None] ** k / k) @ np.linalg.inv(V)
+    A_inv = np.linalg.inv(A)
+    values, vectors = np.linalg.eig(A_inv)
+    real = int(np.argmin(np.abs(values.imag)))
+    cplx = int(np.argmax(values.imag))              # the eigenvalue α + iβ with β > 0
+    gamma = float(values[real].real)
+    r = vectors[:, real].real
+    r = r / np.linalg.norm(r)
+    v = vectors[:, cplx] / vectors[2, cplx]
+    T = np.stack([r, v.real, v.imag], axis=1)
+    T_inv = np.linalg.inv(T)
+    Lam = T_inv @ A_inv @ T
+    alpha, beta21 = Lam[1, 1], Lam[2, 1]
+    # rows 2–3 of (Λ/h − J) ΔW = R read ((α + iΛ₂₁)/h − J)(ΔW₂ + iΔW₃) = R₂ + iR₃ since Λ₁₂ = −Λ₂₁
+    mu = complex(alpha, beta21)
+    b_hat = np.linalg.solve(np.vander(c, 3, increasing=True).T, [1.0 - 1.0 / gamma, 0.5, 1.0 / 3.0])
+    error = gamma * (b_hat @ A_inv - np.array([0.0, 0.0, 1.0]))
+    Q = c[:, None] ** k                             # ℓ_i(θ) = Σ_k P[i, k] θ^k with ℓ_i(c_j) = δ_ij
+    dense = np.linalg.inv(Q).T
+    return RadauCoefficients(c, A, T, T_inv, gamma, mu, error, dense)
+
+
+COEF = radau_coefficients()
+
+
+def _lagrange(theta):
+    """ℓ_i(θ) for the collocation polynomial (shape ``(3,) + shape(theta)``)."""
+    theta = np.asarray(theta, dtype=float)
+    powers = theta[..., None] ** np.arange(1, 4)
+    return np.moveaxis(powers @ COEF.dense.T, -1, 0)
+
+
+def extrapolation_matrix(ratio: float) -> np.ndarray:
+    """``M`` with ``Z_new ≈ M @ Z_old``: the last step's collocation polynomial evaluated at the new stages
+    (step-size ratio ``ratio`` = h_new / h_old), minus the new start point ``y + Z_old[2]``."""
+    M = _lagrange(1.0 + COEF.c * ratio).T          # M[j, i] = ℓ_i(1 + c_j r)
+    M[:, 2] -= 1.0
+    return M
+
+
+class CollocationPolynomial:
+    """The dense output of one accepted step: ``θ ↦ y0 + Σ_i ℓ_i(θ) Z_i`` (θ = (t − t0)/h in [0, 1])."""
+
+    __slots__ = ("y0", "Z", "shape")
+
+    def __init__(self, y0, Z, shape):
+        self.y0, self.Z, self.shape = y0, Z, shape
+
+    def __call__(self, theta):
+        w = _lagrange(float(theta)).astype(self.Z.dtype)
+        return (self.y0 + w @ self.Z).reshape(self.shape)
+
+
+def _rms(x) -> float:
+    return float(np.sqrt(np.dot(x.ravel(), x.ravel()) / x.size)) if x.size else 0.0
+
+
+class RadauStepper:
+    """Steps of Radau IIA (order 5) for the ODE driver (see the module docstring)."""
+
+    error_exponent = 4     # the embedded estimate is O(h⁴): used for the driver's first step size
+
+    def __init__(self, ev: Evaluator, method: "Radau", jac):
+        self.ev, self.jac = ev, jac
+        self.n = int(np.prod(ev.shape, dtype=np.int64))
+        self.dtype = np.dtype(ev.dtype)
+        self.cdtype = np.result_type(self.dtype, np.complex64)
+        self.max_iter = method.max_newton_iter
+        self.jac_rate = method.jac_rate
+        self.newton_factor = method.newton_tol
+        self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, self.n)
+        dt = self.dtype
+        self._T, self._T_inv = COEF.T.astype(dt), COEF.T_inv.astype(dt)
+        self._e = COEF.error.astype(dt)
+        self._c = [float(ci) for ci in COEF.c]
+        self.fd = None
+        self.stats = {"njev": 0, "nlinsolve": 0, "nfactor": 0, "nfev_jac": 0, "nfailed_solves": 0,
+                      "nnewton_fail": 0}
+        self.J = None
+        self.jac_fresh = False      # J was evaluated at the current start point
+        self.need_jac = True
+        self.lu = None              # (h, solve_real, solve_complex)
+        self.faccon = 1.0           # θ/(1 − θ) of the last Newton iteration: predicts the next one's error
+        self.Z_prev = self.h_prev = None
+        self.first, self.last_rejected = True, False
+        self.h_acc = self.err_acc = None
+        self._pending = None
+        self._f_exact = True        # the f handed in with the state is an evaluation (not the implied one)
+        self._A_inv_last = np.linalg.inv(COEF.A)[2].astype(self.dtype)
+
+    # ---- Jacobian and factorisation ----
+    def _jacobian(self, t, y, f, tol):
+        ev = self.ev
+        self.stats["njev"] += 1
+        if self.jac is not None:
+            J = user_jacobian(ev, self.jac, self.n, t, y.reshape(ev.shape))
+            J = J if not isinstance(J, np.ndarray) else J[0]
+        else:
+            if self.fd is None:
+                atol = tol[0]
+                if np.ndim(atol) > 0:
+                    atol = np.broadcast_to(np.asarray(atol, dtype=ev.dtype), ev.shape).reshape(1, self.n)
+                self.fd = FiniteDiffJacobian(self.n, threshold=atol, sparsity=self.pattern)
+            shape = ev.shape
+            F = lambda rows: ev(t, rows.reshape(shape)).reshape(1, -1)   # noqa: E731
+            before = self.fd.evaluations
+            y_rows, f_rows = y.reshape(1, -1), f.reshape(1, -1)
+            if self.pattern is not None:
+                import scipy.sparse as sp
+
+                S = self.pattern
+                vals = self.fd.sparse_values(F, y_rows, f_rows)[0]
+                J = sp.csc_matrix((vals, S.indices, S.indptr), shape=S.shape)
+            else:
+                J = self.fd.dense(F, y_rows, f_rows)[0]
+            self.stats["nfev_jac"] += self.fd.evaluations - before
+        self.J, self.jac_fresh, self.need_jac, self.lu = J, True, False, None
+        data = J if isinstance(J, np.ndarray) else J.data
+        self._jac_finite = bool(np.isfinite(data).all())
+
+    def _factor(self, h):
+        """Factor ``γ/h − J`` and ``μ/h − J``; None when either is singular or not finite."""
+        self.stats["nfactor"] += 1
+        if not self._jac_finite:
+            return None
+        J = self.J
+        shifts = (COEF.gamma / h, COEF.mu / h)
+        if isinstance(J, np.ndarray):
+            solves = [_dense_lu(J, s, dt) for s, dt in zip(shifts, (self.dtype, self.cdtype))]
+        else:
+            solves = [_sparse_lu(J, s, dt) for s, dt in zip(shifts, (self.dtype, self.cdtype))]
+        if solves[0] is None or solves[1] is None:
+            return None
+        return (h, solves[0], solves[1])
+
+    # ---- protocol ----
+    def start(self, t0, y0, f0):
+        pass
+
+    def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
+        ev = self.ev
+        t, h = host_float(t), host_float(h)
+        atol, rtol = tol
+        atol = atol if np.ndim(atol) == 0 else np.broadcast_to(np.asarray(atol), ev.shape).reshape(-1)
+        y_flat, f_flat = y.reshape(-1), fy.reshape(-1)
+        if self.need_jac or self.J is None:
+            if self.jac is None and not self._f_exact:   # finite differences need f itself at the base point
+                f_flat = ev(t, y).reshape(-1)
+                self._f_exact = True
+                fy = f_flat.reshape(ev.shape)
+            self._jacobian(t, y_flat, f_flat, tol)
+        if self.lu is None or self.lu[0] != h:
+            self.lu = self._factor(h)
+        if self.lu is None:
+            self.stats["nfailed_solves"] += 1
+            return self._reject(y, fy, 0.5 * abs(h), ReturnCode.LINEAR_SOLVE_FAILED, newton=True)
+        newton_tol = max(10.0 * np.finfo(self.dtype).eps / rtol, min(0.03, rtol ** 0.5))
+        scale = atol + rtol * np.abs(y_flat)
+        ok, Z, n_iter, theta, h_fail = self._newton(t, y_flat, h, scale, newton_tol)
+        if not ok:
+            self.stats["nnewton_fail"] += 1
+            if not self.jac_fresh and np.isfinite(h_fail):
+                h_fail = abs(h)              # first retry the same step with a fresh J
+            return self._reject(y, fy, h_fail, None, newton=True)
+        _, solve_real, _ = self.lu
+        y_new = y_flat + Z[2]
+        scale = atol + rtol * np.maximum(np.abs(y_flat), np.abs(y_new))
+        ez = (self._e @ Z) / h
+        err_vec = solve_real(f_flat + ez)
+        self.stats["nlinsolve"] += 1
+        err = _rms(err_vec / scale)
+        if not err < 1.0 and (self.first or self.last_rejected) and np.isfinite(err):
+            f_err = ev(t, (y_flat + err_vec).reshape(ev.shape)).reshape(-1)
+            err_vec = solve_real(f_err + ez)
+            self.stats["nlinsolve"] += 1
+            err = _rms(err_vec / scale)
+        if not np.isfinite(err):
+            return self._reject(y, fy, 0.5 * abs(h), None, newton=True)
+        err = max(err, 1e-10)
+        fac = min(SAFETY, SAFETY * (2 * self.max_iter + 1) / (2 * self.max_iter + n_iter))
+        quot = min(1.0 / MIN_FACTOR, max(1.0 / MAX_FACTOR, err ** 0.25 / fac))
+        h_abs = abs(h)
+        if err > 1.0:
+            h_next = 0.1 * h_abs if self.first else h_abs / quot
+            return self._reject(y, fy, h_next, None, err_sq=err * err * self.n)
+        # accepted (the driver's test is the same)
+        if self.h_acc is not None:          # Gustafsson's predictive controller
+            gus = self.h_acc / h_abs * (err * err / self.err_acc) ** 0.25 / SAFETY
+            quot = max(quot, min(1.0 / MIN_FACTOR, max(1.0 / MAX_FACTOR, gus)))
+        h_next = h_abs / quot
+        if self.last_rejected:
+            h_next = min(h_next, h_abs)
+        y1 = y_new.reshape(ev.shape)
+        if not ev.autonomous:
+            # the collocation polynomial's derivative at t + h: f(t + h, y_new) up to the Newton tolerance
+            f1 = ((self._A_inv_last @ Z) / h).reshape(ev.shape)
+            self._f_exact = False
+        else:
+            f1 = ev(t + h, y1)
+            self._f_exact = True
+        if not np.isfinite(f1).all():       # the new point is not a state f can continue from
+            return self._reject(y, fy, 0.5 * h_abs, None, newton=True)
+        keep_jac = theta <= self.jac_rate or n_iter <= JAC_KEEP_ITER
+        if keep_jac and KEEP_LOW <= h_next / h_abs <= KEEP_HIGH:
+            h_next = h_abs                   # same h: the factors are reused
+        self._pending = (Z, h, h_abs, err, keep_jac)
+        return Trial(y1, f1, None, self.error_exponent, stages=CollocationPolynomial(y_flat, Z, ev.shape),
+                     err_sq=np.array([err * err * self.n]),
+                     y_absmax=np.array([float(np.max(np.abs(y_new)))]), h_next=h_next)
+
+    def _newton(self, t, y, h, scale, tol):
+        """The simplified Newton iteration on W = T⁻¹Z. Returns (converged, Z, iterations, θ, h on failure);
+        the last rate estimate θ/(1 − θ) is kept for the next step's first iteration."""
+        out = self._iterate(t, y, h, scale, tol)
+        self.faccon = out[-1]
+        return out[:-1]
+
+    def _iterate(self, t, y, h, scale, tol):
+        ev, n, shape = self.ev, self.n, self.ev.shape
+        _, solve_real, solve_complex = self.lu
+        T, T_inv, c = self._T, self._T_inv, self._c
+        tol_fail, tol = tol, tol * self.newton_factor
+        g_h, mu_h = COEF.gamma / h, COEF.mu / h
+        if self.Z_prev is None:
+            Z = np.zeros((3, n), dtype=self.dtype)
+            W = np.zeros((3, n), dtype=self.dtype)
+        else:
+            Z = extrapolation_matrix(h / self.h_prev).astype(self.dtype) @ self.Z_prev
+            W = T_inv @ Z
+        F = np.empty((3, n), dtype=self.dtype)
+        faccon = max(self.faccon, np.finfo(self.dtype).eps) ** 0.8
+        theta = self.jac_rate
+        dyno_old = thq_old = 1.0
+        k_max = self.max_iter
+        for k in range(1, k_max + 1):
+            for i in range(3):
+                F[i] = ev(t + c[i] * h, (y + Z[i]).reshape(shape)).reshape(-1)
+            if not np.isfinite(F).all():
+                return False, Z, k, theta, 0.5 * abs(h), faccon
+            G = T_inv @ F
+            d_real = solve_real(G[0] - g_h * W[0])
+            d_cplx = solve_complex((G[1] + 1j * G[2]) - mu_h * (W[1] + 1j * W[2]))
+            self.stats["nlinsolve"] += 2
+            dW = np.stack([d_real, d_cplx.real, d_cplx.imag])
+            dyno = _rms(dW / scale)
+            if not np.isfinite(dyno):
+                return False, Z, k, theta, 0.5 * abs(h), faccon
+            if 1 < k < k_max:
+                thq = dyno / dyno_old
+                theta = thq if k == 2 else np.sqrt(thq * thq_old)
+                thq_old = thq
+                if not theta < 0.99:
+                    return False, Z, k, theta, 0.5 * abs(h), faccon
+                faccon = theta / (1.0 - theta)
+                predicted = faccon * dyno * theta ** (k_max - 1 - k) / tol_fail
+                if predicted >= 1.0:        # will not converge in time: a smaller step (Hairer's estimate)
+                    q = max(1e-4, min(20.0, predicted))
+                    return False, Z, k, theta, 0.8 * q ** (-1.0 / (4 + k_max - 1 - k)) * abs(h), faccon
+            dyno_old = max(dyno, np.finfo(self.dtype).eps)
+            W += dW
+            Z = T @ W
+            if faccon * dyno <= (tol if k < k_max else tol_fail):
+                return True, Z, k, theta, None, faccon
+        return False, Z, k_max, theta, 0.5 * abs(h), faccon
+
+    def _reject(self, y, fy, h_next, code, err_sq=np.inf, newton=False):
+        """A rejected attempt: the state unchanged; the driver retries with ``h_next``; a new J is evaluated
+        at the same point unless the current one is fresh."""
+        self._pending = None
+        self.last_rejected = True
+        if newton and not self.jac_fresh:
+            self.need_jac = True
+        return Trial(y, fy, None, self.error_exponent, err_sq=np.array([err_sq]),
+                     y_absmax=np.array([float(np.max(np.abs(y)))]), h_next=h_next,
+                     code=None if code is None else int(code))
+
+    def accept(self, trial, mask, t_new):
+        Z, h, h_abs, err, keep_jac = self._pending
+        self.Z_prev, self.h_prev = Z, h
+        self.h_acc, self.err_acc = h_abs, max(1e-2, err)
+        self.first = self.last_rejected = False
+        self.jac_fresh = False
+        self.need_jac = not keep_jac
+        self._pending = None
+
+
+def _dense_lu(J, shift, dtype):
+    """A solve function for ``shift·I − J`` (dense, LAPACK getrf/getrs), or None when it is singular."""
+    from scipy.linalg.lapack import get_lapack_funcs
+
+    M = (-J).astype(dtype)
+    M[np.diag_indices_from(M)] += shift
+    getrf, getrs = get_lapack_funcs(("getrf", "getrs"), (M,))
+    lu, piv, info = getrf(M, overwrite_a=True)
+    diag = np.abs(np.diagonal(lu))
+    if info != 0 or not diag.min() > np.finfo(dtype).eps * diag.max():
+        return None
+
+    def solve(b):
+        return getrs(lu, piv, b)[0]
+    return solve
+
+
+def _sparse_lu(J, shift, dtype):
+    """A solve function for ``shift·I − J`` (SciPy's sparse LU), or None when it is singular."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    n = J.shape[0]
+    M = (sp.identity(n, format="csc", dtype=dtype) * shift - J.astype(dtype)).tocsc()
+    try:
+        lu = splu(M)
+    except RuntimeError:            # exactly singular
+        return None
+    diag = np.abs(lu.U.diagonal())
+    if not diag.min() > np.finfo(dtype).eps * diag.max():
+        return None
+    return lu.solve
+
+
+@dataclass(frozen=True, eq=False)
+class Radau(ODEMethod):
+    """Radau IIA of order 5 (3 implicit stages) for stiff problems, with Jacobian and LU reuse across steps
+    (see :mod:`deqcore.ode.radau`). L-stable and stiffly accurate; the most efficient choice at moderate to
+    tight tolerances (errors ≤ 1e-5) and for stiff oscillations; ``dq.BDF()`` is cheaper at loose tolerances
+    and when Jacobians are expensive.
+
+    Args:
+        jac_sparsity: optional ``(n, n)`` pattern of ∂f/∂y (array-like or ``scipy.sparse``): finite
+            differences then cost one f per group of columns that share no row, and both Newton matrices
+            (real and complex) are factored by SciPy's sparse LU.
+        jac_rate: J is re-evaluated after a step whose Newton iteration needed more than two iterations and
+            contracted more slowly than this rate (default 0.01; larger values keep J longer, for
+            expensive Jacobians).
+        max_newton_iter: Newton iterations per step before the step is retried smaller (default 7).
+        newton_tol: Newton stops when its predicted remaining error is below ``newton_tol · min(0.03, √rtol)``
+            error weights (default 0.03: Newton's error stays far below the local error; it is abandoned
+            only when it cannot reach ``min(0.03, √rtol)``).
+
+    Unbatched NumPy problems only (``integrate``, or ``steady_state`` with ``batched=False``).
+
+    >>> import numpy as np, deqcore as dq
+    >>> lam = 1e6
+    >>> sol = dq.integrate(lambda t, y: -lam * (y - np.cos(t)), np.array([0.0]), (0.0, 1.0), dq.Radau(),
+    ...                    atol=1e-10, rtol=1e-8)
+    >>> exact = (lam ** 2 * np.cos(1.0) + lam * np.sin(1.0)) / (lam ** 2 + 1)
+    >>> bool(abs(sol.ys[-1, 0] - exact) < 1e-8), sol.stats["njev"] <= 2     # J evaluated at most twice
+    (True, True)
+    """
+
+    jac_sparsity: Any = None
+    jac_rate: float = 1e-2
+    max_newton_iter: int = 7
+    newton_tol: float = 0.03
+
+    def __post_init__(self):
+        if self.jac_sparsity is not None:
+            shape = getattr(self.jac_sparsity, "shape", None)
+            shape = np.shape(self.jac_sparsity) if shape is None else shape
+            if len(shape) != 2 or shape[0] != shape[1]:
+                raise ValueError(f"jac_sparsity must be a square (n, n) pattern, got shape {tuple(shape)}")
+        for name in ("jac_rate", "newton_tol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not 0.0 < float(self.jac_rate) < 1.0:
+            raise ValueError(f"jac_rate must lie in (0, 1), got {self.jac_rate}")
+        if not 0.0 < float(self.newton_tol) < np.inf:
+            raise ValueError(f"newton_tol must be a positive finite number, got {self.newton_tol}")
+        if isinstance(self.max_newton_iter, bool) or not isinstance(self.max_newton_iter, (int, np.integer)):
+            raise TypeError(f"max_newton_iter must be an int, got {type(self.max_newton_iter).__name__}")
+        if not 2 <= self.max_newton_iter <= 50:
+            raise ValueError(f"max_newton_iter must be between 2 and 50, got {self.max_newton_iter}")
+
+    @property
+    def order(self):
+        return 5
+
+    def stepper(self, ev: Evaluator, jac=None):
+        if ev.batched:
+            raise ValueError("dq.Radau() solves unbatched problems only (batched=False); for a batch use "
+                             "dq.Rodas5P() or solve the samples one by one")
+        if ev.xp is not np:
+            raise ValueError("dq.Radau() needs a NumPy y0 (it runs on the host); for CuPy arrays use "
+                             "dq.Rodas5P()")
+        n = int(np.prod(ev.shape, dtype=np.int64))
+        if self.jac_sparsity is not None and tuple(np.shape(self.jac_sparsity)) != (n, n):
+            raise ValueError(f"jac_sparsity must have shape ({n}, {n}) for this y0 (n = y0.size), got "
+                             f"{tuple(np.shape(self.jac_sparsity))}")
+        return RadauStepper(ev, self, jac)

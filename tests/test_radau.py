@@ -1,0 +1,232 @@
+"""dq.Radau (Radau IIA, order 5): its coefficients against their defining conditions, the transformed Newton
+solve against the full 3n-system solve, observed order 5, stiff problems against SciPy's Radau at rtol 1e-10,
+Jacobian paths (analytic, finite differences, sparse) agreeing, dense output against analytic solutions,
+backwards spans, failures reported as codes, bad input named."""
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.integrate import solve_ivp
+
+import deqcore as dq
+from deqcore.demos.stiff_problems import HIRES_Y0, hires
+from deqcore.ode.messages import ode_message
+from deqcore.ode.radau import COEF, extrapolation_matrix
+from tests.test_stiff import _brusselator_1d, _robertson, _robertson_jac, _vdp
+
+
+@lru_cache(None)
+def _scipy_radau(name):
+    """References from SciPy's Radau at rtol 1e-10."""
+    if name == "robertson":
+        return solve_ivp(_robertson, (0, 1e5), [1.0, 0, 0], method="Radau", rtol=1e-10, atol=1e-18,
+                         jac=_robertson_jac).y[:, -1]
+    if name == "vdp":
+        return solve_ivp(_vdp, (0, 1000.0), [2.0, 0.0], method="Radau", rtol=1e-10, atol=1e-10).y[:, -1]
+    if name == "hires":
+        return solve_ivp(hires, (0, 321.8122), HIRES_Y0, method="Radau", rtol=1e-10, atol=1e-12).y[:, -1]
+    rhs, y0, pattern = _brusselator_1d()
+    return solve_ivp(rhs, (0, 10.0), y0, method="Radau", rtol=1e-10, atol=1e-10, jac_sparsity=pattern).y[:, -1]
+
+
+# ---- the coefficients ----
+def test_coefficients_satisfy_their_defining_conditions():
+    c, A = COEF.c, COEF.A
+    for k in range(1, 4):                                 # collocation: Σ_j a_ij c_j^(k-1) = c_i^k / k
+        np.testing.assert_allclose(A @ c ** (k - 1), c ** k / k, atol=1e-14)
+    np.testing.assert_allclose(A[2] @ c ** 3, 1 / 4, atol=1e-14)   # b = last row: order 2s − 1 = 5 quadrature
+    np.testing.assert_allclose(A[2] @ c ** 4, 1 / 5, atol=1e-14)
+    Lam = COEF.T_inv @ np.linalg.inv(A) @ COEF.T                   # block diagonal: γ and a rotation block
+    np.testing.assert_allclose(Lam[0], [COEF.gamma, 0, 0], atol=1e-12)
+    np.testing.assert_allclose([Lam[1, 1], Lam[2, 1]], [COEF.mu.real, COEF.mu.imag], atol=1e-12)
+    np.testing.assert_allclose([Lam[2, 2], Lam[1, 2]], [COEF.mu.real, -COEF.mu.imag], atol=1e-12)
+    # the collocation polynomial passes through the stages; extrapolating with ratio 0 gives Z_new = 0
+    np.testing.assert_allclose(np.eye(3) @ COEF.dense @ (c[:, None] ** np.arange(1, 4)).T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(extrapolation_matrix(0.0), 0.0, atol=1e-13)
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2 ** 16), n=st.integers(1, 5), log_h=st.floats(-4, 1))
+def test_transformed_newton_solve_equals_the_full_system_solve(seed, n, log_h):
+    """(Λ/h ⊗ I − I ⊗ J) ΔW = R split into a real and a complex n × n solve equals the 3n × 3n solve."""
+    rng = np.random.default_rng(seed)
+    J, h = rng.standard_normal((n, n)), 10.0 ** log_h
+    Lam = COEF.T_inv @ np.linalg.inv(COEF.A) @ COEF.T
+    R = rng.standard_normal((3, n))
+    full = np.linalg.solve(np.kron(Lam / h, np.eye(n)) - np.kron(np.eye(3), J), R.reshape(-1)).reshape(3, n)
+    real = np.linalg.solve(COEF.gamma / h * np.eye(n) - J, R[0])
+    cplx = np.linalg.solve(COEF.mu / h * np.eye(n) - J, R[1] + 1j * R[2])
+    np.testing.assert_allclose(np.stack([real, cplx.real, cplx.imag]), full, rtol=1e-8, atol=1e-10 * np.abs(full).max())
+
+
+# ---- accuracy ----
+def test_observed_order_is_five_on_a_smooth_problem():
+    """y'' = −y: the error at t = 10 falls like (number of steps)^−5 over a tolerance sweep."""
+    f = lambda t, y: np.array([y[1], -y[0]])   # noqa: E731
+    steps, errors = [], []
+    for rtol in (1e-5, 1e-6, 1e-7, 1e-8, 1e-9):
+        sol = dq.integrate(f, np.array([0.0, 1.0]), (0.0, 10.0), dq.Radau(), rtol=rtol, atol=rtol)
+        steps.append(sol.stats["accepted"])
+        errors.append(np.abs(sol.ys[-1] - [np.sin(10.0), np.cos(10.0)]).max())
+    slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert -6.0 < slope < -4.2, (slope, steps, errors)
+
+
+@pytest.mark.parametrize("name", ["robertson", "vdp", "hires", "brusselator"])
+def test_stiff_problems_against_scipy_radau(name):
+    if name == "robertson":
+        sol = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0, 1e5), dq.Radau(), rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(sol.ys[-1], _scipy_radau(name), rtol=1e-5, atol=1e-11)
+    elif name == "vdp":
+        sol = dq.integrate(_vdp, np.array([2.0, 0.0]), (0, 1000.0), dq.Radau(), rtol=1e-7, atol=1e-7)
+        np.testing.assert_allclose(sol.ys[-1], _scipy_radau(name), rtol=1e-4, atol=1e-4)
+    elif name == "hires":
+        sol = dq.integrate(hires, HIRES_Y0, (0, 321.8122), dq.Radau(), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(sol.ys[-1], _scipy_radau(name), rtol=1e-5, atol=1e-9)
+    else:
+        rhs, y0, pattern = _brusselator_1d()
+        sol = dq.integrate(rhs, y0, (0, 10.0), dq.Radau(jac_sparsity=sp.csr_matrix(pattern)), rtol=1e-7,
+                           atol=1e-7)
+        np.testing.assert_allclose(sol.ys[-1], _scipy_radau(name), atol=1e-5)
+        assert sol.stats["nfev_jac"] <= 7 * sol.stats["njev"]     # 5 colour groups, not 64 columns
+    assert sol.result == dq.ReturnCode.SUCCESS
+    # the point of the method's bookkeeping: J and the factors are reused across steps
+    assert sol.stats["njev"] < 0.5 * sol.stats["accepted"]
+    assert sol.stats["nfactor"] < sol.stats["accepted"]
+
+
+def test_analytic_finite_difference_and_sparse_jacobians_agree():
+    y0 = np.array([1.0, 0, 0])
+    options = dict(rtol=1e-8, atol=1e-13)
+    fd = dq.integrate(_robertson, y0, (0, 1e5), dq.Radau(), **options)
+    exact = dq.integrate(_robertson, y0, (0, 1e5), dq.Radau(), jac=_robertson_jac, **options)
+    sparse = dq.integrate(_robertson, y0, (0, 1e5), dq.Radau(), jac=lambda t, y: sp.csr_matrix(_robertson_jac(t, y)),
+                          **options)
+    for sol in (fd, exact, sparse):
+        np.testing.assert_allclose(sol.ys[-1], _scipy_radau("robertson"), rtol=1e-5, atol=1e-11)
+    for sol in (exact, sparse):
+        assert sol.stats["nfev_jac"] == 0
+    assert fd.stats["nfev_jac"] >= 3 * fd.stats["njev"]
+
+
+def test_sparsity_pattern_gives_the_dense_answer():
+    rhs, y0, pattern = _brusselator_1d(N=16)
+    dense = dq.integrate(rhs, y0, (0.0, 5.0), dq.Radau(), rtol=1e-8, atol=1e-8)
+    sparse = dq.integrate(rhs, y0, (0.0, 5.0), dq.Radau(jac_sparsity=pattern), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(sparse.ys[-1], dense.ys[-1], atol=1e-7)
+    assert sparse.stats["nfev_jac"] < 0.4 * dense.stats["nfev_jac"]
+
+
+@settings(max_examples=8)
+@given(lam=st.floats(1.0, 1e6), rtol=st.sampled_from([1e-4, 1e-6, 1e-8]))
+def test_error_and_dense_output_follow_the_tolerance_on_a_stiff_linear_problem(lam, rtol):
+    """y' = −λ(y − cos t): global error a small multiple of the tolerance. The dense output is the collocation
+    polynomial, which interpolates the slow solution cos t through y0 and the 3 stages: besides the
+    tolerance, an interpolation error ≤ h⁴/4! · max|θ(θ − c₁)(θ − c₂)(θ − 1)| (< h⁴/1000) per step of size h."""
+    exact = lambda t: (lam ** 2 * np.cos(t) + lam * np.sin(t)) / (lam ** 2 + 1) \
+        + (1.0 - lam ** 2 / (lam ** 2 + 1)) * np.exp(-lam * t)          # noqa: E731
+    sol = dq.integrate(lambda t, y: -lam * (y - np.cos(t)), np.ones(1), (0.0, 2.0), dq.Radau(), rtol=rtol,
+                       atol=rtol)
+    assert sol.result == dq.ReturnCode.SUCCESS
+    assert abs(sol.ys[-1, 0] - exact(2.0)) < 20 * rtol
+    times = np.linspace(0.5, 2.0, 7)
+    h_max = max(abs(step.h) for step in sol.steps)
+    assert np.abs(sol(times)[:, 0] - exact(times)).max() < 50 * rtol + h_max ** 4 / 1000
+
+
+def test_dense_output_is_the_collocation_polynomial():
+    """Dense output on y'' = −y against sin/cos between the steps; continuous across step ends; saveat uses it."""
+    f = lambda t, y: np.array([y[1], -y[0]])   # noqa: E731
+    sol = dq.integrate(f, np.array([0.0, 1.0]), (0.0, 10.0), dq.Radau(), rtol=1e-9, atol=1e-12)
+    times = np.linspace(0.0, 10.0, 201)
+    np.testing.assert_allclose(sol(times)[:, 0], np.sin(times), atol=1e-7)
+    step = sol.steps[len(sol.steps) // 2]
+    inside = step.t + np.array([0.0, 0.3, 0.7, 1.0]) * step.h
+    values = np.stack([step.stages(th) for th in (0.0, 0.3, 0.7, 1.0)])
+    np.testing.assert_allclose(values[[0, -1]], np.stack([step.y0, step.y1]), atol=1e-15)
+    np.testing.assert_allclose(values[:, 0], np.sin(inside), atol=1e-8)
+    saved = dq.integrate(f, np.array([0.0, 1.0]), (0.0, 10.0), dq.Radau(), rtol=1e-9, atol=1e-12, saveat=[2.5, 7.5])
+    np.testing.assert_allclose(saved.ys[:, 0], np.sin([2.5, 7.5]), atol=1e-7)
+
+
+def test_gauss_adjoint_on_a_radau_forward_solve():
+    """GaussAdjoint integrates on the forward dense output: dL/dk of L = y(1), y' = −k y, against −exp(−k)."""
+    k = np.array([0.5])
+    sol = dq.integrate(lambda t, y, k: -k * y, np.ones(1), (0.0, 1.0), dq.Radau(), args=(k,), atol=1e-10,
+                       rtol=1e-10)
+    vjp = lambda t, y, args: (-args[0] * y, lambda a: (-args[0] * a, (-(a * y),)))   # noqa: E731
+    dy0, (dk,) = dq.ode_gradients(vjp, sol, np.ones(1), dq.GaussAdjoint())
+    np.testing.assert_allclose(dk, -np.exp(-0.5), rtol=1e-6)
+    np.testing.assert_allclose(dy0, np.exp(-0.5), rtol=1e-6)
+
+
+def test_backwards_span_and_unbatched_steady_state():
+    back = dq.integrate(lambda t, y: -50.0 * y, np.ones(1), (1.0, 0.0), dq.Radau(), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(back.ys[-1], np.exp(50.0), rtol=1e-6)
+    wave = dq.integrate(lambda t, y: np.array([np.cos(t)]), np.zeros(1), (3.0, -2.0), dq.Radau(), rtol=1e-9,
+                        atol=1e-12, saveat=[1.0, -1.0])
+    np.testing.assert_allclose(wave.ys[:, 0], np.sin([1.0, -1.0]) - np.sin(3.0), atol=1e-8)
+    A = -np.diag([1.0, 100.0, 1e4])
+    sol = dq.steady_state(lambda t, u: A @ u + 1.0, np.zeros(3), dq.Radau(), atol=1e-10, rtol=1e-10)
+    np.testing.assert_allclose(sol.value, np.linalg.solve(A, -np.ones(3)), rtol=1e-8)
+
+
+def test_rhs_returning_one_preallocated_buffer_gives_the_same_answer():
+    buf = np.empty(3)
+
+    def into_buffer(t, y):
+        buf[:] = _robertson(t, y)
+        return buf
+    fresh = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0.0, 50.0), dq.Radau(), rtol=1e-6, atol=1e-10)
+    reused = dq.integrate(into_buffer, np.array([1.0, 0, 0]), (0.0, 50.0), dq.Radau(), rtol=1e-6, atol=1e-10)
+    np.testing.assert_array_equal(fresh.ys[-1], reused.ys[-1])
+
+
+# ---- failures are codes, never SUCCESS, never an exception with throw=False ----
+def test_finite_time_blow_up_is_not_success():
+    """y' = y², y(0) = 1 blows up at t = 1."""
+    for tol in (1e-3, 1e-6):
+        sol = dq.integrate(lambda t, y: y * y, np.ones(1), (0.0, 2.0), dq.Radau(), atol=tol, rtol=tol,
+                           throw=False)
+        assert sol.result != dq.ReturnCode.SUCCESS and sol.t_final < 1.01
+    ok = dq.integrate(lambda t, y: y * y, np.ones(1), (0.0, 0.9), dq.Radau(), atol=1e-9, rtol=1e-9)
+    np.testing.assert_allclose(ok.ys[-1], [10.0], rtol=1e-6)
+
+
+def test_nan_rhs_is_not_success_and_does_not_raise():
+    sol = dq.integrate(lambda t, y: y * np.nan, np.ones(2), (0.0, 1.0), dq.Radau(), throw=False)
+    assert sol.result != dq.ReturnCode.SUCCESS
+    later = dq.integrate(lambda t, y: -y if t < 0.5 else np.full(2, np.inf), np.ones(2), (0.0, 1.0), dq.Radau(),
+                         throw=False)
+    assert later.result != dq.ReturnCode.SUCCESS and later.t_final < 0.5
+    with pytest.raises(dq.SolveError):
+        dq.integrate(lambda t, y: y * np.nan, np.ones(2), (0.0, 1.0), dq.Radau())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_matrix_that_cannot_be_factored_ends_with_linear_solve_failed(bad):
+    sol = dq.integrate(lambda t, y: -y, np.ones(2), (0.0, 1.0), dq.Radau(),
+                       jac=lambda t, y: np.full((2, 2), bad), throw=False)
+    assert sol.result == dq.ReturnCode.LINEAR_SOLVE_FAILED
+    assert "linear solve" in ode_message(sol.result)
+
+
+# ---- bad input ----
+def test_bad_settings_and_unsupported_problems_are_named():
+    for kwargs, error, name in [(dict(jac_rate=1.5), ValueError, "jac_rate"), (dict(jac_rate="x"), TypeError, "jac_rate"),
+                                (dict(newton_tol=0.0), ValueError, "newton_tol"),
+                                (dict(max_newton_iter=1), ValueError, "max_newton_iter"),
+                                (dict(max_newton_iter=3.0), TypeError, "max_newton_iter"),
+                                (dict(jac_sparsity=np.ones((2, 3))), ValueError, "jac_sparsity")]:
+        with pytest.raises(error, match=name):
+            dq.Radau(**kwargs)
+    with pytest.raises(ValueError, match="jac_sparsity"):
+        dq.integrate(_robertson, np.array([1.0, 0, 0]), (0, 1.0), dq.Radau(jac_sparsity=np.eye(2)))
+    with pytest.raises(ValueError, match="batched=False"):
+        dq.steady_state(lambda t, u: -u, np.ones((2, 3)), dq.Radau(), batched=True)
+    with pytest.raises(ValueError, match="jac must return an array of shape \\(3, 3\\)"):
+        dq.integrate(_robertson, np.array([1.0, 0, 0]), (0.0, 1.0), dq.Radau(), jac=lambda t, y: np.eye(2))
