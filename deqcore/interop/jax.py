@@ -185,7 +185,6 @@ class _HostProblem:
     def __init__(self, f, core_ndim, z, args, *others):
         z = np.asarray(z)
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        leaves = [np.asarray(leaf) for leaf in leaves]
         k = z.ndim - core_ndim                      # number of vmap axes
         self.out_shape = np.broadcast_shapes(
             *(np.shape(a)[:k] for a in (z, *leaves, *others))) + z.shape[k:]
@@ -194,13 +193,13 @@ class _HostProblem:
         axes, flat = [], []
         for leaf in leaves:
             if k and any(d != 1 for d in leaf.shape[:k]):
-                full = np.broadcast_to(leaf, self.out_shape[:k] + leaf.shape[k:])
+                full = np.broadcast_to(np.asarray(leaf), self.out_shape[:k] + leaf.shape[k:])
                 flat.append(full.reshape((-1,) + leaf.shape[k:]))
                 axes.append(0)
             else:
-                flat.append(leaf.reshape(leaf.shape[k:]))
+                flat.append(leaf.reshape(leaf.shape[k:]) if k else leaf)
                 axes.append(None)
-        self.args = jax.tree_util.tree_unflatten(treedef, jax.device_put(flat))
+        self.args = jax.tree_util.tree_unflatten(treedef, _on_default_device(flat))
         self.ops = _evaluators(f, treedef, tuple(axes), self.batched)
 
     def fold(self, a):
@@ -223,6 +222,20 @@ class _HostProblem:
         """``v -> (∂f/∂z v, None)`` at z, for the tangent solve (same shape of call as the pullback)."""
         linear = self.ops.linearize_jvp(z, self.args)
         return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
+
+
+def _on_default_device(leaves):
+    """``leaves`` as arrays on JAX's current default device (inside a callback: the CPU). The callback hands its
+    arguments over as JAX arrays on the CPU already: those are used as they are (no copy, no Python-level
+    transfer per leaf); anything else moves once."""
+    target = jax.config.jax_default_device
+    if target is None:
+        target = jax.devices()[0]
+    elif isinstance(target, str):
+        target = jax.devices(target)[0]
+    if all(isinstance(leaf, jax.Array) and leaf.devices() == {target} for leaf in leaves):
+        return leaves
+    return jax.device_put(leaves, target)
 
 
 @dataclass(frozen=True)
