@@ -31,6 +31,7 @@ from ..results import ReturnCode, Solution
 from .base import LinearSolver, finish, nonfinite_rows
 from ._validate import check_bool, check_rhs
 from .gmres_kernels import MAX_RESTART, arnoldi_step_reference
+from . import triangular_kernels  # noqa: F401  (registers back_substitute)
 from .operator import LinearOperator, as_operator
 
 __all__ = ["GMRES"]
@@ -222,6 +223,6 @@ class GMRES(LinearSolver):
         usedcols = xp.arange(used)[None, :] < k[:, None]
         R = xp.where(usedcols[:, None, :], R[:, :used, :used], xp.eye(used, dtype=dtype))
         g = xp.where(usedcols, beta[:, None] * Q[:, :used, 0], zero)
-        y = xp.linalg.solve(R, g[:, :, None])[:, :, 0]
+        y = get_kernel("back_substitute", xp)(R, g)
         dx = xp.matmul(y[:, None, :], V[:, :used])[:, 0]
         return dx, broke, used
