@@ -177,9 +177,10 @@ def _callback(host_fn, f, config, z, args, *extra):
 class _HostProblem:
     """The arrays of one callback, with vmap's leading axes folded into one batch axis (or none).
 
-    The arguments go to the device once per callback; each evaluation of f hands its NumPy iterate straight to
-    the jitted f (one transfer each way), and the VJPs and JVPs of an adjoint or tangent solve apply one
-    linearisation of f computed once at z*.
+    The callback hands the arguments over as JAX arrays on the CPU: unmapped ones are used as they are, vmapped
+    ones are folded once per callback; each evaluation of f hands its NumPy iterate straight to the jitted f
+    (compiled once per shape and argument structure, never per solve), and the VJPs and JVPs of an adjoint or
+    tangent solve apply one linearisation of f computed once at z*.
     """
 
     def __init__(self, f, core_ndim, z, args, *others):
