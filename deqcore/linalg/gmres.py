@@ -1,13 +1,14 @@
 """Restarted GMRES with one Krylov space per sample, vectorised over the batch.
 
-Every sample of a ``(B, n)`` batch runs its own Arnoldi process (classical Gram–Schmidt applied twice,
-CGS2), its own Givens rotations (accumulated in a small ``(restart+1)^2`` matrix per sample) and its own
-convergence test ``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call.
-A sample that converges (or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x``
-stops changing. The small least-squares problems stay on the array namespace as one batched triangular
-solve per cycle. Each Arnoldi step after the operator call is one fused kernel (``arnoldi_step``: CGS2,
-rotations and convergence test per sample), and one host sync (whether any sample is still iterating: an
-operator call saved is worth far more than the sync).
+Every sample of a ``(B, n)`` batch runs its own Arnoldi process (classical Gram–Schmidt, with a second pass
+for the samples whose first pass cancelled most of the new vector: CGS2 where it is needed), its own Givens
+rotations (accumulated in a small ``(restart+1)^2`` matrix per sample) and its own convergence test
+``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call. A sample that converges
+(or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x`` stops changing. The small
+least-squares problems are one batched triangular solve per cycle (``back_substitute``: compiled on NumPy, the
+namespace's batched solve on CuPy). Each Arnoldi step after the operator call is one fused kernel
+(``arnoldi_step``: orthogonalisation, rotations and convergence test per sample), and one host sync (whether
+any sample is still iterating: an operator call saved is worth far more than the sync).
 
 >>> import numpy as np
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
