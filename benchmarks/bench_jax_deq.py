@@ -15,7 +15,7 @@ residual. Their backward passes are their defaults (jaxopt: normal-equation CG; 
 with lineax GMRES on the unmapped layout, where its default would materialise a 16384² Jacobian).
 
 Columns: medians of round-robin repeats; NFE counts forward f-evaluations (deqcore: calls of f inside the
-callback, plus the one JAX makes at z*); VJPs the adjoint's (plus JAX's pullback to the arguments); ``residual``
+callback, plus the one JAX makes at z*, where it also linearises f for the adjoint); VJPs the adjoint's (plus JAX's pullback to the arguments); ``residual``
 the worst relative residual; ``grad err`` the relative error of dL/dW against the exact implicit gradient (a
 dense float64 solve per sample at a Newton-refined z*); ``floor`` = NFE·t_f + VJPs·t_vjp, with t_f one jitted f
 and t_vjp one application of f's VJP linearised once (``jax.vjp`` at a point, its pullback applied to a vector:
@@ -188,8 +188,9 @@ class Counter:
     def __enter__(self):
         self.nfe = self.nvjp = 0
         self.t = dict(f=0.0, vjp=0.0, linearise=0.0, forward=0.0, adjoint=0.0)
-        self.saved = (dqj._HostProblem.f, dqj._HostProblem.pullback_at, dqj._host_solve, dqj._host_adjoint)
-        f, pullback_at, host_solve, host_adjoint = self.saved
+        self.saved = (dqj._HostProblem.f, dqj._HostProblem.pullback_at, dqj._host_solve, dqj._host_adjoint,
+                      getattr(dqj._HostProblem, "pullback_with", None))
+        f, pullback_at, host_solve, host_adjoint, pullback_with = self.saved
 
         def timed(key, fn):
             def run(*args):
@@ -211,13 +212,24 @@ class Counter:
                 self.nvjp += 1
                 return timed("vjp", pullback)(v)
             return counted
+        def counted_pullback_with(problem, apply):          # a pullback linearised by XLA outside the callback
+            pullback = pullback_with(problem, apply)
+
+            def counted(v):
+                self.nvjp += 1
+                return timed("vjp", pullback)(v)
+            return counted
         dqj._HostProblem.f, dqj._HostProblem.pullback_at = counted_f, counted_pullback_at
+        if pullback_with is not None:
+            dqj._HostProblem.pullback_with = counted_pullback_with
         dqj._host_solve, dqj._host_adjoint = timed("forward", host_solve), timed("adjoint", host_adjoint)
         dqj._host_callable.cache_clear()                    # the callbacks bind the host functions when traced
         return self
 
     def __exit__(self, *exc):
-        dqj._HostProblem.f, dqj._HostProblem.pullback_at, dqj._host_solve, dqj._host_adjoint = self.saved
+        dqj._HostProblem.f, dqj._HostProblem.pullback_at, dqj._host_solve, dqj._host_adjoint = self.saved[:4]
+        if self.saved[4] is not None:
+            dqj._HostProblem.pullback_with = self.saved[4]
         dqj._host_callable.cache_clear()
 
 

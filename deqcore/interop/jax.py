@@ -109,13 +109,27 @@ def _implicit_fixed_point(f, config):
         if isinstance(config.adjoint, OneStepGradient):  # (I − ∂f/∂z)⁻¹ ≈ I: λ ≈ g, ż ≈ b
             return z, b
 
+        if _varying_axes(z):
+            # inside shard_map the linearisation's types carry the mesh axes, which the host cannot apply: the
+            # adjoint callback linearises f itself
+            def transpose_solve(_, g):
+                return _callback(_host_adjoint_linearising, f, config, z, args, g)
+        else:
+            # f linearised at z* by XLA (dropped by XLA unless the adjoint runs): its residuals go to the adjoint
+            # callback, whose VJPs apply them, so that callback never evaluates f
+            leaves, tree = jax.tree_util.tree_flatten(jax.vjp(lambda zz: f(zz, args), z)[1])
+            residuals = tuple(leaves)
+
+            def transpose_solve(_, g):
+                return _callback(_host_adjoint, tree, config, z, residuals, g)
+
         def matvec(v):                                   # only traced (for its transpose), never run
             return v - jax.jvp(lambda zz: f(zz, args), (z,), (v,))[1]
 
         dz = jax.lax.custom_linear_solve(
             matvec, b,
             solve=lambda _, rhs: _callback(_host_tangent, f, config, z, args, rhs),
-            transpose_solve=lambda _, g: _callback(_host_adjoint, f, config, z, args, g))
+            transpose_solve=transpose_solve)
         return z, dz
 
     fp.defjvp(fp_jvp, symbolic_zeros=True)
@@ -201,7 +215,8 @@ class _HostProblem:
                 flat.append(leaf.reshape(leaf.shape[k:]) if k else leaf)
                 axes.append(None)
         self.args = jax.tree_util.tree_unflatten(treedef, _on_default_device(flat))
-        self.ops = _evaluators(f, treedef, tuple(axes), self.batched)
+        self.axes = tuple(axes)
+        self.ops = _evaluators(f, treedef, self.axes, self.batched) if f is not None else None
 
     def fold(self, a):
         """``a`` with vmap's axes folded into one (or unchanged when not mapped), as a writable host array."""
@@ -218,6 +233,11 @@ class _HostProblem:
         """``v -> (∂f/∂zᵀ v, None)`` at z: f linearised once, each call one transposed application."""
         linear = self.ops.linearize_vjp(z, self.args)
         return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
+
+    def pullback_with(self, apply):
+        """``v -> (∂f/∂zᵀ v, None)`` from ``apply(residuals, v)``, a pullback linearised outside the callback
+        whose residuals are this callback's arguments."""
+        return lambda v: (np.asarray(apply(self.args, v)), None)
 
     def pushforward_at(self, z):
         """``v -> (∂f/∂z v, None)`` at z, for the tangent solve (same shape of call as the pullback)."""
@@ -286,10 +306,31 @@ def _linear_solve(problem, z, rhs, config, linear_at):
     return problem.unfold(info.lam, np.asarray(z).dtype)
 
 
-def _host_adjoint(f, config, core_ndim, z, args, g):
-    """λ with (I − ∂f/∂zᵀ) λ = g (JAX pulls λ back to the arguments through f itself)."""
+def _host_adjoint(tree, config, core_ndim, z, residuals, g):
+    """λ with (I − ∂f/∂zᵀ) λ = g (JAX pulls λ back to the arguments through f itself); ∂f/∂zᵀ is the pullback
+    with structure ``tree`` and leaves ``residuals`` that XLA linearised at z*."""
+    problem = _HostProblem(None, core_ndim, z, residuals, g)
+    pullback = problem.pullback_with(_linear_pullback(tree, problem.axes, problem.batched))
+    return _linear_solve(problem, z, g, config, lambda _: pullback)
+
+
+def _host_adjoint_linearising(f, config, core_ndim, z, args, g):
+    """As :func:`_host_adjoint`, linearising f at z* here (inside ``shard_map``)."""
     problem = _HostProblem(f, core_ndim, z, args, g)
     return _linear_solve(problem, z, g, config, problem.pullback_at)
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_pullback(tree, axes, batched):
+    """Jitted ``(residuals, v) -> ∂f/∂zᵀ v`` for a pullback of structure ``tree``, vmapped over the folded batch
+    axis when ``batched`` (residuals shared by the samples, axis None, are not broadcast)."""
+
+    def apply(residuals, v):
+        return jax.tree_util.tree_unflatten(tree, list(residuals))(v)[0]
+
+    if batched:
+        apply = jax.vmap(apply, in_axes=(axes, 0))
+    return jax.jit(apply)
 
 
 def _host_tangent(f, config, core_ndim, z, args, b):
