@@ -318,7 +318,7 @@ def bench_case(kind, unmapped, sizes, repeats):
                     jax.block_until_ready(vg(params))
                     count.t["total"] = time.perf_counter() - start
                 parts.append(count.t)
-            split = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+            split = sorted(parts, key=lambda p: p["total"])[len(parts) // 2]     # the run of median total
             nfe, nvjp = count.nfe // 2 + 1, count.nvjp // 2 + 1   # + JAX's evaluation of f at z* and its pullback
         else:
             nfe, nvjp = peer_count(name, run["make"], run["tol"], unmapped, params, x, c), None
@@ -355,7 +355,8 @@ def table(kind, unmapped, rows, t_f, t_vjp):
                      f"{floor} | {r['ok']}/{r['systems']} | {r['residual']:.1e} | {r['err']:.1e} |")
     split = [r for r in rows if r.get("split")]
     if split:
-        lines += ["", "Where a deqcore fwd+grad goes (ms, medians of 5 runs timed from inside the callbacks): the forward "
+        lines += ["", "Where a deqcore fwd+grad goes (ms; of 5 runs timed from inside the callbacks, the one of median "
+                  "total): the forward "
                   "callback's f-evaluations and the rest of it (the host solver and the callback's own work), the "
                   "adjoint callback's VJPs, its linearisation of f at z* and the rest of it (the adjoint iteration or "
                   "GMRES), and everything outside the callbacks (XLA: f at z*, the pullback to the arguments, the "
