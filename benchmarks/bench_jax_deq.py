@@ -15,12 +15,13 @@ residual. Their backward passes are their defaults (jaxopt: normal-equation CG; 
 with lineax GMRES on the unmapped layout, where its default would materialise a 16384² Jacobian).
 
 Columns: medians of round-robin repeats; NFE counts forward f-evaluations (deqcore: calls of f inside the
-callback, plus the one JAX makes at z*, where it also linearises f for the adjoint); VJPs the adjoint's (plus JAX's pullback to the arguments); ``residual``
-the worst relative residual; ``grad err`` the relative error of dL/dW against the exact implicit gradient (a
-dense float64 solve per sample at a Newton-refined z*); ``floor`` = NFE·t_f + VJPs·t_vjp, with t_f one jitted f
-and t_vjp one application of f's VJP linearised once (``jax.vjp`` at a point, its pullback applied to a vector:
-the work of one adjoint step), each on the batch alone. For deqcore a second table splits one fwd+grad run
-into the time inside f and the VJPs, the host solvers' own work and everything outside the callbacks.
+callback, plus the one JAX makes at z*, where it also linearises f for the adjoint); VJPs the adjoint's (plus
+JAX's pullback to the arguments); ``residual`` the worst relative residual; ``grad err`` the relative error of
+dL/dW against the exact implicit gradient (a dense float64 solve per sample at a Newton-refined z*); ``floor``
+= NFE·t_f + VJPs·t_vjp, with t_f one jitted f and t_vjp one application of f's VJP linearised once
+(``jax.vjp`` at a point, its pullback applied to a vector: the work of one adjoint step), each on the batch
+alone. For deqcore a second table splits one fwd+grad run into the time inside f and the VJPs, the host
+solvers' own work and everything outside the callbacks.
 
     python benchmarks/bench_jax_deq.py [--quick] [--tiny] [--repeats N] [--out DIR]
 """

@@ -4,8 +4,8 @@ The solve runs in deqcore inside one ``jax.pure_callback`` per call (so it works
 ``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vmap``); inside it f is evaluated by a jitted JAX function.
 Differentiation is implicit: z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through
 ``jax.lax.custom_linear_solve``, so reverse mode solves the adjoint (I − ∂f/∂zᵀ) λ = g in deqcore (a second
-callback, with f linearised once at z* by XLA and each VJP applying that linearisation) and JAX itself pulls λ back
-to ``args`` (any pytree). Under ``jax.vmap`` each mapped sample is its own system, all solved in one batched
+callback, with f linearised once at z* by XLA and each VJP applying that linearisation) and JAX itself pulls
+λ back to ``args`` (any pytree). Under ``jax.vmap`` each mapped sample is its own system, all solved in one batched
 solve per callback, and arguments shared by the samples stay unbatched: the gradient of a shared weight is
 one contraction over the batch, never a per-sample gradient summed afterwards. ``pure_callback`` hands the
 callbacks host arrays, so the solver itself runs on NumPy (on a GPU backend too, where f still runs on the
