@@ -15,10 +15,13 @@ residual. Their backward passes are their defaults (jaxopt: normal-equation CG; 
 with lineax GMRES on the unmapped layout, where its default would materialise a 16384² Jacobian).
 
 Columns: medians of round-robin repeats; NFE counts forward f-evaluations (deqcore: calls of f inside the
-callback, plus the one JAX makes at z* to linearise f); VJPs the adjoint's; ``residual`` the worst relative
-residual; ``grad err`` the relative error of dL/dW against the exact implicit gradient (a dense float64 solve
-per sample at a Newton-refined z*); ``floor`` = NFE·t_f + VJPs·t_vjp (t_f, t_vjp: one jitted f / VJP on the
-batch alone).
+callback, plus the one JAX makes at z*, where it also linearises f for the adjoint); VJPs the adjoint's (plus
+JAX's pullback to the arguments); ``residual`` the worst relative residual; ``grad err`` the relative error of
+dL/dW against the exact implicit gradient (a dense float64 solve per sample at a Newton-refined z*); ``floor``
+= NFE·t_f + VJPs·t_vjp, with t_f one jitted f and t_vjp one application of f's VJP linearised once
+(``jax.vjp`` at a point, its pullback applied to a vector: the work of one adjoint step), each on the batch
+alone. For deqcore a second table splits one fwd+grad run into the time inside f and the VJPs, the host
+solvers' own work and everything outside the callbacks.
 
     python benchmarks/bench_jax_deq.py [--quick] [--tiny] [--repeats N] [--out DIR]
 """
@@ -179,29 +182,56 @@ def reference_grad_W(params, x, c, candidates):
 
 
 class Counter:
-    """Counts deqcore's host-side f-evaluations and VJPs (the adapter's _HostProblem methods) in one run."""
+    """Counts deqcore's host-side f-evaluations and VJPs (the adapter's _HostProblem methods) in one run, and
+    times where the host-side work goes: inside f, inside the VJPs, and the whole forward and adjoint callbacks
+    (whose remainder is the host solvers' own work and the callback's plumbing)."""
 
     def __enter__(self):
         self.nfe = self.nvjp = 0
-        self.saved = (dqj._HostProblem.f, dqj._HostProblem.pullback_at)
-        f, pullback_at = self.saved
+        self.t = dict(f=0.0, vjp=0.0, linearise=0.0, forward=0.0, adjoint=0.0)
+        self.saved = (dqj._HostProblem.f, dqj._HostProblem.pullback_at, dqj._host_solve, dqj._host_adjoint,
+                      getattr(dqj._HostProblem, "pullback_with", None))
+        f, pullback_at, host_solve, host_adjoint, pullback_with = self.saved
+
+        def timed(key, fn):
+            def run(*args):
+                start = time.perf_counter()
+                try:
+                    return fn(*args)
+                finally:
+                    self.t[key] += time.perf_counter() - start
+            return run
 
         def counted_f(problem, z):
             self.nfe += 1
-            return f(problem, z)
+            return timed("f", f)(problem, z)
 
         def counted_pullback_at(problem, z):
-            pullback = pullback_at(problem, z)
+            pullback = timed("linearise", pullback_at)(problem, z)
 
             def counted(v):
                 self.nvjp += 1
-                return pullback(v)
+                return timed("vjp", pullback)(v)
+            return counted
+        def counted_pullback_with(problem, apply):          # a pullback linearised by XLA outside the callback
+            pullback = pullback_with(problem, apply)
+
+            def counted(v):
+                self.nvjp += 1
+                return timed("vjp", pullback)(v)
             return counted
         dqj._HostProblem.f, dqj._HostProblem.pullback_at = counted_f, counted_pullback_at
+        if pullback_with is not None:
+            dqj._HostProblem.pullback_with = counted_pullback_with
+        dqj._host_solve, dqj._host_adjoint = timed("forward", host_solve), timed("adjoint", host_adjoint)
+        dqj._host_callable.cache_clear()                    # the callbacks bind the host functions when traced
         return self
 
     def __exit__(self, *exc):
-        dqj._HostProblem.f, dqj._HostProblem.pullback_at = self.saved
+        dqj._HostProblem.f, dqj._HostProblem.pullback_at, dqj._host_solve, dqj._host_adjoint = self.saved[:4]
+        if self.saved[4] is not None:
+            dqj._HostProblem.pullback_with = self.saved[4]
+        dqj._host_callable.cache_clear()
 
 
 def peer_count(name, make, tol, unmapped, params, x, c):
@@ -241,9 +271,11 @@ def bench_case(kind, unmapped, sizes, repeats):
     params, x, c = make_problem(kind, sizes)
     z0 = jnp.zeros_like(c)
     fj = jax.jit(f_batch)
-    vj = jax.jit(lambda z, a, v: jax.vjp(lambda zz: f_batch(zz, a), z)[1](v)[0])
+    # one VJP as an adjoint step makes it: f linearised once (jax.vjp), its transpose applied to each vector
+    pullback = jax.jit(lambda z, a: jax.vjp(lambda zz: f_batch(zz, a), z)[1])(z0, (params, x))
+    vj = jax.jit(lambda linear, v: linear(v)[0])
     t_f = statistics.median(timed(lambda a: fj(z0, a), (params, x)) for _ in range(30))
-    t_vjp = statistics.median(timed(lambda a: vj(z0, a, c), (params, x)) for _ in range(30))
+    t_vjp = statistics.median(timed(lambda v: vj(pullback, v), c) for _ in range(30))
     rows, runs = [], {}
     for name, (make, tolerances) in methods(unmapped).items():
         chosen, z = None, None
@@ -275,15 +307,25 @@ def bench_case(kind, unmapped, sizes, repeats):
         grad_W = np.asarray(run["vg"](params)[1][0])
         err = float(np.linalg.norm(grad_W - reference) / np.linalg.norm(reference))
         res = relative_residuals(params, x, run["z"], unmapped)
+        split = None
         if name.startswith("deqcore"):
-            with Counter() as count:
-                jax.block_until_ready(run["vg"](params))
-            nfe, nvjp = count.nfe + 1, count.nvjp + 1      # + JAX's linearisation of f at z* and its pullback
+            parts = []
+            for _ in range(5):                              # the host-side split: medians of a few timed runs
+                vg = jax.jit(jax.value_and_grad(loss_of(run["make"](run["tol"]), unmapped, x, c)))
+                with Counter() as count:
+                    jax.block_until_ready(vg(params))       # traced and compiled with the timers in place
+                    count.t = dict.fromkeys(count.t, 0.0)
+                    start = time.perf_counter()
+                    jax.block_until_ready(vg(params))
+                    count.t["total"] = time.perf_counter() - start
+                parts.append(count.t)
+            split = sorted(parts, key=lambda p: p["total"])[len(parts) // 2]     # the run of median total
+            nfe, nvjp = count.nfe // 2 + 1, count.nvjp // 2 + 1   # + JAX's evaluation of f at z* and its pullback
         else:
             nfe, nvjp = peer_count(name, run["make"], run["tol"], unmapped, params, x, c), None
         rows.append(dict(method=name, total=statistics.median(run["t"]), fwd=statistics.median(run["tf"]),
                          tol=run["tol"], nfe=nfe, nvjp=nvjp, residual=float(res.max()),
-                         ok=int((res <= TOL * (1 + 1e-3)).sum()), systems=res.size, err=err))
+                         ok=int((res <= TOL * (1 + 1e-3)).sum()), systems=res.size, err=err, split=split))
     return rows, t_f, t_vjp
 
 
@@ -312,6 +354,22 @@ def table(kind, unmapped, rows, t_f, t_vjp):
         lines.append(f"| {r['method']} | {r['tol']:.2g} | {1e3 * r['fwd']:.1f} | {1e3 * r['total']:.1f} | {ratio} | "
                      f"{r['nfe'] if r['nfe'] is not None else '—'} | {r['nvjp'] if r['nvjp'] is not None else '—'} | "
                      f"{floor} | {r['ok']}/{r['systems']} | {r['residual']:.1e} | {r['err']:.1e} |")
+    split = [r for r in rows if r.get("split")]
+    if split:
+        lines += ["", "Where a deqcore fwd+grad goes (ms; of 5 runs timed from inside the callbacks, the one of median "
+                  "total): the forward "
+                  "callback's f-evaluations and the rest of it (the host solver and the callback's own work), the "
+                  "adjoint callback's VJPs, its linearisation of f at z* and the rest of it (the adjoint iteration or "
+                  "GMRES), and everything outside the callbacks (XLA: f at z*, the pullback to the arguments, the "
+                  "loss; the callbacks' transfers and dispatch).", "",
+                  "| method | total | fwd: in f | fwd: rest | adjoint: in VJPs | adjoint: linearise | adjoint: rest "
+                  "| outside the callbacks |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in split:
+            t = {k: 1e3 * v for k, v in r["split"].items()}
+            outside = t["total"] - t["forward"] - t["adjoint"]
+            lines.append(f"| {r['method']} | {t['total']:.1f} | {t['f']:.1f} | {t['forward'] - t['f']:.1f} | "
+                         f"{t['vjp']:.1f} | {t['linearise']:.1f} | {t['adjoint'] - t['vjp'] - t['linearise']:.1f} | "
+                         f"{outside:.1f} |")
     return "\n".join(lines)
 
 

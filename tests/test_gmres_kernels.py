@@ -58,3 +58,31 @@ def test_krylov_dimension_above_the_kernel_limit_falls_back(rng, xp):
     sol = linalg.GMRES(rtol=1e-10, restart=MAX_RESTART + 4).solve(xp.asarray(A), xp.asarray(b))
     assert to_host(sol.success).all()
     np.testing.assert_allclose(to_host(sol.value), np.linalg.solve(A, b[:, :, None])[:, :, 0], atol=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba_cpu", "numba_cuda"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arnoldi_reorthogonalises_a_nearly_dependent_vector(impl, dtype):
+    """A vector almost in the span of the basis loses nearly all of its norm in the first Gram–Schmidt pass;
+    the second pass (run for that sample only) leaves the new basis vector orthogonal to working precision,
+    where one pass would leave it visibly tilted; a well-separated sample takes one pass."""
+    from deqcore.backend import get_kernel
+    from deqcore.linalg.gmres_kernels import example
+
+    rng = np.random.default_rng(3)
+    V, w, R, Q, beta, tol, k, live, broke, j, tiny = example(rng, dtype)
+    live[:], tol[:] = True, 0.0                                  # every sample keeps iterating
+    V[1] = 0.0
+    V[1, : j + 1] = np.eye(j + 1, V.shape[2], dtype=dtype)
+    basis = V[:, : j + 1].astype(np.float64)
+    coefficients = rng.standard_normal((V.shape[0], j + 1))
+    noise = rng.standard_normal(w.shape) * 1e4 * np.finfo(dtype).eps
+    near = np.einsum("bi,bin->bn", coefficients, basis) + noise
+    w = rng.standard_normal(w.shape).astype(dtype)
+    w[::2] = near[::2].astype(dtype)                             # even samples: nearly dependent
+    kernel = get_kernel("arnoldi_step", np, impl=impl)
+    V, R, Q, k, live, broke = kernel(V, w, R, Q, beta, tol, k, live, broke, j, 0.0)
+    new = V[:, j + 1].astype(np.float64)
+    assert live.all() and np.allclose(np.linalg.norm(new, axis=1), 1, atol=tolerance(dtype, 1e-5, 1e-12))
+    overlap = np.abs(np.einsum("bin,bn->bi", basis, new)).max()
+    assert overlap <= 50 * np.finfo(dtype).eps, overlap

@@ -29,7 +29,8 @@ import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_probability, check_tolerance
 from .._tree import tree_add, tree_scale
-from ..backend import get_namespace
+from ..backend import get_kernel, get_namespace
+from . import richardson_kernels  # noqa: F401  (registers richardson_step)
 from ..linalg import GMRES, LU, LinearOperator, LinearSolver
 from ..results import ReturnCode, Solution, _codes_host, _host
 from ..root import RootSolver, fixed_point
@@ -348,80 +349,106 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
     """λ with ||g − (I − Jᵀ)λ|| <= max(atol, rtol·||g||) per row (GMRES's test and budget): each row iterates
     λ ← λ + r, r = g + Jᵀλ − λ, while its residual shrinks by :data:`RICHARDSON_RATE` in its first step and by
     :data:`RICHARDSON_KEEP_RATE` in the later ones; the rows that slow down then solve their correction
-    (I − Jᵀ) δ = r by GMRES from zero (no VJP spent on a restart residual). Rows never wait on or change one another (a row's result is its solo solve's). Each residual is computed from a VJP, so the test is on true
-    residuals. Returns ``(λ, codes, residual norms, num_steps)``; a row with a non-finite g is DIVERGED with a
-    NaN λ, alone."""
+    (I − Jᵀ) δ = r by GMRES from zero (no VJP spent on a restart residual). Rows never wait on or change one
+    another (a row's result is its solo solve's). Each residual is computed from a VJP, so the test is on true
+    residuals. A step of the iteration is one VJP and one fused kernel (``richardson_step``), with one read of
+    two counts by the host. Returns ``(λ, codes, residual norms, num_steps)``; a row with a non-finite g is
+    DIVERGED with a NaN λ, alone."""
     dtype = g.dtype
     zero = xp.zeros((), dtype=dtype)
-    bad = ~xp.isfinite(g).all(axis=1)
-    g = xp.where(bad[:, None], zero, g)
-    tol = xp.maximum(xp.asarray(gmres.atol, dtype=dtype), gmres.rtol * _row_norms(xp, g)).astype(dtype)
+    gnorm = _row_norms(xp, g)
+    bad = None
+    if not bool(xp.isfinite(gnorm).all()):     # a non-finite norm: a non-finite g, or one whose squares overflow
+        bad = ~xp.isfinite(g).all(axis=1)
+        g = xp.where(bad[:, None], zero, g)
+        gnorm = _row_norms(xp, g)
+    tol = xp.maximum(xp.asarray(gmres.atol, dtype=dtype), gmres.rtol * gnorm).astype(dtype, copy=False)
     budget = gmres.max_steps if gmres.max_steps is not None else max(10 * g.shape[1], 2)
-    steps = 0
-    if x0 is None:
-        lam, r = xp.zeros_like(g), g.copy()
-    else:
-        lam = xp.where(xp.isfinite(x0), x0, zero).astype(dtype, copy=False)
-        r = g + vjp_rows(lam) - lam
-        steps += 1
-    rnorm = _row_norms(xp, r)
-    done = (rnorm <= tol) | bad
-    state = dict(lam=lam, r=r, rnorm=rnorm, done=done, slow=xp.zeros_like(done), going=~done, steps=steps)
-    first = steps + 1
-
-    def iterate(vectors=None):
-        """One step of the iteration for the rows still iterating, in one VJP call with ``vectors`` (B, n) for
-        the other rows (GMRES's, riding along); returns that call's VJPs."""
-        lam, r, going = state["lam"], state["r"], state["going"]
-        any_going = bool(going.any())
-        if vectors is None:
-            trial = lam + r if bool(going.all()) else xp.where(going[:, None], lam + r, lam)
-        else:
-            trial = xp.where(going[:, None], lam + r, vectors) if any_going else vectors
-        u = vjp_rows(trial)
-        state["steps"] += 1
-        if not any_going:
-            return u
-        r_new = g + u
-        r_new -= trial
-        new = _row_norms(xp, r_new)
-        take = going & xp.isfinite(new)                       # a non-finite residual keeps the last iterate
-        rate = RICHARDSON_RATE if state["steps"] == first else RICHARDSON_KEEP_RATE
-        slow = state["slow"] | (going & ~take) | (take & (new > rate * state["rnorm"]))
-        if bool(take.all()):                                  # the common case: no masking
-            state.update(lam=trial, r=r_new, rnorm=new)
-        else:
-            xp.copyto(lam, trial, where=take[:, None])
-            xp.copyto(r, r_new, where=take[:, None])
-            state["rnorm"] = xp.where(take, new, state["rnorm"])
-        done = state["done"] | (take & (state["rnorm"] <= tol))
-        state.update(done=done, slow=slow & ~done, going=~done & ~slow)
-        return u
-
+    it = _Iteration(g, gnorm, tol, bad, x0, vjp_rows, xp)
     codes = xp.full(g.shape[0], int(ReturnCode.SUCCESS), dtype=np.int64)
-    waiting = state["slow"]
-    while state["steps"] < budget and bool((state["going"] | waiting).any()):
-        if not bool(waiting.any()):
-            iterate()
+    while it.steps < budget and (it.n_going or it.n_slow):
+        if not it.n_slow:
+            it.step()
         else:
             # the rows that slowed down solve their correction by GMRES; the rows still iterating ride along in
             # its VJP calls (a row's path never depends on the others); rows that slow down meanwhile wait for
             # the next round
-            state.update(slow=state["slow"] & ~waiting, done=state["done"] | waiting)    # handed over
-            rhs = xp.where(waiting[:, None], state["r"], zero)
+            waiting = it.slow.copy()
+            it.slow &= ~waiting                                 # handed over
+            it.done |= waiting
+            it.n_slow = 0
+            rhs = xp.where(waiting[:, None], it.r, zero)
             delta, gcodes, gnorm, stats = gmres._run(
-                xp, lambda v: v - iterate(v), preconditioner, rhs, None, budget - state["steps"],
+                xp, lambda v: v - it.step(v), preconditioner, rhs, None, budget - it.steps,
                 min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1))
-            state["lam"] = xp.where(waiting[:, None], state["lam"] + delta, state["lam"])
-            state["rnorm"] = xp.where(waiting, gnorm, state["rnorm"])
+            it.lam += xp.where(waiting[:, None], delta, zero)
+            it.rnorm = xp.where(waiting, gnorm, it.rnorm)
+            it.restart()
             codes = xp.where(waiting, gcodes, codes)
-        waiting = state["slow"]
-    lam, rnorm, steps = state["lam"], state["rnorm"], state["steps"]
-    codes = xp.where(state["done"], codes, int(ReturnCode.MAX_STEPS))     # 0 (SUCCESS) for the iterated rows
-    codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
-    lam = xp.where(bad[:, None], xp.asarray(np.nan, dtype=dtype), lam)
-    rnorm = xp.where(bad, xp.asarray(np.nan, dtype=dtype), rnorm)
+    lam, rnorm, steps = it.lam, it.rnorm, it.steps
+    codes = xp.where(it.done, codes, int(ReturnCode.MAX_STEPS))       # 0 (SUCCESS) for the iterated rows
+    if bad is not None:
+        codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
+        lam = xp.where(bad[:, None], xp.asarray(np.nan, dtype=dtype), lam)
+        rnorm = xp.where(bad, xp.asarray(np.nan, dtype=dtype), rnorm)
     return lam, codes, rnorm, steps
+
+
+class _Iteration:
+    """The state of the plain iteration λ ← g + Jᵀλ of :func:`_richardson_then_gmres`, one row per sample:
+    λ, r = g + Jᵀλ − λ, ‖r‖, the flags ``going`` (iterating), ``slow`` (waiting for GMRES) and ``done``, the
+    next trial iterate (λ + r where going) and the host's counts of going and waiting rows."""
+
+    def __init__(self, g, gnorm, tol, bad, x0, vjp_rows, xp):
+        """``gnorm``: the row norms of ``g``; ``bad``: the rows with a non-finite cotangent (None: none)."""
+        self.g, self.tol, self.vjp_rows, self.xp = g, tol, vjp_rows, xp
+        self.kernel = get_kernel("richardson_step", xp)
+        self.steps = 0
+        if x0 is None:
+            self.lam, self.r, self.rnorm = xp.zeros_like(g), g.copy(), gnorm.copy()
+        else:
+            self.lam = xp.where(xp.isfinite(x0), x0, xp.zeros((), dtype=g.dtype)).astype(g.dtype, copy=False)
+            self.r = g + vjp_rows(self.lam) - self.lam
+            self.rnorm = _row_norms(xp, self.r)
+            self.steps += 1
+        self.done = self.rnorm <= tol
+        if bad is not None:
+            self.done |= bad
+        self.slow = xp.zeros_like(self.done)
+        self.first = self.steps + 1
+        self.counts = np.zeros(2, dtype=np.int64) if xp is np else xp.zeros(2, dtype=np.int64)
+        self.restart()
+
+    def restart(self):
+        """The trial iterates and counts from the flags (at the start and after a GMRES round)."""
+        xp = self.xp
+        self.going = ~self.done & ~self.slow
+        self.n_going = int(xp.count_nonzero(self.going))
+        self.n_slow = int(xp.count_nonzero(self.slow))
+        if self.n_going == self.going.shape[0]:
+            self.trial = self.lam + self.r
+        else:
+            self.trial = xp.where(self.going[:, None], self.lam + self.r, self.lam)
+
+    def step(self, vectors=None):
+        """One step for the rows still iterating, in one VJP call with ``vectors`` (B, n) for the other rows
+        (GMRES's, riding along); returns that call's VJPs."""
+        xp = self.xp
+        if vectors is None:
+            trial = self.trial
+        else:
+            trial = xp.where(self.going[:, None], self.trial, vectors) if self.n_going else vectors
+        u = self.vjp_rows(trial)
+        self.steps += 1
+        if not self.n_going:
+            return u
+        rate = RICHARDSON_RATE if self.steps == self.first else RICHARDSON_KEEP_RATE
+        self.trial = xp.empty_like(self.lam)        # a fresh buffer: the last one may still be read by the VJP
+        self.kernel(trial, u, self.g, self.lam, self.r, self.rnorm, self.tol, self.going, self.slow, self.done,
+                    rate, self.trial, self.counts)
+        counts = self.counts if xp is np else self.counts.get()
+        self.n_going, self.n_slow = int(counts[0]), int(counts[1])
+        return u
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ The solve runs in deqcore inside one ``jax.pure_callback`` per call (so it works
 ``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vmap``); inside it f is evaluated by a jitted JAX function.
 Differentiation is implicit: z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through
 ``jax.lax.custom_linear_solve``, so reverse mode solves the adjoint (I − ∂f/∂zᵀ) λ = g in deqcore (a second
-callback, with f linearised once at z* and each VJP reusing that linearisation) and JAX itself pulls λ back
-to ``args`` (any pytree). Under ``jax.vmap`` each mapped sample is its own system, all solved in one batched
+callback, with f linearised once at z* by XLA and each VJP applying that linearisation) and JAX itself pulls
+λ back to ``args`` (any pytree). Under ``jax.vmap`` each mapped sample is its own system, all solved in one batched
 solve per callback, and arguments shared by the samples stay unbatched: the gradient of a shared weight is
 one contraction over the batch, never a per-sample gradient summed afterwards. ``pure_callback`` hands the
 callbacks host arrays, so the solver itself runs on NumPy (on a GPU backend too, where f still runs on the
@@ -109,13 +109,27 @@ def _implicit_fixed_point(f, config):
         if isinstance(config.adjoint, OneStepGradient):  # (I − ∂f/∂z)⁻¹ ≈ I: λ ≈ g, ż ≈ b
             return z, b
 
+        if _varying_axes(z):
+            # inside shard_map the linearisation's types carry the mesh axes, which the host cannot apply: the
+            # adjoint callback linearises f itself
+            def transpose_solve(_, g):
+                return _callback(_host_adjoint_linearising, f, config, z, args, g)
+        else:
+            # f linearised at z* by XLA (dropped by XLA unless the adjoint runs): its residuals go to the adjoint
+            # callback, whose VJPs apply them, so that callback never evaluates f
+            leaves, tree = jax.tree_util.tree_flatten(jax.vjp(lambda zz: f(zz, args), z)[1])
+            residuals = tuple(leaves)
+
+            def transpose_solve(_, g):
+                return _callback(_host_adjoint, tree, config, z, residuals, g)
+
         def matvec(v):                                   # only traced (for its transpose), never run
             return v - jax.jvp(lambda zz: f(zz, args), (z,), (v,))[1]
 
         dz = jax.lax.custom_linear_solve(
             matvec, b,
             solve=lambda _, rhs: _callback(_host_tangent, f, config, z, args, rhs),
-            transpose_solve=lambda _, g: _callback(_host_adjoint, f, config, z, args, g))
+            transpose_solve=transpose_solve)
         return z, dz
 
     fp.defjvp(fp_jvp, symbolic_zeros=True)
@@ -177,15 +191,15 @@ def _callback(host_fn, f, config, z, args, *extra):
 class _HostProblem:
     """The arrays of one callback, with vmap's leading axes folded into one batch axis (or none).
 
-    The arguments go to the device once per callback; each evaluation of f hands its NumPy iterate straight to
-    the jitted f (one transfer each way), and the VJPs and JVPs of an adjoint or tangent solve apply one
-    linearisation of f computed once at z*.
+    The callback hands the arguments over as JAX arrays on the CPU: unmapped ones are used as they are, vmapped
+    ones are folded once per callback; each evaluation of f hands its NumPy iterate straight to the jitted f
+    (compiled once per shape and argument structure, never per solve), and the VJPs and JVPs of an adjoint or
+    tangent solve apply one linearisation of f computed once at z*.
     """
 
     def __init__(self, f, core_ndim, z, args, *others):
         z = np.asarray(z)
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        leaves = [np.asarray(leaf) for leaf in leaves]
         k = z.ndim - core_ndim                      # number of vmap axes
         self.out_shape = np.broadcast_shapes(
             *(np.shape(a)[:k] for a in (z, *leaves, *others))) + z.shape[k:]
@@ -194,14 +208,15 @@ class _HostProblem:
         axes, flat = [], []
         for leaf in leaves:
             if k and any(d != 1 for d in leaf.shape[:k]):
-                full = np.broadcast_to(leaf, self.out_shape[:k] + leaf.shape[k:])
+                full = np.broadcast_to(np.asarray(leaf), self.out_shape[:k] + leaf.shape[k:])
                 flat.append(full.reshape((-1,) + leaf.shape[k:]))
                 axes.append(0)
             else:
-                flat.append(leaf.reshape(leaf.shape[k:]))
+                flat.append(leaf.reshape(leaf.shape[k:]) if k else leaf)
                 axes.append(None)
-        self.args = jax.tree_util.tree_unflatten(treedef, jax.device_put(flat))
-        self.ops = _evaluators(f, treedef, tuple(axes), self.batched)
+        self.args = jax.tree_util.tree_unflatten(treedef, _on_default_device(flat))
+        self.axes = tuple(axes)
+        self.ops = _evaluators(f, treedef, self.axes, self.batched) if f is not None else None
 
     def fold(self, a):
         """``a`` with vmap's axes folded into one (or unchanged when not mapped), as a writable host array."""
@@ -219,10 +234,29 @@ class _HostProblem:
         linear = self.ops.linearize_vjp(z, self.args)
         return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
 
+    def pullback_with(self, apply):
+        """``v -> (∂f/∂zᵀ v, None)`` from ``apply(residuals, v)``, a pullback linearised outside the callback
+        whose residuals are this callback's arguments."""
+        return lambda v: (np.asarray(apply(self.args, v)), None)
+
     def pushforward_at(self, z):
         """``v -> (∂f/∂z v, None)`` at z, for the tangent solve (same shape of call as the pullback)."""
         linear = self.ops.linearize_jvp(z, self.args)
         return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
+
+
+def _on_default_device(leaves):
+    """``leaves`` as arrays on JAX's current default device (inside a callback: the CPU). The callback hands its
+    arguments over as JAX arrays on the CPU already: those are used as they are (no copy, no Python-level
+    transfer per leaf); anything else moves once."""
+    target = jax.config.jax_default_device
+    if target is None:
+        target = jax.devices()[0]
+    elif isinstance(target, str):
+        target = jax.devices(target)[0]
+    if all(isinstance(leaf, jax.Array) and leaf.devices() == {target} for leaf in leaves):
+        return leaves
+    return jax.device_put(leaves, target)
 
 
 @dataclass(frozen=True)
@@ -272,10 +306,31 @@ def _linear_solve(problem, z, rhs, config, linear_at):
     return problem.unfold(info.lam, np.asarray(z).dtype)
 
 
-def _host_adjoint(f, config, core_ndim, z, args, g):
-    """λ with (I − ∂f/∂zᵀ) λ = g (JAX pulls λ back to the arguments through f itself)."""
+def _host_adjoint(tree, config, core_ndim, z, residuals, g):
+    """λ with (I − ∂f/∂zᵀ) λ = g (JAX pulls λ back to the arguments through f itself); ∂f/∂zᵀ is the pullback
+    with structure ``tree`` and leaves ``residuals`` that XLA linearised at z*."""
+    problem = _HostProblem(None, core_ndim, z, residuals, g)
+    pullback = problem.pullback_with(_linear_pullback(tree, problem.axes, problem.batched))
+    return _linear_solve(problem, z, g, config, lambda _: pullback)
+
+
+def _host_adjoint_linearising(f, config, core_ndim, z, args, g):
+    """As :func:`_host_adjoint`, linearising f at z* here (inside ``shard_map``)."""
     problem = _HostProblem(f, core_ndim, z, args, g)
     return _linear_solve(problem, z, g, config, problem.pullback_at)
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_pullback(tree, axes, batched):
+    """Jitted ``(residuals, v) -> ∂f/∂zᵀ v`` for a pullback of structure ``tree``, vmapped over the folded batch
+    axis when ``batched`` (residuals shared by the samples, axis None, are not broadcast)."""
+
+    def apply(residuals, v):
+        return jax.tree_util.tree_unflatten(tree, list(residuals))(v)[0]
+
+    if batched:
+        apply = jax.vmap(apply, in_axes=(axes, 0))
+    return jax.jit(apply)
 
 
 def _host_tangent(f, config, core_ndim, z, args, b):

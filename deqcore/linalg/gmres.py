@@ -1,13 +1,14 @@
 """Restarted GMRES with one Krylov space per sample, vectorised over the batch.
 
-Every sample of a ``(B, n)`` batch runs its own Arnoldi process (classical Gram–Schmidt applied twice,
-CGS2), its own Givens rotations (accumulated in a small ``(restart+1)^2`` matrix per sample) and its own
-convergence test ``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call.
-A sample that converges (or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x``
-stops changing. The small least-squares problems stay on the array namespace as one batched triangular
-solve per cycle. Each Arnoldi step after the operator call is one fused kernel (``arnoldi_step``: CGS2,
-rotations and convergence test per sample), and one host sync (whether any sample is still iterating: an
-operator call saved is worth far more than the sync).
+Every sample of a ``(B, n)`` batch runs its own Arnoldi process (classical Gram–Schmidt, with a second pass
+for the samples whose first pass cancelled most of the new vector: CGS2 where it is needed), its own Givens
+rotations (accumulated in a small ``(restart+1)^2`` matrix per sample) and its own convergence test
+``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call. A sample that converges
+(or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x`` stops changing. The small
+least-squares problems are one batched triangular solve per cycle (``back_substitute``: compiled on NumPy, the
+namespace's batched solve on CuPy). Each Arnoldi step after the operator call is one fused kernel
+(``arnoldi_step``: orthogonalisation, rotations and convergence test per sample), and one host sync (whether
+any sample is still iterating: an operator call saved is worth far more than the sync).
 
 >>> import numpy as np
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
@@ -31,6 +32,7 @@ from ..results import ReturnCode, Solution
 from .base import LinearSolver, finish, nonfinite_rows
 from ._validate import check_bool, check_rhs
 from .gmres_kernels import MAX_RESTART, arnoldi_step_reference
+from . import triangular_kernels  # noqa: F401  (registers back_substitute)
 from .operator import LinearOperator, as_operator
 
 __all__ = ["GMRES"]
@@ -222,6 +224,6 @@ class GMRES(LinearSolver):
         usedcols = xp.arange(used)[None, :] < k[:, None]
         R = xp.where(usedcols[:, None, :], R[:, :used, :used], xp.eye(used, dtype=dtype))
         g = xp.where(usedcols, beta[:, None] * Q[:, :used, 0], zero)
-        y = xp.linalg.solve(R, g[:, :, None])[:, :, 0]
+        y = get_kernel("back_substitute", xp)(R, g)
         dx = xp.matmul(y[:, None, :], V[:, :used])[:, 0]
         return dx, broke, used

@@ -8,12 +8,13 @@ import numpy as np
 
 from ..backend import get_namespace
 from ..backend.numba_tools import CACHE, numba
-from .gmres_kernels import MAX_RESTART
+from .gmres_kernels import MAX_RESTART, REORTHOGONALISE_BELOW
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 from ..backend.cuda_blocks import block_reduce, for_kernels  # noqa: E402
 from ..backend.launch import cuda_kernel  # noqa: E402
 
-__all__ = ["arnoldi_step_numba_cpu", "arnoldi_step_numba_cuda", "arnoldi_step_cuda_kernel", "finish_column"]
+__all__ = ["arnoldi_step_numba_cpu", "arnoldi_step_numba_cuda", "arnoldi_step_cuda_kernel", "finish_column",
+           "reorthogonalise"]
 
 THREADS = 128
 SCRATCH = MAX_RESTART + 2
@@ -48,6 +49,13 @@ def finish_column(hsum, hnext, wnorm, Q, R, col, j, beta, tol, tiny_factor):
     return usable, go_on
 
 
+@numba.njit(inline="always")
+def reorthogonalise(norm2_after, norm_before):
+    """Whether the first Gram–Schmidt pass cancelled enough of w (squared norm ``norm2_after`` from
+    ``norm_before``) to need a second one."""
+    return norm2_after < REORTHOGONALISE_BELOW * norm_before * norm_before
+
+
 @numba.njit(cache=CACHE, fastmath={"reassoc", "contract"})   # reassociation vectorises the dot products
 def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
     hsum = np.empty(j + 1)
@@ -66,7 +74,7 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
         wnorm = math.sqrt(acc)
         for i in range(j + 1):
             hsum[i] = 0.0
-        for _ in range(2):                                  # classical Gram–Schmidt, twice
+        for sweep in range(2):                              # classical Gram–Schmidt, twice where needed
             for i in range(j + 1):
                 acc = zero
                 for e in range(n):
@@ -77,9 +85,11 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
                 for e in range(n):
                     wb[e] -= hi * Vb[i, e]
                 hsum[i] += h[i]
-        acc = zero
-        for e in range(n):
-            acc += wb[e] * wb[e]
+            acc = zero
+            for e in range(n):
+                acc += wb[e] * wb[e]
+            if sweep == 0 and not reorthogonalise(acc, wnorm):
+                break
         hnext = math.sqrt(acc)
         usable, go_on = finish_column(hsum, hnext, wnorm, Q[b], R[b], col, j, beta[b], tol[b], tiny_factor)
         if usable:
@@ -98,7 +108,7 @@ def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor
     return V, R, Q, k, live, broke
 
 
-_finish_cuda, _block_reduce = for_kernels(finish_column, block_reduce)
+_finish_cuda, _block_reduce, _reorthogonalise = for_kernels(finish_column, block_reduce, reorthogonalise)
 
 
 def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
@@ -117,7 +127,8 @@ def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_fact
     for i in range(tid, j + 1, cuda.blockDim.x):
         hsum[i] = 0.0
     cuda.syncthreads()
-    # task -1: ||w||²; tasks 0..j: <V_i, w>, for each of the two passes; task j + 1 of the last pass: ||w||²
+    # task -1: ||w||²; tasks 0..j: <V_i, w>; after each pass's update, ||w||² decides on a second pass
+    hnext = 0.0
     for sweep in range(2):
         for task in range(-1 if sweep == 0 else 0, j + 1):
             acc = 0.0
@@ -137,10 +148,13 @@ def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_fact
                 acc -= h[i] * V[b, i, e]
             w[b, e] = acc
         cuda.syncthreads()
-    acc = 0.0
-    for e in range(tid, n, cuda.blockDim.x):
-        acc += w[b, e] * w[b, e]
-    hnext = math.sqrt(_block_reduce(red, acc, False))
+        acc = 0.0
+        for e in range(tid, n, cuda.blockDim.x):
+            acc += w[b, e] * w[b, e]
+        total = _block_reduce(red, acc, False)              # the same for every thread: a uniform branch
+        hnext = math.sqrt(total)
+        if sweep == 0 and not _reorthogonalise(total, norms[0]):
+            break
     if tid == 0:
         usable, go_on = _finish_cuda(hsum, hnext, norms[0], Q[b], R[b], col, j, beta[b], tol[b], tiny_factor)
         if usable:

@@ -1,0 +1,132 @@
+"""Numba CPU and CUDA versions of the adjoint iteration's fused step (loaded lazily through the kernel
+registry)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend.numba_tools import CACHE, numba
+from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
+from ..backend.cuda_blocks import block_reduce, for_kernels  # noqa: E402
+from ..backend.launch import cuda_kernel  # noqa: E402
+
+__all__ = ["richardson_step_numba_cpu", "richardson_step_numba_cuda", "richardson_step_cuda_kernel",
+           "richardson_decision"]
+
+THREADS = 128
+
+
+@numba.njit(inline="always")
+def richardson_decision(new, old, tol, rate):
+    """One row that was iterating, from its new residual norm ``new`` (already rounded to the arrays' dtype)
+    and its last one ``old``: ``(take, slow, done)``. A non-finite norm keeps the last iterate and waits for
+    GMRES; a finite one is taken, converges within ``tol`` and waits when it shrank by less than ``rate``."""
+    if not math.isfinite(new):
+        return False, True, False
+    done = new <= tol
+    slow = not done and not (float(new) <= rate * float(old))
+    return True, slow, done
+
+
+@numba.njit(cache=CACHE, fastmath={"reassoc", "contract"})   # reassociation vectorises the sums of squares
+def _richardson_loop(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_trial, counts):
+    n_going = 0
+    n_slow = 0
+    n = trial.shape[1]
+    for i in range(trial.shape[0]):
+        if going[i]:
+            acc = rnorm[i] * 0                                  # sums in the arrays' dtype, as the reference
+            for j in range(n):
+                d = g[i, j] + u[i, j] - trial[i, j]
+                acc += d * d
+            old = rnorm[i]
+            rnorm[i] = math.sqrt(acc)                           # rounded to the dtype by the store
+            take, row_slow, row_done = richardson_decision(rnorm[i], old, tol[i], rate)
+            if take:
+                for j in range(n):
+                    t = trial[i, j]
+                    d = g[i, j] + u[i, j] - t
+                    lam[i, j] = t
+                    r[i, j] = d
+            else:
+                rnorm[i] = old
+            slow[i] = row_slow
+            done[i] = row_done
+            going[i] = not (row_slow or row_done)
+        if going[i]:
+            n_going += 1
+            for j in range(n):
+                next_trial[i, j] = lam[i, j] + r[i, j]
+        else:
+            n_slow += slow[i]
+            for j in range(n):
+                next_trial[i, j] = lam[i, j]
+    counts[0] = n_going
+    counts[1] = n_slow
+
+
+def richardson_step_numba_cpu(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_trial, counts):
+    trial, u = np.ascontiguousarray(trial), np.ascontiguousarray(u)
+    _richardson_loop(trial, u, g, lam, r, rnorm, tol, going, slow, done, float(rate), next_trial, counts)
+    return lam, r, rnorm, going, slow, done, next_trial, counts
+
+
+_decision_cuda, _block_reduce = for_kernels(richardson_decision, block_reduce)
+
+
+def richardson_step_cuda_kernel(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_trial, counts):
+    """One block per row: a block reduction for the residual norm, thread 0 decides, then the block writes the
+    row (``counts`` must be zero before the launch: each block adds its row)."""
+    row = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    n = trial.shape[1]
+    red = cuda.shared.array(THREADS, numba.float64)
+    flags = cuda.shared.array(2, numba.int32)                 # took the step, still iterating
+    was_going = going[row]
+    if tid == 0:
+        flags[0] = 0
+        flags[1] = 1 if was_going else 0
+    if was_going:                                            # the same for the whole block
+        acc = 0.0
+        for j in range(tid, n, cuda.blockDim.x):
+            d = g[row, j] + u[row, j] - trial[row, j]
+            acc += d * d
+        total = _block_reduce(red, acc, False)
+        if tid == 0:
+            old = rnorm[row]
+            rnorm[row] = math.sqrt(total)
+            take, row_slow, row_done = _decision_cuda(rnorm[row], old, tol[row], rate)
+            if not take:
+                rnorm[row] = old
+            slow[row] = row_slow
+            done[row] = row_done
+            going[row] = not (row_slow or row_done)
+            flags[0] = 1 if take else 0
+            flags[1] = 0 if (row_slow or row_done) else 1
+    cuda.syncthreads()
+    take = flags[0] == 1
+    go_on = flags[1] == 1
+    for j in range(tid, n, cuda.blockDim.x):
+        if take:
+            t = trial[row, j]
+            d = g[row, j] + u[row, j] - t
+            lam[row, j] = t
+            r[row, j] = d
+        next_trial[row, j] = lam[row, j] + r[row, j] if go_on else lam[row, j]
+    if tid == 0:
+        if go_on:
+            cuda.atomic.add(counts, 0, 1)
+        elif slow[row]:
+            cuda.atomic.add(counts, 1, 1)
+
+
+_RICHARDSON_STEP = cuda_kernel(richardson_step_cuda_kernel, threads=THREADS, simulated_threads=8)
+
+
+def richardson_step_numba_cuda(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_trial, counts):
+    counts[...] = 0
+    _RICHARDSON_STEP[trial.shape[0], _RICHARDSON_STEP.threads](trial, u, g, lam, r, rnorm, tol, going, slow, done,
+                                                               float(rate), next_trial, counts)
+    return lam, r, rnorm, going, slow, done, next_trial, counts
