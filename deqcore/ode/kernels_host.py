@@ -1,0 +1,306 @@
+"""Compiled (Numba CPU) pieces of the implicit steppers for one unbatched NumPy system.
+
+On a small state every NumPy call costs about a microsecond whatever its size, and a stiff step makes dozens of
+them; these functions do a step's vector work in a few compiled calls between the evaluations of f (which stay
+in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf` and :mod:`deqcore.ode.rosenbrock` does
+for a batch (and did for one system), in the same order of operations except inside sums, whose order may
+differ (round-off). Dense stage and Newton matrices up to ``SMALL_SYSTEM_LIMIT`` unknowns are factored here too
+(the LU kernels' scalar helpers; LAPACK's per-call overhead dominates at that size).
+
+Arrays are flat ``(n,)`` float64/float32 host arrays; ``atol`` is an array of length 1 (one tolerance) or n.
+
+>>> import numpy as np
+>>> J = np.array([[-2.0, 1.0], [0.0, -3.0]]); lu = np.empty((2, 2)); piv = np.empty(2, dtype=np.int32)
+>>> singular, sign_ok = factor_shifted(J, 1.0, 1.0, 2.2e-16, lu, piv)    # I − J, then (I − J) x = b
+>>> x = np.array([[3.0], [4.0]]); solve_in_place(lu, piv, x)
+>>> bool(singular), bool(sign_ok), np.allclose((np.eye(2) - J) @ x[:, 0], [3.0, 4.0])
+(False, True, True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend.numba_tools import CACHE, numba
+from ..backend.cuda_blocks import max_nan
+from ..linalg.lu_kernels import SMALL_SYSTEM_LIMIT
+from ..linalg.lu_kernels_numba import factor_one, solve_one
+
+__all__ = ["SMALL_SYSTEM_LIMIT", "factor_shifted", "solve_in_place", "bdf_predict", "bdf_newton",
+           "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_stage",
+           "rosenbrock_finish"]
+
+#: Newton's status after an iteration (BAD_F: f was not finite, nothing solved)
+CONTINUE, CONVERGED, FAILED, BAD_F = 0, 1, 2, 3
+
+
+@numba.njit(inline="always")
+def _tol(atol, i):
+    return atol[i] if atol.shape[0] > 1 else atol[0]
+
+
+@numba.njit(cache=CACHE)
+def factor_shifted(J, shift, c, eps, lu, piv):
+    """Factor ``shift·I − c·J`` into ``lu``/``piv`` (getrf). Returns (singular, positive determinant):
+    singular for a non-finite matrix or pivot, or a pivot ratio ``min|u_ii| / max|u_ii|`` not above ``eps``."""
+    n = J.shape[0]
+    finite = True
+    for i in range(n):
+        for j in range(n):
+            v = (shift if i == j else 0.0) - (J[i, j] if c == 1.0 else c * J[i, j])
+            lu[i, j] = v
+            if not math.isfinite(v):
+                finite = False
+    if not finite:
+        return True, False
+    factor_one(lu, piv)
+    lo = math.inf
+    hi = 0.0
+    negative = 0
+    for i in range(n):
+        u = lu[i, i]
+        a = abs(u)
+        if a != a:
+            return True, False
+        lo = min(lo, a)
+        hi = max(hi, a)
+        negative += u < 0
+        negative += piv[i] != i
+    singular = not (lo > eps * hi)
+    return singular, negative % 2 == 0
+
+
+@numba.njit(cache=CACHE)
+def solve_in_place(lu, piv, x):
+    """Solve with the factors of :func:`factor_shifted` for the columns of ``x`` ``(n, k)``, in place."""
+    solve_one(lu, piv, x, 0)
+
+
+# ---- BDF ------------------------------------------------------------------------------------------------------
+
+@numba.njit(cache=CACHE)
+def bdf_predict(D, order, gamma, alpha, atol, rtol, y_predict, psi, scale):
+    """The prediction ``Σ_{j≤k} D[j]``, its error weights ``atol + rtol·|y⁰|`` and ``ψ = Σ γ_j D[j] / α_k``."""
+    n = D.shape[1]
+    a = alpha[order]
+    for i in range(n):
+        s = D[0, i]
+        p = 0.0
+        for j in range(1, order + 1):
+            s += D[j, i]
+            p += D[j, i] * gamma[j]
+        y_predict[i] = s
+        scale[i] = _tol(atol, i) + rtol * abs(s)
+        psi[i] = p / a
+
+
+@numba.njit(inline="always")
+def _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
+    n = dy.shape[0]
+    total = 0.0
+    for i in range(n):
+        q = dy[i] / scale[i]
+        total += q * q
+    dy_norm = math.sqrt(total / n) if n else 0.0
+    if not math.isfinite(dy_norm):
+        return FAILED, dy_norm
+    rate = -1.0
+    if dy_norm_old >= 0.0:
+        rate = dy_norm / dy_norm_old
+        if rate >= 1.0 or rate ** float(max_iter - k) / (1.0 - rate) * dy_norm > tol:
+            return FAILED, dy_norm
+    for i in range(n):
+        y[i] += dy[i]
+        d[i] += dy[i]
+    if dy_norm == 0.0 or (rate >= 0.0 and rate / (1.0 - rate) * dy_norm < tol):
+        return CONVERGED, dy_norm
+    return CONTINUE, dy_norm
+
+
+@numba.njit(cache=CACHE)
+def bdf_newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
+    """Newton's convergence test on the increment ``dy`` (``dy_norm_old < 0``: the first iteration) and, unless
+    it failed, ``y += dy``, ``d += dy``. Returns (CONTINUE | CONVERGED | FAILED, ‖dy‖)."""
+    return _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter)
+
+
+@numba.njit(cache=CACHE)
+def bdf_newton_rhs(f, c, psi, d, out):
+    """``out = c·f − ψ − d``; False when f holds a non-finite value."""
+    for i in range(f.shape[0]):
+        if not math.isfinite(f[i]):
+            return False
+        out[i] = c * f[i] - psi[i] - d[i]
+    return True
+
+
+@numba.njit(cache=CACHE)
+def bdf_newton(f, c, psi, d, y, lu, piv, scale, work, dy_norm_old, tol, k, max_iter):
+    """One simplified Newton iteration with factors from :func:`factor_shifted` (``work``: ``(n, 1)``):
+    solve ``(I − cJ) dy = c·f − ψ − d``, then :func:`bdf_newton_apply`."""
+    n = f.shape[0]
+    for i in range(n):
+        if not math.isfinite(f[i]):
+            return BAD_F, 0.0
+        work[i, 0] = c * f[i] - psi[i] - d[i]
+    solve_one(lu, piv, work, 0)
+    return _newton_apply(work[:, 0], scale, y, d, dy_norm_old, tol, k, max_iter)
+
+
+@numba.njit(cache=CACHE)
+def bdf_error(y_old, y_new, d, error_const, atol, rtol, scale):
+    """The error weights ``atol + rtol·max(|y_old|, |y_new|)`` (into ``scale``), the squared scaled error sum
+    of ``error_const·d`` and ``max|y_new|``."""
+    total = 0.0
+    top = 0.0
+    for i in range(d.shape[0]):
+        a_new = abs(y_new[i])
+        scale[i] = _tol(atol, i) + rtol * max_nan(abs(y_old[i]), a_new)
+        q = error_const * d[i] / scale[i]
+        total += q * q
+        top = max_nan(top, a_new)
+    return total, top
+
+
+@numba.njit(cache=CACHE)
+def bdf_update(D, D_new, d, order, error_const, scale, max_order, select):
+    """The differences after an accepted step (into ``D_new``) and, when ``select``, the RMS scaled error
+    estimates of orders k − 1 and k + 1 (inf where that order does not exist)."""
+    n = D.shape[1]
+    D_new[:] = D
+    for i in range(n):
+        D_new[order + 2, i] = d[i] - D_new[order + 1, i]
+        D_new[order + 1, i] = d[i]
+    for j in range(order, -1, -1):
+        for i in range(n):
+            D_new[j, i] += D_new[j + 1, i]
+    err_m = math.inf
+    err_p = math.inf
+    if select and n:
+        if order > 1:
+            total = 0.0
+            for i in range(n):
+                q = error_const[order - 1] * D_new[order, i] / scale[i]
+                total += q * q
+            err_m = math.sqrt(total / n)
+        if order < max_order:
+            total = 0.0
+            for i in range(n):
+                q = error_const[order + 1] * D_new[order + 2, i] / scale[i]
+                total += q * q
+            err_p = math.sqrt(total / n)
+    return err_m, err_p
+
+
+@numba.njit(cache=CACHE)
+def bdf_rescale(D, order, factor):
+    """Rescale the differences ``D[:order + 1]`` in place from step h to ``factor·h`` (Shampine & Reichelt:
+    ``D ← (R U)ᵀ D`` with R, U the cumulative products of ``(i − 1 − r·j) / i`` for r = factor and 1)."""
+    k = order + 1
+    R = np.zeros((k, k))
+    U = np.zeros((k, k))
+    for j in range(k):
+        R[0, j] = 1.0
+        U[0, j] = 1.0
+    for i in range(1, k):
+        for j in range(1, k):
+            R[i, j] = R[i - 1, j] * ((i - 1 - factor * j) / i)
+            U[i, j] = U[i - 1, j] * ((i - 1 - 1.0 * j) / i)
+    RU = np.zeros((k, k))
+    for i in range(k):
+        for j in range(k):
+            s = 0.0
+            for q in range(k):
+                s += R[i, q] * U[q, j]
+            RU[i, j] = s
+    n = D.shape[1]
+    out = np.empty((k, n), dtype=D.dtype)
+    for j in range(k):
+        for i in range(n):
+            s = 0.0
+            for q in range(k):
+                s += RU[q, j] * D[q, i]
+            out[j, i] = s
+    D[:k] = out
+
+
+# ---- Rosenbrock -----------------------------------------------------------------------------------------------
+
+@numba.njit(cache=CACHE)
+def rosenbrock_stage(i, f_i, U, C, d_i, h, ft, lu, piv, work, a, reuses_f0, y, next_input):
+    """Stage ``i``: solve ``(I/(hγ) − J) u_i = f_i + Σ_j (C_ij / h) u_j + h d_i ∂f/∂t`` into ``U[i]`` (``ft``
+    empty for an autonomous problem); then, when stage i + 1 evaluates f, its argument
+    ``y + Σ_{j≤i} a_{i+1,j} u_j`` into ``next_input``. Returns whether that argument was formed."""
+    n = f_i.shape[0]
+    for q in range(n):
+        work[q, 0] = f_i[q]
+    for j in range(i):
+        c = C[i, j]
+        if c != 0.0:
+            s = c / h
+            for q in range(n):
+                work[q, 0] = work[q, 0] + s * U[j, q]
+    if ft.shape[0] and d_i != 0.0:
+        s = d_i * h
+        for q in range(n):
+            work[q, 0] = work[q, 0] + s * ft[q]
+    solve_one(lu, piv, work, 0)
+    for q in range(n):
+        U[i, q] = work[q, 0]
+    nxt = i + 1
+    if nxt >= U.shape[0] or reuses_f0[nxt]:
+        return False
+    for q in range(n):
+        s = 0.0
+        for j in range(nxt):
+            s += a[nxt, j] * U[j, q]
+        next_input[q] = y[q] + s
+    return True
+
+
+@numba.njit(cache=CACHE)
+def rosenbrock_input(i, U, a, y, out):
+    """The argument ``y + Σ_{j<i} a_ij u_j`` of stage ``i``'s evaluation of f."""
+    for q in range(y.shape[0]):
+        s = 0.0
+        for j in range(i):
+            s += a[i, j] * U[j, q]
+        out[q] = y[q] + s
+
+
+@numba.njit(cache=CACHE)
+def rosenbrock_finish(y, U, m, e, atol, rtol, y_new):
+    """``y_new = y + Σ m_i u_i`` and the error ``Σ e_i u_i`` reduced to its squared scaled sum with
+    ``max|y_new|`` (the driver's norm); a non-finite error or state fails the step: ``y_new = y``, error inf.
+    Returns (failed, err_sq, y_absmax)."""
+    n = y.shape[0]
+    S = U.shape[0]
+    failed = False
+    for q in range(n):
+        s = 0.0
+        for j in range(S):
+            s += m[j] * U[j, q]
+        y_new[q] = y[q] + s
+        if not math.isfinite(y_new[q]):
+            failed = True
+    total = 0.0
+    top = 0.0
+    for q in range(n):
+        err = 0.0
+        for j in range(S):
+            err += e[j] * U[j, q]
+        if not math.isfinite(err):
+            failed = True
+        a_new = abs(y_new[q])
+        r = err / (_tol(atol, q) + rtol * max_nan(abs(y[q]), a_new))
+        total += r * r
+        top = max_nan(top, a_new)
+    if failed:
+        top = 0.0
+        for q in range(n):
+            y_new[q] = y[q]
+            top = max_nan(top, abs(y[q]))
+        total = math.inf
+    return failed, total, top
