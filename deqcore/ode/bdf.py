@@ -44,7 +44,7 @@ import numpy as np
 
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
-from .kernels_host import (BAD_F, CONVERGED, FAILED, SMALL_SYSTEM_LIMIT, bdf_error, bdf_newton, bdf_newton_apply,
+from .kernels_host import (BAD_F, CONVERGED, FAILED, SMALL_SYSTEM_LIMIT, new_factors, bdf_error, bdf_newton, bdf_newton_apply,
                            bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted)
 from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
 from .rosenbrock import user_jacobian
@@ -189,7 +189,7 @@ class BDFStepper:
         self._y_predict, self._psi, self._scale = (np.empty(n, dtype=dtype) for _ in range(3))
         self._work = np.empty((n, 1), dtype=dtype)
         if n <= SMALL_SYSTEM_LIMIT:
-            self._lu, self._piv = np.empty((n, n), dtype=dtype), np.empty(n, dtype=np.int32)
+            self._lu, self._piv = new_factors(n, dtype)
         atol, rtol = tol
         self._atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), self.ev.shape)
                                           .reshape(-1)) if np.ndim(atol) else np.array([float(atol)])

@@ -4,13 +4,14 @@ On a small state every NumPy call costs about a microsecond whatever its size, a
 them; these functions do a step's vector work in a few compiled calls between the evaluations of f (which stay
 in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf` and :mod:`deqcore.ode.rosenbrock` does
 for a batch (and did for one system), in the same order of operations except inside sums, whose order may
-differ (round-off). Dense stage and Newton matrices up to ``SMALL_SYSTEM_LIMIT`` unknowns are factored here too
-(the LU kernels' scalar helpers; LAPACK's per-call overhead dominates at that size).
+differ (round-off). Dense stage and Newton matrices (up to ``SMALL_SYSTEM_LIMIT`` unknowns) are factored by
+LAPACK's getrf called directly (the same factors as before, hence the same steps: an LU of its own differs in
+round-off, enough to change a step here and there) and solved by the LU kernels' compiled scalar helper.
 
 Arrays are flat ``(n,)`` float64/float32 host arrays; ``atol`` is an array of length 1 (one tolerance) or n.
 
 >>> import numpy as np
->>> J = np.array([[-2.0, 1.0], [0.0, -3.0]]); lu = np.empty((2, 2)); piv = np.empty(2, dtype=np.int32)
+>>> J = np.array([[-2.0, 1.0], [0.0, -3.0]]); lu, piv = new_factors(2, np.float64)
 >>> singular, sign_ok = factor_shifted(J, 1.0, 1.0, 2.2e-16, lu, piv)    # I − J, then (I − J) x = b
 >>> x = np.array([[3.0], [4.0]]); solve_in_place(lu, piv, x)
 >>> bool(singular), bool(sign_ok), np.allclose((np.eye(2) - J) @ x[:, 0], [3.0, 4.0])
@@ -26,9 +27,9 @@ import numpy as np
 from ..backend.numba_tools import CACHE, numba
 from ..backend.cuda_blocks import max_nan
 from ..linalg.lu_kernels import SMALL_SYSTEM_LIMIT
-from ..linalg.lu_kernels_numba import factor_one, solve_one
+from ..linalg.lu_kernels_numba import solve_one
 
-__all__ = ["SMALL_SYSTEM_LIMIT", "factor_shifted", "solve_in_place", "bdf_predict", "bdf_newton",
+__all__ = ["SMALL_SYSTEM_LIMIT", "new_factors", "factor_shifted", "solve_in_place", "bdf_predict", "bdf_newton",
            "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_stage",
            "rosenbrock_finish"]
 
@@ -42,24 +43,27 @@ def _tol(atol, i):
 
 
 @numba.njit(cache=CACHE)
-def factor_shifted(J, shift, c, eps, lu, piv):
-    """Factor ``shift·I − c·J`` into ``lu``/``piv`` (getrf). Returns (singular, positive determinant):
-    singular for a non-finite matrix or pivot, or a pivot ratio ``min|u_ii| / max|u_ii|`` not above ``eps``."""
+def _shifted(J, shift, c, out):
+    """``out = shift·I − c·J``; False when an entry is not finite."""
     n = J.shape[0]
     finite = True
     for i in range(n):
         for j in range(n):
-            v = (shift if i == j else 0.0) - (J[i, j] if c == 1.0 else c * J[i, j])
-            lu[i, j] = v
+            v = (shift if i == j else 0.0) - c * J[i, j]
+            out[i, j] = v
             if not math.isfinite(v):
                 finite = False
-    if not finite:
-        return True, False
-    factor_one(lu, piv)
+    return finite
+
+
+@numba.njit(cache=CACHE)
+def _pivot_checks(lu, piv, eps):
+    """(singular, positive determinant) from the factors: singular for a non-finite pivot or a pivot ratio
+    ``min|u_ii| / max|u_ii|`` not above ``eps``; the sign from the negative pivots and the interchanges."""
     lo = math.inf
     hi = 0.0
     negative = 0
-    for i in range(n):
+    for i in range(lu.shape[0]):
         u = lu[i, i]
         a = abs(u)
         if a != a:
@@ -68,8 +72,36 @@ def factor_shifted(J, shift, c, eps, lu, piv):
         hi = max(hi, a)
         negative += u < 0
         negative += piv[i] != i
-    singular = not (lo > eps * hi)
-    return singular, negative % 2 == 0
+    return not (lo > eps * hi), negative % 2 == 0
+
+
+_GETRF = {}
+
+
+def new_factors(n, dtype):
+    """Work arrays ``(lu, piv)`` for :func:`factor_shifted` (``lu`` in Fortran order: LAPACK factors it in
+    place)."""
+    return np.empty((n, n), dtype=dtype, order="F"), np.empty(n, dtype=np.int32)
+
+
+def factor_shifted(J, shift, c, eps, lu, piv):
+    """Factor ``shift·I − c·J`` into ``lu``/``piv`` (from :func:`new_factors`) with LAPACK's getrf (called
+    directly: the factors, hence every step, equal those of ``scipy.linalg.lu_factor``). Returns (singular,
+    positive determinant): singular for a non-finite matrix or pivot, or a pivot ratio ``min|u_ii| / max|u_ii|``
+    not above ``eps``."""
+    if not _shifted(J, shift, c, lu):
+        return True, False
+    getrf = _GETRF.get(lu.dtype)
+    if getrf is None:
+        from scipy.linalg.lapack import get_lapack_funcs
+
+        getrf = _GETRF[lu.dtype] = get_lapack_funcs("getrf", (lu,))
+    factors, p, info = getrf(lu, overwrite_a=True)
+    if factors is not lu:          # pragma: no cover - LAPACK could not work in place
+        lu[...] = factors
+    piv[:] = p
+    singular, positive = _pivot_checks(lu, piv, eps)
+    return singular or info != 0, positive
 
 
 @numba.njit(cache=CACHE)
