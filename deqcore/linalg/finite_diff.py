@@ -259,8 +259,12 @@ class FiniteDiffJacobian:
         factor = self._factors(np, 1, dtype)
         h = increments(np, y, self.threshold, factor)
         D = np.empty((n, n), dtype=dtype)
+        f_row = f0[0]
         for j in range(n):
-            D[:, j] = self._column_diffs(np, F, y, f0, h, np.array([j]))[0]
+            yp = y.copy()
+            yp[0, j] += h[0, j]
+            D[:, j] = F(yp)[0] - f_row
+        self.evaluations += n
         Q = np.empty((1, n, n), dtype=dtype)
         big, scale = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
         lost = np.zeros(n, dtype=bool)
@@ -270,16 +274,19 @@ class FiniteDiffJacobian:
             factor = np.where(lost[None], factor * _GROW, factor)
             h2 = increments(np, y, self.threshold, factor)
             for j in np.flatnonzero(lost):
-                D[:, j] = self._column_diffs(np, F, y, f0, h2, np.array([j]))[0]
+                yp = y.copy()
+                yp[0, j] += h2[0, j]
+                D[:, j] = F(yp)[0] - f_row
+                self.evaluations += 1
             _fd_columns(D, h2[0], f_abs, eps ** 0.875, Q[0], big, scale, lost, False)
         self.factor = _fd_factors(factor, big, scale, eps)
         return Q
 
     def dense(self, F, y, f0):
         """The Jacobian as a dense ``(rows, n, n)`` array (``y``, ``f0``: ``(rows, n)``)."""
-        xp = _namespace(y)
-        if xp is np and self.pattern is None and y.shape[0] == 1:
+        if type(y) is np.ndarray and self.pattern is None and y.shape[0] == 1:
             return self._dense_one(F, y, f0)
+        xp = _namespace(y)
         out = self._entries(xp, F, y, f0)
         if self.pattern is None:
             return out

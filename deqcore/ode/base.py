@@ -54,11 +54,13 @@ class Evaluator:
 
     def __call__(self, t, y):
         self.nfev += 1
-        out = self.rhs(0.0 if self.autonomous else host_float(t), y, *self.args)
-        if getattr(out, "shape", None) is None or tuple(out.shape) != self.shape:
+        out = self.rhs(0.0 if self.autonomous else t if type(t) is float else host_float(t), y, *self.args)
+        shape = getattr(out, "shape", None)
+        if shape != self.shape and (shape is None or tuple(shape) != self.shape):
             raise ValueError(f"rhs must return an array of shape {self.shape} (the shape of y0), got "
                              f"{getattr(out, 'shape', type(out).__name__)}")
-        if out.dtype != self.dtype:
+        dtype = out.dtype
+        if dtype is not self.dtype and dtype != self.dtype:
             kind, size = np.dtype(out.dtype).kind, np.dtype(out.dtype).itemsize
             if kind != "f" or size < np.dtype(self.dtype).itemsize:
                 raise TypeError(f"rhs must return a real floating array of y0's dtype {np.dtype(self.dtype)}, "

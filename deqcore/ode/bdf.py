@@ -249,7 +249,9 @@ class BDFStepper:
             return self._reject(y, fy, factor * h_abs, None, err_sq)
         # accepted (the driver's test is the same): the new differences, then the order and step size
         select = self.n_equal + 1 >= order + 1
-        err_m, err_p = bdf_update(D, self._D_new, d, order, self.error_const, scale, self.max_order, select)
+        f_new = np.empty_like(d)      # the corrector's derivative (ψ + d) / c
+        err_m, err_p = bdf_update(D, self._D_new, d, order, self.error_const, scale, self.max_order, select,
+                                  psi, c, f_new)
         new_order, h_next = order, h_abs
         if select:
             norms = (err_m, error_norm, err_p)
@@ -257,9 +259,8 @@ class BDFStepper:
             best = max(range(3), key=lambda k: (factors[k] != factors[k], factors[k]))  # argmax, NaN first
             new_order = order + best - 1
             h_next = h_abs * min(MAX_FACTOR, safety * factors[best])
-        f_new = (psi + d) / c if not ev.autonomous else None
         y1 = y_new.reshape(ev.shape)
-        f1 = f_new.reshape(ev.shape) if f_new is not None else ev(t_new, y1)
+        f1 = f_new.reshape(ev.shape) if not ev.autonomous else ev(t_new, y1)
         self._pending = new_order
         return Trial(y1, f1, None, order + 1, err_sq=err_sq, y_absmax=y_absmax, h_next=h_next)
 
@@ -271,7 +272,7 @@ class BDFStepper:
         """The simplified Newton iteration of the corrector (the vector work compiled, f in Python)."""
         ev, shape, tol = self.ev, self.ev.shape, self._newton_tol
         solve = self.lu[0]
-        d = np.zeros_like(y_predict)
+        d = np.zeros(y_predict.shape[0], dtype=y_predict.dtype)
         y = y_predict.copy()
         dy_norm_old, converged, f_first = -1.0, False, None
         k = 0

@@ -197,12 +197,14 @@ def bdf_error(y_old, y_new, d, error_const, atol, rtol, scale):
 
 
 @numba.njit(cache=CACHE)
-def bdf_update(D, D_new, d, order, error_const, scale, max_order, select):
-    """The differences after an accepted step (into ``D_new``) and, when ``select``, the RMS scaled error
-    estimates of orders k − 1 and k + 1 (inf where that order does not exist)."""
+def bdf_update(D, D_new, d, order, error_const, scale, max_order, select, psi, c, f_new):
+    """The differences after an accepted step (into ``D_new``), the corrector's derivative ``(ψ + d) / c``
+    (into ``f_new``) and, when ``select``, the RMS scaled error estimates of orders k − 1 and k + 1 (inf where
+    that order does not exist)."""
     n = D.shape[1]
     D_new[:] = D
     for i in range(n):
+        f_new[i] = (psi[i] + d[i]) / c
         D_new[order + 2, i] = d[i] - D_new[order + 1, i]
         D_new[order + 1, i] = d[i]
     for j in range(order, -1, -1):

@@ -308,16 +308,16 @@ class RosenbrockStepper:
         a, C, reuse, c_nodes, d = self._a, self._C, self._reuse, self._stage_c, self._stage_d
         stage_input = np.empty_like(y_flat)
         formed = False
-        for i in range(len(c_nodes)):
+        for i, c_i in enumerate(c_nodes):
             if reuse[i]:
                 f_i = f_flat
             else:
                 if not formed:
                     rosenbrock_input(i, U, a, y_flat, stage_input)
-                f_i = ev(t + c_nodes[i] * h, stage_input.reshape(shape)).reshape(-1)
-            self.stats["nlinsolve"] += 1
+                f_i = ev(t + c_i * h, stage_input.reshape(shape)).reshape(-1)
             formed = rosenbrock_stage(i, f_i, U, C, d[i], h, ft_flat, lu, piv, work, a, reuse, y_flat,
                                       stage_input)
+        self.stats["nlinsolve"] += len(c_nodes)
         y1 = np.empty_like(y_flat)
         failed, err_sq, y_absmax = rosenbrock_finish(y_flat, U, self._mw, self._ew, self._atol, tol[1], y1)
         if failed:
