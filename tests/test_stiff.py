@@ -319,7 +319,7 @@ def test_compiled_single_system_path_takes_the_array_paths_steps(method, use_jac
         return dq.integrate(_robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e3), method(), rtol=1e-5, atol=1e-10,
                             jac=_robertson_jac if use_jac else None, saveat=np.geomspace(1e-3, 1e3, 13))
     host = solve()
-    monkeypatch.setattr(rosenbrock, "SMALL_SYSTEM_LIMIT", 0)      # the array path
+    monkeypatch.setattr(rosenbrock, "HOST_SYSTEM_LIMIT", 0)      # the array path
     arrays = solve()
     assert {k: host.stats[k] for k in ("nfev", "num_steps", "rejected", "njev")} == \
         {k: arrays.stats[k] for k in ("nfev", "num_steps", "rejected", "njev")}

@@ -13,8 +13,9 @@ error estimate scales with, used for the first step) and three methods, called b
   accepted ``trial``.
 
 The error of an attempt has one form: per-row sums of the squared scaled error ``Trial.err_sq`` with
-``Trial.y_absmax`` = max|y_new| per row; a stepper without a fused error kernel may leave ``err_sq`` None and
-give the error array ``Trial.err``, which :func:`ensure_error_sums` reduces.
+``Trial.y_absmax`` = max|y_new| per row (arrays ``(rows,)``; for an unbatched problem Python floats will do);
+a stepper without a fused error kernel may leave ``err_sq`` None and give the error array ``Trial.err``, which
+:func:`ensure_error_sums` reduces.
 
 Two optional fields of :class:`Trial` let a stepper steer the loop: ``h_next`` (a method with its own
 step-size and order selection, such as BDF, proposes the next step size; unbatched problems) and ``code``
@@ -146,8 +147,9 @@ class Trial:
     ``error_exponent`` is the power of h the local error scales with (a number, or per row an array ``(rows,)``
     when rows took different kinds of steps) and ``stages`` the Runge–Kutta stage derivatives when the method
     has its own dense output. Methods with fused kernels report the error as ``err_sq``, the per-row sums of
-    the squared scaled error (``(rows,)``, float64), with ``y_absmax`` = ``max|y1|`` per row; others give the
-    error array ``err`` and :func:`ensure_error_sums` reduces it.
+    the squared scaled error (``(rows,)``, float64, or a Python float for an unbatched problem), with
+    ``y_absmax`` = ``max|y1|`` per row; others give the error array ``err`` and :func:`ensure_error_sums`
+    reduces it.
     """
 
     y1: Any

@@ -44,8 +44,8 @@ import numpy as np
 
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
-from .kernels_host import (BAD_F, CONVERGED, FAILED, SMALL_SYSTEM_LIMIT, new_factors, bdf_error, bdf_newton, bdf_newton_apply,
-                           bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted)
+from .kernels_host import (BAD_F, CONVERGED, FAILED, HOST_SYSTEM_LIMIT, bdf_error, bdf_newton, bdf_newton_apply,
+                           bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted, new_factors)
 from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
 from .rosenbrock import user_jacobian
 
@@ -156,7 +156,7 @@ class BDFStepper:
             if not diag.min() > np.finfo(M.dtype).eps * diag.max():
                 return None
             return lu.solve
-        if n <= SMALL_SYSTEM_LIMIT:   # compiled: LAPACK's per-call overhead dominates at this size
+        if n <= HOST_SYSTEM_LIMIT:   # factors in the stepper's arrays, solved by the compiled Newton kernel
             singular, _ = factor_shifted(J, 1.0, c, float(np.finfo(J.dtype).eps), self._lu, self._piv)
             return None if singular else _COMPILED
         from scipy.linalg.lapack import get_lapack_funcs
@@ -188,7 +188,7 @@ class BDFStepper:
         self._D_new = np.empty_like(self.D)
         self._y_predict, self._psi, self._scale = (np.empty(n, dtype=dtype) for _ in range(3))
         self._work = np.empty((n, 1), dtype=dtype)
-        if n <= SMALL_SYSTEM_LIMIT:
+        if n <= HOST_SYSTEM_LIMIT:
             self._lu, self._piv = new_factors(n, dtype)
         atol, rtol = tol
         self._atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), self.ev.shape)

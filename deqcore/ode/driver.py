@@ -2,12 +2,15 @@
 :func:`~deqcore.ode.steady_state`, batched or not.
 
 Every problem is a set of rows (one row per sample of a batched problem, a single row otherwise) with its own
-time, step size, controller history, counters and return code. After each attempt the ``ode_control`` kernel
-(:mod:`deqcore.ode.kernels`) decides for every row: accept or reject, the PI step-size factor, the end of the
-span, the steady-state test, divergence and step-size failure. That kernel is the only copy of the control
-logic. Batched problems keep the rows on the device, and the step's only transfer to the host is two counts
-(accepted and still active rows); an unbatched problem keeps its one row on the host, so the right-hand side
-receives ``t`` as a Python float and the accepted steps are recorded for dense output.
+time, step size, controller history, counters and return code. After each attempt the step control decides for
+every row: accept or reject, the PI step-size factor, the end of the span, the steady-state test, divergence
+and step-size failure. Its logic is written once, as the scalar function of
+:func:`~deqcore.ode.controller.make_control_step`: batched problems keep the rows on the device and run it
+through the ``ode_control`` kernel (:mod:`deqcore.ode.kernels`, which compiles it for the CPU and the GPU), and
+the step's only transfer to the host is two counts (accepted and still active rows); an unbatched problem
+keeps its one row on the host as Python numbers and calls the function directly (no arrays, no kernel call
+per step), so the right-hand side receives ``t`` as a Python float and the accepted steps are recorded for
+dense output.
 
 The stepper protocol (:class:`~deqcore.ode.base.Stepper`): ``start(t0, y0, f0)`` once, then
 ``attempt(t, y, f, h, active, tol) -> Trial`` and, for the rows that accepted, ``accept(trial, mask, t_new)``.

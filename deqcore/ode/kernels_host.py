@@ -4,8 +4,8 @@ On a small state every NumPy call costs about a microsecond whatever its size, a
 them; these functions do a step's vector work in a few compiled calls between the evaluations of f (which stay
 in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf` and :mod:`deqcore.ode.rosenbrock` does
 for a batch (and did for one system), in the same order of operations except inside sums, whose order may
-differ (round-off). Dense stage and Newton matrices (up to ``SMALL_SYSTEM_LIMIT`` unknowns) are factored by
-LAPACK's getrf called directly (the same factors as before, hence the same steps: an LU of its own differs in
+differ (round-off). Dense stage and Newton matrices (up to :data:`HOST_SYSTEM_LIMIT` unknowns) are factored
+by LAPACK's getrf called directly (the same factors as before, hence the same steps: an LU of its own differs in
 round-off, enough to change a step here and there) and solved by the LU kernels' compiled scalar helper.
 
 Arrays are flat ``(n,)`` float64/float32 host arrays; ``atol`` is an array of length 1 (one tolerance) or n.
@@ -26,12 +26,16 @@ import numpy as np
 
 from ..backend.numba_tools import CACHE, numba
 from ..backend.cuda_blocks import max_nan
-from ..linalg.lu_kernels import SMALL_SYSTEM_LIMIT
 from ..linalg.lu_kernels_numba import solve_one
 
-__all__ = ["SMALL_SYSTEM_LIMIT", "new_factors", "factor_shifted", "solve_in_place", "bdf_predict", "bdf_newton",
-           "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_stage",
-           "rosenbrock_finish"]
+__all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "solve_in_place", "bdf_predict", "bdf_newton",
+           "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
+           "rosenbrock_stage", "rosenbrock_finish"]
+
+#: the largest dense system the steppers solve through these kernels (measured with Rodas5P and an analytic
+#: Jacobian: 2.5-6x less time per step than the array code from n = 2 to 128, slower from about 256 on, where
+#: LAPACK's blocked triangular solves win; see ARCHITECTURE.md)
+HOST_SYSTEM_LIMIT = 128
 
 #: Newton's status after an iteration (BAD_F: f was not finite, nothing solved)
 CONTINUE, CONVERGED, FAILED, BAD_F = 0, 1, 2, 3

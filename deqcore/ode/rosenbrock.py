@@ -46,7 +46,8 @@ from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
 from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
-from .kernels_host import SMALL_SYSTEM_LIMIT, factor_shifted, new_factors, rosenbrock_finish, rosenbrock_input, rosenbrock_stage
+from .kernels_host import (HOST_SYSTEM_LIMIT, factor_shifted, new_factors, rosenbrock_finish, rosenbrock_input,
+                           rosenbrock_stage)
 from .rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P, RosenbrockTableau
 
 __all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper"]
@@ -109,13 +110,15 @@ class RosenbrockStepper:
         self._m, self._e = np.asarray(tab.m), np.asarray(tab.e)
         # one small dense NumPy system: the step's vector work and the LU in compiled host kernels
         self._host = (xp is np and not ev.batched and isinstance(linear_solver, LU) and sparsity is None
-                      and self.n <= SMALL_SYSTEM_LIMIT)
+                      and self.n <= HOST_SYSTEM_LIMIT)
         if self._host:
             dtype = ev.dtype
-            self._a, self._C = np.ascontiguousarray(tab.a, dtype=np.float64), np.ascontiguousarray(tab.C, dtype=np.float64)
+            self._a = np.ascontiguousarray(tab.a, dtype=np.float64)
+            self._C = np.ascontiguousarray(tab.C, dtype=np.float64)
             self._reuse = np.array([tab.reuses_f0(i) for i in range(tab.stages)])
             self._stage_c, self._stage_d = [float(v) for v in tab.c], [float(v) for v in tab.d]
-            self._mw, self._ew = np.ascontiguousarray(tab.m, dtype=np.float64), np.ascontiguousarray(tab.e, dtype=np.float64)
+            self._mw = np.ascontiguousarray(tab.m, dtype=np.float64)
+            self._ew = np.ascontiguousarray(tab.e, dtype=np.float64)
             self._U = np.empty((tab.stages, self.n), dtype=dtype)
             self._lu, self._piv = new_factors(self.n, dtype)
             self._work = np.empty((self.n, 1), dtype=dtype)
