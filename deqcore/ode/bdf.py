@@ -45,7 +45,8 @@ import numpy as np
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, FAILED, HOST_SYSTEM_LIMIT, bdf_error, bdf_newton, bdf_newton_apply,
-                           bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted, new_factors)
+                           bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted, getrs_address,
+                           new_factors)
 from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
 from .rosenbrock import user_jacobian
 
@@ -187,9 +188,10 @@ class BDFStepper:
         # work arrays of the compiled pieces (kernels_host), reused by every attempt
         self._D_new = np.empty_like(self.D)
         self._y_predict, self._psi, self._scale = (np.empty(n, dtype=dtype) for _ in range(3))
-        self._work = np.empty((n, 1), dtype=dtype)
+        self._work = np.empty(n, dtype=dtype)
         if n <= HOST_SYSTEM_LIMIT:
             self._lu, self._piv = new_factors(n, dtype)
+            self._getrs = getrs_address(dtype)
         atol, rtol = tol
         self._atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), self.ev.shape)
                                           .reshape(-1)) if np.ndim(atol) else np.array([float(atol)])
@@ -280,10 +282,10 @@ class BDFStepper:
             f = ev(t_new, y.reshape(shape)).reshape(-1)
             f_first = f if k == 0 else f_first
             if solve is _COMPILED:
-                status, dy_norm = bdf_newton(f, c, psi, d, y, self._lu, self._piv, scale, self._work,
+                status, dy_norm = bdf_newton(self._getrs, f, c, psi, d, y, self._lu, self._piv, scale, self._work,
                                              dy_norm_old, tol, k, NEWTON_MAXITER)
             else:
-                rhs = self._work[:, 0]
+                rhs = self._work
                 if not bdf_newton_rhs(f, c, psi, d, rhs):
                     break
                 status, dy_norm = bdf_newton_apply(np.ascontiguousarray(solve(rhs)), scale, y, d, dy_norm_old,

@@ -5,16 +5,18 @@ them; these functions do a step's vector work in a few compiled calls between th
 in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf` and :mod:`deqcore.ode.rosenbrock` does
 for a batch (and did for one system), in the same order of operations except inside sums, whose order may
 differ (round-off). Dense stage and Newton matrices (up to :data:`HOST_SYSTEM_LIMIT` unknowns) are factored
-by LAPACK's getrf called directly (the same factors as before, hence the same steps: an LU of its own differs in
-round-off, enough to change a step here and there) and solved by the LU kernels' compiled scalar helper.
+by LAPACK's getrf and solved by its getrs, called directly (getrs from the compiled code through its address):
+the same factors and solutions as before, hence the same steps. (An LU or triangular solve of its own differs
+in round-off, and a finite-difference Jacobian's increment adaptation, a test against a threshold, turns that
+into a different step here and there.)
 
 Arrays are flat ``(n,)`` float64/float32 host arrays; ``atol`` is an array of length 1 (one tolerance) or n.
 
 >>> import numpy as np
 >>> J = np.array([[-2.0, 1.0], [0.0, -3.0]]); lu, piv = new_factors(2, np.float64)
 >>> singular, sign_ok = factor_shifted(J, 1.0, 1.0, 2.2e-16, lu, piv)    # I − J, then (I − J) x = b
->>> x = np.array([[3.0], [4.0]]); solve_in_place(lu, piv, x)
->>> bool(singular), bool(sign_ok), np.allclose((np.eye(2) - J) @ x[:, 0], [3.0, 4.0])
+>>> x = np.array([3.0, 4.0]); solve_in_place(getrs_address(np.float64), lu, piv, x)
+>>> bool(singular), bool(sign_ok), np.allclose((np.eye(2) - J) @ x, [3.0, 4.0])
 (False, True, True)
 """
 
@@ -26,9 +28,11 @@ import numpy as np
 
 from ..backend.numba_tools import CACHE, numba
 from ..backend.cuda_blocks import max_nan
-from ..linalg.lu_kernels_numba import solve_one
+from llvmlite import ir
+from numba import types
+from numba.extending import get_cython_function_address, intrinsic
 
-__all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "solve_in_place", "bdf_predict", "bdf_newton",
+__all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrs_address", "gemv_address", "solve_in_place", "bdf_predict", "bdf_newton",
            "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
            "rosenbrock_stage", "rosenbrock_finish"]
 
@@ -39,6 +43,89 @@ HOST_SYSTEM_LIMIT = 128
 
 #: Newton's status after an iteration (BAD_F: f was not finite, nothing solved)
 CONTINUE, CONVERGED, FAILED, BAD_F = 0, 1, 2, 3
+
+
+@intrinsic
+def _call_with_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a8):
+    """Call the C function at ``address`` (an integer) with the data pointers of nine arrays: LAPACK from
+    compiled code, with the address a run-time argument (so the calling function can be cached)."""
+    sig = types.void(address, a0, a1, a2, a3, a4, a5, a6, a7, a8)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 9)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        builder.call(fn, pointers)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _call_with_11_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
+    """:func:`_call_with_pointers` for a function of eleven pointer arguments (BLAS gemv)."""
+    sig = types.void(address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 11)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        builder.call(fn, pointers)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def gemv_address(dtype) -> int:
+    """The address of BLAS dgemv for a float64 state (NumPy's ``vector @ matrix`` calls it, so the sums round
+    alike); 0 for float32 (then the compiled loops sum)."""
+    if np.dtype(dtype) != np.float64:
+        return 0
+    return get_cython_function_address("scipy.linalg.cython_blas", "dgemv")
+
+
+@numba.njit(inline="always")
+def _combine(gemv, v, B, out):
+    """``out = v @ B`` for ``v`` ``(k,)`` and C-ordered rows ``B`` ``(k, n)``: BLAS dgemv as NumPy calls it (no
+    transpose on the column-major view ``(n, k)``), or sequential sums when ``gemv`` is 0."""
+    k, n = B.shape
+    if gemv != 0:
+        ints = np.empty(3, dtype=np.int32)
+        ints[0] = n
+        ints[1] = k
+        ints[2] = 1
+        alpha_beta = np.empty(2)
+        alpha_beta[0] = 1.0
+        alpha_beta[1] = 0.0
+        trans = np.full(1, 78, dtype=np.uint8)      # "N"
+        _call_with_11_pointers(gemv, trans, ints[0:1], ints[1:2], alpha_beta[0:1], B, ints[0:1], v, ints[2:3],
+                               alpha_beta[1:2], out, ints[2:3])
+        return
+    for q in range(n):
+        s = 0.0
+        for j in range(k):
+            s += v[j] * B[j, q]
+        out[q] = s
+
+
+def getrs_address(dtype) -> int:
+    """The address of LAPACK's getrs for ``dtype`` (float64 or float32), from SciPy's Cython LAPACK."""
+    name = "dgetrs" if np.dtype(dtype) == np.float64 else "sgetrs"
+    return get_cython_function_address("scipy.linalg.cython_lapack", name)
+
+
+@numba.njit(inline="always")
+def _getrs(address, lu, ipiv, x):
+    """LAPACK getrs (no transpose, one right-hand side) on Fortran-ordered factors and 1-based pivots, in
+    place on the contiguous vector ``x``: the routine SciPy's ``lu_solve`` calls, so the same rounding."""
+    ints = np.empty(3, dtype=np.int32)
+    ints[0] = lu.shape[0]
+    ints[1] = 0
+    ints[2] = 1
+    trans = np.full(1, 78, dtype=np.uint8)      # "N"
+    _call_with_pointers(address, trans, ints[0:1], ints[2:3], lu, ints[0:1], ipiv, x, ints[0:1], ints[1:2])
 
 
 @numba.njit(inline="always")
@@ -75,7 +162,7 @@ def _pivot_checks(lu, piv, eps):
         lo = min(lo, a)
         hi = max(hi, a)
         negative += u < 0
-        negative += piv[i] != i
+        negative += piv[i] != i + 1
     return not (lo > eps * hi), negative % 2 == 0
 
 
@@ -84,7 +171,7 @@ _GETRF = {}
 
 def new_factors(n, dtype):
     """Work arrays ``(lu, piv)`` for :func:`factor_shifted` (``lu`` in Fortran order: LAPACK factors it in
-    place)."""
+    place; ``piv`` receives LAPACK's 1-based pivots)."""
     return np.empty((n, n), dtype=dtype, order="F"), np.empty(n, dtype=np.int32)
 
 
@@ -103,15 +190,16 @@ def factor_shifted(J, shift, c, eps, lu, piv):
     factors, p, info = getrf(lu, overwrite_a=True)
     if factors is not lu:          # pragma: no cover - LAPACK could not work in place
         lu[...] = factors
-    piv[:] = p
+    np.add(p, 1, out=piv)
     singular, positive = _pivot_checks(lu, piv, eps)
     return singular or info != 0, positive
 
 
 @numba.njit(cache=CACHE)
-def solve_in_place(lu, piv, x):
-    """Solve with the factors of :func:`factor_shifted` for the columns of ``x`` ``(n, k)``, in place."""
-    solve_one(lu, piv, x, 0)
+def solve_in_place(address, lu, piv, x):
+    """Solve with the factors of :func:`factor_shifted` for the vector ``x``, in place (``address``:
+    :func:`getrs_address` of the dtype)."""
+    _getrs(address, lu, piv, x)
 
 
 # ---- BDF ------------------------------------------------------------------------------------------------------
@@ -173,16 +261,16 @@ def bdf_newton_rhs(f, c, psi, d, out):
 
 
 @numba.njit(cache=CACHE)
-def bdf_newton(f, c, psi, d, y, lu, piv, scale, work, dy_norm_old, tol, k, max_iter):
-    """One simplified Newton iteration with factors from :func:`factor_shifted` (``work``: ``(n, 1)``):
-    solve ``(I − cJ) dy = c·f − ψ − d``, then :func:`bdf_newton_apply`."""
+def bdf_newton(getrs, f, c, psi, d, y, lu, piv, scale, work, dy_norm_old, tol, k, max_iter):
+    """One simplified Newton iteration with factors from :func:`factor_shifted` (``work``: ``(n,)``, ``getrs``:
+    :func:`getrs_address`): solve ``(I − cJ) dy = c·f − ψ − d``, then :func:`bdf_newton_apply`."""
     n = f.shape[0]
     for i in range(n):
         if not math.isfinite(f[i]):
             return BAD_F, 0.0
-        work[i, 0] = c * f[i] - psi[i] - d[i]
-    solve_one(lu, piv, work, 0)
-    return _newton_apply(work[:, 0], scale, y, d, dy_norm_old, tol, k, max_iter)
+        work[i] = c * f[i] - psi[i] - d[i]
+    _getrs(getrs, lu, piv, work)
+    return _newton_apply(work, scale, y, d, dy_norm_old, tol, k, max_iter)
 
 
 @numba.njit(cache=CACHE)
@@ -267,68 +355,64 @@ def bdf_rescale(D, order, factor):
 # ---- Rosenbrock -----------------------------------------------------------------------------------------------
 
 @numba.njit(cache=CACHE)
-def rosenbrock_stage(i, f_i, U, C, d_i, h, ft, lu, piv, work, a, reuses_f0, y, next_input):
+def rosenbrock_stage(getrs, gemv, i, f_i, U, C, d_i, h, ft, lu, piv, work, a, reuses_f0, y, next_input):
     """Stage ``i``: solve ``(I/(hγ) − J) u_i = f_i + Σ_j (C_ij / h) u_j + h d_i ∂f/∂t`` into ``U[i]`` (``ft``
     empty for an autonomous problem); then, when stage i + 1 evaluates f, its argument
     ``y + Σ_{j≤i} a_{i+1,j} u_j`` into ``next_input``. Returns whether that argument was formed."""
     n = f_i.shape[0]
     for q in range(n):
-        work[q, 0] = f_i[q]
+        work[q] = f_i[q]
     for j in range(i):
         c = C[i, j]
         if c != 0.0:
             s = c / h
             for q in range(n):
-                work[q, 0] = work[q, 0] + s * U[j, q]
+                work[q] = work[q] + s * U[j, q]
     if ft.shape[0] and d_i != 0.0:
         s = d_i * h
         for q in range(n):
-            work[q, 0] = work[q, 0] + s * ft[q]
-    solve_one(lu, piv, work, 0)
+            work[q] = work[q] + s * ft[q]
+    _getrs(getrs, lu, piv, work)
     for q in range(n):
-        U[i, q] = work[q, 0]
+        U[i, q] = work[q]
     nxt = i + 1
     if nxt >= U.shape[0] or reuses_f0[nxt]:
         return False
+    _combine(gemv, a[nxt, :nxt], U[:nxt], next_input)
     for q in range(n):
-        s = 0.0
-        for j in range(nxt):
-            s += a[nxt, j] * U[j, q]
-        next_input[q] = y[q] + s
+        next_input[q] = y[q] + next_input[q]
     return True
 
 
 @numba.njit(cache=CACHE)
-def rosenbrock_input(i, U, a, y, out):
+def rosenbrock_input(gemv, i, U, a, y, out):
     """The argument ``y + Σ_{j<i} a_ij u_j`` of stage ``i``'s evaluation of f."""
+    if i == 0:
+        out[:] = y
+        return
+    _combine(gemv, a[i, :i], U[:i], out)
     for q in range(y.shape[0]):
-        s = 0.0
-        for j in range(i):
-            s += a[i, j] * U[j, q]
-        out[q] = y[q] + s
+        out[q] = y[q] + out[q]
 
 
 @numba.njit(cache=CACHE)
-def rosenbrock_finish(y, U, m, e, atol, rtol, y_new):
+def rosenbrock_finish(gemv, y, U, m, e, atol, rtol, y_new):
     """``y_new = y + Σ m_i u_i`` and the error ``Σ e_i u_i`` reduced to its squared scaled sum with
     ``max|y_new|`` (the driver's norm); a non-finite error or state fails the step: ``y_new = y``, error inf.
     Returns (failed, err_sq, y_absmax)."""
     n = y.shape[0]
-    S = U.shape[0]
     failed = False
+    _combine(gemv, m, U, y_new)
     for q in range(n):
-        s = 0.0
-        for j in range(S):
-            s += m[j] * U[j, q]
-        y_new[q] = y[q] + s
+        y_new[q] = y[q] + y_new[q]
         if not math.isfinite(y_new[q]):
             failed = True
+    errors = np.empty(n, dtype=y_new.dtype)
+    _combine(gemv, e, U, errors)
     total = 0.0
     top = 0.0
     for q in range(n):
-        err = 0.0
-        for j in range(S):
-            err += e[j] * U[j, q]
+        err = errors[q]
         if not math.isfinite(err):
             failed = True
         a_new = abs(y_new[q])

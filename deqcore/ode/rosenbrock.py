@@ -46,8 +46,8 @@ from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
 from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
-from .kernels_host import (HOST_SYSTEM_LIMIT, factor_shifted, new_factors, rosenbrock_finish, rosenbrock_input,
-                           rosenbrock_stage)
+from .kernels_host import (HOST_SYSTEM_LIMIT, factor_shifted, gemv_address, getrs_address, new_factors, rosenbrock_finish,
+                           rosenbrock_input, rosenbrock_stage)
 from .rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P, RosenbrockTableau
 
 __all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper"]
@@ -121,7 +121,8 @@ class RosenbrockStepper:
             self._ew = np.ascontiguousarray(tab.e, dtype=np.float64)
             self._U = np.empty((tab.stages, self.n), dtype=dtype)
             self._lu, self._piv = new_factors(self.n, dtype)
-            self._work = np.empty((self.n, 1), dtype=dtype)
+            self._work = np.empty(self.n, dtype=dtype)
+            self._getrs, self._gemv = getrs_address(dtype), gemv_address(dtype)
             self._eps = float(np.finfo(dtype).eps)
             self._no_ft = np.empty(0, dtype=dtype)
             self._atol = None
@@ -316,13 +317,14 @@ class RosenbrockStepper:
                 f_i = f_flat
             else:
                 if not formed:
-                    rosenbrock_input(i, U, a, y_flat, stage_input)
+                    rosenbrock_input(self._gemv, i, U, a, y_flat, stage_input)
                 f_i = ev(t + c_i * h, stage_input.reshape(shape)).reshape(-1)
-            formed = rosenbrock_stage(i, f_i, U, C, d[i], h, ft_flat, lu, piv, work, a, reuse, y_flat,
-                                      stage_input)
+            formed = rosenbrock_stage(self._getrs, self._gemv, i, f_i, U, C, d[i], h, ft_flat, lu, piv, work, a,
+                                      reuse, y_flat, stage_input)
         self.stats["nlinsolve"] += len(c_nodes)
         y1 = np.empty_like(y_flat)
-        failed, err_sq, y_absmax = rosenbrock_finish(y_flat, U, self._mw, self._ew, self._atol, tol[1], y1)
+        failed, err_sq, y_absmax = rosenbrock_finish(self._gemv, y_flat, U, self._mw, self._ew, self._atol, tol[1],
+                                                     y1)
         if failed:
             self.stats["nfailed_solves"] += 1
         y1 = y1.reshape(shape)
