@@ -189,12 +189,14 @@ def main(argv=None):
         worker(rtols, args.repeats, args.scipy)
         return
     rounds, repeats = (1, 1) if args.quick else (args.rounds, args.repeats)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(args.before) if Path(args.before).is_dir() else _checkout(args.before, Path(tmp))
         runs = {"before": [], "after": []}
         for _ in range(rounds):            # alternating: load on the machine hits both versions alike
             runs["before"].append(_run_worker(before, rtols, repeats, False))
             runs["after"].append(_run_worker(ROOT, rtols, repeats, True))
+    load = (load_before, os.getloadavg()[0])
     sys.path.insert(0, str(ROOT))
 
     def merged(version, key):
@@ -224,7 +226,10 @@ def main(argv=None):
              "µs/call and µs/step divide them by that solve's rhs calls (finite-difference columns included) "
              "and steps (attempted steps for deqcore, accepted for SciPy, which does not report rejections). "
              "Error: max |y(t1) − ref| / (|ref| + floor) against Radau at rtol 1e-13. `Rodas5P` is told the "
-             "problem is autonomous; `jac`: analytic Jacobian for every solver, `fd`: finite differences.", "",
+             "problem is autonomous; `jac`: analytic Jacobian for every solver, `fd`: finite differences. "
+             f"Machine: {os.cpu_count()} CPU cores, load average {load[0]:.1f} at the start and {load[1]:.1f} at the "
+             "end of the run (other processes: wall times then vary by up to 2× between runs; the ratios of the "
+             "interleaved versions and the CPU times are steadier).", "",
              "| problem | rtol | J | solver | error | rhs calls | steps | time before [ms] | time after [ms] | "
              "µs/step before | µs/step after | µs/step outside rhs before → after | CPU µs/step before → after | "
              "µs/call after | before / after | after / LSODA | after / best of Radau, BDF |", "|---" * 17 + "|"]

@@ -37,8 +37,8 @@ __all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrs_address"
            "rosenbrock_stage", "rosenbrock_finish"]
 
 #: the largest dense system the steppers solve through these kernels (measured with Rodas5P and an analytic
-#: Jacobian: 2.5-6x less time per step than the array code from n = 2 to 128, slower from about 256 on, where
-#: LAPACK's blocked triangular solves win; see ARCHITECTURE.md)
+#: Jacobian: 1.6-3x less time per step than the array code from n = 8 to 128; no clear winner at 256-512,
+#: where the factorisation dominates; see ARCHITECTURE.md)
 HOST_SYSTEM_LIMIT = 128
 
 #: Newton's status after an iteration (BAD_F: f was not finite, nothing solved)
