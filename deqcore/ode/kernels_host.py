@@ -5,8 +5,9 @@ them; these functions do a step's vector work in a few compiled calls between th
 in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf` and :mod:`deqcore.ode.rosenbrock` does
 for a batch (and did for one system), in the same order of operations except inside sums, whose order may
 differ (round-off). Dense stage and Newton matrices (up to :data:`HOST_SYSTEM_LIMIT` unknowns) are factored
-by LAPACK's getrf and solved by its getrs, called directly (getrs from the compiled code through its address):
-the same factors and solutions as before, hence the same steps. (An LU or triangular solve of its own differs
+by LAPACK's getrf and solved by its getrs, and the stage sums formed by BLAS gemv, all called from the compiled
+code through their addresses: the routines SciPy and NumPy call, so the same numbers as before and the same
+steps. (An LU or triangular solve of its own differs
 in round-off, and a finite-difference Jacobian's increment adaptation, a test against a threshold, turns that
 into a different step here and there.)
 
@@ -70,6 +71,22 @@ def _call_with_11_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a
     def codegen(context, builder, signature, args):
         i8p = ir.IntType(8).as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [i8p] * 11)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        builder.call(fn, pointers)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _call_with_6_pointers(typingctx, address, a0, a1, a2, a3, a4, a5):
+    """:func:`_call_with_pointers` for a function of six pointer arguments (LAPACK getrf)."""
+    sig = types.void(address, a0, a1, a2, a3, a4, a5)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 6)
         fn = builder.inttoptr(args[0], fnty.as_pointer())
         pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
                     for ty, val in zip(signature.args[1:], args[1:])]
@@ -175,24 +192,28 @@ def new_factors(n, dtype):
     return np.empty((n, n), dtype=dtype, order="F"), np.empty(n, dtype=np.int32)
 
 
-def factor_shifted(J, shift, c, eps, lu, piv):
-    """Factor ``shift·I − c·J`` into ``lu``/``piv`` (from :func:`new_factors`) with LAPACK's getrf (called
-    directly: the factors, hence every step, equal those of ``scipy.linalg.lu_factor``). Returns (singular,
-    positive determinant): singular for a non-finite matrix or pivot, or a pivot ratio ``min|u_ii| / max|u_ii|``
-    not above ``eps``."""
+@numba.njit(cache=CACHE)
+def _factor(getrf, J, shift, c, eps, lu, piv):
     if not _shifted(J, shift, c, lu):
         return True, False
+    ints = np.empty(2, dtype=np.int32)
+    ints[0] = lu.shape[0]
+    ints[1] = 0
+    _call_with_6_pointers(getrf, ints[0:1], ints[0:1], lu, ints[0:1], piv, ints[1:2])
+    singular, positive = _pivot_checks(lu, piv, eps)
+    return singular or ints[1] != 0, positive
+
+
+def factor_shifted(J, shift, c, eps, lu, piv):
+    """Factor ``shift·I − c·J`` into ``lu``/``piv`` (from :func:`new_factors`) with LAPACK's getrf, called from
+    compiled code (the routine SciPy's ``lu_factor`` calls, so the same factors). Returns (singular, positive
+    determinant): singular for a non-finite matrix or pivot, or a pivot ratio ``min|u_ii| / max|u_ii|`` not
+    above ``eps``."""
     getrf = _GETRF.get(lu.dtype)
     if getrf is None:
-        from scipy.linalg.lapack import get_lapack_funcs
-
-        getrf = _GETRF[lu.dtype] = get_lapack_funcs("getrf", (lu,))
-    factors, p, info = getrf(lu, overwrite_a=True)
-    if factors is not lu:          # pragma: no cover - LAPACK could not work in place
-        lu[...] = factors
-    np.add(p, 1, out=piv)
-    singular, positive = _pivot_checks(lu, piv, eps)
-    return singular or info != 0, positive
+        name = "dgetrf" if lu.dtype == np.float64 else "sgetrf"
+        getrf = _GETRF[lu.dtype] = get_cython_function_address("scipy.linalg.cython_lapack", name)
+    return _factor(getrf, J, shift, c, eps, lu, piv)
 
 
 @numba.njit(cache=CACHE)

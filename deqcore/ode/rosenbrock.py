@@ -398,6 +398,8 @@ def user_jacobian(ev, jac, n, t, y):
     a SciPy CSC matrix."""
     xp, R = ev.xp, ev.num_rows
     J = jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
+    if type(J) is np.ndarray and J.dtype == ev.dtype and J.shape == ((R, n, n) if ev.batched else (n, n)):
+        return J.reshape(R, n, n)      # the common case, checked cheaply
     import scipy.sparse as sp
 
     if sp.issparse(J):
