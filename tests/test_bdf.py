@@ -172,3 +172,25 @@ def test_bad_settings_and_unsupported_problems_are_named():
         dq.steady_state(lambda t, u: -u, np.ones((2, 3)), dq.BDF(), batched=True)
     with pytest.raises(ValueError, match="jac must return an array of shape \\(3, 3\\)"):
         dq.integrate(_robertson, np.array([1.0, 0, 0]), (0.0, 1.0), dq.BDF(), jac=lambda t, y: np.eye(2))
+
+
+# ---- the compiled host kernels against the NumPy formulas ----
+@pytest.mark.parametrize("order", [1, 2, 3, 4, 5])
+def test_compiled_rescaling_equals_the_numpy_formula(order):
+    from deqcore.ode.kernels_host import bdf_rescale
+
+    rng = np.random.default_rng(order)
+    for factor in (0.2, 0.5, 1.7, 10.0):
+        D = rng.standard_normal((8, 4))
+        expected = D.copy()
+        rescale_differences(expected, order, factor)
+        bdf_rescale(D, order, factor)
+        np.testing.assert_allclose(D, expected, rtol=1e-13, atol=1e-13 * np.abs(expected).max())
+
+
+def test_float32_state_keeps_its_dtype_and_follows_float64():
+    y64 = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0, 40.0), dq.BDF(), rtol=1e-4, atol=1e-8)
+    y32 = dq.integrate(_robertson, np.array([1.0, 0, 0], dtype=np.float32), (0, 40.0), dq.BDF(), rtol=1e-4,
+                       atol=1e-8)
+    assert y32.ys.dtype == np.float32
+    np.testing.assert_allclose(y32.ys[-1], y64.ys[-1], rtol=1e-3, atol=1e-7)

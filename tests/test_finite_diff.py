@@ -119,3 +119,18 @@ def test_root_problem_jacobian_is_accurate_on_a_badly_scaled_system():
     J0 = problem.jacobian(np.array([[0.0, 1e8]]), problem.F(np.array([[0.0, 1e8]])))[0]
     assert abs(J0[1, 0] / 1e8 - 1) < 1e-6 and abs(J0[1, 1] / 2e-8 - 1) < 1e-6
 
+
+
+@pytest.mark.parametrize("atol", [1e-20, 1e-8, np.array([[1e-6, 1e-12, 1e-6]])])
+def test_one_system_equals_the_batched_path(atol):
+    """One NumPy system takes its own (compiled) path: the same Jacobians, evaluations and adapted factors as
+    the same system inside a batch, over a sequence of calls (columns lost in rounding included)."""
+    one, two = FiniteDiffJacobian(3, threshold=atol), FiniteDiffJacobian(3, threshold=atol)
+    for state in ([1.0, 0.0, 0.0], [0.9, 3.6e-5, 0.1], [2.1e-8, 8.3e-14, 1.0], [1.0, 1.0, 1.0]):
+        y = np.array([state])
+        J1 = one.dense(_robertson_rows, y, _robertson_rows(y))
+        Y = np.repeat(y, 2, axis=0)
+        J2 = two.dense(_robertson_rows, Y, _robertson_rows(Y))
+        np.testing.assert_array_equal(J1[0], J2[0])
+        np.testing.assert_array_equal(one.factor[0], two.factor[0])
+    assert one.evaluations == two.evaluations

@@ -305,3 +305,24 @@ def test_bad_jacobians_and_settings_are_named():
         dq.Rodas4(autonomous="yes")
     with pytest.raises(TypeError, match="linear_solver"):
         dq.Rodas5P(linear_solver="lu")
+
+
+# ---- one small dense NumPy system: the compiled host path against the array path ----
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("use_jac", [True, False])
+def test_compiled_single_system_path_takes_the_array_paths_steps(method, use_jac, monkeypatch):
+    """Rosenbrock steps of one small NumPy system run in compiled host kernels that call the BLAS/LAPACK routines
+    NumPy and SciPy call (gemv, getrf, getrs); the array code (which batched and CuPy problems use) must give
+    the same numbers, bit for bit (a different summation order would move the steps: the error estimate cancels
+    stage increments, and finite-difference increments adapt by thresholds)."""
+    import deqcore.ode.rosenbrock as rosenbrock
+
+    def solve():
+        return dq.integrate(_robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e3), method(), rtol=1e-5, atol=1e-10,
+                            jac=_robertson_jac if use_jac else None, saveat=np.geomspace(1e-3, 1e3, 13))
+    host = solve()
+    monkeypatch.setattr(rosenbrock, "HOST_SYSTEM_LIMIT", 0)      # the array path
+    arrays = solve()
+    assert {k: host.stats[k] for k in ("nfev", "num_steps", "rejected", "njev")} == \
+        {k: arrays.stats[k] for k in ("nfev", "num_steps", "rejected", "njev")}
+    np.testing.assert_array_equal(host.ys, arrays.ys)

@@ -25,7 +25,11 @@ True
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from ..backend.numba_tools import CACHE, numba
 
 __all__ = ["FiniteDiffJacobian", "column_groups", "increments", "jvp_step", "time_increment",
            "normalize_sparsity"]
@@ -246,8 +250,42 @@ class FiniteDiffJacobian:
         self.factor = xp.clip(factor, 1e3 * eps, eps ** 0.25)
         return Q if self.pattern is None else Q[0]
 
+    def _dense_one(self, F, y, f0):
+        """:meth:`_entries` for one NumPy system without a pattern: the same increments, evaluations and
+        factor updates, with the bookkeeping in two compiled calls (on a small system NumPy's per-call cost
+        is what counts)."""
+        n, dtype = self.n, y.dtype
+        eps = _eps(dtype)
+        factor = self._factors(np, 1, dtype)
+        h = increments(np, y, self.threshold, factor)
+        D = np.empty((n, n), dtype=dtype)
+        f_row = f0[0]
+        for j in range(n):
+            yp = y.copy()
+            yp[0, j] += h[0, j]
+            D[:, j] = F(yp)[0] - f_row
+        self.evaluations += n
+        Q = np.empty((1, n, n), dtype=dtype)
+        big, scale = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
+        lost = np.zeros(n, dtype=bool)
+        f_abs = np.abs(f0[0])
+        if _fd_columns(D, h[0], f_abs, eps ** 0.875, Q[0], big, scale, lost, True):
+            # columns lost in rounding: recompute them once with a 10x larger increment
+            factor = np.where(lost[None], factor * _GROW, factor)
+            h2 = increments(np, y, self.threshold, factor)
+            for j in np.flatnonzero(lost):
+                yp = y.copy()
+                yp[0, j] += h2[0, j]
+                D[:, j] = F(yp)[0] - f_row
+                self.evaluations += 1
+            _fd_columns(D, h2[0], f_abs, eps ** 0.875, Q[0], big, scale, lost, False)
+        self.factor = _fd_factors(factor, big, scale, eps)
+        return Q
+
     def dense(self, F, y, f0):
         """The Jacobian as a dense ``(rows, n, n)`` array (``y``, ``f0``: ``(rows, n)``)."""
+        if type(y) is np.ndarray and self.pattern is None and y.shape[0] == 1:
+            return self._dense_one(F, y, f0)
         xp = _namespace(y)
         out = self._entries(xp, F, y, f0)
         if self.pattern is None:
@@ -261,6 +299,51 @@ class FiniteDiffJacobian:
         if self.pattern is None:
             raise ValueError("sparse_values needs a sparsity pattern")
         return self._entries(_namespace(y), F, y, f0)
+
+
+@numba.njit(cache=CACHE)
+def _fd_columns(D, h, f_abs, lost_below, Q, big, scale, lost, first):
+    """Difference quotients ``D[:, j] / h[j]`` into ``Q`` for the columns in play (all when ``first``, else
+    the ``lost`` ones), with each column's largest |difference| (``big``) and |f| in that row (``scale``);
+    when ``first``, marks the columns lost in rounding and returns whether there is one."""
+    n = D.shape[0]
+    any_lost = False
+    for j in range(n):
+        if not first and not lost[j]:
+            continue
+        where = 0
+        top = abs(D[0, j])
+        if top == top:
+            for i in range(1, n):           # argmax: the first largest, or the first NaN
+                v = abs(D[i, j])
+                if v != v:
+                    where = i
+                    break
+                if v > top:
+                    top, where = v, i
+        for i in range(n):
+            Q[i, j] = D[i, j] / h[j]
+        big[j] = abs(D[where, j])
+        scale[j] = f_abs[where]
+        if first:
+            lost[j] = big[j] < lost_below * scale[j] and math.isfinite(big[j]) and scale[j] > 0
+            any_lost |= lost[j]
+    return any_lost
+
+
+@numba.njit(cache=CACHE)
+def _fd_factors(factor, big, scale, eps):
+    """The factors for the next Jacobian: ×10 where the differences were small, ×0.1 where large, clipped."""
+    out = np.empty_like(factor)
+    lo, hi = 1e3 * eps, eps ** 0.25
+    for j in range(factor.shape[1]):
+        f = factor[0, j]
+        if big[j] < eps ** 0.75 * scale[j]:
+            f = f * _GROW
+        elif big[j] > eps ** 0.25 * scale[j]:
+            f = f * _SHRINK
+        out[0, j] = min(max(f, lo), hi)
+    return out
 
 
 def _namespace(a):

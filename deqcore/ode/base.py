@@ -13,8 +13,9 @@ error estimate scales with, used for the first step) and three methods, called b
   accepted ``trial``.
 
 The error of an attempt has one form: per-row sums of the squared scaled error ``Trial.err_sq`` with
-``Trial.y_absmax`` = max|y_new| per row; a stepper without a fused error kernel may leave ``err_sq`` None and
-give the error array ``Trial.err``, which :func:`ensure_error_sums` reduces.
+``Trial.y_absmax`` = max|y_new| per row (arrays ``(rows,)``; for an unbatched problem Python floats will do);
+a stepper without a fused error kernel may leave ``err_sq`` None and give the error array ``Trial.err``, which
+:func:`ensure_error_sums` reduces.
 
 Two optional fields of :class:`Trial` let a stepper steer the loop: ``h_next`` (a method with its own
 step-size and order selection, such as BDF, proposes the next step size; unbatched problems) and ``code``
@@ -54,11 +55,13 @@ class Evaluator:
 
     def __call__(self, t, y):
         self.nfev += 1
-        out = self.rhs(0.0 if self.autonomous else host_float(t), y, *self.args)
-        if getattr(out, "shape", None) is None or tuple(out.shape) != self.shape:
+        out = self.rhs(0.0 if self.autonomous else t if type(t) is float else host_float(t), y, *self.args)
+        shape = getattr(out, "shape", None)
+        if shape != self.shape and (shape is None or tuple(shape) != self.shape):
             raise ValueError(f"rhs must return an array of shape {self.shape} (the shape of y0), got "
                              f"{getattr(out, 'shape', type(out).__name__)}")
-        if out.dtype != self.dtype:
+        dtype = out.dtype
+        if dtype is not self.dtype and dtype != self.dtype:
             kind, size = np.dtype(out.dtype).kind, np.dtype(out.dtype).itemsize
             if kind != "f" or size < np.dtype(self.dtype).itemsize:
                 raise TypeError(f"rhs must return a real floating array of y0's dtype {np.dtype(self.dtype)}, "
@@ -144,8 +147,9 @@ class Trial:
     ``error_exponent`` is the power of h the local error scales with (a number, or per row an array ``(rows,)``
     when rows took different kinds of steps) and ``stages`` the Runge–Kutta stage derivatives when the method
     has its own dense output. Methods with fused kernels report the error as ``err_sq``, the per-row sums of
-    the squared scaled error (``(rows,)``, float64), with ``y_absmax`` = ``max|y1|`` per row; others give the
-    error array ``err`` and :func:`ensure_error_sums` reduces it.
+    the squared scaled error (``(rows,)``, float64, or a Python float for an unbatched problem), with
+    ``y_absmax`` = ``max|y1|`` per row; others give the error array ``err`` and :func:`ensure_error_sums`
+    reduces it.
     """
 
     y1: Any

@@ -36,6 +36,7 @@ attempt's matrix could not be factored), DIVERGED or DT_TOO_SMALL, never SUCCESS
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,9 @@ import numpy as np
 
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
+from .kernels_host import (BAD_F, CONVERGED, FAILED, HOST_SYSTEM_LIMIT, bdf_error, bdf_newton, bdf_newton_apply,
+                           bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted, getrs_address,
+                           new_factors)
 from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
 from .rosenbrock import user_jacobian
 
@@ -51,6 +55,8 @@ __all__ = ["BDF", "BDFStepper"]
 MAX_ORDER = 5
 NEWTON_MAXITER = 4
 MIN_FACTOR, MAX_FACTOR = 0.2, 10.0
+#: marks LU factors held in the stepper's own arrays (the compiled small-system path)
+_COMPILED = "compiled"
 #: Klopfenstein–Shampine NDF coefficients κ_k (order 5 is plain BDF)
 NDF_KAPPA = np.array([0.0, -0.1850, -1.0 / 9.0, -0.0823, -0.0415, 0.0])
 
@@ -83,10 +89,6 @@ def rescale_differences(D: np.ndarray, order: int, factor: float) -> None:
     """
     RU = _rescale_matrix(order, factor) @ _rescale_matrix(order, 1.0)
     D[:order + 1] = RU.T @ D[:order + 1]
-
-
-def _rms(x) -> float:
-    return float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
 
 
 class BDFStepper:
@@ -155,6 +157,9 @@ class BDFStepper:
             if not diag.min() > np.finfo(M.dtype).eps * diag.max():
                 return None
             return lu.solve
+        if n <= HOST_SYSTEM_LIMIT:   # factors in the stepper's arrays, solved by the compiled Newton kernel
+            singular, _ = factor_shifted(J, 1.0, c, float(np.finfo(J.dtype).eps), self._lu, self._piv)
+            return None if singular else _COMPILED
         from scipy.linalg.lapack import get_lapack_funcs
 
         M = np.eye(n, dtype=J.dtype) - c * J
@@ -174,31 +179,39 @@ class BDFStepper:
     def start(self, t0, y0, f0):
         self._t0, self._y0, self._f0 = t0, y0.reshape(-1).copy(), f0.reshape(-1).copy()
 
-    def _init_differences(self, h_abs, direction):
-        n = self.n
-        self.D = np.zeros((MAX_ORDER + 3, n), dtype=self.ev.dtype)
+    def _init_differences(self, h_abs, direction, tol):
+        n, dtype = self.n, self.ev.dtype
+        self.D = np.zeros((MAX_ORDER + 3, n), dtype=dtype)
         self.D[0] = self._y0
         self.D[1] = self._f0 * (h_abs * direction)
         self.h_abs, self.order, self.n_equal = h_abs, 1, 0
+        # work arrays of the compiled pieces (kernels_host), reused by every attempt
+        self._D_new = np.empty_like(self.D)
+        self._y_predict, self._psi, self._scale = (np.empty(n, dtype=dtype) for _ in range(3))
+        self._work = np.empty(n, dtype=dtype)
+        if n <= HOST_SYSTEM_LIMIT:
+            self._lu, self._piv = new_factors(n, dtype)
+            self._getrs = getrs_address(dtype)
+        atol, rtol = tol
+        self._atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), self.ev.shape)
+                                          .reshape(-1)) if np.ndim(atol) else np.array([float(atol)])
+        self._rtol = float(rtol)
+        self._newton_tol = max(10 * np.finfo(dtype).eps / rtol, min(0.03, rtol ** 0.5))
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev = self.ev
         t, h = host_float(t), host_float(h)
         h_abs, direction = abs(h), (1.0 if h > 0 else -1.0)
         if self.D is None:
-            self._init_differences(h_abs, direction)
+            self._init_differences(h_abs, direction, tol)
         elif h_abs != self.h_abs:                      # the driver's h (clipped at t1, or after a rejection)
-            rescale_differences(self.D, self.order, h_abs / self.h_abs)
+            bdf_rescale(self.D, self.order, h_abs / self.h_abs)
             self.h_abs, self.n_equal, self.lu = h_abs, 0, None
-        atol, rtol = tol
-        atol = atol if np.ndim(atol) == 0 else np.broadcast_to(np.asarray(atol), ev.shape).reshape(-1)
         order, D = self.order, self.D
         t_new = t + h
-        y_predict = np.sum(D[:order + 1], axis=0)
-        scale = atol + rtol * np.abs(y_predict)
-        psi = (D[1:order + 1].T @ self.gamma[1:order + 1]) / self.alpha[order]
+        y_predict, psi, scale = self._y_predict, self._psi, self._scale
+        bdf_predict(D, order, self.gamma, self.alpha, self._atol, self._rtol, y_predict, psi, scale)
         c = h / self.alpha[order]
-        newton_tol = max(10 * np.finfo(ev.dtype).eps / rtol, min(0.03, rtol ** 0.5))
         linear_failed, f_pred = False, None
         while True:
             if self.J is None:
@@ -212,7 +225,7 @@ class BDFStepper:
                 converged = False
             else:
                 linear_failed = False
-                converged, n_iter, y_new, d, f_first = self._newton(t_new, y_predict, c, psi, scale, newton_tol)
+                converged, n_iter, y_new, d, f_first = self._newton(t_new, y_predict, c, psi, scale)
                 f_pred = f_first if f_pred is None else f_pred
             if converged or self.jac_current:
                 break
@@ -220,7 +233,7 @@ class BDFStepper:
                 f_pred = ev(t_new, y_predict.reshape(ev.shape)).reshape(-1)
             if not np.isfinite(f_pred).all():
                 break
-            self.J = self._jacobian(t_new, y_predict, f_pred, tol)
+            self.J = self._jacobian(t_new, y_predict.copy(), f_pred, tol)
             self.jac_current, self.lu = True, None
         if not converged:
             self.stats["nnewton_fail"] += 1
@@ -228,79 +241,76 @@ class BDFStepper:
                 self.stats["nfailed_solves"] += 1
             return self._reject(y, fy, 0.5 * h_abs, ReturnCode.LINEAR_SOLVE_FAILED if linear_failed else None)
         safety = 0.9 * (2 * NEWTON_MAXITER + 1) / (2 * NEWTON_MAXITER + n_iter)
-        scale = atol + rtol * np.maximum(np.abs(D[0]), np.abs(y_new))   # the driver's error weights
-        q = self.error_const[order] * d / scale
-        err_sq = float(np.dot(q, q))
-        error_norm = np.sqrt(err_sq / max(self.n, 1))
-        if not np.isfinite(error_norm):
+        # the driver's error weights (into scale) and its error sum
+        err_sq, y_absmax = bdf_error(D[0], y_new, d, self.error_const[order], self._atol, self._rtol, scale)
+        error_norm = math.sqrt(err_sq / max(self.n, 1))
+        if not math.isfinite(error_norm):
             return self._reject(y, fy, 0.5 * h_abs, None)
         if error_norm > 1.0:
             factor = max(MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1)))
             return self._reject(y, fy, factor * h_abs, None, err_sq)
         # accepted (the driver's test is the same): the new differences, then the order and step size
-        D_new = D.copy()
-        D_new[order + 2] = d - D_new[order + 1]
-        D_new[order + 1] = d
-        for i in reversed(range(order + 1)):
-            D_new[i] += D_new[i + 1]
+        select = self.n_equal + 1 >= order + 1
+        f_new = np.empty_like(d)      # the corrector's derivative (ψ + d) / c
+        err_m, err_p = bdf_update(D, self._D_new, d, order, self.error_const, scale, self.max_order, select,
+                                  psi, c, f_new)
         new_order, h_next = order, h_abs
-        if self.n_equal + 1 >= order + 1:
-            ec = self.error_const
-            err_m = _rms(ec[order - 1] * D_new[order] / scale) if order > 1 else np.inf
-            err_p = _rms(ec[order + 1] * D_new[order + 2] / scale) if order < self.max_order else np.inf
-            with np.errstate(divide="ignore"):
-                norms = np.array([err_m, error_norm, err_p])
-                factors = norms ** (-1.0 / np.arange(order, order + 3))
-            new_order = order + int(np.argmax(factors)) - 1
-            h_next = h_abs * min(MAX_FACTOR, safety * float(np.max(factors)))
-        f_new = (psi + d) / c if not ev.autonomous else None
+        if select:
+            norms = (err_m, error_norm, err_p)
+            factors = [math.inf if e == 0.0 else e ** (-1.0 / (order + k)) for k, e in enumerate(norms)]
+            best = max(range(3), key=lambda k: (factors[k] != factors[k], factors[k]))  # argmax, NaN first
+            new_order = order + best - 1
+            h_next = h_abs * min(MAX_FACTOR, safety * factors[best])
         y1 = y_new.reshape(ev.shape)
-        f1 = f_new.reshape(ev.shape) if f_new is not None else ev(t_new, y1)
-        self._pending = (D_new, new_order)
-        return Trial(y1, f1, None, order + 1, err_sq=np.array([err_sq]),
-                     y_absmax=np.array([float(np.max(np.abs(y_new))) if y_new.size else 0.0]), h_next=h_next)
+        f1 = f_new.reshape(ev.shape) if not ev.autonomous else ev(t_new, y1)
+        self._pending = new_order
+        return Trial(y1, f1, None, order + 1, err_sq=err_sq, y_absmax=y_absmax, h_next=h_next)
 
     def _f_at_start(self, t):
         return self._f0 if self._y0 is not None and np.array_equal(self._y0, self.D[0]) else \
             self.ev(t, self.D[0].reshape(self.ev.shape)).reshape(-1)
 
-    def _newton(self, t_new, y_predict, c, psi, scale, tol):
-        ev = self.ev
+    def _newton(self, t_new, y_predict, c, psi, scale):
+        """The simplified Newton iteration of the corrector (the vector work compiled, f in Python)."""
+        ev, shape, tol = self.ev, self.ev.shape, self._newton_tol
         solve = self.lu[0]
-        d = np.zeros_like(y_predict)
+        d = np.zeros(y_predict.shape[0], dtype=y_predict.dtype)
         y = y_predict.copy()
-        dy_norm_old, converged, f_first = None, False, None
+        dy_norm_old, converged, f_first = -1.0, False, None
         k = 0
         for k in range(NEWTON_MAXITER):
-            f = ev(t_new, y.reshape(ev.shape)).reshape(-1)
+            f = ev(t_new, y.reshape(shape)).reshape(-1)
             f_first = f if k == 0 else f_first
-            if not np.isfinite(f).all():
+            if solve is _COMPILED:
+                status, dy_norm = bdf_newton(self._getrs, f, c, psi, d, y, self._lu, self._piv, scale, self._work,
+                                             dy_norm_old, tol, k, NEWTON_MAXITER)
+            else:
+                rhs = self._work
+                if not bdf_newton_rhs(f, c, psi, d, rhs):
+                    break
+                status, dy_norm = bdf_newton_apply(np.ascontiguousarray(solve(rhs)), scale, y, d, dy_norm_old,
+                                                   tol, k, NEWTON_MAXITER)
+            if status == BAD_F:
                 break
-            dy = solve(c * f - psi - d)
             self.stats["nlinsolve"] += 1
-            dy_norm = _rms(dy / scale)
-            if not np.isfinite(dy_norm):
+            if status == FAILED:
                 break
-            rate = None if dy_norm_old is None else dy_norm / dy_norm_old
-            if rate is not None and (rate >= 1 or rate ** (NEWTON_MAXITER - k) / (1 - rate) * dy_norm > tol):
-                break
-            y += dy
-            d += dy
-            if dy_norm == 0 or (rate is not None and rate / (1 - rate) * dy_norm < tol):
+            if status == CONVERGED:
                 converged = True
                 break
             dy_norm_old = dy_norm
         return converged, k + 1, y, d, f_first
 
-    def _reject(self, y, fy, h_next, code, err_sq=np.inf):
+    def _reject(self, y, fy, h_next, code, err_sq=math.inf):
         """A rejected attempt: the state unchanged; the driver retries with ``h_next``."""
         self._pending = None
-        return Trial(y, fy, None, self.order + 1, err_sq=np.array([err_sq]),
-                     y_absmax=np.array([float(np.max(np.abs(y))) if y.size else 0.0]), h_next=h_next,
+        return Trial(y, fy, None, self.order + 1, err_sq=float(err_sq),
+                     y_absmax=float(np.max(np.abs(y))) if y.size else 0.0, h_next=h_next,
                      code=None if code is None else int(code))
 
     def accept(self, trial, mask, t_new):
-        self.D, new_order = self._pending
+        new_order = self._pending
+        self.D, self._D_new = self._D_new, self.D
         if new_order != self.order:
             self.order, self.n_equal, self.lu = new_order, 0, None
         else:

@@ -20,12 +20,14 @@ import math
 import numpy as np
 
 from ..backend import to_host
+from ..results import ReturnCode
 
-__all__ = ["pi_factor", "pi_factor_array", "initial_step"]
+__all__ = ["pi_factor", "pi_factor_array", "control_step", "make_control_step", "initial_step"]
 
 SAFETY = 0.9
 FACTOR_MIN = 0.2
 FACTOR_MAX = 10.0
+DIVERGED, DT_TOO_SMALL = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
 
 
 def pi_factor(err, err_prev, after_reject, exponent):
@@ -44,6 +46,48 @@ def pi_factor(err, err_prev, after_reject, exponent):
     if not math.isfinite(e):
         return FACTOR_MIN
     return min(max(FACTOR_MIN, SAFETY * e ** (-1.0 / exponent)), 1.0)
+
+
+def make_control_step(pi_factor):
+    """The step control of one row as a scalar function (plain Python floats in, a tuple out), built around
+    ``pi_factor``: the Python :func:`pi_factor` for the host loop of an unbatched problem
+    (:data:`control_step`), its Numba compilation for the control kernels, which inline the function this
+    returns (closures over compiled functions compile). The one copy of the per-row control logic; see
+    ``deqcore.ode.kernels.ode_control_reference`` for what it decides.
+
+    ``control(err_sq, y_absmax, res, threshold, exponent, t, h, err_prev, after_reject, m, t_end, direction,
+    steady, big, eps) -> (good, active, code, t, h_next, err_prev, after_reject)`` for a row that was active
+    (``code``: 0, or the failure code the row ends with).
+    """
+
+    def control(err_sq, y_absmax, res, threshold, exponent, t, h, err_prev, after_reject, m, t_end, direction,
+                steady, big, eps):
+        err = math.sqrt(err_sq / m)
+        good = err <= 1.0
+        if good:
+            last = h >= abs(t_end - t) * (1.0 - 1e-12)
+            t = t_end if last else t + direction * h
+            err_prev = max(err, 1e-4)
+        h_next = h * pi_factor(err, err_prev, after_reject, exponent)
+        active = True
+        code = 0
+        if good and (t == t_end or (steady and res <= threshold)):
+            active = False
+        if good and not (y_absmax < big):
+            code = DIVERGED
+            active = False
+        if active and h_next <= 8.0 * eps * max(abs(t), 1.0):
+            code = DT_TOO_SMALL if math.isfinite(err) else DIVERGED
+            active = False
+        if active:
+            h_next = min(h_next, abs(t_end - t))  # never past t_end
+        return good, active, code, t, h_next, err_prev, not good
+
+    return control
+
+
+#: :func:`make_control_step` on the Python :func:`pi_factor`: the host control of an unbatched problem
+control_step = make_control_step(pi_factor)
 
 
 def pi_factor_array(xp, err, err_prev, after_reject, exponent):

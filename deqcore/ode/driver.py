@@ -2,12 +2,15 @@
 :func:`~deqcore.ode.steady_state`, batched or not.
 
 Every problem is a set of rows (one row per sample of a batched problem, a single row otherwise) with its own
-time, step size, controller history, counters and return code. After each attempt the ``ode_control`` kernel
-(:mod:`deqcore.ode.kernels`) decides for every row: accept or reject, the PI step-size factor, the end of the
-span, the steady-state test, divergence and step-size failure. That kernel is the only copy of the control
-logic. Batched problems keep the rows on the device, and the step's only transfer to the host is two counts
-(accepted and still active rows); an unbatched problem keeps its one row on the host, so the right-hand side
-receives ``t`` as a Python float and the accepted steps are recorded for dense output.
+time, step size, controller history, counters and return code. After each attempt the step control decides for
+every row: accept or reject, the PI step-size factor, the end of the span, the steady-state test, divergence
+and step-size failure. Its logic is written once, as the scalar function of
+:func:`~deqcore.ode.controller.make_control_step`: batched problems keep the rows on the device and run it
+through the ``ode_control`` kernel (:mod:`deqcore.ode.kernels`, which compiles it for the CPU and the GPU), and
+the step's only transfer to the host is two counts (accepted and still active rows); an unbatched problem
+keeps its one row on the host as Python numbers and calls the function directly (no arrays, no kernel call
+per step), so the right-hand side receives ``t`` as a Python float and the accepted steps are recorded for
+dense output.
 
 The stepper protocol (:class:`~deqcore.ode.base.Stepper`): ``start(t0, y0, f0)`` once, then
 ``attempt(t, y, f, h, active, tol) -> Trial`` and, for the rows that accepted, ``accept(trial, mask, t_new)``.
@@ -15,6 +18,7 @@ The stepper protocol (:class:`~deqcore.ode.base.Stepper`): ``start(t0, y0, f0)``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +27,7 @@ import numpy as np
 from ..backend import get_kernel, to_host
 from ..results import ReturnCode
 from .base import Evaluator, ensure_error_sums
-from .controller import initial_step
+from .controller import control_step, initial_step
 
 __all__ = ["run", "StepRecord", "LoopResult"]
 
@@ -63,25 +67,150 @@ class LoopResult:
 DIVERGED, DT_TOO_SMALL = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
 
 
-def _propose_step(trial, t, h, active, codes, summary, t_end):
-    """The host override for a stepper with its own step-size selection (unbatched: one host row): its
-    proposed ``trial.h_next`` replaces the PI controller's, clipped to the rest of the span; a proposal below
-    the resolution of t ends the row like the controller's own test (DT_TOO_SMALL, or DIVERGED when the
-    attempt's error was not finite)."""
-    if not active[0]:
-        return
-    h_next = min(abs(float(trial.h_next)), abs(t_end - float(t[0])))
-    if not h_next > 8.0 * T_EPS * max(abs(float(t[0])), 1.0):
-        codes[0] = DT_TOO_SMALL if np.isfinite(np.asarray(trial.err_sq, dtype=float)).all() else DIVERGED
-        active[0] = False
-        summary[1] = 0
-        return
-    h[0] = h_next
-
-
 def row_absmax(ev: Evaluator, a):
     """max|a| of every row as float64 (NaN-propagating), in ``a``'s namespace."""
     return ev.xp.max(ev.xp.abs(ev.rows(a)), axis=1).astype(np.float64)
+
+
+def _scalar(a) -> float:
+    """A Python float from a float, a NumPy scalar or a one-element host array."""
+    return a if type(a) is float else float(a.reshape(-1)[0]) if hasattr(a, "reshape") else float(a)
+
+
+class _HostRow:
+    """The control state of an unbatched problem: its one row as Python numbers on the host, stepped by
+    :data:`~deqcore.ode.controller.control_step` (the scalar form of the ``ode_control`` kernel: no array
+    and no kernel launch per step, the step's numbers stay Python floats)."""
+
+    batched = False
+
+    def __init__(self, ev, t0, h0, t_end, direction, steady, big, threshold, active):
+        self.ev, self.t_end, self.direction, self.steady, self.big = ev, float(t_end), direction, steady, big
+        self.threshold = float(np.max(threshold)) if np.ndim(threshold) else float(threshold)
+        self.m = int(np.prod(ev.shape, dtype=np.int64))
+        self.t, self.h = float(t0), _scalar(h0)
+        self.err_prev, self.after_reject = 1.0, False
+        self.active, self.code = bool(np.all(active)), int(ReturnCode.SUCCESS)
+        self.accepted = self.rejected = 0
+        self.nfev = ev.nfev
+        self.mask = None
+
+    def arguments(self):
+        return self.t, self.direction * self.h
+
+    def t_new(self):
+        return self.t
+
+    def max_steps(self):
+        self.code, self.active = int(ReturnCode.MAX_STEPS), False
+
+    def control(self, trial, y, tol):
+        """Accept or reject ``trial``; returns (accepted rows, active rows)."""
+        ev = self.ev
+        if trial.err_sq is None:
+            ensure_error_sums(ev, trial, y, tol)
+        res = self.threshold
+        if ev.xp is np:
+            err_sq, y_absmax = _scalar(trial.err_sq), _scalar(trial.y_absmax)
+            if self.steady:
+                res = float(np.max(np.abs(trial.f1)))
+        else:  # an unbatched problem on a device: its row's numbers in one transfer
+            xp = ev.xp
+            parts = [xp.asarray(trial.err_sq, dtype=np.float64).reshape(-1)[:1],
+                     xp.asarray(trial.y_absmax, dtype=np.float64).reshape(-1)[:1]]
+            if self.steady:
+                parts.append(row_absmax(ev, trial.f1)[:1])
+            values = to_host(xp.concatenate(parts)).tolist()
+            err_sq, y_absmax = values[0], values[1]
+            res = values[2] if self.steady else res
+        exponent = trial.error_exponent
+        exponent = float(exponent) if isinstance(exponent, (int, float, np.number)) else _scalar(exponent)
+        good, active, code, t, h, self.err_prev, self.after_reject = control_step(
+            err_sq, y_absmax, res, self.threshold, exponent, self.t, self.h, self.err_prev, self.after_reject,
+            self.m, self.t_end, self.direction, self.steady, self.big, T_EPS)
+        self.t = t
+        if good:
+            self.accepted += 1
+        else:
+            self.rejected += 1
+        self.nfev = ev.nfev
+        if active and trial.h_next is not None:
+            # a stepper with its own step-size selection: its proposal replaces the PI controller's, clipped
+            # to the rest of the span; one below the resolution of t ends the row like the controller's test
+            h = min(abs(float(trial.h_next)), abs(self.t_end - t))
+            if not h > 8.0 * T_EPS * max(abs(t), 1.0):
+                code = DT_TOO_SMALL if math.isfinite(err_sq) else DIVERGED
+                active = False
+        if not active and trial.code is not None and code in (DIVERGED, DT_TOO_SMALL):
+            stepper_code = int(_scalar(np.asarray(trial.code)))
+            code = stepper_code if stepper_code != 0 else code
+        if code:
+            self.code = code
+        self.h, self.active = h, active
+        return int(good), int(active)
+
+    def results(self):
+        return (np.array([self.t]), np.array([self.code], dtype=np.int64), np.array([self.accepted]),
+                np.array([self.rejected]), np.array([self.nfev]))
+
+
+class _DeviceRows:
+    """The control state of a batched problem: per-row arrays on the device, stepped by the ``ode_control``
+    kernel; the step's only transfer to the host is two counts (accepted and still active rows)."""
+
+    batched = True
+
+    def __init__(self, ev, t0, h0, t_end, direction, steady, big, threshold, active):
+        xp, R = ev.xp, ev.num_rows
+        self.ev, self.t_end, self.direction, self.steady, self.big = ev, t_end, direction, steady, big
+        self.threshold, self.active = threshold, active
+        self.control_kernel = get_kernel("ode_control", xp)
+        self.m = int(np.prod(ev.shape, dtype=np.int64)) // R
+        self.t = xp.full(R, float(t0), dtype=np.float64)
+        self.h = xp.asarray(h0, dtype=np.float64)
+        self.err_prev = xp.ones(R)
+        self.after_reject, self.ok = xp.zeros(R, dtype=bool), xp.zeros(R, dtype=bool)
+        self.codes = xp.full(R, int(ReturnCode.SUCCESS), dtype=np.int64)
+        self.accepted, self.rejected = xp.zeros(R, dtype=np.int64), xp.zeros(R, dtype=np.int64)
+        self.nfev = xp.full(R, ev.nfev, dtype=np.int64)
+        self.summary = xp.zeros(2, dtype=np.int64)
+        self.exponent = xp.empty(R)
+        self.mask = None
+
+    def arguments(self):
+        return self.t, (self.h if self.direction == 1.0 else self.direction * self.h)
+
+    def t_new(self):
+        return self.t
+
+    def max_steps(self):
+        self.ev.xp.copyto(self.codes, int(ReturnCode.MAX_STEPS), where=self.active)
+
+    def control(self, trial, y, tol):
+        ev, xp = self.ev, self.ev.xp
+        ensure_error_sums(ev, trial, y, tol)
+        res = row_absmax(ev, trial.f1) if self.steady else trial.err_sq
+        if isinstance(trial.error_exponent, (int, float, np.number)):
+            self.exponent.fill(trial.error_exponent)
+        else:
+            self.exponent = xp.asarray(trial.error_exponent, dtype=np.float64)
+        was_active = self.active.copy() if trial.code is not None else None
+        # the stepper may keep the array it got as h: a new one for the next step size
+        (self.t, self.h, self.err_prev, self.after_reject, self.active, self.codes, self.accepted, self.rejected,
+         self.nfev, self.ok, self.summary) = self.control_kernel(
+            trial.err_sq, trial.y_absmax, res, self.threshold, self.exponent, self.t, self.h, xp.empty(ev.num_rows),
+            self.err_prev, self.after_reject, self.active, self.codes, self.accepted, self.rejected, self.nfev,
+            self.ok, self.summary, self.m, self.t_end, self.direction, self.steady, self.big, T_EPS, ev.nfev)
+        if trial.code is not None:
+            codes = self.codes
+            ended = was_active & ~self.active & ((codes == DIVERGED) | (codes == DT_TOO_SMALL)) & (trial.code != 0)
+            xp.copyto(codes, xp.asarray(trial.code, dtype=np.int64), where=ended)
+        n_ok, n_active = to_host(self.summary).tolist()  # the step's one transfer to the host
+        self.mask = None if n_ok == ev.num_rows else self.ok
+        return n_ok, n_active
+
+    def results(self):
+        return tuple(to_host(a) for a in (self.t, self.codes, self.accepted, self.rejected, self.nfev))
 
 
 @np.errstate(all="ignore")  # non-finite values are detected and reported as codes, never warned about
@@ -94,7 +223,6 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
     row's elements (per-component error weights; then the reference kernels form the error norms).
     """
     xp, R = ev.xp, ev.num_rows
-    cx = xp if ev.batched else np  # where the per-row control state lives
     tol = (atol, rtol)
     f0 = ev(t0, y0)     # the evaluator copies a result that lives in a buffer the rhs reuses
     span = abs(t_end - t0)
@@ -105,17 +233,8 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
         floor = 100.0 * T_EPS * max(abs(float(t0)), 1.0)  # a dt0 below t's resolution is raised to it
         h0 = np.full(R, min(max(abs(float(dt0)), floor), span))
     stepper.start(float(t0), y0, f0)
-    control = get_kernel("ode_control", cx)
     big = float(np.sqrt(np.finfo(y0.dtype).max))
-    m = y0.size // R
-    t = cx.full(R, float(t0), dtype=np.float64)
-    h = cx.asarray(h0, dtype=np.float64)
-    err_prev = cx.ones(R)
-    after_reject, ok = cx.zeros(R, dtype=bool), cx.zeros(R, dtype=bool)
-    codes = cx.full(R, int(ReturnCode.SUCCESS), dtype=np.int64)
-    accepted, rejected = cx.zeros(R, dtype=np.int64), cx.zeros(R, dtype=np.int64)
-    nfev = cx.full(R, ev.nfev, dtype=np.int64)
-    summary = cx.zeros(2, dtype=np.int64)
+    cx = xp if ev.batched else np  # where the per-row control state lives
     if steady:
         res0 = row_absmax(ev, f0)
         res0 = res0 if cx is xp else to_host(res0)
@@ -124,50 +243,24 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
     else:
         threshold = cx.zeros(R)
         active = cx.ones(R, dtype=bool)
+    rows = (_DeviceRows if ev.batched else _HostRow)(ev, t0, h0, t_end, direction, steady, big, threshold, active)
     y, fy = y0, f0
     steps: list[StepRecord] = []
-    exponent, h_spare = cx.empty(R), cx.empty(R)
     n_active, num_steps = int(active.sum()), 0
     while n_active:
         if num_steps >= max_steps:
-            cx.copyto(codes, int(ReturnCode.MAX_STEPS), where=active)
+            rows.max_steps()
             break
-        if ev.batched:
-            t_arg, h_arg = t, (h if direction == 1.0 else direction * h)
-        else:
-            t_arg, h_arg = float(t[0]), direction * float(h[0])
-        trial = stepper.attempt(t_arg, y, fy, h_arg, active if ev.batched else None, tol)
-        ensure_error_sums(ev, trial, y, tol)
+        t_arg, h_arg = rows.arguments()
+        trial = stepper.attempt(t_arg, y, fy, h_arg, rows.active if ev.batched else None, tol)
         num_steps += 1
-        res = row_absmax(ev, trial.f1) if steady else trial.err_sq
-        if cx is not xp:  # an unbatched problem on a device: its row's numbers in one transfer
-            err_sq, y_absmax, res = to_host(xp.stack([trial.err_sq, trial.y_absmax, res]))
-        else:
-            err_sq, y_absmax = trial.err_sq, trial.y_absmax
-        if isinstance(trial.error_exponent, (int, float, np.number)):
-            exponent.fill(trial.error_exponent)
-        else:
-            exponent = cx.asarray(trial.error_exponent, dtype=np.float64)
-        h_old = h
-        was_active = active.copy() if trial.code is not None else None
-        t, h, err_prev, after_reject, active, codes, accepted, rejected, nfev, ok, summary = control(
-            err_sq, y_absmax, res, threshold, exponent, t, h, h_spare, err_prev, after_reject, active, codes,
-            accepted, rejected, nfev, ok, summary, m, t_end, direction, steady, big, T_EPS, ev.nfev)
-        if trial.h_next is not None and not ev.batched:
-            _propose_step(trial, t, h, active, codes, summary, t_end)
-        if trial.code is not None:
-            ended = was_active & ~active & ((codes == DIVERGED) | (codes == DT_TOO_SMALL)) & (trial.code != 0)
-            cx.copyto(codes, cx.asarray(trial.code, dtype=np.int64), where=ended)
-        # an unbatched stepper got h as a float, so its buffer can be reused; a batched one may keep the array
-        h_spare = cx.empty(R) if ev.batched else h_old
-        n_ok, n_active = to_host(summary).tolist()  # the step's one transfer to the host
+        n_ok, n_active = rows.control(trial, y, tol)
         if n_ok:
-            mask = None if n_ok == R else xp.asarray(ok)
+            mask = rows.mask
             if record:
-                steps.append(StepRecord(t_arg, float(t[0]) - t_arg, y, trial.y1, fy, trial.f1, trial.stages))
+                steps.append(StepRecord(t_arg, rows.t - t_arg, y, trial.y1, fy, trial.f1, trial.stages))
             y = ev.select(mask, trial.y1, y)
             fy = ev.select(mask, trial.f1, fy)
-            stepper.accept(trial, mask, t if ev.batched else float(t[0]))
-    host = (to_host(a) for a in (t, codes, accepted, rejected, nfev))
-    t, codes, accepted, rejected, nfev = host
+            stepper.accept(trial, mask, rows.t_new())
+    t, codes, accepted, rejected, nfev = rows.results()
     return LoopResult(y, fy, t, codes, steps, num_steps, accepted, rejected, nfev)

@@ -8,14 +8,11 @@ rows longer than ``CHUNK_ELEMENTS`` are split over several blocks and their part
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..backend import get_namespace
 from ..backend.numba_tools import CACHE, launch_config, numba
-from .controller import pi_factor as _pi_factor_py
-from .kernels import DIVERGED, DT_TOO_SMALL
+from .controller import make_control_step as _make_control_step, pi_factor as _pi_factor_py
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 from ..backend.cuda_blocks import block_reduce2, for_kernels, max_nan  # noqa: E402
 from ..backend.launch import cuda_kernel  # noqa: E402
@@ -70,40 +67,33 @@ def adams_error_weight(h, h1, h2, corrector):
     return h * h * (h * h / 4.0 + (p + q) * h / 3.0 + p * q / 2.0)
 
 
+control_step = numba.njit(inline="always")(_make_control_step(pi_factor))
+
+
 @numba.njit(inline="always")
 def control_row(r, err_sq, y_absmax, res, threshold, exponent, t, h, h_next, err_prev, after_reject, active,
                 codes, accepted, rejected, nfev_rows, m, t_end, direction, steady, big, eps, nfev):
-    """Step control of row ``r`` after an attempt (see ``ode_control_reference``); returns whether the row's
-    attempt was accepted."""
-    hr = h[r]
+    """Step control of row ``r`` after an attempt (see ``ode_control_reference``; the logic is
+    :func:`~deqcore.ode.controller.make_control_step`'s); returns whether the row's attempt was accepted."""
     if not active[r]:
-        h_next[r] = hr
+        h_next[r] = h[r]
         after_reject[r] = False
         return False
-    err = math.sqrt(err_sq[r] / m)
-    good = err <= 1.0
-    if good:
-        last = hr >= abs(t_end - t[r]) * (1.0 - 1e-12)
-        t[r] = t_end if last else t[r] + direction * hr
-        err_prev[r] = max(err, 1e-4)
-    hn = hr * pi_factor(err, err_prev[r], after_reject[r], exponent[r])
+    good, still, code, t_r, hn, ep, rej = control_step(err_sq[r], y_absmax[r], res[r], threshold[r], exponent[r],
+                                                       t[r], h[r], err_prev[r], after_reject[r], m, t_end,
+                                                       direction, steady, big, eps)
+    t[r] = t_r
+    err_prev[r] = ep
     h_next[r] = hn
-    after_reject[r] = not good
+    after_reject[r] = rej
     if good:
         accepted[r] += 1
     else:
         rejected[r] += 1
     nfev_rows[r] = nfev
-    if good and (t[r] == t_end or (steady and res[r] <= threshold[r])):
-        active[r] = False
-    if good and not (y_absmax[r] < big):
-        codes[r] = DIVERGED
-        active[r] = False
-    if active[r] and hn <= 8.0 * eps * max(abs(t[r]), 1.0):
-        codes[r] = DT_TOO_SMALL if math.isfinite(err) else DIVERGED
-        active[r] = False
-    if active[r]:
-        h_next[r] = min(hn, abs(t_end - t[r]))  # never past t_end
+    if code != 0:
+        codes[r] = code
+    active[r] = still
     return good
 
 

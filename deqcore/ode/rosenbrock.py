@@ -46,6 +46,8 @@ from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
 from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
+from .kernels_host import (HOST_SYSTEM_LIMIT, factor_shifted, gemv_address, getrs_address, new_factors, rosenbrock_finish,
+                           rosenbrock_input, rosenbrock_stage)
 from .rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P, RosenbrockTableau
 
 __all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper"]
@@ -106,6 +108,24 @@ class RosenbrockStepper:
                        np.asarray(tab.a[i, :i]), [(j, float(tab.C[i, j])) for j in range(i) if tab.C[i, j]])
                       for i in range(tab.stages)]
         self._m, self._e = np.asarray(tab.m), np.asarray(tab.e)
+        # one small dense NumPy system: the step's vector work and the LU in compiled host kernels
+        self._host = (xp is np and not ev.batched and isinstance(linear_solver, LU) and sparsity is None
+                      and self.n <= HOST_SYSTEM_LIMIT)
+        if self._host:
+            dtype = ev.dtype
+            self._a = np.ascontiguousarray(tab.a, dtype=np.float64)
+            self._C = np.ascontiguousarray(tab.C, dtype=np.float64)
+            self._reuse = np.array([tab.reuses_f0(i) for i in range(tab.stages)])
+            self._stage_c, self._stage_d = [float(v) for v in tab.c], [float(v) for v in tab.d]
+            self._mw = np.ascontiguousarray(tab.m, dtype=np.float64)
+            self._ew = np.ascontiguousarray(tab.e, dtype=np.float64)
+            self._U = np.empty((tab.stages, self.n), dtype=dtype)
+            self._lu, self._piv = new_factors(self.n, dtype)
+            self._work = np.empty(self.n, dtype=dtype)
+            self._getrs, self._gemv = getrs_address(dtype), gemv_address(dtype)
+            self._eps = float(np.finfo(dtype).eps)
+            self._no_ft = np.empty(0, dtype=dtype)
+            self._atol = None
 
     # The driver hands every attempt the current state and f(t, y) (the evaluator already copies an rhs result
     # that lives in a reused buffer), and a retried step the very same state object: the Jacobian cache is
@@ -268,7 +288,52 @@ class RosenbrockStepper:
         return fac
 
     # ---- one step ----
+    def _attempt_host(self, t, y, fy, h, tol) -> Trial:
+        """:meth:`attempt` for one small dense NumPy system: the same stages, the vector work and the LU in
+        compiled kernels (:mod:`deqcore.ode.kernels_host`), f in Python."""
+        ev = self.ev
+        t, h = host_float(t), host_float(h)
+        if self._atol is None:
+            atol = tol[0]
+            self._atol = (np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), ev.shape)
+                                               .reshape(-1)) if np.ndim(atol) else np.array([float(atol)]))
+        J, ft = self._jacobian(t, y, fy, h, tol)
+        if not isinstance(J, np.ndarray):       # a user's sparse Jacobian: SciPy's sparse LU
+            self._host = False
+            return self.attempt(t, y, fy, h, None, tol)
+        self.stats["nfactor"] += 1
+        lu, piv, work, U = self._lu, self._piv, self._work, self._U
+        singular, positive = factor_shifted(J[0], 1.0 / (self.tab.gamma * h), 1.0, self._eps, lu, piv)
+        if singular or not positive:                       # the stage matrix could not be factored
+            return self._failed_trial(y, fy, singular)
+        shape = ev.shape
+        y_flat, f_flat = y.reshape(-1), fy.reshape(-1)
+        ft_flat = self._no_ft if ft is None else ft.reshape(-1)
+        a, C, reuse, c_nodes, d = self._a, self._C, self._reuse, self._stage_c, self._stage_d
+        stage_input = np.empty_like(y_flat)
+        formed = False
+        for i, c_i in enumerate(c_nodes):
+            if reuse[i]:
+                f_i = f_flat
+            else:
+                if not formed:
+                    rosenbrock_input(self._gemv, i, U, a, y_flat, stage_input)
+                f_i = ev(t + c_i * h, stage_input.reshape(shape)).reshape(-1)
+            formed = rosenbrock_stage(self._getrs, self._gemv, i, f_i, U, C, d[i], h, ft_flat, lu, piv, work, a,
+                                      reuse, y_flat, stage_input)
+        self.stats["nlinsolve"] += len(c_nodes)
+        y1 = np.empty_like(y_flat)
+        failed, err_sq, y_absmax = rosenbrock_finish(self._gemv, y_flat, U, self._mw, self._ew, self._atol, tol[1],
+                                                     y1)
+        if failed:
+            self.stats["nfailed_solves"] += 1
+        y1 = y1.reshape(shape)
+        f1 = ev(t + h, y1)
+        return Trial(y1, f1, None, self.error_exponent, err_sq=err_sq, y_absmax=y_absmax)
+
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
+        if self._host:
+            return self._attempt_host(t, y, fy, h, tol)
         ev, xp, tab = self.ev, self.ev.xp, self.tab
         fac = self._factor(t, y, fy, h, tol)
         _, ft = (None, None) if isinstance(self.linear_solver, GMRES) else self._jacobian(t, y, fy, h, tol)
@@ -320,8 +385,11 @@ class RosenbrockStepper:
         """A rejected attempt: the state unchanged, an infinite error (the driver shrinks the step); a
         singular or non-finite stage matrix ends the solve with LINEAR_SOLVE_FAILED if no step size works."""
         self.stats["nfailed_solves"] += 1
-        err = self.ev.xp.full(y.shape, np.inf, dtype=y.dtype)
         code = int(ReturnCode.LINEAR_SOLVE_FAILED) if singular else None
+        if self._host:
+            return Trial(y, fy, None, self.error_exponent, err_sq=np.inf, y_absmax=float(np.max(np.abs(y))),
+                         code=code)
+        err = self.ev.xp.full(y.shape, np.inf, dtype=y.dtype)
         return Trial(y, fy, err, self.error_exponent, code=code)
 
 
@@ -330,6 +398,8 @@ def user_jacobian(ev, jac, n, t, y):
     a SciPy CSC matrix."""
     xp, R = ev.xp, ev.num_rows
     J = jac(0.0 if ev.autonomous else host_float(t), y, *ev.args)
+    if type(J) is np.ndarray and J.dtype == ev.dtype and J.shape == ((R, n, n) if ev.batched else (n, n)):
+        return J.reshape(R, n, n)      # the common case, checked cheaply
     import scipy.sparse as sp
 
     if sp.issparse(J):

@@ -1,0 +1,449 @@
+"""Compiled (Numba CPU) pieces of the implicit steppers for one unbatched NumPy system.
+
+On a small state every NumPy call costs about a microsecond whatever its size, and a stiff step makes dozens of
+them; these functions do a step's vector work in a few compiled calls between the evaluations of f (which stay
+in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf` and :mod:`deqcore.ode.rosenbrock` does
+for a batch (and did for one system), in the same order of operations except inside sums, whose order may
+differ (round-off). Dense stage and Newton matrices (up to :data:`HOST_SYSTEM_LIMIT` unknowns) are factored
+by LAPACK's getrf and solved by its getrs, and the stage sums formed by BLAS gemv, all called from the compiled
+code through their addresses: the routines SciPy and NumPy call, so the same numbers as before and the same
+steps. (An LU or triangular solve of its own differs
+in round-off, and a finite-difference Jacobian's increment adaptation, a test against a threshold, turns that
+into a different step here and there.)
+
+Arrays are flat ``(n,)`` float64/float32 host arrays; ``atol`` is an array of length 1 (one tolerance) or n.
+
+>>> import numpy as np
+>>> J = np.array([[-2.0, 1.0], [0.0, -3.0]]); lu, piv = new_factors(2, np.float64)
+>>> singular, sign_ok = factor_shifted(J, 1.0, 1.0, 2.2e-16, lu, piv)    # I − J, then (I − J) x = b
+>>> x = np.array([3.0, 4.0]); solve_in_place(getrs_address(np.float64), lu, piv, x)
+>>> bool(singular), bool(sign_ok), np.allclose((np.eye(2) - J) @ x, [3.0, 4.0])
+(False, True, True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend.numba_tools import CACHE, numba
+from ..backend.cuda_blocks import max_nan
+from llvmlite import ir
+from numba import types
+from numba.extending import get_cython_function_address, intrinsic
+
+__all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrs_address", "gemv_address", "solve_in_place", "bdf_predict", "bdf_newton",
+           "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
+           "rosenbrock_stage", "rosenbrock_finish"]
+
+#: the largest dense system the steppers solve through these kernels (measured with Rodas5P and an analytic
+#: Jacobian: 1.6-3x less time per step than the array code from n = 8 to 128; no clear winner at 256-512,
+#: where the factorisation dominates; see ARCHITECTURE.md)
+HOST_SYSTEM_LIMIT = 128
+
+#: Newton's status after an iteration (BAD_F: f was not finite, nothing solved)
+CONTINUE, CONVERGED, FAILED, BAD_F = 0, 1, 2, 3
+
+
+@intrinsic
+def _call_with_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a8):
+    """Call the C function at ``address`` (an integer) with the data pointers of nine arrays: LAPACK from
+    compiled code, with the address a run-time argument (so the calling function can be cached)."""
+    sig = types.void(address, a0, a1, a2, a3, a4, a5, a6, a7, a8)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 9)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        builder.call(fn, pointers)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _call_with_11_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
+    """:func:`_call_with_pointers` for a function of eleven pointer arguments (BLAS gemv)."""
+    sig = types.void(address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 11)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        builder.call(fn, pointers)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _call_with_6_pointers(typingctx, address, a0, a1, a2, a3, a4, a5):
+    """:func:`_call_with_pointers` for a function of six pointer arguments (LAPACK getrf)."""
+    sig = types.void(address, a0, a1, a2, a3, a4, a5)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 6)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        builder.call(fn, pointers)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def gemv_address(dtype) -> int:
+    """The address of BLAS dgemv for a float64 state (NumPy's ``vector @ matrix`` calls it, so the sums round
+    alike); 0 for float32 (then the compiled loops sum)."""
+    if np.dtype(dtype) != np.float64:
+        return 0
+    return get_cython_function_address("scipy.linalg.cython_blas", "dgemv")
+
+
+@numba.njit(inline="always")
+def _combine(gemv, v, B, out):
+    """``out = v @ B`` for ``v`` ``(k,)`` and C-ordered rows ``B`` ``(k, n)``: BLAS dgemv as NumPy calls it (no
+    transpose on the column-major view ``(n, k)``), or sequential sums when ``gemv`` is 0."""
+    k, n = B.shape
+    if gemv != 0:
+        ints = np.empty(3, dtype=np.int32)
+        ints[0] = n
+        ints[1] = k
+        ints[2] = 1
+        alpha_beta = np.empty(2)
+        alpha_beta[0] = 1.0
+        alpha_beta[1] = 0.0
+        trans = np.full(1, 78, dtype=np.uint8)      # "N"
+        _call_with_11_pointers(gemv, trans, ints[0:1], ints[1:2], alpha_beta[0:1], B, ints[0:1], v, ints[2:3],
+                               alpha_beta[1:2], out, ints[2:3])
+        return
+    for q in range(n):
+        s = 0.0
+        for j in range(k):
+            s += v[j] * B[j, q]
+        out[q] = s
+
+
+def getrs_address(dtype) -> int:
+    """The address of LAPACK's getrs for ``dtype`` (float64 or float32), from SciPy's Cython LAPACK."""
+    name = "dgetrs" if np.dtype(dtype) == np.float64 else "sgetrs"
+    return get_cython_function_address("scipy.linalg.cython_lapack", name)
+
+
+@numba.njit(inline="always")
+def _getrs(address, lu, ipiv, x):
+    """LAPACK getrs (no transpose, one right-hand side) on Fortran-ordered factors and 1-based pivots, in
+    place on the contiguous vector ``x``: the routine SciPy's ``lu_solve`` calls, so the same rounding."""
+    ints = np.empty(3, dtype=np.int32)
+    ints[0] = lu.shape[0]
+    ints[1] = 0
+    ints[2] = 1
+    trans = np.full(1, 78, dtype=np.uint8)      # "N"
+    _call_with_pointers(address, trans, ints[0:1], ints[2:3], lu, ints[0:1], ipiv, x, ints[0:1], ints[1:2])
+
+
+@numba.njit(inline="always")
+def _tol(atol, i):
+    return atol[i] if atol.shape[0] > 1 else atol[0]
+
+
+@numba.njit(cache=CACHE)
+def _shifted(J, shift, c, out):
+    """``out = shift·I − c·J``; False when an entry is not finite."""
+    n = J.shape[0]
+    finite = True
+    for i in range(n):
+        for j in range(n):
+            v = (shift if i == j else 0.0) - c * J[i, j]
+            out[i, j] = v
+            if not math.isfinite(v):
+                finite = False
+    return finite
+
+
+@numba.njit(cache=CACHE)
+def _pivot_checks(lu, piv, eps):
+    """(singular, positive determinant) from the factors: singular for a non-finite pivot or a pivot ratio
+    ``min|u_ii| / max|u_ii|`` not above ``eps``; the sign from the negative pivots and the interchanges."""
+    lo = math.inf
+    hi = 0.0
+    negative = 0
+    for i in range(lu.shape[0]):
+        u = lu[i, i]
+        a = abs(u)
+        if a != a:
+            return True, False
+        lo = min(lo, a)
+        hi = max(hi, a)
+        negative += u < 0
+        negative += piv[i] != i + 1
+    return not (lo > eps * hi), negative % 2 == 0
+
+
+_GETRF = {}
+
+
+def new_factors(n, dtype):
+    """Work arrays ``(lu, piv)`` for :func:`factor_shifted` (``lu`` in Fortran order: LAPACK factors it in
+    place; ``piv`` receives LAPACK's 1-based pivots)."""
+    return np.empty((n, n), dtype=dtype, order="F"), np.empty(n, dtype=np.int32)
+
+
+@numba.njit(cache=CACHE)
+def _factor(getrf, J, shift, c, eps, lu, piv):
+    if not _shifted(J, shift, c, lu):
+        return True, False
+    ints = np.empty(2, dtype=np.int32)
+    ints[0] = lu.shape[0]
+    ints[1] = 0
+    _call_with_6_pointers(getrf, ints[0:1], ints[0:1], lu, ints[0:1], piv, ints[1:2])
+    singular, positive = _pivot_checks(lu, piv, eps)
+    return singular or ints[1] != 0, positive
+
+
+def factor_shifted(J, shift, c, eps, lu, piv):
+    """Factor ``shift·I − c·J`` into ``lu``/``piv`` (from :func:`new_factors`) with LAPACK's getrf, called from
+    compiled code (the routine SciPy's ``lu_factor`` calls, so the same factors). Returns (singular, positive
+    determinant): singular for a non-finite matrix or pivot, or a pivot ratio ``min|u_ii| / max|u_ii|`` not
+    above ``eps``."""
+    getrf = _GETRF.get(lu.dtype)
+    if getrf is None:
+        name = "dgetrf" if lu.dtype == np.float64 else "sgetrf"
+        getrf = _GETRF[lu.dtype] = get_cython_function_address("scipy.linalg.cython_lapack", name)
+    return _factor(getrf, J, shift, c, eps, lu, piv)
+
+
+@numba.njit(cache=CACHE)
+def solve_in_place(address, lu, piv, x):
+    """Solve with the factors of :func:`factor_shifted` for the vector ``x``, in place (``address``:
+    :func:`getrs_address` of the dtype)."""
+    _getrs(address, lu, piv, x)
+
+
+# ---- BDF ------------------------------------------------------------------------------------------------------
+
+@numba.njit(cache=CACHE)
+def bdf_predict(D, order, gamma, alpha, atol, rtol, y_predict, psi, scale):
+    """The prediction ``Σ_{j≤k} D[j]``, its error weights ``atol + rtol·|y⁰|`` and ``ψ = Σ γ_j D[j] / α_k``."""
+    n = D.shape[1]
+    a = alpha[order]
+    for i in range(n):
+        s = D[0, i]
+        p = 0.0
+        for j in range(1, order + 1):
+            s += D[j, i]
+            p += D[j, i] * gamma[j]
+        y_predict[i] = s
+        scale[i] = _tol(atol, i) + rtol * abs(s)
+        psi[i] = p / a
+
+
+@numba.njit(inline="always")
+def _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
+    n = dy.shape[0]
+    total = 0.0
+    for i in range(n):
+        q = dy[i] / scale[i]
+        total += q * q
+    dy_norm = math.sqrt(total / n) if n else 0.0
+    if not math.isfinite(dy_norm):
+        return FAILED, dy_norm
+    rate = -1.0
+    if dy_norm_old >= 0.0:
+        rate = dy_norm / dy_norm_old
+        if rate >= 1.0 or rate ** float(max_iter - k) / (1.0 - rate) * dy_norm > tol:
+            return FAILED, dy_norm
+    for i in range(n):
+        y[i] += dy[i]
+        d[i] += dy[i]
+    if dy_norm == 0.0 or (rate >= 0.0 and rate / (1.0 - rate) * dy_norm < tol):
+        return CONVERGED, dy_norm
+    return CONTINUE, dy_norm
+
+
+@numba.njit(cache=CACHE)
+def bdf_newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
+    """Newton's convergence test on the increment ``dy`` (``dy_norm_old < 0``: the first iteration) and, unless
+    it failed, ``y += dy``, ``d += dy``. Returns (CONTINUE | CONVERGED | FAILED, ‖dy‖)."""
+    return _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter)
+
+
+@numba.njit(cache=CACHE)
+def bdf_newton_rhs(f, c, psi, d, out):
+    """``out = c·f − ψ − d``; False when f holds a non-finite value."""
+    for i in range(f.shape[0]):
+        if not math.isfinite(f[i]):
+            return False
+        out[i] = c * f[i] - psi[i] - d[i]
+    return True
+
+
+@numba.njit(cache=CACHE)
+def bdf_newton(getrs, f, c, psi, d, y, lu, piv, scale, work, dy_norm_old, tol, k, max_iter):
+    """One simplified Newton iteration with factors from :func:`factor_shifted` (``work``: ``(n,)``, ``getrs``:
+    :func:`getrs_address`): solve ``(I − cJ) dy = c·f − ψ − d``, then :func:`bdf_newton_apply`."""
+    n = f.shape[0]
+    for i in range(n):
+        if not math.isfinite(f[i]):
+            return BAD_F, 0.0
+        work[i] = c * f[i] - psi[i] - d[i]
+    _getrs(getrs, lu, piv, work)
+    return _newton_apply(work, scale, y, d, dy_norm_old, tol, k, max_iter)
+
+
+@numba.njit(cache=CACHE)
+def bdf_error(y_old, y_new, d, error_const, atol, rtol, scale):
+    """The error weights ``atol + rtol·max(|y_old|, |y_new|)`` (into ``scale``), the squared scaled error sum
+    of ``error_const·d`` and ``max|y_new|``."""
+    total = 0.0
+    top = 0.0
+    for i in range(d.shape[0]):
+        a_new = abs(y_new[i])
+        scale[i] = _tol(atol, i) + rtol * max_nan(abs(y_old[i]), a_new)
+        q = error_const * d[i] / scale[i]
+        total += q * q
+        top = max_nan(top, a_new)
+    return total, top
+
+
+@numba.njit(cache=CACHE)
+def bdf_update(D, D_new, d, order, error_const, scale, max_order, select, psi, c, f_new):
+    """The differences after an accepted step (into ``D_new``), the corrector's derivative ``(ψ + d) / c``
+    (into ``f_new``) and, when ``select``, the RMS scaled error estimates of orders k − 1 and k + 1 (inf where
+    that order does not exist)."""
+    n = D.shape[1]
+    D_new[:] = D
+    for i in range(n):
+        f_new[i] = (psi[i] + d[i]) / c
+        D_new[order + 2, i] = d[i] - D_new[order + 1, i]
+        D_new[order + 1, i] = d[i]
+    for j in range(order, -1, -1):
+        for i in range(n):
+            D_new[j, i] += D_new[j + 1, i]
+    err_m = math.inf
+    err_p = math.inf
+    if select and n:
+        if order > 1:
+            total = 0.0
+            for i in range(n):
+                q = error_const[order - 1] * D_new[order, i] / scale[i]
+                total += q * q
+            err_m = math.sqrt(total / n)
+        if order < max_order:
+            total = 0.0
+            for i in range(n):
+                q = error_const[order + 1] * D_new[order + 2, i] / scale[i]
+                total += q * q
+            err_p = math.sqrt(total / n)
+    return err_m, err_p
+
+
+@numba.njit(cache=CACHE)
+def bdf_rescale(D, order, factor):
+    """Rescale the differences ``D[:order + 1]`` in place from step h to ``factor·h`` (Shampine & Reichelt:
+    ``D ← (R U)ᵀ D`` with R, U the cumulative products of ``(i − 1 − r·j) / i`` for r = factor and 1)."""
+    k = order + 1
+    R = np.zeros((k, k))
+    U = np.zeros((k, k))
+    for j in range(k):
+        R[0, j] = 1.0
+        U[0, j] = 1.0
+    for i in range(1, k):
+        for j in range(1, k):
+            R[i, j] = R[i - 1, j] * ((i - 1 - factor * j) / i)
+            U[i, j] = U[i - 1, j] * ((i - 1 - 1.0 * j) / i)
+    RU = np.zeros((k, k))
+    for i in range(k):
+        for j in range(k):
+            s = 0.0
+            for q in range(k):
+                s += R[i, q] * U[q, j]
+            RU[i, j] = s
+    n = D.shape[1]
+    out = np.empty((k, n), dtype=D.dtype)
+    for j in range(k):
+        for i in range(n):
+            s = 0.0
+            for q in range(k):
+                s += RU[q, j] * D[q, i]
+            out[j, i] = s
+    D[:k] = out
+
+
+# ---- Rosenbrock -----------------------------------------------------------------------------------------------
+
+@numba.njit(cache=CACHE)
+def rosenbrock_stage(getrs, gemv, i, f_i, U, C, d_i, h, ft, lu, piv, work, a, reuses_f0, y, next_input):
+    """Stage ``i``: solve ``(I/(hγ) − J) u_i = f_i + Σ_j (C_ij / h) u_j + h d_i ∂f/∂t`` into ``U[i]`` (``ft``
+    empty for an autonomous problem); then, when stage i + 1 evaluates f, its argument
+    ``y + Σ_{j≤i} a_{i+1,j} u_j`` into ``next_input``. Returns whether that argument was formed."""
+    n = f_i.shape[0]
+    for q in range(n):
+        work[q] = f_i[q]
+    for j in range(i):
+        c = C[i, j]
+        if c != 0.0:
+            s = c / h
+            for q in range(n):
+                work[q] = work[q] + s * U[j, q]
+    if ft.shape[0] and d_i != 0.0:
+        s = d_i * h
+        for q in range(n):
+            work[q] = work[q] + s * ft[q]
+    _getrs(getrs, lu, piv, work)
+    for q in range(n):
+        U[i, q] = work[q]
+    nxt = i + 1
+    if nxt >= U.shape[0] or reuses_f0[nxt]:
+        return False
+    _combine(gemv, a[nxt, :nxt], U[:nxt], next_input)
+    for q in range(n):
+        next_input[q] = y[q] + next_input[q]
+    return True
+
+
+@numba.njit(cache=CACHE)
+def rosenbrock_input(gemv, i, U, a, y, out):
+    """The argument ``y + Σ_{j<i} a_ij u_j`` of stage ``i``'s evaluation of f."""
+    if i == 0:
+        out[:] = y
+        return
+    _combine(gemv, a[i, :i], U[:i], out)
+    for q in range(y.shape[0]):
+        out[q] = y[q] + out[q]
+
+
+@numba.njit(cache=CACHE)
+def rosenbrock_finish(gemv, y, U, m, e, atol, rtol, y_new):
+    """``y_new = y + Σ m_i u_i`` and the error ``Σ e_i u_i`` reduced to its squared scaled sum with
+    ``max|y_new|`` (the driver's norm); a non-finite error or state fails the step: ``y_new = y``, error inf.
+    Returns (failed, err_sq, y_absmax)."""
+    n = y.shape[0]
+    failed = False
+    _combine(gemv, m, U, y_new)
+    for q in range(n):
+        y_new[q] = y[q] + y_new[q]
+        if not math.isfinite(y_new[q]):
+            failed = True
+    errors = np.empty(n, dtype=y_new.dtype)
+    _combine(gemv, e, U, errors)
+    total = 0.0
+    top = 0.0
+    for q in range(n):
+        err = errors[q]
+        if not math.isfinite(err):
+            failed = True
+        a_new = abs(y_new[q])
+        r = err / (_tol(atol, q) + rtol * max_nan(abs(y[q]), a_new))
+        total += r * r
+        top = max_nan(top, a_new)
+    if failed:
+        top = 0.0
+        for q in range(n):
+            y_new[q] = y[q]
+            top = max_nan(top, abs(y[q]))
+        total = math.inf
+    return failed, total, top
