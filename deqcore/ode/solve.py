@@ -34,7 +34,7 @@ def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False
         raise ValueError(f"y0 must have at least one element, got shape {tuple(y0.shape)}")
     check_finite(y0, "y0")
     if not isinstance(solver, ODEMethod):
-        raise TypeError(f"solver must be an ODE method such as dq.Tsit5(), dq.VCABM3(), dq.Rodas5P() or dq.BDF(); got "
+        raise TypeError(f"solver must be an ODE method such as dq.Tsit5(), dq.VCABM3(), dq.Radau(), dq.Rodas5P() or dq.BDF(); got "
                         f"{type(solver).__name__}")
     if not isinstance(args, tuple):
         raise TypeError(f"args must be a tuple of extra arguments for rhs, got {type(args).__name__}")
@@ -102,9 +102,10 @@ def integrate(rhs: Callable, y0: Any, t_span: Sequence[float] | np.ndarray, solv
         rhs: ``rhs(t, y, *args) -> dy/dt`` (an array of the shape of ``y0``; ``t`` a Python float).
         y0: initial state (any shape, float32/float64, NumPy or CuPy).
         t_span: ``(t0, t1)`` (a tuple, list or NumPy array); ``t1 < t0`` integrates backwards.
-        solver: ``dq.Tsit5()`` (default), ``dq.VCAB3()``, ``dq.VCABM3()``; for stiff problems ``dq.BDF()``
-            (few Jacobians: the choice when each costs many rhs calls) or ``dq.Rodas5P()`` (also batched/CuPy;
-            ``dq.Rodas3()``, ``dq.Rodas4()`` too).
+        solver: ``dq.Tsit5()`` (default), ``dq.VCAB3()``, ``dq.VCABM3()``; for stiff problems ``dq.Radau()``
+            (order 5: the choice at tight tolerances), ``dq.BDF()`` (few Jacobians: loose tolerances, or when
+            each Jacobian costs many rhs calls) or ``dq.Rodas5P()`` (also batched/CuPy; ``dq.Rodas3()``,
+            ``dq.Rodas4()`` too).
         atol, rtol: local error tolerances: every accepted step's error estimate has an RMS norm ≤ 1 in units
             of ``atol + rtol·max(|y_old|, |y_new|)``, per component. ``atol`` may be an array broadcastable to
             ``y0`` (one absolute tolerance per component). ``rtol`` below 100 eps of y0's dtype is raised to
@@ -202,8 +203,8 @@ def steady_state(rhs: Callable, y0: Any, solver: ODEMethod | None = None, *, arg
 
     On stiff problems explicit methods (VCABM3, VCAB3, Tsit5) run at their stability limit, where the error
     control leaves stiff components at the tolerance level: ``max|du/dt|`` then stalls near
-    (stiffness × tolerance) and the solve ends with MAX_STEPS. Use ``dq.Rodas5P()`` there (or ``dq.BDF()``
-    unbatched).
+    (stiffness × tolerance) and the solve ends with MAX_STEPS. Use ``dq.Rodas5P()`` there (or ``dq.Radau()`` /
+    ``dq.BDF()`` unbatched).
 
     Args:
         rhs, y0, args, atol, rtol, max_steps, jac: as in :func:`integrate`; ``max_steps`` counts attempted
