@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 import math
 
+import numpy as np
+
 __all__ = ["check_tolerance", "check_positive_int", "check_callable", "check_probability", "check_choice",
            "check_bool", "check_solver_dtype", "check_returned_array", "SOLVER_DTYPES"]
 
@@ -112,7 +114,11 @@ def check_returned_array(out, name: str, shape, dtype, array_type, *, shape_of: 
     Traceback (most recent call last):
     ...
     TypeError: fn must return arrays of y0's dtype float64; a call returned float32 (cast inside fn, or pass y0 as float32)
+    >>> check_returned_array(np.float64(1.0), "fn", (), np.dtype(np.float64), np.ndarray)   # 0-d arithmetic
+    array(1.)
     """
+    if isinstance(out, np.generic) and array_type is np.ndarray:
+        out = np.asarray(out)   # NumPy turns a 0-d array's arithmetic into a scalar: take it as the 0-d array
     if not isinstance(out, array_type):
         raise TypeError(f"{name} must return an array of the same kind as y0 ({array_type.__module__}."
                         f"{array_type.__name__}); a call returned {type(out).__name__}")

@@ -329,3 +329,11 @@ def test_linear_solve_odd_layouts(rng):
         np.testing.assert_allclose(dq.linear_solve(odd, b).value, expected, rtol=1e-10, err_msg=name)
     for name, odd in _layouts(b).items():
         np.testing.assert_allclose(dq.linear_solve(A, odd).value, expected, rtol=1e-10, err_msg=name)
+
+
+def test_zero_dimensional_state_whose_arithmetic_returns_numpy_scalars():
+    # NumPy turns arithmetic on a 0-d array into a scalar: fn's natural spelling must still be accepted
+    root = dq.root_find(lambda y: y ** 2 - 2.0, np.array(1.0))
+    assert root.success and abs(float(root.value) - np.sqrt(2.0)) < 1e-8
+    fixed = dq.fixed_point(lambda z: np.cos(z), np.array(1.0))
+    assert fixed.success and abs(float(fixed.value) - 0.7390851332151607) < 1e-5
