@@ -2,14 +2,15 @@
 
 On a small state every NumPy call costs about a microsecond whatever its size, and a stiff step makes dozens of
 them; these functions do a step's vector work in a few compiled calls between the evaluations of f (which stay
-in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf` and :mod:`deqcore.ode.rosenbrock` does
-for a batch (and did for one system), in the same order of operations except inside sums, whose order may
-differ (round-off). Dense stage and Newton matrices (up to :data:`HOST_SYSTEM_LIMIT` unknowns) are factored
-by LAPACK's getrf and solved by its getrs, and the stage sums formed by BLAS gemv, all called from the compiled
-code through their addresses: the routines SciPy and NumPy call, so the same numbers as before and the same
-steps. (An LU or triangular solve of its own differs
-in round-off, and a finite-difference Jacobian's increment adaptation, a test against a threshold, turns that
-into a different step here and there.)
+in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf`, :mod:`deqcore.ode.rosenbrock` and
+:mod:`deqcore.ode.radau` does for a batch, a sparse or a large system, in the same order of operations except
+inside sums, whose order may differ (round-off). Dense stage and Newton matrices (up to
+:data:`HOST_SYSTEM_LIMIT` unknowns) are factored by LAPACK's getrf and solved by its getrs (Radau's complex
+system by zgetrf/zgetrs), the stage sums formed by BLAS gemv (Radau's transformations by gemm, its norms by
+dot), all called from the compiled code through their addresses: the routines SciPy and NumPy call, so the same
+numbers as before and the same steps. (An LU or triangular solve of its own differs in round-off, and a
+finite-difference Jacobian's increment adaptation, a test against a threshold, turns that into a different step
+here and there.)
 
 Arrays are flat ``(n,)`` float64/float32 host arrays; ``atol`` is an array of length 1 (one tolerance) or n.
 

@@ -33,6 +33,12 @@ A step whose Newton iteration fails (also: a singular or non-finite matrix, or f
 with a smaller step and, if J was not fresh, a new J; when no step size works the solve ends with
 LINEAR_SOLVE_FAILED (the last attempt's matrix could not be factored), DIVERGED or DT_TOO_SMALL, never SUCCESS.
 
+One dense float64 system of at most :data:`~deqcore.ode.kernels_host.HOST_SYSTEM_LIMIT` unknowns does a
+step's vector work (the factorisations, each Newton iteration, the error estimate, the extrapolation) in a few
+compiled calls (:mod:`deqcore.ode.kernels_host`) that call the BLAS/LAPACK routines the array code reaches
+through NumPy and SciPy, so it takes the same steps as the array code, which sparse, larger and float32
+systems use.
+
 What it solves: unbatched NumPy problems (one state of any shape). Batched problems and CuPy arrays are
 refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
 
