@@ -215,6 +215,46 @@ def test_a_matrix_that_cannot_be_factored_ends_with_linear_solve_failed(bad):
     assert "linear solve" in ode_message(sol.result)
 
 
+# ---- one small dense NumPy system: the compiled host path against the array path ----
+def _vdp_jac(t, y, mu=1000.0):
+    return np.array([[0.0, 1.0], [-2.0 * mu * y[0] * y[1] - 1.0, mu * (1.0 - y[0] ** 2)]])
+
+
+@pytest.mark.parametrize("name,use_jac", [("robertson", True), ("robertson", False), ("vdp", True), ("vdp", False),
+                                          ("hires", False)])
+def test_compiled_single_system_path_takes_the_array_paths_steps(name, use_jac, monkeypatch):
+    """Radau's Newton iterations, error estimates and extrapolations of one small dense NumPy system run in
+    compiled host kernels calling the BLAS/LAPACK routines the array code reaches (gemm, gemv, dot, d/zgetrf,
+    d/zgetrs); the array code (sparse and large systems) must take the same steps with the same evaluations of
+    f, and end at the same values."""
+    import deqcore.ode.radau as radau
+
+    calls = []
+    kernel = radau.radau_newton
+    monkeypatch.setattr(radau, "radau_newton", lambda *args: calls.append(1) or kernel(*args))
+    if name == "robertson":
+        problem = (_robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e5), _robertson_jac, dict(rtol=1e-6, atol=1e-10))
+    elif name == "vdp":
+        problem = (_vdp, np.array([2.0, 0.0]), (0.0, 1000.0), _vdp_jac, dict(rtol=1e-6, atol=1e-6))
+    else:                   # one tolerance per component, on a (2, 4)-shaped state
+        problem = (lambda t, y: hires(t, y.ravel()).reshape(2, 4), np.asarray(HIRES_Y0, float).reshape(2, 4),
+                   (0.0, 321.8122), None, dict(rtol=1e-7, atol=np.geomspace(1e-9, 1e-11, 8).reshape(2, 4)))
+    f, y0, span, jac, options = problem
+
+    def solve():
+        return dq.integrate(f, y0, span, dq.Radau(), jac=jac if use_jac else None,
+                            saveat=np.linspace(*span, 7), **options)
+    host = solve()
+    assert len(calls) >= host.stats["accepted"]              # the compiled Newton kernel ran every step
+    monkeypatch.setattr(radau, "HOST_SYSTEM_LIMIT", 0)      # the array path
+    calls.clear()
+    arrays = solve()
+    assert not calls
+    keys = ("num_steps", "accepted", "rejected", "nfev", "njev", "nfactor", "nlinsolve")
+    assert {k: host.stats[k] for k in keys} == {k: arrays.stats[k] for k in keys}
+    np.testing.assert_allclose(host.ys, arrays.ys, rtol=1e-12, atol=1e-300)
+
+
 # ---- bad input ----
 def test_bad_settings_and_unsupported_problems_are_named():
     for kwargs, error, name in [(dict(jac_rate=1.5), ValueError, "jac_rate"), (dict(jac_rate="x"), TypeError, "jac_rate"),

@@ -2,14 +2,15 @@
 
 On a small state every NumPy call costs about a microsecond whatever its size, and a stiff step makes dozens of
 them; these functions do a step's vector work in a few compiled calls between the evaluations of f (which stay
-in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf` and :mod:`deqcore.ode.rosenbrock` does
-for a batch (and did for one system), in the same order of operations except inside sums, whose order may
-differ (round-off). Dense stage and Newton matrices (up to :data:`HOST_SYSTEM_LIMIT` unknowns) are factored
-by LAPACK's getrf and solved by its getrs, and the stage sums formed by BLAS gemv, all called from the compiled
-code through their addresses: the routines SciPy and NumPy call, so the same numbers as before and the same
-steps. (An LU or triangular solve of its own differs
-in round-off, and a finite-difference Jacobian's increment adaptation, a test against a threshold, turns that
-into a different step here and there.)
+in Python). They compute what the NumPy code of :mod:`deqcore.ode.bdf`, :mod:`deqcore.ode.rosenbrock` and
+:mod:`deqcore.ode.radau` does for a batch, a sparse or a large system, in the same order of operations except
+inside sums, whose order may differ (round-off). Dense stage and Newton matrices (up to
+:data:`HOST_SYSTEM_LIMIT` unknowns) are factored by LAPACK's getrf and solved by its getrs (Radau's complex
+system by zgetrf/zgetrs), the stage sums formed by BLAS gemv (Radau's transformations by gemm, its norms by
+dot), all called from the compiled code through their addresses: the routines SciPy and NumPy call, so the same
+numbers as before and the same steps. (An LU or triangular solve of its own differs in round-off, and a
+finite-difference Jacobian's increment adaptation, a test against a threshold, turns that into a different step
+here and there.)
 
 Arrays are flat ``(n,)`` float64/float32 host arrays; ``atol`` is an array of length 1 (one tolerance) or n.
 
@@ -35,7 +36,8 @@ from numba.extending import get_cython_function_address, intrinsic
 
 __all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrs_address", "gemv_address", "solve_in_place", "bdf_predict", "bdf_newton",
            "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
-           "rosenbrock_stage", "rosenbrock_finish"]
+           "rosenbrock_stage", "rosenbrock_finish", "radau_addresses", "radau_factor",
+           "radau_start", "radau_newton", "radau_error"]
 
 #: the largest dense system the steppers solve through these kernels (measured with Rodas5P and an analytic
 #: Jacobian: 1.6-3x less time per step than the array code from n = 8 to 128; no clear winner at 256-512,
@@ -447,3 +449,216 @@ def rosenbrock_finish(gemv, y, U, m, e, atol, rtol, y_new):
             top = max_nan(top, abs(y[q]))
         total = math.inf
     return failed, total, top
+
+
+# ---- Radau IIA (float64 only: the complex system is solved by zgetrf/zgetrs) ----------------------------------
+
+@intrinsic
+def _call_with_13_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
+    """:func:`_call_with_pointers` for a function of thirteen pointer arguments (BLAS gemm)."""
+    sig = types.void(address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        builder.call(fn, pointers)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _call_returning_double(typingctx, address, a0, a1, a2, a3, a4):
+    """Call the C function at ``address`` with the data pointers of five arrays, returning its double (BLAS
+    ddot)."""
+    sig = types.float64(address, a0, a1, a2, a3, a4)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.DoubleType(), [i8p] * 5)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        return builder.call(fn, pointers)
+    return sig, codegen
+
+
+def radau_addresses() -> np.ndarray:
+    """The addresses (int64) of dgetrf, zgetrf, dgetrs, zgetrs, dgemm, dgemv and ddot from SciPy's Cython
+    LAPACK/BLAS, in that order: the routines the array code reaches through SciPy and NumPy."""
+    lapack = [get_cython_function_address("scipy.linalg.cython_lapack", name)
+              for name in ("dgetrf", "zgetrf", "dgetrs", "zgetrs")]
+    blas = [get_cython_function_address("scipy.linalg.cython_blas", name) for name in ("dgemm", "dgemv", "ddot")]
+    return np.array(lapack + blas, dtype=np.int64)
+
+
+RADAU_GETRF, RADAU_ZGETRF, RADAU_GETRS, RADAU_ZGETRS, RADAU_GEMM, RADAU_GEMV, RADAU_DOT = range(7)
+
+
+@numba.njit(inline="always")
+def _gemm(address, A, B, out):
+    """``out = A @ B`` for C-ordered ``A`` ``(m, k)``, ``B`` ``(k, n)``: BLAS dgemm as NumPy's matmul calls it
+    (row-major through the column-major product ``Bᵀ Aᵀ``)."""
+    m, k = A.shape
+    n = B.shape[1]
+    ints = np.empty(3, dtype=np.int32)
+    ints[0] = n
+    ints[1] = m
+    ints[2] = k
+    alpha_beta = np.empty(2)
+    alpha_beta[0] = 1.0
+    alpha_beta[1] = 0.0
+    trans = np.full(1, 78, dtype=np.uint8)      # "N"
+    _call_with_13_pointers(address, trans, trans, ints[0:1], ints[1:2], ints[2:3], alpha_beta[0:1], B,
+                           ints[0:1], A, ints[2:3], alpha_beta[1:2], out, ints[0:1])
+
+
+@numba.njit(inline="always")
+def _rms_scaled(address, X, scale, work):
+    """``sqrt(dot(x, x) / x.size)`` of ``x = X / scale`` (rows of ``X`` divided by ``scale``), the sum by BLAS
+    ddot as NumPy's ``dot`` forms it."""
+    rows, n = X.shape
+    for r in range(rows):
+        for q in range(n):
+            work[r * n + q] = X[r, q] / scale[q]
+    ints = np.empty(2, dtype=np.int32)
+    ints[0] = rows * n
+    ints[1] = 1
+    return math.sqrt(_call_returning_double(address, ints[0:1], work, ints[1:2], work, ints[1:2]) / (rows * n))
+
+
+@numba.njit(cache=CACHE)
+def radau_factor(addresses, J, g_h, mu_re, mu_im, lu_r, piv_r, lu_c, piv_c):
+    """Factor ``g_h·I − J`` (float64) and ``(mu_re + i·mu_im)·I − J`` (complex128) with LAPACK's getrf into the
+    Fortran-ordered ``lu_r``/``lu_c`` (1-based pivots). Returns whether either is singular: a non-finite or
+    zero pivot, or a pivot ratio ``min|u_ii| / max|u_ii|`` not above the float64 epsilon."""
+    n = J.shape[0]
+    for i in range(n):
+        for j in range(n):
+            v = -J[i, j]
+            lu_r[i, j] = v + g_h if i == j else v
+            lu_c[i, j] = complex(v + mu_re, mu_im) if i == j else complex(v, 0.0)
+    eps = 2.220446049250313e-16
+    ints = np.empty(2, dtype=np.int32)
+    ints[0] = n
+    ints[1] = 0
+    _call_with_6_pointers(addresses[RADAU_GETRF], ints[0:1], ints[0:1], lu_r, ints[0:1], piv_r, ints[1:2])
+    if ints[1] != 0 or _pivot_checks(lu_r, piv_r, eps)[0]:
+        return True
+    _call_with_6_pointers(addresses[RADAU_ZGETRF], ints[0:1], ints[0:1], lu_c, ints[0:1], piv_c, ints[1:2])
+    if ints[1] != 0:
+        return True
+    lo = math.inf
+    hi = 0.0
+    for i in range(n):
+        a = abs(lu_c[i, i])
+        if a != a:
+            return True
+        lo = min(lo, a)
+        hi = max(hi, a)
+    return not (lo > eps * hi)
+
+
+@numba.njit(cache=CACHE)
+def radau_start(addresses, M, Z_prev, T_inv, y, atol, rtol, Z, W, Y, scale):
+    """The Newton start of a step: ``Z = M @ Z_prev`` (the last collocation polynomial extrapolated; zeros when
+    ``Z_prev`` has no rows), ``W = T⁻¹ Z``, the stage arguments ``Y = y + Z`` and the Newton error weights
+    ``atol + rtol·|y|``."""
+    n = y.shape[0]
+    if Z_prev.shape[0]:
+        _gemm(addresses[RADAU_GEMM], M, Z_prev, Z)
+        _gemm(addresses[RADAU_GEMM], T_inv, Z, W)
+    else:
+        Z[:] = 0.0
+        W[:] = 0.0
+    for i in range(3):
+        for q in range(n):
+            Y[i, q] = y[q] + Z[i, q]
+    for q in range(n):
+        scale[q] = _tol(atol, q) + rtol * abs(y[q])
+
+
+@numba.njit(cache=CACHE)
+def radau_newton(addresses, F, T, T_inv, g_h, mu_re, mu_im, lu_r, piv_r, lu_c, piv_c, scale, y, W, Z, Y, rate,
+                 k, k_max, tol, tol_fail):
+    """One simplified Newton iteration on ``W = T⁻¹Z`` from the stage evaluations ``F`` ``(3, n)``: solve the
+    real and complex systems for ``ΔW``, its RMS scaled norm, the contraction rate and the convergence test,
+    then ``W += ΔW``, ``Z = T W`` and the next stage arguments ``Y = y + Z``. ``rate`` holds
+    ``[‖ΔW‖ of the last iteration, its ratio, θ, θ/(1 − θ)]`` and is updated. Returns (CONTINUE | CONVERGED |
+    FAILED | BAD_F, factor): on failure the next step size is ``factor·|h|``."""
+    n = y.shape[0]
+    for i in range(3):
+        for q in range(n):
+            if not math.isfinite(F[i, q]):
+                return BAD_F, 0.5
+    G = np.empty((3, n))
+    _gemm(addresses[RADAU_GEMM], T_inv, F, G)
+    work_r = np.empty(n)
+    work_c = np.empty(n, dtype=np.complex128)
+    for q in range(n):
+        work_r[q] = G[0, q] - g_h * W[0, q]
+        w1 = W[1, q]
+        w2 = W[2, q]
+        work_c[q] = complex(G[1, q] - (mu_re * w1 - mu_im * w2), G[2, q] - (mu_re * w2 + mu_im * w1))
+    _getrs(addresses[RADAU_GETRS], lu_r, piv_r, work_r)
+    _getrs(addresses[RADAU_ZGETRS], lu_c, piv_c, work_c)
+    dW = np.empty((3, n))
+    for q in range(n):
+        dW[0, q] = work_r[q]
+        dW[1, q] = work_c[q].real
+        dW[2, q] = work_c[q].imag
+    dyno = _rms_scaled(addresses[RADAU_DOT], dW, scale, np.empty(3 * n))
+    if not math.isfinite(dyno):
+        return FAILED, 0.5
+    faccon = rate[3]
+    if 1 < k < k_max:
+        thq = dyno / rate[0]
+        theta = thq if k == 2 else math.sqrt(thq * rate[1])
+        rate[1] = thq
+        rate[2] = theta
+        if not theta < 0.99:
+            return FAILED, 0.5
+        faccon = theta / (1.0 - theta)
+        rate[3] = faccon
+        predicted = faccon * dyno * math.pow(theta, float(k_max - 1 - k)) / tol_fail
+        if predicted >= 1.0:
+            q = max(1e-4, min(20.0, predicted))
+            return FAILED, 0.8 * math.pow(q, -1.0 / (4 + k_max - 1 - k))
+    rate[0] = max(dyno, 2.220446049250313e-16)
+    for i in range(3):
+        for q in range(n):
+            W[i, q] += dW[i, q]
+    _gemm(addresses[RADAU_GEMM], T, W, Z)
+    for i in range(3):
+        for q in range(n):
+            Y[i, q] = y[q] + Z[i, q]
+    if faccon * dyno <= (tol if k < k_max else tol_fail):
+        return CONVERGED, 0.0
+    return CONTINUE, 0.0
+
+
+@numba.njit(cache=CACHE)
+def radau_error(addresses, first, f, Z, e, h, lu_r, piv_r, y, atol, rtol, y_new, scale, ez, err_vec):
+    """The filtered error estimate ``err_vec = (γ/h − J)⁻¹ (f + ez)`` and its RMS scaled norm (returned with
+    ``max|y_new|``). When ``first``, also ``y_new = y + Z₃``, the error weights ``atol + rtol·max(|y|,
+    |y_new|)`` and ``ez = (e @ Z) / h``; otherwise those are reused (the re-filtered estimate, ``f`` then
+    evaluated at ``y + err_vec``)."""
+    n = y.shape[0]
+    if first:
+        for q in range(n):
+            a_new = y[q] + Z[2, q]
+            y_new[q] = a_new
+            scale[q] = _tol(atol, q) + rtol * max_nan(abs(y[q]), abs(a_new))
+        _combine(addresses[RADAU_GEMV], e, Z, ez)
+        for q in range(n):
+            ez[q] = ez[q] / h
+    for q in range(n):
+        err_vec[q] = f[q] + ez[q]
+    _getrs(addresses[RADAU_GETRS], lu_r, piv_r, err_vec)
+    err = _rms_scaled(addresses[RADAU_DOT], err_vec.reshape((1, n)), scale, np.empty(n))
+    top = 0.0
+    for q in range(n):
+        top = max_nan(top, abs(y_new[q]))
+    return err, top

@@ -33,6 +33,12 @@ A step whose Newton iteration fails (also: a singular or non-finite matrix, or f
 with a smaller step and, if J was not fresh, a new J; when no step size works the solve ends with
 LINEAR_SOLVE_FAILED (the last attempt's matrix could not be factored), DIVERGED or DT_TOO_SMALL, never SUCCESS.
 
+One dense float64 system of at most :data:`~deqcore.ode.kernels_host.HOST_SYSTEM_LIMIT` unknowns does a
+step's vector work (the factorisations, each Newton iteration, the error estimate, the extrapolation) in a few
+compiled calls (:mod:`deqcore.ode.kernels_host`) that call the BLAS/LAPACK routines the array code reaches
+through NumPy and SciPy, so it takes the same steps as the array code, which sparse, larger and float32
+systems use.
+
 What it solves: unbatched NumPy problems (one state of any shape). Batched problems and CuPy arrays are
 refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
 
@@ -55,6 +61,8 @@ import numpy as np
 from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
+from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error, radau_factor,
+                           radau_newton, radau_start)
 from .rosenbrock import user_jacobian
 
 __all__ = ["Radau", "RadauStepper", "radau_coefficients"]
@@ -62,6 +70,8 @@ __all__ = ["Radau", "RadauStepper", "radau_coefficients"]
 #: step-size factor limits (new h / old h), the safety factor, and the ratio band in which h is kept
 MIN_FACTOR, MAX_FACTOR, SAFETY = 0.2, 8.0, 0.9
 KEEP_LOW, KEEP_HIGH = 1.0, 1.2
+#: marks factors held in the stepper's own arrays (the compiled path of one small dense float64 system)
+_COMPILED = "compiled"
 #: J is kept after a step whose Newton iteration took at most this many iterations, whatever its rate
 JAC_KEEP_ITER = 2
 
@@ -186,6 +196,18 @@ class RadauStepper:
         self._pending = None
         self._f_exact = True        # the f handed in with the state is an evaluation (not the implied one)
         self._A_inv_last = np.linalg.inv(COEF.A)[2].astype(self.dtype)
+        # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the vector work of a step in compiled
+        # kernels (kernels_host) calling the BLAS/LAPACK routines the array code reaches, so the same numbers
+        self.host = self.pattern is None and self.dtype == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT
+        if self.host:
+            n = self.n
+            self._addresses = radau_addresses()
+            self._lu_r, self._lu_c = np.empty((n, n), order="F"), np.empty((n, n), np.complex128, order="F")
+            self._piv_r, self._piv_c = np.empty(n, np.int32), np.empty(n, np.int32)
+            self._T_inv_c, self._T_c = np.ascontiguousarray(self._T_inv), np.ascontiguousarray(self._T)
+            self._scale, self._y_new, self._ez = np.empty(n), np.empty(n), np.empty(n)
+            self._no_rows = np.empty((0, n))
+            self._M = (None, None)
 
     # ---- Jacobian and factorisation ----
     def _jacobian(self, t, y, f, tol):
@@ -224,6 +246,11 @@ class RadauStepper:
             return None
         J = self.J
         shifts = (COEF.gamma / h, COEF.mu / h)
+        if self.host and isinstance(J, np.ndarray) and J.dtype == np.float64:
+            if radau_factor(self._addresses, np.ascontiguousarray(J), shifts[0], shifts[1].real, shifts[1].imag,
+                            self._lu_r, self._piv_r, self._lu_c, self._piv_c):
+                return None
+            return (h, _COMPILED, _COMPILED)
         if isinstance(J, np.ndarray):
             solves = [_dense_lu(J, s, dt) for s, dt in zip(shifts, (self.dtype, self.cdtype))]
         else:
@@ -254,7 +281,10 @@ class RadauStepper:
             self.stats["nfailed_solves"] += 1
             return self._reject(y, fy, 0.5 * abs(h), ReturnCode.LINEAR_SOLVE_FAILED, newton=True)
         newton_tol = max(10.0 * np.finfo(self.dtype).eps / rtol, min(0.03, rtol ** 0.5))
-        scale = atol + rtol * np.abs(y_flat)
+        if self.lu[1] is _COMPILED:          # the weights are formed by radau_start
+            scale, self._tol_atol, self._tol_rtol = None, self._atol_array(atol), float(rtol)
+        else:
+            scale = atol + rtol * np.abs(y_flat)
         ok, Z, n_iter, theta, h_fail = self._newton(t, y_flat, h, scale, newton_tol)
         if not ok:
             self.stats["nnewton_fail"] += 1
@@ -262,6 +292,8 @@ class RadauStepper:
                 h_fail = abs(h)              # first retry the same step with a fresh J
             return self._reject(y, fy, h_fail, None, newton=True)
         _, solve_real, _ = self.lu
+        if solve_real is _COMPILED:
+            return self._finish_compiled(t, y, fy, h, y_flat, f_flat, Z, n_iter, theta, atol, rtol)
         y_new = y_flat + Z[2]
         scale = atol + rtol * np.maximum(np.abs(y_flat), np.abs(y_new))
         ez = (self._e @ Z) / h
@@ -275,6 +307,32 @@ class RadauStepper:
             err = _rms(err_vec / scale)
         if not np.isfinite(err):
             return self._reject(y, fy, 0.5 * abs(h), None, newton=True)
+        return self._decide(t, y, fy, h, y_flat, y_new, Z, err, n_iter, theta, float(np.max(np.abs(y_new))))
+
+    def _finish_compiled(self, t, y, fy, h, y_flat, f_flat, Z, n_iter, theta, atol, rtol):
+        """The error estimate of the compiled path (the array code's formulas in :func:`radau_error`)."""
+        ev, n = self.ev, self.n
+        atol_arr = self._atol_array(atol)
+        err_vec = np.empty(n)
+        args = (Z, self._e, h, self._lu_r, self._piv_r, y_flat, atol_arr, float(rtol), self._y_new, self._scale,
+                self._ez, err_vec)
+        err, top = radau_error(self._addresses, True, np.ascontiguousarray(f_flat, dtype=np.float64), *args)
+        self.stats["nlinsolve"] += 1
+        if not err < 1.0 and (self.first or self.last_rejected) and np.isfinite(err):
+            f_err = ev(t, (y_flat + err_vec).reshape(ev.shape)).reshape(-1)
+            err, top = radau_error(self._addresses, False, np.ascontiguousarray(f_err, dtype=np.float64), *args)
+            self.stats["nlinsolve"] += 1
+        if not np.isfinite(err):
+            return self._reject(y, fy, 0.5 * abs(h), None, newton=True)
+        return self._decide(t, y, fy, h, y_flat, self._y_new.copy(), Z, err, n_iter, theta, top)
+
+    @staticmethod
+    def _atol_array(atol):
+        return np.ascontiguousarray(atol, dtype=np.float64) if np.ndim(atol) else np.array([float(atol)])
+
+    def _decide(self, t, y, fy, h, y_flat, y_new, Z, err, n_iter, theta, y_absmax):
+        """Accept or reject on the error estimate ``err``; the next step size."""
+        ev = self.ev
         err = max(err, 1e-10)
         fac = min(SAFETY, SAFETY * (2 * self.max_iter + 1) / (2 * self.max_iter + n_iter))
         quot = min(1.0 / MIN_FACTOR, max(1.0 / MAX_FACTOR, err ** 0.25 / fac))
@@ -305,7 +363,7 @@ class RadauStepper:
         self._pending = (Z, h, h_abs, err, keep_jac)
         return Trial(y1, f1, None, self.error_exponent, stages=CollocationPolynomial(y_flat, Z, ev.shape),
                      err_sq=np.array([err * err * self.n]),
-                     y_absmax=np.array([float(np.max(np.abs(y_new)))]), h_next=h_next)
+                     y_absmax=np.array([y_absmax]), h_next=h_next)
 
     def _newton(self, t, y, h, scale, tol):
         """The simplified Newton iteration on W = T⁻¹Z. Returns (converged, Z, iterations, θ, h on failure);
@@ -315,6 +373,8 @@ class RadauStepper:
         return out[:-1]
 
     def _iterate(self, t, y, h, scale, tol):
+        if self.lu[1] is _COMPILED:
+            return self._iterate_compiled(t, y, h, tol)
         ev, n, shape = self.ev, self.n, self.ev.shape
         _, solve_real, solve_complex = self.lu
         T, T_inv, c = self._T, self._T_inv, self._c
@@ -338,7 +398,12 @@ class RadauStepper:
                 return False, Z, k, theta, 0.5 * abs(h), faccon
             G = T_inv @ F
             d_real = solve_real(G[0] - g_h * W[0])
-            d_cplx = solve_complex((G[1] + 1j * G[2]) - mu_h * (W[1] + 1j * W[2]))
+            # (G₂ + iG₃) − μ/h·(W₂ + iW₃) in real arithmetic: NumPy's complex product may fuse its multiply-adds
+            # on one CPU and not on another; this rounds alike everywhere (and as the compiled path)
+            rhs = np.empty(n, dtype=self.cdtype)
+            rhs.real = G[1] - (mu_h.real * W[1] - mu_h.imag * W[2])
+            rhs.imag = G[2] - (mu_h.real * W[2] + mu_h.imag * W[1])
+            d_cplx = solve_complex(rhs)
             self.stats["nlinsolve"] += 2
             dW = np.stack([d_real, d_cplx.real, d_cplx.imag])
             dyno = _rms(dW / scale)
@@ -361,6 +426,41 @@ class RadauStepper:
             if faccon * dyno <= (tol if k < k_max else tol_fail):
                 return True, Z, k, theta, None, faccon
         return False, Z, k_max, theta, 0.5 * abs(h), faccon
+
+    def _iterate_compiled(self, t, y, h, tol):
+        """:meth:`_iterate` with its vector work in the compiled kernels (f evaluated here)."""
+        ev, n, shape, c = self.ev, self.n, self.ev.shape, self._c
+        tol_fail, tol = tol, tol * self.newton_factor
+        g_h, mu_h = COEF.gamma / h, COEF.mu / h
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        Z, W, Y, F = (np.empty((3, n)) for _ in range(4))
+        if self.Z_prev is None:
+            M, Z_prev = self._T_c, self._no_rows
+        else:
+            ratio = h / self.h_prev
+            if self._M[0] != ratio:
+                self._M = (ratio, np.ascontiguousarray(extrapolation_matrix(ratio), dtype=np.float64))
+            M, Z_prev = self._M[1], self.Z_prev
+        radau_start(self._addresses, M, Z_prev, self._T_inv_c, y, self._tol_atol, self._tol_rtol, Z, W, Y,
+                    self._scale)
+        faccon = max(self.faccon, np.finfo(self.dtype).eps) ** 0.8
+        rate = np.array([1.0, 1.0, self.jac_rate, faccon])
+        k_max = self.max_iter
+        for k in range(1, k_max + 1):
+            for i in range(3):
+                F[i] = ev(t + c[i] * h, Y[i].reshape(shape)).reshape(-1)
+            Y_next = np.empty((3, n))
+            status, factor = radau_newton(self._addresses, F, self._T_c, self._T_inv_c, g_h, mu_h.real, mu_h.imag,
+                                          self._lu_r, self._piv_r, self._lu_c, self._piv_c, self._scale, y, W, Z,
+                                          Y_next, rate, k, k_max, tol, tol_fail)
+            Y = Y_next
+            if status != BAD_F:
+                self.stats["nlinsolve"] += 2
+            if status == CONVERGED:
+                return True, Z, k, rate[2], None, rate[3]
+            if status != 0:
+                return False, Z, k, rate[2], factor * abs(h), rate[3]
+        return False, Z, k_max, rate[2], 0.5 * abs(h), rate[3]
 
     def _reject(self, y, fy, h_next, code, err_sq=np.inf, newton=False):
         """A rejected attempt: the state unchanged; the driver retries with ``h_next``; a new J is evaluated
