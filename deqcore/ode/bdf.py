@@ -47,8 +47,8 @@ from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, FAILED, HOST_SYSTEM_LIMIT, bdf_error, bdf_newton, bdf_newton_apply,
                            bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted, getrs_address,
                            new_factors)
-from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
-from .rosenbrock import user_jacobian
+from ..linalg.finite_diff import normalize_sparsity
+from .jacobian import OneSystemJacobian
 
 __all__ = ["BDF", "BDFStepper"]
 
@@ -91,7 +91,7 @@ def rescale_differences(D: np.ndarray, order: int, factor: float) -> None:
     D[:order + 1] = RU.T @ D[:order + 1]
 
 
-class BDFStepper:
+class BDFStepper(OneSystemJacobian):
     """Steps of the BDF/NDF method for the ODE driver (see the module docstring)."""
 
     def __init__(self, ev: Evaluator, method: "BDF", jac):
@@ -112,32 +112,6 @@ class BDFStepper:
         self._pending = None
 
     # ---- Jacobian and factorisation ----
-    def _jacobian(self, t, y, f, tol):
-        ev = self.ev
-        self.stats["njev"] += 1
-        if self.jac is not None:
-            J = user_jacobian(ev, self.jac, self.n, t, y.reshape(ev.shape))
-            return J if not isinstance(J, np.ndarray) else J[0]
-        if self.fd is None:
-            atol = tol[0]
-            if np.ndim(atol) > 0:
-                atol = np.broadcast_to(np.asarray(atol, dtype=ev.dtype), ev.shape).reshape(1, self.n)
-            self.fd = FiniteDiffJacobian(self.n, threshold=atol, sparsity=self.pattern)
-        shape = ev.shape
-        F = lambda rows: ev(t, rows.reshape(shape)).reshape(1, -1)   # noqa: E731
-        before = self.fd.evaluations
-        y_rows, f_rows = y.reshape(1, -1), f.reshape(1, -1)
-        if self.pattern is not None:
-            import scipy.sparse as sp
-
-            S = self.pattern
-            vals = self.fd.sparse_values(F, y_rows, f_rows)[0]
-            J = sp.csc_matrix((vals, S.indices, S.indptr), shape=S.shape)
-        else:
-            J = self.fd.dense(F, y_rows, f_rows)[0]
-        self.stats["nfev_jac"] += self.fd.evaluations - before
-        return J
-
     def _factor(self, c):
         """Factor ``I − c J``; returns a solve function, or None when the matrix is singular/non-finite."""
         self.stats["nfactor"] += 1
@@ -215,7 +189,7 @@ class BDFStepper:
         linear_failed, f_pred = False, None
         while True:
             if self.J is None:
-                self.J = self._jacobian(t, D[0], self._f_at_start(t), tol)
+                self.J = self._evaluate_jacobian(t, D[0], self._f_at_start(t), tol)
                 self.jac_current, self.lu = True, None
             if self.lu is None or self.lu[1] != c:
                 solve = self._factor(c)
@@ -233,7 +207,7 @@ class BDFStepper:
                 f_pred = ev(t_new, y_predict.reshape(ev.shape)).reshape(-1)
             if not np.isfinite(f_pred).all():
                 break
-            self.J = self._jacobian(t_new, y_predict.copy(), f_pred, tol)
+            self.J = self._evaluate_jacobian(t_new, y_predict.copy(), f_pred, tol)
             self.jac_current, self.lu = True, None
         if not converged:
             self.stats["nnewton_fail"] += 1

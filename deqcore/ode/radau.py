@@ -58,12 +58,12 @@ from typing import Any
 
 import numpy as np
 
-from ..linalg.finite_diff import FiniteDiffJacobian, normalize_sparsity
+from ..linalg.finite_diff import normalize_sparsity
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error, radau_factor,
                            radau_newton, radau_start)
-from .rosenbrock import user_jacobian
+from .jacobian import OneSystemJacobian
 
 __all__ = ["Radau", "RadauStepper", "radau_coefficients"]
 
@@ -164,7 +164,7 @@ def _rms(x) -> float:
     return float(np.sqrt(np.dot(x.ravel(), x.ravel()) / x.size)) if x.size else 0.0
 
 
-class RadauStepper:
+class RadauStepper(OneSystemJacobian):
     """Steps of Radau IIA (order 5) for the ODE driver (see the module docstring)."""
 
     error_exponent = 4     # the embedded estimate is O(h⁴): used for the driver's first step size
@@ -211,30 +211,7 @@ class RadauStepper:
 
     # ---- Jacobian and factorisation ----
     def _jacobian(self, t, y, f, tol):
-        ev = self.ev
-        self.stats["njev"] += 1
-        if self.jac is not None:
-            J = user_jacobian(ev, self.jac, self.n, t, y.reshape(ev.shape))
-            J = J if not isinstance(J, np.ndarray) else J[0]
-        else:
-            if self.fd is None:
-                atol = tol[0]
-                if np.ndim(atol) > 0:
-                    atol = np.broadcast_to(np.asarray(atol, dtype=ev.dtype), ev.shape).reshape(1, self.n)
-                self.fd = FiniteDiffJacobian(self.n, threshold=atol, sparsity=self.pattern)
-            shape = ev.shape
-            F = lambda rows: ev(t, rows.reshape(shape)).reshape(1, -1)   # noqa: E731
-            before = self.fd.evaluations
-            y_rows, f_rows = y.reshape(1, -1), f.reshape(1, -1)
-            if self.pattern is not None:
-                import scipy.sparse as sp
-
-                S = self.pattern
-                vals = self.fd.sparse_values(F, y_rows, f_rows)[0]
-                J = sp.csc_matrix((vals, S.indices, S.indptr), shape=S.shape)
-            else:
-                J = self.fd.dense(F, y_rows, f_rows)[0]
-            self.stats["nfev_jac"] += self.fd.evaluations - before
+        J = self._evaluate_jacobian(t, y, f, tol)
         self.J, self.jac_fresh, self.need_jac, self.lu = J, True, False, None
         data = J if isinstance(J, np.ndarray) else J.data
         self._jac_finite = bool(np.isfinite(data).all())
