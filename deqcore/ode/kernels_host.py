@@ -48,53 +48,40 @@ HOST_SYSTEM_LIMIT = 128
 CONTINUE, CONVERGED, FAILED, BAD_F = 0, 1, 2, 3
 
 
+def _pointer_call(count: int, returns_double: bool = False):
+    """The code generator of the ``_call_*`` intrinsics: call the C function whose address is the first
+    argument with the data pointers of the ``count`` arrays that follow (returning its double, or nothing)."""
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.DoubleType() if returns_double else ir.VoidType(), [i8p] * count)
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+                    for ty, val in zip(signature.args[1:], args[1:])]
+        result = builder.call(fn, pointers)
+        return result if returns_double else context.get_dummy_value()
+    return codegen
+
+
 @intrinsic
 def _call_with_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a8):
     """Call the C function at ``address`` (an integer) with the data pointers of nine arrays: LAPACK from
     compiled code, with the address a run-time argument (so the calling function can be cached)."""
     sig = types.void(address, a0, a1, a2, a3, a4, a5, a6, a7, a8)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 9)
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
-                    for ty, val in zip(signature.args[1:], args[1:])]
-        builder.call(fn, pointers)
-        return context.get_dummy_value()
-    return sig, codegen
+    return sig, _pointer_call(9)
 
 
 @intrinsic
 def _call_with_11_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
     """:func:`_call_with_pointers` for a function of eleven pointer arguments (BLAS gemv)."""
     sig = types.void(address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 11)
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
-                    for ty, val in zip(signature.args[1:], args[1:])]
-        builder.call(fn, pointers)
-        return context.get_dummy_value()
-    return sig, codegen
+    return sig, _pointer_call(11)
 
 
 @intrinsic
 def _call_with_6_pointers(typingctx, address, a0, a1, a2, a3, a4, a5):
     """:func:`_call_with_pointers` for a function of six pointer arguments (LAPACK getrf)."""
     sig = types.void(address, a0, a1, a2, a3, a4, a5)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 6)
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
-                    for ty, val in zip(signature.args[1:], args[1:])]
-        builder.call(fn, pointers)
-        return context.get_dummy_value()
-    return sig, codegen
+    return sig, _pointer_call(6)
 
 
 def gemv_address(dtype) -> int:
@@ -457,16 +444,7 @@ def rosenbrock_finish(gemv, y, U, m, e, atol, rtol, y_new):
 def _call_with_13_pointers(typingctx, address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
     """:func:`_call_with_pointers` for a function of thirteen pointer arguments (BLAS gemm)."""
     sig = types.void(address, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
-                    for ty, val in zip(signature.args[1:], args[1:])]
-        builder.call(fn, pointers)
-        return context.get_dummy_value()
-    return sig, codegen
+    return sig, _pointer_call(13)
 
 
 @intrinsic
@@ -474,15 +452,7 @@ def _call_returning_double(typingctx, address, a0, a1, a2, a3, a4):
     """Call the C function at ``address`` with the data pointers of five arrays, returning its double (BLAS
     ddot)."""
     sig = types.float64(address, a0, a1, a2, a3, a4)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.DoubleType(), [i8p] * 5)
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        pointers = [builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
-                    for ty, val in zip(signature.args[1:], args[1:])]
-        return builder.call(fn, pointers)
-    return sig, codegen
+    return sig, _pointer_call(5, returns_double=True)
 
 
 def radau_addresses() -> np.ndarray:
