@@ -1,52 +1,28 @@
 """dq.BDF (variable-order NDF with Jacobian and LU reuse): stiff problems against SciPy's Radau at rtol 1e-12,
 accuracy following the tolerance, failures reported as codes, bad input named."""
 
-from functools import lru_cache
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.integrate import solve_ivp
 
 import deqcore as dq
-from deqcore.demos.stiff_problems import HIRES_Y0, hires
 from deqcore.ode.bdf import rescale_differences
 from deqcore.ode.messages import ode_message
-from tests.test_stiff import _brusselator_1d, _robertson, _robertson_jac, _vdp
+from tests.test_stiff import (STIFF_TEST_CASES, _robertson, _robertson_jac, scipy_radau_solution,
+                              stiff_test_case)
 
 
 
-@lru_cache(None)
-def _radau(name):
-    if name == "robertson":
-        return solve_ivp(_robertson, (0, 1e5), [1.0, 0, 0], method="Radau", rtol=1e-12, atol=1e-20,
-                         jac=_robertson_jac).y[:, -1]
-    if name == "vdp":
-        return solve_ivp(_vdp, (0, 1000.0), [2.0, 0.0], method="Radau", rtol=1e-12, atol=1e-12).y[:, -1]
-    if name == "hires":
-        return solve_ivp(hires, (0, 321.8122), HIRES_Y0, method="Radau", rtol=1e-12, atol=1e-14).y[:, -1]
-    rhs, y0, pattern = _brusselator_1d()
-    return solve_ivp(rhs, (0, 10.0), y0, method="Radau", rtol=1e-12, atol=1e-12, jac_sparsity=pattern).y[:, -1]
-
-
-@pytest.mark.parametrize("name", ["robertson", "vdp", "hires", "brusselator"])
+@pytest.mark.parametrize("name", STIFF_TEST_CASES)
 def test_stiff_problems_against_radau(name):
-    if name == "robertson":
-        sol = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0, 1e5), dq.BDF(), rtol=1e-7, atol=1e-12)
-        np.testing.assert_allclose(sol.ys[-1], _radau(name), rtol=1e-4, atol=1e-11)
-    elif name == "vdp":
-        sol = dq.integrate(_vdp, np.array([2.0, 0.0]), (0, 1000.0), dq.BDF(), rtol=1e-7, atol=1e-7)
-        np.testing.assert_allclose(sol.ys[-1], _radau(name), rtol=1e-3, atol=1e-3)
-    elif name == "hires":
-        sol = dq.integrate(hires, HIRES_Y0, (0, 321.8122), dq.BDF(), rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(sol.ys[-1], _radau(name), rtol=1e-4, atol=1e-8)
-    else:
-        rhs, y0, pattern = _brusselator_1d()
-        sol = dq.integrate(rhs, y0, (0, 10.0), dq.BDF(jac_sparsity=sp.csr_matrix(pattern)), rtol=1e-7,
-                           atol=1e-7)
-        np.testing.assert_allclose(sol.ys[-1], _radau(name), atol=1e-4)
+    rhs, y0, span, tolerances, method = stiff_test_case(name)
+    sol = dq.integrate(rhs, y0, span, dq.BDF(**method), **tolerances)
+    rtol, atol = {"robertson": (1e-4, 1e-11), "vdp": (1e-3, 1e-3), "hires": (1e-4, 1e-8),
+                  "brusselator": (1e-7, 1e-4)}[name]
+    np.testing.assert_allclose(sol.ys[-1], scipy_radau_solution(name), rtol=rtol, atol=atol)
+    if name == "brusselator":
         # 5 colour groups of a band of half-width 2 per Jacobian (plus rare refinements), not 64 columns
         assert sol.stats["nfev_jac"] <= 7 * sol.stats["njev"]
     assert sol.result == dq.ReturnCode.SUCCESS
@@ -62,7 +38,7 @@ def test_analytic_and_sparse_jacobians_give_the_same_answer():
     sparse = dq.integrate(_robertson, y0, (0, 1e5), dq.BDF(), rtol=1e-7, atol=1e-12,
                           jac=lambda t, y: sp.csr_matrix(_robertson_jac(t, y)))
     for sol in (exact, sparse):
-        np.testing.assert_allclose(sol.ys[-1], _radau("robertson"), rtol=1e-4, atol=1e-11)
+        np.testing.assert_allclose(sol.ys[-1], scipy_radau_solution("robertson"), rtol=1e-4, atol=1e-11)
         assert sol.stats["nfev_jac"] == 0
     np.testing.assert_allclose(fd.ys[-1], exact.ys[-1], rtol=1e-4, atol=1e-11)
 

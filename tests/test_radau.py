@@ -3,34 +3,18 @@ solve against the full 3n-system solve, observed order 5, stiff problems against
 Jacobian paths (analytic, finite differences, sparse) agreeing, dense output against analytic solutions,
 backwards spans, failures reported as codes, bad input named."""
 
-from functools import lru_cache
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.integrate import solve_ivp
 
 import deqcore as dq
 from deqcore.demos.stiff_problems import HIRES_Y0, hires
 from deqcore.ode.messages import ode_message
 from deqcore.ode.radau import COEF, extrapolation_matrix
-from tests.test_stiff import _brusselator_1d, _robertson, _robertson_jac, _vdp
-
-
-@lru_cache(None)
-def _scipy_radau(name):
-    """References from SciPy's Radau at rtol 1e-10."""
-    if name == "robertson":
-        return solve_ivp(_robertson, (0, 1e5), [1.0, 0, 0], method="Radau", rtol=1e-10, atol=1e-18,
-                         jac=_robertson_jac).y[:, -1]
-    if name == "vdp":
-        return solve_ivp(_vdp, (0, 1000.0), [2.0, 0.0], method="Radau", rtol=1e-10, atol=1e-10).y[:, -1]
-    if name == "hires":
-        return solve_ivp(hires, (0, 321.8122), HIRES_Y0, method="Radau", rtol=1e-10, atol=1e-12).y[:, -1]
-    rhs, y0, pattern = _brusselator_1d()
-    return solve_ivp(rhs, (0, 10.0), y0, method="Radau", rtol=1e-10, atol=1e-10, jac_sparsity=pattern).y[:, -1]
+from tests.test_stiff import (STIFF_TEST_CASES, _brusselator_1d, _robertson, _robertson_jac, _vdp,
+                              scipy_radau_solution, stiff_test_case)
 
 
 # ---- the coefficients ----
@@ -76,22 +60,14 @@ def test_observed_order_is_five_on_a_smooth_problem():
     assert -6.0 < slope < -4.2, (slope, steps, errors)
 
 
-@pytest.mark.parametrize("name", ["robertson", "vdp", "hires", "brusselator"])
+@pytest.mark.parametrize("name", STIFF_TEST_CASES)
 def test_stiff_problems_against_scipy_radau(name):
-    if name == "robertson":
-        sol = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0, 1e5), dq.Radau(), rtol=1e-7, atol=1e-12)
-        np.testing.assert_allclose(sol.ys[-1], _scipy_radau(name), rtol=1e-5, atol=1e-11)
-    elif name == "vdp":
-        sol = dq.integrate(_vdp, np.array([2.0, 0.0]), (0, 1000.0), dq.Radau(), rtol=1e-7, atol=1e-7)
-        np.testing.assert_allclose(sol.ys[-1], _scipy_radau(name), rtol=1e-4, atol=1e-4)
-    elif name == "hires":
-        sol = dq.integrate(hires, HIRES_Y0, (0, 321.8122), dq.Radau(), rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(sol.ys[-1], _scipy_radau(name), rtol=1e-5, atol=1e-9)
-    else:
-        rhs, y0, pattern = _brusselator_1d()
-        sol = dq.integrate(rhs, y0, (0, 10.0), dq.Radau(jac_sparsity=sp.csr_matrix(pattern)), rtol=1e-7,
-                           atol=1e-7)
-        np.testing.assert_allclose(sol.ys[-1], _scipy_radau(name), atol=1e-5)
+    rhs, y0, span, tolerances, method = stiff_test_case(name)
+    sol = dq.integrate(rhs, y0, span, dq.Radau(**method), **tolerances)
+    rtol, atol = {"robertson": (1e-5, 1e-11), "vdp": (1e-4, 1e-4), "hires": (1e-5, 1e-9),
+                  "brusselator": (1e-7, 1e-5)}[name]
+    np.testing.assert_allclose(sol.ys[-1], scipy_radau_solution(name), rtol=rtol, atol=atol)
+    if name == "brusselator":
         assert sol.stats["nfev_jac"] <= 7 * sol.stats["njev"]     # 5 colour groups, not 64 columns
     assert sol.result == dq.ReturnCode.SUCCESS
     # the point of the method's bookkeeping: J and the factors are reused across steps
@@ -107,7 +83,7 @@ def test_analytic_finite_difference_and_sparse_jacobians_agree():
     sparse = dq.integrate(_robertson, y0, (0, 1e5), dq.Radau(), jac=lambda t, y: sp.csr_matrix(_robertson_jac(t, y)),
                           **options)
     for sol in (fd, exact, sparse):
-        np.testing.assert_allclose(sol.ys[-1], _scipy_radau("robertson"), rtol=1e-5, atol=1e-11)
+        np.testing.assert_allclose(sol.ys[-1], scipy_radau_solution("robertson"), rtol=1e-5, atol=1e-11)
     for sol in (exact, sparse):
         assert sol.stats["nfev_jac"] == 0
     assert fd.stats["nfev_jac"] >= 3 * fd.stats["njev"]

@@ -326,3 +326,32 @@ def test_compiled_single_system_path_takes_the_array_paths_steps(method, use_jac
     assert {k: host.stats[k] for k in ("nfev", "num_steps", "rejected", "njev")} == \
         {k: arrays.stats[k] for k in ("nfev", "num_steps", "rejected", "njev")}
     np.testing.assert_array_equal(host.ys, arrays.ys)
+
+
+# ---- the stiff problems every implicit method is checked on, with SciPy's Radau at rtol 1e-12 as reference ----
+STIFF_TEST_CASES = ("robertson", "vdp", "hires", "brusselator")
+
+
+def stiff_test_case(name):
+    """``(rhs, y0, t_span, integrate keywords, method keywords)`` of one of :data:`STIFF_TEST_CASES`."""
+    from deqcore.demos.stiff_problems import HIRES_Y0, hires
+
+    if name == "robertson":
+        return _robertson, np.array([1.0, 0, 0]), (0, 1e5), dict(rtol=1e-7, atol=1e-12), {}
+    if name == "vdp":
+        return _vdp, np.array([2.0, 0.0]), (0, 1000.0), dict(rtol=1e-7, atol=1e-7), {}
+    if name == "hires":
+        return hires, HIRES_Y0, (0, 321.8122), dict(rtol=1e-8, atol=1e-10), {}
+    rhs, y0, pattern = _brusselator_1d()
+    return rhs, y0, (0, 10.0), dict(rtol=1e-7, atol=1e-7), dict(jac_sparsity=sp.csr_matrix(pattern))
+
+
+@lru_cache(None)
+def scipy_radau_solution(name):
+    """y(t1) of a stiff test case from SciPy's Radau at rtol 1e-12 (Robertson with its analytic Jacobian)."""
+    rhs, y0, span, _, method = stiff_test_case(name)
+    atol = {"robertson": 1e-20, "hires": 1e-14}.get(name, 1e-12)
+    extra = dict(jac=_robertson_jac) if name == "robertson" else {}
+    if method:
+        extra["jac_sparsity"] = method["jac_sparsity"]
+    return solve_ivp(rhs, span, y0, method="Radau", rtol=1e-12, atol=atol, **extra).y[:, -1]
