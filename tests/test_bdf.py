@@ -103,35 +103,6 @@ def test_a_matrix_that_cannot_be_factored_ends_with_linear_solve_failed():
     assert "linear solve" in ode_message(sol.result)
 
 
-def test_finite_time_blow_up_is_not_success():
-    """y' = y², y(0) = 1 blows up at t = 1."""
-    for tol in (1e-3, 1e-6):
-        sol = dq.integrate(lambda t, y: y * y, np.ones(1), (0.0, 2.0), dq.BDF(), atol=tol, rtol=tol,
-                           throw=False)
-        assert sol.result != dq.ReturnCode.SUCCESS and sol.t_final < 1.01
-    ok = dq.integrate(lambda t, y: y * y, np.ones(1), (0.0, 0.9), dq.BDF(), atol=1e-9, rtol=1e-9)
-    np.testing.assert_allclose(ok.ys[-1], [10.0], rtol=1e-5)
-
-
-def test_rhs_returning_one_preallocated_buffer_gives_the_same_answer():
-    buf = np.empty(3)
-
-    def into_buffer(t, y):
-        buf[:] = _robertson(t, y)
-        return buf
-    fresh = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0.0, 50.0), dq.BDF(), rtol=1e-6, atol=1e-10)
-    reused = dq.integrate(into_buffer, np.array([1.0, 0, 0]), (0.0, 50.0), dq.BDF(), rtol=1e-6, atol=1e-10)
-    np.testing.assert_array_equal(fresh.ys[-1], reused.ys[-1])
-
-
-def test_backwards_and_unbatched_steady_state():
-    back = dq.integrate(lambda t, y: -50.0 * y, np.ones(1), (1.0, 0.0), dq.BDF(), rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(back.ys[-1], np.exp(50.0), rtol=1e-5)
-    A = -np.diag([1.0, 100.0, 1e4])
-    sol = dq.steady_state(lambda t, u: A @ u + 1.0, np.zeros(3), dq.BDF(), atol=1e-10, rtol=1e-10)
-    np.testing.assert_allclose(sol.value, np.linalg.solve(A, -np.ones(3)), rtol=1e-8)
-
-
 # ---- bad input ----
 def test_bad_settings_and_unsupported_problems_are_named():
     with pytest.raises(ValueError, match="max_order"):

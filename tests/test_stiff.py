@@ -355,3 +355,42 @@ def scipy_radau_solution(name):
     if method:
         extra["jac_sparsity"] = method["jac_sparsity"]
     return solve_ivp(rhs, span, y0, method="Radau", rtol=1e-12, atol=atol, **extra).y[:, -1]
+
+
+# ---- the unbatched implicit methods alike: blow-up, a reused rhs buffer, backwards spans, steady states ----
+#: method and the relative accuracy its tight solves below reach
+UNBATCHED_IMPLICIT = {"BDF": (dq.BDF, 1e-5), "Radau": (dq.Radau, 1e-6)}
+
+
+@pytest.mark.parametrize("name", sorted(UNBATCHED_IMPLICIT))
+def test_unbatched_implicit_blow_up_is_not_success(name):
+    """y' = y², y(0) = 1 blows up at t = 1."""
+    method, accuracy = UNBATCHED_IMPLICIT[name]
+    for tol in (1e-3, 1e-6):
+        sol = dq.integrate(lambda t, y: y * y, np.ones(1), (0.0, 2.0), method(), atol=tol, rtol=tol, throw=False)
+        assert sol.result != dq.ReturnCode.SUCCESS and sol.t_final < 1.01
+    ok = dq.integrate(lambda t, y: y * y, np.ones(1), (0.0, 0.9), method(), atol=1e-9, rtol=1e-9)
+    np.testing.assert_allclose(ok.ys[-1], [10.0], rtol=accuracy)
+
+
+@pytest.mark.parametrize("name", sorted(UNBATCHED_IMPLICIT))
+def test_unbatched_implicit_rhs_reusing_its_buffer_gives_the_same_answer(name):
+    method, _ = UNBATCHED_IMPLICIT[name]
+    buf = np.empty(3)
+
+    def into_buffer(t, y):
+        buf[:] = _robertson(t, y)
+        return buf
+    fresh = dq.integrate(_robertson, np.array([1.0, 0, 0]), (0.0, 50.0), method(), rtol=1e-6, atol=1e-10)
+    reused = dq.integrate(into_buffer, np.array([1.0, 0, 0]), (0.0, 50.0), method(), rtol=1e-6, atol=1e-10)
+    np.testing.assert_array_equal(fresh.ys[-1], reused.ys[-1])
+
+
+@pytest.mark.parametrize("name", sorted(UNBATCHED_IMPLICIT))
+def test_unbatched_implicit_backwards_span_and_steady_state(name):
+    method, accuracy = UNBATCHED_IMPLICIT[name]
+    back = dq.integrate(lambda t, y: -50.0 * y, np.ones(1), (1.0, 0.0), method(), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(back.ys[-1], np.exp(50.0), rtol=accuracy)
+    A = -np.diag([1.0, 100.0, 1e4])
+    sol = dq.steady_state(lambda t, u: A @ u + 1.0, np.zeros(3), method(), atol=1e-10, rtol=1e-10)
+    np.testing.assert_allclose(sol.value, np.linalg.solve(A, -np.ones(3)), rtol=1e-8)
