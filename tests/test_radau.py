@@ -94,7 +94,10 @@ def test_sparsity_pattern_gives_the_dense_answer():
     dense = dq.integrate(rhs, y0, (0.0, 5.0), dq.Radau(), rtol=1e-8, atol=1e-8)
     sparse = dq.integrate(rhs, y0, (0.0, 5.0), dq.Radau(jac_sparsity=pattern), rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(sparse.ys[-1], dense.ys[-1], atol=1e-7)
-    assert sparse.stats["nfev_jac"] < 0.4 * dense.stats["nfev_jac"]
+    # each Jacobian costs one f per column group (5 + refinements) instead of one per column (32); the dense run
+    # (a Jacobian costing over two Newton iterations) keeps its Jacobians longer, so compare per Jacobian
+    per_jac = lambda sol: sol.stats["nfev_jac"] / sol.stats["njev"]     # noqa: E731
+    assert per_jac(sparse) < 0.4 * per_jac(dense)
 
 
 @settings(max_examples=8)

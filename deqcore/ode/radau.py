@@ -7,12 +7,15 @@ A step of size h from ``(t, y)`` solves the collocation system for the stage inc
 by a simplified Newton iteration. With ``A⁻¹ = T Λ T⁻¹`` (one real eigenvalue γ, one complex pair) and
 ``W = (T⁻¹ ⊗ I) Z`` the 3n × 3n Newton matrix splits into one real ``γ/h − J`` and one complex
 ``(α + iβ)/h − J`` system, factored once per (h, J) and reused while both stay. J = ∂f/∂y is kept across
-steps; it is re-evaluated after a step whose Newton iteration needed more than two iterations at a
-contraction rate θ above ``jac_rate``, and when Newton fails with a J that is not fresh (the step is then
+steps; it is re-evaluated after a step whose Newton iteration needed more than two iterations (one more for
+every three Newton iterations' worth of rhs calls a finite-difference Jacobian costs) at a contraction rate θ
+above ``jac_rate``, and when Newton fails with a J that is not fresh (the step is then
 retried at the same size first). The step size is kept unchanged when the controller asks for a change by a
 factor in [1, 1.2], so that the factors can be reused too. Newton starts from the previous step's
 collocation polynomial extrapolated to the new stages, and stops once its predicted remaining error
-``θ/(1 − θ)·‖ΔW‖`` is below ``newton_tol · min(0.03, √rtol)`` (in units of the error weights; the rate of the
+``θ/(1 − θ)·‖ΔW‖`` is below ``newton_tol · min(0.03, √rtol)`` (in units of the error weights; ``newton_tol`` and
+``jac_rate`` adapt to what a Jacobian costs: 0.03 and 0.01 while it costs at most two Newton iterations, 1 and
+0.001, RADAU5's choices, when finite differences cost more; the rate of the
 previous step serves the first iteration, so a well-predicted step needs a single iteration, 3 evaluations
 of f); it is abandoned (a smaller step) when the rate predicts it cannot reach ``min(0.03, √rtol)`` within
 ``max_newton_iter`` iterations.
@@ -72,8 +75,21 @@ MIN_FACTOR, MAX_FACTOR, SAFETY = 0.2, 8.0, 0.9
 KEEP_LOW, KEEP_HIGH = 1.0, 1.2
 #: marks factors held in the stepper's own arrays (the compiled path of one small dense float64 system)
 _COMPILED = "compiled"
-#: J is kept after a step whose Newton iteration took at most this many iterations, whatever its rate
+#: J is kept after a step whose Newton iteration took at most this many iterations, whatever its rate (plus one
+#: per KEEP_ITER_PER_JAC_ITERS Newton iterations a Jacobian costs, below)
 JAC_KEEP_ITER = 2
+#: rhs calls of one Newton iteration (one evaluation per stage): the unit in which a Jacobian's cost is measured
+NEWTON_ITER_CALLS = 3
+#: the automatic ``newton_tol`` and ``jac_rate`` (``Radau``'s defaults, None): (NEWTON_TOL, JAC_RATE) while a
+#: Jacobian costs at most EXPENSIVE_JAC_ITERS Newton iterations (the user's ``jac``, or finite differences of at
+#: most 6 columns or column groups), else (EXPENSIVE_NEWTON_TOL, EXPENSIVE_JAC_RATE): Newton then stops at its
+#: abandon tolerance min(0.03, √rtol) and J is re-evaluated at RADAU5's rate
+NEWTON_TOL, JAC_RATE = 0.03, 1e-2
+EXPENSIVE_JAC_ITERS = 2.0
+EXPENSIVE_NEWTON_TOL, EXPENSIVE_JAC_RATE = 1.0, 1e-3
+#: a step may take one more Newton iteration before J is re-evaluated for every KEEP_ITER_PER_JAC_ITERS Newton
+#: iterations a Jacobian costs (JAC_KEEP_ITER + ⌊cost / 3⌋ iterations)
+KEEP_ITER_PER_JAC_ITERS = 3
 
 
 @dataclass(frozen=True)
@@ -175,8 +191,9 @@ class RadauStepper(OneSystemJacobian):
         self.dtype = np.dtype(ev.dtype)
         self.cdtype = np.result_type(self.dtype, np.complex64)
         self.max_iter = method.max_newton_iter
-        self.jac_rate = method.jac_rate
-        self.newton_factor = method.newton_tol
+        self._jac_rate = method.jac_rate
+        self._newton_tol = method.newton_tol
+        self.jac_calls = 0          # rhs calls of a Jacobian (columns or column groups; 0 with the user's jac)
         self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, self.n)
         dt = self.dtype
         self._T, self._T_inv = COEF.T.astype(dt), COEF.T_inv.astype(dt)
@@ -209,9 +226,41 @@ class RadauStepper(OneSystemJacobian):
             self._no_rows = np.empty((0, n))
             self._M = (None, None)
 
+    # ---- heuristics that adapt to what a Jacobian costs (jac_calls, set by each evaluation) ----
+    @property
+    def jac_iters(self) -> float:
+        """The last Jacobian's cost in Newton iterations (0 with the user's ``jac``)."""
+        return self.jac_calls / NEWTON_ITER_CALLS
+
+    @property
+    def jac_expensive(self) -> bool:
+        return self.jac_iters > EXPENSIVE_JAC_ITERS
+
+    @property
+    def newton_factor(self) -> float:
+        """Newton stops at ``newton_factor · min(0.03, √rtol)`` error weights (``newton_tol``, or automatic)."""
+        if self._newton_tol is not None:
+            return self._newton_tol
+        return EXPENSIVE_NEWTON_TOL if self.jac_expensive else NEWTON_TOL
+
+    @property
+    def jac_rate(self) -> float:
+        """J is re-evaluated after a step that needed more than :attr:`jac_keep_iter` Newton iterations at a
+        rate above this (``jac_rate``, or automatic)."""
+        if self._jac_rate is not None:
+            return self._jac_rate
+        return EXPENSIVE_JAC_RATE if self.jac_expensive else JAC_RATE
+
+    @property
+    def jac_keep_iter(self) -> int:
+        """J is kept after a step that took at most this many Newton iterations, whatever its rate."""
+        return JAC_KEEP_ITER + int(self.jac_iters // KEEP_ITER_PER_JAC_ITERS)
+
     # ---- Jacobian and factorisation ----
     def _jacobian(self, t, y, f, tol):
         J = self._evaluate_jacobian(t, y, f, tol)
+        # what a Jacobian costs: one f per column (group) of finite differences, none with the user's jac
+        self.jac_calls = 0 if self.fd is None else self.fd.num_groups
         self.J, self.jac_fresh, self.need_jac, self.lu = J, True, False, None
         data = J if isinstance(J, np.ndarray) else J.data
         self._jac_finite = bool(np.isfinite(data).all())
@@ -334,7 +383,7 @@ class RadauStepper(OneSystemJacobian):
             self._f_exact = True
         if not np.isfinite(f1).all():       # the new point is not a state f can continue from
             return self._reject(y, fy, 0.5 * h_abs, None, newton=True)
-        keep_jac = theta <= self.jac_rate or n_iter <= JAC_KEEP_ITER
+        keep_jac = theta <= self.jac_rate or n_iter <= self.jac_keep_iter
         if keep_jac and KEEP_LOW <= h_next / h_abs <= KEEP_HIGH:
             h_next = h_abs                   # same h: the factors are reused
         self._pending = (Z, h, h_abs, err, keep_jac)
@@ -505,13 +554,15 @@ class Radau(ODEMethod):
         jac_sparsity: optional ``(n, n)`` pattern of ∂f/∂y (array-like or ``scipy.sparse``): finite
             differences then cost one f per group of columns that share no row, and both Newton matrices
             (real and complex) are factored by SciPy's sparse LU.
-        jac_rate: J is re-evaluated after a step whose Newton iteration needed more than two iterations and
-            contracted more slowly than this rate (default 0.01; larger values keep J longer, for
-            expensive Jacobians).
+        jac_rate: J is re-evaluated after a step whose Newton iteration needed more than two iterations (one
+            more per three Newton iterations' worth of rhs calls a Jacobian costs) and contracted more slowly
+            than this rate; larger values keep J longer. Default None: 0.01, or 0.001 when a Jacobian costs
+            more than two Newton iterations (finite differences over more than 6 columns or column groups).
         max_newton_iter: Newton iterations per step before the step is retried smaller (default 7).
         newton_tol: Newton stops when its predicted remaining error is below ``newton_tol · min(0.03, √rtol)``
-            error weights (default 0.03: Newton's error stays far below the local error; it is abandoned
-            only when it cannot reach ``min(0.03, √rtol)``).
+            error weights; it is abandoned only when it cannot reach ``min(0.03, √rtol)``. Default None: 0.03
+            (Newton's error stays far below the local error), or 1 when a Jacobian costs more than two Newton
+            iterations (fewer iterations and Jacobians, where each Jacobian costs more than 6 rhs calls).
 
     Unbatched NumPy problems only (``integrate``, or ``steady_state`` with ``batched=False``).
 
@@ -525,9 +576,9 @@ class Radau(ODEMethod):
     """
 
     jac_sparsity: Any = None
-    jac_rate: float = 1e-2
+    jac_rate: Any = None
     max_newton_iter: int = 7
-    newton_tol: float = 0.03
+    newton_tol: Any = None
 
     def __post_init__(self):
         if self.jac_sparsity is not None:
@@ -537,11 +588,13 @@ class Radau(ODEMethod):
                 raise ValueError(f"jac_sparsity must be a square (n, n) pattern, got shape {tuple(shape)}")
         for name in ("jac_rate", "newton_tol"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not 0.0 < float(self.jac_rate) < 1.0:
+                raise TypeError(f"{name} must be a number or None, got {type(value).__name__}")
+        if self.jac_rate is not None and not 0.0 < float(self.jac_rate) < 1.0:
             raise ValueError(f"jac_rate must lie in (0, 1), got {self.jac_rate}")
-        if not 0.0 < float(self.newton_tol) < np.inf:
+        if self.newton_tol is not None and not 0.0 < float(self.newton_tol) < np.inf:
             raise ValueError(f"newton_tol must be a positive finite number, got {self.newton_tol}")
         if isinstance(self.max_newton_iter, bool) or not isinstance(self.max_newton_iter, (int, np.integer)):
             raise TypeError(f"max_newton_iter must be an int, got {type(self.max_newton_iter).__name__}")
