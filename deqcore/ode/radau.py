@@ -14,8 +14,8 @@ retried at the same size first). The step size is kept unchanged when the contro
 factor in [1, 1.2], so that the factors can be reused too. Newton starts from the previous step's
 collocation polynomial extrapolated to the new stages, and stops once its predicted remaining error
 ``θ/(1 − θ)·‖ΔW‖`` is below ``newton_tol · min(0.03, √rtol)`` (in units of the error weights; ``newton_tol`` and
-``jac_rate`` adapt to what a Jacobian costs: 0.03 and 0.01 while it costs at most two Newton iterations, 1 and
-0.001, RADAU5's choices, when finite differences cost more; the rate of the
+``jac_rate`` adapt to what a Jacobian costs: 0.03 and 0.01 while it costs at most two Newton iterations, else
+1 (the Newton tolerance of SciPy's Radau) and 0.001 (RADAU5's rate); the rate of the
 previous step serves the first iteration, so a well-predicted step needs a single iteration, 3 evaluations
 of f); it is abandoned (a smaller step) when the rate predicts it cannot reach ``min(0.03, √rtol)`` within
 ``max_newton_iter`` iterations.
@@ -83,7 +83,7 @@ NEWTON_ITER_CALLS = 3
 #: the automatic ``newton_tol`` and ``jac_rate`` (``Radau``'s defaults, None): (NEWTON_TOL, JAC_RATE) while a
 #: Jacobian costs at most EXPENSIVE_JAC_ITERS Newton iterations (the user's ``jac``, or finite differences of at
 #: most 6 columns or column groups), else (EXPENSIVE_NEWTON_TOL, EXPENSIVE_JAC_RATE): Newton then stops at its
-#: abandon tolerance min(0.03, √rtol) and J is re-evaluated at RADAU5's rate
+#: abandon tolerance min(0.03, √rtol) (SciPy's Radau's Newton tolerance) and J is re-evaluated at RADAU5's rate
 NEWTON_TOL, JAC_RATE = 0.03, 1e-2
 EXPENSIVE_JAC_ITERS = 2.0
 EXPENSIVE_NEWTON_TOL, EXPENSIVE_JAC_RATE = 1.0, 1e-3
