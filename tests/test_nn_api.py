@@ -287,3 +287,22 @@ def test_partial_pullback_matches_the_full_pullback(rng):
     for got, want in zip(tree_leaves(got_p), tree_leaves(dp3), strict=True):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(partial_pullback(pb2, True)(d3)[0], dx3)
+
+
+def test_partial_pullback_of_conv_matches_the_full_pullback(rng):
+    """Conv2d's weight-only transpose (no col2im for an input cotangent not wanted) gives the full pullback's
+    weight and bias cotangents bit for bit."""
+    from deqcore.nn.core import partial_pullback
+    from deqcore.nn.tree import tree_leaves
+
+    conv = nn.Parallel(nn.add, nn.Conv2d(2, 3, 3, padding=1, stride=2, activation="tanh"), nn.Conv2d(2, 3, 1, stride=2))
+    params, state = nn.setup(rng, conv)
+    z, x = rng.standard_normal((2, 2, 6, 6)), rng.standard_normal((2, 2, 6, 6))
+    y, pullback, _ = conv.vjp((z, x), params, state)
+    dy = rng.standard_normal(y.shape)
+    (_, dx), dparams = pullback(dy)
+    (no_z, got_x), got_params = partial_pullback(pullback, (False, True))(dy)
+    assert no_z is None
+    np.testing.assert_array_equal(got_x, dx)
+    for got, want in zip(tree_leaves(got_params), tree_leaves(dparams), strict=True):
+        np.testing.assert_array_equal(got, want)
