@@ -177,7 +177,8 @@ def deqcore_method(solver, compact=False):
         key = (id(f), tol, compact)
         if key not in cache:
             # the default adjoint: it follows the forward's tolerance and budget (rtol=tol, atol 0, MAX_STEPS)
-            cache[key] = dqt.DEQ(f, solver, None, atol=0.0, rtol=tol, max_steps=MAX_STEPS, compact=compact)
+            options = dict(compact=True) if compact else {}
+            cache[key] = dqt.DEQ(f, solver, None, atol=0.0, rtol=tol, max_steps=MAX_STEPS, **options)
         layer = cache[key]
         z = layer(x, torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device))
         return z, layer
@@ -199,19 +200,22 @@ def torchdeq_method(name):
     return run
 
 
-def methods(torchdeq=True):
-    table = {
-        "deqcore Anderson (adapter)": deqcore_method(dq.Anderson()),
-        "deqcore Anderson (adapter, compact=True)": deqcore_method(dq.Anderson(), compact=True),
+def methods(with_torchdeq=True):
+    import inspect
+
+    table = {"deqcore Anderson (adapter)": deqcore_method(dq.Anderson())}
+    if "compact" in inspect.signature(dqt.DEQ).parameters:       # (an older deqcore has no compaction there)
+        table["deqcore Anderson (adapter, compact=True)"] = deqcore_method(dq.Anderson(), compact=True)
+    table.update({
         "deqcore Broyden (adapter)": deqcore_method(dq.Broyden()),
         "torch fixed-point iteration": torch_method(torch_iteration),
         "torch Anderson (m=6, TorchDEQ stand-in)": torch_method(torch_anderson),
-    }
+    })
     try:
         import torchdeq  # noqa: F401
     except ImportError:
         return table
-    if not torchdeq:
+    if not with_torchdeq:
         return table
     table["TorchDEQ anderson"] = torchdeq_method("anderson")
     table["TorchDEQ broyden"] = torchdeq_method("broyden")
@@ -276,14 +280,14 @@ def run_once(run, f, x, c, tol):
     return mid - start, end - mid, z.detach(), extra, host(f.W.grad).copy()
 
 
-def bench_case(kind, dtype, sizes, repeats, device="cpu", torchdeq=True):
+def bench_case(kind, dtype, sizes, repeats, device="cpu", with_torchdeq=True):
     """One row per method; the repeats go round-robin over the methods so load changes hit all alike."""
     f, x, c = make_problem(kind, dtype, *sizes, device=device)
     tol = TOLERANCE[dtype]
     with torch.no_grad():
         f_time = statistics.median(_timed_f(f, x) for _ in range(20))
     vjp_time = _timed_vjp(f, x)
-    runs = methods(torchdeq)
+    runs = methods(with_torchdeq)
     times = {name: ([], []) for name in runs}
     last = {}
     for repeat in range(repeats + 1):                  # round 0 warms up and is not timed
@@ -402,7 +406,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             label = f"{kind} {str(dtype).replace('torch.', '')}"
             try:
-                rows = bench_case(kind, dtype, sizes, repeats, args.device, torchdeq=not args.no_torchdeq)
+                rows = bench_case(kind, dtype, sizes, repeats, args.device, with_torchdeq=not args.no_torchdeq)
                 sections.append(table(kind, dtype, rows))
                 status = "ok"
             except Exception as err:      # keep the other cases and what they measured
