@@ -146,6 +146,17 @@ class DEQ(torch.nn.Module):
     A solve that does not converge is recorded there, not raised, and the best iterate is returned; a
     ``RuntimeWarning`` names the code and the count (once per call site). A sample whose x holds NaN or
     infinity is that sample's DIVERGED code; the others are unaffected.
+
+    >>> import torch, deqcore as dq
+    >>> _ = torch.manual_seed(0)
+    >>> f = example_cell(4, 3, norm=0.95)
+    >>> scales = torch.logspace(-3, 2, 8, dtype=torch.float64)[:, None]     # large inputs saturate tanh early
+    >>> x = torch.randn(8, 3, dtype=torch.float64) * scales
+    >>> layer = DEQ(f, solver=dq.FixedPointIteration(), atol=1e-10, rtol=0.0, max_steps=500, compact=True)
+    >>> z = layer(x, torch.zeros(8, 4, dtype=torch.float64))   # compact=True: f's rows are independent
+    >>> stats = layer.last_solution.stats
+    >>> stats["row_evaluations"] < 8 * stats["nfev"]          # finished samples left f's evaluations
+    True
     """
 
     def __init__(self, f: Callable, solver: RootSolver | None = None,
