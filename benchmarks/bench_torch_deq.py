@@ -6,7 +6,8 @@ stopping rule (per sample max|f(z) − z| <= tol·max|z|, tol 1e-6 in float64 an
 200 f-evaluations; TorchDEQ uses its own, ||f(z) − z||₂ <= tol·||f(z)||₂) and differentiates L = <c, z*>
 implicitly:
 
-* deqcore Anderson / Broyden through ``deqcore.interop.torch.DEQ`` (its default adjoint, to the forward's tolerance);
+* deqcore Anderson / Broyden through ``deqcore.interop.torch.DEQ`` (its default adjoint, to the forward's tolerance),
+  and Anderson with ``compact=True`` (finished samples stop costing f-evaluations);
 * torch fixed-point iteration (the adjoint by the same iteration, λ ← g + ∂fᵀλ);
 * torch Anderson written here (history 6, ridge 1e-4, as TorchDEQ's defaults; adjoint by the same solver),
   standing in for TorchDEQ; TorchDEQ's own anderson/broyden (``get_deq(ift=True)``) are added when
@@ -16,15 +17,19 @@ On ``--device cuda`` the same torch model runs on the GPU and deqcore works on C
 (DLPack both ways, on the current stream); times are then taken with the device synchronised around each
 forward and each backward.
 
-Forward and backward times are medians over repeats (round-robin over the methods), single-threaded;
+Forward and backward times are medians over repeats (round-robin over the methods), single-threaded, by the
+working thread's CPU clock on the CPU (``--clock wall`` for the wall clock; CUDA always uses the wall clock);
 NFE counts forward f-evaluations, VJPs the backward's vector-Jacobian products; ``residual`` is the worst
 per-sample relative residual of the returned z* (max-norm, as the stopping rule); ``converged`` counts the
 samples meeting the tolerance; ``grad err`` is the relative difference of dL/dW from a dense
 implicit-function-theorem solve (float64, one LU per sample) at a float64 z* (per sample, Newton's method from
 the methods' z* with the smallest residual), so every row's error is against the same exact gradient;
-``overhead/NFE`` is the forward time per f-evaluation minus the time of one f alone.
+``overhead/NFE`` is the forward time per f-evaluation minus the time of one f alone; ``fwd / NFE·t_f`` and
+``bwd / N_vjp·t_vjp`` are the forward and backward times over their floors (t_f: one f without a graph, t_vjp:
+one ∂f/∂zᵀ v on a retained graph, both timed in a warm loop of the same case); ``row evals`` is the number of
+sample rows f was evaluated on in the forward (NFE × batch without compaction; deqcore rows only).
 
-    python benchmarks/bench_torch_deq.py [--device cpu|cuda] [--quick] [--tiny] [--out DIR]
+    python benchmarks/bench_torch_deq.py [--device cpu|cuda] [--quick] [--tiny] [--no-torchdeq] [--out DIR]
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ from deq_maps import deq_map_arrays  # noqa: E402
 
 MAX_STEPS = 200
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}
+#: the clock of the timings: on the CPU the working thread's CPU time (one thread runs torch, BLAS and deqcore here;
+#: on a machine shared with other work the wall clock mostly measures the other processes), on CUDA the wall clock
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+_clock = CLOCKS["cpu"]
 
 
 class Cell(torch.nn.Module):
@@ -168,12 +177,13 @@ def torch_method(solver):
     return run
 
 
-def deqcore_method(solver):
+def deqcore_method(solver, compact=False):
     def run(f, x, tol, cache={}):
-        key = (id(f), tol)
+        key = (id(f), tol, compact)
         if key not in cache:
             # the default adjoint: it follows the forward's tolerance and budget (rtol=tol, atol 0, MAX_STEPS)
-            cache[key] = dqt.DEQ(f, solver, None, atol=0.0, rtol=tol, max_steps=MAX_STEPS)
+            options = dict(compact=True) if compact else {}
+            cache[key] = dqt.DEQ(f, solver, None, atol=0.0, rtol=tol, max_steps=MAX_STEPS, **options)
         layer = cache[key]
         z = layer(x, torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device))
         return z, layer
@@ -195,16 +205,22 @@ def torchdeq_method(name):
     return run
 
 
-def methods():
-    table = {
-        "deqcore Anderson (adapter)": deqcore_method(dq.Anderson()),
+def methods(with_torchdeq=True):
+    import inspect
+
+    table = {"deqcore Anderson (adapter)": deqcore_method(dq.Anderson())}
+    if "compact" in inspect.signature(dqt.DEQ).parameters:       # (an older deqcore has no compaction there)
+        table["deqcore Anderson (adapter, compact=True)"] = deqcore_method(dq.Anderson(), compact=True)
+    table.update({
         "deqcore Broyden (adapter)": deqcore_method(dq.Broyden()),
         "torch fixed-point iteration": torch_method(torch_iteration),
         "torch Anderson (m=6, TorchDEQ stand-in)": torch_method(torch_anderson),
-    }
+    })
     try:
         import torchdeq  # noqa: F401
     except ImportError:
+        return table
+    if not with_torchdeq:
         return table
     table["TorchDEQ anderson"] = torchdeq_method("anderson")
     table["TorchDEQ broyden"] = torchdeq_method("broyden")
@@ -212,11 +228,12 @@ def methods():
 
 
 def counts_of(extra):
-    """(forward NFE, backward VJPs) from a method's second return value."""
+    """(forward NFE, backward VJPs, forward row evaluations or None) from a method's second return value."""
     if isinstance(extra, dict):
-        return extra.get("nfe"), extra.get("nvjp")
+        return extra.get("nfe"), extra.get("nvjp"), None
     nvjp = extra.last_adjoint.nvjp if extra.last_adjoint is not None else None
-    return int(extra.last_solution.stats["nfev"]), nvjp
+    stats = extra.last_solution.stats
+    return int(stats["nfev"]), nvjp, stats.get("row_evaluations")
 
 
 def reference_fixed_point(f, x, candidates):
@@ -258,23 +275,24 @@ def run_once(run, f, x, c, tol):
     """One forward + backward: (forward s, backward s, z*, counts source, dL/dW)."""
     f.zero_grad()
     sync(x.device)
-    start = time.perf_counter()
+    start = _clock()
     z, extra = run(f, x, tol)
     sync(x.device)
-    mid = time.perf_counter()
+    mid = _clock()
     (z * c).sum().backward()
     sync(x.device)
-    end = time.perf_counter()
+    end = _clock()
     return mid - start, end - mid, z.detach(), extra, host(f.W.grad).copy()
 
 
-def bench_case(kind, dtype, sizes, repeats, device="cpu"):
+def bench_case(kind, dtype, sizes, repeats, device="cpu", with_torchdeq=True):
     """One row per method; the repeats go round-robin over the methods so load changes hit all alike."""
     f, x, c = make_problem(kind, dtype, *sizes, device=device)
     tol = TOLERANCE[dtype]
     with torch.no_grad():
         f_time = statistics.median(_timed_f(f, x) for _ in range(20))
-    runs = methods()
+    vjp_time = _timed_vjp(f, x)
+    runs = methods(with_torchdeq)
     times = {name: ([], []) for name in runs}
     last = {}
     for repeat in range(repeats + 1):                  # round 0 warms up and is not timed
@@ -288,38 +306,56 @@ def bench_case(kind, dtype, sizes, repeats, device="cpu"):
     reference = dense_reference_grad_W(f, x, c, z_ref)
     for name in runs:
         z, extra, grad_W = last[name]
-        nfe, nvjp = counts_of(extra)
+        nfe, nvjp, row_evals = counts_of(extra)
         err = float(np.linalg.norm(grad_W - reference) / np.linalg.norm(reference))
         res = relative_residuals(f, z, x)
         fwd, bwd = (statistics.median(t) for t in times[name])
         rows.append(dict(method=name, fwd=fwd, bwd=bwd, nfe=nfe, nvjp=nvjp, residual=float(res.max()),
-                         ok=int((res <= tol * (1 + 1e-3)).sum()), batch=x.shape[0], err=err, f_time=f_time))
+                         ok=int((res <= tol * (1 + 1e-3)).sum()), batch=x.shape[0], err=err, f_time=f_time,
+                         vjp_time=vjp_time, row_evals=row_evals))
     return rows
 
 
 def _timed_f(f, x):
     z = torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device)
     sync(x.device)
-    start = time.perf_counter()
+    start = _clock()
     f(z, x)
     sync(x.device)
-    return time.perf_counter() - start
+    return _clock() - start
+
+
+def _timed_vjp(f, x, repeats=20):
+    """Median time of one ∂f/∂zᵀ v on a retained graph (what each step of an implicit backward costs)."""
+    z = torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device).requires_grad_(True)
+    fz = f(z, x)
+    v = torch.ones_like(fz) / 10
+    times = []
+    for _ in range(repeats):
+        sync(x.device)
+        start = _clock()
+        torch.autograd.grad(fz, z, v, retain_graph=True)
+        sync(x.device)
+        times.append(_clock() - start)
+    return statistics.median(times)
 
 
 def table(kind, dtype, rows):
     base = next(r for r in rows if r["method"].startswith("torch Anderson"))
     base_total = base["fwd"] + base["bwd"]
     lines = [f"### {kind} map, {str(dtype).replace('torch.', '')}, tol {TOLERANCE[dtype]:g} "
-             f"(one f: {1e3 * rows[0]['f_time']:.2f} ms)", "",
-             "| method | forward ms | backward ms | total ms | vs torch Anderson | NFE | VJPs "
-             "| overhead/NFE ms | converged | residual | grad err |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"(one f: {1e3 * rows[0]['f_time']:.2f} ms, one VJP: {1e3 * rows[0]['vjp_time']:.2f} ms)", "",
+             "| method | forward ms | backward ms | total ms | vs torch Anderson | NFE | row evals | VJPs "
+             "| fwd / NFE·t_f | bwd / N_vjp·t_vjp | overhead/NFE ms | converged | residual | grad err |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         total = r["fwd"] + r["bwd"]
         overhead = r["fwd"] / r["nfe"] - r["f_time"]
+        row_evals = "-" if r["row_evals"] is None else str(r["row_evals"])
         lines.append(f"| {r['method']} | {1e3 * r['fwd']:.1f} | {1e3 * r['bwd']:.1f} | {1e3 * total:.1f} | "
-                     f"{total / base_total:.2f}x | {r['nfe']} | {r['nvjp']} | {1e3 * overhead:.2f} | "
-                     f"{r['ok']}/{r['batch']} | {r['residual']:.1e} | {r['err']:.1e} |")
+                     f"{total / base_total:.2f}x | {r['nfe']} | {row_evals} | {r['nvjp']} | "
+                     f"{r['fwd'] / (r['nfe'] * r['f_time']):.2f} | {r['bwd'] / (r['nvjp'] * r['vjp_time']):.2f} | "
+                     f"{1e3 * overhead:.2f} | {r['ok']}/{r['batch']} | {r['residual']:.1e} | {r['err']:.1e} |")
     return "\n".join(lines)
 
 
@@ -330,12 +366,21 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under a minute)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, one repeat: a dry run of the script")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 5)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default=None,
+                        help="cpu: the working thread's CPU time (default on --device cpu); wall (default on cuda)")
+    parser.add_argument("--no-torchdeq", action="store_true",
+                        help="leave out TorchDEQ's rows (its hard-map Broyden takes seconds a run)")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"),
                         help="folder for torch_deq.md")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    global _clock
+    clock = args.clock or ("wall" if args.device == "cuda" else "cpu")
+    if clock == "cpu" and torch.get_num_threads() != 1:
+        parser.error("--clock cpu times the working thread alone: run with OMP_NUM_THREADS=1 or pass --clock wall")
+    _clock = CLOCKS[clock]
     repeats = args.repeats or (1 if args.quick or args.tiny else 5)
     sizes = (8, 16, 8) if args.tiny else (64, 256, 128)
     try:
@@ -345,6 +390,8 @@ def main(argv=None) -> int:
         torchdeq_line = f"TorchDEQ {importlib.metadata.version('torchdeq')} (not a deqcore dependency)"
     except ImportError:
         torchdeq_line = "TorchDEQ not installed (the torch Anderson row stands in for it)"
+    if args.no_torchdeq:
+        torchdeq_line = "TorchDEQ's rows left out (--no-torchdeq)"
     if args.device == "cuda":
         props = torch.cuda.get_device_properties(0)
         machine = (f"Device: {props.name}, torch CUDA {torch.version.cuda}; host {platform.platform()}, "
@@ -355,7 +402,8 @@ def main(argv=None) -> int:
     header = [
         "# DEQ in PyTorch: deqcore through the adapter vs pure-torch solvers", "",
         f"z = tanh(W z + U x + b), batch {sizes[0]}, width {sizes[1]}, input {sizes[2]}; L = <c, z*>; forward + "
-        f"implicit backward, on {args.device}. Medians of {repeats} timed runs after a warm-up"
+        f"implicit backward, on {args.device}. Medians of {repeats} timed runs after a warm-up, clock: {clock}"
+        f"{' (CPU time of the working thread)' if clock == 'cpu' else ''}"
         f"{' (--quick)' if args.quick else ' (--tiny)' if args.tiny else ''}. Every row has its gradient error "
         "(dL/dW against a dense float64 implicit-function-theorem solve) next to its time.", "",
         f"{machine}. Python {platform.python_version()}, NumPy {np.__version__}, torch {torch.__version__}, "
@@ -371,7 +419,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             label = f"{kind} {str(dtype).replace('torch.', '')}"
             try:
-                rows = bench_case(kind, dtype, sizes, repeats, args.device)
+                rows = bench_case(kind, dtype, sizes, repeats, args.device, with_torchdeq=not args.no_torchdeq)
                 sections.append(table(kind, dtype, rows))
                 status = "ok"
             except Exception as err:      # keep the other cases and what they measured

@@ -40,17 +40,25 @@ DEVICE = "cuda"
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
 @pytest.mark.parametrize("solver", [dq.Anderson(), dq.Broyden()], ids=["Anderson", "Broyden"])
-def test_deq_on_cuda_matches_float64_reference(dtype, tol, solver):
+@pytest.mark.parametrize("compact", [False, True], ids=["all-rows", "compact"])
+def test_deq_on_cuda_matches_float64_reference(dtype, tol, solver, compact):
+    """With ``compact=True`` the inputs' scales span four decades (saturated samples finish first and leave f's
+    rows: CuPy gathers x's rows and hands them back to torch through DLPack)."""
     torch.manual_seed(0)
-    f = dqt.example_cell(24, 8, norm=0.8, dtype=dtype).to(DEVICE)
+    f = dqt.example_cell(24, 8, norm=0.95 if compact else 0.8, dtype=dtype).to(DEVICE)
     double = dtype == torch.float64
     adjoint = dq.SteadyStateAdjoint(dq.GMRES(rtol=1e-10 if double else 1e-6, atol=0.0, max_steps=100))
-    layer = dqt.DEQ(f, solver, adjoint, atol=1e-12 if double else 1e-6, rtol=0.0, max_steps=200)
-    x = torch.randn(6, 8, dtype=dtype, device=DEVICE, requires_grad=True)
+    layer = dqt.DEQ(f, solver, adjoint, atol=1e-12 if double else 1e-6, rtol=0.0, max_steps=200, compact=compact)
+    x = torch.randn(6, 8, dtype=dtype, device=DEVICE)
+    if compact:
+        x = x * torch.logspace(-2, 2, 6, dtype=dtype, device=DEVICE)[:, None]
+    x.requires_grad_(True)
     c = torch.randn(6, 24, dtype=dtype, device=DEVICE)
     z = layer(x, torch.zeros(6, 24, dtype=dtype, device=DEVICE))
     assert z.device.type == DEVICE and z.dtype == dtype
     assert bool(layer.last_solution.success.all())
+    stats = layer.last_solution.stats
+    assert (stats["row_evaluations"] < 6 * stats["nfev"]) == compact
     (z * c).sum().backward()
     params = (f.W.weight, f.U.weight, f.U.bias)
     assert all(t.grad.device.type == DEVICE for t in (x, *params))

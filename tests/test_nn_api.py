@@ -251,3 +251,58 @@ def test_input_pullback_matches_the_full_pullback(rng):
     x3, d3 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
     _, pb2, _ = shared.vjp(x3, p2, s2)
     np.testing.assert_allclose(input_pullback(pb2)(d3), pb2(d3)[0], rtol=1e-12)
+
+
+def test_partial_pullback_matches_the_full_pullback(rng):
+    """The last VJP of an implicit adjoint (the parameters' and x's cotangents, not z's) gives the full pullback's
+    arrays bit for bit, with None for the inputs not wanted; user layers without the shortcut run in full."""
+    from deqcore.nn.core import partial_pullback
+    from deqcore.nn.tree import tree_leaves
+
+    f = nn.Chain(nn.Parallel(nn.add, nn.Dense(4, 4, use_bias=False, weight_norm=True), nn.Dense(3, 4)),
+                 nn.Activation("tanh"), Scale(), nn.Dense(4, 4, "gelu"))
+    noop = nn.Chain(nn.Parallel(nn.add, nn.Dense(4, 4, use_bias=False), nn.NoOpLayer()), nn.Activation("tanh"))
+    for model in (f, noop):
+        params, state = nn.setup(rng, model)
+        z, dy = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
+        x = rng.standard_normal((5, 3 if model is f else 4))
+        _, pullback, _ = model.vjp((z, x), params, state)
+        (dz, dx), dparams = pullback(dy)
+        (no_z, got_x), got_params = partial_pullback(pullback, (False, True))(dy)
+        assert no_z is None
+        np.testing.assert_array_equal(got_x, dx)
+        for got, want in zip(tree_leaves(got_params), tree_leaves(dparams), strict=True):
+            np.testing.assert_array_equal(got, want)
+        (got_z, got_x), _ = partial_pullback(pullback, (True, True))(dy)
+        np.testing.assert_array_equal(got_z, dz)
+        (no_z, no_x), _ = partial_pullback(pullback, (False, False))(dy)
+        assert no_z is None and no_x is None
+    shared = nn.Chain(nn.Dense(3, 3), nn.Parallel(nn.add, nn.Dense(3, 3), nn.NoOpLayer(), Scale()))
+    p2, s2 = nn.setup(rng, shared)                                          # one input to every branch
+    x3, d3 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    _, pb2, _ = shared.vjp(x3, p2, s2)
+    dx3, dp3 = pb2(d3)
+    none_x, got_p = partial_pullback(pb2, False)(d3)
+    assert none_x is None
+    for got, want in zip(tree_leaves(got_p), tree_leaves(dp3), strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(partial_pullback(pb2, True)(d3)[0], dx3)
+
+
+def test_partial_pullback_of_conv_matches_the_full_pullback(rng):
+    """Conv2d's weight-only transpose (no col2im for an input cotangent not wanted) gives the full pullback's
+    weight and bias cotangents bit for bit."""
+    from deqcore.nn.core import partial_pullback
+    from deqcore.nn.tree import tree_leaves
+
+    conv = nn.Parallel(nn.add, nn.Conv2d(2, 3, 3, padding=1, stride=2, activation="tanh"), nn.Conv2d(2, 3, 1, stride=2))
+    params, state = nn.setup(rng, conv)
+    z, x = rng.standard_normal((2, 2, 6, 6)), rng.standard_normal((2, 2, 6, 6))
+    y, pullback, _ = conv.vjp((z, x), params, state)
+    dy = rng.standard_normal(y.shape)
+    (_, dx), dparams = pullback(dy)
+    (no_z, got_x), got_params = partial_pullback(pullback, (False, True))(dy)
+    assert no_z is None
+    np.testing.assert_array_equal(got_x, dx)
+    for got, want in zip(tree_leaves(got_params), tree_leaves(dparams), strict=True):
+        np.testing.assert_array_equal(got, want)

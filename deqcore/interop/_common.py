@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_positive_int, check_tolerance
+from .._checks import check_bool, check_positive_int, check_tolerance
 from ..adjoint._warn import warn_failed
 from ..adjoint.steady_state import OneStepGradient, PhantomGradient, SteadyStateAdjoint
 from ..root import Anderson, RootSolver, fixed_point
 
-__all__ = ["import_framework", "check_options", "check_adjoint", "check_dtype", "solve"]
+__all__ = ["import_framework", "check_options", "check_adjoint", "check_compact", "check_dtype", "solve"]
 
 _ADJOINTS = (SteadyStateAdjoint, OneStepGradient, PhantomGradient)
 SUPPORTED_DTYPES = ("float32", "float64")
@@ -48,6 +48,14 @@ def check_adjoint(adjoint, atol=None, rtol=None, max_steps=None):
     return adjoint
 
 
+def check_compact(compact, batched: bool) -> bool:
+    """``compact`` as a bool; True needs ``batched=True`` (ValueError naming both)."""
+    if check_bool(compact, "compact") and not batched:
+        raise ValueError("compact=True drops finished samples of a batch from f's evaluations: it needs "
+                         "batched=True")
+    return bool(compact)
+
+
 def check_dtype(dtype_name: str, name: str) -> None:
     """float32 and float64 only; half precision gets an error that says what to do."""
     if dtype_name not in SUPPORTED_DTYPES:
@@ -55,10 +63,13 @@ def check_dtype(dtype_name: str, name: str) -> None:
                         "(e.g. .float() or .double())")
 
 
-def solve(fn, z0, solver, *, atol, rtol, max_steps, batched, where="the forward solve", warn=True):
+def solve(fn, z0, solver, *, atol, rtol, max_steps, batched, where="the forward solve", warn=True, args=(),
+          compact=False):
     """``dq.fixed_point`` without raising: failures are recorded in the returned Solution's ``result`` and
-    (with ``warn``) reported by one RuntimeWarning per call site naming the code and the count."""
-    sol = fixed_point(fn, z0, solver, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched, throw=False)
+    (with ``warn``) reported by one RuntimeWarning per call site naming the code and the count. ``args`` and
+    ``compact`` as in ``dq.fixed_point`` (per-sample arguments; finished samples dropped from f's rows)."""
+    sol = fixed_point(fn, z0, solver, args=args, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
+                      throw=False, compact=compact)
     if warn:
         warn_failed(where, sol.result, "The best iterate is returned and its gradient is not the implicit "
                     "gradient: raise max_steps or loosen atol/rtol")

@@ -31,7 +31,7 @@ from ..adjoint.steady_state import (FixedPointVJP, OneStepGradient, PhantomGradi
 from ..nn.core import Layer
 from ..nn.tree import tree_flatten, tree_unflatten
 from ..root import RootSolver
-from ._common import check_adjoint, check_dtype, check_options, import_framework, solve, writable
+from ._common import check_adjoint, check_compact, check_dtype, check_options, import_framework, solve, writable
 
 torch = import_framework("torch", "torch")
 
@@ -131,6 +131,14 @@ class DEQ(torch.nn.Module):
         batched: True (default) treats each sample along the leading axis as its own system, with its own
             convergence test; f must then treat samples independently (no batch norm over the batch).
             False solves the whole array as one system.
+        compact: True declares f's rows independent (row i of f(z, x) depends on row i of z and of x alone, for
+            any number of rows): x then goes to the solver as a per-sample argument and finished samples stop
+            costing f-evaluations (active-set compaction, in the forward solve, with the solvers that support
+            it: Anderson, Broyden, LimitedMemoryBroyden, FixedPointIteration); ``last_solution.stats[
+            "row_evaluations"]`` counts the rows f was evaluated on. The results are those of the uncompacted
+            solve up to round-off (f on fewer rows may round differently). Default False: the adapter cannot see
+            whether a torch f couples the rows (``BatchNorm`` in training mode does; so does anything that
+            reads the batch size), so it is yours to declare. Needs ``batched=True``.
 
     After a call, ``layer.last_solution`` holds the forward ``dq.Solution`` (``.stats["nfev"]``,
     ``.residual``, ``.result``, ``.success``; codes per sample when batched) and, after a backward pass,
@@ -138,11 +146,23 @@ class DEQ(torch.nn.Module):
     A solve that does not converge is recorded there, not raised, and the best iterate is returned; a
     ``RuntimeWarning`` names the code and the count (once per call site). A sample whose x holds NaN or
     infinity is that sample's DIVERGED code; the others are unaffected.
+
+    >>> import torch, deqcore as dq
+    >>> _ = torch.manual_seed(0)
+    >>> f = example_cell(4, 3, norm=0.95)
+    >>> scales = torch.logspace(-3, 2, 8, dtype=torch.float64)[:, None]     # large inputs saturate tanh early
+    >>> x = torch.randn(8, 3, dtype=torch.float64) * scales
+    >>> layer = DEQ(f, solver=dq.FixedPointIteration(), atol=1e-10, rtol=0.0, max_steps=500, compact=True)
+    >>> z = layer(x, torch.zeros(8, 4, dtype=torch.float64))   # compact=True: f's rows are independent
+    >>> stats = layer.last_solution.stats
+    >>> stats["row_evaluations"] < 8 * stats["nfev"]          # finished samples left f's evaluations
+    True
     """
 
     def __init__(self, f: Callable, solver: RootSolver | None = None,
                  adjoint: SteadyStateAdjoint | OneStepGradient | PhantomGradient | None = None, *,
-                 atol: float = 1e-3, rtol: float = 1e-3, max_steps: int = 32, batched: bool = True) -> None:
+                 atol: float = 1e-3, rtol: float = 1e-3, max_steps: int = 32, batched: bool = True,
+                 compact: bool = False) -> None:
         super().__init__()
         if not callable(f):
             raise TypeError(f"f must be a torch.nn.Module or a function f(z, x), got {type(f).__name__}")
@@ -152,12 +172,13 @@ class DEQ(torch.nn.Module):
         if not isinstance(batched, bool):
             raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
         self.batched = batched
+        self.compact = check_compact(compact, batched)
         self.last_solution = None
         self.last_adjoint = None
 
     def extra_repr(self):
         return (f"solver={self.solver!r}, adjoint={self.adjoint!r}, atol={self.atol}, rtol={self.rtol}, "
-                f"max_steps={self.max_steps}, batched={self.batched}")
+                f"max_steps={self.max_steps}, batched={self.batched}" + (", compact=True" if self.compact else ""))
 
     def _parameters_of_f(self):
         if isinstance(self.f, torch.nn.Module):
@@ -190,12 +211,17 @@ class DEQ(torch.nn.Module):
 
     def _solve(self, x, z0):
         x = x.detach()
-        fn = _fast_map(self.f, x, z0)
+        if self.compact:              # x per sample: the solver hands f the rows of x that go with z's rows
+            x_array = to_array(x, "x")
+            fn, args = _fast_map_rows(self.f, x, x_array, z0), (x_array,)
+        else:
+            fn, args = _fast_map(self.f, x, z0), ()
         record = self.__dict__        # plain attributes, without torch.nn.Module.__setattr__'s checks (µs a call)
         record["last_adjoint"] = None
         with torch.no_grad():
             record["last_solution"] = solve(fn, to_array(z0, "z0"), self.solver, atol=self.atol, rtol=self.rtol,
-                                            max_steps=self.max_steps, batched=self.batched,
+                                            max_steps=self.max_steps, batched=self.batched, args=args,
+                                            compact=self.compact,
                                             where="the forward solve of deqcore.interop.torch.DEQ")
         return from_array(self.last_solution.value)
 
@@ -258,6 +284,26 @@ def _fast_map(f, x, z0):
         out = f(zt, x)
         if type(out) is not torch.Tensor or out.shape != shape or out.dtype != dtype or out.device != device:
             _check_like(out, zt, "f", "z")            # raises the named error (or accepts a Tensor subclass)
+            return to_array(out, "f(z, x)")
+        if on_cpu and out.is_contiguous():
+            return out.detach().numpy() if out.requires_grad else out.numpy()
+        return to_array(out, "f(z, x)")
+
+    return fn
+
+
+def _fast_map_rows(f, x, x_array, z0):
+    """``fn(z, x_rows)`` for a compacted forward solve: f on tensor views of some rows of z and the matching rows
+    of x (``x`` itself when the solver passes all of ``x_array``), its output as an array."""
+    dtype, device = z0.dtype, z0.device
+    on_cpu = device.type == "cpu"
+
+    def fn(z, x_rows):
+        zt = _as_tensor(z)
+        xt = x if x_rows is x_array else _as_tensor(x_rows)
+        out = f(zt, xt)
+        if type(out) is not torch.Tensor or out.shape != zt.shape or out.dtype != dtype or out.device != device:
+            _check_like(out, zt, "f", "z")
             return to_array(out, "f(z, x)")
         if on_cpu and out.is_contiguous():
             return out.detach().numpy() if out.requires_grad else out.numpy()

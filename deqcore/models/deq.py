@@ -31,7 +31,7 @@ from ..adjoint.steady_state import (
 )
 from ..backend import get_namespace
 from ..linalg import GMRES, LinearOperator
-from ..nn.core import Layer, input_pullback
+from ..nn.core import Layer, input_pullback, partial_pullback
 from ..nn.tree import tree_add, tree_leaves, tree_map
 from ..results import ReturnCode
 from .jacobian import JACOBIAN_MODES, hutchinson_probe, jacobian_loss_gradient
@@ -354,6 +354,7 @@ class DeepEquilibriumNetwork(Layer):
     def _implicit_pullback(self, x, params, state, solution, fixed_pullback, u0_pullback, jac_probe):
         vjp = self._theta_vjp(x, params, state)
         z_only = input_pullback(fixed_pullback, (True, False))
+        theta_only = partial_pullback(fixed_pullback, (False, True))     # the last VJP: x's and θ's cotangents
         problem = FixedPointVJP(solution.z_star, vjp, batched=True,
                                 pullback=lambda v: _split_model_cotangent(fixed_pullback(v)),
                                 pullback_z=lambda v: z_only(v)[0])
@@ -365,7 +366,8 @@ class DeepEquilibriumNetwork(Layer):
             if self.problem_type == "ode":
                 (dx, dpm), info = self._ode_gradient(x, params, state, solution, g)
             else:
-                (dx, dpm), info = self._adjoint_gradient(problem, g, solution)
+                (dx, dpm), info = self._adjoint_gradient(problem, g, solution,
+                                                         lambda lam: _model_cotangent(theta_only(lam)))
             solution.adjoint = info
             if d_jacobian_loss and jac_probe is not None:
                 direction, cotangent = jac_probe
@@ -392,11 +394,15 @@ class DeepEquilibriumNetwork(Layer):
             dparams[key] = tree_add(dparams[key], dparams_init)
         return dx, dparams
 
-    def _adjoint_gradient(self, problem, g, solution):
-        """The implicit adjoint, preconditioned by what the forward solve learnt when it can be."""
+    def _adjoint_gradient(self, problem, g, solution, theta_pullback):
+        """The implicit adjoint, preconditioned by what the forward solve learnt when it can be; its last VJP,
+        ``theta_pullback(λ) -> (dx, dparams)``, skips the cotangent of z (the same arrays as the full pullback's
+        x and θ parts, without its matmuls into z)."""
         if isinstance(self.adjoint, SteadyStateAdjoint):
             learned = getattr(solution.original, "learned", None) or {}
-            return self.adjoint.gradient(problem, g, preconditioner=preconditioner_from_forward(learned))
+            info = self.adjoint.solve_adjoint(problem, g, preconditioner=preconditioner_from_forward(learned))
+            info.stats["nvjp"] += 1
+            return theta_pullback(info.lam), info
         return self.adjoint.gradient(problem, g)
 
     def _ode_gradient(self, x, params, state, solution, g):

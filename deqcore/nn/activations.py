@@ -91,7 +91,8 @@ class Activation(Layer):
 
     def vjp(self, x, params, state):
         y, d = self.forward(check_array_input(self, x))
-        pullback = with_input_only(lambda dy: (self.scale(d, dy), {}), lambda dy, wanted=None: self.scale(d, dy))
+        pullback = with_input_only(lambda dy: (self.scale(d, dy), {}), lambda dy, wanted=None: self.scale(d, dy),
+                                   lambda dy, wanted: (None if wanted is False else self.scale(d, dy), {}))
         return y, pullback, state
 
     def jvp(self, x, params, state, dx, dparams=None):

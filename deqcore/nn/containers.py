@@ -18,7 +18,8 @@ import operator
 
 from ..backend import get_namespace
 from .._checks import check_callable
-from .core import Layer, ShapeError, check_array_input, input_pullback, shape_error, with_input_only
+from .core import (Layer, ShapeError, check_array_input, input_pullback, partial_pullback, shape_error,
+                   with_input_only)
 
 __all__ = ["Chain", "Parallel", "Connection", "Add", "Concat", "add", "concat", "NoOpLayer",
            "WrappedFunction", "Flatten", "Reshape"]
@@ -109,7 +110,14 @@ class Chain(Layer):
                 dy = pb(dy)
             return input_pullback(pullbacks[0], wanted)(dy)
 
-        return x, with_input_only(pullback, input_only), new_state
+        def partial(dy, wanted):
+            dparams = {}
+            for name, pb in zip(reversed(self.names[1:]), reversed(pullbacks[1:])):
+                dy, dparams[name] = pb(dy)
+            dx, dparams[self.names[0]] = partial_pullback(pullbacks[0], wanted)(dy)
+            return dx, {name: dparams[name] for name in self.names}
+
+        return x, with_input_only(pullback, input_only, partial), new_state
 
     def jvp(self, x, params, state, dx, dparams=None):
         for name, layer in zip(self.names, self.layers):
@@ -296,7 +304,16 @@ class Parallel(Layer):
                              for i, (pb, d) in enumerate(zip(pullbacks, split(dy))))
             return _sum_cotangents([input_pullback(pb, wanted)(d) for pb, d in zip(pullbacks, split(dy))])
 
-        return out, with_input_only(pullback, input_only), new_state
+        def partial(dy, wanted):
+            if routed and not isinstance(wanted, (tuple, list)):
+                wanted = (wanted,) * len(pullbacks)
+            parts = [partial_pullback(pb, wanted[i] if routed else wanted)(d)
+                     for i, (pb, d) in enumerate(zip(pullbacks, split(dy)))]
+            dparams = {name: dp for name, (_, dp) in zip(self.names, parts)}
+            dxs = [dx for dx, _ in parts]
+            return (tuple(dxs) if routed else _sum_cotangents(dxs)), dparams
+
+        return out, with_input_only(pullback, input_only, partial), new_state
 
     def jvp(self, x, params, state, dx, dparams=None):
         xs, routed = self._inputs(x)
@@ -307,6 +324,15 @@ class Parallel(Layer):
         if self.connection is None:
             return ys, dys
         return self.connection.jvp(ys, dys)
+
+
+def _identity_partial(dy, wanted):
+    """The identity's pullback without the input cotangents not wanted (None in their place)."""
+    if wanted is False:
+        return None, {}
+    if isinstance(wanted, (tuple, list)) and isinstance(dy, (tuple, list)):
+        return tuple(d if w is not False else None for d, w in zip(dy, wanted)), {}
+    return dy, {}
 
 
 def _sum_cotangents(parts):
@@ -330,7 +356,7 @@ class NoOpLayer(Layer):
         return x, state
 
     def vjp(self, x, params, state):
-        return x, with_input_only(lambda dy: (dy, {}), lambda dy, wanted=None: dy), state
+        return x, with_input_only(lambda dy: (dy, {}), lambda dy, wanted=None: dy, _identity_partial), state
 
     def jvp(self, x, params, state, dx, dparams=None):
         return x, dx

@@ -123,6 +123,10 @@ class Conv2d(WeightedLayer):
                 dxpad[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += dcols[:, i, j]
         return dxpad[:, :, ph:hp - ph, pw:wp - pw].transpose(1, 0, 2, 3), dw
 
+    def _transpose_weight(self, dz, patches, w):
+        dz_mat = dz.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
+        return (dz_mat @ patches.cols.T).reshape(w.shape)
+
     def _bias(self, b):
         return b[:, None, None]
 

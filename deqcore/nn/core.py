@@ -23,7 +23,8 @@ import numpy as np
 
 from .tree import to_namespace
 
-__all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode", "input_pullback"]
+__all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode", "input_pullback",
+           "partial_pullback"]
 
 
 class ShapeError(ValueError):
@@ -180,9 +181,36 @@ def input_pullback(pullback, wanted=None):
     return lambda dy: pullback(dy)[0]
 
 
-def with_input_only(pullback, input_only):
-    """``pullback`` carrying ``input_only(dy, wanted) -> dx`` for :func:`input_pullback`; returns it."""
+def with_input_only(pullback, input_only, partial=None):
+    """``pullback`` carrying ``input_only(dy, wanted) -> dx`` for :func:`input_pullback` (and, when given,
+    ``partial(dy, wanted) -> (dx, dparams)`` for :func:`partial_pullback`); returns it."""
     pullback.input_only = input_only
+    if partial is not None:
+        pullback.partial = partial
+    return pullback
+
+
+def partial_pullback(pullback, wanted=None):
+    """``dy -> (dx, dparams)``: ``pullback`` without the input cotangents that are not ``wanted`` (they may come
+    back as None), when the layer knows how (the built-in layers do: the last VJP of an implicit adjoint needs
+    the parameters' and x's cotangents, not z's). ``wanted``: None (every input), a bool for a layer called on
+    one array, or one bool per element for a layer called on a tuple. A pullback without the shortcut runs in
+    full.
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> model = nn.Parallel(nn.add, nn.Dense(2, 2, use_bias=False), nn.Dense(2, 2))
+    >>> params, state = nn.setup(np.random.default_rng(0), model)
+    >>> y, pullback, _ = model.vjp((np.ones((1, 2)), np.ones((1, 2))), params, state)
+    >>> (dz, dx), dparams = partial_pullback(pullback, (False, True))(np.ones((1, 2)))
+    >>> (_, dx_full), dparams_full = pullback(np.ones((1, 2)))
+    >>> dz, bool(np.array_equal(dx, dx_full)), bool(np.array_equal(dparams["layer_1"]["weight"],
+    ...                                                            dparams_full["layer_1"]["weight"]))
+    (None, True, True)
+    """
+    fast = getattr(pullback, "partial", None)
+    if fast is not None and wanted is not None:
+        return lambda dy: fast(dy, wanted)
     return pullback
 
 

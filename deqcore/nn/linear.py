@@ -122,11 +122,24 @@ class WeightedLayer(Layer):
         def input_only(dy, wanted=None):
             return self._transpose_input(self.activation.scale(d, dy), ctx, w)
 
-        return y, with_input_only(pullback, input_only), state
+        def partial(dy, wanted):
+            if wanted is not False:
+                return pullback(dy)
+            dz = self.activation.scale(d, dy)
+            dparams = weight_pullback(self._transpose_weight(dz, ctx, w))
+            if self.use_bias:
+                dparams["bias"] = self._bias_grad(dz)
+            return None, dparams
+
+        return y, with_input_only(pullback, input_only, partial), state
 
     def _transpose_input(self, dz, ctx, w):
         """The input part of ``_transpose`` alone (subclasses override it when it is cheaper)."""
         return self._transpose(dz, ctx, w)[0]
+
+    def _transpose_weight(self, dz, ctx, w):
+        """The weight part of ``_transpose`` alone (subclasses override it when it is cheaper)."""
+        return self._transpose(dz, ctx, w)[1]
 
     def jvp(self, x, params, state, dx, dparams=None):
         ctx = self._prepare(x)
@@ -194,6 +207,9 @@ class Dense(WeightedLayer):
 
     def _transpose_input(self, dz, x, w):
         return dz @ w
+
+    def _transpose_weight(self, dz, x, w):
+        return dz.reshape(-1, self.out_features).T @ x.reshape(-1, self.in_features)
 
     def _bias(self, b):
         return b
