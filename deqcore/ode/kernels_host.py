@@ -37,7 +37,7 @@ from numba.extending import get_cython_function_address, intrinsic
 __all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrs_address", "gemv_address", "solve_in_place", "bdf_predict", "bdf_newton",
            "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
            "rosenbrock_stage", "rosenbrock_finish", "radau_addresses", "radau_factor",
-           "radau_start", "radau_newton", "radau_error"]
+           "radau_start", "radau_newton", "radau_error", "radau_extrapolation"]
 
 #: the largest dense system the steppers solve through these kernels (measured with Rodas5P and an analytic
 #: Jacobian: 1.6-3x less time per step than the array code from n = 8 to 128; no clear winner at 256-512,
@@ -632,3 +632,19 @@ def radau_error(addresses, first, f, Z, e, h, lu_r, piv_r, y, atol, rtol, y_new,
     for q in range(n):
         top = max_nan(top, abs(y_new[q]))
     return err, top
+
+
+@numba.njit(cache=CACHE)
+def radau_extrapolation(ratio, c, dense, out):
+    """``out`` (3 × 3, flat, C order) = the extrapolation matrix ``M[j, i] = ℓ_i(1 + c_j·ratio)`` with 1
+    subtracted in column 2 (:func:`deqcore.ode.radau.extrapolation_matrix`), ``ℓ_i(θ) = Σ_k dense[i, k]
+    θ^(k+1)`` (``dense`` flat); the powers by ``pow`` and the sums in a fixed order, so that every path that
+    calls it starts Newton from the same numbers."""
+    for j in range(3):
+        theta = 1.0 + c[j] * ratio
+        p1 = math.pow(theta, 1.0)
+        p2 = math.pow(theta, 2.0)
+        p3 = math.pow(theta, 3.0)
+        for i in range(3):
+            v = p1 * dense[3 * i] + p2 * dense[3 * i + 1] + p3 * dense[3 * i + 2]
+            out[3 * j + i] = v - 1.0 if i == 2 else v

@@ -61,8 +61,8 @@ import numpy as np
 from ..linalg.finite_diff import normalize_sparsity
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
-from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error, radau_factor,
-                           radau_newton, radau_start)
+from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error,
+                           radau_extrapolation, radau_factor, radau_newton, radau_start)
 from .jacobian import OneSystemJacobian
 
 __all__ = ["Radau", "RadauStepper", "radau_coefficients"]
@@ -74,6 +74,15 @@ KEEP_LOW, KEEP_HIGH = 1.0, 1.2
 _COMPILED = "compiled"
 #: J is kept after a step whose Newton iteration took at most this many iterations, whatever its rate
 JAC_KEEP_ITER = 2
+#: one small dense float64 system runs its whole step loop in compiled code (:mod:`deqcore.ode.radau_loop`);
+#: False keeps it on the driver's loop (the same steps; tests compare the two)
+COMPILED_LOOP = True
+
+
+def newton_tolerance(rtol: float, dtype) -> float:
+    """The error (in error weights) Newton must reach: ``min(0.03, √rtol)``, at least 10 eps / rtol; it stops
+    at ``newton_tol`` times this, and is abandoned when it cannot reach this."""
+    return max(10.0 * np.finfo(dtype).eps / rtol, min(0.03, rtol ** 0.5))
 
 
 @dataclass(frozen=True)
@@ -139,12 +148,16 @@ def _lagrange(theta):
     return np.moveaxis(powers @ COEF.dense.T, -1, 0)
 
 
+_C_FLAT, _DENSE_FLAT = np.ascontiguousarray(COEF.c), np.ascontiguousarray(COEF.dense).ravel()
+
+
 def extrapolation_matrix(ratio: float) -> np.ndarray:
     """``M`` with ``Z_new ≈ M @ Z_old``: the last step's collocation polynomial evaluated at the new stages
-    (step-size ratio ``ratio`` = h_new / h_old), minus the new start point ``y + Z_old[2]``."""
-    M = _lagrange(1.0 + COEF.c * ratio).T          # M[j, i] = ℓ_i(1 + c_j r)
-    M[:, 2] -= 1.0
-    return M
+    (step-size ratio ``ratio`` = h_new / h_old), minus the new start point ``y + Z_old[2]``: ``M[j, i] =
+    ℓ_i(1 + c_j r)`` (column 2 minus 1), formed by one compiled kernel that the compiled loop calls too."""
+    out = np.empty(9)
+    radau_extrapolation(float(ratio), _C_FLAT, _DENSE_FLAT, out)
+    return out.reshape(3, 3)
 
 
 class CollocationPolynomial:
@@ -240,6 +253,21 @@ class RadauStepper(OneSystemJacobian):
     def start(self, t0, y0, f0):
         pass
 
+    def run_rows(self, rows, y, fy, tol, max_steps, record):
+        """The driver's loop in compiled code (:mod:`deqcore.ode.radau_loop`) for one small dense float64
+        system; None where the driver's own loop runs (other systems, or ``COMPILED_LOOP`` off)."""
+        if not (self.host and COMPILED_LOOP) or rows.batched:
+            return None
+        from .driver import T_EPS
+        from .radau_loop import run_radau_loop
+
+        params = dict(T=self._T_c, T_inv=self._T_inv_c, e=self._e, c=COEF.c, a_last=self._A_inv_last,
+                      dense=COEF.dense, gamma=COEF.gamma, mu=COEF.mu, safety=SAFETY, min_factor=MIN_FACTOR,
+                      max_factor=MAX_FACTOR, keep_low=KEEP_LOW, keep_high=KEEP_HIGH, jac_keep_iter=JAC_KEEP_ITER,
+                      newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=T_EPS,
+                      eps=float(np.finfo(self.dtype).eps))
+        return run_radau_loop(self, rows, y, fy, tol, max_steps, record, params)
+
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev = self.ev
         t, h = host_float(t), host_float(h)
@@ -257,7 +285,7 @@ class RadauStepper(OneSystemJacobian):
         if self.lu is None:
             self.stats["nfailed_solves"] += 1
             return self._reject(y, fy, 0.5 * abs(h), ReturnCode.LINEAR_SOLVE_FAILED, newton=True)
-        newton_tol = max(10.0 * np.finfo(self.dtype).eps / rtol, min(0.03, rtol ** 0.5))
+        newton_tol = newton_tolerance(rtol, self.dtype)
         if self.lu[1] is _COMPILED:          # the weights are formed by radau_start
             scale, self._tol_atol, self._tol_rtol = None, self._atol_array(atol), float(rtol)
         else:
