@@ -208,6 +208,7 @@ class RadauStepper(OneSystemJacobian):
         self.h_acc = self.err_acc = None
         self._pending = None
         self._f_exact = True        # the f handed in with the state is an evaluation (not the implied one)
+        self._f_base = None         # f evaluated at the current state by this stepper (kept across rejections)
         self._A_inv_last = np.linalg.inv(COEF.A)[2].astype(self.dtype)
         # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the vector work of a step in compiled
         # kernels (kernels_host) calling the BLAS/LAPACK routines the array code reaches, so the same numbers
@@ -274,9 +275,12 @@ class RadauStepper(OneSystemJacobian):
         atol, rtol = tol
         atol = atol if np.ndim(atol) == 0 else np.broadcast_to(np.asarray(atol), ev.shape).reshape(-1)
         y_flat, f_flat = y.reshape(-1), fy.reshape(-1)
+        if self._f_base is not None:        # evaluated at this state by an earlier (rejected) attempt
+            f_flat = self._f_base
+            fy = f_flat.reshape(ev.shape)
         if self.need_jac or self.J is None:
             if self.jac is None and not self._f_exact:   # finite differences need f itself at the base point
-                f_flat = ev(t, y).reshape(-1)
+                f_flat = self._f_base = ev(t, y).reshape(-1)
                 self._f_exact = True
                 fy = f_flat.reshape(ev.shape)
             self._jacobian(t, y_flat, f_flat, tol)
@@ -479,6 +483,7 @@ class RadauStepper(OneSystemJacobian):
                      code=None if code is None else int(code))
 
     def accept(self, trial, mask, t_new):
+        self._f_base = None
         Z, h, h_abs, err, keep_jac = self._pending
         self.Z_prev, self.h_prev = Z, h
         self.h_acc, self.err_acc = h_abs, max(1e-2, err)
