@@ -1,421 +1,73 @@
 """The whole step loop of :class:`~deqcore.ode.radau.RadauStepper` for one small dense float64 system in
 compiled code, with only the right-hand side (and the Jacobian) evaluated in Python.
 
-The loop is a compiled state machine, :func:`radau_advance`: each call runs attempts, error tests, step-size
-decisions and the driver's step control (:func:`~deqcore.ode.controller.make_control_step`, compiled) until it
-needs something only Python can give, and returns that request: the three stage evaluations of a Newton
-iteration, one evaluation of f at a point, a Jacobian, room for more recorded steps, or the end of the solve.
-A short Python loop (:func:`run_radau_loop`) serves the requests through the solve's
-:class:`~deqcore.ode.base.Evaluator` (so calls are counted and checked as on every other path, and an exception
-raised by ``rhs`` or ``jac`` propagates unchanged) and writes the results into the state's buffers.
+The loop is a compiled state machine (:func:`~deqcore.ode.radau_machine.radau_advance`): it runs attempts,
+error tests, step-size decisions and the driver's step control (:func:`~deqcore.ode.controller.make_control_step`,
+compiled) until it needs something only Python can give, and returns that request: the three stage evaluations
+of a Newton iteration, one evaluation of f at a point, a Jacobian, room for more recorded steps, or the end of
+the solve. :func:`~deqcore.ode.radau_machine.radau_run` serves the evaluation and Jacobian requests from
+compiled code through a ctypes callback into Python (:func:`run_radau_loop`), which counts and checks every
+call of ``rhs`` as the :class:`~deqcore.ode.base.Evaluator` does; an exception raised by ``rhs`` or ``jac`` is
+kept, stops the compiled loop and is raised again, unchanged.
 
-It is the algorithm of :meth:`RadauStepper.attempt` and of the driver's loop (:func:`deqcore.ode.driver.run`),
-step for step: the same attempts, evaluations of f and Jacobians, the same numbers (the same compiled kernels
-of :mod:`deqcore.ode.kernels_host` form them), the same return codes. Its heuristic parameters are read from
-:mod:`deqcore.ode.radau` and the stepper when a solve starts and passed in as data, so the compiled code
-(cached on disk) never holds a stale copy of them. Accepted steps are recorded in a growing array (time, end
-time, y, f, the stage increments Z) from which the driver's step records and the collocation polynomials of
-the dense output are built at the end.
+It is the algorithm of :meth:`RadauStepper.attempt <deqcore.ode.radau.RadauStepper.attempt>` and of the
+driver's loop (:func:`deqcore.ode.driver.run`), step for step: the same attempts, evaluations of f and
+Jacobians, the same numbers (the same compiled kernels of :mod:`deqcore.ode.kernels_host` form them), the same
+return codes. Its heuristic parameters are read from :mod:`deqcore.ode.radau` and the stepper when a solve
+starts and passed in as data, so the compiled code cached on disk never holds a stale copy of them. Accepted
+steps are recorded in a growing array (time, end time, y, f, the stage increments Z) from which the driver's
+step records and the collocation polynomials of the dense output are built at the end.
 
-Why a state machine rather than calling f from compiled code: measured on this machine, a compiled call with
-five array arguments costs about 1.5 µs and serves a whole Newton iteration (three evaluations of f), a step
-costs one or two such calls; Python errors, the evaluator's checks and the finite-difference Jacobian stay
-where they are.
+Measured on this machine: a compiled call with five array arguments costs 1.1–1.5 µs to dispatch; a ctypes
+callback from compiled code 0.4 µs. Returning to Python for each request (one per Newton iteration) was
+slower than calling back, and the callback keeps Python's errors, the evaluator's checks and the
+finite-difference Jacobian where they are.
 """
 
 from __future__ import annotations
 
-import math
+import ctypes
 
 import numpy as np
 
-from ..backend.numba_tools import CACHE, numba
-from ..results import ReturnCode
-from .controller import make_control_step, pi_factor
-from .kernels_host import (BAD_F, CONVERGED, RADAU_GEMV, _combine, radau_error, radau_extrapolation, radau_factor,
-                           radau_newton, radau_start)
+from .radau_machine import (CALLBACK, DONE, F_BASE, F_ERR, F_NEW, GROW, HAND_BACK, JAC, RAISED, SERVED, STAGES,
+                            I_ACCEPTED, I_ACTIVE, I_ADDR, I_AFTER_REJECT, I_AUTONOMOUS, I_CODE, I_F_EXACT,
+                            I_FIRST, I_JAC_KEEP_ITER, I_KMAX, I_MAX_STEPS, I_N, I_NEED_JAC, I_NFACTOR,
+                            I_NFAILED_SOLVES, I_NLINSOLVE, I_NNEWTON_FAIL, I_NUM_STEPS, I_REC_CAP, I_REC_COUNT,
+                            I_RECORD, I_REJECTED, I_SIZE, I_STEADY, I_USER_JAC, F_BIG, F_DIRECTION, F_EPS,
+                            F_ERR_PREV, F_EXPONENT, F_FACCON, F_GAMMA, F_H, F_JAC_RATE, F_KEEP_HIGH, F_KEEP_LOW,
+                            F_MAX_FACTOR, F_MIN_FACTOR, F_MU_IM, F_MU_RE, F_NEWTON_FACTOR, F_NEWTON_TOL, F_RTOL,
+                            F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, layout)
+from . import radau_machine
 
-__all__ = ["run_radau_loop", "radau_advance"]
-
-_control = numba.njit(inline="always")(make_control_step(numba.njit(inline="always")(pi_factor)))
-
-_MAX_STEPS, _DIVERGED, _DT_TOO_SMALL = int(ReturnCode.MAX_STEPS), int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
-_LINEAR_SOLVE_FAILED = int(ReturnCode.LINEAR_SOLVE_FAILED)
-
-# requests (what radau_advance returns)
-DONE, STAGES, F_BASE, F_ERR, F_NEW, JAC, GROW = range(7)
-
-# integer state (ist)
-(I_PHASE, I_N, I_KMAX, I_JAC_KEEP_ITER, I_AUTONOMOUS, I_USER_JAC, I_STEADY, I_RECORD, I_MAX_STEPS,
- I_NUM_STEPS, I_ACCEPTED, I_REJECTED, I_CODE, I_ACTIVE, I_AFTER_REJECT, I_HAVE_JAC, I_NEED_JAC, I_JAC_FRESH,
- I_JAC_FINITE, I_LU_VALID, I_F_EXACT, I_HAVE_ZPREV, I_FIRST, I_LAST_REJECTED, I_HAVE_ACC, I_K, I_NITER,
- I_REC_COUNT, I_REC_CAP, I_NLINSOLVE, I_NFACTOR, I_NFAILED_SOLVES, I_NNEWTON_FAIL, I_TRIAL_CODE, I_KEEP_JAC,
- I_HAVE_M, I_ADDR) = range(37)
-I_SIZE = I_ADDR + 7
-
-# float scalars at the head of the float state (fw)
-(F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL, F_NEWTON_FACTOR,
- F_JAC_RATE, F_SAFETY, F_MIN_FACTOR, F_MAX_FACTOR, F_KEEP_LOW, F_KEEP_HIGH, F_GAMMA, F_MU_RE, F_MU_IM, F_FACCON,
- F_LU_H, F_H_PREV, F_H_ACC, F_ERR_ACC, F_M_RATIO, F_T_ARG, F_H_ARG, F_ERRV, F_THETA, F_TOP, F_H_NEXT, F_ERR_SQ,
- F_RES, F_EXPONENT, F_EPS, F_RATE) = range(37)
-F_HEAD = F_RATE + 4
-
-# phases of the state machine
-P_ATTEMPT, P_AFTER_F_BASE, P_AFTER_JAC, P_NEWTON, P_AFTER_F_ERR, P_AFTER_F_NEW, P_CONTROL = range(7)
-
-# buffers in fw after the head: name -> size in units of n (or fixed)
-_VECTORS = ("y", "f", "y_new", "f_new", "scale", "ez", "err_vec", "y_err", "f_err", "atol")
-_STAGES = ("Z", "W", "Y", "F", "Z_prev")
+__all__ = ["run_radau_loop"]
 
 
-def layout(n: int) -> dict:
-    """Offsets of the buffers in the float state (name -> (start, stop))."""
-    out, at = {}, F_HEAD
-    for name in _VECTORS:
-        out[name] = (at, at + n)
-        at += n
-    for name in _STAGES:
-        out[name] = (at, at + 3 * n)
-        at += 3 * n
-    for name, size in (("J", n * n), ("lu_r", n * n), ("M", 9), ("T", 9), ("T_inv", 9), ("e", 3), ("c", 3),
-                       ("a_last", 3), ("dense", 9)):
-        out[name] = (at, at + size)
-        at += size
-    out["size"] = (at, at)
+def _checked(ev, out):
+    """``out`` as the :class:`~deqcore.ode.base.Evaluator` accepts it (its checks and messages), for results
+    that are not already a float64 array of the state's shape."""
+    shape = getattr(out, "shape", None)
+    if shape is None or tuple(shape) != ev.shape:
+        raise ValueError(f"rhs must return an array of shape {ev.shape} (the shape of y0), got "
+                         f"{getattr(out, 'shape', type(out).__name__)}")
+    kind, size = np.dtype(out.dtype).kind, np.dtype(out.dtype).itemsize
+    if kind != "f" or size < np.dtype(ev.dtype).itemsize:
+        raise TypeError(f"rhs must return a real floating array of y0's dtype {np.dtype(ev.dtype)}, "
+                        f"got {np.dtype(out.dtype)}")
     return out
 
 
-@numba.njit(inline="always")
-def _vec(fw, n, k):
-    """The k-th length-n vector after the head (the order of ``_VECTORS``)."""
-    a = F_HEAD + k * n
-    return fw[a:a + n]
-
-
-@numba.njit(inline="always")
-def _stage(fw, n, k):
-    """The k-th (3, n) block after the vectors (the order of ``_STAGES``)."""
-    a = F_HEAD + 10 * n + k * 3 * n
-    return fw[a:a + 3 * n].reshape((3, n))
-
-
-@numba.njit(inline="always")
-def _small(fw, n, k):
-    """After J and lu_r: M, T, T_inv (3 × 3), e, c, a_last (3), dense (3 × 3), as k = 0..6."""
-    base = F_HEAD + 10 * n + 15 * n + 2 * n * n
-    offsets = (0, 9, 18, 27, 30, 33, 36)
-    a = base + offsets[k]
-    return fw[a:a + (9 if (k < 3 or k == 6) else 3)]
-
-
-@numba.njit(inline="always")
-def _reject(ist, fw, n, h_next, code, err_sq, newton):
-    """:meth:`RadauStepper._reject`: the trial of a rejected attempt (state unchanged)."""
-    ist[I_LAST_REJECTED] = 1
-    if newton and ist[I_JAC_FRESH] == 0:
-        ist[I_NEED_JAC] = 1
-    y = _vec(fw, n, 0)
-    top = 0.0
-    for q in range(n):
-        a = abs(y[q])
-        if a > top or a != a:
-            top = a
-    fw[F_TOP] = top
-    fw[F_H_NEXT] = h_next
-    fw[F_ERR_SQ] = err_sq
-    ist[I_TRIAL_CODE] = code
-    ist[I_KEEP_JAC] = -1            # no pending accepted step
-    ist[I_PHASE] = P_CONTROL
-
-
-@numba.njit(cache=CACHE)
-def radau_advance(ist, fw, lu_c, piv, rec):
-    """Run the solve until Python is needed; returns ``(request, t_a, t_b, t_c)`` (the times of the requested
-    evaluations). See the module docstring."""
-    n = ist[I_N]
-    addresses = ist[I_ADDR:I_ADDR + 7]
-    piv_r = piv[:n]
-    piv_c = piv[n:]
-    lu_r = fw[F_HEAD + 25 * n + n * n:F_HEAD + 25 * n + 2 * n * n].reshape((n, n)).T
-    J = fw[F_HEAD + 25 * n:F_HEAD + 25 * n + n * n].reshape((n, n))
-    y = _vec(fw, n, 0)
-    f = _vec(fw, n, 1)
-    y_new = _vec(fw, n, 2)
-    f_new = _vec(fw, n, 3)
-    scale = _vec(fw, n, 4)
-    ez = _vec(fw, n, 5)
-    err_vec = _vec(fw, n, 6)
-    y_err = _vec(fw, n, 7)
-    f_err = _vec(fw, n, 8)
-    atol = _vec(fw, n, 9)
-    Z = _stage(fw, n, 0)
-    W = _stage(fw, n, 1)
-    Y = _stage(fw, n, 2)
-    F = _stage(fw, n, 3)
-    Z_prev = _stage(fw, n, 4)
-    M = _small(fw, n, 0).reshape((3, 3))
-    T = _small(fw, n, 1).reshape((3, 3))
-    T_inv = _small(fw, n, 2).reshape((3, 3))
-    e = _small(fw, n, 3)
-    c = _small(fw, n, 4)
-    a_last = _small(fw, n, 5)
-    dense = _small(fw, n, 6)
-    rate = fw[F_RATE:F_RATE + 4]
-    k_max = ist[I_KMAX]
-    eps = fw[F_EPS]
-    while True:
-        phase = ist[I_PHASE]
-        if phase == P_ATTEMPT:
-            if ist[I_ACTIVE] == 0:
-                return DONE, 0.0, 0.0, 0.0
-            if ist[I_NUM_STEPS] >= ist[I_MAX_STEPS]:
-                ist[I_CODE] = _MAX_STEPS
-                ist[I_ACTIVE] = 0
-                return DONE, 0.0, 0.0, 0.0
-            t = fw[F_T]
-            h = fw[F_DIRECTION] * fw[F_H]
-            fw[F_T_ARG] = t
-            fw[F_H_ARG] = h
-            if ist[I_NEED_JAC] != 0 or ist[I_HAVE_JAC] == 0:
-                if ist[I_USER_JAC] == 0 and ist[I_F_EXACT] == 0:
-                    ist[I_PHASE] = P_AFTER_F_BASE
-                    return F_BASE, t, 0.0, 0.0
-                ist[I_PHASE] = P_AFTER_JAC
-                return JAC, t, 0.0, 0.0
-            phase = P_AFTER_JAC + 100      # factor and start Newton
-        elif phase == P_AFTER_F_BASE:
-            ist[I_F_EXACT] = 1
-            ist[I_PHASE] = P_AFTER_JAC
-            return JAC, fw[F_T_ARG], 0.0, 0.0
-        elif phase == P_AFTER_JAC:
-            ist[I_HAVE_JAC] = 1
-            ist[I_JAC_FRESH] = 1
-            ist[I_NEED_JAC] = 0
-            ist[I_LU_VALID] = 0
-            finite = 1
-            for i in range(n):
-                for j in range(n):
-                    if not math.isfinite(J[i, j]):
-                        finite = 0
-            ist[I_JAC_FINITE] = finite
-            phase = P_AFTER_JAC + 100
-        if phase == P_AFTER_JAC + 100:
-            # factor when needed, then the Newton start and its first stage evaluations
-            t = fw[F_T_ARG]
-            h = fw[F_H_ARG]
-            if ist[I_LU_VALID] == 0 or fw[F_LU_H] != h:
-                ist[I_NFACTOR] += 1
-                ok = False
-                if ist[I_JAC_FINITE] != 0:
-                    ok = not radau_factor(addresses, J, fw[F_GAMMA] / h, fw[F_MU_RE] / h, fw[F_MU_IM] / h,
-                                          lu_r, piv_r, lu_c, piv_c)
-                ist[I_LU_VALID] = 1 if ok else 0
-                fw[F_LU_H] = h
-            if ist[I_LU_VALID] == 0:
-                ist[I_NFAILED_SOLVES] += 1
-                _reject(ist, fw, n, 0.5 * abs(h), _LINEAR_SOLVE_FAILED, math.inf, True)
-                continue
-            if ist[I_HAVE_ZPREV] != 0:
-                ratio = h / fw[F_H_PREV]
-                if ist[I_HAVE_M] == 0 or fw[F_M_RATIO] != ratio:
-                    radau_extrapolation(ratio, c, dense, _small(fw, n, 0))
-                    fw[F_M_RATIO] = ratio
-                    ist[I_HAVE_M] = 1
-                radau_start(addresses, M, Z_prev, T_inv, y, atol, fw[F_RTOL], Z, W, Y, scale)
-            else:
-                radau_start(addresses, T, Z_prev[:0], T_inv, y, atol, fw[F_RTOL], Z, W, Y, scale)
-            rate[0] = 1.0
-            rate[1] = 1.0
-            rate[2] = fw[F_JAC_RATE]
-            rate[3] = max(fw[F_FACCON], eps) ** 0.8
-            ist[I_K] = 1
-            ist[I_PHASE] = P_NEWTON
-            return STAGES, t + c[0] * h, t + c[1] * h, t + c[2] * h
-        elif phase == P_NEWTON:
-            t = fw[F_T_ARG]
-            h = fw[F_H_ARG]
-            k = ist[I_K]
-            tol_fail = fw[F_NEWTON_TOL]
-            status, factor = radau_newton(addresses, F, T, T_inv, fw[F_GAMMA] / h, fw[F_MU_RE] / h,
-                                          fw[F_MU_IM] / h, lu_r, piv_r, lu_c, piv_c, scale, y, W, Z, Y, rate, k,
-                                          k_max, tol_fail * fw[F_NEWTON_FACTOR], tol_fail)
-            if status != BAD_F:
-                ist[I_NLINSOLVE] += 2
-            h_fail = 0.0
-            converged = False
-            failed = False
-            if status == CONVERGED:
-                converged = True
-            elif status != 0:
-                failed = True
-                h_fail = factor * abs(h)
-            elif k == k_max:
-                failed = True
-                h_fail = 0.5 * abs(h)
-            if not (converged or failed):
-                ist[I_K] = k + 1
-                return STAGES, t + c[0] * h, t + c[1] * h, t + c[2] * h
-            fw[F_FACCON] = rate[3]
-            fw[F_THETA] = rate[2]
-            ist[I_NITER] = k
-            if failed:
-                ist[I_NNEWTON_FAIL] += 1
-                if ist[I_JAC_FRESH] == 0 and math.isfinite(h_fail):
-                    h_fail = abs(h)
-                _reject(ist, fw, n, h_fail, 0, math.inf, True)
-                continue
-            err, top = radau_error(addresses, True, f, Z, e, h, lu_r, piv_r, y, atol, fw[F_RTOL], y_new, scale,
-                                   ez, err_vec)
-            ist[I_NLINSOLVE] += 1
-            fw[F_ERRV] = err
-            fw[F_TOP] = top
-            if not err < 1.0 and (ist[I_FIRST] != 0 or ist[I_LAST_REJECTED] != 0) and math.isfinite(err):
-                for q in range(n):
-                    y_err[q] = y[q] + err_vec[q]
-                ist[I_PHASE] = P_AFTER_F_ERR
-                return F_ERR, t, 0.0, 0.0
-            phase = P_AFTER_F_ERR + 100
-        elif phase == P_AFTER_F_ERR:
-            err, top = radau_error(addresses, False, f_err, Z, e, fw[F_H_ARG], lu_r, piv_r, y, atol, fw[F_RTOL],
-                                   y_new, scale, ez, err_vec)
-            ist[I_NLINSOLVE] += 1
-            fw[F_ERRV] = err
-            fw[F_TOP] = top
-            phase = P_AFTER_F_ERR + 100
-        elif phase == P_AFTER_F_NEW:
-            ist[I_F_EXACT] = 1
-            phase = P_AFTER_F_NEW + 100
-        if phase == P_AFTER_F_ERR + 100:
-            # RadauStepper._decide
-            t = fw[F_T_ARG]
-            h = fw[F_H_ARG]
-            err = fw[F_ERRV]
-            if not math.isfinite(err):
-                _reject(ist, fw, n, 0.5 * abs(h), 0, math.inf, True)
-                continue
-            err = max(err, 1e-10)
-            fw[F_ERRV] = err
-            safety = fw[F_SAFETY]
-            fac = min(safety, safety * (2 * k_max + 1) / (2 * k_max + ist[I_NITER]))
-            quot = min(1.0 / fw[F_MIN_FACTOR], max(1.0 / fw[F_MAX_FACTOR], err ** 0.25 / fac))
-            h_abs = abs(h)
-            if err > 1.0:
-                h_next = 0.1 * h_abs if ist[I_FIRST] != 0 else h_abs / quot
-                _reject(ist, fw, n, h_next, 0, err * err * n, False)
-                continue
-            if ist[I_HAVE_ACC] != 0:
-                gus = fw[F_H_ACC] / h_abs * (err * err / fw[F_ERR_ACC]) ** 0.25 / safety
-                quot = max(quot, min(1.0 / fw[F_MIN_FACTOR], max(1.0 / fw[F_MAX_FACTOR], gus)))
-            h_next = h_abs / quot
-            if ist[I_LAST_REJECTED] != 0:
-                h_next = min(h_next, h_abs)
-            fw[F_H_NEXT] = h_next
-            if ist[I_AUTONOMOUS] == 0:
-                _combine(addresses[RADAU_GEMV], a_last, Z, f_new)
-                for q in range(n):
-                    f_new[q] = f_new[q] / h
-                ist[I_F_EXACT] = 0
-                phase = P_AFTER_F_NEW + 100
-            else:
-                ist[I_PHASE] = P_AFTER_F_NEW
-                return F_NEW, t + h, 0.0, 0.0
-        if phase == P_AFTER_F_NEW + 100:
-            h = fw[F_H_ARG]
-            h_abs = abs(h)
-            finite = True
-            for q in range(n):
-                if not math.isfinite(f_new[q]):
-                    finite = False
-            if not finite:
-                _reject(ist, fw, n, 0.5 * h_abs, 0, math.inf, True)
-                continue
-            h_next = fw[F_H_NEXT]
-            keep_jac = fw[F_THETA] <= fw[F_JAC_RATE] or ist[I_NITER] <= ist[I_JAC_KEEP_ITER]
-            if keep_jac and fw[F_KEEP_LOW] <= h_next / h_abs <= fw[F_KEEP_HIGH]:
-                h_next = h_abs
-            fw[F_H_NEXT] = h_next
-            err = fw[F_ERRV]
-            fw[F_ERR_SQ] = err * err * n
-            ist[I_KEEP_JAC] = 1 if keep_jac else 0
-            ist[I_TRIAL_CODE] = 0
-            ist[I_PHASE] = P_CONTROL
-            phase = P_CONTROL
-        if phase == P_CONTROL:
-            # the driver: step control of the row (_HostRow.control), then record and accept
-            accepted_trial = ist[I_KEEP_JAC] >= 0
-            if ist[I_RECORD] != 0 and ist[I_REC_COUNT] >= ist[I_REC_CAP]:
-                return GROW, 0.0, 0.0, 0.0
-            ist[I_NUM_STEPS] += 1
-            res = fw[F_THRESHOLD]
-            if ist[I_STEADY] != 0:
-                src = f_new if accepted_trial else f
-                res = 0.0
-                for q in range(n):
-                    a = abs(src[q])
-                    if a > res or a != a:
-                        res = a
-            t_arg = fw[F_T_ARG]
-            err_sq = fw[F_ERR_SQ]
-            good, active, code, t_new, h_ctrl, err_prev, after_reject = _control(
-                err_sq, fw[F_TOP], res, fw[F_THRESHOLD], fw[F_EXPONENT], fw[F_T], fw[F_H], fw[F_ERR_PREV],
-                ist[I_AFTER_REJECT] != 0, n, fw[F_T_END], fw[F_DIRECTION], ist[I_STEADY] != 0, fw[F_BIG],
-                fw[F_TEPS])
-            fw[F_T] = t_new
-            fw[F_ERR_PREV] = err_prev
-            ist[I_AFTER_REJECT] = 1 if after_reject else 0
-            if good:
-                ist[I_ACCEPTED] += 1
-            else:
-                ist[I_REJECTED] += 1
-            if active:
-                h_ctrl = min(abs(fw[F_H_NEXT]), abs(fw[F_T_END] - t_new))
-                if not h_ctrl > 8.0 * fw[F_TEPS] * max(abs(t_new), 1.0):
-                    code = _DT_TOO_SMALL if math.isfinite(err_sq) else _DIVERGED
-                    active = False
-            if not active and ist[I_TRIAL_CODE] != 0 and (code == _DIVERGED or code == _DT_TOO_SMALL):
-                code = ist[I_TRIAL_CODE]
-            if code != 0:
-                ist[I_CODE] = code
-            fw[F_H] = h_ctrl
-            ist[I_ACTIVE] = 1 if active else 0
-            if good:
-                if ist[I_RECORD] != 0:
-                    r = ist[I_REC_COUNT]
-                    rec[r, 0] = t_arg
-                    rec[r, 1] = t_new
-                    for q in range(n):
-                        rec[r, 2 + q] = y_new[q] if accepted_trial else y[q]
-                        rec[r, 2 + n + q] = f_new[q] if accepted_trial else f[q]
-                    for i in range(3):
-                        for q in range(n):
-                            rec[r, 2 + 2 * n + i * n + q] = Z[i, q]
-                    ist[I_REC_COUNT] = r + 1
-                if accepted_trial:
-                    y[:] = y_new
-                    f[:] = f_new
-                    # RadauStepper.accept
-                    Z_prev[:, :] = Z
-                    ist[I_HAVE_ZPREV] = 1
-                    fw[F_H_PREV] = fw[F_H_ARG]
-                    fw[F_H_ACC] = abs(fw[F_H_ARG])
-                    fw[F_ERR_ACC] = max(1e-2, fw[F_ERRV])
-                    ist[I_HAVE_ACC] = 1
-                    ist[I_FIRST] = 0
-                    ist[I_LAST_REJECTED] = 0
-                    ist[I_JAC_FRESH] = 0
-                    ist[I_NEED_JAC] = 0 if ist[I_KEEP_JAC] == 1 else 1
-            ist[I_PHASE] = P_ATTEMPT
-
-
 def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, params: dict):
-    """Serve :func:`radau_advance` until the solve ends: the driver's loop for ``stepper`` (a
-    :class:`~deqcore.ode.radau.RadauStepper` on its compiled path, not yet started) from the control state
-    ``rows`` (the driver's ``_HostRow``, updated in place). ``params``: the method's heuristic parameters
-    (read from :mod:`deqcore.ode.radau` by the stepper). Returns ``(y, f, steps, num_steps)`` as the driver's
-    loop leaves them, or None when the first Jacobian is not a dense array (the driver's loop then takes over
-    from the stepper's state, which already holds that Jacobian)."""
+    """The driver's loop for ``stepper`` (a :class:`~deqcore.ode.radau.RadauStepper` on its compiled path,
+    not yet started) from the control state ``rows`` (the driver's ``_HostRow``, updated in place), as one
+    compiled call (:func:`radau_run`) that calls back into Python for f and J. ``params``: the method's
+    heuristic parameters (read from :mod:`deqcore.ode.radau` by the stepper). Returns ``(y, f, steps,
+    num_steps)`` as the driver's loop leaves them, or None when the first Jacobian is not a dense array (the
+    driver's loop then takes over from the stepper's state, which already holds that Jacobian). An exception
+    raised by ``rhs`` or ``jac`` propagates unchanged."""
     from .driver import StepRecord
     from .radau import CollocationPolynomial
+    from .rosenbrock import user_jacobian
 
     ev, n = stepper.ev, stepper.n
     shape = ev.shape
@@ -447,64 +99,98 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
             F_FACCON: stepper.faccon, F_EXPONENT: float(stepper.error_exponent), F_EPS: params["eps"]}
     for k, v in head.items():
         fw[k] = v
-    cap = 64 if record else 0
-    rec = np.empty((cap, 2 + 5 * n))
-    ist[I_REC_CAP] = cap
+    rec = np.empty((64 if record else 0, 2 + 5 * n))
+    ist[I_REC_CAP] = rec.shape[0]
+
+    rhs, args, autonomous, dtype = ev.rhs, ev.args, ev.autonomous, ev.dtype
     y_in, f_in = view["y"].reshape(shape), view["f"]
-    stage_in = [view["Y"][i * n:(i + 1) * n].reshape(shape) for i in range(3)]
-    stage_out = [view["F"][i * n:(i + 1) * n].reshape(shape) for i in range(3)]
-    err_in, err_out = view["y_err"].reshape(shape), view["f_err"].reshape(shape)
-    new_in, new_out = view["y_new"].reshape(shape), view["f_new"].reshape(shape)
-    f_out = f_in.reshape(shape)
+    Y0, Y1, Y2 = (view["Y"][i * n:(i + 1) * n].reshape(shape) for i in range(3))
+    F0, F1, F2 = (view["F"][i * n:(i + 1) * n].reshape(shape) for i in range(3))
+    points = {F_ERR: (view["y_err"].reshape(shape), view["f_err"].reshape(shape)),
+              F_NEW: (view["y_new"].reshape(shape), view["f_new"].reshape(shape)),
+              F_BASE: (y_in, f_in.reshape(shape))}
     J_out = view["J"].reshape(n, n)
-    advance = radau_advance
+    ndarray = np.ndarray
+    raised = []
+    stats = stepper.stats
+    user_jac = stepper.jac
+
+    def f(t, y, out):
+        """``out[...] = rhs(t, y, *args)``, counted and checked as the evaluator does."""
+        ev.nfev += 1
+        value = rhs(0.0 if autonomous else t, y, *args)
+        if type(value) is not ndarray or value.dtype is not dtype or value.shape != shape:
+            value = _checked(ev, value)
+        out[...] = value
+
+    def jacobian(t):
+        if user_jac is None:
+            return stepper._evaluate_jacobian(t, view["y"], f_in, tol)
+        stats["njev"] += 1           # the user's jac, checked as OneSystemJacobian does
+        J = user_jac(0.0 if autonomous else t, y_in, *args)
+        if type(J) is ndarray and J.dtype is dtype and J.shape == (n, n):
+            return J
+        J = user_jacobian(ev, lambda *_: J, n, t, y_in)
+        return J[0] if type(J) is ndarray else J
+
+    def serve(request, t_a, t_b, t_c):
+        try:
+            if request == STAGES:
+                f(t_a, Y0, F0)
+                f(t_b, Y1, F1)
+                f(t_c, Y2, F2)
+            elif request == JAC:
+                J = jacobian(t_a)
+                if type(J) is not ndarray:
+                    if ist[I_NUM_STEPS] == 0:       # a sparse user Jacobian: the driver's loop, from here
+                        stepper.J, stepper.jac_fresh, stepper.need_jac, stepper.lu = J, True, False, None
+                        stepper._jac_finite = bool(np.isfinite(J.data).all())
+                        return HAND_BACK
+                    J = J.toarray()
+                J_out[...] = J
+            else:
+                y, out = points[request]
+                f(t_a, y, out)
+            return SERVED
+        except BaseException as exc:        # noqa: BLE001 - kept and raised again after the compiled call
+            raised.append(exc)
+            return RAISED
+
+    callback = CALLBACK(serve)
+    address = ctypes.cast(callback, ctypes.c_void_p).value
     while True:
-        req, ta, tb, tc = advance(ist, fw, lu_c, piv, rec)
-        if req == STAGES:
-            stage_out[0][...] = ev(ta, stage_in[0])
-            stage_out[1][...] = ev(tb, stage_in[1])
-            stage_out[2][...] = ev(tc, stage_in[2])
-        elif req == DONE:
-            break
-        elif req == F_NEW:
-            new_out[...] = ev(ta, new_in)
-        elif req == F_ERR:
-            err_out[...] = ev(ta, err_in)
-        elif req == F_BASE:
-            f_out[...] = ev(ta, y_in)
-        elif req == JAC:
-            J = stepper._evaluate_jacobian(ta, view["y"], f_in, tol)
-            if not isinstance(J, np.ndarray):
-                if ist[I_NUM_STEPS] == 0:       # a sparse user Jacobian: the array path, from this state
-                    stepper.J, stepper.jac_fresh, stepper.need_jac, stepper.lu = J, True, False, None
-                    stepper._jac_finite = bool(np.isfinite(J.data).all())
-                    return None
-                J = J.toarray()
-            J_out[...] = J
-        elif req == GROW:
+        status = radau_machine.radau_run(ist, fw, lu_c, piv, rec, address)
+        if status == GROW:
             bigger = np.empty((2 * rec.shape[0], rec.shape[1]))
             bigger[:rec.shape[0]] = rec
             rec = bigger
             ist[I_REC_CAP] = rec.shape[0]
+            continue
+        if status == -RAISED:
+            raise raised[0]
+        if status == -HAND_BACK:
+            return None
+        break
     # the driver's row, the stepper's counters
     rows.t, rows.h, rows.err_prev = float(fw[F_T]), float(fw[F_H]), float(fw[F_ERR_PREV])
     rows.after_reject, rows.active, rows.code = bool(ist[I_AFTER_REJECT]), bool(ist[I_ACTIVE]), int(ist[I_CODE])
     rows.accepted, rows.rejected = int(ist[I_ACCEPTED]), int(ist[I_REJECTED])
     if ist[I_NUM_STEPS]:
         rows.nfev = ev.nfev
-    stats = stepper.stats
     stats["nlinsolve"] += int(ist[I_NLINSOLVE])
     stats["nfactor"] += int(ist[I_NFACTOR])
     stats["nfailed_solves"] += int(ist[I_NFAILED_SOLVES])
     stats["nnewton_fail"] += int(ist[I_NNEWTON_FAIL])
+    count = int(ist[I_REC_COUNT])
+    Y1s = rec[:count, 2:2 + n].reshape((count,) + shape)
+    F1s = rec[:count, 2 + n:2 + 2 * n].reshape((count,) + shape)
+    Zs = rec[:count, 2 + 2 * n:].reshape(count, 3, n)
+    starts, ends = rec[:count, 0].tolist(), rec[:count, 1].tolist()
     steps = []
     y_prev, f_prev = y0, f0
-    for r in range(int(ist[I_REC_COUNT])):
-        row = rec[r]
-        y1 = row[2:2 + n].reshape(shape)
-        f1 = row[2 + n:2 + 2 * n].reshape(shape)
-        t_arg = float(row[0])
-        steps.append(StepRecord(t_arg, float(row[1]) - t_arg, y_prev, y1, f_prev, f1,
-                                CollocationPolynomial(y_prev.reshape(-1), row[2 + 2 * n:].reshape(3, n), shape)))
+    for r in range(count):
+        y1, f1 = Y1s[r], F1s[r]
+        steps.append(StepRecord(starts[r], ends[r] - starts[r], y_prev, y1, f_prev, f1,
+                                CollocationPolynomial(y_prev.reshape(-1), Zs[r], shape)))
         y_prev, f_prev = y1, f1
     return view["y"].reshape(shape).copy(), f_in.reshape(shape).copy(), steps, int(ist[I_NUM_STEPS])
