@@ -139,6 +139,8 @@ def radau_coefficients() -> RadauCoefficients:
 
 
 COEF = radau_coefficients()
+#: the last row of A⁻¹: the collocation polynomial's slope at the step's end is (A⁻¹)₃ Z / h
+_A_INV_LAST = np.linalg.inv(COEF.A)[2]
 
 
 def _lagrange(theta):
@@ -209,7 +211,7 @@ class RadauStepper(OneSystemJacobian):
         self._pending = None
         self._f_exact = True        # the f handed in with the state is an evaluation (not the implied one)
         self._f_base = None         # f evaluated at the current state by this stepper (kept across rejections)
-        self._A_inv_last = np.linalg.inv(COEF.A)[2].astype(self.dtype)
+        self._A_inv_last = _A_INV_LAST.astype(self.dtype)
         # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the vector work of a step in compiled
         # kernels (kernels_host) calling the BLAS/LAPACK routines the array code reaches, so the same numbers
         self.host = self.pattern is None and self.dtype == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT

@@ -135,10 +135,24 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
 
     def serve(request, t_a, t_b, t_c):
         try:
-            if request == STAGES:
-                f(t_a, Y0, F0)
-                f(t_b, Y1, F1)
-                f(t_c, Y2, F2)
+            if request == STAGES:          # f written out three times: this is the hot path
+                if autonomous:
+                    t_a = t_b = t_c = 0.0
+                ev.nfev += 1
+                value = rhs(t_a, Y0, *args)
+                if type(value) is not ndarray or value.dtype is not dtype or value.shape != shape:
+                    value = _checked(ev, value)
+                F0[...] = value
+                ev.nfev += 1
+                value = rhs(t_b, Y1, *args)
+                if type(value) is not ndarray or value.dtype is not dtype or value.shape != shape:
+                    value = _checked(ev, value)
+                F1[...] = value
+                ev.nfev += 1
+                value = rhs(t_c, Y2, *args)
+                if type(value) is not ndarray or value.dtype is not dtype or value.shape != shape:
+                    value = _checked(ev, value)
+                F2[...] = value
             elif request == JAC:
                 J = jacobian(t_a)
                 if type(J) is not ndarray:
