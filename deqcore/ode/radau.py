@@ -37,7 +37,10 @@ One dense float64 system of at most :data:`~deqcore.ode.kernels_host.HOST_SYSTEM
 step's vector work (the factorisations, each Newton iteration, the error estimate, the extrapolation) in a few
 compiled calls (:mod:`deqcore.ode.kernels_host`) that call the BLAS/LAPACK routines the array code reaches
 through NumPy and SciPy, so it takes the same steps as the array code, which sparse, larger and float32
-systems use.
+systems use. Such a system also runs the driver's whole step loop in compiled code
+(:mod:`deqcore.ode.radau_loop`; :meth:`RadauStepper.run_rows`), calling back into Python only for f and the
+Jacobian: the same attempts and numbers as the driver's loop over :meth:`RadauStepper.attempt`, at a fraction
+of its cost per step (``COMPILED_LOOP = False`` turns it off).
 
 What it solves: unbatched NumPy problems (one state of any shape). Batched problems and CuPy arrays are
 refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
