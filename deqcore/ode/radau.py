@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from ..linalg.finite_diff import normalize_sparsity
+from ..linalg.finite_diff import _GROW as _FD_GROW, normalize_sparsity
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error,
@@ -271,7 +271,7 @@ class RadauStepper(OneSystemJacobian):
                       dense=COEF.dense, gamma=COEF.gamma, mu=COEF.mu, safety=SAFETY, min_factor=MIN_FACTOR,
                       max_factor=MAX_FACTOR, keep_low=KEEP_LOW, keep_high=KEEP_HIGH, jac_keep_iter=JAC_KEEP_ITER,
                       newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=T_EPS,
-                      eps=float(np.finfo(self.dtype).eps))
+                      eps=float(np.finfo(self.dtype).eps), fd_grow=_FD_GROW)
         return run_radau_loop(self, rows, y, fy, tol, max_steps, record, params)
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:

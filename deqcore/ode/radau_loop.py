@@ -30,14 +30,15 @@ import ctypes
 
 import numpy as np
 
-from .radau_machine import (CALLBACK, DONE, F_BASE, F_ERR, F_NEW, GROW, HAND_BACK, JAC, RAISED, SERVED, STAGES,
+from .radau_machine import (CALLBACK, DONE, F_BASE, F_ERR, F_NEW, FD_COLS, GROW, HAND_BACK, JAC, RAISED, SERVED, STAGES,
                             I_ACCEPTED, I_ACTIVE, I_ADDR, I_AFTER_REJECT, I_AUTONOMOUS, I_CODE, I_F_EXACT,
                             I_FIRST, I_JAC_KEEP_ITER, I_KMAX, I_MAX_STEPS, I_N, I_NEED_JAC, I_NFACTOR,
                             I_NFAILED_SOLVES, I_NLINSOLVE, I_NNEWTON_FAIL, I_NUM_STEPS, I_REC_CAP, I_REC_COUNT,
                             I_RECORD, I_REJECTED, I_SIZE, I_STEADY, I_USER_JAC, F_BIG, F_DIRECTION, F_EPS,
                             F_ERR_PREV, F_EXPONENT, F_FACCON, F_GAMMA, F_H, F_JAC_RATE, F_KEEP_HIGH, F_KEEP_LOW,
                             F_MAX_FACTOR, F_MIN_FACTOR, F_MU_IM, F_MU_RE, F_NEWTON_FACTOR, F_NEWTON_TOL, F_RTOL,
-                            F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, layout)
+                            F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
+                            I_NJEV_FD, I_NFEV_JAC, layout)
 from . import radau_machine
 
 __all__ = ["run_radau_loop"]
@@ -96,7 +97,9 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
             F_JAC_RATE: stepper.jac_rate, F_SAFETY: params["safety"], F_MIN_FACTOR: params["min_factor"],
             F_MAX_FACTOR: params["max_factor"], F_KEEP_LOW: params["keep_low"], F_KEEP_HIGH: params["keep_high"],
             F_GAMMA: params["gamma"], F_MU_RE: params["mu"].real, F_MU_IM: params["mu"].imag,
-            F_FACCON: stepper.faccon, F_EXPONENT: float(stepper.error_exponent), F_EPS: params["eps"]}
+            F_FACCON: stepper.faccon, F_EXPONENT: float(stepper.error_exponent), F_EPS: params["eps"],
+            F_LOST_BELOW: params["eps"] ** 0.875, F_GROW: params["fd_grow"],
+            F_FD_START: float(np.sqrt(params["eps"]))}
     for k, v in head.items():
         fw[k] = v
     rec = np.empty((64 if record else 0, 2 + 5 * n))
@@ -110,6 +113,9 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
               F_NEW: (view["y_new"].reshape(shape), view["f_new"].reshape(shape)),
               F_BASE: (y_in, f_in.reshape(shape))}
     J_out = view["J"].reshape(n, n)
+    columns = view["fd_cols"]
+    YP = [view["fd_YP"][j * n:(j + 1) * n].reshape(shape) for j in range(n)]
+    FP = [view["fd_FP"][j * n:(j + 1) * n].reshape(shape) for j in range(n)]
     ndarray = np.ndarray
     raised = []
     stats = stepper.stats
@@ -153,6 +159,15 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
                 if type(value) is not ndarray or value.dtype is not dtype or value.shape != shape:
                     value = _checked(ev, value)
                 F2[...] = value
+            elif request == FD_COLS:        # the columns of a finite-difference Jacobian
+                if autonomous:
+                    t_a = 0.0
+                for j in columns.nonzero()[0].tolist():
+                    ev.nfev += 1
+                    value = rhs(t_a, YP[j], *args)
+                    if type(value) is not ndarray or value.dtype is not dtype or value.shape != shape:
+                        value = _checked(ev, value)
+                    FP[j][...] = value
             elif request == JAC:
                 J = jacobian(t_a)
                 if type(J) is not ndarray:
@@ -192,6 +207,8 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     if ist[I_NUM_STEPS]:
         rows.nfev = ev.nfev
     stats["nlinsolve"] += int(ist[I_NLINSOLVE])
+    stats["njev"] += int(ist[I_NJEV_FD])
+    stats["nfev_jac"] += int(ist[I_NFEV_JAC])
     stats["nfactor"] += int(ist[I_NFACTOR])
     stats["nfailed_solves"] += int(ist[I_NFAILED_SOLVES])
     stats["nnewton_fail"] += int(ist[I_NNEWTON_FAIL])

@@ -23,6 +23,7 @@ from numba.extending import intrinsic
 from ..backend.numba_tools import CACHE, numba
 from ..results import ReturnCode
 from .controller import make_control_step, pi_factor
+from ..linalg.finite_diff import _fd_columns, _fd_factors
 from .kernels_host import (BAD_F, CONVERGED, RADAU_GEMV, _combine, radau_error, radau_extrapolation, radau_factor,
                            radau_newton, radau_start)
 
@@ -34,29 +35,33 @@ _MAX_STEPS, _DIVERGED, _DT_TOO_SMALL = int(ReturnCode.MAX_STEPS), int(ReturnCode
 _LINEAR_SOLVE_FAILED = int(ReturnCode.LINEAR_SOLVE_FAILED)
 
 # requests (what radau_advance returns)
-DONE, STAGES, F_BASE, F_ERR, F_NEW, JAC, GROW = range(7)
+DONE, STAGES, F_BASE, F_ERR, F_NEW, JAC, GROW, FD_COLS = range(8)
 
 # integer state (ist)
 (I_PHASE, I_N, I_KMAX, I_JAC_KEEP_ITER, I_AUTONOMOUS, I_USER_JAC, I_STEADY, I_RECORD, I_MAX_STEPS,
  I_NUM_STEPS, I_ACCEPTED, I_REJECTED, I_CODE, I_ACTIVE, I_AFTER_REJECT, I_HAVE_JAC, I_NEED_JAC, I_JAC_FRESH,
  I_JAC_FINITE, I_LU_VALID, I_F_EXACT, I_HAVE_ZPREV, I_FIRST, I_LAST_REJECTED, I_HAVE_ACC, I_K, I_NITER,
  I_REC_COUNT, I_REC_CAP, I_NLINSOLVE, I_NFACTOR, I_NFAILED_SOLVES, I_NNEWTON_FAIL, I_TRIAL_CODE, I_KEEP_JAC,
- I_HAVE_M, I_ADDR) = range(37)
+ I_HAVE_M, I_HAVE_FD, I_NJEV_FD, I_NFEV_JAC, I_ADDR) = range(40)
 I_SIZE = I_ADDR + 7
 
 # float scalars at the head of the float state (fw)
 (F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL, F_NEWTON_FACTOR,
  F_JAC_RATE, F_SAFETY, F_MIN_FACTOR, F_MAX_FACTOR, F_KEEP_LOW, F_KEEP_HIGH, F_GAMMA, F_MU_RE, F_MU_IM, F_FACCON,
  F_LU_H, F_H_PREV, F_H_ACC, F_ERR_ACC, F_M_RATIO, F_T_ARG, F_H_ARG, F_ERRV, F_THETA, F_TOP, F_H_NEXT, F_ERR_SQ,
- F_RES, F_EXPONENT, F_EPS, F_RATE) = range(37)
+ F_RES, F_EXPONENT, F_EPS, F_LOST_BELOW, F_GROW, F_FD_START, F_RATE) = range(40)
 F_HEAD = F_RATE + 4
 
 # phases of the state machine
-P_ATTEMPT, P_AFTER_F_BASE, P_AFTER_JAC, P_NEWTON, P_AFTER_F_ERR, P_AFTER_F_NEW, P_CONTROL = range(7)
+P_ATTEMPT, P_AFTER_F_BASE, P_AFTER_JAC, P_NEWTON, P_AFTER_F_ERR, P_AFTER_F_NEW, P_CONTROL, P_FD1, P_FD2 = range(9)
+P_FD_START, P_FD_FINISH = 200, 201
 
 # buffers in fw after the head: name -> size in units of n (or fixed)
 _VECTORS = ("y", "f", "y_new", "f_new", "scale", "ez", "err_vec", "y_err", "f_err", "atol")
 _STAGES = ("Z", "W", "Y", "F", "Z_prev")
+# the finite-difference Jacobian's buffers (after the small matrices)
+_FD_VECTORS = ("fd_factor", "fd_factor2", "fd_h", "fd_h2", "fd_big", "fd_scale", "fd_lost", "fd_cols", "fd_fabs")
+_FD_MATRICES = ("fd_YP", "fd_FP", "fd_D")
 
 
 def layout(n: int) -> dict:
@@ -69,7 +74,8 @@ def layout(n: int) -> dict:
         out[name] = (at, at + 3 * n)
         at += 3 * n
     for name, size in (("J", n * n), ("lu_r", n * n), ("M", 9), ("T", 9), ("T_inv", 9), ("e", 3), ("c", 3),
-                       ("a_last", 3), ("dense", 9)):
+                       ("a_last", 3), ("dense", 9)) + tuple((name, n) for name in _FD_VECTORS) + \
+            tuple((name, n * n) for name in _FD_MATRICES):
         out[name] = (at, at + size)
         at += size
     out["size"] = (at, at)
@@ -97,6 +103,28 @@ def _small(fw, n, k, size):
     base = F_HEAD + 10 * n + 15 * n + 2 * n * n
     a = base + (9 * k if k < 4 else 27 + 3 * (k - 3))
     return fw[a:a + size]
+
+
+@numba.njit
+def _increments(y, threshold, factor, h):
+    """:func:`deqcore.linalg.finite_diff.increments` of one system: ``factor · max(|y|, threshold)`` with the
+    sign of y, rounded so that ``(y + h) − y == h`` (the same operations, element by element)."""
+    for q in range(y.shape[0]):
+        a = abs(y[q])
+        s = a if (a != a or a >= threshold[q]) else threshold[q]
+        v = factor[q] * (s if y[q] >= 0 else -s)
+        h[q] = (y[q] + v) - y[q]
+
+
+@numba.njit
+def _perturbed(y, h, cols, YP):
+    """Row j of ``YP`` = y with h_j added to component j, for the columns flagged in ``cols``."""
+    n = y.shape[0]
+    for j in range(n):
+        if cols[j] != 0.0:
+            for q in range(n):
+                YP[j, q] = y[q]
+            YP[j, j] = y[j] + h[j]
 
 
 @numba.njit
@@ -152,6 +180,20 @@ def radau_advance(ist, fw, lu_c, piv, rec):
     a_last = _small(fw, n, 5, 3)
     dense = _small(fw, n, 6, 9)
     rate = fw[F_RATE:F_RATE + 4]
+    fdb = F_HEAD + 25 * n + 2 * n * n + 45
+    fd_factor = fw[fdb:fdb + n]
+    fd_factor2 = fw[fdb + n:fdb + 2 * n]
+    fd_h = fw[fdb + 2 * n:fdb + 3 * n]
+    fd_h2 = fw[fdb + 3 * n:fdb + 4 * n]
+    fd_big = fw[fdb + 4 * n:fdb + 5 * n]
+    fd_scale = fw[fdb + 5 * n:fdb + 6 * n]
+    fd_lost = fw[fdb + 6 * n:fdb + 7 * n]
+    fd_cols = fw[fdb + 7 * n:fdb + 8 * n]
+    fd_fabs = fw[fdb + 8 * n:fdb + 9 * n]
+    fdm = fdb + 9 * n
+    YP = fw[fdm:fdm + n * n].reshape((n, n))
+    FP = fw[fdm + n * n:fdm + 2 * n * n].reshape((n, n))
+    D = fw[fdm + 2 * n * n:fdm + 3 * n * n].reshape((n, n))
     k_max = ist[I_KMAX]
     eps = fw[F_EPS]
     while True:
@@ -171,14 +213,62 @@ def radau_advance(ist, fw, lu_c, piv, rec):
                 if ist[I_USER_JAC] == 0 and ist[I_F_EXACT] == 0:
                     ist[I_PHASE] = P_AFTER_F_BASE
                     return F_BASE, t, 0.0, 0.0
-                ist[I_PHASE] = P_AFTER_JAC
-                return JAC, t, 0.0, 0.0
-            phase = P_AFTER_JAC + 100      # factor and start Newton
+                if ist[I_USER_JAC] != 0:
+                    ist[I_PHASE] = P_AFTER_JAC
+                    return JAC, t, 0.0, 0.0
+                phase = P_FD_START
+            else:
+                phase = P_AFTER_JAC + 100      # factor and start Newton
         elif phase == P_AFTER_F_BASE:
             ist[I_F_EXACT] = 1
+            phase = P_FD_START
+        elif phase == P_FD1 or phase == P_FD2:
+            # FiniteDiffJacobian._dense_one: the columns' differences, quotients and lost columns
+            first = phase == P_FD1
+            for j in range(n):
+                if fd_cols[j] != 0.0:
+                    ist[I_NFEV_JAC] += 1
+                    for i in range(n):
+                        D[i, j] = FP[j, i] - f[i]
+            lost = np.empty(n, dtype=np.bool_)
+            for j in range(n):
+                lost[j] = fd_lost[j] != 0.0
+            any_lost = _fd_columns(D, fd_h if first else fd_h2, fd_fabs, fw[F_LOST_BELOW], J, fd_big, fd_scale,
+                                   lost, first)
+            for j in range(n):
+                fd_lost[j] = 1.0 if lost[j] else 0.0
+            if first and any_lost:
+                # columns lost in rounding: once more with a 10x larger increment
+                for j in range(n):
+                    fd_factor2[j] = fd_factor[j] * fw[F_GROW] if lost[j] else fd_factor[j]
+                    fd_cols[j] = fd_lost[j]
+                _increments(y, atol, fd_factor2, fd_h2)
+                _perturbed(y, fd_h2, fd_cols, YP)
+                ist[I_PHASE] = P_FD2
+                return FD_COLS, fw[F_T_ARG], 0.0, 0.0
+            if first:
+                for j in range(n):
+                    fd_factor2[j] = fd_factor[j]
+            new = _fd_factors(fd_factor2.reshape((1, n)), fd_big, fd_scale, eps)
+            for j in range(n):
+                fd_factor[j] = new[0, j]
+            ist[I_NJEV_FD] += 1
             ist[I_PHASE] = P_AFTER_JAC
-            return JAC, fw[F_T_ARG], 0.0, 0.0
-        elif phase == P_AFTER_JAC:
+            continue
+        if phase == P_FD_START:
+            if ist[I_HAVE_FD] == 0:
+                for j in range(n):
+                    fd_factor[j] = fw[F_FD_START]
+                ist[I_HAVE_FD] = 1
+            for j in range(n):
+                fd_cols[j] = 1.0
+                fd_lost[j] = 0.0
+                fd_fabs[j] = abs(f[j])
+            _increments(y, atol, fd_factor, fd_h)
+            _perturbed(y, fd_h, fd_cols, YP)
+            ist[I_PHASE] = P_FD1
+            return FD_COLS, fw[F_T_ARG], 0.0, 0.0
+        if phase == P_AFTER_JAC:
             ist[I_HAVE_JAC] = 1
             ist[I_JAC_FRESH] = 1
             ist[I_NEED_JAC] = 0
