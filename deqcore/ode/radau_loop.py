@@ -21,7 +21,18 @@ step records and the collocation polynomials of the dense output are built at th
 Measured on this machine: a compiled call with five array arguments costs 1.1–1.5 µs to dispatch; a ctypes
 callback from compiled code 0.4 µs. Returning to Python for each request (one per Newton iteration) was
 slower than calling back, and the callback keeps Python's errors, the evaluator's checks and the
-finite-difference Jacobian where they are.
+finite-difference Jacobian where they are. Finite-difference Jacobians are formed in the compiled loop too
+(the arithmetic of :class:`~deqcore.linalg.finite_diff.FiniteDiffJacobian` for one dense system, its compiled
+helpers called directly), only their column evaluations of f called back.
+
+>>> import numpy as np, deqcore as dq, deqcore.ode.radau as radau
+>>> f = lambda t, y: np.array([-1e4 * (y[0] - np.cos(t)), y[0] - y[1]])
+>>> fast = dq.integrate(f, np.zeros(2), (0.0, 2.0), dq.Radau(), rtol=1e-8, atol=1e-10)
+>>> radau.COMPILED_LOOP = False           # the driver's loop over RadauStepper.attempt
+>>> slow = dq.integrate(f, np.zeros(2), (0.0, 2.0), dq.Radau(), rtol=1e-8, atol=1e-10)
+>>> radau.COMPILED_LOOP = True
+>>> fast.stats == slow.stats, bool((fast.ys == slow.ys).all()), fast.stats["njev"] > 0
+(True, True, True)
 """
 
 from __future__ import annotations
