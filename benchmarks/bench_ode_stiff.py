@@ -239,17 +239,27 @@ def plot(problem, curves, path):
 
 
 def main(argv=None):
+    global DEQCORE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--brusselator-repeats", type=int, default=1, help="timed runs per point there (slow)")
     ap.add_argument("--problems", default="robertson,vdp,hires,brusselator")
-    ap.add_argument("--out", default="ode_stiff.md", help="results file under benchmarks/results")
+    ap.add_argument("--out", default="ode_stiff.md", help="results file under benchmarks/results (or a path); "
+                    "the plots are written beside it")
+    ap.add_argument("--solvers", default=",".join(DEQCORE), help="the deqcore solvers to run (SciPy's three "
+                    "always run), comma-separated, e.g. 'Radau (deqcore)'")
     ap.add_argument("--retable", action="store_true", help="only rebuild the matched-error tables of "
                     "benchmarks/results/ode_stiff.md from its recorded sweeps")
     args = ap.parse_args(argv)
+    chosen = [name.strip() for name in args.solvers.split(",")]
+    unknown = [name for name in chosen if name not in DEQCORE]
+    if unknown:
+        ap.error(f"unknown solver(s) {unknown}; choose from {list(DEQCORE)}")
+    DEQCORE = {name: DEQCORE[name] for name in chosen}
+    out = RESULTS / args.out
     if args.retable:
-        retable(RESULTS / args.out)
+        retable(out)
         return
     rtols = [1e-3, 1e-5, 1e-7, 1e-9] if args.quick else [10.0 ** -k for k in range(1, 10)]
     repeats = 1 if args.quick else args.repeats
@@ -267,7 +277,7 @@ def main(argv=None):
         problem = makers[key]()
         curves = sweep(problem, rtols, args.brusselator_repeats if key == "brusselator" and not args.quick
                        else repeats)
-        png = RESULTS / f"ode_stiff_{key}.png"
+        png = out.parent / f"{out.stem}_{key}.png"
         plot(problem, curves, png)
         lines += [f"## {problem['name']}", "", f"![work-precision]({png.name})", "",
                   "| solver | rtol | error | rhs calls | time [s] |", "|---|---|---|---|---|"]
@@ -278,7 +288,7 @@ def main(argv=None):
         lines.append("")
         print("\n".join(lines[-12:]), flush=True)
         if not args.quick:                # written after every problem: a partial run keeps what it has
-            (RESULTS / args.out).write_text("\n".join(lines) + "\n")
+            out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -247,6 +247,11 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
     y, fy = y0, f0
     steps: list[StepRecord] = []
     n_active, num_steps = int(active.sum()), 0
+    compiled = getattr(stepper, "run_rows", None) if n_active else None
+    done = compiled(rows, y, fy, tol, max_steps, record) if compiled is not None else None
+    if done is not None:        # the stepper ran this loop in compiled code (Radau on a small dense system)
+        y, fy, steps, num_steps = done
+        n_active = 0
     while n_active:
         if num_steps >= max_steps:
             rows.max_steps()

@@ -37,7 +37,7 @@ from numba.extending import get_cython_function_address, intrinsic
 __all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrs_address", "gemv_address", "solve_in_place", "bdf_predict", "bdf_newton",
            "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
            "rosenbrock_stage", "rosenbrock_finish", "radau_addresses", "radau_factor",
-           "radau_start", "radau_newton", "radau_error"]
+           "radau_start", "radau_newton", "radau_error", "radau_extrapolation"]
 
 #: the largest dense system the steppers solve through these kernels (measured with Rodas5P and an analytic
 #: Jacobian: 1.6-3x less time per step than the array code from n = 8 to 128; no clear winner at 256-512,
@@ -92,7 +92,7 @@ def gemv_address(dtype) -> int:
     return get_cython_function_address("scipy.linalg.cython_blas", "dgemv")
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _combine(gemv, v, B, out):
     """``out = v @ B`` for ``v`` ``(k,)`` and C-ordered rows ``B`` ``(k, n)``: BLAS dgemv as NumPy calls it (no
     transpose on the column-major view ``(n, k)``), or sequential sums when ``gemv`` is 0."""
@@ -122,7 +122,7 @@ def getrs_address(dtype) -> int:
     return get_cython_function_address("scipy.linalg.cython_lapack", name)
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _getrs(address, lu, ipiv, x):
     """LAPACK getrs (no transpose, one right-hand side) on Fortran-ordered factors and 1-based pivots, in
     place on the contiguous vector ``x``: the routine SciPy's ``lu_solve`` calls, so the same rounding."""
@@ -134,7 +134,7 @@ def _getrs(address, lu, ipiv, x):
     _call_with_pointers(address, trans, ints[0:1], ints[2:3], lu, ints[0:1], ipiv, x, ints[0:1], ints[1:2])
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _tol(atol, i):
     return atol[i] if atol.shape[0] > 1 else atol[0]
 
@@ -230,7 +230,7 @@ def bdf_predict(D, order, gamma, alpha, atol, rtol, y_predict, psi, scale):
         psi[i] = p / a
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
     n = dy.shape[0]
     total = 0.0
@@ -455,19 +455,26 @@ def _call_returning_double(typingctx, address, a0, a1, a2, a3, a4):
     return sig, _pointer_call(5, returns_double=True)
 
 
+_RADAU_ADDRESSES = []
+
+
 def radau_addresses() -> np.ndarray:
     """The addresses (int64) of dgetrf, zgetrf, dgetrs, zgetrs, dgemm, dgemv and ddot from SciPy's Cython
-    LAPACK/BLAS, in that order: the routines the array code reaches through SciPy and NumPy."""
+    LAPACK/BLAS, in that order: the routines the array code reaches through SciPy and NumPy (looked up once:
+    about 50 µs)."""
+    if _RADAU_ADDRESSES:
+        return _RADAU_ADDRESSES[0]
     lapack = [get_cython_function_address("scipy.linalg.cython_lapack", name)
               for name in ("dgetrf", "zgetrf", "dgetrs", "zgetrs")]
     blas = [get_cython_function_address("scipy.linalg.cython_blas", name) for name in ("dgemm", "dgemv", "ddot")]
-    return np.array(lapack + blas, dtype=np.int64)
+    _RADAU_ADDRESSES.append(np.array(lapack + blas, dtype=np.int64))
+    return _RADAU_ADDRESSES[0]
 
 
 RADAU_GETRF, RADAU_ZGETRF, RADAU_GETRS, RADAU_ZGETRS, RADAU_GEMM, RADAU_GEMV, RADAU_DOT = range(7)
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _gemm(address, A, B, out):
     """``out = A @ B`` for C-ordered ``A`` ``(m, k)``, ``B`` ``(k, n)``: BLAS dgemm as NumPy's matmul calls it
     (row-major through the column-major product ``Bᵀ Aᵀ``)."""
@@ -485,7 +492,7 @@ def _gemm(address, A, B, out):
                            ints[0:1], A, ints[2:3], alpha_beta[1:2], out, ints[0:1])
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _rms_scaled(address, X, scale, work):
     """``sqrt(dot(x, x) / x.size)`` of ``x = X / scale`` (rows of ``X`` divided by ``scale``), the sum by BLAS
     ddot as NumPy's ``dot`` forms it."""
@@ -541,8 +548,10 @@ def radau_start(addresses, M, Z_prev, T_inv, y, atol, rtol, Z, W, Y, scale):
         _gemm(addresses[RADAU_GEMM], M, Z_prev, Z)
         _gemm(addresses[RADAU_GEMM], T_inv, Z, W)
     else:
-        Z[:] = 0.0
-        W[:] = 0.0
+        for i in range(3):
+            for q in range(n):
+                Z[i, q] = 0.0
+                W[i, q] = 0.0
     for i in range(3):
         for q in range(n):
             Y[i, q] = y[q] + Z[i, q]
@@ -632,3 +641,19 @@ def radau_error(addresses, first, f, Z, e, h, lu_r, piv_r, y, atol, rtol, y_new,
     for q in range(n):
         top = max_nan(top, abs(y_new[q]))
     return err, top
+
+
+@numba.njit(cache=CACHE)
+def radau_extrapolation(ratio, c, dense, out):
+    """``out`` (3 × 3, flat, C order) = the extrapolation matrix ``M[j, i] = ℓ_i(1 + c_j·ratio)`` with 1
+    subtracted in column 2 (:func:`deqcore.ode.radau.extrapolation_matrix`), ``ℓ_i(θ) = Σ_k dense[i, k]
+    θ^(k+1)`` (``dense`` flat); the powers by ``pow`` and the sums in a fixed order, so that every path that
+    calls it starts Newton from the same numbers."""
+    for j in range(3):
+        theta = 1.0 + c[j] * ratio
+        p1 = math.pow(theta, 1.0)
+        p2 = math.pow(theta, 2.0)
+        p3 = math.pow(theta, 3.0)
+        for i in range(3):
+            v = p1 * dense[3 * i] + p2 * dense[3 * i + 1] + p3 * dense[3 * i + 2]
+            out[3 * j + i] = v - 1.0 if i == 2 else v

@@ -40,7 +40,10 @@ One dense float64 system of at most :data:`~deqcore.ode.kernels_host.HOST_SYSTEM
 step's vector work (the factorisations, each Newton iteration, the error estimate, the extrapolation) in a few
 compiled calls (:mod:`deqcore.ode.kernels_host`) that call the BLAS/LAPACK routines the array code reaches
 through NumPy and SciPy, so it takes the same steps as the array code, which sparse, larger and float32
-systems use.
+systems use. Such a system also runs the driver's whole step loop in compiled code
+(:mod:`deqcore.ode.radau_loop`; :meth:`RadauStepper.run_rows`), calling back into Python only for f and the
+Jacobian: the same attempts and numbers as the driver's loop over :meth:`RadauStepper.attempt`, at a fraction
+of its cost per step (``COMPILED_LOOP = False`` turns it off).
 
 What it solves: unbatched NumPy problems (one state of any shape). Batched problems and CuPy arrays are
 refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
@@ -61,11 +64,11 @@ from typing import Any
 
 import numpy as np
 
-from ..linalg.finite_diff import normalize_sparsity
+from ..linalg.finite_diff import _GROW as _FD_GROW, normalize_sparsity
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
-from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error, radau_factor,
-                           radau_newton, radau_start)
+from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error,
+                           radau_extrapolation, radau_factor, radau_newton, radau_start)
 from .jacobian import OneSystemJacobian
 
 __all__ = ["Radau", "RadauStepper", "radau_coefficients"]
@@ -90,6 +93,16 @@ EXPENSIVE_NEWTON_TOL, EXPENSIVE_JAC_RATE = 1.0, 1e-3
 #: a step may take one more Newton iteration before J is re-evaluated for every KEEP_ITER_PER_JAC_ITERS Newton
 #: iterations a Jacobian costs (JAC_KEEP_ITER + ⌊cost / 3⌋ iterations)
 KEEP_ITER_PER_JAC_ITERS = 3
+
+#: one small dense float64 system runs its whole step loop in compiled code (:mod:`deqcore.ode.radau_loop`);
+#: False keeps it on the driver's loop (the same steps; tests compare the two)
+COMPILED_LOOP = True
+
+
+def newton_tolerance(rtol: float, dtype) -> float:
+    """The error (in error weights) Newton must reach: ``min(0.03, √rtol)``, at least 10 eps / rtol; it stops
+    at ``newton_tol`` times this, and is abandoned when it cannot reach this."""
+    return max(10.0 * np.finfo(dtype).eps / rtol, min(0.03, rtol ** 0.5))
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,8 @@ def radau_coefficients() -> RadauCoefficients:
 
 
 COEF = radau_coefficients()
+#: the last row of A⁻¹: the collocation polynomial's slope at the step's end is (A⁻¹)₃ Z / h
+_A_INV_LAST = np.linalg.inv(COEF.A)[2]
 
 
 def _lagrange(theta):
@@ -155,12 +170,16 @@ def _lagrange(theta):
     return np.moveaxis(powers @ COEF.dense.T, -1, 0)
 
 
+_C_FLAT, _DENSE_FLAT = np.ascontiguousarray(COEF.c), np.ascontiguousarray(COEF.dense).ravel()
+
+
 def extrapolation_matrix(ratio: float) -> np.ndarray:
     """``M`` with ``Z_new ≈ M @ Z_old``: the last step's collocation polynomial evaluated at the new stages
-    (step-size ratio ``ratio`` = h_new / h_old), minus the new start point ``y + Z_old[2]``."""
-    M = _lagrange(1.0 + COEF.c * ratio).T          # M[j, i] = ℓ_i(1 + c_j r)
-    M[:, 2] -= 1.0
-    return M
+    (step-size ratio ``ratio`` = h_new / h_old), minus the new start point ``y + Z_old[2]``: ``M[j, i] =
+    ℓ_i(1 + c_j r)`` (column 2 minus 1), formed by one compiled kernel that the compiled loop calls too."""
+    out = np.empty(9)
+    radau_extrapolation(float(ratio), _C_FLAT, _DENSE_FLAT, out)
+    return out.reshape(3, 3)
 
 
 class CollocationPolynomial:
@@ -212,7 +231,8 @@ class RadauStepper(OneSystemJacobian):
         self.h_acc = self.err_acc = None
         self._pending = None
         self._f_exact = True        # the f handed in with the state is an evaluation (not the implied one)
-        self._A_inv_last = np.linalg.inv(COEF.A)[2].astype(self.dtype)
+        self._f_base = None         # f evaluated at the current state by this stepper (kept across rejections)
+        self._A_inv_last = _A_INV_LAST.astype(self.dtype)
         # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the vector work of a step in compiled
         # kernels (kernels_host) calling the BLAS/LAPACK routines the array code reaches, so the same numbers
         self.host = self.pattern is None and self.dtype == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT
@@ -289,15 +309,36 @@ class RadauStepper(OneSystemJacobian):
     def start(self, t0, y0, f0):
         pass
 
+    def run_rows(self, rows, y, fy, tol, max_steps, record):
+        """The driver's loop in compiled code (:mod:`deqcore.ode.radau_loop`) for one small dense float64
+        system; None where the driver's own loop runs (other systems, or ``COMPILED_LOOP`` off)."""
+        if not (self.host and COMPILED_LOOP) or rows.batched:
+            return None
+        from .driver import T_EPS
+        from .radau_loop import run_radau_loop
+
+        # what a Jacobian will cost (the compiled loop forms dense ones only): the automatic heuristics below
+        # read it, and the loop takes their values as data
+        self.jac_calls = 0 if self.jac is not None else self.n
+        params = dict(T=self._T_c, T_inv=self._T_inv_c, e=self._e, c=COEF.c, a_last=self._A_inv_last,
+                      dense=COEF.dense, gamma=COEF.gamma, mu=COEF.mu, safety=SAFETY, min_factor=MIN_FACTOR,
+                      max_factor=MAX_FACTOR, keep_low=KEEP_LOW, keep_high=KEEP_HIGH, jac_keep_iter=self.jac_keep_iter,
+                      newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=T_EPS,
+                      eps=float(np.finfo(self.dtype).eps), fd_grow=_FD_GROW)
+        return run_radau_loop(self, rows, y, fy, tol, max_steps, record, params)
+
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev = self.ev
         t, h = host_float(t), host_float(h)
         atol, rtol = tol
         atol = atol if np.ndim(atol) == 0 else np.broadcast_to(np.asarray(atol), ev.shape).reshape(-1)
         y_flat, f_flat = y.reshape(-1), fy.reshape(-1)
+        if self._f_base is not None:        # evaluated at this state by an earlier (rejected) attempt
+            f_flat = self._f_base
+            fy = f_flat.reshape(ev.shape)
         if self.need_jac or self.J is None:
             if self.jac is None and not self._f_exact:   # finite differences need f itself at the base point
-                f_flat = ev(t, y).reshape(-1)
+                f_flat = self._f_base = ev(t, y).reshape(-1)
                 self._f_exact = True
                 fy = f_flat.reshape(ev.shape)
             self._jacobian(t, y_flat, f_flat, tol)
@@ -306,7 +347,7 @@ class RadauStepper(OneSystemJacobian):
         if self.lu is None:
             self.stats["nfailed_solves"] += 1
             return self._reject(y, fy, 0.5 * abs(h), ReturnCode.LINEAR_SOLVE_FAILED, newton=True)
-        newton_tol = max(10.0 * np.finfo(self.dtype).eps / rtol, min(0.03, rtol ** 0.5))
+        newton_tol = newton_tolerance(rtol, self.dtype)
         if self.lu[1] is _COMPILED:          # the weights are formed by radau_start
             scale, self._tol_atol, self._tol_rtol = None, self._atol_array(atol), float(rtol)
         else:
@@ -500,6 +541,7 @@ class RadauStepper(OneSystemJacobian):
                      code=None if code is None else int(code))
 
     def accept(self, trial, mask, t_new):
+        self._f_base = None
         Z, h, h_abs, err, keep_jac = self._pending
         self.Z_prev, self.h_prev = Z, h
         self.h_acc, self.err_acc = h_abs, max(1e-2, err)
