@@ -39,7 +39,10 @@ from ._common import check_adjoint, check_dtype, check_options, import_framework
 jax = import_framework("jax", "jax")
 jnp = import_framework("jax.numpy", "jax")
 
-__all__ = ["fixed_point", "sharded_fixed_point"]
+from . import jax_xla  # noqa: E402  (after the install hint above)
+from .jax_xla import Solved  # noqa: E402
+
+__all__ = ["fixed_point", "fixed_point_solution", "sharded_fixed_point", "choose_engine", "Solved", "ENGINES"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class _Config:
 def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | None = None, *,
                 atol: float = 1e-6, rtol: float = 1e-5, max_steps: int = 100,
                 adjoint: SteadyStateAdjoint | OneStepGradient | PhantomGradient | None = None,
-                throw: bool = True) -> Any:
+                throw: bool = True, engine: str = "auto") -> Any:
     """z* with z* = f(z*, args), differentiable with respect to ``args`` by deqcore's implicit adjoint.
 
     Args:
@@ -71,6 +74,36 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
 
     Unmapped, the whole array is one system; under ``jax.vmap`` each mapped sample is one system.
     """
+    solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine)
+    return solve(z0, args)
+
+
+def fixed_point_solution(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | None = None, *,
+                         atol: float = 1e-6, rtol: float = 1e-5, max_steps: int = 100,
+                         adjoint: SteadyStateAdjoint | OneStepGradient | None = None,
+                         throw: bool = False, engine: str = "auto") -> "Solved":
+    """:func:`fixed_point` with its outcome: ``Solved(value, code, num_steps, residual)``, a pytree of JAX
+    arrays (under ``jax.vmap`` one of each per system): ``code`` the int32 :class:`deqcore.ReturnCode`
+    (SUCCESS, MAX_STEPS, DIVERGED, STALLED), ``num_steps`` the evaluations of f after the start point's,
+    ``residual`` max|f(z) − z| at ``value``. ``value`` is differentiable as :func:`fixed_point`'s. Runs on the XLA
+    engine (the solver and adjoint must have XLA versions); ``throw`` defaults to False here.
+
+    >>> import jax, jax.numpy as jnp, deqcore as dq
+    >>> f = lambda z, a: 0.5 * jnp.cos(z) + a
+    >>> out = jax.vmap(lambda a: fixed_point_solution(f, jnp.zeros(2), a, max_steps=3))(jnp.array([[0.0], [jnp.nan]]))
+    >>> [dq.ReturnCode(int(c)).name for c in out.code]
+    ['MAX_STEPS', 'DIVERGED']
+    """
+    if engine == "host":
+        raise ValueError("engine='host' cannot report return codes to JAX: fixed_point_solution needs "
+                         "engine='xla' or 'auto' (its codes reach the host path as a RuntimeWarning or, with "
+                         "throw=True, a dq.SolveError)")
+    solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=True)
+    return solve(z0, args)
+
+
+def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False):
+    """Validated options and ``(solve(z0, args), z0)`` for the chosen engine."""
     check_callable(f, "f")
     solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
     adjoint = check_adjoint(adjoint, atol, rtol, max_steps)     # the default adjoint follows these tolerances
@@ -89,7 +122,49 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
         raise ValueError(f"f must preserve the shape of z: got {got} from {z0.shape}")
     if out.dtype != z0.dtype:
         raise TypeError(f"f must preserve the dtype of z: got {out.dtype} from {z0.dtype}")
-    return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw))(z0, args)
+    engine = choose_engine(engine, solver, adjoint, needs_xla=solution)
+    if engine == "host":
+        return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw)), z0
+    config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
+                                  max_steps, throw)
+    solve = jax_xla.implicit_fixed_point(f, config)
+    return (solve if solution else _value_of(solve)), z0
+
+
+@functools.lru_cache(maxsize=64)
+def _value_of(solve):
+    return lambda z0, args: solve(z0, args).value
+
+
+ENGINES = ("auto", "xla", "host")
+
+
+def choose_engine(engine: str, solver: RootSolver, adjoint: Any, needs_xla: bool = False) -> str:
+    """``"xla"`` or ``"host"`` for ``engine``: "auto" (the default) runs in XLA when the solver and the adjoint
+    both have an XLA version (``dq.Anderson``, ``dq.FixedPointIteration``; the default adjoint, ``dq.LU()``,
+    ``dq.GMRES(...)``, Anderson or FixedPointIteration on λ, ``dq.OneStepGradient()``), else on the host;
+    "xla" with a solver or adjoint that has none is a ValueError naming it.
+
+    >>> import deqcore as dq
+    >>> choose_engine("auto", dq.Anderson(), None), choose_engine("auto", dq.Broyden(), None)
+    ('xla', 'host')
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    adjoint = check_adjoint(adjoint)
+    missing = []
+    if jax_xla.forward_method(solver) is None:
+        missing.append(f"solver={type(solver).__name__}(...) has no XLA version (there: dq.Anderson, "
+                       "dq.FixedPointIteration)")
+    if jax_xla.linear_spec(adjoint) is None:
+        missing.append(f"adjoint={adjoint!r} has no XLA version (there: the default adjoint, dq.LU(), "
+                       "dq.GMRES(...), dq.Anderson() or dq.FixedPointIteration() on λ, dq.OneStepGradient())")
+    if engine == "host" or (engine == "auto" and missing and not needs_xla):
+        return "host"
+    if missing:
+        raise ValueError(f"engine={engine!r} needs the XLA engine, but " + "; ".join(missing) +
+                         ": use engine='host'" + ("" if needs_xla else " or 'auto'"))
+    return "xla"
 
 
 @functools.lru_cache(maxsize=64)
