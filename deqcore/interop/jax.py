@@ -126,7 +126,7 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
     if engine == "host":
         return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw)), z0
     config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
-                                  max_steps, throw)
+                                  max_steps, throw, warn=not solution)
     solve = jax_xla.implicit_fixed_point(f, config)
     return (solve if solution else _value_of(solve)), z0
 

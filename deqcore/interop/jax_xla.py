@@ -27,6 +27,7 @@ Return codes are deqcore's (:class:`deqcore.ReturnCode`) as int32 scalars per sy
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -106,7 +107,9 @@ def _anderson_weights(H, used, slot, ridge, floor, wide):
     count = jnp.sum(used).astype(wide)
     lam = ridge * jnp.trace(Hc) / count + floor
     A = Hc + jnp.diag(jnp.where(used, lam, 1).astype(wide))
-    w = jnp.linalg.solve(A, used.astype(wide))
+    # symmetric positive definite (a Gram matrix plus a ridge; identity on the unused slots): Cholesky, with
+    # no pivoting loop (a failed factorisation gives NaN, hence the plain step below)
+    w = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(A), True), used.astype(wide))
     total = jnp.sum(w)
     ok = jnp.isfinite(total) & (total != 0)
     alpha = w / jnp.where(ok, total, 1)
@@ -189,7 +192,7 @@ def _iterate(G, y0, f0, method, test, max_steps, patience):
     def body(carry):
         k, y, f, aux, best_y, best_res, since, code, done = carry
         y, aux = step(y, f, aux, k)
-        f = G(y) - y
+        f = jax.lax.optimization_barrier(G(y)) - y
         best_y, best_res, since, code, done = book(f, y, best_y, best_res, since, code, done, limit)
         return k + 1, y, f, aux, best_y, best_res, since, code, done
 
@@ -363,6 +366,7 @@ class EngineConfig:
     rtol: float
     max_steps: int
     throw: bool
+    warn: bool = True       # with throw False: warn once per call site on failure (False: codes returned)
 
 
 FORWARD = "the forward solve of deqcore.interop.jax.fixed_point"
@@ -385,21 +389,40 @@ def _report(what, throw, codes):
         sol = Solution(value=None, result=flat if flat.size > 1 else ReturnCode(int(flat[0])),
                        batched=flat.size > 1)
         if throw:
-            raise SolveError(f"deqcore.interop.jax.fixed_point: {what} {sol.failure_message()}", sol)
+            raise SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol)
         warn_failed(what, flat, _ADVICE[what])
     return np.zeros(codes.shape, np.int32)
 
 
 def checked(x, code, what, throw):
-    """``x`` after one host callback that reads the return ``code`` (all of a vmapped batch's codes in one
-    call): on a failure it raises ``dq.SolveError`` (``throw``; JAX re-raises it as a ``JaxRuntimeError``
-    carrying its message) or warns once per call site. The callback's (zero) result is added to x so XLA keeps
-    it."""
-    import functools
+    """``x``, after the return ``code`` was checked: a failure raises ``dq.SolveError`` (``throw``; JAX re-raises
+    it as a ``JaxRuntimeError`` carrying its message) or warns once per call site. Only a failure calls back to
+    the host (a ``lax.cond`` on "all codes SUCCESS"), and under ``jax.vmap`` the whole batch's codes are checked
+    at once (one callback, which sees every code). The check's (zero) result is added to x so XLA keeps it."""
+    return x + _check(what, throw)(code).astype(x.dtype)
 
-    zero = jax.pure_callback(functools.partial(_report, what, throw), jax.ShapeDtypeStruct(code.shape, jnp.int32),
-                             code, vmap_method="expand_dims")
-    return x + zero.astype(x.dtype)
+
+@functools.lru_cache(maxsize=8)
+def _check(what, throw):
+    """``code -> zeros like code``, with the host report on failure, batched by ``custom_vmap`` as one check."""
+
+    def check_all(codes):
+        def report(codes):
+            shape = jax.ShapeDtypeStruct(codes.shape, jnp.int32)
+            return jax.pure_callback(functools.partial(_report, what, throw), shape, codes,
+                                     vmap_method="expand_dims")
+
+        return jax.lax.cond(jnp.all(codes == SUCCESS), jnp.zeros_like, report, codes)
+
+    @jax.custom_batching.custom_vmap
+    def check(code):
+        return check_all(code)
+
+    @check.def_vmap
+    def check_batched(axis_size, in_batched, code):
+        return check_all(code) if in_batched[0] else check(code), in_batched[0]
+
+    return check
 
 
 _CACHE: dict = {}
@@ -417,6 +440,8 @@ def implicit_fixed_point(f: Callable, config: EngineConfig) -> Callable:
     def forward(z0, args):
         out = solve_fixed_point(lambda z: f(z, args), z0, config.method, atol=config.atol, rtol=config.rtol,
                                 max_steps=config.max_steps)
+        if not (config.throw or config.warn):
+            return out
         return out._replace(value=checked(out.value, out.code, FORWARD, config.throw))
 
     @jax.custom_jvp
