@@ -83,73 +83,86 @@ def _wide(dtype):
 
 
 def _max_abs(a):
-    """max|a| with NaN as +inf (as the host driver's row norms)."""
-    m = jnp.max(jnp.abs(a))
+    """max|a| per row of a (B, n) array, NaN as +inf (as the host driver's row norms)."""
+    m = jnp.max(jnp.abs(a), axis=1)
     return jnp.where(jnp.isnan(m), jnp.inf, m)
 
 
 def _l2(a):
-    n = jnp.sqrt(jnp.sum(a * a))
+    """‖a‖₂ per row of a (B, n) array, NaN as +inf."""
+    n = jnp.sqrt(jnp.sum(a * a, axis=1))
     return jnp.where(jnp.isnan(n), jnp.inf, n)
 
 
 class _Ring(NamedTuple):
-    G: Any        # (m, n) mapped iterates y + beta·f
-    F: Any        # (m, n) residuals
-    H: Any        # (m, m) their Gram matrix (used block only; the rest zero)
+    G: Any        # (B, m, n) mapped iterates y + beta·f
+    F: Any        # (B, m, n) residuals
+    H: Any        # (B, m, m) their Gram matrices (used block; the rest zero)
+
+
+def _small_solve(A, rhs):
+    """x with A x = rhs for (B, m, m) symmetric positive definite systems: Gauss–Jordan without pivoting,
+    unrolled over the m columns (a handful of fused passes over B·m·m numbers, no library call per system)."""
+    m = A.shape[-1]
+    M = jnp.concatenate([A, rhs[:, :, None]], axis=2)
+    for j in range(m):
+        pivot = M[:, j, :] / M[:, j, j:j + 1]
+        M = (M - M[:, :, j:j + 1] * pivot[:, None, :]).at[:, j, :].set(pivot)
+    return M[:, :, m]
 
 
 def _anderson_weights(H, used, slot, ridge, floor, wide):
-    """α with Σα = 1 minimising ‖Σ αᵢ fᵢ‖ (regularised), or e_slot where the small system fails."""
-    m = H.shape[0]
-    mask = used[:, None] & used[None, :]
-    Hc = jnp.where(mask, H.astype(wide), 0)
+    """α (B, m) with Σα = 1 minimising ‖Σ αᵢ fᵢ‖ (regularised) per row, or e_slot where the small system
+    fails (non-finite or zero sum). ``used``: the slots filled so far (the same for every row)."""
+    m = H.shape[-1]
+    eye = jnp.eye(m, dtype=bool)
+    Hc = jnp.where(used[:, None] & used[None, :], H.astype(wide), 0)
     count = jnp.sum(used).astype(wide)
-    lam = ridge * jnp.trace(Hc) / count + floor
-    A = Hc + jnp.diag(jnp.where(used, lam, 1).astype(wide))
-    # symmetric positive definite (a Gram matrix plus a ridge; identity on the unused slots): Cholesky, with
-    # no pivoting loop (a failed factorisation gives NaN, hence the plain step below)
-    w = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(A), True), used.astype(wide))
-    total = jnp.sum(w)
+    lam = ridge * jnp.trace(Hc, axis1=1, axis2=2) / count + floor
+    A = Hc + jnp.where(eye & used[None, :], lam[:, None, None], jnp.where(eye, 1, 0).astype(wide))
+    w = _small_solve(A, jnp.broadcast_to(used.astype(wide), Hc.shape[:2]))
+    total = jnp.sum(w, axis=1, keepdims=True)
     ok = jnp.isfinite(total) & (total != 0)
     alpha = w / jnp.where(ok, total, 1)
-    good = ok & jnp.all(jnp.isfinite(alpha))
+    good = ok & jnp.all(jnp.isfinite(alpha), axis=1, keepdims=True)
     return jnp.where(good, alpha, jax.nn.one_hot(slot, m, dtype=wide))
 
 
-def _step_fn(method, n, dtype):
-    """``(init(y, f) -> aux, step(y, f, aux, k) -> (y_new, aux))`` for ``method`` on systems of n elements."""
+def _step_fn(method, shape, dtype):
+    """``(init() -> aux, step(y, f, aux, k) -> (y_new, aux))`` for ``method`` on (B, n) rows."""
     if method.kind == "iteration":
         damping = method.damping
 
         def step(y, f, aux, k):
             return (y + f if damping == 1.0 else y + damping * f), aux
-        return (lambda y, f: ()), step
+        return (lambda: ()), step
 
-    m, beta = method.history_size, method.beta
+    (batch, n), m, beta = shape, method.history_size, method.beta
     finfo = np.finfo(dtype)
     ridge, floor = max(method.ridge, 10 * float(finfo.eps)), float(np.sqrt(finfo.tiny))
     wide = _wide(dtype)
+    zero = jnp.int32(0)
 
-    def init(y, f):
-        return _Ring(jnp.zeros((m, n), dtype), jnp.zeros((m, n), dtype), jnp.zeros((m, m), dtype))
+    def init():
+        return _Ring(jnp.zeros((batch, m, n), dtype), jnp.zeros((batch, m, n), dtype),
+                     jnp.zeros((batch, m, m), dtype))
 
     def step(y, f, ring, k):
         slot = k % m
         used = jnp.arange(m) < jnp.minimum(k + 1, m)
-        G = jax.lax.dynamic_update_slice(ring.G, (y + beta * f)[None], (slot, jnp.int32(0)))
-        F = jax.lax.dynamic_update_slice(ring.F, f[None], (slot, jnp.int32(0)))
-        column = jnp.where(used, F @ f, 0)
-        H = jax.lax.dynamic_update_slice(ring.H, column[None], (slot, jnp.int32(0)))
-        H = jax.lax.dynamic_update_slice(H, column[:, None], (jnp.int32(0), slot))
+        G = jax.lax.dynamic_update_slice(ring.G, (y + beta * f)[:, None, :], (zero, slot, zero))
+        F = jax.lax.dynamic_update_slice(ring.F, f[:, None, :], (zero, slot, zero))
+        column = jnp.where(used, jnp.einsum("bmn,bn->bm", F, f), 0)
+        H = jax.lax.dynamic_update_slice(ring.H, column[:, None, :], (zero, slot, zero))
+        H = jax.lax.dynamic_update_slice(H, column[:, :, None], (zero, zero, slot))
         alpha = _anderson_weights(H, used, slot, ridge, floor, wide)
-        return (alpha.astype(dtype) @ G), _Ring(G, F, H)
+        return jnp.einsum("bm,bmn->bn", alpha.astype(dtype), G), _Ring(G, F, H)
 
     return init, step
 
 
 class _Test(NamedTuple):
-    """The per-system test: accept when ``norm(f) <= tol + rtol·min(max|y|, cap)`` and max|y| < y_limit."""
+    """The per-row test: accept when ``norm(f) <= tol + rtol·min(max|y|, cap)`` and max|y| < y_limit."""
 
     norm: Callable
     tol: Any
@@ -159,10 +172,12 @@ class _Test(NamedTuple):
 
 
 def _iterate(G, y0, f0, method, test, max_steps, patience):
-    """The host driver's loop on one system: ``G`` the map, ``f0 = G(y0) − y0``. Returns :class:`Solved`."""
-    dtype, n = y0.dtype, y0.shape[0]
+    """The host driver's loop on (B, n) rows, each its own system: ``G`` the map on rows, ``f0 = G(y0) − y0``.
+    Finished rows are frozen (their iterate, residual and result no longer change). Returns :class:`Solved`
+    with per-row arrays."""
+    dtype = y0.dtype
     wide = _wide(dtype)
-    init, step = _step_fn(method, n, dtype)
+    init, step = _step_fn(method, y0.shape, dtype)
 
     def book(f, y, best_y, best_res, since, code, done, limit):
         res = test.norm(f)
@@ -171,7 +186,7 @@ def _iterate(G, y0, f0, method, test, max_steps, patience):
         threshold = test.tol.astype(wide) + test.rtol * jnp.minimum(y_norm, test.cap).astype(wide)
         converged = bounded & (res.astype(wide) <= threshold)
         improved = ~done & bounded & ((res < best_res) | converged)
-        best_y = jnp.where(improved, y, best_y)
+        best_y = jnp.where(improved[:, None], y, best_y)
         best_res = jnp.where(improved, res, best_res)
         since = jnp.where(done, since, jnp.where(improved, 0, since + 1))
         exploded = ~bounded | ~(res < limit)
@@ -180,71 +195,87 @@ def _iterate(G, y0, f0, method, test, max_steps, patience):
         outcome = jnp.where(converged, SUCCESS, jnp.where(exploded, DIVERGED, STALLED)).astype(jnp.int32)
         return best_y, best_res, since, jnp.where(finished, outcome, code), done | finished
 
-    inf = jnp.asarray(jnp.inf, dtype)
-    best_y, best_res, since, code, done = book(f0, y0, y0, inf, jnp.int32(0), jnp.int32(MAX_STEPS),
-                                               jnp.asarray(False), inf)
+    batch = y0.shape[0]
+    inf = jnp.full(batch, jnp.inf, dtype)
+    ints = jnp.zeros(batch, jnp.int32)
+    best_y, best_res, since, code, done = book(f0, y0, y0, inf, ints, ints + MAX_STEPS,
+                                               jnp.zeros(batch, bool), inf)
     limit = (DIVERGENCE_FACTOR * jnp.maximum(best_res, jnp.asarray(1e-300, dtype))).astype(dtype)
 
     def cond(carry):
         k, done = carry[0], carry[8]
-        return ~done & (k < max_steps)
+        return jnp.any(~done) & (k < max_steps)
 
     def body(carry):
-        k, y, f, aux, best_y, best_res, since, code, done = carry
-        y, aux = step(y, f, aux, k)
-        f = jax.lax.optimization_barrier(G(y)) - y
+        k, y, f, aux, best_y, best_res, since, code, done, steps = carry
+        y_new, aux = step(y, f, aux, k)
+        y = jnp.where(done[:, None], y, y_new)
+        f = jnp.where(done[:, None], f, G(y) - y)
+        steps = jnp.where(done, steps, k + 1)
         best_y, best_res, since, code, done = book(f, y, best_y, best_res, since, code, done, limit)
-        return k + 1, y, f, aux, best_y, best_res, since, code, done
+        return k + 1, y, f, aux, best_y, best_res, since, code, done, steps
 
-    carry = (jnp.int32(0), y0, f0, init(y0, f0), best_y, best_res, since, code, done)
-    k, _, _, _, best_y, best_res, _, code, done = jax.lax.while_loop(cond, body, carry)
-    return Solved(best_y, jnp.where(done, code, MAX_STEPS).astype(jnp.int32), k, best_res)
+    carry = (jnp.int32(0), y0, f0, init(), best_y, best_res, since, code, done, ints)
+    out = jax.lax.while_loop(cond, body, carry)
+    best_y, best_res, code, done, steps = out[4], out[5], out[7], out[8], out[9]
+    return Solved(best_y, jnp.where(done, code, MAX_STEPS).astype(jnp.int32), steps, best_res)
 
 
 def default_patience(max_steps: int) -> int:
     return min(max(25, max_steps // 4), PATIENCE_CAP)
 
 
-def solve_fixed_point(fn: Callable, z0: Any, method: Method, *, atol: float, rtol: float, max_steps: int,
-                      patience: int | None = None) -> Solved:
-    """z with z = fn(z) for one system (any shape; vmap for many), by ``method``, with the host driver's test."""
-    shape, dtype = z0.shape, z0.dtype
-    y0 = jnp.ravel(z0)
-
-    def G(y):
-        return jnp.ravel(fn(y.reshape(shape))).astype(dtype)
-
-    g0 = G(y0)
-    f0 = g0 - y0
-    s0 = jnp.maximum(jnp.max(jnp.abs(y0)), jnp.max(jnp.abs(y0 + f0)))
+def solve_rows(G: Callable, y0: Any, method: Method, *, atol: float, rtol: float, max_steps: int,
+               patience: int | None = None) -> Solved:
+    """y with y = G(y) for every row of y0 (B, n), each row its own system, with the host driver's test."""
+    dtype = y0.dtype
+    f0 = G(y0) - y0
+    s0 = jnp.maximum(jnp.max(jnp.abs(y0), axis=1), jnp.max(jnp.abs(y0 + f0), axis=1))
     s0 = jnp.where(jnp.isfinite(s0), s0, 0).astype(dtype)
     eps = float(np.finfo(dtype).eps)
     y_limit = jnp.where(s0 > 0, s0 / np.sqrt(eps), jnp.inf).astype(dtype)
-    test = _Test(_max_abs, jnp.asarray(atol, dtype), float(rtol), s0, y_limit)
-    out = _iterate(G, y0, f0, method, test, max_steps,
-                   default_patience(max_steps) if patience is None else patience)
-    return out._replace(value=out.value.reshape(shape))
+    test = _Test(_max_abs, jnp.full(y0.shape[0], atol, dtype), float(rtol), s0, y_limit)
+    return _iterate(G, y0, f0, method, test, max_steps, default_patience(max_steps) if patience is None else patience)
+
+
+def _one_row(fn, shape, dtype):
+    return lambda y: jnp.reshape(fn(y.reshape(shape)), (1, -1)).astype(dtype)
+
+
+def _squeeze(out, shape):
+    return Solved(out.value.reshape(shape), out.code[0], out.num_steps[0], out.residual[0])
+
+
+def solve_fixed_point(fn: Callable, z0: Any, method: Method, *, atol: float, rtol: float, max_steps: int,
+                      patience: int | None = None) -> Solved:
+    """z with z = fn(z) for one system (any shape), by ``method``, with the host driver's test."""
+    out = solve_rows(_one_row(fn, z0.shape, z0.dtype), z0.reshape(1, -1), method, atol=atol, rtol=rtol,
+                     max_steps=max_steps, patience=patience)
+    return _squeeze(out, z0.shape)
+
+
+def linear_rows(apply: Callable, b: Any, method: Method, *, atol: float, rtol: float, max_steps: int) -> Solved:
+    """x with x − apply(x) = b for every row of b (B, n) (apply maps rows to rows, one system per row):
+    x ← b + apply(x) from x0 = 0 (whose residual is b itself: no application spent on it) to
+    ‖b − (I − M)x‖₂ <= max(atol, rtol·‖b‖₂) per row. A row with a non-finite b is DIVERGED with a NaN x."""
+    dtype = b.dtype
+    bad = ~jnp.all(jnp.isfinite(b), axis=1)
+    b = jnp.where(bad[:, None], 0, b)
+    tol = jnp.maximum(jnp.asarray(atol, dtype), (rtol * _l2(b)).astype(dtype))
+    batch = b.shape[0]
+    test = _Test(_l2, tol, 0.0, jnp.zeros(batch, dtype), jnp.full(batch, jnp.inf, dtype))
+    out = _iterate(lambda x: b + apply(x), jnp.zeros_like(b), b, method, test, max_steps, max_steps + 1)
+    return Solved(jnp.where(bad[:, None], jnp.nan, out.value), jnp.where(bad, DIVERGED, out.code),
+                  out.num_steps, jnp.where(bad, jnp.nan, out.residual))
 
 
 def solve_linear(apply: Callable, rhs: Any, method: Method, *, atol: float, rtol: float,
                  max_steps: int) -> Solved:
-    """x with x − apply(x) = rhs (apply: Jᵀ for the adjoint, J for a tangent), iterating x ← rhs + apply(x)
-    from x = rhs's first step (x0 = 0, whose residual is rhs itself: no application spent on it), to
-    ‖rhs − (I − M)x‖₂ <= max(atol, rtol·‖rhs‖₂). A non-finite rhs is DIVERGED with a NaN x."""
-    shape, dtype = rhs.shape, rhs.dtype
-    b = jnp.ravel(rhs)
-    bad = ~jnp.all(jnp.isfinite(b))
-    b = jnp.where(bad, 0, b)
-
-    def G(x):
-        return b + jnp.ravel(apply(x.reshape(shape))).astype(dtype)
-
-    tol = jnp.maximum(jnp.asarray(atol, dtype), (rtol * _l2(b)).astype(dtype))
-    test = _Test(_l2, tol, 0.0, jnp.asarray(0, dtype), jnp.asarray(jnp.inf, dtype))
-    out = _iterate(G, jnp.zeros_like(b), b, method, test, max_steps, max_steps + 1)
-    value = jnp.where(bad, jnp.nan, out.value)
-    return Solved(value.reshape(shape), jnp.where(bad, DIVERGED, out.code).astype(jnp.int32), out.num_steps,
-                  jnp.where(bad, jnp.nan, out.residual))
+    """x with x − apply(x) = rhs for one system (apply: Jᵀ for the adjoint, J for a tangent), by
+    :func:`linear_rows`'s iteration and test."""
+    out = linear_rows(_one_row(apply, rhs.shape, rhs.dtype), rhs.reshape(1, -1), method, atol=atol, rtol=rtol,
+                      max_steps=max_steps)
+    return _squeeze(out, rhs.shape)
 
 
 def dense_solve(apply: Callable, rhs: Any) -> Solved:
@@ -256,7 +287,7 @@ def dense_solve(apply: Callable, rhs: Any) -> Solved:
     columns = jax.vmap(lambda e: jnp.ravel(apply(e.reshape(shape))).astype(dtype))(eye)     # row i: M e_i
     x = jnp.linalg.solve(eye - columns.T, jnp.ravel(rhs))
     ok = jnp.all(jnp.isfinite(x))
-    residual = _l2(jnp.ravel(rhs) - x + jnp.ravel(apply(x.reshape(shape))))
+    residual = _l2((jnp.ravel(rhs) - x + jnp.ravel(apply(x.reshape(shape))))[None])[0]
     return Solved(x.reshape(shape), jnp.where(ok, SUCCESS, DIVERGED).astype(jnp.int32), jnp.int32(1), residual)
 
 
@@ -275,8 +306,8 @@ def gmres_solve(apply: Callable, rhs: Any, *, atol: float, rtol: float, restart:
 
     x, _ = gmres(matvec, b, tol=rtol, atol=atol, restart=restart, maxiter=max(1, -(-max_steps // restart)),
                  solve_method="batched")
-    residual = _l2(b - matvec(x))
-    tol = jnp.maximum(jnp.asarray(atol, dtype), (rtol * _l2(b)).astype(dtype))
+    residual = _l2((b - matvec(x))[None])[0]
+    tol = jnp.maximum(jnp.asarray(atol, dtype), (rtol * _l2(b[None])[0]).astype(dtype))
     code = jnp.where(jnp.all(jnp.isfinite(x)), jnp.where(residual <= tol, SUCCESS, MAX_STEPS), DIVERGED)
     return Solved(x.reshape(shape), code.astype(jnp.int32), jnp.int32(max_steps), residual)
 
@@ -297,17 +328,31 @@ class LinearSpec:
     restart: int = 30
     dense_limit: int = 0
 
+    def by_rows(self, n: int) -> bool:
+        """Whether systems of n elements are solved by the row-batched iteration (:func:`linear_rows`) —
+        else one system at a time (vmapped when batched)."""
+        return self.kind == "iterate" or (self.kind == "default" and n > self.dense_limit)
+
+    def _rtol(self, dtype):
+        return max(self.rtol, 4 * float(np.finfo(dtype).eps))
+
     def solve(self, apply, rhs) -> Solved:
+        """One system: x with x − apply(x) = rhs."""
         n = int(np.prod(rhs.shape))
         if self.kind == "onestep":
             return Solved(rhs, jnp.int32(SUCCESS), jnp.int32(0), jnp.asarray(0, rhs.dtype))
-        if self.kind == "dense" or (self.kind == "default" and n <= self.dense_limit):
-            return dense_solve(apply, rhs)
-        rtol = max(self.rtol, 4 * float(np.finfo(rhs.dtype).eps))
+        if self.by_rows(n):
+            return solve_linear(apply, rhs, self.method, atol=self.atol, rtol=self._rtol(rhs.dtype),
+                                max_steps=self.max_steps)
         if self.kind == "gmres":                      # max_steps 0: GMRES's own default, 10 n
-            return gmres_solve(apply, rhs, atol=self.atol, rtol=rtol, restart=self.restart,
+            return gmres_solve(apply, rhs, atol=self.atol, rtol=self._rtol(rhs.dtype), restart=self.restart,
                                max_steps=self.max_steps or max(10 * n, 2))
-        return solve_linear(apply, rhs, self.method, atol=self.atol, rtol=rtol, max_steps=self.max_steps)
+        return dense_solve(apply, rhs)
+
+    def solve_rows(self, apply_rows, b) -> Solved:
+        """Every row of b (B, n) its own system (only where :meth:`by_rows`)."""
+        return linear_rows(apply_rows, b, self.method, atol=self.atol, rtol=self._rtol(b.dtype),
+                           max_steps=self.max_steps)
 
 
 #: the method of the default adjoint on states above the dense limit (see benchmarks/results/jax_deq.md)
@@ -425,6 +470,83 @@ def _check(what, throw):
     return check
 
 
+def _batched_inputs(axis_size, arrays, batched, args_batched):
+    """In a ``custom_vmap`` rule: ``arrays`` with the batch on axis 0 (broadcast where not ``batched``), and the
+    ``in_axes`` of the arguments for ``jax.vmap`` (0 or None per leaf) from their flags ``args_batched``."""
+    arrays = tuple(a if b else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, b in zip(arrays, batched))
+    axes = jax.tree_util.tree_map(lambda b: 0 if b else None, args_batched)
+    return arrays, axes
+
+
+def _all_batched(out):
+    return jax.tree_util.tree_map(lambda _: True, out)
+
+
+@functools.lru_cache(maxsize=64)
+def forward_run(f: Callable, config: "EngineConfig") -> Callable:
+    """``run(z0, args) -> Solved``: the forward solve of one system; under ``jax.vmap`` (a ``custom_vmap``
+    rule) one row-batched loop over the mapped systems, f vmapped over them with shared arguments unbatched.
+    The loop never selects its history rings per system (as vmap's generic rule for a while loop would)."""
+    options = dict(atol=config.atol, rtol=config.rtol, max_steps=config.max_steps)
+
+    @jax.custom_batching.custom_vmap
+    def run(z0, args):
+        return solve_fixed_point(lambda z: f(z, args), z0, config.method, **options)
+
+    @run.def_vmap
+    def run_batched(axis_size, in_batched, z0, args):
+        (z0,), axes = _batched_inputs(axis_size, (z0,), in_batched[:1], in_batched[1])
+        shape, dtype = z0.shape, z0.dtype
+        fb = jax.vmap(f, in_axes=(0, axes))
+
+        def G(y):
+            return fb(y.reshape(shape), args).reshape(axis_size, -1).astype(dtype)
+
+        out = solve_rows(G, z0.reshape(axis_size, -1), config.method, **options)
+        out = out._replace(value=out.value.reshape(shape))
+        return out, _all_batched(out)
+
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def linear_run(f: Callable, spec: LinearSpec, transpose: bool) -> Callable:
+    """``run(z, args, rhs) -> Solved``: x with (I − M) x = rhs, M = ∂f/∂zᵀ at z (``transpose``: the adjoint;
+    f's VJP linearised once) or ∂f/∂z (a tangent; f linearised once), by ``spec``; under ``jax.vmap`` one
+    row-batched loop where the spec iterates (else the systems one by one, vmapped)."""
+
+    def linearised(fz, z):
+        if transpose:
+            pullback = jax.vjp(fz, z)[1]
+            return lambda v: pullback(v)[0]
+        return jax.linearize(fz, z)[1]
+
+    def one(z, args, rhs):
+        return spec.solve(linearised(lambda zz: f(zz, args), z), rhs)
+
+    @jax.custom_batching.custom_vmap
+    def run(z, args, rhs):
+        return one(z, args, rhs)
+
+    @run.def_vmap
+    def run_batched(axis_size, in_batched, z, args, rhs):
+        (z, rhs), axes = _batched_inputs(axis_size, (z, rhs), (in_batched[0], in_batched[2]), in_batched[1])
+        if not spec.by_rows(int(np.prod(z.shape[1:]))):
+            out = jax.vmap(one, in_axes=(0, axes, 0))(z, args, rhs)
+            return out, _all_batched(out)
+        shape = z.shape
+        apply = linearised(lambda zz: jax.vmap(f, in_axes=(0, axes))(zz, args), z)
+
+        def apply_rows(v):
+            return apply(v.reshape(shape)).reshape(axis_size, -1).astype(rhs.dtype)
+
+        out = spec.solve_rows(apply_rows, rhs.reshape(axis_size, -1))
+        out = out._replace(value=out.value.reshape(shape))
+        return out, _all_batched(out)
+
+    return run
+
+
 _CACHE: dict = {}
 
 
@@ -436,10 +558,10 @@ def implicit_fixed_point(f: Callable, config: EngineConfig) -> Callable:
     key = (f, config)
     if key in _CACHE:
         return _CACHE[key]
+    run = forward_run(f, config)
 
     def forward(z0, args):
-        out = solve_fixed_point(lambda z: f(z, args), z0, config.method, atol=config.atol, rtol=config.rtol,
-                                max_steps=config.max_steps)
+        out = run(z0, args)
         if not (config.throw or config.warn):
             return out
         return out._replace(value=checked(out.value, out.code, FORWARD, config.throw))
@@ -451,7 +573,7 @@ def implicit_fixed_point(f: Callable, config: EngineConfig) -> Callable:
     def solve_jvp(primals, tangents):
         z0, args = primals
         out = forward(z0, args)
-        z = jax.lax.stop_gradient(out.value)
+        z = out.value
         zero_tangents = (np.zeros(out.code.shape, jax.dtypes.float0), np.zeros(out.num_steps.shape,
                          jax.dtypes.float0), jnp.zeros_like(out.residual))
         b = _args_tangent(f, z, args, tangents[1])
@@ -460,19 +582,14 @@ def implicit_fixed_point(f: Callable, config: EngineConfig) -> Callable:
         if config.adjoint.kind == "onestep":
             return out, Solved(b, *zero_tangents)
 
-        def f_of_z(zz):
-            return f(zz, args)
-
-        def matvec(v):
-            return v - jax.jvp(f_of_z, (z,), (v,))[1]
+        def matvec(v):                                   # only traced (for its transpose), never run
+            return v - jax.jvp(lambda zz: f(zz, args), (z,), (v,))[1]
 
         def tangent_solve(_, rhs):
-            jvp_at = jax.linearize(f_of_z, z)[1]
-            return config.adjoint.solve(jvp_at, rhs).value
+            return linear_run(f, config.adjoint, False)(z, args, rhs).value
 
         def adjoint_solve(_, g):
-            vjp_at = jax.vjp(f_of_z, z)[1]
-            lam = config.adjoint.solve(lambda v: vjp_at(v)[0], g)
+            lam = linear_run(f, config.adjoint, True)(z, args, g)
             return checked(lam.value, lam.code, ADJOINT, False)
 
         dz = jax.lax.custom_linear_solve(matvec, b, solve=tangent_solve, transpose_solve=adjoint_solve)
