@@ -40,7 +40,7 @@ jax = import_framework("jax", "jax")
 jnp = import_framework("jax.numpy", "jax")
 
 from . import jax_xla  # noqa: E402  (after the install hint above)
-from .jax_xla import Solved  # noqa: E402
+from .jax_xla import Solved, _varying_axes, _varying_like  # noqa: E402
 
 __all__ = ["fixed_point", "fixed_point_solution", "sharded_fixed_point", "choose_engine", "Solved", "ENGINES"]
 
@@ -127,13 +127,13 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
         return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw)), z0
     config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
                                   max_steps, throw, warn=not solution)
-    solve = jax_xla.implicit_fixed_point(f, config)
-    return (solve if solution else _value_of(solve)), z0
+    return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0
 
 
 @functools.lru_cache(maxsize=64)
-def _value_of(solve):
-    return lambda z0, args: solve(z0, args).value
+def _jitted(solve, solution):
+    """``solve`` (or its value alone) jitted: eager calls then reuse one compiled program per shape."""
+    return jax.jit(solve if solution else (lambda z0, args: solve(z0, args).value))
 
 
 ENGINES = ("auto", "xla", "host")
@@ -226,26 +226,6 @@ def _args_tangent(f, z, args, dargs):
         return f(z, jax.tree_util.tree_unflatten(treedef, full))
 
     return jax.jvp(f_of_live, tuple(leaves[i] for i in live), tuple(tangents[i] for i in live))[1]
-
-
-def _varying_axes(x):
-    """The manual mesh axes ``x`` varies over inside ``shard_map`` (empty outside it)."""
-    kind = getattr(jax.typeof(x), "manual_axis_type", None)
-    if kind is not None:
-        return frozenset(kind.varying)
-    return frozenset(getattr(jax.typeof(x), "vma", ()))
-
-
-def _varying_like(x, *like):
-    """``x`` marked as varying over the mesh axes ``like`` varies over (a host callback's result carries no
-    such mark inside ``shard_map``, and the pullback of f needs its cotangent typed like f's output)."""
-    wanted = frozenset().union(*(_varying_axes(y) for y in like if hasattr(y, "dtype")))
-    missing = tuple(sorted(wanted - _varying_axes(x)))
-    if not missing:
-        return x
-    if hasattr(jax.lax, "pcast"):
-        return jax.lax.pcast(x, missing, to="varying")
-    return jax.lax.pvary(x, missing)  # pragma: no cover - older JAX
 
 
 @functools.lru_cache(maxsize=256)
@@ -422,7 +402,8 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     their leading axis (0, sharded like z0) and which are shared (None, replicated), as in ``jax.vmap``. Under
     ``jax.shard_map`` every device calls the host solver on its local rows only (one batched solve per device,
     samples never gathered onto one host), and the implicit adjoint runs the same way; gradients of shared
-    arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`.
+    arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`; the
+    engine is the host one (``engine="auto"`` or ``"host"``).
     The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``.
 
     >>> import jax, jax.numpy as jnp
@@ -436,6 +417,11 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     """
     from jax.sharding import NamedSharding, PartitionSpec
 
+    engine = options.pop("engine", "host")
+    if engine not in ("auto", "host"):
+        raise ValueError(f"engine must be 'host' (or 'auto', which means 'host' here) for sharded_fixed_point, "
+                         f"got {engine!r}: the XLA engine's implicit gradient does not yet run inside shard_map")
+    options["engine"] = "host"
     if axis not in mesh.axis_names:
         raise ValueError(f"axis {axis!r} is not an axis of mesh (its axes: {mesh.axis_names})")
     if not hasattr(z0, "shape") or len(z0.shape) < 1:

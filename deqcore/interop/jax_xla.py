@@ -129,13 +129,13 @@ def _anderson_weights(H, used, slot, ridge, floor, wide):
 
 
 def _step_fn(method, shape, dtype):
-    """``(init() -> aux, step(y, f, aux, k) -> (y_new, aux))`` for ``method`` on (B, n) rows."""
+    """``(init(y0) -> aux, step(y, f, aux, k) -> (y_new, aux))`` for ``method`` on (B, n) rows."""
     if method.kind == "iteration":
         damping = method.damping
 
         def step(y, f, aux, k):
             return (y + f if damping == 1.0 else y + damping * f), aux
-        return (lambda: ()), step
+        return (lambda y0: ()), step
 
     (batch, n), m, beta = shape, method.history_size, method.beta
     finfo = np.finfo(dtype)
@@ -143,9 +143,9 @@ def _step_fn(method, shape, dtype):
     wide = _wide(dtype)
     zero = jnp.int32(0)
 
-    def init():
-        return _Ring(jnp.zeros((batch, m, n), dtype), jnp.zeros((batch, m, n), dtype),
-                     jnp.zeros((batch, m, m), dtype))
+    def init(y0):            # full_like: typed like y0 (inside shard_map, varying over the same mesh axes)
+        return _Ring(jax.lax.full_like(y0, 0, dtype, (batch, m, n)), jax.lax.full_like(y0, 0, dtype, (batch, m, n)),
+                     jax.lax.full_like(y0, 0, dtype, (batch, m, m)))
 
     def step(y, f, ring, k):
         slot = k % m
@@ -196,10 +196,10 @@ def _iterate(G, y0, f0, method, test, max_steps, patience):
         return best_y, best_res, since, jnp.where(finished, outcome, code), done | finished
 
     batch = y0.shape[0]
-    inf = jnp.full(batch, jnp.inf, dtype)
-    ints = jnp.zeros(batch, jnp.int32)
+    inf = jax.lax.full_like(y0, jnp.inf, dtype, (batch,))
+    ints = jax.lax.full_like(y0, 0, jnp.int32, (batch,))
     best_y, best_res, since, code, done = book(f0, y0, y0, inf, ints, ints + MAX_STEPS,
-                                               jnp.zeros(batch, bool), inf)
+                                               jax.lax.full_like(y0, False, bool, (batch,)), inf)
     limit = (DIVERGENCE_FACTOR * jnp.maximum(best_res, jnp.asarray(1e-300, dtype))).astype(dtype)
 
     def cond(carry):
@@ -215,7 +215,7 @@ def _iterate(G, y0, f0, method, test, max_steps, patience):
         best_y, best_res, since, code, done = book(f, y, best_y, best_res, since, code, done, limit)
         return k + 1, y, f, aux, best_y, best_res, since, code, done, steps
 
-    carry = (jnp.int32(0), y0, f0, init(), best_y, best_res, since, code, done, ints)
+    carry = (jnp.int32(0), y0, f0, init(y0), best_y, best_res, since, code, done, ints)
     out = jax.lax.while_loop(cond, body, carry)
     best_y, best_res, code, done, steps = out[4], out[5], out[7], out[8], out[9]
     return Solved(best_y, jnp.where(done, code, MAX_STEPS).astype(jnp.int32), steps, best_res)
@@ -373,7 +373,7 @@ def forward_method(solver) -> Method | None:
 def linear_spec(adjoint) -> LinearSpec | None:
     """The XLA version of a deqcore adjoint (its tolerances already filled in from the forward solve), or None
     where there is none."""
-    from ..adjoint.steady_state import (CHEAP_GMRES, DENSE_ADJOINT_LIMIT, FALLBACK_MAX_STEPS, FALLBACK_RTOL,
+    from ..adjoint.steady_state import (CHEAP_GMRES, FALLBACK_MAX_STEPS, FALLBACK_RTOL,
                                         OneStepGradient, SteadyStateAdjoint)
     from ..linalg import GMRES, LU
 
@@ -389,8 +389,7 @@ def linear_spec(adjoint) -> LinearSpec | None:
     if solver is None and cheap:
         solver = CHEAP_GMRES
     if solver is None:
-        return LinearSpec("default", DEFAULT_ADJOINT_METHOD, atol, rtol, max_steps,
-                          dense_limit=DENSE_ADJOINT_LIMIT)
+        return LinearSpec("default", DEFAULT_ADJOINT_METHOD, atol, rtol, max_steps)
     if isinstance(solver, LU):
         return LinearSpec("dense")
     if isinstance(solver, GMRES):
@@ -439,6 +438,26 @@ def _report(what, throw, codes):
     return np.zeros(codes.shape, np.int32)
 
 
+def _varying_axes(x):
+    """The manual mesh axes ``x`` varies over inside ``shard_map`` (empty outside it)."""
+    kind = getattr(jax.typeof(x), "manual_axis_type", None)
+    if kind is not None:
+        return frozenset(kind.varying)
+    return frozenset(getattr(jax.typeof(x), "vma", ()))
+
+
+def _varying_like(x, *like):
+    """``x`` marked as varying over the mesh axes ``like`` varies over (a host callback's result carries no
+    such mark inside ``shard_map``, and the pullback of f needs its cotangent typed like f's output)."""
+    wanted = frozenset().union(*(_varying_axes(y) for y in like if hasattr(y, "dtype")))
+    missing = tuple(sorted(wanted - _varying_axes(x)))
+    if not missing:
+        return x
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, missing, to="varying")
+    return jax.lax.pvary(x, missing)  # pragma: no cover - older JAX
+
+
 def checked(x, code, what, throw):
     """``x``, after the return ``code`` was checked: a failure raises ``dq.SolveError`` (``throw``; JAX re-raises
     it as a ``JaxRuntimeError`` carrying its message) or warns once per call site. Only a failure calls back to
@@ -454,8 +473,8 @@ def _check(what, throw):
     def check_all(codes):
         def report(codes):
             shape = jax.ShapeDtypeStruct(codes.shape, jnp.int32)
-            return jax.pure_callback(functools.partial(_report, what, throw), shape, codes,
-                                     vmap_method="expand_dims")
+            return _varying_like(jax.pure_callback(functools.partial(_report, what, throw), shape, codes,
+                                                   vmap_method="expand_dims"), codes)
 
         return jax.lax.cond(jnp.all(codes == SUCCESS), jnp.zeros_like, report, codes)
 
@@ -566,16 +585,21 @@ def implicit_fixed_point(f: Callable, config: EngineConfig) -> Callable:
             return out
         return out._replace(value=checked(out.value, out.code, FORWARD, config.throw))
 
+    def as_floats(out):
+        # the codes and counts cross the custom_jvp as floats (exact for these small integers): their zero
+        # tangents are then ordinary arrays, typed like them (inside shard_map too, where float0 is not)
+        return out._replace(code=out.code.astype(out.residual.dtype),
+                            num_steps=out.num_steps.astype(out.residual.dtype))
+
     @jax.custom_jvp
-    def solve(z0, args):
-        return forward(z0, args)
+    def solve_floats(z0, args):
+        return as_floats(forward(z0, args))
 
     def solve_jvp(primals, tangents):
         z0, args = primals
-        out = forward(z0, args)
+        out = as_floats(forward(z0, args))
         z = out.value
-        zero_tangents = (np.zeros(out.code.shape, jax.dtypes.float0), np.zeros(out.num_steps.shape,
-                         jax.dtypes.float0), jnp.zeros_like(out.residual))
+        zero_tangents = (jnp.zeros_like(out.code), jnp.zeros_like(out.num_steps), jnp.zeros_like(out.residual))
         b = _args_tangent(f, z, args, tangents[1])
         if b is None:
             return out, Solved(jnp.zeros_like(z), *zero_tangents)
@@ -595,7 +619,12 @@ def implicit_fixed_point(f: Callable, config: EngineConfig) -> Callable:
         dz = jax.lax.custom_linear_solve(matvec, b, solve=tangent_solve, transpose_solve=adjoint_solve)
         return out, Solved(dz, *zero_tangents)
 
-    solve.defjvp(solve_jvp, symbolic_zeros=True)
+    solve_floats.defjvp(solve_jvp, symbolic_zeros=True)
+
+    def solve(z0, args):
+        out = solve_floats(z0, args)
+        return out._replace(code=out.code.astype(jnp.int32), num_steps=out.num_steps.astype(jnp.int32))
+
     if len(_CACHE) > 64:
         _CACHE.clear()
     _CACHE[key] = solve
