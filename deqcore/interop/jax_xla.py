@@ -148,15 +148,26 @@ def _step_fn(method, shape, dtype):
                      jax.lax.full_like(y0, 0, dtype, (batch, m, m)))
 
     def step(y, f, ring, k):
+        # the rings are read before they are written, and only the carry reads the written ones: XLA then
+        # updates them in place (reading the updated rings makes it copy them whole every step)
         slot = k % m
         used = jnp.arange(m) < jnp.minimum(k + 1, m)
-        G = jax.lax.dynamic_update_slice(ring.G, (y + beta * f)[:, None, :], (zero, slot, zero))
-        F = jax.lax.dynamic_update_slice(ring.F, f[:, None, :], (zero, slot, zero))
-        column = jnp.where(used, jnp.einsum("bmn,bn->bm", F, f), 0)
+        g = y + beta * f
+        column = jnp.einsum("bmn,bn->bm", ring.F, f)
+        column = jnp.where(jnp.arange(m) == slot, jnp.sum(f * f, axis=1, keepdims=True), column)
+        column = jnp.where(used, column, 0)
         H = jax.lax.dynamic_update_slice(ring.H, column[:, None, :], (zero, slot, zero))
         H = jax.lax.dynamic_update_slice(H, column[:, :, None], (zero, zero, slot))
-        alpha = _anderson_weights(H, used, slot, ridge, floor, wide)
-        return jnp.einsum("bm,bmn->bn", alpha.astype(dtype), G), _Ring(G, F, H)
+        alpha = _anderson_weights(H, used, slot, ridge, floor, wide).astype(dtype)
+        old = jax.lax.dynamic_index_in_dim(ring.G, slot, axis=1, keepdims=False)
+        alpha_slot = jax.lax.dynamic_index_in_dim(alpha, slot, axis=1, keepdims=True)
+        y_new = jnp.einsum("bm,bmn->bn", alpha, ring.G) + alpha_slot * (g - old)
+        # a zero that depends on y_new: the writes then follow every read of the old rings in XLA's schedule
+        # (a row whose y_new is not finite is finished by the next test; its own rings alone take the NaN)
+        tie = 0 * jnp.sum(y_new, axis=1, keepdims=True)
+        G = jax.lax.dynamic_update_slice(ring.G, (g + tie)[:, None, :], (zero, slot, zero))
+        F = jax.lax.dynamic_update_slice(ring.F, (f + tie)[:, None, :], (zero, slot, zero))
+        return y_new, _Ring(G, F, H)
 
     return init, step
 
@@ -171,7 +182,7 @@ class _Test(NamedTuple):
     y_limit: Any
 
 
-def _iterate(G, y0, f0, method, test, max_steps, patience):
+def _iterate(G, y0, f0, method, test, max_steps, patience, slow=None):
     """The host driver's loop on (B, n) rows, each its own system: ``G`` the map on rows, ``f0 = G(y0) − y0``.
     Finished rows are frozen (their iterate, residual and result no longer change). Returns :class:`Solved`
     with per-row arrays."""
@@ -179,8 +190,11 @@ def _iterate(G, y0, f0, method, test, max_steps, patience):
     wide = _wide(dtype)
     init, step = _step_fn(method, y0.shape, dtype)
 
-    def book(f, y, best_y, best_res, since, code, done, limit):
+    def book(f, y, best_y, best_res, since, code, done, limit, k=None):
         res = test.norm(f)
+        # ``slow = (first, later)``: a row whose residual shrank by less than this factor in its first step or a
+        # later one stops there (STALLED), for a faster method to take over
+        slowed = False if (slow is None or k is None) else (res > jnp.where(k == 0, slow[0], slow[1]) * best_res)
         y_norm = _max_abs(y)
         bounded = y_norm < test.y_limit
         threshold = test.tol.astype(wide) + test.rtol * jnp.minimum(y_norm, test.cap).astype(wide)
@@ -190,7 +204,7 @@ def _iterate(G, y0, f0, method, test, max_steps, patience):
         best_res = jnp.where(improved, res, best_res)
         since = jnp.where(done, since, jnp.where(improved, 0, since + 1))
         exploded = ~bounded | ~(res < limit)
-        stalled = since >= patience
+        stalled = (since >= patience) | slowed
         finished = ~done & (converged | exploded | stalled)
         outcome = jnp.where(converged, SUCCESS, jnp.where(exploded, DIVERGED, STALLED)).astype(jnp.int32)
         return best_y, best_res, since, jnp.where(finished, outcome, code), done | finished
@@ -212,7 +226,7 @@ def _iterate(G, y0, f0, method, test, max_steps, patience):
         y = jnp.where(done[:, None], y, y_new)
         f = jnp.where(done[:, None], f, G(y) - y)
         steps = jnp.where(done, steps, k + 1)
-        best_y, best_res, since, code, done = book(f, y, best_y, best_res, since, code, done, limit)
+        best_y, best_res, since, code, done = book(f, y, best_y, best_res, since, code, done, limit, k)
         return k + 1, y, f, aux, best_y, best_res, since, code, done, steps
 
     carry = (jnp.int32(0), y0, f0, init(y0), best_y, best_res, since, code, done, ints)
@@ -254,19 +268,50 @@ def solve_fixed_point(fn: Callable, z0: Any, method: Method, *, atol: float, rto
     return _squeeze(out, z0.shape)
 
 
-def linear_rows(apply: Callable, b: Any, method: Method, *, atol: float, rtol: float, max_steps: int) -> Solved:
-    """x with x − apply(x) = b for every row of b (B, n) (apply maps rows to rows, one system per row):
-    x ← b + apply(x) from x0 = 0 (whose residual is b itself: no application spent on it) to
-    ‖b − (I − M)x‖₂ <= max(atol, rtol·‖b‖₂) per row. A row with a non-finite b is DIVERGED with a NaN x."""
+def linear_rows(apply: Callable, b: Any, method: Method | None, *, atol: float, rtol: float,
+                max_steps: int) -> Solved:
+    """x with x − apply(x) = b for every row of b (B, n) (apply maps rows to rows, one system per row), to
+    ‖b − (I − M)x‖₂ <= max(atol, rtol·‖b‖₂) per row, iterating x ← b + apply(x)-type steps by ``method`` from
+    x0 = 0 (whose residual is b itself: no application spent on it). ``method=None``: plain iteration while a
+    row's residual shrinks by half in its first step and by 0.9 a step later (the host adjoint's rule), then
+    Anderson on the rows that slowed, for their correction (skipped when no row slowed). A row with a
+    non-finite b is DIVERGED with a NaN x."""
     dtype = b.dtype
     bad = ~jnp.all(jnp.isfinite(b), axis=1)
     b = jnp.where(bad[:, None], 0, b)
     tol = jnp.maximum(jnp.asarray(atol, dtype), (rtol * _l2(b)).astype(dtype))
-    batch = b.shape[0]
-    test = _Test(_l2, tol, 0.0, jnp.zeros(batch, dtype), jnp.full(batch, jnp.inf, dtype))
-    out = _iterate(lambda x: b + apply(x), jnp.zeros_like(b), b, method, test, max_steps, max_steps + 1)
+    if method is not None:
+        out = _linear_iterate(apply, b, jnp.zeros_like(b), b, method, tol, max_steps)
+    else:
+        out = _linear_iterate(apply, b, jnp.zeros_like(b), b, iteration(), tol, max_steps,
+                              slow=(RICHARDSON_RATE, RICHARDSON_KEEP_RATE))
+
+        def accelerate(out):
+            # the slowed rows restart from their best iterate x1: Anderson on the correction δ,
+            # (I − M) δ = r = b + M x1 − x1 (one application), to the same absolute tolerance
+            x1 = out.value
+            r = b + apply(x1) - x1
+            left = jnp.maximum(max_steps - out.num_steps - 1, 1)
+            more = _linear_iterate(apply, r, jnp.zeros_like(r), r, anderson(), tol, jnp.max(left))
+            redo = out.code != SUCCESS
+            return Solved(jnp.where(redo[:, None], x1 + more.value, x1), jnp.where(redo, more.code, out.code),
+                          jnp.where(redo, out.num_steps + 1 + more.num_steps, out.num_steps),
+                          jnp.where(redo, more.residual, out.residual))
+
+        out = jax.lax.cond(jnp.any((out.code != SUCCESS) & ~bad), accelerate, lambda out: out, out)
     return Solved(jnp.where(bad[:, None], jnp.nan, out.value), jnp.where(bad, DIVERGED, out.code),
                   out.num_steps, jnp.where(bad, jnp.nan, out.residual))
+
+
+#: the plain adjoint iteration's rates (deqcore.adjoint.steady_state): a row keeps iterating while its residual
+#: shrinks by this factor in its first step, and by the second factor in each later one
+RICHARDSON_RATE, RICHARDSON_KEEP_RATE = 0.5, 0.9
+
+
+def _linear_iterate(apply, b, x0, r0, method, tol, max_steps, slow=None):
+    batch, dtype = b.shape[0], b.dtype
+    test = _Test(_l2, tol, 0.0, jnp.zeros(batch, dtype), jnp.full(batch, jnp.inf, dtype))
+    return _iterate(lambda x: b + apply(x), x0, r0, method, test, max_steps, max_steps + 1, slow)
 
 
 def solve_linear(apply: Callable, rhs: Any, method: Method, *, atol: float, rtol: float,
@@ -317,8 +362,8 @@ def gmres_solve(apply: Callable, rhs: Any, *, atol: float, rtol: float, restart:
 @dataclass(frozen=True)
 class LinearSpec:
     """How a linear (adjoint or tangent) solve runs: ``kind`` "dense", "iterate" (``method``), "gmres"
-    (``restart``), "onestep" (x = rhs) or "default" (dense up to ``dense_limit`` elements per system, else
-    ``method``), with the test's ``atol``/``rtol`` and the budget ``max_steps``."""
+    (``restart``), "onestep" (x = rhs) or "default" (plain iteration, then Anderson where it slows: see
+    :func:`linear_rows`), with the test's ``atol``/``rtol`` and the budget ``max_steps``."""
 
     kind: str
     method: Method | None = None
@@ -326,12 +371,11 @@ class LinearSpec:
     rtol: float = 1e-5
     max_steps: int = 100
     restart: int = 30
-    dense_limit: int = 0
 
     def by_rows(self, n: int) -> bool:
         """Whether systems of n elements are solved by the row-batched iteration (:func:`linear_rows`) —
         else one system at a time (vmapped when batched)."""
-        return self.kind == "iterate" or (self.kind == "default" and n > self.dense_limit)
+        return self.kind in ("iterate", "default")
 
     def _rtol(self, dtype):
         return max(self.rtol, 4 * float(np.finfo(dtype).eps))
@@ -353,10 +397,6 @@ class LinearSpec:
         """Every row of b (B, n) its own system (only where :meth:`by_rows`)."""
         return linear_rows(apply_rows, b, self.method, atol=self.atol, rtol=self._rtol(b.dtype),
                            max_steps=self.max_steps)
-
-
-#: the method of the default adjoint on states above the dense limit (see benchmarks/results/jax_deq.md)
-DEFAULT_ADJOINT_METHOD = anderson()
 
 
 def forward_method(solver) -> Method | None:
@@ -389,7 +429,7 @@ def linear_spec(adjoint) -> LinearSpec | None:
     if solver is None and cheap:
         solver = CHEAP_GMRES
     if solver is None:
-        return LinearSpec("default", DEFAULT_ADJOINT_METHOD, atol, rtol, max_steps)
+        return LinearSpec("default", None, atol, rtol, max_steps)
     if isinstance(solver, LU):
         return LinearSpec("dense")
     if isinstance(solver, GMRES):
