@@ -1,15 +1,28 @@
-"""JAX adapter: a differentiable fixed point z* = f(z*, args) solved by deqcore.
+"""JAX adapter: a differentiable fixed point z* = f(z*, args) solved by deqcore's algorithms, from JAX.
 
-The solve runs in deqcore inside one ``jax.pure_callback`` per call (so it works eagerly and under
-``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vmap``); inside it f is evaluated by a jitted JAX function.
-Differentiation is implicit: z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through
-``jax.lax.custom_linear_solve``, so reverse mode solves the adjoint (I − ∂f/∂zᵀ) λ = g in deqcore (a second
-callback, with f linearised once at z* by XLA and each VJP applying that linearisation) and JAX itself pulls
-λ back to ``args`` (any pytree). Under ``jax.vmap`` each mapped sample is its own system, all solved in one batched
-solve per callback, and arguments shared by the samples stay unbatched: the gradient of a shared weight is
-one contraction over the batch, never a per-sample gradient summed afterwards. ``pure_callback`` hands the
-callbacks host arrays, so the solver itself runs on NumPy (on a GPU backend too, where f still runs on the
-device); higher-order derivatives are not supported.
+Two engines run the same solvers with the same convergence test and return codes:
+
+* ``engine="xla"``: the whole solve inside XLA. Anderson acceleration and plain (damped) iteration are written
+  with ``jax.lax.while_loop`` (:mod:`deqcore.interop.jax_xla`: a fixed-size history ring updated in place, the
+  small least-squares by a regularised normal-equations solve, the host driver's test max|f(z) − z| <=
+  atol + rtol·min(max|z|, s0) per system); the adjoint (I − ∂f/∂zᵀ) λ = g runs in XLA too, on f's VJP
+  linearised once at z*, to the forward solve's tolerance. Under ``jax.vmap`` one loop runs all mapped systems,
+  each with its own test and return code, a finished (or failed) system frozen.
+* ``engine="host"``: deqcore's NumPy solvers inside one ``jax.pure_callback`` per call, every deqcore solver
+  and adjoint (Broyden, Newton, ...), f evaluated by a jitted JAX function and the adjoint in a second callback
+  applying a linearisation XLA made at z*.
+* ``engine="auto"`` (the default): XLA when the solver and the adjoint have an XLA version (``dq.Anderson``,
+  ``dq.FixedPointIteration``; the default adjoint, ``dq.LU()``, ``dq.GMRES(...)``, Anderson or
+  FixedPointIteration on λ, ``dq.OneStepGradient()``), else the host (see ``benchmarks/results/jax_deq.md``).
+
+Both work eagerly and under ``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vmap``. Differentiation is implicit:
+z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through ``jax.lax.custom_linear_solve``,
+so reverse mode solves the adjoint and JAX pulls λ back to ``args`` (any pytree); arguments shared by vmapped
+samples stay unbatched (the gradient of a shared weight is one contraction over the batch). A failed solve
+raises ``dq.SolveError`` with ``throw=True`` (under ``jax.jit`` JAX re-raises it as a ``JaxRuntimeError``
+carrying its message; the XLA engine calls back to the host only when a code is not SUCCESS), or warns once per
+call site with ``throw=False`` and returns the best iterate; :func:`fixed_point_solution` returns the codes
+themselves. Higher-order derivatives are not supported.
 
 >>> import jax, jax.numpy as jnp
 >>> from deqcore.interop import jax as dqj
@@ -20,6 +33,12 @@ True
 >>> g = jax.grad(lambda a: dqj.fixed_point(f, jnp.zeros(3), a, atol=1e-6, rtol=1e-6).sum())(jnp.ones(3))
 >>> bool(jnp.allclose(g, 1 / (1 + 0.5 * jnp.sin(z)), atol=1e-4))     # dz*/da = 1 / (1 − f_z)
 True
+>>> z_host = dqj.fixed_point(f, jnp.zeros(3), jnp.ones(3), atol=1e-6, rtol=1e-6, engine="host")
+>>> bool(jnp.allclose(z, z_host, atol=1e-6))
+True
+>>> out = jax.vmap(lambda a: dqj.fixed_point_solution(f, jnp.zeros(3), a))(jnp.array([1.0, jnp.nan]))
+>>> out.code.tolist()                                  # per system: SUCCESS (0), DIVERGED (2)
+[0, 2]
 """
 
 from __future__ import annotations
@@ -70,7 +89,11 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
             ``dq.OneStepGradient()``.
         throw: raise when the solve fails (JAX re-raises the callback's ``dq.SolveError`` as a
-            ``jax.errors.JaxRuntimeError`` carrying its message); False returns the best iterate.
+            ``jax.errors.JaxRuntimeError`` carrying its message); False warns once per call site and returns
+            the best iterate.
+        engine: ``"auto"`` (default: XLA where the solver and adjoint have an XLA version, else host),
+            ``"xla"`` or ``"host"`` (see the module docstring); "xla" with a solver or adjoint without an XLA
+            version is a ValueError naming it.
 
     Unmapped, the whole array is one system; under ``jax.vmap`` each mapped sample is one system.
     """

@@ -12,9 +12,15 @@ systems side by side, each with its own test, step count and return code, a fini
   s0 = max(max|z0|, max|f(z0)|) fixed at the start; non-finite or runaway iterates (max|z| >= s0/√eps) and
   residuals 1e8 times the start's are DIVERGED, 'patience' steps without a lower residual STALLED, and the
   value returned is the iterate that passed the test (else the lowest-residual one).
-* :func:`solve_linear`: the adjoint (I − Jᵀ) λ = g or a tangent (I − J) ż = b, from one linearisation of f:
-  Anderson or plain iteration on λ = g + Jᵀλ (test ‖g − (I − Jᵀ)λ‖₂ <= max(atol, rtol·‖g‖₂), the host
-  adjoint's), restarted GMRES, or a dense solve (one batched application on the identity; small states).
+* :func:`solve_linear` / :func:`linear_rows`: the adjoint (I − Jᵀ) λ = g or a tangent (I − J) ż = b, from one
+  linearisation of f, to the host adjoint's test ‖g − (I − Jᵀ)λ‖₂ <= max(atol, rtol·‖g‖₂): by default plain
+  iteration λ ← g + Jᵀλ while it contracts fast (one VJP a step; the host adjoint's rule) and Anderson on the
+  correction of the systems that slowed; or Anderson / plain iteration alone, restarted GMRES
+  (``jax.scipy.sparse.linalg.gmres``), or a dense solve (one batched application on the identity).
+
+Under ``jax.vmap`` the adapter's loops run as one row-batched loop (``jax.custom_batching.custom_vmap``): the
+mapped systems are rows of (B, n) arrays, f is vmapped over them, and the loop's history rings are never
+selected per system (as vmap's generic rule for a while loop would do, a pass over the rings every step).
 
 Return codes are deqcore's (:class:`deqcore.ReturnCode`) as int32 scalars per system.
 
