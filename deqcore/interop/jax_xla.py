@@ -107,13 +107,18 @@ class _Ring(NamedTuple):
 
 
 def _small_solve(A, rhs):
-    """x with A x = rhs for (B, m, m) symmetric positive definite systems: Gauss–Jordan without pivoting,
-    unrolled over the m columns (a handful of fused passes over B·m·m numbers, no library call per system)."""
+    """x with A x = rhs for (B, m, m) symmetric positive definite systems: Gauss–Jordan without pivoting, one
+    small loop over the m columns (a fused pass over B·m·m numbers each, no library call per system)."""
     m = A.shape[-1]
-    M = jnp.concatenate([A, rhs[:, :, None]], axis=2)
-    for j in range(m):
-        pivot = M[:, j, :] / M[:, j, j:j + 1]
-        M = (M - M[:, :, j:j + 1] * pivot[:, None, :]).at[:, j, :].set(pivot)
+    rows = jnp.arange(m)
+
+    def eliminate(j, M):
+        row = jax.lax.dynamic_index_in_dim(M, j, axis=1, keepdims=False)               # (B, m + 1)
+        pivot = row / jax.lax.dynamic_index_in_dim(row, j, axis=1, keepdims=True)
+        column = jax.lax.dynamic_index_in_dim(M, j, axis=2, keepdims=True)              # (B, m, 1)
+        return jnp.where((rows == j)[None, :, None], pivot[:, None, :], M - column * pivot[:, None, :])
+
+    M = jax.lax.fori_loop(0, m, eliminate, jnp.concatenate([A, rhs[:, :, None]], axis=2))
     return M[:, :, m]
 
 
