@@ -70,9 +70,10 @@ def f_one(z, a):
 
 # ---- solvers: each maker(tol) returns solve(f, z0, args) -> z* -------------------------------------------
 
-def deqcore_maker(solver=None):
+def deqcore_maker(solver=None, engine="auto"):
     def make(tol):
-        return lambda f, z0, a: dqj.fixed_point(f, z0, a, solver, atol=0.0, rtol=tol, max_steps=MAX_STEPS)
+        return lambda f, z0, a: dqj.fixed_point(f, z0, a, solver, atol=0.0, rtol=tol, max_steps=MAX_STEPS,
+                                                engine=engine)
     return make
 
 
@@ -104,8 +105,10 @@ def optimistix_maker(unmapped):
 
 
 def methods(unmapped):
-    table = {"deqcore Anderson (default)": (deqcore_maker(), [TOL]),
-             "deqcore Broyden": (deqcore_maker(dq.Broyden()), [TOL])}
+    table = {"deqcore Anderson (default: XLA engine)": (deqcore_maker(), [TOL]),
+             "deqcore FixedPointIteration (XLA engine)": (deqcore_maker(dq.FixedPointIteration()), [TOL]),
+             "deqcore Anderson (host engine)": (deqcore_maker(engine="host"), [TOL]),
+             "deqcore Broyden (host engine)": (deqcore_maker(dq.Broyden()), [TOL])}
     n = 64 * 256 if unmapped else 256
     l2 = [TOL * np.sqrt(n) * s for s in (1.0, 0.25, 1 / 16, 1 / 64)] + [TOL]      # L2 tolerances, loosest first
     try:
@@ -234,6 +237,26 @@ class Counter:
         dqj._host_callable.cache_clear()
 
 
+def xla_counts(solver, tol, unmapped, params, x, c):
+    """(NFE, VJPs) of one fwd+grad on the XLA engine: the forward's evaluations (its steps + the start point's +
+    the linearisation at z*) and the adjoint's VJPs (its steps, solving for g = c exactly as the gradient does,
+    + the pullback to the arguments); vmapped, those of the slowest system (the loop runs until it finishes)."""
+    from deqcore.interop import jax_xla
+
+    z0 = jnp.zeros_like(c)
+    spec = jax_xla.linear_spec(dq.SteadyStateAdjoint().with_forward(0.0, tol, MAX_STEPS))
+    opts = dict(atol=0.0, rtol=tol, max_steps=MAX_STEPS)
+    if unmapped:
+        out = dqj.fixed_point_solution(f_batch, z0, (params, x), solver, **opts)
+        lam = jax_xla.linear_run(f_batch, spec, True)(out.value, (params, x), c)
+    else:
+        out = jax.jit(jax.vmap(lambda zi, xi: dqj.fixed_point_solution(f_one, zi, (params, xi), solver, **opts)))(
+            z0, x)
+        lam = jax.jit(jax.vmap(lambda zi, xi, ci: jax_xla.linear_run(f_one, spec, True)(zi, (params, xi), ci)))(
+            out.value, x, c)
+    return int(jnp.max(out.num_steps)) + 2, int(jnp.max(lam.num_steps)) + 1
+
+
 def peer_count(name, make, tol, unmapped, params, x, c):
     """Forward f-evaluations of a peer (None when it does not report them)."""
     z0 = jnp.zeros_like(c)
@@ -308,7 +331,11 @@ def bench_case(kind, unmapped, sizes, repeats):
         err = float(np.linalg.norm(grad_W - reference) / np.linalg.norm(reference))
         res = relative_residuals(params, x, run["z"], unmapped)
         split = None
-        if name.startswith("deqcore"):
+        if "XLA" in name:
+            nfe, nvjp = xla_counts(dq.FixedPointIteration() if "FixedPoint" in name else None, run["tol"],
+                                   unmapped, params, x, c)
+            split = None
+        elif name.startswith("deqcore"):
             parts = []
             for _ in range(5):                              # the host-side split: medians of a few timed runs
                 vg = jax.jit(jax.value_and_grad(loss_of(run["make"](run["tol"]), unmapped, x, c)))

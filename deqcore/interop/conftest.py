@@ -3,3 +3,5 @@
 import importlib.util
 
 collect_ignore = [f"{name}.py" for name in ("torch", "jax") if importlib.util.find_spec(name) is None]
+if importlib.util.find_spec("jax") is None:
+    collect_ignore.append("jax_xla.py")

@@ -1,15 +1,28 @@
-"""JAX adapter: a differentiable fixed point z* = f(z*, args) solved by deqcore.
+"""JAX adapter: a differentiable fixed point z* = f(z*, args) solved by deqcore's algorithms, from JAX.
 
-The solve runs in deqcore inside one ``jax.pure_callback`` per call (so it works eagerly and under
-``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vmap``); inside it f is evaluated by a jitted JAX function.
-Differentiation is implicit: z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through
-``jax.lax.custom_linear_solve``, so reverse mode solves the adjoint (I − ∂f/∂zᵀ) λ = g in deqcore (a second
-callback, with f linearised once at z* by XLA and each VJP applying that linearisation) and JAX itself pulls
-λ back to ``args`` (any pytree). Under ``jax.vmap`` each mapped sample is its own system, all solved in one batched
-solve per callback, and arguments shared by the samples stay unbatched: the gradient of a shared weight is
-one contraction over the batch, never a per-sample gradient summed afterwards. ``pure_callback`` hands the
-callbacks host arrays, so the solver itself runs on NumPy (on a GPU backend too, where f still runs on the
-device); higher-order derivatives are not supported.
+Two engines run the same solvers with the same convergence test and return codes:
+
+* ``engine="xla"``: the whole solve inside XLA. Anderson acceleration and plain (damped) iteration are written
+  with ``jax.lax.while_loop`` (:mod:`deqcore.interop.jax_xla`: a fixed-size history ring updated in place, the
+  small least-squares by a regularised normal-equations solve, the host driver's test max|f(z) − z| <=
+  atol + rtol·min(max|z|, s0) per system); the adjoint (I − ∂f/∂zᵀ) λ = g runs in XLA too, on f's VJP
+  linearised once at z*, to the forward solve's tolerance. Under ``jax.vmap`` one loop runs all mapped systems,
+  each with its own test and return code, a finished (or failed) system frozen.
+* ``engine="host"``: deqcore's NumPy solvers inside one ``jax.pure_callback`` per call, every deqcore solver
+  and adjoint (Broyden, Newton, ...), f evaluated by a jitted JAX function and the adjoint in a second callback
+  applying a linearisation XLA made at z*.
+* ``engine="auto"`` (the default): XLA when the solver and the adjoint have an XLA version (``dq.Anderson``,
+  ``dq.FixedPointIteration``; the default adjoint, ``dq.LU()``, ``dq.GMRES(...)``, Anderson or
+  FixedPointIteration on λ, ``dq.OneStepGradient()``), else the host (see ``benchmarks/results/jax_deq.md``).
+
+Both work eagerly and under ``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vmap``. Differentiation is implicit:
+z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through ``jax.lax.custom_linear_solve``,
+so reverse mode solves the adjoint and JAX pulls λ back to ``args`` (any pytree); arguments shared by vmapped
+samples stay unbatched (the gradient of a shared weight is one contraction over the batch). A failed solve
+raises ``dq.SolveError`` with ``throw=True`` (under ``jax.jit`` JAX re-raises it as a ``JaxRuntimeError``
+carrying its message; the XLA engine calls back to the host only when a code is not SUCCESS), or warns once per
+call site with ``throw=False`` and returns the best iterate; :func:`fixed_point_solution` returns the codes
+themselves. Higher-order derivatives are not supported.
 
 >>> import jax, jax.numpy as jnp
 >>> from deqcore.interop import jax as dqj
@@ -20,6 +33,12 @@ True
 >>> g = jax.grad(lambda a: dqj.fixed_point(f, jnp.zeros(3), a, atol=1e-6, rtol=1e-6).sum())(jnp.ones(3))
 >>> bool(jnp.allclose(g, 1 / (1 + 0.5 * jnp.sin(z)), atol=1e-4))     # dz*/da = 1 / (1 − f_z)
 True
+>>> z_host = dqj.fixed_point(f, jnp.zeros(3), jnp.ones(3), atol=1e-6, rtol=1e-6, engine="host")
+>>> bool(jnp.allclose(z, z_host, atol=1e-6))
+True
+>>> out = jax.vmap(lambda a: dqj.fixed_point_solution(f, jnp.zeros(3), a))(jnp.array([1.0, jnp.nan]))
+>>> out.code.tolist()                                  # per system: SUCCESS (0), DIVERGED (2)
+[0, 2]
 """
 
 from __future__ import annotations
@@ -39,7 +58,10 @@ from ._common import check_adjoint, check_dtype, check_options, import_framework
 jax = import_framework("jax", "jax")
 jnp = import_framework("jax.numpy", "jax")
 
-__all__ = ["fixed_point", "sharded_fixed_point"]
+from . import jax_xla  # noqa: E402  (after the install hint above)
+from .jax_xla import Solved, _varying_axes, _varying_like  # noqa: E402
+
+__all__ = ["fixed_point", "fixed_point_solution", "sharded_fixed_point", "choose_engine", "Solved", "ENGINES"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +77,7 @@ class _Config:
 def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | None = None, *,
                 atol: float = 1e-6, rtol: float = 1e-5, max_steps: int = 100,
                 adjoint: SteadyStateAdjoint | OneStepGradient | PhantomGradient | None = None,
-                throw: bool = True) -> Any:
+                throw: bool = True, engine: str = "auto") -> Any:
     """z* with z* = f(z*, args), differentiable with respect to ``args`` by deqcore's implicit adjoint.
 
     Args:
@@ -67,10 +89,44 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
             ``dq.OneStepGradient()``.
         throw: raise when the solve fails (JAX re-raises the callback's ``dq.SolveError`` as a
-            ``jax.errors.JaxRuntimeError`` carrying its message); False returns the best iterate.
+            ``jax.errors.JaxRuntimeError`` carrying its message); False warns once per call site and returns
+            the best iterate.
+        engine: ``"auto"`` (default: XLA where the solver and adjoint have an XLA version, else host),
+            ``"xla"`` or ``"host"`` (see the module docstring); "xla" with a solver or adjoint without an XLA
+            version is a ValueError naming it.
 
     Unmapped, the whole array is one system; under ``jax.vmap`` each mapped sample is one system.
     """
+    solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine)
+    return solve(z0, args)
+
+
+def fixed_point_solution(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | None = None, *,
+                         atol: float = 1e-6, rtol: float = 1e-5, max_steps: int = 100,
+                         adjoint: SteadyStateAdjoint | OneStepGradient | None = None,
+                         throw: bool = False, engine: str = "auto") -> "Solved":
+    """:func:`fixed_point` with its outcome: ``Solved(value, code, num_steps, residual)``, a pytree of JAX
+    arrays (under ``jax.vmap`` one of each per system): ``code`` the int32 :class:`deqcore.ReturnCode`
+    (SUCCESS, MAX_STEPS, DIVERGED, STALLED), ``num_steps`` the evaluations of f after the start point's,
+    ``residual`` max|f(z) − z| at ``value``. ``value`` is differentiable as :func:`fixed_point`'s. Runs on the XLA
+    engine (the solver and adjoint must have XLA versions); ``throw`` defaults to False here.
+
+    >>> import jax, jax.numpy as jnp, deqcore as dq
+    >>> f = lambda z, a: 0.5 * jnp.cos(z) + a
+    >>> out = jax.vmap(lambda a: fixed_point_solution(f, jnp.zeros(2), a, max_steps=3))(jnp.array([[0.0], [jnp.nan]]))
+    >>> [dq.ReturnCode(int(c)).name for c in out.code]
+    ['MAX_STEPS', 'DIVERGED']
+    """
+    if engine == "host":
+        raise ValueError("engine='host' cannot report return codes to JAX: fixed_point_solution needs "
+                         "engine='xla' or 'auto' (its codes reach the host path as a RuntimeWarning or, with "
+                         "throw=True, a dq.SolveError)")
+    solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=True)
+    return solve(z0, args)
+
+
+def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False):
+    """Validated options and ``(solve(z0, args), z0)`` for the chosen engine."""
     check_callable(f, "f")
     solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
     adjoint = check_adjoint(adjoint, atol, rtol, max_steps)     # the default adjoint follows these tolerances
@@ -89,7 +145,49 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
         raise ValueError(f"f must preserve the shape of z: got {got} from {z0.shape}")
     if out.dtype != z0.dtype:
         raise TypeError(f"f must preserve the dtype of z: got {out.dtype} from {z0.dtype}")
-    return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw))(z0, args)
+    engine = choose_engine(engine, solver, adjoint, needs_xla=solution)
+    if engine == "host":
+        return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw)), z0
+    config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
+                                  max_steps, throw, warn=not solution)
+    return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(solve, solution):
+    """``solve`` (or its value alone) jitted: eager calls then reuse one compiled program per shape."""
+    return jax.jit(solve if solution else (lambda z0, args: solve(z0, args).value))
+
+
+ENGINES = ("auto", "xla", "host")
+
+
+def choose_engine(engine: str, solver: RootSolver, adjoint: Any, needs_xla: bool = False) -> str:
+    """``"xla"`` or ``"host"`` for ``engine``: "auto" (the default) runs in XLA when the solver and the adjoint
+    both have an XLA version (``dq.Anderson``, ``dq.FixedPointIteration``; the default adjoint, ``dq.LU()``,
+    ``dq.GMRES(...)``, Anderson or FixedPointIteration on λ, ``dq.OneStepGradient()``), else on the host;
+    "xla" with a solver or adjoint that has none is a ValueError naming it.
+
+    >>> import deqcore as dq
+    >>> choose_engine("auto", dq.Anderson(), None), choose_engine("auto", dq.Broyden(), None)
+    ('xla', 'host')
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    adjoint = check_adjoint(adjoint)
+    missing = []
+    if jax_xla.forward_method(solver) is None:
+        missing.append(f"solver={type(solver).__name__}(...) has no XLA version (there: dq.Anderson, "
+                       "dq.FixedPointIteration)")
+    if jax_xla.linear_spec(adjoint) is None:
+        missing.append(f"adjoint={adjoint!r} has no XLA version (there: the default adjoint, dq.LU(), "
+                       "dq.GMRES(...), dq.Anderson() or dq.FixedPointIteration() on λ, dq.OneStepGradient())")
+    if engine == "host" or (engine == "auto" and missing and not needs_xla):
+        return "host"
+    if missing:
+        raise ValueError(f"engine={engine!r} needs the XLA engine, but " + "; ".join(missing) +
+                         ": use engine='host'" + ("" if needs_xla else " or 'auto'"))
+    return "xla"
 
 
 @functools.lru_cache(maxsize=64)
@@ -151,26 +249,6 @@ def _args_tangent(f, z, args, dargs):
         return f(z, jax.tree_util.tree_unflatten(treedef, full))
 
     return jax.jvp(f_of_live, tuple(leaves[i] for i in live), tuple(tangents[i] for i in live))[1]
-
-
-def _varying_axes(x):
-    """The manual mesh axes ``x`` varies over inside ``shard_map`` (empty outside it)."""
-    kind = getattr(jax.typeof(x), "manual_axis_type", None)
-    if kind is not None:
-        return frozenset(kind.varying)
-    return frozenset(getattr(jax.typeof(x), "vma", ()))
-
-
-def _varying_like(x, *like):
-    """``x`` marked as varying over the mesh axes ``like`` varies over (a host callback's result carries no
-    such mark inside ``shard_map``, and the pullback of f needs its cotangent typed like f's output)."""
-    wanted = frozenset().union(*(_varying_axes(y) for y in like if hasattr(y, "dtype")))
-    missing = tuple(sorted(wanted - _varying_axes(x)))
-    if not missing:
-        return x
-    if hasattr(jax.lax, "pcast"):
-        return jax.lax.pcast(x, missing, to="varying")
-    return jax.lax.pvary(x, missing)  # pragma: no cover - older JAX
 
 
 @functools.lru_cache(maxsize=256)
@@ -347,7 +425,8 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     their leading axis (0, sharded like z0) and which are shared (None, replicated), as in ``jax.vmap``. Under
     ``jax.shard_map`` every device calls the host solver on its local rows only (one batched solve per device,
     samples never gathered onto one host), and the implicit adjoint runs the same way; gradients of shared
-    arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`.
+    arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`; the
+    engine is the host one (``engine="auto"`` or ``"host"``).
     The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``.
 
     >>> import jax, jax.numpy as jnp
@@ -361,6 +440,11 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     """
     from jax.sharding import NamedSharding, PartitionSpec
 
+    engine = options.pop("engine", "host")
+    if engine not in ("auto", "host"):
+        raise ValueError(f"engine must be 'host' (or 'auto', which means 'host' here) for sharded_fixed_point, "
+                         f"got {engine!r}: the XLA engine's implicit gradient does not yet run inside shard_map")
+    options["engine"] = "host"
     if axis not in mesh.axis_names:
         raise ValueError(f"axis {axis!r} is not an axis of mesh (its axes: {mesh.axis_names})")
     if not hasattr(z0, "shape") or len(z0.shape) < 1:
