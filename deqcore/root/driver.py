@@ -14,6 +14,7 @@ infinity never meets it; and the value returned for a SUCCESS is the very iterat
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,8 +148,14 @@ def _fused_kernel(solver, xp):
     name = getattr(solver, "fused_kernel", None)
     if name is None or xp is not np:
         return None
-    kernel = get_kernel(name, xp)
-    return None if kernel is registered_kernels()[name].reference else kernel
+    key = (name, os.environ.get("DEQCORE_KERNELS"))     # the lookup depends on the kernel choice alone
+    if key not in _FUSED:
+        kernel = get_kernel(name, xp)
+        _FUSED[key] = None if kernel is registered_kernels()[name].reference else kernel
+    return _FUSED[key]
+
+
+_FUSED: dict = {}   # (kernel name, DEQCORE_KERNELS) -> the fused step or None
 
 
 def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patience, max_steps, compact):
