@@ -77,7 +77,10 @@ def _give_back_workspace(xp, work):
         B, m1, n = V.shape
         key = (B, n, m1 - 1, V.dtype.str)
         if key not in _WORKSPACES and len(_WORKSPACES) >= WORKSPACE_SHAPES:
-            del _WORKSPACES[next(iter(_WORKSPACES))]                # the oldest sizes make room
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]            # the oldest sizes make room
+            except (KeyError, RuntimeError, StopIteration):       # (another thread changed the dict meanwhile)
+                pass
         spare = _WORKSPACES.setdefault(key, [])
         if len(spare) < 2:
             spare.append(work)
