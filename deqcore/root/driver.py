@@ -173,9 +173,11 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
     state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
     # the start point's bookkeeping (no divergence limit yet), then the first step
     book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience]
-    live = solver.fused_step(kernel, state, book)(f0, False, max_steps > 0)
-    book[9] = (DIVERGENCE_FACTOR * np.maximum(best_res, 1e-300)).astype(best_res.dtype)
     fused = solver.fused_step(kernel, state, book)      # bound again whenever book or state are replaced
+    live = fused(f0, False, max_steps > 0)
+    limit = book[9]                                     # the divergence limit from here on, set in place
+    np.maximum(best_res, 1e-300, out=limit)
+    np.multiply(limit, DIVERGENCE_FACTOR, out=limit)
     full, rows, current = None, None, problem
     steps = 0
     while live and steps < max_steps:
