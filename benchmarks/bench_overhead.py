@@ -21,7 +21,7 @@ against the f and VJP times of that repeat, and the tables show medians over the
   the loops, where f meets the caches the solver leaves; the floors above time f and the VJP in a warm loop);
 * ``grad err``: ‖dL/dW − exact‖ / ‖exact‖, exact from a dense per-sample float64 solve at the returned z*.
 
-    python benchmarks/bench_overhead.py [--repeats N] [--quick] [--fused-ab]
+    python benchmarks/bench_overhead.py [--repeats N] [--quick] [--fused-ab] [--micro]
 """
 
 from __future__ import annotations
@@ -329,6 +329,53 @@ def table(results):
     return "\n".join(lines)
 
 
+def micro(repeats: int = 7) -> str:
+    """The solver layers' own costs with a trivially cheap f (medians of ``repeats`` blocks, this script's clock):
+    a ``fixed_point`` solve of one step (argument checks, set-up, two fused steps, the Solution) and of 14 steps,
+    at the digits size (64 × 64, float64) and this benchmark's (64 × 256, float32); and GMRES at the digits
+    adjoint's size (64 × 64, float64, one cycle of 18 Arnoldi steps on v ↦ v − v M, the adjoint's call with a
+    fresh operator output), per Arnoldi step outside the operator."""
+    from deqcore.linalg import GMRES
+
+    rng = np.random.default_rng(0)
+    rows = ["| case | µs |", "|---|---:|"]
+    for n, dtype in ((64, np.float64), (256, np.float32)):
+        x = rng.standard_normal((SIZES[0], n)).astype(dtype)
+        z0 = np.zeros_like(x)
+        for steps in (1, 14):
+            def solve():
+                dq.fixed_point(lambda z, x: 0.5 * z + x, z0, dq.Anderson(), args=(x,), atol=0.0, rtol=0.0,
+                               max_steps=steps, batched=True, throw=False)
+            solve()
+            per = statistics.median(_block(solve, 50) for _ in range(repeats))
+            rows.append(f"| fixed_point, 64 × {n} {np.dtype(dtype).name}, {steps} step{'s' * (steps > 1)}, trivial f "
+                        f"| {1e6 * per:.0f} |")
+    n, steps = 64, 18
+    M = rng.standard_normal((n, n)) * (0.95 / np.sqrt(n))
+    rhs = rng.standard_normal((SIZES[0], n))
+    solver = GMRES(rtol=0.0, atol=0.0, restart=30)
+
+    def operator(v):
+        return v - v @ M
+
+    import inspect
+
+    fresh = {"scratch": True} if "scratch" in inspect.signature(solver._run).parameters else {}   # (older deqcore)
+
+    def cycle():
+        solver._run(np, operator, None, rhs, None, steps + 2, 30, **fresh)
+
+    def operator_calls():
+        for _ in range(steps + 1):
+            operator(rhs)
+
+    cycle()
+    per = statistics.median(_block(cycle, 5) - _block(operator_calls, 5) for _ in range(repeats)) / steps
+    rows.append(f"| GMRES, 64 × 64 float64, one cycle of {steps} steps: per Arnoldi step outside the operator "
+                f"| {1e6 * per:.0f} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per row (default 15)")
@@ -339,10 +386,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="folder for overhead.md")
     parser.add_argument("--fused-ab", action="store_true",
                         help="also time the forward with the fused CPU loop and with the unfused loop, interleaved")
+    parser.add_argument("--micro", action="store_true",
+                        help="only the solver layers' own costs with a trivial f (see micro()), printed")
     args = parser.parse_args(argv)
-    repeats = 5 if args.quick else args.repeats
     global _clock
     _clock = CLOCKS[args.clock]
+    if args.micro:
+        print(micro())
+        return 0
+    repeats = 5 if args.quick else args.repeats
     combos = [("easy", "float32")] if args.quick else [("easy", "float32"), ("easy", "float64"), ("hard", "float32")]
     cases = {"torch": TorchCase, "native": NativeCase}
     results, ab = [], []

@@ -12,6 +12,7 @@ __all__ = ["check_tolerance", "check_positive_int", "check_callable", "check_pro
 
 #: the floating dtypes the solvers and their kernels support
 SOLVER_DTYPES = ("float32", "float64")
+_SOLVER_DTYPE_SET = frozenset(np.dtype(name) for name in SOLVER_DTYPES)
 
 
 def check_tolerance(value, name: str) -> float:
@@ -99,7 +100,7 @@ def check_solver_dtype(x, name: str):
     ...
     TypeError: y0 has dtype float128; deqcore solves in float32 or float64: pass y0.astype(np.float64)
     """
-    if str(x.dtype) not in SOLVER_DTYPES:
+    if x.dtype not in _SOLVER_DTYPE_SET:              # a hashed lookup (str(dtype) costs several microseconds)
         raise TypeError(f"{name} has dtype {x.dtype}; deqcore solves in float32 or float64: pass "
                         f"{name}.astype(np.float64)")
     return x

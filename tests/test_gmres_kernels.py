@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from deqcore import linalg
+from deqcore import ReturnCode, linalg
 from deqcore.backend import to_host
 from deqcore.linalg.gmres_kernels import MAX_RESTART
 from tests.helpers import tolerance
@@ -86,3 +86,31 @@ def test_arnoldi_reorthogonalises_a_nearly_dependent_vector(impl, dtype):
     assert live.all() and np.allclose(np.linalg.norm(new, axis=1), 1, atol=tolerance(dtype, 1e-5, 1e-12))
     overlap = np.abs(np.einsum("bin,bn->bi", basis, new)).max()
     assert overlap <= 50 * np.finfo(dtype).eps, overlap
+
+
+def test_reused_workspace_leaves_no_trace_of_earlier_solves(rng):
+    """GMRES keeps its basis and small matrices for the next cycle of the same sizes (NumPy): a solve after one
+    whose operator produced NaN and inf for some samples (their Hessenberg columns kept non-finite values)
+    returns, bit for bit, what it returns with fresh memory."""
+    from deqcore.linalg import gmres
+
+    A, b = _systems(rng, 4, 9, np.float64)
+    poisoned = np.ones(4, bool)
+    poisoned[[0, 2]] = False
+
+    def bad_operator(v):
+        out = np.einsum("bij,bj->bi", A, v)
+        out[~poisoned] = np.where(rng.random(out[~poisoned].shape) < 0.5, np.nan, np.inf)
+        return out
+
+    solver = linalg.GMRES(rtol=1e-10, restart=5)
+    gmres._WORKSPACES.clear()
+    fresh = solver.solve(A, b)
+    gmres._WORKSPACES.clear()
+    failed = solver.solve(linalg.LinearOperator(bad_operator, shape=(9, 9)), b)
+    assert (failed.result[~poisoned] == int(ReturnCode.DIVERGED)).all()
+    assert gmres._WORKSPACES, "the kept workspace is what this test is about"
+    again = solver.solve(A, b)
+    np.testing.assert_array_equal(again.value, fresh.value)
+    np.testing.assert_array_equal(again.result, fresh.result)
+    np.testing.assert_array_equal(again.residual, fresh.residual)

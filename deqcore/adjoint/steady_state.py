@@ -380,7 +380,7 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             rhs = xp.where(waiting[:, None], it.r, zero)
             delta, gcodes, gnorm, stats = gmres._run(
                 xp, lambda v: v - it.step(v), preconditioner, rhs, None, budget - it.steps,
-                min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1))
+                min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1), scratch=True)
             it.lam += xp.where(waiting[:, None], delta, zero)
             it.rnorm = xp.where(waiting, gnorm, it.rnorm)
             it.restart()

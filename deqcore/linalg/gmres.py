@@ -5,10 +5,12 @@ for the samples whose first pass cancelled most of the new vector: CGS2 where it
 rotations (accumulated in a small ``(restart+1)^2`` matrix per sample) and its own convergence test
 ``||b_i - A x_i|| <= max(atol, rtol * ||b_i||)``; all samples share each operator call. A sample that converges
 (or breaks down, or stalls) is frozen: its basis vectors become zero and its ``x`` stops changing. The small
-least-squares problems are one batched triangular solve per cycle (``back_substitute``: compiled on NumPy, the
-namespace's batched solve on CuPy). Each Arnoldi step after the operator call is one fused kernel
+least-squares problems are one batched triangular solve per cycle (``gmres_least_squares``: compiled on NumPy,
+the namespace's batched solve on CuPy). Each Arnoldi step after the operator call is one fused kernel
 (``arnoldi_step``: orthogonalisation, rotations and convergence test per sample), and one host sync (whether
-any sample is still iterating: an operator call saved is worth far more than the sync).
+any sample is still iterating: an operator call saved is worth far more than the sync); on NumPy, for callers
+whose operator returns a fresh array (``_run(..., scratch=True)``: the adjoint), the step is bound to the
+cycle's arrays once, overwrites that array in place of a copy and returns the count itself.
 
 >>> import numpy as np
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
@@ -33,11 +35,55 @@ from .base import LinearSolver, finish, nonfinite_rows
 from ._validate import check_bool, check_rhs
 from .gmres_kernels import MAX_RESTART, arnoldi_step_reference
 from . import triangular_kernels  # noqa: F401  (registers back_substitute)
+from . import gmres_kernels  # noqa: F401  (registers arnoldi_step and gmres_least_squares)
 from .operator import LinearOperator, as_operator
 
 __all__ = ["GMRES"]
 
 _BREAKDOWN_FACTOR = 100  # a new Krylov direction shorter than this many eps of ||A v_j|| is round-off
+
+
+#: On NumPy, GMRES keeps the basis and small matrices of its last cycles for the next ones (per sizes and dtype) up
+#: to this many bytes each: zeroing memory already mapped is far cheaper than fresh allocations, whose first
+#: touch page-faults (measured in a DEQ training loop: 1.1 ms a cycle for 2 MB, against ~0.1 ms zeroing)
+WORKSPACE_BYTES = 64 * 2 ** 20
+#: ... for at most this many different sizes (the oldest are dropped first)
+WORKSPACE_SHAPES = 4
+_WORKSPACES: dict = {}
+
+
+def _take_workspace(xp, B, n, m, dtype):
+    """``(V, R, Q)`` for a cycle: V ``(B, m+1, n)`` and R ``(B, m+1, m)`` zero, Q ``(B, m+1, m+1)`` the identity;
+    reused from an earlier cycle of the same sizes where one was given back (not shared while in use)."""
+    work = None
+    if xp is np:                          # (CuPy allocates from its memory pool: nothing to gain on a GPU)
+        try:
+            work = _WORKSPACES[(B, n, m, np.dtype(dtype).str)].pop()
+        except (KeyError, IndexError):
+            pass
+    if work is None:
+        work = (xp.zeros((B, m + 1, n), dtype=dtype), xp.zeros((B, m + 1, m), dtype=dtype),
+                xp.zeros((B, m + 1, m + 1), dtype=dtype))
+    else:
+        for a in work:
+            a.fill(0)
+    work[2].reshape(B, -1)[:, :: m + 2] = 1                         # the diagonal of each sample's Q
+    return work
+
+
+def _give_back_workspace(xp, work):
+    V, R, Q = work
+    if xp is np and V.nbytes + R.nbytes + Q.nbytes <= WORKSPACE_BYTES:
+        B, m1, n = V.shape
+        key = (B, n, m1 - 1, V.dtype.str)
+        if key not in _WORKSPACES and len(_WORKSPACES) >= WORKSPACE_SHAPES:
+            try:
+                del _WORKSPACES[next(iter(_WORKSPACES))]            # the oldest sizes make room
+            except (KeyError, RuntimeError, StopIteration):       # (another thread changed the dict meanwhile)
+                pass
+        spare = _WORKSPACES.setdefault(key, [])
+        if len(spare) < 2:
+            spare.append(work)
 
 
 def _rowwise(fn, batched):
@@ -142,12 +188,13 @@ class GMRES(LinearSolver):
             rnorm = xp.where(bad, xp.asarray(np.nan, dtype=rnorm.dtype), rnorm)
         return finish(x, codes, rnorm, stats, batched, b.shape, state=state)
 
-    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None):
+    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None, scratch=False):
         """``(x, codes, residual norms, stats)`` for the rows of ``rhs`` (all finite); ``tol``: per-row absolute
-        tolerances in place of ``max(atol, rtol·||rhs_i||)`` (for callers solving a correction equation)."""
+        tolerances in place of ``max(atol, rtol·||rhs_i||)`` (for callers solving a correction equation);
+        ``scratch``: ``apply_A`` returns a fresh array each call, which the Arnoldi step may overwrite."""
         dtype = rhs.dtype
         eps = float(np.finfo(dtype).eps)
-        precondition = (lambda v: v) if apply_M is None else apply_M
+        precondition = apply_M
         bnorm = _norms(xp, rhs)
         if tol is None:
             tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
@@ -170,8 +217,8 @@ class GMRES(LinearSolver):
                 codes = xp.where(done, codes, int(ReturnCode.MAX_STEPS))
                 break
             active = ~done
-            dx, broke, used = self._cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps)
-            x_new = x + precondition(dx)
+            dx, broke, used = self._cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch)
+            x_new = x + (dx if precondition is None else precondition(dx))
             r_new = rhs - apply_A(x_new)
             steps += used + 1
             cycles += 1
@@ -192,8 +239,8 @@ class GMRES(LinearSolver):
         return x, codes, rnorm, {"num_steps": steps, "restarts": max(cycles - 1, 0)}
 
     @staticmethod
-    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps):
-        """One Arnoldi cycle of at most ``m`` steps for the ``active`` samples.
+    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch=False):
+        """One Arnoldi cycle of at most ``m`` steps for the ``active`` samples (``precondition``: None or M).
 
         Returns the update ``dx`` (before preconditioning; zero for inactive samples), a bool array of
         samples that broke down on a singular Hessenberg matrix, and the number of operator calls used.
@@ -201,10 +248,10 @@ class GMRES(LinearSolver):
         B, n = r.shape
         dtype = r.dtype
         zero = xp.zeros((), dtype=dtype)
-        V = xp.zeros((B, m + 1, n), dtype=dtype)
-        R = xp.zeros((B, m + 1, m), dtype=dtype)  # the Hessenberg matrix after the rotations: triangular
-        # Q: the product of this cycle's Givens rotations, per sample; Q @ (beta e1) is the rotated rhs
-        Q = xp.broadcast_to(xp.eye(m + 1, dtype=dtype), (B, m + 1, m + 1)).copy()
+        # V: the basis; R: the Hessenberg matrix after the rotations (triangular); Q: the product of this cycle's
+        # Givens rotations per sample (Q @ (beta e1) is the rotated rhs). Zeroed (Q: the identity) each cycle.
+        work = _take_workspace(xp, B, n, m, dtype)
+        V, R, Q = work
         beta = xp.where(active, rnorm, zero)
         V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
         k = xp.zeros(B, dtype=np.int64)  # usable Hessenberg columns per sample
@@ -214,16 +261,24 @@ class GMRES(LinearSolver):
         arnoldi_step = get_kernel("arnoldi_step", xp) if m <= MAX_RESTART else arnoldi_step_reference
         tiny_factor = _BREAKDOWN_FACTOR * eps
         tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), (B,)).astype(dtype, copy=True)
-        for j in range(m):
-            w = apply_A(precondition(V[:, j]))
-            used += 1
-            arnoldi_step(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor)
-            if not bool(live.any()):
-                break
-        # least squares per sample: the upper-triangular k_i x k_i system; unused columns become identity
-        usedcols = xp.arange(used)[None, :] < k[:, None]
-        R = xp.where(usedcols[:, None, :], R[:, :used, :used], xp.eye(used, dtype=dtype))
-        g = xp.where(usedcols, beta[:, None] * Q[:, :used, 0], zero)
-        y = get_kernel("back_substitute", xp)(R, g)
+        prepare = getattr(arnoldi_step, "prepare", None) if scratch else None
+        if prepare is not None:
+            # the compiled step with the cycle's arrays bound, w as its scratch and the live count returned
+            step = prepare(V, R, Q, beta, tol, k, live, broke, tiny_factor)
+            for j in range(m):
+                w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))
+                used += 1
+                if not step(w, j):
+                    break
+        else:
+            for j in range(m):
+                w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))
+                used += 1
+                arnoldi_step(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor)
+                if not bool(live.any()):
+                    break
+        # least squares per sample: the upper-triangular k_i x k_i system (gmres_least_squares)
+        y = get_kernel("gmres_least_squares", xp)(R, Q, beta, k, used)
         dx = xp.matmul(y[:, None, :], V[:, :used])[:, 0]
+        _give_back_workspace(xp, work)
         return dx, broke, used

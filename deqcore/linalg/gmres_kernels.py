@@ -26,7 +26,7 @@ import numpy as np
 
 from ..backend import get_namespace, register_kernel
 
-__all__ = ["arnoldi_step_reference", "MAX_RESTART", "REORTHOGONALISE_BELOW"]
+__all__ = ["arnoldi_step_reference", "least_squares_reference", "MAX_RESTART", "REORTHOGONALISE_BELOW"]
 
 #: the largest Krylov dimension per cycle the fused kernel handles (its per-sample scratch is static)
 MAX_RESTART = 64
@@ -65,6 +65,35 @@ def arnoldi_step_reference(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor
     live &= usable & (hnext > tiny) & ~(estimate <= tol)
     V[:, j + 1] = xp.where(live[:, None], w / xp.where(hnext > 0, hnext, 1)[:, None], 0)
     return V, R, Q, k, live, broke
+
+
+def least_squares_reference(R, Q, beta, k, used):
+    """Reference of ``gmres_least_squares``: the cycle's update coefficients y ``(B, used)``: per sample, the
+    upper-triangular ``R[:k, :k] y = beta·Q[:k, 0]`` (the rotated right-hand side), zero past ``k``. The unused
+    columns become the identity and one batched triangular solve (``back_substitute``) takes all samples."""
+    from .triangular_kernels import back_substitute_reference
+
+    xp = get_namespace(R)
+    usedcols = xp.arange(used)[None, :] < k[:, None]
+    Rk = xp.where(usedcols[:, None, :], R[:, :used, :used], xp.eye(used, dtype=R.dtype))
+    g = xp.where(usedcols, beta[:, None] * Q[:, :used, 0], xp.zeros((), dtype=R.dtype))
+    return back_substitute_reference(Rk, g)
+
+
+def least_squares_example(rng, dtype, size="small"):
+    """A finished cycle of ``used`` steps: triangular R with a safe diagonal, rotations Q, samples stopping at
+    different column counts (one at zero)."""
+    batch, m, used = (5, 6, 4) if size == "small" else (1024, 30, 20)
+    R = np.triu(rng.standard_normal((batch, m + 1, m))) + 3 * np.eye(m + 1, m)
+    Q = rng.standard_normal((batch, m + 1, m + 1))
+    k = rng.integers(0, used + 1, size=batch).astype(np.int64)
+    k[0] = 0
+    return R.astype(dtype), Q.astype(dtype), np.abs(rng.standard_normal(batch)).astype(dtype), k, used
+
+
+def least_squares_traffic(R, Q, beta, k, used):
+    """The used triangles and Q's first column read, y written."""
+    return R.shape[0] * R.dtype.itemsize * (used * (used + 1) // 2 + 2 * used)
 
 
 def example(rng, dtype, size="small"):
@@ -110,4 +139,11 @@ register_kernel(
     cuda_ptx_targets=[("deqcore.linalg.gmres_kernels_numba:arnoldi_step_cuda_kernel", _SIG)],
     example="deqcore.linalg.gmres_kernels:example",
     traffic="deqcore.linalg.gmres_kernels:traffic",
+)
+register_kernel(
+    "gmres_least_squares",
+    reference=least_squares_reference,
+    numba_cpu="deqcore.linalg.gmres_kernels_numba:least_squares_numba_cpu",
+    example="deqcore.linalg.gmres_kernels:least_squares_example",
+    traffic="deqcore.linalg.gmres_kernels:least_squares_traffic",
 )

@@ -13,7 +13,7 @@ from numba import cuda  # noqa: E402  (after numba_tools has set the cache folde
 from ..backend.cuda_blocks import block_reduce, for_kernels  # noqa: E402
 from ..backend.launch import cuda_kernel  # noqa: E402
 
-__all__ = ["arnoldi_step_numba_cpu", "arnoldi_step_numba_cuda", "arnoldi_step_cuda_kernel", "finish_column",
+__all__ = ["arnoldi_step_numba_cpu", "arnoldi_step_numba_cuda", "least_squares_numba_cpu", "arnoldi_step_cuda_kernel", "finish_column",
            "reorthogonalise"]
 
 THREADS = 128
@@ -106,6 +106,47 @@ def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor
     w = np.array(w, order="C", copy=True)                  # scratch: the caller's w is left as it was
     _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor))
     return V, R, Q, k, live, broke
+
+
+def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor):
+    """``step(w, j) -> live count``: :func:`arnoldi_step_numba_cpu` with a cycle's arrays bound once, taking
+    ``w`` as its scratch (overwritten, not copied: for callers whose ``w`` is a temporary of their own), and
+    returning the number of samples still iterating (the cycle's host check, with no array method call)."""
+    loop, tiny, count = _arnoldi_loop, float(tiny_factor), np.count_nonzero
+
+    def step(w, j):
+        if not (w.flags.c_contiguous and w.flags.writeable):
+            w = np.array(w, order="C", copy=True)
+        loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny)
+        return count(live)
+
+    return step
+
+
+arnoldi_step_numba_cpu.prepare = _prepare_arnoldi
+
+
+@numba.njit(cache=CACHE)
+def _least_squares_loop(R, Q, beta, k, y):
+    """The sums of ``back_substitute`` on the identity-padded system, in the same order, without the padding's
+    exact zeros (bit for bit the reference's composition with the compiled back substitution)."""
+    used = y.shape[1]
+    for b in range(R.shape[0]):
+        kb = k[b]
+        for i in range(used - 1, -1, -1):
+            if i >= kb:
+                y[b, i] = 0.0
+                continue
+            acc = beta[b] * Q[b, i, 0]
+            for j in range(i + 1, kb):
+                acc -= R[b, i, j] * y[b, j]
+            y[b, i] = acc / R[b, i, i]
+
+
+def least_squares_numba_cpu(R, Q, beta, k, used):
+    y = np.empty((R.shape[0], int(used)), dtype=R.dtype)
+    _least_squares_loop(R, Q, beta, k, y)
+    return y
 
 
 _finish_cuda, _block_reduce, _reorthogonalise = for_kernels(finish_column, block_reduce, reorthogonalise)

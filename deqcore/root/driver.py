@@ -14,6 +14,7 @@ infinity never meets it; and the value returned for a SUCCESS is the very iterat
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,8 +148,14 @@ def _fused_kernel(solver, xp):
     name = getattr(solver, "fused_kernel", None)
     if name is None or xp is not np:
         return None
-    kernel = get_kernel(name, xp)
-    return None if kernel is registered_kernels()[name].reference else kernel
+    key = (name, os.environ.get("DEQCORE_KERNELS"))     # the lookup depends on the kernel choice alone
+    if key not in _FUSED:
+        kernel = get_kernel(name, xp)
+        _FUSED[key] = None if kernel is registered_kernels()[name].reference else kernel
+    return _FUSED[key]
+
+
+_FUSED: dict = {}   # (kernel name, DEQCORE_KERNELS) -> the fused step or None
 
 
 def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patience, max_steps, compact):
@@ -166,9 +173,11 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
     state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
     # the start point's bookkeeping (no divergence limit yet), then the first step
     book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience]
-    live = solver.fused_step(kernel, state, book)(f0, False, max_steps > 0)
-    book[9] = (DIVERGENCE_FACTOR * np.maximum(best_res, 1e-300)).astype(best_res.dtype)
     fused = solver.fused_step(kernel, state, book)      # bound again whenever book or state are replaced
+    live = fused(f0, False, max_steps > 0)
+    limit = book[9]                                     # the divergence limit from here on, set in place
+    np.maximum(best_res, 1e-300, out=limit)
+    np.multiply(limit, DIVERGENCE_FACTOR, out=limit)
     full, rows, current = None, None, problem
     steps = 0
     while live and steps < max_steps:

@@ -12,6 +12,8 @@ An iterate that runs off to infinity can therefore never widen the test.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._checks import check_choice, check_returned_array
@@ -19,6 +21,8 @@ from ..backend import get_namespace
 from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step
 
 __all__ = ["RootProblem", "flat_problem"]
+
+_EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}   # np.finfo is a slow lookup
 
 
 class RootProblem:
@@ -52,7 +56,7 @@ class RootProblem:
         self.n = n
         self.counts = {"nfev": 0, "njev": 0, "row_evaluations": 0}
         self.rows = None                      # the full problem's rows this one evaluates (None: all)
-        self.eps = float(np.finfo(self.dtype).eps)
+        self.eps = _EPS[self.dtype] if self.dtype in _EPS else float(np.finfo(self.dtype).eps)
         self._fd = None                       # finite-difference Jacobian state (per-column increment factors)
 
     nfev = property(lambda self: self.counts["nfev"], lambda self, v: self.counts.__setitem__("nfev", v))
@@ -184,7 +188,7 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     xp = get_namespace(y0)
     shape, dtype, array_type = tuple(y0.shape), y0.dtype, xp.ndarray
     batch = shape[0] if batched else 1
-    n = int(np.prod(shape[1:])) if batched else int(np.prod(shape))
+    n = math.prod(shape[1:]) if batched else math.prod(shape)
     jac_shape = (batch, n, n) if batched else (n, n)
 
     def unflatten(y2d):
