@@ -51,22 +51,9 @@ from .radau_machine import (CALLBACK, DONE, F_BASE, F_ERR, F_NEW, FD_COLS, GROW,
                             F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
                             I_NJEV_FD, I_NFEV_JAC, layout)
 from . import radau_machine
+from .loop_callback import checked as _checked, finish_row
 
 __all__ = ["run_radau_loop"]
-
-
-def _checked(ev, out):
-    """``out`` as the :class:`~deqcore.ode.base.Evaluator` accepts it (its checks and messages), for results
-    that are not already a float64 array of the state's shape."""
-    shape = getattr(out, "shape", None)
-    if shape is None or tuple(shape) != ev.shape:
-        raise ValueError(f"rhs must return an array of shape {ev.shape} (the shape of y0), got "
-                         f"{getattr(out, 'shape', type(out).__name__)}")
-    kind, size = np.dtype(out.dtype).kind, np.dtype(out.dtype).itemsize
-    if kind != "f" or size < np.dtype(ev.dtype).itemsize:
-        raise TypeError(f"rhs must return a real floating array of y0's dtype {np.dtype(ev.dtype)}, "
-                        f"got {np.dtype(out.dtype)}")
-    return out
 
 
 def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, params: dict):
@@ -212,11 +199,8 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
             return None
         break
     # the driver's row, the stepper's counters
-    rows.t, rows.h, rows.err_prev = float(fw[F_T]), float(fw[F_H]), float(fw[F_ERR_PREV])
-    rows.after_reject, rows.active, rows.code = bool(ist[I_AFTER_REJECT]), bool(ist[I_ACTIVE]), int(ist[I_CODE])
-    rows.accepted, rows.rejected = int(ist[I_ACCEPTED]), int(ist[I_REJECTED])
-    if ist[I_NUM_STEPS]:
-        rows.nfev = ev.nfev
+    finish_row(rows, ev, fw[F_T], fw[F_H], fw[F_ERR_PREV], ist[I_AFTER_REJECT], ist[I_ACTIVE], ist[I_CODE],
+               ist[I_ACCEPTED], ist[I_REJECTED], ist[I_NUM_STEPS])
     stats["nlinsolve"] += int(ist[I_NLINSOLVE])
     stats["njev"] += int(ist[I_NJEV_FD])
     stats["nfev_jac"] += int(ist[I_NFEV_JAC])

@@ -1,0 +1,290 @@
+"""The compiled part of :mod:`deqcore.ode.bdf_loop`: the driver's loop over
+:meth:`BDFStepper.attempt <deqcore.ode.bdf.BDFStepper.attempt>` for one small dense float64 system,
+:func:`bdf_run`, which asks Python for f and J through a ctypes callback
+(:mod:`deqcore.ode.loop_callback`). Kept apart from the Python that serves the requests, so that editing that
+Python leaves the compiled code cached on disk valid.
+
+Between attempts the whole state lives in the arrays handed in (integers ``ist``, floats ``fw``, the
+differences, the vectors ``V``, J and its factors, the record of accepted steps), so :func:`bdf_run` can
+return when the record is full (:data:`GROW`) and be called again where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..backend.numba_tools import CACHE, numba
+from ..results import ReturnCode
+from .kernels_host import BAD_F, CONVERGED, FAILED, _factor, bdf_error, bdf_newton, bdf_predict, bdf_rescale, bdf_update
+from .loop_callback import SERVED, call_back, control_with_proposal
+
+__all__ = ["bdf_run"]
+
+_MAX_STEPS = int(ReturnCode.MAX_STEPS)
+_LINEAR_SOLVE_FAILED = int(ReturnCode.LINEAR_SOLVE_FAILED)
+
+# what bdf_run returns (DONE, GROW; minus the callback's status when it failed) and asks for (F_AT, JAC_AT:
+# f at (t_a, V[YA]) into V[FA]; J at (t_a, V[YA]) with f = V[FA] into J)
+DONE, F_AT, JAC_AT, GROW = range(4)
+
+# integer state (ist)
+(I_N, I_MAX_ORDER, I_NEWTON_MAXITER, I_AUTONOMOUS, I_STEADY, I_RECORD, I_MAX_STEPS, I_NUM_STEPS, I_ACCEPTED,
+ I_REJECTED, I_CODE, I_ACTIVE, I_AFTER_REJECT, I_STARTED, I_ORDER, I_N_EQUAL, I_HAVE_J, I_JAC_CURRENT, I_LU_VALID,
+ I_Y0_VALID, I_REC_COUNT, I_REC_CAP, I_NLINSOLVE, I_NFACTOR, I_NNEWTON_FAIL, I_NFAILED_SOLVES, I_GETRS,
+ I_GETRF) = range(28)
+I_SIZE = 28
+
+# float state (fw)
+(F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL, F_EPS, F_H_ABS,
+ F_LU_C, F_MIN_FACTOR, F_MAX_FACTOR) = range(15)
+F_SIZE = 15
+
+# rows of the vectors V (n each)
+(Y, F, Y0, F0, Y_PREDICT, PSI, SCALE, WORK, DIFF, Y_NEW, F_NEW, F_PRED, YA, FA) = range(14)
+V_ROWS = 14
+
+
+@numba.njit
+def _absmax(x):
+    """max|x|, NaN-propagating (``np.max(np.abs(x))``; 0 when empty)."""
+    top = 0.0
+    for q in range(x.shape[0]):
+        a = abs(x[q])
+        if a > top or a != a:
+            top = a
+        if top != top:
+            return top
+    return top
+
+
+@numba.njit
+def _all_finite(x):
+    for q in range(x.shape[0]):
+        if not math.isfinite(x[q]):
+            return False
+    return True
+
+
+@numba.njit(cache=CACHE)
+def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, callback):
+    """Run the solve until it ends (:data:`DONE`), the record is full (:data:`GROW`) or the callback at
+    ``callback`` did not serve a request (minus its status). ``coef``: the rows γ, α and the error
+    constants of :func:`deqcore.ode.bdf._coefficients`."""
+    n = ist[I_N]
+    gamma = coef[0]
+    alpha = coef[1]
+    error_const = coef[2]
+    y, f, y0, f0 = V[Y], V[F], V[Y0], V[F0]
+    y_predict, psi, scale, work, d = V[Y_PREDICT], V[PSI], V[SCALE], V[WORK], V[DIFF]
+    y_new, f_new, f_pred, ya, fa = V[Y_NEW], V[F_NEW], V[F_PRED], V[YA], V[FA]
+    rtol, newton_tol, eps = fw[F_RTOL], fw[F_NEWTON_TOL], fw[F_EPS]
+    max_iter = ist[I_NEWTON_MAXITER]
+    getrs, getrf = ist[I_GETRS], ist[I_GETRF]
+    while True:
+        if ist[I_ACTIVE] == 0:
+            return DONE
+        if ist[I_NUM_STEPS] >= ist[I_MAX_STEPS]:
+            ist[I_CODE] = _MAX_STEPS
+            ist[I_ACTIVE] = 0
+            return DONE
+        if ist[I_RECORD] != 0 and ist[I_REC_COUNT] >= ist[I_REC_CAP]:
+            return GROW
+        t = fw[F_T]
+        h = fw[F_DIRECTION] * fw[F_H]
+        # ---- BDFStepper.attempt ----
+        h_abs = abs(h)
+        if ist[I_STARTED] == 0:                 # _init_differences
+            s = h_abs * (1.0 if h > 0 else -1.0)
+            D[:] = 0.0
+            for q in range(n):
+                D[0, q] = y0[q]
+                D[1, q] = f0[q] * s
+            fw[F_H_ABS] = h_abs
+            ist[I_ORDER] = 1
+            ist[I_N_EQUAL] = 0
+            ist[I_STARTED] = 1
+        elif h_abs != fw[F_H_ABS]:
+            bdf_rescale(D, ist[I_ORDER], h_abs / fw[F_H_ABS])
+            fw[F_H_ABS] = h_abs
+            ist[I_N_EQUAL] = 0
+            ist[I_LU_VALID] = 0
+        order = ist[I_ORDER]
+        t_new = t + h
+        bdf_predict(D, order, gamma, alpha, atol, rtol, y_predict, psi, scale)
+        c = h / alpha[order]
+        linear_failed = False
+        have_f_pred = False
+        converged = False
+        n_iter = 0
+        while True:
+            if ist[I_HAVE_J] == 0:
+                same = ist[I_Y0_VALID] != 0
+                for q in range(n):
+                    ya[q] = D[0, q]
+                    if not y0[q] == D[0, q]:
+                        same = False
+                if same:
+                    for q in range(n):
+                        fa[q] = f0[q]
+                else:
+                    status = call_back(callback, F_AT, t, 0.0, 0.0)
+                    if status != SERVED:
+                        return -status
+                status = call_back(callback, JAC_AT, t, 0.0, 0.0)
+                if status != SERVED:
+                    return -status
+                ist[I_HAVE_J] = 1
+                ist[I_JAC_CURRENT] = 1
+                ist[I_LU_VALID] = 0
+            if ist[I_LU_VALID] == 0 or fw[F_LU_C] != c:
+                ist[I_NFACTOR] += 1
+                singular, _ = _factor(getrf, J, 1.0, c, eps, lu, piv)
+                ist[I_LU_VALID] = 0 if singular else 1
+                fw[F_LU_C] = c
+            if ist[I_LU_VALID] == 0:
+                linear_failed = True
+                converged = False
+            else:
+                linear_failed = False
+                # BDFStepper._newton
+                for q in range(n):
+                    d[q] = 0.0
+                    y_new[q] = y_predict[q]
+                dy_norm_old = -1.0
+                converged = False
+                k = 0
+                for k in range(max_iter):
+                    for q in range(n):
+                        ya[q] = y_new[q]
+                    status = call_back(callback, F_AT, t_new, 0.0, 0.0)
+                    if status != SERVED:
+                        return -status
+                    if k == 0 and not have_f_pred:
+                        for q in range(n):
+                            f_pred[q] = fa[q]
+                        have_f_pred = True
+                    status, dy_norm = bdf_newton(getrs, fa, c, psi, d, y_new, lu, piv, scale, work, dy_norm_old,
+                                                 newton_tol, k, max_iter)
+                    if status == BAD_F:
+                        break
+                    ist[I_NLINSOLVE] += 1
+                    if status == FAILED:
+                        break
+                    if status == CONVERGED:
+                        converged = True
+                        break
+                    dy_norm_old = dy_norm
+                n_iter = k + 1
+            if converged or ist[I_JAC_CURRENT] != 0:
+                break
+            if not have_f_pred:     # Newton's first evaluation is f(t_new, y_predict): reused for J
+                for q in range(n):
+                    ya[q] = y_predict[q]
+                status = call_back(callback, F_AT, t_new, 0.0, 0.0)
+                if status != SERVED:
+                    return -status
+                for q in range(n):
+                    f_pred[q] = fa[q]
+                have_f_pred = True
+            if not _all_finite(f_pred):
+                break
+            for q in range(n):
+                ya[q] = y_predict[q]
+                fa[q] = f_pred[q]
+            status = call_back(callback, JAC_AT, t_new, 0.0, 0.0)
+            if status != SERVED:
+                return -status
+            ist[I_JAC_CURRENT] = 1
+            ist[I_LU_VALID] = 0
+        accepted_trial = False
+        trial_code = 0
+        new_order = order
+        if not converged:
+            ist[I_NNEWTON_FAIL] += 1
+            if linear_failed:
+                ist[I_NFAILED_SOLVES] += 1
+                trial_code = _LINEAR_SOLVE_FAILED
+            h_next = 0.5 * h_abs
+            err_sq = math.inf
+        else:
+            safety = 0.9 * (2 * max_iter + 1) / (2 * max_iter + n_iter)
+            err_sq, y_absmax = bdf_error(D[0], y_new, d, error_const[order], atol, rtol, scale)
+            error_norm = math.sqrt(err_sq / max(n, 1))
+            if not math.isfinite(error_norm):
+                h_next = 0.5 * h_abs
+                err_sq = math.inf
+            elif error_norm > 1.0:
+                v = safety * error_norm ** (-1.0 / (order + 1))
+                h_next = (v if v > fw[F_MIN_FACTOR] else fw[F_MIN_FACTOR]) * h_abs
+            else:
+                accepted_trial = True
+                select = ist[I_N_EQUAL] + 1 >= order + 1
+                err_m, err_p = bdf_update(D, D_new, d, order, error_const, scale, ist[I_MAX_ORDER], select, psi, c,
+                                          f_new)
+                h_next = h_abs
+                if select:
+                    best, best_factor = 0, 0.0
+                    for k in range(3):
+                        e = err_m if k == 0 else error_norm if k == 1 else err_p
+                        factor = math.inf if e == 0.0 else e ** (-1.0 / (order + k))
+                        # max(range(3), key=lambda k: (isnan, factor)): the first NaN, else the first largest
+                        if k == 0 or (factor != factor and best_factor == best_factor) or \
+                                (factor == factor and best_factor == best_factor and factor > best_factor):
+                            best, best_factor = k, factor
+                    new_order = order + best - 1
+                    v = safety * best_factor
+                    h_next = h_abs * (v if v < fw[F_MAX_FACTOR] else fw[F_MAX_FACTOR])
+                if ist[I_AUTONOMOUS] != 0:      # f evaluated at the new point (the corrector's otherwise)
+                    for q in range(n):
+                        ya[q] = y_new[q]
+                    status = call_back(callback, F_AT, t_new, 0.0, 0.0)
+                    if status != SERVED:
+                        return -status
+                    for q in range(n):
+                        f_new[q] = fa[q]
+        if not accepted_trial:
+            y_absmax = _absmax(y)
+        y1 = y_new if accepted_trial else y
+        f1 = f_new if accepted_trial else f
+        # ---- the driver: _HostRow.control, then record and accept ----
+        ist[I_NUM_STEPS] += 1
+        res = fw[F_THRESHOLD]
+        if ist[I_STEADY] != 0:
+            res = _absmax(f1)
+        good, active, code, t_row, h_row, err_prev, after_reject = control_with_proposal(
+            err_sq, y_absmax, res, fw[F_THRESHOLD], float(order + 1), t, fw[F_H], fw[F_ERR_PREV],
+            ist[I_AFTER_REJECT] != 0, n, fw[F_T_END], fw[F_DIRECTION], ist[I_STEADY] != 0, fw[F_BIG], fw[F_TEPS],
+            h_next, trial_code)
+        fw[F_T] = t_row
+        fw[F_ERR_PREV] = err_prev
+        ist[I_AFTER_REJECT] = 1 if after_reject else 0
+        if good:
+            ist[I_ACCEPTED] += 1
+        else:
+            ist[I_REJECTED] += 1
+        if code != 0:
+            ist[I_CODE] = code
+        fw[F_H] = h_row
+        ist[I_ACTIVE] = 1 if active else 0
+        if good and accepted_trial:
+            if ist[I_RECORD] != 0:
+                r = ist[I_REC_COUNT]
+                rec[r, 0] = t
+                rec[r, 1] = t_row
+                for q in range(n):
+                    rec[r, 2 + q] = y1[q]
+                    rec[r, 2 + n + q] = f1[q]
+                ist[I_REC_COUNT] = r + 1
+            for q in range(n):
+                y[q] = y1[q]
+                f[q] = f1[q]
+            # BDFStepper.accept (the new differences: the swap of D and D_new, as a copy)
+            D[:] = D_new
+            if new_order != order:
+                ist[I_ORDER] = new_order
+                ist[I_N_EQUAL] = 0
+                ist[I_LU_VALID] = 0
+            else:
+                ist[I_N_EQUAL] += 1
+            ist[I_JAC_CURRENT] = 0
+            ist[I_Y0_VALID] = 0
