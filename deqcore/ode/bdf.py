@@ -14,6 +14,11 @@ gives the classical BDF formulas. Orders and step sizes are chosen by the method
 of equal size (comparing the error estimates of orders k − 1, k, k + 1); a change of h rescales the
 differences. The method tells the driver its next step size through :attr:`~deqcore.ode.base.Trial.h_next`.
 
+One dense float64 system of at most :data:`~deqcore.ode.kernels_host.HOST_SYSTEM_LIMIT` unknowns runs the
+whole step loop in one compiled call (:mod:`deqcore.ode.bdf_loop`; :meth:`BDFStepper.run_rows`), calling back
+into Python only for f and the Jacobian: the same steps and numbers as the driver's loop over
+:meth:`BDFStepper.attempt` at a fraction of its cost per step (``COMPILED_LOOP = False`` turns it off).
+
 What it solves: unbatched NumPy problems (one state of any shape). Batched problems and CuPy arrays are
 refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
 

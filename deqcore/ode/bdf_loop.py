@@ -29,7 +29,7 @@ import ctypes
 import numpy as np
 
 from . import bdf_machine
-from .bdf_machine import (F_AT, GROW, JAC_AT, V_ROWS, Y, F, Y0, F0, YA, FA, I_SIZE, F_SIZE, I_N, I_MAX_ORDER,
+from .bdf_machine import (F_AT, GROW, V_ROWS, Y, F, Y0, F0, YA, FA, I_SIZE, F_SIZE, I_N, I_MAX_ORDER,
                           I_NEWTON_MAXITER, I_AUTONOMOUS, I_STEADY, I_RECORD, I_MAX_STEPS, I_NUM_STEPS, I_ACCEPTED,
                           I_REJECTED, I_CODE, I_ACTIVE, I_AFTER_REJECT, I_Y0_VALID, I_REC_COUNT, I_REC_CAP,
                           I_NLINSOLVE, I_NFACTOR, I_NNEWTON_FAIL, I_NFAILED_SOLVES, I_GETRS, I_GETRF, F_T, F_H,

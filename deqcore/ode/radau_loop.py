@@ -41,7 +41,7 @@ import ctypes
 
 import numpy as np
 
-from .radau_machine import (CALLBACK, DONE, F_BASE, F_ERR, F_NEW, FD_COLS, GROW, HAND_BACK, JAC, RAISED, SERVED, STAGES,
+from .radau_machine import (F_BASE, F_ERR, F_NEW, FD_COLS, GROW, JAC, STAGES,
                             I_ACCEPTED, I_ACTIVE, I_ADDR, I_AFTER_REJECT, I_AUTONOMOUS, I_CODE, I_F_EXACT,
                             I_FIRST, I_JAC_KEEP_ITER, I_KMAX, I_MAX_STEPS, I_N, I_NEED_JAC, I_NFACTOR,
                             I_NFAILED_SOLVES, I_NLINSOLVE, I_NNEWTON_FAIL, I_NUM_STEPS, I_REC_CAP, I_REC_COUNT,
@@ -51,7 +51,7 @@ from .radau_machine import (CALLBACK, DONE, F_BASE, F_ERR, F_NEW, FD_COLS, GROW,
                             F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
                             I_NJEV_FD, I_NFEV_JAC, layout)
 from . import radau_machine
-from .loop_callback import checked as _checked, finish_row
+from .loop_callback import CALLBACK, HAND_BACK, RAISED, SERVED, checked as _checked, finish_row
 
 __all__ = ["run_radau_loop"]
 

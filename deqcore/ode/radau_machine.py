@@ -20,10 +20,9 @@ from ..linalg.finite_diff import _fd_columns, _fd_factors
 from .kernels_host import (BAD_F, CONVERGED, RADAU_GEMV, _combine, radau_error, radau_extrapolation, radau_factor,
                            radau_newton, radau_start)
 
-__all__ = ["radau_advance", "radau_run", "CALLBACK", "layout"]
+__all__ = ["radau_advance", "radau_run", "layout"]
 
-from .loop_callback import (CALLBACK, HAND_BACK, RAISED, SERVED, call_back as _call_back,
-                            control_with_proposal as _control)
+from .loop_callback import SERVED, call_back as _call_back, control_with_proposal as _control
 
 _MAX_STEPS = int(ReturnCode.MAX_STEPS)
 _LINEAR_SOLVE_FAILED = int(ReturnCode.LINEAR_SOLVE_FAILED)
@@ -481,7 +480,7 @@ def radau_advance(ist, fw, lu_c, piv, rec):
 @numba.njit(cache=CACHE)
 def radau_run(ist, fw, lu_c, piv, rec, callback):
     """Run :func:`radau_advance`, serving its evaluation and Jacobian requests through ``callback`` (the
-    address of a :data:`CALLBACK`), until the solve ends (DONE), the record is full (GROW) or the callback
+    address of a :data:`~deqcore.ode.loop_callback.CALLBACK`), until the solve ends (DONE), the record is full (GROW) or the callback
     fails (``-RAISED`` or ``-HAND_BACK``); returns which."""
     while True:
         request, t_a, t_b, t_c = radau_advance(ist, fw, lu_c, piv, rec)
