@@ -480,8 +480,8 @@ def radau_advance(ist, fw, lu_c, piv, rec):
 @numba.njit(cache=CACHE)
 def radau_run(ist, fw, lu_c, piv, rec, callback):
     """Run :func:`radau_advance`, serving its evaluation and Jacobian requests through ``callback`` (the
-    address of a :data:`~deqcore.ode.loop_callback.CALLBACK`), until the solve ends (DONE), the record is full (GROW) or the callback
-    fails (``-RAISED`` or ``-HAND_BACK``); returns which."""
+    address of a :data:`~deqcore.ode.loop_callback.CALLBACK`), until the solve ends (DONE), the record is
+    full (GROW) or the callback fails (``-RAISED`` or ``-HAND_BACK``); returns which."""
     while True:
         request, t_a, t_b, t_c = radau_advance(ist, fw, lu_c, piv, rec)
         if request == DONE or request == GROW:
