@@ -34,7 +34,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import get_cython_function_address, intrinsic
 
-__all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrf_address", "getrs_address", "gemv_address", "solve_in_place", "bdf_predict", "bdf_newton",
+__all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrf_address", "getrs_address", "gemv_address",
+           "solve_in_place", "bdf_predict", "bdf_newton",
            "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
            "rosenbrock_stage", "rosenbrock_finish", "radau_addresses", "radau_factor",
            "radau_start", "radau_newton", "radau_error", "radau_extrapolation"]
