@@ -35,7 +35,7 @@ from .bdf_machine import (F_AT, GROW, V_ROWS, Y, F, Y0, F0, YA, FA, I_SIZE, F_SI
                           I_NLINSOLVE, I_NFACTOR, I_NNEWTON_FAIL, I_NFAILED_SOLVES, I_GETRS, I_GETRF, F_T, F_H,
                           F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL,
                           F_EPS, F_MIN_FACTOR, F_MAX_FACTOR)
-from .loop_callback import CALLBACK, HAND_BACK, RAISED, SERVED, checked, finish_row
+from .loop_callback import CALLBACK, HAND_BACK, RAISED, SERVED, checked, finish_row, step_records
 
 __all__ = ["run_bdf_loop"]
 
@@ -48,8 +48,6 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
     leaves them, or None when the first Jacobian is sparse (the driver's loop then takes over from the
     stepper's state, which holds that Jacobian). An exception raised by ``rhs`` or ``jac`` propagates
     unchanged."""
-    from .driver import StepRecord
-
     ev, n = stepper.ev, stepper.n
     shape = ev.shape
     ist = np.zeros(I_SIZE, dtype=np.int64)
@@ -127,14 +125,5 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
     stats["nfactor"] += int(ist[I_NFACTOR])
     stats["nfailed_solves"] += int(ist[I_NFAILED_SOLVES])
     stats["nnewton_fail"] += int(ist[I_NNEWTON_FAIL])
-    count = int(ist[I_REC_COUNT])
-    Y1s = rec[:count, 2:2 + n].reshape((count,) + shape)
-    F1s = rec[:count, 2 + n:].reshape((count,) + shape)
-    starts, ends = rec[:count, 0].tolist(), rec[:count, 1].tolist()
-    steps = []
-    y_prev, f_prev = y0, f0
-    for r in range(count):
-        y1, f1 = Y1s[r], F1s[r]
-        steps.append(StepRecord(starts[r], ends[r] - starts[r], y_prev, y1, f_prev, f1, None))
-        y_prev, f_prev = y1, f1
+    steps = step_records(rec, int(ist[I_REC_COUNT]), shape, y0, f0)
     return V[Y].reshape(shape).copy(), V[F].reshape(shape).copy(), steps, int(ist[I_NUM_STEPS])

@@ -3,7 +3,7 @@
 (:data:`CALLBACK`, :func:`call_back`), the driver's step control compiled (:func:`control`), the evaluator's
 control with a stepper's own step-size proposal (:func:`control_with_proposal`), compiled, the evaluator's
 checks of a result that is not already a float64 array of the state's shape (:func:`checked`), and the
-driver's row written back at the end (:func:`finish_row`).
+driver's row written back and its step records built at the end (:func:`finish_row`, :func:`step_records`).
 
 A compiled loop calls ``call_back(address, request, t_a, t_b, t_c)``; the Python function behind ``address``
 serves the request (evaluates f or J into the loop's buffers) and answers :data:`SERVED`, :data:`RAISED`
@@ -32,7 +32,7 @@ from ..results import ReturnCode
 from .controller import make_control_step, pi_factor
 
 __all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "call_back", "control", "control_with_proposal", "checked",
-           "finish_row", "ask"]
+           "finish_row", "step_records", "ask"]
 
 #: the callback's signature: (request, t_a, t_b, t_c) -> SERVED, RAISED or HAND_BACK
 CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_double)
@@ -104,3 +104,23 @@ def finish_row(rows, ev, t, h, err_prev, after_reject, active, code, accepted, r
     rows.accepted, rows.rejected = int(accepted), int(rejected)
     if num_steps:
         rows.nfev = ev.nfev
+
+
+def step_records(rec, count, shape, y0, f0, stages=None):
+    """The driver's :class:`~deqcore.ode.driver.StepRecord` list from the first ``count`` rows of a compiled
+    loop's record, ``[t, t_end, y1 (n), f1 (n), ...]`` (each step starts where the previous one ended, the
+    first at ``y0``, ``f0``); ``stages(r, y_start)``: the stages of record ``r`` (None: no stages)."""
+    from .driver import StepRecord
+
+    n = int(np.prod(shape, dtype=np.int64))
+    Y1s = rec[:count, 2:2 + n].reshape((count,) + tuple(shape))
+    F1s = rec[:count, 2 + n:2 + 2 * n].reshape((count,) + tuple(shape))
+    starts, ends = rec[:count, 0].tolist(), rec[:count, 1].tolist()
+    steps = []
+    y_prev, f_prev = y0, f0
+    for r in range(count):
+        y1, f1 = Y1s[r], F1s[r]
+        steps.append(StepRecord(starts[r], ends[r] - starts[r], y_prev, y1, f_prev, f1,
+                                None if stages is None else stages(r, y_prev)))
+        y_prev, f_prev = y1, f1
+    return steps

@@ -51,7 +51,7 @@ from .radau_machine import (F_BASE, F_ERR, F_NEW, FD_COLS, GROW, JAC, STAGES,
                             F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
                             I_NJEV_FD, I_NFEV_JAC, layout)
 from . import radau_machine
-from .loop_callback import CALLBACK, HAND_BACK, RAISED, SERVED, checked as _checked, finish_row
+from .loop_callback import CALLBACK, HAND_BACK, RAISED, SERVED, checked as _checked, finish_row, step_records
 
 __all__ = ["run_radau_loop"]
 
@@ -64,7 +64,6 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     num_steps)`` as the driver's loop leaves them, or None when the first Jacobian is not a dense array (the
     driver's loop then takes over from the stepper's state, which already holds that Jacobian). An exception
     raised by ``rhs`` or ``jac`` propagates unchanged."""
-    from .driver import StepRecord
     from .radau import CollocationPolynomial
     from .rosenbrock import user_jacobian
 
@@ -208,15 +207,7 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     stats["nfailed_solves"] += int(ist[I_NFAILED_SOLVES])
     stats["nnewton_fail"] += int(ist[I_NNEWTON_FAIL])
     count = int(ist[I_REC_COUNT])
-    Y1s = rec[:count, 2:2 + n].reshape((count,) + shape)
-    F1s = rec[:count, 2 + n:2 + 2 * n].reshape((count,) + shape)
     Zs = rec[:count, 2 + 2 * n:].reshape(count, 3, n)
-    starts, ends = rec[:count, 0].tolist(), rec[:count, 1].tolist()
-    steps = []
-    y_prev, f_prev = y0, f0
-    for r in range(count):
-        y1, f1 = Y1s[r], F1s[r]
-        steps.append(StepRecord(starts[r], ends[r] - starts[r], y_prev, y1, f_prev, f1,
-                                CollocationPolynomial(y_prev.reshape(-1), Zs[r], shape)))
-        y_prev, f_prev = y1, f1
+    steps = step_records(rec, count, shape, y0, f0,
+                         lambda r, y_start: CollocationPolynomial(y_start.reshape(-1), Zs[r], shape))
     return view["y"].reshape(shape).copy(), f_in.reshape(shape).copy(), steps, int(ist[I_NUM_STEPS])
