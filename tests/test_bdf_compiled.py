@@ -6,6 +6,7 @@ raised by rhs or jac propagate unchanged."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 import scipy.sparse as sp
 from scipy.integrate import solve_ivp
 
@@ -81,6 +82,38 @@ def test_compiled_loop_takes_the_driver_loops_steps(name, use_jac, monkeypatch, 
         ref = solve_ivp(lambda t, y: np.ravel(f(t, y.reshape(y0.shape))), span, y0.ravel(), method="Radau",
                         rtol=1e-10, atol=1e-12, jac=None if jac is None else lambda t, y: jac(t, y))
         np.testing.assert_allclose(fast.ys[-1].ravel(), ref.y[:, -1], rtol=1e-3, atol=1e-6)
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(1, 5), seed=st.integers(0, 2 ** 16), log_rtol=st.floats(-9.0, -2.0),
+       backwards=st.booleans(), use_jac=st.booleans())
+def test_compiled_loop_matches_on_random_stiff_linear_systems(n, seed, log_rtol, backwards, use_jac):
+    """y' = A y + b cos t with eigenvalues spread over four decades: the same solve both ways, and close to
+    the exact solution (the matrix exponential and the particular solution)."""
+    rng = np.random.default_rng(seed)
+    A = -np.diag(10.0 ** rng.uniform(-1.0, 3.0, n)) + 0.1 * np.triu(rng.standard_normal((n, n)), 1)
+    A = -A if backwards else A          # decaying in the direction of integration
+    b = rng.standard_normal(n)
+    f = lambda t, y: A @ y + b * np.cos(t)       # noqa: E731
+    y0, span = rng.standard_normal(n), ((2.0, 0.0) if backwards else (0.0, 2.0))
+    solve = lambda: dq.integrate(f, y0, span, dq.BDF(), jac=(lambda t, y: A) if use_jac else None,  # noqa: E731
+                                 rtol=10.0 ** log_rtol, atol=1e-3 * 10.0 ** log_rtol)
+    fast = solve()
+    bdf.COMPILED_LOOP = False
+    try:
+        slow = solve()
+    finally:
+        bdf.COMPILED_LOOP = True
+    _assert_same_solution(fast, slow)
+    # exact: y = e^{A(t-t0)} (y0 - p(t0)) + p(t), p(t) = P cos t + Q sin t with Q = A P + b, -P = A Q
+    from scipy.linalg import expm, solve as lsolve
+    P = lsolve(-(A @ A + np.eye(n)), A @ b)
+    Q = A @ P + b
+    t0, t1 = span
+    p = lambda t: P * np.cos(t) + Q * np.sin(t)   # noqa: E731
+    exact = expm(A * (t1 - t0)) @ (y0 - p(t0)) + p(t1)
+    assert fast.result == dq.ReturnCode.SUCCESS
+    np.testing.assert_allclose(fast.ys[-1], exact, rtol=0, atol=2e3 * 10.0 ** log_rtol * (1 + np.abs(exact).max()))
 
 
 @pytest.mark.parametrize("max_order,ndf", [(2, True), (5, False)])
