@@ -52,7 +52,7 @@ from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, FAILED, HOST_SYSTEM_LIMIT, bdf_error, bdf_newton, bdf_newton_apply,
                            bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted, getrs_address,
                            new_factors)
-from ..linalg.finite_diff import normalize_sparsity
+from ..linalg.finite_diff import _GROW as _FD_GROW, normalize_sparsity
 from .jacobian import OneSystemJacobian
 
 __all__ = ["BDF", "BDFStepper"]
@@ -199,7 +199,7 @@ class BDFStepper(OneSystemJacobian):
         from .kernels_host import getrf_address
 
         params = dict(max_iter=NEWTON_MAXITER, min_factor=MIN_FACTOR, max_factor=MAX_FACTOR, t_eps=T_EPS,
-                      getrs=getrs_address(np.float64), getrf=getrf_address(np.float64))
+                      getrs=getrs_address(np.float64), getrf=getrf_address(np.float64), fd_grow=_FD_GROW)
         return run_bdf_loop(self, rows, y, fy, tol, max_steps, record, params)
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:

@@ -13,35 +13,43 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..backend.numba_tools import CACHE, numba
+from ..linalg.finite_diff import _fd_columns, _fd_factors
 from ..results import ReturnCode
 from .kernels_host import BAD_F, CONVERGED, FAILED, _factor, bdf_error, bdf_newton, bdf_predict, bdf_rescale, bdf_update
-from .loop_callback import SERVED, call_back, control_with_proposal
+from .loop_callback import SERVED, call_back, control_with_proposal, fd_increments, fd_perturbed
 
 __all__ = ["bdf_run"]
 
 _MAX_STEPS = int(ReturnCode.MAX_STEPS)
 _LINEAR_SOLVE_FAILED = int(ReturnCode.LINEAR_SOLVE_FAILED)
 
-# what bdf_run returns (DONE, GROW; minus the callback's status when it failed) and asks for (F_AT, JAC_AT:
-# f at (t_a, V[YA]) into V[FA]; J at (t_a, V[YA]) with f = V[FA] into J)
-DONE, F_AT, JAC_AT, GROW = range(4)
+# what bdf_run returns (DONE, GROW; minus the callback's status when it failed) and asks for (F_AT: f at
+# (t_a, V[YA]) into V[FA]; JAC_AT: the user's J at (t_a, V[YA]) into J; FD_COLS: f at (t_a, YP[j]) into FP[j]
+# for the columns j flagged in FD[COLS])
+DONE, F_AT, JAC_AT, GROW, FD_COLS = range(5)
 
 # integer state (ist)
 (I_N, I_MAX_ORDER, I_NEWTON_MAXITER, I_AUTONOMOUS, I_STEADY, I_RECORD, I_MAX_STEPS, I_NUM_STEPS, I_ACCEPTED,
  I_REJECTED, I_CODE, I_ACTIVE, I_AFTER_REJECT, I_STARTED, I_ORDER, I_N_EQUAL, I_HAVE_J, I_JAC_CURRENT, I_LU_VALID,
  I_Y0_VALID, I_REC_COUNT, I_REC_CAP, I_NLINSOLVE, I_NFACTOR, I_NNEWTON_FAIL, I_NFAILED_SOLVES, I_GETRS,
- I_GETRF) = range(28)
-I_SIZE = 28
+ I_GETRF, I_USER_JAC, I_HAVE_FD, I_NJEV_FD, I_NFEV_JAC) = range(32)
+I_SIZE = 32
 
 # float state (fw)
 (F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL, F_EPS, F_H_ABS,
- F_LU_C, F_MIN_FACTOR, F_MAX_FACTOR) = range(15)
-F_SIZE = 15
+ F_LU_C, F_MIN_FACTOR, F_MAX_FACTOR, F_FD_START, F_LOST_BELOW, F_GROW) = range(18)
+F_SIZE = 18
 
 # rows of the vectors V (n each)
-(Y, F, Y0, F0, Y_PREDICT, PSI, SCALE, WORK, DIFF, Y_NEW, F_NEW, F_PRED, YA, FA) = range(14)
-V_ROWS = 14
+(Y, F, Y0, F0, Y_PREDICT, PSI, SCALE, WORK, DIFF, Y_NEW, F_NEW, F_PRED, YA, FA, ATOL_FULL) = range(15)
+V_ROWS = 15
+# rows of the finite-difference state FD (n each): FiniteDiffJacobian._dense_one's factors, increments,
+# column scales, lost columns, columns to evaluate, |f|
+(FACTOR, FACTOR2, H1, H2, BIG, COL_SCALE, LOST, COLS, F_ABS) = range(9)
+FD_ROWS = 9
 
 
 @numba.njit
@@ -65,8 +73,65 @@ def _all_finite(x):
     return True
 
 
+@numba.njit
+def _differences(ist, FD, FP, f, M):
+    """Column j of ``M`` = FP[j] − f for the columns evaluated (counted as the Jacobian's evaluations)."""
+    n = f.shape[0]
+    for j in range(n):
+        if FD[COLS, j] != 0.0:
+            ist[I_NFEV_JAC] += 1
+            for i in range(n):
+                M[i, j] = FP[j, i] - f[i]
+
+
+@numba.njit
+def _fd_jacobian(ist, fw, t, y, f, threshold, FD, YP, FP, M, J, callback):
+    """J at (t, y) by forward differences around ``f`` = f(t, y): FiniteDiffJacobian._dense_one for one dense
+    system (the same increments, evaluations, lost-column retry and factor update; its compiled helpers),
+    the columns evaluated through the callback. Returns the callback's status."""
+    n = y.shape[0]
+    if ist[I_HAVE_FD] == 0:
+        FD[FACTOR] = fw[F_FD_START]
+        ist[I_HAVE_FD] = 1
+    for j in range(n):
+        FD[COLS, j] = 1.0
+        FD[F_ABS, j] = abs(f[j])
+    lost = np.zeros(n, dtype=np.bool_)
+    fd_increments(y, threshold, FD[FACTOR], FD[H1])
+    fd_perturbed(y, FD[H1], FD[COLS], YP)
+    status = call_back(callback, FD_COLS, t, 0.0, 0.0)
+    if status != SERVED:
+        return status
+    _differences(ist, FD, FP, f, M)
+    if _fd_columns(M, FD[H1], FD[F_ABS], fw[F_LOST_BELOW], J, FD[BIG], FD[COL_SCALE], lost, True):
+        # columns lost in rounding: once more with a larger increment
+        for j in range(n):
+            FD[FACTOR2, j] = FD[FACTOR, j] * fw[F_GROW] if lost[j] else FD[FACTOR, j]
+            FD[COLS, j] = 1.0 if lost[j] else 0.0
+        fd_increments(y, threshold, FD[FACTOR2], FD[H2])
+        fd_perturbed(y, FD[H2], FD[COLS], YP)
+        status = call_back(callback, FD_COLS, t, 0.0, 0.0)
+        if status != SERVED:
+            return status
+        _differences(ist, FD, FP, f, M)
+        _fd_columns(M, FD[H2], FD[F_ABS], fw[F_LOST_BELOW], J, FD[BIG], FD[COL_SCALE], lost, False)
+    else:
+        FD[FACTOR2] = FD[FACTOR]
+    FD[FACTOR] = _fd_factors(FD[FACTOR2].reshape((1, n)), FD[BIG], FD[COL_SCALE], fw[F_EPS])[0]
+    ist[I_NJEV_FD] += 1
+    return SERVED
+
+
+@numba.njit
+def _jacobian(ist, fw, t, V, FD, YP, FP, M, J, callback):
+    """J at (t, V[YA]) with f = V[FA]: the user's (through the callback) or finite differences."""
+    if ist[I_USER_JAC] != 0:
+        return call_back(callback, JAC_AT, t, 0.0, 0.0)
+    return _fd_jacobian(ist, fw, t, V[YA], V[FA], V[ATOL_FULL], FD, YP, FP, M, J, callback)
+
+
 @numba.njit(cache=CACHE)
-def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, callback):
+def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, callback):
     """Run the solve until it ends (:data:`DONE`), the record is full (:data:`GROW`) or the callback at
     ``callback`` did not serve a request (minus its status). ``coef``: the rows γ, α and the error
     constants of :func:`deqcore.ode.bdf._coefficients`."""
@@ -130,7 +195,7 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, callback):
                     status = call_back(callback, F_AT, t, 0.0, 0.0)
                     if status != SERVED:
                         return -status
-                status = call_back(callback, JAC_AT, t, 0.0, 0.0)
+                status = _jacobian(ist, fw, t, V, FD, YP, FP, M, J, callback)
                 if status != SERVED:
                     return -status
                 ist[I_HAVE_J] = 1
@@ -191,7 +256,7 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, callback):
             for q in range(n):
                 ya[q] = y_predict[q]
                 fa[q] = f_pred[q]
-            status = call_back(callback, JAC_AT, t_new, 0.0, 0.0)
+            status = _jacobian(ist, fw, t_new, V, FD, YP, FP, M, J, callback)
             if status != SERVED:
                 return -status
             ist[I_JAC_CURRENT] = 1

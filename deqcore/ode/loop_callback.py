@@ -3,7 +3,9 @@
 (:data:`CALLBACK`, :func:`call_back`), the driver's step control compiled (:func:`control`), the evaluator's
 control with a stepper's own step-size proposal (:func:`control_with_proposal`), compiled, the evaluator's
 checks of a result that is not already a float64 array of the state's shape (:func:`checked`), and the
-driver's row written back and its step records built at the end (:func:`finish_row`, :func:`step_records`).
+driver's row written back and its step records built at the end (:func:`finish_row`, :func:`step_records`),
+and the increments and perturbed points of a finite-difference Jacobian (:func:`fd_increments`,
+:func:`fd_perturbed`).
 
 A compiled loop calls ``call_back(address, request, t_a, t_b, t_c)``; the Python function behind ``address``
 serves the request (evaluates f or J into the loop's buffers) and answers :data:`SERVED`, :data:`RAISED`
@@ -32,7 +34,7 @@ from ..results import ReturnCode
 from .controller import make_control_step, pi_factor
 
 __all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "call_back", "control", "control_with_proposal", "checked",
-           "finish_row", "step_records", "ask"]
+           "finish_row", "step_records", "fd_increments", "fd_perturbed", "ask"]
 
 #: the callback's signature: (request, t_a, t_b, t_c) -> SERVED, RAISED or HAND_BACK
 CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_double)
@@ -81,6 +83,28 @@ def call_back(typingctx, address, request, t_a, t_b, t_c):
 def ask(address, request, t):
     """One request through the callback at ``address`` (what the compiled loops do; for tests)."""
     return call_back(address, request, t, 0.0, 0.0)
+
+
+@numba.njit
+def fd_increments(y, threshold, factor, h):
+    """:func:`deqcore.linalg.finite_diff.increments` of one system: ``factor · max(|y|, threshold)`` with the
+    sign of y, rounded so that ``(y + h) − y == h`` (the same operations, element by element)."""
+    for q in range(y.shape[0]):
+        a = abs(y[q])
+        s = a if (a != a or a >= threshold[q]) else threshold[q]
+        v = factor[q] * (s if y[q] >= 0 else -s)
+        h[q] = (y[q] + v) - y[q]
+
+
+@numba.njit
+def fd_perturbed(y, h, cols, YP):
+    """Row j of ``YP`` = y with h_j added to component j, for the columns flagged in ``cols``."""
+    n = y.shape[0]
+    for j in range(n):
+        if cols[j] != 0.0:
+            for q in range(n):
+                YP[j, q] = y[q]
+            YP[j, j] = y[j] + h[j]
 
 
 def checked(ev, out):

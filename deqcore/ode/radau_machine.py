@@ -22,7 +22,8 @@ from .kernels_host import (BAD_F, CONVERGED, RADAU_GEMV, _combine, radau_error, 
 
 __all__ = ["radau_advance", "radau_run", "layout"]
 
-from .loop_callback import SERVED, call_back as _call_back, control_with_proposal as _control
+from .loop_callback import (SERVED, call_back as _call_back, control_with_proposal as _control,
+                            fd_increments as _increments, fd_perturbed as _perturbed)
 
 _MAX_STEPS = int(ReturnCode.MAX_STEPS)
 _LINEAR_SOLVE_FAILED = int(ReturnCode.LINEAR_SOLVE_FAILED)
@@ -96,28 +97,6 @@ def _small(fw, n, k, size):
     base = F_HEAD + 10 * n + 15 * n + 2 * n * n
     a = base + (9 * k if k < 4 else 27 + 3 * (k - 3))
     return fw[a:a + size]
-
-
-@numba.njit
-def _increments(y, threshold, factor, h):
-    """:func:`deqcore.linalg.finite_diff.increments` of one system: ``factor · max(|y|, threshold)`` with the
-    sign of y, rounded so that ``(y + h) − y == h`` (the same operations, element by element)."""
-    for q in range(y.shape[0]):
-        a = abs(y[q])
-        s = a if (a != a or a >= threshold[q]) else threshold[q]
-        v = factor[q] * (s if y[q] >= 0 else -s)
-        h[q] = (y[q] + v) - y[q]
-
-
-@numba.njit
-def _perturbed(y, h, cols, YP):
-    """Row j of ``YP`` = y with h_j added to component j, for the columns flagged in ``cols``."""
-    n = y.shape[0]
-    for j in range(n):
-        if cols[j] != 0.0:
-            for q in range(n):
-                YP[j, q] = y[q]
-            YP[j, j] = y[j] + h[j]
 
 
 @numba.njit
