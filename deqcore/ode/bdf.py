@@ -14,6 +14,11 @@ gives the classical BDF formulas. Orders and step sizes are chosen by the method
 of equal size (comparing the error estimates of orders k − 1, k, k + 1); a change of h rescales the
 differences. The method tells the driver its next step size through :attr:`~deqcore.ode.base.Trial.h_next`.
 
+One dense float64 system of at most :data:`~deqcore.ode.kernels_host.HOST_SYSTEM_LIMIT` unknowns runs the
+whole step loop in one compiled call (:mod:`deqcore.ode.bdf_loop`; :meth:`BDFStepper.run_rows`), calling back
+into Python only for f and the Jacobian: the same steps and numbers as the driver's loop over
+:meth:`BDFStepper.attempt` at a fraction of its cost per step (``COMPILED_LOOP = False`` turns it off).
+
 What it solves: unbatched NumPy problems (one state of any shape). Batched problems and CuPy arrays are
 refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
 
@@ -47,7 +52,7 @@ from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, FAILED, HOST_SYSTEM_LIMIT, bdf_error, bdf_newton, bdf_newton_apply,
                            bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted, getrs_address,
                            new_factors)
-from ..linalg.finite_diff import normalize_sparsity
+from ..linalg.finite_diff import _GROW as _FD_GROW, normalize_sparsity
 from .jacobian import OneSystemJacobian
 
 __all__ = ["BDF", "BDFStepper"]
@@ -57,6 +62,9 @@ NEWTON_MAXITER = 4
 MIN_FACTOR, MAX_FACTOR = 0.2, 10.0
 #: marks LU factors held in the stepper's own arrays (the compiled small-system path)
 _COMPILED = "compiled"
+#: run the whole step loop of one small dense float64 system in compiled code (:mod:`deqcore.ode.bdf_loop`);
+#: False: the driver's loop over :meth:`BDFStepper.attempt` (the same steps and numbers, slower)
+COMPILED_LOOP = True
 #: Klopfenstein–Shampine NDF coefficients κ_k (order 5 is plain BDF)
 NDF_KAPPA = np.array([0.0, -0.1850, -1.0 / 9.0, -0.0823, -0.0415, 0.0])
 
@@ -110,6 +118,15 @@ class BDFStepper(OneSystemJacobian):
         self.jac_current = False
         self.lu = None            # (solve, c) for the current c = h/α_k
         self._pending = None
+        # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the whole loop compiled (run_rows)
+        self.host = self.pattern is None and np.dtype(ev.dtype) == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT
+
+    #: rows of the differences array: D[0..k+2] for k up to MAX_ORDER
+    D_rows = MAX_ORDER + 3
+
+    def newton_tolerance(self, rtol) -> float:
+        """Newton stops when its predicted error is below this (in error weights)."""
+        return max(10 * np.finfo(self.ev.dtype).eps / rtol, min(0.03, rtol ** 0.5))
 
     # ---- Jacobian and factorisation ----
     def _factor(self, c):
@@ -155,7 +172,7 @@ class BDFStepper(OneSystemJacobian):
 
     def _init_differences(self, h_abs, direction, tol):
         n, dtype = self.n, self.ev.dtype
-        self.D = np.zeros((MAX_ORDER + 3, n), dtype=dtype)
+        self.D = np.zeros((self.D_rows, n), dtype=dtype)
         self.D[0] = self._y0
         self.D[1] = self._f0 * (h_abs * direction)
         self.h_abs, self.order, self.n_equal = h_abs, 1, 0
@@ -170,7 +187,20 @@ class BDFStepper(OneSystemJacobian):
         self._atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), self.ev.shape)
                                           .reshape(-1)) if np.ndim(atol) else np.array([float(atol)])
         self._rtol = float(rtol)
-        self._newton_tol = max(10 * np.finfo(dtype).eps / rtol, min(0.03, rtol ** 0.5))
+        self._newton_tol = self.newton_tolerance(rtol)
+
+    def run_rows(self, rows, y, fy, tol, max_steps, record):
+        """The driver's loop in compiled code (:mod:`deqcore.ode.bdf_loop`) for one small dense float64
+        system; None where the driver's own loop runs (other systems, or ``COMPILED_LOOP`` off)."""
+        if not (self.host and COMPILED_LOOP) or rows.batched:
+            return None
+        from .bdf_loop import run_bdf_loop
+        from .driver import T_EPS
+        from .kernels_host import getrf_address
+
+        params = dict(max_iter=NEWTON_MAXITER, min_factor=MIN_FACTOR, max_factor=MAX_FACTOR, t_eps=T_EPS,
+                      getrs=getrs_address(np.float64), getrf=getrf_address(np.float64), fd_grow=_FD_GROW)
+        return run_bdf_loop(self, rows, y, fy, tol, max_steps, record, params)
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev = self.ev

@@ -34,7 +34,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import get_cython_function_address, intrinsic
 
-__all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrs_address", "gemv_address", "solve_in_place", "bdf_predict", "bdf_newton",
+__all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrf_address", "getrs_address", "gemv_address",
+           "solve_in_place", "bdf_predict", "bdf_newton",
            "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
            "rosenbrock_stage", "rosenbrock_finish", "radau_addresses", "radau_factor",
            "radau_start", "radau_newton", "radau_error", "radau_extrapolation"]
@@ -193,16 +194,22 @@ def _factor(getrf, J, shift, c, eps, lu, piv):
     return singular or ints[1] != 0, positive
 
 
+def getrf_address(dtype) -> int:
+    """The address of LAPACK's getrf for ``dtype`` (float64 or float32), from SciPy's Cython LAPACK."""
+    dtype = np.dtype(dtype)
+    getrf = _GETRF.get(dtype)
+    if getrf is None:
+        name = "dgetrf" if dtype == np.float64 else "sgetrf"
+        getrf = _GETRF[dtype] = get_cython_function_address("scipy.linalg.cython_lapack", name)
+    return getrf
+
+
 def factor_shifted(J, shift, c, eps, lu, piv):
     """Factor ``shift·I − c·J`` into ``lu``/``piv`` (from :func:`new_factors`) with LAPACK's getrf, called from
     compiled code (the routine SciPy's ``lu_factor`` calls, so the same factors). Returns (singular, positive
     determinant): singular for a non-finite matrix or pivot, or a pivot ratio ``min|u_ii| / max|u_ii|`` not
     above ``eps``."""
-    getrf = _GETRF.get(lu.dtype)
-    if getrf is None:
-        name = "dgetrf" if lu.dtype == np.float64 else "sgetrf"
-        getrf = _GETRF[lu.dtype] = get_cython_function_address("scipy.linalg.cython_lapack", name)
-    return _factor(getrf, J, shift, c, eps, lu, piv)
+    return _factor(getrf_address(lu.dtype), J, shift, c, eps, lu, piv)
 
 
 @numba.njit(cache=CACHE)

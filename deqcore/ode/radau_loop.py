@@ -41,7 +41,7 @@ import ctypes
 
 import numpy as np
 
-from .radau_machine import (CALLBACK, DONE, F_BASE, F_ERR, F_NEW, FD_COLS, GROW, HAND_BACK, JAC, RAISED, SERVED, STAGES,
+from .radau_machine import (F_BASE, F_ERR, F_NEW, FD_COLS, GROW, JAC, STAGES,
                             I_ACCEPTED, I_ACTIVE, I_ADDR, I_AFTER_REJECT, I_AUTONOMOUS, I_CODE, I_F_EXACT,
                             I_FIRST, I_JAC_KEEP_ITER, I_KMAX, I_MAX_STEPS, I_N, I_NEED_JAC, I_NFACTOR,
                             I_NFAILED_SOLVES, I_NLINSOLVE, I_NNEWTON_FAIL, I_NUM_STEPS, I_REC_CAP, I_REC_COUNT,
@@ -51,22 +51,9 @@ from .radau_machine import (CALLBACK, DONE, F_BASE, F_ERR, F_NEW, FD_COLS, GROW,
                             F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
                             I_NJEV_FD, I_NFEV_JAC, layout)
 from . import radau_machine
+from .loop_callback import CALLBACK, HAND_BACK, RAISED, SERVED, checked as _checked, finish_row, step_records
 
 __all__ = ["run_radau_loop"]
-
-
-def _checked(ev, out):
-    """``out`` as the :class:`~deqcore.ode.base.Evaluator` accepts it (its checks and messages), for results
-    that are not already a float64 array of the state's shape."""
-    shape = getattr(out, "shape", None)
-    if shape is None or tuple(shape) != ev.shape:
-        raise ValueError(f"rhs must return an array of shape {ev.shape} (the shape of y0), got "
-                         f"{getattr(out, 'shape', type(out).__name__)}")
-    kind, size = np.dtype(out.dtype).kind, np.dtype(out.dtype).itemsize
-    if kind != "f" or size < np.dtype(ev.dtype).itemsize:
-        raise TypeError(f"rhs must return a real floating array of y0's dtype {np.dtype(ev.dtype)}, "
-                        f"got {np.dtype(out.dtype)}")
-    return out
 
 
 def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, params: dict):
@@ -77,7 +64,6 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     num_steps)`` as the driver's loop leaves them, or None when the first Jacobian is not a dense array (the
     driver's loop then takes over from the stepper's state, which already holds that Jacobian). An exception
     raised by ``rhs`` or ``jac`` propagates unchanged."""
-    from .driver import StepRecord
     from .radau import CollocationPolynomial
     from .rosenbrock import user_jacobian
 
@@ -212,11 +198,8 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
             return None
         break
     # the driver's row, the stepper's counters
-    rows.t, rows.h, rows.err_prev = float(fw[F_T]), float(fw[F_H]), float(fw[F_ERR_PREV])
-    rows.after_reject, rows.active, rows.code = bool(ist[I_AFTER_REJECT]), bool(ist[I_ACTIVE]), int(ist[I_CODE])
-    rows.accepted, rows.rejected = int(ist[I_ACCEPTED]), int(ist[I_REJECTED])
-    if ist[I_NUM_STEPS]:
-        rows.nfev = ev.nfev
+    finish_row(rows, ev, fw[F_T], fw[F_H], fw[F_ERR_PREV], ist[I_AFTER_REJECT], ist[I_ACTIVE], ist[I_CODE],
+               ist[I_ACCEPTED], ist[I_REJECTED], ist[I_NUM_STEPS])
     stats["nlinsolve"] += int(ist[I_NLINSOLVE])
     stats["njev"] += int(ist[I_NJEV_FD])
     stats["nfev_jac"] += int(ist[I_NFEV_JAC])
@@ -224,15 +207,7 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     stats["nfailed_solves"] += int(ist[I_NFAILED_SOLVES])
     stats["nnewton_fail"] += int(ist[I_NNEWTON_FAIL])
     count = int(ist[I_REC_COUNT])
-    Y1s = rec[:count, 2:2 + n].reshape((count,) + shape)
-    F1s = rec[:count, 2 + n:2 + 2 * n].reshape((count,) + shape)
     Zs = rec[:count, 2 + 2 * n:].reshape(count, 3, n)
-    starts, ends = rec[:count, 0].tolist(), rec[:count, 1].tolist()
-    steps = []
-    y_prev, f_prev = y0, f0
-    for r in range(count):
-        y1, f1 = Y1s[r], F1s[r]
-        steps.append(StepRecord(starts[r], ends[r] - starts[r], y_prev, y1, f_prev, f1,
-                                CollocationPolynomial(y_prev.reshape(-1), Zs[r], shape)))
-        y_prev, f_prev = y1, f1
+    steps = step_records(rec, count, shape, y0, f0,
+                         lambda r, y_start: CollocationPolynomial(y_start.reshape(-1), Zs[r], shape))
     return view["y"].reshape(shape).copy(), f_in.reshape(shape).copy(), steps, int(ist[I_NUM_STEPS])

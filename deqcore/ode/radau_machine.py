@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import math
 
-import ctypes
-
 import numpy as np
-
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
 
 from ..backend.numba_tools import CACHE, numba
 from ..results import ReturnCode
-from .controller import make_control_step, pi_factor
 from ..linalg.finite_diff import _fd_columns, _fd_factors
 from .kernels_host import (BAD_F, CONVERGED, RADAU_GEMV, _combine, radau_error, radau_extrapolation, radau_factor,
                            radau_newton, radau_start)
 
-__all__ = ["radau_advance", "radau_run", "CALLBACK", "layout"]
+__all__ = ["radau_advance", "radau_run", "layout"]
 
-_control = numba.njit(make_control_step(numba.njit(pi_factor)))
+from .loop_callback import (SERVED, call_back as _call_back, control_with_proposal as _control,
+                            fd_increments as _increments, fd_perturbed as _perturbed)
 
-_MAX_STEPS, _DIVERGED, _DT_TOO_SMALL = int(ReturnCode.MAX_STEPS), int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
+_MAX_STEPS = int(ReturnCode.MAX_STEPS)
 _LINEAR_SOLVE_FAILED = int(ReturnCode.LINEAR_SOLVE_FAILED)
 
 # requests (what radau_advance returns)
@@ -103,28 +97,6 @@ def _small(fw, n, k, size):
     base = F_HEAD + 10 * n + 15 * n + 2 * n * n
     a = base + (9 * k if k < 4 else 27 + 3 * (k - 3))
     return fw[a:a + size]
-
-
-@numba.njit
-def _increments(y, threshold, factor, h):
-    """:func:`deqcore.linalg.finite_diff.increments` of one system: ``factor · max(|y|, threshold)`` with the
-    sign of y, rounded so that ``(y + h) − y == h`` (the same operations, element by element)."""
-    for q in range(y.shape[0]):
-        a = abs(y[q])
-        s = a if (a != a or a >= threshold[q]) else threshold[q]
-        v = factor[q] * (s if y[q] >= 0 else -s)
-        h[q] = (y[q] + v) - y[q]
-
-
-@numba.njit
-def _perturbed(y, h, cols, YP):
-    """Row j of ``YP`` = y with h_j added to component j, for the columns flagged in ``cols``."""
-    n = y.shape[0]
-    for j in range(n):
-        if cols[j] != 0.0:
-            for q in range(n):
-                YP[j, q] = y[q]
-            YP[j, j] = y[j] + h[j]
 
 
 @numba.njit
@@ -440,7 +412,7 @@ def radau_advance(ist, fw, lu_c, piv, rec):
             good, active, code, t_new, h_ctrl, err_prev, after_reject = _control(
                 err_sq, fw[F_TOP], res, fw[F_THRESHOLD], fw[F_EXPONENT], fw[F_T], fw[F_H], fw[F_ERR_PREV],
                 ist[I_AFTER_REJECT] != 0, n, fw[F_T_END], fw[F_DIRECTION], ist[I_STEADY] != 0, fw[F_BIG],
-                fw[F_TEPS])
+                fw[F_TEPS], fw[F_H_NEXT], ist[I_TRIAL_CODE])
             fw[F_T] = t_new
             fw[F_ERR_PREV] = err_prev
             ist[I_AFTER_REJECT] = 1 if after_reject else 0
@@ -448,13 +420,6 @@ def radau_advance(ist, fw, lu_c, piv, rec):
                 ist[I_ACCEPTED] += 1
             else:
                 ist[I_REJECTED] += 1
-            if active:
-                h_ctrl = min(abs(fw[F_H_NEXT]), abs(fw[F_T_END] - t_new))
-                if not h_ctrl > 8.0 * fw[F_TEPS] * max(abs(t_new), 1.0):
-                    code = _DT_TOO_SMALL if math.isfinite(err_sq) else _DIVERGED
-                    active = False
-            if not active and ist[I_TRIAL_CODE] != 0 and (code == _DIVERGED or code == _DT_TOO_SMALL):
-                code = ist[I_TRIAL_CODE]
             if code != 0:
                 ist[I_CODE] = code
             fw[F_H] = h_ctrl
@@ -491,30 +456,11 @@ def radau_advance(ist, fw, lu_c, piv, rec):
             ist[I_PHASE] = P_ATTEMPT
 
 
-@intrinsic
-def _call_back(typingctx, address, request, t_a, t_b, t_c):
-    """Call the C function at ``address`` (an integer: a ctypes callback) with ``(request, t_a, t_b, t_c)``,
-    returning its int64."""
-    sig = types.int64(address, request, t_a, t_b, t_c)
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64), ir.DoubleType(), ir.DoubleType(), ir.DoubleType()])
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        return builder.call(fn, list(args[1:]))
-    return sig, codegen
-
-
-#: the callback's signature: (request, t_a, t_b, t_c) -> 0 (served), 1 (an exception was raised and kept),
-#: 2 (hand the solve to the driver's loop)
-CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_double)
-SERVED, RAISED, HAND_BACK = 0, 1, 2
-
-
 @numba.njit(cache=CACHE)
 def radau_run(ist, fw, lu_c, piv, rec, callback):
     """Run :func:`radau_advance`, serving its evaluation and Jacobian requests through ``callback`` (the
-    address of a :data:`CALLBACK`), until the solve ends (DONE), the record is full (GROW) or the callback
-    fails (``-RAISED`` or ``-HAND_BACK``); returns which."""
+    address of a :data:`~deqcore.ode.loop_callback.CALLBACK`), until the solve ends (DONE), the record is
+    full (GROW) or the callback fails (``-RAISED`` or ``-HAND_BACK``); returns which."""
     while True:
         request, t_a, t_b, t_c = radau_advance(ist, fw, lu_c, piv, rec)
         if request == DONE or request == GROW:
