@@ -182,7 +182,7 @@ def test_compiled_single_system_path_takes_the_array_paths_steps(name, use_jac, 
     f, and end at the same values."""
     import deqcore.ode.radau as radau
 
-    monkeypatch.setattr(radau, "COMPILED_LOOP", False)     # the driver's loop (tests/test_radau_compiled.py)
+    monkeypatch.setattr(radau, "COMPILED_LOOP", False)     # the driver's loop (tests/test_compiled_loops.py)
     calls = []
     kernel = radau.radau_newton
     monkeypatch.setattr(radau, "radau_newton", lambda *args: calls.append(1) or kernel(*args))
