@@ -59,7 +59,7 @@ jax = import_framework("jax", "jax")
 jnp = import_framework("jax.numpy", "jax")
 
 from . import jax_xla  # noqa: E402  (after the install hint above)
-from .jax_xla import Solved, _varying_axes, _varying_like  # noqa: E402
+from .jax_xla import Solved, _args_tangent, _varying_axes, _varying_like  # noqa: E402
 
 __all__ = ["fixed_point", "fixed_point_solution", "sharded_fixed_point", "choose_engine", "Solved", "ENGINES"]
 
@@ -232,23 +232,6 @@ def _implicit_fixed_point(f, config):
 
     fp.defjvp(fp_jvp, symbolic_zeros=True)
     return fp
-
-
-def _args_tangent(f, z, args, dargs):
-    """∂f/∂args · ȧrgs at z, over the leaves whose tangent is not a symbolic zero (None when none is)."""
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    tangents = treedef.flatten_up_to(dargs)
-    live = [i for i, t in enumerate(tangents) if not isinstance(t, jax.custom_derivatives.SymbolicZero)]
-    if not live:
-        return None
-
-    def f_of_live(*values):
-        full = list(leaves)
-        for i, v in zip(live, values):
-            full[i] = v
-        return f(z, jax.tree_util.tree_unflatten(treedef, full))
-
-    return jax.jvp(f_of_live, tuple(leaves[i] for i in live), tuple(tangents[i] for i in live))[1]
 
 
 @functools.lru_cache(maxsize=256)

@@ -38,7 +38,8 @@ from .bdf_machine import (ATOL_FULL, COLS, FD_COLS, FD_ROWS, I_USER_JAC, I_NJEV_
                           I_NLINSOLVE, I_NFACTOR, I_NNEWTON_FAIL, I_NFAILED_SOLVES, I_GETRS, I_GETRF, F_T, F_H,
                           F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL,
                           F_EPS, F_MIN_FACTOR, F_MAX_FACTOR)
-from .loop_callback import CALLBACK, HAND_BACK, RAISED, SERVED, checked, finish_row, step_records
+from .loop_callback import (CALLBACK, HAND_BACK, RAISED, SERVED, add_counters, checked, finish_row, run_growing,
+                            step_records)
 
 __all__ = ["run_bdf_loop"]
 
@@ -122,27 +123,13 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
 
     callback = CALLBACK(serve)
     address = ctypes.cast(callback, ctypes.c_void_p).value
-    while True:
-        status = bdf_machine.bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M,
-                                     address)
-        if status == GROW:
-            bigger = np.empty((2 * rec.shape[0], rec.shape[1]))
-            bigger[:rec.shape[0]] = rec
-            rec = bigger
-            ist[I_REC_CAP] = rec.shape[0]
-            continue
-        if status == -RAISED:
-            raise raised[0]
-        if status == -HAND_BACK:
-            return None
-        break
+    rec = run_growing(lambda rec: bdf_machine.bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP,
+                                                      FP, M, address), rec, ist, I_REC_CAP, GROW, raised)
+    if rec is None:
+        return None
     finish_row(rows, ev, fw[F_T], fw[F_H], fw[F_ERR_PREV], ist[I_AFTER_REJECT], ist[I_ACTIVE], ist[I_CODE],
                ist[I_ACCEPTED], ist[I_REJECTED], ist[I_NUM_STEPS])
-    stats["njev"] += int(ist[I_NJEV_FD])
-    stats["nfev_jac"] += int(ist[I_NFEV_JAC])
-    stats["nlinsolve"] += int(ist[I_NLINSOLVE])
-    stats["nfactor"] += int(ist[I_NFACTOR])
-    stats["nfailed_solves"] += int(ist[I_NFAILED_SOLVES])
-    stats["nnewton_fail"] += int(ist[I_NNEWTON_FAIL])
+    add_counters(stats, ist, dict(njev=I_NJEV_FD, nfev_jac=I_NFEV_JAC, nlinsolve=I_NLINSOLVE, nfactor=I_NFACTOR,
+                                  nfailed_solves=I_NFAILED_SOLVES, nnewton_fail=I_NNEWTON_FAIL))
     steps = step_records(rec, int(ist[I_REC_COUNT]), shape, y0, f0)
     return V[Y].reshape(shape).copy(), V[F].reshape(shape).copy(), steps, int(ist[I_NUM_STEPS])

@@ -33,7 +33,7 @@ from ..backend.numba_tools import CACHE, numba
 from ..results import ReturnCode
 from .controller import make_control_step, pi_factor
 
-__all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "call_back", "control", "control_with_proposal", "checked",
+__all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "call_back", "control", "run_growing", "add_counters", "control_with_proposal", "checked",
            "finish_row", "step_records", "fd_increments", "fd_perturbed", "ask"]
 
 #: the callback's signature: (request, t_a, t_b, t_c) -> SERVED, RAISED or HAND_BACK
@@ -120,6 +120,30 @@ def checked(ev, out):
                         f"got {np.dtype(out.dtype)}")
     return out
 
+
+
+def run_growing(run, rec, ist, cap_index, grow, raised):
+    """Call a compiled loop, ``run(rec)`` (its status), until it finishes: on ``grow`` its record ``rec`` is
+    full and is doubled (capacity at ``ist[cap_index]``) before the call resumes where it stopped; an
+    exception kept by the callback is raised again. Returns the record, or None when the callback handed the
+    solve back to the driver's loop."""
+    while True:
+        status = run(rec)
+        if status == grow:
+            bigger = np.empty((2 * rec.shape[0], rec.shape[1]))
+            bigger[:rec.shape[0]] = rec
+            rec = bigger
+            ist[cap_index] = rec.shape[0]
+            continue
+        if status == -RAISED:
+            raise raised[0]
+        return None if status == -HAND_BACK else rec
+
+
+def add_counters(stats, ist, indices):
+    """Add a compiled loop's counters ``ist[index]`` to the solve's ``stats`` (``indices``: name -> index)."""
+    for name, index in indices.items():
+        stats[name] += int(ist[index])
 
 def finish_row(rows, ev, t, h, err_prev, after_reject, active, code, accepted, rejected, num_steps):
     """Write a compiled loop's final row state into the driver's ``rows`` (``_HostRow``)."""

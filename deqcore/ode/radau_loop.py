@@ -51,7 +51,8 @@ from .radau_machine import (F_BASE, F_ERR, F_NEW, FD_COLS, GROW, JAC, STAGES,
                             F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
                             I_NJEV_FD, I_NFEV_JAC, layout)
 from . import radau_machine
-from .loop_callback import CALLBACK, HAND_BACK, RAISED, SERVED, checked as _checked, finish_row, step_records
+from .loop_callback import (CALLBACK, HAND_BACK, RAISED, SERVED, add_counters, checked as _checked, finish_row,
+                            run_growing, step_records)
 
 __all__ = ["run_radau_loop"]
 
@@ -184,28 +185,15 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
 
     callback = CALLBACK(serve)
     address = ctypes.cast(callback, ctypes.c_void_p).value
-    while True:
-        status = radau_machine.radau_run(ist, fw, lu_c, piv, rec, address)
-        if status == GROW:
-            bigger = np.empty((2 * rec.shape[0], rec.shape[1]))
-            bigger[:rec.shape[0]] = rec
-            rec = bigger
-            ist[I_REC_CAP] = rec.shape[0]
-            continue
-        if status == -RAISED:
-            raise raised[0]
-        if status == -HAND_BACK:
-            return None
-        break
+    rec = run_growing(lambda rec: radau_machine.radau_run(ist, fw, lu_c, piv, rec, address), rec, ist, I_REC_CAP,
+                      GROW, raised)
+    if rec is None:
+        return None
     # the driver's row, the stepper's counters
     finish_row(rows, ev, fw[F_T], fw[F_H], fw[F_ERR_PREV], ist[I_AFTER_REJECT], ist[I_ACTIVE], ist[I_CODE],
                ist[I_ACCEPTED], ist[I_REJECTED], ist[I_NUM_STEPS])
-    stats["nlinsolve"] += int(ist[I_NLINSOLVE])
-    stats["njev"] += int(ist[I_NJEV_FD])
-    stats["nfev_jac"] += int(ist[I_NFEV_JAC])
-    stats["nfactor"] += int(ist[I_NFACTOR])
-    stats["nfailed_solves"] += int(ist[I_NFAILED_SOLVES])
-    stats["nnewton_fail"] += int(ist[I_NNEWTON_FAIL])
+    add_counters(stats, ist, dict(nlinsolve=I_NLINSOLVE, njev=I_NJEV_FD, nfev_jac=I_NFEV_JAC, nfactor=I_NFACTOR,
+                                  nfailed_solves=I_NFAILED_SOLVES, nnewton_fail=I_NNEWTON_FAIL))
     count = int(ist[I_REC_COUNT])
     Zs = rec[:count, 2 + 2 * n:].reshape(count, 3, n)
     steps = step_records(rec, count, shape, y0, f0,
