@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy
-import scipy.sparse as sp
 from scipy.integrate import solve_ivp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,24 +59,8 @@ def hires():
     return dict(name="HIRES", f=f, y0=y0, t1=stiff_problems.HIRES_T1, atol_ratio=1e-3, floor=1e-6, sparsity=None)
 
 
-def brusselator_2d(N=16, A=3.4, B=1.0, alpha=10.0):
-    dx = 1.0 / (N - 1)
-    c = alpha / dx ** 2
-
-    def lap(w):
-        return c * (np.roll(w, 1, 0) + np.roll(w, -1, 0) + np.roll(w, 1, 1) + np.roll(w, -1, 1) - 4 * w)
-
-    def f(t, y):
-        u, v = y[:N * N].reshape(N, N), y[N * N:].reshape(N, N)
-        uuv = u * u * v
-        return np.concatenate([(B + uuv - (A + 1.0) * u + lap(u)).ravel(), (A * u - uuv + lap(v)).ravel()])
-
-    x = np.linspace(0, 1, N)
-    X, Y = np.meshgrid(x, x, indexing="ij")
-    y0 = np.concatenate([(22 * (Y * (1 - Y)) ** 1.5).ravel(), (27 * (X * (1 - X)) ** 1.5).ravel()])
-    ring = sp.diags([1, 1, 1, 1, 1], [-N + 1, -1, 0, 1, N - 1], shape=(N, N))
-    grid = (sp.kron(ring, sp.identity(N)) + sp.kron(sp.identity(N), ring)) != 0
-    pattern = sp.bmat([[grid, sp.identity(N * N)], [sp.identity(N * N), grid]]).tocsr() != 0
+def brusselator_2d():
+    f, y0, pattern = stiff_problems.brusselator_2d()
     return dict(name="Brusselator 2-D (512)", f=f, y0=y0, t1=11.5, atol_ratio=1.0, floor=1e-3,
                 sparsity=pattern)
 

@@ -4,11 +4,10 @@ Newton iterations (HIRES: 8 columns; a 2-D Brusselator: 11 column groups), and t
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from scipy.integrate import solve_ivp
 
 import deqcore as dq
-from deqcore.demos.stiff_problems import HIRES_T1, HIRES_Y0, hires
+from deqcore.demos.stiff_problems import HIRES_T1, HIRES_Y0, brusselator_2d, hires
 
 
 class Counted:
@@ -18,26 +17,6 @@ class Counted:
     def __call__(self, t, y):
         self.calls += 1
         return self.f(t, y)
-
-
-def brusselator_2d(N=16, A=3.4, B=1.0, alpha=10.0):
-    """The 2-D Brusselator on a periodic N × N grid (2N² unknowns) and its sparsity pattern."""
-    c = alpha * (N - 1) ** 2
-
-    def lap(w):
-        return c * (np.roll(w, 1, 0) + np.roll(w, -1, 0) + np.roll(w, 1, 1) + np.roll(w, -1, 1) - 4 * w)
-
-    def f(t, y):
-        u, v = y[:N * N].reshape(N, N), y[N * N:].reshape(N, N)
-        uuv = u * u * v
-        return np.concatenate([(B + uuv - (A + 1.0) * u + lap(u)).ravel(), (A * u - uuv + lap(v)).ravel()])
-
-    x = np.linspace(0, 1, N)
-    X, Y = np.meshgrid(x, x, indexing="ij")
-    y0 = np.concatenate([(22 * (Y * (1 - Y)) ** 1.5).ravel(), (27 * (X * (1 - X)) ** 1.5).ravel()])
-    ring = sp.diags([1, 1, 1, 1, 1], [-N + 1, -1, 0, 1, N - 1], shape=(N, N), dtype=float)
-    grid = (sp.kron(ring, sp.identity(N)) + sp.kron(sp.identity(N), ring)) != 0
-    return f, y0, sp.bmat([[grid, sp.identity(N * N)], [sp.identity(N * N), grid]]).tocsr() != 0
 
 
 def _runs(f, y0, t1, rtol, atol, floor, pattern=None, ref_rtol=1e-11):
