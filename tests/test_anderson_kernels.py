@@ -176,3 +176,18 @@ def test_learned_history_has_only_the_used_slots_written(rng):
         for i in range(ran):                # slot i holds G(y_i) = y_i + f_i and f_i (beta = 1)
             np.testing.assert_allclose(fn(G[:, i] - F[:, i])[b], G[b, i], atol=1e-12)
     assert max(int(np.any(F[b] != 0, axis=1).sum()) for b in range(3)) == count
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_step_matches_reference_across_blocks_of_samples(dtype):
+    # The CPU version solves the small systems of up to BLOCK samples side by side: a batch of several blocks
+    # (the last one partial) with a failing sample in a later block, each row against the reference.
+    from deqcore.root.anderson_kernels_numba import BLOCK
+    batch = 2 * BLOCK + 5
+    args = list(_ring(np.random.default_rng(7), batch, 10, 64, 13, dtype))
+    args[4][BLOCK + 3, 5] = np.nan                        # a NaN residual: α = e_slot, a plain step
+    ref = _run("reference", args)
+    out = _run("numba_cpu", args)
+    regular = np.arange(batch) != BLOCK + 3
+    _assert_same([o[regular] for o in out], [r[regular] for r in ref], dtype)
+    np.testing.assert_array_equal(out[0][BLOCK + 3], out[1][BLOCK + 3, args[5]])

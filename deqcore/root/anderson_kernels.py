@@ -12,10 +12,11 @@ iterate) and returns y_new = Σ α_i G_i. The arrays updated in place are return
 H must be symmetric (the kernel keeps it so; the CPU version reads only its upper triangle). The reference
 runs six array operations and NumPy's batched solve (which costs far more than the arithmetic for these tiny
 systems); the Numba versions make one pass over each sample's ring: write the slot and form the ``count``
-dot products, solve the small system, mix. The CPU version eliminates the systems of 8 samples side by side
-without pivoting (they are positive definite; a sample that fails there is solved again with partial
-pivoting) and sums the dot products and the mixing in the arrays' dtype, as the reference's matmuls do (for
-float32 rings: 8 SIMD lanes and no conversions, 1.3-1.5x faster than float64 sums); the CUDA version sums
+dot products, solve the small system, mix. The CPU version eliminates the systems of a block of up to 32
+samples side by side, the sample index innermost so that every elimination step is one vectorised loop, without
+pivoting (they are positive definite; a sample that fails there is solved again with partial pivoting), and
+sums the dot products and the mixing in the arrays' dtype, as the reference's matmuls do (for float32 rings:
+8 SIMD lanes and no conversions, 1.3-1.5x faster than float64 sums); the CUDA version sums
 in float64 and eliminates each system with partial pivoting in static shared memory, so histories are capped
 at :data:`HISTORY_CAP` slots there.
 

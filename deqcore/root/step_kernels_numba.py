@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend.numba_tools import CACHE, numba
-from .anderson_kernels_numba import _step_loop
+from .anderson_kernels_numba import cpu_scratch, step_rows
 from .driver_kernels_numba import _BITS, NO_CODE, driver_decision
 
 __all__ = ["anderson_driver_step_numba_cpu", "plain_driver_step_numba_cpu"]
@@ -55,7 +55,7 @@ def _residual_and_update(out, is_map, y, f, f_bits, y_bits, magnitude, inf_bits,
 @numba.njit(cache=CACHE)
 def _anderson_driver(out, is_map, y, f, f_bits, y_bits, magnitude, inf_bits, norm_bits, norms, best_y, best_res,
                      since_best, codes, done, tol, rtol, cap, y_limit, limit, patience, G, F, H, slot, count, filled,
-                     beta, ridge, floor, step, y_new, zero, was_done, rows):
+                     beta, ridge, floor, step, y_new, was_done, rows, W, V):
     """The update, then: a row that has just finished gets its ring slots from ``filled`` on zeroed (never
     written), a running row takes the Anderson step, a finished row keeps its iterate (y_new = y)."""
     batch, n = y.shape
@@ -78,7 +78,7 @@ def _anderson_driver(out, is_map, y, f, f_bits, y_bits, magnitude, inf_bits, nor
             if done[i]:
                 for j in range(n):
                     y_new[i, j] = y[i, j]
-        _step_loop(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, zero, rows, nrows)
+        step_rows(G, F, H, y, f, slot, count, beta, ridge, floor, y_new, rows, nrows, W, V)
     return live
 
 
@@ -117,8 +117,9 @@ def anderson_driver_step_numba_cpu(out, is_map, y, f, best_y, best_res, since_be
     batch = y.shape[0]
     live = _anderson_driver(out, bool(is_map), y, f, *bits, best_y, best_res, since_best, codes, done, tol,
                             float(rtol), cap, y_limit, limit, int(patience), G, F, H, int(slot), int(count),
-                            int(filled), float(beta), float(ridge), float(floor), bool(step), y_new, G.dtype.type(0),
-                            np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64))
+                            int(filled), G.dtype.type(beta), float(ridge), float(floor), bool(step), y_new,
+                            np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64),
+                            *cpu_scratch(G.shape[1], batch))
     return (y_new if live else y), np.int64(live), f, best_y, best_res, since_best, codes, done, G, F, H
 
 
@@ -145,9 +146,10 @@ def _prepare_anderson(f, book, G, F, H, beta, ridge, floor):
     fixed_a = (f, f.view(itype))
     fixed_b = (magnitude, inf_bits, norm_bits, norm_bits.view(f.dtype), best_y, best_res, since_best, codes, done,
                tol, float(rtol), cap, y_limit, limit, int(patience), G, F, H)
-    fixed_c = (float(beta), float(ridge), float(floor))
+    fixed_c = (G.dtype.type(beta), float(ridge), float(floor))
     batch = f.shape[0]
-    zero, was_done, rows = G.dtype.type(0), np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64)
+    was_done, rows = np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64)
+    fixed_d = (was_done, rows, *cpu_scratch(G.shape[1], batch))
     kernel, empty_like, contiguous = _anderson_driver, np.empty_like, np.ascontiguousarray
 
     def step(out, is_map, y, slot, count, filled, step):
@@ -157,7 +159,7 @@ def _prepare_anderson(f, book, G, F, H, beta, ridge, floor):
             y = contiguous(y)
         y_new = empty_like(y) if step else y
         live = kernel(out, is_map, y, *fixed_a, y.view(itype), *fixed_b, slot, count, filled, *fixed_c, step, y_new,
-                      zero, was_done, rows)
+                      *fixed_d)
         return (y_new if live else y), live
 
     return step
