@@ -115,3 +115,24 @@ def test_cuda_bookkeeping_matches_the_reference_on_a_whole_run(rng):
     for ref, out in zip(reference, simulated):
         np.testing.assert_array_equal(out, ref)
     assert reference[1][3] != int(dq.ReturnCode.SUCCESS)
+
+
+@pytest.mark.parametrize("relative_to_iterate", [True, False], ids=["iterate", "residual"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_start_tolerance_kernel_matches_the_reference(relative_to_iterate, dtype):
+    # Rows with NaN, ±inf and all zeros (a non-finite scale counts as 0), the others regular, large and tiny.
+    from deqcore.backend import get_kernel
+    from deqcore.root.driver_kernels import start_tolerance_reference
+    rng = np.random.default_rng(5)
+    y0 = (rng.standard_normal((9, 17)) * np.logspace(-30, 30, 9)[:, None]).astype(dtype)
+    f0 = rng.standard_normal((9, 17)).astype(dtype)
+    y0[1, 3], f0[2, 16], y0[3, 0], f0[4, 5] = np.nan, np.inf, -np.inf, np.nan
+    y0[5] = f0[5] = 0
+    eps = float(np.finfo(dtype).eps)
+    with np.errstate(all="ignore"):
+        ref = start_tolerance_reference(y0, f0, 1e-6, relative_to_iterate, eps)
+        out = get_kernel("start_tolerance", np, impl="numba_cpu")(y0, f0, 1e-6, relative_to_iterate, eps)
+    for o, r in zip(out, ref):
+        assert o.dtype == r.dtype == dtype
+        np.testing.assert_array_equal(o, r)
+    assert (out[1][1:6] == 0).all() or not relative_to_iterate

@@ -20,7 +20,8 @@ import numpy as np
 from ..backend import get_namespace, register_kernel
 from ..results import ReturnCode
 
-__all__ = ["row_norms_reference", "driver_update_reference", "SUCCESS", "DIVERGED", "STALLED"]
+__all__ = ["row_norms_reference", "driver_update_reference", "start_tolerance_reference", "SUCCESS", "DIVERGED",
+           "STALLED"]
 
 SUCCESS, DIVERGED, STALLED = (int(c) for c in (ReturnCode.SUCCESS, ReturnCode.DIVERGED, ReturnCode.STALLED))
 
@@ -112,4 +113,52 @@ register_kernel(
     cuda_ptx_targets=[("deqcore.root.driver_kernels_numba:driver_update_cuda_kernel", _DRIVER_SIG)],
     example="deqcore.root.driver_kernels:driver_example",
     traffic="deqcore.root.driver_kernels:driver_traffic",
+)
+
+
+def start_tolerance_reference(y0, f0, atol, relative_to_iterate, eps):
+    """The per-sample test fixed at the start point (see :meth:`deqcore.root.RootProblem.tolerance`):
+    ``(tol, cap, y_limit)`` in y0's dtype. tol = atol; relative to the iterate, cap = s0 = max(max|y0|,
+    max|y0 + f0|) and y_limit = s0/√eps (inf where s0 = 0); relative to the residual, cap = max|f0| and
+    y_limit = inf. A non-finite scale counts as 0.
+
+    >>> import numpy as np
+    >>> tol, cap, y_limit = start_tolerance_reference(np.array([[1.0, -3.0]]), np.array([[-0.5, 1.5]]), 1e-6,
+    ...                                               True, 2.0 ** -52)
+    >>> tol.tolist(), cap.tolist(), y_limit.tolist()
+    ([1e-06], [3.0], [201326592.0])
+    """
+    xp = get_namespace(y0)
+    dtype, batch = y0.dtype, y0.shape[0]
+
+    def finite(a):
+        return xp.where(xp.isfinite(a), a, 0).astype(dtype)
+
+    tol = xp.full(batch, atol, dtype=dtype)
+    if not relative_to_iterate:
+        return tol, finite(xp.abs(f0).max(axis=1)), xp.full(batch, xp.inf, dtype=dtype)
+    work = xp.abs(y0)
+    s0 = work.max(axis=1)
+    xp.add(y0, f0, out=work)                                  # G(y0), as y0 + F(y0)
+    xp.abs(work, out=work)
+    s0 = finite(xp.maximum(s0, work.max(axis=1), out=s0))
+    return tol, s0, xp.where(s0 > 0, s0 / np.sqrt(eps), xp.inf).astype(dtype)
+
+
+def tolerance_example(rng, dtype, size="small"):
+    """Rows of every kind: regular, one holding NaN in y0, one with an infinite residual, one all zero."""
+    batch, n = (6, 9) if size == "small" else (1024, 256)
+    y0 = rng.standard_normal((batch, n)).astype(dtype)
+    f0 = (0.3 * rng.standard_normal((batch, n))).astype(dtype)
+    y0[1, 4] = np.nan
+    f0[2, 0] = np.inf
+    y0[3] = f0[3] = 0
+    return y0, f0, 1e-6, True, float(np.finfo(dtype).eps)
+
+
+register_kernel(
+    "start_tolerance",
+    reference=start_tolerance_reference,
+    numba_cpu="deqcore.root.driver_kernels_numba:start_tolerance_numba_cpu",
+    example="deqcore.root.driver_kernels:tolerance_example",
 )

@@ -13,15 +13,18 @@ An iterate that runs off to infinity can therefore never widen the test.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from .._checks import check_choice, check_returned_array
-from ..backend import get_namespace
+from ..backend import get_kernel, get_namespace
+from . import driver_kernels  # noqa: F401  (registers start_tolerance)
 from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step
 
 __all__ = ["RootProblem", "flat_problem"]
 
+_TOLERANCE: dict = {}   # namespace -> the start_tolerance kernel (its default choice, looked up once)
 _EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}   # np.finfo is a slow lookup
 
 
@@ -110,20 +113,10 @@ class RootProblem:
         >>> tol.tolist(), cap.tolist(), bool(y_limit[0] > 1e8)
         ([1e-06], [3.0], True)
         """
-        xp = self.xp
-
-        def finite(a):
-            return xp.where(xp.isfinite(a), a, 0).astype(self.dtype)
-
-        tol = xp.full(self.batch, atol, dtype=self.dtype)
-        if self.relative_to == "residual":
-            return tol, finite(xp.abs(f0).max(axis=1)), xp.full(self.batch, xp.inf, dtype=self.dtype)
-        work = xp.abs(y0)
-        s0 = work.max(axis=1)
-        xp.add(y0, f0, out=work)                                  # G(y0), as y0 + F(y0)
-        xp.abs(work, out=work)
-        s0 = finite(xp.maximum(s0, work.max(axis=1), out=s0))
-        return tol, s0, xp.where(s0 > 0, s0 / np.sqrt(self.eps), xp.inf).astype(self.dtype)
+        kernel = _TOLERANCE.get(self.xp) if not os.environ.get("DEQCORE_KERNELS") else None
+        if kernel is None:
+            kernel = _TOLERANCE[self.xp] = get_kernel("start_tolerance", self.xp)
+        return kernel(y0, f0, atol, self.relative_to == "iterate", self.eps)
 
     def F(self, y):
         counts = self.counts
