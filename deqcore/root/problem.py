@@ -195,6 +195,15 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
             out = xp.ascontiguousarray(out)                       # the kernels are compiled for C order
         return out.reshape(batch, n)
 
+    if shape == (batch, n):                                       # (B, n) already: no reshapes per call
+        def call(y2d):
+            out = fn(y2d, *args)
+            if type(out) is not array_type or out.dtype != dtype or out.shape != shape:
+                out = check_returned_array(out, "fn", shape, dtype, array_type)
+            if not out.flags.c_contiguous:
+                out = xp.ascontiguousarray(out)
+            return out
+
     def call_rows(y_rows, rows):
         k = y_rows.shape[0]
         out = check_returned_array(fn(y_rows.reshape((k,) + shape[1:]), *(a[rows] for a in args)), "fn",
