@@ -331,14 +331,43 @@ def table(results):
 
 def micro(repeats: int = 7) -> str:
     """The solver layers' own costs with a trivially cheap f (medians of ``repeats`` blocks, this script's clock):
-    a ``fixed_point`` solve of one step (argument checks, set-up, two fused steps, the Solution) and of 14 steps,
-    at the digits size (64 × 64, float64) and this benchmark's (64 × 256, float32); and GMRES at the digits
-    adjoint's size (64 × 64, float64, one cycle of 18 Arnoldi steps on v ↦ v − v M, the adjoint's call with a
-    fresh operator output), per Arnoldi step outside the operator."""
+    the fused Anderson step (history 10, full ring, every row running; one call from Python) alone and with the
+    driver's bookkeeping (the call the loop makes once per step), a ``fixed_point`` solve of one step (argument
+    checks, set-up, two fused steps, the Solution) and of 14 steps, at the digits size (64 × 64, float64) and
+    this benchmark's (64 × 256, float32); and GMRES at the digits adjoint's size (64 × 64, float64, one cycle of
+    18 Arnoldi steps on v ↦ v − v M, the adjoint's call with a fresh operator output), per Arnoldi step outside
+    the operator."""
+    from deqcore.backend import get_kernel
     from deqcore.linalg import GMRES
 
     rng = np.random.default_rng(0)
     rows = ["| case | µs |", "|---|---:|"]
+    for n, dtype in ((64, np.float32), (64, np.float64), (256, np.float32)):
+        batch, m = SIZES[0], 10
+        G = rng.standard_normal((batch, m, n)).astype(dtype)
+        F = (0.1 * rng.standard_normal((batch, m, n))).astype(dtype)
+        H = (F @ F.transpose(0, 2, 1)).astype(dtype)
+        y = rng.standard_normal((batch, n)).astype(dtype)
+        out = (y + 0.1 * rng.standard_normal((batch, n))).astype(dtype)
+        name = f"64 × {n} {np.dtype(dtype).name}"
+        kernel = get_kernel("anderson_step", np)
+
+        def step():
+            kernel(G, F, H, y, out - y, 3, m, 1.0, 1e-8, 1e-19)
+        step()
+        per = statistics.median(_block(step, 50) - _block(lambda: out - y, 50) for _ in range(repeats))
+        rows.append(f"| anderson_step kernel, {name}, history 10 | {1e6 * per:.0f} |")
+        # the driver's fused step with the bookkeeping arrays bound (no row finishes: tol 0, endless patience)
+        book = [y.copy(), np.full(batch, np.inf, dtype), np.zeros(batch, np.int64), np.ones(batch, np.int64),
+                np.zeros(batch, bool), np.zeros(batch, dtype), 0.0, np.full(batch, 10.0, dtype),
+                np.full(batch, np.inf, dtype), np.full(batch, np.inf, dtype), 2 ** 62]
+        fused = get_kernel("anderson_driver_step", np).prepare(np.empty_like(y), book, G, F, H, 1.0, 1e-8, 1e-19)
+
+        def driver_step():
+            fused(out, True, y, 3, m, m, True)
+        driver_step()
+        per = statistics.median(_block(driver_step, 50) for _ in range(repeats))
+        rows.append(f"| anderson_driver_step (bookkeeping + step, bound once), {name} | {1e6 * per:.0f} |")
     for n, dtype in ((64, np.float64), (256, np.float32)):
         x = rng.standard_normal((SIZES[0], n)).astype(dtype)
         z0 = np.zeros_like(x)
