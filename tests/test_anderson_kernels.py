@@ -77,7 +77,7 @@ def test_failed_samples_take_a_plain_step_and_leave_the_others_alone(impl, faile
         pytest.skip("the CPU kernel takes NumPy arrays")
     # One sample has a NaN residual, one a zero residual with no ridge (a singular system: NumPy's batched
     # solve raises for the whole batch, so the reference solves sample by sample); the others are regular.
-    # 11 samples: more than one block of the CPU version's lanes.
+    # 11 samples: a partial block of the CPU version's side-by-side solves.
     nan, zero = failed
     rng = np.random.default_rng(3)
     G, F, H, y, f, slot, count, beta, _, _ = _ring(rng, 11, 3, 6, 5, np.float64)
@@ -191,3 +191,20 @@ def test_cpu_step_matches_reference_across_blocks_of_samples(dtype):
     regular = np.arange(batch) != BLOCK + 3
     _assert_same([o[regular] for o in out], [r[regular] for r in ref], dtype)
     np.testing.assert_array_equal(out[0][BLOCK + 3], out[1][BLOCK + 3, args[5]])
+
+
+def test_solves_of_different_sizes_in_turn_match_the_reference(monkeypatch):
+    # Each solve binds its own scratch (sized by its history and batch): solves alternating batch (more than one
+    # block of side-by-side systems, then fewer), history size and dtype agree with the reference loop.
+    cases = [(40, 12, 3, np.float64), (5, 7, 12, np.float32), (70, 9, 10, np.float64), (3, 20, 2, np.float32)]
+    for batch, n, m, dtype in cases:
+        fn = contractive_map(np.random.default_rng(batch), batch, n, dtype, 0.8, np, spectral=True)
+        y0 = np.zeros((batch, n), dtype)
+        options = {"atol": 1e-5 if dtype == np.float32 else 1e-11, "rtol": 0.0, "max_steps": 60, "batched": True,
+                   "throw": False}
+        monkeypatch.setenv("DEQCORE_KERNELS", "reference")
+        ref = dq.fixed_point(fn, y0, dq.Anderson(history_size=m), **options)
+        monkeypatch.setenv("DEQCORE_KERNELS", "numba_cpu")
+        out = dq.fixed_point(fn, y0, dq.Anderson(history_size=m), **options)
+        assert out.success.all() and out.stats == ref.stats
+        np.testing.assert_allclose(out.value, ref.value, rtol=0, atol=tolerance(dtype, 1e-5, 1e-12))
