@@ -62,15 +62,17 @@ def test_krylov_dimension_above_the_kernel_limit_falls_back(rng, xp):
 
 @pytest.mark.parametrize("impl", ["reference", "numba_cpu", "numba_cuda"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_arnoldi_reorthogonalises_a_nearly_dependent_vector(impl, dtype):
+@pytest.mark.parametrize("shifted", [False, True])
+def test_arnoldi_reorthogonalises_a_nearly_dependent_vector(impl, dtype, shifted):
     """A vector almost in the span of the basis loses nearly all of its norm in the first Gram–Schmidt pass;
     the second pass (run for that sample only) leaves the new basis vector orthogonal to working precision,
-    where one pass would leave it visibly tilted; a well-separated sample takes one pass."""
+    where one pass would leave it visibly tilted; a well-separated sample takes one pass. The same holds for
+    the shifted step (operator I − B, given B v_j), whose new vector is the negated one."""
     from deqcore.backend import get_kernel
     from deqcore.linalg.gmres_kernels import example
 
     rng = np.random.default_rng(3)
-    V, w, R, Q, beta, tol, k, live, broke, j, tiny = example(rng, dtype)
+    V, w, R, Q, beta, tol, k, live, broke, j, tiny, _ = example(rng, dtype)
     live[:], tol[:] = True, 0.0                                  # every sample keeps iterating
     V[1] = 0.0
     V[1, : j + 1] = np.eye(j + 1, V.shape[2], dtype=dtype)
@@ -81,7 +83,7 @@ def test_arnoldi_reorthogonalises_a_nearly_dependent_vector(impl, dtype):
     w = rng.standard_normal(w.shape).astype(dtype)
     w[::2] = near[::2].astype(dtype)                             # even samples: nearly dependent
     kernel = get_kernel("arnoldi_step", np, impl=impl)
-    V, R, Q, k, live, broke = kernel(V, w, R, Q, beta, tol, k, live, broke, j, 0.0)
+    V, R, Q, k, live, broke = kernel(V, w, R, Q, beta, tol, k, live, broke, j, 0.0, shifted)
     new = V[:, j + 1].astype(np.float64)
     assert live.all() and np.allclose(np.linalg.norm(new, axis=1), 1, atol=tolerance(dtype, 1e-5, 1e-12))
     overlap = np.abs(np.einsum("bin,bn->bi", basis, new)).max()

@@ -378,9 +378,12 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             it.done |= waiting
             it.n_slow = 0
             rhs = xp.where(waiting[:, None], it.r, zero)
+            # without a preconditioner Arnoldi runs on Jᵀ itself (the operator I − Jᵀ, shifted: the same Krylov
+            # space, without the cancellation of v − Jᵀv that made nearly every step orthogonalise twice)
             delta, gcodes, gnorm, stats = gmres._run(
-                xp, lambda v: v - it.step(v), preconditioner, rhs, None, budget - it.steps,
-                min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1), scratch=True)
+                xp, it.step if preconditioner is None else (lambda v: v - it.step(v)), preconditioner, rhs, None,
+                budget - it.steps, min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1), scratch=True,
+                shifted=preconditioner is None)
             it.lam += xp.where(waiting[:, None], delta, zero)
             it.rnorm = xp.where(waiting, gnorm, it.rnorm)
             it.restart()
