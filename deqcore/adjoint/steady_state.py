@@ -194,6 +194,7 @@ def _rows(z):
 
 
 _ACCURACIES = ("forward", "cheap")
+_DEFAULT_SOLVERS: dict = {}     # (settings, state size, dtype) -> the default linear solver (frozen, shareable)
 
 
 @dataclass(frozen=True)
@@ -277,9 +278,16 @@ class SteadyStateAdjoint:
         """The solver this adjoint uses for states of ``state_size`` elements per sample."""
         if self.linear_solver is not None:
             return self.linear_solver
-        atol, rtol, max_steps = self._tolerances(dtype)
-        return default_adjoint_linear_solver(state_size, accuracy=self.accuracy, rtol=rtol, atol=atol,
-                                             max_steps=max_steps)
+        key = (self.accuracy, self.atol, self.rtol, self.max_steps, state_size, np.dtype(dtype).char)
+        solver = _DEFAULT_SOLVERS.get(key)
+        if solver is None:                 # (built once per settings: a training loop asks at every step)
+            atol, rtol, max_steps = self._tolerances(dtype)
+            solver = default_adjoint_linear_solver(state_size, accuracy=self.accuracy, rtol=rtol, atol=atol,
+                                                   max_steps=max_steps)
+            if len(_DEFAULT_SOLVERS) >= 64:
+                _DEFAULT_SOLVERS.clear()
+            _DEFAULT_SOLVERS[key] = solver
+        return solver
 
     def _iterate_first(self, solver) -> bool:
         """Whether the solve starts with plain iterations (the default accurate adjoint's GMRES only)."""
@@ -310,9 +318,15 @@ class SteadyStateAdjoint:
         solver = self.linear_solver_for(n, g.dtype)
         count = {"nvjp": 0}
 
-        def vjp_rows(v_rows):
-            count["nvjp"] += 1
-            return pullback_z(v_rows.reshape(shape)).reshape(batch, n)
+        if shape == (batch, n):
+            def vjp_rows(v_rows):
+                count["nvjp"] += 1
+                u = pullback_z(v_rows)
+                return u if u.shape == shape else u.reshape(batch, n)
+        else:
+            def vjp_rows(v_rows):
+                count["nvjp"] += 1
+                return pullback_z(v_rows.reshape(shape)).reshape(batch, n)
 
         x0_rows = None if x0 is None else x0.reshape(batch, n)
         if self._iterate_first(solver):
@@ -358,11 +372,13 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
     zero = xp.zeros((), dtype=dtype)
     gnorm = _row_norms(xp, g)
     bad = None
-    if not bool(xp.isfinite(gnorm).all()):     # a non-finite norm: a non-finite g, or one whose squares overflow
+    if not bool(xp.isfinite(gnorm.sum())):     # a non-finite norm: a non-finite g, or one whose squares overflow
         bad = ~xp.isfinite(g).all(axis=1)
         g = xp.where(bad[:, None], zero, g)
         gnorm = _row_norms(xp, g)
-    tol = xp.maximum(xp.asarray(gmres.atol, dtype=dtype), gmres.rtol * gnorm).astype(dtype, copy=False)
+    tol = (gmres.rtol * gnorm).astype(dtype, copy=False)
+    if gmres.atol:
+        tol = xp.maximum(xp.asarray(gmres.atol, dtype=dtype), tol)
     budget = gmres.max_steps if gmres.max_steps is not None else max(10 * g.shape[1], 2)
     it = _Iteration(g, gnorm, tol, bad, x0, vjp_rows, xp)
     codes = xp.full(g.shape[0], int(ReturnCode.SUCCESS), dtype=np.int64)
@@ -406,6 +422,9 @@ class _Iteration:
         """``gnorm``: the row norms of ``g``; ``bad``: the rows with a non-finite cotangent (None: none)."""
         self.g, self.tol, self.vjp_rows, self.xp = g, tol, vjp_rows, xp
         self.kernel = get_kernel("richardson_step", xp)
+        bound = getattr(self.kernel, "bound", None)   # the compiled loop without its argument conversions
+        if bound is not None:
+            self.kernel = bound
         self.steps = 0
         if x0 is None:
             self.lam, self.r, self.rnorm = xp.zeros_like(g), g.copy(), gnorm.copy()
