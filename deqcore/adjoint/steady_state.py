@@ -195,6 +195,7 @@ def _rows(z):
 
 _ACCURACIES = ("forward", "cheap")
 _DEFAULT_SOLVERS: dict = {}     # (settings, state size, dtype) -> the default linear solver (frozen, shareable)
+_WITH_FORWARD: dict = {}        # (adjoint, forward atol, rtol, max_steps) -> SteadyStateAdjoint.with_forward's result
 
 
 @dataclass(frozen=True)
@@ -262,9 +263,21 @@ class SteadyStateAdjoint:
         """
         if self.accuracy != "forward":
             return self
-        return replace(self, atol=0.0 if self.atol is None else self.atol,
-                       rtol=max(float(rtol), float(atol)) if self.rtol is None else self.rtol,
-                       max_steps=max_steps if self.max_steps is None else self.max_steps)
+        try:                                # (the adapters ask at every backward pass: built once per settings)
+            key = (self, atol, rtol, max_steps)
+            return _WITH_FORWARD[key]
+        except KeyError:
+            pass
+        except TypeError:                   # unhashable settings: no cache
+            key = None
+        adjoint = replace(self, atol=0.0 if self.atol is None else self.atol,
+                          rtol=max(float(rtol), float(atol)) if self.rtol is None else self.rtol,
+                          max_steps=max_steps if self.max_steps is None else self.max_steps)
+        if key is not None:
+            if len(_WITH_FORWARD) >= 64:
+                _WITH_FORWARD.clear()
+            _WITH_FORWARD[key] = adjoint
+        return adjoint
 
     def _tolerances(self, dtype):
         """(atol, rtol, max_steps) of this adjoint, with the dtype's floor on rtol."""
