@@ -408,11 +408,13 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             it.n_slow = 0
             rhs = xp.where(waiting[:, None], it.r, zero)
             # without a preconditioner Arnoldi runs on Jᵀ itself (the operator I − Jᵀ, shifted: the same Krylov
-            # space, without the cancellation of v − Jᵀv that made nearly every step orthogonalise twice)
+            # space, without the cancellation of v − Jᵀv that made nearly every step orthogonalise twice); the
+            # VJP's own output is then not the step's scratch (a pullback may return an array it keeps)
+            shifted = preconditioner is None
             delta, gcodes, gnorm, stats = gmres._run(
-                xp, it.step if preconditioner is None else (lambda v: v - it.step(v)), preconditioner, rhs, None,
-                budget - it.steps, min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1), scratch=True,
-                shifted=preconditioner is None)
+                xp, it.step if shifted else (lambda v: v - it.step(v)), preconditioner, rhs, None,
+                budget - it.steps, min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1),
+                scratch=not shifted, shifted=shifted)
             it.lam += xp.where(waiting[:, None], delta, zero)
             it.rnorm = xp.where(waiting, gnorm, it.rnorm)
             it.restart()
