@@ -207,20 +207,20 @@ class GMRES(LinearSolver):
         bnorm = _norms(xp, rhs)
         if tol is None:
             tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
-        bzero = bnorm == 0
         steps = 0
         if x0 is None:
             x = xp.zeros_like(rhs)
             r = rhs.copy()
+            rnorm = bnorm                  # (the same sums: r is rhs)
         else:
-            x = xp.where(bzero[:, None], xp.zeros((), dtype=dtype), x0)
+            x = xp.where((bnorm == 0)[:, None], xp.zeros((), dtype=dtype), x0)
             r = rhs - apply_A(x)
             steps += 1
-        rnorm = _norms(xp, r)
+            rnorm = _norms(xp, r)
         done = rnorm <= tol
         codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
         cycles = 0
-        while bool((~done).any()):
+        while not bool(done.all()):
             m = min(restart, max_steps - steps - 1)
             if m < 1:
                 codes = xp.where(done, codes, int(ReturnCode.MAX_STEPS))
