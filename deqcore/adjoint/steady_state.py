@@ -454,7 +454,12 @@ class _Iteration:
         self.slow = xp.zeros_like(self.done)
         self.first = self.steps + 1
         self.counts = np.zeros(2, dtype=np.int64) if xp is np else xp.zeros(2, dtype=np.int64)
-        self.restart()
+        if x0 is None:                      # λ = 0, r = g: the first trial iterate λ + r is g (read, never written)
+            self.going = ~self.done
+            self.n_going, self.n_slow = int(xp.count_nonzero(self.going)), 0
+            self.trial = g if self.n_going == g.shape[0] else xp.where(self.going[:, None], g, self.lam)
+        else:
+            self.restart()
 
     def restart(self):
         """The trial iterates and counts from the flags (at the start and after a GMRES round)."""
