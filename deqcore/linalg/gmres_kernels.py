@@ -6,8 +6,8 @@ first (‖w₁‖² < ``REORTHOGONALISE_BELOW``·‖w‖², the Daniel–Gragg�
 the first pass is already orthogonal to working precision, and the second pass would only re-read the basis.
 
 ``arnoldi_step(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted)`` takes ``w = A M v_j`` for every
-sample and updates, in place: the next basis vector ``V[:, j+1]``, column ``j`` of the rotated Hessenberg matrix ``R``, the
-accumulated rotations ``Q``, the usable column count ``k``, and the ``live`` / ``broke`` flags. The NumPy form is
+sample and updates, in place: the next basis vector ``V[:, j+1]``, column ``j`` of the rotated Hessenberg matrix
+``R``, the accumulated rotations ``Q``, the usable column count ``k``, and the ``live`` / ``broke`` flags. The NumPy form is
 about twenty array operations per step (each a pass over memory, and on a GPU a launch); the kernels do it in
 one call, and skip samples that are no longer iterating (whose basis vectors are zero).
 
