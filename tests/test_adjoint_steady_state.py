@@ -278,3 +278,33 @@ def test_default_adjoint_gives_the_same_answer_with_compiled_kernels(monkeypatch
     assert got.result.tolist() == want.result.tolist() == [0, 0, 0]
     assert got.nvjp == want.nvjp
     np.testing.assert_allclose(got.lam, want.lam, rtol=1e-9, atol=1e-12 * np.abs(want.lam).max())
+
+
+def test_default_adjoint_never_writes_into_what_a_pullback_returned():
+    """A pullback may return arrays it keeps (a cache, a buffer it reads again): the default adjoint's GMRES
+    (Arnoldi on the VJPs themselves) orthogonalises a copy, every returned array keeps its values, and the answer
+    is the dense solve's."""
+    rng = np.random.default_rng(5)
+    n = 60
+    W = rng.standard_normal((n, n))
+    W *= 1.3 / np.max(np.abs(np.linalg.eigvals(W)))              # the plain iteration diverges: GMRES runs
+    U = rng.standard_normal((n, 3))
+    x = 0.5 * rng.standard_normal((3, 3))
+    z_star = dq.fixed_point(_cell(W, U, x), np.zeros((3, n)), dq.Anderson(), atol=1e-10,
+                            rtol=0.0, max_steps=500, batched=True, throw=False).value
+    s = 1 - _cell(W, U, x)(z_star) ** 2
+    returned = []
+
+    def pullback(v):
+        out = (v * s) @ W
+        returned.append((out, out.copy()))
+        return out, None
+
+    g = rng.standard_normal((3, n))
+    problem = FixedPointVJP(z_star, lambda z: (z, pullback), batched=True, pullback=pullback,
+                            pullback_z=lambda v: pullback(v)[0])
+    info = SteadyStateAdjoint().with_forward(0.0, 1e-10, 300).solve_adjoint(problem, g)
+    assert info.success.all() and len(returned) > 3
+    for out, values in returned:
+        np.testing.assert_array_equal(out, values)
+    np.testing.assert_allclose(info.lam, _dense_lambda(W, U, x, z_star, g), rtol=1e-7, atol=1e-9)

@@ -62,15 +62,17 @@ def test_krylov_dimension_above_the_kernel_limit_falls_back(rng, xp):
 
 @pytest.mark.parametrize("impl", ["reference", "numba_cpu", "numba_cuda"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_arnoldi_reorthogonalises_a_nearly_dependent_vector(impl, dtype):
+@pytest.mark.parametrize("shifted", [False, True])
+def test_arnoldi_reorthogonalises_a_nearly_dependent_vector(impl, dtype, shifted):
     """A vector almost in the span of the basis loses nearly all of its norm in the first Gram–Schmidt pass;
     the second pass (run for that sample only) leaves the new basis vector orthogonal to working precision,
-    where one pass would leave it visibly tilted; a well-separated sample takes one pass."""
+    where one pass would leave it visibly tilted; a well-separated sample takes one pass. The same holds for
+    the shifted step (operator I − B, given B v_j), whose new vector is the negated one."""
     from deqcore.backend import get_kernel
     from deqcore.linalg.gmres_kernels import example
 
     rng = np.random.default_rng(3)
-    V, w, R, Q, beta, tol, k, live, broke, j, tiny = example(rng, dtype)
+    V, w, R, Q, beta, tol, k, live, broke, j, tiny, _ = example(rng, dtype)
     live[:], tol[:] = True, 0.0                                  # every sample keeps iterating
     V[1] = 0.0
     V[1, : j + 1] = np.eye(j + 1, V.shape[2], dtype=dtype)
@@ -81,7 +83,7 @@ def test_arnoldi_reorthogonalises_a_nearly_dependent_vector(impl, dtype):
     w = rng.standard_normal(w.shape).astype(dtype)
     w[::2] = near[::2].astype(dtype)                             # even samples: nearly dependent
     kernel = get_kernel("arnoldi_step", np, impl=impl)
-    V, R, Q, k, live, broke = kernel(V, w, R, Q, beta, tol, k, live, broke, j, 0.0)
+    V, R, Q, k, live, broke = kernel(V, w, R, Q, beta, tol, k, live, broke, j, 0.0, shifted)
     new = V[:, j + 1].astype(np.float64)
     assert live.all() and np.allclose(np.linalg.norm(new, axis=1), 1, atol=tolerance(dtype, 1e-5, 1e-12))
     overlap = np.abs(np.einsum("bin,bn->bi", basis, new)).max()
@@ -114,3 +116,75 @@ def test_reused_workspace_leaves_no_trace_of_earlier_solves(rng):
     np.testing.assert_array_equal(again.value, fresh.value)
     np.testing.assert_array_equal(again.result, fresh.result)
     np.testing.assert_array_equal(again.residual, fresh.residual)
+
+
+def _shifted_systems(rng, batch, n, dtype, closeness):
+    """B per sample with singular values up to ``1 − closeness``-ish (I − B then ill-conditioned, as the adjoint's
+    I − Jᵀ of a slowly contracting map) and a right-hand side."""
+    U, _ = np.linalg.qr(rng.standard_normal((batch, n, n)))
+    W, _ = np.linalg.qr(rng.standard_normal((batch, n, n)))
+    s = rng.uniform(0.0, 1.0 - closeness, size=(batch, n))
+    B = np.einsum("bij,bj,bkj->bik", U, s, W)
+    return B.astype(dtype), rng.standard_normal((batch, n)).astype(dtype)
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba_cpu"])
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 4), n=st.integers(2, 16), restart=st.integers(2, 10),
+       closeness=st.sampled_from([0.5, 1e-2, 1e-3]), dtype=st.sampled_from([np.float32, np.float64]))
+def test_shifted_arnoldi_solves_identity_minus_b_to_tolerance(impl, seed, batch, n, restart, closeness, dtype):
+    """GMRES on A = I − B run as Arnoldi on B itself (``shifted=True``, the adjoint's form) meets its tolerance on
+    the true residual, agrees with a dense solve to the conditioning's accuracy, and matches the unshifted run
+    (Arnoldi on v − B v) in codes and, up to round-off, in values."""
+    B, b = _shifted_systems(np.random.default_rng(seed), batch, n, dtype, closeness)
+    apply_B = lambda v: np.einsum("bij,bj->bi", B, v).astype(dtype)  # noqa: E731
+    rtol = tolerance(dtype, 1e-4, 1e-10)
+    solver = linalg.GMRES(rtol=rtol, restart=restart, max_steps=40 * n)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEQCORE_KERNELS", impl)
+        x, codes, rnorm, _ = solver._run(np, apply_B, None, b, None, 40 * n, min(restart, n), scratch=True,
+                                         shifted=True)
+        x_plain, codes_plain, _, _ = solver._run(np, lambda v: v - apply_B(v), None, b, None, 40 * n,
+                                                 min(restart, n))
+    A64 = np.eye(n) - B.astype(np.float64)
+    residual = np.linalg.norm(b - np.einsum("bij,bj->bi", A64, x.astype(np.float64)), axis=1)
+    ok = codes == int(ReturnCode.SUCCESS)
+    assert ok.all(), codes
+    slack = 20 * np.finfo(dtype).eps * np.linalg.norm(A64, axis=(1, 2)) * np.linalg.norm(x, axis=1)
+    assert np.all(residual <= 1.01 * rtol * np.linalg.norm(b.astype(np.float64), axis=1) + slack)
+    np.testing.assert_allclose(rnorm, residual, rtol=0.05, atol=float(slack.max()) + 1e-30)
+    exact = np.linalg.solve(A64, b.astype(np.float64)[:, :, None])[:, :, 0]
+    condition = np.linalg.cond(A64)
+    err = np.linalg.norm(x - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert np.all(err <= 2 * condition * (rtol + 50 * np.finfo(dtype).eps))
+    np.testing.assert_array_equal(codes, codes_plain)
+    scale = np.linalg.norm(exact, axis=1, keepdims=True)
+    np.testing.assert_allclose(x / scale, x_plain / scale, atol=4 * float(condition.max()) * rtol)
+
+
+def test_reused_workspace_across_shapes_and_dtypes_leaves_no_trace(rng):
+    """The compiled path reads only what a cycle writes of its reused (not zeroed) basis: solves of other sizes and
+    dtypes in between, and one whose operator produced NaN, leave a shifted solve bit for bit as with fresh
+    memory."""
+    from deqcore.linalg import gmres
+
+    B, b = _shifted_systems(rng, 5, 12, np.float64, 0.1)
+    apply_B = lambda v: np.einsum("bij,bj->bi", B, v)  # noqa: E731
+    solver = linalg.GMRES(rtol=1e-10, restart=6)
+
+    def shifted_solve(operator, rhs):
+        return solver._run(np, operator, None, rhs, None, 200, 6, scratch=True, shifted=True)
+
+    gmres._WORKSPACES.clear()
+    fresh = shifted_solve(apply_B, b)
+
+    def poisoned(v):
+        out = apply_B(v)
+        out[1:3] = np.nan
+        return out
+
+    shifted_solve(poisoned, b)                                     # NaN rows left in the kept basis
+    B32, b32 = _shifted_systems(rng, 3, 7, np.float32, 0.1)
+    shifted_solve(lambda v: np.einsum("bij,bj->bi", B32, v), b32)  # other sizes and dtype in between
+    again = shifted_solve(apply_B, b)
+    for got, want in zip(again[:3], fresh[:3]):
+        np.testing.assert_array_equal(got, want)

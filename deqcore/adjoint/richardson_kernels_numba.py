@@ -73,6 +73,17 @@ def richardson_step_numba_cpu(trial, u, g, lam, r, rnorm, tol, going, slow, done
     return lam, r, rnorm, going, slow, done, next_trial, counts
 
 
+def _bound_step(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_trial, counts):
+    """:func:`richardson_step_numba_cpu` for the adjoint's own loop: its arrays are C-contiguous (``u`` made so
+    when a VJP returns a strided view), ``rate`` a float; nothing returned."""
+    if not u.flags.c_contiguous:
+        u = np.ascontiguousarray(u)
+    _richardson_loop(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_trial, counts)
+
+
+richardson_step_numba_cpu.bound = _bound_step
+
+
 _decision_cuda, _block_reduce = for_kernels(richardson_decision, block_reduce)
 
 

@@ -194,6 +194,8 @@ def _rows(z):
 
 
 _ACCURACIES = ("forward", "cheap")
+_DEFAULT_SOLVERS: dict = {}     # (settings, state size, dtype) -> the default linear solver (frozen, shareable)
+_WITH_FORWARD: dict = {}        # (adjoint, forward atol, rtol, max_steps) -> SteadyStateAdjoint.with_forward's result
 
 
 @dataclass(frozen=True)
@@ -261,9 +263,21 @@ class SteadyStateAdjoint:
         """
         if self.accuracy != "forward":
             return self
-        return replace(self, atol=0.0 if self.atol is None else self.atol,
-                       rtol=max(float(rtol), float(atol)) if self.rtol is None else self.rtol,
-                       max_steps=max_steps if self.max_steps is None else self.max_steps)
+        try:                                # (the adapters ask at every backward pass: built once per settings)
+            key = (self, atol, rtol, max_steps)
+            return _WITH_FORWARD[key]
+        except KeyError:
+            pass
+        except TypeError:                   # unhashable settings: no cache
+            key = None
+        adjoint = replace(self, atol=0.0 if self.atol is None else self.atol,
+                          rtol=max(float(rtol), float(atol)) if self.rtol is None else self.rtol,
+                          max_steps=max_steps if self.max_steps is None else self.max_steps)
+        if key is not None:
+            if len(_WITH_FORWARD) >= 64:
+                _WITH_FORWARD.clear()
+            _WITH_FORWARD[key] = adjoint
+        return adjoint
 
     def _tolerances(self, dtype):
         """(atol, rtol, max_steps) of this adjoint, with the dtype's floor on rtol."""
@@ -277,9 +291,16 @@ class SteadyStateAdjoint:
         """The solver this adjoint uses for states of ``state_size`` elements per sample."""
         if self.linear_solver is not None:
             return self.linear_solver
-        atol, rtol, max_steps = self._tolerances(dtype)
-        return default_adjoint_linear_solver(state_size, accuracy=self.accuracy, rtol=rtol, atol=atol,
-                                             max_steps=max_steps)
+        key = (self.accuracy, self.atol, self.rtol, self.max_steps, state_size, np.dtype(dtype).char)
+        solver = _DEFAULT_SOLVERS.get(key)
+        if solver is None:                 # (built once per settings: a training loop asks at every step)
+            atol, rtol, max_steps = self._tolerances(dtype)
+            solver = default_adjoint_linear_solver(state_size, accuracy=self.accuracy, rtol=rtol, atol=atol,
+                                                   max_steps=max_steps)
+            if len(_DEFAULT_SOLVERS) >= 64:
+                _DEFAULT_SOLVERS.clear()
+            _DEFAULT_SOLVERS[key] = solver
+        return solver
 
     def _iterate_first(self, solver) -> bool:
         """Whether the solve starts with plain iterations (the default accurate adjoint's GMRES only)."""
@@ -310,9 +331,15 @@ class SteadyStateAdjoint:
         solver = self.linear_solver_for(n, g.dtype)
         count = {"nvjp": 0}
 
-        def vjp_rows(v_rows):
-            count["nvjp"] += 1
-            return pullback_z(v_rows.reshape(shape)).reshape(batch, n)
+        if shape == (batch, n):
+            def vjp_rows(v_rows):
+                count["nvjp"] += 1
+                u = pullback_z(v_rows)
+                return u if u.shape == shape else u.reshape(batch, n)
+        else:
+            def vjp_rows(v_rows):
+                count["nvjp"] += 1
+                return pullback_z(v_rows.reshape(shape)).reshape(batch, n)
 
         x0_rows = None if x0 is None else x0.reshape(batch, n)
         if self._iterate_first(solver):
@@ -358,11 +385,13 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
     zero = xp.zeros((), dtype=dtype)
     gnorm = _row_norms(xp, g)
     bad = None
-    if not bool(xp.isfinite(gnorm).all()):     # a non-finite norm: a non-finite g, or one whose squares overflow
+    if not bool(xp.isfinite(gnorm.sum())):     # a non-finite norm: a non-finite g, or one whose squares overflow
         bad = ~xp.isfinite(g).all(axis=1)
         g = xp.where(bad[:, None], zero, g)
         gnorm = _row_norms(xp, g)
-    tol = xp.maximum(xp.asarray(gmres.atol, dtype=dtype), gmres.rtol * gnorm).astype(dtype, copy=False)
+    tol = (gmres.rtol * gnorm).astype(dtype, copy=False)
+    if gmres.atol:
+        tol = xp.maximum(xp.asarray(gmres.atol, dtype=dtype), tol)
     budget = gmres.max_steps if gmres.max_steps is not None else max(10 * g.shape[1], 2)
     it = _Iteration(g, gnorm, tol, bad, x0, vjp_rows, xp)
     codes = xp.full(g.shape[0], int(ReturnCode.SUCCESS), dtype=np.int64)
@@ -378,9 +407,14 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             it.done |= waiting
             it.n_slow = 0
             rhs = xp.where(waiting[:, None], it.r, zero)
+            # without a preconditioner Arnoldi runs on Jᵀ itself (the operator I − Jᵀ, shifted: the same Krylov
+            # space, without the cancellation of v − Jᵀv that made nearly every step orthogonalise twice); the
+            # VJP's own output is then not the step's scratch (a pullback may return an array it keeps)
+            shifted = preconditioner is None
             delta, gcodes, gnorm, stats = gmres._run(
-                xp, lambda v: v - it.step(v), preconditioner, rhs, None, budget - it.steps,
-                min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1), scratch=True)
+                xp, it.step if shifted else (lambda v: v - it.step(v)), preconditioner, rhs, None,
+                budget - it.steps, min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1),
+                scratch=not shifted, shifted=shifted)
             it.lam += xp.where(waiting[:, None], delta, zero)
             it.rnorm = xp.where(waiting, gnorm, it.rnorm)
             it.restart()
@@ -403,6 +437,9 @@ class _Iteration:
         """``gnorm``: the row norms of ``g``; ``bad``: the rows with a non-finite cotangent (None: none)."""
         self.g, self.tol, self.vjp_rows, self.xp = g, tol, vjp_rows, xp
         self.kernel = get_kernel("richardson_step", xp)
+        bound = getattr(self.kernel, "bound", None)   # the compiled loop without its argument conversions
+        if bound is not None:
+            self.kernel = bound
         self.steps = 0
         if x0 is None:
             self.lam, self.r, self.rnorm = xp.zeros_like(g), g.copy(), gnorm.copy()
@@ -417,7 +454,12 @@ class _Iteration:
         self.slow = xp.zeros_like(self.done)
         self.first = self.steps + 1
         self.counts = np.zeros(2, dtype=np.int64) if xp is np else xp.zeros(2, dtype=np.int64)
-        self.restart()
+        if x0 is None:                      # λ = 0, r = g: the first trial iterate λ + r is g (read, never written)
+            self.going = ~self.done
+            self.n_going, self.n_slow = int(xp.count_nonzero(self.going)), 0
+            self.trial = g if self.n_going == g.shape[0] else xp.where(self.going[:, None], g, self.lam)
+        else:
+            self.restart()
 
     def restart(self):
         """The trial iterates and counts from the flags (at the start and after a GMRES round)."""

@@ -5,11 +5,17 @@ The second Gram–Schmidt pass runs only for the samples whose vector lost more 
 first (‖w₁‖² < ``REORTHOGONALISE_BELOW``·‖w‖², the Daniel–Gragg–Kaufman–Stewart test with η = 1/√2): otherwise
 the first pass is already orthogonal to working precision, and the second pass would only re-read the basis.
 
-``arnoldi_step(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor)`` takes ``w = A M v_j`` for every sample and
-updates, in place: the next basis vector ``V[:, j+1]``, column ``j`` of the rotated Hessenberg matrix ``R``, the
-accumulated rotations ``Q``, the usable column count ``k``, and the ``live`` / ``broke`` flags. The NumPy form is
+``arnoldi_step(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted)`` takes ``w = A M v_j`` for every
+sample and updates, in place: the next basis vector ``V[:, j+1]``, column ``j`` of the rotated Hessenberg matrix
+``R``, the accumulated rotations ``Q``, the usable column count ``k``, and the ``live`` / ``broke`` flags. The NumPy form is
 about twenty array operations per step (each a pass over memory, and on a GPU a launch); the kernels do it in
 one call, and skip samples that are no longer iterating (whose basis vectors are zero).
+
+``shifted=True`` is for an operator ``A = I − B`` (the implicit adjoint's ``I − ∂f/∂zᵀ``): ``w`` is then ``B v_j``,
+which spans the same Krylov space, and the step orthogonalises ``w`` itself and stores the Hessenberg column of
+A, ``e_j − h`` with the new basis vector ``−w⊥/‖w⊥‖`` (so its subdiagonal stays ``‖w⊥‖ ≥ 0``). Orthogonalising
+``v_j − B v_j`` directly cancels its large ``v_j`` part in the first pass whenever B is small, so nearly every
+step needed the second pass; ``B v_j`` rarely does (the same space, the same rotations, equal up to round-off).
 
 >>> import numpy as np
 >>> V = np.zeros((1, 3, 2)); V[0, 0] = [1.0, 0.0]
@@ -35,7 +41,7 @@ MAX_RESTART = 64
 REORTHOGONALISE_BELOW = 0.5
 
 
-def arnoldi_step_reference(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+def arnoldi_step_reference(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted=False):
     """Reference (array-namespace) implementation; returns ``(V, R, Q, k, live, broke)`` updated in place."""
     xp = get_namespace(V)
     norms = lambda v: xp.sqrt(xp.sum(v * v, axis=-1))  # noqa: E731
@@ -48,7 +54,13 @@ def arnoldi_step_reference(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor
     h2 = xp.where(again[:, None], xp.matmul(basis, w[:, :, None])[:, :, 0], 0)
     w = w - xp.matmul(h2[:, None, :], basis)[:, 0]
     hnext = norms(w)
-    col = xp.concatenate([h + h2, hnext[:, None]], axis=1)
+    h = h + h2
+    if shifted:                         # A v_j = v_j − B v_j: the column e_j − h, the new vector −w⊥/‖w⊥‖
+        h = -h
+        h[:, j] += 1
+        wnorm = xp.sqrt(xp.sum(h * h, axis=-1) + hnext * hnext)          # ||A v_j||
+        w = -w
+    col = xp.concatenate([h, hnext[:, None]], axis=1)
     col = xp.matmul(Q[:, : j + 2, : j + 2], col[:, :, None])[:, :, 0]   # the previous rotations
     den = xp.hypot(col[:, j], col[:, j + 1])
     safe = xp.where(den > 0, den, 1)
@@ -119,10 +131,15 @@ def example(rng, dtype, size="small"):
     beta = np.abs(rng.standard_normal(batch)).astype(dtype) + 1
     tol = np.full(batch, 1e-3, dtype=dtype)
     k = np.full(batch, j, dtype=np.int64)
-    return V, w, R, Q, beta, tol, k, live, np.zeros(batch, dtype=bool), j, 100 * float(np.finfo(dtype).eps)
+    return V, w, R, Q, beta, tol, k, live, np.zeros(batch, dtype=bool), j, 100 * float(np.finfo(dtype).eps), False
 
 
-def traffic(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+def shifted_example(rng, dtype, size="small"):
+    """:func:`example` for ``shifted=True`` (``w`` as ``B v_j`` of the operator ``I − B``)."""
+    return example(rng, dtype, size)[:-1] + (True,)
+
+
+def traffic(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted=False):
     """Two reads of the j + 1 basis vectors (the dots, then the update; a second pass, where it runs, finds them
     in cache), w read and written, the new basis vector written; the small matrices are negligible."""
     row = V.shape[2] * V.dtype.itemsize
@@ -130,7 +147,7 @@ def traffic(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
 
 
 _SIG = ("void({t}[:, :, :], {t}[:, :], {t}[:, :, :], {t}[:, :, :], {t}[:], {t}[:], int64[:], boolean[:], "
-        "boolean[:], int64, float64)")
+        "boolean[:], int64, float64, boolean)")
 register_kernel(
     "arnoldi_step",
     reference=arnoldi_step_reference,

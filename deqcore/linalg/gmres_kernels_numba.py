@@ -14,7 +14,7 @@ from ..backend.cuda_blocks import block_reduce, for_kernels  # noqa: E402
 from ..backend.launch import cuda_kernel  # noqa: E402
 
 __all__ = ["arnoldi_step_numba_cpu", "arnoldi_step_numba_cuda", "least_squares_numba_cpu", "arnoldi_step_cuda_kernel", "finish_column",
-           "reorthogonalise"]
+           "reorthogonalise", "shift_column"]
 
 THREADS = 128
 SCRATCH = MAX_RESTART + 2
@@ -56,8 +56,21 @@ def reorthogonalise(norm2_after, norm_before):
     return norm2_after < REORTHOGONALISE_BELOW * norm_before * norm_before
 
 
+@numba.njit(inline="always")
+def shift_column(hsum, hnext, j):
+    """The Hessenberg column of ``A = I − B`` from the one of B (``hsum``, turned into ``e_j − hsum`` in place)
+    and ``||A v_j||`` from it: the orthogonalised part of ``B v_j``, negated, is the new basis vector."""
+    acc = hnext * hnext
+    for i in range(j + 1):
+        hsum[i] = -hsum[i]
+    hsum[j] += 1.0
+    for i in range(j + 1):
+        acc += hsum[i] * hsum[i]
+    return math.sqrt(acc)
+
+
 @numba.njit(cache=CACHE, fastmath={"reassoc", "contract"})   # reassociation vectorises the dot products
-def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted):
     hsum = np.empty(j + 1)
     h = np.empty(j + 1)
     col = np.empty(j + 2)
@@ -91,6 +104,8 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
             if sweep == 0 and not reorthogonalise(acc, wnorm):
                 break
         hnext = math.sqrt(acc)
+        if shifted:
+            wnorm = shift_column(hsum, hnext, j)
         usable, go_on = finish_column(hsum, hnext, wnorm, Q[b], R[b], col, j, beta[b], tol[b], tiny_factor)
         if usable:
             k[b] = j + 1
@@ -98,32 +113,55 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
             broke[b] = True
         live[b] = go_on
         scale = 1.0 / hnext if hnext > 0 else 1.0
+        if shifted:
+            scale = -scale
         for e in range(n):
             Vb[j + 1, e] = wb[e] * scale if go_on else 0.0
 
 
-def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted=False):
     w = np.array(w, order="C", copy=True)                  # scratch: the caller's w is left as it was
-    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor))
+    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor), bool(shifted))
     return V, R, Q, k, live, broke
 
 
-def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor):
-    """``step(w, j) -> live count``: :func:`arnoldi_step_numba_cpu` with a cycle's arrays bound once, taking
-    ``w`` as its scratch (overwritten, not copied: for callers whose ``w`` is a temporary of their own), and
-    returning the number of samples still iterating (the cycle's host check, with no array method call)."""
-    loop, tiny, count = _arnoldi_loop, float(tiny_factor), np.count_nonzero
+def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=False, scratch=True):
+    """``step(w, j) -> live count``: :func:`arnoldi_step_numba_cpu` with a cycle's arrays bound once, returning
+    the number of samples still iterating (the cycle's host check, with no array method call). With ``scratch``
+    it takes ``w`` as its scratch (overwritten, not copied: for callers whose ``w`` is a temporary of their own;
+    a ``w`` sharing memory with the basis, as an identity operator returns it, is copied)."""
+    loop, tiny, count, shifted = _arnoldi_loop, float(tiny_factor), np.count_nonzero, bool(shifted)
 
     def step(w, j):
-        if not (w.flags.c_contiguous and w.flags.writeable):
+        if not (scratch and w.flags.c_contiguous and w.flags.writeable) or np.may_share_memory(w, V):
             w = np.array(w, order="C", copy=True)
-        loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny)
+        loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted)
         return count(live)
 
     return step
 
 
+@numba.njit(cache=CACHE)
+def _update_loop(V, y, k, dx):
+    for b in range(V.shape[0]):
+        for e in range(V.shape[2]):
+            dx[b, e] = 0.0
+        for i in range(k[b]):
+            yi = y[b, i]
+            for e in range(V.shape[2]):
+                dx[b, e] += yi * V[b, i, e]
+
+
+def _cycle_update(V, y, k):
+    """The cycle's update ``dx_b = Σ_{i<k_b} y_bi V_bi``: reads only the basis vectors the sample's steps wrote
+    (so the prepared step's workspace needs no zeroing between cycles: stale rows past ``k_b`` are never read)."""
+    dx = np.empty((V.shape[0], V.shape[2]), dtype=V.dtype)
+    _update_loop(V, y, k, dx)
+    return dx
+
+
 arnoldi_step_numba_cpu.prepare = _prepare_arnoldi
+arnoldi_step_numba_cpu.update = _cycle_update
 
 
 @numba.njit(cache=CACHE)
@@ -149,10 +187,11 @@ def least_squares_numba_cpu(R, Q, beta, k, used):
     return y
 
 
-_finish_cuda, _block_reduce, _reorthogonalise = for_kernels(finish_column, block_reduce, reorthogonalise)
+_finish_cuda, _block_reduce, _reorthogonalise, _shift_column = for_kernels(finish_column, block_reduce, reorthogonalise,
+                                                                          shift_column)
 
 
-def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted):
     """One block per live sample: block reductions for the norms and the dot products, thread 0 for the
     rotations, then the block writes the next basis vector. ``w`` is overwritten (scratch)."""
     b = cuda.blockIdx.x
@@ -197,13 +236,15 @@ def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_fact
         if sweep == 0 and not _reorthogonalise(total, norms[0]):
             break
     if tid == 0:
-        usable, go_on = _finish_cuda(hsum, hnext, norms[0], Q[b], R[b], col, j, beta[b], tol[b], tiny_factor)
+        wnorm = _shift_column(hsum, hnext, j) if shifted else norms[0]
+        usable, go_on = _finish_cuda(hsum, hnext, wnorm, Q[b], R[b], col, j, beta[b], tol[b], tiny_factor)
         if usable:
             k[b] = j + 1
         else:
             broke[b] = True
         live[b] = go_on
-        norms[2] = (1.0 / hnext if hnext > 0 else 1.0) if go_on else 0.0
+        scale = 1.0 / hnext if hnext > 0 else 1.0
+        norms[2] = (-scale if shifted else scale) if go_on else 0.0
     cuda.syncthreads()
     scale = norms[2]
     for e in range(tid, n, cuda.blockDim.x):
@@ -213,8 +254,8 @@ def arnoldi_step_cuda_kernel(V, w, R, Q, beta, tol, k, live, broke, j, tiny_fact
 _ARNOLDI_STEP = cuda_kernel(arnoldi_step_cuda_kernel, threads=THREADS, simulated_threads=8)
 
 
-def arnoldi_step_numba_cuda(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor):
+def arnoldi_step_numba_cuda(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted=False):
     w = get_namespace(V).array(w, order="C", copy=True)      # scratch: the caller's w is left as it was
     _ARNOLDI_STEP[V.shape[0], _ARNOLDI_STEP.threads](V, w, R, Q, beta, tol, k, live, broke, int(j),
-                                                     float(tiny_factor))
+                                                     float(tiny_factor), bool(shifted))
     return V, R, Q, k, live, broke
