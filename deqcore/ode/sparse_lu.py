@@ -78,9 +78,9 @@ class ShiftedSparseLU:
                                                                   P.indices.astype(np.int64))
         self.s_ptr, self.s_idx = S.indptr.astype(np.int64), S.indices.astype(np.int64)
         self._dtype = None
-        self._a = None
         self.fallbacks = 0
         self._splu = None
+        self._keys = None
 
     def twin(self) -> "ShiftedSparseLU":
         """Another set of factors on the same pattern, sharing the symbolic work (e.g. Radau's real and
@@ -128,12 +128,14 @@ class ShiftedSparseLU:
         """Factor ``a·I − b·J`` (J's CSC values ``data`` on :attr:`pattern`); False when it is singular or
         not finite (then :meth:`solve` must not be called). ``eps``: the resolution below which pivots count as
         zero relative to the largest (float64's by default)."""
-        dtype = np.result_type(np.asarray(data).dtype, type(a), type(b))
+        dtype = np.result_type(np.asarray(data).dtype, np.asarray(a).dtype, np.asarray(b).dtype)
         dtype = np.dtype(np.complex128) if dtype.kind == "c" else np.dtype(np.float64)
         self._arrays(dtype)
         self._splu = None
         eps = float(np.finfo(np.float64).eps) if eps is None else float(eps)
-        status = _numeric(self.n, self.s_ptr, self.s_idx, np.ascontiguousarray(data, dtype=np.float64),
+        data = np.asarray(data)
+        data = np.ascontiguousarray(data, dtype=np.complex128 if data.dtype.kind == "c" else np.float64)
+        status = _numeric(self.n, self.s_ptr, self.s_idx, data,
                           dtype.type(a), dtype.type(b), self.order, self.inverse, self.l_ptr, self.l_idx,
                           self.u_ptr, self.u_idx, self.l_val, self.u_val, self.diag, self.work, PIVOT_THRESHOLD,
                           eps)
@@ -147,7 +149,7 @@ class ShiftedSparseLU:
 
         self.fallbacks += 1
         S = self.pattern
-        J = sp.csc_matrix((np.asarray(data, dtype=np.float64), S.indices, S.indptr), shape=S.shape)
+        J = sp.csc_matrix((np.asarray(data), S.indices, S.indptr), shape=S.shape)
         M = (sp.identity(self.n, format="csc", dtype=dtype) * a - J.astype(dtype) * b).tocsc()
         if not np.isfinite(M.data).all():
             return False
