@@ -256,8 +256,14 @@ def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_idx, u_ptr, u
             u_val[q] = v
             x[j] = 0.0
             if v != 0.0:
-                for r in range(l_ptr[j], l_ptr[j + 1]):
-                    x[l_idx[r]] -= l_val[r] * v
+                start, stop = l_ptr[j], l_ptr[j + 1]
+                if stop > start and l_idx[stop - 1] - l_idx[start] == stop - start - 1:
+                    off = l_idx[start] - start       # rows in one run (the dense part): a plain loop
+                    for r in range(start, stop):
+                        x[off + r] -= l_val[r] * v
+                else:
+                    for r in range(start, stop):
+                        x[l_idx[r]] -= l_val[r] * v
         pivot = x[k]
         x[k] = 0.0
         diag[k] = pivot
@@ -297,13 +303,25 @@ def _solve(n, rhs, order, l_ptr, l_idx, u_ptr, u_idx, l_val, u_val, diag, x, out
     for j in range(n):                        # L y = x, column by column
         v = x[j]
         if v != 0.0:
-            for r in range(l_ptr[j], l_ptr[j + 1]):
-                x[l_idx[r]] -= l_val[r] * v
+            start, stop = l_ptr[j], l_ptr[j + 1]
+            if stop > start and l_idx[stop - 1] - l_idx[start] == stop - start - 1:
+                off = l_idx[start] - start
+                for r in range(start, stop):
+                    x[off + r] -= l_val[r] * v
+            else:
+                for r in range(start, stop):
+                    x[l_idx[r]] -= l_val[r] * v
     for k in range(n - 1, -1, -1):            # U z = y, column by column
         v = x[k] / diag[k]
         x[k] = v
         if v != 0.0:
-            for q in range(u_ptr[k], u_ptr[k + 1]):
-                x[u_idx[q]] -= u_val[q] * v
+            start, stop = u_ptr[k], u_ptr[k + 1]
+            if stop > start and u_idx[stop - 1] - u_idx[start] == stop - start - 1:
+                off = u_idx[start] - start
+                for q in range(start, stop):
+                    x[off + q] -= u_val[q] * v
+            else:
+                for q in range(start, stop):
+                    x[u_idx[q]] -= u_val[q] * v
     for k in range(n):
         out[order[k]] = x[k]
