@@ -154,3 +154,30 @@ def test_bdf_with_a_sparse_matrix_that_cannot_be_factored_fails_with_linear_solv
     sol = dq.integrate(lambda t, y: -y, np.ones(n), (0.0, 1.0), dq.BDF(jac_sparsity=np.eye(n)), jac=inf_jac,
                        throw=False)
     assert sol.result == dq.ReturnCode.LINEAR_SOLVE_FAILED
+
+
+# ---- the column colouring of the finite-difference Jacobian (compiled) ----
+def _first_fit_reference(pattern):
+    """Greedy colouring in Python: columns by decreasing count (stable), each to the first group whose
+    columns cover none of its rows."""
+    n = pattern.shape[1]
+    order = sorted(range(n), key=lambda j: -pattern[:, j].sum())
+    groups, covered = np.full(n, -1), []
+    for j in order:
+        rows = pattern[:, j]
+        g = next((g for g, c in enumerate(covered) if not (c & rows).any()), len(covered))
+        if g == len(covered):
+            covered.append(np.zeros(pattern.shape[0], dtype=bool))
+        covered[g] |= rows
+        groups[j] = g
+    return groups
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), m=st.integers(1, 30), n=st.integers(1, 30), density=st.floats(0.0, 0.5))
+def test_column_groups_are_the_greedy_first_fit_colouring(seed, m, n, density):
+    from deqcore.linalg.finite_diff import column_groups
+
+    pattern = np.random.default_rng(seed).random((m, n)) < density
+    np.testing.assert_array_equal(column_groups(pattern), _first_fit_reference(pattern))
+    np.testing.assert_array_equal(column_groups(sp.csr_matrix(pattern)), _first_fit_reference(pattern))
