@@ -71,6 +71,13 @@ def test_a_small_diagonal_pivot_falls_back_to_partial_pivoting():
     assert lu.fallbacks == 1
     rhs = np.arange(1.0, n + 1)
     np.testing.assert_allclose(lu.solve(rhs), np.linalg.solve(1e-14 * np.eye(n) - P, rhs), rtol=1e-12)
+    # a second such matrix in a row: the next ones go to partial pivoting directly, and stay right; a
+    # matrix with a good diagonal afterwards is factored on the diagonal again
+    from deqcore.ode.sparse_lu import SKIP_AFTER_FALLBACKS
+    for a in [2e-14] + [1e-13] * SKIP_AFTER_FALLBACKS + [10.0]:
+        assert lu.factor(lu.values(J), a, 1.0)
+        np.testing.assert_allclose(lu.solve(rhs), np.linalg.solve(a * np.eye(n) - P, rhs), rtol=1e-12)
+    assert lu.fallbacks == 2 + SKIP_AFTER_FALLBACKS and lu._splu is None
 
 
 @pytest.mark.parametrize("case", ["zero", "nearly", "nan", "inf", "zero_after_fallback"])
@@ -126,6 +133,15 @@ def test_bdf_with_a_pattern_matches_the_dense_path_and_scipy(brusselator):
         # the same method: the same number of steps within a few (the Jacobians differ in rounding only)
         assert abs(sparse.stats["accepted"] - dense.stats["accepted"]) <= 0.1 * dense.stats["accepted"] + 3
         assert sparse.stats["nfev_jac"] < dense.stats["nfev_jac"]
+
+
+def test_bdf_with_a_pattern_in_float32(brusselator):
+    f, y0, pattern, ref = brusselator
+    f32 = lambda t, y: f(t, y.astype(np.float64)).astype(np.float32)      # noqa: E731
+    sol = dq.integrate(f32, y0.astype(np.float32), (0.0, 2.0), dq.BDF(jac_sparsity=pattern), rtol=1e-4,
+                       atol=1e-4)
+    assert sol.result == dq.ReturnCode.SUCCESS and sol.ys.dtype == np.float32
+    assert np.abs(sol.ys[-1] - ref).max() < 3e-3 * np.abs(ref).max()
 
 
 def test_bdf_with_a_user_sparse_jacobian_of_another_layout(brusselator):

@@ -11,7 +11,8 @@ left-looking elimination on that fixed pattern, compiled, reading J's values str
 The elimination takes its pivots on the diagonal (the matrices here are ``I`` minus a multiple of J: the
 diagonal dominates for small steps). A pivot smaller than :data:`PIVOT_THRESHOLD` times the largest entry
 below it in its column would lose accuracy: then this matrix is factored by SciPy's ``splu`` with partial
-pivoting instead (counted in :attr:`~ShiftedSparseLU.fallbacks`). A zero or non-finite pivot, or a matrix
+pivoting instead (counted in :attr:`~ShiftedSparseLU.fallbacks`; after two such matrices in a row the next
+:data:`SKIP_AFTER_FALLBACKS` go there directly). A zero or non-finite pivot, or a matrix
 whose pivots span more than ``1/eps`` (:func:`tiny_pivots`), is reported as singular: ``factor`` returns
 False and the caller's step fails, never a silent garbage solve.
 
@@ -40,6 +41,9 @@ __all__ = ["ShiftedSparseLU", "PIVOT_THRESHOLD", "stored_pattern", "tiny_pivots"
 #: a diagonal pivot below this fraction of its column's largest entry below the diagonal sends the matrix
 #: to partial pivoting (SciPy's ``splu``)
 PIVOT_THRESHOLD = 0.01
+
+#: after two matrices in a row that needed row exchanges, this many go straight to partial pivoting
+SKIP_AFTER_FALLBACKS = 8
 
 _OK, _SINGULAR, _UNSTABLE = 0, 1, 2
 
@@ -81,6 +85,7 @@ class ShiftedSparseLU:
         self.fallbacks = 0
         self._splu = None
         self._keys = None
+        self._skip = self._unstable_run = 0
 
     def twin(self) -> "ShiftedSparseLU":
         """Another set of factors on the same pattern, sharing the symbolic work (e.g. Radau's real and
@@ -88,7 +93,7 @@ class ShiftedSparseLU:
         other = object.__new__(ShiftedSparseLU)
         other.__dict__.update({k: v for k, v in self.__dict__.items()
                                if k not in ("l_val", "u_val", "diag", "work", "x")})
-        other._dtype, other._splu, other.fallbacks = None, None, 0
+        other._dtype, other._splu, other.fallbacks, other._skip, other._unstable_run = None, None, 0, 0, 0
         return other
 
     def values(self, J):
@@ -135,12 +140,19 @@ class ShiftedSparseLU:
         eps = float(np.finfo(np.float64).eps) if eps is None else float(eps)
         data = np.asarray(data)
         data = np.ascontiguousarray(data, dtype=np.complex128 if data.dtype.kind == "c" else np.float64)
+        if self._skip > 0:          # the last matrices needed row exchanges: straight to partial pivoting
+            self._skip -= 1
+            return self._factor_pivoting(data, a, b, dtype, eps)
         status = _numeric(self.n, self.s_ptr, self.s_idx, data,
                           dtype.type(a), dtype.type(b), self.order, self.inverse, self.l_ptr, self.l_idx,
                           self.u_ptr, self.u_idx, self.l_val, self.u_val, self.diag, self.work, PIVOT_THRESHOLD,
                           eps)
         if status == _UNSTABLE:
+            self._unstable_run += 1
+            if self._unstable_run >= 2:
+                self._skip = SKIP_AFTER_FALLBACKS
             return self._factor_pivoting(data, a, b, dtype, eps)
+        self._unstable_run = 0
         return status == _OK
 
     def _factor_pivoting(self, data, a, b, dtype, eps) -> bool:
