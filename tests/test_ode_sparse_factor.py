@@ -61,6 +61,27 @@ def test_the_factors_of_a_second_matrix_replace_the_first():
                                rtol=1e-10)
 
 
+def test_a_stepper_s_factors_real_and_complex_slots_and_a_pattern_widened():
+    from deqcore.ode.sparse_lu import SparseFactors
+
+    rng = np.random.default_rng(5)
+    J, mask = _random_jacobian(rng, 20, 0.1, False)
+    factors = SparseFactors(mask)
+    rhs = rng.normal(size=20)
+    real = factors.solver(J, 4.0, 1.0, np.float64)
+    cplx = factors.solver(sp.csr_matrix(J), 4.0 + 2.0j, 1.0, np.complex128, slot=1)
+    np.testing.assert_allclose(real(rhs), np.linalg.solve(4.0 * np.eye(20) - J.toarray(), rhs), rtol=1e-10)
+    np.testing.assert_allclose(cplx(rhs), np.linalg.solve((4.0 + 2.0j) * np.eye(20) - J.toarray(), rhs),
+                               rtol=1e-10)
+    assert factors.slots[1].l_idx is factors.slots[0].l_idx          # one symbolic factorisation
+    K = J.toarray()
+    K[np.argwhere(~mask)[0][0], np.argwhere(~mask)[0][1]] = 0.5      # an entry outside the pattern
+    wide = factors.solver(sp.csr_matrix(K), 4.0, 1.0, np.float32)
+    x = wide(rhs.astype(np.float32))
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x, np.linalg.solve(4.0 * np.eye(20) - K, rhs), rtol=1e-4)
+
+
 def test_a_small_diagonal_pivot_falls_back_to_partial_pivoting():
     # 0·I − J with J a cyclic shift: every diagonal entry is zero, the matrix is a permutation (well posed)
     n = 6

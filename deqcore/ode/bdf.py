@@ -117,7 +117,7 @@ class BDFStepper(OneSystemJacobian):
         self.J = None
         self.jac_current = False
         self.lu = None            # (solve, c) for the current c = h/α_k
-        self._sparse_lu = None    # the sparse factors (a ShiftedSparseLU) when J is sparse
+        self._sparse = None       # the sparse factors (a SparseFactors) when J is sparse
         self._pending = None
         # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the whole loop compiled (run_rows)
         self.host = self.pattern is None and np.dtype(ev.dtype) == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT
@@ -156,26 +156,11 @@ class BDFStepper(OneSystemJacobian):
 
     def _factor_sparse(self, J, c):
         """:meth:`_factor` for a SciPy sparse J: the pattern's ordering and symbolic factorisation made once
-        (:class:`~deqcore.ode.sparse_lu.ShiftedSparseLU`), then only the numeric factorisation per call."""
-        from .sparse_lu import ShiftedSparseLU, stored_pattern
-
-        lu = self._sparse_lu
-        data = None if lu is None else lu.values(J)
-        if data is None:        # the first factorisation, or a user's J with entries outside the pattern
-            if lu is None and self.pattern is not None:
-                lu = ShiftedSparseLU(self.pattern)
-                data = lu.values(J)
-            if data is None:
-                stored = stored_pattern(J)
-                lu = ShiftedSparseLU(stored if lu is None else (lu.pattern + stored))
-                data = lu.values(J)
-            self._sparse_lu = lu
-        dtype = J.dtype
-        if not lu.factor(data, 1.0, c, eps=float(np.finfo(dtype).eps)):
-            return None
-        if dtype == np.float64:
-            return lu.solve
-        return lambda b: lu.solve(b).astype(dtype, copy=False)
+        (:class:`~deqcore.ode.sparse_lu.SparseFactors`), then only the numeric factorisation per call."""
+        if self._sparse is None:
+            from .sparse_lu import SparseFactors
+            self._sparse = SparseFactors(self.pattern)
+        return self._sparse.solver(J, 1.0, c, J.dtype)
 
     # ---- protocol ----
     def start(self, t0, y0, f0):

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..backend.numba_tools import CACHE, numba
 
-__all__ = ["ShiftedSparseLU", "PIVOT_THRESHOLD", "stored_pattern", "tiny_pivots"]
+__all__ = ["ShiftedSparseLU", "SparseFactors", "PIVOT_THRESHOLD", "stored_pattern", "tiny_pivots"]
 
 #: a diagonal pivot below this fraction of its column's largest entry below the diagonal sends the matrix
 #: to partial pivoting (SciPy's ``splu``)
@@ -182,6 +182,49 @@ class ShiftedSparseLU:
         _solve(self.n, np.asarray(rhs), self.order, self.l_ptr, self.l_idx, self.u_ptr, self.u_idx, self.l_val,
                self.u_val, self.diag, self.x, out)
         return out
+
+
+class SparseFactors:
+    """The sparse factors a stepper keeps: one :class:`ShiftedSparseLU` per ``slot`` (e.g. Radau's real and
+    complex matrices), all sharing the symbolic work of one pattern (``pattern``, or the first J's), which
+    is widened when a J (a user's) has entries outside it.
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> J = sp.csr_matrix(np.array([[-2.0, 1.0], [0.0, -3.0]]))
+    >>> factors = SparseFactors()
+    >>> solve = factors.solver(J, 1.0, 0.5, np.float64)          # I − 0.5·J
+    >>> solve(np.array([1.5, 2.5])).tolist()
+    [1.0, 1.0]
+    """
+
+    def __init__(self, pattern=None):
+        self.pattern = pattern
+        self.slots: dict = {}
+
+    def solver(self, J, a, b, dtype, slot=0):
+        """A solve function for ``a·I − b·J`` (J a SciPy sparse matrix), returning ``dtype``; None when the
+        matrix is singular or not finite. The previous solve function of this slot is invalid afterwards."""
+        lu = self.slots.get(slot)
+        data = None if lu is None else lu.values(J)
+        if data is None:
+            base = next(iter(self.slots.values()), None)
+            data = None if base is None else base.values(J)
+            if data is None:            # the first J, or one with entries outside the pattern
+                if base is None and self.pattern is not None:
+                    base = ShiftedSparseLU(self.pattern)
+                    data = base.values(J)
+                if data is None:
+                    stored = stored_pattern(J)
+                    base = ShiftedSparseLU(stored if base is None else base.pattern + stored)
+                    data = base.values(J)
+                self.slots = {}
+            lu = self.slots[slot] = base if not self.slots else base.twin()
+        dtype = np.dtype(dtype)
+        if not lu.factor(data, a, b, eps=float(np.finfo(dtype).eps)):
+            return None
+        if dtype in (np.float64, np.complex128):
+            return lu.solve
+        return lambda rhs: lu.solve(rhs).astype(dtype, copy=False)
 
 
 def stored_pattern(J):
