@@ -331,7 +331,8 @@ class BDF(ODEMethod):
         ndf: use the numerical differentiation formulas (default True) instead of classical BDF.
         jac_sparsity: optional ``(n, n)`` pattern of ∂f/∂y (array-like or ``scipy.sparse``): finite
             differences then cost one f per group of columns that share no row, and the Newton matrix is
-            factored by SciPy's sparse LU.
+            factored by a sparse LU whose ordering and symbolic factorisation are made once per
+            pattern (:mod:`deqcore.ode.sparse_lu`).
 
     Unbatched NumPy problems only (``integrate``, or ``steady_state`` with ``batched=False``).
 

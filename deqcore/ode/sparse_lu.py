@@ -60,12 +60,12 @@ class ShiftedSparseLU:
 
         from ..linalg.finite_diff import normalize_sparsity
 
-        n = pattern.shape[0]
+        n = int(np.shape(pattern)[0])
         S = normalize_sparsity(pattern, n)
         self.pattern, self.n = S, n
         sym = (S + S.T).tocsc()
         sym.sort_indices()
-        # the ordering: SuperLU's minimum degree on S + Sᵀ, taken from a factorisation of a diagonally dominant
+        # the ordering: SuperLU's minimum degree on S + Sᵀ, from a factorisation of a diagonally dominant
         # matrix of that structure (diagonal pivots: the row order is the column order)
         probe = sym.astype(np.float64)
         probe.data[:] = 1.0
@@ -75,7 +75,7 @@ class ShiftedSparseLU:
         inverse = np.empty(n, dtype=np.int64)
         inverse[order] = np.arange(n)
         self.order, self.inverse = order.astype(np.int64), inverse
-        # the reordered structure's upper triangle by column, then the factors' patterns
+        # the reordered structure, then the patterns of the factors
         P = sym[order][:, order].tocsc()
         P.sort_indices()
         self.l_ptr, self.l_idx, self.u_ptr, self.u_idx = _symbolic(n, P.indptr.astype(np.int64),
@@ -131,8 +131,8 @@ class ShiftedSparseLU:
 
     def factor(self, data, a, b, eps=None) -> bool:
         """Factor ``a·I − b·J`` (J's CSC values ``data`` on :attr:`pattern`); False when it is singular or
-        not finite (then :meth:`solve` must not be called). ``eps``: the resolution below which pivots count as
-        zero relative to the largest (float64's by default)."""
+        not finite (then :meth:`solve` must not be called). ``eps``: the resolution below which pivots
+        count as zero relative to the largest (float64's by default)."""
         dtype = np.result_type(np.asarray(data).dtype, np.asarray(a).dtype, np.asarray(b).dtype)
         dtype = np.dtype(np.complex128) if dtype.kind == "c" else np.dtype(np.float64)
         self._arrays(dtype)
@@ -143,10 +143,9 @@ class ShiftedSparseLU:
         if self._skip > 0:          # the last matrices needed row exchanges: straight to partial pivoting
             self._skip -= 1
             return self._factor_pivoting(data, a, b, dtype, eps)
-        status = _numeric(self.n, self.s_ptr, self.s_idx, data,
-                          dtype.type(a), dtype.type(b), self.order, self.inverse, self.l_ptr, self.l_idx,
-                          self.u_ptr, self.u_idx, self.l_val, self.u_val, self.diag, self.work, PIVOT_THRESHOLD,
-                          eps)
+        status = _numeric(self.n, self.s_ptr, self.s_idx, data, dtype.type(a), dtype.type(b), self.order,
+                          self.inverse, self.l_ptr, self.l_idx, self.u_ptr, self.u_idx, self.l_val,
+                          self.u_val, self.diag, self.work, PIVOT_THRESHOLD, eps)
         if status == _UNSTABLE:
             self._unstable_run += 1
             if self._unstable_run >= 2:
@@ -179,8 +178,8 @@ class ShiftedSparseLU:
         if self._splu is not None:
             return self._splu.solve(np.asarray(rhs, dtype=self._dtype))
         out = np.empty(self.n, dtype=self._dtype)
-        _solve(self.n, np.asarray(rhs), self.order, self.l_ptr, self.l_idx, self.u_ptr, self.u_idx, self.l_val,
-               self.u_val, self.diag, self.x, out)
+        _solve(self.n, np.asarray(rhs), self.order, self.l_ptr, self.l_idx, self.u_ptr, self.u_idx,
+               self.l_val, self.u_val, self.diag, self.x, out)
         return out
 
 
@@ -228,7 +227,7 @@ class SparseFactors:
 
 
 def stored_pattern(J):
-    """The pattern of every entry a SciPy sparse ``J`` stores (explicit zeros too), as a boolean CSC matrix."""
+    """The pattern of every entry a SciPy sparse ``J`` stores (explicit zeros too), as a bool CSC matrix."""
     import scipy.sparse as sp
 
     C = sp.csc_matrix(J)
@@ -296,8 +295,8 @@ def _symbolic(n, p_ptr, p_idx):
 def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_idx, u_ptr, u_idx, l_val, u_val, diag, x,
              threshold, eps):
     """Left-looking LU without row exchanges of ``a·I − b·J`` reordered (column k of the reordered matrix is
-    J's column ``order[k]``, its rows mapped by ``inverse``). Returns OK, SINGULAR (a zero or non-finite pivot,
-    or pivots spanning more than 1/eps) or UNSTABLE (a pivot below ``threshold`` × its column)."""
+    J's column ``order[k]``, its rows mapped by ``inverse``). Returns OK, SINGULAR (a zero or non-finite
+    pivot, or pivots spanning more than 1/eps) or UNSTABLE (a pivot below ``threshold`` × its column)."""
     for k in range(n):
         # scatter column k (x is all zero outside the column's pattern between columns)
         col = order[k]
