@@ -109,24 +109,31 @@ def column_groups(pattern) -> np.ndarray:
     import scipy.sparse as sp
 
     S = sp.csc_matrix(pattern, dtype=bool)
-    n = S.shape[1]
-    rows_of = [S.indices[S.indptr[j]:S.indptr[j + 1]] for j in range(n)]
-    order = sorted(range(n), key=lambda j: -len(rows_of[j]))
+    S.sum_duplicates()
+    R = S.tocsr()
+    order = np.argsort(-np.diff(S.indptr), kind="stable").astype(np.int64)
+    return _greedy_groups(S.indptr.astype(np.int64), S.indices.astype(np.int64), R.indptr.astype(np.int64),
+                          R.indices.astype(np.int64), order)
+
+
+@numba.njit(cache=CACHE)
+def _greedy_groups(c_ptr, c_idx, r_ptr, r_idx, order):
+    """First-fit colouring in ``order``: each column takes the lowest group that no column sharing one of its
+    rows holds yet."""
+    n = c_ptr.shape[0] - 1
     groups = np.full(n, -1, dtype=np.int64)
-    used_rows: list[np.ndarray] = []           # per group: which rows its columns already cover
-    m = S.shape[0]
+    stamp = np.full(n + 1, -1, dtype=np.int64)      # stamp[g] == j: group g is taken by a neighbour of j
     for j in order:
-        r = rows_of[j]
-        for g, mask in enumerate(used_rows):
-            if not mask[r].any():
-                mask[r] = True
-                groups[j] = g
-                break
-        else:
-            mask = np.zeros(m, dtype=bool)
-            mask[r] = True
-            used_rows.append(mask)
-            groups[j] = len(used_rows) - 1
+        for q in range(c_ptr[j], c_ptr[j + 1]):
+            i = c_idx[q]
+            for p in range(r_ptr[i], r_ptr[i + 1]):
+                g = groups[r_idx[p]]
+                if g >= 0:
+                    stamp[g] = j
+        g = 0
+        while stamp[g] == j:
+            g += 1
+        groups[j] = g
     return groups
 
 

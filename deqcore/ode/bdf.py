@@ -117,6 +117,7 @@ class BDFStepper(OneSystemJacobian):
         self.J = None
         self.jac_current = False
         self.lu = None            # (solve, c) for the current c = h/α_k
+        self._sparse = None       # the sparse factors (a SparseFactors) when J is sparse
         self._pending = None
         # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the whole loop compiled (run_rows)
         self.host = self.pattern is None and np.dtype(ev.dtype) == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT
@@ -134,20 +135,7 @@ class BDFStepper(OneSystemJacobian):
         self.stats["nfactor"] += 1
         J, n = self.J, self.n
         if not isinstance(J, np.ndarray):
-            import scipy.sparse as sp
-            from scipy.sparse.linalg import splu
-
-            M = (sp.identity(n, format="csc", dtype=J.dtype) - c * J).tocsc()
-            if not np.isfinite(M.data).all():
-                return None
-            try:
-                lu = splu(M)
-            except RuntimeError:          # exactly singular
-                return None
-            diag = np.abs(lu.U.diagonal())
-            if not diag.min() > np.finfo(M.dtype).eps * diag.max():
-                return None
-            return lu.solve
+            return self._factor_sparse(J, c)
         if n <= HOST_SYSTEM_LIMIT:   # factors in the stepper's arrays, solved by the compiled Newton kernel
             singular, _ = factor_shifted(J, 1.0, c, float(np.finfo(J.dtype).eps), self._lu, self._piv)
             return None if singular else _COMPILED
@@ -165,6 +153,14 @@ class BDFStepper(OneSystemJacobian):
         def solve(b):
             return getrs(lu, piv, b)[0]
         return solve
+
+    def _factor_sparse(self, J, c):
+        """:meth:`_factor` for a SciPy sparse J: the pattern's ordering and symbolic factorisation made once
+        (:class:`~deqcore.ode.sparse_lu.SparseFactors`), then only the numeric factorisation per call."""
+        if self._sparse is None:
+            from .sparse_lu import SparseFactors
+            self._sparse = SparseFactors(self.pattern)
+        return self._sparse.solver(J, 1.0, c, J.dtype)
 
     # ---- protocol ----
     def start(self, t0, y0, f0):
@@ -335,7 +331,8 @@ class BDF(ODEMethod):
         ndf: use the numerical differentiation formulas (default True) instead of classical BDF.
         jac_sparsity: optional ``(n, n)`` pattern of ∂f/∂y (array-like or ``scipy.sparse``): finite
             differences then cost one f per group of columns that share no row, and the Newton matrix is
-            factored by SciPy's sparse LU.
+            factored by a sparse LU whose ordering and symbolic factorisation are made once per
+            pattern (:mod:`deqcore.ode.sparse_lu`).
 
     Unbatched NumPy problems only (``integrate``, or ``steady_state`` with ``batched=False``).
 
