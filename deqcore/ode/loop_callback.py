@@ -32,6 +32,7 @@ from numba.extending import intrinsic
 from ..backend.numba_tools import CACHE, numba
 from ..results import ReturnCode
 from .controller import make_control_step, pi_factor
+from .driver import StepRecord
 
 __all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "call_back", "control", "run_growing", "add_counters", "control_with_proposal", "checked",
            "finish_row", "step_records", "fd_increments", "fd_perturbed", "ask"]
@@ -158,9 +159,7 @@ def step_records(rec, count, shape, y0, f0, stages=None):
     """The driver's :class:`~deqcore.ode.driver.StepRecord` list from the first ``count`` rows of a compiled
     loop's record, ``[t, t_end, y1 (n), f1 (n), ...]`` (each step starts where the previous one ended, the
     first at ``y0``, ``f0``); ``stages(r, y_start)``: the stages of record ``r`` (None: no stages)."""
-    from .driver import StepRecord
-
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)
     Y1s = rec[:count, 2:2 + n].reshape((count,) + tuple(shape))
     F1s = rec[:count, 2 + n:2 + 2 * n].reshape((count,) + tuple(shape))
     starts, ends = rec[:count, 0].tolist(), rec[:count, 1].tolist()

@@ -59,6 +59,7 @@ refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,10 +100,14 @@ KEEP_ITER_PER_JAC_ITERS = 3
 COMPILED_LOOP = True
 
 
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
 def newton_tolerance(rtol: float, dtype) -> float:
     """The error (in error weights) Newton must reach: ``min(0.03, √rtol)``, at least 10 eps / rtol; it stops
     at ``newton_tol`` times this, and is abandoned when it cannot reach this."""
-    return max(10.0 * np.finfo(dtype).eps / rtol, min(0.03, rtol ** 0.5))
+    eps = _EPS64 if dtype == np.float64 else float(np.finfo(dtype).eps)
+    return max(10.0 * eps / rtol, min(0.03, rtol ** 0.5))
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,20 @@ def _lagrange(theta):
 
 
 _C_FLAT, _DENSE_FLAT = np.ascontiguousarray(COEF.c), np.ascontiguousarray(COEF.dense).ravel()
+_C_LIST = [float(ci) for ci in COEF.c]
+_COEFFICIENTS = {}
+
+
+def _coefficients(dtype):
+    """(T, T⁻¹, error weights, last row of A⁻¹, T and T⁻¹ C-contiguous) in ``dtype``, formed once per dtype
+    (shared by every stepper: never written)."""
+    out = _COEFFICIENTS.get(dtype)
+    if out is None:
+        T, T_inv = COEF.T.astype(dtype), COEF.T_inv.astype(dtype)
+        out = (T, T_inv, COEF.error.astype(dtype), _A_INV_LAST.astype(dtype), np.ascontiguousarray(T),
+               np.ascontiguousarray(T_inv))
+        _COEFFICIENTS[dtype] = out
+    return out
 
 
 def extrapolation_matrix(ratio: float) -> np.ndarray:
@@ -206,18 +225,17 @@ class RadauStepper(OneSystemJacobian):
 
     def __init__(self, ev: Evaluator, method: "Radau", jac):
         self.ev, self.jac = ev, jac
-        self.n = int(np.prod(ev.shape, dtype=np.int64))
-        self.dtype = np.dtype(ev.dtype)
-        self.cdtype = np.result_type(self.dtype, np.complex64)
+        self.n = n = math.prod(ev.shape)
+        self.dtype = dt = np.dtype(ev.dtype)
+        self.cdtype = np.result_type(dt, np.complex64)
         self.max_iter = method.max_newton_iter
         self._jac_rate = method.jac_rate
         self._newton_tol = method.newton_tol
         self.jac_calls = 0          # rhs calls of a Jacobian (columns or column groups; 0 with the user's jac)
-        self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, self.n)
-        dt = self.dtype
-        self._T, self._T_inv = COEF.T.astype(dt), COEF.T_inv.astype(dt)
-        self._e = COEF.error.astype(dt)
-        self._c = [float(ci) for ci in COEF.c]
+        self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, n)
+        # the method's coefficients in the state's dtype (shared, read-only)
+        self._T, self._T_inv, self._e, self._A_inv_last, self._T_c, self._T_inv_c = _coefficients(dt)
+        self._c = _C_LIST
         self.fd = None
         self.stats = {"njev": 0, "nlinsolve": 0, "nfactor": 0, "nfev_jac": 0, "nfailed_solves": 0,
                       "nnewton_fail": 0}
@@ -232,19 +250,22 @@ class RadauStepper(OneSystemJacobian):
         self._pending = None
         self._f_exact = True        # the f handed in with the state is an evaluation (not the implied one)
         self._f_base = None         # f evaluated at the current state by this stepper (kept across rejections)
-        self._A_inv_last = _A_INV_LAST.astype(self.dtype)
         # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the vector work of a step in compiled
         # kernels (kernels_host) calling the BLAS/LAPACK routines the array code reaches, so the same numbers
-        self.host = self.pattern is None and self.dtype == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT
+        # (their buffers are allocated by the first factorisation: the compiled loop has its own)
+        self.host = self.pattern is None and dt == np.float64 and 1 <= n <= HOST_SYSTEM_LIMIT
         if self.host:
-            n = self.n
             self._addresses = radau_addresses()
-            self._lu_r, self._lu_c = np.empty((n, n), order="F"), np.empty((n, n), np.complex128, order="F")
-            self._piv_r, self._piv_c = np.empty(n, np.int32), np.empty(n, np.int32)
-            self._T_inv_c, self._T_c = np.ascontiguousarray(self._T_inv), np.ascontiguousarray(self._T)
-            self._scale, self._y_new, self._ez = np.empty(n), np.empty(n), np.empty(n)
-            self._no_rows = np.empty((0, n))
-            self._M = (None, None)
+            self._lu_r = None
+
+    def _host_buffers(self):
+        """The buffers of the host kernels (driver's loop on one small dense float64 system)."""
+        n = self.n
+        self._lu_r, self._lu_c = np.empty((n, n), order="F"), np.empty((n, n), np.complex128, order="F")
+        self._piv_r, self._piv_c = np.empty(n, np.int32), np.empty(n, np.int32)
+        self._scale, self._y_new, self._ez = np.empty(n), np.empty(n), np.empty(n)
+        self._no_rows = np.empty((0, n))
+        self._M = (None, None)
 
     # ---- heuristics that adapt to what a Jacobian costs (jac_calls, set by each evaluation) ----
     @property
@@ -293,6 +314,8 @@ class RadauStepper(OneSystemJacobian):
         J = self.J
         shifts = (COEF.gamma / h, COEF.mu / h)
         if self.host and isinstance(J, np.ndarray) and J.dtype == np.float64:
+            if self._lu_r is None:
+                self._host_buffers()
             if radau_factor(self._addresses, np.ascontiguousarray(J), shifts[0], shifts[1].real, shifts[1].imag,
                             self._lu_r, self._piv_r, self._lu_c, self._piv_c):
                 return None
@@ -324,7 +347,7 @@ class RadauStepper(OneSystemJacobian):
                       dense=COEF.dense, gamma=COEF.gamma, mu=COEF.mu, safety=SAFETY, min_factor=MIN_FACTOR,
                       max_factor=MAX_FACTOR, keep_low=KEEP_LOW, keep_high=KEEP_HIGH, jac_keep_iter=self.jac_keep_iter,
                       newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=T_EPS,
-                      eps=float(np.finfo(self.dtype).eps), fd_grow=_FD_GROW)
+                      eps=_EPS64, fd_grow=_FD_GROW)
         return run_radau_loop(self, rows, y, fy, tol, max_steps, record, params)
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
