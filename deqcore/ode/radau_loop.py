@@ -37,7 +37,6 @@ helpers called directly), only their column evaluations of f called back.
 
 from __future__ import annotations
 
-import ctypes
 import math
 
 import numpy as np
@@ -50,9 +49,9 @@ from .radau_machine import (F_BASE, F_ERR, F_NEW, FD_COLS, GROW, JAC, STAGES,
                             F_ERR_PREV, F_EXPONENT, F_FACCON, F_GAMMA, F_H, F_JAC_RATE, F_KEEP_HIGH, F_KEEP_LOW,
                             F_MAX_FACTOR, F_MIN_FACTOR, F_MU_IM, F_MU_RE, F_NEWTON_FACTOR, F_NEWTON_TOL, F_RTOL,
                             F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
-                            I_NJEV_FD, I_NFEV_JAC, layout)
+                            I_NJEV_FD, I_NFEV_JAC, F_RATE_TARGET, F_RATE_MIN_FACTOR, layout)
 from . import radau_machine
-from .loop_callback import (CALLBACK, HAND_BACK, RAISED, SERVED, add_counters, checked as _checked, finish_row,
+from .loop_callback import (DISPATCH, HAND_BACK, RAISED, SERVED, add_counters, run_served, checked as _checked, finish_row,
                             run_growing, step_records)
 
 __all__ = ["run_radau_loop"]
@@ -60,7 +59,8 @@ __all__ = ["run_radau_loop"]
 #: the float state's head entries a solve writes (the order of the tuple ``run_radau_loop`` assigns)
 _HEAD = np.array([F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL,
                   F_NEWTON_FACTOR, F_JAC_RATE, F_SAFETY, F_MIN_FACTOR, F_MAX_FACTOR, F_KEEP_LOW, F_KEEP_HIGH,
-                  F_GAMMA, F_MU_RE, F_MU_IM, F_FACCON, F_EXPONENT, F_EPS, F_LOST_BELOW, F_GROW, F_FD_START])
+                  F_GAMMA, F_MU_RE, F_MU_IM, F_FACCON, F_EXPONENT, F_EPS, F_LOST_BELOW, F_GROW, F_FD_START,
+                  F_RATE_TARGET, F_RATE_MIN_FACTOR])
 _TEMPLATES: dict = {}
 _COEFFICIENT_NAMES = ("T", "T_inv", "e", "c", "a_last", "dense")
 
@@ -123,7 +123,8 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
                  params["t_eps"], float(rtol), params["newton_tol"], stepper.newton_factor, stepper.jac_rate,
                  params["safety"], params["min_factor"], params["max_factor"], params["keep_low"],
                  params["keep_high"], params["gamma"], params["mu"].real, params["mu"].imag, stepper.faccon,
-                 float(stepper.error_exponent), eps, eps ** 0.875, params["fd_grow"], math.sqrt(eps))
+                 float(stepper.error_exponent), eps, eps ** 0.875, params["fd_grow"], math.sqrt(eps),
+                 params["rate_target"], params["rate_min_factor"])
     rec = np.empty((64 if record else 0, 2 + 5 * n))
     ist[I_REC_CAP] = rec.shape[0]
 
@@ -207,10 +208,8 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
             raised.append(exc)
             return RAISED
 
-    callback = CALLBACK(serve)
-    address = ctypes.cast(callback, ctypes.c_void_p).value
-    rec = run_growing(lambda rec: radau_machine.radau_run(ist, fw, lu_c, piv, rec, address), rec, ist, I_REC_CAP,
-                      GROW, raised)
+    rec = run_served(serve, lambda: run_growing(
+        lambda rec: radau_machine.radau_run(ist, fw, lu_c, piv, rec, DISPATCH), rec, ist, I_REC_CAP, GROW, raised))
     if rec is None:
         return None
     # the driver's row, the stepper's counters
