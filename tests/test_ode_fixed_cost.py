@@ -25,14 +25,17 @@ def _decay(t, y):          # the same shape as Robertson, another problem
 @pytest.mark.parametrize("direction", [1.0, -1.0])
 def test_host_initial_step_is_the_array_one_to_the_last_bit(seed, direction):
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 12))
+    n = 2 * int(rng.integers(1, 20))
     A = rng.normal(size=(n, n)) * 10.0 ** rng.uniform(-2, 3)
     y0 = rng.normal(size=n) * 10.0 ** rng.uniform(-6, 2, size=n)
     if seed == 0:
         y0[:] = 0.0                                 # a zero state: the small-norm branch
     atol = 10.0 ** rng.uniform(-12, -3, size=n) if seed % 2 else float(10.0 ** rng.uniform(-12, -3))
     rtol, exponent, span = float(10.0 ** rng.uniform(-10, -1)), int(rng.integers(2, 6)), float(rng.uniform(1e-9, 1e3))
-    rhs = lambda t, y: A @ y + np.sin(t)            # noqa: E731
+    rhs = lambda t, y: (A @ y.reshape(-1) + np.sin(t)).reshape(y.shape)      # noqa: E731
+    if seed >= 3:
+        y0 = y0.reshape(2, -1)                      # a state of two axes: norms over all its elements
+        atol = atol.reshape(2, -1) if np.ndim(atol) else atol
     ev = Evaluator(np, rhs, (), batched=False, autonomous=False, shape=y0.shape, dtype=y0.dtype)
     f0 = rhs(0.3, y0)
     expected = initial_step(np, lambda t, y, dh: ev(t + dh, y), np.full(1, 0.3), y0, f0, direction,

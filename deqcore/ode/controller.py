@@ -140,6 +140,9 @@ def _np_max(a, b):
     return a if (a != a or a >= b) else b
 
 
+_sum = np.add.reduce      # np.sum of an array over all its axes, without np.sum's wrapper
+
+
 def initial_step_host(f, t0, y0, f0, direction, atol, rtol, error_exponent, span):
     """:func:`initial_step` of one unbatched NumPy state, with its scalar arithmetic on Python floats: the same
     operations in the same order (so the same step, to the last bit), without the small-array overhead.
@@ -157,9 +160,9 @@ def initial_step_host(f, t0, y0, f0, direction, atol, rtol, error_exponent, span
         scale = atol + rtol * np.abs(y0)
         n = y0.size
         q = y0 / scale
-        d0 = math.sqrt(float(np.sum(q * q)) / n)
+        d0 = math.sqrt(float(_sum(q * q, axis=None)) / n)
         q = f0 / scale
-        d1 = math.sqrt(float(np.sum(q * q)) / n)
+        d1 = math.sqrt(float(_sum(q * q, axis=None)) / n)
         if d0 < 1e-5 or d1 < 1e-5:
             h0 = _np_min(1e-6, span)
         else:
@@ -167,7 +170,7 @@ def initial_step_host(f, t0, y0, f0, direction, atol, rtol, error_exponent, span
         dh = direction * h0
         f1 = f(t0 + dh, y0 + dh * f0)
         q = (f1 - f0) / scale
-        d2 = float(np.float64(math.sqrt(float(np.sum(q * q)) / n)) / h0)     # h0 may be 0: NumPy's inf/NaN
+        d2 = float(np.float64(math.sqrt(float(_sum(q * q, axis=None)) / n)) / h0)     # h0 may be 0: NumPy's inf/NaN
         dmax = _np_max(d1, d2)
         if dmax <= 1e-15:
             h1 = _np_max(1e-6, h0 * 1e-3)

@@ -187,6 +187,16 @@ def _lagrange(theta):
 
 _C_FLAT, _DENSE_FLAT = np.ascontiguousarray(COEF.c), np.ascontiguousarray(COEF.dense).ravel()
 _C_LIST = [float(ci) for ci in COEF.c]
+_LOOP: dict = {}
+
+
+def _load_loop():
+    """:func:`~deqcore.ode.radau_loop.run_radau_loop` (imported on first use: it imports this module)."""
+    from .driver import T_EPS
+    from .radau_loop import run_radau_loop
+
+    _LOOP.update(run=run_radau_loop, t_eps=T_EPS)
+    return run_radau_loop
 _COEFFICIENTS = {}
 
 
@@ -347,8 +357,7 @@ class RadauStepper(OneSystemJacobian):
         system; None where the driver's own loop runs (other systems, or ``COMPILED_LOOP`` off)."""
         if not (self.host and COMPILED_LOOP) or rows.batched:
             return None
-        from .driver import T_EPS
-        from .radau_loop import run_radau_loop
+        run_radau_loop = _LOOP.get("run") or _load_loop()
 
         # what a Jacobian will cost (the compiled loop forms dense ones only): the automatic heuristics below
         # read it, and the loop takes their values as data
@@ -357,7 +366,7 @@ class RadauStepper(OneSystemJacobian):
                       dense=COEF.dense, gamma=COEF.gamma, mu=COEF.mu, safety=SAFETY, min_factor=MIN_FACTOR,
                       max_factor=MAX_FACTOR, keep_low=KEEP_LOW, keep_high=KEEP_HIGH, jac_keep_iter=self.jac_keep_iter,
                       rate_target=RATE_TARGET, rate_min_factor=RATE_MIN_FACTOR,
-                      newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=T_EPS,
+                      newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=_LOOP["t_eps"],
                       eps=_EPS64, fd_grow=_FD_GROW)
         return run_radau_loop(self, rows, y, fy, tol, max_steps, record, params)
 
@@ -688,7 +697,7 @@ class Radau(ODEMethod):
         if ev.xp is not np:
             raise ValueError("dq.Radau() needs a NumPy y0 (it runs on the host); for CuPy arrays use "
                              "dq.Rodas5P()")
-        n = int(np.prod(ev.shape, dtype=np.int64))
+        n = math.prod(ev.shape)
         if self.jac_sparsity is not None and tuple(np.shape(self.jac_sparsity)) != (n, n):
             raise ValueError(f"jac_sparsity must have shape ({n}, {n}) for this y0 (n = y0.size), got "
                              f"{tuple(np.shape(self.jac_sparsity))}")

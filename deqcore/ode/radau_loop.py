@@ -51,6 +51,8 @@ from .radau_machine import (F_BASE, F_ERR, F_NEW, FD_COLS, GROW, JAC, STAGES,
                             F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
                             I_NJEV_FD, I_NFEV_JAC, F_RATE_TARGET, F_RATE_MIN_FACTOR, layout)
 from . import radau_machine
+from .radau import CollocationPolynomial
+from .rosenbrock import user_jacobian
 from .loop_callback import (DISPATCH, HAND_BACK, RAISED, SERVED, add_counters, run_served, checked as _checked, finish_row,
                             run_growing, step_records)
 
@@ -91,9 +93,6 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     num_steps)`` as the driver's loop leaves them, or None when the first Jacobian is not a dense array (the
     driver's loop then takes over from the stepper's state, which already holds that Jacobian). An exception
     raised by ``rhs`` or ``jac`` propagates unchanged."""
-    from .radau import CollocationPolynomial
-    from .rosenbrock import user_jacobian
-
     ev, n = stepper.ev, stepper.n
     shape = ev.shape
     L, template = _template(n, params)
