@@ -108,3 +108,44 @@ def test_a_tiny_span_takes_one_step_and_reports_its_counts():
         assert sol.stats["nfev"] == len(calls) and all(type(t) is float for t in calls)
         ref = solve_ivp(_robertson, (0.0, 1e-9), [1.0, 0.0, 0.0], method="Radau", rtol=1e-12, atol=1e-20).y[:, -1]
         np.testing.assert_allclose(sol.ys[-1], ref, rtol=1e-6, atol=1e-14)
+
+
+def test_a_radau_solve_inside_the_rhs_of_another_gets_its_own_callback_server(monkeypatch):
+    """The compiled loops share one process-wide callback: a solve started from inside a right-hand side (a
+    nested solve) serves its own requests, and the outer one resumes with its own afterwards."""
+    y0 = np.array([1.0, 0.0, 0.0])
+    inner_y0 = np.array([1.0, 0.5])
+
+    def inner_rate(t):
+        sol = dq.integrate(lambda s, z: np.array([-3.0 * z[0], z[0] - z[1]]), inner_y0, (0.0, 0.1 + 0.01 * t),
+                           dq.Radau(), rtol=1e-8, atol=1e-10)
+        return float(sol.ys[-1, 1])
+
+    def outer(t, y):
+        return _decay(t, y) * inner_rate(t)
+
+    kw = dict(rtol=1e-4, atol=1e-8)
+    fast = dq.integrate(outer, y0, (0.0, 1.0), dq.Radau(), **kw)
+    monkeypatch.setattr(radau, "COMPILED_LOOP", False)
+    slow = dq.integrate(outer, y0, (0.0, 1.0), dq.Radau(), **kw)
+    assert fast.stats == slow.stats
+    np.testing.assert_array_equal(fast.ys, slow.ys)
+
+
+def test_radau_solves_in_threads_match_the_same_solves_in_sequence():
+    from concurrent.futures import ThreadPoolExecutor
+
+    y0 = np.array([1.0, 0.0, 0.0])
+    jobs = [(_robertson, 1e-6), (_decay, 1e-7), (_robertson, 1e-5), (_decay, 1e-6)] * 2
+
+    def solve(job):
+        f, rtol = job
+        sol = dq.integrate(f, y0, (0.0, 5.0), dq.Radau(), rtol=rtol, atol=rtol * 1e-4)
+        return sol.stats, sol.ys[-1]
+
+    sequential = [solve(job) for job in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(solve, jobs))
+    for (stats_a, y_a), (stats_b, y_b) in zip(sequential, threaded):
+        assert stats_a == stats_b
+        np.testing.assert_array_equal(y_a, y_b)
