@@ -179,7 +179,8 @@ def fixed_cost(before, rounds, repeats):
         for version, path in (("before", before), ("after", ROOT)):
             env = dict(os.environ, PYTHONPATH=str(path))
             env.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "deqcore-bench-numba"))
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--fixed-worker", "--fixed-repeats", str(repeats)]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--fixed-worker", "--fixed-repeats",
+                   str(repeats)]
             cmd += ["--scipy"] if version == "after" else []
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
             if proc.returncode:

@@ -31,7 +31,8 @@ def test_host_initial_step_is_the_array_one_to_the_last_bit(seed, direction):
     if seed == 0:
         y0[:] = 0.0                                 # a zero state: the small-norm branch
     atol = 10.0 ** rng.uniform(-12, -3, size=n) if seed % 2 else float(10.0 ** rng.uniform(-12, -3))
-    rtol, exponent, span = float(10.0 ** rng.uniform(-10, -1)), int(rng.integers(2, 6)), float(rng.uniform(1e-9, 1e3))
+    rtol, exponent = float(10.0 ** rng.uniform(-10, -1)), int(rng.integers(2, 6))
+    span = float(rng.uniform(1e-9, 1e3))
     rhs = lambda t, y: (A @ y.reshape(-1) + np.sin(t)).reshape(y.shape)      # noqa: E731
     if seed >= 3:
         y0 = y0.reshape(2, -1)                      # a state of two axes: norms over all its elements
@@ -106,7 +107,8 @@ def test_a_tiny_span_takes_one_step_and_reports_its_counts():
         assert sol.success and sol.stats["accepted"] == 1 and sol.ts.tolist() == [0.0, 1e-9]
         assert all(type(v) is int for v in sol.stats.values())
         assert sol.stats["nfev"] == len(calls) and all(type(t) is float for t in calls)
-        ref = solve_ivp(_robertson, (0.0, 1e-9), [1.0, 0.0, 0.0], method="Radau", rtol=1e-12, atol=1e-20).y[:, -1]
+        ref = solve_ivp(_robertson, (0.0, 1e-9), [1.0, 0.0, 0.0], method="Radau", rtol=1e-12,
+                        atol=1e-20).y[:, -1]
         np.testing.assert_allclose(sol.ys[-1], ref, rtol=1e-6, atol=1e-14)
 
 

@@ -170,7 +170,8 @@ def initial_step_host(f, t0, y0, f0, direction, atol, rtol, error_exponent, span
         dh = direction * h0
         f1 = f(t0 + dh, y0 + dh * f0)
         q = (f1 - f0) / scale
-        d2 = float(np.float64(math.sqrt(float(_sum(q * q, axis=None)) / n)) / h0)     # h0 may be 0: NumPy's inf/NaN
+        # h0 may be 0 (f0 infinite): NumPy's division gives inf/NaN where Python's would raise
+        d2 = float(np.float64(math.sqrt(float(_sum(q * q, axis=None)) / n)) / h0)
         dmax = _np_max(d1, d2)
         if dmax <= 1e-15:
             h1 = _np_max(1e-6, h0 * 1e-3)

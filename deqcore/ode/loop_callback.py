@@ -40,7 +40,8 @@ from ..results import ReturnCode
 from .controller import make_control_step, pi_factor
 from .driver import StepRecord
 
-__all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "DISPATCH", "callback_address", "run_served", "call_back", "control", "run_growing", "add_counters", "control_with_proposal", "checked",
+__all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "DISPATCH", "callback_address", "run_served",
+           "call_back", "control", "run_growing", "add_counters", "control_with_proposal", "checked",
            "finish_row", "step_records", "fd_increments", "fd_perturbed", "ask"]
 
 #: the callback's signature: (request, t_a, t_b, t_c) -> SERVED, RAISED or HAND_BACK

@@ -16,8 +16,8 @@ fresh J was found to fail again almost always. For the same reason the next step
 ``h·RATE_TARGET/θ`` (at least half of h) after a step whose Newton iteration measured a contraction rate θ
 (Gustafsson and Söderlind's control of the convergence rate, with θ taken proportional to h), so that the
 step grows only as far as Newton still converges. The step size is kept unchanged when the controller asks
-for a change by a factor in [1, 1.2], so that the factors can be reused too. Newton starts from the previous step's
-collocation polynomial extrapolated to the new stages, and stops once its predicted remaining error
+for a change by a factor in [1, 1.2], so that the factors can be reused too. Newton starts from the previous
+step's collocation polynomial extrapolated to the new stages, and stops once its predicted remaining error
 ``θ/(1 − θ)·‖ΔW‖`` is below ``newton_tol · min(0.03, √rtol)`` (in units of the error weights; ``newton_tol`` and
 ``jac_rate`` adapt to what a Jacobian costs: 0.03 and 0.01 while it costs at most two Newton iterations, else
 1 (the Newton tolerance of SciPy's Radau) and 0.001 (RADAU5's rate); the rate of the
@@ -197,7 +197,9 @@ def _load_loop():
 
     _LOOP.update(run=run_radau_loop, t_eps=T_EPS)
     return run_radau_loop
-_COEFFICIENTS = {}
+
+
+_COEFFICIENTS: dict = {}
 
 
 def _coefficients(dtype):
@@ -253,7 +255,7 @@ class RadauStepper(OneSystemJacobian):
         self._newton_tol = method.newton_tol
         self.jac_calls = 0          # rhs calls of a Jacobian (columns or column groups; 0 with the user's jac)
         self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, n)
-        # the method's coefficients in the state's dtype (shared, read-only)
+        # the method's coefficients in the state's dtype (shared by every stepper, never written)
         self._T, self._T_inv, self._e, self._A_inv_last, self._T_c, self._T_inv_c = _coefficients(dt)
         self._c = _C_LIST
         self.fd = None

@@ -53,8 +53,8 @@ from .radau_machine import (F_BASE, F_ERR, F_NEW, FD_COLS, GROW, JAC, STAGES,
 from . import radau_machine
 from .radau import CollocationPolynomial
 from .rosenbrock import user_jacobian
-from .loop_callback import (DISPATCH, HAND_BACK, RAISED, SERVED, add_counters, run_served, checked as _checked, finish_row,
-                            run_growing, step_records)
+from .loop_callback import (DISPATCH, HAND_BACK, RAISED, SERVED, add_counters, run_served, checked as _checked,
+                            finish_row, run_growing, step_records)
 
 __all__ = ["run_radau_loop"]
 
