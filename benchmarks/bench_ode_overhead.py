@@ -4,6 +4,7 @@
     python benchmarks/bench_ode_overhead.py                 # before = commit 1ecd85d, after = this checkout
     python benchmarks/bench_ode_overhead.py --before PATH   # a folder holding an older deqcore/ package
     python benchmarks/bench_ode_overhead.py --quick         # fewer rounds, no file written
+    python benchmarks/bench_ode_overhead.py --fixed-cost    # the fixed cost of one solve (printed only)
 
 Problems (Hairer–Wanner II; as in ``bench_ode_stiff.py``): Robertson (n = 3, t ∈ [0, 1e5]), Van der Pol
 μ = 1000 (n = 2, t ∈ [0, 3000]) and HIRES (n = 8, t ∈ [0, 321.8122]). Each solver runs with an analytic
@@ -12,6 +13,11 @@ process (``PYTHONPATH`` pointing at it); the processes alternate for ``--rounds`
 configuration ``--repeats`` times after a warm-up; the medians of all timings are reported. µs per rhs call and
 per step divide the wall time of the whole solve (rhs time included) by the counts of that solve.
 Writes benchmarks/results/ode_overhead.md.
+
+``--fixed-cost``: what a solve costs before its steps, measured on Robertson over a tiny span (t1 = 1e-9: one
+step) at rtol 1e-2, atol 1e-8, for deqcore's Radau and BDF (finite-difference Jacobian) against SciPy's
+solvers: the median and the 10th percentile of ``--fixed-repeats`` solves, before and after in alternating
+processes; µs outside the rhs subtract the bare rhs calls.
 """
 
 from __future__ import annotations
@@ -88,10 +94,10 @@ class Counted:
         return self.f(t, y)
 
 
-def _solve(problem, solver, jac, rtol):
+def _solve(problem, solver, jac, rtol, atol=None):
     """(wall seconds, CPU seconds, rhs calls, steps, y(t1)) of one solve."""
     g = Counted(problem["f"])
-    atol = rtol * problem["atol_ratio"]
+    atol = rtol * problem["atol_ratio"] if atol is None else atol
     if solver.startswith("scipy "):
         from scipy.integrate import solve_ivp
 
@@ -150,6 +156,53 @@ def worker(rtols, repeats, with_scipy):
     print(json.dumps(out))
 
 
+def fixed_cost_worker(repeats, with_scipy):
+    """Time one-step solves (Robertson, t1 = 1e-9) on the deqcore found on sys.path; print one JSON line."""
+    problem = dict(robertson(), t1=1e-9)
+    out = {"rhs": rhs_cost(problem)}
+    solvers = list(COMPILED_LOOPS) + (["scipy " + s for s in SCIPY] if with_scipy else [])
+    for solver in solvers:
+        for _ in range(20):                              # warm-up: imports, compiled kernels
+            _solve(problem, solver, False, 1e-2, atol=1e-8)
+        times, calls = [], 0
+        for _ in range(repeats):
+            elapsed, _, calls, _, _ = _solve(problem, solver, False, 1e-2, atol=1e-8)
+            times.append(elapsed)
+        out[solver] = dict(times=times, calls=calls)
+    print(json.dumps(out))
+
+
+def fixed_cost(before, rounds, repeats):
+    """The fixed-cost table (printed)."""
+    runs = {"before": [], "after": []}
+    for _ in range(rounds):
+        for version, path in (("before", before), ("after", ROOT)):
+            env = dict(os.environ, PYTHONPATH=str(path))
+            env.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "deqcore-bench-numba"))
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--fixed-worker", "--fixed-repeats",
+                   str(repeats)]
+            cmd += ["--scipy"] if version == "after" else []
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+            if proc.returncode:
+                raise RuntimeError(proc.stderr[-3000:])
+            runs[version].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rhs = float(np.median([r["rhs"] for r in runs["after"]]))
+    lines = ["| solver | version | rhs calls | median [µs] | 10th percentile [µs] | median outside the rhs [µs] |",
+             "|---|---|---|---|---|---|"]
+    for version in ("before", "after"):
+        for solver in runs[version][0]:
+            if solver == "rhs":
+                continue
+            times = 1e6 * np.array([t for r in runs[version] for t in r[solver]["times"]])
+            calls = runs[version][0][solver]["calls"]
+            lines.append(f"| {solver} | {version if not solver.startswith('scipy') else ''} | {calls} | "
+                         f"{np.median(times):.0f} | {np.percentile(times, 10):.0f} | "
+                         f"{np.median(times) - 1e6 * calls * rhs:.0f} |")
+    print(f"Fixed cost per solve: Robertson, t1 = 1e-9, rtol 1e-2, atol 1e-8 (finite-difference Jacobians); "
+          f"{rounds} × {repeats} solves per version; bare rhs {1e6 * rhs:.1f} µs per call\n")
+    print("\n".join(lines))
+
+
 def _run_worker(path, rtols, repeats, with_scipy):
     env = dict(os.environ, PYTHONPATH=str(path))
     env.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "deqcore-bench-numba"))
@@ -185,10 +238,21 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scipy", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--fixed-cost", action="store_true", help="the fixed cost of one solve (printed)")
+    ap.add_argument("--fixed-repeats", type=int, default=400)
+    ap.add_argument("--fixed-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     rtols = [float(r) for r in args.rtols.split(",")]
     if args.worker:
         worker(rtols, args.repeats, args.scipy)
+        return
+    if args.fixed_worker:
+        fixed_cost_worker(args.fixed_repeats, args.scipy)
+        return
+    if args.fixed_cost:
+        with tempfile.TemporaryDirectory() as tmp:
+            before = Path(args.before) if Path(args.before).is_dir() else _checkout(args.before, Path(tmp))
+            fixed_cost(before, 1 if args.quick else args.rounds, args.fixed_repeats)
         return
     rounds, repeats = (1, 1) if args.quick else (args.rounds, args.repeats)
     load_before = os.getloadavg()[0]

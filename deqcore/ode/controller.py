@@ -22,7 +22,8 @@ import numpy as np
 from ..backend import to_host
 from ..results import ReturnCode
 
-__all__ = ["pi_factor", "pi_factor_array", "control_step", "make_control_step", "initial_step"]
+__all__ = ["pi_factor", "pi_factor_array", "control_step", "make_control_step", "initial_step",
+           "initial_step_host"]
 
 SAFETY = 0.9
 FACTOR_MIN = 0.2
@@ -127,6 +128,57 @@ def initial_step(xp, f, t0, y0, f0, direction, atol, rtol, error_exponent, batch
                   (0.01 / np.where(dmax <= 1e-15, 1.0, dmax)) ** (1.0 / error_exponent))
     h = np.minimum(np.minimum(100.0 * h0, h1), span)
     return np.where(np.isfinite(h) & (h > 0), h, 1e-6)
+
+
+def _np_min(a, b):
+    """``np.minimum`` of two floats (NaN if either is NaN)."""
+    return a if (a != a or a <= b) else b
+
+
+def _np_max(a, b):
+    """``np.maximum`` of two floats (NaN if either is NaN)."""
+    return a if (a != a or a >= b) else b
+
+
+_sum = np.add.reduce      # np.sum of an array over all its axes, without np.sum's wrapper
+
+
+def initial_step_host(f, t0, y0, f0, direction, atol, rtol, error_exponent, span):
+    """:func:`initial_step` of one unbatched NumPy state, with its scalar arithmetic on Python floats: the same
+    operations in the same order (so the same step, to the last bit), without the small-array overhead.
+    ``f(t, y)`` evaluates the right-hand side; returns ``|h|`` as a float.
+
+    >>> import numpy as np
+    >>> y0 = np.array([1.0, 2.0]); rhs = lambda t, y: -y
+    >>> a = initial_step(np, lambda t, y, dh: rhs(t + dh, y), np.zeros(1), y0, rhs(0.0, y0), 1.0, 1e-6, 1e-3, 5,
+    ...                  False, 10.0)
+    >>> b = initial_step_host(rhs, 0.0, y0, rhs(0.0, y0), 1.0, 1e-6, 1e-3, 5, 10.0)
+    >>> float(a[0]) == b
+    True
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scale = atol + rtol * np.abs(y0)
+        n = y0.size
+        q = y0 / scale
+        d0 = math.sqrt(float(_sum(q * q, axis=None)) / n)
+        q = f0 / scale
+        d1 = math.sqrt(float(_sum(q * q, axis=None)) / n)
+        if d0 < 1e-5 or d1 < 1e-5:
+            h0 = _np_min(1e-6, span)
+        else:
+            h0 = _np_min(0.01 * d0 / d1, span)
+        dh = direction * h0
+        f1 = f(t0 + dh, y0 + dh * f0)
+        q = (f1 - f0) / scale
+        # h0 may be 0 (f0 infinite): NumPy's division gives inf/NaN where Python's would raise
+        d2 = float(np.float64(math.sqrt(float(_sum(q * q, axis=None)) / n)) / h0)
+        dmax = _np_max(d1, d2)
+        if dmax <= 1e-15:
+            h1 = _np_max(1e-6, h0 * 1e-3)
+        else:       # NumPy's power, as initial_step forms it (its last bit may differ from math.pow)
+            h1 = float(np.power(np.array([0.01 / dmax]), 1.0 / error_exponent)[0])
+        h = _np_min(_np_min(100.0 * h0, h1), span)
+    return h if (math.isfinite(h) and h > 0) else 1e-6
 
 
 def _broadcast(xp, h, y, batched):

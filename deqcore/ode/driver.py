@@ -27,7 +27,7 @@ import numpy as np
 from ..backend import get_kernel, to_host
 from ..results import ReturnCode
 from .base import Evaluator, ensure_error_sums
-from .controller import control_step, initial_step
+from .controller import control_step, initial_step, initial_step_host
 
 __all__ = ["run", "StepRecord", "LoopResult"]
 
@@ -65,6 +65,8 @@ class LoopResult:
 
 
 DIVERGED, DT_TOO_SMALL = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
+#: sqrt of the largest finite number of each state dtype (a state beyond it has diverged)
+_BIG = {np.dtype(dt): float(np.sqrt(np.finfo(dt).max)) for dt in (np.float16, np.float32, np.float64)}
 
 
 def row_absmax(ev: Evaluator, a):
@@ -86,11 +88,13 @@ class _HostRow:
 
     def __init__(self, ev, t0, h0, t_end, direction, steady, big, threshold, active):
         self.ev, self.t_end, self.direction, self.steady, self.big = ev, float(t_end), direction, steady, big
-        self.threshold = float(np.max(threshold)) if np.ndim(threshold) else float(threshold)
-        self.m = int(np.prod(ev.shape, dtype=np.int64))
+        self.threshold = float(threshold) if type(threshold) is float else (
+            float(np.max(threshold)) if np.ndim(threshold) else float(threshold))
+        self.m = math.prod(ev.shape)
         self.t, self.h = float(t0), _scalar(h0)
         self.err_prev, self.after_reject = 1.0, False
-        self.active, self.code = bool(np.all(active)), int(ReturnCode.SUCCESS)
+        self.active = active if type(active) is bool else bool(np.all(active))
+        self.code = int(ReturnCode.SUCCESS)
         self.accepted = self.rejected = 0
         self.nfev = ev.nfev
         self.mask = None
@@ -226,27 +230,37 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
     tol = (atol, rtol)
     f0 = ev(t0, y0)     # the evaluator copies a result that lives in a buffer the rhs reuses
     span = abs(t_end - t0)
+    host = not ev.batched and xp is np
     if dt0 is None:
-        h0 = initial_step(xp, lambda t, y, dh: ev(t + dh, y), np.full(R, t0), y0, f0, direction,
-                          ev.full_atol(atol), rtol, stepper.error_exponent, ev.batched, span)
+        if host and y0.dtype == np.float64:     # the same step, its scalar arithmetic on Python floats
+            h0 = initial_step_host(ev, float(t0), y0, f0, direction, ev.full_atol(atol), rtol,
+                                   stepper.error_exponent, span)
+        else:
+            h0 = initial_step(xp, lambda t, y, dh: ev(t + dh, y), np.full(R, t0), y0, f0, direction,
+                              ev.full_atol(atol), rtol, stepper.error_exponent, ev.batched, span)
     else:
         floor = 100.0 * T_EPS * max(abs(float(t0)), 1.0)  # a dt0 below t's resolution is raised to it
-        h0 = np.full(R, min(max(abs(float(dt0)), floor), span))
+        h0 = min(max(abs(float(dt0)), floor), span)
+        h0 = h0 if not ev.batched else np.full(R, h0)
     stepper.start(float(t0), y0, f0)
-    big = float(np.sqrt(np.finfo(y0.dtype).max))
+    big = _BIG.get(np.dtype(y0.dtype)) or float(np.sqrt(np.finfo(y0.dtype).max))
     cx = xp if ev.batched else np  # where the per-row control state lives
     if steady:
         res0 = row_absmax(ev, f0)
         res0 = res0 if cx is xp else to_host(res0)
         threshold = float(np.max(atol)) + rtol * res0
         active = ~(res0 <= threshold)
+        n_active = int(active.sum())
+    elif not ev.batched:            # one row on the host: plain Python values
+        threshold, active, n_active = 0.0, True, 1
     else:
         threshold = cx.zeros(R)
         active = cx.ones(R, dtype=bool)
+        n_active = R
     rows = (_DeviceRows if ev.batched else _HostRow)(ev, t0, h0, t_end, direction, steady, big, threshold, active)
     y, fy = y0, f0
     steps: list[StepRecord] = []
-    n_active, num_steps = int(active.sum()), 0
+    num_steps = 0
     compiled = getattr(stepper, "run_rows", None) if n_active else None
     done = compiled(rows, y, fy, tol, max_steps, record) if compiled is not None else None
     if done is not None:        # the stepper ran this loop in compiled code (Radau on a small dense system)

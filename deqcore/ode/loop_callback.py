@@ -10,19 +10,25 @@ and the increments and perturbed points of a finite-difference Jacobian (:func:`
 A compiled loop calls ``call_back(address, request, t_a, t_b, t_c)``; the Python function behind ``address``
 serves the request (evaluates f or J into the loop's buffers) and answers :data:`SERVED`, :data:`RAISED`
 (an exception was kept, to be raised again unchanged once the compiled call returned) or :data:`HAND_BACK`
-(the driver's own loop takes over).
+(the driver's own loop takes over). The loops call the process's one callback, :data:`DISPATCH`, which
+passes each request to the function :func:`run_served` installed for the calling thread: making a ctypes
+callback per solve would cost its creation and, through ``ctypes.cast``, a reference cycle per solve (the
+garbage collector's time).
 
->>> import ctypes
 >>> seen = []
 >>> served = CALLBACK(lambda request, t_a, t_b, t_c: seen.append((request, t_a)) or SERVED)
->>> ask(ctypes.cast(served, ctypes.c_void_p).value, 3, 0.5), seen
+>>> ask(callback_address(served), 3, 0.5), seen
 (0, [(3, 0.5)])
+>>> run_served(lambda request, t_a, t_b, t_c: seen.append((request, t_a)) or RAISED,
+...            lambda: ask(DISPATCH, 4, 1.5)), seen[-1]            # the process's one callback
+(1, (4, 1.5))
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -32,13 +38,49 @@ from numba.extending import intrinsic
 from ..backend.numba_tools import CACHE, numba
 from ..results import ReturnCode
 from .controller import make_control_step, pi_factor
+from .driver import StepRecord
 
-__all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "call_back", "control", "run_growing", "add_counters", "control_with_proposal", "checked",
+__all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "DISPATCH", "callback_address", "run_served",
+           "call_back", "control", "run_growing", "add_counters", "control_with_proposal", "checked",
            "finish_row", "step_records", "fd_increments", "fd_perturbed", "ask"]
 
 #: the callback's signature: (request, t_a, t_b, t_c) -> SERVED, RAISED or HAND_BACK
 CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_double)
 SERVED, RAISED, HAND_BACK = 0, 1, 2
+
+
+def callback_address(callback) -> int:
+    """The address of the C function of a :data:`CALLBACK` object (read from its buffer: ``ctypes.cast``
+    would tie the object into a reference cycle that only the garbage collector frees)."""
+    return ctypes.c_void_p.from_address(ctypes.addressof(callback)).value
+
+
+class _Serving(threading.local):
+    serve = None
+
+
+_SERVING = _Serving()
+
+
+def _dispatch(request, t_a, t_b, t_c):
+    return _SERVING.serve(request, t_a, t_b, t_c)
+
+
+_DISPATCH = CALLBACK(_dispatch)
+#: the address of the one callback a compiled loop can call for the whole process: it passes each request to
+#: the function :func:`run_served` installed for the calling thread (no ctypes callback made per solve)
+DISPATCH = callback_address(_DISPATCH)
+
+
+def run_served(serve, run):
+    """``run()`` with ``serve(request, t_a, t_b, t_c)`` answering the requests sent to :data:`DISPATCH` from
+    this thread; the previous server is restored afterwards (a solve inside a right-hand side nests)."""
+    previous = _SERVING.serve
+    _SERVING.serve = serve
+    try:
+        return run()
+    finally:
+        _SERVING.serve = previous
 
 #: the driver's step control of one row (:func:`~deqcore.ode.controller.make_control_step`), compiled
 control = numba.njit(make_control_step(numba.njit(pi_factor)))
@@ -158,9 +200,7 @@ def step_records(rec, count, shape, y0, f0, stages=None):
     """The driver's :class:`~deqcore.ode.driver.StepRecord` list from the first ``count`` rows of a compiled
     loop's record, ``[t, t_end, y1 (n), f1 (n), ...]`` (each step starts where the previous one ended, the
     first at ``y0``, ``f0``); ``stages(r, y_start)``: the stages of record ``r`` (None: no stages)."""
-    from .driver import StepRecord
-
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)
     Y1s = rec[:count, 2:2 + n].reshape((count,) + tuple(shape))
     F1s = rec[:count, 2 + n:2 + 2 * n].reshape((count,) + tuple(shape))
     starts, ends = rec[:count, 0].tolist(), rec[:count, 1].tolist()

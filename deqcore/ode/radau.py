@@ -9,10 +9,15 @@ by a simplified Newton iteration. With ``A⁻¹ = T Λ T⁻¹`` (one real eigenv
 ``(α + iβ)/h − J`` system, factored once per (h, J) and reused while both stay. J = ∂f/∂y is kept across
 steps; it is re-evaluated after a step whose Newton iteration needed more than two iterations (one more for
 every three Newton iterations' worth of rhs calls a finite-difference Jacobian costs) at a contraction rate θ
-above ``jac_rate``, and when Newton fails with a J that is not fresh (the step is then
-retried at the same size first). The step size is kept unchanged when the controller asks for a change by a
-factor in [1, 1.2], so that the factors can be reused too. Newton starts from the previous step's
-collocation polynomial extrapolated to the new stages, and stops once its predicted remaining error
+above ``jac_rate``, and when Newton fails with a J that is not fresh. A failed Newton iteration shrinks the
+step (by half, or by Hairer's estimate of what converges in time) and takes a fresh J at once, as RADAU5 does:
+at loose tolerances Newton, not the error estimate, limits the step, and a retry at the failed size with a
+fresh J was found to fail again almost always. For the same reason the next step size is also held to
+``h·RATE_TARGET/θ`` (at least half of h) after a step whose Newton iteration measured a contraction rate θ
+(Gustafsson and Söderlind's control of the convergence rate, with θ taken proportional to h), so that the
+step grows only as far as Newton still converges. The step size is kept unchanged when the controller asks
+for a change by a factor in [1, 1.2], so that the factors can be reused too. Newton starts from the previous
+step's collocation polynomial extrapolated to the new stages, and stops once its predicted remaining error
 ``θ/(1 − θ)·‖ΔW‖`` is below ``newton_tol · min(0.03, √rtol)`` (in units of the error weights; ``newton_tol`` and
 ``jac_rate`` adapt to what a Jacobian costs: 0.03 and 0.01 while it costs at most two Newton iterations, else
 1 (the Newton tolerance of SciPy's Radau) and 0.001 (RADAU5's rate); the rate of the
@@ -59,6 +64,7 @@ refused with a ``ValueError``; use ``dq.Rodas5P()`` there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +82,11 @@ __all__ = ["Radau", "RadauStepper", "radau_coefficients"]
 #: step-size factor limits (new h / old h), the safety factor, and the ratio band in which h is kept
 MIN_FACTOR, MAX_FACTOR, SAFETY = 0.2, 8.0, 0.9
 KEEP_LOW, KEEP_HIGH = 1.0, 1.2
+#: the Newton contraction rate the step size aims at: after a step whose Newton iteration measured the rate θ
+#: (two or more iterations) the next step is at most h·RATE_TARGET/θ, and this limit shrinks it at most to
+#: RATE_MIN_FACTOR·h (measured on Robertson, Van der Pol μ = 1000 and HIRES, rtol 1e-1 … 1e-9: fewer Newton
+#: failures at loose tolerances, the same steps at tight ones)
+RATE_TARGET, RATE_MIN_FACTOR = 0.2, 0.5
 #: marks factors held in the stepper's own arrays (the compiled path of one small dense float64 system)
 _COMPILED = "compiled"
 #: J is kept after a step whose Newton iteration took at most this many iterations, whatever its rate (plus one
@@ -99,10 +110,14 @@ KEEP_ITER_PER_JAC_ITERS = 3
 COMPILED_LOOP = True
 
 
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
 def newton_tolerance(rtol: float, dtype) -> float:
     """The error (in error weights) Newton must reach: ``min(0.03, √rtol)``, at least 10 eps / rtol; it stops
     at ``newton_tol`` times this, and is abandoned when it cannot reach this."""
-    return max(10.0 * np.finfo(dtype).eps / rtol, min(0.03, rtol ** 0.5))
+    eps = _EPS64 if dtype == np.float64 else float(np.finfo(dtype).eps)
+    return max(10.0 * eps / rtol, min(0.03, rtol ** 0.5))
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,32 @@ def _lagrange(theta):
 
 
 _C_FLAT, _DENSE_FLAT = np.ascontiguousarray(COEF.c), np.ascontiguousarray(COEF.dense).ravel()
+_C_LIST = [float(ci) for ci in COEF.c]
+_LOOP: dict = {}
+
+
+def _load_loop():
+    """:func:`~deqcore.ode.radau_loop.run_radau_loop` (imported on first use: it imports this module)."""
+    from .driver import T_EPS
+    from .radau_loop import run_radau_loop
+
+    _LOOP.update(run=run_radau_loop, t_eps=T_EPS)
+    return run_radau_loop
+
+
+_COEFFICIENTS: dict = {}
+
+
+def _coefficients(dtype):
+    """(T, T⁻¹, error weights, last row of A⁻¹, T and T⁻¹ C-contiguous) in ``dtype``, formed once per dtype
+    (shared by every stepper: never written)."""
+    out = _COEFFICIENTS.get(dtype)
+    if out is None:
+        T, T_inv = COEF.T.astype(dtype), COEF.T_inv.astype(dtype)
+        out = (T, T_inv, COEF.error.astype(dtype), _A_INV_LAST.astype(dtype), np.ascontiguousarray(T),
+               np.ascontiguousarray(T_inv))
+        _COEFFICIENTS[dtype] = out
+    return out
 
 
 def extrapolation_matrix(ratio: float) -> np.ndarray:
@@ -206,18 +247,17 @@ class RadauStepper(OneSystemJacobian):
 
     def __init__(self, ev: Evaluator, method: "Radau", jac):
         self.ev, self.jac = ev, jac
-        self.n = int(np.prod(ev.shape, dtype=np.int64))
-        self.dtype = np.dtype(ev.dtype)
-        self.cdtype = np.result_type(self.dtype, np.complex64)
+        self.n = n = math.prod(ev.shape)
+        self.dtype = dt = np.dtype(ev.dtype)
+        self.cdtype = np.result_type(dt, np.complex64)
         self.max_iter = method.max_newton_iter
         self._jac_rate = method.jac_rate
         self._newton_tol = method.newton_tol
         self.jac_calls = 0          # rhs calls of a Jacobian (columns or column groups; 0 with the user's jac)
-        self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, self.n)
-        dt = self.dtype
-        self._T, self._T_inv = COEF.T.astype(dt), COEF.T_inv.astype(dt)
-        self._e = COEF.error.astype(dt)
-        self._c = [float(ci) for ci in COEF.c]
+        self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, n)
+        # the method's coefficients in the state's dtype (shared by every stepper, never written)
+        self._T, self._T_inv, self._e, self._A_inv_last, self._T_c, self._T_inv_c = _coefficients(dt)
+        self._c = _C_LIST
         self.fd = None
         self.stats = {"njev": 0, "nlinsolve": 0, "nfactor": 0, "nfev_jac": 0, "nfailed_solves": 0,
                       "nnewton_fail": 0}
@@ -232,19 +272,22 @@ class RadauStepper(OneSystemJacobian):
         self._pending = None
         self._f_exact = True        # the f handed in with the state is an evaluation (not the implied one)
         self._f_base = None         # f evaluated at the current state by this stepper (kept across rejections)
-        self._A_inv_last = _A_INV_LAST.astype(self.dtype)
         # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the vector work of a step in compiled
         # kernels (kernels_host) calling the BLAS/LAPACK routines the array code reaches, so the same numbers
-        self.host = self.pattern is None and self.dtype == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT
+        # (their buffers are allocated by the first factorisation: the compiled loop has its own)
+        self.host = self.pattern is None and dt == np.float64 and 1 <= n <= HOST_SYSTEM_LIMIT
         if self.host:
-            n = self.n
             self._addresses = radau_addresses()
-            self._lu_r, self._lu_c = np.empty((n, n), order="F"), np.empty((n, n), np.complex128, order="F")
-            self._piv_r, self._piv_c = np.empty(n, np.int32), np.empty(n, np.int32)
-            self._T_inv_c, self._T_c = np.ascontiguousarray(self._T_inv), np.ascontiguousarray(self._T)
-            self._scale, self._y_new, self._ez = np.empty(n), np.empty(n), np.empty(n)
-            self._no_rows = np.empty((0, n))
-            self._M = (None, None)
+            self._lu_r = None
+
+    def _host_buffers(self):
+        """The buffers of the host kernels (driver's loop on one small dense float64 system)."""
+        n = self.n
+        self._lu_r, self._lu_c = np.empty((n, n), order="F"), np.empty((n, n), np.complex128, order="F")
+        self._piv_r, self._piv_c = np.empty(n, np.int32), np.empty(n, np.int32)
+        self._scale, self._y_new, self._ez = np.empty(n), np.empty(n), np.empty(n)
+        self._no_rows = np.empty((0, n))
+        self._M = (None, None)
 
     # ---- heuristics that adapt to what a Jacobian costs (jac_calls, set by each evaluation) ----
     @property
@@ -293,6 +336,8 @@ class RadauStepper(OneSystemJacobian):
         J = self.J
         shifts = (COEF.gamma / h, COEF.mu / h)
         if self.host and isinstance(J, np.ndarray) and J.dtype == np.float64:
+            if self._lu_r is None:
+                self._host_buffers()
             if radau_factor(self._addresses, np.ascontiguousarray(J), shifts[0], shifts[1].real, shifts[1].imag,
                             self._lu_r, self._piv_r, self._lu_c, self._piv_c):
                 return None
@@ -314,8 +359,7 @@ class RadauStepper(OneSystemJacobian):
         system; None where the driver's own loop runs (other systems, or ``COMPILED_LOOP`` off)."""
         if not (self.host and COMPILED_LOOP) or rows.batched:
             return None
-        from .driver import T_EPS
-        from .radau_loop import run_radau_loop
+        run_radau_loop = _LOOP.get("run") or _load_loop()
 
         # what a Jacobian will cost (the compiled loop forms dense ones only): the automatic heuristics below
         # read it, and the loop takes their values as data
@@ -323,8 +367,9 @@ class RadauStepper(OneSystemJacobian):
         params = dict(T=self._T_c, T_inv=self._T_inv_c, e=self._e, c=COEF.c, a_last=self._A_inv_last,
                       dense=COEF.dense, gamma=COEF.gamma, mu=COEF.mu, safety=SAFETY, min_factor=MIN_FACTOR,
                       max_factor=MAX_FACTOR, keep_low=KEEP_LOW, keep_high=KEEP_HIGH, jac_keep_iter=self.jac_keep_iter,
-                      newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=T_EPS,
-                      eps=float(np.finfo(self.dtype).eps), fd_grow=_FD_GROW)
+                      rate_target=RATE_TARGET, rate_min_factor=RATE_MIN_FACTOR,
+                      newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=_LOOP["t_eps"],
+                      eps=_EPS64, fd_grow=_FD_GROW)
         return run_radau_loop(self, rows, y, fy, tol, max_steps, record, params)
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
@@ -355,9 +400,7 @@ class RadauStepper(OneSystemJacobian):
         ok, Z, n_iter, theta, h_fail = self._newton(t, y_flat, h, scale, newton_tol)
         if not ok:
             self.stats["nnewton_fail"] += 1
-            if not self.jac_fresh and np.isfinite(h_fail):
-                h_fail = abs(h)              # first retry the same step with a fresh J
-            return self._reject(y, fy, h_fail, None, newton=True)
+            return self._reject(y, fy, h_fail, None, newton=True)     # smaller, and a fresh J if J is not
         _, solve_real, _ = self.lu
         if solve_real is _COMPILED:
             return self._finish_compiled(t, y, fy, h, y_flat, f_flat, Z, n_iter, theta, atol, rtol)
@@ -414,6 +457,8 @@ class RadauStepper(OneSystemJacobian):
         h_next = h_abs / quot
         if self.last_rejected:
             h_next = min(h_next, h_abs)
+        if n_iter >= 2:                     # the step Newton still converges at (θ ∝ h)
+            h_next = min(h_next, h_abs * max(RATE_MIN_FACTOR, RATE_TARGET / max(theta, 1e-10)))
         y1 = y_new.reshape(ev.shape)
         if not ev.autonomous:
             # the collocation polynomial's derivative at t + h: f(t + h, y_new) up to the Newton tolerance
@@ -654,7 +699,7 @@ class Radau(ODEMethod):
         if ev.xp is not np:
             raise ValueError("dq.Radau() needs a NumPy y0 (it runs on the host); for CuPy arrays use "
                              "dq.Rodas5P()")
-        n = int(np.prod(ev.shape, dtype=np.int64))
+        n = math.prod(ev.shape)
         if self.jac_sparsity is not None and tuple(np.shape(self.jac_sparsity)) != (n, n):
             raise ValueError(f"jac_sparsity must have shape ({n}, {n}) for this y0 (n = y0.size), got "
                              f"{tuple(np.shape(self.jac_sparsity))}")

@@ -37,7 +37,7 @@ helpers called directly), only their column evaluations of f called back.
 
 from __future__ import annotations
 
-import ctypes
+import math
 
 import numpy as np
 
@@ -49,12 +49,40 @@ from .radau_machine import (F_BASE, F_ERR, F_NEW, FD_COLS, GROW, JAC, STAGES,
                             F_ERR_PREV, F_EXPONENT, F_FACCON, F_GAMMA, F_H, F_JAC_RATE, F_KEEP_HIGH, F_KEEP_LOW,
                             F_MAX_FACTOR, F_MIN_FACTOR, F_MU_IM, F_MU_RE, F_NEWTON_FACTOR, F_NEWTON_TOL, F_RTOL,
                             F_SAFETY, F_T, F_T_END, F_TEPS, F_THRESHOLD, F_LOST_BELOW, F_GROW, F_FD_START,
-                            I_NJEV_FD, I_NFEV_JAC, layout)
+                            I_NJEV_FD, I_NFEV_JAC, F_RATE_TARGET, F_RATE_MIN_FACTOR, layout)
 from . import radau_machine
-from .loop_callback import (CALLBACK, HAND_BACK, RAISED, SERVED, add_counters, checked as _checked, finish_row,
-                            run_growing, step_records)
+from .radau import CollocationPolynomial
+from .rosenbrock import user_jacobian
+from .loop_callback import (DISPATCH, HAND_BACK, RAISED, SERVED, add_counters, run_served, checked as _checked,
+                            finish_row, run_growing, step_records)
 
 __all__ = ["run_radau_loop"]
+
+#: the float state's head entries a solve writes (the order of the tuple ``run_radau_loop`` assigns)
+_HEAD = np.array([F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL,
+                  F_NEWTON_FACTOR, F_JAC_RATE, F_SAFETY, F_MIN_FACTOR, F_MAX_FACTOR, F_KEEP_LOW, F_KEEP_HIGH,
+                  F_GAMMA, F_MU_RE, F_MU_IM, F_FACCON, F_EXPONENT, F_EPS, F_LOST_BELOW, F_GROW, F_FD_START,
+                  F_RATE_TARGET, F_RATE_MIN_FACTOR])
+_TEMPLATES: dict = {}
+_COEFFICIENT_NAMES = ("T", "T_inv", "e", "c", "a_last", "dense")
+
+
+def _template(n: int, params: dict):
+    """(layout, float state) of a system of ``n`` unknowns before a solve: zeros with the method's coefficients
+    (``params``' T, T_inv, e, c, a_last, dense: the stepper's shared arrays) in place, formed once per ``n`` and
+    set of coefficient arrays (the entry keeps them alive, so their ids stay theirs); a solve starts from a
+    copy."""
+    arrays = tuple(params[name] for name in _COEFFICIENT_NAMES)
+    key = (n,) + tuple(map(id, arrays))
+    found = _TEMPLATES.get(key)
+    if found is None:
+        L = layout(n)
+        fw = np.zeros(L["size"][0])
+        for name, a in zip(_COEFFICIENT_NAMES, arrays):
+            start, stop = L[name]
+            fw[start:stop] = np.ravel(a)
+        found = _TEMPLATES[key] = (L, fw, arrays)
+    return found[0], found[1]
 
 
 def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, params: dict):
@@ -65,55 +93,51 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     num_steps)`` as the driver's loop leaves them, or None when the first Jacobian is not a dense array (the
     driver's loop then takes over from the stepper's state, which already holds that Jacobian). An exception
     raised by ``rhs`` or ``jac`` propagates unchanged."""
-    from .radau import CollocationPolynomial
-    from .rosenbrock import user_jacobian
-
     ev, n = stepper.ev, stepper.n
     shape = ev.shape
-    L = layout(n)
-    fw = np.zeros(L["size"][0])
+    L, template = _template(n, params)
+    fw = template.copy()            # zeros, the method's coefficients in place
     ist = np.zeros(I_SIZE, dtype=np.int64)
     lu_c = np.empty((n, n), dtype=np.complex128, order="F")
     piv = np.zeros(2 * n, dtype=np.int32)
-    view = {name: fw[a:b] for name, (a, b) in L.items() if name != "size"}
-    view["y"][:] = y0.reshape(-1)
-    view["f"][:] = f0.reshape(-1)
+
+    def view(name):
+        start, stop = L[name]
+        return fw[start:stop]
+
+    y_flat, f_in = view("y"), view("f")
+    y_flat[:] = y0.reshape(-1)
+    f_in[:] = f0.reshape(-1)
     atol, rtol = tol
-    view["atol"][:] = np.broadcast_to(np.asarray(atol, dtype=np.float64), shape).reshape(-1) if np.ndim(atol) \
-        else float(atol)
-    for name in ("T", "T_inv", "e", "c", "a_last", "dense"):
-        view[name][:] = np.ravel(params[name])
+    view("atol")[:] = np.broadcast_to(np.asarray(atol, dtype=np.float64), shape).reshape(-1) \
+        if type(atol) is not float and np.ndim(atol) else float(atol)
     ist[I_N], ist[I_KMAX], ist[I_JAC_KEEP_ITER] = n, stepper.max_iter, params["jac_keep_iter"]
     ist[I_AUTONOMOUS], ist[I_USER_JAC] = int(ev.autonomous), int(stepper.jac is not None)
     ist[I_STEADY], ist[I_RECORD], ist[I_MAX_STEPS] = int(rows.steady), int(record), max_steps
     ist[I_CODE], ist[I_ACTIVE], ist[I_AFTER_REJECT] = rows.code, int(rows.active), int(rows.after_reject)
     ist[I_NEED_JAC], ist[I_F_EXACT], ist[I_FIRST] = 1, int(stepper._f_exact), 1
     ist[I_ADDR:I_ADDR + 7] = stepper._addresses
-    head = {F_T: rows.t, F_H: rows.h, F_ERR_PREV: rows.err_prev, F_T_END: rows.t_end, F_DIRECTION: rows.direction,
-            F_BIG: rows.big, F_THRESHOLD: rows.threshold, F_TEPS: params["t_eps"], F_RTOL: float(rtol),
-            F_NEWTON_TOL: params["newton_tol"], F_NEWTON_FACTOR: stepper.newton_factor,
-            F_JAC_RATE: stepper.jac_rate, F_SAFETY: params["safety"], F_MIN_FACTOR: params["min_factor"],
-            F_MAX_FACTOR: params["max_factor"], F_KEEP_LOW: params["keep_low"], F_KEEP_HIGH: params["keep_high"],
-            F_GAMMA: params["gamma"], F_MU_RE: params["mu"].real, F_MU_IM: params["mu"].imag,
-            F_FACCON: stepper.faccon, F_EXPONENT: float(stepper.error_exponent), F_EPS: params["eps"],
-            F_LOST_BELOW: params["eps"] ** 0.875, F_GROW: params["fd_grow"],
-            F_FD_START: float(np.sqrt(params["eps"]))}
-    for k, v in head.items():
-        fw[k] = v
+    eps = params["eps"]
+    fw[_HEAD] = (rows.t, rows.h, rows.err_prev, rows.t_end, rows.direction, rows.big, rows.threshold,
+                 params["t_eps"], float(rtol), params["newton_tol"], stepper.newton_factor, stepper.jac_rate,
+                 params["safety"], params["min_factor"], params["max_factor"], params["keep_low"],
+                 params["keep_high"], params["gamma"], params["mu"].real, params["mu"].imag, stepper.faccon,
+                 float(stepper.error_exponent), eps, eps ** 0.875, params["fd_grow"], math.sqrt(eps),
+                 params["rate_target"], params["rate_min_factor"])
     rec = np.empty((64 if record else 0, 2 + 5 * n))
     ist[I_REC_CAP] = rec.shape[0]
 
     rhs, args, autonomous, dtype = ev.rhs, ev.args, ev.autonomous, ev.dtype
-    y_in, f_in = view["y"].reshape(shape), view["f"]
-    Y0, Y1, Y2 = (view["Y"][i * n:(i + 1) * n].reshape(shape) for i in range(3))
-    F0, F1, F2 = (view["F"][i * n:(i + 1) * n].reshape(shape) for i in range(3))
-    points = {F_ERR: (view["y_err"].reshape(shape), view["f_err"].reshape(shape)),
-              F_NEW: (view["y_new"].reshape(shape), view["f_new"].reshape(shape)),
+    y_in = y_flat.reshape(shape)
+    Y0, Y1, Y2 = (y.reshape(shape) for y in view("Y").reshape(3, n))
+    F0, F1, F2 = (f.reshape(shape) for f in view("F").reshape(3, n))
+    points = {F_ERR: (view("y_err").reshape(shape), view("f_err").reshape(shape)),
+              F_NEW: (view("y_new").reshape(shape), view("f_new").reshape(shape)),
               F_BASE: (y_in, f_in.reshape(shape))}
-    J_out = view["J"].reshape(n, n)
-    columns = view["fd_cols"]
-    YP = [view["fd_YP"][j * n:(j + 1) * n].reshape(shape) for j in range(n)]
-    FP = [view["fd_FP"][j * n:(j + 1) * n].reshape(shape) for j in range(n)]
+    J_out = view("J").reshape(n, n)
+    columns = view("fd_cols")
+    YP = view("fd_YP").reshape((n,) + shape)      # row j: the point of column j
+    FP = view("fd_FP").reshape((n,) + shape)
     ndarray = np.ndarray
     raised = []
     stats = stepper.stats
@@ -129,7 +153,7 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
 
     def jacobian(t):
         if user_jac is None:
-            return stepper._evaluate_jacobian(t, view["y"], f_in, tol)
+            return stepper._evaluate_jacobian(t, y_flat, f_in, tol)
         stats["njev"] += 1           # the user's jac, checked as OneSystemJacobian does
         J = user_jac(0.0 if autonomous else t, y_in, *args)
         if type(J) is ndarray and J.dtype is dtype and J.shape == (n, n):
@@ -183,10 +207,8 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
             raised.append(exc)
             return RAISED
 
-    callback = CALLBACK(serve)
-    address = ctypes.cast(callback, ctypes.c_void_p).value
-    rec = run_growing(lambda rec: radau_machine.radau_run(ist, fw, lu_c, piv, rec, address), rec, ist, I_REC_CAP,
-                      GROW, raised)
+    rec = run_served(serve, lambda: run_growing(
+        lambda rec: radau_machine.radau_run(ist, fw, lu_c, piv, rec, DISPATCH), rec, ist, I_REC_CAP, GROW, raised))
     if rec is None:
         return None
     # the driver's row, the stepper's counters
@@ -198,4 +220,4 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     Zs = rec[:count, 2 + 2 * n:].reshape(count, 3, n)
     steps = step_records(rec, count, shape, y0, f0,
                          lambda r, y_start: CollocationPolynomial(y_start.reshape(-1), Zs[r], shape))
-    return view["y"].reshape(shape).copy(), f_in.reshape(shape).copy(), steps, int(ist[I_NUM_STEPS])
+    return y_flat.reshape(shape).copy(), f_in.reshape(shape).copy(), steps, int(ist[I_NUM_STEPS])

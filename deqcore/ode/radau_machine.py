@@ -44,7 +44,8 @@ I_SIZE = I_ADDR + 7
  F_JAC_RATE, F_SAFETY, F_MIN_FACTOR, F_MAX_FACTOR, F_KEEP_LOW, F_KEEP_HIGH, F_GAMMA, F_MU_RE, F_MU_IM, F_FACCON,
  F_LU_H, F_H_PREV, F_H_ACC, F_ERR_ACC, F_M_RATIO, F_T_ARG, F_H_ARG, F_ERRV, F_THETA, F_TOP, F_H_NEXT, F_ERR_SQ,
  F_RES, F_EXPONENT, F_EPS, F_LOST_BELOW, F_GROW, F_FD_START, F_RATE) = range(40)
-F_HEAD = F_RATE + 4
+F_RATE_TARGET, F_RATE_MIN_FACTOR = F_RATE + 4, F_RATE + 5
+F_HEAD = F_RATE + 6
 
 # phases of the state machine
 P_ATTEMPT, P_AFTER_F_BASE, P_AFTER_JAC, P_NEWTON, P_AFTER_F_ERR, P_AFTER_F_NEW, P_CONTROL, P_FD1, P_FD2 = range(9)
@@ -313,8 +314,6 @@ def radau_advance(ist, fw, lu_c, piv, rec):
             ist[I_NITER] = k
             if failed:
                 ist[I_NNEWTON_FAIL] += 1
-                if ist[I_JAC_FRESH] == 0 and math.isfinite(h_fail):
-                    h_fail = abs(h)
                 _reject(ist, fw, n, h_fail, 0, math.inf, True)
                 continue
             err, top = radau_error(addresses, True, f, Z, e, h, lu_r, piv_r, y, atol, fw[F_RTOL], y_new, scale,
@@ -362,6 +361,9 @@ def radau_advance(ist, fw, lu_c, piv, rec):
             h_next = h_abs / quot
             if ist[I_LAST_REJECTED] != 0:
                 h_next = min(h_next, h_abs)
+            if ist[I_NITER] >= 2:
+                h_next = min(h_next, h_abs * max(fw[F_RATE_MIN_FACTOR],
+                                                 fw[F_RATE_TARGET] / max(fw[F_THETA], 1e-10)))
             fw[F_H_NEXT] = h_next
             if ist[I_AUTONOMOUS] == 0:
                 _combine(addresses[RADAU_GEMV], a_last, Z, f_new)

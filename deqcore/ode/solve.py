@@ -25,14 +25,27 @@ from .solution import ODEProblem, ODESolution
 __all__ = ["integrate", "steady_state"]
 
 
+#: the state dtypes the ODE solvers support, and 100 eps of each (the smallest rtol they resolve)
+_STATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_RTOL_MIN = {dt: 100.0 * float(np.finfo(dt).eps) for dt in _STATE_DTYPES}
+
+
 def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False):
     check_callable(rhs, "rhs")
-    xp = check_float_array(y0, "y0")
-    if np.dtype(y0.dtype) not in (np.float32, np.float64):
-        raise TypeError(f"y0 must be float32 or float64, got {np.dtype(y0.dtype)}")
+    if type(y0) is np.ndarray and y0.dtype in _STATE_DTYPES:    # the common case, checked without dispatch
+        xp, dtype = np, y0.dtype
+    else:
+        xp = check_float_array(y0, "y0")
+        dtype = np.dtype(y0.dtype)
+        if dtype not in _STATE_DTYPES:
+            raise TypeError(f"y0 must be float32 or float64, got {dtype}")
     if y0.size == 0:
         raise ValueError(f"y0 must have at least one element, got shape {tuple(y0.shape)}")
-    check_finite(y0, "y0")
+    if xp is np:
+        if not np.isfinite(y0).all():
+            raise ValueError("y0 contains NaN or infinity")
+    else:
+        check_finite(y0, "y0")
     if not isinstance(solver, ODEMethod):
         raise TypeError(f"solver must be an ODE method such as dq.Tsit5(), dq.VCABM3(), dq.Radau(), dq.Rodas5P() or dq.BDF(); got "
                         f"{type(solver).__name__}")
@@ -40,11 +53,11 @@ def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False
         raise TypeError(f"args must be a tuple of extra arguments for rhs, got {type(args).__name__}")
     atol = _check_atol(atol, y0) if atol_array else check_tolerance(atol, "atol")
     rtol = check_tolerance(rtol, "rtol")
-    if np.all(atol == 0.0) and rtol == 0.0:
+    if rtol == 0.0 and (atol == 0.0 if type(atol) is float else bool(np.all(atol == 0.0))):
         raise ValueError("atol and rtol cannot both be 0")
-    rtol_min = 100.0 * float(np.finfo(y0.dtype).eps)
+    rtol_min = _RTOL_MIN[dtype]
     if rtol < rtol_min:
-        warnings.warn(f"rtol={rtol!r} is below what {np.dtype(y0.dtype).name} resolves; using rtol = "
+        warnings.warn(f"rtol={rtol!r} is below what {dtype.name} resolves; using rtol = "
                       f"{rtol_min:.3g} (100 eps)", UserWarning, stacklevel=3)
         rtol = rtol_min
     return xp, atol, rtol, check_positive_int(max_steps, "max_steps")
@@ -53,7 +66,7 @@ def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False
 def _check_atol(atol, y0):
     """A number, or an array of per-component absolute tolerances broadcastable to ``y0`` (kept on the host
     as a float64 NumPy array of y0's shape; a constant array becomes a number)."""
-    if np.ndim(atol) == 0:
+    if type(atol) is float or np.ndim(atol) == 0:
         return check_tolerance(atol, "atol")
     values = np.asarray(to_host(atol) if hasattr(atol, "__cuda_array_interface__") else atol)
     if values.dtype.kind not in "iuf":
