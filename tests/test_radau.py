@@ -160,10 +160,12 @@ def test_nan_rhs_is_not_success_and_does_not_raise():
         dq.integrate(lambda t, y: y * np.nan, np.ones(2), (0.0, 1.0), dq.Radau())
 
 
+@pytest.mark.parametrize("layout", [np.asarray, sp.csr_matrix])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_a_matrix_that_cannot_be_factored_ends_with_linear_solve_failed(bad):
+def test_a_matrix_that_cannot_be_factored_ends_with_linear_solve_failed(bad, layout):
+    """Dense J: LAPACK's factors; sparse J: the shared sparse factorisation (deqcore.ode.sparse_lu)."""
     sol = dq.integrate(lambda t, y: -y, np.ones(2), (0.0, 1.0), dq.Radau(),
-                       jac=lambda t, y: np.full((2, 2), bad), throw=False)
+                       jac=lambda t, y: layout(np.full((2, 2), bad)), throw=False)
     assert sol.result == dq.ReturnCode.LINEAR_SOLVE_FAILED
     assert "linear solve" in ode_message(sol.result)
 

@@ -255,6 +255,7 @@ class RadauStepper(OneSystemJacobian):
         self._newton_tol = method.newton_tol
         self.jac_calls = 0          # rhs calls of a Jacobian (columns or column groups; 0 with the user's jac)
         self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, n)
+        self._sparse = None         # the sparse factors (a SparseFactors) when J is sparse
         # the method's coefficients in the state's dtype (shared by every stepper, never written)
         self._T, self._T_inv, self._e, self._A_inv_last, self._T_c, self._T_inv_c = _coefficients(dt)
         self._c = _C_LIST
@@ -344,8 +345,12 @@ class RadauStepper(OneSystemJacobian):
             return (h, _COMPILED, _COMPILED)
         if isinstance(J, np.ndarray):
             solves = [_dense_lu(J, s, dt) for s, dt in zip(shifts, (self.dtype, self.cdtype))]
-        else:
-            solves = [_sparse_lu(J, s, dt) for s, dt in zip(shifts, (self.dtype, self.cdtype))]
+        else:       # the ordering and symbolic factorisation shared by both matrices and kept across steps
+            if self._sparse is None:
+                from .sparse_lu import SparseFactors
+                self._sparse = SparseFactors(self.pattern)
+            solves = [self._sparse.solver(J, s, 1.0, dt, slot=k)
+                      for k, (s, dt) in enumerate(zip(shifts, (self.dtype, self.cdtype)))]
         if solves[0] is None or solves[1] is None:
             return None
         return (h, solves[0], solves[1])
@@ -611,23 +616,6 @@ def _dense_lu(J, shift, dtype):
     def solve(b):
         return getrs(lu, piv, b)[0]
     return solve
-
-
-def _sparse_lu(J, shift, dtype):
-    """A solve function for ``shift·I − J`` (SciPy's sparse LU), or None when it is singular."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import splu
-
-    n = J.shape[0]
-    M = (sp.identity(n, format="csc", dtype=dtype) * shift - J.astype(dtype)).tocsc()
-    try:
-        lu = splu(M)
-    except RuntimeError:            # exactly singular
-        return None
-    diag = np.abs(lu.U.diagonal())
-    if not diag.min() > np.finfo(dtype).eps * diag.max():
-        return None
-    return lu.solve
 
 
 @dataclass(frozen=True, eq=False)
