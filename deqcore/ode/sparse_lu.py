@@ -95,6 +95,7 @@ class ShiftedSparseLU:
         self.l_ptr, self.l_idx, self.u_ptr, self.u_idx = _symbolic(n, P.indptr.astype(np.int64),
                                                                   P.indices.astype(np.int64))
         self.s_ptr, self.s_idx = S.indptr.astype(np.int64), S.indices.astype(np.int64)
+        self.l_run = _run_starts(self.l_ptr, self.l_idx)
         self.block_starts = (block_start(self.l_ptr), block_start(self.l_ptr, COMPLEX_BLOCK_MAX))
         self._set_block(self.block_starts[0])
         self._dtype = None
@@ -179,8 +180,8 @@ class ShiftedSparseLU:
             self._skip -= 1
             return self._factor_pivoting(data, a, b, dtype, eps)
         status = _numeric(self.n, self.s_ptr, self.s_idx, data, dtype.type(a), dtype.type(b), self.order,
-                          self.inverse, self.l_ptr, self.l_idx, self.u_ptr, self.u_stop, self.u_idx,
-                          self.l_val, self.u_val, self.diag, self.work, PIVOT_THRESHOLD, eps,
+                          self.inverse, self.l_ptr, self.l_run, self.l_idx, self.u_ptr, self.u_stop,
+                          self.u_idx, self.l_val, self.u_val, self.diag, self.work, PIVOT_THRESHOLD, eps,
                           self.block_start, self.block, self.piv, self._getrf)
         if status == _UNSTABLE:
             self._unstable_run += 1
@@ -214,8 +215,8 @@ class ShiftedSparseLU:
         if self._splu is not None:
             return self._splu.solve(np.asarray(rhs, dtype=self._dtype))
         out = np.empty(self.n, dtype=self._dtype)
-        _solve(self.n, np.asarray(rhs), self.order, self.l_ptr, self.l_idx, self.u_ptr, self.u_stop, self.u_idx,
-               self.l_val, self.u_val, self.diag, self.x, out, self.block_start, self.block, self.piv,
+        _solve(self.n, np.asarray(rhs), self.order, self.l_ptr, self.l_run, self.l_idx, self.u_ptr, self.u_stop,
+               self.u_idx, self.l_val, self.u_val, self.diag, self.x, out, self.block_start, self.block, self.piv,
                self._getrs)
         return out
 
@@ -356,8 +357,22 @@ def block_start(l_ptr, largest=None) -> int:
 
 
 @numba.njit(cache=CACHE)
-def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_idx, u_ptr, u_stop, u_idx, l_val, u_val, diag,
-             x, threshold, eps, start, block, piv, getrf):
+def _run_starts(ptr, idx):
+    """Per column of the CSC pattern ``(ptr, idx)`` (rows ascending): where its last run of consecutive rows
+    starts (the updates loop over that run without the row indices)."""
+    n = ptr.size - 1
+    run = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        r = ptr[j + 1] - 1
+        while r > ptr[j] and idx[r - 1] == idx[r] - 1:
+            r -= 1
+        run[j] = max(r, ptr[j])
+    return run
+
+
+@numba.njit(cache=CACHE)
+def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_run, l_idx, u_ptr, u_stop, u_idx, l_val, u_val,
+             diag, x, threshold, eps, start, block, piv, getrf):
     """Left-looking LU without row exchanges of ``a·I − b·J`` reordered (column k of the reordered matrix is
     J's column ``order[k]``, its rows mapped by ``inverse``), up to column ``start``; the columns from
     ``start`` on only receive the updates of the columns before it, and their trailing rows (the Schur
@@ -379,14 +394,13 @@ def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_idx, u_ptr, u
             x[j] = 0.0
             if v != 0.0:
                 bad += v - v
-                start_, stop = l_ptr[j], l_ptr[j + 1]
-                if stop > start_ and l_idx[stop - 1] - l_idx[start_] == stop - start_ - 1:
-                    off = l_idx[start_] - start_       # rows in one run (the dense part): a plain loop
-                    for r in range(start_, stop):
+                run, stop = l_run[j], l_ptr[j + 1]
+                for r in range(l_ptr[j], run):
+                    x[l_idx[r]] -= l_val[r] * v
+                if run < stop:                     # the rows in one run (the dense part): a plain loop
+                    off = l_idx[run] - run
+                    for r in range(run, stop):
                         x[off + r] -= l_val[r] * v
-                else:
-                    for r in range(start_, stop):
-                        x[l_idx[r]] -= l_val[r] * v
         if bad != 0.0 or bad != bad:   # a non-finite entry of U
             x[:] = 0.0
             return 1
@@ -442,8 +456,8 @@ def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_idx, u_ptr, u
 
 
 @numba.njit(cache=CACHE)
-def _solve(n, rhs, order, l_ptr, l_idx, u_ptr, u_stop, u_idx, l_val, u_val, diag, x, out, start, block, piv,
-           getrs):
+def _solve(n, rhs, order, l_ptr, l_run, l_idx, u_ptr, u_stop, u_idx, l_val, u_val, diag, x, out, start, block,
+           piv, getrs):
     """``out = M⁻¹ rhs`` from the factors of :func:`_numeric` (unit L of the columns before ``start``, the
     dense block's getrs, then U, in the reordered unknowns)."""
     for k in range(n):
@@ -451,14 +465,13 @@ def _solve(n, rhs, order, l_ptr, l_idx, u_ptr, u_stop, u_idx, l_val, u_val, diag
     for j in range(start):                    # L y = x, column by column
         v = x[j]
         if v != 0.0:
-            lo, stop = l_ptr[j], l_ptr[j + 1]
-            if stop > lo and l_idx[stop - 1] - l_idx[lo] == stop - lo - 1:
-                off = l_idx[lo] - lo
-                for r in range(lo, stop):
+            run, stop = l_run[j], l_ptr[j + 1]
+            for r in range(l_ptr[j], run):
+                x[l_idx[r]] -= l_val[r] * v
+            if run < stop:
+                off = l_idx[run] - run
+                for r in range(run, stop):
                     x[off + r] -= l_val[r] * v
-            else:
-                for r in range(lo, stop):
-                    x[l_idx[r]] -= l_val[r] * v
     if start < n:                             # the dense block: its row exchanges, L and U
         getrs_in_place(getrs, block, piv, x[start:])
     for k in range(n - 1, -1, -1):            # U z = y, column by column (above the block)
