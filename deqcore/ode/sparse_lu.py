@@ -8,13 +8,20 @@ holds the fill of LU without row exchanges). Each :meth:`~ShiftedSparseLU.factor
 left-looking elimination on that fixed pattern, compiled, reading J's values straight from its CSC data; each
 :meth:`~ShiftedSparseLU.solve` two compiled triangular sweeps.
 
+The last columns of such factors are mostly or fully dense (on the 512-unknown 2-D Brusselator the last 92
+are full, and the last 130, chosen by :func:`block_start`, take about 80% of the sparse elimination's
+multiply-adds; complex factors stop at :data:`COMPLEX_BLOCK_MAX`). They form one dense block: the
+elimination before it only adds its updates to the block's columns, and LAPACK's getrf (through its address,
+from compiled code) factors the block's Schur complement with partial pivoting inside the block; getrs
+applies those factors and row exchanges in the solve.
+
 The elimination takes its pivots on the diagonal (the matrices here are ``I`` minus a multiple of J: the
 diagonal dominates for small steps). A pivot smaller than :data:`PIVOT_THRESHOLD` times the largest entry
 below it in its column would lose accuracy: then this matrix is factored by SciPy's ``splu`` with partial
 pivoting instead (counted in :attr:`~ShiftedSparseLU.fallbacks`; after two such matrices in a row the next
-:data:`SKIP_AFTER_FALLBACKS` go there directly). A zero or non-finite pivot, or a matrix
-whose pivots span more than ``1/eps`` (:func:`tiny_pivots`), is reported as singular: ``factor`` returns
-False and the caller's step fails, never a silent garbage solve.
+:data:`SKIP_AFTER_FALLBACKS` go there directly). A zero or non-finite pivot or entry of U, or a matrix whose
+pivots (the dense block's included) span more than ``1/eps`` (:func:`tiny_pivots`), is reported as singular:
+``factor`` returns False and the caller's step fails, never a silent garbage solve.
 
 >>> import numpy as np, scipy.sparse as sp
 >>> J = sp.csc_matrix(np.array([[-2.0, 1.0, 0.0], [1.0, -2.0, 1.0], [0.0, 1.0, -2.0]]))
