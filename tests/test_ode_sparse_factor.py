@@ -220,3 +220,104 @@ def test_column_groups_are_the_greedy_first_fit_colouring(seed, m, n, density):
     pattern = np.random.default_rng(seed).random((m, n)) < density
     np.testing.assert_array_equal(column_groups(pattern), _first_fit_reference(pattern))
     np.testing.assert_array_equal(column_groups(sp.csr_matrix(pattern)), _first_fit_reference(pattern))
+
+
+# ---- the dense trailing block (LAPACK getrf/getrs on the Schur complement) ----
+def _block_diagonal(rng, n_diag, n_dense, singular=False):
+    """J = diag(first n_diag) ⊕ a dense n_dense × n_dense block (two equal rows when ``singular``)."""
+    n = n_diag + n_dense
+    J = np.zeros((n, n))
+    J[:n_diag, :n_diag] = np.diag(rng.normal(size=n_diag))
+    D = rng.normal(size=(n_dense, n_dense))
+    if singular:
+        D[1] = D[0]
+    J[n_diag:, n_diag:] = D
+    return J
+
+
+@pytest.mark.parametrize("complex_shift", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_brusselator_factors_have_a_dense_block_and_solve_like_a_dense_solve(complex_shift, dtype):
+    from deqcore.ode.sparse_lu import SparseFactors
+
+    f, y0, pattern = brusselator_2d(8)
+    n = y0.size
+    rng = np.random.default_rng(1)
+    P = sp.csc_matrix(pattern)
+    J = sp.csc_matrix((rng.normal(size=P.nnz), P.indices, P.indptr), shape=P.shape)
+    factors = SparseFactors(pattern)
+    a = 3.0 + 2.0j if complex_shift else 3.0
+    out = np.complex64 if complex_shift and dtype == np.float32 else np.complex128 if complex_shift else dtype
+    solve = factors.solver(J, a, 1.0, out)
+    lu = factors.slots[0]
+    assert lu.block_start < n and lu.fallbacks == 0                # the dense-block path was taken
+    M = a * np.eye(n) - J.toarray()
+    rhs = rng.normal(size=n)
+    x = solve(rhs.astype(out))
+    assert x.dtype == out
+    expected = np.linalg.solve(M, rhs)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.abs(x - expected).max() <= tol * np.linalg.cond(M) * np.abs(expected).max()
+
+
+def test_any_block_start_gives_the_same_solution():
+    # the start of the dense block is a choice of speed only: every start solves alike (to round-off), also
+    # one where the block's columns are sparse
+    f, y0, pattern = brusselator_2d(4)
+    n = y0.size
+    rng = np.random.default_rng(2)
+    P = sp.csc_matrix(pattern)
+    J = sp.csc_matrix((rng.normal(size=P.nnz), P.indices, P.indptr), shape=P.shape)
+    rhs = rng.normal(size=n) + 1j * rng.normal(size=n)
+    lu = ShiftedSparseLU(pattern)
+    for a in (2.0, 2.0 - 1.0j):
+        expected = np.linalg.solve(a * np.eye(n) - J.toarray(), rhs if isinstance(a, complex) else rhs.real)
+        for start in (n, n - 16, n // 2, 0):
+            lu._set_block(start)
+            lu._dtype = None
+            lu.block_starts = (lu.block_start, lu.block_start)
+            assert lu.factor(lu.values(J), a, 1.0)
+            np.testing.assert_allclose(lu.solve(rhs if isinstance(a, complex) else rhs.real), expected,
+                                       rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("complex_shift", [False, True])
+def test_the_dense_block_pivots_where_the_diagonal_cannot(complex_shift):
+    # a zero diagonal inside the dense block: the sparse elimination would need the fallback, LAPACK's
+    # partial pivoting inside the block does not
+    rng = np.random.default_rng(4)
+    J = _block_diagonal(rng, 10, 40)
+    J[10:, 10:] = np.roll(np.eye(40), 1, axis=1) * rng.uniform(1.0, 2.0, size=40) + 0.01 * rng.normal(size=(40, 40))
+    np.fill_diagonal(J[10:, 10:], 0.0)
+    lu = ShiftedSparseLU(J != 0)
+    assert lu.block_start < 50
+    a = 1e-3j if complex_shift else 0.0
+    M = a * np.eye(50) - J
+    rhs = rng.normal(size=50)
+    assert lu.factor(lu.values(sp.csc_matrix(J)), a, 1.0)
+    assert lu.fallbacks == 0
+    np.testing.assert_allclose(lu.solve(rhs), np.linalg.solve(M, rhs), rtol=1e-9,
+                               atol=1e-12 * np.abs(np.linalg.solve(M, rhs)).max())
+
+
+@pytest.mark.parametrize("case", ["singular", "nan", "overflow"])
+@pytest.mark.parametrize("complex_shift", [False, True])
+def test_a_singular_or_non_finite_dense_block_is_refused(case, complex_shift):
+    rng = np.random.default_rng(6)
+    J = _block_diagonal(rng, 10, 40, singular=case == "singular")
+    lu = ShiftedSparseLU(J != 0)
+    assert lu.block_start < 50
+    data = lu.values(sp.csc_matrix(J)).copy()
+    dense = np.flatnonzero(lu.pattern.indices >= 10)           # entries of the dense block
+    if case == "nan":
+        data[dense[len(dense) // 2]] = np.nan
+    if case == "overflow":                                         # finite entries whose block overflows
+        data[dense] *= 1e300
+    if complex_shift:                                              # complex factors (a complex zero shift)
+        data = data * (1.0 - 0.5j)
+    assert not lu.factor(data, 0.0j if complex_shift else 0.0, 1.0 if case != "overflow" else 1e10)
+    # the same factors object takes a regular matrix afterwards
+    J2 = _block_diagonal(rng, 10, 40)
+    assert lu.factor(lu.values(sp.csc_matrix(J2)), 5.0, 1.0)
+    rhs = rng.normal(size=50)
+    np.testing.assert_allclose(lu.solve(rhs), np.linalg.solve(5.0 * np.eye(50) - J2, rhs), rtol=1e-9)

@@ -38,7 +38,8 @@ __all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrf_address"
            "solve_in_place", "bdf_predict", "bdf_newton",
            "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
            "rosenbrock_stage", "rosenbrock_finish", "radau_addresses", "radau_factor",
-           "radau_start", "radau_newton", "radau_error", "radau_extrapolation"]
+           "radau_start", "radau_newton", "radau_error", "radau_extrapolation", "lu_addresses",
+           "getrf_in_place", "getrs_in_place"]
 
 #: the largest dense system the steppers solve through these kernels (measured with Rodas5P and an analytic
 #: Jacobian: 1.6-3x less time per step than the array code from n = 8 to 128; no clear winner at 256-512,
@@ -664,3 +665,42 @@ def radau_extrapolation(ratio, c, dense, out):
         for i in range(3):
             v = p1 * dense[3 * i] + p2 * dense[3 * i + 1] + p3 * dense[3 * i + 2]
             out[3 * j + i] = v - 1.0 if i == 2 else v
+
+
+# ---- a dense block of general dtype (the trailing block of the sparse factors) ---------------------------------
+
+_LU_ADDRESSES = {}
+
+
+def lu_addresses(dtype) -> tuple:
+    """The addresses ``(getrf, getrs)`` of LAPACK's LU routines for ``dtype`` (float32, float64, complex64 or
+    complex128: s/d/c/z) from SciPy's Cython LAPACK (looked up once per dtype)."""
+    dtype = np.dtype(dtype)
+    found = _LU_ADDRESSES.get(dtype)
+    if found is None:
+        prefix = {np.dtype(np.float32): "s", np.dtype(np.float64): "d", np.dtype(np.complex64): "c",
+                  np.dtype(np.complex128): "z"}.get(dtype)
+        if prefix is None:
+            raise TypeError(f"dtype: LAPACK's LU takes float32, float64, complex64 or complex128, not {dtype}")
+        found = _LU_ADDRESSES[dtype] = tuple(get_cython_function_address("scipy.linalg.cython_lapack",
+                                                                         prefix + name)
+                                             for name in ("getrf", "getrs"))
+    return found
+
+
+@numba.njit(cache=CACHE)
+def getrf_in_place(address, a, piv):
+    """LAPACK getrf (``address`` from :func:`lu_addresses` of ``a``'s dtype) on the square Fortran-ordered
+    ``a``, in place, 1-based pivots into ``piv`` (int32); returns LAPACK's info (> 0: an exact zero pivot)."""
+    ints = np.empty(2, dtype=np.int32)
+    ints[0] = a.shape[0]
+    ints[1] = 0
+    _call_with_6_pointers(address, ints[0:1], ints[0:1], a, ints[0:1], piv, ints[1:2])
+    return ints[1]
+
+
+@numba.njit(cache=CACHE)
+def getrs_in_place(address, lu, piv, x):
+    """LAPACK getrs (``address`` from :func:`lu_addresses`) with the factors of :func:`getrf_in_place` for the
+    contiguous vector ``x`` of the same dtype, in place."""
+    _getrs(address, lu, piv, x)

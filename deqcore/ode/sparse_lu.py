@@ -8,13 +8,20 @@ holds the fill of LU without row exchanges). Each :meth:`~ShiftedSparseLU.factor
 left-looking elimination on that fixed pattern, compiled, reading J's values straight from its CSC data; each
 :meth:`~ShiftedSparseLU.solve` two compiled triangular sweeps.
 
+The last columns of such factors are mostly or fully dense (on the 512-unknown 2-D Brusselator the last 92
+are full, and the last 130, chosen by :func:`block_start`, take about 80% of the sparse elimination's
+multiply-adds; complex factors stop at :data:`COMPLEX_BLOCK_MAX`). They form one dense block: the
+elimination before it only adds its updates to the block's columns, and LAPACK's getrf (through its address,
+from compiled code) factors the block's Schur complement with partial pivoting inside the block; getrs
+applies those factors and row exchanges in the solve.
+
 The elimination takes its pivots on the diagonal (the matrices here are ``I`` minus a multiple of J: the
 diagonal dominates for small steps). A pivot smaller than :data:`PIVOT_THRESHOLD` times the largest entry
 below it in its column would lose accuracy: then this matrix is factored by SciPy's ``splu`` with partial
 pivoting instead (counted in :attr:`~ShiftedSparseLU.fallbacks`; after two such matrices in a row the next
-:data:`SKIP_AFTER_FALLBACKS` go there directly). A zero or non-finite pivot, or a matrix
-whose pivots span more than ``1/eps`` (:func:`tiny_pivots`), is reported as singular: ``factor`` returns
-False and the caller's step fails, never a silent garbage solve.
+:data:`SKIP_AFTER_FALLBACKS` go there directly). A zero or non-finite pivot or entry of U, or a matrix whose
+pivots (the dense block's included) span more than ``1/eps`` (:func:`tiny_pivots`), is reported as singular:
+``factor`` returns False and the caller's step fails, never a silent garbage solve.
 
 >>> import numpy as np, scipy.sparse as sp
 >>> J = sp.csc_matrix(np.array([[-2.0, 1.0, 0.0], [1.0, -2.0, 1.0], [0.0, 1.0, -2.0]]))
@@ -35,8 +42,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend.numba_tools import CACHE, numba
+from .kernels_host import getrf_in_place, getrs_in_place, lu_addresses
 
-__all__ = ["ShiftedSparseLU", "SparseFactors", "PIVOT_THRESHOLD", "stored_pattern", "tiny_pivots"]
+__all__ = ["ShiftedSparseLU", "SparseFactors", "PIVOT_THRESHOLD", "DENSE_BLOCK_MIN", "COMPLEX_BLOCK_MAX",
+           "stored_pattern", "tiny_pivots", "block_start"]
 
 #: a diagonal pivot below this fraction of its column's largest entry below the diagonal sends the matrix
 #: to partial pivoting (SciPy's ``splu``)
@@ -44,6 +53,18 @@ PIVOT_THRESHOLD = 0.01
 
 #: after two matrices in a row that needed row exchanges, this many go straight to partial pivoting
 SKIP_AFTER_FALLBACKS = 8
+
+#: the smallest trailing block of the factors that is factored as a dense matrix (LAPACK's getrf)
+DENSE_BLOCK_MIN = 16
+
+#: the cost of a multiply-add in LAPACK's dense LU relative to one of the compiled sparse updates, and of one
+#: call (in those updates), for :func:`block_start` (measured on the 2-D Brusselator: the best block was 112-144
+#: of 512 columns, where the factors are 70-90% dense)
+DENSE_COST, DENSE_CALL_COST = 0.15, 2000.0
+
+#: the largest dense block of complex factors: OpenBLAS runs zgetrf on several threads from 100 × 100 on, which
+#: cost up to 0.1 s a call on a loaded machine (measured; its real getrf did not)
+COMPLEX_BLOCK_MAX = 99
 
 _OK, _SINGULAR, _UNSTABLE = 0, 1, 2
 
@@ -81,18 +102,33 @@ class ShiftedSparseLU:
         self.l_ptr, self.l_idx, self.u_ptr, self.u_idx = _symbolic(n, P.indptr.astype(np.int64),
                                                                   P.indices.astype(np.int64))
         self.s_ptr, self.s_idx = S.indptr.astype(np.int64), S.indices.astype(np.int64)
+        self.l_run = _run_starts(self.l_ptr, self.l_idx)
+        self.block_starts = (block_start(self.l_ptr), block_start(self.l_ptr, COMPLEX_BLOCK_MAX))
+        self._set_block(self.block_starts[0])
         self._dtype = None
         self.fallbacks = 0
         self._splu = None
         self._keys = None
         self._skip = self._unstable_run = 0
 
+    def _set_block(self, start):
+        """Factor the columns from ``start`` on as one dense block (LAPACK getrf on their Schur complement,
+        partial pivoting inside it); ``start = n`` for none. U's entries of those columns above the block
+        (the rows below ``start``, first in each column) end at :attr:`u_stop`."""
+        n = self.n
+        start = int(start) if n - int(start) >= DENSE_BLOCK_MIN else n
+        self.block_start = start
+        self.u_stop = self.u_ptr[1:].copy()
+        for k in range(start, n):
+            lo, hi = self.u_ptr[k], self.u_ptr[k + 1]
+            self.u_stop[k] = lo + np.searchsorted(self.u_idx[lo:hi], start)
+
     def twin(self) -> "ShiftedSparseLU":
         """Another set of factors on the same pattern, sharing the symbolic work (e.g. Radau's real and
         complex matrices, factored at the same time)."""
         other = object.__new__(ShiftedSparseLU)
         other.__dict__.update({k: v for k, v in self.__dict__.items()
-                               if k not in ("l_val", "u_val", "diag", "work", "x")})
+                               if k not in ("l_val", "u_val", "diag", "work", "x", "block", "piv")})
         other._dtype, other._splu, other.fallbacks, other._skip, other._unstable_run = None, None, 0, 0, 0
         return other
 
@@ -123,11 +159,18 @@ class ShiftedSparseLU:
     def _arrays(self, dtype):
         if self._dtype is None or self._dtype != dtype:
             self._dtype = dtype
+            start = self.block_starts[dtype.kind == "c"]
+            if start != self.block_start:
+                self._set_block(start)
             self.l_val = np.empty(self.l_idx.size, dtype=dtype)
             self.u_val = np.empty(self.u_idx.size, dtype=dtype)
             self.diag = np.empty(self.n, dtype=dtype)
             self.work = np.zeros(self.n, dtype=dtype)
             self.x = np.empty(self.n, dtype=dtype)
+            m = self.n - self.block_start
+            self.block = np.empty((m, m), dtype=dtype, order="F")
+            self.piv = np.empty(m, dtype=np.int32)
+            self._getrf, self._getrs = lu_addresses(dtype) if m else (0, 0)
 
     def factor(self, data, a, b, eps=None) -> bool:
         """Factor ``a·I − b·J`` (J's CSC values ``data`` on :attr:`pattern`); False when it is singular or
@@ -144,8 +187,9 @@ class ShiftedSparseLU:
             self._skip -= 1
             return self._factor_pivoting(data, a, b, dtype, eps)
         status = _numeric(self.n, self.s_ptr, self.s_idx, data, dtype.type(a), dtype.type(b), self.order,
-                          self.inverse, self.l_ptr, self.l_idx, self.u_ptr, self.u_idx, self.l_val,
-                          self.u_val, self.diag, self.work, PIVOT_THRESHOLD, eps)
+                          self.inverse, self.l_ptr, self.l_run, self.l_idx, self.u_ptr, self.u_stop,
+                          self.u_idx, self.l_val, self.u_val, self.diag, self.work, PIVOT_THRESHOLD, eps,
+                          self.block_start, self.block, self.piv, self._getrf)
         if status == _UNSTABLE:
             self._unstable_run += 1
             if self._unstable_run >= 2:
@@ -178,8 +222,9 @@ class ShiftedSparseLU:
         if self._splu is not None:
             return self._splu.solve(np.asarray(rhs, dtype=self._dtype))
         out = np.empty(self.n, dtype=self._dtype)
-        _solve(self.n, np.asarray(rhs), self.order, self.l_ptr, self.l_idx, self.u_ptr, self.u_idx,
-               self.l_val, self.u_val, self.diag, self.x, out)
+        _solve(self.n, np.asarray(rhs), self.order, self.l_ptr, self.l_run, self.l_idx, self.u_ptr, self.u_stop,
+               self.u_idx, self.l_val, self.u_val, self.diag, self.x, out, self.block_start, self.block, self.piv,
+               self._getrs)
         return out
 
 
@@ -291,39 +336,93 @@ def _symbolic(n, p_ptr, p_idx):
     return l_ptr, l_idx, u_ptr, u_idx
 
 
+def block_start(l_ptr, largest=None) -> int:
+    """Where the trailing block that the factorisation treats as dense starts, for factors whose L has the
+    column pointers ``l_ptr`` (``n``: none): the start that minimises the estimated work, the sparse
+    updates of the columns before it (``Σ_j |L(:, j)|²``) plus :data:`DENSE_COST` × ``m³/3`` for LAPACK's
+    LU of the ``m × m`` block, of at least :data:`DENSE_BLOCK_MIN` columns and at most ``largest``. (Any
+    start is correct: the block's zeros only cost time.)
+
+    >>> int(block_start(np.arange(21)))                           # a chain: no fill, nothing dense
+    20
+    >>> counts = np.arange(29, -1, -1)                            # 30 × 30 factors fully dense
+    >>> int(block_start(np.concatenate([[0], np.cumsum(counts)])))
+    0
+    """
+    l_ptr = np.asarray(l_ptr, dtype=np.int64)
+    n = l_ptr.size - 1
+    if n < DENSE_BLOCK_MIN:
+        return n
+    sparse = np.concatenate([[0.0], np.cumsum(np.diff(l_ptr).astype(np.float64) ** 2)])   # work before start
+    starts = np.arange(0 if largest is None else max(0, n - int(largest)), n - DENSE_BLOCK_MIN + 1)
+    if starts.size == 0:
+        return n
+    m = (n - starts).astype(np.float64)
+    cost = sparse[starts] + DENSE_COST * (m ** 3 / 3.0 + m * m) + DENSE_CALL_COST
+    best = int(starts[np.argmin(cost)])
+    return best if cost.min() < sparse[n] else n
+
+
 @numba.njit(cache=CACHE)
-def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_idx, u_ptr, u_idx, l_val, u_val, diag, x,
-             threshold, eps):
+def _run_starts(ptr, idx):
+    """Per column of the CSC pattern ``(ptr, idx)`` (rows ascending): where its last run of consecutive rows
+    starts (the updates loop over that run without the row indices)."""
+    n = ptr.size - 1
+    run = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        r = ptr[j + 1] - 1
+        while r > ptr[j] and idx[r - 1] == idx[r] - 1:
+            r -= 1
+        run[j] = max(r, ptr[j])
+    return run
+
+
+@numba.njit(cache=CACHE)
+def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_run, l_idx, u_ptr, u_stop, u_idx, l_val, u_val,
+             diag, x, threshold, eps, start, block, piv, getrf):
     """Left-looking LU without row exchanges of ``a·I − b·J`` reordered (column k of the reordered matrix is
-    J's column ``order[k]``, its rows mapped by ``inverse``). Returns OK, SINGULAR (a zero or non-finite
-    pivot, or pivots spanning more than 1/eps) or UNSTABLE (a pivot below ``threshold`` × its column)."""
+    J's column ``order[k]``, its rows mapped by ``inverse``), up to column ``start``; the columns from
+    ``start`` on only receive the updates of the columns before it, and their trailing rows (the Schur
+    complement) are factored densely in ``block`` by LAPACK getrf (address ``getrf``, pivots ``piv``).
+    Returns OK, SINGULAR (a zero or non-finite pivot or entry, or pivots spanning more than 1/eps) or
+    UNSTABLE (a diagonal pivot below ``threshold`` × its column, before ``start``)."""
     for k in range(n):
         # scatter column k (x is all zero outside the column's pattern between columns)
         col = order[k]
         for q in range(s_ptr[col], s_ptr[col + 1]):
             x[inverse[s_idx[q]]] = -b * data[q]
         x[k] += a
-        # the updates from the columns j < k in U(:, k), in ascending order
-        for q in range(u_ptr[k], u_ptr[k + 1]):
+        # the updates from the columns j < min(k, start) in U(:, k), in ascending order
+        bad = x[k] - x[k]               # stays zero while every entry of U(:, k) is finite
+        for q in range(u_ptr[k], u_stop[k]):
             j = u_idx[q]
             v = x[j]
             u_val[q] = v
             x[j] = 0.0
             if v != 0.0:
-                start, stop = l_ptr[j], l_ptr[j + 1]
-                if stop > start and l_idx[stop - 1] - l_idx[start] == stop - start - 1:
-                    off = l_idx[start] - start       # rows in one run (the dense part): a plain loop
-                    for r in range(start, stop):
+                bad += v - v
+                run, stop = l_run[j], l_ptr[j + 1]
+                for r in range(l_ptr[j], run):
+                    x[l_idx[r]] -= l_val[r] * v
+                if run < stop:                     # the rows in one run (the dense part): a plain loop
+                    off = l_idx[run] - run
+                    for r in range(run, stop):
                         x[off + r] -= l_val[r] * v
-                else:
-                    for r in range(start, stop):
-                        x[l_idx[r]] -= l_val[r] * v
+        if bad != 0.0 or bad != bad:   # a non-finite entry of U
+            x[:] = 0.0
+            return 1
+        if k >= start:                 # a column of the dense block: its Schur complement
+            for i in range(start, n):
+                block[i - start, k - start] = x[i]
+                x[i] = 0.0
+            continue
         pivot = x[k]
         x[k] = 0.0
         diag[k] = pivot
         big = 0.0
         for r in range(l_ptr[k], l_ptr[k + 1]):
-            m = abs(x[l_idx[r]])
+            z = x[l_idx[r]]
+            m = abs(z.real) + abs(z.imag)      # the modulus within a factor √2, without a square root
             if m > big or m != m:
                 big = m
         p = abs(pivot)
@@ -340,42 +439,59 @@ def _numeric(n, s_ptr, s_idx, data, a, b, order, inverse, l_ptr, l_idx, u_ptr, u
             l_val[r] = x[i] / pivot
             x[i] = 0.0
     top, low = 0.0, np.inf
-    for k in range(n):
+    for k in range(start):
         p = abs(diag[k])
         top = max(top, p)
         low = min(low, p)
+    if start < n:
+        m = n - start
+        for c in range(m):
+            for i in range(m):
+                if not np.isfinite(abs(block[i, c])):
+                    return 1
+        if getrf_in_place(getrf, block, piv) != 0:
+            return 1
+        for i in range(m):
+            p = abs(block[i, i])
+            if not np.isfinite(p):
+                return 1
+            top = max(top, p)
+            low = min(low, p)
     if not low > eps * top:
         return 1
     return 0
 
 
 @numba.njit(cache=CACHE)
-def _solve(n, rhs, order, l_ptr, l_idx, u_ptr, u_idx, l_val, u_val, diag, x, out):
-    """``out = M⁻¹ rhs`` from the factors of :func:`_numeric` (unit L, then U, in the reordered unknowns)."""
+def _solve(n, rhs, order, l_ptr, l_run, l_idx, u_ptr, u_stop, u_idx, l_val, u_val, diag, x, out, start, block,
+           piv, getrs):
+    """``out = M⁻¹ rhs`` from the factors of :func:`_numeric` (unit L of the columns before ``start``, the
+    dense block's getrs, then U, in the reordered unknowns)."""
     for k in range(n):
         x[k] = rhs[order[k]]
-    for j in range(n):                        # L y = x, column by column
+    for j in range(start):                    # L y = x, column by column
         v = x[j]
         if v != 0.0:
-            start, stop = l_ptr[j], l_ptr[j + 1]
-            if stop > start and l_idx[stop - 1] - l_idx[start] == stop - start - 1:
-                off = l_idx[start] - start
-                for r in range(start, stop):
+            run, stop = l_run[j], l_ptr[j + 1]
+            for r in range(l_ptr[j], run):
+                x[l_idx[r]] -= l_val[r] * v
+            if run < stop:
+                off = l_idx[run] - run
+                for r in range(run, stop):
                     x[off + r] -= l_val[r] * v
-            else:
-                for r in range(start, stop):
-                    x[l_idx[r]] -= l_val[r] * v
-    for k in range(n - 1, -1, -1):            # U z = y, column by column
-        v = x[k] / diag[k]
+    if start < n:                             # the dense block: its row exchanges, L and U
+        getrs_in_place(getrs, block, piv, x[start:])
+    for k in range(n - 1, -1, -1):            # U z = y, column by column (above the block)
+        v = x[k] / diag[k] if k < start else x[k]
         x[k] = v
         if v != 0.0:
-            start, stop = u_ptr[k], u_ptr[k + 1]
-            if stop > start and u_idx[stop - 1] - u_idx[start] == stop - start - 1:
-                off = u_idx[start] - start
-                for q in range(start, stop):
+            lo, stop = u_ptr[k], u_stop[k]
+            if stop > lo and u_idx[stop - 1] - u_idx[lo] == stop - lo - 1:
+                off = u_idx[lo] - lo
+                for q in range(lo, stop):
                     x[off + q] -= u_val[q] * v
             else:
-                for q in range(start, stop):
+                for q in range(lo, stop):
                     x[u_idx[q]] -= u_val[q] * v
     for k in range(n):
         out[order[k]] = x[k]
