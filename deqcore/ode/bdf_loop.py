@@ -25,8 +25,6 @@ at the end.
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 
 from . import bdf_machine
@@ -38,8 +36,8 @@ from .bdf_machine import (ATOL_FULL, COLS, FD_COLS, FD_ROWS, I_USER_JAC, I_NJEV_
                           I_NLINSOLVE, I_NFACTOR, I_NNEWTON_FAIL, I_NFAILED_SOLVES, I_GETRS, I_GETRF, F_T, F_H,
                           F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL,
                           F_EPS, F_MIN_FACTOR, F_MAX_FACTOR)
-from .loop_callback import (CALLBACK, HAND_BACK, RAISED, SERVED, add_counters, checked, finish_row, run_growing,
-                            step_records)
+from .loop_callback import (DISPATCH, HAND_BACK, RAISED, SERVED, add_counters, checked, finish_row, run_growing,
+                            run_served, step_records)
 
 __all__ = ["run_bdf_loop"]
 
@@ -121,10 +119,9 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
             raised.append(exc)
             return RAISED
 
-    callback = CALLBACK(serve)
-    address = ctypes.cast(callback, ctypes.c_void_p).value
-    rec = run_growing(lambda rec: bdf_machine.bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP,
-                                                      FP, M, address), rec, ist, I_REC_CAP, GROW, raised)
+    rec = run_served(serve, lambda: run_growing(
+        lambda rec: bdf_machine.bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, DISPATCH),
+        rec, ist, I_REC_CAP, GROW, raised))
     if rec is None:
         return None
     finish_row(rows, ev, fw[F_T], fw[F_H], fw[F_ERR_PREV], ist[I_AFTER_REJECT], ist[I_ACTIVE], ist[I_CODE],
