@@ -35,7 +35,7 @@ from .bdf_machine import (ATOL_FULL, COLS, FD_COLS, FD_ROWS, I_USER_JAC, I_NJEV_
                           I_REJECTED, I_CODE, I_ACTIVE, I_AFTER_REJECT, I_Y0_VALID, I_REC_COUNT, I_REC_CAP,
                           I_NLINSOLVE, I_NFACTOR, I_NNEWTON_FAIL, I_NFAILED_SOLVES, I_GETRS, I_GETRF, F_T, F_H,
                           F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL,
-                          F_EPS, F_MIN_FACTOR, F_MAX_FACTOR)
+                          F_EPS, F_MIN_FACTOR, F_MAX_FACTOR, F_RATE)
 from .loop_callback import (DISPATCH, HAND_BACK, RAISED, SERVED, add_counters, checked, finish_row, run_growing,
                             run_served, step_records)
 
@@ -78,7 +78,8 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
                  F_DIRECTION: rows.direction, F_BIG: rows.big, F_THRESHOLD: rows.threshold,
                  F_TEPS: params["t_eps"], F_RTOL: float(rtol), F_NEWTON_TOL: stepper.newton_tolerance(rtol),
                  F_EPS: eps, F_MIN_FACTOR: params["min_factor"], F_MAX_FACTOR: params["max_factor"],
-                 F_FD_START: float(np.sqrt(eps)), F_LOST_BELOW: eps ** 0.875, F_GROW: params["fd_grow"]}.items():
+                 F_FD_START: float(np.sqrt(eps)), F_LOST_BELOW: eps ** 0.875, F_GROW: params["fd_grow"],
+                 F_RATE: stepper._rate}.items():
         fw[k] = v
     rec = np.empty((64 if record else 0, 2 + 2 * n))
     ist[I_REC_CAP] = rec.shape[0]
