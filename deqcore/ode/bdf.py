@@ -6,8 +6,12 @@ size h. A step of order k predicts ``y⁰ = Σ_{j≤k} D[j]`` and solves the cor
 
     y − y⁰ = d,   (h / α_k) f(t + h, y) − ψ − d = 0,   ψ = Σ_{j=1..k} γ_j D[j] / α_k,
 
-by a simplified Newton iteration with the matrix ``I − (h/α_k) J``. J is kept until Newton converges slowly
-(then it is re-evaluated once per step), and the LU factors are kept while h and the order stay the same.
+by a simplified Newton iteration with the matrix ``I − (h/α_k) J``. Its convergence test is SciPy's (the rate
+of the increments predicts the remaining error), and the last rate measured is carried to the next Newton
+solve, whose first iteration converges when ``rate/(1 − rate)·‖dy‖`` is below the tolerance: a carried rate
+serves one solve only (the next measures its own) and is forgotten on a new Jacobian, an order change or a
+rejected attempt. J is kept until Newton converges slowly (then it is re-evaluated once per step), and the
+LU factors are kept while h and the order stay the same.
 The local error is ``(κ_k γ_k + 1/(k+1)) d``. The NDF variant (default) adds κ_k ∇^{k+1} terms that make
 orders 1–4 more accurate at almost the same stability (Klopfenstein–Shampine coefficients); ``ndf=False``
 gives the classical BDF formulas. Orders and step sizes are chosen by the method itself after k + 1 steps
@@ -303,6 +307,8 @@ class BDFStepper(OneSystemJacobian):
                 break
             if status == CONVERGED:
                 converged = True
+                if k == 0:                # a carried rate serves one solve: the next measures its own
+                    self._rate = -1.0
                 break
             dy_norm_old = dy_norm
         return converged, k + 1, y, d, f_first

@@ -241,6 +241,8 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, ca
                         break
                     if status == CONVERGED:
                         converged = True
+                        if k == 0:
+                            fw[F_RATE] = -1.0
                         break
                     dy_norm_old = dy_norm
                 n_iter = k + 1
