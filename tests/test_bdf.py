@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 import deqcore as dq
 from deqcore.ode.bdf import rescale_differences
 from deqcore.ode.messages import ode_message
-from tests.test_stiff import (STIFF_TEST_CASES, _robertson, _robertson_jac, scipy_radau_solution,
-                              stiff_test_case)
+from tests.test_stiff import (STIFF_TEST_CASES, _robertson, _robertson_jac, _robertson_ref,
+                              scipy_radau_solution, stiff_test_case)
 
 
 
@@ -55,6 +55,37 @@ def test_error_follows_the_tolerance_on_a_stiff_linear_problem(lam, rtol):
     assert abs(sol.ys[-1, 0] - exact(2.0)) < 50 * rtol
     mid = float(sol(1.0)[0])                                           # dense output
     assert abs(mid - exact(1.0)) < 200 * rtol
+
+
+@pytest.mark.parametrize("rtol", [1e-3, 1e-5])
+def test_newton_converges_in_one_iteration_on_the_carried_rate(rtol):
+    """A linear problem with its Jacobian exact: Newton's second increment is ~0, so the rate carried to the
+    next step lets it converge after one iteration (the test of the step alone needs two, so fewer than two
+    linear solves per accepted step are impossible without it); the error stays that of the tolerance."""
+    from scipy.integrate import solve_ivp
+
+    lam = 1e4
+    f = lambda t, y: np.array([-lam * (y[0] - np.cos(t)), -2.0 * (y[1] - y[0])])    # noqa: E731
+    y0, atol = np.array([0.0, 1.0]), rtol * 1e-2
+    sol = dq.integrate(f, y0, (0.0, 10.0), dq.BDF(), rtol=rtol, atol=atol)
+    assert sol.result == dq.ReturnCode.SUCCESS
+    assert sol.stats["nlinsolve"] < 1.9 * sol.stats["accepted"]
+    ref = solve_ivp(f, (0.0, 10.0), y0, method="Radau", rtol=1e-12, atol=1e-14).y[:, -1]
+    assert np.max(np.abs(sol.ys[-1] - ref) / (atol + rtol * np.abs(ref))) < 10.0
+
+
+@pytest.mark.parametrize("rtol", [1e-2, 1e-3, 1e-4])
+def test_robertson_error_follows_loose_tolerances(rtol):
+    """Robertson to t = 1e5 at loose tolerances, where Newton often stops after one iteration on the carried
+    rate: the error in the solver's own weights stays a small multiple of one (against SciPy's Radau at rtol
+    1e-12), with fewer than 2.7 linear solves per accepted step (2.75 at rtol 1e-2 when every Newton solve
+    needs two iterations)."""
+    atol = rtol * 1e-4
+    sol = dq.integrate(_robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e5), dq.BDF(), rtol=rtol, atol=atol)
+    assert sol.result == dq.ReturnCode.SUCCESS
+    ref = _robertson_ref(1e5)
+    assert np.max(np.abs(sol.ys[-1] - ref) / (atol + rtol * np.abs(ref))) < 10.0
+    assert sol.stats["nlinsolve"] < 2.7 * sol.stats["accepted"]
 
 
 def test_order_selection_reaches_high_order_and_classic_bdf_works():

@@ -7,6 +7,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import deqcore as dq
+import deqcore.ode.bdf as bdf
 import deqcore.ode.radau as radau
 from deqcore.ode.base import Evaluator
 from deqcore.ode.controller import initial_step, initial_step_host
@@ -112,29 +113,38 @@ def test_a_tiny_span_takes_one_step_and_reports_its_counts():
         np.testing.assert_allclose(sol.ys[-1], ref, rtol=1e-6, atol=1e-14)
 
 
-def test_a_radau_solve_inside_the_rhs_of_another_gets_its_own_callback_server(monkeypatch):
+_LOOPS = {"Radau": radau, "BDF": bdf}
+
+
+@pytest.mark.parametrize("outer_name, inner_name", [("Radau", "Radau"), ("BDF", "BDF"), ("BDF", "Radau"),
+                                                    ("Radau", "BDF")])
+def test_a_solve_inside_the_rhs_of_another_gets_its_own_callback_server(monkeypatch, outer_name, inner_name):
     """The compiled loops share one process-wide callback: a solve started from inside a right-hand side (a
-    nested solve) serves its own requests, and the outer one resumes with its own afterwards."""
+    nested solve, of the same method or the other one) serves its own requests, and the outer one resumes
+    with its own afterwards: the outer solve is the one its driver's loop makes, step for step."""
     y0 = np.array([1.0, 0.0, 0.0])
     inner_y0 = np.array([1.0, 0.5])
+    inner_method = getattr(dq, inner_name)
 
     def inner_rate(t):
         sol = dq.integrate(lambda s, z: np.array([-3.0 * z[0], z[0] - z[1]]), inner_y0, (0.0, 0.1 + 0.01 * t),
-                           dq.Radau(), rtol=1e-8, atol=1e-10)
+                           inner_method(), rtol=1e-8, atol=1e-10)
         return float(sol.ys[-1, 1])
 
     def outer(t, y):
         return _decay(t, y) * inner_rate(t)
 
     kw = dict(rtol=1e-4, atol=1e-8)
-    fast = dq.integrate(outer, y0, (0.0, 1.0), dq.Radau(), **kw)
-    monkeypatch.setattr(radau, "COMPILED_LOOP", False)
-    slow = dq.integrate(outer, y0, (0.0, 1.0), dq.Radau(), **kw)
+    method = getattr(dq, outer_name)
+    fast = dq.integrate(outer, y0, (0.0, 1.0), method(), **kw)
+    monkeypatch.setattr(_LOOPS[outer_name], "COMPILED_LOOP", False)
+    slow = dq.integrate(outer, y0, (0.0, 1.0), method(), **kw)
     assert fast.stats == slow.stats
     np.testing.assert_array_equal(fast.ys, slow.ys)
 
 
-def test_radau_solves_in_threads_match_the_same_solves_in_sequence():
+@pytest.mark.parametrize("method", [dq.Radau, dq.BDF])
+def test_solves_in_threads_match_the_same_solves_in_sequence(method):
     from concurrent.futures import ThreadPoolExecutor
 
     y0 = np.array([1.0, 0.0, 0.0])
@@ -142,7 +152,7 @@ def test_radau_solves_in_threads_match_the_same_solves_in_sequence():
 
     def solve(job):
         f, rtol = job
-        sol = dq.integrate(f, y0, (0.0, 5.0), dq.Radau(), rtol=rtol, atol=rtol * 1e-4)
+        sol = dq.integrate(f, y0, (0.0, 5.0), method(), rtol=rtol, atol=rtol * 1e-4)
         return sol.stats, sol.ys[-1]
 
     sequential = [solve(job) for job in jobs]

@@ -6,8 +6,12 @@ size h. A step of order k predicts ``y⁰ = Σ_{j≤k} D[j]`` and solves the cor
 
     y − y⁰ = d,   (h / α_k) f(t + h, y) − ψ − d = 0,   ψ = Σ_{j=1..k} γ_j D[j] / α_k,
 
-by a simplified Newton iteration with the matrix ``I − (h/α_k) J``. J is kept until Newton converges slowly
-(then it is re-evaluated once per step), and the LU factors are kept while h and the order stay the same.
+by a simplified Newton iteration with the matrix ``I − (h/α_k) J``. Its convergence test is SciPy's (the rate
+of the increments predicts the remaining error), and the last rate measured is carried to the next Newton
+solve, whose first iteration converges when ``rate/(1 − rate)·‖dy‖`` is below the tolerance: a carried rate
+serves one solve only (the next measures its own) and is forgotten on a new Jacobian, an order change or a
+rejected attempt. J is kept until Newton converges slowly (then it is re-evaluated once per step), and the
+LU factors are kept while h and the order stay the same.
 The local error is ``(κ_k γ_k + 1/(k+1)) d``. The NDF variant (default) adds κ_k ∇^{k+1} terms that make
 orders 1–4 more accurate at almost the same stability (Klopfenstein–Shampine coefficients); ``ndf=False``
 gives the classical BDF formulas. Orders and step sizes are chosen by the method itself after k + 1 steps
@@ -119,6 +123,7 @@ class BDFStepper(OneSystemJacobian):
         self.lu = None            # (solve, c) for the current c = h/α_k
         self._sparse = None       # the sparse factors (a SparseFactors) when J is sparse
         self._pending = None
+        self._rate = -1.0         # Newton's last measured convergence rate (< 0: none known)
         # one dense float64 system of at most HOST_SYSTEM_LIMIT unknowns: the whole loop compiled (run_rows)
         self.host = self.pattern is None and np.dtype(ev.dtype) == np.float64 and 1 <= self.n <= HOST_SYSTEM_LIMIT
 
@@ -217,6 +222,7 @@ class BDFStepper(OneSystemJacobian):
             if self.J is None:
                 self.J = self._evaluate_jacobian(t, D[0], self._f_at_start(t), tol)
                 self.jac_current, self.lu = True, None
+                self._rate = -1.0
             if self.lu is None or self.lu[1] != c:
                 solve = self._factor(c)
                 self.lu = None if solve is None else (solve, c)
@@ -235,6 +241,7 @@ class BDFStepper(OneSystemJacobian):
                 break
             self.J = self._evaluate_jacobian(t_new, y_predict.copy(), f_pred, tol)
             self.jac_current, self.lu = True, None
+            self._rate = -1.0
         if not converged:
             self.stats["nnewton_fail"] += 1
             if linear_failed:
@@ -277,32 +284,38 @@ class BDFStepper(OneSystemJacobian):
         d = np.zeros(y_predict.shape[0], dtype=y_predict.dtype)
         y = y_predict.copy()
         dy_norm_old, converged, f_first = -1.0, False, None
+        rate_prev = self._rate
         k = 0
         for k in range(NEWTON_MAXITER):
             f = ev(t_new, y.reshape(shape)).reshape(-1)
             f_first = f if k == 0 else f_first
             if solve is _COMPILED:
                 status, dy_norm = bdf_newton(self._getrs, f, c, psi, d, y, self._lu, self._piv, scale, self._work,
-                                             dy_norm_old, tol, k, NEWTON_MAXITER)
+                                             dy_norm_old, rate_prev, tol, k, NEWTON_MAXITER)
             else:
                 rhs = self._work
                 if not bdf_newton_rhs(f, c, psi, d, rhs):
                     break
                 status, dy_norm = bdf_newton_apply(np.ascontiguousarray(solve(rhs)), scale, y, d, dy_norm_old,
-                                                   tol, k, NEWTON_MAXITER)
+                                                   rate_prev, tol, k, NEWTON_MAXITER)
             if status == BAD_F:
                 break
             self.stats["nlinsolve"] += 1
+            if dy_norm_old >= 0.0:        # the rate measured, carried to the next solve's first iteration
+                self._rate = dy_norm / dy_norm_old
             if status == FAILED:
                 break
             if status == CONVERGED:
                 converged = True
+                if k == 0:                # a carried rate serves one solve: the next measures its own
+                    self._rate = -1.0
                 break
             dy_norm_old = dy_norm
         return converged, k + 1, y, d, f_first
 
     def _reject(self, y, fy, h_next, code, err_sq=math.inf):
         """A rejected attempt: the state unchanged; the driver retries with ``h_next``."""
+        self._rate = -1.0
         self._pending = None
         return Trial(y, fy, None, self.order + 1, err_sq=float(err_sq),
                      y_absmax=float(np.max(np.abs(y))) if y.size else 0.0, h_next=h_next,
@@ -313,6 +326,7 @@ class BDFStepper(OneSystemJacobian):
         self.D, self._D_new = self._D_new, self.D
         if new_order != self.order:
             self.order, self.n_equal, self.lu = new_order, 0, None
+            self._rate = -1.0
         else:
             self.n_equal += 1
         self.jac_current = False

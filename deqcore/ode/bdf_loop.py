@@ -25,8 +25,6 @@ at the end.
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 
 from . import bdf_machine
@@ -37,9 +35,9 @@ from .bdf_machine import (ATOL_FULL, COLS, FD_COLS, FD_ROWS, I_USER_JAC, I_NJEV_
                           I_REJECTED, I_CODE, I_ACTIVE, I_AFTER_REJECT, I_Y0_VALID, I_REC_COUNT, I_REC_CAP,
                           I_NLINSOLVE, I_NFACTOR, I_NNEWTON_FAIL, I_NFAILED_SOLVES, I_GETRS, I_GETRF, F_T, F_H,
                           F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL,
-                          F_EPS, F_MIN_FACTOR, F_MAX_FACTOR)
-from .loop_callback import (CALLBACK, HAND_BACK, RAISED, SERVED, add_counters, checked, finish_row, run_growing,
-                            step_records)
+                          F_EPS, F_MIN_FACTOR, F_MAX_FACTOR, F_RATE)
+from .loop_callback import (DISPATCH, HAND_BACK, RAISED, SERVED, add_counters, checked, finish_row, run_growing,
+                            run_served, step_records)
 
 __all__ = ["run_bdf_loop"]
 
@@ -80,7 +78,8 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
                  F_DIRECTION: rows.direction, F_BIG: rows.big, F_THRESHOLD: rows.threshold,
                  F_TEPS: params["t_eps"], F_RTOL: float(rtol), F_NEWTON_TOL: stepper.newton_tolerance(rtol),
                  F_EPS: eps, F_MIN_FACTOR: params["min_factor"], F_MAX_FACTOR: params["max_factor"],
-                 F_FD_START: float(np.sqrt(eps)), F_LOST_BELOW: eps ** 0.875, F_GROW: params["fd_grow"]}.items():
+                 F_FD_START: float(np.sqrt(eps)), F_LOST_BELOW: eps ** 0.875, F_GROW: params["fd_grow"],
+                 F_RATE: stepper._rate}.items():
         fw[k] = v
     rec = np.empty((64 if record else 0, 2 + 2 * n))
     ist[I_REC_CAP] = rec.shape[0]
@@ -121,10 +120,9 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
             raised.append(exc)
             return RAISED
 
-    callback = CALLBACK(serve)
-    address = ctypes.cast(callback, ctypes.c_void_p).value
-    rec = run_growing(lambda rec: bdf_machine.bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP,
-                                                      FP, M, address), rec, ist, I_REC_CAP, GROW, raised)
+    rec = run_served(serve, lambda: run_growing(
+        lambda rec: bdf_machine.bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, DISPATCH),
+        rec, ist, I_REC_CAP, GROW, raised))
     if rec is None:
         return None
     finish_row(rows, ev, fw[F_T], fw[F_H], fw[F_ERR_PREV], ist[I_AFTER_REJECT], ist[I_ACTIVE], ist[I_CODE],

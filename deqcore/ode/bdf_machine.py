@@ -40,8 +40,8 @@ I_SIZE = 32
 
 # float state (fw)
 (F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL, F_EPS, F_H_ABS,
- F_LU_C, F_MIN_FACTOR, F_MAX_FACTOR, F_FD_START, F_LOST_BELOW, F_GROW) = range(18)
-F_SIZE = 18
+ F_LU_C, F_MIN_FACTOR, F_MAX_FACTOR, F_FD_START, F_LOST_BELOW, F_GROW, F_RATE) = range(19)
+F_SIZE = 19
 
 # rows of the vectors V (n each)
 (Y, F, Y0, F0, Y_PREDICT, PSI, SCALE, WORK, DIFF, Y_NEW, F_NEW, F_PRED, YA, FA, ATOL_FULL) = range(15)
@@ -201,6 +201,7 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, ca
                 ist[I_HAVE_J] = 1
                 ist[I_JAC_CURRENT] = 1
                 ist[I_LU_VALID] = 0
+                fw[F_RATE] = -1.0
             if ist[I_LU_VALID] == 0 or fw[F_LU_C] != c:
                 ist[I_NFACTOR] += 1
                 singular, _ = _factor(getrf, J, 1.0, c, eps, lu, piv)
@@ -216,6 +217,7 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, ca
                     d[q] = 0.0
                     y_new[q] = y_predict[q]
                 dy_norm_old = -1.0
+                rate_prev = fw[F_RATE]
                 converged = False
                 k = 0
                 for k in range(max_iter):
@@ -229,14 +231,18 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, ca
                             f_pred[q] = fa[q]
                         have_f_pred = True
                     status, dy_norm = bdf_newton(getrs, fa, c, psi, d, y_new, lu, piv, scale, work, dy_norm_old,
-                                                 newton_tol, k, max_iter)
+                                                 rate_prev, newton_tol, k, max_iter)
                     if status == BAD_F:
                         break
                     ist[I_NLINSOLVE] += 1
+                    if dy_norm_old >= 0.0:
+                        fw[F_RATE] = dy_norm / dy_norm_old
                     if status == FAILED:
                         break
                     if status == CONVERGED:
                         converged = True
+                        if k == 0:
+                            fw[F_RATE] = -1.0
                         break
                     dy_norm_old = dy_norm
                 n_iter = k + 1
@@ -261,6 +267,7 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, ca
                 return -status
             ist[I_JAC_CURRENT] = 1
             ist[I_LU_VALID] = 0
+            fw[F_RATE] = -1.0
         accepted_trial = False
         trial_code = 0
         new_order = order
@@ -307,8 +314,9 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, ca
                         return -status
                     for q in range(n):
                         f_new[q] = fa[q]
-        if not accepted_trial:
+        if not accepted_trial:              # BDFStepper._reject
             y_absmax = _absmax(y)
+            fw[F_RATE] = -1.0
         y1 = y_new if accepted_trial else y
         f1 = f_new if accepted_trial else f
         # ---- the driver: _HostRow.control, then record and accept ----
@@ -349,6 +357,7 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, ca
                 ist[I_ORDER] = new_order
                 ist[I_N_EQUAL] = 0
                 ist[I_LU_VALID] = 0
+                fw[F_RATE] = -1.0
             else:
                 ist[I_N_EQUAL] += 1
             ist[I_JAC_CURRENT] = 0

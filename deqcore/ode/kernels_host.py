@@ -261,11 +261,35 @@ def _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
     return CONTINUE, dy_norm
 
 
+@numba.njit
+def _newton_apply_rate(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter):
+    """:func:`_newton_apply`, where the first iteration (``dy_norm_old < 0``) also converges when a rate
+    ``0 ≤ rate_prev < 1`` carried over from earlier Newton solves predicts the remaining error below ``tol``:
+    ``rate_prev / (1 − rate_prev) · ‖dy‖ < tol`` (the update is applied all the same)."""
+    status, dy_norm = _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter)
+    if status == CONTINUE and dy_norm_old < 0.0 and 0.0 <= rate_prev < 1.0 and \
+            rate_prev / (1.0 - rate_prev) * dy_norm < tol:
+        return CONVERGED, dy_norm
+    return status, dy_norm
+
+
 @numba.njit(cache=CACHE)
-def bdf_newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
-    """Newton's convergence test on the increment ``dy`` (``dy_norm_old < 0``: the first iteration) and, unless
-    it failed, ``y += dy``, ``d += dy``. Returns (CONTINUE | CONVERGED | FAILED, ‖dy‖)."""
-    return _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter)
+def bdf_newton_apply(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter):
+    """Newton's convergence test on the increment ``dy`` (``dy_norm_old < 0``: the first iteration, which
+    converges on ``rate_prev``, the rate carried over from earlier solves, when ``0 ≤ rate_prev < 1``; see
+    :func:`_newton_apply_rate`) and, unless it failed, ``y += dy``, ``d += dy``. Returns
+    (CONTINUE | CONVERGED | FAILED, ‖dy‖).
+
+    >>> import numpy as np
+    >>> y, d, ones = np.zeros(2), np.zeros(2), np.ones(2)
+    >>> bdf_newton_apply(np.full(2, 1e-3), ones, y, d, -1.0, -1.0, 0.03, 0, 4)    # no rate known: go on
+    (0, 0.001)
+    >>> bdf_newton_apply(np.full(2, 1e-3), ones, y, d, -1.0, 0.5, 0.03, 0, 4)     # 0.5/0.5 · 1e-3 < 0.03
+    (1, 0.001)
+    >>> y.tolist()
+    [0.002, 0.002]
+    """
+    return _newton_apply_rate(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter)
 
 
 @numba.njit(cache=CACHE)
@@ -279,7 +303,7 @@ def bdf_newton_rhs(f, c, psi, d, out):
 
 
 @numba.njit(cache=CACHE)
-def bdf_newton(getrs, f, c, psi, d, y, lu, piv, scale, work, dy_norm_old, tol, k, max_iter):
+def bdf_newton(getrs, f, c, psi, d, y, lu, piv, scale, work, dy_norm_old, rate_prev, tol, k, max_iter):
     """One simplified Newton iteration with factors from :func:`factor_shifted` (``work``: ``(n,)``, ``getrs``:
     :func:`getrs_address`): solve ``(I − cJ) dy = c·f − ψ − d``, then :func:`bdf_newton_apply`."""
     n = f.shape[0]
@@ -288,7 +312,7 @@ def bdf_newton(getrs, f, c, psi, d, y, lu, piv, scale, work, dy_norm_old, tol, k
             return BAD_F, 0.0
         work[i] = c * f[i] - psi[i] - d[i]
     _getrs(getrs, lu, piv, work)
-    return _newton_apply(work, scale, y, d, dy_norm_old, tol, k, max_iter)
+    return _newton_apply_rate(work, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter)
 
 
 @numba.njit(cache=CACHE)
