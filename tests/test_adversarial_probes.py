@@ -1,6 +1,8 @@
 """Probes of the stiff solvers' sparse factorisation, Radau at loose tolerances and the fixed-cost ODE paths,
 against references computed another way (SciPy's solve_ivp at tight tolerances, analytic solutions)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -152,3 +154,63 @@ def test_nested_stiff_solve_inside_rhs_and_backward_numpy_span(solver):
     sol = dq.integrate(outer, np.array([1.0]), np.array([1, 0]), solver(), rtol=1e-9, atol=1e-13)
     assert sol.success
     assert abs(sol.value[0] - np.exp(c)) < 1e-6
+
+
+def _linear_map(rng, n, rho, nonnormal):
+    """A = Q T Qᵀ: eigenvalues in [−ρ, ρ] (two at ρ and 0.999ρ), upper part of T scaled by ``nonnormal``."""
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    T = np.diag(rng.uniform(-rho, rho, n))
+    T[0, 0], T[1, 1] = rho, 0.999 * rho
+    T += np.triu(rng.standard_normal((n, n)), 1) * nonnormal / np.sqrt(n)
+    return Q @ T @ Q.T
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nonnormal", [0.0, 1.0, 3.0])
+def test_gmres_adjoint_near_unit_spectral_radius_is_right_or_says_so(dtype, nonnormal):
+    # f(z) = z Aᵀ + x, λ solves (I − A)ᵀ λ = g; n = 80 > 50 takes the default's iterative path
+    from deqcore.adjoint.steady_state import FixedPointVJP, SteadyStateAdjoint
+
+    rng = np.random.default_rng(0)
+    n = 80
+    A = _linear_map(rng, n, 0.99, nonnormal)
+    x, g = rng.standard_normal((3, n)), rng.standard_normal((3, n))
+    z = np.linalg.solve(np.eye(n) - A, x.T).T
+    M = (np.eye(n) - A).T
+    exact = np.linalg.solve(M, g.T).T
+    Ad = A.astype(dtype)
+
+    def vjp(zz):
+        return zz @ Ad.T + x.astype(dtype), (lambda v: (v @ Ad, (v,)))
+
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    cond = np.linalg.cond(M)
+    for adjoint in (SteadyStateAdjoint(), SteadyStateAdjoint(linear_solver=dq.GMRES(rtol=tol, atol=0.0,
+                                                                                      max_steps=400))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # a failed adjoint warns; its code is what is checked
+            _, info = adjoint.gradient(FixedPointVJP(z.astype(dtype), vjp, batched=True), g.astype(dtype))
+        rel = np.linalg.norm(info.lam - exact, axis=1) / np.linalg.norm(exact, axis=1)
+        ok = np.asarray(info.result) == 0
+        # SUCCESS means the residual test passed: the error is at most cond · (tolerance + rounding)
+        eps = np.finfo(dtype).eps
+        assert np.all(rel[ok] <= cond * (1e-5 + 100 * eps)), (rel, info.result)
+        assert np.all(np.isfinite(info.lam))
+    if nonnormal == 0.0:
+        assert ok.all()
+
+
+def test_full_krylov_gmres_adjoint_solves_a_nonnormal_map_restarted_gmres_stalls_on():
+    from deqcore.adjoint.steady_state import FixedPointVJP, SteadyStateAdjoint
+
+    rng = np.random.default_rng(3)
+    n = 80
+    A = _linear_map(rng, n, 0.99, 1.0)
+    x, g = rng.standard_normal((2, n)), rng.standard_normal((2, n))
+    z = np.linalg.solve(np.eye(n) - A, x.T).T
+    exact = np.linalg.solve((np.eye(n) - A).T, g.T).T
+    # cond(I − A) ≈ 2.4e6: GMRES(20) (the default restart) ends STALLED on both samples, as SciPy's gmres does
+    _, info = SteadyStateAdjoint(linear_solver=dq.GMRES(rtol=1e-10, atol=0.0, max_steps=400, restart=n)).gradient(
+        FixedPointVJP(z, lambda zz: (zz @ A.T + x, lambda v: (v @ A, (v,))), batched=True), g)
+    np.testing.assert_array_equal(info.result, 0)
+    np.testing.assert_allclose(info.lam, exact, rtol=1e-6, atol=1e-8 * np.abs(exact).max())
