@@ -214,3 +214,18 @@ def test_full_krylov_gmres_adjoint_solves_a_nonnormal_map_restarted_gmres_stalls
         FixedPointVJP(z, lambda zz: (zz @ A.T + x, lambda v: (v @ A, (v,))), batched=True), g)
     np.testing.assert_array_equal(info.result, 0)
     np.testing.assert_allclose(info.lam, exact, rtol=1e-6, atol=1e-8 * np.abs(exact).max())
+
+
+def test_shifted_sparse_lu_refuses_singular_shifts_and_pivots_a_tiny_diagonal():
+    from deqcore.ode.sparse_lu import ShiftedSparseLU
+
+    J = sp.csc_matrix(np.diag([2.0, -1.0, -3.0]))
+    lu = ShiftedSparseLU(J != 0)
+    assert lu.factor(lu.values(J), 1.0, 0.5) is False            # I − J/2 has a zero pivot
+    P = sp.csc_matrix(np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    lu = ShiftedSparseLU(P != 0)
+    assert lu.factor(lu.values(P), 1.0, 1.0) is False            # I − P is singular (P has eigenvalue 1)
+    lu = ShiftedSparseLU(P != 0)
+    assert lu.factor(lu.values(P), 1e-12, 1.0)                   # 1e-12·I − P: diagonal pivots would lose it
+    x = lu.solve(np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose((1e-12 * np.eye(3) - P.toarray()) @ x, [1.0, 2.0, 3.0], atol=1e-12)
