@@ -408,6 +408,9 @@ def user_jacobian(ev, jac, n, t, y):
                              "problems only: return a dense array here")
         if J.shape != (n, n):
             raise ValueError(f"jac must return an ({n}, {n}) matrix (n = y0.size), got shape {J.shape}")
+        if not np.issubdtype(np.dtype(J.dtype), np.floating):
+            raise TypeError(f"jac must return a floating-point matrix, got a scipy.sparse matrix of dtype "
+                            f"{J.dtype}")
         return sp.csc_matrix(J, dtype=ev.dtype)
     if not hasattr(J, "shape") or not hasattr(J, "dtype"):
         raise TypeError(f"jac must return an array, got {type(J).__name__}")
