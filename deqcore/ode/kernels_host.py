@@ -39,7 +39,7 @@ __all__ = ["HOST_SYSTEM_LIMIT", "new_factors", "factor_shifted", "getrf_address"
            "bdf_newton_rhs", "bdf_newton_apply", "bdf_error", "bdf_update", "bdf_rescale", "rosenbrock_input",
            "rosenbrock_stage", "rosenbrock_finish", "radau_addresses", "radau_factor",
            "radau_start", "radau_newton", "radau_error", "radau_extrapolation", "lu_addresses",
-           "getrf_in_place", "getrs_in_place"]
+           "getrf_in_place"]
 
 #: the largest dense system the steppers solve through these kernels (measured with Rodas5P and an analytic
 #: Jacobian: 1.6-3x less time per step than the array code from n = 8 to 128; no clear winner at 256-512,
@@ -120,8 +120,7 @@ def _combine(gemv, v, B, out):
 
 def getrs_address(dtype) -> int:
     """The address of LAPACK's getrs for ``dtype`` (float64 or float32), from SciPy's Cython LAPACK."""
-    name = "dgetrs" if np.dtype(dtype) == np.float64 else "sgetrs"
-    return get_cython_function_address("scipy.linalg.cython_lapack", name)
+    return lu_addresses(dtype)[1]
 
 
 @numba.njit
@@ -174,7 +173,6 @@ def _pivot_checks(lu, piv, eps):
     return not (lo > eps * hi), negative % 2 == 0
 
 
-_GETRF = {}
 
 
 def new_factors(n, dtype):
@@ -197,12 +195,7 @@ def _factor(getrf, J, shift, c, eps, lu, piv):
 
 def getrf_address(dtype) -> int:
     """The address of LAPACK's getrf for ``dtype`` (float64 or float32), from SciPy's Cython LAPACK."""
-    dtype = np.dtype(dtype)
-    getrf = _GETRF.get(dtype)
-    if getrf is None:
-        name = "dgetrf" if dtype == np.float64 else "sgetrf"
-        getrf = _GETRF[dtype] = get_cython_function_address("scipy.linalg.cython_lapack", name)
-    return getrf
+    return lu_addresses(dtype)[0]
 
 
 def factor_shifted(J, shift, c, eps, lu, piv):
@@ -239,7 +232,7 @@ def bdf_predict(D, order, gamma, alpha, atol, rtol, y_predict, psi, scale):
 
 
 @numba.njit
-def _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
+def _newton_apply(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter):
     n = dy.shape[0]
     total = 0.0
     for i in range(n):
@@ -253,6 +246,8 @@ def _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
         rate = dy_norm / dy_norm_old
         if rate >= 1.0 or rate ** float(max_iter - k) / (1.0 - rate) * dy_norm > tol:
             return FAILED, dy_norm
+    elif 0.0 <= rate_prev < 1.0:     # the first iteration may converge on a rate carried from earlier solves
+        rate = rate_prev
     for i in range(n):
         y[i] += dy[i]
         d[i] += dy[i]
@@ -261,23 +256,10 @@ def _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter):
     return CONTINUE, dy_norm
 
 
-@numba.njit
-def _newton_apply_rate(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter):
-    """:func:`_newton_apply`, where the first iteration (``dy_norm_old < 0``) also converges when a rate
-    ``0 ≤ rate_prev < 1`` carried over from earlier Newton solves predicts the remaining error below ``tol``:
-    ``rate_prev / (1 − rate_prev) · ‖dy‖ < tol`` (the update is applied all the same)."""
-    status, dy_norm = _newton_apply(dy, scale, y, d, dy_norm_old, tol, k, max_iter)
-    if status == CONTINUE and dy_norm_old < 0.0 and 0.0 <= rate_prev < 1.0 and \
-            rate_prev / (1.0 - rate_prev) * dy_norm < tol:
-        return CONVERGED, dy_norm
-    return status, dy_norm
-
-
 @numba.njit(cache=CACHE)
 def bdf_newton_apply(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter):
     """Newton's convergence test on the increment ``dy`` (``dy_norm_old < 0``: the first iteration, which
-    converges on ``rate_prev``, the rate carried over from earlier solves, when ``0 ≤ rate_prev < 1``; see
-    :func:`_newton_apply_rate`) and, unless it failed, ``y += dy``, ``d += dy``. Returns
+    converges on ``rate_prev``, the rate carried over from earlier solves, when ``0 ≤ rate_prev < 1``) and, unless it failed, ``y += dy``, ``d += dy``. Returns
     (CONTINUE | CONVERGED | FAILED, ‖dy‖).
 
     >>> import numpy as np
@@ -289,7 +271,7 @@ def bdf_newton_apply(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter):
     >>> y.tolist()
     [0.002, 0.002]
     """
-    return _newton_apply_rate(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter)
+    return _newton_apply(dy, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter)
 
 
 @numba.njit(cache=CACHE)
@@ -312,7 +294,7 @@ def bdf_newton(getrs, f, c, psi, d, y, lu, piv, scale, work, dy_norm_old, rate_p
             return BAD_F, 0.0
         work[i] = c * f[i] - psi[i] - d[i]
     _getrs(getrs, lu, piv, work)
-    return _newton_apply_rate(work, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter)
+    return _newton_apply(work, scale, y, d, dy_norm_old, rate_prev, tol, k, max_iter)
 
 
 @numba.njit(cache=CACHE)
@@ -721,10 +703,3 @@ def getrf_in_place(address, a, piv):
     ints[1] = 0
     _call_with_6_pointers(address, ints[0:1], ints[0:1], a, ints[0:1], piv, ints[1:2])
     return ints[1]
-
-
-@numba.njit(cache=CACHE)
-def getrs_in_place(address, lu, piv, x):
-    """LAPACK getrs (``address`` from :func:`lu_addresses`) with the factors of :func:`getrf_in_place` for the
-    contiguous vector ``x`` of the same dtype, in place."""
-    _getrs(address, lu, piv, x)

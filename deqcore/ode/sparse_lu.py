@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend.numba_tools import CACHE, numba
-from .kernels_host import getrf_in_place, getrs_in_place, lu_addresses
+from .kernels_host import getrf_in_place, lu_addresses, solve_in_place
 
 __all__ = ["ShiftedSparseLU", "SparseFactors", "PIVOT_THRESHOLD", "DENSE_BLOCK_MIN", "COMPLEX_BLOCK_MAX",
            "stored_pattern", "tiny_pivots", "block_start"]
@@ -480,7 +480,7 @@ def _solve(n, rhs, order, l_ptr, l_run, l_idx, u_ptr, u_stop, u_idx, l_val, u_va
                 for r in range(run, stop):
                     x[off + r] -= l_val[r] * v
     if start < n:                             # the dense block: its row exchanges, L and U
-        getrs_in_place(getrs, block, piv, x[start:])
+        solve_in_place(getrs, block, piv, x[start:])
     for k in range(n - 1, -1, -1):            # U z = y, column by column (above the block)
         v = x[k] / diag[k] if k < start else x[k]
         x[k] = v
