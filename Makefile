@@ -24,7 +24,7 @@ demo: install
 	$(BIN)/python -m deqcore demo
 
 test: install-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # Random property runs with many examples (the default test profile is derandomised, as CI runs it).
 fuzz: install-test
