@@ -81,7 +81,23 @@ def _bound_step(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_t
     _richardson_loop(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_trial, counts)
 
 
+@numba.njit(cache=CACHE)
+def _select_rows_loop(going, a, b, out):
+    for i in range(out.shape[0]):
+        src = a if going[i] else b
+        for j in range(out.shape[1]):
+            out[i, j] = src[i, j]
+
+
+def _select_rows(going, a, b, out):
+    """``out[i] = a[i] if going[i] else b[i]`` (``xp.where(going[:, None], a, b)`` into ``out``, one pass): the
+    VJP input of a step the iteration shares with GMRES (its rows' trials, GMRES's vectors for the others)."""
+    _select_rows_loop(going, a, b, out)
+    return out
+
+
 richardson_step_numba_cpu.bound = _bound_step
+richardson_step_numba_cpu.select_rows = _select_rows
 
 
 _decision_cuda, _block_reduce = for_kernels(richardson_decision, block_reduce)

@@ -437,9 +437,14 @@ class _Iteration:
         """``gnorm``: the row norms of ``g``; ``bad``: the rows with a non-finite cotangent (None: none)."""
         self.g, self.tol, self.vjp_rows, self.xp = g, tol, vjp_rows, xp
         self.kernel = get_kernel("richardson_step", xp)
-        bound = getattr(self.kernel, "bound", None)   # the compiled loop without its argument conversions
+        # the compiled loop without its argument conversions, and a compiled row selection for the shared steps
+        self.select_rows = getattr(self.kernel, "select_rows", None)
+        bound = getattr(self.kernel, "bound", None)
         if bound is not None:
             self.kernel = bound
+        # compiled on NumPy: two (B, n) buffers take turns as the next trial and the shared steps' VJP input (each written
+        # only when it is neither the VJP input being read nor the trial still to be read)
+        self.buffers = None if self.select_rows is None else (xp.empty_like(g), xp.empty_like(g))
         self.steps = 0
         if x0 is None:
             self.lam, self.r, self.rnorm = xp.zeros_like(g), g.copy(), gnorm.copy()
@@ -475,17 +480,25 @@ class _Iteration:
     def step(self, vectors=None):
         """One step for the rows still iterating, in one VJP call with ``vectors`` (B, n) for the other rows
         (GMRES's, riding along); returns that call's VJPs."""
-        xp = self.xp
+        xp, buffers = self.xp, self.buffers
         if vectors is None:
             trial = self.trial
+        elif not self.n_going:
+            trial = vectors
+        elif buffers is None:
+            trial = xp.where(self.going[:, None], self.trial, vectors)
         else:
-            trial = xp.where(self.going[:, None], self.trial, vectors) if self.n_going else vectors
+            trial = self.select_rows(self.going, self.trial, vectors,
+                                     buffers[1] if self.trial is buffers[0] else buffers[0])
         u = self.vjp_rows(trial)
         self.steps += 1
         if not self.n_going:
             return u
         rate = RICHARDSON_RATE if self.steps == self.first else RICHARDSON_KEEP_RATE
-        self.trial = xp.empty_like(self.lam)        # a fresh buffer: the last one may still be read by the VJP
+        if buffers is None:
+            self.trial = xp.empty_like(self.lam)    # a fresh buffer: the last one may still be read by the VJP
+        else:                                       # (the buffer the VJP did not read)
+            self.trial = buffers[1] if trial is buffers[0] else buffers[0]
         self.kernel(trial, u, self.g, self.lam, self.r, self.rnorm, self.tol, self.going, self.slow, self.done,
                     rate, self.trial, self.counts)
         counts = self.counts if xp is np else self.counts.get()

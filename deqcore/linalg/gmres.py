@@ -53,10 +53,11 @@ _WORKSPACES: dict = {}
 
 
 def _take_workspace(xp, B, n, m, dtype, clean=True):
-    """``(V, R, Q)`` for a cycle: V ``(B, m+1, n)`` and R ``(B, m+1, m)`` zero, Q ``(B, m+1, m+1)`` the identity;
-    reused from an earlier cycle of the same sizes where one was given back (not shared while in use).
+    """``[V, R, Q, touched]`` for a cycle: V ``(B, m+1, n)`` and R ``(B, m+1, m)`` zero, Q ``(B, m+1, m+1)`` the
+    identity; reused from an earlier cycle of the same sizes where one was given back (not shared while in use).
     ``clean=False``: a reused V and R keep their old values (for the compiled step, which reads only what the
-    cycle wrote; zeroing a 2 MB basis cost ~0.7 ms a cycle at 64 × 256 × 31, float32)."""
+    cycle wrote; zeroing a 2 MB basis cost ~0.7 ms a cycle at 64 × 256 × 31, float32), and only the leading
+    ``touched × touched`` block of Q, all that the last cycle's steps changed, is reset."""
     work = None
     if xp is np:                          # (CuPy allocates from its memory pool: nothing to gain on a GPU)
         try:
@@ -64,18 +65,25 @@ def _take_workspace(xp, B, n, m, dtype, clean=True):
         except (KeyError, IndexError):
             pass
     if work is None:
-        work = (xp.zeros((B, m + 1, n), dtype=dtype), xp.zeros((B, m + 1, m), dtype=dtype),
-                xp.zeros((B, m + 1, m + 1), dtype=dtype))
-    else:
-        for a in (work if clean else work[2:]):
+        work = [xp.zeros((B, m + 1, n), dtype=dtype), xp.zeros((B, m + 1, m), dtype=dtype),
+                xp.zeros((B, m + 1, m + 1), dtype=dtype), m + 1]
+    elif clean:
+        for a in work[:3]:
             a.fill(0)
-    work[2].reshape(B, -1)[:, :: m + 2] = 1                         # the diagonal of each sample's Q
+        work[3] = m + 1
+    else:
+        work[2][:, : work[3], : work[3]] = 0
+    if work[3]:
+        work[2].reshape(B, -1)[:, : work[3] * (m + 2) : m + 2] = 1          # the diagonal of each sample's Q
     return work
 
 
-def _give_back_workspace(xp, work):
-    V, R, Q = work
+def _give_back_workspace(xp, work, touched):
+    """Keep a cycle's workspace for the next cycle of its sizes (NumPy only); ``touched``: the leading block
+    of Q its steps may have changed."""
+    V, R, Q, _ = work
     if xp is np and V.nbytes + R.nbytes + Q.nbytes <= WORKSPACE_BYTES:
+        work[3] = touched
         B, m1, n = V.shape
         key = (B, n, m1 - 1, V.dtype.str)
         if key not in _WORKSPACES and len(_WORKSPACES) >= WORKSPACE_SHAPES:
@@ -264,7 +272,7 @@ class GMRES(LinearSolver):
         arnoldi_step = get_kernel("arnoldi_step", xp) if m <= MAX_RESTART else arnoldi_step_reference
         prepare = getattr(arnoldi_step, "prepare", None)
         work = _take_workspace(xp, B, n, m, dtype, clean=prepare is None)
-        V, R, Q = work
+        V, R, Q = work[:3]
         beta = xp.where(active, rnorm, zero)
         V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
         k = xp.zeros(B, dtype=np.int64)  # usable Hessenberg columns per sample
@@ -295,5 +303,6 @@ class GMRES(LinearSolver):
             dx = arnoldi_step.update(V, y, k)             # the basis vectors each sample wrote, no others
         else:
             dx = xp.matmul(y[:, None, :], V[:, :used])[:, 0]
-        _give_back_workspace(xp, work)
+        # the compiled step changes rows and columns <= j + 1 of Q at step j; the reference changes whole rows
+        _give_back_workspace(xp, work, used + 1 if prepare is not None else m + 1)
         return dx, broke, used

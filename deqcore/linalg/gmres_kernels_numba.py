@@ -33,7 +33,7 @@ def finish_column(hsum, hnext, wnorm, Q, R, col, j, beta, tol, tiny_factor):
     den = math.hypot(col[j], col[j + 1])
     c = col[j] / den if den > 0 else 1.0
     s = col[j + 1] / den if den > 0 else 0.0
-    for i in range(Q.shape[1]):
+    for i in range(j + 2):                  # (rows j and j + 1 of Q are zero past column j + 1)
         qj = Q[j, i]
         qn = Q[j + 1, i]
         Q[j, i] = c * qj + s * qn
@@ -71,19 +71,24 @@ def shift_column(hsum, hnext, j):
 
 @numba.njit(cache=CACHE, fastmath={"reassoc", "contract"})   # reassociation vectorises the dot products
 def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted):
+    """The CPU step on every live sample; ``w`` is only read (each sample's row is orthogonalised in a scratch
+    row of its own). Returns the number of samples still iterating."""
     hsum = np.empty(j + 1)
     h = np.empty(j + 1)
     col = np.empty(j + 2)
     n = w.shape[1]
+    wb = np.empty(n, dtype=w.dtype)
+    count = 0
     for b in range(V.shape[0]):
         if not live[b]:
             continue
-        wb = w[b]
         Vb = V[b]
-        zero = wb[0] * 0                                    # sums in the arrays' dtype: 8 float32 lanes per vector
+        zero = w[b, 0] * 0                                  # sums in the arrays' dtype: 8 float32 lanes per vector
         acc = zero
         for e in range(n):
-            acc += wb[e] * wb[e]
+            x = w[b, e]
+            wb[e] = x
+            acc += x * x
         wnorm = math.sqrt(acc)
         for i in range(j + 1):
             hsum[i] = 0.0
@@ -112,31 +117,32 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted
         else:
             broke[b] = True
         live[b] = go_on
+        count += go_on
         scale = 1.0 / hnext if hnext > 0 else 1.0
         if shifted:
             scale = -scale
         for e in range(n):
             Vb[j + 1, e] = wb[e] * scale if go_on else 0.0
+    return count
 
 
 def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted=False):
-    w = np.array(w, order="C", copy=True)                  # scratch: the caller's w is left as it was
-    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor), bool(shifted))
+    w = np.array(w, order="C", copy=True) if np.may_share_memory(w, V) else np.ascontiguousarray(w)
+    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor), bool(shifted))  # (w only read)
     return V, R, Q, k, live, broke
 
 
 def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=False, scratch=True):
     """``step(w, j) -> live count``: :func:`arnoldi_step_numba_cpu` with a cycle's arrays bound once, returning
-    the number of samples still iterating (the cycle's host check, with no array method call). With ``scratch``
-    it takes ``w`` as its scratch (overwritten, not copied: for callers whose ``w`` is a temporary of their own;
-    a ``w`` sharing memory with the basis, as an identity operator returns it, is copied)."""
-    loop, tiny, count, shifted = _arnoldi_loop, float(tiny_factor), np.count_nonzero, bool(shifted)
+    the number of samples still iterating (the cycle's host check, with no array method call). ``w`` is only
+    read, never copied unless it is strided (``scratch`` is accepted for callers that say their ``w`` is a
+    temporary: it changes nothing)."""
+    loop, tiny, shifted, shares = _arnoldi_loop, float(tiny_factor), bool(shifted), np.may_share_memory
 
     def step(w, j):
-        if not (scratch and w.flags.c_contiguous and w.flags.writeable) or np.may_share_memory(w, V):
+        if not w.flags.c_contiguous or shares(w, V):      # (a w inside the basis, as an identity operator returns)
             w = np.array(w, order="C", copy=True)
-        loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted)
-        return count(live)
+        return loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted)
 
     return step
 
