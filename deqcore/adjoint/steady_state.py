@@ -402,23 +402,29 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             # the rows that slowed down solve their correction by GMRES; the rows still iterating ride along in
             # its VJP calls (a row's path never depends on the others); rows that slow down meanwhile wait for
             # the next round
-            waiting = it.slow.copy()
-            it.slow &= ~waiting                                 # handed over
-            it.done |= waiting
+            if it.compiled is None:
+                waiting = it.slow.copy()
+                it.slow &= ~waiting                             # handed over
+                it.done |= waiting
+                rhs, rhs_tol = xp.where(waiting[:, None], it.r, zero), xp.where(waiting, tol, 1)
+            else:
+                waiting, rhs, rhs_tol = it.compiled.hand_over(it.slow, it.done, it.r, tol)
             it.n_slow = 0
-            rhs = xp.where(waiting[:, None], it.r, zero)
             # without a preconditioner Arnoldi runs on Jᵀ itself (the operator I − Jᵀ, shifted: the same Krylov
             # space, without the cancellation of v − Jᵀv that made nearly every step orthogonalise twice); the
             # VJP's own output is then not the step's scratch (a pullback may return an array it keeps)
             shifted = preconditioner is None
             delta, gcodes, gnorm, stats = gmres._run(
                 xp, it.step if shifted else (lambda v: v - it.step(v)), preconditioner, rhs, None,
-                budget - it.steps, min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1),
-                scratch=not shifted, shifted=shifted)
-            it.lam += xp.where(waiting[:, None], delta, zero)
-            it.rnorm = xp.where(waiting, gnorm, it.rnorm)
+                budget - it.steps, min(gmres.restart, g.shape[1]), tol=rhs_tol, scratch=not shifted,
+                shifted=shifted)
+            if it.compiled is None:
+                it.lam += xp.where(waiting[:, None], delta, zero)
+                it.rnorm = xp.where(waiting, gnorm, it.rnorm)
+                codes = xp.where(waiting, gcodes, codes)
+            else:
+                it.compiled.take_back(waiting, it.lam, delta, it.rnorm, gnorm, codes, gcodes)
             it.restart()
-            codes = xp.where(waiting, gcodes, codes)
     lam, rnorm, steps = it.lam, it.rnorm, it.steps
     codes = xp.where(it.done, codes, int(ReturnCode.MAX_STEPS))       # 0 (SUCCESS) for the iterated rows
     if bad is not None:
@@ -437,14 +443,17 @@ class _Iteration:
         """``gnorm``: the row norms of ``g``; ``bad``: the rows with a non-finite cotangent (None: none)."""
         self.g, self.tol, self.vjp_rows, self.xp = g, tol, vjp_rows, xp
         self.kernel = get_kernel("richardson_step", xp)
-        # the compiled loop without its argument conversions, and a compiled row selection for the shared steps
+        # the compiled loop without its argument conversions, and (compiled, NumPy) the row selection of the
+        # shared steps and the hand-over to GMRES and back, each one pass
         self.select_rows = getattr(self.kernel, "select_rows", None)
+        self.compiled = None if self.select_rows is None else self.kernel
         bound = getattr(self.kernel, "bound", None)
         if bound is not None:
             self.kernel = bound
-        # compiled on NumPy: two (B, n) buffers take turns as the next trial and the shared steps' VJP input (each written
-        # only when it is neither the VJP input being read nor the trial still to be read)
+        # compiled on NumPy: two (B, n) buffers take turns as the next trial and the shared steps' VJP input
+        # (each written only when it is neither the VJP input being read nor the trial still to be read)
         self.buffers = None if self.select_rows is None else (xp.empty_like(g), xp.empty_like(g))
+        self.trial = None
         self.steps = 0
         if x0 is None:
             self.lam, self.r, self.rnorm = xp.zeros_like(g), g.copy(), gnorm.copy()
@@ -472,7 +481,11 @@ class _Iteration:
         self.going = ~self.done & ~self.slow
         self.n_going = int(xp.count_nonzero(self.going))
         self.n_slow = int(xp.count_nonzero(self.slow))
-        if self.n_going == self.going.shape[0]:
+        if self.compiled is not None:
+            buffers = self.buffers
+            self.trial = self.compiled.trial(self.going, self.lam, self.r,
+                                             buffers[1] if self.trial is buffers[0] else buffers[0])
+        elif self.n_going == self.going.shape[0]:
             self.trial = self.lam + self.r
         else:
             self.trial = xp.where(self.going[:, None], self.lam + self.r, self.lam)

@@ -227,20 +227,29 @@ class GMRES(LinearSolver):
             rnorm = _norms(xp, r)
         done = rnorm <= tol
         codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
+        kernel = get_kernel("arnoldi_step", xp)
+        end = getattr(kernel, "end", None)   # the compiled bookkeeping after a cycle (NumPy)
         cycles = 0
-        while not bool(done.all()):
+        finished = bool(done.all())
+        while not finished:
             m = min(restart, max_steps - steps - 1)
             if m < 1:
                 codes = xp.where(done, codes, int(ReturnCode.MAX_STEPS))
                 break
             active = ~done
             dx, broke, used = self._cycle(xp, apply_B if shifted else apply_A, precondition, r, rnorm, active, tol,
-                                          m, eps, scratch, shifted)
+                                          m, eps, scratch, shifted, kernel)
             x_new = x + (dx if precondition is None else precondition(dx))
             r_new = rhs - apply_A(x_new)
             steps += used + 1
             cycles += 1
             new = _norms(xp, r_new)
+            if end is not None:
+                if x0 is None and cycles == 1:
+                    rnorm = rnorm.copy()                # (bnorm's array until now)
+                finished = end(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, 1 - eps**0.5,
+                               ReturnCode.SUCCESS, ReturnCode.BREAKDOWN, ReturnCode.STALLED, ReturnCode.DIVERGED)
+                continue
             finite = xp.isfinite(new)
             conv = new <= tol
             stalled = ~conv & ~broke & ~(new < rnorm * (1 - eps**0.5))
@@ -254,10 +263,11 @@ class GMRES(LinearSolver):
             r = xp.where(keep[:, None], r_new, r)
             rnorm = xp.where(keep, new, rnorm)
             done = done | ended
+            finished = bool(done.all())
         return x, codes, rnorm, {"num_steps": steps, "restarts": max(cycles - 1, 0)}
 
     @staticmethod
-    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch=False, shifted=False):
+    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch=False, shifted=False, kernel=None):
         """One Arnoldi cycle of at most ``m`` steps for the ``active`` samples (``precondition``: None or M;
         ``shifted``: the operator is I − ``apply_A``).
 
@@ -269,15 +279,21 @@ class GMRES(LinearSolver):
         zero = xp.zeros((), dtype=dtype)
         # V: the basis; R: the Hessenberg matrix after the rotations (triangular); Q: the product of this cycle's
         # Givens rotations per sample (Q @ (beta e1) is the rotated rhs). Zeroed (Q: the identity) each cycle.
-        arnoldi_step = get_kernel("arnoldi_step", xp) if m <= MAX_RESTART else arnoldi_step_reference
+        if m > MAX_RESTART:
+            arnoldi_step = arnoldi_step_reference
+        else:
+            arnoldi_step = get_kernel("arnoldi_step", xp) if kernel is None else kernel
         prepare = getattr(arnoldi_step, "prepare", None)
         work = _take_workspace(xp, B, n, m, dtype, clean=prepare is None)
         V, R, Q = work[:3]
-        beta = xp.where(active, rnorm, zero)
-        V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
-        k = xp.zeros(B, dtype=np.int64)  # usable Hessenberg columns per sample
-        broke = xp.zeros(B, dtype=bool)
-        live = active.copy()
+        if prepare is not None:          # (k: usable Hessenberg columns per sample)
+            beta, live, k, broke = arnoldi_step.start(V, r, rnorm, active)
+        else:
+            beta = xp.where(active, rnorm, zero)
+            V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
+            k = xp.zeros(B, dtype=np.int64)
+            broke = xp.zeros(B, dtype=bool)
+            live = active.copy()
         used = 0
         tiny_factor = _BREAKDOWN_FACTOR * eps
         tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), (B,)).astype(dtype, copy=True)

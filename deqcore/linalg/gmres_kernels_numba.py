@@ -166,8 +166,73 @@ def _cycle_update(V, y, k):
     return dx
 
 
+@numba.njit(cache=CACHE)
+def _start_loop(V, r, rnorm, active, beta, live, k, broke):
+    for b in range(V.shape[0]):
+        go = active[b]
+        live[b] = go
+        k[b] = 0
+        broke[b] = False
+        beta[b] = rnorm[b] if go else 0.0
+        scale = rnorm[b] if rnorm[b] > 0 else 1.0
+        for e in range(V.shape[2]):
+            V[b, 0, e] = r[b, e] / scale if go else 0.0
+
+
+def _cycle_start(V, r, rnorm, active):
+    """``(beta, live, k, broke)`` of a cycle and its first basis vector ``V[:, 0] = r / ||r||`` (zero for the
+    samples not running), in one pass: the array code's values, bit for bit."""
+    B = V.shape[0]
+    beta, live = np.empty(B, dtype=V.dtype), np.empty(B, dtype=np.bool_)
+    k, broke = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.bool_)
+    _start_loop(V, r, rnorm, active, beta, live, k, broke)
+    return beta, live, k, broke
+
+
+@numba.njit(cache=CACHE)
+def _end_loop(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, shrink, success, breakdown, stalled,
+              diverged):
+    finished = True
+    for b in range(x.shape[0]):
+        if done[b]:
+            continue
+        nb = new[b]
+        finite = math.isfinite(nb)
+        conv = nb <= tol[b]
+        slow = not conv and not broke[b] and not (nb < rnorm[b] * shrink)
+        if not finite:
+            codes[b] = diverged
+        elif conv:
+            codes[b] = success
+        elif broke[b]:
+            codes[b] = breakdown
+        elif slow:
+            codes[b] = stalled
+        if finite:
+            for e in range(x.shape[1]):
+                x[b, e] = x_new[b, e]
+                r[b, e] = r_new[b, e]
+            rnorm[b] = nb
+        if not finite or conv or broke[b] or slow:
+            done[b] = True
+        else:
+            finished = False
+    return finished
+
+
+def _cycle_end(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, shrink, success, breakdown, stalled,
+               diverged):
+    """The bookkeeping after a cycle's true residual ``r_new`` (norms ``new``) of ``x_new``, in place for the
+    samples not done: their codes, ``x``, ``r`` and ``rnorm`` (the finite ones), ``done``; returns whether
+    every sample is done. ``shrink``: ``1 − sqrt(eps)`` in the arrays' dtype."""
+    return _end_loop(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, rnorm.dtype.type(shrink),
+                     int(success), int(breakdown), int(stalled), int(diverged))
+
+
 arnoldi_step_numba_cpu.prepare = _prepare_arnoldi
 arnoldi_step_numba_cpu.update = _cycle_update
+arnoldi_step_numba_cpu.start = _cycle_start
+arnoldi_step_numba_cpu.end = _cycle_end
 
 
 @numba.njit(cache=CACHE)
