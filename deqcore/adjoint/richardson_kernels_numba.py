@@ -84,9 +84,14 @@ def _bound_step(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_t
 @numba.njit(cache=CACHE)
 def _select_rows_loop(going, a, b, out):
     for i in range(out.shape[0]):
-        src = a if going[i] else b
-        for j in range(out.shape[1]):
-            out[i, j] = src[i, j]
+        if going[i]:
+            ai, oi = a[i], out[i]
+            for j in range(out.shape[1]):
+                oi[j] = ai[j]
+        else:
+            bi, oi = b[i], out[i]
+            for j in range(out.shape[1]):
+                oi[j] = bi[j]
 
 
 def _select_rows(going, a, b, out):

@@ -52,12 +52,13 @@ WORKSPACE_SHAPES = 4
 _WORKSPACES: dict = {}
 
 
-def _take_workspace(xp, B, n, m, dtype, clean=True):
+def _take_workspace(xp, B, n, m, dtype, clean=True, reset=None):
     """``[V, R, Q, touched]`` for a cycle: V ``(B, m+1, n)`` and R ``(B, m+1, m)`` zero, Q ``(B, m+1, m+1)`` the
     identity; reused from an earlier cycle of the same sizes where one was given back (not shared while in use).
     ``clean=False``: a reused V and R keep their old values (for the compiled step, which reads only what the
     cycle wrote; zeroing a 2 MB basis cost ~0.7 ms a cycle at 64 × 256 × 31, float32), and only the leading
-    ``touched × touched`` block of Q, all that the last cycle's steps changed, is reset."""
+    ``touched × touched`` block of Q, all that the last cycle's steps changed, is reset (by ``reset(Q, touched)``
+    where given: the compiled reset)."""
     work = None
     if xp is np:                          # (CuPy allocates from its memory pool: nothing to gain on a GPU)
         try:
@@ -71,6 +72,9 @@ def _take_workspace(xp, B, n, m, dtype, clean=True):
         for a in work[:3]:
             a.fill(0)
         work[3] = m + 1
+    elif reset is not None:
+        reset(work[2], work[3])
+        return work
     else:
         work[2][:, : work[3], : work[3]] = 0
     if work[3]:
@@ -284,7 +288,7 @@ class GMRES(LinearSolver):
         else:
             arnoldi_step = get_kernel("arnoldi_step", xp) if kernel is None else kernel
         prepare = getattr(arnoldi_step, "prepare", None)
-        work = _take_workspace(xp, B, n, m, dtype, clean=prepare is None)
+        work = _take_workspace(xp, B, n, m, dtype, clean=prepare is None, reset=getattr(arnoldi_step, "reset", None))
         V, R, Q = work[:3]
         if prepare is not None:          # (k: usable Hessenberg columns per sample)
             beta, live, k, broke = arnoldi_step.start(V, r, rnorm, active)
@@ -296,10 +300,10 @@ class GMRES(LinearSolver):
             live = active.copy()
         used = 0
         tiny_factor = _BREAKDOWN_FACTOR * eps
-        tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), (B,)).astype(dtype, copy=True)
+        tol = xp.asarray(tol, dtype=dtype)
+        tol = xp.broadcast_to(tol, (B,)).astype(dtype, copy=True) if tol.shape != (B,) else xp.ascontiguousarray(tol)
         if prepare is not None:
-            # the compiled step with the cycle's arrays bound (w as its scratch for a fresh operator output) and
-            # the live count returned
+            # the compiled step with the cycle's arrays bound, returning the live count
             step = prepare(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted, scratch)
             for j in range(m):
                 w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))

@@ -229,7 +229,22 @@ def _cycle_end(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, shrink, 
                      int(success), int(breakdown), int(stalled), int(diverged))
 
 
+@numba.njit(cache=CACHE)
+def _reset_loop(Q, touched):
+    for b in range(Q.shape[0]):
+        for i in range(touched):
+            for c in range(touched):
+                Q[b, i, c] = 1.0 if i == c else 0.0
+
+
+def _reset_rotations(Q, touched):
+    """The leading ``touched × touched`` block of each sample's Q back to the identity (the rest of a kept Q
+    already is), in one pass."""
+    _reset_loop(Q, int(touched))
+
+
 arnoldi_step_numba_cpu.prepare = _prepare_arnoldi
+arnoldi_step_numba_cpu.reset = _reset_rotations
 arnoldi_step_numba_cpu.update = _cycle_update
 arnoldi_step_numba_cpu.start = _cycle_start
 arnoldi_step_numba_cpu.end = _cycle_end
