@@ -345,12 +345,12 @@ class SteadyStateAdjoint:
         if self._iterate_first(solver):
             lam, codes, residual, steps = _richardson_then_gmres(solver, vjp_rows, g_rows, x0_rows,
                                                                  preconditioner if batched else None, xp)
-            sol = Solution(value=lam, result=codes, stats={"num_steps": steps}, residual=residual, batched=True)
         elif isinstance(solver, LinearSolver):
             op = LinearOperator(lambda v: v - vjp_rows(v), shape=(n, n), dtype=g.dtype)
             op.batch_size = batch
             sol = solver.solve(op, g_rows, x0=x0_rows, preconditioner=preconditioner if batched else None)
             lam, codes, residual = sol.value, sol.result, sol.residual
+            steps = int(sol.stats.get("num_steps", 0))
         else:
             atol, rtol, max_steps = self._tolerances(g.dtype)
             bad = ~xp.isfinite(g_rows).all(axis=1)     # a non-finite cotangent is that sample's failure alone
@@ -361,7 +361,8 @@ class SteadyStateAdjoint:
             lam = xp.where(bad[:, None], xp.asarray(np.nan, dtype=g.dtype), sol.value)
             codes = xp.where(bad, int(ReturnCode.DIVERGED), sol.result)
             residual = xp.where(bad, xp.asarray(np.nan, dtype=g.dtype), sol.residual)
-        stats = {"num_steps": int(sol.stats.get("num_steps", 0)), "nvjp": count["nvjp"], "nfev": int(evaluated)}
+            steps = int(sol.stats.get("num_steps", 0))
+        stats = {"num_steps": steps, "nvjp": count["nvjp"], "nfev": int(evaluated)}
         info = _info(lam.reshape(shape), codes, residual, stats, batched)
         warn_failed("the adjoint solve", codes, "Their gradients are not the implicit gradient: raise the "
                     "adjoint's max_steps or the forward solve's accuracy, or pass linear_solver=dq.LU()")
@@ -456,7 +457,7 @@ class _Iteration:
         self.trial = None
         self.steps = 0
         if x0 is None:
-            self.lam, self.r, self.rnorm = xp.zeros_like(g), g.copy(), gnorm.copy()
+            self.lam, self.r, self.rnorm = xp.zeros(g.shape, dtype=g.dtype), g.copy(), gnorm.copy()
         else:
             self.lam = xp.where(xp.isfinite(x0), x0, xp.zeros((), dtype=g.dtype)).astype(g.dtype, copy=False)
             self.r = g + vjp_rows(self.lam) - self.lam
@@ -465,7 +466,7 @@ class _Iteration:
         self.done = self.rnorm <= tol
         if bad is not None:
             self.done |= bad
-        self.slow = xp.zeros_like(self.done)
+        self.slow = xp.zeros(self.done.shape, dtype=bool)
         self.first = self.steps + 1
         self.counts = np.zeros(2, dtype=np.int64) if xp is np else xp.zeros(2, dtype=np.int64)
         if x0 is None:                      # λ = 0, r = g: the first trial iterate λ + r is g (read, never written)

@@ -221,7 +221,7 @@ class GMRES(LinearSolver):
             tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
         steps = 0
         if x0 is None:
-            x = xp.zeros_like(rhs)
+            x = xp.zeros(rhs.shape, dtype=dtype)
             r = rhs.copy()
             rnorm = bnorm                  # (the same sums: r is rhs)
         else:
@@ -318,7 +318,8 @@ class GMRES(LinearSolver):
                 if not bool(live.any()):
                     break
         # least squares per sample: the upper-triangular k_i x k_i system (gmres_least_squares)
-        y = get_kernel("gmres_least_squares", xp)(R, Q, beta, k, used)
+        least_squares = getattr(arnoldi_step, "least_squares", None) or get_kernel("gmres_least_squares", xp)
+        y = least_squares(R, Q, beta, k, used)
         if prepare is not None:
             dx = arnoldi_step.update(V, y, k)             # the basis vectors each sample wrote, no others
         else:

@@ -273,6 +273,9 @@ def least_squares_numba_cpu(R, Q, beta, k, used):
     return y
 
 
+arnoldi_step_numba_cpu.least_squares = least_squares_numba_cpu     # (the cycle's, with the compiled step)
+
+
 _finish_cuda, _block_reduce, _reorthogonalise, _shift_column = for_kernels(finish_column, block_reduce, reorthogonalise,
                                                                           shift_column)
 
