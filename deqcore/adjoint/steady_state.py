@@ -413,7 +413,7 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             it.n_slow = 0
             # without a preconditioner Arnoldi runs on Jᵀ itself (the operator I − Jᵀ, shifted: the same Krylov
             # space, without the cancellation of v − Jᵀv that made nearly every step orthogonalise twice); the
-            # VJP's own output is then not the step's scratch (a pullback may return an array it keeps)
+            # VJP's own output is then never written (a pullback may return an array it keeps)
             shifted = preconditioner is None
             delta, gcodes, gnorm, stats = gmres._run(
                 xp, it.step if shifted else (lambda v: v - it.step(v)), preconditioner, rhs, None,

@@ -8,9 +8,10 @@ rotations (accumulated in a small ``(restart+1)^2`` matrix per sample) and its o
 least-squares problems are one batched triangular solve per cycle (``gmres_least_squares``: compiled on NumPy,
 the namespace's batched solve on CuPy). Each Arnoldi step after the operator call is one fused kernel
 (``arnoldi_step``: orthogonalisation, rotations and convergence test per sample), and one host sync (whether
-any sample is still iterating: an operator call saved is worth far more than the sync); on NumPy, for callers
-whose operator returns a fresh array (``_run(..., scratch=True)``: the adjoint), the step is bound to the
-cycle's arrays once, overwrites that array in place of a copy and returns the count itself.
+any sample is still iterating: an operator call saved is worth far more than the sync). On NumPy the compiled
+step is bound to the cycle's arrays once, reads the operator's output without copying it (each sample is
+orthogonalised in a scratch row of the kernel's own) and returns the count itself; the cycle's start (first
+basis vector, flags) and the bookkeeping after its true residual (codes, x, r, norms) are one compiled pass each.
 
 >>> import numpy as np
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
@@ -205,7 +206,7 @@ class GMRES(LinearSolver):
     def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None, scratch=False, shifted=False):
         """``(x, codes, residual norms, stats)`` for the rows of ``rhs`` (all finite); ``tol``: per-row absolute
         tolerances in place of ``max(atol, rtol·||rhs_i||)`` (for callers solving a correction equation);
-        ``scratch``: ``apply_A`` returns a fresh array each call, which the Arnoldi step may overwrite;
+        ``scratch``: ``apply_A`` returns a fresh array each call (the CUDA step then uses it as its scratch);
         ``shifted``: the operator is ``v ↦ v − apply_A(v)`` (Arnoldi then runs on ``apply_A`` itself: see
         :mod:`~deqcore.linalg.gmres_kernels`; needs ``apply_M`` None)."""
         if shifted:
