@@ -418,7 +418,7 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             delta, gcodes, gnorm, stats = gmres._run(
                 xp, it.step if shifted else (lambda v: v - it.step(v)), preconditioner, rhs, None,
                 budget - it.steps, min(gmres.restart, g.shape[1]), tol=rhs_tol, scratch=not shifted,
-                shifted=shifted)
+                shifted=shifted, inputs=it.inputs if shifted else None)
             if it.compiled is None:
                 it.lam += xp.where(waiting[:, None], delta, zero)
                 it.rnorm = xp.where(waiting, gnorm, it.rnorm)
@@ -454,6 +454,9 @@ class _Iteration:
         # compiled on NumPy: two (B, n) buffers take turns as the next trial and the shared steps' VJP input
         # (each written only when it is neither the VJP input being read nor the trial still to be read)
         self.buffers = None if self.select_rows is None else (xp.empty_like(g), xp.empty_like(g))
+        # ... and the VJP input of GMRES's steps (its rows the compiled Arnoldi step writes, the iterating rows'
+        # trials the iteration's step writes; zero at first: every row finite)
+        self.inputs = None if self.select_rows is None else xp.zeros(g.shape, dtype=g.dtype)
         self.trial = None
         self.steps = 0
         if x0 is None:
@@ -501,6 +504,10 @@ class _Iteration:
             trial = vectors
         elif buffers is None:
             trial = xp.where(self.going[:, None], self.trial, vectors)
+        elif vectors is self.inputs:        # (GMRES wrote its rows; the iterating rows' trials are there but
+            if self.trial is not vectors:   # at the first step of a cycle)
+                self.select_rows(self.going, self.trial, vectors, vectors)
+            trial = vectors
         else:
             trial = self.select_rows(self.going, self.trial, vectors,
                                      buffers[1] if self.trial is buffers[0] else buffers[0])
@@ -511,6 +518,8 @@ class _Iteration:
         rate = RICHARDSON_RATE if self.steps == self.first else RICHARDSON_KEEP_RATE
         if buffers is None:
             self.trial = xp.empty_like(self.lam)    # a fresh buffer: the last one may still be read by the VJP
+        elif trial is self.inputs:                  # (the kernel reads each row before writing it)
+            self.trial = trial
         else:                                       # (the buffer the VJP did not read)
             self.trial = buffers[1] if trial is buffers[0] else buffers[0]
         self.kernel(trial, u, self.g, self.lam, self.r, self.rnorm, self.tol, self.going, self.slow, self.done,

@@ -203,12 +203,15 @@ class GMRES(LinearSolver):
             rnorm = xp.where(bad, xp.asarray(np.nan, dtype=rnorm.dtype), rnorm)
         return finish(x, codes, rnorm, stats, batched, b.shape, state=state)
 
-    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None, scratch=False, shifted=False):
+    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None, scratch=False, shifted=False,
+             inputs=None):
         """``(x, codes, residual norms, stats)`` for the rows of ``rhs`` (all finite); ``tol``: per-row absolute
         tolerances in place of ``max(atol, rtol·||rhs_i||)`` (for callers solving a correction equation);
         ``scratch``: ``apply_A`` returns a fresh array each call (the CUDA step then uses it as its scratch);
         ``shifted``: the operator is ``v ↦ v − apply_A(v)`` (Arnoldi then runs on ``apply_A`` itself: see
-        :mod:`~deqcore.linalg.gmres_kernels`; needs ``apply_M`` None)."""
+        :mod:`~deqcore.linalg.gmres_kernels`; needs ``apply_M`` None); ``inputs``: a ``(B, n)`` array the
+        compiled step (NumPy, no preconditioner) passes to ``apply_A`` in place of the basis vector ``V[:, j]``,
+        with the running samples' rows set to it (the caller may fill the other rows: a solve riding along)."""
         if shifted:
             if apply_M is not None:
                 raise ValueError("shifted=True takes no preconditioner")
@@ -243,7 +246,7 @@ class GMRES(LinearSolver):
                 break
             active = ~done
             dx, broke, used = self._cycle(xp, apply_B if shifted else apply_A, precondition, r, rnorm, active, tol,
-                                          m, eps, scratch, shifted, kernel)
+                                          m, eps, scratch, shifted, kernel, inputs)
             x_new = x + (dx if precondition is None else precondition(dx))
             r_new = rhs - apply_A(x_new)
             steps += used + 1
@@ -272,7 +275,8 @@ class GMRES(LinearSolver):
         return x, codes, rnorm, {"num_steps": steps, "restarts": max(cycles - 1, 0)}
 
     @staticmethod
-    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch=False, shifted=False, kernel=None):
+    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch=False, shifted=False, kernel=None,
+               inputs=None):
         """One Arnoldi cycle of at most ``m`` steps for the ``active`` samples (``precondition``: None or M;
         ``shifted``: the operator is I − ``apply_A``).
 
@@ -291,8 +295,10 @@ class GMRES(LinearSolver):
         prepare = getattr(arnoldi_step, "prepare", None)
         work = _take_workspace(xp, B, n, m, dtype, clean=prepare is None, reset=getattr(arnoldi_step, "reset", None))
         V, R, Q = work[:3]
+        if prepare is None or precondition is not None:
+            inputs = None
         if prepare is not None:          # (k: usable Hessenberg columns per sample)
-            beta, live, k, broke = arnoldi_step.start(V, r, rnorm, active)
+            beta, live, k, broke = arnoldi_step.start(V, r, rnorm, active, inputs)
         else:
             beta = xp.where(active, rnorm, zero)
             V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
@@ -305,9 +311,12 @@ class GMRES(LinearSolver):
         tol = xp.broadcast_to(tol, (B,)).astype(dtype, copy=True) if tol.shape != (B,) else xp.ascontiguousarray(tol)
         if prepare is not None:
             # the compiled step with the cycle's arrays bound, returning the live count
-            step = prepare(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted, scratch)
+            step = prepare(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted, scratch, inputs)
             for j in range(m):
-                w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))
+                if inputs is not None:
+                    w = apply_A(inputs)
+                else:
+                    w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))
                 used += 1
                 if not step(w, j):
                     break

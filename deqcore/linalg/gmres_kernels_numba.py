@@ -70,9 +70,11 @@ def shift_column(hsum, hnext, j):
 
 
 @numba.njit(cache=CACHE, fastmath={"reassoc", "contract"})   # reassociation vectorises the dot products
-def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted):
+def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted, inputs):
     """The CPU step on every live sample; ``w`` is only read (each sample's row is orthogonalised in a scratch
-    row of its own). Returns the number of samples still iterating."""
+    row of its own). ``inputs``: ``(B, n)`` also given each live sample's new basis vector (the next operator
+    input), or empty. Returns the number of samples still iterating."""
+    copy = inputs.shape[0] > 0
     hsum = np.empty(j + 1)
     h = np.empty(j + 1)
     col = np.empty(j + 2)
@@ -123,26 +125,33 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted
             scale = -scale
         for e in range(n):
             Vb[j + 1, e] = wb[e] * scale if go_on else 0.0
+        if copy:
+            for e in range(n):
+                inputs[b, e] = Vb[j + 1, e]
     return count
 
 
 def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted=False):
     w = np.array(w, order="C", copy=True) if np.may_share_memory(w, V) else np.ascontiguousarray(w)
-    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor), bool(shifted))  # (w only read)
+    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor), bool(shifted),
+                  np.empty((0, V.shape[2]), dtype=V.dtype))                                # (w only read)
     return V, R, Q, k, live, broke
 
 
-def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=False, scratch=True):
+def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=False, scratch=True, inputs=None):
     """``step(w, j) -> live count``: :func:`arnoldi_step_numba_cpu` with a cycle's arrays bound once, returning
     the number of samples still iterating (the cycle's host check, with no array method call). ``w`` is only
     read, never copied unless it is strided (``scratch`` is accepted for callers that say their ``w`` is a
-    temporary: it changes nothing)."""
+    temporary: it changes nothing). ``inputs``: a ``(B, n)`` array the step also writes each live sample's new
+    basis vector into (the operator's next input, contiguous; other rows left as they are)."""
     loop, tiny, shifted, shares = _arnoldi_loop, float(tiny_factor), bool(shifted), np.may_share_memory
+    if inputs is None:
+        inputs = np.empty((0, V.shape[2]), dtype=V.dtype)
 
     def step(w, j):
         if not w.flags.c_contiguous or shares(w, V):      # (a w inside the basis, as an identity operator returns)
             w = np.array(w, order="C", copy=True)
-        return loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted)
+        return loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted, inputs)
 
     return step
 
@@ -167,7 +176,8 @@ def _cycle_update(V, y, k):
 
 
 @numba.njit(cache=CACHE)
-def _start_loop(V, r, rnorm, active, beta, live, k, broke):
+def _start_loop(V, r, rnorm, active, beta, live, k, broke, inputs):
+    copy = inputs.shape[0] > 0
     for b in range(V.shape[0]):
         go = active[b]
         live[b] = go
@@ -177,15 +187,20 @@ def _start_loop(V, r, rnorm, active, beta, live, k, broke):
         scale = rnorm[b] if rnorm[b] > 0 else 1.0
         for e in range(V.shape[2]):
             V[b, 0, e] = r[b, e] / scale if go else 0.0
+        if copy and go:
+            for e in range(V.shape[2]):
+                inputs[b, e] = V[b, 0, e]
 
 
-def _cycle_start(V, r, rnorm, active):
+def _cycle_start(V, r, rnorm, active, inputs=None):
     """``(beta, live, k, broke)`` of a cycle and its first basis vector ``V[:, 0] = r / ||r||`` (zero for the
-    samples not running), in one pass: the array code's values, bit for bit."""
+    samples not running), in one pass: the array code's values, bit for bit; also into the running samples'
+    rows of ``inputs`` where given."""
     B = V.shape[0]
     beta, live = np.empty(B, dtype=V.dtype), np.empty(B, dtype=np.bool_)
     k, broke = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.bool_)
-    _start_loop(V, r, rnorm, active, beta, live, k, broke)
+    _start_loop(V, r, rnorm, active, beta, live, k, broke,
+                np.empty((0, V.shape[2]), dtype=V.dtype) if inputs is None else inputs)
     return beta, live, k, broke
 
 
