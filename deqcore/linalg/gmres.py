@@ -237,6 +237,8 @@ class GMRES(LinearSolver):
         codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
         kernel = get_kernel("arnoldi_step", xp)
         end = getattr(kernel, "end", None)   # the compiled bookkeeping after a cycle (NumPy)
+        if end is not None and getattr(tol, "shape", None) != rhs.shape[:1]:
+            tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), rhs.shape[:1])      # (one per sample)
         cycles = 0
         finished = bool(done.all())
         while not finished:
