@@ -81,7 +81,87 @@ def _bound_step(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_t
     _richardson_loop(trial, u, g, lam, r, rnorm, tol, going, slow, done, rate, next_trial, counts)
 
 
+@numba.njit(cache=CACHE)
+def _select_rows_loop(going, a, b, out):
+    for i in range(out.shape[0]):
+        if going[i]:
+            ai, oi = a[i], out[i]
+            for j in range(out.shape[1]):
+                oi[j] = ai[j]
+        else:
+            bi, oi = b[i], out[i]
+            for j in range(out.shape[1]):
+                oi[j] = bi[j]
+
+
+def _select_rows(going, a, b, out):
+    """``out[i] = a[i] if going[i] else b[i]`` (``xp.where(going[:, None], a, b)`` into ``out``, one pass): the
+    VJP input of a step the iteration shares with GMRES (its rows' trials, GMRES's vectors for the others)."""
+    _select_rows_loop(going, a, b, out)
+    return out
+
+
+@numba.njit(cache=CACHE)
+def _hand_over_loop(slow, done, r, tol, waiting, rhs, rhs_tol):
+    for i in range(r.shape[0]):
+        w = slow[i]
+        waiting[i] = w
+        slow[i] = False
+        if w:
+            done[i] = True
+            rhs_tol[i] = tol[i]
+        else:
+            rhs_tol[i] = 1
+        for j in range(r.shape[1]):
+            rhs[i, j] = r[i, j] if w else 0
+
+
+def _hand_over(slow, done, r, tol):
+    """The rows waiting for GMRES handed over in one pass: ``(waiting, rhs, rhs_tol)`` with ``waiting`` the
+    former ``slow`` (now cleared; those rows marked ``done``), their residuals as GMRES's right-hand sides (zero
+    rows elsewhere) and their tolerances (1 elsewhere)."""
+    waiting, rhs, rhs_tol = np.empty_like(slow), np.empty_like(r), np.empty_like(tol)
+    _hand_over_loop(slow, done, r, tol, waiting, rhs, rhs_tol)
+    return waiting, rhs, rhs_tol
+
+
+@numba.njit(cache=CACHE)
+def _take_back_loop(waiting, lam, delta, rnorm, gnorm, codes, gcodes):
+    for i in range(lam.shape[0]):
+        if waiting[i]:
+            for j in range(lam.shape[1]):
+                lam[i, j] += delta[i, j]
+            rnorm[i] = gnorm[i]
+            codes[i] = gcodes[i]
+
+
+def _take_back(waiting, lam, delta, rnorm, gnorm, codes, gcodes):
+    """GMRES's corrections, residual norms and codes into the handed-over rows (in place)."""
+    _take_back_loop(waiting, lam, delta, rnorm, gnorm, codes, gcodes)
+
+
+@numba.njit(cache=CACHE)
+def _trial_loop(going, lam, r, out):
+    for i in range(lam.shape[0]):
+        if going[i]:
+            for j in range(lam.shape[1]):
+                out[i, j] = lam[i, j] + r[i, j]
+        else:
+            for j in range(lam.shape[1]):
+                out[i, j] = lam[i, j]
+
+
+def _trial(going, lam, r, out):
+    """``out[i] = λ_i + r_i`` for the rows still iterating, ``λ_i`` for the others (the next trial iterate)."""
+    _trial_loop(going, lam, r, out)
+    return out
+
+
 richardson_step_numba_cpu.bound = _bound_step
+richardson_step_numba_cpu.select_rows = _select_rows
+richardson_step_numba_cpu.hand_over = _hand_over
+richardson_step_numba_cpu.take_back = _take_back
+richardson_step_numba_cpu.trial = _trial
 
 
 _decision_cuda, _block_reduce = for_kernels(richardson_decision, block_reduce)

@@ -345,12 +345,12 @@ class SteadyStateAdjoint:
         if self._iterate_first(solver):
             lam, codes, residual, steps = _richardson_then_gmres(solver, vjp_rows, g_rows, x0_rows,
                                                                  preconditioner if batched else None, xp)
-            sol = Solution(value=lam, result=codes, stats={"num_steps": steps}, residual=residual, batched=True)
         elif isinstance(solver, LinearSolver):
             op = LinearOperator(lambda v: v - vjp_rows(v), shape=(n, n), dtype=g.dtype)
             op.batch_size = batch
             sol = solver.solve(op, g_rows, x0=x0_rows, preconditioner=preconditioner if batched else None)
             lam, codes, residual = sol.value, sol.result, sol.residual
+            steps = int(sol.stats.get("num_steps", 0))
         else:
             atol, rtol, max_steps = self._tolerances(g.dtype)
             bad = ~xp.isfinite(g_rows).all(axis=1)     # a non-finite cotangent is that sample's failure alone
@@ -361,7 +361,8 @@ class SteadyStateAdjoint:
             lam = xp.where(bad[:, None], xp.asarray(np.nan, dtype=g.dtype), sol.value)
             codes = xp.where(bad, int(ReturnCode.DIVERGED), sol.result)
             residual = xp.where(bad, xp.asarray(np.nan, dtype=g.dtype), sol.residual)
-        stats = {"num_steps": int(sol.stats.get("num_steps", 0)), "nvjp": count["nvjp"], "nfev": int(evaluated)}
+            steps = int(sol.stats.get("num_steps", 0))
+        stats = {"num_steps": steps, "nvjp": count["nvjp"], "nfev": int(evaluated)}
         info = _info(lam.reshape(shape), codes, residual, stats, batched)
         warn_failed("the adjoint solve", codes, "Their gradients are not the implicit gradient: raise the "
                     "adjoint's max_steps or the forward solve's accuracy, or pass linear_solver=dq.LU()")
@@ -402,23 +403,29 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             # the rows that slowed down solve their correction by GMRES; the rows still iterating ride along in
             # its VJP calls (a row's path never depends on the others); rows that slow down meanwhile wait for
             # the next round
-            waiting = it.slow.copy()
-            it.slow &= ~waiting                                 # handed over
-            it.done |= waiting
+            if it.compiled is None:
+                waiting = it.slow.copy()
+                it.slow &= ~waiting                             # handed over
+                it.done |= waiting
+                rhs, rhs_tol = xp.where(waiting[:, None], it.r, zero), xp.where(waiting, tol, 1)
+            else:
+                waiting, rhs, rhs_tol = it.compiled.hand_over(it.slow, it.done, it.r, tol)
             it.n_slow = 0
-            rhs = xp.where(waiting[:, None], it.r, zero)
             # without a preconditioner Arnoldi runs on Jᵀ itself (the operator I − Jᵀ, shifted: the same Krylov
             # space, without the cancellation of v − Jᵀv that made nearly every step orthogonalise twice); the
-            # VJP's own output is then not the step's scratch (a pullback may return an array it keeps)
+            # VJP's own output is then never written (a pullback may return an array it keeps)
             shifted = preconditioner is None
             delta, gcodes, gnorm, stats = gmres._run(
                 xp, it.step if shifted else (lambda v: v - it.step(v)), preconditioner, rhs, None,
-                budget - it.steps, min(gmres.restart, g.shape[1]), tol=xp.where(waiting, tol, 1),
-                scratch=not shifted, shifted=shifted)
-            it.lam += xp.where(waiting[:, None], delta, zero)
-            it.rnorm = xp.where(waiting, gnorm, it.rnorm)
+                budget - it.steps, min(gmres.restart, g.shape[1]), tol=rhs_tol, scratch=not shifted,
+                shifted=shifted, inputs=it.inputs if shifted else None)
+            if it.compiled is None:
+                it.lam += xp.where(waiting[:, None], delta, zero)
+                it.rnorm = xp.where(waiting, gnorm, it.rnorm)
+                codes = xp.where(waiting, gcodes, codes)
+            else:
+                it.compiled.take_back(waiting, it.lam, delta, it.rnorm, gnorm, codes, gcodes)
             it.restart()
-            codes = xp.where(waiting, gcodes, codes)
     lam, rnorm, steps = it.lam, it.rnorm, it.steps
     codes = xp.where(it.done, codes, int(ReturnCode.MAX_STEPS))       # 0 (SUCCESS) for the iterated rows
     if bad is not None:
@@ -437,12 +444,23 @@ class _Iteration:
         """``gnorm``: the row norms of ``g``; ``bad``: the rows with a non-finite cotangent (None: none)."""
         self.g, self.tol, self.vjp_rows, self.xp = g, tol, vjp_rows, xp
         self.kernel = get_kernel("richardson_step", xp)
-        bound = getattr(self.kernel, "bound", None)   # the compiled loop without its argument conversions
+        # the compiled loop without its argument conversions, and (compiled, NumPy) the row selection of the
+        # shared steps and the hand-over to GMRES and back, each one pass
+        self.select_rows = getattr(self.kernel, "select_rows", None)
+        self.compiled = None if self.select_rows is None else self.kernel
+        bound = getattr(self.kernel, "bound", None)
         if bound is not None:
             self.kernel = bound
+        # compiled on NumPy: two (B, n) buffers take turns as the next trial and the shared steps' VJP input
+        # (each written only when it is neither the VJP input being read nor the trial still to be read)
+        self.buffers = None if self.select_rows is None else (xp.empty_like(g), xp.empty_like(g))
+        # ... and the VJP input of GMRES's steps (its rows the compiled Arnoldi step writes, the iterating rows'
+        # trials the iteration's step writes; zero at first: every row finite)
+        self.inputs = None if self.select_rows is None else xp.zeros(g.shape, dtype=g.dtype)
+        self.trial = None
         self.steps = 0
         if x0 is None:
-            self.lam, self.r, self.rnorm = xp.zeros_like(g), g.copy(), gnorm.copy()
+            self.lam, self.r, self.rnorm = xp.zeros(g.shape, dtype=g.dtype), g.copy(), gnorm.copy()
         else:
             self.lam = xp.where(xp.isfinite(x0), x0, xp.zeros((), dtype=g.dtype)).astype(g.dtype, copy=False)
             self.r = g + vjp_rows(self.lam) - self.lam
@@ -451,7 +469,7 @@ class _Iteration:
         self.done = self.rnorm <= tol
         if bad is not None:
             self.done |= bad
-        self.slow = xp.zeros_like(self.done)
+        self.slow = xp.zeros(self.done.shape, dtype=bool)
         self.first = self.steps + 1
         self.counts = np.zeros(2, dtype=np.int64) if xp is np else xp.zeros(2, dtype=np.int64)
         if x0 is None:                      # λ = 0, r = g: the first trial iterate λ + r is g (read, never written)
@@ -467,7 +485,11 @@ class _Iteration:
         self.going = ~self.done & ~self.slow
         self.n_going = int(xp.count_nonzero(self.going))
         self.n_slow = int(xp.count_nonzero(self.slow))
-        if self.n_going == self.going.shape[0]:
+        if self.compiled is not None:
+            buffers = self.buffers
+            self.trial = self.compiled.trial(self.going, self.lam, self.r,
+                                             buffers[1] if self.trial is buffers[0] else buffers[0])
+        elif self.n_going == self.going.shape[0]:
             self.trial = self.lam + self.r
         else:
             self.trial = xp.where(self.going[:, None], self.lam + self.r, self.lam)
@@ -475,17 +497,31 @@ class _Iteration:
     def step(self, vectors=None):
         """One step for the rows still iterating, in one VJP call with ``vectors`` (B, n) for the other rows
         (GMRES's, riding along); returns that call's VJPs."""
-        xp = self.xp
+        xp, buffers = self.xp, self.buffers
         if vectors is None:
             trial = self.trial
+        elif not self.n_going:
+            trial = vectors
+        elif buffers is None:
+            trial = xp.where(self.going[:, None], self.trial, vectors)
+        elif vectors is self.inputs:        # (GMRES wrote its rows; the iterating rows' trials are there but
+            if self.trial is not vectors:   # at the first step of a cycle)
+                self.select_rows(self.going, self.trial, vectors, vectors)
+            trial = vectors
         else:
-            trial = xp.where(self.going[:, None], self.trial, vectors) if self.n_going else vectors
+            trial = self.select_rows(self.going, self.trial, vectors,
+                                     buffers[1] if self.trial is buffers[0] else buffers[0])
         u = self.vjp_rows(trial)
         self.steps += 1
         if not self.n_going:
             return u
         rate = RICHARDSON_RATE if self.steps == self.first else RICHARDSON_KEEP_RATE
-        self.trial = xp.empty_like(self.lam)        # a fresh buffer: the last one may still be read by the VJP
+        if buffers is None:
+            self.trial = xp.empty_like(self.lam)    # a fresh buffer: the last one may still be read by the VJP
+        elif trial is self.inputs:                  # (the kernel reads each row before writing it)
+            self.trial = trial
+        else:                                       # (the buffer the VJP did not read)
+            self.trial = buffers[1] if trial is buffers[0] else buffers[0]
         self.kernel(trial, u, self.g, self.lam, self.r, self.rnorm, self.tol, self.going, self.slow, self.done,
                     rate, self.trial, self.counts)
         counts = self.counts if xp is np else self.counts.get()

@@ -8,9 +8,10 @@ rotations (accumulated in a small ``(restart+1)^2`` matrix per sample) and its o
 least-squares problems are one batched triangular solve per cycle (``gmres_least_squares``: compiled on NumPy,
 the namespace's batched solve on CuPy). Each Arnoldi step after the operator call is one fused kernel
 (``arnoldi_step``: orthogonalisation, rotations and convergence test per sample), and one host sync (whether
-any sample is still iterating: an operator call saved is worth far more than the sync); on NumPy, for callers
-whose operator returns a fresh array (``_run(..., scratch=True)``: the adjoint), the step is bound to the
-cycle's arrays once, overwrites that array in place of a copy and returns the count itself.
+any sample is still iterating: an operator call saved is worth far more than the sync). On NumPy the compiled
+step is bound to the cycle's arrays once, reads the operator's output without copying it (each sample is
+orthogonalised in a scratch row of the kernel's own) and returns the count itself; the cycle's start (first
+basis vector, flags) and the bookkeeping after its true residual (codes, x, r, norms) are one compiled pass each.
 
 >>> import numpy as np
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
@@ -52,11 +53,13 @@ WORKSPACE_SHAPES = 4
 _WORKSPACES: dict = {}
 
 
-def _take_workspace(xp, B, n, m, dtype, clean=True):
-    """``(V, R, Q)`` for a cycle: V ``(B, m+1, n)`` and R ``(B, m+1, m)`` zero, Q ``(B, m+1, m+1)`` the identity;
-    reused from an earlier cycle of the same sizes where one was given back (not shared while in use).
+def _take_workspace(xp, B, n, m, dtype, clean=True, reset=None):
+    """``[V, R, Q, touched]`` for a cycle: V ``(B, m+1, n)`` and R ``(B, m+1, m)`` zero, Q ``(B, m+1, m+1)`` the
+    identity; reused from an earlier cycle of the same sizes where one was given back (not shared while in use).
     ``clean=False``: a reused V and R keep their old values (for the compiled step, which reads only what the
-    cycle wrote; zeroing a 2 MB basis cost ~0.7 ms a cycle at 64 × 256 × 31, float32)."""
+    cycle wrote; zeroing a 2 MB basis cost ~0.7 ms a cycle at 64 × 256 × 31, float32), and only the leading
+    ``touched × touched`` block of Q, all that the last cycle's steps changed, is reset (by ``reset(Q, touched)``
+    where given: the compiled reset)."""
     work = None
     if xp is np:                          # (CuPy allocates from its memory pool: nothing to gain on a GPU)
         try:
@@ -64,18 +67,28 @@ def _take_workspace(xp, B, n, m, dtype, clean=True):
         except (KeyError, IndexError):
             pass
     if work is None:
-        work = (xp.zeros((B, m + 1, n), dtype=dtype), xp.zeros((B, m + 1, m), dtype=dtype),
-                xp.zeros((B, m + 1, m + 1), dtype=dtype))
-    else:
-        for a in (work if clean else work[2:]):
+        work = [xp.zeros((B, m + 1, n), dtype=dtype), xp.zeros((B, m + 1, m), dtype=dtype),
+                xp.zeros((B, m + 1, m + 1), dtype=dtype), m + 1]
+    elif clean:
+        for a in work[:3]:
             a.fill(0)
-    work[2].reshape(B, -1)[:, :: m + 2] = 1                         # the diagonal of each sample's Q
+        work[3] = m + 1
+    elif reset is not None:
+        reset(work[2], work[3])
+        return work
+    else:
+        work[2][:, : work[3], : work[3]] = 0
+    if work[3]:
+        work[2].reshape(B, -1)[:, : work[3] * (m + 2) : m + 2] = 1          # the diagonal of each sample's Q
     return work
 
 
-def _give_back_workspace(xp, work):
-    V, R, Q = work
+def _give_back_workspace(xp, work, touched):
+    """Keep a cycle's workspace for the next cycle of its sizes (NumPy only); ``touched``: the leading block
+    of Q its steps may have changed."""
+    V, R, Q, _ = work
     if xp is np and V.nbytes + R.nbytes + Q.nbytes <= WORKSPACE_BYTES:
+        work[3] = touched
         B, m1, n = V.shape
         key = (B, n, m1 - 1, V.dtype.str)
         if key not in _WORKSPACES and len(_WORKSPACES) >= WORKSPACE_SHAPES:
@@ -190,12 +203,15 @@ class GMRES(LinearSolver):
             rnorm = xp.where(bad, xp.asarray(np.nan, dtype=rnorm.dtype), rnorm)
         return finish(x, codes, rnorm, stats, batched, b.shape, state=state)
 
-    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None, scratch=False, shifted=False):
+    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None, scratch=False, shifted=False,
+             inputs=None):
         """``(x, codes, residual norms, stats)`` for the rows of ``rhs`` (all finite); ``tol``: per-row absolute
         tolerances in place of ``max(atol, rtol·||rhs_i||)`` (for callers solving a correction equation);
-        ``scratch``: ``apply_A`` returns a fresh array each call, which the Arnoldi step may overwrite;
+        ``scratch``: ``apply_A`` returns a fresh array each call (the CUDA step then uses it as its scratch);
         ``shifted``: the operator is ``v ↦ v − apply_A(v)`` (Arnoldi then runs on ``apply_A`` itself: see
-        :mod:`~deqcore.linalg.gmres_kernels`; needs ``apply_M`` None)."""
+        :mod:`~deqcore.linalg.gmres_kernels`; needs ``apply_M`` None); ``inputs``: a ``(B, n)`` array the
+        compiled step (NumPy, no preconditioner) passes to ``apply_A`` in place of the basis vector ``V[:, j]``,
+        with the running samples' rows set to it (the caller may fill the other rows: a solve riding along)."""
         if shifted:
             if apply_M is not None:
                 raise ValueError("shifted=True takes no preconditioner")
@@ -209,7 +225,7 @@ class GMRES(LinearSolver):
             tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
         steps = 0
         if x0 is None:
-            x = xp.zeros_like(rhs)
+            x = xp.zeros(rhs.shape, dtype=dtype)
             r = rhs.copy()
             rnorm = bnorm                  # (the same sums: r is rhs)
         else:
@@ -219,20 +235,31 @@ class GMRES(LinearSolver):
             rnorm = _norms(xp, r)
         done = rnorm <= tol
         codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
+        kernel = get_kernel("arnoldi_step", xp)
+        end = getattr(kernel, "end", None)   # the compiled bookkeeping after a cycle (NumPy)
+        if end is not None and getattr(tol, "shape", None) != rhs.shape[:1]:
+            tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), rhs.shape[:1])      # (one per sample)
         cycles = 0
-        while not bool(done.all()):
+        finished = bool(done.all())
+        while not finished:
             m = min(restart, max_steps - steps - 1)
             if m < 1:
                 codes = xp.where(done, codes, int(ReturnCode.MAX_STEPS))
                 break
             active = ~done
             dx, broke, used = self._cycle(xp, apply_B if shifted else apply_A, precondition, r, rnorm, active, tol,
-                                          m, eps, scratch, shifted)
+                                          m, eps, scratch, shifted, kernel, inputs)
             x_new = x + (dx if precondition is None else precondition(dx))
             r_new = rhs - apply_A(x_new)
             steps += used + 1
             cycles += 1
             new = _norms(xp, r_new)
+            if end is not None:
+                if x0 is None and cycles == 1:
+                    rnorm = rnorm.copy()                # (bnorm's array until now)
+                finished = end(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, 1 - eps**0.5,
+                               ReturnCode.SUCCESS, ReturnCode.BREAKDOWN, ReturnCode.STALLED, ReturnCode.DIVERGED)
+                continue
             finite = xp.isfinite(new)
             conv = new <= tol
             stalled = ~conv & ~broke & ~(new < rnorm * (1 - eps**0.5))
@@ -246,10 +273,12 @@ class GMRES(LinearSolver):
             r = xp.where(keep[:, None], r_new, r)
             rnorm = xp.where(keep, new, rnorm)
             done = done | ended
+            finished = bool(done.all())
         return x, codes, rnorm, {"num_steps": steps, "restarts": max(cycles - 1, 0)}
 
     @staticmethod
-    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch=False, shifted=False):
+    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch=False, shifted=False, kernel=None,
+               inputs=None):
         """One Arnoldi cycle of at most ``m`` steps for the ``active`` samples (``precondition``: None or M;
         ``shifted``: the operator is I − ``apply_A``).
 
@@ -261,24 +290,35 @@ class GMRES(LinearSolver):
         zero = xp.zeros((), dtype=dtype)
         # V: the basis; R: the Hessenberg matrix after the rotations (triangular); Q: the product of this cycle's
         # Givens rotations per sample (Q @ (beta e1) is the rotated rhs). Zeroed (Q: the identity) each cycle.
-        arnoldi_step = get_kernel("arnoldi_step", xp) if m <= MAX_RESTART else arnoldi_step_reference
+        if m > MAX_RESTART:
+            arnoldi_step = arnoldi_step_reference
+        else:
+            arnoldi_step = get_kernel("arnoldi_step", xp) if kernel is None else kernel
         prepare = getattr(arnoldi_step, "prepare", None)
-        work = _take_workspace(xp, B, n, m, dtype, clean=prepare is None)
-        V, R, Q = work
-        beta = xp.where(active, rnorm, zero)
-        V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
-        k = xp.zeros(B, dtype=np.int64)  # usable Hessenberg columns per sample
-        broke = xp.zeros(B, dtype=bool)
-        live = active.copy()
+        work = _take_workspace(xp, B, n, m, dtype, clean=prepare is None, reset=getattr(arnoldi_step, "reset", None))
+        V, R, Q = work[:3]
+        if prepare is None or precondition is not None:
+            inputs = None
+        if prepare is not None:          # (k: usable Hessenberg columns per sample)
+            beta, live, k, broke = arnoldi_step.start(V, r, rnorm, active, inputs)
+        else:
+            beta = xp.where(active, rnorm, zero)
+            V[:, 0] = xp.where(active[:, None], r / xp.where(rnorm > 0, rnorm, 1)[:, None], zero)
+            k = xp.zeros(B, dtype=np.int64)
+            broke = xp.zeros(B, dtype=bool)
+            live = active.copy()
         used = 0
         tiny_factor = _BREAKDOWN_FACTOR * eps
-        tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), (B,)).astype(dtype, copy=True)
+        tol = xp.asarray(tol, dtype=dtype)
+        tol = xp.broadcast_to(tol, (B,)).astype(dtype, copy=True) if tol.shape != (B,) else xp.ascontiguousarray(tol)
         if prepare is not None:
-            # the compiled step with the cycle's arrays bound (w as its scratch for a fresh operator output) and
-            # the live count returned
-            step = prepare(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted, scratch)
+            # the compiled step with the cycle's arrays bound, returning the live count
+            step = prepare(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted, scratch, inputs)
             for j in range(m):
-                w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))
+                if inputs is not None:
+                    w = apply_A(inputs)
+                else:
+                    w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))
                 used += 1
                 if not step(w, j):
                     break
@@ -290,10 +330,12 @@ class GMRES(LinearSolver):
                 if not bool(live.any()):
                     break
         # least squares per sample: the upper-triangular k_i x k_i system (gmres_least_squares)
-        y = get_kernel("gmres_least_squares", xp)(R, Q, beta, k, used)
+        least_squares = getattr(arnoldi_step, "least_squares", None) or get_kernel("gmres_least_squares", xp)
+        y = least_squares(R, Q, beta, k, used)
         if prepare is not None:
             dx = arnoldi_step.update(V, y, k)             # the basis vectors each sample wrote, no others
         else:
             dx = xp.matmul(y[:, None, :], V[:, :used])[:, 0]
-        _give_back_workspace(xp, work)
+        # the compiled step changes rows and columns <= j + 1 of Q at step j; the reference changes whole rows
+        _give_back_workspace(xp, work, used + 1 if prepare is not None else m + 1)
         return dx, broke, used

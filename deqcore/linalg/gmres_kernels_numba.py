@@ -33,7 +33,7 @@ def finish_column(hsum, hnext, wnorm, Q, R, col, j, beta, tol, tiny_factor):
     den = math.hypot(col[j], col[j + 1])
     c = col[j] / den if den > 0 else 1.0
     s = col[j + 1] / den if den > 0 else 0.0
-    for i in range(Q.shape[1]):
+    for i in range(j + 2):                  # (rows j and j + 1 of Q are zero past column j + 1)
         qj = Q[j, i]
         qn = Q[j + 1, i]
         Q[j, i] = c * qj + s * qn
@@ -70,20 +70,27 @@ def shift_column(hsum, hnext, j):
 
 
 @numba.njit(cache=CACHE, fastmath={"reassoc", "contract"})   # reassociation vectorises the dot products
-def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted):
+def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted, inputs):
+    """The CPU step on every live sample; ``w`` is only read (each sample's row is orthogonalised in a scratch
+    row of its own). ``inputs``: ``(B, n)`` also given each live sample's new basis vector (the next operator
+    input), or empty. Returns the number of samples still iterating."""
+    copy = inputs.shape[0] > 0
     hsum = np.empty(j + 1)
     h = np.empty(j + 1)
     col = np.empty(j + 2)
     n = w.shape[1]
+    wb = np.empty(n, dtype=w.dtype)
+    count = 0
     for b in range(V.shape[0]):
         if not live[b]:
             continue
-        wb = w[b]
         Vb = V[b]
-        zero = wb[0] * 0                                    # sums in the arrays' dtype: 8 float32 lanes per vector
+        zero = w[b, 0] * 0                                  # sums in the arrays' dtype: 8 float32 lanes per vector
         acc = zero
         for e in range(n):
-            acc += wb[e] * wb[e]
+            x = w[b, e]
+            wb[e] = x
+            acc += x * x
         wnorm = math.sqrt(acc)
         for i in range(j + 1):
             hsum[i] = 0.0
@@ -112,31 +119,39 @@ def _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted
         else:
             broke[b] = True
         live[b] = go_on
+        count += go_on
         scale = 1.0 / hnext if hnext > 0 else 1.0
         if shifted:
             scale = -scale
         for e in range(n):
             Vb[j + 1, e] = wb[e] * scale if go_on else 0.0
+        if copy:
+            for e in range(n):
+                inputs[b, e] = Vb[j + 1, e]
+    return count
 
 
 def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted=False):
-    w = np.array(w, order="C", copy=True)                  # scratch: the caller's w is left as it was
-    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor), bool(shifted))
+    w = np.array(w, order="C", copy=True) if np.may_share_memory(w, V) else np.ascontiguousarray(w)
+    _arnoldi_loop(V, w, R, Q, beta, tol, k, live, broke, int(j), float(tiny_factor), bool(shifted),
+                  np.empty((0, V.shape[2]), dtype=V.dtype))                                # (w only read)
     return V, R, Q, k, live, broke
 
 
-def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=False, scratch=True):
+def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=False, scratch=True, inputs=None):
     """``step(w, j) -> live count``: :func:`arnoldi_step_numba_cpu` with a cycle's arrays bound once, returning
-    the number of samples still iterating (the cycle's host check, with no array method call). With ``scratch``
-    it takes ``w`` as its scratch (overwritten, not copied: for callers whose ``w`` is a temporary of their own;
-    a ``w`` sharing memory with the basis, as an identity operator returns it, is copied)."""
-    loop, tiny, count, shifted = _arnoldi_loop, float(tiny_factor), np.count_nonzero, bool(shifted)
+    the number of samples still iterating (the cycle's host check, with no array method call). ``w`` is only
+    read, never copied unless it is strided (``scratch`` is accepted for callers that say their ``w`` is a
+    temporary: it changes nothing). ``inputs``: a ``(B, n)`` array the step also writes each live sample's new
+    basis vector into (the operator's next input, contiguous; other rows left as they are)."""
+    loop, tiny, shifted, shares = _arnoldi_loop, float(tiny_factor), bool(shifted), np.may_share_memory
+    if inputs is None:
+        inputs = np.empty((0, V.shape[2]), dtype=V.dtype)
 
     def step(w, j):
-        if not (scratch and w.flags.c_contiguous and w.flags.writeable) or np.may_share_memory(w, V):
+        if not w.flags.c_contiguous or shares(w, V):      # (a w inside the basis, as an identity operator returns)
             w = np.array(w, order="C", copy=True)
-        loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted)
-        return count(live)
+        return loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted, inputs)
 
     return step
 
@@ -160,8 +175,94 @@ def _cycle_update(V, y, k):
     return dx
 
 
+@numba.njit(cache=CACHE)
+def _start_loop(V, r, rnorm, active, beta, live, k, broke, inputs):
+    copy = inputs.shape[0] > 0
+    for b in range(V.shape[0]):
+        go = active[b]
+        live[b] = go
+        k[b] = 0
+        broke[b] = False
+        beta[b] = rnorm[b] if go else 0.0
+        scale = rnorm[b] if rnorm[b] > 0 else 1.0
+        for e in range(V.shape[2]):
+            V[b, 0, e] = r[b, e] / scale if go else 0.0
+        if copy and go:
+            for e in range(V.shape[2]):
+                inputs[b, e] = V[b, 0, e]
+
+
+def _cycle_start(V, r, rnorm, active, inputs=None):
+    """``(beta, live, k, broke)`` of a cycle and its first basis vector ``V[:, 0] = r / ||r||`` (zero for the
+    samples not running), in one pass: the array code's values, bit for bit; also into the running samples'
+    rows of ``inputs`` where given."""
+    B = V.shape[0]
+    beta, live = np.empty(B, dtype=V.dtype), np.empty(B, dtype=np.bool_)
+    k, broke = np.empty(B, dtype=np.int64), np.empty(B, dtype=np.bool_)
+    _start_loop(V, r, rnorm, active, beta, live, k, broke,
+                np.empty((0, V.shape[2]), dtype=V.dtype) if inputs is None else inputs)
+    return beta, live, k, broke
+
+
+@numba.njit(cache=CACHE)
+def _end_loop(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, shrink, success, breakdown, stalled,
+              diverged):
+    finished = True
+    for b in range(x.shape[0]):
+        if done[b]:
+            continue
+        nb = new[b]
+        finite = math.isfinite(nb)
+        conv = nb <= tol[b]
+        slow = not conv and not broke[b] and not (nb < rnorm[b] * shrink)
+        if not finite:
+            codes[b] = diverged
+        elif conv:
+            codes[b] = success
+        elif broke[b]:
+            codes[b] = breakdown
+        elif slow:
+            codes[b] = stalled
+        if finite:
+            for e in range(x.shape[1]):
+                x[b, e] = x_new[b, e]
+                r[b, e] = r_new[b, e]
+            rnorm[b] = nb
+        if not finite or conv or broke[b] or slow:
+            done[b] = True
+        else:
+            finished = False
+    return finished
+
+
+def _cycle_end(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, shrink, success, breakdown, stalled,
+               diverged):
+    """The bookkeeping after a cycle's true residual ``r_new`` (norms ``new``) of ``x_new``, in place for the
+    samples not done: their codes, ``x``, ``r`` and ``rnorm`` (the finite ones), ``done``; returns whether
+    every sample is done. ``shrink``: ``1 − sqrt(eps)`` in the arrays' dtype."""
+    return _end_loop(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, rnorm.dtype.type(shrink),
+                     int(success), int(breakdown), int(stalled), int(diverged))
+
+
+@numba.njit(cache=CACHE)
+def _reset_loop(Q, touched):
+    for b in range(Q.shape[0]):
+        for i in range(touched):
+            for c in range(touched):
+                Q[b, i, c] = 1.0 if i == c else 0.0
+
+
+def _reset_rotations(Q, touched):
+    """The leading ``touched × touched`` block of each sample's Q back to the identity (the rest of a kept Q
+    already is), in one pass."""
+    _reset_loop(Q, int(touched))
+
+
 arnoldi_step_numba_cpu.prepare = _prepare_arnoldi
+arnoldi_step_numba_cpu.reset = _reset_rotations
 arnoldi_step_numba_cpu.update = _cycle_update
+arnoldi_step_numba_cpu.start = _cycle_start
+arnoldi_step_numba_cpu.end = _cycle_end
 
 
 @numba.njit(cache=CACHE)
@@ -185,6 +286,9 @@ def least_squares_numba_cpu(R, Q, beta, k, used):
     y = np.empty((R.shape[0], int(used)), dtype=R.dtype)
     _least_squares_loop(R, Q, beta, k, y)
     return y
+
+
+arnoldi_step_numba_cpu.least_squares = least_squares_numba_cpu     # (the cycle's, with the compiled step)
 
 
 _finish_cuda, _block_reduce, _reorthogonalise, _shift_column = for_kernels(finish_column, block_reduce, reorthogonalise,
