@@ -29,7 +29,7 @@ from .containers import (
     concat,
 )
 from .conv import Conv2d, Upsample
-from .core import Layer, ShapeError, jvp, setup, testmode, trainmode, vjp
+from .core import Layer, ShapeError, bind, jvp, setup, testmode, trainmode, vjp
 from .dropout import Dropout
 from .io import load, save
 from .linear import Dense
@@ -54,7 +54,7 @@ from .tree import (
 )
 
 __all__ = [
-    "Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode",
+    "Layer", "ShapeError", "setup", "vjp", "jvp", "bind", "testmode", "trainmode",
     "Dense", "Conv2d", "Chain", "Parallel", "Connection", "Add", "Concat", "add", "concat",
     "NoOpLayer", "WrappedFunction", "Flatten", "Reshape", "Upsample", "Activation", "ACTIVATIONS",
     "LayerNorm", "GroupNorm", "BatchNorm", "Dropout",

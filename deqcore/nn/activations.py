@@ -10,8 +10,11 @@ array([[0., 0.]])
 
 from __future__ import annotations
 
+import operator
+from functools import partial
+
 from .activation_kernels import REFERENCE, fused_activation
-from .core import Layer, check_array_input, with_input_only
+from .core import Layer, check_array_input, identity, with_input_only
 
 __all__ = ["Activation", "ACTIVATIONS", "activation"]
 
@@ -85,14 +88,32 @@ class Activation(Layer):
         the identity."""
         return t if d is None else d * t
 
+    @staticmethod
+    def scale_fn(d):
+        """``t -> d * t`` as one C-level callable (the identity when ``d`` is None)."""
+        return identity if d is None else partial(operator.mul, d)
+
+    def value_fn(self, bias=None, axis=-1):
+        """``z -> f(z + bias)``, equal to :meth:`apply`, its options resolved once."""
+        if self.is_identity:
+            if bias is None:
+                return identity
+            return lambda z: z + _along(bias, z.ndim, axis)
+        name = self.name
+        return lambda z: fused_activation(z, name, bias, axis, False)
+
     # Layer protocol
     def __call__(self, x, params, state):
         return self.apply(check_array_input(self, x)), state
 
+    def bind(self, params, state):
+        return self.value_fn()
+
     def vjp(self, x, params, state):
         y, d = self.forward(check_array_input(self, x))
         pullback = with_input_only(lambda dy: (self.scale(d, dy), {}), lambda dy, wanted=None: self.scale(d, dy),
-                                   lambda dy, wanted: (None if wanted is False else self.scale(d, dy), {}))
+                                   lambda dy, wanted: (None if wanted is False else self.scale(d, dy), {}),
+                                   lambda wanted=None: self.scale_fn(d))
         return y, pullback, state
 
     def jvp(self, x, params, state, dx, dparams=None):

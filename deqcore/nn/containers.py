@@ -18,8 +18,8 @@ import operator
 
 from ..backend import get_namespace
 from .._checks import check_callable
-from .core import (Layer, ShapeError, check_array_input, input_pullback, partial_pullback, shape_error,
-                   with_input_only)
+from .core import (Layer, ShapeError, check_array_input, compose, identity, input_pullback, partial_pullback,
+                   shape_error, with_input_only)
 
 __all__ = ["Chain", "Parallel", "Connection", "Add", "Concat", "add", "concat", "NoOpLayer",
            "WrappedFunction", "Flatten", "Reshape"]
@@ -91,6 +91,9 @@ class Chain(Layer):
             x, new_state[name] = _in("Chain", name, layer, x, params[name], state[name])
         return x, new_state
 
+    def bind(self, params, state):
+        return compose([layer.bind(params[name], state[name]) for name, layer in zip(self.names, self.layers)])
+
     def vjp(self, x, params, state):
         pullbacks, new_state = [], {}
         for name, layer in zip(self.names, self.layers):
@@ -117,7 +120,11 @@ class Chain(Layer):
             dx, dparams[self.names[0]] = partial_pullback(pullbacks[0], wanted)(dy)
             return dx, {name: dparams[name] for name in self.names}
 
-        return x, with_input_only(pullback, input_only, partial), new_state
+        def input_fn(wanted=None):
+            return compose([input_pullback(pb) for pb in reversed(pullbacks[1:])]
+                           + [input_pullback(pullbacks[0], wanted)])
+
+        return x, with_input_only(pullback, input_only, partial, input_fn), new_state
 
     def jvp(self, x, params, state, dx, dparams=None):
         for name, layer in zip(self.names, self.layers):
@@ -280,6 +287,26 @@ class Parallel(Layer):
             ys.append(y)
         return (tuple(ys) if self.connection is None else self.connection(*ys)), new_state
 
+    def bind(self, params, state):
+        fns = [layer.bind(params[name], state[name]) for name, layer in zip(self.names, self.layers)]
+        connection, count = self.connection, len(fns)
+        if isinstance(connection, Add) and count == 2:             # the DEQ form f(z) + g(x)
+            f1, f2 = fns
+
+            def add2(x):
+                if isinstance(x, (tuple, list)):
+                    return f1(x[0]) + f2(x[1])
+                return f1(x) + f2(x)
+
+            return add2
+        combine = tuple if connection is None else (lambda ys: connection(*ys))
+
+        def apply(x):
+            xs = x if isinstance(x, (tuple, list)) else (x,) * count
+            return combine([f(xi) for f, xi in zip(fns, xs)])
+
+        return apply
+
     def vjp(self, x, params, state):
         xs, routed = self._inputs(x)
         ys, pullbacks, new_state = [], [], {}
@@ -313,7 +340,25 @@ class Parallel(Layer):
             dxs = [dx for dx, _ in parts]
             return (tuple(dxs) if routed else _sum_cotangents(dxs)), dparams
 
-        return out, with_input_only(pullback, input_only, partial), new_state
+        def input_fn(wanted=None):
+            if routed:
+                fns = [input_pullback(pb) if wanted is None or wanted[i] else None for i, pb in enumerate(pullbacks)]
+            else:
+                fns = [input_pullback(pb, wanted) for pb in pullbacks]
+            if isinstance(self.connection, Add):                   # every branch gets dy itself
+                if routed and len(fns) == 2:
+                    f1, f2 = fns
+                    if f2 is None:
+                        return (lambda dy: (None, None)) if f1 is None else (lambda dy: (f1(dy), None))
+                    return (lambda dy: (None, f2(dy))) if f1 is None else (lambda dy: (f1(dy), f2(dy)))
+                if routed:
+                    return lambda dy: tuple(None if f is None else f(dy) for f in fns)
+                return lambda dy: _sum_cotangents([f(dy) for f in fns])
+            if routed:
+                return lambda dy: tuple(None if f is None else f(d) for f, d in zip(fns, split(dy)))
+            return lambda dy: _sum_cotangents([f(d) for f, d in zip(fns, split(dy))])
+
+        return out, with_input_only(pullback, input_only, partial, input_fn), new_state
 
     def jvp(self, x, params, state, dx, dparams=None):
         xs, routed = self._inputs(x)
@@ -355,8 +400,12 @@ class NoOpLayer(Layer):
     def __call__(self, x, params, state):
         return x, state
 
+    def bind(self, params, state):
+        return identity
+
     def vjp(self, x, params, state):
-        return x, with_input_only(lambda dy: (dy, {}), lambda dy, wanted=None: dy, _identity_partial), state
+        return x, with_input_only(lambda dy: (dy, {}), lambda dy, wanted=None: dy, _identity_partial,
+                                  lambda wanted=None: identity), state
 
     def jvp(self, x, params, state, dx, dparams=None):
         return x, dx

@@ -24,7 +24,7 @@ import numpy as np
 from .tree import to_namespace
 
 __all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode", "input_pullback",
-           "partial_pullback"]
+           "partial_pullback", "bind"]
 
 
 class ShapeError(ValueError):
@@ -76,6 +76,24 @@ class Layer(ABC):
     @abstractmethod
     def jvp(self, x, params, state, dx, dparams=None):
         """``(y, dy)``: the output and its directional derivative along ``(dx, dparams)``."""
+
+    def bind(self, params, state):
+        """``x -> y``: this layer's output at fixed ``(params, state)``, with everything that depends on them
+        alone (a weight normalisation, a transposed weight) computed once, here, instead of on every call. For
+        the many evaluations of one solve (a DEQ's f); the result equals ``self(x, params, state)[0]``
+        bit for bit. The bound function skips the input checks of ``__call__``: call the layer once on the
+        inputs' shapes first (the DEQs do). The state is not advanced (a spectral norm's vector stays as in
+        ``state``, as in every call with that state). Default: the unbound call.
+
+        >>> import numpy as np
+        >>> from deqcore import nn
+        >>> model = nn.Chain(nn.Dense(3, 3, weight_norm=True), nn.Activation("tanh"))
+        >>> params, state = nn.setup(np.random.default_rng(0), model)
+        >>> f = model.bind(params, state)
+        >>> bool(np.array_equal(f(np.ones((2, 3))), model(np.ones((2, 3)), params, state)[0]))
+        True
+        """
+        return lambda x: self(x, params, state)[0]
 
     def row_coupling(self, state):
         """None when each output row depends on its own input row alone (with this ``state``), so the layer may
@@ -160,6 +178,20 @@ def jvp(model, x, params, state, dx, dparams=None):
     return model.jvp(x, params, state, dx, dparams)
 
 
+def bind(model, params, state):
+    """``x -> y``: ``model`` at fixed ``(params, state)`` with its parameter-only work done once (see
+    :meth:`Layer.bind`).
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> f = nn.bind(nn.Dense(2, 1, use_bias=False), {"weight": np.array([[3.0, 4.0]])}, {})
+    >>> f(np.ones((1, 2)))
+    array([[7.]])
+    """
+    _check_layer(model)
+    return model.bind(params, state)
+
+
 def input_pullback(pullback, wanted=None):
     """``dy -> dx``: the input part of ``pullback(dy) -> (dx, dparams)`` without computing ``dparams`` when the
     layer knows how (the built-in layers do: an adjoint solve needs many input cotangents and no parameter
@@ -175,19 +207,58 @@ def input_pullback(pullback, wanted=None):
     >>> bool(np.allclose(dz, pullback(np.ones((1, 2)))[0][0])), dx
     (True, None)
     """
+    make = getattr(pullback, "input_fn", None)
+    if make is not None:
+        return make(wanted)
     fast = getattr(pullback, "input_only", None)
     if fast is not None:
         return lambda dy: fast(dy, wanted)
     return lambda dy: pullback(dy)[0]
 
 
-def with_input_only(pullback, input_only, partial=None):
+def with_input_only(pullback, input_only, partial=None, input_fn=None):
     """``pullback`` carrying ``input_only(dy, wanted) -> dx`` for :func:`input_pullback` (and, when given,
-    ``partial(dy, wanted) -> (dx, dparams)`` for :func:`partial_pullback`); returns it."""
+    ``partial(dy, wanted) -> (dx, dparams)`` for :func:`partial_pullback`, and ``input_fn(wanted) -> (dy -> dx)``,
+    the input pullback built once for the many calls of an adjoint solve: :func:`input_pullback` prefers it);
+    returns it."""
     pullback.input_only = input_only
     if partial is not None:
         pullback.partial = partial
+    if input_fn is not None:
+        pullback.input_fn = input_fn
     return pullback
+
+
+def identity(x):
+    """``x`` (the bound form and input pullback of the identity)."""
+    return x
+
+
+def compose(fns):
+    """``x -> fns[-1](...fns[0](x))``: one closure for a chain of bound layers or of input pullbacks (the
+    common lengths without a loop).
+
+    >>> compose([lambda x: x + 1, lambda x: 2 * x])(1)
+    4
+    """
+    fns = [f for f in fns if f is not identity]
+    if not fns:
+        return identity
+    if len(fns) == 1:
+        return fns[0]
+    if len(fns) == 2:
+        f1, f2 = fns
+        return lambda x: f2(f1(x))
+    if len(fns) == 3:
+        f1, f2, f3 = fns
+        return lambda x: f3(f2(f1(x)))
+
+    def composed(x):
+        for f in fns:
+            x = f(x)
+        return x
+
+    return composed
 
 
 def partial_pullback(pullback, wanted=None):

@@ -11,6 +11,7 @@ import numbers
 
 import numpy as np
 
+from .activation_kernels import fused_activation
 from .activations import activation as _activation
 from .core import Layer, check_array_input, shape_error, with_input_only
 from .reparam import weight_scheme
@@ -106,6 +107,15 @@ class WeightedLayer(Layer):
         w, state = self._scheme.weight(params, state)
         return self.activation.apply(self._contract(ctx, w), self._bias_of(params), self.bias_axis), state
 
+    def bind(self, params, state):
+        w, _ = self._scheme.weight(params, state)          # the weight normalisation once, not per call
+        return self._bound(w, self._bias_of(params))
+
+    def _bound(self, w, bias):
+        """``x -> y`` at the effective weight ``w`` (subclasses specialise it)."""
+        value = self.activation.value_fn(bias, self.bias_axis)
+        return lambda x: value(self._contract(self._prepare(x), w))
+
     def vjp(self, x, params, state):
         ctx = self._prepare(x)
         w, weight_pullback, state = self._scheme.weight_vjp(params, state)
@@ -131,7 +141,12 @@ class WeightedLayer(Layer):
                 dparams["bias"] = self._bias_grad(dz)
             return None, dparams
 
-        return y, with_input_only(pullback, input_only, partial), state
+        return y, with_input_only(pullback, input_only, partial, lambda wanted=None: self._input_fn(d, ctx, w)), state
+
+    def _input_fn(self, d, ctx, w):
+        """``dy -> dx`` at this point, built once (subclasses specialise it)."""
+        scale = self.activation.scale
+        return lambda dy: self._transpose_input(scale(d, dy), ctx, w)
 
     def _transpose_input(self, dz, ctx, w):
         """The input part of ``_transpose`` alone (subclasses override it when it is cheaper)."""
@@ -200,6 +215,18 @@ class Dense(WeightedLayer):
 
     def _contract(self, x, w):
         return x @ w.T
+
+    def _bound(self, w, bias):
+        wt = w.T
+        if self.activation.is_identity:
+            return (lambda x: x @ wt) if bias is None else (lambda x: x @ wt + bias)
+        name = self.activation.name
+        return lambda x: fused_activation(x @ wt, name, bias, -1, False)
+
+    def _input_fn(self, d, x, w):
+        if d is None:
+            return lambda dy: dy @ w
+        return lambda dy: (d * dy) @ w
 
     def _transpose(self, dz, x, w):
         dw = dz.reshape(-1, self.out_features).T @ x.reshape(-1, self.in_features)
