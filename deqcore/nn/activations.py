@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 from functools import partial
 
-from .activation_kernels import REFERENCE, fused_activation
+from .activation_kernels import REFERENCE, activation_value_fn, fused_activation
 from .core import Layer, check_array_input, identity, with_input_only
 
 __all__ = ["Activation", "ACTIVATIONS", "activation"]
@@ -99,8 +99,7 @@ class Activation(Layer):
             if bias is None:
                 return identity
             return lambda z: z + _along(bias, z.ndim, axis)
-        name = self.name
-        return lambda z: fused_activation(z, name, bias, axis, False)
+        return activation_value_fn(self.name, bias, axis)
 
     # Layer protocol
     def __call__(self, x, params, state):

@@ -11,7 +11,6 @@ import numbers
 
 import numpy as np
 
-from .activation_kernels import fused_activation
 from .activations import activation as _activation
 from .core import Layer, check_array_input, shape_error, with_input_only
 from .reparam import weight_scheme
@@ -220,8 +219,8 @@ class Dense(WeightedLayer):
         wt = w.T
         if self.activation.is_identity:
             return (lambda x: x @ wt) if bias is None else (lambda x: x @ wt + bias)
-        name = self.activation.name
-        return lambda x: fused_activation(x @ wt, name, bias, -1, False)
+        value = self.activation.value_fn(bias, -1)
+        return lambda x: value(x @ wt)
 
     def _input_fn(self, d, x, w):
         if d is None:

@@ -1,0 +1,173 @@
+"""Layers bound to their parameters (``nn.bind``) and input pullbacks built once (``input_fn``) against the
+unbound calls, bit for bit; a DEQ solved through its bound f against the same DEQ through the layers' public
+calls (the same NFE, codes and gradients), and its gradient against central differences."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import deqcore as dq
+from deqcore import nn
+from deqcore.nn.activation_kernels import activation_value_fn, fused_activation
+from deqcore.nn.core import input_pullback
+
+ACTS = sorted(nn.ACTIVATIONS)
+SCHEMES = [{}, {"weight_norm": True}, {"spectral_norm": True}]
+
+
+def _same(a, b):
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def _deq_f(width, act="tanh", **scheme):
+    return nn.Chain(nn.Parallel(nn.add, nn.Dense(width, width, use_bias=False, **scheme), nn.NoOpLayer()),
+                    nn.Activation(act))
+
+
+def _layers(width):
+    """(name, layer, input maker) covering every container path of bind and input_fn."""
+    pair = lambda rng, b: (rng.standard_normal((b, width)), rng.standard_normal((b, width)))     # noqa: E731
+    one = lambda rng, b: rng.standard_normal((b, width))                                         # noqa: E731
+    return [
+        ("deq form", _deq_f(width, weight_norm=True), pair),
+        ("deq form, biased U", nn.Chain(nn.Parallel(nn.add, nn.Dense(width, width, use_bias=False),
+                                                    nn.Dense(width, width, "relu")), nn.Activation("gelu")), pair),
+        ("parallel broadcast add", nn.Parallel(nn.add, nn.Dense(width, 3, "sigmoid"), nn.Dense(width, 3)), one),
+        ("three-way add", nn.Parallel(nn.add, nn.Dense(width, 2), nn.Dense(width, 2, "elu"),
+                                      nn.Dense(width, 2, use_bias=False)), one),
+        ("concat", nn.Parallel(nn.concat, nn.Dense(width, 2, "softplus"), nn.NoOpLayer()), one),
+        ("tuple out", nn.Parallel(None, nn.Dense(width, 2), nn.Activation("tanh")), one),
+        ("deep chain", nn.Chain(nn.Dense(width, 4, "tanh"), nn.Dense(4, 4, weight_norm=True),
+                                nn.Activation("relu"), nn.Dense(4, 3, spectral_norm=True), nn.LayerNorm(3)), one),
+        ("reshape", nn.Chain(nn.Reshape((1, width)), nn.Flatten()), one),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8), ids=lambda i: _layers(2)[i][0])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bound_layer_and_input_pullback_equal_the_unbound_calls(case, dtype):
+    width = 5
+    _, layer, make = _layers(width)[case]
+    rng = np.random.default_rng(case)
+    params, state = nn.setup(rng, layer, dtype=dtype)
+    for batch in (1, 300):                         # 300 x 5: above the activations' NumPy-formula sizes
+        x = make(rng, batch)
+        x = tuple(a.astype(dtype) for a in x) if isinstance(x, tuple) else x.astype(dtype)
+        assert _same(nn.bind(layer, params, state)(x), layer(x, params, state)[0])
+        y, pullback, _ = layer.vjp(x, params, state)
+        dy = tuple(rng.standard_normal(a.shape).astype(dtype) for a in y) if isinstance(y, tuple) else \
+            rng.standard_normal(y.shape).astype(dtype)
+        full = pullback(dy)[0]
+        assert _same(input_pullback(pullback)(dy), full)
+        if isinstance(x, tuple):
+            for wanted in ((True, False), (False, True), (True, True)):
+                got = input_pullback(pullback, wanted)(dy)
+                assert _same(got, tuple(f if w else None for f, w in zip(full, wanted)))
+                assert _same(got, pullback.input_only(dy, wanted))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), act=st.sampled_from(ACTS), use_bias=st.booleans(),
+       scheme=st.sampled_from(SCHEMES), rows=st.sampled_from([1, 3, 40, 600]), extra_axis=st.booleans(),
+       float32=st.booleans())
+def test_bound_dense_equals_dense(seed, act, use_bias, scheme, rows, extra_axis, float32):
+    dtype = np.float32 if float32 else np.float64
+    layer = nn.Dense(4, 6, act, use_bias=use_bias, **scheme)
+    rng = np.random.default_rng(seed)
+    params, state = nn.setup(rng, layer, dtype=dtype)
+    x = rng.standard_normal((rows, 2, 4) if extra_axis else (rows, 4)).astype(dtype)
+    assert _same(layer.bind(params, state)(x), layer(x, params, state)[0])
+    y, pullback, _ = layer.vjp(x, params, state)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert _same(input_pullback(pullback)(dy), pullback(dy)[0])
+
+
+@pytest.mark.parametrize("name", ACTS)
+def test_activation_value_fn_equals_fused_activation(name):
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.float64):
+        bias = rng.standard_normal(16).astype(dtype)
+        for shape in ((3, 16), (700, 16), (2, 16, 300)):
+            z = (rng.standard_normal(shape) * 4).astype(dtype)
+            for b, axis in ((None, -1), (bias, 1), (bias if len(shape) == 2 else None, -1)):
+                fast = activation_value_fn(name, b, axis)
+                assert _same(fast(z), fused_activation(z, name, b, axis, derivative=False))
+                view = z[::2]                                        # not C-contiguous: the general path
+                assert _same(fast(view), fused_activation(view, name, b, axis, derivative=False))
+        with pytest.raises(ValueError, match="bias"):
+            activation_value_fn(name, bias, -1)(np.ones((2, 3), dtype))
+
+
+def _unbound(deq):
+    """The same DEQ whose f runs through the layers' public calls on every evaluation."""
+    model = deq.model
+    model.bind = lambda params, state: (lambda x: model(x, params, state)[0])
+    return deq
+
+
+@pytest.mark.parametrize("variant", ["anderson", "compact", "skip-reg", "broyden-wn-spectral"])
+def test_deq_through_bound_f_equals_unbound(variant):
+    width, batch = 6, 5
+    scheme = {"spectral_norm": True} if variant.endswith("spectral") else {"weight_norm": True}
+    solver = dq.Broyden() if variant.startswith("broyden") else dq.Anderson()
+    settings_ = dict(atol=1e-9, rtol=1e-9, max_steps=60, compact=variant == "compact")
+    if variant == "skip-reg":
+        build = lambda: dq.SkipDeepEquilibriumNetwork(_deq_f(width, **scheme), None, solver,    # noqa: E731
+                                                      **settings_)
+    else:
+        build = lambda: dq.DeepEquilibriumNetwork(_deq_f(width, **scheme), solver, **settings_)  # noqa: E731
+    deqs = {"bound": build(), "unbound": _unbound(build())}
+    rng = np.random.default_rng(3)
+    params, state = nn.setup(rng, deqs["bound"])
+    if "weight_norm" in scheme:                           # W = g V / ‖V‖: g sets the contraction
+        params["model"]["layer_1"]["layer_1"]["weight_g"] *= 0.4
+    x = rng.standard_normal((batch, width)) * np.linspace(0.1, 3.0, batch)[:, None]
+    dy = rng.standard_normal((batch, width))
+    out = {}
+    for name, deq in deqs.items():
+        z, pullback, new_state = nn.vjp(deq, x, params, state)
+        out[name] = (z, new_state["solution"], pullback(dy))
+    (z_b, sol_b, (dx_b, dp_b)), (z_u, sol_u, (dx_u, dp_u)) = out["bound"], out["unbound"]
+    assert sol_b.nfev == sol_u.nfev and sol_b.adjoint.nvjp == sol_u.adjoint.nvjp
+    assert np.array_equal(sol_b.result, sol_u.result) and bool(np.all(sol_b.success))
+    np.testing.assert_allclose(z_b, z_u, rtol=1e-12, atol=0)
+    grads_b = np.concatenate([nn.ravel(dp_b)[0], dx_b.ravel()])
+    grads_u = np.concatenate([nn.ravel(dp_u)[0], dx_u.ravel()])
+    assert np.linalg.norm(grads_b - grads_u) <= 1e-12 * np.linalg.norm(grads_u)
+
+
+def test_bound_deq_gradient_matches_finite_differences():
+    width = 3
+    deq = dq.DeepEquilibriumNetwork(_deq_f(width, weight_norm=True), dq.Anderson(), atol=1e-12, rtol=1e-12,
+                                    max_steps=500, adjoint=dq.SteadyStateAdjoint(linear_solver=dq.LU()))
+    rng = np.random.default_rng(0)
+    params, state = nn.setup(rng, deq)
+    params["model"]["layer_1"]["layer_1"]["weight_g"] *= 0.4
+    x = rng.standard_normal((2, width))
+    c = rng.standard_normal((2, width))
+    _, pullback, new_state = nn.vjp(deq, x, params, state)
+    assert bool(np.all(new_state["solution"].success))
+    dx, dparams = pullback(c)
+    vec, unravel = nn.ravel(params)
+    grad = np.concatenate([nn.ravel(dparams)[0], dx.ravel()])
+
+    def loss(v):
+        return float(np.sum(deq(x + v[vec.size:].reshape(x.shape), unravel(vec + v[:vec.size]), state)[0] * c))
+
+    eps = 1e-6
+    for _ in range(3):
+        v = rng.standard_normal(grad.size)
+        fd = (loss(eps * v) - loss(-eps * v)) / (2 * eps)
+        assert abs(float(grad @ v) - fd) <= 1e-6 * max(1.0, abs(fd))
+
+
+def test_deq_checks_its_first_call_and_names_z_and_x():
+    deq = dq.DeepEquilibriumNetwork(_deq_f(4), dq.Anderson())
+    params, state = nn.setup(np.random.default_rng(0), deq)
+    with pytest.raises(ValueError, match="z of shape"):
+        deq(np.ones((2, 3)), params, state)
