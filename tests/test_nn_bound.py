@@ -1,5 +1,5 @@
-"""Layers bound to their parameters (``nn.bind``) and input pullbacks built once (``input_fn``) against the
-unbound calls, bit for bit; a DEQ solved through its bound f against the same DEQ through the layers' public
+"""Layers bound to their parameters (``nn.bind``), input pullbacks built once (``input_fn``) and layers
+linearised at a point (``linearize``) against the unbound calls, bit for bit; a DEQ solved through its bound f against the same DEQ through the layers' public
 calls (the same NFE, codes and gradients), and its gradient against central differences."""
 
 import numpy as np
@@ -63,6 +63,10 @@ def test_bound_layer_and_input_pullback_equal_the_unbound_calls(case, dtype):
         dy = tuple(rng.standard_normal(a.shape).astype(dtype) for a in y) if isinstance(y, tuple) else \
             rng.standard_normal(y.shape).astype(dtype)
         full = pullback(dy)[0]
+        dx = tuple(rng.standard_normal(a.shape).astype(dtype) for a in x) if isinstance(x, tuple) else \
+            rng.standard_normal(x.shape).astype(dtype)
+        y_lin, tangent = layer.linearize(x, params, state)
+        assert _same(y_lin, y) and _same(tangent(dx), layer.jvp(x, params, state, dx)[1])
         assert _same(input_pullback(pullback)(dy), full)
         if isinstance(x, tuple):
             for wanted in ((True, False), (False, True), (True, True)):
@@ -85,6 +89,8 @@ def test_bound_dense_equals_dense(seed, act, use_bias, scheme, rows, extra_axis,
     y, pullback, _ = layer.vjp(x, params, state)
     dy = rng.standard_normal(y.shape).astype(dtype)
     assert _same(input_pullback(pullback)(dy), pullback(dy)[0])
+    dx = rng.standard_normal(x.shape).astype(dtype)
+    assert _same(layer.linearize(x, params, state)[1](dx), layer.jvp(x, params, state, dx)[1])
 
 
 @pytest.mark.parametrize("name", ACTS)
@@ -171,3 +177,16 @@ def test_deq_checks_its_first_call_and_names_z_and_x():
     params, state = nn.setup(np.random.default_rng(0), deq)
     with pytest.raises(ValueError, match="z of shape"):
         deq(np.ones((2, 3)), params, state)
+
+
+def test_deq_jvp_through_linearised_f_equals_unlinearised():
+    deq = dq.DeepEquilibriumNetwork(_deq_f(4, weight_norm=True), dq.Anderson(), atol=1e-10, rtol=1e-10,
+                                    max_steps=100)
+    rng = np.random.default_rng(2)
+    params, state = nn.setup(rng, deq)
+    params["model"]["layer_1"]["layer_1"]["weight_g"] *= 0.5
+    x, dx = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    fast = deq.jvp(x, params, state, dx)[1]
+    model = deq.model
+    model.linearize = lambda x, p, s: (model(x, p, s)[0], lambda d: model.jvp(x, p, s, d)[1])
+    assert np.array_equal(fast, deq.jvp(x, params, state, dx)[1])

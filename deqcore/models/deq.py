@@ -470,10 +470,10 @@ class DeepEquilibriumNetwork(Layer):
         rhs = model.jvp((z, x), pm, sm, (zeros_z, dx), dpm)[1]
         shape = z.shape
         n = int(np.prod(shape[1:]))
+        _, tangent = model.linearize((z, x), pm, sm)            # ∂f/∂z at z*, set up once for the GMRES steps
 
         def matvec(v):
-            tangent = model.jvp((z, x), pm, sm, (v.reshape(shape), zeros_x), None)[1]
-            return v - tangent.reshape(shape[0], -1)
+            return v - tangent((v.reshape(shape), zeros_x)).reshape(shape[0], -1)
 
         tol = 1e-10 if z.dtype == np.float64 else 1e-5
         sol = GMRES(rtol=tol, atol=0.0, restart=min(n, 30), max_steps=10 * n + 50).solve(

@@ -108,6 +108,10 @@ class Activation(Layer):
     def bind(self, params, state):
         return self.value_fn()
 
+    def linearize(self, x, params, state):
+        y, d = self.forward(check_array_input(self, x))
+        return y, self.scale_fn(d)
+
     def vjp(self, x, params, state):
         y, d = self.forward(check_array_input(self, x))
         pullback = with_input_only(lambda dy: (self.scale(d, dy), {}), lambda dy, wanted=None: self.scale(d, dy),

@@ -94,6 +94,13 @@ class Chain(Layer):
     def bind(self, params, state):
         return compose([layer.bind(params[name], state[name]) for name, layer in zip(self.names, self.layers)])
 
+    def linearize(self, x, params, state):
+        tangents = []
+        for name, layer in zip(self.names, self.layers):
+            x, tangent = _in("Chain", name, layer.linearize, x, params[name], state[name])
+            tangents.append(tangent)
+        return x, compose(tangents)
+
     def vjp(self, x, params, state):
         pullbacks, new_state = [], {}
         for name, layer in zip(self.names, self.layers):
@@ -307,6 +314,26 @@ class Parallel(Layer):
 
         return apply
 
+    def linearize(self, x, params, state):
+        xs, routed = self._inputs(x)
+        pairs = [_in("Parallel", name, layer.linearize, xi, params[name], state[name])
+                 for name, layer, xi in zip(self.names, self.layers, xs)]
+        ys, tangents = tuple(y for y, _ in pairs), [t for _, t in pairs]
+        count, connection = len(tangents), self.connection
+
+        def dys(dx):
+            return tuple(t(d) for t, d in zip(tangents, dx if routed else (dx,) * count))
+
+        if connection is None:
+            return ys, dys
+        y = connection(*ys)
+        if isinstance(connection, Add):
+            if count == 2 and routed:
+                t1, t2 = tangents
+                return y, lambda dx: t1(dx[0]) + t2(dx[1])
+            return y, lambda dx: _add_all(dys(dx))
+        return y, lambda dx: connection.jvp(ys, dys(dx))[1]
+
     def vjp(self, x, params, state):
         xs, routed = self._inputs(x)
         ys, pullbacks, new_state = [], [], {}
@@ -371,6 +398,10 @@ class Parallel(Layer):
         return self.connection.jvp(ys, dys)
 
 
+def _add_all(parts):
+    return sum(parts[1:], parts[0])
+
+
 def _identity_partial(dy, wanted):
     """The identity's pullback without the input cotangents not wanted (None in their place)."""
     if wanted is False:
@@ -402,6 +433,9 @@ class NoOpLayer(Layer):
 
     def bind(self, params, state):
         return identity
+
+    def linearize(self, x, params, state):
+        return x, identity
 
     def vjp(self, x, params, state):
         return x, with_input_only(lambda dy: (dy, {}), lambda dy, wanted=None: dy, _identity_partial,

@@ -110,6 +110,17 @@ class WeightedLayer(Layer):
         w, _ = self._scheme.weight(params, state)          # the weight normalisation once, not per call
         return self._bound(w, self._bias_of(params))
 
+    def linearize(self, x, params, state):
+        ctx = self._prepare(x)
+        w, _ = self._scheme.weight_jvp(params, state, None)
+        y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
+        return y, self._tangent_fn(d, w)
+
+    def _tangent_fn(self, d, w):
+        """``dx -> dy`` at the effective weight ``w`` and activation derivative ``d`` (subclasses specialise it)."""
+        scale = self.activation.scale
+        return lambda dx: scale(d, self._contract(self._prepare(dx), w))
+
     def _bound(self, w, bias):
         """``x -> y`` at the effective weight ``w`` (subclasses specialise it)."""
         value = self.activation.value_fn(bias, self.bias_axis)
@@ -221,6 +232,12 @@ class Dense(WeightedLayer):
             return (lambda x: x @ wt) if bias is None else (lambda x: x @ wt + bias)
         value = self.activation.value_fn(bias, -1)
         return lambda x: value(x @ wt)
+
+    def _tangent_fn(self, d, w):
+        wt = w.T
+        if d is None:
+            return lambda dx: dx @ wt
+        return lambda dx: d * (dx @ wt)
 
     def _input_fn(self, d, x, w):
         if d is None:
