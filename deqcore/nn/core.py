@@ -49,6 +49,11 @@ class Layer(ABC):
 
     ``x`` is an array with the batch on the leading axis, or a tuple of arrays (then ``dx`` is a tuple).
 
+    Two optional methods make the many calls of one solve cheap (the defaults run the four above):
+    ``bind(params, state) -> (x -> y)`` does the parameter-only work once (a weight normalisation), and
+    ``linearize(x, params, state) -> (y, dx -> dy)`` sets up the JVP at one point. A pullback may carry
+    ``input_fn(wanted) -> (dy -> dx)``, its input part built once (see :func:`input_pullback`).
+
     >>> import numpy as np
     >>> class Double(Layer):
     ...     def __call__(self, x, params, state):
