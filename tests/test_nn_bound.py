@@ -190,3 +190,27 @@ def test_deq_jvp_through_linearised_f_equals_unlinearised():
     model = deq.model
     model.linearize = lambda x, p, s: (model(x, p, s)[0], lambda d: model.jvp(x, p, s, d)[1])
     assert np.array_equal(fast, deq.jvp(x, params, state, dx)[1])
+
+
+def test_multiscale_deq_through_bound_f_equals_unbound():
+    sizes = (3, 2)
+    main = (nn.Parallel(nn.add, nn.Dense(3, 3, "tanh", use_bias=False, weight_norm=True), nn.Dense(3, 3)),
+            nn.Dense(2, 2, "tanh"))
+    mapping = [[nn.NoOpLayer() if i == k else nn.Dense(sizes[i], sizes[k], "tanh") for k in range(2)]
+               for i in range(2)]
+    build = lambda: dq.MultiScaleDeepEquilibriumNetwork(main, mapping, None, dq.Anderson(),  # noqa: E731
+                                                        ((3,), (2,)), atol=1e-9, rtol=1e-9, max_steps=80)
+    bound, unbound = build(), _unbound(build())
+    rng = np.random.default_rng(4)
+    params, state = nn.setup(rng, bound)
+    params["model"]["main_1"]["layer_1"]["weight_g"] *= 0.3
+    x = rng.standard_normal((4, 3))
+    outs = []
+    for deq in (bound, unbound):
+        ys, pullback, new_state = nn.vjp(deq, x, params, state)
+        dx, dparams = pullback(tuple(np.ones_like(y) for y in ys))
+        outs.append((ys, new_state["solution"].nfev, dx, nn.ravel(dparams)[0]))
+    (ys_b, nfe_b, dx_b, dp_b), (ys_u, nfe_u, dx_u, dp_u) = outs
+    assert nfe_b == nfe_u
+    assert all(np.array_equal(a, b) for a, b in zip(ys_b, ys_u))
+    assert np.linalg.norm(dp_b - dp_u) <= 1e-12 * np.linalg.norm(dp_u) and np.array_equal(dx_b, dx_u)

@@ -150,6 +150,15 @@ class MultiScaleMap(Layer):
         z, x = inputs
         return self._run(lambda name, layer, u: layer(u, params[name], state[name])[0], z, x, params, state), state
 
+    def bind(self, params, state):
+        fns = {name: layer.bind(params[name], state[name]) for name, layer in self._units()}
+
+        def apply(inputs):
+            z, x = inputs
+            return self._run(lambda name, layer, u: fns[name](u), z, x, params, state)
+
+        return apply
+
     def vjp(self, inputs, params, state):
         z, x = inputs
         pullbacks, new_state = {}, dict(state)
