@@ -1,6 +1,7 @@
 """Layers bound to their parameters (``nn.bind``), input pullbacks built once (``input_fn``) and layers
-linearised at a point (``linearize``) against the unbound calls, bit for bit; a DEQ solved through its bound f against the same DEQ through the layers' public
-calls (the same NFE, codes and gradients), and its gradient against central differences."""
+linearised at a point (``linearize``) against the unbound calls, bit for bit; a DEQ solved through its bound f
+against the same DEQ through the layers' public calls (the same NFE, codes and gradients), and its gradient
+against central differences."""
 
 import numpy as np
 import pytest
