@@ -151,7 +151,8 @@ def _without_compiled_loop(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_anderson_loop_matches_the_per_step_calls(monkeypatch, compact, dtype):
     """The compiled loop that calls f back gives the per-step loop's values, codes, residuals, counts and ring
-    bit for bit, on rows that converge, diverge and stall (and with compaction, rows dropped part-way)."""
+    bit for bit, on rows that converge, diverge (from the start too) and stall (and with compaction, rows dropped
+    part-way)."""
     rng = np.random.default_rng(7)
     batch, n = 24, 6
     g, _ = _mixed_batch(rng, batch, n, dtype)
@@ -169,9 +170,10 @@ def test_compiled_anderson_loop_matches_the_per_step_calls(monkeypatch, compact,
         problem = RootProblem(lambda y: g(y) - y, np, dtype, batch, n, fixed_point_map=g, relative_to="iterate",
                               row_residual=(lambda y, rows: rows_g(y, rows) - y) if compact else None,
                               row_map=rows_g if compact else None)
+        y0 = np.zeros((batch, n), dtype)
+        y0[1, 2], y0[2, 0] = np.nan, -np.inf                          # rows that start non-finite (DIVERGED)
         with np.errstate(all="ignore"):
-            out = run(problem, dq.Anderson(history_size=4), np.zeros((batch, n), dtype), atol=1e-6, rtol=1e-6,
-                      max_steps=60, patience=8)
+            out = run(problem, dq.Anderson(history_size=4), y0, atol=1e-6, rtol=1e-6, max_steps=60, patience=8)
         G, F, count = dq.Anderson(history_size=4).learned(out.state)["anderson_history"]
         return (out.value, out.codes, out.residual, G, F), (out.num_steps, problem.nfev, problem.row_evaluations,
                                                             count, calls)
@@ -184,6 +186,7 @@ def test_compiled_anderson_loop_matches_the_per_step_calls(monkeypatch, compact,
     assert not compact or min(counts[4]) < batch                          # rows were dropped part-way
     assert len(set(np.asarray(arrays[1]).tolist()) - {int(dq.ReturnCode.SUCCESS)}) >= 1     # rows end differently
     assert int(dq.ReturnCode.SUCCESS) in np.asarray(arrays[1]).tolist()
+    assert np.isnan(arrays[0][1, 2]) and arrays[0][2, 0] == -np.inf          # their start is their best iterate
     for got, want in zip(arrays, arrays_ref):
         assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
 

@@ -167,15 +167,17 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
     the bookkeeping and the solver's step, and returns how many rows still run (the host check, free on the CPU:
     every step). Same codes, counts and results as the unfused loop; finished rows are no longer stepped."""
     batch = problem.batch
-    best_y, best_res = y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
+    looped = getattr(solver, "fused_loop", None) if hasattr(kernel, "prepare_loop") else None
+    # (the compiled loop gives y0 to the rows the start did not improve itself: no copy of y0)
+    best_y, best_res = np.empty_like(y0) if looped else y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
     since_best = np.zeros(batch, dtype=np.int64)
     codes = np.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
     state = solver.init(problem, y0, f0)
     state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
     # the start point's bookkeeping (no divergence limit yet), then the first step
-    book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience]
-    looped = getattr(solver, "fused_loop", None) if hasattr(kernel, "prepare_loop") else None
+    book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, np.full(batch, np.inf, y0.dtype),
+            patience]
     if looped is not None:
         return _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact)
     fused = solver.fused_step(kernel, state, book)      # bound again whenever book or state are replaced

@@ -218,7 +218,8 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
     on entry and on return. With ``start`` set, the first pass is the start point's: its residual F(y0) (not the
     map) and the iterate are already at ``where[0]`` and ``where[1]``, no evaluation is counted, and after its
     bookkeeping the divergence limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in the arrays'
-    dtype (as the NumPy loop computes it). Every other pass asks the callback at ``address`` for the raw evaluation
+    dtype (as the NumPy loop computes it), and the rows whose start did not count as an improvement (best_res
+    still +inf) get y0 as their best iterate (``best_y`` may start uninitialised: no copy of y0 per solve). Every other pass asks the callback at ``address`` for the raw evaluation
     at the current iterate (request 1 when the previous pass wrote a new iterate, else 0); the callback leaves in
     ``where`` the addresses of the evaluation [0], of the iterate [1] and of a fresh array for the next iterate
     [2] (arrays it keeps alive), and the pass is :func:`_anderson_driver` on them. Returns 0 when no row runs,
@@ -252,6 +253,9 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
         if first:
             for i in range(limit.shape[0]):
                 limit[i] = max(best_res[i], limit_floor) * limit_factor
+                if best_res[i] == np.inf:          # a start that did not count as an improvement (non-finite):
+                    for j in range(shape[1]):      # its best iterate is the start itself
+                        best_y[i, j] = y[i, j]
             first = False
         elif step and 0 < live <= stop_live:
             break
