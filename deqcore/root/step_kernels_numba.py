@@ -213,20 +213,19 @@ def _addresses(out, y, y_new, where):
 @numba.njit(cache=CACHE)
 def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, norms, best_y, best_res,
                    since_best, codes, done, tol, rtol, cap, y_limit, limit, patience, G, F, H, m, beta, ridge, floor,
-                   limit_floor, limit_factor, was_done, rows, W, V, state, where):
-    """Steps of the fused loop, compiled. ``state`` (int64): [k, steps, max_steps, stepped, live, stop_live, start]
-    on entry and on return. With ``start`` set, the first pass is the start point's: its residual F(y0) (not the
+                   limit_floor, limit_factor, was_done, rows, W, V, where, k, steps, max_steps, stop_live, first):
+    """Steps of the fused loop, compiled, from ``k`` Anderson steps and ``steps`` evaluations; returns ``(status, k,
+    steps, stepped, live)`` (``stepped``: the last pass wrote a new iterate). With ``first`` set, the first pass is the start point's: its residual F(y0) (not the
     map) and the iterate are already at ``where[0]`` and ``where[1]``, no evaluation is counted, and after its
     bookkeeping the divergence limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in the arrays'
     dtype (as the NumPy loop computes it), and the rows whose start did not count as an improvement (best_res
     still +inf) get y0 as their best iterate (``best_y`` may start uninitialised: no copy of y0 per solve). Every other pass asks the callback at ``address`` for the raw evaluation
     at the current iterate (request 1 when the previous pass wrote a new iterate, else 0); the callback leaves in
     ``where`` the addresses of the evaluation [0], of the iterate [1] and of a fresh array for the next iterate
-    [2] (arrays it keeps alive), and the pass is :func:`_anderson_driver` on them. Returns 0 when no row runs,
-    at max_steps or when a step leaves 0 < live ≤ stop_live rows running (the caller compacts them), −RAISED when
-    the callback kept an exception."""
-    k, steps, max_steps, stepped, live, stop_live = state[0], state[1], state[2], state[3], state[4], state[5]
-    first = state[6] != 0
+    [2] (arrays it keeps alive), and the pass is :func:`_anderson_driver` on them. It returns when no row runs, at
+    max_steps or when a step leaves 0 < live ≤ stop_live rows running (the caller compacts them), with status 0,
+    or −RAISED when the callback kept an exception."""
+    stepped, live = 0, 1
     shape = f.shape
     status = 0
     while live > 0 and (first or steps < max_steps):
@@ -259,8 +258,7 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
             first = False
         elif step and 0 < live <= stop_live:
             break
-    state[0], state[1], state[3], state[4], state[6] = k, steps, stepped, live, 0
-    return status
+    return status, k, steps, stepped, live
 
 
 def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-300, limit_factor=1e8):
@@ -279,12 +277,12 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
     itype, magnitude, inf_bits = _BITS[dtype]
     batch = shape[0]
     norm_bits = np.empty(2, dtype=itype)
-    state, where = np.zeros(7, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    where = np.zeros(3, dtype=np.int64)
     fixed = (f, f.view(itype), magnitude, inf_bits, norm_bits, norm_bits.view(dtype), best_y, best_res, since_best,
              codes, done, tol, float(rtol), cap, y_limit, limit, int(patience), G, F, H, G.shape[1],
              G.dtype.type(beta), float(ridge), float(floor), dtype.type(limit_floor), dtype.type(limit_factor),
              np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64), *cpu_scratch(G.shape[1], batch),
-             state, where)
+             where)
     kernel, empty_like, addresses, ndarray = _anderson_loop, np.empty_like, _addresses, np.ndarray
     raised = [None]
 
@@ -308,14 +306,15 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
                 return RAISED
 
         if start is not None:
-            held[2] = start = _conforming(start, dtype, shape)
+            if type(start) is not ndarray or start.dtype != dtype or start.shape != shape or not start.flags.c_contiguous:
+                start = _conforming(start, dtype, shape)
+            held[2] = start
             addresses(start, y, held[1], where)
-        state[:] = (k, steps, min(max_steps, 2 ** 62), 0, 1, stop_live, start is not None)   # (int64)
-        status = run_served(serve, lambda: kernel(DISPATCH, bool(is_map), *fixed))
+        status, k, steps, stepped, live = run_served(serve, lambda: kernel(
+            DISPATCH, bool(is_map), *fixed, k, steps, min(max_steps, 2 ** 62), stop_live, start is not None))
         if status == -RAISED:
             error, raised[0] = raised[0], None
             raise error
-        k, steps, stepped, live = (int(v) for v in state[[0, 1, 3, 4]])
         return held[1] if stepped else held[0], k, steps, live
 
     return run
