@@ -214,17 +214,20 @@ def _addresses(out, y, y_new, where):
 def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, norms, best_y, best_res,
                    since_best, codes, done, tol, rtol, cap, y_limit, limit, patience, G, F, H, m, beta, ridge, floor,
                    limit_floor, limit_factor, was_done, rows, W, V, where, k, steps, max_steps, stop_live, first):
-    """Steps of the fused loop, compiled, from ``k`` Anderson steps and ``steps`` evaluations; returns ``(status, k,
-    steps, stepped, live)`` (``stepped``: the last pass wrote a new iterate). With ``first`` set, the first pass is the start point's: its residual F(y0) (not the
-    map) and the iterate are already at ``where[0]`` and ``where[1]``, no evaluation is counted, and after its
-    bookkeeping the divergence limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in the arrays'
-    dtype (as the NumPy loop computes it), and the rows whose start did not count as an improvement (best_res
-    still +inf) get y0 as their best iterate (``best_y`` may start uninitialised: no copy of y0 per solve). Every other pass asks the callback at ``address`` for the raw evaluation
-    at the current iterate (request 1 when the previous pass wrote a new iterate, else 0); the callback leaves in
-    ``where`` the addresses of the evaluation [0], of the iterate [1] and of a fresh array for the next iterate
-    [2] (arrays it keeps alive), and the pass is :func:`_anderson_driver` on them. It returns when no row runs, at
-    max_steps or when a step leaves 0 < live ≤ stop_live rows running (the caller compacts them), with status 0,
-    or −RAISED when the callback kept an exception."""
+    """Steps of the fused loop, compiled, from ``k`` Anderson steps and ``steps`` evaluations; returns ``(status,
+    k, steps, stepped, live)`` (``stepped``: the last pass wrote a new iterate).
+
+    With ``first`` set, the first pass is the start point's: its residual F(y0) (not the map) and the iterate are
+    already at ``where[0]`` and ``where[1]``, no evaluation is counted, and after its bookkeeping the divergence
+    limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in the arrays' dtype (as the NumPy loop
+    computes it), and the rows whose start did not count as an improvement (best_res still +inf) get y0 as
+    their best iterate (``best_y`` may start uninitialised: no copy of y0 per solve). Every other pass asks the
+    callback at ``address`` for the raw evaluation at the current iterate (request 1 when the previous pass
+    wrote a new iterate, else 0); the callback leaves in ``where`` the addresses of the evaluation [0], of the
+    iterate [1] and of a fresh array for the next iterate [2] (arrays it keeps alive), and the pass is
+    :func:`_anderson_driver` on them. It returns when no row runs, at max_steps or when a step leaves
+    0 < live ≤ stop_live rows running (the caller compacts them), with status 0, or −RAISED when the callback
+    kept an exception."""
     stepped, live = 0, 1
     shape = f.shape
     status = 0
@@ -306,7 +309,8 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
                 return RAISED
 
         if start is not None:
-            if type(start) is not ndarray or start.dtype != dtype or start.shape != shape or not start.flags.c_contiguous:
+            if (type(start) is not ndarray or start.dtype != dtype or start.shape != shape
+                    or not start.flags.c_contiguous):
                 start = _conforming(start, dtype, shape)
             held[2] = start
             addresses(start, y, held[1], where)
