@@ -136,3 +136,86 @@ def test_start_tolerance_kernel_matches_the_reference(relative_to_iterate, dtype
         assert o.dtype == r.dtype == dtype
         np.testing.assert_array_equal(o, r)
     assert (out[1][1:6] == 0).all() or not relative_to_iterate
+
+
+def _without_compiled_loop(monkeypatch):
+    """The fused driver as one compiled call per step (the kernel's ``prepare_loop`` hidden)."""
+    from deqcore.backend import get_kernel
+
+    kernel = get_kernel("anderson_driver_step", np)
+    if hasattr(kernel, "prepare_loop"):
+        monkeypatch.delattr(kernel, "prepare_loop")
+
+
+@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_anderson_loop_matches_the_per_step_calls(monkeypatch, compact, dtype):
+    """The compiled loop that calls f back gives the per-step loop's values, codes, residuals, counts and ring
+    bit for bit, on rows that converge, diverge (from the start too) and stall (and with compaction, rows dropped
+    part-way)."""
+    rng = np.random.default_rng(7)
+    batch, n = 24, 6
+    g, _ = _mixed_batch(rng, batch, n, dtype)
+
+    def solve():
+        calls = []
+        rows_g = lambda y, rows: g_rows(y, rows)           # noqa: E731
+        full = np.zeros((batch, n), dtype)
+
+        def g_rows(y, rows):
+            calls.append(len(rows))
+            full[rows] = y
+            return g(full)[rows]
+
+        problem = RootProblem(lambda y: g(y) - y, np, dtype, batch, n, fixed_point_map=g, relative_to="iterate",
+                              row_residual=(lambda y, rows: rows_g(y, rows) - y) if compact else None,
+                              row_map=rows_g if compact else None)
+        y0 = np.zeros((batch, n), dtype)
+        y0[1, 2], y0[2, 0] = np.nan, -np.inf                          # rows that start non-finite (DIVERGED)
+        with np.errstate(all="ignore"):
+            out = run(problem, dq.Anderson(history_size=4), y0, atol=1e-6, rtol=1e-6, max_steps=60, patience=8)
+        G, F, count = dq.Anderson(history_size=4).learned(out.state)["anderson_history"]
+        return (out.value, out.codes, out.residual, G, F), (out.num_steps, problem.nfev, problem.row_evaluations,
+                                                            count, calls)
+
+    arrays, counts = solve()
+    with monkeypatch.context() as patch:
+        _without_compiled_loop(patch)
+        arrays_ref, counts_ref = solve()
+    assert counts == counts_ref
+    assert not compact or min(counts[4]) < batch                          # rows were dropped part-way
+    assert len(set(np.asarray(arrays[1]).tolist()) - {int(dq.ReturnCode.SUCCESS)}) >= 1     # rows end differently
+    assert int(dq.ReturnCode.SUCCESS) in np.asarray(arrays[1]).tolist()
+    assert np.isnan(arrays[0][1, 2]) and arrays[0][2, 0] == -np.inf          # their start is their best iterate
+    for got, want in zip(arrays, arrays_ref):
+        assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+def test_compiled_anderson_loop_hands_fresh_iterates_and_reraises(rng):
+    """Every evaluation sees a fresh array that later steps leave alone (as the per-step loop passes them); an
+    exception raised by f mid-solve comes out unchanged; a solve nested inside f works."""
+    seen = []
+    W = 0.3 * rng.standard_normal((5, 5)) / np.sqrt(5)
+
+    def f(z):
+        inner = dq.fixed_point(lambda u: 0.5 * u + 1.0, np.zeros(2), dq.Anderson(), atol=1e-12, rtol=0.0)
+        seen.append((z, z.copy()))
+        return np.tanh(z @ W.T + 1.0) + 0.0 * inner.value.sum()
+
+    sol = dq.fixed_point(f, np.zeros((4, 5)), dq.Anderson(), atol=1e-12, rtol=0.0, batched=True)
+    assert sol.success.all() and len(seen) > 5
+    assert len({id(z) for z, _ in seen}) == len(seen)
+    assert all(np.array_equal(z, copy) for z, copy in seen)
+
+    class Stop(Exception):
+        pass
+
+    def failing(z):
+        if len(seen) > 8:
+            raise Stop("from f")
+        seen.append((z, z))
+        return np.tanh(z @ W.T + 1.0)
+
+    seen.clear()
+    with pytest.raises(Stop, match="from f"):
+        dq.fixed_point(failing, np.zeros((4, 5)), dq.Anderson(), atol=0.0, rtol=0.0, batched=True, max_steps=50)

@@ -306,7 +306,8 @@ class DeepEquilibriumNetwork(Layer):
         Warns once per call site when samples fail."""
         xp = get_namespace(u0)
         bad = None
-        if self.problem_type == "steady_state" and u0.ndim >= 1 and u0.shape[0] > 0:
+        # (zeros, the start for init="zeros", are finite whatever x holds: no pass over them)
+        if self.problem_type == "steady_state" and self.init_mode != "zeros" and u0.ndim >= 1 and u0.shape[0] > 0:
             bad = ~xp.isfinite(u0.reshape(u0.shape[0], -1)).all(axis=1)
             if bool(bad.any()):
                 u0 = xp.where(bad.reshape((-1,) + (1,) * (u0.ndim - 1)), xp.zeros((), dtype=u0.dtype), u0)

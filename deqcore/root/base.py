@@ -12,7 +12,8 @@ Kernel handles are not state: a solver fetches them from the registry (``backend
 A solver whose state fields are all per-row arrays (batch on the leading axis) or shared scalars sets
 ``compactable = True``: the driver may then run it on the still-running rows only (active-set compaction).
 Optionally, ``fused_kernel`` (a registered kernel's name) and ``fused_step(kernel, state, book)`` let the NumPy
-loop run the driver's bookkeeping and the step in one compiled call (see :mod:`deqcore.root.step_kernels`).
+loop run the driver's bookkeeping and the step in one compiled call (see :mod:`deqcore.root.step_kernels`), and
+``fused_loop(kernel, state, book)`` all the steps in one compiled loop that calls the evaluation back.
 """
 
 from __future__ import annotations

@@ -84,7 +84,9 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
     device either way; at most ``check_every − 1`` extra steps run after the last one finished.
     On NumPy, a solver with a fused driver step (``solver.fused_kernel``: Anderson, FixedPointIteration) runs
     each iteration as one compiled call (:mod:`deqcore.root.step_kernels`: the residual, this bookkeeping and the
-    step) that also counts the running rows, so the check is every step there and ``check_every`` is not used.
+    step) that also counts the running rows, so the check is every step there and ``check_every`` is not used;
+    Anderson's runs all its steps in one compiled loop that calls the problem's evaluation back
+    (``solver.fused_loop``), returning to Python only to compact.
     ``compact``: drop finished rows from the loop (f evaluations, solver work and bookkeeping) at the host checks
     once at most :data:`COMPACT_BELOW` of the rows still run — where the problem's rows are independent
     (``problem.can_restrict``) and the solver's state is all per-row arrays (``solver.compactable``). The
@@ -165,14 +167,19 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
     the bookkeeping and the solver's step, and returns how many rows still run (the host check, free on the CPU:
     every step). Same codes, counts and results as the unfused loop; finished rows are no longer stepped."""
     batch = problem.batch
-    best_y, best_res = y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
+    looped = getattr(solver, "fused_loop", None) if hasattr(kernel, "prepare_loop") else None
+    # (the compiled loop gives y0 to the rows the start did not improve itself: no copy of y0)
+    best_y, best_res = np.empty_like(y0) if looped else y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
     since_best = np.zeros(batch, dtype=np.int64)
     codes = np.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
     state = solver.init(problem, y0, f0)
     state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
     # the start point's bookkeeping (no divergence limit yet), then the first step
-    book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, best_res.copy(), patience]
+    book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, np.full(batch, np.inf, y0.dtype),
+            patience]
+    if looped is not None:
+        return _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact)
     fused = solver.fused_step(kernel, state, book)      # bound again whenever book or state are replaced
     live = fused(f0, False, max_steps > 0)
     limit = book[9]                                     # the divergence limit from here on, set in place
@@ -195,6 +202,39 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
             book = [a[running] if i not in (6, 10) else a for i, a in enumerate(book)]
             current = problem.restrict(rows)
             fused = solver.fused_step(kernel, state, book)
+    best_y, best_res, codes = book[0], book[1], book[3]
+    if full is not None:
+        _scatter(full, (best_y, best_res, codes, state), rows, batch)
+        best_y, best_res, codes, state = full
+    return RootLoopResult(best_y, codes, best_res, steps, state)
+
+
+def _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact):
+    """:func:`_run_fused` in compiled loops that call the problem's evaluation back (``solver.fused_loop(kernel,
+    state, book)``, see :func:`deqcore.root.step_kernels_numba._prepare_anderson_loop`): the start point's
+    bookkeeping and the steps in one compiled call per solve instead of one per step, returning to Python only to
+    compact the running rows. The same arithmetic, in the same order, as the loop of :func:`_run_fused`."""
+    batch = problem.batch
+    full, rows, current = None, None, problem
+    loop = looped(kernel, state, book, limit_floor=1e-300, limit_factor=DIVERGENCE_FACTOR)
+    state.y, state.k, steps, live = loop(problem.evaluate, problem.has_map, state.y, 0, 0, max_steps,
+                                         int(COMPACT_BELOW * batch) if compact else -1, start=f0)
+    while True:
+        if compact and steps < max_steps and 0 < live <= COMPACT_BELOW * book[4].shape[0]:
+            running = np.nonzero(~book[4])[0]
+            if full is None:
+                full, rows = (book[0], book[1], book[3], state), np.arange(batch)
+            else:
+                _scatter(full, (book[0], book[1], book[3], state), rows, batch)
+            state = _gather_state(state, running, book[4].shape[0])
+            rows = rows[running]
+            book = [a[running] if i not in (6, 10) else a for i, a in enumerate(book)]
+            current = problem.restrict(rows)
+            loop = looped(kernel, state, book)
+        if not live or steps >= max_steps:
+            break
+        state.y, state.k, steps, live = loop(current.evaluate, current.has_map, state.y, state.k, steps, max_steps,
+                                             int(COMPACT_BELOW * book[4].shape[0]) if compact else -1)
     best_y, best_res, codes = book[0], book[1], book[3]
     if full is not None:
         _scatter(full, (best_y, best_res, codes, state), rows, batch)

@@ -90,6 +90,11 @@ class RootProblem:
         return sub
 
     @property
+    def has_map(self) -> bool:
+        """True when :meth:`evaluate` returns the fixed-point map G(y) (else the residual F(y))."""
+        return self._map is not None
+
+    @property
     def has_jac(self) -> bool:
         """True when the user supplied the Jacobian."""
         return self._jac is not None

@@ -19,7 +19,9 @@ rtol, cap, y_limit, limit, patience. Both return ``(y_new, live, f, best_y, best
 
 The references compose the reference kernels (the ground truth); the Numba CPU versions run the same
 arithmetic in one compiled call, so the unfused loop's per-step array operations, allocations and dispatches
-are gone. On a GPU the driver keeps the unfused CUDA kernels.
+are gone; Anderson's Numba CPU version also runs whole solves in one compiled loop that asks Python for each
+evaluation through a callback (``anderson_driver_step_numba_cpu.prepare_loop``). On a GPU the driver keeps the
+unfused CUDA kernels.
 
 >>> import numpy as np
 >>> y, g = np.array([[1.0, 2.0]]), np.array([[1.5, 1.0]])

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from numba import types
+from numba.extending import intrinsic
+
 from ..backend.numba_tools import CACHE, numba
+from ..ode.loop_callback import DISPATCH, RAISED, SERVED, call_back, run_served
 from .anderson_kernels_numba import cpu_scratch, step_rows
 from .driver_kernels_numba import _BITS, NO_CODE, driver_decision
 
@@ -187,5 +191,147 @@ def _prepare_plain(f, book, damping):
     return step
 
 
+@intrinsic
+def _array_at(typingctx, address, like):
+    """A pointer to ``like``'s dtype at the integer ``address`` (for ``numba.carray``: an array the caller owns)."""
+    pointer = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+    return pointer(address, like), codegen
+
+
+@numba.njit
+def _addresses(out, y, y_new, where):
+    """Store the data addresses of ``out``, ``y`` and ``y_new`` in ``where`` (a Python-side lookup,
+    ``a.ctypes.data``, costs microseconds each)."""
+    where[0] = out.ctypes.data
+    where[1] = y.ctypes.data
+    where[2] = y_new.ctypes.data
+
+
+@numba.njit(cache=CACHE)
+def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, norms, best_y, best_res,
+                   since_best, codes, done, tol, rtol, cap, y_limit, limit, patience, G, F, H, m, beta, ridge, floor,
+                   limit_floor, limit_factor, was_done, rows, W, V, where, k, steps, max_steps, stop_live, first):
+    """Steps of the fused loop, compiled, from ``k`` Anderson steps and ``steps`` evaluations; returns ``(status,
+    k, steps, stepped, live)`` (``stepped``: the last pass wrote a new iterate).
+
+    With ``first`` set, the first pass is the start point's: its residual F(y0) (not the map) and the iterate are
+    already at ``where[0]`` and ``where[1]``, no evaluation is counted, and after its bookkeeping the divergence
+    limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in the arrays' dtype (as the NumPy loop
+    computes it), and the rows whose start did not count as an improvement (best_res still +inf) get y0 as
+    their best iterate (``best_y`` may start uninitialised: no copy of y0 per solve). Every other pass asks the
+    callback at ``address`` for the raw evaluation at the current iterate (request 1 when the previous pass
+    wrote a new iterate, else 0); the callback leaves in ``where`` the addresses of the evaluation [0], of the
+    iterate [1] and of a fresh array for the next iterate [2] (arrays it keeps alive), and the pass is
+    :func:`_anderson_driver` on them. It returns when no row runs, at max_steps or when a step leaves
+    0 < live ≤ stop_live rows running (the caller compacts them), with status 0, or −RAISED when the callback
+    kept an exception."""
+    stepped, live = 0, 1
+    shape = f.shape
+    status = 0
+    while live > 0 and (first or steps < max_steps):
+        if not first:
+            if call_back(address, stepped, 0.0, 0.0, 0.0) != SERVED:
+                status = -RAISED
+                break
+            steps += 1
+        out = numba.carray(_array_at(where[0], f), shape)
+        y = numba.carray(_array_at(where[1], f), shape)
+        y_bits = numba.carray(_array_at(where[1], norm_bits), shape)
+        y_new = numba.carray(_array_at(where[2], f), shape)
+        step = steps < max_steps
+        slot = k % m
+        count = k + 1 if k < m else m
+        filled = k if k < m else m
+        mapped = is_map and not first
+        live = _anderson_driver(out, mapped, y, f, f_bits, y_bits, magnitude, inf_bits, norm_bits,
+                                norms, best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit,
+                                patience, G, F, H, slot, count, filled, beta, ridge, floor, step, y_new, was_done,
+                                rows, W, V)
+        stepped = 1 if (live > 0 and step) else 0
+        k += stepped
+        if first:
+            for i in range(limit.shape[0]):
+                limit[i] = max(best_res[i], limit_floor) * limit_factor
+                if best_res[i] == np.inf:          # a start that did not count as an improvement (non-finite):
+                    for j in range(shape[1]):      # its best iterate is the start itself
+                        best_y[i, j] = y[i, j]
+            first = False
+        elif step and 0 < live <= stop_live:
+            break
+    return status, k, steps, stepped, live
+
+
+def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-300, limit_factor=1e8):
+    """``run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None) -> (y, k, steps, live)``: the
+    driver's passes from the iterate ``y`` (after ``k`` Anderson steps and ``steps`` evaluations) in one compiled
+    call, :func:`_anderson_loop`, which asks Python for ``evaluate(y) -> (out, is_map)`` through the process's
+    one callback (``deqcore.ode.loop_callback.DISPATCH``) and reads ``out`` where it lies. ``start``: F(y) at the
+    start point, whose bookkeeping (with the limit in ``book`` still +inf) comes first and sets the divergence
+    limit from ``limit_floor`` and ``limit_factor``. As in the loop of Python calls, every iterate is a fresh
+    array and each evaluation is read in place (no copies). Returns when no row runs, at ``max_steps``, or when
+    a step leaves 0 < live ≤ ``stop_live`` rows running (compaction; −1: never); an exception raised by
+    ``evaluate`` is raised again unchanged. What stays fixed during a solve is bound once, as in
+    :func:`_prepare_anderson`."""
+    best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit, patience = book
+    dtype, shape = f.dtype, f.shape
+    itype, magnitude, inf_bits = _BITS[dtype]
+    batch = shape[0]
+    norm_bits = np.empty(2, dtype=itype)
+    where = np.zeros(3, dtype=np.int64)
+    fixed = (f, f.view(itype), magnitude, inf_bits, norm_bits, norm_bits.view(dtype), best_y, best_res, since_best,
+             codes, done, tol, float(rtol), cap, y_limit, limit, int(patience), G, F, H, G.shape[1],
+             G.dtype.type(beta), float(ridge), float(floor), dtype.type(limit_floor), dtype.type(limit_factor),
+             np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64), *cpu_scratch(G.shape[1], batch),
+             where)
+    kernel, empty_like, addresses, ndarray = _anderson_loop, np.empty_like, _addresses, np.ndarray
+    raised = [None]
+
+    def run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None):
+        if not y.flags.c_contiguous:
+            y = np.ascontiguousarray(y)
+        held = [y, empty_like(y), None]     # the iterate, the next one, the evaluation: alive while the loop reads
+
+        def serve(request, t_a, t_b, t_c):
+            try:
+                if request:
+                    held[0] = held[1]
+                raw = evaluate(held[0])[0]
+                if type(raw) is not ndarray or raw.dtype != dtype or raw.shape != shape or not raw.flags.c_contiguous:
+                    raw = _conforming(raw, dtype, shape)
+                held[2], held[1] = raw, empty_like(held[0])
+                addresses(raw, held[0], held[1], where)
+                return SERVED
+            except BaseException as error:     # kept, raised again once the compiled call has returned
+                raised[0] = error
+                return RAISED
+
+        if start is not None:
+            if (type(start) is not ndarray or start.dtype != dtype or start.shape != shape
+                    or not start.flags.c_contiguous):
+                start = _conforming(start, dtype, shape)
+            held[2] = start
+            addresses(start, y, held[1], where)
+        status, k, steps, stepped, live = run_served(serve, lambda: kernel(
+            DISPATCH, bool(is_map), *fixed, k, steps, min(max_steps, 2 ** 62), stop_live, start is not None))
+        if status == -RAISED:
+            error, raised[0] = raised[0], None
+            raise error
+        return held[1] if stepped else held[0], k, steps, live
+
+    return run
+
+
+def _conforming(raw, dtype, shape):
+    """An evaluation as the compiled loop reads it: a C-contiguous array of the iterate's dtype and shape."""
+    if getattr(raw, "shape", None) != shape or getattr(raw, "dtype", None) != dtype:
+        raise ValueError(f"the problem's evaluation must return an array of shape {shape} and dtype {dtype}, got "
+                         f"{getattr(raw, 'shape', type(raw).__name__)} {getattr(raw, 'dtype', '')}")
+    return np.ascontiguousarray(raw)
+
+
 anderson_driver_step_numba_cpu.prepare = _prepare_anderson
+anderson_driver_step_numba_cpu.prepare_loop = _prepare_anderson_loop
 plain_driver_step_numba_cpu.prepare = _prepare_plain
