@@ -39,8 +39,8 @@ DONE, STAGES, F_BASE, F_ERR, F_NEW, JAC, GROW, FD_COLS = range(8)
  I_HAVE_M, I_HAVE_FD, I_NJEV_FD, I_NFEV_JAC, I_ADDR) = range(40)
 # after the 7 LAPACK/BLAS addresses: the last stage point of the step that ended at the current state is held
 # (y_stage, f_stage), and the finite-difference Jacobian being formed takes it as its base point
-I_HAVE_STAGE, I_FD_STAGE = I_ADDR + 7, I_ADDR + 8
-I_SIZE = I_ADDR + 9
+I_HAVE_STAGE, I_FD_STAGE, I_TRY_OK = I_ADDR + 7, I_ADDR + 8, I_ADDR + 9
+I_SIZE = I_ADDR + 10
 
 # float scalars at the head of the float state (fw)
 (F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL, F_NEWTON_FACTOR,
@@ -323,6 +323,8 @@ def radau_advance(ist, fw, lu_c, piv, rec):
                 converged = True
                 for q in range(n):
                     f_try[q] = F[2, q]
+                # the stage point serves as a Jacobian's base only when Newton's last correction was small
+                ist[I_TRY_OK] = 1 if rate[0] <= tol_fail else 0
             elif status != 0:
                 failed = True
                 h_fail = factor * abs(h)
@@ -473,7 +475,7 @@ def radau_advance(ist, fw, lu_c, piv, rec):
                     for q in range(n):
                         y_stage[q] = y_try[q]
                         f_stage[q] = f_try[q]
-                    ist[I_HAVE_STAGE] = 1
+                    ist[I_HAVE_STAGE] = ist[I_TRY_OK]
                     fw[F_H_PREV] = fw[F_H_ARG]
                     fw[F_H_ACC] = abs(fw[F_H_ARG])
                     fw[F_ERR_ACC] = max(1e-2, fw[F_ERRV])
