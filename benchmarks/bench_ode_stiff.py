@@ -2,6 +2,8 @@
 
     python benchmarks/bench_ode_stiff.py              # the recorded run (a few minutes)
     python benchmarks/bench_ode_stiff.py --quick      # fewer tolerances and one timing per run
+    python benchmarks/bench_ode_stiff.py --per-decade 4 --problems robertson,vdp,hires --solvers \
+        "Radau (deqcore),BDF (deqcore)" --repeats 1 --out /tmp/fine.md   # quarter decades: the trend
 
 Problems (Hairer–Wanner II): Robertson (t ∈ [0, 1e5]), Van der Pol with μ = 1000 (y'' = μ(1 − y²)y' − y,
 t ∈ [0, 3000], two relaxation jumps), HIRES (t ∈ [0, 321.8122]) and the 2-D Brusselator on a periodic
@@ -236,6 +238,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--per-decade", type=int, default=1, help="tolerances per decade (4: quarter decades, rtol "
+                    "1e-1 … 1e-7; single runs' errors scatter, a denser sweep shows the trend)")
     ap.add_argument("--brusselator-repeats", type=int, default=1, help="timed runs per point there (slow)")
     ap.add_argument("--problems", default="robertson,vdp,hires,brusselator")
     ap.add_argument("--out", default="ode_stiff.md", help="results file under benchmarks/results (or a path); "
@@ -254,13 +258,16 @@ def main(argv=None):
     if args.retable:
         retable(out)
         return
-    rtols = [1e-3, 1e-5, 1e-7, 1e-9] if args.quick else [10.0 ** -k for k in range(1, 10)]
+    q = args.per_decade
+    rtols = [1e-3, 1e-5, 1e-7, 1e-9] if args.quick else \
+        [10.0 ** -k for k in range(1, 10)] if q == 1 else [10.0 ** (-k / q) for k in range(q, 7 * q + 1)]
+    loose = () if args.quick else LOOSE_RTOLS if q == 1 else tuple(10.0 ** (-k / q) for k in range(q))
     repeats = 1 if args.quick else args.repeats
     makers = {"robertson": robertson, "vdp": van_der_pol, "hires": hires, "brusselator": brusselator_2d}
     lines = ["# Stiff ODEs: Radau, Rodas5P and BDF (deqcore) against SciPy's Radau, BDF and LSODA", "",
              f"Python {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
              f"{platform.machine()}; `python benchmarks/bench_ode_stiff.py"
-             f"{' --quick' if args.quick else ''}`; medians of {repeats} timed run(s) per point, solvers "
+             f"{' --quick' if args.quick else ''}{f' --per-decade {q}' if q != 1 else ''}`; medians of {repeats} timed run(s) per point, solvers "
              f"interleaved (the Brusselator: {args.brusselator_repeats} timed run(s) per point). "
              "rhs calls include finite-difference Jacobian evaluations (a wrapper counts every call). "
              "deqcore's solvers also run at rtol 1 (their errors at a given rtol lie lower: see the "
@@ -271,14 +278,14 @@ def main(argv=None):
     for key in args.problems.split(","):
         problem = makers[key]()
         curves = sweep(problem, rtols, args.brusselator_repeats if key == "brusselator" and not args.quick
-                       else repeats, loose=() if args.quick else LOOSE_RTOLS)
+                       else repeats, loose=loose)
         png = out.parent / f"{out.stem}_{key}.png"
         plot(problem, curves, png)
         lines += [f"## {problem['name']}", "", f"![work-precision]({png.name})", "",
                   "| solver | rtol | error | rhs calls | time [s] |", "|---|---|---|---|---|"]
         for name, curve in curves.items():
             for rtol, e, c, t in curve:
-                lines.append(f"| {name} | {rtol:.0e} | {e:.2e} | {c} | {t:.3f} |")
+                lines.append(f"| {name} | {rtol:.{0 if q == 1 else 2}e} | {e:.2e} | {c} | {t:.3f} |")
         lines += matched_table(curves)
         lines.append("")
         print("\n".join(lines[-12:]), flush=True)
