@@ -37,7 +37,10 @@ DONE, STAGES, F_BASE, F_ERR, F_NEW, JAC, GROW, FD_COLS = range(8)
  I_JAC_FINITE, I_LU_VALID, I_F_EXACT, I_HAVE_ZPREV, I_FIRST, I_LAST_REJECTED, I_HAVE_ACC, I_K, I_NITER,
  I_REC_COUNT, I_REC_CAP, I_NLINSOLVE, I_NFACTOR, I_NFAILED_SOLVES, I_NNEWTON_FAIL, I_TRIAL_CODE, I_KEEP_JAC,
  I_HAVE_M, I_HAVE_FD, I_NJEV_FD, I_NFEV_JAC, I_ADDR) = range(40)
-I_SIZE = I_ADDR + 7
+# after the 7 LAPACK/BLAS addresses: the last stage point of the step that ended at the current state is held
+# (y_stage, f_stage), and the finite-difference Jacobian being formed takes it as its base point
+I_HAVE_STAGE, I_FD_STAGE, I_TRY_OK = I_ADDR + 7, I_ADDR + 8, I_ADDR + 9
+I_SIZE = I_ADDR + 10
 
 # float scalars at the head of the float state (fw)
 (F_T, F_H, F_ERR_PREV, F_T_END, F_DIRECTION, F_BIG, F_THRESHOLD, F_TEPS, F_RTOL, F_NEWTON_TOL, F_NEWTON_FACTOR,
@@ -57,6 +60,8 @@ _STAGES = ("Z", "W", "Y", "F", "Z_prev")
 # the finite-difference Jacobian's buffers (after the small matrices)
 _FD_VECTORS = ("fd_factor", "fd_factor2", "fd_h", "fd_h2", "fd_big", "fd_scale", "fd_lost", "fd_cols", "fd_fabs")
 _FD_MATRICES = ("fd_YP", "fd_FP", "fd_D")
+# after them: (Y₃, f(t + h, Y₃)) of the last Newton iteration, of the attempt (try) and of the accepted step
+_STAGE_POINT = ("y_try", "f_try", "y_stage", "f_stage")
 
 
 def layout(n: int) -> dict:
@@ -70,7 +75,7 @@ def layout(n: int) -> dict:
         at += 3 * n
     for name, size in (("J", n * n), ("lu_r", n * n), ("M", 9), ("T", 9), ("T_inv", 9), ("e", 3), ("c", 3),
                        ("a_last", 3), ("dense", 9)) + tuple((name, n) for name in _FD_VECTORS) + \
-            tuple((name, n * n) for name in _FD_MATRICES):
+            tuple((name, n * n) for name in _FD_MATRICES) + tuple((name, n) for name in _STAGE_POINT):
         out[name] = (at, at + size)
         at += size
     out["size"] = (at, at)
@@ -167,6 +172,11 @@ def radau_advance(ist, fw, lu_c, piv, rec):
     YP = fw[fdm:fdm + n * n].reshape((n, n))
     FP = fw[fdm + n * n:fdm + 2 * n * n].reshape((n, n))
     D = fw[fdm + 2 * n * n:fdm + 3 * n * n].reshape((n, n))
+    spb = fdm + 3 * n * n
+    y_try = fw[spb:spb + n]
+    f_try = fw[spb + n:spb + 2 * n]
+    y_stage = fw[spb + 2 * n:spb + 3 * n]
+    f_stage = fw[spb + 3 * n:spb + 4 * n]
     k_max = ist[I_KMAX]
     eps = fw[F_EPS]
     while True:
@@ -183,9 +193,14 @@ def radau_advance(ist, fw, lu_c, piv, rec):
             fw[F_T_ARG] = t
             fw[F_H_ARG] = h
             if ist[I_NEED_JAC] != 0 or ist[I_HAVE_JAC] == 0:
+                ist[I_FD_STAGE] = 0
                 if ist[I_USER_JAC] == 0 and ist[I_F_EXACT] == 0:
-                    ist[I_PHASE] = P_AFTER_F_BASE
-                    return F_BASE, t, 0.0, 0.0
+                    if ist[I_HAVE_STAGE] != 0:     # finite differences around the last stage point
+                        ist[I_FD_STAGE] = 1
+                        phase = P_FD_START
+                    else:
+                        ist[I_PHASE] = P_AFTER_F_BASE
+                        return F_BASE, t, 0.0, 0.0
                 if ist[I_USER_JAC] != 0:
                     ist[I_PHASE] = P_AFTER_JAC
                     return JAC, t, 0.0, 0.0
@@ -198,11 +213,13 @@ def radau_advance(ist, fw, lu_c, piv, rec):
         elif phase == P_FD1 or phase == P_FD2:
             # FiniteDiffJacobian._dense_one: the columns' differences, quotients and lost columns
             first = phase == P_FD1
+            fb = f_stage if ist[I_FD_STAGE] != 0 else f
+            yb = y_stage if ist[I_FD_STAGE] != 0 else y
             for j in range(n):
                 if fd_cols[j] != 0.0:
                     ist[I_NFEV_JAC] += 1
                     for i in range(n):
-                        D[i, j] = FP[j, i] - f[i]
+                        D[i, j] = FP[j, i] - fb[i]
             lost = np.empty(n, dtype=np.bool_)
             for j in range(n):
                 lost[j] = fd_lost[j] != 0.0
@@ -215,8 +232,8 @@ def radau_advance(ist, fw, lu_c, piv, rec):
                 for j in range(n):
                     fd_factor2[j] = fd_factor[j] * fw[F_GROW] if lost[j] else fd_factor[j]
                     fd_cols[j] = fd_lost[j]
-                _increments(y, atol, fd_factor2, fd_h2)
-                _perturbed(y, fd_h2, fd_cols, YP)
+                _increments(yb, atol, fd_factor2, fd_h2)
+                _perturbed(yb, fd_h2, fd_cols, YP)
                 ist[I_PHASE] = P_FD2
                 return FD_COLS, fw[F_T_ARG], 0.0, 0.0
             if first:
@@ -233,12 +250,14 @@ def radau_advance(ist, fw, lu_c, piv, rec):
                 for j in range(n):
                     fd_factor[j] = fw[F_FD_START]
                 ist[I_HAVE_FD] = 1
+            fb = f_stage if ist[I_FD_STAGE] != 0 else f
+            yb = y_stage if ist[I_FD_STAGE] != 0 else y
             for j in range(n):
                 fd_cols[j] = 1.0
                 fd_lost[j] = 0.0
-                fd_fabs[j] = abs(f[j])
-            _increments(y, atol, fd_factor, fd_h)
-            _perturbed(y, fd_h, fd_cols, YP)
+                fd_fabs[j] = abs(fb[j])
+            _increments(yb, atol, fd_factor, fd_h)
+            _perturbed(yb, fd_h, fd_cols, YP)
             ist[I_PHASE] = P_FD1
             return FD_COLS, fw[F_T_ARG], 0.0, 0.0
         if phase == P_AFTER_JAC:
@@ -290,6 +309,8 @@ def radau_advance(ist, fw, lu_c, piv, rec):
             h = fw[F_H_ARG]
             k = ist[I_K]
             tol_fail = fw[F_NEWTON_TOL]
+            for q in range(n):
+                y_try[q] = Y[2, q]          # the stage point f was just evaluated at (Y is overwritten)
             status, factor = radau_newton(addresses, F, T, T_inv, fw[F_GAMMA] / h, fw[F_MU_RE] / h,
                                           fw[F_MU_IM] / h, lu_r, piv_r, lu_c, piv_c, scale, y, W, Z, Y, rate, k,
                                           k_max, tol_fail * fw[F_NEWTON_FACTOR], tol_fail)
@@ -300,6 +321,10 @@ def radau_advance(ist, fw, lu_c, piv, rec):
             failed = False
             if status == CONVERGED:
                 converged = True
+                for q in range(n):
+                    f_try[q] = F[2, q]
+                # the stage point serves as a Jacobian's base only when Newton's last correction was small
+                ist[I_TRY_OK] = 1 if rate[0] <= tol_fail else 0
             elif status != 0:
                 failed = True
                 h_fail = factor * abs(h)
@@ -447,6 +472,10 @@ def radau_advance(ist, fw, lu_c, piv, rec):
                         for q in range(n):
                             Z_prev[i, q] = Z[i, q]
                     ist[I_HAVE_ZPREV] = 1
+                    for q in range(n):
+                        y_stage[q] = y_try[q]
+                        f_stage[q] = f_try[q]
+                    ist[I_HAVE_STAGE] = ist[I_TRY_OK]
                     fw[F_H_PREV] = fw[F_H_ARG]
                     fw[F_H_ACC] = abs(fw[F_H_ARG])
                     fw[F_ERR_ACC] = max(1e-2, fw[F_ERRV])
