@@ -196,22 +196,12 @@ class DeepEquilibriumNetwork(Layer):
     def _f(self, x, params, state):
         """z ↦ f((z, x)) at fixed x and parameters (shapes and dtypes checked, errors naming z and x, on the first
         call; the later calls run the model bound to its parameters, see ``nn.Layer.bind``)."""
-        checked, bound = self._checked_f(params, state), self.model.bind(params["model"], state["model"])
-        verified = False
-
-        def f(z):
-            nonlocal verified
-            if verified:
-                return bound((z, x))
-            out = checked(z, x)
-            verified = True
-            return out
-
-        return f
+        f_rows = self._f_rows(params, state)
+        return lambda z: f_rows(z, x)
 
     def _f_rows(self, params, state):
-        """(z, x) ↦ f((z, x)) on any rows of a batch (the compacted solve passes x per sample); checked on the
-        first call, bound to the parameters after it, as :meth:`_f`."""
+        """(z, x) ↦ f((z, x)) on any rows of a batch (the compacted solve passes x per sample): through the layers'
+        checked calls the first time, bound to the parameters after it (see :meth:`_f`)."""
         checked, bound = self._checked_f(params, state), self.model.bind(params["model"], state["model"])
         verified = False
 

@@ -192,21 +192,28 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
         steps += 1
         live = fused(out, is_map, steps < max_steps)
         if compact and steps < max_steps and 0 < live <= COMPACT_BELOW * book[4].shape[0]:
-            running = np.nonzero(~book[4])[0]
-            if full is None:
-                full, rows = (book[0], book[1], book[3], state), np.arange(batch)
-            else:
-                _scatter(full, (book[0], book[1], book[3], state), rows, batch)
-            state = _gather_state(state, running, book[4].shape[0])
-            rows = rows[running]
-            book = [a[running] if i not in (6, 10) else a for i, a in enumerate(book)]
-            current = problem.restrict(rows)
+            full, rows, state, book, current = _compact(problem, full, rows, state, book, batch)
             fused = solver.fused_step(kernel, state, book)
     best_y, best_res, codes = book[0], book[1], book[3]
     if full is not None:
         _scatter(full, (best_y, best_res, codes, state), rows, batch)
         best_y, best_res, codes, state = full
     return RootLoopResult(best_y, codes, best_res, steps, state)
+
+
+def _compact(problem, full, rows, state, book, batch):
+    """Keeps the running rows only: the finished rows' results go to ``full`` (the whole batch's bookkeeping and
+    state, made on the first compaction), and the state, bookkeeping and problem are restricted to the rows
+    still running. Returns (full, rows, state, book, problem restricted)."""
+    running = np.nonzero(~book[4])[0]
+    if full is None:
+        full, rows = (book[0], book[1], book[3], state), np.arange(batch)
+    else:
+        _scatter(full, (book[0], book[1], book[3], state), rows, batch)
+    state = _gather_state(state, running, book[4].shape[0])
+    rows = rows[running]
+    book = [a[running] if i not in (6, 10) else a for i, a in enumerate(book)]
+    return full, rows, state, book, problem.restrict(rows)
 
 
 def _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact):
@@ -221,15 +228,7 @@ def _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact):
                                          int(COMPACT_BELOW * batch) if compact else -1, start=f0)
     while True:
         if compact and steps < max_steps and 0 < live <= COMPACT_BELOW * book[4].shape[0]:
-            running = np.nonzero(~book[4])[0]
-            if full is None:
-                full, rows = (book[0], book[1], book[3], state), np.arange(batch)
-            else:
-                _scatter(full, (book[0], book[1], book[3], state), rows, batch)
-            state = _gather_state(state, running, book[4].shape[0])
-            rows = rows[running]
-            book = [a[running] if i not in (6, 10) else a for i, a in enumerate(book)]
-            current = problem.restrict(rows)
+            full, rows, state, book, current = _compact(problem, full, rows, state, book, batch)
             loop = looped(kernel, state, book)
         if not live or steps >= max_steps:
             break
