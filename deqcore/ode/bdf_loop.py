@@ -60,7 +60,7 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
     rows_D = stepper.D_rows
     D, D_new = np.zeros((rows_D, n)), np.zeros((rows_D, n))
     J = np.zeros((n, n))
-    lu, piv = np.empty((n, n), order="F"), np.zeros(n, dtype=np.int32)
+    lu, piv = np.empty(n * n), np.zeros(n, dtype=np.int32)      # LU column-major, flat: one type for every n
     atol, rtol = tol
     atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), shape).reshape(-1)) \
         if np.ndim(atol) else np.array([float(atol)])

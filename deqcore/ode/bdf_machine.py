@@ -131,11 +131,13 @@ def _jacobian(ist, fw, t, V, FD, YP, FP, M, J, callback):
 
 
 @numba.njit(cache=CACHE)
-def bdf_run(ist, fw, D, D_new, V, atol, J, lu, piv, coef, rec, FD, YP, FP, M, callback):
+def bdf_run(ist, fw, D, D_new, V, atol, J, lu_flat, piv, coef, rec, FD, YP, FP, M, callback):
     """Run the solve until it ends (:data:`DONE`), the record is full (:data:`GROW`) or the callback at
     ``callback`` did not serve a request (minus its status). ``coef``: the rows γ, α and the error
-    constants of :func:`deqcore.ode.bdf._coefficients`."""
+    constants of :func:`deqcore.ode.bdf._coefficients`. ``lu_flat``: the LU factors column-major, flat (an
+    (n, n) array with n = 1 is C- and F-contiguous at once and would be compiled a second time)."""
     n = ist[I_N]
+    lu = lu_flat.reshape((n, n)).T
     gamma = coef[0]
     alpha = coef[1]
     error_const = coef[2]

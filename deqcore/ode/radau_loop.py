@@ -98,7 +98,7 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
     L, template = _template(n, params)
     fw = template.copy()            # zeros, the method's coefficients in place
     ist = np.zeros(I_SIZE, dtype=np.int64)
-    lu_c = np.empty((n, n), dtype=np.complex128, order="F")
+    lu_c = np.empty(n * n, dtype=np.complex128)     # the complex LU, column-major, flat (one type for every n)
     piv = np.zeros(2 * n, dtype=np.int32)
 
     def view(name):

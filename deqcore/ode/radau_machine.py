@@ -126,10 +126,12 @@ def _reject(ist, fw, n, h_next, code, err_sq, newton):
 
 
 @numba.njit(cache=CACHE)
-def radau_advance(ist, fw, lu_c, piv, rec):
+def radau_advance(ist, fw, lu_c_flat, piv, rec):
     """Run the solve until Python is needed; returns ``(request, t_a, t_b, t_c)`` (the times of the requested
-    evaluations). See the module docstring."""
+    evaluations). See the module docstring. ``lu_c_flat`` holds the complex LU column-major, flat: an (n, n)
+    array with n = 1 is C- and F-contiguous at once and would be compiled a second time."""
     n = ist[I_N]
+    lu_c = lu_c_flat.reshape((n, n)).T
     addresses = ist[I_ADDR:I_ADDR + 7]
     piv_r = piv[:n]
     piv_c = piv[n:]
