@@ -404,7 +404,7 @@ def micro(repeats: int = 7) -> str:
                 f"| {1e6 * per:.0f} |")
     if "shifted" in inspect.signature(solver._run).parameters:      # the adjoint's form: Arnoldi on v M itself
         def shifted_cycle():
-            solver._run(np, lambda v: v @ M, None, rhs, None, steps + 2, 30, scratch=True, shifted=True)
+            solver._run(np, lambda v: v @ M, None, rhs, None, steps + 2, 30, shifted=True)
 
         shifted_cycle()
         per = statistics.median(_block(shifted_cycle, 5) - _block(operator_calls, 5) for _ in range(repeats)) / steps

@@ -141,7 +141,7 @@ def test_shifted_arnoldi_solves_identity_minus_b_to_tolerance(impl, seed, batch,
     solver = linalg.GMRES(rtol=rtol, restart=restart, max_steps=40 * n)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEQCORE_KERNELS", impl)
-        x, codes, rnorm, _ = solver._run(np, apply_B, None, b, None, 40 * n, min(restart, n), scratch=True,
+        x, codes, rnorm, _ = solver._run(np, apply_B, None, b, None, 40 * n, min(restart, n),
                                          shifted=True)
         x_plain, codes_plain, _, _ = solver._run(np, lambda v: v - apply_B(v), None, b, None, 40 * n,
                                                  min(restart, n))
@@ -172,7 +172,7 @@ def test_reused_workspace_across_shapes_and_dtypes_leaves_no_trace(rng):
     solver = linalg.GMRES(rtol=1e-10, restart=6)
 
     def shifted_solve(operator, rhs):
-        return solver._run(np, operator, None, rhs, None, 200, 6, scratch=True, shifted=True)
+        return solver._run(np, operator, None, rhs, None, 200, 6, shifted=True)
 
     gmres._WORKSPACES.clear()
     fresh = shifted_solve(apply_B, b)

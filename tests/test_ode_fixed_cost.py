@@ -11,11 +11,7 @@ import deqcore.ode.bdf as bdf
 import deqcore.ode.radau as radau
 from deqcore.ode.base import Evaluator
 from deqcore.ode.controller import initial_step, initial_step_host
-
-
-def _robertson(t, y):
-    return np.array([-0.04 * y[0] + 1e4 * y[1] * y[2],
-                     0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2])
+from tests.test_stiff import _robertson
 
 
 def _decay(t, y):          # the same shape as Robertson, another problem

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from scipy.integrate import solve_ivp
 
 import deqcore as dq
+from tests.test_stiff import _robertson_jac, _robertson_ref
 
 
 def _robertson(t, y):
@@ -19,15 +20,9 @@ def _robertson(t, y):
                      3e7 * y[1] ** 2], dtype=y.dtype)
 
 
-def _robertson_dense_jac(y):
-    return np.array([[-0.04, 1e4 * y[2], 1e4 * y[1]],
-                     [0.04, -1e4 * y[2] - 6e7 * y[1], -1e4 * y[1]],
-                     [0.0, 6e7 * y[1], 0.0]])
-
-
 def _robertson_messy_coo(t, y):
     """J as COO with every entry split into two duplicates, shuffled, plus explicit zeros on the diagonal."""
-    J = _robertson_dense_jac(y)
+    J = _robertson_jac(t, y)
     r, c = np.nonzero(np.ones((3, 3)))
     rows = np.concatenate([r, r, [0, 2]])
     cols = np.concatenate([c, c, [0, 2]])
@@ -36,16 +31,12 @@ def _robertson_messy_coo(t, y):
     return sp.coo_matrix((vals[p], (rows[p], cols[p])), shape=(3, 3))
 
 
-def _robertson_reference(t1):
-    return solve_ivp(_robertson, (0.0, t1), [1.0, 0.0, 0.0], method="Radau", rtol=1e-12, atol=1e-16).y[:, -1]
-
-
 @pytest.mark.parametrize("solver", [dq.BDF, dq.Radau])
 @pytest.mark.parametrize("fmt", ["coo", "csc", "csr"])
 def test_user_sparse_jac_with_duplicates_unsorted_indices_and_explicit_zeros(solver, fmt):
     sol = dq.integrate(_robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e3), solver(),
                        jac=lambda t, y: _robertson_messy_coo(t, y).asformat(fmt), rtol=1e-6, atol=1e-10)
-    ref = _robertson_reference(1e3)
+    ref = _robertson_ref(1e3)
     assert sol.success
     assert np.all(np.abs(sol.value - ref) <= 100 * (1e-6 * np.abs(ref) + 1e-10))
 
@@ -54,8 +45,8 @@ def test_user_sparse_jac_with_duplicates_unsorted_indices_and_explicit_zeros(sol
 def test_user_sparse_jac_whose_pattern_changes_between_calls(solver):
     # zeros dropped by csr_matrix: y1 = y2 = 0 at the start, so the first J lacks entries later ones have
     sol = dq.integrate(_robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e3), solver(),
-                       jac=lambda t, y: sp.csr_matrix(_robertson_dense_jac(y)), rtol=1e-6, atol=1e-10)
-    ref = _robertson_reference(1e3)
+                       jac=lambda t, y: sp.csr_matrix(_robertson_jac(t, y)), rtol=1e-6, atol=1e-10)
+    ref = _robertson_ref(1e3)
     assert sol.success
     assert np.all(np.abs(sol.value - ref) <= 100 * (1e-6 * np.abs(ref) + 1e-10))
 
@@ -107,7 +98,7 @@ def test_sparse_jac_of_a_non_floating_dtype_is_refused_like_a_dense_one(solver, 
 def test_radau_loose_tolerances_on_robertson(rtol):
     sol = dq.integrate(_robertson, np.array([1.0, 0.0, 0.0]), (0.0, 1e5), dq.Radau(), rtol=rtol, atol=1e-8,
                        max_steps=2000)
-    ref = solve_ivp(_robertson, (0.0, 1e5), [1.0, 0.0, 0.0], method="Radau", rtol=1e-12, atol=1e-16).y[:, -1]
+    ref = _robertson_ref(1e5)
     assert sol.success
     assert np.all(np.abs(sol.value - ref) <= 100 * (rtol * np.abs(ref) + 1e-8))
     assert sol.stats["num_steps"] < 200

@@ -9,6 +9,7 @@ from scipy.integrate import solve_ivp
 
 import deqcore as dq
 from deqcore.demos.stiff_problems import HIRES_T1, HIRES_Y0, brusselator_2d, hires
+from tests.test_stiff import _robertson, _robertson_ref
 
 
 class Counted:
@@ -102,12 +103,7 @@ def test_loose_tolerances_van_der_pol_within_tolerance_and_cheaper_than_scipy_ra
 
 
 def test_loose_tolerance_robertson_fewer_calls_than_scipy_radau_and_no_worse_error():
-    def robertson(t, y):
-        return np.array([-0.04 * y[0] + 1e4 * y[1] * y[2],
-                         0.04 * y[0] - 1e4 * y[1] * y[2] - 3e7 * y[1] ** 2, 3e7 * y[1] ** 2])
-
-    y0 = np.array([1.0, 0.0, 0.0])
-    ref = solve_ivp(robertson, (0.0, 1e5), y0, method="Radau", rtol=1e-9, atol=1e-13).y[:, -1]
+    robertson, y0, ref = _robertson, np.array([1.0, 0.0, 0.0]), _robertson_ref(1e5)
     calls, error, stats = _ours(robertson, y0, 1e5, 1e-1, 1e-4, 1e-10, ref)
     g = Counted(robertson)
     y = solve_ivp(g, (0.0, 1e5), y0, method="Radau", rtol=1e-1, atol=1e-5).y[:, -1]

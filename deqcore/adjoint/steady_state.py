@@ -417,7 +417,7 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
             shifted = preconditioner is None
             delta, gcodes, gnorm, stats = gmres._run(
                 xp, it.step if shifted else (lambda v: v - it.step(v)), preconditioner, rhs, None,
-                budget - it.steps, min(gmres.restart, g.shape[1]), tol=rhs_tol, scratch=not shifted,
+                budget - it.steps, min(gmres.restart, g.shape[1]), tol=rhs_tol,
                 shifted=shifted, inputs=it.inputs if shifted else None)
             if it.compiled is None:
                 it.lam += xp.where(waiting[:, None], delta, zero)
@@ -446,17 +446,16 @@ class _Iteration:
         self.kernel = get_kernel("richardson_step", xp)
         # the compiled loop without its argument conversions, and (compiled, NumPy) the row selection of the
         # shared steps and the hand-over to GMRES and back, each one pass
-        self.select_rows = getattr(self.kernel, "select_rows", None)
-        self.compiled = None if self.select_rows is None else self.kernel
-        bound = getattr(self.kernel, "bound", None)
-        if bound is not None:
-            self.kernel = bound
-        # compiled on NumPy: two (B, n) buffers take turns as the next trial and the shared steps' VJP input
-        # (each written only when it is neither the VJP input being read nor the trial still to be read)
-        self.buffers = None if self.select_rows is None else (xp.empty_like(g), xp.empty_like(g))
-        # ... and the VJP input of GMRES's steps (its rows the compiled Arnoldi step writes, the iterating rows'
-        # trials the iteration's step writes; zero at first: every row finite)
-        self.inputs = None if self.select_rows is None else xp.zeros(g.shape, dtype=g.dtype)
+        self.compiled = self.kernel if hasattr(self.kernel, "select_rows") else None
+        self.kernel = getattr(self.kernel, "bound", self.kernel)
+        self.buffers = self.inputs = None
+        if self.compiled is not None:
+            # two (B, n) buffers take turns as the next trial and the shared steps' VJP input (each written
+            # only when it is neither the VJP input being read nor the trial still to be read), and the VJP
+            # input of GMRES's steps (its rows the compiled Arnoldi step writes, the iterating rows' trials
+            # the iteration's step writes; zero at first: every row finite)
+            self.buffers = (xp.empty_like(g), xp.empty_like(g))
+            self.inputs = xp.zeros(g.shape, dtype=g.dtype)
         self.trial = None
         self.steps = 0
         if x0 is None:
@@ -506,10 +505,10 @@ class _Iteration:
             trial = xp.where(self.going[:, None], self.trial, vectors)
         elif vectors is self.inputs:        # (GMRES wrote its rows; the iterating rows' trials are there but
             if self.trial is not vectors:   # at the first step of a cycle)
-                self.select_rows(self.going, self.trial, vectors, vectors)
+                self.compiled.select_rows(self.going, self.trial, vectors, vectors)
             trial = vectors
         else:
-            trial = self.select_rows(self.going, self.trial, vectors,
+            trial = self.compiled.select_rows(self.going, self.trial, vectors,
                                      buffers[1] if self.trial is buffers[0] else buffers[0])
         u = self.vjp_rows(trial)
         self.steps += 1

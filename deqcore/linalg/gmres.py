@@ -203,11 +203,10 @@ class GMRES(LinearSolver):
             rnorm = xp.where(bad, xp.asarray(np.nan, dtype=rnorm.dtype), rnorm)
         return finish(x, codes, rnorm, stats, batched, b.shape, state=state)
 
-    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None, scratch=False, shifted=False,
+    def _run(self, xp, apply_A, apply_M, rhs, x0, max_steps, restart, tol=None, shifted=False,
              inputs=None):
         """``(x, codes, residual norms, stats)`` for the rows of ``rhs`` (all finite); ``tol``: per-row absolute
         tolerances in place of ``max(atol, rtol·||rhs_i||)`` (for callers solving a correction equation);
-        ``scratch``: ``apply_A`` returns a fresh array each call (the CUDA step then uses it as its scratch);
         ``shifted``: the operator is ``v ↦ v − apply_A(v)`` (Arnoldi then runs on ``apply_A`` itself: see
         :mod:`~deqcore.linalg.gmres_kernels`; needs ``apply_M`` None); ``inputs``: a ``(B, n)`` array the
         compiled step (NumPy, no preconditioner) passes to ``apply_A`` in place of the basis vector ``V[:, j]``,
@@ -248,15 +247,13 @@ class GMRES(LinearSolver):
                 break
             active = ~done
             dx, broke, used = self._cycle(xp, apply_B if shifted else apply_A, precondition, r, rnorm, active, tol,
-                                          m, eps, scratch, shifted, kernel, inputs)
+                                          m, eps, shifted, kernel, inputs)
             x_new = x + (dx if precondition is None else precondition(dx))
             r_new = rhs - apply_A(x_new)
             steps += used + 1
             cycles += 1
             new = _norms(xp, r_new)
             if end is not None:
-                if x0 is None and cycles == 1:
-                    rnorm = rnorm.copy()                # (bnorm's array until now)
                 finished = end(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, 1 - eps**0.5,
                                ReturnCode.SUCCESS, ReturnCode.BREAKDOWN, ReturnCode.STALLED, ReturnCode.DIVERGED)
                 continue
@@ -277,7 +274,7 @@ class GMRES(LinearSolver):
         return x, codes, rnorm, {"num_steps": steps, "restarts": max(cycles - 1, 0)}
 
     @staticmethod
-    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, scratch=False, shifted=False, kernel=None,
+    def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, shifted=False, kernel=None,
                inputs=None):
         """One Arnoldi cycle of at most ``m`` steps for the ``active`` samples (``precondition``: None or M;
         ``shifted``: the operator is I − ``apply_A``).
@@ -313,7 +310,7 @@ class GMRES(LinearSolver):
         tol = xp.broadcast_to(tol, (B,)).astype(dtype, copy=True) if tol.shape != (B,) else xp.ascontiguousarray(tol)
         if prepare is not None:
             # the compiled step with the cycle's arrays bound, returning the live count
-            step = prepare(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted, scratch, inputs)
+            step = prepare(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted, inputs)
             for j in range(m):
                 if inputs is not None:
                     w = apply_A(inputs)

@@ -138,12 +138,11 @@ def arnoldi_step_numba_cpu(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor
     return V, R, Q, k, live, broke
 
 
-def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=False, scratch=True, inputs=None):
+def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=False, inputs=None):
     """``step(w, j) -> live count``: :func:`arnoldi_step_numba_cpu` with a cycle's arrays bound once, returning
     the number of samples still iterating (the cycle's host check, with no array method call). ``w`` is only
-    read, never copied unless it is strided (``scratch`` is accepted for callers that say their ``w`` is a
-    temporary: it changes nothing). ``inputs``: a ``(B, n)`` array the step also writes each live sample's new
-    basis vector into (the operator's next input, contiguous; other rows left as they are)."""
+    read, never copied unless it is strided. ``inputs``: a ``(B, n)`` array the step also writes each live
+    sample's new basis vector into (the operator's next input, contiguous; other rows left as they are)."""
     loop, tiny, shifted, shares = _arnoldi_loop, float(tiny_factor), bool(shifted), np.may_share_memory
     if inputs is None:
         inputs = np.empty((0, V.shape[2]), dtype=V.dtype)

@@ -202,15 +202,14 @@ class DeepEquilibriumNetwork(Layer):
     def _f_rows(self, params, state):
         """(z, x) ↦ f((z, x)) on any rows of a batch (the compacted solve passes x per sample): through the layers'
         checked calls the first time, bound to the parameters after it (see :meth:`_f`)."""
-        checked, bound = self._checked_f(params, state), self.model.bind(params["model"], state["model"])
-        verified = False
+        checked, bound = self._checked_f(params, state), None
 
         def f(z, x):
-            nonlocal verified
-            if verified:
+            nonlocal bound
+            if bound is not None:
                 return bound((z, x))
             out = checked(z, x)
-            verified = True
+            bound = self.model.bind(params["model"], state["model"])     # (bound once f is called again)
             return out
 
         return f
@@ -458,10 +457,10 @@ class DeepEquilibriumNetwork(Layer):
         dpm = None if dparams is None else dparams.get("model")
         zeros_z = get_namespace(z).zeros_like(z)
         zeros_x = tree_map(lambda a: a * 0, x)
-        rhs = model.jvp((z, x), pm, sm, (zeros_z, dx), dpm)[1]
+        _, tangent = model.linearize((z, x), pm, sm)            # ∂f at (z*, x), set up once for GMRES
+        rhs = tangent((zeros_z, dx)) if dpm is None else model.jvp((z, x), pm, sm, (zeros_z, dx), dpm)[1]
         shape = z.shape
         n = int(np.prod(shape[1:]))
-        _, tangent = model.linearize((z, x), pm, sm)            # ∂f/∂z at z*, set up once for the GMRES steps
 
         def matvec(v):
             return v - tangent((v.reshape(shape), zeros_x)).reshape(shape[0], -1)

@@ -113,12 +113,8 @@ class Chain(Layer):
                 dy, dparams[name] = pb(dy)
             return dy, {name: dparams[name] for name in self.names}
 
-        inner = [input_pullback(pb) for pb in pullbacks[1:]]
-
         def input_only(dy, wanted=None):
-            for pb in reversed(inner):
-                dy = pb(dy)
-            return input_pullback(pullbacks[0], wanted)(dy)
+            return input_fn(wanted)(dy)
 
         def partial(dy, wanted):
             dparams = {}
@@ -331,7 +327,7 @@ class Parallel(Layer):
             if count == 2 and routed:
                 t1, t2 = tangents
                 return y, lambda dx: t1(dx[0]) + t2(dx[1])
-            return y, lambda dx: _add_all(dys(dx))
+            return y, lambda dx: _sum_cotangents(list(dys(dx)))
         return y, lambda dx: connection.jvp(ys, dys(dx))[1]
 
     def vjp(self, x, params, state):
@@ -353,10 +349,7 @@ class Parallel(Layer):
             return (tuple(dxs) if routed else _sum_cotangents(dxs)), dparams
 
         def input_only(dy, wanted=None):
-            if routed:
-                return tuple(input_pullback(pb)(d) if wanted is None or wanted[i] else None
-                             for i, (pb, d) in enumerate(zip(pullbacks, split(dy))))
-            return _sum_cotangents([input_pullback(pb, wanted)(d) for pb, d in zip(pullbacks, split(dy))])
+            return input_fn(wanted)(dy)
 
         def partial(dy, wanted):
             if routed and not isinstance(wanted, (tuple, list)):
@@ -396,10 +389,6 @@ class Parallel(Layer):
         if self.connection is None:
             return ys, dys
         return self.connection.jvp(ys, dys)
-
-
-def _add_all(parts):
-    return sum(parts[1:], parts[0])
 
 
 def _identity_partial(dy, wanted):

@@ -107,7 +107,7 @@ class WeightedLayer(Layer):
         return self.activation.apply(self._contract(ctx, w), self._bias_of(params), self.bias_axis), state
 
     def bind(self, params, state):
-        w, _ = self._scheme.weight(params, state)          # the weight normalisation once, not per call
+        w, _ = self._scheme.weight_jvp(params, state, None)    # the normalisation once, no state update
         return self._bound(w, self._bias_of(params))
 
     def linearize(self, x, params, state):

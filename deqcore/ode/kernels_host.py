@@ -173,8 +173,6 @@ def _pivot_checks(lu, piv, eps):
     return not (lo > eps * hi), negative % 2 == 0
 
 
-
-
 def new_factors(n, dtype):
     """Work arrays ``(lu, piv)`` for :func:`factor_shifted` (``lu`` in Fortran order: LAPACK factors it in
     place; ``piv`` receives LAPACK's 1-based pivots)."""

@@ -558,7 +558,7 @@ class RadauStepper(OneSystemJacobian):
             W += dW
             Z = T @ W
             if faccon * dyno <= (tol if k < k_max else tol_fail):
-                self._stage_try = (y_i, F[2].copy()) if dyno <= tol_fail else None
+                self._stage_try = (y_i, F[2]) if dyno <= tol_fail else None
                 return True, Z, k, theta, None, faccon
         return False, Z, k_max, theta, 0.5 * abs(h), faccon
 
@@ -592,7 +592,7 @@ class RadauStepper(OneSystemJacobian):
             if status != BAD_F:
                 self.stats["nlinsolve"] += 2
             if status == CONVERGED:
-                self._stage_try = (Y_prev[2], F[2].copy()) if rate[0] <= tol_fail else None
+                self._stage_try = (Y_prev[2], F[2]) if rate[0] <= tol_fail else None
                 return True, Z, k, rate[2], None, rate[3]
             if status != 0:
                 return False, Z, k, rate[2], factor * abs(h), rate[3]

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,11 @@ from .base import IterateState, RootSolver
 
 __all__ = ["FixedPointIteration", "Anderson", "AndersonState"]
 
-_LIMITS: dict = {}   # dtype -> (eps, √tiny): np.finfo is a slow lookup, paid once per dtype
-
-
-def _limits(dtype):
+@lru_cache(maxsize=None)
+def _limits(dtype) -> tuple:
+    """(eps, √tiny) of ``dtype``: np.finfo is a slow lookup, paid once per dtype."""
     finfo = np.finfo(dtype)
-    _LIMITS[np.dtype(dtype)] = limits = (float(finfo.eps), float(np.sqrt(finfo.tiny)))
-    return limits
+    return float(finfo.eps), float(np.sqrt(finfo.tiny))
 
 
 @dataclass
@@ -133,7 +132,7 @@ class Anderson(RootSolver):
 
     def init(self, problem, y, f) -> AndersonState:
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
-        eps, floor = _LIMITS.get(problem.dtype) or _limits(problem.dtype)
+        eps, floor = _limits(problem.dtype)
         ridge = max(self.ridge, 10 * eps)
         # Only slots below count are read and every row writes slot k at step k, so the rings need no zeroing
         # (a pass over B·m·n elements twice); learned() zeroes the slots not yet written. With compaction a
@@ -178,12 +177,10 @@ class Anderson(RootSolver):
     def fused_loop(self, kernel, state, book, **limits):
         """``loop(evaluate, is_map, y, k, steps, max_steps, stop_live) -> (y, k, steps, live)``: the fused steps in
         one compiled loop calling ``evaluate`` back (``kernel.prepare_loop``, with ``state``'s ring and the
-        driver's ``book`` bound; see :func:`deqcore.root.driver._run_looped`), or None where the kernel has no
-        such loop."""
-        prepare = getattr(kernel, "prepare_loop", None)
-        if prepare is None:
-            return None
-        return prepare(state.f, book, state.G, state.F, state.H, self.beta, state.ridge, state.floor, **limits)
+        driver's ``book`` bound; see :func:`deqcore.root.driver._run_looped`; asked only of kernels that have
+        one)."""
+        return kernel.prepare_loop(state.f, book, state.G, state.F, state.H, self.beta, state.ridge,
+                                   state.floor, **limits)
 
     def learned(self, state) -> dict:
         """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ

@@ -286,7 +286,7 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
              G.dtype.type(beta), float(ridge), float(floor), dtype.type(limit_floor), dtype.type(limit_factor),
              np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64), *cpu_scratch(G.shape[1], batch),
              where)
-    kernel, empty_like, addresses, ndarray = _anderson_loop, np.empty_like, _addresses, np.ndarray
+    kernel, empty_like, addresses, conforming = _anderson_loop, np.empty_like, _addresses, _conforming
     raised = [None]
 
     def run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None):
@@ -298,9 +298,7 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
             try:
                 if request:
                     held[0] = held[1]
-                raw = evaluate(held[0])[0]
-                if type(raw) is not ndarray or raw.dtype != dtype or raw.shape != shape or not raw.flags.c_contiguous:
-                    raw = _conforming(raw, dtype, shape)
+                raw = conforming(evaluate(held[0])[0], dtype, shape)
                 held[2], held[1] = raw, empty_like(held[0])
                 addresses(raw, held[0], held[1], where)
                 return SERVED
@@ -309,10 +307,7 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
                 return RAISED
 
         if start is not None:
-            if (type(start) is not ndarray or start.dtype != dtype or start.shape != shape
-                    or not start.flags.c_contiguous):
-                start = _conforming(start, dtype, shape)
-            held[2] = start
+            held[2] = start = conforming(start, dtype, shape)
             addresses(start, y, held[1], where)
         status, k, steps, stepped, live = run_served(serve, lambda: kernel(
             DISPATCH, bool(is_map), *fixed, k, steps, min(max_steps, 2 ** 62), stop_live, start is not None))
@@ -326,6 +321,8 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
 
 def _conforming(raw, dtype, shape):
     """An evaluation as the compiled loop reads it: a C-contiguous array of the iterate's dtype and shape."""
+    if type(raw) is np.ndarray and raw.dtype == dtype and raw.shape == shape and raw.flags.c_contiguous:
+        return raw
     if getattr(raw, "shape", None) != shape or getattr(raw, "dtype", None) != dtype:
         raise ValueError(f"the problem's evaluation must return an array of shape {shape} and dtype {dtype}, got "
                          f"{getattr(raw, 'shape', type(raw).__name__)} {getattr(raw, 'dtype', '')}")
