@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import deqcore as dq
 from deqcore import nn
 from deqcore.nn.activation_kernels import activation_value_fn, fused_activation
-from deqcore.nn.core import input_pullback
+from deqcore.nn.core import input_pullback, partial_pullback
 
 ACTS = sorted(nn.ACTIVATIONS)
 SCHEMES = [{}, {"weight_norm": True}, {"spectral_norm": True}]
@@ -215,3 +215,95 @@ def test_multiscale_deq_through_bound_f_equals_unbound():
     assert nfe_b == nfe_u
     assert all(np.array_equal(a, b) for a, b in zip(ys_b, ys_u))
     assert np.linalg.norm(dp_b - dp_u) <= 1e-12 * np.linalg.norm(dp_u) and np.array_equal(dx_b, dx_u)
+
+
+def _tree_same(a, b):
+    if isinstance(a, dict):
+        return isinstance(b, dict) and sorted(a) == sorted(b) and all(_tree_same(a[k], b[k]) for k in a)
+    if not hasattr(a, "shape"):                     # (a flag in a layer's state)
+        return a == b
+    return _same(a, b)
+
+
+def _multiscale_map():
+    main = (nn.Parallel(nn.add, nn.Dense(3, 3, "tanh", use_bias=False, weight_norm=True), nn.Dense(3, 3)),
+            nn.Dense(2, 2, "tanh", spectral_norm=True))
+    mapping = [[nn.NoOpLayer() if i == k else nn.Dense((3, 2)[i], (3, 2)[k], "tanh") for k in range(2)]
+               for i in range(2)]
+    return dq.MultiScaleDeepEquilibriumNetwork(main, mapping, None, dq.Anderson(), ((3,), (2,))).model
+
+
+@pytest.mark.parametrize("case", range(len(_layers(2)) + 2),
+                         ids=lambda i: ([c[0] for c in _layers(2)] + ["conv2d", "multiscale map"])[i])
+def test_bound_vjp_equals_the_unbound_vjp(case):
+    """``bind_vjp``'s calls (several per binding) and their pullbacks (full, input-only, partial) equal ``vjp``'s."""
+    width = 5
+    rng = np.random.default_rng(case)
+    cases = _layers(width)
+    if case < len(cases):
+        _, layer, make = cases[case]
+    elif case == len(cases):
+        layer = nn.Chain(nn.Conv2d(2, 3, 3, padding=1, activation="tanh", weight_norm=True), nn.Conv2d(3, 2, 3, padding=1))
+        make = lambda rng, b: rng.standard_normal((b, 2, 4, 4))                 # noqa: E731
+    else:
+        layer = _multiscale_map()
+        make = lambda rng, b: (rng.standard_normal((b, 5)), rng.standard_normal((b, 3)))    # noqa: E731
+    params, state = nn.setup(rng, layer)
+    bound = layer.bind_vjp(params, state)
+    for batch in (1, 7, 7):
+        x = make(rng, batch)
+        y, pullback, new_state = layer.vjp(x, params, state)
+        y_b, pullback_b, new_state_b = bound(x)
+        assert _same(y_b, y) and _tree_same(new_state_b, new_state)
+        dy = tuple(rng.standard_normal(a.shape) for a in y) if isinstance(y, tuple) else rng.standard_normal(y.shape)
+        (dx, dparams), (dx_b, dparams_b) = pullback(dy), pullback_b(dy)
+        assert _same(dx_b, dx) and _tree_same(dparams_b, dparams)
+        assert _same(input_pullback(pullback_b)(dy), input_pullback(pullback)(dy))
+        if isinstance(x, tuple) and case < len(cases):
+            for wanted in ((True, False), (False, True)):
+                assert _same(input_pullback(pullback_b, wanted)(dy), input_pullback(pullback, wanted)(dy))
+                got, want = partial_pullback(pullback_b, wanted)(dy), partial_pullback(pullback, wanted)(dy)
+                assert _same(got[0], want[0]) and _tree_same(got[1], want[1])
+
+
+def _count_weight_norms(monkeypatch):
+    from deqcore.nn import reparam
+
+    calls = []
+    original = reparam.WeightNorm.weight_vjp
+    monkeypatch.setattr(reparam.WeightNorm, "weight_vjp",
+                        lambda self, params, state: calls.append(1) or original(self, params, state))
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["phantom", "fixed depth", "jacobian loss"])
+def test_deq_binds_its_vjp_once_per_chain_of_calls(mode, monkeypatch):
+    """Phantom gradients, the fixed-depth chain and the Jacobian loss's gradient run the model's VJP
+    bound to its parameters (one weight normalisation per chain): the same values and gradients as through the
+    unbound VJP, bit for bit."""
+    width, steps = 4, 6
+    settings_ = dict(atol=1e-9, rtol=1e-9, max_steps=60)
+    if mode == "phantom":
+        settings_["adjoint"] = dq.PhantomGradient(steps=steps)
+    elif mode == "jacobian loss":
+        settings_.update(jacobian_regularization="reverse", jacobian_loss_weight=0.5)
+    build = lambda: dq.DeepEquilibriumNetwork(_deq_f(width, weight_norm=True), dq.Anderson(), **settings_)  # noqa
+    rng = np.random.default_rng(7)
+    bound, unbound = build(), build()
+    model = unbound.model
+    model.bind_vjp = lambda params, state: (lambda x: model.vjp(x, params, state))
+    params, state = nn.setup(rng, bound)
+    params["model"]["layer_1"]["layer_1"]["weight_g"] *= 0.4
+    if mode == "fixed depth":
+        state = dq.models.with_fixed_depth(state, steps)
+    x, dy = rng.standard_normal((3, width)), rng.standard_normal((3, width))
+    outs = []
+    for deq in (unbound, bound):
+        calls = _count_weight_norms(monkeypatch)
+        z, pullback, _ = nn.vjp(deq, x, params, state)
+        dx, dparams = pullback(dy)
+        outs.append((z, dx, nn.ravel(dparams)[0], len(calls)))
+        monkeypatch.undo()
+    (z_u, dx_u, dp_u, calls_u), (z_b, dx_b, dp_b, calls_b) = outs
+    assert np.array_equal(z_b, z_u) and np.array_equal(dx_b, dx_u) and np.array_equal(dp_b, dp_u)
+    assert (calls_u, calls_b) == {"phantom": (1 + steps, 2), "fixed depth": (steps, 1), "jacobian loss": (3, 2)}[mode]

@@ -359,11 +359,17 @@ class DeepEquilibriumNetwork(Layer):
         return y, pullback, new_state
 
     def _theta_vjp(self, x, params, state):
-        """vjp(z) -> (f(z), pullback(v) -> (dz, (dx, dparams_model))) at fixed x and params."""
+        """vjp(z) -> (f(z), pullback(v) -> (dz, (dx, dparams_model))) at fixed x and params: the model's VJP bound
+        to its parameters on the first call (``nn.Layer.bind_vjp``: a weight normalisation once per chain of
+        calls, not once per call)."""
         model, pm, sm = self.model, params["model"], state["model"]
+        bound = None
 
         def vjp(z):
-            fz, pb, _ = model.vjp((z, x), pm, sm)
+            nonlocal bound
+            if bound is None:
+                bound = model.bind_vjp(pm, sm)
+            fz, pb, _ = bound((z, x))
             return fz, lambda v: _split_model_cotangent(pb(v))
 
         return vjp

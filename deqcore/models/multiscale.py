@@ -160,11 +160,20 @@ class MultiScaleMap(Layer):
         return apply
 
     def vjp(self, inputs, params, state):
+        return self._vjp(inputs, {name: (lambda u, layer=layer, p=params[name], s=state[name]: layer.vjp(u, p, s))
+                                  for name, layer in self._units()}, params, state)
+
+    def bind_vjp(self, params, state):
+        vjps = {name: layer.bind_vjp(params[name], state[name]) for name, layer in self._units()}
+        return lambda inputs: self._vjp(inputs, vjps, params, state)
+
+    def _vjp(self, inputs, vjps, params, state):
+        """:meth:`vjp` with ``vjps[name](u) -> (y, pullback, new_state)`` each sub-layer's VJP."""
         z, x = inputs
         pullbacks, new_state = {}, dict(state)
 
         def run(name, layer, u):
-            y, pullbacks[name], new_state[name] = layer.vjp(u, params[name], state[name])
+            y, pullbacks[name], new_state[name] = vjps[name](u)
             return y
 
         out = self._run(run, z, x, params, state)

@@ -59,6 +59,12 @@ def _in(owner, name, fn, *args):
         raise ShapeError(f"{owner}.{name}: {err}") from None
 
 
+def _unbound_vjps(owner, params, state):
+    """Each sub-layer's ``x -> layer.vjp(x, params[name], state[name])`` (a container's unbound VJP)."""
+    return [(lambda x, layer=layer, p=params[name], s=state[name]: layer.vjp(x, p, s))
+            for name, layer in zip(owner.names, owner.layers)]
+
+
 class Chain(Layer):
     """Layers applied one after another; parameters and state under ``layer_1``, ``layer_2``, ...
 
@@ -102,9 +108,17 @@ class Chain(Layer):
         return x, compose(tangents)
 
     def vjp(self, x, params, state):
+        return self._vjp(x, _unbound_vjps(self, params, state))
+
+    def bind_vjp(self, params, state):
+        vjps = [layer.bind_vjp(params[name], state[name]) for name, layer in zip(self.names, self.layers)]
+        return lambda x: self._vjp(x, vjps)
+
+    def _vjp(self, x, vjps):
+        """:meth:`vjp` with ``vjps[i](x) -> (y, pullback, new_state)`` the i-th layer's VJP."""
         pullbacks, new_state = [], {}
-        for name, layer in zip(self.names, self.layers):
-            x, pb, new_state[name] = _in("Chain", name, layer.vjp, x, params[name], state[name])
+        for name, vjp in zip(self.names, vjps):
+            x, pb, new_state[name] = _in("Chain", name, vjp, x)
             pullbacks.append(pb)
 
         def pullback(dy):
@@ -331,10 +345,18 @@ class Parallel(Layer):
         return y, lambda dx: connection.jvp(ys, dys(dx))[1]
 
     def vjp(self, x, params, state):
+        return self._vjp(x, _unbound_vjps(self, params, state))
+
+    def bind_vjp(self, params, state):
+        vjps = [layer.bind_vjp(params[name], state[name]) for name, layer in zip(self.names, self.layers)]
+        return lambda x: self._vjp(x, vjps)
+
+    def _vjp(self, x, vjps):
+        """:meth:`vjp` with ``vjps[i](x) -> (y, pullback, new_state)`` the i-th branch's VJP."""
         xs, routed = self._inputs(x)
         ys, pullbacks, new_state = [], [], {}
-        for name, layer, xi in zip(self.names, self.layers, xs):
-            y, pb, new_state[name] = _in("Parallel", name, layer.vjp, xi, params[name], state[name])
+        for name, vjp, xi in zip(self.names, vjps, xs):
+            y, pb, new_state[name] = _in("Parallel", name, vjp, xi)
             ys.append(y)
             pullbacks.append(pb)
         if self.connection is None:

@@ -129,6 +129,14 @@ class WeightedLayer(Layer):
     def vjp(self, x, params, state):
         ctx = self._prepare(x)
         w, weight_pullback, state = self._scheme.weight_vjp(params, state)
+        return self._vjp_at(ctx, params, w, weight_pullback, state)
+
+    def bind_vjp(self, params, state):
+        w, weight_pullback, new_state = self._scheme.weight_vjp(params, state)     # the normalisation once
+        return lambda x: self._vjp_at(self._prepare(x), params, w, weight_pullback, new_state)
+
+    def _vjp_at(self, ctx, params, w, weight_pullback, state):
+        """:meth:`vjp` at the checked input ``ctx`` and the effective weight ``w`` with its pullback."""
         y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
 
         def pullback(dy):
