@@ -147,12 +147,21 @@ def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=Fa
     if inputs is None:
         inputs = np.empty((0, V.shape[2]), dtype=V.dtype)
 
-    def step(w, j):
-        if not w.flags.c_contiguous or shares(w, V):      # (a w inside the basis, as an identity operator returns)
+        def step(w, j):
+            if not w.flags.c_contiguous or shares(w, V):  # (a w inside the basis, as an identity operator returns)
+                w = np.array(w, order="C", copy=True)
+            return loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted, inputs)
+
+        return step
+
+    def step_from_inputs(w, j):
+        # (the operator was given ``inputs``, never the basis: its output cannot lie inside V; an output that is
+        # ``inputs`` itself is safe too, each row being read whole before the kernel writes it)
+        if not w.flags.c_contiguous:
             w = np.array(w, order="C", copy=True)
         return loop(V, w, R, Q, beta, tol, k, live, broke, j, tiny, shifted, inputs)
 
-    return step
+    return step_from_inputs
 
 
 @numba.njit(cache=CACHE)
