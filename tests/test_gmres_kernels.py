@@ -188,3 +188,38 @@ def test_reused_workspace_across_shapes_and_dtypes_leaves_no_trace(rng):
     again = shifted_solve(apply_B, b)
     for got, want in zip(again[:3], fresh[:3]):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_start_update_and_residual_equal_the_array_code(rng, dtype):
+    """The compiled start of a solve from zero, the cycle's update added to x and the shifted operator's true
+    residual give the array code's values bit for bit (non-finite entries and rows past their Krylov count
+    included)."""
+    from deqcore.linalg import gmres_kernels_numba as kernels
+
+    B, n, m = 6, 7, 4
+    rhs = rng.standard_normal((B, n)).astype(dtype)
+    rnorm = np.sqrt(np.sum(rhs * rhs, axis=-1))
+    rnorm[1] = np.nan
+    tol = np.array([10, 0, 0, 10, 1e-3, 0], dtype=dtype)
+    x, r, done, codes, finished = kernels._run_begin(rhs, rnorm, tol, ReturnCode.SUCCESS, ReturnCode.NOT_RUN)
+    want_done = rnorm <= tol
+    assert np.array_equal(x, np.zeros_like(rhs)) and x.dtype == dtype and np.array_equal(r, rhs)
+    assert np.array_equal(done, want_done) and not finished
+    assert np.array_equal(codes, np.where(want_done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN)))
+    assert codes.dtype == np.int64
+    assert kernels._run_begin(rhs, np.zeros_like(rnorm), tol + 1, 0, 1)[4]          # every row done
+
+    V = rng.standard_normal((B, m + 1, n)).astype(dtype)
+    V[2, 1] = np.inf                                                     # read only where k allows
+    y = rng.standard_normal((B, m)).astype(dtype)
+    k = np.array([0, 1, 1, 4, 3, 2], dtype=np.int64)
+    x0 = rng.standard_normal((B, n)).astype(dtype)
+    got = kernels._cycle_update_add(V, y, k, x0)
+    assert got.dtype == dtype and np.array_equal(got, x0 + kernels._cycle_update(V, y, k))
+
+    u = rng.standard_normal((B, 2 * n)).astype(dtype)[:, ::2]            # a strided operator output
+    u[3, 2] = np.nan
+    got = kernels._shifted_residual(rhs, x0, u)
+    np.testing.assert_array_equal(got, rhs - (x0 - u))
+    assert got.dtype == dtype

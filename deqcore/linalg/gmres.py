@@ -223,23 +223,30 @@ class GMRES(LinearSolver):
         if tol is None:
             tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
         steps = 0
-        if x0 is None:
-            x = xp.zeros(rhs.shape, dtype=dtype)
-            r = rhs.copy()
-            rnorm = bnorm                  # (the same sums: r is rhs)
-        else:
-            x = xp.where((bnorm == 0)[:, None], xp.zeros((), dtype=dtype), x0)
-            r = rhs - apply_A(x)
-            steps += 1
-            rnorm = _norms(xp, r)
-        done = rnorm <= tol
-        codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
         kernel = get_kernel("arnoldi_step", xp)
         end = getattr(kernel, "end", None)   # the compiled bookkeeping after a cycle (NumPy)
+        begin = getattr(kernel, "begin", None) if x0 is None and getattr(tol, "dtype", None) == dtype else None
         if end is not None and getattr(tol, "shape", None) != rhs.shape[:1]:
             tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), rhs.shape[:1])      # (one per sample)
+        if begin is not None:                # (x = 0, r = rhs, done, codes: one compiled pass)
+            rnorm = bnorm
+            x, r, done, codes, finished = begin(rhs, rnorm, tol, ReturnCode.SUCCESS, ReturnCode.NOT_RUN)
+        else:
+            if x0 is None:
+                x = xp.zeros(rhs.shape, dtype=dtype)
+                r = rhs.copy()
+                rnorm = bnorm                  # (the same sums: r is rhs)
+            else:
+                x = xp.where((bnorm == 0)[:, None], xp.zeros((), dtype=dtype), x0)
+                r = rhs - apply_A(x)
+                steps += 1
+                rnorm = _norms(xp, r)
+            done = rnorm <= tol
+            codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
+            finished = bool(done.all())
+        update_add = getattr(kernel, "update_add", None)
+        shifted_residual = getattr(kernel, "shifted_residual", None) if shifted else None
         cycles = 0
-        finished = bool(done.all())
         while not finished:
             m = min(restart, max_steps - steps - 1)
             if m < 1:
@@ -247,9 +254,19 @@ class GMRES(LinearSolver):
                 break
             active = ~done
             dx, broke, used = self._cycle(xp, apply_B if shifted else apply_A, precondition, r, rnorm, active, tol,
-                                          m, eps, shifted, kernel, inputs)
-            x_new = x + (dx if precondition is None else precondition(dx))
-            r_new = rhs - apply_A(x_new)
+                                          m, eps, shifted, kernel, inputs, x if update_add is not None else None)
+            if update_add is not None and precondition is None and m <= MAX_RESTART:
+                x_new = dx                   # (x + dx, summed by the compiled update)
+            else:
+                x_new = x + (dx if precondition is None else precondition(dx))
+            if shifted_residual is not None:
+                u = apply_B(x_new)
+                if getattr(u, "dtype", None) == dtype and u.shape == x_new.shape:
+                    r_new = shifted_residual(rhs, x_new, u)        # rhs − (x_new − u), one pass
+                else:
+                    r_new = rhs - (x_new - u)
+            else:
+                r_new = rhs - apply_A(x_new)
             steps += used + 1
             cycles += 1
             new = _norms(xp, r_new)
@@ -275,12 +292,13 @@ class GMRES(LinearSolver):
 
     @staticmethod
     def _cycle(xp, apply_A, precondition, r, rnorm, active, tol, m, eps, shifted=False, kernel=None,
-               inputs=None):
+               inputs=None, x=None):
         """One Arnoldi cycle of at most ``m`` steps for the ``active`` samples (``precondition``: None or M;
         ``shifted``: the operator is I − ``apply_A``).
 
         Returns the update ``dx`` (before preconditioning; zero for inactive samples), a bool array of
         samples that broke down on a singular Hessenberg matrix, and the number of operator calls used.
+        With ``x`` given (the compiled step, no preconditioner), ``x + dx`` in place of ``dx``.
         """
         B, n = r.shape
         dtype = r.dtype
@@ -329,8 +347,11 @@ class GMRES(LinearSolver):
         # least squares per sample: the upper-triangular k_i x k_i system (gmres_least_squares)
         least_squares = getattr(arnoldi_step, "least_squares", None) or get_kernel("gmres_least_squares", xp)
         y = least_squares(R, Q, beta, k, used)
-        if prepare is not None:
-            dx = arnoldi_step.update(V, y, k)             # the basis vectors each sample wrote, no others
+        if prepare is not None:                           # the basis vectors each sample wrote, no others
+            if x is not None and precondition is None:
+                dx = arnoldi_step.update_add(V, y, k, x)
+            else:
+                dx = arnoldi_step.update(V, y, k)
         else:
             dx = xp.matmul(y[:, None, :], V[:, :used])[:, 0]
         # the compiled step changes rows and columns <= j + 1 of Q at step j; the reference changes whole rows
