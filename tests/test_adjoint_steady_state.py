@@ -308,23 +308,3 @@ def test_default_adjoint_never_writes_into_what_a_pullback_returned():
     for out, values in returned:
         np.testing.assert_array_equal(out, values)
     np.testing.assert_allclose(info.lam, _dense_lambda(W, U, x, z_star, g), rtol=1e-7, atol=1e-9)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("with_bad", [False, True])
-def test_compiled_iteration_start_equals_the_array_code(dtype, with_bad):
-    """The plain iteration's compiled start from λ = 0 (λ, r, ‖r‖, done, slow, going and its count in one pass)
-    gives the array code's values."""
-    from deqcore.adjoint import richardson_kernels_numba as kernels
-
-    rng = np.random.default_rng(5)
-    g = rng.standard_normal((7, 5)).astype(dtype)
-    gnorm = np.sqrt(np.einsum("ij,ij->i", g, g))
-    tol = np.array([0, 10, 0, 1e-3, 10, 0, 0], dtype=dtype)
-    bad = np.array([0, 0, 1, 0, 0, 1, 0], dtype=bool) if with_bad else None
-    lam, r, rnorm, done, slow, going, n_going = kernels._start(g, gnorm, tol, bad)
-    want_done = (gnorm <= tol) | (bad if with_bad else False)
-    assert np.array_equal(lam, np.zeros_like(g)) and lam.dtype == dtype
-    assert np.array_equal(r, g) and r is not g and np.array_equal(rnorm, gnorm) and rnorm is not gnorm
-    assert np.array_equal(done, want_done) and not slow.any() and np.array_equal(going, ~want_done)
-    assert n_going == int(np.count_nonzero(~want_done))

@@ -157,40 +157,7 @@ def _trial(going, lam, r, out):
     return out
 
 
-@numba.njit(cache=CACHE)
-def _start_loop(g, gnorm, tol, bad, lam, r, rnorm, done, slow, going):
-    n_going = 0
-    check_bad = bad.shape[0] > 0
-    for i in range(g.shape[0]):
-        rnorm[i] = gnorm[i]
-        d = gnorm[i] <= tol[i]
-        if check_bad and bad[i]:
-            d = True
-        done[i] = d
-        slow[i] = False
-        going[i] = not d
-        n_going += not d
-        for j in range(g.shape[1]):
-            lam[i, j] = 0
-            r[i, j] = g[i, j]
-    return n_going
-
-
-def _start(g, gnorm, tol, bad):
-    """The iteration's start from λ = 0 in one pass: ``(lam, r, rnorm, done, slow, going, n_going)`` with λ zero,
-    r a copy of g, ``rnorm`` of ``gnorm``, ``done`` where ``gnorm <= tol`` or ``bad`` (None: no bad rows),
-    ``slow`` False, ``going = ~done`` and its count."""
-    B = g.shape[0]
-    lam, r = np.empty_like(g), np.empty_like(g)
-    rnorm = np.empty_like(gnorm)
-    done, slow, going = np.empty(B, dtype=np.bool_), np.empty(B, dtype=np.bool_), np.empty(B, dtype=np.bool_)
-    n_going = _start_loop(g, gnorm, tol, np.empty(0, dtype=np.bool_) if bad is None else bad, lam, r, rnorm, done,
-                          slow, going)
-    return lam, r, rnorm, done, slow, going, n_going
-
-
 richardson_step_numba_cpu.bound = _bound_step
-richardson_step_numba_cpu.start = _start
 richardson_step_numba_cpu.select_rows = _select_rows
 richardson_step_numba_cpu.hand_over = _hand_over
 richardson_step_numba_cpu.take_back = _take_back

@@ -458,14 +458,6 @@ class _Iteration:
             self.inputs = xp.zeros(g.shape, dtype=g.dtype)
         self.trial = None
         self.steps = 0
-        self.counts = np.zeros(2, dtype=np.int64) if xp is np else xp.zeros(2, dtype=np.int64)
-        if x0 is None and self.compiled is not None and gnorm.dtype == g.dtype and tol.dtype == g.dtype:
-            # (λ, r, ‖r‖, the flags and the count in one pass)
-            self.lam, self.r, self.rnorm, self.done, self.slow, self.going, self.n_going = self.compiled.start(
-                g, gnorm, tol, bad)
-            self.first, self.n_slow = 1, 0
-            self.trial = g if self.n_going == g.shape[0] else xp.where(self.going[:, None], g, self.lam)
-            return
         if x0 is None:
             self.lam, self.r, self.rnorm = xp.zeros(g.shape, dtype=g.dtype), g.copy(), gnorm.copy()
         else:
@@ -478,6 +470,7 @@ class _Iteration:
             self.done |= bad
         self.slow = xp.zeros(self.done.shape, dtype=bool)
         self.first = self.steps + 1
+        self.counts = np.zeros(2, dtype=np.int64) if xp is np else xp.zeros(2, dtype=np.int64)
         if x0 is None:                      # λ = 0, r = g: the first trial iterate λ + r is g (read, never written)
             self.going = ~self.done
             self.n_going, self.n_slow = int(xp.count_nonzero(self.going)), 0

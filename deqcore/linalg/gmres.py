@@ -225,27 +225,21 @@ class GMRES(LinearSolver):
         steps = 0
         kernel = get_kernel("arnoldi_step", xp)
         end = getattr(kernel, "end", None)   # the compiled bookkeeping after a cycle (NumPy)
-        begin = getattr(kernel, "begin", None) if x0 is None and getattr(tol, "dtype", None) == dtype else None
+        if x0 is None:
+            x = xp.zeros(rhs.shape, dtype=dtype)
+            r = rhs.copy()
+            rnorm = bnorm                  # (the same sums: r is rhs)
+        else:
+            x = xp.where((bnorm == 0)[:, None], xp.zeros((), dtype=dtype), x0)
+            r = rhs - apply_A(x)
+            steps += 1
+            rnorm = _norms(xp, r)
+        done = rnorm <= tol
+        codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
         if end is not None and getattr(tol, "shape", None) != rhs.shape[:1]:
             tol = xp.broadcast_to(xp.asarray(tol, dtype=dtype), rhs.shape[:1])      # (one per sample)
-        if begin is not None:                # (x = 0, r = rhs, done, codes: one compiled pass)
-            rnorm = bnorm
-            x, r, done, codes, finished = begin(rhs, rnorm, tol, ReturnCode.SUCCESS, ReturnCode.NOT_RUN)
-        else:
-            if x0 is None:
-                x = xp.zeros(rhs.shape, dtype=dtype)
-                r = rhs.copy()
-                rnorm = bnorm                  # (the same sums: r is rhs)
-            else:
-                x = xp.where((bnorm == 0)[:, None], xp.zeros((), dtype=dtype), x0)
-                r = rhs - apply_A(x)
-                steps += 1
-                rnorm = _norms(xp, r)
-            done = rnorm <= tol
-            codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
-            finished = bool(done.all())
-        update_add = getattr(kernel, "update_add", None)
-        shifted_residual = getattr(kernel, "shifted_residual", None) if shifted else None
+        finished = bool(done.all())
+        update_add = getattr(kernel, "update_add", None)       # (x + dx summed by the compiled update)
         cycles = 0
         while not finished:
             m = min(restart, max_steps - steps - 1)
@@ -259,14 +253,7 @@ class GMRES(LinearSolver):
                 x_new = dx                   # (x + dx, summed by the compiled update)
             else:
                 x_new = x + (dx if precondition is None else precondition(dx))
-            if shifted_residual is not None:
-                u = apply_B(x_new)
-                if getattr(u, "dtype", None) == dtype and u.shape == x_new.shape:
-                    r_new = shifted_residual(rhs, x_new, u)        # rhs − (x_new − u), one pass
-                else:
-                    r_new = rhs - (x_new - u)
-            else:
-                r_new = rhs - apply_A(x_new)
+            r_new = rhs - apply_A(x_new)
             steps += used + 1
             cycles += 1
             new = _norms(xp, r_new)

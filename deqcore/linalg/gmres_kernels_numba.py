@@ -165,17 +165,6 @@ def _prepare_arnoldi(V, R, Q, beta, tol, k, live, broke, tiny_factor, shifted=Fa
 
 
 @numba.njit(cache=CACHE)
-def _update_loop(V, y, k, dx):
-    for b in range(V.shape[0]):
-        for e in range(V.shape[2]):
-            dx[b, e] = 0.0
-        for i in range(k[b]):
-            yi = y[b, i]
-            for e in range(V.shape[2]):
-                dx[b, e] += yi * V[b, i, e]
-
-
-@numba.njit(cache=CACHE)
 def _update_add_loop(V, y, k, x, out):
     for b in range(V.shape[0]):
         for e in range(V.shape[2]):
@@ -196,52 +185,12 @@ def _cycle_update_add(V, y, k, x):
     return out
 
 
-@numba.njit(cache=CACHE)
-def _begin_loop(rhs, rnorm, tol, x, r, done, codes, success, not_run):
-    finished = True
-    for b in range(rhs.shape[0]):
-        d = rnorm[b] <= tol[b]
-        done[b] = d
-        codes[b] = success if d else not_run
-        if not d:
-            finished = False
-        for e in range(rhs.shape[1]):
-            x[b, e] = 0.0
-            r[b, e] = rhs[b, e]
-    return finished
-
-
-def _run_begin(rhs, rnorm, tol, success, not_run):
-    """GMRES's start from ``x0 = 0`` in one pass: ``(x, r, done, codes, finished)`` with x zero, r a copy of
-    ``rhs``, ``done = rnorm <= tol`` (per row), ``codes`` SUCCESS where done and NOT_RUN elsewhere (int64), and
-    whether every row is done."""
-    B = rhs.shape[0]
-    x, r = np.empty_like(rhs), np.empty_like(rhs)
-    done, codes = np.empty(B, dtype=np.bool_), np.empty(B, dtype=np.int64)
-    finished = _begin_loop(rhs, rnorm, tol, x, r, done, codes, int(success), int(not_run))
-    return x, r, done, codes, finished
-
-
-@numba.njit(cache=CACHE)
-def _shifted_residual_loop(rhs, v, u, out):
-    for b in range(rhs.shape[0]):
-        for e in range(rhs.shape[1]):
-            out[b, e] = rhs[b, e] - (v[b, e] - u[b, e])
-
-
-def _shifted_residual(rhs, v, u):
-    """``rhs − (v − u)`` (the residual of ``x = v`` for the operator ``I − B`` with ``u = B v``) in one pass, the
-    array code's two roundings; ``u`` of ``rhs``'s dtype and shape."""
-    out = np.empty_like(rhs)
-    _shifted_residual_loop(rhs, v, u if u.flags.c_contiguous else np.ascontiguousarray(u), out)
-    return out
-
-
 def _cycle_update(V, y, k):
     """The cycle's update ``dx_b = Σ_{i<k_b} y_bi V_bi``: reads only the basis vectors the sample's steps wrote
     (so the prepared step's workspace needs no zeroing between cycles: stale rows past ``k_b`` are never read)."""
     dx = np.empty((V.shape[0], V.shape[2]), dtype=V.dtype)
-    _update_loop(V, y, k, dx)
+    # (0 + s is s bit for bit: the sums start at +0 and so never end at −0)
+    _update_add_loop(V, y, k, np.zeros_like(dx), dx)
     return dx
 
 
@@ -334,8 +283,6 @@ arnoldi_step_numba_cpu.update = _cycle_update
 arnoldi_step_numba_cpu.start = _cycle_start
 arnoldi_step_numba_cpu.end = _cycle_end
 arnoldi_step_numba_cpu.update_add = _cycle_update_add
-arnoldi_step_numba_cpu.begin = _run_begin
-arnoldi_step_numba_cpu.shifted_residual = _shifted_residual
 
 
 @numba.njit(cache=CACHE)
