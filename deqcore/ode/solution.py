@@ -159,9 +159,11 @@ def interpolate(step: StepRecord, t: float, tableau: ButcherTableau | None = Non
 
 
 def hermite(step: StepRecord, theta: float):
-    """Cubic Hermite interpolation from both ends' states and derivatives."""
+    """Cubic Hermite interpolation from both ends' states and derivatives (weights as Python floats, so a
+    float32 state stays float32)."""
+    theta, h = float(theta), float(step.h)
     h00 = (1.0 + 2.0 * theta) * (1.0 - theta) ** 2
     h10 = theta * (1.0 - theta) ** 2
     h01 = theta * theta * (3.0 - 2.0 * theta)
     h11 = theta * theta * (theta - 1.0)
-    return h00 * step.y0 + h01 * step.y1 + (step.h * h10) * step.f0 + (step.h * h11) * step.f1
+    return h00 * step.y0 + h01 * step.y1 + (h * h10) * step.f0 + (h * h11) * step.f1
