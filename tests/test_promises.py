@@ -269,3 +269,14 @@ def test_newton_krylov_solves_a_float32_problem_in_float32(mode):
     sol = solve(fn, np.zeros(3, np.float32), dq.NewtonRaphson(linear_solver=dq.GMRES()), atol=1e-6, rtol=0.0)
     assert sol.value.dtype == np.float32
     np.testing.assert_allclose(sol.value, 0.4501836, atol=1e-5)          # y = cos(y)/2
+
+
+@pytest.mark.xfail(strict=True, reason="a 0-d y0: Radau's compiled loop fails inside its f callback (TypeError "
+                                       "'numpy.float64' object does not support item assignment, "
+                                       "radau_loop.serve); BDF returns a NumPy scalar, not a 0-d array")
+@pytest.mark.parametrize("solver", [dq.Radau(), dq.BDF()], ids=["radau", "bdf"])
+def test_stiff_solvers_take_a_scalar_state(solver):
+    # dq.Tsit5, dq.VCABM3 and dq.Rodas5P take y0 of shape () and return a 0-d array; y' = 1 − y, y(0) = 0
+    sol = dq.integrate(lambda t, y: 1.0 - y, np.array(0.0), (0.0, 1.0), solver, atol=1e-10, rtol=1e-10)
+    assert isinstance(sol.value, np.ndarray) and sol.value.shape == ()
+    np.testing.assert_allclose(sol.value, 1.0 - np.exp(-1.0), rtol=1e-8)
