@@ -280,3 +280,40 @@ def test_stiff_solvers_take_a_scalar_state(solver):
     sol = dq.integrate(lambda t, y: 1.0 - y, np.array(0.0), (0.0, 1.0), solver, atol=1e-10, rtol=1e-10)
     assert isinstance(sol.value, np.ndarray) and sol.value.shape == ()
     np.testing.assert_allclose(sol.value, 1.0 - np.exp(-1.0), rtol=1e-8)
+
+
+# ---------------------------------------------------------------- steady_state: SUCCESS means the test passed
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2 ** 16), dtype=st.sampled_from([np.float32, np.float64]),
+       rtol=st.sampled_from([0.0, 1e-6, 1e-3]), solver=st.sampled_from(["vcabm3", "tsit5", "rodas5p"]))
+def test_steady_state_success_means_the_returned_state_passes_the_stopping_test(seed, dtype, rtol, solver):
+    # du/dt = A u + b per sample (A stable), the caller's test max|f(u)| <= atol + rtol·max|f(u0)| recomputed
+    # from the returned state in float64, against the dense solve's steady state
+    rng = np.random.default_rng(seed)
+    B, n = 3, 4
+    A = -np.eye(n) * rng.uniform(0.5, 3.0) + 0.2 * rng.standard_normal((n, n))
+    b = rng.standard_normal((B, n))
+    A32, b32 = A.astype(dtype), b.astype(dtype)
+    atol = 1e-4 if dtype == np.float32 else 1e-9
+    method = {"vcabm3": dq.VCABM3(), "tsit5": dq.Tsit5(), "rodas5p": dq.Rodas5P()}[solver]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)        # rtol below 100 eps is raised for the step control
+        sol = dq.steady_state(lambda t, u: u @ A32.T + b32, np.zeros((B, n), dtype), method, atol=atol,
+                              rtol=rtol, batched=True, max_steps=5000, throw=False)
+    assert sol.value.dtype == dtype
+    f_u = np.abs(sol.value @ A32.T + b32).max(axis=1)         # rhs in the problem's dtype, as the solver saw it
+    threshold = atol + rtol * np.abs(b32).max(axis=1)         # u0 = 0: f(u0) = b
+    ok = np.asarray(sol.success)
+    assert ok.all()                                           # a stable linear system has its steady state
+    assert (f_u[ok] <= threshold[ok] * (1 + 1e-6)).all()
+    np.testing.assert_array_equal(np.asarray(sol.residual), f_u)
+    exact = np.linalg.solve(A, -b.T).T
+    # |u − u*| <= ‖A⁻¹‖ max|f(u)| (+ the rounding of A and b in float32)
+    bound = np.linalg.norm(np.linalg.inv(A), np.inf) * threshold + (1e-5 if dtype == np.float32 else 1e-12)
+    assert (np.abs(sol.value - exact).max(axis=1) <= bound * 1.01).all()
