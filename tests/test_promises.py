@@ -87,6 +87,16 @@ def test_steady_state_rtol_zero_is_the_absolute_test_in_float32(solver, batched)
     assert np.abs(rhs(0.0, sol.value)).max() <= 1e-5          # the returned value passes the test
 
 
+def test_dense_output_refuses_non_numeric_times_and_takes_an_empty_array():
+    sol = dq.integrate(lambda t, y: -y, np.ones(2), (1.0, 0.0), atol=1e-10, rtol=1e-10)   # backwards
+    ts = np.array([0.2, 0.8, 0.5])                                                     # unsorted
+    np.testing.assert_allclose(sol(ts)[:, 0], np.exp(1.0 - ts), rtol=1e-8)           # y(1) = 1
+    assert sol(np.array([])).shape == (0, 2) and sol(np.array([])).dtype == np.float64
+    for bad in ("0.5", True, np.array([0.5, 0.2]).astype(complex)):
+        with pytest.raises(TypeError, match="t must be a real time"):
+            sol(bad)
+
+
 # ------------------------------------------------------------------------------------------------ ODE adjoints
 
 K = np.array([0.5, 1.5])

@@ -94,9 +94,14 @@ class ODESolution:
     def __call__(self, t):
         """Dense output at a time or a 1-D array of times inside the integrated span (stacked on axis 0)."""
         scalar = np.ndim(t) == 0
-        times = np.atleast_1d(np.asarray(t, dtype=float))
+        raw = np.asarray(t.get() if hasattr(t, "get") else t)
+        if raw.dtype.kind not in "iuf":       # (a string or a bool would convert to a time silently)
+            raise TypeError(f"t must be a real time or a 1-D array of real times, got dtype {raw.dtype}")
+        times = np.atleast_1d(raw.astype(float))
         if times.ndim != 1 or not np.all(np.isfinite(times)):
             raise ValueError("t must be a finite time or a 1-D array of finite times")
+        if times.size == 0:
+            return self._stack([self._y0])[:0]
         t0, t_fin = self.problem.t0, self.t_final
         lo, hi = min(t0, t_fin), max(t0, t_fin)
         if np.any((times < lo) | (times > hi)):
