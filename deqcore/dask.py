@@ -170,8 +170,9 @@ def _check_options(kind, options):
     solver = options["solver"]
     ode = kind in ("steady_state", "integrate")
     if solver is not None and not isinstance(solver, ODEMethod if ode else RootSolver):
-        raise TypeError(f"solver must be {'an ODE method (dq.Tsit5(), dq.VCABM3(), dq.Rodas5P(), ...)' if ode else 'a deqcore root solver (dq.Anderson(), dq.Broyden(), ...)'} "
-                        f"or None, got {type(solver).__name__}")
+        wanted = ("an ODE method (dq.Tsit5(), dq.VCABM3(), dq.Rodas5P(), ...)" if ode
+                  else "a deqcore root solver (dq.Anderson(), dq.Broyden(), ...)")
+        raise TypeError(f"solver must be {wanted} or None, got {type(solver).__name__}")
 
 
 def _lazy(kind, fn, y0, args, options, chunk_size):
