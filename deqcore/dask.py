@@ -164,7 +164,7 @@ def _check_options(kind, options):
     from .root import RootSolver
 
     check_tolerance(options["rtol"], "rtol")
-    if np.ndim(options["atol"]) == 0:
+    if kind != "integrate" or np.ndim(options["atol"]) == 0:     # (integrate: one atol per component of a row)
         check_tolerance(options["atol"], "atol")
     check_positive_int(options["max_steps"], "max_steps")
     solver = options["solver"]

@@ -216,6 +216,7 @@ def test_jax_eager_failure_raises_solve_error(engine):
 @pytest.mark.parametrize("call, match, error", [
     (lambda dqd: dqd.fixed_point(np.cos, np.zeros((4, 2)), atol=-1.0), "atol", ValueError),
     (lambda dqd: dqd.fixed_point(np.cos, np.zeros((4, 2)), rtol=float("nan")), "rtol", ValueError),
+    (lambda dqd: dqd.steady_state(np.cos, np.zeros((4, 2)), atol=np.ones(2)), "atol", TypeError),
     (lambda dqd: dqd.root_find(np.cos, np.zeros((4, 2)), max_steps=0), "max_steps", ValueError),
     (lambda dqd: dqd.fixed_point(np.cos, np.zeros((4, 2)), solver=dq.Tsit5()), "solver", TypeError),
     (lambda dqd: dqd.steady_state(np.cos, np.zeros((4, 2)), solver=dq.Anderson()), "solver", TypeError),
@@ -223,7 +224,7 @@ def test_jax_eager_failure_raises_solve_error(engine):
     (lambda dqd: dqd.fixed_point(np.cos, np.zeros(4)), "y0", ValueError),
     (lambda dqd: dqd.integrate(lambda t, y: -y, np.ones((4, 2)), (0.0, np.inf)), "t_span", ValueError),
     (lambda dqd: dqd.integrate(lambda t, y: -y, np.ones((4, 2)), ("a", "b")), "t_span", ValueError),
-], ids=["atol", "rtol", "max_steps", "ode-solver-for-fixed-point", "root-solver-for-ode", "empty", "1-d",
+], ids=["atol", "rtol", "atol-array-for-steady-state", "max_steps", "ode-solver-for-fixed-point", "root-solver-for-ode", "empty", "1-d",
         "inf-span", "str-span"])
 def test_dask_refuses_bad_arguments_when_the_lazy_solve_is_built(call, match, error):
     dqd = pytest.importorskip("deqcore.dask")
