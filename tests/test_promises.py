@@ -198,6 +198,29 @@ def test_torch_adapter_on_non_contiguous_tensors_gives_the_exact_implicit_gradie
         torch.testing.assert_close(zi, cell(zi[None], x[i:i + 1].detach())[0], rtol=0, atol=1e-11)
 
 
+def test_torch_adapter_names_an_empty_batch_and_a_non_finite_start():
+    torch = pytest.importorskip("torch")
+    from deqcore.interop import torch as dqt
+
+    layer = dqt.DEQ(dqt.example_cell(3, 2))
+    with pytest.raises(ValueError, match="x must have at least one sample"):
+        layer(torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64))
+    for bad in (float("nan"), float("inf")):
+        z0 = torch.zeros(2, 3, dtype=torch.float64)
+        z0[1, 0] = bad
+        with pytest.raises(ValueError, match="z0 must be a non-empty tensor of finite numbers"):
+            layer(torch.ones(2, 2, dtype=torch.float64), z0)
+
+
+def test_jax_adapter_names_an_empty_start():
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from deqcore.interop import jax as dqj
+
+    with pytest.raises(ValueError, match="z0 must have at least one element"):
+        dqj.fixed_point(lambda z, a: 0.5 * z + a, jnp.zeros(0), jnp.ones(0))
+
+
 @pytest.mark.parametrize("engine", ["xla", "host"])
 def test_jax_eager_failure_raises_solve_error(engine):
     # README: "A failed solve raises dq.SolveError (under jit, a JaxRuntimeError carrying its message)"

@@ -156,6 +156,8 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
         raise TypeError(f"z0 must be a JAX or NumPy array, got {type(z0).__name__}")
     z0 = jnp.asarray(z0)
     check_dtype(str(z0.dtype), "z0")
+    if z0.size == 0:
+        raise ValueError(f"z0 must have at least one element, got shape {z0.shape}")
     out = jax.eval_shape(f, z0, args)
     if not hasattr(out, "shape") or out.shape != z0.shape:
         got = getattr(out, "shape", type(out).__name__)
