@@ -96,6 +96,9 @@ def test_dense_output_refuses_non_numeric_times_and_takes_an_empty_array():
     for bad in ("0.5", True, np.array([0.5, 0.2]).astype(complex)):
         with pytest.raises(TypeError, match="t must be a real time"):
             sol(bad)
+    for bad in (["0.5"], [False, True]):
+        with pytest.raises(TypeError, match="saveat must hold real times"):
+            dq.integrate(lambda t, y: -y, np.ones(2), (0.0, 1.0), saveat=bad)
 
 
 # ------------------------------------------------------------------------------------------------ ODE adjoints

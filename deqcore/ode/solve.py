@@ -95,7 +95,10 @@ def _check_time(value, name):
 def _check_saveat(saveat, t0, t1):
     if saveat is None:
         return None
-    times = np.asarray(to_host(saveat) if hasattr(saveat, "shape") else saveat, dtype=float)
+    raw = np.asarray(to_host(saveat) if hasattr(saveat, "shape") else saveat)
+    if raw.dtype.kind not in "iuf":       # (strings and bools would convert to times silently)
+        raise TypeError(f"saveat must hold real times, got dtype {raw.dtype}")
+    times = raw.astype(float)
     if times.ndim != 1 or times.size == 0 or not np.all(np.isfinite(times)):
         raise ValueError("saveat must be a non-empty 1-D sequence of finite times")
     direction = 1.0 if t1 > t0 else -1.0
