@@ -156,15 +156,40 @@ def _check_rows(name, value, lo, hi):
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
+def _check_options(kind, options):
+    """The solve's options checked here, before anything runs (a bad one would otherwise surface on a worker
+    at compute time)."""
+    from ._checks import check_positive_int, check_tolerance
+    from .ode.base import ODEMethod
+    from .root import RootSolver
+
+    check_tolerance(options["rtol"], "rtol")
+    if kind != "integrate" or np.ndim(options["atol"]) == 0:     # (integrate: one atol per component of a row)
+        check_tolerance(options["atol"], "atol")
+    check_positive_int(options["max_steps"], "max_steps")
+    solver = options["solver"]
+    ode = kind in ("steady_state", "integrate")
+    if solver is not None and not isinstance(solver, ODEMethod if ode else RootSolver):
+        wanted = ("an ODE method (dq.Tsit5(), dq.VCABM3(), dq.Rodas5P(), ...)" if ode
+                  else "a deqcore root solver (dq.Anderson(), dq.Broyden(), ...)")
+        raise TypeError(f"solver must be {wanted} or None, got {type(solver).__name__}")
+
+
 def _lazy(kind, fn, y0, args, options, chunk_size):
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if chunk_size is not None:
         _check_rows("chunk_size", chunk_size, 1, 2 ** 62)
+    _check_options(kind, options)
     _check_picklable(fn, "fn")
     y0 = _as_dask_batch(y0, chunk_size)
     if y0.dtype not in (np.float32, np.float64):
         raise TypeError(f"y0 has dtype {y0.dtype}; deqcore solves in float32 or float64")
+    if y0.shape[0] == 0:
+        raise ValueError(f"y0 must hold at least one sample, got shape {y0.shape}")
+    if kind in ("fixed_point", "root_find") and y0.ndim < 2:
+        raise ValueError(f"y0 must have shape (batch, n, ...): one system per row, got shape {y0.shape} (for "
+                         "scalar systems add an axis: y0[:, None])")
     per_sample, shared, slots = _split_args(args, y0)
     y_blocks = y0.to_delayed().ravel()
     arg_blocks = [a.to_delayed().ravel() for a in per_sample]
@@ -247,8 +272,7 @@ def integrate(rhs, y0, t_span, solver=None, *, args=(), atol=1e-6, rtol=1e-3, ma
     of each dask array in ``args``. ``residual`` is None. Rows are integrated one after another inside a chunk:
     for many small systems prefer :func:`steady_state` (batched) where it applies.
     """
-    if not isinstance(t_span, (tuple, list)) or len(t_span) != 2:
-        raise ValueError(f"t_span must be a pair (t0, t1), got {t_span!r}")
-    options = dict(t_span=(float(t_span[0]), float(t_span[1])), solver=solver, atol=atol, rtol=rtol,
-                   max_steps=max_steps)
+    from .ode.solve import _check_span
+
+    options = dict(t_span=_check_span(t_span), solver=solver, atol=atol, rtol=rtol, max_steps=max_steps)
     return _lazy("integrate", rhs, y0, args, options, chunk_size)

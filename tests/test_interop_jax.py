@@ -183,7 +183,7 @@ def test_bad_inputs(problem):
 
 def test_failed_solve_raises_or_returns_best_iterate(problem):
     a, _, z0 = problem
-    with pytest.raises((dq.SolveError, jax.errors.JaxRuntimeError), match="SolveError.*max_steps"):
+    with pytest.raises(dq.SolveError, match="max_steps"):        # eagerly the SolveError itself (README)
         dqj.fixed_point(cell, z0, a, solver=dq.FixedPointIteration(), atol=1e-15, rtol=0.0, max_steps=2)
     z = dqj.fixed_point(cell, z0, a, solver=dq.FixedPointIteration(), atol=1e-15, rtol=0.0, max_steps=2,
                         throw=False)

@@ -39,6 +39,7 @@ from ..backend import check_finite, check_float_array, get_namespace
 from ..ode import Tsit5, integrate
 from ..ode.base import ODEMethod
 from ..ode.solution import ODESolution, interpolate
+from ..ode.tableaus import ButcherTableau
 
 __all__ = ["GaussAdjoint", "BacksolveAdjoint", "DiscreteAdjoint", "ode_gradients"]
 
@@ -98,11 +99,12 @@ class GaussAdjoint:
         for step in back.steps:
             # dL/dθ = ∫_{t0}^{t1} λᵀ ∂f/∂θ dt; the adjoint runs from t1 to t0, so each of its steps adds its
             # piece of the integral with the weight −h (signed: the span may run either way)
-            length = -step.h
-            for node, weight in zip(nodes, weights):
-                t = step.t + node * step.h
+            # (Python floats: NumPy's float64 scalars would promote a float32 problem's gradients)
+            h = float(step.h)
+            for node, weight in zip(nodes.tolist(), weights.tolist()):
+                t = float(step.t) + node * h
                 contribution = vjp(t, solution(t), args)[1](interpolate(step, t, back._tableau))[1]
-                dargs = tree_add(dargs, tree_map(lambda g: (weight * length) * g, contribution))
+                dargs = tree_add(dargs, tree_map(lambda g: (-weight * h) * g, contribution))
         return back.y_final, dargs
 
 
@@ -149,7 +151,11 @@ class BacksolveAdjoint:
                                   [-xp.reshape(leaf, (-1,)) for leaf in tree_leaves(dargs)])
 
         z1 = xp.concatenate([y1.reshape(-1), dL_dyT.reshape(-1), xp.zeros(sum(sizes), dtype=y1.dtype)])
-        back = integrate(augmented, z1, (p.t1, p.t0), self.solver or Tsit5(), atol=_or(self.atol, p.atol),
+        atol = _or(self.atol, p.atol)
+        if np.ndim(atol):       # the forward's per-component atol for y and λ; its smallest for the parameters
+            flat = np.ravel(atol)
+            atol = np.concatenate([flat, flat, np.full(sum(sizes), flat.min())])
+        back = integrate(augmented, z1, (p.t1, p.t0), self.solver or Tsit5(), atol=atol,
                          rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps, throw=True)
         z0 = back.y_final
         return z0[n:2 * n].reshape(shape), _unravel(z0[2 * n:], template)
@@ -173,7 +179,7 @@ class DiscreteAdjoint:
 
     def gradients(self, vjp: Callable, solution: ODESolution, dL_dyT: Any) -> tuple[Any, Any]:
         tableau = getattr(solution.problem.solver, "tableau", None)
-        if tableau is None:
+        if not isinstance(tableau, ButcherTableau):
             raise TypeError("DiscreteAdjoint needs an explicit Runge–Kutta forward solve (dq.Tsit5()); use "
                             "GaussAdjoint or BacksolveAdjoint for other methods")
         args = solution.problem.args
@@ -181,15 +187,16 @@ class DiscreteAdjoint:
         # stages that feed nothing (the FSAL stage f(y1)) need no recomputation
         s = max(i for i in range(tableau.stages) if b[i] != 0.0 or a[:, i].any()) + 1
         ybar, dargs = dL_dyT, None
+        a, b, c = a.tolist(), b.tolist(), c.tolist()     # Python floats: a float32 problem stays float32
         for step in reversed(solution.steps):
-            h = step.h
+            h = float(step.h)
             pullbacks, ks = [], []
             for i in range(s):
                 stage_y = step.y0
                 for j in range(i):
-                    if a[i, j] != 0.0:
-                        stage_y = stage_y + (h * a[i, j]) * ks[j]
-                k, pullback = vjp(step.t + c[i] * h, stage_y, args)
+                    if a[i][j] != 0.0:
+                        stage_y = stage_y + (h * a[i][j]) * ks[j]
+                k, pullback = vjp(float(step.t) + c[i] * h, stage_y, args)
                 ks.append(k)
                 pullbacks.append(pullback)
             kbar = [(h * b[i]) * ybar if b[i] != 0.0 else None for i in range(s)]
@@ -201,8 +208,8 @@ class DiscreteAdjoint:
                 dargs = tree_add(dargs, darg)
                 y0bar = y0bar + stage_bar
                 for j in range(i):
-                    if a[i, j] != 0.0:
-                        contribution = (h * a[i, j]) * stage_bar
+                    if a[i][j] != 0.0:
+                        contribution = (h * a[i][j]) * stage_bar
                         kbar[j] = contribution if kbar[j] is None else kbar[j] + contribution
             ybar = y0bar
         return ybar, dargs
@@ -243,6 +250,8 @@ def ode_gradients(vjp: Callable, solution: ODESolution, dL_dyT: Any,
                         f"got {type(adjoint).__name__}")
     check_float_array(dL_dyT, "dL_dyT")
     check_finite(dL_dyT, "dL_dyT")
+    if dL_dyT.dtype != solution.y_final.dtype:
+        raise TypeError(f"dL_dyT must have the dtype of y0 ({solution.y_final.dtype}), got {dL_dyT.dtype}")
     if tuple(dL_dyT.shape) != tuple(solution.y_final.shape):
         raise ValueError(f"dL_dyT must have the shape of y0 {tuple(solution.y_final.shape)}, got "
                          f"{tuple(dL_dyT.shape)}")

@@ -35,8 +35,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deqcore demo --solvers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
     args = parser.parse_args(argv)
-    if args.atol <= 0:
-        parser.error("--atol must be positive")
+    if not 0 < args.atol < float("inf"):           # (NaN fails too)
+        parser.error("--atol must be a finite positive number")
     f, z0, _, _ = PROBLEMS["deq"](batch=BATCH, width=WIDTH, inputs=WIDTH // 2)
     header = "| solver | converged | f-evaluations | max residual | ms |\n|---|---|---|---|---|"
     print(f"Hard DEQ map, {BATCH} systems x {WIDTH} unknowns, atol {args.atol:g}\n\n{header}")

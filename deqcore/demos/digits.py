@@ -185,8 +185,10 @@ def main(argv=None) -> int:
     for name in ("width", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
-    if not args.lr > 0:
-        parser.error("--lr must be positive")
+    if not 0 < args.lr < float("inf"):             # (NaN fails too)
+        parser.error("--lr must be a finite positive number")
+    if not 0 <= args.seed < 2 ** 32:
+        parser.error("--seed must be an integer in [0, 2**32 - 1]")
     data = load_digits_split(args.seed)
     model = build_classifier(args.width, SOLVERS[args.solver]())
     print(f"DEQ classifier on digits: {len(data[0])} training / {len(data[2])} test images, width {args.width}, "

@@ -103,8 +103,8 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.atol < 0 or args.rtol < 0:
-        parser.error("--atol and --rtol must be >= 0")
+    if not (0 <= args.atol < float("inf") and 0 <= args.rtol < float("inf")):     # (NaN fails too)
+        parser.error("--atol and --rtol must be finite numbers >= 0")
     if args.max_steps < 1:
         parser.error("--max-steps must be a positive integer")
     if args.batch is not None or args.workers is not None or args.scheduler is not None:

@@ -76,6 +76,17 @@ def solve(fn, z0, solver, *, atol, rtol, max_steps, batched, where="the forward 
     return sol
 
 
+#: the last ``dq.SolveError`` raised inside a JAX host callback: JAX wraps it in a ``JaxRuntimeError``, and an eager
+#: call re-raises it as itself (:func:`deqcore.interop.jax.fixed_point`)
+RAISED_IN_CALLBACK: list = []
+
+
+def raise_from_callback(error):
+    """Raise ``error`` (a ``dq.SolveError``) inside a host callback, remembering it for :data:`RAISED_IN_CALLBACK`."""
+    RAISED_IN_CALLBACK[:] = [error]
+    raise error
+
+
 def writable(a):
     """``a``, or a copy when it is a read-only NumPy array (frameworks ignore NumPy's read-only flag)."""
     if isinstance(a, np.ndarray) and not a.flags.writeable:

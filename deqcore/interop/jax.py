@@ -53,7 +53,8 @@ from .._checks import check_callable
 from ..adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
 from ..results import SolveError
 from ..root import RootSolver
-from ._common import check_adjoint, check_dtype, check_options, import_framework, solve
+from ._common import (RAISED_IN_CALLBACK, check_adjoint, check_dtype, check_options, import_framework,
+                      raise_from_callback, solve)
 
 jax = import_framework("jax", "jax")
 jnp = import_framework("jax.numpy", "jax")
@@ -88,9 +89,9 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
         atol, rtol, max_steps: the solve's tolerances and budget.
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
             ``dq.OneStepGradient()``.
-        throw: raise when the solve fails (JAX re-raises the callback's ``dq.SolveError`` as a
-            ``jax.errors.JaxRuntimeError`` carrying its message); False warns once per call site and returns
-            the best iterate.
+        throw: raise ``dq.SolveError`` when the solve fails (under ``jax.jit`` JAX re-raises the callback's
+            ``dq.SolveError`` as a ``jax.errors.JaxRuntimeError`` carrying its message); False warns once per
+            call site and returns the best iterate.
         engine: ``"auto"`` (default: XLA where the solver and adjoint have an XLA version, else host),
             ``"xla"`` or ``"host"`` (see the module docstring); "xla" with a solver or adjoint without an XLA
             version is a ValueError naming it.
@@ -98,7 +99,7 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
     Unmapped, the whole array is one system; under ``jax.vmap`` each mapped sample is one system.
     """
     solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine)
-    return solve(z0, args)
+    return _run(solve, z0, args)
 
 
 def fixed_point_solution(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | None = None, *,
@@ -122,7 +123,23 @@ def fixed_point_solution(f: Callable, z0: Any, args: tuple = (), solver: RootSol
                          "engine='xla' or 'auto' (its codes reach the host path as a RuntimeWarning or, with "
                          "throw=True, a dq.SolveError)")
     solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=True)
-    return solve(z0, args)
+    return _run(solve, z0, args)
+
+
+def _run(solve, z0, args):
+    """``solve(z0, args)``; a failure raised by a host callback while it runs (eagerly, or under a transformation
+    that runs it, such as ``jax.grad`` outside ``jax.jit``) comes out as the ``dq.SolveError`` it is rather than
+    JAX's ``JaxRuntimeError`` around it. Eager calls wait for their result, so the error is raised here."""
+    RAISED_IN_CALLBACK.clear()
+    try:
+        out = solve(z0, args)
+        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(out)):
+            out = jax.block_until_ready(out)
+        return out
+    except jax.errors.JaxRuntimeError as err:
+        if RAISED_IN_CALLBACK and str(RAISED_IN_CALLBACK[0]) in str(err):
+            raise RAISED_IN_CALLBACK.pop() from None
+        raise
 
 
 def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False):
@@ -139,6 +156,8 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
         raise TypeError(f"z0 must be a JAX or NumPy array, got {type(z0).__name__}")
     z0 = jnp.asarray(z0)
     check_dtype(str(z0.dtype), "z0")
+    if z0.size == 0:
+        raise ValueError(f"z0 must have at least one element, got shape {z0.shape}")
     out = jax.eval_shape(f, z0, args)
     if not hasattr(out, "shape") or out.shape != z0.shape:
         got = getattr(out, "shape", type(out).__name__)
@@ -355,7 +374,7 @@ def _host_solve(f, config, core_ndim, z0, args):
                 max_steps=config.max_steps, batched=problem.batched,
                 where="the forward solve of deqcore.interop.jax.fixed_point", warn=not config.throw)
     if config.throw and not bool(np.all(sol.success)):
-        raise SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol)
+        raise_from_callback(SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol))
     return problem.unfold(sol.value, np.asarray(z0).dtype)
 
 

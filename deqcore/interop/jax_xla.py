@@ -477,6 +477,7 @@ def _report(what, throw, codes):
     returns zeros shaped like ``codes``."""
     from ..adjoint._warn import warn_failed
     from ..results import Solution, SolveError
+    from ._common import raise_from_callback
 
     codes = np.asarray(codes)
     flat = codes.reshape(-1)
@@ -484,7 +485,7 @@ def _report(what, throw, codes):
         sol = Solution(value=None, result=flat if flat.size > 1 else ReturnCode(int(flat[0])),
                        batched=flat.size > 1)
         if throw:
-            raise SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol)
+            raise_from_callback(SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol))
         warn_failed(what, flat, _ADVICE[what])
     return np.zeros(codes.shape, np.int32)
 

@@ -194,6 +194,8 @@ class DEQ(torch.nn.Module):
         if self.batched and x.ndim < 2:
             raise ValueError(f"x must have shape (batch, ...) with batched=True; got {tuple(x.shape)} (add a "
                              "batch axis, or pass batched=False)")
+        if x.numel() == 0:
+            raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
         if z0 is None:
             z0 = torch.zeros_like(x, memory_format=torch.contiguous_format)
         else:
@@ -206,6 +208,9 @@ class DEQ(torch.nn.Module):
             if self.batched and (z0.ndim == 0 or z0.shape[0] != x.shape[0]):
                 raise ValueError(f"z0 must have the batch size of x ({x.shape[0]}) on its leading axis; got "
                                  f"shape {tuple(z0.shape)}")
+            if z0.numel() == 0 or not bool(torch.isfinite(z0).all()):
+                raise ValueError(f"z0 must be a non-empty tensor of finite numbers, got shape {tuple(z0.shape)}"
+                                 + ("" if z0.numel() == 0 else " holding NaN or infinity"))
             z0 = z0.detach().clone(memory_format=torch.contiguous_format)   # the solver may write into it
         return _ImplicitFixedPoint.apply(self, x, z0, *self._parameters_of_f())
 

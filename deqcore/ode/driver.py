@@ -219,12 +219,15 @@ class _DeviceRows:
 
 @np.errstate(all="ignore")  # non-finite values are detected and reported as codes, never warned about
 def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *, atol, rtol: float,
-        max_steps: int, dt0, steady: bool = False, record: bool = False) -> LoopResult:
+        max_steps: int, dt0, steady: bool = False, record: bool = False, steady_rtol: float | None = None
+        ) -> LoopResult:
     """Step from ``t0`` towards ``t_end`` (``inf`` for steady states, ``steady=True``).
 
     A steady-state row stops at an accepted state where ``max|f| ≤ atol + rtol·max|f(y0)|`` (the residual
     fell below ``atol`` or by the factor ``rtol`` from its start). ``atol`` may be an array broadcastable to a
     row's elements (per-component error weights; then the reference kernels form the error norms).
+    ``steady_rtol`` (default ``rtol``) is the stopping test's ``rtol`` when it differs from the step control's
+    (which the entry points raise to 100 eps; the stopping test keeps the caller's, 0 included).
     """
     xp, R = ev.xp, ev.num_rows
     tol = (atol, rtol)
@@ -248,7 +251,7 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
     if steady:
         res0 = row_absmax(ev, f0)
         res0 = res0 if cx is xp else to_host(res0)
-        threshold = float(np.max(atol)) + rtol * res0
+        threshold = float(np.max(atol)) + (rtol if steady_rtol is None else steady_rtol) * res0
         active = ~(res0 <= threshold)
         n_active = int(active.sum())
     elif not ev.batched:            # one row on the host: plain Python values

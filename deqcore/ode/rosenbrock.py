@@ -104,10 +104,12 @@ class RosenbrockStepper:
         self._J = self._ft = None
         tab = tableau
         # per stage, as Python floats: which earlier increments enter its argument and its right-hand side
+        # (coefficient arrays in the state's dtype and namespace: float64 coefficients would promote a float32
+        # state to float64 under NumPy's promotion rules)
         self._plan = [(tab.reuses_f0(i), float(tab.c[i]), float(tab.d[i]),
-                       np.asarray(tab.a[i, :i]), [(j, float(tab.C[i, j])) for j in range(i) if tab.C[i, j]])
+                       xp.asarray(tab.a[i, :i], dtype=ev.dtype), [(j, float(tab.C[i, j])) for j in range(i) if tab.C[i, j]])
                       for i in range(tab.stages)]
-        self._m, self._e = np.asarray(tab.m), np.asarray(tab.e)
+        self._m, self._e = xp.asarray(tab.m, dtype=ev.dtype), xp.asarray(tab.e, dtype=ev.dtype)
         # one small dense NumPy system: the step's vector work and the LU in compiled host kernels
         self._host = (xp is np and not ev.batched and isinstance(linear_solver, LU) and sparsity is None
                       and self.n <= HOST_SYSTEM_LIMIT)
@@ -267,7 +269,7 @@ class RosenbrockStepper:
         failed = xp.zeros(R, dtype=bool)
 
         def matvec(v):
-            s = jvp_step(xp, y_rows, v)
+            s = jvp_step(xp, y_rows, v).astype(y_rows.dtype, copy=False)   # (jvp_step may return float64)
             shifted = self._rows(ev(t, (y_rows + s * v).reshape(shape)))
             return inv_rows * v - (shifted - f_rows) / xp.where(s > 0, s, 1.0)
 

@@ -94,9 +94,14 @@ class ODESolution:
     def __call__(self, t):
         """Dense output at a time or a 1-D array of times inside the integrated span (stacked on axis 0)."""
         scalar = np.ndim(t) == 0
-        times = np.atleast_1d(np.asarray(t, dtype=float))
+        raw = np.asarray(t.get() if hasattr(t, "get") else t)
+        if raw.dtype.kind not in "iuf":       # (a string or a bool would convert to a time silently)
+            raise TypeError(f"t must be a real time or a 1-D array of real times, got dtype {raw.dtype}")
+        times = np.atleast_1d(raw.astype(float))
         if times.ndim != 1 or not np.all(np.isfinite(times)):
             raise ValueError("t must be a finite time or a 1-D array of finite times")
+        if times.size == 0:
+            return self._stack([self._y0])[:0]
         t0, t_fin = self.problem.t0, self.t_final
         lo, hi = min(t0, t_fin), max(t0, t_fin)
         if np.any((times < lo) | (times > hi)):
@@ -159,9 +164,11 @@ def interpolate(step: StepRecord, t: float, tableau: ButcherTableau | None = Non
 
 
 def hermite(step: StepRecord, theta: float):
-    """Cubic Hermite interpolation from both ends' states and derivatives."""
+    """Cubic Hermite interpolation from both ends' states and derivatives (weights as Python floats, so a
+    float32 state stays float32)."""
+    theta, h = float(theta), float(step.h)
     h00 = (1.0 + 2.0 * theta) * (1.0 - theta) ** 2
     h10 = theta * (1.0 - theta) ** 2
     h01 = theta * theta * (3.0 - 2.0 * theta)
     h11 = theta * theta * (theta - 1.0)
-    return h00 * step.y0 + h01 * step.y1 + (step.h * h10) * step.f0 + (step.h * h11) * step.f1
+    return h00 * step.y0 + h01 * step.y1 + (h * h10) * step.f0 + (h * h11) * step.f1

@@ -30,7 +30,7 @@ _STATE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _RTOL_MIN = {dt: 100.0 * float(np.finfo(dt).eps) for dt in _STATE_DTYPES}
 
 
-def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False):
+def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False, raised=None):
     check_callable(rhs, "rhs")
     if type(y0) is np.ndarray and y0.dtype in _STATE_DTYPES:    # the common case, checked without dispatch
         xp, dtype = np, y0.dtype
@@ -56,6 +56,8 @@ def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False
     if rtol == 0.0 and (atol == 0.0 if type(atol) is float else bool(np.all(atol == 0.0))):
         raise ValueError("atol and rtol cannot both be 0")
     rtol_min = _RTOL_MIN[dtype]
+    if raised is not None:
+        raised["rtol"] = rtol       # the caller's rtol, before the step control's floor below
     if rtol < rtol_min:
         warnings.warn(f"rtol={rtol!r} is below what {dtype.name} resolves; using rtol = "
                       f"{rtol_min:.3g} (100 eps)", UserWarning, stacklevel=3)
@@ -93,7 +95,10 @@ def _check_time(value, name):
 def _check_saveat(saveat, t0, t1):
     if saveat is None:
         return None
-    times = np.asarray(to_host(saveat) if hasattr(saveat, "shape") else saveat, dtype=float)
+    raw = np.asarray(to_host(saveat) if hasattr(saveat, "shape") else saveat)
+    if raw.dtype.kind not in "iuf":       # (strings and bools would convert to times silently)
+        raise TypeError(f"saveat must hold real times, got dtype {raw.dtype}")
+    times = raw.astype(float)
     if times.ndim != 1 or times.size == 0 or not np.all(np.isfinite(times)):
         raise ValueError("saveat must be a non-empty 1-D sequence of finite times")
     direction = 1.0 if t1 > t0 else -1.0
@@ -239,7 +244,8 @@ def steady_state(rhs: Callable, y0: Any, solver: ODEMethod | None = None, *, arg
     True
     """
     solver = VCABM3() if solver is None else solver
-    xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps)
+    given = {}
+    xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps, raised=given)
     if not isinstance(batched, bool):
         raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
     if batched and (y0.ndim < 1 or y0.shape[0] == 0 or y0.size == 0):
@@ -251,8 +257,10 @@ def steady_state(rhs: Callable, y0: Any, solver: ODEMethod | None = None, *, arg
     y0 = y0.copy()
     ev = Evaluator(xp, rhs, args, batched=batched, autonomous=True, shape=y0.shape, dtype=y0.dtype)
     stepper = solver.stepper(ev, jac)
+    # the stopping test takes the caller's rtol (rtol=0: the absolute test max|f(u)| <= atol); only the step
+    # control needs the floor of 100 eps
     out = run(ev, stepper, y0, 0.0, math.inf, 1.0, atol=atol, rtol=rtol, max_steps=max_steps, dt0=None,
-              steady=True)
+              steady=True, steady_rtol=given["rtol"])
     residual = xp.max(xp.abs(ev.rows(out.f)), axis=1)
     stats = {"nfev": ev.nfev, "num_steps": out.num_steps, "accepted": int(out.accepted.max()),
              "rejected": int(out.rejected.max())}
