@@ -291,9 +291,6 @@ def test_cli_rejects_non_finite_numbers_with_a_usage_error(argv, capsys):
 
 # ---------------------------------------------------------------------------- broken promises fixed elsewhere
 
-@pytest.mark.xfail(strict=True, reason="Newton–Krylov's finite-difference JVP evaluates fn at a float64 point "
-                                       "for a float32 problem (jvp_step returns float64: np.sqrt of a Python "
-                                       "float is a NumPy float64, which promotes), so fn's dtype check fails")
 @pytest.mark.parametrize("mode", ["root_find", "fixed_point"])
 def test_newton_krylov_solves_a_float32_problem_in_float32(mode):
     c = np.float32(0.5)
@@ -355,3 +352,19 @@ def test_steady_state_success_means_the_returned_state_passes_the_stopping_test(
     # |u − u*| <= ‖A⁻¹‖ max|f(u)| (+ the rounding of A and b in float32)
     bound = np.linalg.norm(np.linalg.inv(A), np.inf) * threshold + (1e-5 if dtype == np.float32 else 1e-12)
     assert (np.abs(sol.value - exact).max(axis=1) <= bound * 1.01).all()
+
+
+# ------------------------------------------------------------- integrate: the README's global-error figures
+
+@pytest.mark.parametrize("solver, bound", [(dq.Tsit5(), 2.0), (dq.Rodas5P(), 0.3), (dq.Radau(), 0.35),
+                                           (dq.Rodas3(), 8.0), (dq.VCABM3(), 1000.0), (dq.BDF(), 1000.0)],
+                         ids=["tsit5", "rodas5p", "radau", "rodas3", "vcabm3", "bdf"])
+def test_integrate_global_error_on_the_oscillator_is_what_the_readme_says(solver, bound):
+    # y'' = −y over t ∈ [0, 20] (about three periods), exact solution (cos t, −sin t); the README quotes the
+    # global error over the tolerance per method at tolerances 1e-4 … 1e-8
+    exact = np.array([np.cos(20.0), -np.sin(20.0)])
+    for tol in (1e-4, 1e-6, 1e-8):
+        sol = dq.integrate(lambda t, y: np.array([y[1], -y[0]]), np.array([1.0, 0.0]), (0.0, 20.0), solver,
+                           atol=tol, rtol=tol)
+        assert sol.success
+        assert np.max(np.abs(sol.value - exact)) <= bound * tol, tol

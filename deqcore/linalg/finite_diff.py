@@ -72,7 +72,7 @@ def jvp_step(xp, y_rows, v_rows):
     >>> bool(np.isclose(s[0, 0], np.sqrt(np.finfo(float).eps) * 6.0 / 2.0))
     True
     """
-    eps = np.sqrt(_eps(y_rows.dtype))
+    eps = _eps(y_rows.dtype) ** 0.5            # a Python float: keeps a float32 state float32
     vnorm = xp.sqrt(xp.sum(v_rows * v_rows, axis=-1, keepdims=True))
     ynorm = xp.sqrt(xp.sum(y_rows * y_rows, axis=-1, keepdims=True))
     return xp.where(vnorm > 0, eps * (1.0 + ynorm) / xp.where(vnorm > 0, vnorm, 1.0), 0.0)

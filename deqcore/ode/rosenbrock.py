@@ -269,7 +269,7 @@ class RosenbrockStepper:
         failed = xp.zeros(R, dtype=bool)
 
         def matvec(v):
-            s = jvp_step(xp, y_rows, v).astype(y_rows.dtype, copy=False)   # (jvp_step may return float64)
+            s = jvp_step(xp, y_rows, v)
             shifted = self._rows(ev(t, (y_rows + s * v).reshape(shape)))
             return inv_rows * v - (shifted - f_rows) / xp.where(s > 0, s, 1.0)
 
