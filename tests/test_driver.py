@@ -217,3 +217,29 @@ def test_compiled_anderson_loop_hands_fresh_iterates_and_reraises(rng):
     seen.clear()
     with pytest.raises(Stop, match="from f"):
         dq.fixed_point(failing, np.zeros((4, 5)), dq.Anderson(), atol=0.0, rtol=0.0, batched=True, max_steps=50)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_finiteness_check_matches_numpy(dtype):
+    """The entry points' finiteness test of y0 (one compiled pass over the bit patterns) agrees with
+    ``np.isfinite(...).all()`` on every kind of value: ±0, subnormals, the largest finite, ±inf and NaNs of either
+    sign, in C order, Fortran order and strided views."""
+    from deqcore.root.driver_kernels_numba import all_finite_numba_cpu
+
+    info = np.finfo(dtype)
+    finite = np.array([0.0, -0.0, info.tiny / 4, -info.tiny / 4, info.max, -info.max, 1.0, -3.5], dtype=dtype)
+    specials = np.array([np.inf, -np.inf, np.nan, -np.nan], dtype=dtype)
+    rng = np.random.default_rng(3)
+    cases = [finite.reshape(2, 4), finite[::2], np.asfortranarray(finite.reshape(2, 4)), finite[:0]]
+    for bad in specials:
+        for where in (0, 5, 7):
+            a = finite.copy()
+            a[where] = bad
+            cases += [a.reshape(2, 4), np.asfortranarray(a.reshape(2, 4)), a[where % 2::2]]
+    cases.append(rng.standard_normal((64, 257)).astype(dtype))
+    for a in cases:
+        assert all_finite_numba_cpu(a) == bool(np.isfinite(a).all()), a
+    y0 = finite.reshape(2, 4).copy()
+    y0[1, 3] = -np.inf
+    with pytest.raises(ValueError, match="y0 contains NaN or infinity"):
+        dq.fixed_point(lambda y: 0.5 * y, y0, batched=True)

@@ -73,10 +73,12 @@ def _scatter_state(full, part, rows, batch):
 
 
 def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, check_every=None,
-        compact=True) -> RootLoopResult:
+        compact=True, start=None) -> RootLoopResult:
     """Iterate ``solver`` on ``problem`` from y0 (B, n).
 
-    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``).
+    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``); ``start``:
+    with it, the per-sample test ``problem.tolerance(y0, f0, atol, rtol)`` when the caller formed both at once
+    (:meth:`RootProblem.start`).
     ``patience``: steps without a new lowest residual before a sample is STALLED (default: max_steps // 4,
     within [25, :data:`PATIENCE_CAP`]).
     ``check_every``: steps between the host's "all samples done?" checks, the loop's only device-to-host sync
@@ -97,7 +99,7 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
     if check_every is None:
         check_every = 1 if xp is np else CHECK_EVERY_DEVICE
     f = problem.F(y0) if f0 is None else f0
-    tol, cap, y_limit = problem.tolerance(y0, f, atol, rtol)
+    tol, cap, y_limit = problem.tolerance(y0, f, atol, rtol) if start is None or f0 is None else start
     rtol = float(rtol)
     compact = compact and problem.can_restrict and getattr(solver, "compactable", False)
     fused = _fused_kernel(solver, xp)

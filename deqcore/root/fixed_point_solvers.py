@@ -187,6 +187,7 @@ class Anderson(RootSolver):
         (B, history_size, n), of which the first ``count`` slots are filled (on the CPU, or with ``compact=True``,
         a sample that finished early filled only the slots of the steps it ran; the others are zero)."""
         count = min(state.k, self.history_size)
-        state.G[:, count:] = 0
-        state.F[:, count:] = 0
+        if count < self.history_size:          # (a full ring has no unwritten slots: two empty assignments less)
+            state.G[:, count:] = 0
+            state.F[:, count:] = 0
         return {"anderson_history": (state.G, state.F, count)}

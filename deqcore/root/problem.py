@@ -25,6 +25,7 @@ from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step
 __all__ = ["RootProblem", "flat_problem"]
 
 _TOLERANCE: dict = {}   # namespace -> the start_tolerance kernel (its default choice, looked up once)
+_START: dict = {}       # namespace -> the start_point kernel (likewise)
 _EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}   # np.finfo is a slow lookup
 
 
@@ -122,6 +123,26 @@ class RootProblem:
         if kernel is None:
             kernel = _TOLERANCE[self.xp] = get_kernel("start_tolerance", self.xp)
         return kernel(y0, f0, atol, self.relative_to == "iterate", self.eps)
+
+    def start(self, y0, raw0, atol):
+        """The start point's residual and test from its raw evaluation ``raw0`` (G(y0) when :attr:`has_map`, else
+        F(y0)) in one pass: ``(f0, (tol, cap, y_limit))``, as ``f0 = raw0 − y0`` (or raw0) and
+        :meth:`tolerance` compute them. Counts nothing (``raw0`` was evaluated by the caller).
+
+        >>> import numpy as np
+        >>> problem = RootProblem(lambda y: 0.5 * y - y, np, np.float64, 1, 2, fixed_point_map=lambda y: 0.5 * y,
+        ...                       relative_to="iterate")
+        >>> y0 = np.array([[1.0, -3.0]])
+        >>> f0, (tol, cap, y_limit) = problem.start(y0, 0.5 * y0, 1e-6)
+        >>> f0.tolist(), cap.tolist()
+        ([[-0.5, 1.5]], [3.0])
+        """
+        kernel = _START.get(self.xp) if not os.environ.get("DEQCORE_KERNELS") else None
+        if kernel is None:
+            kernel = _START[self.xp] = get_kernel("start_point", self.xp)
+        f0, tol, cap, y_limit = kernel(y0, raw0, self._map is not None, atol, self.relative_to == "iterate",
+                                       self.eps)
+        return f0, (tol, cap, y_limit)
 
     def F(self, y):
         counts = self.counts
