@@ -55,15 +55,19 @@ def _all_finite(xp):
 
 
 _ALL_FINITE: dict = {}
+_NUMPY_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 
 
 def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact):
     check_callable(fn, "fn")
-    if isinstance(y0, np.generic):
-        raise TypeError(f"y0 must be a NumPy or CuPy array, got the scalar {type(y0).__name__}: pass "
-                        f"np.asarray(y0).reshape(1)")
-    xp = check_float_array(y0, "y0")
-    check_solver_dtype(y0, "y0")
+    if type(y0) is np.ndarray and y0.dtype in _NUMPY_DTYPES:      # the usual case: a float32/float64 NumPy array
+        xp = np
+    else:
+        if isinstance(y0, np.generic):
+            raise TypeError(f"y0 must be a NumPy or CuPy array, got the scalar {type(y0).__name__}: pass "
+                            f"np.asarray(y0).reshape(1)")
+        xp = check_float_array(y0, "y0")
+        check_solver_dtype(y0, "y0")
     if not _all_finite(xp)(y0):
         raise ValueError("y0 contains NaN or infinity")
     if solver is not None and not isinstance(solver, RootSolver):
