@@ -204,7 +204,7 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     only): fn's rows are independent and every element of ``args`` is per-sample (batch on its leading axis), so
     fn can be evaluated on some rows alone, with the matching rows of ``args``.
     """
-    xp = get_namespace(y0)
+    xp = np if type(y0) is np.ndarray else get_namespace(y0)
     shape, dtype, array_type = tuple(y0.shape), y0.dtype, xp.ndarray
     batch = shape[0] if batched else 1
     n = math.prod(shape[1:]) if batched else math.prod(shape)
@@ -213,15 +213,15 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     def unflatten(y2d):
         return y2d.reshape(shape)
 
-    def call(y2d):
-        out = fn(y2d.reshape(shape), *args)
-        if type(out) is not array_type or out.dtype != dtype or out.shape != shape:   # the usual case: 3 reads
-            out = check_returned_array(out, "fn", shape, dtype, array_type)
-        if not out.flags.c_contiguous:
-            out = xp.ascontiguousarray(out)                       # the kernels are compiled for C order
-        return out.reshape(batch, n)
-
-    if shape == (batch, n):                                       # (B, n) already: no reshapes per call
+    if shape != (batch, n):
+        def call(y2d):
+            out = fn(y2d.reshape(shape), *args)
+            if type(out) is not array_type or out.dtype != dtype or out.shape != shape:   # the usual case: 3 reads
+                out = check_returned_array(out, "fn", shape, dtype, array_type)
+            if not out.flags.c_contiguous:
+                out = xp.ascontiguousarray(out)                   # the kernels are compiled for C order
+            return out.reshape(batch, n)
+    else:                                                         # (B, n) already: no reshapes per call
         def call(y2d):
             out = fn(y2d, *args)
             if type(out) is not array_type or out.dtype != dtype or out.shape != shape:
