@@ -189,6 +189,38 @@ def test_compiled_anderson_loop_matches_the_per_step_calls(monkeypatch, compact,
         assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
 
 
+@pytest.mark.parametrize("compact", [False, True])
+def test_compiled_loop_counts_the_entry_points_evaluations(monkeypatch, compact):
+    """Through ``fixed_point`` (whose evaluations the loop neither checks again nor counts one by one) the compiled
+    loop reports the per-step loop's nfev, row evaluations, steps, values and codes."""
+    rng = np.random.default_rng(11)
+    g, _ = _mixed_batch(rng, 16, 5, np.float64)
+    calls = []
+
+    def fn(z, rows):                       # rows: the batch rows evaluated (all of them unless compacted)
+        calls.append(z.shape[0])
+        full = np.zeros((16, 5))
+        full[rows] = z
+        return g(full)[rows]
+
+    def solve():
+        calls.clear()
+        with np.errstate(all="ignore"):
+            sol = dq.fixed_point(fn, np.zeros((16, 5)), dq.Anderson(history_size=3), args=(np.arange(16),),
+                                 atol=1e-8, max_steps=40, batched=True, throw=False, compact=compact)
+        return sol, list(calls)
+
+    sol, calls_loop = solve()
+    with monkeypatch.context() as patch:
+        _without_compiled_loop(patch)
+        ref, calls_ref = solve()
+    assert sol.stats == ref.stats and calls_loop == calls_ref
+    assert sol.stats["nfev"] == len(calls_loop) and sol.stats["row_evaluations"] == sum(calls_loop)
+    assert not compact or min(calls_loop) < 16                            # rows were dropped part-way
+    np.testing.assert_array_equal(sol.result, ref.result)
+    assert np.array_equal(sol.value.view(np.uint8), ref.value.view(np.uint8))
+
+
 def test_compiled_anderson_loop_hands_fresh_iterates_and_reraises(rng):
     """Every evaluation sees a fresh array that later steps leave alone (as the per-step loop passes them); an
     exception raised by f mid-solve comes out unchanged; a solve nested inside f works."""

@@ -226,16 +226,23 @@ def _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact):
     batch = problem.batch
     full, rows, current = None, None, problem
     loop = looped(kernel, state, book, limit_floor=1e-300, limit_factor=DIVERGENCE_FACTOR)
-    state.y, state.k, steps, live = loop(problem.evaluate, problem.has_map, state.y, 0, 0, max_steps,
-                                         int(COMPACT_BELOW * batch) if compact else -1, start=f0)
+    evaluate, is_map = problem.uncounted()          # (the loop's evaluations are counted after each call)
+    state.y, state.k, steps, live = loop(evaluate, is_map, state.y, 0, 0, max_steps,
+                                         int(COMPACT_BELOW * batch) if compact else -1, start=f0,
+                                         conformed=problem.conforming)
+    problem.count(steps)
     while True:
         if compact and steps < max_steps and 0 < live <= COMPACT_BELOW * book[4].shape[0]:
             full, rows, state, book, current = _compact(problem, full, rows, state, book, batch)
             loop = looped(kernel, state, book)
         if not live or steps >= max_steps:
             break
-        state.y, state.k, steps, live = loop(current.evaluate, current.has_map, state.y, state.k, steps, max_steps,
-                                             int(COMPACT_BELOW * book[4].shape[0]) if compact else -1)
+        before = steps
+        evaluate, is_map = current.uncounted()
+        state.y, state.k, steps, live = loop(evaluate, is_map, state.y, state.k, steps, max_steps,
+                                             int(COMPACT_BELOW * book[4].shape[0]) if compact else -1,
+                                             conformed=current.conforming)
+        current.count(steps - before)
     best_y, best_res, codes = book[0], book[1], book[3]
     if full is not None:
         _scatter(full, (best_y, best_res, codes, state), rows, batch)

@@ -62,6 +62,9 @@ class RootProblem:
         self.rows = None                      # the full problem's rows this one evaluates (None: all)
         self.eps = _EPS[self.dtype] if self.dtype in _EPS else float(np.finfo(self.dtype).eps)
         self._fd = None                       # finite-difference Jacobian state (per-column increment factors)
+        #: :meth:`evaluate` returns C-contiguous arrays of the problem's dtype and shape (B, n): set by
+        #: :func:`flat_problem`, whose evaluations check what the user's function returns
+        self.conforming = False
 
     nfev = property(lambda self: self.counts["nfev"], lambda self, v: self.counts.__setitem__("nfev", v))
     njev = property(lambda self: self.counts["njev"], lambda self, v: self.counts.__setitem__("njev", v))
@@ -87,7 +90,7 @@ class RootProblem:
         sub = RootProblem(lambda y: residual(y, rows), self.xp, self.dtype, len(rows), self.n,
                           fixed_point_map=None if row_map is None else (lambda y: row_map(y, rows)),
                           relative_to=self.relative_to, row_residual=residual, row_map=row_map)
-        sub.counts, sub.rows = self.counts, rows
+        sub.counts, sub.rows, sub.conforming = self.counts, rows, self.conforming
         return sub
 
     @property
@@ -159,6 +162,17 @@ class RootProblem:
         if self._map is not None:
             return self._map(y), True
         return self._residual(y), False
+
+    def uncounted(self):
+        """``(evaluate, is_map)``: :meth:`evaluate`'s raw evaluation ``evaluate(y)`` without its counting, for a
+        loop that counts its evaluations itself (:meth:`count`; one Python call less per evaluation)."""
+        return (self._residual, False) if self._map is None else (self._map, True)
+
+    def count(self, evaluations: int):
+        """Add ``evaluations`` calls of F or G on this problem's rows to the counters."""
+        counts = self.counts
+        counts["nfev"] += evaluations
+        counts["row_evaluations"] += evaluations * self.batch
 
     def G(self, y):
         """The fixed-point map; returns (G(y), F(y))."""
@@ -253,4 +267,5 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     else:
         problem = RootProblem(lambda y: call(y) - y, xp, dtype, batch, n, jac=user_jac, fixed_point_map=call,
                               relative_to="iterate", row_residual=row_residual, row_map=row_map)
+    problem.conforming = True        # every evaluation above checks fn's output and makes it C-contiguous (B, n)
     return problem, xp.ascontiguousarray(y0).reshape(batch, n), unflatten

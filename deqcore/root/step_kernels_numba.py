@@ -265,9 +265,11 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
 
 
 def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-300, limit_factor=1e8):
-    """``run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None) -> (y, k, steps, live)``: the
-    driver's passes from the iterate ``y`` (after ``k`` Anderson steps and ``steps`` evaluations) in one compiled
-    call, :func:`_anderson_loop`, which asks Python for ``evaluate(y) -> (out, is_map)`` through the process's
+    """``run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None, conformed=False) -> (y, k, steps,
+    live)``: the driver's passes from the iterate ``y`` (after ``k`` Anderson steps and ``steps`` evaluations) in
+    one compiled call, :func:`_anderson_loop`, which asks Python for the raw evaluation ``evaluate(y) -> out`` (the
+    map's G(y) with ``is_map``, else F(y); uncounted: the caller counts the evaluations from ``steps``; ``conformed``:
+    ``out`` is known to be a C-contiguous array of y's dtype and shape, else it is checked) through the process's
     one callback (``deqcore.ode.loop_callback.DISPATCH``) and reads ``out`` where it lies. ``start``: F(y) at the
     start point, whose bookkeeping (with the limit in ``book`` still +inf) comes first and sets the divergence
     limit from ``limit_floor`` and ``limit_factor``. As in the loop of Python calls, every iterate is a fresh
@@ -287,9 +289,10 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
              np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64), *cpu_scratch(G.shape[1], batch),
              where)
     kernel, empty_like, addresses, conforming = _anderson_loop, np.empty_like, _addresses, _conforming
+    ndarray = np.ndarray
     raised = [None]
 
-    def run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None):
+    def run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None, conformed=False):
         if not y.flags.c_contiguous:
             y = np.ascontiguousarray(y)
         held = [y, empty_like(y), None]     # the iterate, the next one, the evaluation: alive while the loop reads
@@ -298,7 +301,9 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
             try:
                 if request:
                     held[0] = held[1]
-                raw = conforming(evaluate(held[0])[0], dtype, shape)
+                raw = evaluate(held[0])
+                if not conformed or type(raw) is not ndarray:    # (a subclass is read as a plain array)
+                    raw = conforming(raw, dtype, shape)
                 held[2], held[1] = raw, empty_like(held[0])
                 addresses(raw, held[0], held[1], where)
                 return SERVED
