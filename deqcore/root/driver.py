@@ -170,18 +170,21 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
     every step). Same codes, counts and results as the unfused loop; finished rows are no longer stepped."""
     batch = problem.batch
     looped = getattr(solver, "fused_loop", None) if hasattr(kernel, "prepare_loop") else None
-    # (the compiled loop gives y0 to the rows the start did not improve itself: no copy of y0)
-    best_y, best_res = np.empty_like(y0) if looped else y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
+    state = solver.init(problem, y0, f0)
+    state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
+    if looped is not None:
+        # the compiled loop starts the bookkeeping itself (best_res = limit = inf, since_best = 0, codes =
+        # MAX_STEPS, done = False) and gives y0 to the rows the start did not improve: no initial values here
+        book = [np.empty_like(y0), np.empty(batch, y0.dtype), np.empty(batch, np.int64), np.empty(batch, np.int64),
+                np.empty(batch, bool), tol, rtol, cap, y_limit, np.empty(batch, y0.dtype), patience]
+        return _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact)
+    best_y, best_res = y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
     since_best = np.zeros(batch, dtype=np.int64)
     codes = np.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
-    state = solver.init(problem, y0, f0)
-    state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
     # the start point's bookkeeping (no divergence limit yet), then the first step
     book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, np.full(batch, np.inf, y0.dtype),
             patience]
-    if looped is not None:
-        return _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact)
     fused = solver.fused_step(kernel, state, book)      # bound again whenever book or state are replaced
     live = fused(f0, False, max_steps > 0)
     limit = book[9]                                     # the divergence limit from here on, set in place

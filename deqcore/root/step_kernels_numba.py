@@ -11,6 +11,9 @@ from ..backend.numba_tools import CACHE, numba
 from ..ode.loop_callback import DISPATCH, RAISED, SERVED, call_back, run_served
 from .anderson_kernels_numba import cpu_scratch, step_rows
 from .driver_kernels_numba import _BITS, NO_CODE, driver_decision
+from ..results import ReturnCode
+
+_MAX_STEPS = int(ReturnCode.MAX_STEPS)
 
 __all__ = ["anderson_driver_step_numba_cpu", "plain_driver_step_numba_cpu"]
 
@@ -218,7 +221,9 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
     k, steps, stepped, live)`` (``stepped``: the last pass wrote a new iterate).
 
     With ``first`` set, the first pass is the start point's: its residual F(y0) (not the map) and the iterate are
-    already at ``where[0]`` and ``where[1]``, no evaluation is counted, and after its bookkeeping the divergence
+    already at ``where[0]`` and ``where[1]``, no evaluation is counted, the bookkeeping starts from best_res =
+    limit = +inf, since_best = 0, codes = MAX_STEPS, done = False (set here: the arrays may start uninitialised),
+    and after its bookkeeping the divergence
     limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in the arrays' dtype (as the NumPy loop
     computes it), and the rows whose start did not count as an improvement (best_res still +inf) get y0 as
     their best iterate (``best_y`` may start uninitialised: no copy of y0 per solve). Every other pass asks the
@@ -231,6 +236,13 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
     stepped, live = 0, 1
     shape = f.shape
     status = 0
+    if first:                                   # the bookkeeping's start (the caller allocates it uninitialised)
+        for i in range(best_res.shape[0]):
+            best_res[i] = np.inf
+            since_best[i] = 0
+            codes[i] = _MAX_STEPS
+            done[i] = False
+            limit[i] = np.inf
     while live > 0 and (first or steps < max_steps):
         if not first:
             if call_back(address, stepped, 0.0, 0.0, 0.0) != SERVED:
@@ -272,7 +284,8 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
     ``out`` is known to be a C-contiguous array of y's dtype and shape, else it is checked) through the process's
     one callback (``deqcore.ode.loop_callback.DISPATCH``) and reads ``out`` where it lies. ``start``: F(y) at the
     start point, whose bookkeeping (with the limit in ``book`` still +inf) comes first and sets the divergence
-    limit from ``limit_floor`` and ``limit_factor``. As in the loop of Python calls, every iterate is a fresh
+    limit from ``limit_floor`` and ``limit_factor`` (the bookkeeping arrays in ``book`` need no initial values:
+    the start pass sets them). As in the loop of Python calls, every iterate is a fresh
     array and each evaluation is read in place (no copies). Returns when no row runs, at ``max_steps``, or when
     a step leaves 0 < live ≤ ``stop_live`` rows running (compaction; −1: never); an exception raised by
     ``evaluate`` is raised again unchanged. What stays fixed during a solve is bound once, as in
