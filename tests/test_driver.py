@@ -275,3 +275,35 @@ def test_compiled_finiteness_check_matches_numpy(dtype):
     y0[1, 3] = -np.inf
     with pytest.raises(ValueError, match="y0 contains NaN or infinity"):
         dq.fixed_point(lambda y: 0.5 * y, y0, batched=True)
+
+
+def test_compacted_rings_start_unzeroed_yet_learn_no_garbage(monkeypatch):
+    """With compaction the fused CPU steps start from unzeroed rings (``Anderson.init_fused``): a row's slots it
+    never wrote are zeroed as it finishes, so the learnt ring holds each row's written slots and zeros after
+    them, never what the memory held before (here: rings filled with NaN at the start)."""
+    init = dq.Anderson.init
+
+    def poisoned(self, problem, y, f, *, zeroed=None):
+        state = init(self, problem, y, f, zeroed=zeroed)
+        if zeroed is False:
+            state.G[...] = np.nan
+            state.F[...] = np.nan
+        return state
+
+    monkeypatch.setattr(dq.Anderson, "init", poisoned)
+    rng = np.random.default_rng(5)
+    batch, n, m = 12, 7, 12
+    x = rng.standard_normal((batch, n)) * np.linspace(0.0, 0.9, batch)[:, None]   # row 0 starts converged
+    x[5] = 1e-14                                                                    # row 5 after one step
+    sol = dq.fixed_point(lambda z, x_rows: np.tanh(0.4 * z) + x_rows, np.zeros((batch, n)),
+                         dq.Anderson(history_size=m), args=(x,), atol=1e-12, rtol=0.0, max_steps=40,
+                         batched=True, compact=True, throw=False)
+    G, F, count = sol.learned["anderson_history"]
+    assert sol.success.all() and sol.stats["row_evaluations"] < sol.stats["nfev"] * batch     # rows dropped
+    assert not np.isnan(G).any() and not np.isnan(F).any()
+    written = [(ring != 0).any(axis=2) for ring in (G, F)]        # (batch, m): slots holding data
+    for rows in written:
+        for row in rows:                                           # data first, zeros after
+            assert not (np.diff(row.astype(int)) > 0).any(), row
+    filled = written[1].sum(axis=1)
+    assert filled[0] == 0 and filled[5] <= 2 and filled.max() > filled[5]   # rows finished at different steps

@@ -170,7 +170,8 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
     every step). Same codes, counts and results as the unfused loop; finished rows are no longer stepped."""
     batch = problem.batch
     looped = getattr(solver, "fused_loop", None) if hasattr(kernel, "prepare_loop") else None
-    state = solver.init(problem, y0, f0)
+    init = getattr(solver, "init_fused", solver.init)   # (the fused steps zero a finishing row's unwritten slots)
+    state = init(problem, y0, f0)
     state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
     if looped is not None:
         # the compiled loop starts the bookkeeping itself (best_res = limit = inf, since_best = 0, codes =
