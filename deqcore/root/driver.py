@@ -76,9 +76,9 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
         compact=True, start=None) -> RootLoopResult:
     """Iterate ``solver`` on ``problem`` from y0 (B, n).
 
-    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``); ``start``:
-    with it, the per-sample test ``problem.tolerance(y0, f0, atol, rtol)`` when the caller formed both at once
-    (:meth:`RootProblem.start`).
+    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``). ``start``:
+    the per-sample test ``(tol, cap, y_limit)`` = ``problem.tolerance(y0, f0, atol, rtol)`` when the caller formed
+    it together with ``f0`` (:meth:`RootProblem.start`; read only, used only with ``f0``).
     ``patience``: steps without a new lowest residual before a sample is STALLED (default: max_steps // 4,
     within [25, :data:`PATIENCE_CAP`]).
     ``check_every``: steps between the host's "all samples done?" checks, the loop's only device-to-host sync

@@ -223,14 +223,13 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
     With ``first`` set, the first pass is the start point's: its residual F(y0) (not the map) and the iterate are
     already at ``where[0]`` and ``where[1]``, no evaluation is counted, the bookkeeping starts from best_res =
     limit = +inf, since_best = 0, codes = MAX_STEPS, done = False (set here: the arrays may start uninitialised),
-    and after its bookkeeping the divergence
-    limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in the arrays' dtype (as the NumPy loop
-    computes it), and the rows whose start did not count as an improvement (best_res still +inf) get y0 as
-    their best iterate (``best_y`` may start uninitialised: no copy of y0 per solve). Every other pass asks the
-    callback at ``address`` for the raw evaluation at the current iterate (request 1 when the previous pass
-    wrote a new iterate, else 0); the callback leaves in ``where`` the addresses of the evaluation [0], of the
-    iterate [1] and of a fresh array for the next iterate [2] (arrays it keeps alive), and the pass is
-    :func:`_anderson_driver` on them. It returns when no row runs, at max_steps or when a step leaves
+    and after its bookkeeping the divergence limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in
+    the arrays' dtype (as the NumPy loop computes it), and the rows whose start did not count as an improvement
+    (best_res still +inf) get y0 as their best iterate (``best_y`` may start uninitialised: no copy of y0 per
+    solve). Every other pass asks the callback at ``address`` for the raw evaluation at the current iterate
+    (request 1 when the previous pass wrote a new iterate, else 0); the callback leaves in ``where`` the addresses
+    of the evaluation [0], of the iterate [1] and of a fresh array for the next iterate [2] (arrays it keeps
+    alive), and the pass is :func:`_anderson_driver` on them. It returns when no row runs, at max_steps or when a step leaves
     0 < live ≤ stop_live rows running (the caller compacts them), with status 0, or −RAISED when the callback
     kept an exception."""
     stepped, live = 0, 1
