@@ -229,9 +229,9 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
     solve). Every other pass asks the callback at ``address`` for the raw evaluation at the current iterate
     (request 1 when the previous pass wrote a new iterate, else 0); the callback leaves in ``where`` the addresses
     of the evaluation [0], of the iterate [1] and of a fresh array for the next iterate [2] (arrays it keeps
-    alive), and the pass is :func:`_anderson_driver` on them. It returns when no row runs, at max_steps or when a step leaves
-    0 < live ≤ stop_live rows running (the caller compacts them), with status 0, or −RAISED when the callback
-    kept an exception."""
+    alive), and the pass is :func:`_anderson_driver` on them. It returns when no row runs, at max_steps or when a
+    step leaves 0 < live ≤ stop_live rows running (the caller compacts them), with status 0, or −RAISED when the
+    callback kept an exception."""
     stepped, live = 0, 1
     shape = f.shape
     status = 0
