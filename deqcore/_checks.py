@@ -25,6 +25,8 @@ def check_tolerance(value, name: str) -> float:
     ...
     ValueError: rtol must be a finite number >= 0, got -1.0
     """
+    if type(value) is float and 0.0 <= value < math.inf:     # the usual case, without the ABC checks
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -43,6 +45,8 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     ...
     ValueError: max_steps must be an integer >= 1, got 0
     """
+    if type(value) is int and value >= minimum:             # the usual case, without the ABC checks
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     value = int(value)
@@ -85,7 +89,7 @@ def check_bool(value, name: str) -> bool:
     ...
     TypeError: throw must be True or False, got str
     """
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if value is True or value is False or type(value).__name__ == "bool_":
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
 

@@ -189,6 +189,38 @@ def test_compiled_anderson_loop_matches_the_per_step_calls(monkeypatch, compact,
         assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
 
 
+@pytest.mark.parametrize("compact", [False, True])
+def test_compiled_loop_counts_the_entry_points_evaluations(monkeypatch, compact):
+    """Through ``fixed_point`` (whose evaluations the loop neither checks again nor counts one by one) the compiled
+    loop reports the per-step loop's nfev, row evaluations, steps, values and codes."""
+    rng = np.random.default_rng(11)
+    g, _ = _mixed_batch(rng, 16, 5, np.float64)
+    calls = []
+
+    def fn(z, rows):                       # rows: the batch rows evaluated (all of them unless compacted)
+        calls.append(z.shape[0])
+        full = np.zeros((16, 5))
+        full[rows] = z
+        return g(full)[rows]
+
+    def solve():
+        calls.clear()
+        with np.errstate(all="ignore"):
+            sol = dq.fixed_point(fn, np.zeros((16, 5)), dq.Anderson(history_size=3), args=(np.arange(16),),
+                                 atol=1e-8, max_steps=40, batched=True, throw=False, compact=compact)
+        return sol, list(calls)
+
+    sol, calls_loop = solve()
+    with monkeypatch.context() as patch:
+        _without_compiled_loop(patch)
+        ref, calls_ref = solve()
+    assert sol.stats == ref.stats and calls_loop == calls_ref
+    assert sol.stats["nfev"] == len(calls_loop) and sol.stats["row_evaluations"] == sum(calls_loop)
+    assert not compact or min(calls_loop) < 16                            # rows were dropped part-way
+    np.testing.assert_array_equal(sol.result, ref.result)
+    assert np.array_equal(sol.value.view(np.uint8), ref.value.view(np.uint8))
+
+
 def test_compiled_anderson_loop_hands_fresh_iterates_and_reraises(rng):
     """Every evaluation sees a fresh array that later steps leave alone (as the per-step loop passes them); an
     exception raised by f mid-solve comes out unchanged; a solve nested inside f works."""
@@ -217,3 +249,61 @@ def test_compiled_anderson_loop_hands_fresh_iterates_and_reraises(rng):
     seen.clear()
     with pytest.raises(Stop, match="from f"):
         dq.fixed_point(failing, np.zeros((4, 5)), dq.Anderson(), atol=0.0, rtol=0.0, batched=True, max_steps=50)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_finiteness_check_matches_numpy(dtype):
+    """The entry points' finiteness test of y0 (one compiled pass over the bit patterns) agrees with
+    ``np.isfinite(...).all()`` on every kind of value: ±0, subnormals, the largest finite, ±inf and NaNs of either
+    sign, in C order, Fortran order and strided views."""
+    from deqcore.root.driver_kernels_numba import all_finite_numba_cpu
+
+    info = np.finfo(dtype)
+    finite = np.array([0.0, -0.0, info.tiny / 4, -info.tiny / 4, info.max, -info.max, 1.0, -3.5], dtype=dtype)
+    specials = np.array([np.inf, -np.inf, np.nan, -np.nan], dtype=dtype)
+    rng = np.random.default_rng(3)
+    cases = [finite.reshape(2, 4), finite[::2], np.asfortranarray(finite.reshape(2, 4)), finite[:0]]
+    for bad in specials:
+        for where in (0, 5, 7):
+            a = finite.copy()
+            a[where] = bad
+            cases += [a.reshape(2, 4), np.asfortranarray(a.reshape(2, 4)), a[where % 2::2]]
+    cases.append(rng.standard_normal((64, 257)).astype(dtype))
+    for a in cases:
+        assert all_finite_numba_cpu(a) == bool(np.isfinite(a).all()), a
+    y0 = finite.reshape(2, 4).copy()
+    y0[1, 3] = -np.inf
+    with pytest.raises(ValueError, match="y0 contains NaN or infinity"):
+        dq.fixed_point(lambda y: 0.5 * y, y0, batched=True)
+
+
+def test_compacted_rings_start_unzeroed_yet_learn_no_garbage(monkeypatch):
+    """With compaction the fused CPU steps start from unzeroed rings (``Anderson.init_fused``): a row's slots it
+    never wrote are zeroed as it finishes, so the learnt ring holds each row's written slots and zeros after
+    them, never what the memory held before (here: rings filled with NaN at the start)."""
+    init = dq.Anderson.init
+
+    def poisoned(self, problem, y, f, *, zeroed=None):
+        state = init(self, problem, y, f, zeroed=zeroed)
+        if zeroed is False:
+            state.G[...] = np.nan
+            state.F[...] = np.nan
+        return state
+
+    monkeypatch.setattr(dq.Anderson, "init", poisoned)
+    rng = np.random.default_rng(5)
+    batch, n, m = 12, 7, 12
+    x = rng.standard_normal((batch, n)) * np.linspace(0.0, 0.9, batch)[:, None]   # row 0 starts converged
+    x[5] = 1e-14                                                                    # row 5 after one step
+    sol = dq.fixed_point(lambda z, x_rows: np.tanh(0.4 * z) + x_rows, np.zeros((batch, n)),
+                         dq.Anderson(history_size=m), args=(x,), atol=1e-12, rtol=0.0, max_steps=40,
+                         batched=True, compact=True, throw=False)
+    G, F, count = sol.learned["anderson_history"]
+    assert sol.success.all() and sol.stats["row_evaluations"] < sol.stats["nfev"] * batch     # rows dropped
+    assert not np.isnan(G).any() and not np.isnan(F).any()
+    written = [(ring != 0).any(axis=2) for ring in (G, F)]        # (batch, m): slots holding data
+    for rows in written:
+        for row in rows:                                           # data first, zeros after
+            assert not (np.diff(row.astype(int)) > 0).any(), row
+    filled = written[1].sum(axis=1)
+    assert filled[0] == 0 and filled[5] <= 2 and filled.max() > filled[5]   # rows finished at different steps

@@ -26,13 +26,14 @@ docstring).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import numpy as np
 
 from .._checks import (check_bool, check_callable, check_positive_int, check_returned_array, check_solver_dtype,
                        check_tolerance)
-from ..backend import check_finite, check_float_array, get_namespace
+from ..backend import check_float_array, get_kernel, get_namespace
 from ..results import ReturnCode, Solution
 from .base import RootSolver
 from .broyden import LimitedMemoryBroyden
@@ -44,14 +45,31 @@ from .problem import flat_problem
 __all__ = ["root_find", "fixed_point", "default_solvers"]
 
 
+def _all_finite(xp):
+    """The ``all_finite`` kernel for ``xp`` (one compiled pass on NumPy arrays, no boolean temporary; looked up
+    once per namespace unless ``DEQCORE_KERNELS`` chooses)."""
+    kernel = _ALL_FINITE.get(xp) if not os.environ.get("DEQCORE_KERNELS") else None
+    if kernel is None:
+        kernel = _ALL_FINITE[xp] = get_kernel("all_finite", xp)
+    return kernel
+
+
+_ALL_FINITE: dict = {}
+_NUMPY_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
+
+
 def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact):
     check_callable(fn, "fn")
-    if isinstance(y0, np.generic):
-        raise TypeError(f"y0 must be a NumPy or CuPy array, got the scalar {type(y0).__name__}: pass "
-                        f"np.asarray(y0).reshape(1)")
-    xp = check_float_array(y0, "y0")
-    check_solver_dtype(y0, "y0")
-    check_finite(y0, "y0")
+    if type(y0) is np.ndarray and y0.dtype in _NUMPY_DTYPES:      # the usual case: a float32/float64 NumPy array
+        xp = np
+    else:
+        if isinstance(y0, np.generic):
+            raise TypeError(f"y0 must be a NumPy or CuPy array, got the scalar {type(y0).__name__}: pass "
+                            f"np.asarray(y0).reshape(1)")
+        xp = check_float_array(y0, "y0")
+        check_solver_dtype(y0, "y0")
+    if not _all_finite(xp)(y0):
+        raise ValueError("y0 contains NaN or infinity")
     if solver is not None and not isinstance(solver, RootSolver):
         raise TypeError("solver must be a deqcore root solver (dq.Anderson(), dq.Broyden(), dq.NewtonRaphson(), "
                         f"dq.TrustRegion(), ...), got {type(solver).__name__}")
@@ -94,24 +112,24 @@ def default_solvers(n: int, has_jac: bool):
 def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode, compact):
     """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation)."""
     problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact)
-    f0 = fy0.reshape(y2d.shape)
-    if mode == "fixed_point":
-        f0 = f0 - y2d
+    f0, start = fy0.reshape(y2d.shape), None
+    if mode == "fixed_point":    # F(y0) = fn(y0) − y0 and the per-sample test in one pass
+        f0, start = problem.start(y2d, f0, atol)
     problem.nfev += 1
     problem.row_evaluations += problem.batch
     with np.errstate(all="ignore"):  # non-finite values are reported through return codes
         if solver is not None:
-            out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0)
+            out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0, start=start)
             learned = solver.learned(out.state)
         else:
-            out, learned = _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps), {}
+            out, learned = _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps, start), {}
     sol = to_solution(problem, out, unflatten, batched, learned)
     if throw:
         sol.raise_if_failed()
     return sol
 
 
-def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps) -> RootLoopResult:
+def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps, start=None) -> RootLoopResult:
     """Run the default solvers in turn, each on the samples the previous ones left unsolved (from y0). A sample
     keeps the first SUCCESS, else the lowest-residual outcome (its value and code together)."""
     xp = problem.xp
@@ -120,7 +138,7 @@ def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps) -> RootLoopResult:
     res = xp.full(problem.batch, xp.inf, dtype=y2d.dtype)
     steps = 0
     for solver in default_solvers(problem.n, problem.has_jac):
-        out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0)
+        out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0, start=start)
         steps += out.num_steps
         improve = (codes != int(ReturnCode.SUCCESS)) & ((out.codes == int(ReturnCode.SUCCESS)) | (out.residual < res))
         best = xp.where(improve[:, None], out.value, best)

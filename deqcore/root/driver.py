@@ -73,10 +73,12 @@ def _scatter_state(full, part, rows, batch):
 
 
 def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, check_every=None,
-        compact=True) -> RootLoopResult:
+        compact=True, start=None) -> RootLoopResult:
     """Iterate ``solver`` on ``problem`` from y0 (B, n).
 
-    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``).
+    ``f0``: F(y0) when the caller already evaluated it (its evaluation counted in ``problem.nfev``). ``start``:
+    the per-sample test ``(tol, cap, y_limit)`` = ``problem.tolerance(y0, f0, atol, rtol)`` when the caller formed
+    it together with ``f0`` (:meth:`RootProblem.start`; read only, used only with ``f0``).
     ``patience``: steps without a new lowest residual before a sample is STALLED (default: max_steps // 4,
     within [25, :data:`PATIENCE_CAP`]).
     ``check_every``: steps between the host's "all samples done?" checks, the loop's only device-to-host sync
@@ -97,7 +99,7 @@ def run(problem, solver, y0, *, atol, rtol, max_steps, patience=None, f0=None, c
     if check_every is None:
         check_every = 1 if xp is np else CHECK_EVERY_DEVICE
     f = problem.F(y0) if f0 is None else f0
-    tol, cap, y_limit = problem.tolerance(y0, f, atol, rtol)
+    tol, cap, y_limit = problem.tolerance(y0, f, atol, rtol) if start is None or f0 is None else start
     rtol = float(rtol)
     compact = compact and problem.can_restrict and getattr(solver, "compactable", False)
     fused = _fused_kernel(solver, xp)
@@ -168,18 +170,22 @@ def _run_fused(problem, solver, kernel, y0, f0, tol, rtol, cap, y_limit, patienc
     every step). Same codes, counts and results as the unfused loop; finished rows are no longer stepped."""
     batch = problem.batch
     looped = getattr(solver, "fused_loop", None) if hasattr(kernel, "prepare_loop") else None
-    # (the compiled loop gives y0 to the rows the start did not improve itself: no copy of y0)
-    best_y, best_res = np.empty_like(y0) if looped else y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
+    init = getattr(solver, "init_fused", solver.init)   # (the fused steps zero a finishing row's unwritten slots)
+    state = init(problem, y0, f0)
+    state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
+    if looped is not None:
+        # the compiled loop starts the bookkeeping itself (best_res = limit = inf, since_best = 0, codes =
+        # MAX_STEPS, done = False) and gives y0 to the rows the start did not improve: no initial values here
+        book = [np.empty_like(y0), np.empty(batch, y0.dtype), np.empty(batch, np.int64), np.empty(batch, np.int64),
+                np.empty(batch, bool), tol, rtol, cap, y_limit, np.empty(batch, y0.dtype), patience]
+        return _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact)
+    best_y, best_res = y0.copy(), np.full(batch, np.inf, dtype=y0.dtype)
     since_best = np.zeros(batch, dtype=np.int64)
     codes = np.full(batch, int(ReturnCode.MAX_STEPS), dtype=np.int64)
     done = np.zeros(batch, dtype=bool)
-    state = solver.init(problem, y0, f0)
-    state.f = np.empty_like(y0)                       # the residual buffer the fused step writes
     # the start point's bookkeeping (no divergence limit yet), then the first step
     book = [best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, np.full(batch, np.inf, y0.dtype),
             patience]
-    if looped is not None:
-        return _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact)
     fused = solver.fused_step(kernel, state, book)      # bound again whenever book or state are replaced
     live = fused(f0, False, max_steps > 0)
     limit = book[9]                                     # the divergence limit from here on, set in place
@@ -224,16 +230,23 @@ def _run_looped(problem, looped, kernel, state, book, f0, max_steps, compact):
     batch = problem.batch
     full, rows, current = None, None, problem
     loop = looped(kernel, state, book, limit_floor=1e-300, limit_factor=DIVERGENCE_FACTOR)
-    state.y, state.k, steps, live = loop(problem.evaluate, problem.has_map, state.y, 0, 0, max_steps,
-                                         int(COMPACT_BELOW * batch) if compact else -1, start=f0)
+    evaluate, is_map = problem.uncounted()          # (the loop's evaluations are counted after each call)
+    state.y, state.k, steps, live = loop(evaluate, is_map, state.y, 0, 0, max_steps,
+                                         int(COMPACT_BELOW * batch) if compact else -1, start=f0,
+                                         conformed=problem.conforming)
+    problem.count(steps)
     while True:
         if compact and steps < max_steps and 0 < live <= COMPACT_BELOW * book[4].shape[0]:
             full, rows, state, book, current = _compact(problem, full, rows, state, book, batch)
             loop = looped(kernel, state, book)
         if not live or steps >= max_steps:
             break
-        state.y, state.k, steps, live = loop(current.evaluate, current.has_map, state.y, state.k, steps, max_steps,
-                                             int(COMPACT_BELOW * book[4].shape[0]) if compact else -1)
+        before = steps
+        evaluate, is_map = current.uncounted()
+        state.y, state.k, steps, live = loop(evaluate, is_map, state.y, state.k, steps, max_steps,
+                                             int(COMPACT_BELOW * book[4].shape[0]) if compact else -1,
+                                             conformed=current.conforming)
+        current.count(steps - before)
     best_y, best_res, codes = book[0], book[1], book[3]
     if full is not None:
         _scatter(full, (best_y, best_res, codes, state), rows, batch)

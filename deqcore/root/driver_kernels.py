@@ -20,8 +20,8 @@ import numpy as np
 from ..backend import get_namespace, register_kernel
 from ..results import ReturnCode
 
-__all__ = ["row_norms_reference", "driver_update_reference", "start_tolerance_reference", "SUCCESS", "DIVERGED",
-           "STALLED"]
+__all__ = ["row_norms_reference", "driver_update_reference", "start_tolerance_reference", "start_point_reference",
+           "all_finite_reference", "SUCCESS", "DIVERGED", "STALLED"]
 
 SUCCESS, DIVERGED, STALLED = (int(c) for c in (ReturnCode.SUCCESS, ReturnCode.DIVERGED, ReturnCode.STALLED))
 
@@ -161,4 +161,50 @@ register_kernel(
     reference=start_tolerance_reference,
     numba_cpu="deqcore.root.driver_kernels_numba:start_tolerance_numba_cpu",
     example="deqcore.root.driver_kernels:tolerance_example",
+)
+
+
+def start_point_reference(y0, raw0, is_map, atol, relative_to_iterate, eps):
+    """The start point's residual and test in one: ``(f0, tol, cap, y_limit)`` with f0 = raw0 − y0 when ``raw0``
+    is a fixed-point map's evaluation G(y0) (``is_map``), else f0 = raw0, and (tol, cap, y_limit) from
+    :func:`start_tolerance_reference` on (y0, f0).
+
+    >>> import numpy as np
+    >>> f0, tol, cap, y_limit = start_point_reference(np.array([[1.0, -3.0]]), np.array([[0.5, -1.5]]), True,
+    ...                                               1e-6, True, 2.0 ** -52)
+    >>> f0.tolist(), cap.tolist()
+    ([[-0.5, 1.5]], [3.0])
+    """
+    f0 = raw0 - y0 if is_map else raw0.copy()
+    return (f0,) + start_tolerance_reference(y0, f0, atol, relative_to_iterate, eps)
+
+
+def start_point_example(rng, dtype, size="small"):
+    """:func:`tolerance_example`'s rows, the start's evaluation given as a fixed-point map's G(y0) = y0 + f0."""
+    y0, f0, atol, relative, eps = tolerance_example(rng, dtype, size)
+    return y0, (y0 + f0).astype(dtype), True, atol, relative, eps
+
+
+register_kernel(
+    "start_point",
+    reference=start_point_reference,
+    numba_cpu="deqcore.root.driver_kernels_numba:start_point_numba_cpu",
+    example="deqcore.root.driver_kernels:start_point_example",
+)
+
+
+def all_finite_reference(x):
+    """True when ``x`` holds no NaN or infinity.
+
+    >>> import numpy as np
+    >>> all_finite_reference(np.array([1.0, -0.0])), all_finite_reference(np.array([1.0, -np.inf]))
+    (True, False)
+    """
+    return bool(get_namespace(x).isfinite(x).all())
+
+
+register_kernel(
+    "all_finite",
+    reference=all_finite_reference,
+    numba_cpu="deqcore.root.driver_kernels_numba:all_finite_numba_cpu",
 )

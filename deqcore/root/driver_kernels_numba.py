@@ -10,7 +10,7 @@ from ..backend.cuda_blocks import block_reduce2, for_kernels  # noqa: E402
 from ..backend.launch import cuda_kernel  # noqa: E402
 
 __all__ = ["absmax_nan", "driver_update_numba_cpu", "driver_update_numba_cuda", "driver_update_cuda_kernel",
-           "start_tolerance_numba_cpu"]
+           "start_tolerance_numba_cpu", "start_point_numba_cpu", "all_finite_numba_cpu"]
 
 from .driver_kernels import DIVERGED, STALLED, SUCCESS  # noqa: E402
 
@@ -203,3 +203,86 @@ def start_tolerance_numba_cpu(y0, f0, atol, relative_to_iterate, eps):
     _start_tolerance(y0, f0, y0.view(itype), f0.view(itype), work, work.view(itype), magnitude, inf_bits, scale_bits,
                      scale_bits.view(dtype), bool(relative_to_iterate), float(np.sqrt(eps)), cap, y_limit)
     return tol, cap, y_limit
+
+
+@numba.njit(cache=CACHE)
+def _all_finite(bits, inf_bits, magnitude):
+    """No pattern of NaN or ±inf in ``bits`` (a float array's bit patterns, flat): an integer max, which
+    vectorises and allocates nothing."""
+    m = 0
+    for j in range(bits.shape[0]):
+        a = bits[j] & magnitude
+        m = a if a > m else m
+    return m < inf_bits
+
+
+def all_finite_numba_cpu(x):
+    """``bool(np.isfinite(x).all())`` for a float32/float64 NumPy array in one compiled pass, without the
+    boolean temporary (other arrays: NumPy's test)."""
+    entry = _BITS.get(x.dtype)
+    if entry is None or not x.flags.c_contiguous:
+        return bool(np.isfinite(x).all())
+    itype, magnitude, inf_bits = entry
+    return bool(_all_finite(x.reshape(-1).view(itype), inf_bits, magnitude))
+
+
+@numba.njit(cache=CACHE)
+def _start_point(y0, raw0, is_map, f0, y0_bits, f0_bits, work, work_bits, magnitude, inf_bits, scale_bits, scale,
+                 relative_to_iterate, root_eps, cap, y_limit):
+    """Row by row: f0 = raw0 − y0 (a fixed-point map's evaluation) or raw0, then :func:`_start_tolerance`'s
+    scale on the row just written (the same arithmetic)."""
+    batch, n = y0.shape
+    for i in range(batch):
+        if is_map:
+            for j in range(n):
+                f0[i, j] = raw0[i, j] - y0[i, j]
+        else:
+            for j in range(n):
+                f0[i, j] = raw0[i, j]
+        m = 0
+        if relative_to_iterate:
+            for j in range(n):
+                work[j] = y0[i, j] + f0[i, j]
+            for j in range(n):
+                a = y0_bits[i, j] & magnitude
+                b = work_bits[j] & magnitude
+                m = a if a > m else m
+                m = b if b > m else m
+        else:
+            for j in range(n):
+                a = f0_bits[i, j] & magnitude
+                m = a if a > m else m
+        scale_bits[0] = 0 if m >= inf_bits else m
+        cap[i] = scale[0]
+        if relative_to_iterate:
+            y_limit[i] = np.float64(cap[i]) / root_eps if cap[i] > 0 else np.inf
+        else:
+            y_limit[i] = np.inf
+
+
+def start_point_numba_cpu(y0, raw0, is_map, atol, relative_to_iterate, eps):
+    """:func:`~deqcore.root.driver_kernels.start_point_reference` in one compiled pass over y0 and the start's
+    evaluation (the residual and the per-sample test together; one allocation for the three test vectors)."""
+    batch, dtype = y0.shape[0], y0.dtype
+    itype, magnitude, inf_bits = _BITS[dtype]
+    y0, raw0 = np.ascontiguousarray(y0), np.ascontiguousarray(raw0)
+    f0 = np.empty_like(y0)
+    test = np.empty((3, batch), dtype)
+    tol, cap, y_limit = test
+    tol.fill(atol)
+    work = np.empty(y0.shape[1] + 1, dtype)
+    work_bits = work.view(itype)
+    _start_point(y0, raw0, bool(is_map), f0, y0.view(itype), f0.view(itype), work, work_bits, magnitude, inf_bits,
+                 work_bits[-1:], work[-1:], bool(relative_to_iterate), _root(eps), cap, y_limit)
+    return f0, tol, cap, y_limit
+
+
+_ROOTS: dict = {}
+
+
+def _root(eps):
+    """√eps as a Python float (NumPy's sqrt of a scalar costs microseconds; one entry per dtype)."""
+    root = _ROOTS.get(eps)
+    if root is None:
+        root = _ROOTS[eps] = float(np.sqrt(eps))
+    return root

@@ -130,16 +130,23 @@ class Anderson(RootSolver):
             raise ValueError("beta must be > 0")
         check_tolerance(self.ridge, "ridge")
 
-    def init(self, problem, y, f) -> AndersonState:
+    def init(self, problem, y, f, *, zeroed=None) -> AndersonState:
+        """The state at the start point. Only slots below count are read and every row writes slot k at step k,
+        so the rings need no zeroing (a pass over B·m·n elements twice); learned() zeroes the slots not yet
+        written. With compaction a finished row stops writing: those rings start zeroed (``zeroed=None``: when
+        ``problem.can_restrict``), except in the CPU's fused steps (:meth:`init_fused`)."""
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
         eps, floor = _limits(problem.dtype)
         ridge = max(self.ridge, 10 * eps)
-        # Only slots below count are read and every row writes slot k at step k, so the rings need no zeroing
-        # (a pass over B·m·n elements twice); learned() zeroes the slots not yet written. With compaction a
-        # finished row stops writing: those rings start zeroed.
-        make = xp.zeros if problem.can_restrict else xp.empty
+        make = xp.zeros if (problem.can_restrict if zeroed is None else zeroed) else xp.empty
         G, F = make((batch, m, n), dtype=y.dtype), make((batch, m, n), dtype=y.dtype)
         return AndersonState(y, f, G=G, F=F, H=xp.zeros((batch, m, m), dtype=y.dtype), k=0, ridge=ridge, floor=floor)
+
+    def init_fused(self, problem, y, f) -> AndersonState:
+        """:meth:`init` for the driver's fused CPU steps (``anderson_driver_step``, the compiled loop), which zero
+        the unwritten slots of a row as it finishes: the rings start unzeroed even with compaction (freshly
+        zeroed memory costs a page fault per 4 KB on first touch)."""
+        return self.init(problem, y, f, zeroed=False)
 
     def step(self, problem, state: AndersonState):
         """One fused kernel stores (y + beta·f, f) in the ring, adds ⟨fᵢ, f⟩ to the Gram matrix, solves for
@@ -187,6 +194,7 @@ class Anderson(RootSolver):
         (B, history_size, n), of which the first ``count`` slots are filled (on the CPU, or with ``compact=True``,
         a sample that finished early filled only the slots of the steps it ran; the others are zero)."""
         count = min(state.k, self.history_size)
-        state.G[:, count:] = 0
-        state.F[:, count:] = 0
+        if count < self.history_size:          # (a full ring has no unwritten slots: two empty assignments less)
+            state.G[:, count:] = 0
+            state.F[:, count:] = 0
         return {"anderson_history": (state.G, state.F, count)}

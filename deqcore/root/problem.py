@@ -25,6 +25,7 @@ from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step
 __all__ = ["RootProblem", "flat_problem"]
 
 _TOLERANCE: dict = {}   # namespace -> the start_tolerance kernel (its default choice, looked up once)
+_START: dict = {}       # namespace -> the start_point kernel (likewise)
 _EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}   # np.finfo is a slow lookup
 
 
@@ -61,6 +62,9 @@ class RootProblem:
         self.rows = None                      # the full problem's rows this one evaluates (None: all)
         self.eps = _EPS[self.dtype] if self.dtype in _EPS else float(np.finfo(self.dtype).eps)
         self._fd = None                       # finite-difference Jacobian state (per-column increment factors)
+        #: :meth:`evaluate` returns C-contiguous arrays of the problem's dtype and shape (B, n): set by
+        #: :func:`flat_problem`, whose evaluations check what the user's function returns
+        self.conforming = False
 
     nfev = property(lambda self: self.counts["nfev"], lambda self, v: self.counts.__setitem__("nfev", v))
     njev = property(lambda self: self.counts["njev"], lambda self, v: self.counts.__setitem__("njev", v))
@@ -86,7 +90,7 @@ class RootProblem:
         sub = RootProblem(lambda y: residual(y, rows), self.xp, self.dtype, len(rows), self.n,
                           fixed_point_map=None if row_map is None else (lambda y: row_map(y, rows)),
                           relative_to=self.relative_to, row_residual=residual, row_map=row_map)
-        sub.counts, sub.rows = self.counts, rows
+        sub.counts, sub.rows, sub.conforming = self.counts, rows, self.conforming
         return sub
 
     @property
@@ -123,6 +127,26 @@ class RootProblem:
             kernel = _TOLERANCE[self.xp] = get_kernel("start_tolerance", self.xp)
         return kernel(y0, f0, atol, self.relative_to == "iterate", self.eps)
 
+    def start(self, y0, raw0, atol):
+        """The start point's residual and test from its raw evaluation ``raw0`` (G(y0) when :attr:`has_map`, else
+        F(y0)) in one pass: ``(f0, (tol, cap, y_limit))``, as ``f0 = raw0 − y0`` (or raw0) and
+        :meth:`tolerance` compute them. Counts nothing (``raw0`` was evaluated by the caller).
+
+        >>> import numpy as np
+        >>> problem = RootProblem(lambda y: 0.5 * y - y, np, np.float64, 1, 2, fixed_point_map=lambda y: 0.5 * y,
+        ...                       relative_to="iterate")
+        >>> y0 = np.array([[1.0, -3.0]])
+        >>> f0, (tol, cap, y_limit) = problem.start(y0, 0.5 * y0, 1e-6)
+        >>> f0.tolist(), cap.tolist()
+        ([[-0.5, 1.5]], [3.0])
+        """
+        kernel = _START.get(self.xp) if not os.environ.get("DEQCORE_KERNELS") else None
+        if kernel is None:
+            kernel = _START[self.xp] = get_kernel("start_point", self.xp)
+        f0, tol, cap, y_limit = kernel(y0, raw0, self._map is not None, atol, self.relative_to == "iterate",
+                                       self.eps)
+        return f0, (tol, cap, y_limit)
+
     def F(self, y):
         counts = self.counts
         counts["nfev"] += 1
@@ -138,6 +162,17 @@ class RootProblem:
         if self._map is not None:
             return self._map(y), True
         return self._residual(y), False
+
+    def uncounted(self):
+        """``(evaluate, is_map)``: :meth:`evaluate`'s raw evaluation ``evaluate(y)`` without its counting, for a
+        loop that counts its evaluations itself (:meth:`count`; one Python call less per evaluation)."""
+        return (self._residual, False) if self._map is None else (self._map, True)
+
+    def count(self, evaluations: int):
+        """Add ``evaluations`` calls of F or G on this problem's rows to the counters."""
+        counts = self.counts
+        counts["nfev"] += evaluations
+        counts["row_evaluations"] += evaluations * self.batch
 
     def G(self, y):
         """The fixed-point map; returns (G(y), F(y))."""
@@ -183,7 +218,7 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     only): fn's rows are independent and every element of ``args`` is per-sample (batch on its leading axis), so
     fn can be evaluated on some rows alone, with the matching rows of ``args``.
     """
-    xp = get_namespace(y0)
+    xp = np if type(y0) is np.ndarray else get_namespace(y0)
     shape, dtype, array_type = tuple(y0.shape), y0.dtype, xp.ndarray
     batch = shape[0] if batched else 1
     n = math.prod(shape[1:]) if batched else math.prod(shape)
@@ -192,15 +227,15 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     def unflatten(y2d):
         return y2d.reshape(shape)
 
-    def call(y2d):
-        out = fn(y2d.reshape(shape), *args)
-        if type(out) is not array_type or out.dtype != dtype or out.shape != shape:   # the usual case: 3 reads
-            out = check_returned_array(out, "fn", shape, dtype, array_type)
-        if not out.flags.c_contiguous:
-            out = xp.ascontiguousarray(out)                       # the kernels are compiled for C order
-        return out.reshape(batch, n)
-
-    if shape == (batch, n):                                       # (B, n) already: no reshapes per call
+    if shape != (batch, n):
+        def call(y2d):
+            out = fn(y2d.reshape(shape), *args)
+            if type(out) is not array_type or out.dtype != dtype or out.shape != shape:   # the usual case: 3 reads
+                out = check_returned_array(out, "fn", shape, dtype, array_type)
+            if not out.flags.c_contiguous:
+                out = xp.ascontiguousarray(out)                   # the kernels are compiled for C order
+            return out.reshape(batch, n)
+    else:                                                         # (B, n) already: no reshapes per call
         def call(y2d):
             out = fn(y2d, *args)
             if type(out) is not array_type or out.dtype != dtype or out.shape != shape:
@@ -232,4 +267,5 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     else:
         problem = RootProblem(lambda y: call(y) - y, xp, dtype, batch, n, jac=user_jac, fixed_point_map=call,
                               relative_to="iterate", row_residual=row_residual, row_map=row_map)
+    problem.conforming = True        # every evaluation above checks fn's output and makes it C-contiguous (B, n)
     return problem, xp.ascontiguousarray(y0).reshape(batch, n), unflatten

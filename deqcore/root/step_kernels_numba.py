@@ -11,6 +11,9 @@ from ..backend.numba_tools import CACHE, numba
 from ..ode.loop_callback import DISPATCH, RAISED, SERVED, call_back, run_served
 from .anderson_kernels_numba import cpu_scratch, step_rows
 from .driver_kernels_numba import _BITS, NO_CODE, driver_decision
+from ..results import ReturnCode
+
+_MAX_STEPS = int(ReturnCode.MAX_STEPS)
 
 __all__ = ["anderson_driver_step_numba_cpu", "plain_driver_step_numba_cpu"]
 
@@ -218,19 +221,27 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
     k, steps, stepped, live)`` (``stepped``: the last pass wrote a new iterate).
 
     With ``first`` set, the first pass is the start point's: its residual F(y0) (not the map) and the iterate are
-    already at ``where[0]`` and ``where[1]``, no evaluation is counted, and after its bookkeeping the divergence
-    limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in the arrays' dtype (as the NumPy loop
-    computes it), and the rows whose start did not count as an improvement (best_res still +inf) get y0 as
-    their best iterate (``best_y`` may start uninitialised: no copy of y0 per solve). Every other pass asks the
-    callback at ``address`` for the raw evaluation at the current iterate (request 1 when the previous pass
-    wrote a new iterate, else 0); the callback leaves in ``where`` the addresses of the evaluation [0], of the
-    iterate [1] and of a fresh array for the next iterate [2] (arrays it keeps alive), and the pass is
-    :func:`_anderson_driver` on them. It returns when no row runs, at max_steps or when a step leaves
-    0 < live ≤ stop_live rows running (the caller compacts them), with status 0, or −RAISED when the callback
-    kept an exception."""
+    already at ``where[0]`` and ``where[1]``, no evaluation is counted, the bookkeeping starts from best_res =
+    limit = +inf, since_best = 0, codes = MAX_STEPS, done = False (set here: the arrays may start uninitialised),
+    and after its bookkeeping the divergence limit is set, ``limit = max(best_res, limit_floor)·limit_factor`` in
+    the arrays' dtype (as the NumPy loop computes it), and the rows whose start did not count as an improvement
+    (best_res still +inf) get y0 as their best iterate (``best_y`` may start uninitialised: no copy of y0 per
+    solve). Every other pass asks the callback at ``address`` for the raw evaluation at the current iterate
+    (request 1 when the previous pass wrote a new iterate, else 0); the callback leaves in ``where`` the addresses
+    of the evaluation [0], of the iterate [1] and of a fresh array for the next iterate [2] (arrays it keeps
+    alive), and the pass is :func:`_anderson_driver` on them. It returns when no row runs, at max_steps or when a
+    step leaves 0 < live ≤ stop_live rows running (the caller compacts them), with status 0, or −RAISED when the
+    callback kept an exception."""
     stepped, live = 0, 1
     shape = f.shape
     status = 0
+    if first:                                   # the bookkeeping's start (the caller allocates it uninitialised)
+        for i in range(best_res.shape[0]):
+            best_res[i] = np.inf
+            since_best[i] = 0
+            codes[i] = _MAX_STEPS
+            done[i] = False
+            limit[i] = np.inf
     while live > 0 and (first or steps < max_steps):
         if not first:
             if call_back(address, stepped, 0.0, 0.0, 0.0) != SERVED:
@@ -265,12 +276,15 @@ def _anderson_loop(address, is_map, f, f_bits, magnitude, inf_bits, norm_bits, n
 
 
 def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-300, limit_factor=1e8):
-    """``run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None) -> (y, k, steps, live)``: the
-    driver's passes from the iterate ``y`` (after ``k`` Anderson steps and ``steps`` evaluations) in one compiled
-    call, :func:`_anderson_loop`, which asks Python for ``evaluate(y) -> (out, is_map)`` through the process's
+    """``run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None, conformed=False) -> (y, k, steps,
+    live)``: the driver's passes from the iterate ``y`` (after ``k`` Anderson steps and ``steps`` evaluations) in
+    one compiled call, :func:`_anderson_loop`, which asks Python for the raw evaluation ``evaluate(y) -> out`` (the
+    map's G(y) with ``is_map``, else F(y); uncounted: the caller counts the evaluations from ``steps``; ``conformed``:
+    ``out`` is known to be a C-contiguous array of y's dtype and shape, else it is checked) through the process's
     one callback (``deqcore.ode.loop_callback.DISPATCH``) and reads ``out`` where it lies. ``start``: F(y) at the
     start point, whose bookkeeping (with the limit in ``book`` still +inf) comes first and sets the divergence
-    limit from ``limit_floor`` and ``limit_factor``. As in the loop of Python calls, every iterate is a fresh
+    limit from ``limit_floor`` and ``limit_factor`` (the bookkeeping arrays in ``book`` need no initial values:
+    the start pass sets them). As in the loop of Python calls, every iterate is a fresh
     array and each evaluation is read in place (no copies). Returns when no row runs, at ``max_steps``, or when
     a step leaves 0 < live ≤ ``stop_live`` rows running (compaction; −1: never); an exception raised by
     ``evaluate`` is raised again unchanged. What stays fixed during a solve is bound once, as in
@@ -287,9 +301,10 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
              np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64), *cpu_scratch(G.shape[1], batch),
              where)
     kernel, empty_like, addresses, conforming = _anderson_loop, np.empty_like, _addresses, _conforming
+    ndarray = np.ndarray
     raised = [None]
 
-    def run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None):
+    def run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None, conformed=False):
         if not y.flags.c_contiguous:
             y = np.ascontiguousarray(y)
         held = [y, empty_like(y), None]     # the iterate, the next one, the evaluation: alive while the loop reads
@@ -298,7 +313,9 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
             try:
                 if request:
                     held[0] = held[1]
-                raw = conforming(evaluate(held[0])[0], dtype, shape)
+                raw = evaluate(held[0])
+                if not conformed or type(raw) is not ndarray:    # (a subclass is read as a plain array)
+                    raw = conforming(raw, dtype, shape)
                 held[2], held[1] = raw, empty_like(held[0])
                 addresses(raw, held[0], held[1], where)
                 return SERVED
