@@ -6,8 +6,8 @@ error tests, step-size decisions and the driver's step control (:func:`~deqcore.
 compiled) and asks Python, through a ctypes callback (served by :func:`run_radau_loop`), for what only Python
 can give: the three stage evaluations of a Newton iteration, one evaluation of f at a point, a Jacobian or its
 columns; it returns for room for more recorded steps and at the end of the solve. The callback counts and
-checks every call of ``rhs`` as the :class:`~deqcore.ode.base.Evaluator` does; an exception raised by ``rhs`` or ``jac`` is
-kept, stops the compiled loop and is raised again, unchanged.
+checks every call of ``rhs`` as the :class:`~deqcore.ode.base.Evaluator` does; an exception raised by
+``rhs`` or ``jac`` is kept, stops the compiled loop and is raised again, unchanged.
 
 It is the algorithm of :meth:`RadauStepper.attempt <deqcore.ode.radau.RadauStepper.attempt>` and of the
 driver's loop (:func:`deqcore.ode.driver.run`), step for step: the same attempts, evaluations of f and

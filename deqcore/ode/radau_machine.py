@@ -1,7 +1,7 @@
 """The compiled part of :mod:`deqcore.ode.radau_loop`: Radau's step loop for one small dense float64 system
 as a state machine, :func:`radau_run`, which serves its own requests (f at the stages or at a point, a
-Jacobian or its columns) through a ctypes callback. Kept apart from the Python that serves the requests, so that editing that Python leaves the compiled
-code cached on disk valid.
+Jacobian or its columns) through a ctypes callback. Kept apart from the Python that serves the requests,
+so that editing that Python leaves the compiled code cached on disk valid.
 
 The state lives in a few flat arrays (integers ``ist``, floats ``fw`` with the buffers laid out by
 :func:`layout`, the complex factors, the pivots, the record of accepted steps), so that a call unboxes five
