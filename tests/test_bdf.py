@@ -172,3 +172,20 @@ def test_float32_state_keeps_its_dtype_and_follows_float64():
                        atol=1e-8)
     assert y32.ys.dtype == np.float32
     np.testing.assert_allclose(y32.ys[-1], y64.ys[-1], rtol=1e-3, atol=1e-7)
+
+
+def test_the_compiled_loop_is_one_machine_code_for_every_problem():
+    """As Radau's (tests.test_radau): BDF's compiled loop and its helpers are compiled once whatever the
+    system's size, Jacobian, tolerances or direction (Numba compiles once per argument types, read-only arrays
+    included, and per constant argument)."""
+    from deqcore.ode import bdf_machine
+    robertson_y0 = np.array([1.0, 0.0, 0.0])
+    for rhs, y0, span, jac, atol in ((lambda t, y: -1e3 * (y - np.cos(t)), np.zeros(1), (0.0, 1.0), None, 1e-10),
+                                     (lambda t, y: 1e3 * (y - np.cos(t)), np.zeros(1), (1.0, 0.0), None, 1e-10),
+                                     (_robertson, robertson_y0, (0.0, 1.0), None, 1e-10),
+                                     (_robertson, robertson_y0, (0.0, 1.0), None, np.array([1e-8, 1e-12, 1e-8])),
+                                     (_robertson, robertson_y0, (0.0, 1.0), _robertson_jac, 1e-10)):
+        assert dq.integrate(rhs, y0, span, dq.BDF(), jac=jac, rtol=1e-6, atol=atol).success
+    assert len(bdf_machine.bdf_run.signatures) == 1
+    for helper in (bdf_machine._jacobian, bdf_machine._differences):    # compiled here unless cached on disk
+        assert len(helper.signatures) <= 1, helper.__name__

@@ -226,3 +226,22 @@ def test_bad_settings_and_unsupported_problems_are_named():
         dq.steady_state(lambda t, u: -u, np.ones((2, 3)), dq.Radau(), batched=True)
     with pytest.raises(ValueError, match="jac must return an array of shape \\(3, 3\\)"):
         dq.integrate(_robertson, np.array([1.0, 0, 0]), (0.0, 1.0), dq.Radau(), jac=lambda t, y: np.eye(2))
+
+
+def test_the_compiled_loop_is_one_machine_code_for_every_problem():
+    """The compiled loop (one small dense float64 system) and its helpers are compiled once whatever the
+    system's size, Jacobian, tolerances, direction or steady state: Numba compiles a function once per
+    argument types (read-only arrays included), and once per constant argument when callers pass different
+    ones (a flag, a code, a buffer index); each compilation costs the first solve seconds."""
+    from deqcore.ode import radau_machine
+    robertson_y0 = np.array([1.0, 0.0, 0.0])
+    for rhs, y0, span, jac, atol in ((lambda t, y: -1e3 * (y - np.cos(t)), np.zeros(1), (0.0, 1.0), None, 1e-10),
+                                     (lambda t, y: 1e3 * (y - np.cos(t)), np.zeros(1), (1.0, 0.0), None, 1e-10),
+                                     (_robertson, robertson_y0, (0.0, 1.0), None, 1e-10),
+                                     (_robertson, robertson_y0, (0.0, 1.0), None, np.array([1e-8, 1e-12, 1e-8])),
+                                     (_robertson, robertson_y0, (0.0, 1.0), _robertson_jac, 1e-10)):
+        assert dq.integrate(rhs, y0, span, dq.Radau(), jac=jac, rtol=1e-6, atol=atol).success
+    assert dq.steady_state(_robertson, robertson_y0, dq.Radau(), atol=1e-8, rtol=1e-6).success
+    assert len(radau_machine.radau_run.signatures) == 1
+    for helper in (radau_machine._reject, radau_machine._reject_newton):   # compiled here unless cached on disk
+        assert len(helper.signatures) <= 1, helper.__name__

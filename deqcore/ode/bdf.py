@@ -185,8 +185,9 @@ class BDFStepper(OneSystemJacobian):
             self._lu, self._piv = new_factors(n, dtype)
             self._getrs = getrs_address(dtype)
         atol, rtol = tol
-        self._atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), self.ev.shape)
-                                          .reshape(-1)) if np.ndim(atol) else np.array([float(atol)])
+        # a copy (writable): a read-only view (per-component atol) would compile the kernels a second time
+        self._atol = np.array(np.broadcast_to(np.asarray(atol, dtype=np.float64), self.ev.shape).reshape(-1)) \
+            if np.ndim(atol) else np.array([float(atol)])
         self._rtol = float(rtol)
         self._newton_tol = self.newton_tolerance(rtol)
 

@@ -62,7 +62,8 @@ def run_bdf_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, param
     J = np.zeros((n, n))
     lu, piv = np.empty(n * n), np.zeros(n, dtype=np.int32)      # LU column-major, flat: one type for every n
     atol, rtol = tol
-    atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, dtype=np.float64), shape).reshape(-1)) \
+    # a copy (writable): a read-only view of the caller's array would compile bdf_run a second time
+    atol = np.array(np.broadcast_to(np.asarray(atol, dtype=np.float64), shape).reshape(-1)) \
         if np.ndim(atol) else np.array([float(atol)])
     V[ATOL_FULL] = atol if atol.shape[0] == n else atol[0]
     FD, YP, FP, M = np.zeros((FD_ROWS, n)), np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))

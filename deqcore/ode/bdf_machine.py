@@ -85,13 +85,21 @@ def _differences(ist, FD, FP, f, M):
 
 
 @numba.njit
-def _fd_jacobian(ist, fw, t, y, f, threshold, FD, YP, FP, M, J, callback):
-    """J at (t, y) by forward differences around ``f`` = f(t, y): FiniteDiffJacobian._dense_one for one dense
-    system (the same increments, evaluations, lost-column retry and factor update; its compiled helpers),
-    the columns evaluated through the callback. Returns the callback's status."""
+def _jacobian(ist, fw, t, V, FD, YP, FP, M, J, callback):
+    """J at (t, V[YA]) with f = V[FA]: the user's (through the callback) or forward differences around f
+    (FiniteDiffJacobian._dense_one for one dense system: the same increments, evaluations, lost-column retry
+    and factor update; its compiled helpers), the columns evaluated through the callback. Returns the
+    callback's status. (One function, and one call of each helper, with no constant flag: Numba compiles a
+    helper once per distinct constant argument, and a compiled callee again inside each caller.)"""
+    if ist[I_USER_JAC] != 0:
+        return call_back(callback, JAC_AT, t, 0.0, 0.0)
+    y = V[YA]
+    f = V[FA]
+    threshold = V[ATOL_FULL]
     n = y.shape[0]
     if ist[I_HAVE_FD] == 0:
-        FD[FACTOR] = fw[F_FD_START]
+        for j in range(n):
+            FD[FACTOR, j] = fw[F_FD_START]
         ist[I_HAVE_FD] = 1
     for j in range(n):
         FD[COLS, j] = 1.0
@@ -99,35 +107,31 @@ def _fd_jacobian(ist, fw, t, y, f, threshold, FD, YP, FP, M, J, callback):
     lost = np.zeros(n, dtype=np.bool_)
     fd_increments(y, threshold, FD[FACTOR], FD[H1])
     fd_perturbed(y, FD[H1], FD[COLS], YP)
-    status = call_back(callback, FD_COLS, t, 0.0, 0.0)
-    if status != SERVED:
-        return status
-    _differences(ist, FD, FP, f, M)
-    if _fd_columns(M, FD[H1], FD[F_ABS], fw[F_LOST_BELOW], J, FD[BIG], FD[COL_SCALE], lost, True):
+    first = True
+    while True:
+        status = call_back(callback, FD_COLS, t, 0.0, 0.0)
+        if status != SERVED:
+            return status
+        _differences(ist, FD, FP, f, M)
+        any_lost = _fd_columns(M, FD[H1] if first else FD[H2], FD[F_ABS], fw[F_LOST_BELOW], J, FD[BIG],
+                               FD[COL_SCALE], lost, first)
+        if not (first and any_lost):
+            break
         # columns lost in rounding: once more with a larger increment
         for j in range(n):
             FD[FACTOR2, j] = FD[FACTOR, j] * fw[F_GROW] if lost[j] else FD[FACTOR, j]
             FD[COLS, j] = 1.0 if lost[j] else 0.0
         fd_increments(y, threshold, FD[FACTOR2], FD[H2])
         fd_perturbed(y, FD[H2], FD[COLS], YP)
-        status = call_back(callback, FD_COLS, t, 0.0, 0.0)
-        if status != SERVED:
-            return status
-        _differences(ist, FD, FP, f, M)
-        _fd_columns(M, FD[H2], FD[F_ABS], fw[F_LOST_BELOW], J, FD[BIG], FD[COL_SCALE], lost, False)
-    else:
-        FD[FACTOR2] = FD[FACTOR]
-    FD[FACTOR] = _fd_factors(FD[FACTOR2].reshape((1, n)), FD[BIG], FD[COL_SCALE], fw[F_EPS])[0]
+        first = False
+    if first:
+        for j in range(n):
+            FD[FACTOR2, j] = FD[FACTOR, j]
+    new = _fd_factors(FD[FACTOR2].reshape((1, n)), FD[BIG], FD[COL_SCALE], fw[F_EPS])
+    for j in range(n):
+        FD[FACTOR, j] = new[0, j]
     ist[I_NJEV_FD] += 1
     return SERVED
-
-
-@numba.njit
-def _jacobian(ist, fw, t, V, FD, YP, FP, M, J, callback):
-    """J at (t, V[YA]) with f = V[FA]: the user's (through the callback) or finite differences."""
-    if ist[I_USER_JAC] != 0:
-        return call_back(callback, JAC_AT, t, 0.0, 0.0)
-    return _fd_jacobian(ist, fw, t, V[YA], V[FA], V[ATOL_FULL], FD, YP, FP, M, J, callback)
 
 
 @numba.njit(cache=CACHE)
@@ -354,7 +358,9 @@ def bdf_run(ist, fw, D, D_new, V, atol, J, lu_flat, piv, coef, rec, FD, YP, FP, 
                 y[q] = y1[q]
                 f[q] = f1[q]
             # BDFStepper.accept (the new differences: the swap of D and D_new, as a copy)
-            D[:] = D_new
+            for j in range(D.shape[0]):     # D[:] = D_new (a sliced array assignment compiles its shape-error path)
+                for q in range(n):
+                    D[j, q] = D_new[j, q]
             if new_order != order:
                 ist[I_ORDER] = new_order
                 ist[I_N_EQUAL] = 0

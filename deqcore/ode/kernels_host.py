@@ -316,7 +316,9 @@ def bdf_update(D, D_new, d, order, error_const, scale, max_order, select, psi, c
     (into ``f_new``) and, when ``select``, the RMS scaled error estimates of orders k − 1 and k + 1 (inf where
     that order does not exist)."""
     n = D.shape[1]
-    D_new[:] = D
+    for j in range(D.shape[0]):     # D_new[:] = D (element loops: a sliced assignment compiles its shape-error path)
+        for i in range(n):
+            D_new[j, i] = D[j, i]
     for i in range(n):
         f_new[i] = (psi[i] + d[i]) / c
         D_new[order + 2, i] = d[i] - D_new[order + 1, i]
@@ -371,7 +373,9 @@ def bdf_rescale(D, order, factor):
             for q in range(k):
                 s += RU[q, j] * D[q, i]
             out[j, i] = s
-    D[:k] = out
+    for j in range(k):
+        for i in range(n):
+            D[j, i] = out[j, i]
 
 
 # ---- Rosenbrock -----------------------------------------------------------------------------------------------

@@ -459,7 +459,8 @@ class RadauStepper(OneSystemJacobian):
 
     @staticmethod
     def _atol_array(atol):
-        return np.ascontiguousarray(atol, dtype=np.float64) if np.ndim(atol) else np.array([float(atol)])
+        # a copy (writable): a read-only view (per-component atol) would compile the kernels a second time
+        return np.array(atol, dtype=np.float64) if np.ndim(atol) else np.array([float(atol)])
 
     def _decide(self, t, y, fy, h, y_flat, y_new, Z, err, n_iter, theta, y_absmax):
         """Accept or reject on the error estimate ``err``; the next step size."""

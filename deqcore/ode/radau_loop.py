@@ -1,14 +1,13 @@
 """The whole step loop of :class:`~deqcore.ode.radau.RadauStepper` for one small dense float64 system in
 compiled code, with only the right-hand side (and the Jacobian) evaluated in Python.
 
-The loop is a compiled state machine (:func:`~deqcore.ode.radau_machine.radau_advance`): it runs attempts,
+The loop is a compiled state machine (:func:`~deqcore.ode.radau_machine.radau_run`): it runs attempts,
 error tests, step-size decisions and the driver's step control (:func:`~deqcore.ode.controller.make_control_step`,
-compiled) until it needs something only Python can give, and returns that request: the three stage evaluations
-of a Newton iteration, one evaluation of f at a point, a Jacobian, room for more recorded steps, or the end of
-the solve. :func:`~deqcore.ode.radau_machine.radau_run` serves the evaluation and Jacobian requests from
-compiled code through a ctypes callback into Python (:func:`run_radau_loop`), which counts and checks every
-call of ``rhs`` as the :class:`~deqcore.ode.base.Evaluator` does; an exception raised by ``rhs`` or ``jac`` is
-kept, stops the compiled loop and is raised again, unchanged.
+compiled) and asks Python, through a ctypes callback (served by :func:`run_radau_loop`), for what only Python
+can give: the three stage evaluations of a Newton iteration, one evaluation of f at a point, a Jacobian or its
+columns; it returns for room for more recorded steps and at the end of the solve. The callback counts and
+checks every call of ``rhs`` as the :class:`~deqcore.ode.base.Evaluator` does; an exception raised by
+``rhs`` or ``jac`` is kept, stops the compiled loop and is raised again, unchanged.
 
 It is the algorithm of :meth:`RadauStepper.attempt <deqcore.ode.radau.RadauStepper.attempt>` and of the
 driver's loop (:func:`deqcore.ode.driver.run`), step for step: the same attempts, evaluations of f and

@@ -1,7 +1,7 @@
 """The compiled part of :mod:`deqcore.ode.radau_loop`: Radau's step loop for one small dense float64 system
-as a state machine, :func:`radau_advance`, and :func:`radau_run`, which serves its requests through a ctypes
-callback. Kept apart from the Python that serves the requests, so that editing that Python leaves the compiled
-code cached on disk valid.
+as a state machine, :func:`radau_run`, which serves its own requests (f at the stages or at a point, a
+Jacobian or its columns) through a ctypes callback. Kept apart from the Python that serves the requests,
+so that editing that Python leaves the compiled code cached on disk valid.
 
 The state lives in a few flat arrays (integers ``ist``, floats ``fw`` with the buffers laid out by
 :func:`layout`, the complex factors, the pivots, the record of accepted steps), so that a call unboxes five
@@ -20,7 +20,7 @@ from ..linalg.finite_diff import _fd_columns, _fd_factors
 from .kernels_host import (BAD_F, CONVERGED, RADAU_GEMV, _combine, radau_error, radau_extrapolation, radau_factor,
                            radau_newton, radau_start)
 
-__all__ = ["radau_advance", "radau_run", "layout"]
+__all__ = ["radau_run", "layout"]
 
 from .loop_callback import (SERVED, call_back as _call_back, control_with_proposal as _control,
                             fd_increments as _increments, fd_perturbed as _perturbed)
@@ -28,7 +28,7 @@ from .loop_callback import (SERVED, call_back as _call_back, control_with_propos
 _MAX_STEPS = int(ReturnCode.MAX_STEPS)
 _LINEAR_SOLVE_FAILED = int(ReturnCode.LINEAR_SOLVE_FAILED)
 
-# requests (what radau_advance returns)
+# requests (what radau_run asks the callback for; DONE and GROW: what it returns)
 DONE, STAGES, F_BASE, F_ERR, F_NEW, JAC, GROW, FD_COLS = range(8)
 
 # integer state (ist)
@@ -53,6 +53,7 @@ F_HEAD = F_RATE + 6
 # phases of the state machine
 P_ATTEMPT, P_AFTER_F_BASE, P_AFTER_JAC, P_NEWTON, P_AFTER_F_ERR, P_AFTER_F_NEW, P_CONTROL, P_FD1, P_FD2 = range(9)
 P_FD_START, P_FD_FINISH = 200, 201
+P_ERROR = 202         # the error estimate after Newton converged (internal)
 
 # buffers in fw after the head: name -> size in units of n (or fixed)
 _VECTORS = ("y", "f", "y_new", "f_new", "scale", "ez", "err_vec", "y_err", "f_err", "atol")
@@ -83,35 +84,12 @@ def layout(n: int) -> dict:
 
 
 @numba.njit
-def _vec(fw, n, k):
-    """The k-th length-n vector after the head (the order of ``_VECTORS``)."""
-    a = F_HEAD + k * n
-    return fw[a:a + n]
-
-
-@numba.njit
-def _stage(fw, n, k):
-    """The k-th (3, n) block after the vectors (the order of ``_STAGES``)."""
-    a = F_HEAD + 10 * n + k * 3 * n
-    return fw[a:a + 3 * n].reshape((3, n))
-
-
-@numba.njit
-def _small(fw, n, k, size):
-    """After J and lu_r: M, T, T_inv (9 each), e, c, a_last (3 each), dense (9), starting at 9k for k < 4,
-    27 + 3 (k − 3) after (``size``: 9 or 3)."""
-    base = F_HEAD + 10 * n + 15 * n + 2 * n * n
-    a = base + (9 * k if k < 4 else 27 + 3 * (k - 3))
-    return fw[a:a + size]
-
-
-@numba.njit
-def _reject(ist, fw, n, h_next, code, err_sq, newton):
-    """:meth:`RadauStepper._reject`: the trial of a rejected attempt (state unchanged)."""
+def _reject(ist, fw, n, h_next, err_sq):
+    """:meth:`RadauStepper._reject` after the error test: the trial of a rejected attempt (state unchanged),
+    code 0 (a caller sets another after it). Numba compiles a function once per distinct constant argument
+    (flags, codes, buffer indices): the helpers here take none."""
     ist[I_LAST_REJECTED] = 1
-    if newton and ist[I_JAC_FRESH] == 0:
-        ist[I_NEED_JAC] = 1
-    y = _vec(fw, n, 0)
+    y = fw[F_HEAD:F_HEAD + n]
     top = 0.0
     for q in range(n):
         a = abs(y[q])
@@ -120,16 +98,29 @@ def _reject(ist, fw, n, h_next, code, err_sq, newton):
     fw[F_TOP] = top
     fw[F_H_NEXT] = h_next
     fw[F_ERR_SQ] = err_sq
-    ist[I_TRIAL_CODE] = code
+    ist[I_TRIAL_CODE] = 0
     ist[I_KEEP_JAC] = -1            # no pending accepted step
     ist[I_PHASE] = P_CONTROL
 
 
+@numba.njit
+def _reject_newton(ist, fw, n, h_next):
+    """:meth:`RadauStepper._reject` with ``newton=True``: a failed Newton iteration, a matrix that could not be
+    factored or a new point f cannot continue from; a new J unless the current one is fresh."""
+    if ist[I_JAC_FRESH] == 0:
+        ist[I_NEED_JAC] = 1
+    _reject(ist, fw, n, h_next, math.inf)
+
+
 @numba.njit(cache=CACHE)
-def radau_advance(ist, fw, lu_c_flat, piv, rec):
-    """Run the solve until Python is needed; returns ``(request, t_a, t_b, t_c)`` (the times of the requested
-    evaluations). See the module docstring. ``lu_c_flat`` holds the complex LU column-major, flat: an (n, n)
-    array with n = 1 is C- and F-contiguous at once and would be compiled a second time."""
+def radau_run(ist, fw, lu_c_flat, piv, rec, callback):
+    """Run the solve, serving its evaluation and Jacobian requests through ``callback`` (the address of a
+    :data:`~deqcore.ode.loop_callback.CALLBACK`), until it ends (DONE), the record is full (GROW) or the
+    callback fails (``-RAISED`` or ``-HAND_BACK``); returns which. The state lives in ``ist``/``fw`` (see the
+    module docstring): a call after GROW or a served request continues where the last one stopped.
+    ``lu_c_flat`` holds the complex LU column-major, flat: an (n, n) array with n = 1 is C- and F-contiguous
+    at once and would be compiled a second time. One function: a compiled callee is optimised again inside
+    each caller, so a separate state machine called by a serving loop cost its compilation twice."""
     n = ist[I_N]
     lu_c = lu_c_flat.reshape((n, n)).T
     addresses = ist[I_ADDR:I_ADDR + 7]
@@ -137,28 +128,33 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
     piv_c = piv[n:]
     lu_r = fw[F_HEAD + 25 * n + n * n:F_HEAD + 25 * n + 2 * n * n].reshape((n, n)).T
     J = fw[F_HEAD + 25 * n:F_HEAD + 25 * n + n * n].reshape((n, n))
-    y = _vec(fw, n, 0)
-    f = _vec(fw, n, 1)
-    y_new = _vec(fw, n, 2)
-    f_new = _vec(fw, n, 3)
-    scale = _vec(fw, n, 4)
-    ez = _vec(fw, n, 5)
-    err_vec = _vec(fw, n, 6)
-    y_err = _vec(fw, n, 7)
-    f_err = _vec(fw, n, 8)
-    atol = _vec(fw, n, 9)
-    Z = _stage(fw, n, 0)
-    W = _stage(fw, n, 1)
-    Y = _stage(fw, n, 2)
-    F = _stage(fw, n, 3)
-    Z_prev = _stage(fw, n, 4)
-    M = _small(fw, n, 0, 9).reshape((3, 3))
-    T = _small(fw, n, 1, 9).reshape((3, 3))
-    T_inv = _small(fw, n, 2, 9).reshape((3, 3))
-    e = _small(fw, n, 3, 3)
-    c = _small(fw, n, 4, 3)
-    a_last = _small(fw, n, 5, 3)
-    dense = _small(fw, n, 6, 9)
+    # the buffers of layout(n), as views (slices here: a helper taking the index would compile once per index)
+    vb = F_HEAD
+    y = fw[vb + 0 * n:vb + 1 * n]
+    f = fw[vb + 1 * n:vb + 2 * n]
+    y_new = fw[vb + 2 * n:vb + 3 * n]
+    f_new = fw[vb + 3 * n:vb + 4 * n]
+    scale = fw[vb + 4 * n:vb + 5 * n]
+    ez = fw[vb + 5 * n:vb + 6 * n]
+    err_vec = fw[vb + 6 * n:vb + 7 * n]
+    y_err = fw[vb + 7 * n:vb + 8 * n]
+    f_err = fw[vb + 8 * n:vb + 9 * n]
+    atol = fw[vb + 9 * n:vb + 10 * n]
+    sb = F_HEAD + 10 * n
+    Z = fw[sb + 0 * n:sb + 3 * n].reshape((3, n))
+    W = fw[sb + 3 * n:sb + 6 * n].reshape((3, n))
+    Y = fw[sb + 6 * n:sb + 9 * n].reshape((3, n))
+    F = fw[sb + 9 * n:sb + 12 * n].reshape((3, n))
+    Z_prev = fw[sb + 12 * n:sb + 15 * n].reshape((3, n))
+    mb = F_HEAD + 25 * n + 2 * n * n       # after J and lu_r: M, T, T_inv (9 each), e, c, a_last (3 each), dense
+    M_flat = fw[mb:mb + 9]
+    M = M_flat.reshape((3, 3))
+    T = fw[mb + 9:mb + 18].reshape((3, 3))
+    T_inv = fw[mb + 18:mb + 27].reshape((3, 3))
+    e = fw[mb + 27:mb + 30]
+    c = fw[mb + 30:mb + 33]
+    a_last = fw[mb + 33:mb + 36]
+    dense = fw[mb + 36:mb + 45]
     rate = fw[F_RATE:F_RATE + 4]
     fdb = F_HEAD + 25 * n + 2 * n * n + 45
     fd_factor = fw[fdb:fdb + n]
@@ -185,11 +181,11 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
         phase = ist[I_PHASE]
         if phase == P_ATTEMPT:
             if ist[I_ACTIVE] == 0:
-                return DONE, 0.0, 0.0, 0.0
+                return DONE
             if ist[I_NUM_STEPS] >= ist[I_MAX_STEPS]:
                 ist[I_CODE] = _MAX_STEPS
                 ist[I_ACTIVE] = 0
-                return DONE, 0.0, 0.0, 0.0
+                return DONE
             t = fw[F_T]
             h = fw[F_DIRECTION] * fw[F_H]
             fw[F_T_ARG] = t
@@ -202,10 +198,16 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
                         phase = P_FD_START
                     else:
                         ist[I_PHASE] = P_AFTER_F_BASE
-                        return F_BASE, t, 0.0, 0.0
+                        status = _call_back(callback, F_BASE, t, 0.0, 0.0)
+                        if status != SERVED:
+                            return -status
+                        continue
                 if ist[I_USER_JAC] != 0:
                     ist[I_PHASE] = P_AFTER_JAC
-                    return JAC, t, 0.0, 0.0
+                    status = _call_back(callback, JAC, t, 0.0, 0.0)
+                    if status != SERVED:
+                        return -status
+                    continue
                 phase = P_FD_START
             else:
                 phase = P_AFTER_JAC + 100      # factor and start Newton
@@ -237,7 +239,10 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
                 _increments(yb, atol, fd_factor2, fd_h2)
                 _perturbed(yb, fd_h2, fd_cols, YP)
                 ist[I_PHASE] = P_FD2
-                return FD_COLS, fw[F_T_ARG], 0.0, 0.0
+                status = _call_back(callback, FD_COLS, fw[F_T_ARG], 0.0, 0.0)
+                if status != SERVED:
+                    return -status
+                continue
             if first:
                 for j in range(n):
                     fd_factor2[j] = fd_factor[j]
@@ -261,7 +266,10 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
             _increments(yb, atol, fd_factor, fd_h)
             _perturbed(yb, fd_h, fd_cols, YP)
             ist[I_PHASE] = P_FD1
-            return FD_COLS, fw[F_T_ARG], 0.0, 0.0
+            status = _call_back(callback, FD_COLS, fw[F_T_ARG], 0.0, 0.0)
+            if status != SERVED:
+                return -status
+            continue
         if phase == P_AFTER_JAC:
             ist[I_HAVE_JAC] = 1
             ist[I_JAC_FRESH] = 1
@@ -288,12 +296,13 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
                 fw[F_LU_H] = h
             if ist[I_LU_VALID] == 0:
                 ist[I_NFAILED_SOLVES] += 1
-                _reject(ist, fw, n, 0.5 * abs(h), _LINEAR_SOLVE_FAILED, math.inf, True)
+                _reject_newton(ist, fw, n, 0.5 * abs(h))
+                ist[I_TRIAL_CODE] = _LINEAR_SOLVE_FAILED
                 continue
             if ist[I_HAVE_ZPREV] != 0:
                 ratio = h / fw[F_H_PREV]
                 if ist[I_HAVE_M] == 0 or fw[F_M_RATIO] != ratio:
-                    radau_extrapolation(ratio, c, dense, _small(fw, n, 0, 9))
+                    radau_extrapolation(ratio, c, dense, M_flat)
                     fw[F_M_RATIO] = ratio
                     ist[I_HAVE_M] = 1
                 radau_start(addresses, M, Z_prev, T_inv, y, atol, fw[F_RTOL], Z, W, Y, scale)
@@ -305,7 +314,10 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
             rate[3] = max(fw[F_FACCON], eps) ** 0.8
             ist[I_K] = 1
             ist[I_PHASE] = P_NEWTON
-            return STAGES, t + c[0] * h, t + c[1] * h, t + c[2] * h
+            status = _call_back(callback, STAGES, t + c[0] * h, t + c[1] * h, t + c[2] * h)
+            if status != SERVED:
+                return -status
+            continue
         elif phase == P_NEWTON:
             t = fw[F_T_ARG]
             h = fw[F_H_ARG]
@@ -335,42 +347,47 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
                 h_fail = 0.5 * abs(h)
             if not (converged or failed):
                 ist[I_K] = k + 1
-                return STAGES, t + c[0] * h, t + c[1] * h, t + c[2] * h
+                status = _call_back(callback, STAGES, t + c[0] * h, t + c[1] * h, t + c[2] * h)
+                if status != SERVED:
+                    return -status
+                continue
             fw[F_FACCON] = rate[3]
             fw[F_THETA] = rate[2]
             ist[I_NITER] = k
             if failed:
                 ist[I_NNEWTON_FAIL] += 1
-                _reject(ist, fw, n, h_fail, 0, math.inf, True)
+                _reject_newton(ist, fw, n, h_fail)
                 continue
-            err, top = radau_error(addresses, True, f, Z, e, h, lu_r, piv_r, y, atol, fw[F_RTOL], y_new, scale,
-                                   ez, err_vec)
-            ist[I_NLINSOLVE] += 1
-            fw[F_ERRV] = err
-            fw[F_TOP] = top
-            if not err < 1.0 and (ist[I_FIRST] != 0 or ist[I_LAST_REJECTED] != 0) and math.isfinite(err):
-                for q in range(n):
-                    y_err[q] = y[q] + err_vec[q]
-                ist[I_PHASE] = P_AFTER_F_ERR
-                return F_ERR, t, 0.0, 0.0
-            phase = P_AFTER_F_ERR + 100
-        elif phase == P_AFTER_F_ERR:
-            err, top = radau_error(addresses, False, f_err, Z, e, fw[F_H_ARG], lu_r, piv_r, y, atol, fw[F_RTOL],
-                                   y_new, scale, ez, err_vec)
-            ist[I_NLINSOLVE] += 1
-            fw[F_ERRV] = err
-            fw[F_TOP] = top
-            phase = P_AFTER_F_ERR + 100
+            phase = P_ERROR
         elif phase == P_AFTER_F_NEW:
             ist[I_F_EXACT] = 1
             phase = P_AFTER_F_NEW + 100
+        if phase == P_ERROR or phase == P_AFTER_F_ERR:
+            # the filtered error estimate, or (after F_ERR) the re-filtered one: one call site with a run-time
+            # flag, so that radau_error is compiled once (a literal True/False compiles it twice)
+            refilter = phase == P_AFTER_F_ERR
+            err, top = radau_error(addresses, not refilter, f_err if refilter else f, Z, e, fw[F_H_ARG], lu_r,
+                                   piv_r, y, atol, fw[F_RTOL], y_new, scale, ez, err_vec)
+            ist[I_NLINSOLVE] += 1
+            fw[F_ERRV] = err
+            fw[F_TOP] = top
+            if not refilter and not err < 1.0 and (ist[I_FIRST] != 0 or ist[I_LAST_REJECTED] != 0) \
+                    and math.isfinite(err):
+                for q in range(n):
+                    y_err[q] = y[q] + err_vec[q]
+                ist[I_PHASE] = P_AFTER_F_ERR
+                status = _call_back(callback, F_ERR, fw[F_T_ARG], 0.0, 0.0)
+                if status != SERVED:
+                    return -status
+                continue
+            phase = P_AFTER_F_ERR + 100
         if phase == P_AFTER_F_ERR + 100:
             # RadauStepper._decide
             t = fw[F_T_ARG]
             h = fw[F_H_ARG]
             err = fw[F_ERRV]
             if not math.isfinite(err):
-                _reject(ist, fw, n, 0.5 * abs(h), 0, math.inf, True)
+                _reject_newton(ist, fw, n, 0.5 * abs(h))
                 continue
             err = max(err, 1e-10)
             fw[F_ERRV] = err
@@ -380,7 +397,7 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
             h_abs = abs(h)
             if err > 1.0:
                 h_next = 0.1 * h_abs if ist[I_FIRST] != 0 else h_abs / quot
-                _reject(ist, fw, n, h_next, 0, err * err * n, False)
+                _reject(ist, fw, n, h_next, err * err * n)
                 continue
             if ist[I_HAVE_ACC] != 0:
                 gus = fw[F_H_ACC] / h_abs * (err * err / fw[F_ERR_ACC]) ** 0.25 / safety
@@ -400,7 +417,10 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
                 phase = P_AFTER_F_NEW + 100
             else:
                 ist[I_PHASE] = P_AFTER_F_NEW
-                return F_NEW, t + h, 0.0, 0.0
+                status = _call_back(callback, F_NEW, t + h, 0.0, 0.0)
+                if status != SERVED:
+                    return -status
+                continue
         if phase == P_AFTER_F_NEW + 100:
             h = fw[F_H_ARG]
             h_abs = abs(h)
@@ -409,7 +429,7 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
                 if not math.isfinite(f_new[q]):
                     finite = False
             if not finite:
-                _reject(ist, fw, n, 0.5 * h_abs, 0, math.inf, True)
+                _reject_newton(ist, fw, n, 0.5 * h_abs)
                 continue
             h_next = fw[F_H_NEXT]
             keep_jac = fw[F_THETA] <= fw[F_JAC_RATE] or ist[I_NITER] <= ist[I_JAC_KEEP_ITER]
@@ -426,7 +446,7 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
             # the driver: step control of the row (_HostRow.control), then record and accept
             accepted_trial = ist[I_KEEP_JAC] >= 0
             if ist[I_RECORD] != 0 and ist[I_REC_COUNT] >= ist[I_REC_CAP]:
-                return GROW, 0.0, 0.0, 0.0
+                return GROW
             ist[I_NUM_STEPS] += 1
             res = fw[F_THRESHOLD]
             if ist[I_STEADY] != 0:
@@ -487,19 +507,3 @@ def radau_advance(ist, fw, lu_c_flat, piv, rec):
                     ist[I_JAC_FRESH] = 0
                     ist[I_NEED_JAC] = 0 if ist[I_KEEP_JAC] == 1 else 1
             ist[I_PHASE] = P_ATTEMPT
-
-
-@numba.njit(cache=CACHE)
-def radau_run(ist, fw, lu_c, piv, rec, callback):
-    """Run :func:`radau_advance`, serving its evaluation and Jacobian requests through ``callback`` (the
-    address of a :data:`~deqcore.ode.loop_callback.CALLBACK`), until the solve ends (DONE), the record is
-    full (GROW) or the callback fails (``-RAISED`` or ``-HAND_BACK``); returns which."""
-    while True:
-        request, t_a, t_b, t_c = radau_advance(ist, fw, lu_c, piv, rec)
-        if request == DONE or request == GROW:
-            return request
-        status = _call_back(callback, request, t_a, t_b, t_c)
-        if status != SERVED:
-            return -status
-
-
