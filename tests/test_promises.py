@@ -1,10 +1,8 @@
 """README promises checked on cases the other test files leave out: float32 kept through every ODE path and ODE
 adjoint, steady_state's stopping test with rtol=0, per-component atol in every ODE adjoint, inputs the entry
 points must refuse by name (ODE adjoints, Dask, the command line), the JAX adapter's eager SolveError, and the
-torch adapter on non-contiguous tensors. References: analytic solutions, dense float64 solves.
-
-Tests marked xfail(strict=True) record a broken promise whose fix lies elsewhere; they fail as soon as it is
-fixed, so the mark can be removed.
+torch adapter on non-contiguous tensors, 0-d states in the stiff solvers, Newton–Krylov in float32, the global
+errors the README quotes. References: analytic solutions, dense float64 solves.
 """
 
 from __future__ import annotations
@@ -306,15 +304,15 @@ def test_newton_krylov_solves_a_float32_problem_in_float32(mode):
     np.testing.assert_allclose(sol.value, 0.4501836, atol=1e-5)          # y = cos(y)/2
 
 
-@pytest.mark.xfail(strict=True, reason="a 0-d y0: Radau's compiled loop fails inside its f callback (TypeError "
-                                       "'numpy.float64' object does not support item assignment, "
-                                       "radau_loop.serve); BDF returns a NumPy scalar, not a 0-d array")
 @pytest.mark.parametrize("solver", [dq.Radau(), dq.BDF()], ids=["radau", "bdf"])
 def test_stiff_solvers_take_a_scalar_state(solver):
     # dq.Tsit5, dq.VCABM3 and dq.Rodas5P take y0 of shape () and return a 0-d array; y' = 1 − y, y(0) = 0
     sol = dq.integrate(lambda t, y: 1.0 - y, np.array(0.0), (0.0, 1.0), solver, atol=1e-10, rtol=1e-10)
     assert isinstance(sol.value, np.ndarray) and sol.value.shape == ()
     np.testing.assert_allclose(sol.value, 1.0 - np.exp(-1.0), rtol=1e-8)
+    mid = sol(0.5)                                                   # dense output keeps the 0-d shape
+    assert isinstance(mid, np.ndarray) and mid.shape == ()
+    np.testing.assert_allclose(mid, 1.0 - np.exp(-0.5), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- steady_state: SUCCESS means the test passed

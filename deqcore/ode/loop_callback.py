@@ -207,7 +207,7 @@ def step_records(rec, count, shape, y0, f0, stages=None):
     steps = []
     y_prev, f_prev = y0, f0
     for r in range(count):
-        y1, f1 = Y1s[r], F1s[r]
+        y1, f1 = Y1s[r, ...], F1s[r, ...]          # views (0-d arrays for a 0-d state)
         steps.append(StepRecord(starts[r], ends[r] - starts[r], y_prev, y1, f_prev, f1,
                                 None if stages is None else stages(r, y_prev)))
         y_prev, f_prev = y1, f1

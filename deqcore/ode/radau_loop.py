@@ -185,10 +185,10 @@ def run_radau_loop(stepper, rows, y0, f0, tol, max_steps: int, record: bool, par
                     t_a = 0.0
                 for j in columns.nonzero()[0].tolist():
                     ev.nfev += 1
-                    value = rhs(t_a, YP[j], *args)
+                    value = rhs(t_a, YP[j, ...], *args)     # (a view, 0-d states included)
                     if type(value) is not ndarray or value.dtype is not dtype or value.shape != shape:
                         value = _checked(ev, value)
-                    FP[j][...] = value
+                    FP[j, ...] = value
             elif request == JAC:
                 J = jacobian(t_a)
                 if type(J) is not ndarray:

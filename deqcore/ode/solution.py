@@ -113,7 +113,9 @@ class ODESolution:
             direction, ends = self._step_ends()
             index = np.minimum(np.searchsorted(ends, direction * times, side="left"), len(self.steps) - 1)
             values = [interpolate(self.steps[i], tau, self._tableau) for i, tau in zip(index, times)]
-        return values[0] if scalar else self._stack(values)
+        if not scalar:
+            return self._stack(values)
+        return np.asarray(values[0]) if isinstance(values[0], np.generic) else values[0]   # a 0-d state: 0-d
 
     def _step_ends(self):
         """(direction, direction · end time of every step), built once: a dense-output call costs
