@@ -369,13 +369,44 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         return z_star
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_z):
         x, z_star, *params = ctx.saved_tensors
-        dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params), ctx.forward)
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params), ctx.forward)
         if dparams == ():
             dparams = (None,) * len(params)
-        return (None, dx, None, *dparams)
+        grads = _differentiable_once((dx, *dparams), (x, *params, grad_z), create_graph)
+        return (None, grads[0], None, *grads[1:])
+
+
+def _differentiable_once(grads, inputs, create_graph):
+    """``grads`` as they are, or, under ``create_graph=True`` when one of ``inputs`` requires grad, the same values
+    on a graph whose backward raises: a second derivative through the adapter is refused, never silently zero."""
+    if not create_graph:
+        return grads
+    anchors = tuple(t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad)
+    if not anchors:
+        return grads
+    return tuple(None if d is None else _DifferentiableOnce.apply(d, *anchors) for d in grads)
+
+
+class _DifferentiableOnce(torch.autograd.Function):
+    """A gradient of a DEQ or TorchLayer computed with ``create_graph=True``: the same values, and a graph whose backward
+    raises (torch's ``once_differentiable`` leaves such a gradient without a graph when the cotangent of z* is a
+    constant, so a loss built on it, e.g. a gradient penalty on ``z.sum()``, silently lost its second-order
+    terms)."""
+
+    @staticmethod
+    def forward(ctx, grad, *anchors):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            "deqcore.interop.torch's DEQ and TorchLayer are differentiable once: their gradients cannot be "
+            "differentiated again (double backward, e.g. a gradient penalty on a gradient taken with "
+            "create_graph=True, is not implemented); take that gradient without create_graph=True")
 
 
 class TorchLayer(torch.nn.Module):
@@ -437,16 +468,19 @@ class _LayerFunction(torch.autograd.Function):
         params = layer.params
         if any(ctx.needs_input_grad):
             y, ctx.pullback, layer.state = layer.model.vjp(x_arr, params, layer.state)
+            ctx.save_for_backward(x, *weights)
         else:
             y, layer.state = layer.model(x_arr, params, layer.state)
         return from_array(y)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        dx, dparams = ctx.pullback(to_array(grad_y, "grad_output"))
-        leaves = tree_flatten(dparams)[0]
-        return (None, from_array(dx), *(from_array(d) for d in leaves))
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            dx, dparams = ctx.pullback(to_array(grad_y, "grad_output"))
+            grads = (from_array(dx), *(from_array(d) for d in tree_flatten(dparams)[0]))
+        grads = _differentiable_once(grads, (*ctx.saved_tensors, grad_y), create_graph)
+        return (None, *grads)
 
 
 class _Cell(torch.nn.Module):

@@ -1,0 +1,257 @@
+"""README promises about DEQ models, gradients, the torch adapter and root solvers under stress, checked on cases
+the other test files leave out: the default model gradient against a dense implicit-function-theorem solve for
+every root solver and at every state size (LU and GMRES paths) and in float32; one-step and phantom gradients
+against their linearised definitions; an adjoint that fails is told; the skip DEQ's forward-mode derivative
+with parameter tangents; the torch adapter's float32 gradients and its refusal of double backward; root solvers
+on a double root, a slow contraction, several fixed points, an f that raises, max_steps=1 and zero tolerances.
+References: dense float64 solves, central finite differences, analytic solutions.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import deqcore as dq
+from deqcore import nn
+from deqcore.adjoint import _warn
+
+
+# ----------------------------------------------------------------------------------------------- DEQ models
+
+def _cell(width):
+    """f((z, x)) = tanh(W z + U x + b)."""
+    return nn.Chain(nn.Parallel(nn.add, nn.Dense(width, width, use_bias=False), nn.Dense(width, width)),
+                    nn.Activation("tanh"))
+
+
+def _model(width, radius, solver, *, cls=dq.DeepEquilibriumNetwork, extra=(), dtype=np.float64, **settings):
+    model = cls(_cell(width), *extra, solver, **settings)
+    params, state = nn.setup(np.random.default_rng(0), model, dtype=dtype)
+    W = params["model"]["layer_1"]["layer_1"]["weight"]
+    params["model"]["layer_1"]["layer_1"]["weight"] = (W * radius / np.linalg.norm(W, 2)).astype(dtype)
+    return model, params, state
+
+
+def _weights(params):
+    layer = params["model"]["layer_1"]
+    return layer["layer_1"]["weight"].astype(np.float64), layer["layer_2"]["weight"].astype(np.float64)
+
+
+def _implicit_dx(params, z, dy):
+    """∂<dy, z*>/∂x per sample by a dense float64 solve: λ = (I − diag(s) W)⁻ᵀ dy, dx = (s ∘ λ) U."""
+    W, U = _weights(params)
+    out = []
+    for zi, gi in zip(z.astype(np.float64), dy.astype(np.float64)):
+        s = 1.0 - zi ** 2
+        lam = np.linalg.solve((np.eye(zi.size) - s[:, None] * W).T, gi)
+        out.append((s * lam) @ U)
+    return np.array(out)
+
+
+def _rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+ROOT_SOLVERS = [dq.Anderson(), dq.Broyden(), dq.LimitedMemoryBroyden(), dq.NewtonRaphson(), dq.TrustRegion(),
+                dq.FixedPointIteration()]
+
+
+@pytest.mark.parametrize("width", [4, 60], ids=["lu", "gmres"])
+@pytest.mark.parametrize("solver", ROOT_SOLVERS, ids=lambda s: type(s).__name__)
+def test_default_model_gradient_is_accurate_to_the_forward_tolerance(solver, width):
+    # README: the default adjoint solves to the forward solve's tolerance, in every model; at or below 50 state
+    # elements a dense LU, above it iteration + GMRES. Reference: the exact implicit gradient at the returned z*.
+    tol = 1e-6
+    model, params, state = _model(width, 0.9, solver, atol=tol, rtol=tol, max_steps=200)
+    x = np.random.default_rng(1).standard_normal((3, width))
+    z, pullback, state = nn.vjp(model, x, params, state)
+    dy = np.random.default_rng(2).standard_normal(z.shape)
+    dx, _ = pullback(dy)
+    solution = state["solution"]
+    assert solution.success.all() and solution.adjoint.success.all()
+    assert _rel(dx, _implicit_dx(params, z, dy)) <= 10 * tol
+
+
+@pytest.mark.parametrize("solver", [dq.Anderson(), dq.Broyden(), dq.NewtonRaphson(), dq.VCABM3()],
+                         ids=lambda s: type(s).__name__)
+def test_float32_model_gradient_is_float32_and_accurate(solver):
+    model, params, state = _model(60, 0.9, solver, dtype=np.float32, atol=1e-5, rtol=1e-5, max_steps=200)
+    x = np.random.default_rng(1).standard_normal((3, 60)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "rtol=1e-05 is below what float32 resolves")     # the ODE step control
+        z, pullback, state = nn.vjp(model, x, params, state)
+    dy = np.random.default_rng(2).standard_normal(z.shape).astype(np.float32)
+    dx, dparams = pullback(dy)
+    assert z.dtype == dx.dtype == nn.ravel(dparams)[0].dtype == np.float32
+    assert state["solution"].success.all() and state["solution"].adjoint.success.all()
+    assert _rel(dx, _implicit_dx(params, z, dy)) <= 1e-4
+
+
+@pytest.mark.parametrize("adjoint", [dq.OneStepGradient(), dq.PhantomGradient(steps=1, damping=1.0),
+                                     dq.PhantomGradient(steps=5, damping=0.5),
+                                     dq.PhantomGradient(steps=200, damping=1.0)], ids=repr)
+def test_one_step_and_phantom_gradients_are_their_definitions(adjoint):
+    # phantom: k damped steps z ← (1−α) z + α f(z) from z*, backpropagated: λ = α Σ_{j<k} Mᵀʲ g with
+    # M = (1−α) I + α J (z stays at z*); one step: λ = g. Both then give dx = (s ∘ λ) U.
+    width = 5
+    model, params, state = _model(width, 0.8, dq.Anderson(), adjoint=adjoint, atol=1e-13, rtol=0.0, max_steps=300)
+    x = np.random.default_rng(1).standard_normal((3, width))
+    z, pullback, state = nn.vjp(model, x, params, state)
+    dy = np.random.default_rng(2).standard_normal(z.shape)
+    dx, _ = pullback(dy)
+    W, U = _weights(params)
+    steps, alpha = (1, 1.0) if isinstance(adjoint, dq.OneStepGradient) else (adjoint.steps, adjoint.damping)
+    for i in range(3):
+        s = 1.0 - z[i] ** 2
+        M = (1 - alpha) * np.eye(width) + alpha * s[:, None] * W
+        lam = alpha * sum(np.linalg.matrix_power(M.T, j) @ dy[i] for j in range(steps))
+        np.testing.assert_allclose(dx[i], (s * lam) @ U, rtol=1e-10, atol=1e-12)
+    if adjoint == dq.PhantomGradient(steps=200, damping=1.0):          # many undamped steps: the exact gradient
+        np.testing.assert_allclose(dx, _implicit_dx(params, z, dy), rtol=1e-9, atol=1e-11)
+
+
+def test_a_model_adjoint_that_fails_is_told_and_recorded():
+    # README: an adjoint that does not converge keeps its code in state["solution"].adjoint and warns
+    model, params, state = _model(60, 1.5, dq.Anderson(), atol=1e-10, rtol=0.0, max_steps=200,
+                                  adjoint=dq.SteadyStateAdjoint(max_steps=3))
+    x = np.random.default_rng(1).standard_normal((3, 60))
+    _warn.reset()
+    with pytest.warns(RuntimeWarning, match=r"the adjoint solve failed for 3 of 3 samples \(MAX_STEPS\)"):
+        z, pullback, state = nn.vjp(model, x, params, state)
+        pullback(np.ones_like(z))
+    assert state["solution"].success.all()
+    assert (state["solution"].adjoint.result == int(dq.ReturnCode.MAX_STEPS)).all()
+
+
+def test_skip_deq_jvp_with_parameter_tangents_matches_finite_differences():
+    model, params, state = _model(4, 0.9, dq.Anderson(), cls=dq.SkipDeepEquilibriumNetwork, extra=(nn.Dense(4, 4),),
+                                  atol=1e-12, rtol=0.0, max_steps=300)
+    rng = np.random.default_rng(3)
+    x, dx = rng.standard_normal((1, 4)), rng.standard_normal((1, 4))          # a batch of one
+    dparams = nn.tree_map(lambda a: rng.standard_normal(a.shape), params)
+    _, tangent = model.jvp(x, params, state, dx, dparams)
+    eps = 1e-6
+    shifted = lambda e: nn.tree_map(lambda a, b: a + e * b, params, dparams)  # noqa: E731
+    fd = (model(x + eps * dx, shifted(eps), state)[0] - model(x - eps * dx, shifted(-eps), state)[0]) / (2 * eps)
+    np.testing.assert_allclose(tangent, fd, rtol=1e-7, atol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------- torch adapter
+
+def _dense_torch_lambda(torch, cell, z, x, g):
+    """λ = (I − ∂f/∂z)⁻ᵀ g per sample, in float64."""
+    lams = []
+    for i in range(z.shape[0]):
+        J = torch.autograd.functional.jacobian(lambda zz: cell(zz[None], x[i:i + 1])[0], z[i])
+        lams.append(torch.linalg.solve((torch.eye(z.shape[1], dtype=z.dtype) - J).T, g[i]))
+    return torch.stack(lams)
+
+
+@pytest.mark.parametrize("width", [4, 60], ids=["lu", "gmres"])
+def test_torch_float32_gradient_matches_a_float64_implicit_solve(width):
+    torch = pytest.importorskip("torch")
+    from deqcore.interop import torch as dqt
+
+    torch.manual_seed(0)
+    cell = dqt.example_cell(width, 3, norm=0.9, dtype=torch.float32)
+    x = torch.randn(3, 3, dtype=torch.float32, requires_grad=True)
+    layer = dqt.DEQ(cell, atol=1e-5, rtol=1e-5, max_steps=200)
+    z = layer(x, torch.zeros(3, width, dtype=torch.float32))
+    g = torch.randn_like(z)
+    z.backward(g)
+    assert x.grad.dtype == torch.float32 and cell.W.weight.grad.dtype == torch.float32
+    assert layer.last_solution.success.all() and layer.last_adjoint.success.all()
+    cell64 = dqt.example_cell(width, 3)
+    cell64.load_state_dict({k: v.double() for k, v in cell.state_dict().items()})
+    z64, x64 = z.detach().double(), x.detach().double().requires_grad_(True)
+    lam = _dense_torch_lambda(torch, cell64, z64, x64.detach(), g.double())
+    want = torch.autograd.grad(cell64(z64, x64), x64, lam)[0]
+    assert ((x.grad.double() - want).abs().max() / want.abs().max()).item() <= 1e-4
+
+
+def test_torch_double_backward_is_refused_not_silently_zero():
+    # torch's once_differentiable leaves the gradient of a loss linear in z without a graph, so a penalty on it
+    # (create_graph=True) lost its second-order terms silently; the adapters now refuse on the second backward
+    torch = pytest.importorskip("torch")
+    from deqcore.interop import torch as dqt
+
+    torch.manual_seed(0)
+    layer = dqt.DEQ(dqt.example_cell(3, 3), atol=1e-12, rtol=0.0, max_steps=200)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    (plain,) = torch.autograd.grad(layer(x).sum(), x)
+    for make_loss in (lambda z: z.sum(), lambda z: z.square().sum()):
+        (gx,) = torch.autograd.grad(make_loss(layer(x)), x, create_graph=True)
+        assert gx.requires_grad
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            gx.square().sum().backward()
+    (gx,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+    torch.testing.assert_close(gx.detach(), plain, rtol=0, atol=0)      # first-order values unchanged
+
+    model = nn.Chain(nn.Dense(3, 3), nn.Activation("tanh"))
+    params, state = nn.setup(np.random.default_rng(0), model)
+    torch_layer = dqt.TorchLayer(model, params, state)
+    (gx,) = torch.autograd.grad(torch_layer(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        gx.square().sum().backward()
+
+
+# -------------------------------------------------------------------------------------- root solvers, stress
+
+@pytest.mark.parametrize("solver", [None] + ROOT_SOLVERS[:5], ids=lambda s: type(s).__name__)
+def test_a_double_root_is_reached_and_passes_the_test(solver):
+    # y² = 0: the Jacobian is singular at the root, so Newton-type methods converge only linearly
+    sol = dq.root_find(lambda y: y ** 2, np.ones(2), solver, atol=1e-10, rtol=0.0, max_steps=200, throw=False)
+    assert sol.success
+    assert np.abs(sol.value ** 2).max() <= 1e-10 and sol.residual == np.abs(sol.value ** 2).max()
+
+
+@pytest.mark.parametrize("solver", ROOT_SOLVERS[:5], ids=lambda s: type(s).__name__)
+def test_several_fixed_points_each_sample_reaches_its_own_and_equals_its_solo_solve(solver):
+    # z = z³ has the fixed points 0 and ±1 (the latter repelling for plain iteration)
+    y0 = np.array([[0.3], [0.99], [-1.2], [1.05]])
+    batch = dq.fixed_point(lambda z: z ** 3, y0, solver, atol=1e-10, rtol=0.0, batched=True, max_steps=100,
+                           throw=False)
+    assert batch.success.all()
+    assert (np.abs(batch.value ** 3 - batch.value).max(axis=1) <= 1e-10).all()
+    np.testing.assert_allclose(np.abs(batch.value[:, 0]), [0.0, 1.0, 1.0, 1.0], atol=1e-9)
+    for i in range(4):
+        solo = dq.fixed_point(lambda z: z ** 3, y0[i:i + 1], solver, atol=1e-10, rtol=0.0, batched=True,
+                              max_steps=100, throw=False)
+        np.testing.assert_allclose(solo.value, batch.value[i:i + 1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("solver", ROOT_SOLVERS, ids=lambda s: type(s).__name__)
+def test_an_exception_raised_by_f_mid_solve_propagates(solver):
+    class Boom(Exception):
+        pass
+
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Boom("raised on the fourth call")
+        return 0.9 * np.cos(z)
+
+    with pytest.raises(Boom):
+        dq.fixed_point(f, np.zeros(3), solver, atol=1e-12, rtol=0.0, throw=False)
+
+
+@pytest.mark.parametrize("solver", ROOT_SOLVERS, ids=lambda s: type(s).__name__)
+def test_max_steps_one_and_zero_tolerances(solver):
+    g = lambda z: 0.5 * np.cos(z)                                    # noqa: E731
+    one = dq.fixed_point(g, np.zeros((2, 3)), solver, atol=1e-9, rtol=0.0, max_steps=1, batched=True, throw=False)
+    assert (one.result == int(dq.ReturnCode.MAX_STEPS)).all() and one.stats["num_steps"] == 1
+    np.testing.assert_allclose(one.residual, np.abs(g(one.value) - one.value).max(axis=1), rtol=1e-6)
+    assert (one.residual < 0.5).all()                                # better than the start (residual 0.5)
+    with pytest.raises(ValueError, match="max_steps"):
+        dq.fixed_point(g, np.zeros(3), solver, max_steps=0)
+    # atol = rtol = 0: SUCCESS only for an exact fixed point in floating point, else a failure code
+    exact = dq.fixed_point(g, np.zeros((2, 3)), solver, atol=0.0, rtol=0.0, max_steps=100, batched=True,
+                           throw=False)
+    ok = exact.result == int(dq.ReturnCode.SUCCESS)
+    assert (np.abs(g(exact.value) - exact.value).max(axis=1)[ok] == 0.0).all()
+    np.testing.assert_allclose(exact.value, 0.4501836112948736, rtol=1e-12)     # z = cos(z)/2
