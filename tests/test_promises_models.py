@@ -139,6 +139,38 @@ def test_skip_deq_jvp_with_parameter_tangents_matches_finite_differences():
     np.testing.assert_allclose(tangent, fd, rtol=1e-7, atol=1e-8)
 
 
+
+@pytest.mark.parametrize("mode", ["forward", "finite_diff", "reverse"])
+def test_jacobian_loss_value_and_gradient_through_the_model_pullback(mode):
+    # README: jacobian_regularization=mode, d_jacobian_loss=weight trains through the loss; the loss is
+    # mean_b ‖J ε_b‖²/n ("reverse": ‖Jᵀ ε_b‖²/n) with J = diag(s) W at z*, its gradient taken with z* held fixed.
+    # Reference: that formula in closed form, and central differences of it in (params, x).
+    width = 4
+    model, params, state = _model(width, 0.8, dq.Anderson(), jacobian_regularization=mode, atol=1e-12, rtol=0.0,
+                                  max_steps=300)
+    x = np.random.default_rng(1).standard_normal((3, width))
+    eps = np.random.default_rng(state["jacobian_seed"]).standard_normal(x.shape)     # the model's probe
+    z, pullback, state = nn.vjp(model, x, params, state)
+
+    def loss(p, xx):
+        layer = p["model"]["layer_1"]
+        W, U, b = layer["layer_1"]["weight"], layer["layer_2"]["weight"], layer["layer_2"]["bias"]
+        s = 1.0 - np.tanh(z @ W.T + xx @ U.T + b) ** 2
+        u = (eps * s) @ W if mode == "reverse" else (eps @ W.T) * s
+        return float(np.sum(u ** 2) / z.size)
+
+    value_tol = 1e-8 if mode == "finite_diff" else 1e-13     # a one-sided difference of f along ε
+    assert abs(state["solution"].jacobian_loss - loss(params, x)) <= value_tol
+    weight = 0.7
+    dx, dparams = pullback(np.zeros_like(z), d_jacobian_loss=weight)
+    vec, unravel = nn.ravel(params)
+    rng, h = np.random.default_rng(3), 1e-6
+    for _ in range(3):
+        v, vx = rng.standard_normal(vec.size), rng.standard_normal(x.shape)
+        fd = (loss(unravel(vec + h * v), x + h * vx) - loss(unravel(vec - h * v), x - h * vx)) / (2 * h)
+        assert abs(float(nn.ravel(dparams)[0] @ v + np.sum(dx * vx)) - weight * fd) <= 1e-7 * max(1.0, abs(fd))
+
+
 # --------------------------------------------------------------------------------------------- torch adapter
 
 def _dense_torch_lambda(torch, cell, z, x, g):
@@ -196,6 +228,40 @@ def test_torch_double_backward_is_refused_not_silently_zero():
     (gx,) = torch.autograd.grad(torch_layer(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiable once"):
         gx.square().sum().backward()
+
+
+
+def test_torch_tensors_captured_by_f_are_named_not_silently_left_without_gradient():
+    # DEQ docstring: tensors captured by a plain function get no gradient. That is now said once, at the first
+    # backward pass; a module's registered parameters (also tied ones, used twice) get the unrolled gradient.
+    torch = pytest.importorskip("torch")
+    from deqcore.interop import torch as dqt
+
+    torch.manual_seed(0)
+    W = (0.3 * torch.randn(3, 3, dtype=torch.float64)).requires_grad_(True)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    layer = dqt.DEQ(lambda z, x: torch.tanh(z @ W.T + x), atol=1e-12, rtol=0.0, max_steps=200)
+    with pytest.warns(RuntimeWarning, match=r"f uses 1 tensor\(s\) that require grad \(shapes \(3, 3\)\)"):
+        layer(x).sum().backward()
+    assert W.grad is None and x.grad is not None
+
+    class Tied(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.W = torch.nn.Parameter(weight.detach().clone())
+
+        def forward(self, z, x):
+            return torch.tanh(z @ self.W.T + x @ self.W)
+
+    tied = Tied(W)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dqt.DEQ(tied, atol=1e-12, rtol=0.0, max_steps=200)(x.detach()).sum().backward()
+    W2, z = W.detach().clone().requires_grad_(True), torch.zeros(2, 3, dtype=torch.float64)
+    for _ in range(200):
+        z = torch.tanh(z @ W2.T + x.detach() @ W2)
+    z.sum().backward()
+    torch.testing.assert_close(tied.W.grad, W2.grad, rtol=1e-10, atol=1e-12)
 
 
 # -------------------------------------------------------------------------------------- root solvers, stress

@@ -22,6 +22,7 @@ torch.Size([4, 4])
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -120,7 +121,7 @@ class DEQ(torch.nn.Module):
         f: a ``torch.nn.Module`` or function called as ``f(z, x)``, returning a tensor shaped like z (and with
             z's dtype: x, z0 and the parameters of f share one dtype).
             Gradients reach the parameters of a module f (and x); tensors captured by a plain function get
-            none.
+            none (the first backward pass warns when f uses such tensors).
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default: dense LU up to 50 state elements per sample, else
             the plain iteration on VJPs for fast-contracting samples and GMRES for the others, to this layer's
@@ -253,6 +254,9 @@ class DEQ(torch.nn.Module):
 
         z_arr = to_array(z_star, "z_star")
         f_star, pullback, fz = vjp(z_arr)
+        if not self.__dict__.get("_captures_checked"):      # once per layer: its first backward pass
+            self.__dict__["_captures_checked"] = True
+            _warn_if_captured(self.f, z_star, x_in, inputs)
         problem = FixedPointVJP(z_arr, lambda z: vjp(z)[:2], batched=self.batched, pullback=pullback)
         adjoint = self.adjoint
         if not full and isinstance(adjoint, SteadyStateAdjoint):
@@ -272,6 +276,33 @@ class DEQ(torch.nn.Module):
         grads = list(grads)
         dx = grads.pop(0) if want_x else None
         return dx, tuple(grads)
+
+
+def _warn_if_captured(f, z_star, x, inputs):
+    """A RuntimeWarning when f(z, x) depends on tensors that require grad but are neither x nor parameters of a
+    module f (tensors a plain function captures, or a module's unregistered attributes): the adapter gives them
+    no gradient, which would otherwise go unnoticed."""
+    with torch.enable_grad():
+        zt = z_star.detach().requires_grad_(True)
+        out = f(zt, x)
+    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+        return
+    known = {id(t) for t in inputs} | {id(zt)}
+    captured, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor) and id(variable) not in known:
+            captured.append(tuple(variable.shape))
+        for child, _ in node.next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    if captured:
+        warnings.warn(
+            f"f uses {len(captured)} tensor(s) that require grad (shapes {', '.join(map(str, captured[:4]))}) but "
+            "are not parameters of f: deqcore.interop.torch.DEQ gives them no gradient. Make f a torch.nn.Module "
+            "holding them as parameters (or registered submodules)", RuntimeWarning, stacklevel=2)
 
 
 def _fast_map(f, x, z0):
