@@ -171,6 +171,34 @@ def test_jacobian_loss_value_and_gradient_through_the_model_pullback(mode):
         assert abs(float(nn.ravel(dparams)[0] @ v + np.sum(dx * vx)) - weight * fd) <= 1e-7 * max(1.0, abs(fd))
 
 
+
+def test_dense_adjoint_on_a_nearly_singular_system_is_a_failure_not_success():
+    # f(z) = A z + θ with A u = u for a unit vector u (up to rounding): I − Aᵀ is singular, so λ cannot meet the
+    # adjoint's test for a generic g. LU's pivots stay above eps there, and the adjoint said SUCCESS with a
+    # residual of the order of g; the residual is now held to the adjoint's tolerance. Row 0 is well posed.
+    from deqcore.adjoint.steady_state import FixedPointVJP
+
+    rng = np.random.default_rng(0)
+    B, n = 4, 6
+    A = 0.3 * rng.standard_normal((B, n, n))
+    for i in range(1, B):
+        u = rng.standard_normal(n)
+        u /= np.linalg.norm(u)
+        A[i] -= np.outer(A[i] @ u - u, u)                   # now A[i] u = u
+    theta, g = rng.standard_normal((B, n)), rng.standard_normal((B, n))
+    problem = FixedPointVJP(np.zeros((B, n)), lambda z: (np.einsum("bij,bj->bi", A, z) + theta,
+                                                         lambda v: (np.einsum("bij,bi->bj", A, v), v)), batched=True)
+    for adjoint in (dq.SteadyStateAdjoint(), dq.SteadyStateAdjoint(dq.LU())):     # n = 6: the default is LU too
+        _warn.reset()
+        with pytest.warns(RuntimeWarning, match=r"the adjoint solve failed for 3 of 4 samples"):
+            _, info = adjoint.gradient(problem, g)
+        lam = info.lam
+        residual = np.linalg.norm(g - lam + np.einsum("bij,bi->bj", A, lam), axis=1) / np.linalg.norm(g, axis=1)
+        assert info.result[0] == int(dq.ReturnCode.SUCCESS)
+        np.testing.assert_allclose(lam[0], np.linalg.solve(np.eye(n) - A[0].T, g[0]), rtol=1e-12)
+        assert (info.result[1:] == int(dq.ReturnCode.LINEAR_SOLVE_FAILED)).all() and (residual[1:] > 1e-5).all()
+
+
 # --------------------------------------------------------------------------------------------- torch adapter
 
 def _dense_torch_lambda(torch, cell, z, x, g):
