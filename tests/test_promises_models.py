@@ -199,6 +199,24 @@ def test_dense_adjoint_on_a_nearly_singular_system_is_a_failure_not_success():
         assert (info.result[1:] == int(dq.ReturnCode.LINEAR_SOLVE_FAILED)).all() and (residual[1:] > 1e-5).all()
 
 
+
+@pytest.mark.parametrize("solver", [dq.Anderson(), dq.VCABM3()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("init", ["zeros", "one_step"])
+def test_an_empty_batch_is_named_x_by_every_model(solver, init):
+    # README: bad arguments raise ValueError naming the argument; the models named the solver's internal y0
+    model = dq.DeepEquilibriumNetwork(_cell(3), solver, init=init)
+    params, state = nn.setup(np.random.default_rng(0), model)
+    with pytest.raises(ValueError, match=r"x must have at least one sample and element, got shape \(0, 3\)"):
+        model(np.zeros((0, 3)), params, state)
+    main = (nn.Parallel(nn.add, nn.Dense(3, 3, "tanh", use_bias=False), nn.Dense(3, 3, "tanh", use_bias=False)),
+            nn.Dense(2, 2, "tanh"))
+    mapping = [[nn.NoOpLayer() if i == k else nn.Dense((3, 2)[i], (3, 2)[k]) for k in range(2)] for i in range(2)]
+    multiscale = dq.MultiScaleDeepEquilibriumNetwork(main, mapping, None, solver, ((3,), (2,)))
+    params, state = nn.setup(np.random.default_rng(0), multiscale)
+    with pytest.raises(ValueError, match="x must have at least one sample"):
+        multiscale(np.zeros((0, 3)), params, state)
+
+
 # --------------------------------------------------------------------------------------------- torch adapter
 
 def _dense_torch_lambda(torch, cell, z, x, g):

@@ -240,6 +240,8 @@ class DeepEquilibriumNetwork(Layer):
             raise TypeError(f"x has dtype {x.dtype}; pass a float32 or float64 array (e.g. x.astype(np.float32))")
         if getattr(x, "ndim", 0) < 1:
             raise ValueError(f"x must have a leading batch axis, got shape {tuple(x.shape)}")
+        if x.size == 0:
+            raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
         kinds = {np.dtype(a.dtype) for a in tree_leaves(params) if np.dtype(a.dtype).kind == "f"}
         if kinds and np.dtype(x.dtype) not in kinds:
             want = sorted(str(k) for k in kinds)[0]
