@@ -217,6 +217,24 @@ def test_an_empty_batch_is_named_x_by_every_model(solver, init):
         multiscale(np.zeros((0, 3)), params, state)
 
 
+
+def test_jvp_of_a_neural_ode_model_is_refused_not_the_steady_state_tangent():
+    # problem_type="ode" outputs z(t1); jvp solved the steady-state tangent (I − ∂f/∂z) dz = ∂f/∂x dx instead,
+    # off by O(1) from central differences of z(t1). It now raises; the reverse mode still matches differences.
+    model = dq.DeepEquilibriumNetwork(_cell(3), dq.Tsit5(), problem_type="ode", atol=1e-10, rtol=1e-10,
+                                      max_steps=10000)
+    params, state = nn.setup(np.random.default_rng(0), model)
+    rng = np.random.default_rng(1)
+    x, dx, dy = rng.standard_normal((2, 3)), rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    with pytest.raises(NotImplementedError, match="problem_type='ode'.*use nn.vjp"):
+        model.jvp(x, params, state, dx)
+    z, pullback, _ = nn.vjp(model, x, params, state)
+    gx, _ = pullback(dy)
+    eps = 1e-6
+    fd = np.sum(dy * (model(x + eps * dx, params, state)[0] - model(x - eps * dx, params, state)[0])) / (2 * eps)
+    assert abs(np.sum(gx * dx) - fd) <= 1e-6 * max(1.0, abs(fd))
+
+
 # --------------------------------------------------------------------------------------------- torch adapter
 
 def _dense_torch_lambda(torch, cell, z, x, g):

@@ -458,7 +458,14 @@ class DeepEquilibriumNetwork(Layer):
 
     # -- forward mode -------------------------------------------------------------------------------------
     def jvp(self, x, params, state, dx, dparams=None):
-        """Tangent of z*: solve (I − ∂f/∂z) dz* = ∂f/∂x dx + ∂f/∂θ dθ (GMRES on JVPs, tight tolerance)."""
+        """Tangent of z*: solve (I − ∂f/∂z) dz* = ∂f/∂x dx + ∂f/∂θ dθ (GMRES on JVPs, tight tolerance).
+        Steady-state models only: problem_type="ode" (a neural ODE, whose output z(t1) is not a fixed point) raises
+        NotImplementedError; use ``nn.vjp`` there."""
+        if self.problem_type == "ode":
+            raise NotImplementedError(
+                f"{type(self).__name__}.jvp is the tangent of a fixed point; with problem_type='ode' the output is "
+                "z(t1) of the neural ODE, whose forward-mode derivative is not implemented: use nn.vjp (reverse "
+                "mode, through the ODE adjoint) instead")
         y, new_state = self(x, params, state)
         z = new_state["solution"].z_star
         model, pm, sm = self.model, params["model"], state["model"]
