@@ -235,6 +235,22 @@ def test_jvp_of_a_neural_ode_model_is_refused_not_the_steady_state_tangent():
     assert abs(np.sum(gx * dx) - fd) <= 1e-6 * max(1.0, abs(fd))
 
 
+
+def test_a_failed_tangent_solve_in_jvp_is_told():
+    # f((z, x)) = W z + U x with W = diag(1, 0.5): at x = 0 the forward solve succeeds at z* = 0, but
+    # (I − W) dz = U dx has no solution when (U dx)_0 ≠ 0; jvp returned GMRES's last iterate without a word
+    f = nn.Parallel(nn.add, nn.Dense(2, 2, use_bias=False), nn.Dense(2, 2, use_bias=False))
+    model = dq.DeepEquilibriumNetwork(f, dq.Anderson(), atol=1e-10, rtol=0.0)
+    params, state = nn.setup(np.random.default_rng(0), model)
+    params["model"]["layer_1"]["weight"] = np.diag([1.0, 0.5])
+    params["model"]["layer_2"]["weight"] = np.eye(2)
+    dx = np.array([[1.0, 1.0], [0.0, 1.0]])                   # sample 1: (U dx)_0 = 0, solvable: dz = (0, 2)
+    _warn.reset()
+    with pytest.warns(RuntimeWarning, match=r"the tangent solve of DeepEquilibriumNetwork.jvp failed for 1 of 2"):
+        _, tangent = model.jvp(np.zeros((2, 2)), params, state, dx)
+    np.testing.assert_allclose(tangent[1], [0.0, 2.0], atol=1e-9)
+
+
 # --------------------------------------------------------------------------------------------- torch adapter
 
 def _dense_torch_lambda(torch, cell, z, x, g):

@@ -483,6 +483,8 @@ class DeepEquilibriumNetwork(Layer):
         tol = 1e-10 if z.dtype == np.float64 else 1e-5
         sol = GMRES(rtol=tol, atol=0.0, restart=min(n, 30), max_steps=10 * n + 50).solve(
             LinearOperator(matvec, shape=(n, n), dtype=z.dtype), rhs.reshape(shape[0], -1))
+        warn_failed(f"the tangent solve of {type(self).__name__}.jvp", sol.result,
+                    "Their tangents are not the derivative of z*: I − ∂f/∂z is singular or ill-conditioned there")
         return y, self.output(sol.value.reshape(shape))
 
 
