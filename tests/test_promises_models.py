@@ -1,10 +1,12 @@
 """README promises about DEQ models, gradients, the torch adapter and root solvers under stress, checked on cases
 the other test files leave out: the default model gradient against a dense implicit-function-theorem solve for
-every root solver and at every state size (LU and GMRES paths) and in float32; one-step and phantom gradients
-against their linearised definitions; an adjoint that fails is told; the skip DEQ's forward-mode derivative
-with parameter tangents; the torch adapter's float32 gradients and its refusal of double backward; root solvers
-on a double root, a slow contraction, several fixed points, an f that raises, max_steps=1 and zero tolerances.
-References: dense float64 solves, central finite differences, analytic solutions.
+every root solver, at both state sizes (LU and GMRES paths) and in float32; one-step and phantom gradients
+against their linearised definitions; a failed adjoint, a failed jvp tangent solve and a nearly singular dense
+adjoint are told, never SUCCESS; the Jacobian regulariser's value and gradient through the pullback in all
+three modes; jvp of a neural ODE refused; an empty batch named x; the torch adapter's float32 gradients, its
+refusal of double backward and its warning about captured tensors; root solvers on a double root, several
+fixed points, an f that raises, max_steps=1 and zero tolerances. References: dense float64 solves, central
+finite differences, analytic solutions.
 """
 
 from __future__ import annotations

@@ -308,8 +308,8 @@ class SteadyStateAdjoint:
 
     def _direct_solve_codes(self, xp, codes, residual, g_rows):
         """LU's codes with this adjoint's test applied to its residual: LU flags only pivots below eps, so a
-        nearly singular I − ∂f/∂zᵀ (an eigenvalue of ∂f/∂z at 1 up to rounding) gave SUCCESS with a λ whose residual
-        is of the order of g; such rows are LINEAR_SOLVE_FAILED."""
+        nearly singular I − ∂f/∂zᵀ (an eigenvalue of ∂f/∂z at 1 up to rounding) gave SUCCESS with a λ whose
+        residual is of the order of g; such rows are LINEAR_SOLVE_FAILED."""
         atol, rtol, _ = self._tolerances(g_rows.dtype)
         limit = xp.maximum(xp.asarray(atol, dtype=residual.dtype), rtol * _row_norms(xp, g_rows))
         passed = residual <= limit

@@ -423,10 +423,10 @@ def _differentiable_once(grads, inputs, create_graph):
 
 
 class _DifferentiableOnce(torch.autograd.Function):
-    """A gradient of a DEQ or TorchLayer computed with ``create_graph=True``: the same values, and a graph whose backward
-    raises (torch's ``once_differentiable`` leaves such a gradient without a graph when the cotangent of z* is a
-    constant, so a loss built on it, e.g. a gradient penalty on ``z.sum()``, silently lost its second-order
-    terms)."""
+    """A gradient of a DEQ or TorchLayer computed with ``create_graph=True``: the same values, and a graph whose
+    backward raises (torch's ``once_differentiable`` leaves such a gradient without a graph when the cotangent of
+    the output is a constant, so a loss built on it, e.g. a gradient penalty on ``z.sum()``, silently lost its
+    second-order terms)."""
 
     @staticmethod
     def forward(ctx, grad, *anchors):
