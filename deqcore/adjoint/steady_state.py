@@ -306,6 +306,15 @@ class SteadyStateAdjoint:
         """Whether the solve starts with plain iterations (the default accurate adjoint's GMRES only)."""
         return self.linear_solver is None and self.accuracy == "forward" and isinstance(solver, GMRES)
 
+    def _direct_solve_codes(self, xp, codes, residual, g_rows):
+        """LU's codes with this adjoint's test applied to its residual: LU flags only pivots below eps, so a
+        nearly singular I − ∂f/∂zᵀ (an eigenvalue of ∂f/∂z at 1 up to rounding) gave SUCCESS with a λ whose
+        residual is of the order of g; such rows are LINEAR_SOLVE_FAILED."""
+        atol, rtol, _ = self._tolerances(g_rows.dtype)
+        limit = xp.maximum(xp.asarray(atol, dtype=residual.dtype), rtol * _row_norms(xp, g_rows))
+        passed = residual <= limit
+        return xp.where((codes == int(ReturnCode.SUCCESS)) & ~passed, int(ReturnCode.LINEAR_SOLVE_FAILED), codes)
+
     def gradient(self, problem: FixedPointVJP, g: Any, x0: Any = None,
                  preconditioner: Callable | None = None) -> tuple[Any, AdjointInfo]:
         """``(∂L/∂θ, AdjointInfo)`` for the cotangent ``g = ∂L/∂z*``; ``x0`` warm-starts λ (e.g. the last one);
@@ -351,6 +360,8 @@ class SteadyStateAdjoint:
             sol = solver.solve(op, g_rows, x0=x0_rows, preconditioner=preconditioner if batched else None)
             lam, codes, residual = sol.value, sol.result, sol.residual
             steps = int(sol.stats.get("num_steps", 0))
+            if isinstance(solver, LU):
+                codes = self._direct_solve_codes(xp, codes, residual, g_rows)
         else:
             atol, rtol, max_steps = self._tolerances(g.dtype)
             bad = ~xp.isfinite(g_rows).all(axis=1)     # a non-finite cotangent is that sample's failure alone

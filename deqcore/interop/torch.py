@@ -22,6 +22,7 @@ torch.Size([4, 4])
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -120,7 +121,7 @@ class DEQ(torch.nn.Module):
         f: a ``torch.nn.Module`` or function called as ``f(z, x)``, returning a tensor shaped like z (and with
             z's dtype: x, z0 and the parameters of f share one dtype).
             Gradients reach the parameters of a module f (and x); tensors captured by a plain function get
-            none.
+            none (the first backward pass warns when f uses such tensors).
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default: dense LU up to 50 state elements per sample, else
             the plain iteration on VJPs for fast-contracting samples and GMRES for the others, to this layer's
@@ -253,6 +254,9 @@ class DEQ(torch.nn.Module):
 
         z_arr = to_array(z_star, "z_star")
         f_star, pullback, fz = vjp(z_arr)
+        if not self.__dict__.get("_captures_checked"):      # once per layer: its first backward pass
+            self.__dict__["_captures_checked"] = True
+            _warn_if_captured(self.f, z_star, x_in, inputs)
         problem = FixedPointVJP(z_arr, lambda z: vjp(z)[:2], batched=self.batched, pullback=pullback)
         adjoint = self.adjoint
         if not full and isinstance(adjoint, SteadyStateAdjoint):
@@ -272,6 +276,33 @@ class DEQ(torch.nn.Module):
         grads = list(grads)
         dx = grads.pop(0) if want_x else None
         return dx, tuple(grads)
+
+
+def _warn_if_captured(f, z_star, x, inputs):
+    """A RuntimeWarning when f(z, x) depends on tensors that require grad but are neither x nor parameters of a
+    module f (tensors a plain function captures, or a module's unregistered attributes): the adapter gives them
+    no gradient, which would otherwise go unnoticed."""
+    with torch.enable_grad():
+        zt = z_star.detach().requires_grad_(True)
+        out = f(zt, x)
+    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+        return
+    known = {id(t) for t in inputs} | {id(zt)}
+    captured, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor) and id(variable) not in known:
+            captured.append(tuple(variable.shape))
+        for child, _ in node.next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    if captured:
+        warnings.warn(
+            f"f uses {len(captured)} tensor(s) that require grad (shapes {', '.join(map(str, captured[:4]))}) but "
+            "are not parameters of f: deqcore.interop.torch.DEQ gives them no gradient. Make f a torch.nn.Module "
+            "holding them as parameters (or registered submodules)", RuntimeWarning, stacklevel=2)
 
 
 def _fast_map(f, x, z0):
@@ -369,13 +400,44 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         return z_star
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_z):
         x, z_star, *params = ctx.saved_tensors
-        dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params), ctx.forward)
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params), ctx.forward)
         if dparams == ():
             dparams = (None,) * len(params)
-        return (None, dx, None, *dparams)
+        grads = _differentiable_once((dx, *dparams), (x, *params, grad_z), create_graph)
+        return (None, grads[0], None, *grads[1:])
+
+
+def _differentiable_once(grads, inputs, create_graph):
+    """``grads`` as they are, or, under ``create_graph=True`` when one of ``inputs`` requires grad, the same values
+    on a graph whose backward raises: a second derivative through the adapter is refused, never silently zero."""
+    if not create_graph:
+        return grads
+    anchors = tuple(t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad)
+    if not anchors:
+        return grads
+    return tuple(None if d is None else _DifferentiableOnce.apply(d, *anchors) for d in grads)
+
+
+class _DifferentiableOnce(torch.autograd.Function):
+    """A gradient of a DEQ or TorchLayer computed with ``create_graph=True``: the same values, and a graph whose
+    backward raises (torch's ``once_differentiable`` leaves such a gradient without a graph when the cotangent of
+    the output is a constant, so a loss built on it, e.g. a gradient penalty on ``z.sum()``, silently lost its
+    second-order terms)."""
+
+    @staticmethod
+    def forward(ctx, grad, *anchors):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            "deqcore.interop.torch's DEQ and TorchLayer are differentiable once: their gradients cannot be "
+            "differentiated again (double backward, e.g. a gradient penalty on a gradient taken with "
+            "create_graph=True, is not implemented); take that gradient without create_graph=True")
 
 
 class TorchLayer(torch.nn.Module):
@@ -437,16 +499,19 @@ class _LayerFunction(torch.autograd.Function):
         params = layer.params
         if any(ctx.needs_input_grad):
             y, ctx.pullback, layer.state = layer.model.vjp(x_arr, params, layer.state)
+            ctx.save_for_backward(x, *weights)
         else:
             y, layer.state = layer.model(x_arr, params, layer.state)
         return from_array(y)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        dx, dparams = ctx.pullback(to_array(grad_y, "grad_output"))
-        leaves = tree_flatten(dparams)[0]
-        return (None, from_array(dx), *(from_array(d) for d in leaves))
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            dx, dparams = ctx.pullback(to_array(grad_y, "grad_output"))
+            grads = (from_array(dx), *(from_array(d) for d in tree_flatten(dparams)[0]))
+        grads = _differentiable_once(grads, (*ctx.saved_tensors, grad_y), create_graph)
+        return (None, *grads)
 
 
 class _Cell(torch.nn.Module):

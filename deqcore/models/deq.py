@@ -240,6 +240,8 @@ class DeepEquilibriumNetwork(Layer):
             raise TypeError(f"x has dtype {x.dtype}; pass a float32 or float64 array (e.g. x.astype(np.float32))")
         if getattr(x, "ndim", 0) < 1:
             raise ValueError(f"x must have a leading batch axis, got shape {tuple(x.shape)}")
+        if x.size == 0:
+            raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
         kinds = {np.dtype(a.dtype) for a in tree_leaves(params) if np.dtype(a.dtype).kind == "f"}
         if kinds and np.dtype(x.dtype) not in kinds:
             want = sorted(str(k) for k in kinds)[0]
@@ -456,7 +458,14 @@ class DeepEquilibriumNetwork(Layer):
 
     # -- forward mode -------------------------------------------------------------------------------------
     def jvp(self, x, params, state, dx, dparams=None):
-        """Tangent of z*: solve (I − ∂f/∂z) dz* = ∂f/∂x dx + ∂f/∂θ dθ (GMRES on JVPs, tight tolerance)."""
+        """Tangent of z*: solve (I − ∂f/∂z) dz* = ∂f/∂x dx + ∂f/∂θ dθ (GMRES on JVPs, tight tolerance).
+        Steady-state models only: problem_type="ode" (a neural ODE, whose output z(t1) is not a fixed point) raises
+        NotImplementedError; use ``nn.vjp`` there."""
+        if self.problem_type == "ode":
+            raise NotImplementedError(
+                f"{type(self).__name__}.jvp is the tangent of a fixed point; with problem_type='ode' the output is "
+                "z(t1) of the neural ODE, whose forward-mode derivative is not implemented: use nn.vjp (reverse "
+                "mode, through the ODE adjoint) instead")
         y, new_state = self(x, params, state)
         z = new_state["solution"].z_star
         model, pm, sm = self.model, params["model"], state["model"]
@@ -474,6 +483,8 @@ class DeepEquilibriumNetwork(Layer):
         tol = 1e-10 if z.dtype == np.float64 else 1e-5
         sol = GMRES(rtol=tol, atol=0.0, restart=min(n, 30), max_steps=10 * n + 50).solve(
             LinearOperator(matvec, shape=(n, n), dtype=z.dtype), rhs.reshape(shape[0], -1))
+        warn_failed(f"the tangent solve of {type(self).__name__}.jvp", sol.result,
+                    "Their tangents are not the derivative of z*: I − ∂f/∂z is singular or ill-conditioned there")
         return y, self.output(sol.value.reshape(shape))
 
 
