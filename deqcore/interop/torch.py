@@ -237,11 +237,15 @@ class DEQ(torch.nn.Module):
         x_in = x.detach().requires_grad_(want_x)
         inputs = ((x_in,) if want_x else ()) + params
         full = isinstance(self.adjoint, PhantomGradient)     # it needs θ-cotangents at every step
+        record = self.__dict__
 
         def vjp(z):
             with torch.enable_grad():
                 zt = from_array(z).requires_grad_(True)
                 fz = _check_like(self.f(zt, x_in), zt, "f", "z")
+            if not record.get("_captures_checked"):     # once per layer, on f's graph at z* (no extra call)
+                record["_captures_checked"] = True
+                _warn_if_captured(fz, (zt,) + inputs)
             if not full:
                 return to_array(fz, "f(z, x)"), _z_pullback(fz, zt), fz
 
@@ -254,9 +258,6 @@ class DEQ(torch.nn.Module):
 
         z_arr = to_array(z_star, "z_star")
         f_star, pullback, fz = vjp(z_arr)
-        if not self.__dict__.get("_captures_checked"):      # once per layer: its first backward pass
-            self.__dict__["_captures_checked"] = True
-            _warn_if_captured(self.f, z_star, x_in, inputs)
         problem = FixedPointVJP(z_arr, lambda z: vjp(z)[:2], batched=self.batched, pullback=pullback)
         adjoint = self.adjoint
         if not full and isinstance(adjoint, SteadyStateAdjoint):
@@ -278,16 +279,13 @@ class DEQ(torch.nn.Module):
         return dx, tuple(grads)
 
 
-def _warn_if_captured(f, z_star, x, inputs):
-    """A RuntimeWarning when f(z, x) depends on tensors that require grad but are neither x nor parameters of a
-    module f (tensors a plain function captures, or a module's unregistered attributes): the adapter gives them
-    no gradient, which would otherwise go unnoticed."""
-    with torch.enable_grad():
-        zt = z_star.detach().requires_grad_(True)
-        out = f(zt, x)
-    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+def _warn_if_captured(out, inputs):
+    """A RuntimeWarning when ``out = f(z, x)``'s graph reaches tensors that require grad but are none of
+    ``inputs`` (z, x and the parameters of a module f): tensors a plain function captures, or a module's
+    unregistered attributes. The adapter gives them no gradient, which would otherwise go unnoticed."""
+    if out.grad_fn is None:
         return
-    known = {id(t) for t in inputs} | {id(zt)}
+    known = {id(t) for t in inputs}
     captured, seen, stack = [], set(), [out.grad_fn]
     while stack:
         node = stack.pop()
