@@ -56,11 +56,12 @@ def check_compact(compact, batched: bool) -> bool:
     return bool(compact)
 
 
-def check_dtype(dtype_name: str, name: str) -> None:
-    """float32 and float64 only; half precision gets an error that says what to do."""
+def check_dtype(dtype_name: str, name: str, cast: str = ".float() or .double()") -> None:
+    """float32 and float64 only; half precision gets an error that says what to do (``cast``: how to cast
+    in the caller's framework, e.g. ``.astype(jnp.float32)`` for JAX arrays, which have no ``.float()``)."""
     if dtype_name not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} has dtype {dtype_name}; deqcore solves in float32 or float64: cast it first "
-                        "(e.g. .float() or .double())")
+                        f"(e.g. {cast})")
 
 
 def solve(fn, z0, solver, *, atol, rtol, max_steps, batched, where="the forward solve", warn=True, args=(),

@@ -155,7 +155,7 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
     if not hasattr(z0, "dtype"):
         raise TypeError(f"z0 must be a JAX or NumPy array, got {type(z0).__name__}")
     z0 = jnp.asarray(z0)
-    check_dtype(str(z0.dtype), "z0")
+    check_dtype(str(z0.dtype), "z0", cast=".astype(jnp.float32) or .astype(jnp.float64)")
     if z0.size == 0:
         raise ValueError(f"z0 must have at least one element, got shape {z0.shape}")
     out = jax.eval_shape(f, z0, args)

@@ -197,7 +197,8 @@ class DEQ(torch.nn.Module):
                              "batch axis, or pass batched=False)")
         if x.numel() == 0:
             raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
-        if z0 is None:
+        from_zeros = z0 is None
+        if from_zeros:
             z0 = torch.zeros_like(x, memory_format=torch.contiguous_format)
         else:
             if not isinstance(z0, torch.Tensor):
@@ -213,7 +214,13 @@ class DEQ(torch.nn.Module):
                 raise ValueError(f"z0 must be a non-empty tensor of finite numbers, got shape {tuple(z0.shape)}"
                                  + ("" if z0.numel() == 0 else " holding NaN or infinity"))
             z0 = z0.detach().clone(memory_format=torch.contiguous_format)   # the solver may write into it
-        return _ImplicitFixedPoint.apply(self, x, z0, *self._parameters_of_f())
+        try:
+            return _ImplicitFixedPoint.apply(self, x, z0, *self._parameters_of_f())
+        except RuntimeError as err:      # e.g. torch's "mat1 and mat2 shapes cannot be multiplied" from f(0, x)
+            if from_zeros and hasattr(err, "add_note"):
+                err.add_note(f"z0=None started z as zeros shaped like x {tuple(x.shape)}: if f's state has "
+                             "another shape, pass z0, e.g. layer(x, torch.zeros(batch, width))")
+            raise
 
     def _solve(self, x, z0):
         x = x.detach()
@@ -474,7 +481,8 @@ class TorchLayer(torch.nn.Module):
                                  "pass a copy")
             if not hasattr(leaf, "dtype"):
                 raise TypeError(f"params leaf {i} must be an array, got {type(leaf).__name__}")
-            check_dtype(str(leaf.dtype), f"params leaf {i}")
+            check_dtype(str(leaf.dtype), f"params leaf {i}",
+                        cast=".astype(np.float32) or .astype(np.float64)")
             tensors.append(torch.nn.Parameter(from_array(leaf)))
         self.model = model
         self.weights = torch.nn.ParameterList(tensors)

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._checks import check_positive_int, check_tolerance
 from ..backend import get_namespace
-from .tree import tree_leaves, tree_map, tree_norm, zeros_like
+from .tree import tree_leaves, tree_map, tree_norm, tree_paths, zeros_like
 
 __all__ = ["SGD", "Adam", "AdamW", "clip_by_global_norm", "cosine_schedule"]
 
@@ -44,6 +44,16 @@ def _check_beta(value, name):
 
 def _lr_at(lr, step):
     return float(lr(step)) if callable(lr) else float(lr)
+
+
+def _check_grads(grads, params):
+    """Each gradient leaf must have its parameter's shape: NumPy would broadcast a (1, n) gradient over an
+    (m, n) weight, or a (3,) one over a (1,) bias, and silently change the update (or the parameter's shape)."""
+    shapes = {path: getattr(leaf, "shape", ()) for path, leaf in tree_paths(params)}
+    for path, g in tree_paths(grads):
+        if path in shapes and tuple(getattr(g, "shape", ())) != tuple(shapes[path]):
+            raise ValueError(f"grads[{path!r}] has shape {tuple(getattr(g, 'shape', ()))} but the parameter has "
+                             f"{tuple(shapes[path])}: pass the gradients of these params (same tree, same shapes)")
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class SGD:
 
     def update(self, grads, state, params):
         """``(new_params, new_state)``."""
+        _check_grads(grads, params)
         lr = _lr_at(self.lr, state["step"])
         if not self.momentum:
             return tree_map(lambda p, g: p - lr * g, params, grads), {**state, "step": state["step"] + 1}
@@ -118,6 +129,7 @@ class Adam:
 
     def update(self, grads, state, params):
         """``(new_params, new_state)``."""
+        _check_grads(grads, params)
         step = state["step"] + 1
         lr = _lr_at(self.lr, state["step"])
         b1, b2, eps, wd = self.b1, self.b2, self.eps, self.weight_decay
