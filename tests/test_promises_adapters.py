@@ -201,3 +201,19 @@ def test_optimisers_refuse_gradients_shaped_unlike_their_parameters(opt, bad):
     expected_w = 1.0 - 0.1 * (2.0 if isinstance(opt, nn.SGD) else 1.0)   # SGD: lr·g; Adam's first step: lr·sign(g)
     np.testing.assert_allclose(new["w"], np.full((2, 3), expected_w))
     assert new["b"].shape == (1,)
+
+
+@pytest.mark.parametrize("layer, width", [(nn.Activation("tanh"), 2), (nn.LayerNorm(2), 2), (nn.Dense(3, 2), 3)])
+def test_a_pullback_refuses_a_cotangent_shaped_unlike_the_output(layer, width):
+    params, state = nn.setup(np.random.default_rng(0), layer)
+    x = np.random.default_rng(1).standard_normal((2, width))
+    y, pullback, _ = nn.vjp(layer, x, params, state)
+    for bad in (np.ones((1, 2)), np.ones((2, 1)), np.ones(2)):   # NumPy would broadcast the first two
+        with pytest.raises(ValueError, match=r"dy has shape .* returned shape \(2, 2\)"):
+            pullback(bad)
+    dy = np.random.default_rng(2).standard_normal(y.shape)
+    dx = pullback(dy)[0]
+    e = np.zeros_like(x)
+    e[1, 0] = 1e-6                                             # central difference of dy·y along x[1, 0]
+    fd = (np.sum(dy * layer(x + e, params, state)[0]) - np.sum(dy * layer(x - e, params, state)[0])) / 2e-6
+    assert abs(fd - dx[1, 0]) < 1e-7

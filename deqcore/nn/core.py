@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .tree import to_namespace
+from .tree import to_namespace, tree_paths
 
 __all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode", "input_pullback",
            "partial_pullback", "bind"]
@@ -201,7 +201,28 @@ def vjp(model, x, params, state):
     (array([[3., 4.]]), {'weight': array([[1., 1.]])})
     """
     _check_layer(model)
-    return model.vjp(x, params, state)
+    y, pullback, state = model.vjp(x, params, state)
+    return y, _checked_pullback(pullback, y, model), state
+
+
+def _checked_pullback(pullback, y, model):
+    """``pullback`` refusing a cotangent shaped unlike ``y`` (NumPy would broadcast a (1, n) or (B, 1) one
+    through an activation or a norm and return a gradient of the wrong problem without a word)."""
+    shapes = [(path, tuple(leaf.shape)) for path, leaf in tree_paths(y) if hasattr(leaf, "shape")]
+
+    def checked(dy, *args, **kwargs):
+        got = dict((path, tuple(leaf.shape)) for path, leaf in tree_paths(dy) if hasattr(leaf, "shape"))
+        for path, shape in shapes:
+            if path in got and got[path] != shape:
+                where = f"dy[{path}]" if path else "dy"
+                raise ValueError(f"{where} has shape {got[path]} but {model!r} returned shape {shape}: the "
+                                 "cotangent must have the output's shape")
+        return pullback(dy, *args, **kwargs)
+
+    for name in ("input_only", "partial", "input_fn"):      # what input_pullback / partial_pullback use
+        if hasattr(pullback, name):
+            setattr(checked, name, getattr(pullback, name))
+    return checked
 
 
 def jvp(model, x, params, state, dx, dparams=None):
