@@ -217,3 +217,27 @@ def test_a_pullback_refuses_a_cotangent_shaped_unlike_the_output(layer, width):
     e[1, 0] = 1e-6                                             # central difference of dy·y along x[1, 0]
     fd = (np.sum(dy * layer(x + e, params, state)[0]) - np.sum(dy * layer(x - e, params, state)[0])) / 2e-6
     assert abs(fd - dx[1, 0]) < 1e-7
+
+
+# ---------------------------------------------------------------------------------------- the command line
+
+@pytest.mark.parametrize("argv, named", [
+    (["solve", "--problem", "rosenbrock", "--batch", "10"], "--problem rosenbrock"),   # was solved as the deq map
+    (["solve", "--width", "8"], "--width"),                                           # was ignored
+    (["solve", "--chunk-size", "5"], "--chunk-size"),
+])
+def test_cli_solve_refuses_options_it_would_ignore(argv, named, capsys):
+    from deqcore.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert named in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cli_solve_default_problem_is_still_the_deq_map(capsys):
+    from deqcore.cli import main
+
+    assert main(["solve", "--max-steps", "300"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("problem: deq (fixed point") and "converged: 64/64" in out

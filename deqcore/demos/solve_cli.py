@@ -80,7 +80,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python -m deqcore solve", description=__doc__.split("\n\n")[0],
                                      epilog="Built-in problems: " + ", ".join(PROBLEMS))
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--problem", choices=sorted(PROBLEMS), default="deq", help="a built-in problem (default deq)")
+    source.add_argument("--problem", choices=sorted(PROBLEMS), default=None, help="a built-in problem (default deq)")
     source.add_argument("--file", help="a Python file defining fn(y) and y0 (and optionally batched = True)")
     parser.add_argument("--fixed-point", action="store_true", help="the file's fn is a map: solve y = fn(y)")
     parser.add_argument("--solver", choices=SOLVER_NAMES, default="default",
@@ -90,8 +90,8 @@ def build_parser():
     parser.add_argument("--max-steps", type=int, default=200, help="iteration limit (default 200)")
     scale = parser.add_argument_group("many samples on Dask (the built-in deq map)")
     scale.add_argument("--batch", type=int, help="number of samples, solved in chunks on Dask")
-    scale.add_argument("--width", type=int, default=256, help="state width of the deq map (default 256)")
-    scale.add_argument("--chunk-size", type=int, default=16384, help="samples per chunk (default 16384)")
+    scale.add_argument("--width", type=int, default=None, help="state width of the deq map (default 256)")
+    scale.add_argument("--chunk-size", type=int, default=None, help="samples per chunk (default 16384)")
     where = scale.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="start this many local worker processes (a LocalCluster)")
     where.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786")
@@ -109,13 +109,16 @@ def main(argv=None) -> int:
         parser.error("--max-steps must be a positive integer")
     if args.batch is not None or args.workers is not None or args.scheduler is not None:
         return _main_dask(args, parser)
+    for flag, value in (("--width", args.width), ("--chunk-size", args.chunk_size)):
+        if value is not None:
+            parser.error(f"{flag} sizes the Dask solve of the deq map: it needs --batch N")
     if args.file:
         fn, y0, batched = _from_file(args.file, parser)
         fixed = args.fixed_point
         label = args.file
     else:
-        fn, y0, batched, fixed = PROBLEMS[args.problem]()
-        label = args.problem
+        label = args.problem or "deq"
+        fn, y0, batched, fixed = PROBLEMS[label]()
     solver = _solver(args.solver)
     options = dict(atol=args.atol, rtol=args.rtol, max_steps=args.max_steps, batched=batched, throw=False)
     start = time.perf_counter()
@@ -144,6 +147,10 @@ def _main_dask(args, parser):
         parser.error("--workers and --scheduler need --batch N")
     if args.file or args.fixed_point:
         parser.error("--batch solves the built-in deq map; --file is not supported with it")
+    if args.problem not in (None, "deq"):
+        parser.error(f"--batch solves the built-in deq map; --problem {args.problem} is not supported with it")
+    args.width = 256 if args.width is None else args.width
+    args.chunk_size = 16384 if args.chunk_size is None else args.chunk_size
     for flag, value in (("--batch", args.batch), ("--width", args.width), ("--chunk-size", args.chunk_size),
                         ("--workers", 1 if args.workers is None else args.workers)):
         if value < 1:
