@@ -8,7 +8,7 @@ differences, a hand-computed update):
 * torch: float16/bfloat16 refused by name (DEQ and TorchLayer); ``batched=False`` on a batch of independent
   rows gives the batched values and gradients; ``z0`` gets no gradient (z* does not depend on it);
   ``state_dict`` round trip and ``copy.deepcopy`` reproduce the layer; a TorchLayer's ``load_state_dict``
-  writes into the deqcore parameter tree;
+  writes into the deqcore parameter tree; a TorchLayer's ``eval()``/``train()`` reach the deqcore state;
 * nn optimisers refuse a gradient whose shape differs from its parameter's (NumPy would broadcast it).
 """
 
@@ -185,6 +185,21 @@ def test_torch_state_dict_round_trip_and_deepcopy_reproduce_the_layer(tc):
     np.testing.assert_array_equal(target_params["weight"], params["weight"])   # written into the tree in place
     xt = torch.ones(2, 3, dtype=torch.float64)
     torch.testing.assert_close(target(xt), torch.from_numpy(np.ones((2, 3)) @ params["weight"].T + params["bias"]))
+
+
+def test_torch_layer_eval_and_train_switch_the_deqcore_state(tc):
+    torch, dqt = tc
+    bn = nn.BatchNorm(2)
+    params, state = nn.setup(np.random.default_rng(0), bn)
+    layer = dqt.TorchLayer(bn, params, state)
+    x = torch.randn(4, 2, dtype=torch.float64) * 3 + 1
+    layer.eval()                                    # running statistics (0, 1) used and left alone
+    torch.testing.assert_close(layer(x), x / np.sqrt(1 + 1e-5))
+    np.testing.assert_array_equal(layer.state["running_mean"], np.zeros(2))
+    layer.train()                                   # batch statistics, and the running mean moves towards them
+    y = layer(x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(layer.state["running_mean"], 0.1 * x.mean(0).numpy())
 
 
 # ------------------------------------------------------------------------------------------------ optimisers

@@ -30,6 +30,8 @@ import numpy as np
 from ..adjoint.steady_state import (FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint,
                                     preconditioner_from_forward)
 from ..nn.core import Layer
+from ..nn.core import testmode as _testmode
+from ..nn.core import trainmode as _trainmode
 from ..nn.tree import tree_flatten, tree_unflatten
 from ..root import RootSolver
 from ._common import check_adjoint, check_compact, check_dtype, check_options, import_framework, solve, writable
@@ -487,6 +489,13 @@ class TorchLayer(torch.nn.Module):
         self.model = model
         self.weights = torch.nn.ParameterList(tensors)
         self.state = state
+
+    def train(self, mode: bool = True):
+        """torch's train/eval switch, passed on to the deqcore state (``nn.trainmode`` / ``nn.testmode``):
+        ``layer.eval()`` freezes a BatchNorm's running statistics and turns dropout off, as in torch."""
+        super().train(mode)
+        self.state = (_trainmode if mode else _testmode)(self.state)
+        return self
 
     @property
     def params(self):
