@@ -104,6 +104,16 @@ def test_jax_float32_keeps_its_dtype_and_a_bad_dtype_names_jax_s_cast(jx):
         assert ".float()" not in str(info.value)
 
 
+def test_jax_fixed_point_solution_with_a_host_only_solver_does_not_send_the_user_to_the_host_engine(jx):
+    jax, jnp, dqj = jx
+    f = lambda z, a: 0.5 * jnp.cos(z) + a                            # noqa: E731
+    with pytest.raises(ValueError, match="solver=Broyden") as info:
+        dqj.fixed_point_solution(f, jnp.zeros(2), jnp.ones(2), dq.Broyden())
+    assert "use engine='host'" not in str(info.value)               # the host engine refuses fixed_point_solution
+    with pytest.raises(ValueError, match="engine='host' cannot report return codes"):
+        dqj.fixed_point_solution(f, jnp.zeros(2), jnp.ones(2), dq.Broyden(), engine="host")
+
+
 # --------------------------------------------------------------------------------------------- torch adapter
 
 @pytest.fixture(scope="module")

@@ -204,8 +204,12 @@ def choose_engine(engine: str, solver: RootSolver, adjoint: Any, needs_xla: bool
     if engine == "host" or (engine == "auto" and missing and not needs_xla):
         return "host"
     if missing:
+        if needs_xla:        # fixed_point_solution: the host engine cannot return codes, so don't send it there
+            raise ValueError("fixed_point_solution runs on the XLA engine, but " + "; ".join(missing) +
+                             ": use one that has, or dqj.fixed_point(..., engine='host'), whose failures "
+                             "warn (throw=False) or raise dq.SolveError")
         raise ValueError(f"engine={engine!r} needs the XLA engine, but " + "; ".join(missing) +
-                         ": use engine='host'" + ("" if needs_xla else " or 'auto'"))
+                         ": use engine='host' or 'auto'")
     return "xla"
 
 
