@@ -9,7 +9,10 @@ differences, a hand-computed update):
   rows gives the batched values and gradients; ``z0`` gets no gradient (z* does not depend on it);
   ``state_dict`` round trip and ``copy.deepcopy`` reproduce the layer; a TorchLayer's ``load_state_dict``
   writes into the deqcore parameter tree; a TorchLayer's ``eval()``/``train()`` reach the deqcore state;
-* nn optimisers refuse a gradient whose shape differs from its parameter's (NumPy would broadcast it).
+* JAX: ``fixed_point_solution`` with a host-only solver does not send the user to the host engine it refuses;
+* nn optimisers refuse a gradient whose shape differs from its parameter's, and ``nn.vjp``'s pullback a
+  cotangent shaped unlike the output (NumPy would broadcast both into wrong numbers);
+* the ``solve`` command refuses options it would ignore (``--problem`` with ``--batch``, ``--width`` without).
 """
 
 import copy
