@@ -11,7 +11,7 @@ import deqcore as dq
 from deqcore.ode.bdf import rescale_differences
 from deqcore.ode.messages import ode_message
 from tests.test_stiff import (STIFF_TEST_CASES, _robertson, _robertson_jac, _robertson_ref,
-                              scipy_radau_solution, stiff_test_case)
+                              scipy_radau_solution, solve_every_compile_case, stiff_test_case)
 
 
 
@@ -179,13 +179,7 @@ def test_the_compiled_loop_is_one_machine_code_for_every_problem():
     system's size, Jacobian, tolerances or direction (Numba compiles once per argument types, read-only arrays
     included, and per constant argument)."""
     from deqcore.ode import bdf_machine
-    robertson_y0 = np.array([1.0, 0.0, 0.0])
-    for rhs, y0, span, jac, atol in ((lambda t, y: -1e3 * (y - np.cos(t)), np.zeros(1), (0.0, 1.0), None, 1e-10),
-                                     (lambda t, y: 1e3 * (y - np.cos(t)), np.zeros(1), (1.0, 0.0), None, 1e-10),
-                                     (_robertson, robertson_y0, (0.0, 1.0), None, 1e-10),
-                                     (_robertson, robertson_y0, (0.0, 1.0), None, np.array([1e-8, 1e-12, 1e-8])),
-                                     (_robertson, robertson_y0, (0.0, 1.0), _robertson_jac, 1e-10)):
-        assert dq.integrate(rhs, y0, span, dq.BDF(), jac=jac, rtol=1e-6, atol=atol).success
+    solve_every_compile_case(dq.BDF())
     assert len(bdf_machine.bdf_run.signatures) == 1
     for helper in (bdf_machine._jacobian, bdf_machine._differences):    # compiled here unless cached on disk
         assert len(helper.signatures) <= 1, helper.__name__

@@ -14,7 +14,8 @@ from deqcore.demos.stiff_problems import HIRES_Y0, hires
 from deqcore.ode.messages import ode_message
 from deqcore.ode.radau import COEF, extrapolation_matrix
 from tests.test_stiff import (STIFF_TEST_CASES, _brusselator_1d, _robertson, _robertson_jac, _vdp,
-                              scipy_radau_solution, stiff_test_case)
+                              scipy_radau_solution, solve_every_compile_case,
+                              stiff_test_case)
 
 
 # ---- the coefficients ----
@@ -234,14 +235,8 @@ def test_the_compiled_loop_is_one_machine_code_for_every_problem():
     argument types (read-only arrays included), and once per constant argument when callers pass different
     ones (a flag, a code, a buffer index); each compilation costs the first solve seconds."""
     from deqcore.ode import radau_machine
-    robertson_y0 = np.array([1.0, 0.0, 0.0])
-    for rhs, y0, span, jac, atol in ((lambda t, y: -1e3 * (y - np.cos(t)), np.zeros(1), (0.0, 1.0), None, 1e-10),
-                                     (lambda t, y: 1e3 * (y - np.cos(t)), np.zeros(1), (1.0, 0.0), None, 1e-10),
-                                     (_robertson, robertson_y0, (0.0, 1.0), None, 1e-10),
-                                     (_robertson, robertson_y0, (0.0, 1.0), None, np.array([1e-8, 1e-12, 1e-8])),
-                                     (_robertson, robertson_y0, (0.0, 1.0), _robertson_jac, 1e-10)):
-        assert dq.integrate(rhs, y0, span, dq.Radau(), jac=jac, rtol=1e-6, atol=atol).success
-    assert dq.steady_state(_robertson, robertson_y0, dq.Radau(), atol=1e-8, rtol=1e-6).success
+    solve_every_compile_case(dq.Radau())
+    assert dq.steady_state(_robertson, np.array([1.0, 0.0, 0.0]), dq.Radau(), atol=1e-8, rtol=1e-6).success
     assert len(radau_machine.radau_run.signatures) == 1
     for helper in (radau_machine._reject, radau_machine._reject_newton):   # compiled here unless cached on disk
         assert len(helper.signatures) <= 1, helper.__name__

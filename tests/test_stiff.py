@@ -129,6 +129,19 @@ def _robertson_jac(t, y):
 
 
 @lru_cache(None)
+def solve_every_compile_case(method):
+    """Integrate with ``method`` the problems that would each compile a stiff solver's loop anew if its types
+    depended on them: one unknown forwards and backwards in time, Robertson with a scalar and a per-component
+    atol, and with its analytic Jacobian (each solve must succeed)."""
+    y0 = np.array([1.0, 0.0, 0.0])
+    for rhs, start, span, jac, atol in ((lambda t, y: -1e3 * (y - np.cos(t)), np.zeros(1), (0.0, 1.0), None, 1e-10),
+                                        (lambda t, y: 1e3 * (y - np.cos(t)), np.zeros(1), (1.0, 0.0), None, 1e-10),
+                                        (_robertson, y0, (0.0, 1.0), None, 1e-10),
+                                        (_robertson, y0, (0.0, 1.0), None, np.array([1e-8, 1e-12, 1e-8])),
+                                        (_robertson, y0, (0.0, 1.0), _robertson_jac, 1e-10)):
+        assert dq.integrate(rhs, start, span, method, jac=jac, rtol=1e-6, atol=atol).success
+
+
 def _robertson_ref(t1):
     return solve_ivp(_robertson, (0, t1), [1.0, 0, 0], method="Radau", rtol=1e-12, atol=1e-20,
                      jac=_robertson_jac).y[:, -1]

@@ -164,33 +164,41 @@ def driver_update_numba_cuda(f, y, best_y, best_res, since_best, codes, done, to
     return best_y, best_res, since_best, codes, done
 
 
+@numba.njit(inline="always")
+def _row_scale(i, y0, f0, y0_bits, f0_bits, work, work_bits, magnitude, inf_bits, scale_bits, scale,
+               relative_to_iterate, root_eps, cap, y_limit):
+    """Row i's start scale ``cap[i]`` and runaway limit ``y_limit[i]`` (see :func:`_start_tolerance`)."""
+    n = y0.shape[1]
+    m = 0
+    if relative_to_iterate:
+        for j in range(n):
+            work[j] = y0[i, j] + f0[i, j]
+        for j in range(n):
+            a = y0_bits[i, j] & magnitude
+            b = work_bits[j] & magnitude
+            m = a if a > m else m
+            m = b if b > m else m
+    else:
+        for j in range(n):
+            a = f0_bits[i, j] & magnitude
+            m = a if a > m else m
+    scale_bits[0] = 0 if m >= inf_bits else m
+    cap[i] = scale[0]
+    if relative_to_iterate:
+        y_limit[i] = np.float64(cap[i]) / root_eps if cap[i] > 0 else np.inf
+    else:
+        y_limit[i] = np.inf
+
+
 @numba.njit(cache=CACHE)
 def _start_tolerance(y0, f0, y0_bits, f0_bits, work, work_bits, magnitude, inf_bits, scale_bits, scale,
                      relative_to_iterate, root_eps, cap, y_limit):
     """Row by row, as :func:`~deqcore.root.driver_kernels.start_tolerance_reference` computes it: the maxima of
     |y0|, |y0 + f0| (rounded to the arrays' dtype, in ``work``) or |f0| on the floats' bit patterns (an integer
     max, which vectorises; NaN patterns lie above +inf's), and a non-finite scale (NaN or inf) counts as 0."""
-    batch, n = y0.shape
-    for i in range(batch):
-        m = 0
-        if relative_to_iterate:
-            for j in range(n):
-                work[j] = y0[i, j] + f0[i, j]
-            for j in range(n):
-                a = y0_bits[i, j] & magnitude
-                b = work_bits[j] & magnitude
-                m = a if a > m else m
-                m = b if b > m else m
-        else:
-            for j in range(n):
-                a = f0_bits[i, j] & magnitude
-                m = a if a > m else m
-        scale_bits[0] = 0 if m >= inf_bits else m
-        cap[i] = scale[0]
-        if relative_to_iterate:
-            y_limit[i] = np.float64(cap[i]) / root_eps if cap[i] > 0 else np.inf
-        else:
-            y_limit[i] = np.inf
+    for i in range(y0.shape[0]):
+        _row_scale(i, y0, f0, y0_bits, f0_bits, work, work_bits, magnitude, inf_bits, scale_bits, scale,
+                   relative_to_iterate, root_eps, cap, y_limit)
 
 
 def start_tolerance_numba_cpu(y0, f0, atol, relative_to_iterate, eps):
@@ -239,25 +247,8 @@ def _start_point(y0, raw0, is_map, f0, y0_bits, f0_bits, work, work_bits, magnit
         else:
             for j in range(n):
                 f0[i, j] = raw0[i, j]
-        m = 0
-        if relative_to_iterate:
-            for j in range(n):
-                work[j] = y0[i, j] + f0[i, j]
-            for j in range(n):
-                a = y0_bits[i, j] & magnitude
-                b = work_bits[j] & magnitude
-                m = a if a > m else m
-                m = b if b > m else m
-        else:
-            for j in range(n):
-                a = f0_bits[i, j] & magnitude
-                m = a if a > m else m
-        scale_bits[0] = 0 if m >= inf_bits else m
-        cap[i] = scale[0]
-        if relative_to_iterate:
-            y_limit[i] = np.float64(cap[i]) / root_eps if cap[i] > 0 else np.inf
-        else:
-            y_limit[i] = np.inf
+        _row_scale(i, y0, f0, y0_bits, f0_bits, work, work_bits, magnitude, inf_bits, scale_bits, scale,
+                   relative_to_iterate, root_eps, cap, y_limit)
 
 
 def start_point_numba_cpu(y0, raw0, is_map, atol, relative_to_iterate, eps):
