@@ -239,3 +239,15 @@ def test_gmres_budget_is_max_steps_and_its_iterate_is_honest():
     true_residual = np.linalg.norm(b - np.einsum("bij,bj->bi", A, sol.value), axis=1)
     np.testing.assert_allclose(sol.residual, true_residual, rtol=1e-8)
     assert (true_residual > 1e-12 * np.linalg.norm(b, axis=1)).all()
+
+
+@pytest.mark.parametrize("call", [
+    lambda jac: dq.integrate(lambda t, y: -y, np.ones(2), (0.0, 1.0), dq.Tsit5(), jac=jac),
+    lambda jac: dq.integrate(lambda t, y: -y, np.ones(2), (0.0, 1.0), dq.VCAB3(), jac=jac),
+    lambda jac: dq.steady_state(lambda t, y: 1.0 - y, np.zeros(2), dq.VCABM3(), jac=jac),
+], ids=["integrate-tsit5", "integrate-vcab3", "steady_state-vcabm3"])
+def test_a_jac_given_to_an_explicit_method_is_not_silently_ignored(call):
+    # as SciPy's solve_ivp warns for RK45: the explicit methods never call jac
+    with pytest.warns(UserWarning, match="jac is ignored by the explicit method"):
+        sol = call(lambda t, y: -np.eye(2))
+    assert sol.success
