@@ -251,3 +251,13 @@ def test_a_jac_given_to_an_explicit_method_is_not_silently_ignored(call):
     with pytest.warns(UserWarning, match="jac is ignored by the explicit method"):
         sol = call(lambda t, y: -np.eye(2))
     assert sol.success
+
+
+@pytest.mark.parametrize("solver", [dq.Broyden(), dq.LimitedMemoryBroyden(), dq.Anderson(),
+                                    dq.NewtonRaphson(linear_solver=dq.GMRES(rtol=1e-12))],
+                         ids=["broyden", "lm-broyden", "anderson", "newton-krylov"])
+def test_a_jac_given_to_a_jacobian_free_root_solver_is_not_silently_ignored(solver):
+    with pytest.warns(UserWarning, match="jac is ignored by"):
+        sol = dq.root_find(lambda y: y ** 3 - 2.0, np.ones(2), solver, jac=lambda y: np.diag(3 * y ** 2),
+                           atol=1e-10, rtol=0.0)
+    np.testing.assert_allclose(sol.value, 2.0 ** (1 / 3), rtol=1e-9)
