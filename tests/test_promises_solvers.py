@@ -261,3 +261,15 @@ def test_a_jac_given_to_a_jacobian_free_root_solver_is_not_silently_ignored(solv
         sol = dq.root_find(lambda y: y ** 3 - 2.0, np.ones(2), solver, jac=lambda y: np.diag(3 * y ** 2),
                            atol=1e-10, rtol=0.0)
     np.testing.assert_allclose(sol.value, 2.0 ** (1 / 3), rtol=1e-9)
+
+
+def test_the_default_root_solver_calls_a_non_finite_residual_diverged_per_sample():
+    # README: DIVERGED for non-finite iterates; every single solver says so, and so must the default sequence
+    # (it said NOT_RUN, "the solve did not run"); the other samples are their own solves
+    c = np.array([2.0, np.nan, -3.0])
+    fn = lambda y, c: y ** 3 - c[:, None]                  # noqa: E731
+    sol = dq.root_find(fn, np.ones((3, 2)), None, args=(c,), batched=True, atol=1e-12, rtol=0.0, throw=False)
+    assert sol.result.tolist() == [dq.ReturnCode.SUCCESS, dq.ReturnCode.DIVERGED, dq.ReturnCode.SUCCESS]
+    np.testing.assert_allclose(sol.value[[0, 2], 0], np.cbrt(c[[0, 2]]), rtol=1e-12)
+    with pytest.raises(dq.SolveError, match="DIVERGED"):
+        dq.root_find(lambda y: y ** 3 - np.nan, np.ones(2))

@@ -140,7 +140,9 @@ def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps, start=None) -> RootL
     for solver in default_solvers(problem.n, problem.has_jac):
         out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0, start=start)
         steps += out.num_steps
-        improve = (codes != int(ReturnCode.SUCCESS)) & ((out.codes == int(ReturnCode.SUCCESS)) | (out.residual < res))
+        # the first outcome always counts (a non-finite residual compares below nothing, and must not leave NOT_RUN)
+        improve = (codes != int(ReturnCode.SUCCESS)) & ((out.codes == int(ReturnCode.SUCCESS)) | (out.residual < res)
+                                                       | (codes == int(ReturnCode.NOT_RUN)))
         best = xp.where(improve[:, None], out.value, best)
         res = xp.where(improve, out.residual, res)
         codes = xp.where(improve, out.codes, codes)
