@@ -273,3 +273,21 @@ def test_the_default_root_solver_calls_a_non_finite_residual_diverged_per_sample
     np.testing.assert_allclose(sol.value[[0, 2], 0], np.cbrt(c[[0, 2]]), rtol=1e-12)
     with pytest.raises(dq.SolveError, match="DIVERGED"):
         dq.root_find(lambda y: y ** 3 - np.nan, np.ones(2))
+
+
+def test_linear_solve_reuses_the_lu_factors_it_returned():
+    # linear_solve's docstring: A may be "the state a solver returned in sol.learned['state']" (it was refused)
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((3, 4, 4)) + 3.0 * np.eye(4)
+    A[1] = 0.0                                                # one singular sample
+    first = dq.linear_solve(A, rng.standard_normal((3, 4)), throw=False)
+    b = rng.standard_normal((3, 4))
+    for transpose in (False, True):
+        again = dq.linear_solve(first.learned["state"], b, transpose=transpose, throw=False)
+        assert again.stats["nfactor"] == 0
+        assert again.result.tolist() == [0, int(dq.ReturnCode.LINEAR_SOLVE_FAILED), 0]
+        M = np.swapaxes(A, 1, 2) if transpose else A
+        want = np.linalg.solve(M[[0, 2]], b[[0, 2]][..., None])[..., 0]
+        np.testing.assert_allclose(again.value[[0, 2]], want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="LUFactorization: solve it with solver=dq.LU"):
+        dq.linear_solve(first.learned["state"], b, dq.GMRES())
