@@ -2,8 +2,10 @@
 test files leave out: Rosenbrock methods on backward spans (every linear-solver path, odd and even sizes), the
 ODE adjoints with an implicit adjoint solver and after a stiff forward solve (a failing BacksolveAdjoint names
 itself and the remedy), Jacobian sparsity patterns that miss true nonzeros (never a wrong SUCCESS), a user
-Jacobian given as a SciPy sparse matrix or in float32, and batched linear solves with singular and non-finite
-samples. References: analytic solutions (matrix exponentials), SciPy's solve_ivp and dense float64 solves.
+Jacobian given as a SciPy sparse matrix or in float32, a jac given to a method that never calls it (told, not
+dropped), batched linear solves with singular and non-finite samples and LU factors passed back to
+linear_solve, the default root-solver sequence on a non-finite residual. References: analytic solutions
+(matrix exponentials), SciPy's solve_ivp and dense float64 solves.
 """
 
 from __future__ import annotations
