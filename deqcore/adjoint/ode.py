@@ -40,6 +40,7 @@ from ..ode import Tsit5, integrate
 from ..ode.base import ODEMethod
 from ..ode.solution import ODESolution, interpolate
 from ..ode.tableaus import ButcherTableau
+from ..results import SolveError
 
 __all__ = ["GaussAdjoint", "BacksolveAdjoint", "DiscreteAdjoint", "ode_gradients"]
 
@@ -94,7 +95,12 @@ class GaussAdjoint:
 
         back = integrate(adjoint_rhs, dL_dyT, (p.t1, p.t0), self.solver or Tsit5(),
                          atol=_or(self.atol, p.atol), rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps,
-                         throw=True)
+                         throw=False)
+        if not back.success:
+            raise SolveError(f"GaussAdjoint: the backward integration of the adjoint λ failed with "
+                             f"{back.result.name} at t = {back.t_final}: on a stiff problem the adjoint is "
+                             "as stiff as the forward solve; pass an implicit method, e.g. "
+                             "dq.GaussAdjoint(solver=dq.Radau()), or raise max_steps", back)
         dargs = None
         for step in back.steps:
             # dL/dθ = ∫_{t0}^{t1} λᵀ ∂f/∂θ dt; the adjoint runs from t1 to t0, so each of its steps adds its
@@ -156,7 +162,12 @@ class BacksolveAdjoint:
             flat = np.ravel(atol)
             atol = np.concatenate([flat, flat, np.full(sum(sizes), flat.min())])
         back = integrate(augmented, z1, (p.t1, p.t0), self.solver or Tsit5(), atol=atol,
-                         rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps, throw=True)
+                         rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps, throw=False)
+        if not back.success:
+            raise SolveError(f"BacksolveAdjoint: the reverse-time integration of [y, λ, μ] failed with "
+                             f"{back.result.name} at t = {back.t_final}: y recomputed backwards from y(t1) "
+                             "grows where the forward dynamics contract (stiff or dissipative problems); use "
+                             "dq.GaussAdjoint(), which reads y from the stored forward solution", back)
         z0 = back.y_final
         return z0[n:2 * n].reshape(shape), _unravel(z0[2 * n:], template)
 

@@ -24,7 +24,7 @@ from ..results import Solution
 from ._validate import check_bool, check_square
 from .base import LinearSolver
 from .gmres import GMRES
-from .lu import LU
+from .lu import LU, LUFactorization
 from .operator import LinearOperator
 
 __all__ = ["linear_solve"]
@@ -58,6 +58,9 @@ def linear_solve(A_or_op: Any, b: Any, solver: LinearSolver | None = None, *, x0
     (True, [True, True])
     >>> bool(np.allclose(dq.linear_solve(A, np.array([6.0, 4.0]), transpose=True).value, [1.0, 1.0]))
     True
+    >>> again = dq.linear_solve(sol.learned["state"], np.array([5.0, 5.0]))   # the factors reused
+    >>> bool(np.allclose(again.value, [1.0, 1.0])), again.stats["nfactor"]
+    (True, 0)
     >>> dq.linear_solve(A, [6.0, 4.0])
     Traceback (most recent call last):
     ...
@@ -67,11 +70,15 @@ def linear_solve(A_or_op: Any, b: Any, solver: LinearSolver | None = None, *, x0
     throw = check_bool(throw, "throw")
     check_float_array(b, "b")            # before anything reads b's shape: a list gets an error naming b
     check_solver_dtype(b, "b")
-    if not isinstance(A_or_op, LinearOperator):
+    factored = isinstance(A_or_op, LUFactorization)         # sol.learned["state"] of an LU solve
+    if not isinstance(A_or_op, LinearOperator) and not factored:
         check_square(A_or_op, "A")
         check_solver_dtype(A_or_op, "A")
     if solver is None:
         solver = GMRES() if isinstance(A_or_op, LinearOperator) else LU()
+    if factored and not isinstance(solver, LU):
+        raise TypeError(f"A is an LUFactorization: solve it with solver=dq.LU() (or None), got "
+                        f"{type(solver).__name__}")
     if not isinstance(solver, LinearSolver):
         raise TypeError(f"solver must be a linear solver such as dq.LU() or dq.GMRES(...), got "
                         f"{type(solver).__name__}")

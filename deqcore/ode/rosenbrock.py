@@ -70,6 +70,16 @@ def _det_sign_dense(xp, lu, piv):
     return 1 - 2 * ((negative + swaps) % 2)
 
 
+def _expected_det_sign(xp, inv, n):
+    """The sign det(M) of the stage matrix M = I/(hγ) − J must have for det(I − hγJ) > 0: that of (1/(hγ))ⁿ,
+    per row where ``inv`` is an array (+1 or −1, an int or an int array)."""
+    if n % 2 == 0:
+        return 1
+    if isinstance(inv, float):
+        return -1 if inv < 0 else 1
+    return xp.where(xp.asarray(inv).reshape(-1) < 0, -1, 1)
+
+
 def _parity(perm: np.ndarray) -> int:
     """0 for an even permutation, 1 for an odd one."""
     seen = np.zeros(perm.size, dtype=bool)
@@ -189,15 +199,18 @@ class RosenbrockStepper:
         self.stats["nfactor"] += 1
         if isinstance(self.linear_solver, GMRES):
             return self._gmres(t, y, fy, inv)
+        # det(I − hγJ) = (hγ)ⁿ det(M) must be positive: det(M) itself has the sign of hⁿ (negative for a
+        # backward step on an odd number of unknowns)
+        expected = _expected_det_sign(xp, inv, n)
         J, _ = self._jacobian(t, y, fy, h, tol)
         if isinstance(J, list) or _is_sparse(J):
-            return self._sparse_lu(J if isinstance(J, list) else [J], inv)
+            return self._sparse_lu(J if isinstance(J, list) else [J], inv, expected)
         inv_rows = xp.asarray(inv, dtype=J.dtype).reshape(-1, 1, 1) if ev.batched else inv
         M = inv_rows * xp.eye(n, dtype=J.dtype) - J
         if xp is np and R == 1:
-            return self._lapack(M[0])
+            return self._lapack(M[0], expected)
         fac = self.linear_solver.factor(M)
-        failed = fac.singular_mask | (_det_sign_dense(xp, fac.lu, fac.piv) <= 0)
+        failed = fac.singular_mask | (_det_sign_dense(xp, fac.lu, fac.piv) * expected <= 0)
         singular = fac.singular_mask
 
         def solve(rhs_rows):
@@ -205,7 +218,7 @@ class RosenbrockStepper:
             return fac.solve(rhs_rows)
         return _Factored(solve, failed, singular)
 
-    def _lapack(self, M):
+    def _lapack(self, M, expected=1):
         """One NumPy system: LAPACK getrf/getrs called directly (the common small case, where per-call
         overhead is what counts)."""
         from scipy.linalg.lapack import get_lapack_funcs
@@ -217,7 +230,7 @@ class RosenbrockStepper:
         diag = np.abs(np.diagonal(lu))
         sign = _det_sign_dense(np, lu[None], piv[None])[0]
         singular = info != 0 or not (diag.min() > np.finfo(M.dtype).eps * diag.max())
-        failed = singular or sign <= 0
+        failed = singular or sign * int(np.reshape(expected, -1)[0]) <= 0
 
         def solve(rhs_rows):
             self.stats["nlinsolve"] += 1
@@ -225,7 +238,7 @@ class RosenbrockStepper:
             return x[None]
         return _Factored(None if failed else solve, np.array([failed]), np.array([singular]))
 
-    def _sparse_lu(self, Js, inv):
+    def _sparse_lu(self, Js, inv, expected=1):
         import scipy.sparse as sp
         from scipy.sparse.linalg import splu
 
@@ -233,6 +246,7 @@ class RosenbrockStepper:
         inv_h = np.broadcast_to(np.asarray(inv, dtype=np.float64), (len(Js),))
         eye = sp.identity(n, format="csc")
         lus, failed, singular = [], np.zeros(len(Js), dtype=bool), np.zeros(len(Js), dtype=bool)
+        flip = np.broadcast_to(np.asarray(expected).reshape(-1) < 0, (len(Js),))
         for r, J in enumerate(Js):
             M = (inv_h[r] * eye - J).tocsc()
             lu = None
@@ -244,7 +258,7 @@ class RosenbrockStepper:
             singular[r] = lu is None
             if lu is not None:
                 diag = lu.U.diagonal()
-                sign = (np.sum(diag < 0) + _parity(lu.perm_r) + _parity(lu.perm_c)) % 2
+                sign = (np.sum(diag < 0) + _parity(lu.perm_r) + _parity(lu.perm_c) + flip[r]) % 2
                 tiny = not np.all(np.abs(diag) > np.finfo(M.dtype).eps * np.abs(diag).max())
                 singular[r] = tiny
                 if sign or tiny:
@@ -306,6 +320,8 @@ class RosenbrockStepper:
         self.stats["nfactor"] += 1
         lu, piv, work, U = self._lu, self._piv, self._work, self._U
         singular, positive = factor_shifted(J[0], 1.0 / (self.tab.gamma * h), 1.0, self._eps, lu, piv)
+        if h < 0 and self.n % 2:                           # det(I − hγJ) = (hγ)ⁿ det(M): see _factor
+            positive = not positive
         if singular or not positive:                       # the stage matrix could not be factored
             return self._failed_trial(y, fy, singular)
         shape = ev.shape
@@ -362,9 +378,10 @@ class RosenbrockStepper:
                 rhs = rhs + (d_i * h_rows) * ft_rows
             U[i] = fac.solve(rhs)
             if i == 0 and self._matrix_free:
-                # no determinant without a matrix: u₁·M u₁ = u₁·f < 0 means the stage matrix is indefinite
+                # no determinant without a matrix: h·(u₁·M u₁) = h·(u₁·f) < 0 means I − hγJ is indefinite
                 # along u₁ (h·γ beyond the inverse of a growth rate): the same rejection as the sign test
-                indefinite = xp.sum(U[0] * f_rows, axis=1) < 0
+                # (h carries the direction: M = I/(hγ) − J is negative definite on a backward step)
+                indefinite = xp.sum(U[0] * f_rows * h_rows, axis=1) < 0
                 fac.state["failed"] = fac.state["failed"] | indefinite
         y1 = y_rows + (self._m @ flat).reshape(y_rows.shape)
         err = (self._e @ flat).reshape(y_rows.shape)

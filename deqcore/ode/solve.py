@@ -110,6 +110,18 @@ def _check_saveat(saveat, t0, t1):
     return times
 
 
+def _warn_unused_jac(solver: ODEMethod) -> None:
+    """An explicit method has no use for ``jac``: say so (as SciPy's solve_ivp does) instead of ignoring it."""
+    from .bdf import BDF
+    from .radau import Radau
+    from .rosenbrock import _Rosenbrock
+
+    if not isinstance(solver, (Radau, BDF, _Rosenbrock)):
+        warnings.warn(f"jac is ignored by the explicit method {type(solver).__name__}(): only the implicit "
+                      "methods (dq.Radau(), dq.BDF(), dq.Rodas5P(), dq.Rodas4(), dq.Rodas3()) use a Jacobian",
+                      UserWarning, stacklevel=3)
+
+
 def integrate(rhs: Callable, y0: Any, t_span: Sequence[float] | np.ndarray, solver: ODEMethod | None = None,
               *, args: tuple = (), atol: Any = 1e-6, rtol: float = 1e-3,
               saveat: Sequence[float] | np.ndarray | None = None, dt0: float | None = None,
@@ -158,6 +170,7 @@ def integrate(rhs: Callable, y0: Any, t_span: Sequence[float] | np.ndarray, solv
     times = _check_saveat(saveat, t0, t1)
     if jac is not None:
         check_callable(jac, "jac")
+        _warn_unused_jac(solver)
     check_bool(throw, "throw")
     y0 = y0.copy()  # the solution's records never alias the caller's array
     per_component = np.ndim(atol) > 0
@@ -253,6 +266,7 @@ def steady_state(rhs: Callable, y0: Any, solver: ODEMethod | None = None, *, arg
                          f"{tuple(y0.shape)}")
     if jac is not None:
         check_callable(jac, "jac")
+        _warn_unused_jac(solver)
     check_bool(throw, "throw")
     y0 = y0.copy()
     ev = Evaluator(xp, rhs, args, batched=batched, autonomous=True, shape=y0.shape, dtype=y0.dtype)

@@ -140,13 +140,28 @@ def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps, start=None) -> RootL
     for solver in default_solvers(problem.n, problem.has_jac):
         out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0, start=start)
         steps += out.num_steps
-        improve = (codes != int(ReturnCode.SUCCESS)) & ((out.codes == int(ReturnCode.SUCCESS)) | (out.residual < res))
+        # the first outcome always counts (a non-finite residual compares below nothing, and must not leave NOT_RUN)
+        improve = (codes != int(ReturnCode.SUCCESS)) & ((out.codes == int(ReturnCode.SUCCESS)) | (out.residual < res)
+                                                       | (codes == int(ReturnCode.NOT_RUN)))
         best = xp.where(improve[:, None], out.value, best)
         res = xp.where(improve, out.residual, res)
         codes = xp.where(improve, out.codes, codes)
         if bool((codes == int(ReturnCode.SUCCESS)).all()):
             break
     return RootLoopResult(best, codes, res, steps, None)
+
+
+def _warn_unused_jac(solver) -> None:
+    """A solver that never calls ``jac`` says so instead of ignoring it (as SciPy's solve_ivp does)."""
+    from ..linalg import GMRES
+
+    krylov = isinstance(solver, NewtonRaphson) and isinstance(solver.linear_solver, GMRES)
+    if solver is not None and (krylov or not isinstance(solver, (NewtonRaphson, TrustRegion))):
+        import warnings
+
+        name = "NewtonRaphson(linear_solver=dq.GMRES(...)) (matrix-free)" if krylov else f"{type(solver).__name__}()"
+        warnings.warn(f"jac is ignored by {name}: only dq.NewtonRaphson() with its dense LU, dq.TrustRegion() and "
+                      "the default (solver=None) use a Jacobian", UserWarning, stacklevel=3)
 
 
 def root_find(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None, *, args: tuple = (),
@@ -189,6 +204,7 @@ def root_find(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None,
         expected = ((y0.shape[0], n, n) if batched else (n, n))
         check_returned_array(jac(y0, *args), "jac", expected, y0.dtype, get_namespace(y0).ndarray,
                              shape_of="the Jacobian's")
+        _warn_unused_jac(solver)
     return _solve(fn, y0, fy0, solver, args=args, jac=jac, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
                   throw=throw, mode="root", compact=compact)
 
