@@ -11,6 +11,11 @@ if os.environ.get("DEQCORE_TEST_REAL_CUDA") != "1":
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    from tests.cudasim_patch import install as _lock_simulated_shared_arrays  # noqa: E402
+
+    _lock_simulated_shared_arrays()
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 # "ci" (the default, used by `make test` and CI): derandomised, so a landing never depends on luck: the same
