@@ -1,6 +1,6 @@
 """Array namespaces, dtype/device helpers and the kernel registry (the bottom layer of deqcore)."""
 
-from .kernels import get_kernel, implementations, register_kernel, registered_kernels
+from .kernels import default_kernel, get_kernel, implementations, register_kernel, registered_kernels
 from .namespace import (
     check_finite,
     check_float_array,
@@ -26,6 +26,7 @@ __all__ = [
     "synchronize",
     "cupy_available",
     "register_kernel",
+    "default_kernel",
     "get_kernel",
     "implementations",
     "registered_kernels",

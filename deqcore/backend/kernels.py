@@ -21,7 +21,7 @@ from typing import Callable
 
 from .namespace import is_cupy_namespace
 
-__all__ = ["register_kernel", "get_kernel", "implementations", "registered_kernels", "KernelSpec", "IMPLS"]
+__all__ = ["register_kernel", "get_kernel", "default_kernel", "implementations", "registered_kernels", "KernelSpec", "IMPLS"]
 
 IMPLS = ("reference", "numba_cpu", "numba_cuda")
 #: the float types a signature template's ``{t}`` stands for
@@ -109,6 +109,20 @@ def _numba_usable() -> bool:
     except ImportError:
         return False
     return True
+
+
+_DEFAULTS: dict = {}   # (name, namespace) -> get_kernel's default choice
+
+
+def default_kernel(name: str, xp) -> Callable:
+    """:func:`get_kernel`'s default choice for ``name`` on ``xp``, looked up once (a hot path's few
+    microseconds); with ``DEQCORE_KERNELS`` set, looked up on every call, so that the variable keeps choosing."""
+    if os.environ.get("DEQCORE_KERNELS"):
+        return get_kernel(name, xp)
+    kernel = _DEFAULTS.get((name, xp))
+    if kernel is None:
+        kernel = _DEFAULTS[(name, xp)] = get_kernel(name, xp)
+    return kernel
 
 
 def get_kernel(name: str, xp, impl: str | None = None) -> Callable:

@@ -26,14 +26,13 @@ docstring).
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import numpy as np
 
 from .._checks import (check_bool, check_callable, check_positive_int, check_returned_array, check_solver_dtype,
                        check_tolerance)
-from ..backend import check_float_array, get_kernel, get_namespace
+from ..backend import check_float_array, default_kernel, get_namespace
 from ..results import ReturnCode, Solution
 from .base import RootSolver
 from .broyden import LimitedMemoryBroyden
@@ -45,16 +44,6 @@ from .problem import flat_problem
 __all__ = ["root_find", "fixed_point", "default_solvers"]
 
 
-def _all_finite(xp):
-    """The ``all_finite`` kernel for ``xp`` (one compiled pass on NumPy arrays, no boolean temporary; looked up
-    once per namespace unless ``DEQCORE_KERNELS`` chooses)."""
-    kernel = _ALL_FINITE.get(xp) if not os.environ.get("DEQCORE_KERNELS") else None
-    if kernel is None:
-        kernel = _ALL_FINITE[xp] = get_kernel("all_finite", xp)
-    return kernel
-
-
-_ALL_FINITE: dict = {}
 _NUMPY_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 
 
@@ -68,7 +57,7 @@ def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, c
                             f"np.asarray(y0).reshape(1)")
         xp = check_float_array(y0, "y0")
         check_solver_dtype(y0, "y0")
-    if not _all_finite(xp)(y0):
+    if not default_kernel("all_finite", xp)(y0):   # one compiled pass on NumPy, no temporary
         raise ValueError("y0 contains NaN or infinity")
     if solver is not None and not isinstance(solver, RootSolver):
         raise TypeError("solver must be a deqcore root solver (dq.Anderson(), dq.Broyden(), dq.NewtonRaphson(), "

@@ -13,19 +13,16 @@ An iterate that runs off to infinity can therefore never widen the test.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from .._checks import check_choice, check_returned_array
-from ..backend import get_kernel, get_namespace
+from ..backend import default_kernel, get_namespace
 from . import driver_kernels  # noqa: F401  (registers start_tolerance)
 from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step
 
 __all__ = ["RootProblem", "flat_problem"]
 
-_TOLERANCE: dict = {}   # namespace -> the start_tolerance kernel (its default choice, looked up once)
-_START: dict = {}       # namespace -> the start_point kernel (likewise)
 _EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}   # np.finfo is a slow lookup
 
 
@@ -122,10 +119,7 @@ class RootProblem:
         >>> tol.tolist(), cap.tolist(), bool(y_limit[0] > 1e8)
         ([1e-06], [3.0], True)
         """
-        kernel = _TOLERANCE.get(self.xp) if not os.environ.get("DEQCORE_KERNELS") else None
-        if kernel is None:
-            kernel = _TOLERANCE[self.xp] = get_kernel("start_tolerance", self.xp)
-        return kernel(y0, f0, atol, self.relative_to == "iterate", self.eps)
+        return default_kernel("start_tolerance", self.xp)(y0, f0, atol, self.relative_to == "iterate", self.eps)
 
     def start(self, y0, raw0, atol):
         """The start point's residual and test from its raw evaluation ``raw0`` (G(y0) when :attr:`has_map`, else
@@ -140,11 +134,8 @@ class RootProblem:
         >>> f0.tolist(), cap.tolist()
         ([[-0.5, 1.5]], [3.0])
         """
-        kernel = _START.get(self.xp) if not os.environ.get("DEQCORE_KERNELS") else None
-        if kernel is None:
-            kernel = _START[self.xp] = get_kernel("start_point", self.xp)
-        f0, tol, cap, y_limit = kernel(y0, raw0, self._map is not None, atol, self.relative_to == "iterate",
-                                       self.eps)
+        kernel = default_kernel("start_point", self.xp)
+        f0, tol, cap, y_limit = kernel(y0, raw0, self._map is not None, atol, self.relative_to == "iterate", self.eps)
         return f0, (tol, cap, y_limit)
 
     def F(self, y):
