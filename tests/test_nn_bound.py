@@ -279,8 +279,8 @@ def _count_weight_norms(monkeypatch):
 @pytest.mark.parametrize("mode", ["phantom", "fixed depth", "jacobian loss"])
 def test_deq_binds_its_vjp_once_per_chain_of_calls(mode, monkeypatch):
     """Phantom gradients, the fixed-depth chain and the Jacobian loss's gradient run the model's VJP
-    bound to its parameters (one weight normalisation per chain): the same values and gradients as through the
-    unbound VJP, bit for bit."""
+    bound to its parameters (one weight normalisation per chain, shared with the VJP at z*): the same values and
+    gradients as through the unbound VJP, bit for bit."""
     width, steps = 4, 6
     settings_ = dict(atol=1e-9, rtol=1e-9, max_steps=60)
     if mode == "phantom":
@@ -306,4 +306,61 @@ def test_deq_binds_its_vjp_once_per_chain_of_calls(mode, monkeypatch):
         monkeypatch.undo()
     (z_u, dx_u, dp_u, calls_u), (z_b, dx_b, dp_b, calls_b) = outs
     assert np.array_equal(z_b, z_u) and np.array_equal(dx_b, dx_u) and np.array_equal(dp_b, dp_u)
-    assert (calls_u, calls_b) == {"phantom": (1 + steps, 2), "fixed depth": (steps, 1), "jacobian loss": (3, 2)}[mode]
+    assert (calls_u, calls_b) == {"phantom": (1 + steps, 1), "fixed depth": (steps, 1), "jacobian loss": (3, 1)}[mode]
+
+
+def test_deq_checks_a_call_signature_once_and_then_runs_bound(monkeypatch):
+    """A DEQ's first f-evaluation goes through the layers' checked calls once per signature (array types, shapes
+    and dtypes of z, x, the parameters and the state); later solves of that signature start bound, with the
+    same values and gradients bit for bit as a DEQ that checks every call; a new signature is checked again, and
+    a wrong input still fails with the error naming z and x."""
+    from deqcore.models import deq as deq_module
+
+    width = 4
+    build = lambda: dq.DeepEquilibriumNetwork(_deq_f(width, weight_norm=True), dq.Anderson(), atol=1e-9,  # noqa
+                                              rtol=1e-9, max_steps=60)
+    cached, fresh = build(), None
+    rng = np.random.default_rng(5)
+    params, state = nn.setup(rng, cached)
+    params["model"]["layer_1"]["layer_1"]["weight_g"] *= 0.4
+    checked = []
+    original = deq_module.DeepEquilibriumNetwork._checked_f
+
+    def counting(self, params, state):
+        f = original(self, params, state)
+        return lambda z, x: checked.append(self) or f(z, x)
+
+    monkeypatch.setattr(deq_module.DeepEquilibriumNetwork, "_checked_f", counting)
+    for batch in (3, 3, 5, 3, 5):
+        x, dy = rng.standard_normal((batch, width)), rng.standard_normal((batch, width))
+        fresh = build()                                  # (a new model: no signature seen, checked first)
+        outs = []
+        for deq in (cached, fresh):
+            z, pullback, new_state = nn.vjp(deq, x, params, state)
+            dx, dparams = pullback(dy)
+            outs.append((z, dx, nn.ravel(dparams)[0], new_state["solution"].nfev))
+        (z_c, dx_c, dp_c, n_c), (z_f, dx_f, dp_f, n_f) = outs
+        assert np.array_equal(z_c, z_f) and np.array_equal(dx_c, dx_f) and np.array_equal(dp_c, dp_f)
+        assert n_c == n_f
+    assert sum(d is cached for d in checked) == 2        # batches 3 and 5, each once
+    assert sum(d is not cached for d in checked) == 5    # every fresh model
+    with pytest.raises(ValueError, match="z of shape"):
+        cached(np.ones((3, width - 1)), params, state)
+    x32 = rng.standard_normal((3, width)).astype(np.float32)
+    with pytest.raises(TypeError):
+        cached(x32, params, state)
+
+
+def test_call_signature_tells_apart_what_the_checks_read():
+    from deqcore.models.deq import _call_signature
+
+    z, x = np.zeros((2, 3)), np.ones((2, 3))
+    params, state = {"w": np.ones((3, 3))}, {"training": True}
+    key = _call_signature(z, x, params, state)
+    assert key == _call_signature(z + 1, x * 2, {"w": np.zeros((3, 3))}, {"training": True})   # values alone
+    for other in [(np.zeros((2, 4)), x, params, state), (z.astype(np.float32), x, params, state),
+                  (z, x[:1], params, state), (z, x, {"w": np.ones((3, 2))}, state),
+                  (z, x, {"v": np.ones((3, 3))}, state), (z, x, params, {"training": False}),
+                  (z, x, params, {"training": 1}), (z, x, {"w": [np.ones((3, 3))]}, state)]:
+        assert _call_signature(*other) != key
+    assert _call_signature(z, x, {"w": object()}, state) is None          # (no signature: always checked)

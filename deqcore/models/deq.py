@@ -201,14 +201,32 @@ class DeepEquilibriumNetwork(Layer):
 
     def _f_rows(self, params, state):
         """(z, x) ↦ f((z, x)) on any rows of a batch (the compacted solve passes x per sample): through the layers'
-        checked calls the first time, bound to the parameters after it (see :meth:`_f`)."""
+        checked calls the first time, bound to the parameters after it (see :meth:`_f`). A first call whose
+        arguments have the signature of one already checked on this model (the same array types, shapes and
+        dtypes of z, x, the parameters and the state: what the layers' checks read) runs bound at once: a training
+        loop checks its layers on its first step, not at every step."""
         checked, bound = self._checked_f(params, state), None
 
         def f(z, x):
             nonlocal bound
             if bound is not None:
                 return bound((z, x))
+            key = _call_signature(z, x, params["model"], state["model"])
+            seen = self.__dict__.setdefault("_checked_signatures", set())
+            if key is not None and key in seen:
+                bound = self.model.bind(params["model"], state["model"])
+                try:
+                    out = bound((z, x))
+                except Exception:               # (the checked call raises its error naming z and x)
+                    out = None
+                if type(out) is type(z) and out.shape == z.shape and out.dtype == z.dtype:
+                    return out
+                bound = None                    # (not what the checked call returns: check it again)
             out = checked(z, x)
+            if key is not None:
+                if len(seen) >= _SIGNATURES_KEPT:
+                    seen.clear()
+                seen.add(key)
             bound = self.model.bind(params["model"], state["model"])     # (bound once f is called again)
             return out
 
@@ -334,8 +352,11 @@ class DeepEquilibriumNetwork(Layer):
         jac_seed = int(state.get("jacobian_seed", 0))
         fixed_pullback, f_star = None, None
         model_state = sm
+        bound_vjp = None
         if want_vjp or self.jacobian_regularization is not None:
-            f_star, fixed_pullback, model_state = model.vjp((z_star, x), pm, sm)
+            # (bound: the weight normalisation and its pullback's set-up once for this VJP and the adjoint's others)
+            bound_vjp = model.bind_vjp(pm, sm)
+            f_star, fixed_pullback, model_state = bound_vjp((z_star, x))
             extra_nfe += 1
         jac_loss, jac_probe = 0.0, None
         if self.jacobian_regularization is not None:
@@ -357,15 +378,15 @@ class DeepEquilibriumNetwork(Layer):
         y = self.output(z_star)
         if not want_vjp:
             return y, None, new_state
-        pullback = self._implicit_pullback(x, params, state, solution, fixed_pullback, u0_pullback, jac_probe)
+        pullback = self._implicit_pullback(x, params, state, solution, fixed_pullback, u0_pullback, jac_probe,
+                                           bound_vjp)
         return y, pullback, new_state
 
-    def _theta_vjp(self, x, params, state):
+    def _theta_vjp(self, x, params, state, bound=None):
         """vjp(z) -> (f(z), pullback(v) -> (dz, (dx, dparams_model))) at fixed x and params: the model's VJP bound
         to its parameters on the first call (``nn.Layer.bind_vjp``: a weight normalisation once per chain of
-        calls, not once per call)."""
+        calls, not once per call), or ``bound`` (the model's ``bind_vjp`` at these parameters)."""
         model, pm, sm = self.model, params["model"], state["model"]
-        bound = None
 
         def vjp(z):
             nonlocal bound
@@ -376,8 +397,8 @@ class DeepEquilibriumNetwork(Layer):
 
         return vjp
 
-    def _implicit_pullback(self, x, params, state, solution, fixed_pullback, u0_pullback, jac_probe):
-        vjp = self._theta_vjp(x, params, state)
+    def _implicit_pullback(self, x, params, state, solution, fixed_pullback, u0_pullback, jac_probe, bound_vjp=None):
+        vjp = self._theta_vjp(x, params, state, bound_vjp)
         z_only = input_pullback(fixed_pullback, (True, False))
         theta_only = partial_pullback(fixed_pullback, (False, True))     # the last VJP: x's and θ's cotangents
         problem = FixedPointVJP(solution.z_star, vjp, batched=True,
@@ -521,6 +542,52 @@ def _model_cotangent(result):
     """For u0 = f((0, x)): the cotangent of (x, params)."""
     (_, dx), dparams = result
     return dx, dparams
+
+
+#: the checked first evaluations' signatures a model remembers (cleared when full)
+_SIGNATURES_KEPT = 16
+
+
+def _call_signature(z, x, params, state):
+    """A hashable key of what the layers' input checks read on f((z, x)): the types, shapes and dtypes of z, x
+    and the parameters' and state's arrays, the trees' keys and their other leaves (numbers, strings, flags,
+    None); None when the state or parameters hold anything else (such a call is always checked).
+
+    >>> import numpy as np
+    >>> _call_signature(np.zeros((2, 3)), np.ones((2, 3)), {"w": np.ones((3, 3))}, {"training": True})[2:]
+    ((('w', (<class 'numpy.ndarray'>, (3, 3), '<f8')),), (('training', (<class 'bool'>, True)),))
+    >>> _call_signature(np.zeros(2), np.ones(2), {}, {"f": len}) is None
+    True
+    """
+    try:
+        return (_leaf_signature(z), _leaf_signature(x), _tree_signature(params), _tree_signature(state))
+    except _Unsigned:
+        return None
+
+
+class _Unsigned(Exception):
+    """A leaf without a signature."""
+
+
+def _leaf_signature(a):
+    shape, dtype = getattr(a, "shape", None), getattr(a, "dtype", None)
+    if shape is None or dtype is None:
+        raise _Unsigned
+    return type(a), tuple(shape), np.dtype(dtype).str
+
+
+def _tree_signature(tree):
+    if isinstance(tree, dict):
+        return tuple((key, _tree_signature(value)) for key, value in tree.items())
+    if isinstance(tree, (tuple, list)):
+        return (type(tree),) + tuple(_tree_signature(value) for value in tree)
+    if tree is None:
+        return None
+    if type(tree) in (bool, int, float, str):
+        return type(tree), tree
+    if isinstance(tree, np.generic):
+        return type(tree), tree.item()
+    return _leaf_signature(tree)
 
 
 def _check_tspan(tspan):
