@@ -29,7 +29,7 @@ import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_probability, check_tolerance
 from .._tree import tree_add, tree_scale
-from ..backend import get_kernel, get_namespace
+from ..backend import default_kernel, get_namespace
 from . import richardson_kernels  # noqa: F401  (registers richardson_step)
 from ..linalg import GMRES, LU, LinearOperator, LinearSolver
 from ..results import ReturnCode, Solution, _codes_host, _host
@@ -454,7 +454,7 @@ class _Iteration:
     def __init__(self, g, gnorm, tol, bad, x0, vjp_rows, xp):
         """``gnorm``: the row norms of ``g``; ``bad``: the rows with a non-finite cotangent (None: none)."""
         self.g, self.tol, self.vjp_rows, self.xp = g, tol, vjp_rows, xp
-        self.kernel = get_kernel("richardson_step", xp)
+        self.kernel = default_kernel("richardson_step", xp)     # (looked up once per namespace)
         # the compiled loop without its argument conversions, and (compiled, NumPy) the row selection of the
         # shared steps and the hand-over to GMRES and back, each one pass
         self.compiled = self.kernel if hasattr(self.kernel, "select_rows") else None

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._checks import check_callable, check_positive_int, check_tolerance
-from ..backend import check_float_array, get_kernel
+from ..backend import check_float_array, default_kernel, get_kernel
 from ..results import ReturnCode, Solution
 from .base import LinearSolver, finish, nonfinite_rows
 from ._validate import check_bool, check_rhs
@@ -223,7 +223,7 @@ class GMRES(LinearSolver):
         if tol is None:
             tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
         steps = 0
-        kernel = get_kernel("arnoldi_step", xp)
+        kernel = default_kernel("arnoldi_step", xp)     # (looked up once per namespace)
         end = getattr(kernel, "end", None)   # the compiled bookkeeping after a cycle (NumPy)
         if x0 is None:
             x = xp.zeros(rhs.shape, dtype=dtype)
