@@ -364,3 +364,36 @@ def test_call_signature_tells_apart_what_the_checks_read():
                   (z, x, params, {"training": 1}), (z, x, {"w": [np.ones((3, 3))]}, state)]:
         assert _call_signature(*other) != key
     assert _call_signature(z, x, {"w": object()}, state) is None          # (no signature: always checked)
+
+
+def test_deq_runs_the_root_api_checks_once_per_call_signature(monkeypatch):
+    """A DEQ's solve goes through the root API's argument checks once per signature and settings; later solves
+    of that signature skip them with the same values, counts and gradients, bit for bit, as a model that runs
+    them every time; new settings or shapes are checked again."""
+    from deqcore.root import api
+
+    width = 4
+    build = lambda: dq.DeepEquilibriumNetwork(_deq_f(width, weight_norm=True), dq.Anderson(), atol=1e-9,  # noqa
+                                              rtol=1e-9, max_steps=60)
+    cached = build()
+    rng = np.random.default_rng(11)
+    params, state = nn.setup(rng, cached)
+    params["model"]["layer_1"]["layer_1"]["weight_g"] *= 0.4
+    checks = []
+    original = api._check_common
+    monkeypatch.setattr(api, "_check_common", lambda *a: checks.append(1) or original(*a))
+    calls = [(3, 1e-9), (3, 1e-9), (3, 1e-6), (3, 1e-6), (2, 1e-6), (3, 1e-9)]
+    for batch, atol in calls:
+        cached.atol = atol
+        fresh = build()
+        fresh.atol = atol
+        x, dy = rng.standard_normal((batch, width)), rng.standard_normal((batch, width))
+        outs = []
+        for deq in (cached, fresh):
+            z, pullback, new_state = nn.vjp(deq, x, params, state)
+            dx, dparams = pullback(dy)
+            sol = new_state["solution"]
+            outs.append((z, dx, nn.ravel(dparams)[0], sol.nfev, sol.adjoint.nvjp, sol.result))
+        for a, b in zip(*outs):
+            assert np.array_equal(a, b)
+    assert len(checks) == 3 + len(calls)             # cached: (3, 1e-9), (3, 1e-6), (2, 1e-6); fresh: each call

@@ -193,13 +193,14 @@ class DeepEquilibriumNetwork(Layer):
         return dy
 
     # -- forward ------------------------------------------------------------------------------------------
-    def _f(self, x, params, state):
+    def _f(self, x, params, state, signature=None):
         """z ↦ f((z, x)) at fixed x and parameters (shapes and dtypes checked, errors naming z and x, on the first
-        call; the later calls run the model bound to its parameters, see ``nn.Layer.bind``)."""
-        f_rows = self._f_rows(params, state)
+        call; the later calls run the model bound to its parameters, see ``nn.Layer.bind``). ``signature``: the
+        first call's :func:`_call_signature`, when the caller has it."""
+        f_rows = self._f_rows(params, state, signature)
         return lambda z: f_rows(z, x)
 
-    def _f_rows(self, params, state):
+    def _f_rows(self, params, state, signature=None):
         """(z, x) ↦ f((z, x)) on any rows of a batch (the compacted solve passes x per sample): through the layers'
         checked calls the first time, bound to the parameters after it (see :meth:`_f`). A first call whose
         arguments have the signature of one already checked on this model (the same array types, shapes and
@@ -211,7 +212,7 @@ class DeepEquilibriumNetwork(Layer):
             nonlocal bound
             if bound is not None:
                 return bound((z, x))
-            key = _call_signature(z, x, params["model"], state["model"])
+            key = _call_signature(z, x, params["model"], state["model"]) if signature is None else signature
             seen = self.__dict__.setdefault("_checked_signatures", set())
             if key is not None and key in seen:
                 bound = self.model.bind(params["model"], state["model"])
@@ -290,8 +291,26 @@ class DeepEquilibriumNetwork(Layer):
         if self._compacts(x, state, u0):
             return solve_equilibrium(self._f_rows(params, state), u0, self.solver, atol=self.atol, rtol=self.rtol,
                                      max_steps=self.max_steps, args=(x,), compact=True)
-        return solve_equilibrium(self._f(x, params, state), u0, self.solver, atol=self.atol, rtol=self.rtol,
-                                 max_steps=self.max_steps)
+        signature = _call_signature(u0, x, params["model"], state["model"]) if type(u0) is np.ndarray else None
+        f = self._f(x, params, state, signature)
+        key = None
+        if signature is not None and not is_ode_solver(self.solver):
+            key = (signature, self.solver, self.atol, self.rtol, self.max_steps)
+            try:
+                solved = self.__dict__.setdefault("_solved_signatures", set())
+                if key in solved:
+                    # the root API's argument checks passed on this call before: what they read is u0's signature,
+                    # these settings and u0's finiteness (zeros, or non-finite rows replaced by zeros, see
+                    # _solve_isolated), so a training loop runs them on its first step only
+                    return _fixed_point_checked_before(f, u0, self.solver, self.atol, self.rtol, self.max_steps)
+            except TypeError:                           # (an unhashable solver: checked every time)
+                key = None
+        outcome = solve_equilibrium(f, u0, self.solver, atol=self.atol, rtol=self.rtol, max_steps=self.max_steps)
+        if key is not None:
+            if len(solved) >= _SIGNATURES_KEPT:
+                solved.clear()
+            solved.add(key)
+        return outcome
 
     def _compacts(self, x, state, u0):
         """True when this call's solve may drop finished samples: ``compact=True`` and no layer of the model
@@ -542,6 +561,15 @@ def _model_cotangent(result):
     """For u0 = f((0, x)): the cotangent of (x, params)."""
     (_, dx), dparams = result
     return dx, dparams
+
+
+def _fixed_point_checked_before(f, u0, solver, atol, rtol, max_steps):
+    """``solve_equilibrium(f, u0, solver, ...)`` for a root solver without the root API's argument checks (see
+    ``DeepEquilibriumNetwork._solve``): the same solve, from f(u0) evaluated here."""
+    from ..root.api import _solve
+
+    return _solve(f, u0, f(u0), solver, args=(), jac=None, atol=atol, rtol=rtol, max_steps=max_steps, batched=True,
+                  throw=False, mode="fixed_point", compact=False)
 
 
 #: the checked first evaluations' signatures a model remembers (cleared when full)
