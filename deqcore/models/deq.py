@@ -293,18 +293,18 @@ class DeepEquilibriumNetwork(Layer):
                                      max_steps=self.max_steps, args=(x,), compact=True)
         signature = _call_signature(u0, x, params["model"], state["model"]) if type(u0) is np.ndarray else None
         f = self._f(x, params, state, signature)
-        key = None
+        key, solved = None, self.__dict__.setdefault("_solved_signatures", set())
         if signature is not None and not is_ode_solver(self.solver):
             key = (signature, self.solver, self.atol, self.rtol, self.max_steps)
             try:
-                solved = self.__dict__.setdefault("_solved_signatures", set())
-                if key in solved:
-                    # the root API's argument checks passed on this call before: what they read is u0's signature,
-                    # these settings and u0's finiteness (zeros, or non-finite rows replaced by zeros, see
-                    # _solve_isolated), so a training loop runs them on its first step only
-                    return _fixed_point_checked_before(f, u0, self.solver, self.atol, self.rtol, self.max_steps)
+                seen = key in solved
             except TypeError:                           # (an unhashable solver: checked every time)
-                key = None
+                key, seen = None, False
+            if seen:
+                # the root API's argument checks passed on this call before: what they read is u0's signature,
+                # these settings and u0's finiteness (zeros, or non-finite rows replaced by zeros, see
+                # _solve_isolated), so a training loop runs them on its first step only
+                return _fixed_point_checked_before(f, u0, self.solver, self.atol, self.rtol, self.max_steps)
         outcome = solve_equilibrium(f, u0, self.solver, atol=self.atol, rtol=self.rtol, max_steps=self.max_steps)
         if key is not None:
             if len(solved) >= _SIGNATURES_KEPT:
