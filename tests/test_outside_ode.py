@@ -1,0 +1,37 @@
+"""ODE promises on cases the other test files leave out: dense output and ``value`` that never hand out the
+solution's own records, a zero ``atol`` on a component that stays zero, a right-hand side that is non-finite at
+the start (never called at t = NaN), and ODE adjoints that check the user's ``vjp`` (shape, dtype, non-finite
+values) instead of broadcasting it into a wrong gradient, and the Adams methods' first step on a fast decay.
+References: analytic solutions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import deqcore as dq
+
+EXPLICIT_AND_ROSENBROCK = [dq.Tsit5(), dq.VCABM3(), dq.Rodas5P()]
+EVERY_METHOD = EXPLICIT_AND_ROSENBROCK + [dq.Radau(), dq.BDF()]
+
+
+def _name(solver):
+    return type(solver).__name__
+
+
+# ------------------------------------------------------------------------------------- dense output, value
+@pytest.mark.parametrize("solver", EXPLICIT_AND_ROSENBROCK, ids=_name)
+def test_dense_output_and_value_are_new_arrays_not_the_solution_s_records(solver):
+    sol = dq.integrate(lambda t, y: -y, np.ones(2), (0.0, 1.0), solver, atol=1e-10, rtol=1e-10)
+    inner = float(sol.ts[1])                                   # a step's end: the interpolant's own record
+    for t in (0.0, inner, 1.0):
+        sol(t)[...] = 99.0                                      # the caller writes into what it got
+    sol.value[...] = 77.0
+    want = np.exp(-np.array([0.0, inner, 1.0]))
+    np.testing.assert_allclose(sol(np.array([0.0, inner, 1.0]))[:, 0], want, rtol=1e-8)
+    np.testing.assert_allclose(sol(inner), np.exp(-inner), rtol=1e-8)
+    np.testing.assert_allclose(sol.ys[-1], np.exp(-1.0), rtol=1e-8)
+    assert sol.value is sol.value and np.all(sol.value == 77.0)  # one array of the caller's, kept
