@@ -35,3 +35,23 @@ def test_dense_output_and_value_are_new_arrays_not_the_solution_s_records(solver
     np.testing.assert_allclose(sol(inner), np.exp(-inner), rtol=1e-8)
     np.testing.assert_allclose(sol.ys[-1], np.exp(-1.0), rtol=1e-8)
     assert sol.value is sol.value and np.all(sol.value == 77.0)  # one array of the caller's, kept
+
+
+# ---------------------------------------------------------------------------------------- zero atol entries
+@pytest.mark.parametrize("solver", EVERY_METHOD, ids=_name)
+def test_a_zero_atol_on_a_component_that_stays_zero_is_met_not_a_failure(solver):
+    # weights atol + rtol·|y| are 0 where y stays 0: the error there is exactly 0 and passes (it was 0/0:
+    # DIVERGED for the explicit methods, ZeroDivisionError in the compiled kernels of the stiff ones)
+    sol = dq.integrate(lambda t, y: np.array([0.0, -y[1]]), np.array([0.0, 1.0]), (0.0, 1.0), solver,
+                       atol=np.array([0.0, 1e-8]), rtol=1e-6)
+    assert sol.success
+    assert sol.value[0] == 0.0
+    np.testing.assert_allclose(sol.value[1], math.exp(-1.0), rtol=2e-4)
+
+
+@pytest.mark.parametrize("solver", [dq.Rodas5P(), dq.BDF()], ids=_name)
+def test_pure_relative_tolerance_from_a_zero_start_needs_no_zero_increment(solver):
+    # atol=0 at y0 = 0: the finite-difference Jacobian's increment factor·max(|y|, atol) was 0 (a division by 0)
+    sol = dq.integrate(lambda t, y: 1.0 - 0.5 * y, np.zeros(1), (0.0, 2.0), solver, atol=0.0, rtol=1e-6)
+    assert sol.success
+    np.testing.assert_allclose(sol.value, 2.0 * (1.0 - math.exp(-1.0)), rtol=1e-4)
