@@ -55,3 +55,19 @@ def test_pure_relative_tolerance_from_a_zero_start_needs_no_zero_increment(solve
     sol = dq.integrate(lambda t, y: 1.0 - 0.5 * y, np.zeros(1), (0.0, 2.0), solver, atol=0.0, rtol=1e-6)
     assert sol.success
     np.testing.assert_allclose(sol.value, 2.0 * (1.0 - math.exp(-1.0)), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- non-finite rhs at the start
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("solver", EVERY_METHOD, ids=_name)
+def test_a_rhs_non_finite_at_the_start_is_a_failure_and_never_called_at_t_nan(solver, dtype):
+    times = []
+
+    def rhs(t, y):
+        times.append(t)
+        return np.full(y.shape, np.nan, y.dtype) if t < 0.5 else -y
+
+    sol = dq.integrate(rhs, np.ones(2, dtype), (0.0, 1.0), solver, throw=False)
+    assert not sol.success and sol.result in (dq.ReturnCode.DIVERGED, dq.ReturnCode.LINEAR_SOLVE_FAILED)
+    assert all(0.0 <= t <= 1.0 for t in times), [t for t in times if not 0.0 <= t <= 1.0][:3]
+    np.testing.assert_array_equal(sol.value, np.ones(2, dtype))
