@@ -71,3 +71,41 @@ def test_a_rhs_non_finite_at_the_start_is_a_failure_and_never_called_at_t_nan(so
     assert not sol.success and sol.result in (dq.ReturnCode.DIVERGED, dq.ReturnCode.LINEAR_SOLVE_FAILED)
     assert all(0.0 <= t <= 1.0 for t in times), [t for t in times if not 0.0 <= t <= 1.0][:3]
     np.testing.assert_array_equal(sol.value, np.ones(2, dtype))
+
+
+# -------------------------------------------------------------------------------------------- ODE adjoints
+K = np.array([0.5, 1.5])
+
+
+def _decay_solution():
+    return dq.integrate(lambda t, y, k: -k * y, np.ones(2), (0.0, 1.0), args=(K,), atol=1e-10, rtol=1e-10)
+
+
+ADJOINTS = [dq.GaussAdjoint(), dq.BacksolveAdjoint(), dq.DiscreteAdjoint()]
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS, ids=_name)
+def test_ode_gradients_refuse_a_pullback_shaped_or_typed_unlike_the_state_naming_vjp(adjoint):
+    sol = _decay_solution()
+    short = lambda t, y, args: (-args[0] * y, lambda a: ((-args[0] * a)[:1], (-(a * y),)))   # broadcasts
+    narrow = lambda t, y, args: (-args[0] * y, lambda a: ((-args[0] * a).astype(np.float32), (-(a * y),)))
+    with pytest.raises(ValueError, match=r"vjp .*shaped like y0 \(2,\)"):
+        dq.ode_gradients(short, sol, np.ones(2), adjoint)
+    with pytest.raises(TypeError, match="vjp .*float64, got float32"):
+        dq.ode_gradients(narrow, sol, np.ones(2), adjoint)
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS, ids=_name)
+def test_ode_gradients_never_return_a_silent_nan(adjoint):
+    nan = lambda t, y, args: (-args[0] * y, lambda a: (np.full(2, np.nan), (-(a * y),)))
+    with pytest.raises((ValueError, dq.SolveError), match="NaN"):
+        dq.ode_gradients(nan, _decay_solution(), np.ones(2), adjoint)
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS, ids=_name)
+def test_ode_gradients_of_a_0d_state_are_a_0d_array(adjoint):
+    sol = dq.integrate(lambda t, y: -y, np.array(1.0, np.float32), (0.0, 1.0), atol=1e-7, rtol=1e-4)
+    dy0, _ = dq.ode_gradients(lambda t, y, a: (-y, lambda c: (-c, None)), sol, np.array(1.0, np.float32),
+                              adjoint)
+    assert isinstance(dy0, np.ndarray) and dy0.shape == () and dy0.dtype == np.float32
+    np.testing.assert_allclose(dy0, math.exp(-1.0), rtol=1e-3)
