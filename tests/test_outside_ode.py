@@ -109,3 +109,15 @@ def test_ode_gradients_of_a_0d_state_are_a_0d_array(adjoint):
                               adjoint)
     assert isinstance(dy0, np.ndarray) and dy0.shape == () and dy0.dtype == np.float32
     np.testing.assert_allclose(dy0, math.exp(-1.0), rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ the Adams first step
+@pytest.mark.parametrize("solver", [dq.VCAB3(), dq.VCABM3()], ids=_name)
+@pytest.mark.parametrize("lam, atol, rtol", [(1e3, 1e-6, 1e-3), (1e6, 1e-10, 1e-8)])
+def test_adams_methods_do_not_accept_a_blind_first_step_on_a_fast_decay(solver, lam, atol, rtol):
+    # the first step is a Bogacki–Shampine 3(2) step, whose error estimate is exactly 0 at hλ = −1 on y' = −λy;
+    # sized with the Adams steps' exponent 4, Hairer's starting step was 1/λ there and two such steps reached
+    # t1 with SUCCESS 178× (default tolerances) to 1.7e7× (1e-8) the tolerance off e^−2
+    sol = dq.integrate(lambda t, y: -lam * y, np.ones(1), (0.0, 2.0 / lam), solver, atol=atol, rtol=rtol)
+    assert sol.steps[0].h * lam < 0.5
+    assert abs(sol.value[0] - math.exp(-2.0)) <= 100.0 * (atol + rtol * math.exp(-2.0))
