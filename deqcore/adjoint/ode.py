@@ -243,6 +243,9 @@ def ode_gradients(vjp: Callable, solution: ODESolution, dL_dyT: Any,
     Returns:
         ``(dL_dy0, dL_dargs)``; ``dL_dargs`` has the structure of the pullback's parameter cotangent.
 
+    A ``vjp`` whose ``f`` or state cotangent is not shaped like ``y0`` (or is of a narrower dtype) raises
+    ValueError/TypeError naming ``vjp``; gradients that come out non-finite raise ValueError.
+
     >>> import numpy as np, deqcore as dq
     >>> k = np.array([2.0])
     >>> sol = dq.integrate(lambda t, y, k: -k * y, np.ones(1), (0.0, 1.0), args=(k,), atol=1e-10, rtol=1e-10)
