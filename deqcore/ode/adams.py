@@ -49,6 +49,9 @@ class AdamsStepper:
     def __init__(self, ev: Evaluator, corrector: bool):
         self.ev, self.corrector = ev, corrector
         self.starter = bs3_stepper(ev)
+        #: the first step is the starter's (error ∝ h³): the driver sizes it with this exponent, not the Adams
+        #: steps' 4, which allowed a first step of 1/λ on y' = −λy, where Bogacki–Shampine's estimate is 0
+        self.first_step_exponent = self.starter.error_exponent
         self._predict = kernel_for("adams_predict", ev)
         self._correct = kernel_for("adams_correct_error", ev)
 

@@ -234,13 +234,14 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
     f0 = ev(t0, y0)     # the evaluator copies a result that lives in a buffer the rhs reuses
     span = abs(t_end - t0)
     host = not ev.batched and xp is np
+    exponent = getattr(stepper, "first_step_exponent", stepper.error_exponent)    # of the step taken first
     if dt0 is None:
         if host and y0.dtype == np.float64:     # the same step, its scalar arithmetic on Python floats
             h0 = initial_step_host(ev, float(t0), y0, f0, direction, ev.full_atol(atol), rtol,
-                                   stepper.error_exponent, span)
+                                   exponent, span)
         else:
             h0 = initial_step(xp, lambda t, y, dh: ev(t + dh, y), np.full(R, t0), y0, f0, direction,
-                              ev.full_atol(atol), rtol, stepper.error_exponent, ev.batched, span)
+                              ev.full_atol(atol), rtol, exponent, ev.batched, span)
     else:
         floor = 100.0 * T_EPS * max(abs(float(t0)), 1.0)  # a dt0 below t's resolution is raised to it
         h0 = min(max(abs(float(dt0)), floor), span)
