@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import deqcore as dq
+from deqcore import nn
 
 # ------------------------------------------------------------------------------------------ linear solves
 
@@ -32,3 +33,68 @@ def test_gmres_success_on_a_right_hand_side_far_from_size_one_is_the_solution(dt
 def test_an_empty_batch_of_matrices_gives_an_empty_solution(solver):
     sol = dq.linear_solve(np.zeros((0, 3, 3)), np.zeros((0, 3)), solver)
     assert sol.value.shape == (0, 3) and len(sol.result) == 0
+
+
+# ------------------------------------------------------------------------------------------ root solvers
+
+
+@pytest.mark.parametrize("dtype, small", [(np.float32, 1e-10), (np.float64, 1e-120)])
+def test_anderson_accelerates_a_small_scale_map_as_it_does_the_unit_scale_one(dtype, small):
+    # rtol alone is scale-free: the map s·tanh(W z/s + x) needs as many steps at s = 1e-10 as at s = 1 (the floor
+    # of Anderson's ridge once swamped a Gram matrix of 1e-20 and averaged the history instead)
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((8, 8))
+    W *= 0.95 / np.linalg.norm(W, 2)
+    x = rng.standard_normal((4, 8))
+    nfev = {}
+    for scale in (1.0, small):
+        Wd, xd = W.astype(dtype), (scale * x).astype(dtype)
+        sol = dq.fixed_point(lambda z: (scale * np.tanh(z @ Wd.T / scale + xd / scale)).astype(dtype),
+                             np.zeros((4, 8), dtype), dq.Anderson(), atol=0.0, rtol=1e-4, batched=True,
+                             max_steps=300)
+        nfev[scale] = sol.stats["nfev"]
+    assert nfev[small] <= nfev[1.0] + 2, nfev
+
+
+# ------------------------------------------------------------------------------------------ the layer API
+
+
+def test_save_refuses_two_keys_that_would_share_one_path(tmp_path):
+    # {1: a, "1": b} would be one member of the file: both leaves would load as b
+    params = {1: np.ones(2), "1": np.zeros(2)}
+    with pytest.raises(ValueError, match="same path component"):
+        nn.save(tmp_path / "p.npz", params)
+    with pytest.raises(ValueError, match="same path component"):
+        nn.load(tmp_path / "p.npz", params)
+
+
+@pytest.mark.parametrize("opt", [nn.SGD(lr=0.1), nn.SGD(lr=0.1, momentum=0.9), nn.Adam(lr=0.1)],
+                         ids=["sgd", "momentum", "adam"])
+def test_optimisers_refuse_a_gradient_that_would_change_the_parameters_dtype(opt):
+    params = {"w": np.ones(3, np.float32)}
+    with pytest.raises(TypeError, match=r"grads\['w'\] has dtype float64"):
+        opt.update({"w": np.ones(3)}, opt.init(params), params)
+    new, _ = opt.update({"w": np.ones(3, np.float32)}, opt.init(params), params)
+    assert new["w"].dtype == np.float32
+
+
+def test_clipping_an_exploding_float32_gradient_keeps_its_direction():
+    # the float32 sum of squares of entries of 1e30 overflows: the gradient must be scaled to max_norm, not zeroed
+    grads = {"a": np.array([3e30, 4e30], np.float32), "b": np.zeros(1, np.float32)}
+    clipped, norm = nn.clip_by_global_norm(grads, 1.0)
+    np.testing.assert_allclose(float(norm), 5e30, rtol=1e-6)
+    np.testing.assert_allclose(clipped["a"], [0.6, 0.8], rtol=1e-6)
+    assert clipped["a"].dtype == np.float32
+
+
+@pytest.mark.parametrize("solver", [dq.NewtonRaphson(), dq.TrustRegion(), None], ids=["newton", "trust", "default"])
+@pytest.mark.parametrize("dtype, jac_dtype", [(np.float64, np.float32), (np.float32, np.float64)])
+def test_a_jacobian_of_the_other_floating_dtype_is_cast_as_the_readme_says(solver, dtype, jac_dtype):
+    c = np.array([[2.0, 10.0], [3.0, 5.0]], dtype)
+    sol = dq.root_find(lambda y: y ** 3 + y - c, np.ones((2, 2), dtype), solver, batched=True, atol=1e-5, rtol=0.0,
+                       jac=lambda y: np.stack([np.diag(3 * r ** 2 + 1) for r in y]).astype(jac_dtype))
+    assert sol.success.all() and sol.value.dtype == dtype
+    assert np.abs(sol.value ** 3 + sol.value - c).max() <= 1e-5
+    with pytest.raises(TypeError, match="jac must return arrays of y0's dtype"):
+        dq.root_find(lambda y: y - c, np.ones((2, 2), dtype), solver, batched=True,
+                     jac=lambda y: np.ones((2, 2, 2), dtype=int))

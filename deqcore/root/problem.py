@@ -21,7 +21,7 @@ from ..backend import default_kernel, get_namespace
 from . import driver_kernels  # noqa: F401  (registers start_tolerance)
 from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step
 
-__all__ = ["RootProblem", "flat_problem"]
+__all__ = ["RootProblem", "flat_problem", "cast_jacobian"]
 
 _EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}   # np.finfo is a slow lookup
 
@@ -199,6 +199,19 @@ class RootProblem:
         return (self.F(y + h * v) - fy) / self.xp.where(h > 0, h, 1.0)
 
 
+def cast_jacobian(J, dtype, array_type):
+    """A Jacobian of the other floating dtype (float32 for a float64 state, or the reverse) cast to ``dtype``, as
+    SciPy and the ODE solvers do; anything else is returned as it is (for the checks to name).
+
+    >>> import numpy as np
+    >>> cast_jacobian(np.eye(2, dtype=np.float32), np.dtype(np.float64), np.ndarray).dtype
+    dtype('float64')
+    """
+    if isinstance(J, array_type) and J.dtype != dtype and J.dtype in _EPS:
+        return J.astype(dtype)
+    return J
+
+
 def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     """(RootProblem, y0 as (B, n), unflatten) for ``fn`` of the user's shapes.
 
@@ -249,8 +262,8 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
     user_jac = None
     if jac is not None:  # root mode only: fixed_point takes no Jacobian
         def user_jac(y2d):
-            J = check_returned_array(jac(unflatten(y2d), *args), "jac", jac_shape, dtype, array_type,
-                                     shape_of="the Jacobian's")
+            J = check_returned_array(cast_jacobian(jac(unflatten(y2d), *args), dtype, array_type), "jac",
+                                     jac_shape, dtype, array_type, shape_of="the Jacobian's")
             return J.reshape(batch, n, n)
 
     if mode == "root":
