@@ -98,3 +98,35 @@ def test_a_jacobian_of_the_other_floating_dtype_is_cast_as_the_readme_says(solve
     with pytest.raises(TypeError, match="jac must return arrays of y0's dtype"):
         dq.root_find(lambda y: y - c, np.ones((2, 2), dtype), solver, batched=True,
                      jac=lambda y: np.ones((2, 2, 2), dtype=int))
+
+
+# ------------------------------------------------------------------------------------------ the command line
+
+
+@pytest.mark.parametrize("body, named", [
+    ("y0 = np.array([np.nan, 1.0])\ndef fn(y): return y - 1\n", "y0 contains NaN"),
+    ("y0 = np.ones(3)\ndef fn(y): return y[:2] - 1\n", "fn must return arrays of y0's shape"),
+    ("y0 = 'abc'\ndef fn(y): return y\n", "y0 must be an array of numbers"),
+], ids=["nan-start", "fn-shape", "string-start"])
+def test_cli_solve_names_a_bad_file_in_one_line_with_exit_code_2(tmp_path, capsys, body, named):
+    from deqcore.cli import main
+
+    path = tmp_path / "problem.py"
+    path.write_text("import numpy as np\n" + body)
+    with pytest.raises(SystemExit) as info:
+        main(["solve", "--file", str(path)])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert named in last and "problem.py" in last
+
+
+def test_cli_solve_keeps_a_float32_file_in_float32_and_refuses_a_fixed_point_flag_it_would_ignore(tmp_path, capsys):
+    from deqcore.cli import main
+
+    path = tmp_path / "problem.py"
+    path.write_text("import numpy as np\ny0 = np.ones(3, np.float32)\ndef fn(y): return (y - 2).astype(np.float32)\n")
+    assert main(["solve", "--file", str(path), "--atol", "1e-5"]) == 0
+    assert "converged: 1/1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["solve", "--problem", "rosenbrock", "--fixed-point"])
+    assert info.value.code == 2 and "--fixed-point" in capsys.readouterr().err.strip().splitlines()[-1]
