@@ -130,3 +130,17 @@ def test_cli_solve_keeps_a_float32_file_in_float32_and_refuses_a_fixed_point_fla
     with pytest.raises(SystemExit) as info:
         main(["solve", "--problem", "rosenbrock", "--fixed-point"])
     assert info.value.code == 2 and "--fixed-point" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("call, code", [
+    (lambda: dq.linear_solve(np.zeros((2, 2)), np.ones(2)), "LINEAR_SOLVE_FAILED"),
+    (lambda: dq.linear_solve(np.eye(2), np.array([[1.0, np.nan], [1.0, 2.0]])), "DIVERGED"),
+    (lambda: dq.linear_solve(np.diag([1.0, 1e-3, 1e-6, 1e-9]), np.ones(4), dq.GMRES(rtol=1e-12, restart=1,
+                                                                                  max_steps=3)), "MAX_STEPS"),
+], ids=["singular", "nan-rhs", "budget"])
+def test_a_failed_linear_solve_gives_linear_solve_advice_not_root_solver_advice(call, code):
+    with pytest.raises(dq.SolveError, match=code) as info:
+        call()
+    message = str(info.value)
+    assert "linear solve failed" in message
+    assert not any(word in message for word in ("TrustRegion", "damping", "Anderson", "Broyden", "root"))
