@@ -159,7 +159,8 @@ def root_find(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None,
     """Solve fn(y, *args) = 0 from y0.
 
     Args:
-        fn: ``fn(y, *args)`` returning an array shaped like y.
+        fn: ``fn(y, *args)`` returning an array shaped like y; it must not write into y (the solver's own
+            iterate, and on the first call y0 itself: a fn doing ``y *= 0.5`` moves the iterate and fakes a root).
         y0: start point (float32/float64 NumPy or CuPy array).
         solver: a root solver; None tries robust methods in turn (see :func:`default_solvers`).
         jac: optional ``jac(y, *args)`` returning the Jacobian, shape (n, n) — or (B, n, n) when batched — in
