@@ -144,3 +144,11 @@ def test_a_failed_linear_solve_gives_linear_solve_advice_not_root_solver_advice(
     message = str(info.value)
     assert "linear solve failed" in message
     assert not any(word in message for word in ("TrustRegion", "damping", "Anderson", "Broyden", "root"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, float("inf")])
+def test_a_learning_rate_schedule_returning_a_bad_value_is_refused_not_a_nan_parameter(bad):
+    params = {"w": np.ones(2)}
+    for opt in (nn.SGD(lr=lambda step: bad), nn.Adam(lr=lambda step: bad)):
+        with pytest.raises(ValueError, match="lr schedule returned"):
+            opt.update({"w": np.ones(2)}, opt.init(params), params)
