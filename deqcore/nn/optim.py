@@ -184,7 +184,9 @@ def clip_by_global_norm(grads, max_norm):
     xp = get_namespace(*leaves)
     # the norm of the gradients scaled by their largest entry (a float32 sum of squares overflows from entries of
     # ~1e19 on: an exploding gradient, the very case to clip, would otherwise get norm inf and be zeroed)
-    size = max((xp.max(xp.abs(g)) for g in leaves if g.size), default=xp.zeros((), dtype=leaves[0].dtype))
+    dtype = leaves[0].dtype
+    sizes = [xp.max(xp.abs(g)).astype(dtype) for g in leaves if g.size]      # (on the device: no transfer)
+    size = xp.max(xp.stack(sizes)) if sizes else xp.zeros((), dtype=dtype)
     size = xp.where(xp.isfinite(size) & (size > 0), size, xp.ones((), dtype=size.dtype))
     norm = size * tree_norm(tree_map(lambda g: g / size.astype(g.dtype), grads))
     factor = xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30))
