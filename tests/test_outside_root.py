@@ -152,3 +152,22 @@ def test_a_learning_rate_schedule_returning_a_bad_value_is_refused_not_a_nan_par
     for opt in (nn.SGD(lr=lambda step: bad), nn.Adam(lr=lambda step: bad)):
         with pytest.raises(ValueError, match="lr schedule returned"):
             opt.update({"w": np.ones(2)}, opt.init(params), params)
+
+
+# ------------------------------------------------------------------------------------------ implicit adjoint
+
+
+@pytest.mark.parametrize("solver", [None, dq.GMRES(rtol=1e-12), dq.Anderson()], ids=["default", "gmres", "anderson"])
+def test_the_adjoint_names_a_misshaped_cotangent_and_solves_a_float32_one_in_the_fixed_points_dtype(solver):
+    from deqcore.adjoint.steady_state import FixedPointVJP
+
+    A = np.array([[0.5, 0.2], [0.0, 0.4]])
+    theta = np.ones((3, 2))
+    z = np.linalg.solve(np.eye(2) - A, theta.T).T
+    problem = FixedPointVJP(z, lambda zz: (zz @ A.T + theta, lambda v: (v @ A, v)), batched=True)
+    adjoint = dq.SteadyStateAdjoint(solver, atol=1e-13, rtol=1e-13)
+    with pytest.raises(ValueError, match=r"g \(the cotangent of z\*\) must have z\*'s shape \(3, 2\)"):
+        adjoint.gradient(problem, np.ones((3, 3)))
+    grad, info = adjoint.gradient(problem, np.ones((3, 2), np.float32))
+    assert info.success.all() and grad.dtype == np.float64
+    np.testing.assert_allclose(grad, np.tile(np.linalg.solve((np.eye(2) - A).T, np.ones(2)), (3, 1)), rtol=1e-10)
