@@ -43,7 +43,12 @@ def _check_beta(value, name):
 
 
 def _lr_at(lr, step):
-    return float(lr(step)) if callable(lr) else float(lr)
+    if not callable(lr):
+        return float(lr)
+    value = float(lr(step))
+    if not (0.0 <= value < math.inf):          # (NaN fails too) a schedule's NaN would silently NaN every parameter
+        raise ValueError(f"lr schedule returned {value!r} at step {step}: a learning rate must be a finite number >= 0")
+    return value
 
 
 def _check_grads(grads, params):
