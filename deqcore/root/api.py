@@ -39,7 +39,7 @@ from .broyden import LimitedMemoryBroyden
 from .driver import RootLoopResult, run, to_solution
 from .fixed_point_solvers import Anderson
 from .newton import DENSE_LIMIT, NewtonRaphson, TrustRegion
-from .problem import cast_jacobian, flat_problem
+from .problem import flat_problem
 
 __all__ = ["root_find", "fixed_point", "default_solvers"]
 
@@ -100,8 +100,10 @@ def default_solvers(n: int, has_jac: bool):
 
 def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode, compact):
     """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation)."""
-    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact)
+    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact, first=fy0)
     f0, start = fy0.reshape(y2d.shape), None
+    if mode == "root":      # (fn may return one buffer it overwrites on every call: the solvers keep F(y0))
+        f0 = f0.copy()
     if mode == "fixed_point":    # F(y0) = fn(y0) − y0 and the per-sample test in one pass
         f0, start = problem.start(y2d, f0, atol)
     problem.nfev += 1
@@ -164,7 +166,7 @@ def root_find(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None,
         y0: start point (float32/float64 NumPy or CuPy array).
         solver: a root solver; None tries robust methods in turn (see :func:`default_solvers`).
         jac: optional ``jac(y, *args)`` returning the Jacobian, shape (n, n) — or (B, n, n) when batched — in
-            y0's dtype (one of the other floating dtype is cast to it).
+            y0's dtype.
         atol, rtol: the per-sample test max|fn(y)| ≤ atol + rtol·min(max|y|, max|fn(y0)|): atol is absolute,
             rtol relative to the iterate's size (SciML's abstol/reltol) but capped at the start's residual
             (SciPy's ``f_rtol``), so runaway iterates are never accepted.
@@ -192,9 +194,8 @@ def root_find(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None,
         check_callable(jac, "jac")
         n = y0[0].size if batched else y0.size
         expected = ((y0.shape[0], n, n) if batched else (n, n))
-        array_type = get_namespace(y0).ndarray
-        check_returned_array(cast_jacobian(jac(y0, *args), y0.dtype, array_type), "jac", expected, y0.dtype,
-                             array_type, shape_of="the Jacobian's")
+        check_returned_array(jac(y0, *args), "jac", expected, y0.dtype, get_namespace(y0).ndarray,
+                             shape_of="the Jacobian's")
         _warn_unused_jac(solver)
     return _solve(fn, y0, fy0, solver, args=args, jac=jac, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
                   throw=throw, mode="root", compact=compact)
