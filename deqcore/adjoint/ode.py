@@ -98,8 +98,7 @@ class GaussAdjoint:
                          throw=False)
         if not back.success:
             raise SolveError(f"GaussAdjoint: the backward integration of the adjoint λ failed with "
-                             f"{back.result.name} at t = {back.t_final}{_nonfinite_hint(back)}: on a stiff "
-                             "problem the adjoint is "
+                             f"{back.result.name} at t = {back.t_final}: on a stiff problem the adjoint is "
                              "as stiff as the forward solve; pass an implicit method, e.g. "
                              "dq.GaussAdjoint(solver=dq.Radau()), or raise max_steps", back)
         dargs = None
@@ -166,8 +165,7 @@ class BacksolveAdjoint:
                          rtol=_or(self.rtol, p.rtol), max_steps=self.max_steps, throw=False)
         if not back.success:
             raise SolveError(f"BacksolveAdjoint: the reverse-time integration of [y, λ, μ] failed with "
-                             f"{back.result.name} at t = {back.t_final}{_nonfinite_hint(back)}: y recomputed "
-                             "backwards from y(t1) "
+                             f"{back.result.name} at t = {back.t_final}: y recomputed backwards from y(t1) "
                              "grows where the forward dynamics contract (stiff or dissipative problems); use "
                              "dq.GaussAdjoint(), which reads y from the stored forward solution", back)
         z0 = back.y_final
@@ -268,58 +266,7 @@ def ode_gradients(vjp: Callable, solution: ODESolution, dL_dyT: Any,
     if tuple(dL_dyT.shape) != tuple(solution.y_final.shape):
         raise ValueError(f"dL_dyT must have the shape of y0 {tuple(solution.y_final.shape)}, got "
                          f"{tuple(dL_dyT.shape)}")
-    dy0, dargs = adjoint.gradients(_checked_vjp(vjp, solution.y_final), solution, dL_dyT)
-    xp = get_namespace(dL_dyT)
-    dy0 = xp.asarray(dy0, dtype=dL_dyT.dtype)     # (a 0-d state's arithmetic gives a NumPy scalar)
-    if not all(bool(xp.all(xp.isfinite(g))) for g in [dy0] + list(tree_leaves(dargs))):
-        raise ValueError("ode_gradients: the gradients are not finite (NaN or inf): vjp returned non-finite "
-                         "values along the solution, or the adjoint overflowed")
-    return dy0, dargs
-
-
-def _checked_vjp(vjp, like):
-    """``vjp`` whose ``f`` and whose pullback's state cotangent are checked against the state's shape and dtype
-    (a wider float is cast), naming ``vjp``: a wrong shape would otherwise broadcast into a wrong gradient."""
-    shape, dtype = tuple(like.shape), like.dtype
-
-    def check(value, what):
-        if tuple(getattr(value, "shape", (None,))) != shape:
-            raise ValueError(f"vjp must return {what} shaped like y0 {shape}, got "
-                             f"{getattr(value, 'shape', type(value).__name__)}")
-        if value.dtype != dtype:
-            kind, size = np.dtype(value.dtype).kind, np.dtype(value.dtype).itemsize
-            if kind != "f" or size < np.dtype(dtype).itemsize:
-                raise TypeError(f"vjp must return {what} of y0's dtype {np.dtype(dtype)}, got "
-                                f"{np.dtype(value.dtype)}")
-            return value.astype(dtype)
-        return value
-
-    def checked(t, y, args):
-        out = vjp(t, y, args)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(f"vjp must return a pair (f, pullback), got {type(out).__name__}")
-        f, pullback = out
-        check_callable(pullback, "the pullback vjp returns")
-
-        def checked_pullback(a):
-            back = pullback(a)
-            if not (isinstance(back, tuple) and len(back) == 2):
-                raise TypeError("vjp's pullback must return a pair (aᵀ ∂f/∂y, aᵀ ∂f/∂args), got "
-                                f"{type(back).__name__}")
-            return check(back[0], "a pullback whose aᵀ ∂f/∂y is"), back[1]
-
-        return check(f, "f"), checked_pullback
-
-    return checked
-
-
-def _nonfinite_hint(back) -> str:
-    """A note for an adjoint integration that failed where its right-hand side (the user's vjp) was non-finite."""
-    step = back.steps[-1] if back.steps else None
-    f = step.f1 if step is not None else None
-    if f is not None and bool(get_namespace(f).all(get_namespace(f).isfinite(f))):
-        return ""
-    return " (vjp returned NaN or inf there, or the adjoint overflowed)"
+    return adjoint.gradients(vjp, solution, dL_dyT)
 
 
 def _or(value, default):

@@ -43,19 +43,14 @@ def _eps(dtype) -> float:
 
 def increments(xp, y, threshold, factor):
     """Forward-difference increments for the entries of ``y``: ``factor · max(|y|, threshold)``, with the
-    sign of ``y`` (away from zero) and rounded so that ``(y + h) − y == h`` exactly. Where that scale is at most
-    the dtype's smallest normal number (a zero component with a zero threshold, e.g. ``atol=0``) it is 1: a
-    zero or subnormal increment would divide by zero or lose the difference.
+    sign of ``y`` (away from zero) and rounded so that ``(y + h) − y == h`` exactly.
 
     >>> import numpy as np
     >>> h = increments(np, np.array([0.0, 1e-12, -3.0]), 1e-10, 1e-8)
     >>> [float(v) for v in h / np.array([1e-10, 1e-10, -3.0])]
     [1e-08, 1e-08, 1e-08]
-    >>> float(increments(np, np.array([0.0]), 0.0, 1e-8)[0])
-    1e-08
     """
     scale = xp.maximum(xp.abs(y), threshold)
-    scale = xp.where(scale <= float(np.finfo(y.dtype).tiny), 1.0, scale)
     h = factor * xp.where(y >= 0, scale, -scale)
     return (y + h) - y
 

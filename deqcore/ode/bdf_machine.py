@@ -105,7 +105,7 @@ def _jacobian(ist, fw, t, V, FD, YP, FP, M, J, callback):
         FD[COLS, j] = 1.0
         FD[F_ABS, j] = abs(f[j])
     lost = np.zeros(n, dtype=np.bool_)
-    fd_increments(y, threshold, FD[FACTOR], FD[H1])      # (never 0: a zero scale, atol=0 at y=0, counts as 1)
+    fd_increments(y, threshold, FD[FACTOR], FD[H1])
     fd_perturbed(y, FD[H1], FD[COLS], YP)
     first = True
     while True:

@@ -120,8 +120,6 @@ def initial_step(xp, f, t0, y0, f0, direction, atol, rtol, error_exponent, batch
     d0, d1 = rms(y0, f0)
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = np.minimum(np.where(small, 1e-6, 0.01 * d0 / np.where(small, 1.0, d1)), span)
-    # a non-finite f0 (or y0 scale) gives no h0: the trial point stays a time inside the span, never t0 + NaN
-    h0 = np.where(np.isfinite(h0) & (h0 > 0), h0, np.minimum(1e-6, span))
     y1 = y0 + _broadcast(xp, direction * h0, y0, batched) * f0
     f1 = f(t0, y1, direction * h0)
     d2 = rms(f1 - f0)[0] / h0
@@ -169,8 +167,6 @@ def initial_step_host(f, t0, y0, f0, direction, atol, rtol, error_exponent, span
             h0 = _np_min(1e-6, span)
         else:
             h0 = _np_min(0.01 * d0 / d1, span)
-        if not (math.isfinite(h0) and h0 > 0):     # f0 non-finite: a trial time inside the span, never NaN
-            h0 = _np_min(1e-6, span)
         dh = direction * h0
         f1 = f(t0 + dh, y0 + dh * f0)
         q = (f1 - f0) / scale

@@ -127,18 +127,13 @@ def ask(address, request, t):
     return call_back(address, request, t, 0.0, 0.0)
 
 
-_TINY = float(np.finfo(np.float64).tiny)
-
-
 @numba.njit
 def fd_increments(y, threshold, factor, h):
     """:func:`deqcore.linalg.finite_diff.increments` of one system: ``factor · max(|y|, threshold)`` with the
-    sign of y, rounded so that ``(y + h) − y == h`` (the same operations, element by element; a scale at
-    most float64's smallest normal number is 1)."""
+    sign of y, rounded so that ``(y + h) − y == h`` (the same operations, element by element)."""
     for q in range(y.shape[0]):
         a = abs(y[q])
         s = a if (a != a or a >= threshold[q]) else threshold[q]
-        s = 1.0 if s <= _TINY else s
         v = factor[q] * (s if y[q] >= 0 else -s)
         h[q] = (y[q] + v) - y[q]
 

@@ -263,7 +263,7 @@ def radau_run(ist, fw, lu_c_flat, piv, rec, callback):
                 fd_cols[j] = 1.0
                 fd_lost[j] = 0.0
                 fd_fabs[j] = abs(fb[j])
-            _increments(yb, atol, fd_factor, fd_h)     # (never 0: a zero scale, atol=0 at y=0, counts as 1)
+            _increments(yb, atol, fd_factor, fd_h)
             _perturbed(yb, fd_h, fd_cols, YP)
             ist[I_PHASE] = P_FD1
             status = _call_back(callback, FD_COLS, fw[F_T_ARG], 0.0, 0.0)

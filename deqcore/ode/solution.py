@@ -76,11 +76,8 @@ class ODESolution:
 
     @property
     def y_final(self):
-        """The state at :attr:`t_final` (an array of its own, made on first access: writing into it leaves
-        the dense output and the adjoints' records untouched)."""
-        if self._final is None:
-            self._final = (self.steps[-1].y1 if self.steps else self._y0).copy()
-        return self._final
+        """The state at :attr:`t_final`."""
+        return self.steps[-1].y1 if self.steps else self._y0
 
     @property
     def value(self):
@@ -118,9 +115,7 @@ class ODESolution:
             values = [interpolate(self.steps[i], tau, self._tableau) for i, tau in zip(index, times)]
         if not scalar:
             return self._stack(values)
-        # a new array (a 0-d state: 0-d); at a step's end the interpolant gives the stored state itself, which
-        # a caller writing into the result would otherwise change for every later call and for the adjoints
-        return np.asarray(values[0]) if isinstance(values[0], np.generic) else values[0].copy()
+        return np.asarray(values[0]) if isinstance(values[0], np.generic) else values[0]   # a 0-d state: 0-d
 
     def _step_ends(self):
         """(direction, direction · end time of every step), built once: a dense-output call costs
@@ -139,7 +134,6 @@ class ODESolution:
     _tableau: ButcherTableau | None = field(default=None, repr=False)
     _stack: Callable = field(default=None, repr=False)
     _ends: Any = field(default=None, repr=False)
-    _final: Any = field(default=None, repr=False)
 
     def failure_message(self) -> str | None:
         """What failed and what to try (ODE advice), or None on success."""
