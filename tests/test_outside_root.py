@@ -1,6 +1,10 @@
-"""README promises of the root finders, fixed points, linear solves, DEQ models and the layer API, checked on
-cases the other test files leave out: right-hand sides far from size 1 in GMRES (a SUCCESS must meet the test),
-empty batches in LU. References: dense NumPy solves, SciPy, finite differences.
+"""README promises of the root finders, fixed points, linear solves, the implicit adjoint, the layer API and the
+command line, checked on cases the other test files leave out: right-hand sides far from size 1 in GMRES (a SUCCESS
+must meet the test), empty batches in LU, linear-solve failures with linear-solve advice, Anderson on maps of tiny
+scale (scale-free in rtol), a fn that overwrites one output buffer, tree paths that would collide in a file,
+optimiser gradients and schedules that would silently change or NaN the parameters, clipping an exploding float32
+gradient, a misshaped or float32 cotangent in the adjoint, bad --file problems on the command line. References:
+dense NumPy solves, the same solve with fresh arrays or at unit scale, analytic values.
 """
 
 from __future__ import annotations
