@@ -334,6 +334,12 @@ class SteadyStateAdjoint:
             lambda v: pullback(v)[0])
         batched = problem.batched
         xp = get_namespace(g)
+        z_star = problem.z_star
+        if tuple(getattr(g, "shape", ())) != tuple(z_star.shape):
+            raise ValueError(f"g (the cotangent of z*) must have z*'s shape {tuple(z_star.shape)}, got "
+                             f"{tuple(getattr(g, 'shape', ()))}")
+        if g.dtype != z_star.dtype:         # (a float32 g for a float64 z*: solved in z*'s dtype)
+            g = g.astype(z_star.dtype)
         shape = g.shape
         g_rows = _rows(g) if batched else g.reshape(1, -1)
         batch, n = g_rows.shape

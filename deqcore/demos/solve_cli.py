@@ -72,7 +72,12 @@ def _from_file(path, parser):
         parser.error(f"--file {path!r} must define a function fn(y)")
     if "y0" not in namespace:
         parser.error(f"--file {path!r} must define the start point y0")
-    y0 = np.asarray(namespace["y0"], dtype=float)
+    try:
+        y0 = np.asarray(namespace["y0"])
+        if y0.dtype not in (np.float32, np.float64):      # (a float32 y0 stays float32, as fn computes in it)
+            y0 = y0.astype(float)
+    except (TypeError, ValueError) as err:
+        parser.error(f"--file {path!r}: y0 must be an array of numbers ({err})")
     return namespace["fn"], y0, bool(namespace.get("batched", False))
 
 
@@ -112,6 +117,8 @@ def main(argv=None) -> int:
     for flag, value in (("--width", args.width), ("--chunk-size", args.chunk_size)):
         if value is not None:
             parser.error(f"{flag} sizes the Dask solve of the deq map: it needs --batch N")
+    if args.fixed_point and not args.file:
+        parser.error("--fixed-point says what the --file's fn is; the built-in problems know what they are")
     if args.file:
         fn, y0, batched = _from_file(args.file, parser)
         fixed = args.fixed_point
@@ -122,12 +129,16 @@ def main(argv=None) -> int:
     solver = _solver(args.solver)
     options = dict(atol=args.atol, rtol=args.rtol, max_steps=args.max_steps, batched=batched, throw=False)
     start = time.perf_counter()
-    if fixed:
-        sol = dq.fixed_point(fn, y0, dq.Anderson() if solver is None else solver, **options)
-        residual = np.abs(fn(sol.value) - sol.value).max()
-    else:
-        sol = dq.root_find(fn, y0, solver, **options)
-        residual = np.abs(fn(sol.value)).max()
+    try:
+        if fixed:
+            sol = dq.fixed_point(fn, y0, dq.Anderson() if solver is None else solver, **options)
+        else:
+            sol = dq.root_find(fn, y0, solver, **options)
+    except (TypeError, ValueError) as err:
+        if not args.file:
+            raise
+        parser.error(f"--file {args.file!r}: {err}")      # what the file defines is refused in one line
+    residual = np.abs(fn(sol.value) - sol.value).max() if fixed else np.abs(fn(sol.value)).max()
     elapsed = time.perf_counter() - start
     success = np.atleast_1d(sol.success)
     print(f"problem: {label} ({'fixed point' if fixed else 'root'}, {y0.size} unknowns"

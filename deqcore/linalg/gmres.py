@@ -110,6 +110,21 @@ def _norms(xp, v):
     return xp.sqrt(xp.sum(v * v, axis=-1))
 
 
+#: rows of b whose largest entry lies outside [2^-RHS_EXPONENT, 2^RHS_EXPONENT] are rescaled (by powers of 2)
+RHS_EXPONENT = 30
+
+
+def _rhs_scales(xp, rhs):
+    """Powers of 2 (B,) bringing each row of ``rhs`` whose largest entry is far from 1 to about 1 (1 for the
+    others), or None when no row needs it: ||b||² of a float32 row of size 1e20 overflows (and of 1e-23
+    underflows), which would make the test ||r|| ≤ rtol·||b|| pass at x = 0."""
+    _, exponent = xp.frexp(xp.max(xp.abs(rhs), axis=1))
+    far = (exponent > RHS_EXPONENT) | (exponent < -RHS_EXPONENT)
+    if not bool(far.any()):
+        return None
+    return xp.ldexp(xp.ones((), dtype=rhs.dtype), xp.where(far, -exponent, 0).astype(np.int32))
+
+
 @dataclass(frozen=True)
 class GMRES(LinearSolver):
     """Restarted, matrix-free GMRES(``restart``) for one system or a batch of independent systems.
@@ -196,7 +211,15 @@ class GMRES(LinearSolver):
         if any_bad:   # a non-finite sample is that sample's failure: solve the others, with zeros in its row
             rhs = xp.where(bad[:, None], xp.zeros((), dtype=dtype), rhs)
         max_steps = self.max_steps if self.max_steps is not None else max(10 * n, 2)
-        x, codes, rnorm, stats = self._run(xp, apply_A, apply_M, rhs, x0, max_steps, min(self.restart, n))
+        scale = _rhs_scales(xp, rhs)
+        tol = None
+        if scale is not None:     # rows of b far from size 1, scaled by powers of 2 (exact) so ||b|| neither
+            rhs = rhs * scale[:, None]         # overflows nor underflows: A x = b is solved as A (s x) = s b
+            x0 = None if x0 is None else x0 * scale[:, None]
+            tol = xp.maximum(self.atol * scale, self.rtol * _norms(xp, rhs)).astype(dtype)
+        x, codes, rnorm, stats = self._run(xp, apply_A, apply_M, rhs, x0, max_steps, min(self.restart, n), tol=tol)
+        if scale is not None:
+            x, rnorm = x / scale[:, None], rnorm / scale
         if any_bad:
             codes = xp.where(bad, int(ReturnCode.DIVERGED), codes)
             x = xp.where(bad[:, None], xp.asarray(np.nan, dtype=dtype), x)

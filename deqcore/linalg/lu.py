@@ -113,7 +113,7 @@ class LUFactorization:
             expected = f"({n},) or ({n}, k)"
         if not ok:
             raise ValueError(f"b must have shape {expected} for this factorisation, got {tuple(b.shape)}")
-        b3 = b.reshape(B, n, -1)
+        b3 = b.reshape(B, n, b.shape[-1] if b.ndim == (3 if self.batched else 2) else 1)   # (B may be 0)
         dtype = np.result_type(self.dtype, b.dtype)
         x3 = _lu_solve(xp, self.lu.astype(dtype, copy=False), self.piv, b3.astype(dtype, copy=False),
                        int(transpose))

@@ -11,23 +11,25 @@ True
 >>> linear_solve(np.ones((2, 2)), np.ones(2))
 Traceback (most recent call last):
 ...
-deqcore.results.SolveError: solve failed with LINEAR_SOLVE_FAILED: ...
+deqcore.results.SolveError: linear solve failed with LINEAR_SOLVE_FAILED: the matrix is singular ...
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .._checks import check_solver_dtype
 from ..backend import check_float_array
-from ..results import Solution
+from ..results import ReturnCode, SolveError, Solution
 from ._validate import check_bool, check_square
 from .base import LinearSolver
 from .gmres import GMRES
 from .lu import LU, LUFactorization
 from .operator import LinearOperator
 
-__all__ = ["linear_solve"]
+__all__ = ["linear_solve", "linear_failure_message"]
 
 
 def linear_solve(A_or_op: Any, b: Any, solver: LinearSolver | None = None, *, x0: Any = None,
@@ -83,4 +85,42 @@ def linear_solve(A_or_op: Any, b: Any, solver: LinearSolver | None = None, *, x0
         raise TypeError(f"solver must be a linear solver such as dq.LU() or dq.GMRES(...), got "
                         f"{type(solver).__name__}")
     sol = solver.solve(A_or_op, b, transpose=transpose, x0=x0)
-    return sol.raise_if_failed() if throw else sol
+    if throw:
+        message = linear_failure_message(sol)
+        if message is not None:
+            raise SolveError(message, sol)
+    return sol
+
+
+#: what a linear solve's failure means and what to try (the generic messages of deqcore.results speak of root
+#: solvers: damping, Anderson, TrustRegion)
+_MESSAGES = {
+    ReturnCode.MAX_STEPS: "GMRES used its max_steps operator calls before ||b − A x|| met max(atol, rtol·||b||): "
+                          "raise max_steps or restart, or pass a preconditioner",
+    ReturnCode.DIVERGED: "b holds NaN or infinity, or the operator returned non-finite values",
+    ReturnCode.STALLED: "a whole GMRES cycle reduced the residual by almost nothing: raise restart (up to n: full "
+                        "GMRES), pass a preconditioner, or use dq.LU() on the dense matrix",
+    ReturnCode.LINEAR_SOLVE_FAILED: "the matrix is singular to working precision (a zero, tiny or non-finite pivot "
+                                    "of its LU factors): no reliable solution exists in this dtype",
+    ReturnCode.BREAKDOWN: "the Krylov space became invariant while the residual is above the tolerance: the "
+                          "matrix is probably singular on the residual's subspace",
+}
+
+
+def linear_failure_message(sol: Solution) -> str | None:
+    """One paragraph on what failed in a linear solve, or None when every system succeeded.
+
+    >>> import numpy as np
+    >>> linear_failure_message(LU().solve(np.zeros((2, 2)), np.ones(2)))
+    'linear solve failed with LINEAR_SOLVE_FAILED: the matrix is singular to working precision (a zero, tiny or non-finite pivot of its LU factors): no reliable solution exists in this dtype'
+    """
+    codes = np.asarray([int(c) for c in sol.codes])
+    failed = codes[codes != int(ReturnCode.SUCCESS)]
+    if failed.size == 0:
+        return None
+    advice = lambda c: _MESSAGES.get(ReturnCode(int(c)), ReturnCode(int(c)).message)     # noqa: E731
+    if not sol.batched:
+        return f"linear solve failed with {ReturnCode(int(failed[0])).name}: {advice(failed[0])}"
+    parts = [f"{int((failed == c).sum())} of {codes.size} samples {ReturnCode(int(c)).name} ({advice(c)})"
+             for c in np.unique(failed)]
+    return "batched linear solve failed: " + "; ".join(parts)

@@ -43,17 +43,31 @@ def _check_beta(value, name):
 
 
 def _lr_at(lr, step):
-    return float(lr(step)) if callable(lr) else float(lr)
+    if not callable(lr):
+        return float(lr)
+    value = float(lr(step))
+    if not (0.0 <= value < math.inf):          # (NaN fails too) a schedule's NaN would silently NaN every parameter
+        raise ValueError(f"lr schedule returned {value!r} at step {step}: a learning rate must be a finite number >= 0")
+    return value
 
 
 def _check_grads(grads, params):
     """Each gradient leaf must have its parameter's shape: NumPy would broadcast a (1, n) gradient over an
-    (m, n) weight, or a (3,) one over a (1,) bias, and silently change the update (or the parameter's shape)."""
-    shapes = {path: getattr(leaf, "shape", ()) for path, leaf in tree_paths(params)}
+    (m, n) weight, or a (3,) one over a (1,) bias, and silently change the update (or the parameter's shape);
+    and its floating dtype: a float64 gradient would silently turn a float32 parameter into float64."""
+    leaves = dict(tree_paths(params))
     for path, g in tree_paths(grads):
-        if path in shapes and tuple(getattr(g, "shape", ())) != tuple(shapes[path]):
+        if path not in leaves:
+            continue
+        p = leaves[path]
+        if tuple(getattr(g, "shape", ())) != tuple(getattr(p, "shape", ())):
             raise ValueError(f"grads[{path!r}] has shape {tuple(getattr(g, 'shape', ()))} but the parameter has "
-                             f"{tuple(shapes[path])}: pass the gradients of these params (same tree, same shapes)")
+                             f"{tuple(getattr(p, 'shape', ()))}: pass the gradients of these params (same tree, same "
+                             "shapes)")
+        g_dtype, p_dtype = getattr(g, "dtype", None), getattr(p, "dtype", None)
+        if g_dtype is not None and p_dtype is not None and g_dtype != p_dtype and p_dtype.kind == "f":
+            raise TypeError(f"grads[{path!r}] has dtype {g_dtype} but the parameter is {p_dtype}: the update would "
+                            f"change the parameter's dtype; cast the gradient (g.astype(np.{p_dtype}))")
 
 
 @dataclass(frozen=True)
@@ -169,11 +183,17 @@ def clip_by_global_norm(grads, max_norm):
     (array([0.6, 0.8]), 5.0)
     """
     max_norm = check_tolerance(max_norm, "max_norm")
-    norm = tree_norm(grads)
     leaves = tree_leaves(grads)
     if not leaves:
-        return grads, norm
+        return grads, tree_norm(grads)
     xp = get_namespace(*leaves)
+    # the norm of the gradients scaled by their largest entry (a float32 sum of squares overflows from entries of
+    # ~1e19 on: an exploding gradient, the very case to clip, would otherwise get norm inf and be zeroed)
+    dtype = leaves[0].dtype
+    sizes = [xp.max(xp.abs(g)).astype(dtype) for g in leaves if g.size]      # (on the device: no transfer)
+    size = xp.max(xp.stack(sizes)) if sizes else xp.zeros((), dtype=dtype)
+    size = xp.where(xp.isfinite(size) & (size > 0), size, xp.ones((), dtype=size.dtype))
+    norm = size * tree_norm(tree_map(lambda g: g / size.astype(g.dtype), grads))
     factor = xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30))
     return tree_map(lambda g: g * factor.astype(g.dtype), grads), norm
 

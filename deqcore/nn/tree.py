@@ -130,11 +130,15 @@ def tree_paths(tree, prefix: str = ""):
         items = enumerate(tree)
     else:
         return [(prefix, tree)]
-    out = []
+    out, seen = [], {}
     for key, sub in items:
-        key = str(key)
-        if "/" in key:
-            raise ValueError(f"tree key {key!r} contains '/', which separates path components")
+        name = str(key)
+        if "/" in name:
+            raise ValueError(f"tree key {name!r} contains '/', which separates path components")
+        if name in seen:     # {1: a, "1": b}: one path for two leaves (a file would keep only one)
+            raise ValueError(f"tree keys {seen[name]!r} and {key!r} give the same path component {name!r}")
+        seen[name] = key
+        key = name
         out.extend(tree_paths(sub, f"{prefix}/{key}" if prefix else key))
     return out
 

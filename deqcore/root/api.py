@@ -100,8 +100,10 @@ def default_solvers(n: int, has_jac: bool):
 
 def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode, compact):
     """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation)."""
-    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact)
+    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact, first=fy0)
     f0, start = fy0.reshape(y2d.shape), None
+    if mode == "root":      # (fn may return one buffer it overwrites on every call: the solvers keep F(y0))
+        f0 = f0.copy()
     if mode == "fixed_point":    # F(y0) = fn(y0) − y0 and the per-sample test in one pass
         f0, start = problem.start(y2d, f0, atol)
     problem.nfev += 1
@@ -159,7 +161,8 @@ def root_find(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None,
     """Solve fn(y, *args) = 0 from y0.
 
     Args:
-        fn: ``fn(y, *args)`` returning an array shaped like y.
+        fn: ``fn(y, *args)`` returning an array shaped like y; it must not write into y (the solver's own
+            iterate, and on the first call y0 itself: a fn doing ``y *= 0.5`` moves the iterate and fakes a root).
         y0: start point (float32/float64 NumPy or CuPy array).
         solver: a root solver; None tries robust methods in turn (see :func:`default_solvers`).
         jac: optional ``jac(y, *args)`` returning the Jacobian, shape (n, n) — or (B, n, n) when batched — in

@@ -199,10 +199,30 @@ class RootProblem:
         return (self.F(y + h * v) - fy) / self.xp.where(h > 0, h, 1.0)
 
 
-def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
+def _owned(call, xp, first=None):
+    """``call`` whose outputs the solvers may keep: a fn returning one buffer that it overwrites on every call (a
+    common way to save allocations) would change the residuals a solver holds (Broyden's last F, a trust region's
+    F at the current iterate) under it, so an output sharing memory with the previous one is copied. ``first``:
+    fn's output at the start point, evaluated before (the caller keeps a copy of it)."""
+    last = first
+    same = np.may_share_memory if xp is np else (lambda a, b: a is b)
+
+    def owned(*a):
+        nonlocal last
+        out = raw = call(*a)
+        if last is not None and same(raw, last):
+            out = raw.copy()
+        last = raw
+        return out
+
+    return owned
+
+
+def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False, first=None):
     """(RootProblem, y0 as (B, n), unflatten) for ``fn`` of the user's shapes.
 
-    ``mode="root"``: F = fn; ``mode="fixed_point"``: F = fn(y) − y with G = fn.
+    ``mode="root"``: F = fn; ``mode="fixed_point"``: F = fn(y) − y with G = fn. ``first``: fn's output at y0 when
+    the caller evaluated it (root mode: a later output sharing its memory is copied, see :func:`_owned`).
 
     Every call's output is checked (type, shape, dtype: attribute reads, no pass over the data), so a ``fn``
     or ``jac`` that changes what it returns part-way fails with an error naming it. ``compact=True`` (batched
@@ -253,7 +273,8 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False):
                                      shape_of="the Jacobian's")
             return J.reshape(batch, n, n)
 
-    if mode == "root":
+    if mode == "root":     # (the fixed-point residual fn(y) − y is a fresh array anyway)
+        call, row_residual = _owned(call, xp, first), None if row_residual is None else _owned(row_residual, xp)
         problem = RootProblem(call, xp, dtype, batch, n, jac=user_jac, row_residual=row_residual)
     else:
         problem = RootProblem(lambda y: call(y) - y, xp, dtype, batch, n, jac=user_jac, fixed_point_map=call,
