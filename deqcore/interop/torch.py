@@ -42,6 +42,10 @@ __all__ = ["DEQ", "TorchLayer", "to_array", "from_array", "example_cell"]
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
+#: runs a function eagerly under ``torch.compile`` (a graph break around it): the solves and pullbacks are NumPy,
+#: CuPy and Numba code that dynamo cannot trace
+_eager = torch.compiler.disable
+
 
 def to_array(tensor, name: str = "tensor"):
     """A NumPy (CPU) or CuPy (CUDA) array sharing memory with ``tensor`` (detached; copied only when it is not
@@ -188,6 +192,7 @@ class DEQ(torch.nn.Module):
             return tuple(p for p in self.f.parameters() if p.requires_grad)
         return ()
 
+    @_eager
     def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None) -> torch.Tensor:
         """z* for input ``x`` (batch on the leading axis), started from ``z0`` (default zeros like x)."""
         if not isinstance(x, torch.Tensor):
@@ -502,8 +507,13 @@ class TorchLayer(torch.nn.Module):
         """The parameter tree (views of the torch parameters)."""
         return tree_unflatten(self._treedef, [to_array(p, "parameter") for p in self.weights])
 
+    @_eager
     def forward(self, x):
         """The deqcore layer's output for ``x`` (a tensor, batch on the leading axis)."""
+        dtypes = {p.dtype for p in self.weights}
+        if isinstance(x, torch.Tensor) and x.dtype in _DTYPE_NAMES and dtypes and x.dtype not in dtypes:
+            raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {', '.join(map(str, dtypes))}: cast "
+                            "x (x.to(dtype)) or the parameters (nn.setup(..., dtype=...)) so that they agree")
         return _LayerFunction.apply(self, x, *self.weights)
 
 

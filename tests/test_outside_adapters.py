@@ -1,0 +1,67 @@
+"""Promises of the torch and JAX adapters and of the Dask front end checked from outside, each against a reference
+computed another way (unrolled autograd through many fixed-point iterations, the eager solve of the whole batch):
+
+* torch: ``torch.compile`` of a model holding a DEQ or a TorchLayer runs (the solve is a graph break) and gives the
+  eager gradients; a TorchLayer refuses an input whose dtype is not its parameters' (no silent float64 output);
+"""
+
+import numpy as np
+import pytest
+
+import deqcore as dq
+from deqcore import nn
+
+# --------------------------------------------------------------------------------------------- torch adapter
+
+
+@pytest.fixture(scope="module")
+def tc():
+    torch = pytest.importorskip("torch")
+    from deqcore.interop import torch as dqt
+    return torch, dqt
+
+
+def _unrolled(f, x, z0, steps=200):
+    z = z0
+    for _ in range(steps):
+        z = f(z, x)
+    return z
+
+
+def test_torch_compile_runs_the_deq_and_the_torch_layer_with_the_eager_gradients(tc):
+    torch, dqt = tc
+    torch.manual_seed(0)
+    cell = dqt.example_cell(4, 3)
+    encoder = torch.nn.Linear(3, 3, dtype=torch.float64)
+    layer = dqt.DEQ(cell, atol=1e-12, rtol=0.0, max_steps=200)
+    x = torch.randn(5, 3, dtype=torch.float64)
+
+    def loss(x):
+        return layer(torch.sin(encoder(x)), torch.zeros(5, 4, dtype=torch.float64)).square().sum()
+
+    params = [*cell.parameters(), *encoder.parameters()]
+    value = torch.compile(loss, backend="eager")(x)
+    compiled = torch.autograd.grad(value, params)
+    reference = torch.autograd.grad(_unrolled(cell, torch.sin(encoder(x)), torch.zeros(5, 4, dtype=torch.float64))
+                                    .square().sum(), params)
+    for a, b in zip(compiled, reference):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0.0)
+
+    model = nn.Dense(3, 2)
+    tl = dqt.TorchLayer(model, *nn.setup(np.random.default_rng(0), model))
+    xg = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    (dx,) = torch.autograd.grad(torch.compile(lambda x: tl(torch.sin(x)).sum(), backend="eager")(xg), xg)
+    (dx_ref,) = torch.autograd.grad(tl(torch.sin(xg)).sum(), xg)
+    torch.testing.assert_close(dx, dx_ref, atol=0.0, rtol=0.0)
+
+
+def test_torch_layer_refuses_an_input_of_another_dtype_than_its_parameters(tc):
+    torch, dqt = tc
+    model = nn.Dense(3, 2)
+    layer64 = dqt.TorchLayer(model, *nn.setup(np.random.default_rng(0), model))
+    layer32 = dqt.TorchLayer(model, *nn.setup(np.random.default_rng(0), model, dtype=np.float32))
+    with pytest.raises(TypeError, match="x has dtype torch.float32"):
+        layer64(torch.ones(4, 3))
+    with pytest.raises(TypeError, match="x has dtype torch.float64"):
+        layer32(torch.ones(4, 3, dtype=torch.float64))
+    assert layer32(torch.ones(4, 3)).dtype == torch.float32
