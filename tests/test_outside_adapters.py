@@ -3,6 +3,8 @@ computed another way (unrolled autograd through many fixed-point iterations, the
 
 * torch: ``torch.compile`` of a model holding a DEQ or a TorchLayer runs (the solve is a graph break) and gives the
   eager gradients; a TorchLayer refuses an input whose dtype is not its parameters' (no silent float64 output);
+* JAX: an eager vmapped solve that fails after an earlier success of the same shape raises dq.SolveError (JAX
+  wraps the callback's error in a ValueError, not a JaxRuntimeError, once the call is cached);
 """
 
 import numpy as np
@@ -65,3 +67,25 @@ def test_torch_layer_refuses_an_input_of_another_dtype_than_its_parameters(tc):
     with pytest.raises(TypeError, match="x has dtype torch.float64"):
         layer32(torch.ones(4, 3, dtype=torch.float64))
     assert layer32(torch.ones(4, 3)).dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------- JAX adapter
+
+
+@pytest.fixture(scope="module")
+def jx():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    from deqcore.interop import jax as dqj
+    return jax, jax.numpy, dqj
+
+
+def test_jax_eager_vmapped_failure_after_a_success_is_still_a_solve_error(jx):
+    jax, jnp, dqj = jx
+    f = lambda z, a: jnp.tanh(0.5 * z + a)                     # noqa: E731
+    solve = jax.vmap(lambda a: dqj.fixed_point(f, jnp.zeros(3), a, atol=1e-10, rtol=0.0))
+    good = jnp.ones((4, 3))
+    z = solve(good)                                             # compiles and caches the vmapped callback
+    np.testing.assert_allclose(z, np.tanh(0.5 * np.asarray(z) + 1.0), atol=1e-9)
+    with pytest.raises(dq.SolveError, match="1 of 4 samples DIVERGED"):
+        solve(good.at[1, 0].set(jnp.nan))

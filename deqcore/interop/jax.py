@@ -19,10 +19,10 @@ Both work eagerly and under ``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vma
 z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through ``jax.lax.custom_linear_solve``,
 so reverse mode solves the adjoint and JAX pulls λ back to ``args`` (any pytree); arguments shared by vmapped
 samples stay unbatched (the gradient of a shared weight is one contraction over the batch). A failed solve
-raises ``dq.SolveError`` with ``throw=True`` (under ``jax.jit`` JAX re-raises it as a ``JaxRuntimeError``
-carrying its message; the XLA engine calls back to the host only when a code is not SUCCESS), or warns once per
-call site with ``throw=False`` and returns the best iterate; :func:`fixed_point_solution` returns the codes
-themselves. Higher-order derivatives are not supported.
+raises ``dq.SolveError`` with ``throw=True`` (under ``jax.jit`` JAX re-raises it as a ``JaxRuntimeError``,
+or a ``ValueError`` from an already compiled call, carrying its message; the XLA engine calls back to the host
+only when a code is not SUCCESS), or warns once per call site with ``throw=False`` and returns the best
+iterate; :func:`fixed_point_solution` returns the codes themselves. Higher-order derivatives are not supported.
 
 >>> import jax, jax.numpy as jnp
 >>> from deqcore.interop import jax as dqj
@@ -90,8 +90,8 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
             ``dq.OneStepGradient()``.
         throw: raise ``dq.SolveError`` when the solve fails (under ``jax.jit`` JAX re-raises the callback's
-            ``dq.SolveError`` as a ``jax.errors.JaxRuntimeError`` carrying its message); False warns once per
-            call site and returns the best iterate.
+            ``dq.SolveError`` as a ``jax.errors.JaxRuntimeError``, or a ``ValueError`` once compiled, carrying its
+            message); False warns once per call site and returns the best iterate.
         engine: ``"auto"`` (default: XLA where the solver and adjoint have an XLA version, else host),
             ``"xla"`` or ``"host"`` (see the module docstring); "xla" with a solver or adjoint without an XLA
             version is a ValueError naming it.
@@ -136,7 +136,7 @@ def _run(solve, z0, args):
         if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(out)):
             out = jax.block_until_ready(out)
         return out
-    except jax.errors.JaxRuntimeError as err:
+    except (jax.errors.JaxRuntimeError, ValueError) as err:   # a cached vmapped callback's failure: ValueError
         if RAISED_IN_CALLBACK and str(RAISED_IN_CALLBACK[0]) in str(err):
             raise RAISED_IN_CALLBACK.pop() from None
         raise
