@@ -5,6 +5,8 @@ computed another way (unrolled autograd through many fixed-point iterations, the
   eager gradients; a TorchLayer refuses an input whose dtype is not its parameters' (no silent float64 output);
 * JAX: an eager vmapped solve that fails after an earlier success of the same shape raises dq.SolveError (JAX
   wraps the callback's error in a ValueError, not a JaxRuntimeError, once the call is cached);
+* Dask: a y0 with empty chunks (as concatenation leaves them) is solved, each sample as in the eager batched
+  solve, a failing one keeping its code; per-sample args of unknown length are named with the remedy;
 """
 
 import numpy as np
@@ -89,3 +91,42 @@ def test_jax_eager_vmapped_failure_after_a_success_is_still_a_solve_error(jx):
     np.testing.assert_allclose(z, np.tanh(0.5 * np.asarray(z) + 1.0), atol=1e-9)
     with pytest.raises(dq.SolveError, match="1 of 4 samples DIVERGED"):
         solve(good.at[1, 0].set(jnp.nan))
+
+
+# ---------------------------------------------------------------------------------------------------- Dask
+
+
+@pytest.fixture(scope="module")
+def dd():
+    da = pytest.importorskip("dask.array")
+    import deqcore.dask as dqd
+    return da, dqd
+
+
+def test_dask_empty_chunks_are_skipped_and_every_sample_equals_the_eager_solve(dd):
+    da, dqd = dd
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((3, 3))
+    W *= 0.6 / np.linalg.norm(W, 2)
+    X = rng.standard_normal((6, 3))
+    X[4, 1] = np.nan                                        # one failing sample, in the last chunk
+    fn = lambda z, x, W: np.tanh(z @ W.T + x)               # noqa: E731
+    eager = dq.fixed_point(fn, np.zeros((6, 3)), args=(X, W), atol=1e-10, rtol=0.0, batched=True, throw=False)
+    y0 = da.zeros((6, 3), chunks=((2, 0, 1, 0, 3), (3,)))   # empty chunks, as concatenation leaves them
+    lazy = dqd.fixed_point(fn, y0, args=(da.from_array(X, chunks=4), W), atol=1e-10, rtol=0.0)
+    sol = lazy.compute(scheduler="sync")
+    assert lazy.num_chunks == 3 and sol.stats["num_chunks"] == 3
+    assert sol.result.tolist() == eager.result.tolist() == [0, 0, 0, 0, dq.ReturnCode.DIVERGED, 0]
+    ok = [0, 1, 2, 3, 5]
+    np.testing.assert_allclose(sol.value[ok], eager.value[ok], atol=1e-14, rtol=0.0)
+
+
+def test_dask_per_sample_args_of_unknown_length_are_named_with_the_remedy(dd):
+    da, dqd = dd
+    x = da.ones((8, 2), chunks=4)
+    x = x[x[:, 0] == 1]                                     # boolean indexing: unknown chunk sizes
+    with pytest.raises(ValueError, match=r"args\[0\].*compute_chunk_sizes"):
+        dqd.fixed_point(lambda z, x: 0.5 * np.tanh(z) + x, da.zeros((8, 2), chunks=4), args=(x,))
+    z = dqd.fixed_point(lambda z, x: 0.5 * np.tanh(z) + x, da.zeros((8, 2), chunks=4),
+                        args=(x.compute_chunk_sizes(),), atol=1e-12, rtol=0.0).compute(scheduler="sync")
+    np.testing.assert_allclose(z.value, 0.5 * np.tanh(z.value) + 1.0, atol=1e-11)
