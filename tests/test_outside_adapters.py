@@ -4,7 +4,8 @@ computed another way (unrolled autograd through many fixed-point iterations, the
 * torch: ``torch.compile`` of a model holding a DEQ or a TorchLayer runs (the solve is a graph break) and gives the
   eager gradients; a TorchLayer refuses an input whose dtype is not its parameters' (no silent float64 output);
 * JAX: an eager vmapped solve that fails after an earlier success of the same shape raises dq.SolveError (JAX
-  wraps the callback's error in a ValueError, not a JaxRuntimeError, once the call is cached);
+  wraps the callback's error in a ValueError, not a JaxRuntimeError, once the call is cached); f may be an
+  unhashable callable (a frozen dataclass holding arrays, as module libraries make them);
 * Dask: a y0 with empty chunks (as concatenation leaves them) is solved, each sample as in the eager batched
   solve, a failing one keeping its code; per-sample args of unknown length are named with the remedy;
 """
@@ -91,6 +92,29 @@ def test_jax_eager_vmapped_failure_after_a_success_is_still_a_solve_error(jx):
     np.testing.assert_allclose(z, np.tanh(0.5 * np.asarray(z) + 1.0), atol=1e-9)
     with pytest.raises(dq.SolveError, match="1 of 4 samples DIVERGED"):
         solve(good.at[1, 0].set(jnp.nan))
+
+
+
+def test_jax_f_may_be_an_unhashable_callable_holding_arrays(jx):
+    jax, jnp, dqj = jx
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Cell:                                                 # a module-like f: hashing it hashes its arrays
+        W: object
+
+        def __call__(self, z, a):
+            return jnp.tanh(self.W @ z + a)
+
+    W, a = 0.5 * jnp.eye(2), jnp.array([1.0, -0.5])
+    for scale in (1.0, 0.5):     # two f objects, never one's cached solve for both (both engines share the keys)
+        cell = Cell(scale * W)
+        solve = lambda a: dqj.fixed_point(cell, jnp.zeros(2), a, atol=1e-12, rtol=0.0, engine="host")  # noqa
+        z = solve(a)
+        np.testing.assert_allclose(z, np.tanh(scale * 0.5 * np.asarray(z) + np.asarray(a)), atol=1e-11)
+        dz_da = 1.0 - np.asarray(z) ** 2                       # dz/da of z = tanh(c z + a): s / (1 − c s)
+        np.testing.assert_allclose(jax.grad(lambda a: solve(a).sum())(a), dz_da / (1 - scale * 0.5 * dz_da),
+                                   atol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------- Dask

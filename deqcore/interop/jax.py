@@ -145,6 +145,7 @@ def _run(solve, z0, args):
 def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False):
     """Validated options and ``(solve(z0, args), z0)`` for the chosen engine."""
     check_callable(f, "f")
+    f = _hashable(f)
     solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
     adjoint = check_adjoint(adjoint, atol, rtol, max_steps)     # the default adjoint follows these tolerances
     if isinstance(adjoint, PhantomGradient):
@@ -170,6 +171,36 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
     config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
                                   max_steps, throw, warn=not solution)
     return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0
+
+
+class _ByIdentity:
+    """An unhashable callable f (e.g. a dataclass holding arrays) as a key of the per-f caches, by identity."""
+
+    __slots__ = ("f", "__weakref__")            # jax.jit keeps weak references to the functions it compiles
+
+    def __init__(self, f):
+        self.f = f
+
+    def __call__(self, z, args):
+        return self.f(z, args)
+
+
+_WRAPPED: dict = {}
+
+
+def _hashable(f):
+    """``f`` itself when it is hashable, else one :class:`_ByIdentity` per f object (held here, so that its id
+    is not reused while it is a key): calls with the same f reuse the compiled solves."""
+    try:
+        hash(f)
+        return f
+    except TypeError:
+        entry = _WRAPPED.get(id(f))
+        if entry is None or entry.f is not f:
+            if len(_WRAPPED) >= 64:
+                _WRAPPED.clear()
+            entry = _WRAPPED[id(f)] = _ByIdentity(f)
+        return entry
 
 
 @functools.lru_cache(maxsize=64)
