@@ -3,6 +3,7 @@ computed another way (unrolled autograd through many fixed-point iterations, the
 
 * torch: ``torch.compile`` of a model holding a DEQ or a TorchLayer runs (the solve is a graph break) and gives the
   eager gradients; a TorchLayer refuses an input whose dtype is not its parameters' (no silent float64 output);
+  a DEQ takes a per-sample scalar input x of shape (batch,) with a state z0 of shape (batch, n);
 * JAX: an eager vmapped solve that fails after an earlier success of the same shape raises dq.SolveError (JAX
   wraps the callback's error in a ValueError, not a JaxRuntimeError, once the call is cached); f may be an
   unhashable callable (a frozen dataclass holding arrays, as module libraries make them);
@@ -154,3 +155,19 @@ def test_dask_per_sample_args_of_unknown_length_are_named_with_the_remedy(dd):
     z = dqd.fixed_point(lambda z, x: 0.5 * np.tanh(z) + x, da.zeros((8, 2), chunks=4),
                         args=(x.compute_chunk_sizes(),), atol=1e-12, rtol=0.0).compute(scheduler="sync")
     np.testing.assert_allclose(z.value, 0.5 * np.tanh(z.value) + 1.0, atol=1e-11)
+
+
+def test_torch_per_sample_scalar_input_with_a_vector_state_gives_the_unrolled_gradient(tc):
+    torch, dqt = tc
+    f = lambda z, x: torch.tanh(0.5 * z + x[:, None])         # noqa: E731  (x: one number per sample)
+    x = torch.linspace(-1.0, 1.0, 4, dtype=torch.float64, requires_grad=True)
+    z = dqt.DEQ(f, atol=1e-12, rtol=0.0, max_steps=200)(x, torch.zeros(4, 3, dtype=torch.float64))
+    (dx,) = torch.autograd.grad(z.square().sum(), x)
+    z_ref = _unrolled(f, x, torch.zeros(4, 3, dtype=torch.float64))
+    (dx_ref,) = torch.autograd.grad(z_ref.square().sum(), x)
+    torch.testing.assert_close(z, z_ref, atol=1e-11, rtol=0.0)
+    torch.testing.assert_close(dx, dx_ref, atol=1e-10, rtol=0.0)
+    with pytest.raises(ValueError, match="x must have shape"):      # z would start as zeros shaped like x: (4,)
+        dqt.DEQ(f)(x)
+    with pytest.raises(ValueError, match="z0 must have shape"):
+        dqt.DEQ(f)(x, torch.zeros(4, dtype=torch.float64))

@@ -199,9 +199,9 @@ class DEQ(torch.nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         check_dtype(_DTYPE_NAMES.get(x.dtype, str(x.dtype).replace("torch.", "")), "x")
         _check_parameters_match(self.f, x)
-        if self.batched and x.ndim < 2:
+        if self.batched and x.ndim < (2 if z0 is None else 1):     # z (z0, or zeros like x) needs (batch, n, ...)
             raise ValueError(f"x must have shape (batch, ...) with batched=True; got {tuple(x.shape)} (add a "
-                             "batch axis, or pass batched=False)")
+                             "batch axis, pass z0 of shape (batch, n), or pass batched=False)")
         if x.numel() == 0:
             raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
         from_zeros = z0 is None
@@ -214,9 +214,9 @@ class DEQ(torch.nn.Module):
                 raise ValueError(f"z0 is on {z0.device} but x is on {x.device}; put them on one device")
             if z0.dtype != x.dtype:
                 raise TypeError(f"z0 has dtype {z0.dtype} but x has {x.dtype}; use one dtype")
-            if self.batched and (z0.ndim == 0 or z0.shape[0] != x.shape[0]):
-                raise ValueError(f"z0 must have the batch size of x ({x.shape[0]}) on its leading axis; got "
-                                 f"shape {tuple(z0.shape)}")
+            if self.batched and (z0.ndim < 2 or z0.shape[0] != x.shape[0]):
+                raise ValueError(f"z0 must have shape (batch, n, ...) with the batch size of x ({x.shape[0]}) on "
+                                 f"its leading axis; got shape {tuple(z0.shape)}")
             if z0.numel() == 0 or not bool(torch.isfinite(z0).all()):
                 raise ValueError(f"z0 must be a non-empty tensor of finite numbers, got shape {tuple(z0.shape)}"
                                  + ("" if z0.numel() == 0 else " holding NaN or infinity"))
