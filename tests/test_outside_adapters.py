@@ -169,5 +169,5 @@ def test_torch_per_sample_scalar_input_with_a_vector_state_gives_the_unrolled_gr
     torch.testing.assert_close(dx, dx_ref, atol=1e-10, rtol=0.0)
     with pytest.raises(ValueError, match="x must have shape"):      # z would start as zeros shaped like x: (4,)
         dqt.DEQ(f)(x)
-    with pytest.raises(ValueError, match="z0 must have shape"):
+    with pytest.raises(ValueError, match="z0 must have the batch size of x .* shape \\(batch, n, ...\\)"):
         dqt.DEQ(f)(x, torch.zeros(4, dtype=torch.float64))

@@ -215,8 +215,8 @@ class DEQ(torch.nn.Module):
             if z0.dtype != x.dtype:
                 raise TypeError(f"z0 has dtype {z0.dtype} but x has {x.dtype}; use one dtype")
             if self.batched and (z0.ndim < 2 or z0.shape[0] != x.shape[0]):
-                raise ValueError(f"z0 must have shape (batch, n, ...) with the batch size of x ({x.shape[0]}) on "
-                                 f"its leading axis; got shape {tuple(z0.shape)}")
+                raise ValueError(f"z0 must have the batch size of x ({x.shape[0]}) on its leading axis and the "
+                                 f"state after it, shape (batch, n, ...); got shape {tuple(z0.shape)}")
             if z0.numel() == 0 or not bool(torch.isfinite(z0).all()):
                 raise ValueError(f"z0 must be a non-empty tensor of finite numbers, got shape {tuple(z0.shape)}"
                                  + ("" if z0.numel() == 0 else " holding NaN or infinity"))
