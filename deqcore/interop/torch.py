@@ -512,8 +512,9 @@ class TorchLayer(torch.nn.Module):
         """The deqcore layer's output for ``x`` (a tensor, batch on the leading axis)."""
         dtypes = {p.dtype for p in self.weights}
         if isinstance(x, torch.Tensor) and x.dtype in _DTYPE_NAMES and dtypes and x.dtype not in dtypes:
-            raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {', '.join(map(str, dtypes))}: cast "
-                            "x (x.to(dtype)) or the parameters (nn.setup(..., dtype=...)) so that they agree")
+            names = ", ".join(map(str, dtypes))
+            raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {names}: cast x (x.to(dtype)) "
+                            "or the parameters (nn.setup(..., dtype=...)) so that they agree")
         return _LayerFunction.apply(self, x, *self.weights)
 
 
