@@ -8,7 +8,7 @@ computed another way (unrolled autograd through many fixed-point iterations, the
   wraps the callback's error in a ValueError, not a JaxRuntimeError, once the call is cached); f may be an
   unhashable callable (a frozen dataclass holding arrays, as module libraries make them);
 * Dask: a y0 with empty chunks (as concatenation leaves them) is solved, each sample as in the eager batched
-  solve, a failing one keeping its code; per-sample args of unknown length are named with the remedy;
+  solve, a failing one keeping its code; per-sample args of unknown length are named with the remedy.
 """
 
 import numpy as np
