@@ -140,7 +140,9 @@ def _split_args(args, y0):
         if isinstance(a, da.Array):
             if a.ndim < 1 or a.shape[0] != y0.shape[0]:
                 raise ValueError(f"args[{i}] is a dask array, so it is per-sample data: its leading axis must "
-                                 f"have the batch size {y0.shape[0]}, got shape {a.shape}")
+                                 f"have the batch size {y0.shape[0]}, got shape {a.shape}"
+                                 + (" (unknown chunk sizes: call .compute_chunk_sizes() on it and on y0 first)"
+                                    if np.isnan(y0.shape[0]) or (a.ndim and np.isnan(a.shape[0])) else ""))
             a = a.rechunk((y0.chunks[0],) + tuple((n,) for n in a.shape[1:]))
             slots.append(("sample", len(per_sample)))
             per_sample.append(a)
@@ -196,6 +198,8 @@ def _lazy(kind, fn, y0, args, options, chunk_size):
     task = dask.delayed(_solve_chunk, pure=True, nout=4)
     values, results, residuals, stats = [], [], [], []
     for i, rows in enumerate(y0.chunks[0]):
+        if rows == 0:                 # an empty chunk (e.g. from concatenating or filtering) has nothing to solve
+            continue
         v, r, res, st = task(kind, fn, options, slots, shared, y_blocks[i], *(b[i] for b in arg_blocks))
         values.append(da.from_delayed(v, (rows,) + y0.shape[1:], dtype=y0.dtype))
         results.append(da.from_delayed(r, (rows,), dtype=np.int64))

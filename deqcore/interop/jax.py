@@ -19,10 +19,10 @@ Both work eagerly and under ``jax.jit``, ``jax.grad``, ``jax.jvp`` and ``jax.vma
 z* gets a custom JVP whose tangent solves (I − ∂f/∂z) ż = ∂f/∂args · ȧrgs through ``jax.lax.custom_linear_solve``,
 so reverse mode solves the adjoint and JAX pulls λ back to ``args`` (any pytree); arguments shared by vmapped
 samples stay unbatched (the gradient of a shared weight is one contraction over the batch). A failed solve
-raises ``dq.SolveError`` with ``throw=True`` (under ``jax.jit`` JAX re-raises it as a ``JaxRuntimeError``
-carrying its message; the XLA engine calls back to the host only when a code is not SUCCESS), or warns once per
-call site with ``throw=False`` and returns the best iterate; :func:`fixed_point_solution` returns the codes
-themselves. Higher-order derivatives are not supported.
+raises ``dq.SolveError`` with ``throw=True`` (under ``jax.jit`` JAX re-raises it as a ``JaxRuntimeError``,
+or a ``ValueError`` from an already compiled call, carrying its message; the XLA engine calls back to the host
+only when a code is not SUCCESS), or warns once per call site with ``throw=False`` and returns the best
+iterate; :func:`fixed_point_solution` returns the codes themselves. Higher-order derivatives are not supported.
 
 >>> import jax, jax.numpy as jnp
 >>> from deqcore.interop import jax as dqj
@@ -90,8 +90,8 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
             ``dq.OneStepGradient()``.
         throw: raise ``dq.SolveError`` when the solve fails (under ``jax.jit`` JAX re-raises the callback's
-            ``dq.SolveError`` as a ``jax.errors.JaxRuntimeError`` carrying its message); False warns once per
-            call site and returns the best iterate.
+            ``dq.SolveError`` as a ``jax.errors.JaxRuntimeError``, or a ``ValueError`` once compiled, carrying its
+            message); False warns once per call site and returns the best iterate.
         engine: ``"auto"`` (default: XLA where the solver and adjoint have an XLA version, else host),
             ``"xla"`` or ``"host"`` (see the module docstring); "xla" with a solver or adjoint without an XLA
             version is a ValueError naming it.
@@ -136,7 +136,7 @@ def _run(solve, z0, args):
         if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(out)):
             out = jax.block_until_ready(out)
         return out
-    except jax.errors.JaxRuntimeError as err:
+    except (jax.errors.JaxRuntimeError, ValueError) as err:   # a cached vmapped callback's failure: ValueError
         if RAISED_IN_CALLBACK and str(RAISED_IN_CALLBACK[0]) in str(err):
             raise RAISED_IN_CALLBACK.pop() from None
         raise
@@ -145,6 +145,7 @@ def _run(solve, z0, args):
 def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False):
     """Validated options and ``(solve(z0, args), z0)`` for the chosen engine."""
     check_callable(f, "f")
+    f = _hashable(f)
     solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
     adjoint = check_adjoint(adjoint, atol, rtol, max_steps)     # the default adjoint follows these tolerances
     if isinstance(adjoint, PhantomGradient):
@@ -170,6 +171,36 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
     config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
                                   max_steps, throw, warn=not solution)
     return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0
+
+
+class _ByIdentity:
+    """An unhashable callable f (e.g. a dataclass holding arrays) as a key of the per-f caches, by identity."""
+
+    __slots__ = ("f", "__weakref__")            # jax.jit keeps weak references to the functions it compiles
+
+    def __init__(self, f):
+        self.f = f
+
+    def __call__(self, z, args):
+        return self.f(z, args)
+
+
+_WRAPPED: dict = {}
+
+
+def _hashable(f):
+    """``f`` itself when it is hashable, else one :class:`_ByIdentity` per f object (held here, so that its id
+    is not reused while it is a key): calls with the same f reuse the compiled solves."""
+    try:
+        hash(f)
+        return f
+    except TypeError:
+        entry = _WRAPPED.get(id(f))
+        if entry is None or entry.f is not f:
+            if len(_WRAPPED) >= 64:
+                _WRAPPED.clear()
+            entry = _WRAPPED[id(f)] = _ByIdentity(f)
+        return entry
 
 
 @functools.lru_cache(maxsize=64)

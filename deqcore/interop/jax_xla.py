@@ -512,9 +512,10 @@ def _varying_like(x, *like):
 
 def checked(x, code, what, throw):
     """``x``, after the return ``code`` was checked: a failure raises ``dq.SolveError`` (``throw``; JAX re-raises
-    it as a ``JaxRuntimeError`` carrying its message) or warns once per call site. Only a failure calls back to
-    the host (a ``lax.cond`` on "all codes SUCCESS"), and under ``jax.vmap`` the whole batch's codes are checked
-    at once (one callback, which sees every code). The check's (zero) result is added to x so XLA keeps it."""
+    it as a ``JaxRuntimeError``, or a ``ValueError`` once compiled, carrying its message) or warns once per call
+    site. Only a failure calls back to the host (a ``lax.cond`` on "all codes SUCCESS"), and under ``jax.vmap``
+    the whole batch's codes are checked at once (one callback, which sees every code). The check's (zero) result
+    is added to x so XLA keeps it."""
     return x + _check(what, throw)(code).astype(x.dtype)
 
 

@@ -42,6 +42,10 @@ __all__ = ["DEQ", "TorchLayer", "to_array", "from_array", "example_cell"]
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
+#: runs a function eagerly under ``torch.compile`` (a graph break around it): the solves and pullbacks are NumPy,
+#: CuPy and Numba code that dynamo cannot trace
+_eager = torch.compiler.disable
+
 
 def to_array(tensor, name: str = "tensor"):
     """A NumPy (CPU) or CuPy (CUDA) array sharing memory with ``tensor`` (detached; copied only when it is not
@@ -188,15 +192,16 @@ class DEQ(torch.nn.Module):
             return tuple(p for p in self.f.parameters() if p.requires_grad)
         return ()
 
+    @_eager
     def forward(self, x: torch.Tensor, z0: torch.Tensor | None = None) -> torch.Tensor:
         """z* for input ``x`` (batch on the leading axis), started from ``z0`` (default zeros like x)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         check_dtype(_DTYPE_NAMES.get(x.dtype, str(x.dtype).replace("torch.", "")), "x")
         _check_parameters_match(self.f, x)
-        if self.batched and x.ndim < 2:
+        if self.batched and x.ndim < (2 if z0 is None else 1):     # z (z0, or zeros like x) needs (batch, n, ...)
             raise ValueError(f"x must have shape (batch, ...) with batched=True; got {tuple(x.shape)} (add a "
-                             "batch axis, or pass batched=False)")
+                             "batch axis, pass z0 of shape (batch, n), or pass batched=False)")
         if x.numel() == 0:
             raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
         from_zeros = z0 is None
@@ -209,9 +214,9 @@ class DEQ(torch.nn.Module):
                 raise ValueError(f"z0 is on {z0.device} but x is on {x.device}; put them on one device")
             if z0.dtype != x.dtype:
                 raise TypeError(f"z0 has dtype {z0.dtype} but x has {x.dtype}; use one dtype")
-            if self.batched and (z0.ndim == 0 or z0.shape[0] != x.shape[0]):
-                raise ValueError(f"z0 must have the batch size of x ({x.shape[0]}) on its leading axis; got "
-                                 f"shape {tuple(z0.shape)}")
+            if self.batched and (z0.ndim < 2 or z0.shape[0] != x.shape[0]):
+                raise ValueError(f"z0 must have the batch size of x ({x.shape[0]}) on its leading axis and the "
+                                 f"state after it, shape (batch, n, ...); got shape {tuple(z0.shape)}")
             if z0.numel() == 0 or not bool(torch.isfinite(z0).all()):
                 raise ValueError(f"z0 must be a non-empty tensor of finite numbers, got shape {tuple(z0.shape)}"
                                  + ("" if z0.numel() == 0 else " holding NaN or infinity"))
@@ -502,8 +507,14 @@ class TorchLayer(torch.nn.Module):
         """The parameter tree (views of the torch parameters)."""
         return tree_unflatten(self._treedef, [to_array(p, "parameter") for p in self.weights])
 
+    @_eager
     def forward(self, x):
         """The deqcore layer's output for ``x`` (a tensor, batch on the leading axis)."""
+        dtypes = {p.dtype for p in self.weights}
+        if isinstance(x, torch.Tensor) and x.dtype in _DTYPE_NAMES and dtypes and x.dtype not in dtypes:
+            names = ", ".join(map(str, dtypes))
+            raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {names}: cast x (x.to(dtype)) "
+                            "or the parameters (nn.setup(..., dtype=...)) so that they agree")
         return _LayerFunction.apply(self, x, *self.weights)
 
 
