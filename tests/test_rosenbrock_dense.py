@@ -129,7 +129,7 @@ def test_rodas5p_values_between_steps_meet_the_tolerance_where_hermite_does_not(
     assert _interior_error(sol, _decay_flow, atol, rtol, hermite) > 10.0
 
 
-@pytest.mark.parametrize("method,bound", [(dq.Rodas4, 0.5), (dq.Rodas5P, 1.0)], ids=["Rodas4", "Rodas5P"])
+@pytest.mark.parametrize("method,bound", [(dq.Rodas4, 0.35), (dq.Rodas5P, 1.0)], ids=["Rodas4", "Rodas5P"])
 def test_stiff_linear_problem_between_steps(method, bound):
     """y' = A y with eigenvalues −1 and −10⁴ (non-normal), against expm: measured 0.27 (Rodas4) and 0.61
     (Rodas5P) of the tolerance at rtol 1e-10; Hermite gives 0.46 and ~1600."""
@@ -230,3 +230,28 @@ def test_stacked_state_through_the_array_path(linear_solver, monkeypatch):
     own = _interior_error(sol, flow, atol, rtol)
     assert own < 5.0
     assert _interior_error(sol, flow, atol, rtol, hermite) > 10.0 * own
+
+
+# ---- the adjoint reads the dense output ----
+def test_gauss_adjoint_after_rodas5p_against_finite_differences():
+    """GaussAdjoint integrates λ along the forward dense output: after a stiff nonlinear Rodas5P solve at
+    tolerance 1e-7 its dL/dp is within 3e-7 (relative) of central differences of tight SciPy solves (measured
+    8e-8; 1.1e-6 on the cubic Hermite interpolant)."""
+    from scipy.integrate import solve_ivp
+
+    A = np.array([[-200.0, 1.0, 0.0], [1.0, -2.0, 0.5], [0.0, 0.3, -1.0]])
+    b, w, y0 = np.array([1.0, 0.5, -0.2]), np.array([0.3, 1.7, -0.4]), np.array([1.0, -1.0, 0.5])
+
+    def rhs(t, y, p):
+        return A @ y - p * y ** 3 + np.sin(t) * b
+
+    def vjp(t, y, args):
+        return rhs(t, y, args[0]), lambda a: (A.T @ a - 3 * args[0] * y ** 2 * a, (np.atleast_1d(-(a @ y ** 3)),))
+
+    def loss(p):
+        return w @ solve_ivp(rhs, (0.0, 2.0), y0, args=(p,), method="LSODA", rtol=1e-13, atol=1e-15).y[:, -1]
+    p, eps = np.array([2.0]), 1e-5
+    want = (loss(p[0] + eps) - loss(p[0] - eps)) / (2 * eps)
+    sol = dq.integrate(rhs, y0, (0.0, 2.0), dq.Rodas5P(), args=(p,), atol=1e-7, rtol=1e-7)
+    _, (dp,) = dq.ode_gradients(vjp, sol, w, dq.GaussAdjoint(solver=dq.Radau(), atol=1e-9, rtol=1e-9))
+    assert abs(dp[0] - want) < 3e-7 * abs(want)
