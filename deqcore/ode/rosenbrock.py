@@ -26,6 +26,11 @@ GMRES, which has no determinant, when the first increment points against f: u₁
 no step size works the solve ends with LINEAR_SOLVE_FAILED (the stage matrix could not be factored at the
 last attempt), DIVERGED or DT_TOO_SMALL, never SUCCESS.
 
+Dense output (``sol(t)``, ``saveat``): Rodas4 and Rodas5P evaluate their own continuous extensions (orders 3
+and 4, :mod:`deqcore.ode.rosenbrock_tableaus`) from two or three combinations of the increments, formed once
+per accepted step of :func:`~deqcore.ode.integrate` (:class:`RosenbrockDense`); Rodas3's is the cubic
+Hermite interpolant.
+
 >>> import numpy as np, deqcore as dq
 >>> lam = 1e6                                            # explicit methods need ~10^6 steps here
 >>> sol = dq.integrate(lambda t, y: -lam * (y - np.cos(t)), np.array([0.0]), (0.0, 1.0), dq.Rodas5P(),
@@ -50,7 +55,49 @@ from .kernels_host import (HOST_SYSTEM_LIMIT, factor_shifted, gemv_address, getr
                            rosenbrock_input, rosenbrock_stage)
 from .rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P, RosenbrockTableau
 
-__all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper"]
+__all__ = ["Rodas3", "Rodas4", "Rodas5P", "RosenbrockStepper", "RosenbrockDense"]
+
+
+class RosenbrockDense:
+    """The continuous extension over one accepted step (the record's ``stages``, called with θ ∈ [0, 1]):
+
+        y(t + θh) ≈ (1 − θ) y0 + θ (y1 + (1 − θ)(w_1 + θ (w_2 + θ w_3))),     w = H U,
+
+    ``H`` the tableau's ``dense`` rows and ``U`` the step's increments. An attempt only refers to its increments;
+    :meth:`freeze` (the stepper's ``accept``) forms the two or three vectors ``w`` and lets the increments go,
+    so a rejected attempt costs nothing and a record keeps ``q`` vectors, not ``s``.
+
+    >>> import numpy as np, deqcore as dq
+    >>> sol = dq.integrate(lambda t, y: -y, np.ones(1), (0.0, 1.0), dq.Rodas5P(), atol=1e-10, rtol=1e-8)
+    >>> step = sol.steps[2]
+    >>> type(step.stages).__name__, step.stages.w.shape                # Rodas5P: three vectors
+    ('RosenbrockDense', (3, 1))
+    >>> bool(abs(step.stages(0.4)[0] - np.exp(-(step.t + 0.4 * step.h))) < 1e-9)
+    True
+    """
+
+    __slots__ = ("y0", "y1", "w", "_pending")
+
+    def __init__(self, H, U, y0, y1):
+        self.y0, self.y1, self.w = y0, y1, None
+        self._pending = (H, U)
+
+    def freeze(self) -> "RosenbrockDense":
+        """Form ``w = H U`` (shape ``(q,) + y0.shape``) while the increments are still this step's."""
+        if self._pending is not None:
+            H, U = self._pending
+            self.w = (H @ U.reshape(U.shape[0], -1)).reshape((H.shape[0],) + tuple(self.y0.shape))
+            self._pending = None
+        return self
+
+    def __call__(self, theta):
+        w = self.freeze().w
+        theta = float(theta)              # Python floats: a float32 state stays float32
+        rest = 1.0 - theta
+        acc = w[-1]
+        for q in range(w.shape[0] - 2, -1, -1):
+            acc = w[q] + theta * acc
+        return rest * self.y0 + theta * (self.y1 + rest * acc)
 
 
 class _Factored:
@@ -120,6 +167,10 @@ class RosenbrockStepper:
                        xp.asarray(tab.a[i, :i], dtype=ev.dtype), [(j, float(tab.C[i, j])) for j in range(i) if tab.C[i, j]])
                       for i in range(tab.stages)]
         self._m, self._e = xp.asarray(tab.m, dtype=ev.dtype), xp.asarray(tab.e, dtype=ev.dtype)
+        # the continuous extension's coefficients, for the steps integrate() records (an unbatched evaluator that
+        # is not autonomous: steady states run autonomous and keep no steps)
+        self._H = (xp.asarray(tab.dense, dtype=ev.dtype)
+                   if tab.dense is not None and not ev.batched and not ev.autonomous else None)
         # one small dense NumPy system: the step's vector work and the LU in compiled host kernels
         self._host = (xp is np and not ev.batched and isinstance(linear_solver, LU) and sparsity is None
                       and self.n <= HOST_SYSTEM_LIMIT)
@@ -146,7 +197,8 @@ class RosenbrockStepper:
         self._jac_for = None
 
     def accept(self, trial, mask, t_new):
-        pass
+        if trial.stages is not None:      # before the next attempt reuses the increments' buffer
+            trial.stages.freeze()
 
     # ---- Jacobian ----
     def _rows(self, a):
@@ -347,7 +399,8 @@ class RosenbrockStepper:
             self.stats["nfailed_solves"] += 1
         y1 = y1.reshape(shape)
         f1 = ev(t + h, y1)
-        return Trial(y1, f1, None, self.error_exponent, err_sq=err_sq, y_absmax=y_absmax)
+        dense = None if self._H is None else RosenbrockDense(self._H, U, y, y1)
+        return Trial(y1, f1, None, self.error_exponent, dense, err_sq=err_sq, y_absmax=y_absmax)
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         if self._host:
@@ -398,7 +451,8 @@ class RosenbrockStepper:
         if singular is not None and bool(xp.asarray(singular).any()):  # LINEAR_SOLVE_FAILED if these rows end here
             code = xp.where(xp.asarray(singular), int(ReturnCode.LINEAR_SOLVE_FAILED), 0).astype(np.int64)
             code = code if ev.batched else np.asarray(code.get() if hasattr(code, "get") else code)
-        return Trial(y1, f1, err.reshape(y.shape), self.error_exponent, code=code)
+        dense = None if self._H is None else RosenbrockDense(self._H, flat, y, y1)
+        return Trial(y1, f1, err.reshape(y.shape), self.error_exponent, dense, code=code)
 
     def _failed_trial(self, y, fy, singular=False):
         """A rejected attempt: the state unchanged, an infinite error (the driver shrinks the step); a

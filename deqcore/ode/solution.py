@@ -1,6 +1,6 @@
 """The result of :func:`~deqcore.ode.integrate`: saved times and states, return code, counters, and a dense
-output ``sol(t)`` (Tsit5's own 4th-order interpolant, Radau's collocation polynomial; cubic Hermite for the
-other methods)."""
+output ``sol(t)`` (Tsit5's own 4th-order interpolant, Radau's collocation polynomial, the continuous
+extensions of Rodas4 and Rodas5P; cubic Hermite for the other methods)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def interpolate(step: StepRecord, t: float, tableau: ButcherTableau | None = Non
         return step.y0
     if theta == 1.0:
         return step.y1
-    if callable(step.stages):          # a method's own polynomial over the step (Radau's collocation)
+    if callable(step.stages):          # a method's own polynomial over the step (Radau's, Rodas4's, Rodas5P's)
         return step.stages(theta)
     if tableau is not None and tableau.interp is not None and step.stages is not None:
         weights = tableau.interpolation_weights(theta) * step.h
