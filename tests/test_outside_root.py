@@ -186,3 +186,15 @@ def test_a_fn_that_overwrites_one_output_buffer_gets_the_solve_of_a_fn_returning
     np.testing.assert_array_equal(np.asarray(sol.result), np.asarray(fresh.result))
     np.testing.assert_array_equal(sol.value, fresh.value)
     assert np.all(np.asarray(fresh.result) == 0) or solver == dq.Broyden()
+
+
+@pytest.mark.parametrize("step, error", [(-1, ValueError), (-5, ValueError), (1.5, TypeError),
+                                         (float("nan"), TypeError), (True, TypeError)])
+def test_a_cosine_schedule_refuses_a_step_off_its_curve_by_name(step, error):
+    # step -5 used to extrapolate the warm-up line to a negative learning rate, NaN gave a silent 0
+    sched = nn.cosine_schedule(1.0, total_steps=10, warmup_steps=2)
+    with pytest.raises(error, match="step must be an integer"):
+        sched(step)
+    assert sched(np.int64(1)) == 1.0 and sched(10) == 0.0
+    with pytest.raises(TypeError, match="warmup_steps must be an integer"):
+        nn.cosine_schedule(1.0, total_steps=10, warmup_steps=1.5)
