@@ -198,3 +198,30 @@ def test_a_cosine_schedule_refuses_a_step_off_its_curve_by_name(step, error):
     assert sched(np.int64(1)) == 1.0 and sched(10) == 0.0
     with pytest.raises(TypeError, match="warmup_steps must be an integer"):
         nn.cosine_schedule(1.0, total_steps=10, warmup_steps=1.5)
+
+
+def test_a_misshaped_preconditioner_is_named_in_gmres_and_in_the_default_adjoint():
+    # its shape error said "matvec" (GMRES) or came from NumPy's matmul (the adjoint's iterate-then-GMRES path)
+    def halves(v):
+        return v[..., : v.shape[-1] // 2]
+
+    message = r"preconditioner returned shape \(2, 2\) for input shape \(2, 4\)"
+    with pytest.raises(ValueError, match=message):
+        dq.GMRES().solve(4 * np.eye(4), np.ones((2, 4)), preconditioner=halves)
+    with pytest.raises(ValueError, match=r"preconditioner must be an operator of shape \(4, 4\) like A"):
+        dq.GMRES().solve(4 * np.eye(4), np.ones((2, 4)), preconditioner=dq.LinearOperator.from_matrix(np.eye(3)))
+    from deqcore.adjoint.steady_state import DENSE_ADJOINT_LIMIT, FixedPointVJP
+
+    n = DENSE_ADJOINT_LIMIT + 10                 # above it the default adjoint is GMRES after plain iterations
+    rng = np.random.default_rng(0)
+    A = 0.999 * np.linalg.qr(rng.standard_normal((n, n)))[0]     # slow iterations: GMRES takes over at once
+    theta = np.ones((2, n))
+    z = np.linalg.solve(np.eye(n) - A, theta.T).T
+    problem = FixedPointVJP(z, lambda zz: (zz @ A.T + theta, lambda v: (v @ A, v)), batched=True)
+    with pytest.raises(ValueError, match=rf"preconditioner returned shape \(2, {n // 2}\)"):
+        dq.SteadyStateAdjoint().gradient(problem, np.ones((2, n)), preconditioner=halves)
+    inverse = np.linalg.inv(np.eye(n) - A)       # rows v ↦ v (I − A)⁻¹: (I − Aᵀ)⁻¹ per row, exact
+    grad, info = dq.SteadyStateAdjoint().gradient(problem, np.ones((2, n)), preconditioner=lambda v: v @ inverse)
+    assert info.success.all() and info.stats["num_steps"] < 10
+    np.testing.assert_allclose(grad, np.tile(np.linalg.solve((np.eye(n) - A).T, np.ones(n)), (2, 1)), rtol=1e-4)
+
