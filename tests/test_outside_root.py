@@ -225,3 +225,33 @@ def test_a_misshaped_preconditioner_is_named_in_gmres_and_in_the_default_adjoint
     assert info.success.all() and info.stats["num_steps"] < 10
     np.testing.assert_allclose(grad, np.tile(np.linalg.solve((np.eye(n) - A).T, np.ones(n)), (2, 1)), rtol=1e-4)
 
+
+def test_save_and_load_round_trip_the_python_scalars_of_a_batchnorm_state_and_an_adam_state(tmp_path):
+    # BatchNorm's training flag and Adam's step count (Python bool/int) were refused: "params leaf ... not an array"
+    model = nn.Chain(nn.Dense(3, 3), nn.BatchNorm(3))
+    opt = nn.Adam(lr=0.05)
+    x = np.random.default_rng(1).standard_normal((8, 3))
+
+    def train(params, state, opt_state, steps):
+        for _ in range(steps):
+            y, pullback, state = nn.vjp(model, x, params, state)
+            params, opt_state = opt.update(pullback(2 * y)[1], opt_state, params)
+        return params, state, opt_state
+
+    params, state = nn.setup(0, model)
+    trees = train(params, state, opt.init(params), 2)
+    fresh_params, fresh_state = nn.setup(5, model)
+    templates = (fresh_params, nn.testmode(fresh_state), opt.init(fresh_params))
+    loaded = []
+    for name, tree, template in zip(("params", "state", "opt"), trees, templates):
+        nn.save(tmp_path / name, tree)
+        loaded.append(nn.load(tmp_path / name, template))
+    assert loaded[1]["layer_2"]["training"] is True and type(loaded[2]["step"]) is int and loaded[2]["step"] == 2
+    for tree, back in zip(trees, loaded):
+        assert [p for p, _ in nn.tree_paths(back)] == [p for p, _ in nn.tree_paths(tree)]
+        for (_, a), (_, b) in zip(nn.tree_paths(tree), nn.tree_paths(back)):
+            np.testing.assert_array_equal(b, a)
+    for a, b in zip(nn.tree_leaves(train(*trees, 3)), nn.tree_leaves(train(*loaded, 3))):
+        np.testing.assert_array_equal(b, a)
+    with pytest.raises(TypeError, match="params leaf 'name' is a str, not an array or a Python bool, int or float"):
+        nn.save(tmp_path / "bad", {"name": "adam"})
