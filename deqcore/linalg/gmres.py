@@ -108,14 +108,15 @@ def _rowwise(fn, batched):
 
 
 def as_preconditioner(M, n, b):
-    """``M`` (a callable or a :class:`LinearOperator`) for right-hand sides ``b`` of size ``n``, as an operator
-    whose shape errors name the preconditioner."""
+    """``M`` (a callable or a :class:`LinearOperator`) for right-hand sides ``b`` of size ``n``, as an
+    operator whose shape errors name the preconditioner."""
     if not isinstance(M, LinearOperator):
         check_callable(M, "preconditioner")
         M = LinearOperator(M, shape=(n, n))
     else:
         if M.n != n:
-            raise ValueError(f"preconditioner must be an operator of shape ({n}, {n}) like A, got shape {M.shape}")
+            raise ValueError(f"preconditioner must be an operator of shape ({n}, {n}) like A, got shape "
+                             f"{M.shape}")
         if M.batch_size is not None and (b.ndim != 2 or b.shape[0] != M.batch_size):
             raise ValueError(f"preconditioner holds {M.batch_size} matrices: b must have shape "
                              f"({M.batch_size}, {n}), got {tuple(b.shape)}")
@@ -211,7 +212,9 @@ class GMRES(LinearSolver):
         dtype = b.dtype if op.dtype is None else np.result_type(b.dtype, op.dtype)
         rhs = b.reshape(-1, n).astype(dtype, copy=False)
         apply_A = _rowwise(op.matvec, batched)
-        apply_M = None if preconditioner is None else _rowwise(as_preconditioner(preconditioner, n, b).matvec, batched)
+        apply_M = None
+        if preconditioner is not None:
+            apply_M = _rowwise(as_preconditioner(preconditioner, n, b).matvec, batched)
         if x0 is not None:
             check_float_array(x0, "x0")
             if tuple(x0.shape) != tuple(b.shape):

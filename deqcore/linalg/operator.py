@@ -74,7 +74,7 @@ class LinearOperator:
         self.dtype = dtype
         self.matrix = None  # the dense (n, n) or (B, n, n) matrix when built by from_matrix
         self.batch_size = None  # B when the operator holds one matrix per sample
-        self._matvec_name = "matvec"  # how a shape error names matvec (a solver's preconditioner: "preconditioner")
+        self._matvec_name = "matvec"  # how shape errors name matvec ("preconditioner" for a preconditioner)
 
     @classmethod
     def from_matrix(cls, A) -> "LinearOperator":

@@ -217,7 +217,7 @@ def cosine_schedule(peak_lr, total_steps, warmup_steps=0, final_lr=0.0):
         raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
 
     def schedule(step):
-        step = check_positive_int(step, "step", minimum=0)   # a negative or fractional step extrapolates the curve
+        step = check_positive_int(step, "step", minimum=0)   # (a negative or fractional one extrapolates)
         if step < warmup_steps:
             return peak_lr * (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))

@@ -392,10 +392,10 @@ class RadauStepper(OneSystemJacobian):
         return run_radau_loop(self, rows, y, fy, tol, max_steps, record, params)
 
     def _check_newton_weights(self, y, fy, atol):
-        """Refuse a start the Newton iteration cannot leave: its weights ``atol + rtol·|y|`` at the step's start
-        are 0 (the dtype's smallest normal number) where atol is 0 and y is 0, so a component that f moves
-        from 0 makes every correction overflow the scaled norm and every step fail, down to any step size
-        (which ended DIVERGED, with advice about non-finite states; SciPy's Radau fails there as well)."""
+        """Refuse a start the Newton iteration cannot leave: its weights ``atol + rtol·|y|`` at the step's
+        start are 0 (the dtype's smallest normal number) where atol is 0 and y is 0, so a component that f
+        moves from 0 makes every correction overflow the scaled norm and every step fail, down to any step
+        size (which ended DIVERGED, with advice about non-finite states; SciPy's Radau fails there too)."""
         if self._weights_checked:
             return
         self._weights_checked = True
@@ -403,11 +403,11 @@ class RadauStepper(OneSystemJacobian):
         zero = ((np.broadcast_to(np.asarray(atol), y.shape) <= np.finfo(self.dtype).tiny) & (y == 0)
                 & (f != 0)).reshape(-1)
         if zero.any():
-            first = int(np.flatnonzero(zero)[0])
-            raise ValueError(f"atol is 0 where y0 is 0 and f moves it (component {first} of {int(zero.sum())}): "
-                             f"dq.Radau()'s Newton iteration weighs its corrections by atol + rtol·|y| at the "
-                             f"step's start, which is 0 there; pass atol > 0 (e.g. 1e-12) or use dq.BDF() or "
-                             f"dq.Rodas5P(), which handle a pure relative tolerance from 0")
+            raise ValueError(f"atol is 0 where y0 is 0 and f moves it ({int(zero.sum())} components, the "
+                             f"first at flat index {int(np.flatnonzero(zero)[0])}): dq.Radau()'s Newton "
+                             f"iteration weighs its corrections by atol + rtol·|y| at the step's start, "
+                             f"which is 0 there; pass atol > 0 (e.g. 1e-12) or use dq.BDF() or dq.Rodas5P(), "
+                             f"which handle a pure relative tolerance from 0")
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev = self.ev
