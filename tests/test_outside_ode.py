@@ -1,7 +1,8 @@
 """ODE promises on cases the other test files leave out: dense output and ``value`` that never hand out the
 solution's own records, a zero ``atol`` on a component that stays zero, a right-hand side that is non-finite at
 the start (never called at t = NaN), and ODE adjoints that check the user's ``vjp`` (shape, dtype, non-finite
-values) instead of broadcasting it into a wrong gradient, and the Adams methods' first step on a fast decay.
+values) instead of broadcasting it into a wrong gradient, the Adams methods' first step on a fast decay, and
+Radau's refusal, naming atol, of a zero atol at a zero start that f moves.
 References: analytic solutions.
 """
 
@@ -121,3 +122,12 @@ def test_adams_methods_do_not_accept_a_blind_first_step_on_a_fast_decay(solver, 
     sol = dq.integrate(lambda t, y: -lam * y, np.ones(1), (0.0, 2.0 / lam), solver, atol=atol, rtol=rtol)
     assert sol.steps[0].h * lam < 0.5
     assert abs(sol.value[0] - math.exp(-2.0)) <= 100.0 * (atol + rtol * math.exp(-2.0))
+
+
+def test_radau_refuses_a_zero_atol_at_a_zero_start_that_f_moves_by_naming_atol():
+    # its Newton weights atol + rtol·|y| are 0 there: every step failed, down to any step size, and the solve
+    # ended DIVERGED with advice about non-finite states (SciPy's Radau fails there too)
+    with pytest.raises(ValueError, match=r"atol is 0 where y0 is 0 and f moves it \(2 components, the"):
+        dq.integrate(lambda t, y: 1.0 - y, np.zeros(2), (0.0, 1.0), dq.Radau(), atol=0.0, rtol=1e-6)
+    sol = dq.integrate(lambda t, y: 1.0 - y, np.zeros(2), (0.0, 1.0), dq.Radau(), atol=1e-12, rtol=1e-6)
+    np.testing.assert_allclose(sol.value, 1.0 - math.exp(-1.0), rtol=1e-5)

@@ -186,3 +186,76 @@ def test_a_fn_that_overwrites_one_output_buffer_gets_the_solve_of_a_fn_returning
     np.testing.assert_array_equal(np.asarray(sol.result), np.asarray(fresh.result))
     np.testing.assert_array_equal(sol.value, fresh.value)
     assert np.all(np.asarray(fresh.result) == 0) or solver == dq.Broyden()
+
+
+@pytest.mark.parametrize("step, error", [(-1, ValueError), (-5, ValueError), (1.5, TypeError),
+                                         (float("nan"), TypeError), (True, TypeError)])
+def test_a_cosine_schedule_refuses_a_step_off_its_curve_by_name(step, error):
+    # step -5 used to extrapolate the warm-up line to a negative learning rate, NaN gave a silent 0
+    sched = nn.cosine_schedule(1.0, total_steps=10, warmup_steps=2)
+    with pytest.raises(error, match="step must be an integer"):
+        sched(step)
+    assert sched(np.int64(1)) == 1.0 and sched(10) == 0.0
+    with pytest.raises(TypeError, match="warmup_steps must be an integer"):
+        nn.cosine_schedule(1.0, total_steps=10, warmup_steps=1.5)
+
+
+def test_a_misshaped_preconditioner_is_named_in_gmres_and_in_the_default_adjoint():
+    # its shape error said "matvec" (GMRES) or came from NumPy's matmul (the default adjoint's iterations)
+    def halves(v):
+        return v[..., : v.shape[-1] // 2]
+
+    message = r"preconditioner returned shape \(2, 2\) for input shape \(2, 4\)"
+    with pytest.raises(ValueError, match=message):
+        dq.GMRES().solve(4 * np.eye(4), np.ones((2, 4)), preconditioner=halves)
+    with pytest.raises(ValueError, match=r"preconditioner must be an operator of shape \(4, 4\) like A"):
+        dq.GMRES().solve(4 * np.eye(4), np.ones((2, 4)),
+                         preconditioner=dq.LinearOperator.from_matrix(np.eye(3)))
+    from deqcore.adjoint.steady_state import DENSE_ADJOINT_LIMIT, FixedPointVJP
+
+    n = DENSE_ADJOINT_LIMIT + 10             # above it the default adjoint is GMRES after plain iterations
+    rng = np.random.default_rng(0)
+    A = 0.999 * np.linalg.qr(rng.standard_normal((n, n)))[0]     # slow iterations: GMRES takes over at once
+    theta = np.ones((2, n))
+    z = np.linalg.solve(np.eye(n) - A, theta.T).T
+    problem = FixedPointVJP(z, lambda zz: (zz @ A.T + theta, lambda v: (v @ A, v)), batched=True)
+    with pytest.raises(ValueError, match=rf"preconditioner returned shape \(2, {n // 2}\)"):
+        dq.SteadyStateAdjoint().gradient(problem, np.ones((2, n)), preconditioner=halves)
+    inverse = np.linalg.inv(np.eye(n) - A)   # rows v ↦ v (I − A)⁻¹: (I − Aᵀ)⁻¹ per row, exact
+    grad, info = dq.SteadyStateAdjoint().gradient(problem, np.ones((2, n)),
+                                                  preconditioner=lambda v: v @ inverse)
+    assert info.success.all() and info.stats["num_steps"] < 10
+    exact = np.linalg.solve((np.eye(n) - A).T, np.ones(n))
+    np.testing.assert_allclose(grad, np.tile(exact, (2, 1)), rtol=1e-4)
+
+
+def test_save_and_load_round_trip_the_python_scalars_of_a_batchnorm_state_and_an_adam_state(tmp_path):
+    # BatchNorm's training flag and Adam's step count (Python bool/int) were refused: "... not an array"
+    model = nn.Chain(nn.Dense(3, 3), nn.BatchNorm(3))
+    opt = nn.Adam(lr=0.05)
+    x = np.random.default_rng(1).standard_normal((8, 3))
+
+    def train(params, state, opt_state, steps):
+        for _ in range(steps):
+            y, pullback, state = nn.vjp(model, x, params, state)
+            params, opt_state = opt.update(pullback(2 * y)[1], opt_state, params)
+        return params, state, opt_state
+
+    params, state = nn.setup(0, model)
+    trees = train(params, state, opt.init(params), 2)
+    fresh_params, fresh_state = nn.setup(5, model)
+    templates = (fresh_params, nn.testmode(fresh_state), opt.init(fresh_params))
+    loaded = []
+    for name, tree, template in zip(("params", "state", "opt"), trees, templates):
+        nn.save(tmp_path / name, tree)
+        loaded.append(nn.load(tmp_path / name, template))
+    assert loaded[1]["layer_2"]["training"] is True
+    assert type(loaded[2]["step"]) is int and loaded[2]["step"] == 2
+    for tree, back in zip(trees, loaded):
+        assert [p for p, _ in nn.tree_paths(back)] == [p for p, _ in nn.tree_paths(tree)]
+        for (_, a), (_, b) in zip(nn.tree_paths(tree), nn.tree_paths(back)):
+            np.testing.assert_array_equal(b, a)
+    for a, b in zip(nn.tree_leaves(train(*trees, 3)), nn.tree_leaves(train(*loaded, 3))):
+        np.testing.assert_array_equal(b, a)
+    with pytest.raises(TypeError, match="'name' is a str, not an array or a Python bool, int or float"):
+        nn.save(tmp_path / "bad", {"name": "adam"})

@@ -32,6 +32,7 @@ from .._tree import tree_add, tree_scale
 from ..backend import default_kernel, get_namespace
 from . import richardson_kernels  # noqa: F401  (registers richardson_step)
 from ..linalg import GMRES, LU, LinearOperator, LinearSolver
+from ..linalg.gmres import as_preconditioner
 from ..results import ReturnCode, Solution, _codes_host, _host
 from ..root import RootSolver, fixed_point
 from ._warn import warn_failed
@@ -399,6 +400,8 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
     residuals. A step of the iteration is one VJP and one fused kernel (``richardson_step``), with one read of
     two counts by the host. Returns ``(λ, codes, residual norms, num_steps)``; a row with a non-finite g is
     DIVERGED with a NaN λ, alone."""
+    if preconditioner is not None:      # (checked as GMRES.solve checks it, its shape errors naming it)
+        preconditioner = as_preconditioner(preconditioner, g.shape[1], g).matvec
     dtype = g.dtype
     zero = xp.zeros((), dtype=dtype)
     gnorm = _row_norms(xp, g)

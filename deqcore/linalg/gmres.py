@@ -24,6 +24,7 @@ basis vector, flags) and the bookkeeping after its true residual (codes, x, r, n
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -104,6 +105,24 @@ def _give_back_workspace(xp, work, touched):
 def _rowwise(fn, batched):
     """Call ``fn`` on ``(B, n)`` rows, or on the single ``(n,)`` vector of an unbatched problem."""
     return fn if batched else (lambda v: fn(v[0])[None])
+
+
+def as_preconditioner(M, n, b):
+    """``M`` (a callable or a :class:`LinearOperator`) for right-hand sides ``b`` of size ``n``, as an
+    operator whose shape errors name the preconditioner."""
+    if not isinstance(M, LinearOperator):
+        check_callable(M, "preconditioner")
+        M = LinearOperator(M, shape=(n, n))
+    else:
+        if M.n != n:
+            raise ValueError(f"preconditioner must be an operator of shape ({n}, {n}) like A, got shape "
+                             f"{M.shape}")
+        if M.batch_size is not None and (b.ndim != 2 or b.shape[0] != M.batch_size):
+            raise ValueError(f"preconditioner holds {M.batch_size} matrices: b must have shape "
+                             f"({M.batch_size}, {n}), got {tuple(b.shape)}")
+        M = copy.copy(M)
+    M._matvec_name = "preconditioner"
+    return M
 
 
 def _norms(xp, v):
@@ -193,13 +212,9 @@ class GMRES(LinearSolver):
         dtype = b.dtype if op.dtype is None else np.result_type(b.dtype, op.dtype)
         rhs = b.reshape(-1, n).astype(dtype, copy=False)
         apply_A = _rowwise(op.matvec, batched)
-        if preconditioner is None:
-            apply_M = None
-        else:
-            if not isinstance(preconditioner, LinearOperator):
-                check_callable(preconditioner, "preconditioner")
-                preconditioner = LinearOperator(preconditioner, shape=(n, n))
-            apply_M = _rowwise(preconditioner.matvec, batched)
+        apply_M = None
+        if preconditioner is not None:
+            apply_M = _rowwise(as_preconditioner(preconditioner, n, b).matvec, batched)
         if x0 is not None:
             check_float_array(x0, "x0")
             if tuple(x0.shape) != tuple(b.shape):

@@ -74,6 +74,7 @@ class LinearOperator:
         self.dtype = dtype
         self.matrix = None  # the dense (n, n) or (B, n, n) matrix when built by from_matrix
         self.batch_size = None  # B when the operator holds one matrix per sample
+        self._matvec_name = "matvec"  # how shape errors name matvec ("preconditioner" for a preconditioner)
 
     @classmethod
     def from_matrix(cls, A) -> "LinearOperator":
@@ -124,7 +125,7 @@ class LinearOperator:
 
     def matvec(self, v):
         """``A v`` for ``v`` of shape ``(n,)`` or ``(B, n)``."""
-        return self._apply(self._matvec, v, "matvec")
+        return self._apply(self._matvec, v, self._matvec_name)
 
     def rmatvec(self, v):
         """``A^T v`` for ``v`` of shape ``(n,)`` or ``(B, n)``."""

@@ -54,9 +54,26 @@ def _check_kind(dtype, key):
     return None
 
 
+#: Python scalars a tree may hold (a layer state's ``training`` flag, an optimiser state's ``step``): saved as
+#: 0-d arrays, and given back by :func:`load` with the template's Python type
+_SCALARS = (bool, int, float)
+
+
+def _scalar_array(leaf, key):
+    """The 0-d array of a Python bool, int or float leaf."""
+    if type(leaf) is int and not np.iinfo(np.int64).min <= leaf <= np.iinfo(np.int64).max:
+        raise ValueError(f"params leaf {key!r}: the int {leaf} does not fit in int64")
+    return np.asarray(leaf)
+
+
+def _shape(leaf):
+    return () if isinstance(leaf, _SCALARS) else tuple(leaf.shape)
+
+
 def save(path, params) -> None:
     """Write every array leaf of ``params`` to ``path`` (an ``.npz``, uncompressed; ``.npz`` is appended when the
-    path has another suffix), keyed by its path. Leaves must be real (boolean, integer or float) arrays.
+    path has another suffix), keyed by its path. Leaves must be real (boolean, integer or float) arrays, or
+    Python bools, ints and floats (a state's flags and step counts), stored as 0-d arrays.
 
     >>> import numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "p")
@@ -71,8 +88,12 @@ def save(path, params) -> None:
     entries = tree_paths(params)
     arrays = {}
     for key, leaf in entries:
+        if isinstance(leaf, _SCALARS):
+            arrays[key] = _scalar_array(leaf, key)
+            continue
         if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-            raise TypeError(f"params leaf {key!r} is a {type(leaf).__name__}, not an array")
+            raise TypeError(f"params leaf {key!r} is a {type(leaf).__name__}, not an array or a Python bool, "
+                            f"int or float")
         problem = _check_kind(np.dtype(leaf.dtype), f"params leaf {key!r}")
         if problem:
             raise TypeError(problem)
@@ -110,7 +131,8 @@ def _members(archive, where):
 
 
 def load(path, template):
-    """Read parameters saved by :func:`save` into the structure, dtypes and device of ``template``.
+    """Read parameters saved by :func:`save` into the structure, dtypes and device of ``template`` (a Python
+    bool, int or float leaf of the template gets a value of its type).
 
     Before reading any data, raises ``ValueError`` listing every missing key, unexpected key, shape mismatch,
     disallowed dtype (objects, strings, complex numbers, dates: never unpickled nor cast) and member whose
@@ -156,8 +178,8 @@ def load(path, template):
             if problem:
                 problems.append(problem)
                 continue
-            if shape != tuple(leaf.shape):
-                problems.append(f"{key}: file has shape {shape}, template expects {tuple(leaf.shape)}")
+            if shape != _shape(leaf):
+                problems.append(f"{key}: file has shape {shape}, template expects {_shape(leaf)}")
                 continue
             nbytes = math.prod(shape) * dtype.itemsize
             if members[key].file_size != offset + nbytes:
@@ -171,6 +193,8 @@ def load(path, template):
     leaves = iter(key for key, _ in tree_paths(template))
 
     def fill(leaf):
+        if isinstance(leaf, _SCALARS):            # the template's Python type, as arrays get its dtype
+            return type(leaf)(stored[next(leaves)].item())
         xp = get_namespace(leaf)
         return xp.asarray(stored[next(leaves)], dtype=leaf.dtype)
 

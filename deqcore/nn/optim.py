@@ -17,7 +17,6 @@ array([0.8])
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,16 +204,20 @@ def cosine_schedule(peak_lr, total_steps, warmup_steps=0, final_lr=0.0):
     >>> sched = cosine_schedule(1.0, total_steps=10, warmup_steps=2)
     >>> [round(sched(s), 3) for s in (0, 1, 2, 6, 10, 20)]
     [0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
+    >>> sched(-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: step must be an integer >= 0, got -1
     """
     peak_lr = check_tolerance(peak_lr, "peak_lr")
     final_lr = check_tolerance(final_lr, "final_lr")
     total_steps = check_positive_int(total_steps, "total_steps")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    warmup_steps = check_positive_int(warmup_steps, "warmup_steps", minimum=0)
     if warmup_steps >= total_steps:
         raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
 
     def schedule(step):
+        step = check_positive_int(step, "step", minimum=0)   # (a negative or fractional one extrapolates)
         if step < warmup_steps:
             return peak_lr * (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))

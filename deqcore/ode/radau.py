@@ -280,6 +280,7 @@ class RadauStepper(OneSystemJacobian):
         self._pending = None
         self._f_exact = True        # the f handed in with the state is an evaluation (not the implied one)
         self._f_base = None         # f evaluated at the current state by this stepper (kept across rejections)
+        self._weights_checked = False
         # (Y₃, f(t, Y₃)) of the last Newton iteration of the step that ended at the current state: the base
         # point of its finite-difference Jacobian when f is not evaluated there (Y₃ = y up to Newton's last
         # correction, and t + c₃h = t since c₃ = 1), which saves that evaluation of f; None when that last
@@ -387,12 +388,32 @@ class RadauStepper(OneSystemJacobian):
                       rate_target=RATE_TARGET, rate_min_factor=RATE_MIN_FACTOR,
                       newton_tol=newton_tolerance(float(tol[1]), self.dtype), t_eps=_LOOP["t_eps"],
                       eps=_EPS64, fd_grow=_FD_GROW)
+        self._check_newton_weights(y, fy, tol[0])
         return run_radau_loop(self, rows, y, fy, tol, max_steps, record, params)
+
+    def _check_newton_weights(self, y, fy, atol):
+        """Refuse a start the Newton iteration cannot leave: its weights ``atol + rtol·|y|`` at the step's
+        start are 0 (the dtype's smallest normal number) where atol is 0 and y is 0, so a component that f
+        moves from 0 makes every correction overflow the scaled norm and every step fail, down to any step
+        size (which ended DIVERGED, with advice about non-finite states; SciPy's Radau fails there too)."""
+        if self._weights_checked:
+            return
+        self._weights_checked = True
+        y, f = np.asarray(y), np.asarray(fy)
+        zero = ((np.broadcast_to(np.asarray(atol), y.shape) <= np.finfo(self.dtype).tiny) & (y == 0)
+                & (f != 0)).reshape(-1)
+        if zero.any():
+            raise ValueError(f"atol is 0 where y0 is 0 and f moves it ({int(zero.sum())} components, the "
+                             f"first at flat index {int(np.flatnonzero(zero)[0])}): dq.Radau()'s Newton "
+                             f"iteration weighs its corrections by atol + rtol·|y| at the step's start, "
+                             f"which is 0 there; pass atol > 0 (e.g. 1e-12) or use dq.BDF() or dq.Rodas5P(), "
+                             f"which handle a pure relative tolerance from 0")
 
     def attempt(self, t, y, fy, h, active=None, tol=None) -> Trial:
         ev = self.ev
         t, h = host_float(t), host_float(h)
         atol, rtol = tol
+        self._check_newton_weights(y, fy, atol)
         atol = atol if np.ndim(atol) == 0 else np.broadcast_to(np.asarray(atol), ev.shape).reshape(-1)
         y_flat, f_flat = y.reshape(-1), fy.reshape(-1)
         if self._f_base is not None:        # evaluated at this state by an earlier (rejected) attempt
