@@ -217,6 +217,47 @@ def test_failing_samples_do_not_move_their_neighbours(mode, solver, seed, kinds,
             assert not sol.success[b], (b, kind, sol.codes[b])
 
 
+def test_trust_region_rejected_row_keeps_its_difference_increments():
+    # A row whose trial step is rejected takes no new Jacobian when it runs alone; in a batch it must not let a
+    # neighbour's accepted step adapt its finite-difference increments either (found by fuzzing: float32,
+    # atol = rtol = 0, the third row ended 370 away from its solo solve after 50 steps)
+    rng = np.random.default_rng(5)
+    A = (0.125 * rng.standard_normal((3, 7, 7))).astype(np.float32)
+    c = (0.0625 + rng.standard_normal((3, 7))).astype(np.float32)
+    y0 = (0.125 * rng.standard_normal((3, 7))).astype(np.float32)
+
+    def make(rows):
+        return lambda z: (np.tanh(np.einsum("bij,bj->bi", A[rows], z)) * 0.5 - c[rows] * 0.5).astype(np.float32)
+
+    kw = dict(atol=0.0, rtol=0.0, max_steps=50, throw=False)
+    sol = dq.root_find(make(slice(None)), y0, dq.TrustRegion(), batched=True, **kw)
+    for b in range(3):
+        solo = dq.root_find(make([b]), y0[b:b + 1], dq.TrustRegion(), batched=True, **kw)
+        assert int(sol.result[b]) == int(solo.result[0])
+        np.testing.assert_array_equal(sol.value[b], solo.value[0])
+
+
+def test_default_solvers_start_each_method_with_fresh_difference_increments():
+    # solver=None runs its methods in turn on the whole batch; the finite-difference increments one method adapted
+    # depend on how long its batch ran, so the next method starts afresh (found by fuzzing: float32, atol = rtol
+    # = 0, the third row was SUCCESS alone and STALLED, 1e3 away, in the batch)
+    rng = np.random.default_rng(0)
+    A = (1e-3 * rng.standard_normal((3, 2, 2))).astype(np.float32)
+    c = (1.0 + rng.standard_normal((3, 2))).astype(np.float32)
+    y0 = (1e-3 * rng.standard_normal((3, 2))).astype(np.float32)
+    y0[1] = 0
+
+    def make(rows):
+        return lambda z: (np.tanh(np.einsum("bij,bj->bi", A[rows], z)) * 0.5 - c[rows] * 0.5).astype(np.float32)
+
+    kw = dict(atol=0.0, rtol=0.0, max_steps=50, throw=False)
+    sol = dq.root_find(make(slice(None)), y0, None, batched=True, **kw)
+    for b in range(3):
+        solo = dq.root_find(make([b]), y0[b:b + 1], None, batched=True, **kw)
+        assert int(sol.result[b]) == int(solo.result[0])
+        np.testing.assert_array_equal(sol.value[b], solo.value[0])
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["unbatched", "batched"])
 @pytest.mark.parametrize("solver", ROOT_SOLVERS, ids=ROOT_IDS)
 def test_no_root_never_succeeds(solver, batched):

@@ -201,7 +201,7 @@ class TrustRegion(RootSolver):
         state.f = xp.where(accept, f_trial, f)
         state.radius = xp.maximum(radius, 1e-300)
         if bool(accept.any()):
-            state.J = xp.where(accept[:, :, None], problem.jacobian(state.y, state.f), J)
+            state.J = xp.where(accept[:, :, None], problem.jacobian(state.y, state.f, adapt=accept[:, 0]), J)
         return state, None
 
     @staticmethod

@@ -176,9 +176,11 @@ class RootProblem:
         f = self.F(y)
         return y + f, f
 
-    def jacobian(self, y, fy):
+    def jacobian(self, y, fy, adapt=None):
         """Dense Jacobian of F, (B, n, n): the user's ``jac``, else forward differences, perturbing
-        coordinate j of every sample at once (the systems are independent, so n evaluations suffice)."""
+        coordinate j of every sample at once (the systems are independent, so n evaluations suffice).
+        ``adapt``: optional (B,) bool, the rows whose Jacobian is wanted; the others keep their increment factors,
+        so a row's differences never depend on its neighbours' steps."""
         self.njev += 1
         if self._jac is not None:
             return self._jac(y)
@@ -190,7 +192,11 @@ class RootProblem:
             self._fd = FiniteDiffJacobian(self.n)
         self._fd.threshold = xp.where(y == 0, xp.asarray(1.0, dtype=self.dtype),
                                       xp.asarray(np.finfo(self.dtype).tiny, dtype=self.dtype))
-        return self._fd.dense(self.F, y, fy)
+        before = None if adapt is None or self._fd.factor is None else self._fd.factor.copy()
+        J = self._fd.dense(self.F, y, fy)
+        if before is not None and before.shape == self._fd.factor.shape:
+            self._fd.factor = xp.where(adapt[:, None], self._fd.factor, before)
+        return J
 
     def jvp(self, y, fy, v):
         """J(y) v per sample by a forward difference scaled to each sample's sizes
