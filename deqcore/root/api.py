@@ -129,7 +129,7 @@ def _polyalgorithm(problem, y2d, f0, atol, rtol, max_steps, start=None) -> RootL
     res = xp.full(problem.batch, xp.inf, dtype=y2d.dtype)
     steps = 0
     for solver in default_solvers(problem.n, problem.has_jac):
-        problem._fd = None   # fresh difference increments: a row's adapted ones depend on how long its batch ran
+        problem.forget_increments()
         out = run(problem, solver, y2d, atol=atol, rtol=rtol, max_steps=max_steps, f0=f0, start=start)
         steps += out.num_steps
         # the first outcome always counts (a non-finite residual compares below nothing, and must not leave NOT_RUN)

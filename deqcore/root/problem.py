@@ -176,6 +176,11 @@ class RootProblem:
         f = self.F(y)
         return y + f, f
 
+    def forget_increments(self):
+        """Drop the adapted finite-difference increments: the next Jacobian starts afresh (a row's adapted
+        factors depend on how long its batch ran, so a new method must not inherit them)."""
+        self._fd = None
+
     def jacobian(self, y, fy, adapt=None):
         """Dense Jacobian of F, (B, n, n): the user's ``jac``, else forward differences, perturbing
         coordinate j of every sample at once (the systems are independent, so n evaluations suffice).
