@@ -191,22 +191,17 @@ def test_launcher_on_cupy_arrays_does_not_wait_for_the_gpu(xp, monkeypatch):
 
 _PTX_SCRIPT = r"""
 import inspect, json, sys
-import deqcore
-from tests.test_kernels import _load_all_kernel_modules
-_load_all_kernel_modules()
 from deqcore.backend import kernels as registry
 from numba import cuda
 # the launcher's conversion of CuPy arrays (the simulator has none; checked against the real API here)
 assert {"owner", "sync"} <= set(inspect.signature(cuda.from_cuda_array_interface).parameters)
-shard, shards = int(sys.argv[1]), int(sys.argv[2])
-targets = [t for _, spec in sorted(registry.registered_kernels().items()) for t in spec.cuda_ptx_targets]
 done = []
-for target, signature in targets[shard::shards]:
+for target, signature in json.loads(sys.argv[1]):      # this process's share of the registered targets
     fn = registry.resolve(target)
     fn = getattr(fn, "py_func", fn)
     ptx, _ = cuda.compile_ptx(fn, signature, cc=(9, 0))
     assert ".target sm_90" in ptx, target
-    done.append(target)
+    done.append([target, signature])
 print(json.dumps(done))
 """
 
@@ -222,23 +217,26 @@ def _have_numba_cuda_toolkit():
 
 @pytest.mark.skipif(not _have_numba_cuda_toolkit(), reason="numba-cuda[cu13] is not installed")
 def test_cuda_kernels_compile_to_ptx():
-    targets = [t for spec in SPECS.values() for t, _ in spec.cuda_ptx_targets]
+    # each (kernel, signature) once: two registered kernels may share one CUDA kernel
+    targets = sorted({tuple(t) for spec in SPECS.values() for t in spec.cuda_ptx_targets})
     if not targets:
         pytest.skip("no CUDA kernels registered")
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # the kernels split over two processes compiling side by side (the compiles are independent and CPU-bound)
+    # the kernels split over two processes compiling side by side (the compiles are independent and CPU-bound);
+    # each process imports only the modules of its kernels (the targets are read here, from the registry)
     shards = 2
-    procs = [subprocess.Popen([sys.executable, "-c", _PTX_SCRIPT, str(k), str(shards)], cwd=root, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(shards)]
+    procs = [subprocess.Popen([sys.executable, "-c", _PTX_SCRIPT, json.dumps(targets[k::shards])], cwd=root,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(shards)]
     compiled = []
     try:
         for proc in procs:
             out, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, err[-4000:]
-            compiled += json.loads(out.strip().splitlines()[-1])
+            compiled += [tuple(t) for t in json.loads(out.strip().splitlines()[-1])]
     finally:
         for proc in procs:
             proc.kill()
-    assert sorted(compiled) == sorted(targets)
+    assert sorted(compiled) == targets
