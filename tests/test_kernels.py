@@ -215,28 +215,64 @@ def _have_numba_cuda_toolkit():
         return False
 
 
-@pytest.mark.skipif(not _have_numba_cuda_toolkit(), reason="numba-cuda[cu13] is not installed")
-def test_cuda_kernels_compile_to_ptx():
+def _ptx_targets():
     # each (kernel, signature) once: two registered kernels may share one CUDA kernel
-    targets = sorted({tuple(t) for spec in SPECS.values() for t in spec.cuda_ptx_targets})
-    if not targets:
-        pytest.skip("no CUDA kernels registered")
+    return sorted({tuple(t) for spec in SPECS.values() for t in spec.cuda_ptx_targets})
+
+
+_PTX_RUNS = []          # (process, its output file, its error file) of the PTX compilation under way
+
+
+def start_early(selected):
+    """Called by conftest once the session's tests are collected: when the PTX test is among them, its
+    compilation starts now in one process, on the core that the serial test run leaves idle, and the test
+    collects the result."""
+    if "test_cuda_kernels_compile_to_ptx" in selected and _have_numba_cuda_toolkit():
+        _start_ptx_compile(shards=1)
+
+
+def _start_ptx_compile(shards):
+    import tempfile
+
+    if _PTX_RUNS:
+        return
+    targets = _ptx_targets()
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # the kernels split over two processes compiling side by side (the compiles are independent and CPU-bound);
-    # each process imports only the modules of its kernels (the targets are read here, from the registry)
-    shards = 2
-    procs = [subprocess.Popen([sys.executable, "-c", _PTX_SCRIPT, json.dumps(targets[k::shards])], cwd=root,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k in range(shards)]
+    for k in range(shards):     # each process imports only the modules of its kernels (targets read here)
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen([sys.executable, "-c", _PTX_SCRIPT, json.dumps(targets[k::shards])], cwd=root,
+                                env=env, stdout=out, stderr=err, text=True)
+        _PTX_RUNS.append((proc, out, err))
+
+
+def stop_early():
+    """Called by conftest at the end of the session: a compilation whose test did not collect it is ended."""
+    while _PTX_RUNS:
+        proc, out, err = _PTX_RUNS.pop()
+        proc.kill()
+        proc.wait()
+        out.close()
+        err.close()
+
+
+@pytest.mark.skipif(not _have_numba_cuda_toolkit(), reason="numba-cuda[cu13] is not installed")
+def test_cuda_kernels_compile_to_ptx():
+    targets = _ptx_targets()
+    if not targets:
+        pytest.skip("no CUDA kernels registered")
+    # started early by conftest (one process), or now: two processes compiling side by side (the compiles are
+    # independent and CPU-bound)
+    _start_ptx_compile(shards=2)
     compiled = []
     try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, err[-4000:]
-            compiled += [tuple(t) for t in json.loads(out.strip().splitlines()[-1])]
+        for proc, out, err in _PTX_RUNS:
+            proc.wait(timeout=600)
+            out.seek(0)
+            err.seek(0)
+            assert proc.returncode == 0, err.read()[-4000:]
+            compiled += [tuple(t) for t in json.loads(out.read().strip().splitlines()[-1])]
     finally:
-        for proc in procs:
-            proc.kill()
+        stop_early()
     assert sorted(compiled) == targets
