@@ -1,12 +1,15 @@
 """The command line: help, bad arguments, the solve command and a short run of the digits demo."""
 
 import os
+import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from deqcore import cli
+from tests.background import BackgroundRun, EarlyRuns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,58 +64,28 @@ def test_solve_from_file(tmp_path, capsys):
     assert "converged: 1/1" in out and "3 unknowns" in out
 
 
-_DEMO = []          # (process, its output folder, stdout file, stderr file) of the demo run under way
+def _start_demo(early):
+    folder = tempfile.mkdtemp(prefix="deqcore-demo-test-")
+    return [BackgroundRun([sys.executable, "-m", "deqcore", "demo", "--epochs", "6", "--width", "32", "--lr", "2e-2",
+                           "--no-progress", "--out", folder], folder=folder, cwd=ROOT)]
 
 
-def start_early(selected):
-    """Called by conftest once the session's tests are collected: when the demo test is among them, the demo
-    starts now, on the core that the serial test run leaves idle, and the test collects its result."""
-    if "test_short_digits_demo_learns_and_writes_plots" in selected:
-        _start_demo()
-
-
-def _start_demo():
-    import tempfile
-
-    if _DEMO:
-        return
-    out_dir = tempfile.mkdtemp(prefix="deqcore-demo-test-")
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "deqcore", "demo", "--epochs", "6", "--width", "32", "--lr",
-                             "2e-2", "--no-progress", "--out", out_dir], cwd=ROOT, stdout=out, stderr=err, text=True)
-    _DEMO.append((proc, out_dir, out, err))
-
-
-def stop_early():
-    """Called by conftest at the end of the session: a demo whose test did not collect it is ended."""
-    import shutil
-
-    while _DEMO:
-        proc, out_dir, out, err = _DEMO.pop()
-        proc.kill()
-        proc.wait()
-        out.close()
-        err.close()
-        shutil.rmtree(out_dir, ignore_errors=True)
+# the demo starts with the session, on the core the serial run leaves idle (conftest calls these)
+EARLY = EarlyRuns({"test_short_digits_demo_learns_and_writes_plots": _start_demo})
+start_early, stop_early = EARLY.start_early, EARLY.stop
 
 
 def test_short_digits_demo_learns_and_writes_plots():
-    import pathlib
-
-    _start_demo()                                # unless conftest started it with the session
-    proc, out_dir, out, err = _DEMO[0]
     try:
-        proc.wait(timeout=300)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-        assert proc.returncode == 0, stderr[-2000:]
+        [run] = EARLY.runs("test_short_digits_demo_learns_and_writes_plots")
+        code, stdout, stderr = run.result(timeout=300)
+        assert code == 0, stderr[-2000:]
         accuracy = float(stdout.strip().splitlines()[-1].split(":")[1])
         assert accuracy >= 0.90                  # six epochs; the full demo reaches >= 0.97
-        assert (pathlib.Path(out_dir) / "training.png").stat().st_size > 1000
-        assert (pathlib.Path(out_dir) / "residuals.png").stat().st_size > 1000
+        assert (pathlib.Path(run.folder) / "training.png").stat().st_size > 1000
+        assert (pathlib.Path(run.folder) / "residuals.png").stat().st_size > 1000
     finally:
-        stop_early()
+        EARLY.stop()
 
 
 def test_bench_runner_plots_nfe_and_time_columns(tmp_path):

@@ -6,7 +6,6 @@ compiled to PTX for sm_90 in a separate interpreter (the simulator replaces numb
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 
 import deqcore  # noqa: F401  (registers kernels)
 from deqcore.backend import is_cupy_namespace, kernels as registry
+from tests.background import BackgroundRun, EarlyRuns
 from tests.helpers import assert_same, on
 
 
@@ -220,41 +220,21 @@ def _ptx_targets():
     return sorted({tuple(t) for spec in SPECS.values() for t in spec.cuda_ptx_targets})
 
 
-_PTX_RUNS = []          # (process, its output file, its error file) of the PTX compilation under way
-
-
-def start_early(selected):
-    """Called by conftest once the session's tests are collected: when the PTX test is among them, its
-    compilation starts now in one process, on the core that the serial test run leaves idle, and the test
-    collects the result."""
-    if "test_cuda_kernels_compile_to_ptx" in selected and _have_numba_cuda_toolkit():
-        _start_ptx_compile(shards=1)
-
-
-def _start_ptx_compile(shards):
-    import tempfile
-
-    if _PTX_RUNS:
-        return
+def _start_ptx_compile(early):
+    """Every registered (kernel, signature) compiled to PTX: in one process when started with the session
+    (on the core the serial run leaves idle), else in two side by side (the compiles are independent and
+    CPU-bound). Each process imports only the modules of its kernels (the targets are read here)."""
     targets = _ptx_targets()
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for k in range(shards):     # each process imports only the modules of its kernels (targets read here)
-        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        proc = subprocess.Popen([sys.executable, "-c", _PTX_SCRIPT, json.dumps(targets[k::shards])], cwd=root,
-                                env=env, stdout=out, stderr=err, text=True)
-        _PTX_RUNS.append((proc, out, err))
+    shards = 1 if early else 2
+    return [BackgroundRun([sys.executable, "-c", _PTX_SCRIPT, json.dumps(targets[k::shards])], cwd=root, env=env)
+            for k in range(shards)]
 
 
-def stop_early():
-    """Called by conftest at the end of the session: a compilation whose test did not collect it is ended."""
-    while _PTX_RUNS:
-        proc, out, err = _PTX_RUNS.pop()
-        proc.kill()
-        proc.wait()
-        out.close()
-        err.close()
+EARLY = EarlyRuns({"test_cuda_kernels_compile_to_ptx": _start_ptx_compile} if _have_numba_cuda_toolkit() else {})
+start_early, stop_early = EARLY.start_early, EARLY.stop     # called by conftest
 
 
 @pytest.mark.skipif(not _have_numba_cuda_toolkit(), reason="numba-cuda[cu13] is not installed")
@@ -262,17 +242,12 @@ def test_cuda_kernels_compile_to_ptx():
     targets = _ptx_targets()
     if not targets:
         pytest.skip("no CUDA kernels registered")
-    # started early by conftest (one process), or now: two processes compiling side by side (the compiles are
-    # independent and CPU-bound)
-    _start_ptx_compile(shards=2)
     compiled = []
     try:
-        for proc, out, err in _PTX_RUNS:
-            proc.wait(timeout=600)
-            out.seek(0)
-            err.seek(0)
-            assert proc.returncode == 0, err.read()[-4000:]
-            compiled += [tuple(t) for t in json.loads(out.read().strip().splitlines()[-1])]
+        for run in EARLY.runs("test_cuda_kernels_compile_to_ptx"):
+            code, out, err = run.result(timeout=600)
+            assert code == 0, err[-4000:]
+            compiled += [tuple(t) for t in json.loads(out.strip().splitlines()[-1])]
     finally:
-        stop_early()
+        EARLY.stop()
     assert sorted(compiled) == targets
