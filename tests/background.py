@@ -1,4 +1,4 @@
-"""Subprocess work of a test, started as soon as the session has collected the test so that it runs while the
+"""Subprocess work of a test, started as soon as pytest has collected the test so that it runs while the
 other tests do.
 
 A serial test run keeps one core busy. A test that mostly waits on a subprocess (an interpreter that compiles
@@ -17,7 +17,7 @@ import tempfile
 import threading
 
 _LOCK = threading.Lock()
-_PENDING = []           # (EarlyRuns, test name) waiting for their turn, in the session's test order
+_PENDING = []           # (EarlyRuns, test name) waiting for their turn, in the test order
 _SERVER = []            # the thread starting them in turn, while it runs
 
 
@@ -51,16 +51,15 @@ class BackgroundRun:
 
 class EarlyRuns:
     """A test module's background runs by test name. ``starters[name](early)`` starts the runs of test
-    ``name`` (a list of :class:`BackgroundRun`; ``early`` says whether the session starts them, while other
-    tests run, or the test itself, with the machine to itself)."""
+    ``name`` (a list of :class:`BackgroundRun`; ``early`` says whether they start once the tests are
+    collected, while other tests run, or when the test itself asks, with the machine to itself)."""
 
     def __init__(self, starters):
         self._starters = starters
         self._runs = {}
 
     def start_early(self, selected):
-        """Queue the runs of the selected tests (``selected``: test names) behind the session's other early
-        runs."""
+        """Queue the runs of the selected tests (``selected``: test names) behind the other early runs."""
         with _LOCK:
             _PENDING.extend((self, name) for name in self._starters if name in set(selected))
             if _PENDING and not _SERVER:

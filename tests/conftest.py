@@ -50,8 +50,8 @@ def _modules_of(items):
 
 def pytest_collection_finish(session):
     """A test module may start slow subprocess work of its selected tests (``start_early(names)``) as soon as
-    the session's tests are collected, so that it runs on the core the serial test run leaves idle; the tests
-    wait for it, and ``stop_early()`` ends what is left at the end of the session."""
+    the tests are collected, so that it runs on the core the serial test run leaves idle; the tests wait for
+    it, and ``stop_early()`` ends what is left when the run ends (tests/background.py)."""
     if session.config.option.collectonly or hasattr(session.config, "workerinput"):   # (not per xdist worker)
         return
     for module, names in _modules_of(session.items).items():

@@ -68,7 +68,8 @@ def _carried_rate_reference():
     """y(10) from SciPy's Radau at rtol 1e-12, solved once for both tolerances (2 s a solve)."""
     from scipy.integrate import solve_ivp
 
-    return solve_ivp(_carried_rate_rhs, (0.0, 10.0), [0.0, 1.0], method="Radau", rtol=1e-12, atol=1e-14).y[:, -1]
+    return solve_ivp(_carried_rate_rhs, (0.0, 10.0), [0.0, 1.0], method="Radau", rtol=1e-12,
+                     atol=1e-14).y[:, -1]
 
 
 @pytest.mark.parametrize("rtol", [1e-3, 1e-5])

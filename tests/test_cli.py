@@ -66,11 +66,11 @@ def test_solve_from_file(tmp_path, capsys):
 
 def _start_demo(early):
     folder = tempfile.mkdtemp(prefix="deqcore-demo-test-")
-    return [BackgroundRun([sys.executable, "-m", "deqcore", "demo", "--epochs", "6", "--width", "32", "--lr", "2e-2",
-                           "--no-progress", "--out", folder], folder=folder, cwd=ROOT)]
+    return [BackgroundRun([sys.executable, "-m", "deqcore", "demo", "--epochs", "6", "--width", "32", "--lr",
+                           "2e-2", "--no-progress", "--out", folder], folder=folder, cwd=ROOT)]
 
 
-# the demo starts with the session, on the core the serial run leaves idle (conftest calls these)
+# the demo starts once the tests are collected, on the core the serial run leaves idle (conftest calls these)
 EARLY = EarlyRuns({"test_short_digits_demo_learns_and_writes_plots": _start_demo})
 start_early, stop_early = EARLY.start_early, EARLY.stop
 

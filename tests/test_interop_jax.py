@@ -248,7 +248,8 @@ def _start_sharded(early):
     return [BackgroundRun([sys.executable, "-c", SHARDED_SCRIPT], env=env)]
 
 
-# the sharded run starts with the session, on the core the serial run leaves idle (conftest calls these)
+# the sharded run starts once the tests are collected, on the core the serial run leaves idle (conftest calls
+# these)
 EARLY = EarlyRuns({"test_sharded_batch_is_solved_per_device_and_matches_the_unsharded_run": _start_sharded})
 start_early, stop_early = EARLY.start_early, EARLY.stop
 

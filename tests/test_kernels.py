@@ -221,19 +221,20 @@ def _ptx_targets():
 
 
 def _start_ptx_compile(early):
-    """Every registered (kernel, signature) compiled to PTX: in one process when started with the session
-    (on the core the serial run leaves idle), else in two side by side (the compiles are independent and
-    CPU-bound). Each process imports only the modules of its kernels (the targets are read here)."""
+    """Every registered (kernel, signature) compiled to PTX: in one process when started early, once the tests
+    are collected (on the core the serial run leaves idle), else in two side by side (the compiles are
+    independent and CPU-bound). Each process imports only the modules of its kernels (targets read here)."""
     targets = _ptx_targets()
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     shards = 1 if early else 2
-    return [BackgroundRun([sys.executable, "-c", _PTX_SCRIPT, json.dumps(targets[k::shards])], cwd=root, env=env)
-            for k in range(shards)]
+    return [BackgroundRun([sys.executable, "-c", _PTX_SCRIPT, json.dumps(targets[k::shards])], cwd=root,
+                          env=env) for k in range(shards)]
 
 
-EARLY = EarlyRuns({"test_cuda_kernels_compile_to_ptx": _start_ptx_compile} if _have_numba_cuda_toolkit() else {})
+EARLY = EarlyRuns({"test_cuda_kernels_compile_to_ptx": _start_ptx_compile}
+                  if _have_numba_cuda_toolkit() else {})
 start_early, stop_early = EARLY.start_early, EARLY.stop     # called by conftest
 
 
