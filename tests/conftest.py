@@ -39,6 +39,30 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def _modules_of(items):
+    modules = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and hasattr(module, "start_early"):
+            modules.setdefault(module, set()).add(item.originalname)
+    return modules
+
+
+def pytest_collection_finish(session):
+    """A test module may start slow subprocess work of its selected tests (``start_early(names)``) as soon as
+    the tests are collected, so that it runs on the core the serial test run leaves idle; the tests wait for
+    it, and ``stop_early()`` ends what is left when the run ends (tests/background.py)."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):   # (not per xdist worker)
+        return
+    for module, names in _modules_of(session.items).items():
+        module.start_early(names)
+
+
+def pytest_sessionfinish(session):
+    for module in _modules_of(getattr(session, "items", [])):
+        module.stop_early()
+
+
 @pytest.fixture
 def rng():
     """A seeded NumPy generator."""

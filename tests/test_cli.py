@@ -1,12 +1,15 @@
 """The command line: help, bad arguments, the solve command and a short run of the digits demo."""
 
 import os
+import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from deqcore import cli
+from tests.background import BackgroundRun, EarlyRuns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,10 +32,18 @@ def test_no_command_is_an_error(capsys):
 
 @pytest.mark.parametrize("args", [["frobnicate"], ["solve", "--problem", "nope"], ["solve", "--atol", "-1"],
                                   ["demo", "--epochs", "0"]])
-def test_bad_arguments_exit_2_with_one_line(args):
-    proc = _run(*args)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(("usage", "python -m deqcore")) or "error" in proc.stderr
+def test_bad_arguments_exit_2_with_one_line(args, capsys):
+    if args == ["frobnicate"]:          # through ``python -m deqcore``: the exit status of the process
+        proc = _run(*args)
+        code, stderr = proc.returncode, proc.stderr
+    else:                               # the same cli.main in this process (no interpreter start per case)
+        try:
+            code = cli.main(args)
+        except SystemExit as exit_:
+            code = exit_.code
+        stderr = capsys.readouterr().err
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith(("usage", "python -m deqcore")) or "error" in stderr
 
 
 def test_solve_builtin_problem(capsys):
@@ -53,13 +64,28 @@ def test_solve_from_file(tmp_path, capsys):
     assert "converged: 1/1" in out and "3 unknowns" in out
 
 
-def test_short_digits_demo_learns_and_writes_plots(tmp_path):
-    proc = _run("demo", "--epochs", "6", "--width", "32", "--lr", "2e-2", "--no-progress", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    accuracy = float(proc.stdout.strip().splitlines()[-1].split(":")[1])
-    assert accuracy >= 0.90                      # six epochs; the full demo reaches >= 0.97
-    assert (tmp_path / "training.png").stat().st_size > 1000
-    assert (tmp_path / "residuals.png").stat().st_size > 1000
+def _start_demo(early):
+    folder = tempfile.mkdtemp(prefix="deqcore-demo-test-")
+    return [BackgroundRun([sys.executable, "-m", "deqcore", "demo", "--epochs", "6", "--width", "32", "--lr",
+                           "2e-2", "--no-progress", "--out", folder], folder=folder, cwd=ROOT)]
+
+
+# the demo starts once the tests are collected, on the core the serial run leaves idle (conftest calls these)
+EARLY = EarlyRuns({"test_short_digits_demo_learns_and_writes_plots": _start_demo})
+start_early, stop_early = EARLY.start_early, EARLY.stop
+
+
+def test_short_digits_demo_learns_and_writes_plots():
+    try:
+        [run] = EARLY.runs("test_short_digits_demo_learns_and_writes_plots")
+        code, stdout, stderr = run.result(timeout=300)
+        assert code == 0, stderr[-2000:]
+        accuracy = float(stdout.strip().splitlines()[-1].split(":")[1])
+        assert accuracy >= 0.90                  # six epochs; the full demo reaches >= 0.97
+        assert (pathlib.Path(run.folder) / "training.png").stat().st_size > 1000
+        assert (pathlib.Path(run.folder) / "residuals.png").stat().st_size > 1000
+    finally:
+        EARLY.stop()
 
 
 def test_bench_runner_plots_nfe_and_time_columns(tmp_path):

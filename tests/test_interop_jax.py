@@ -14,6 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import deqcore as dq  # noqa: E402
 from deqcore.interop import jax as dqj  # noqa: E402
+from tests.background import BackgroundRun, EarlyRuns  # noqa: E402
 
 TIGHT = dict(atol=1e-12, rtol=1e-12, max_steps=300)
 
@@ -242,16 +243,29 @@ print(json.dumps({"value": err(z, z_ref), "grad": err(g, g_ref), "fixed": fixed,
 '''
 
 
+def _start_sharded(early):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    return [BackgroundRun([sys.executable, "-c", SHARDED_SCRIPT], env=env)]
+
+
+# the sharded run starts once the tests are collected, on the core the serial run leaves idle (conftest calls
+# these)
+EARLY = EarlyRuns({"test_sharded_batch_is_solved_per_device_and_matches_the_unsharded_run": _start_sharded})
+start_early, stop_early = EARLY.start_early, EARLY.stop
+
+
 def test_sharded_batch_is_solved_per_device_and_matches_the_unsharded_run():
     """Two CPU devices (XLA_FLAGS must be set before JAX starts, hence the subprocess): values and gradients
     equal the unsharded vmapped solve, the result stays sharded, and each host solve sees one device's rows."""
     import json
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], capture_output=True, text=True, timeout=240,
-                         env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        [run] = EARLY.runs("test_sharded_batch_is_solved_per_device_and_matches_the_unsharded_run")
+        code, stdout, stderr = run.result(timeout=240)
+    finally:
+        EARLY.stop()
+    assert code == 0, stderr[-3000:]
+    report = json.loads(stdout.strip().splitlines()[-1])
     assert report["value"] < 1e-12 and report["grad"] < 1e-10 and report["fixed"] < 1e-11, report
     assert report["axis0"] == "b" and report["devices"] == 2, report
     assert report["batches_forward"] == [5, 5], report      # two solves of 5 rows, never one of 10

@@ -6,7 +6,6 @@ compiled to PTX for sm_90 in a separate interpreter (the simulator replaces numb
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 
 import deqcore  # noqa: F401  (registers kernels)
 from deqcore.backend import is_cupy_namespace, kernels as registry
+from tests.background import BackgroundRun, EarlyRuns
 from tests.helpers import assert_same, on
 
 
@@ -191,22 +191,17 @@ def test_launcher_on_cupy_arrays_does_not_wait_for_the_gpu(xp, monkeypatch):
 
 _PTX_SCRIPT = r"""
 import inspect, json, sys
-import deqcore
-from tests.test_kernels import _load_all_kernel_modules
-_load_all_kernel_modules()
 from deqcore.backend import kernels as registry
 from numba import cuda
 # the launcher's conversion of CuPy arrays (the simulator has none; checked against the real API here)
 assert {"owner", "sync"} <= set(inspect.signature(cuda.from_cuda_array_interface).parameters)
-shard, shards = int(sys.argv[1]), int(sys.argv[2])
-targets = [t for _, spec in sorted(registry.registered_kernels().items()) for t in spec.cuda_ptx_targets]
 done = []
-for target, signature in targets[shard::shards]:
+for target, signature in json.loads(sys.argv[1]):      # this process's share of the registered targets
     fn = registry.resolve(target)
     fn = getattr(fn, "py_func", fn)
     ptx, _ = cuda.compile_ptx(fn, signature, cc=(9, 0))
     assert ".target sm_90" in ptx, target
-    done.append(target)
+    done.append([target, signature])
 print(json.dumps(done))
 """
 
@@ -220,25 +215,40 @@ def _have_numba_cuda_toolkit():
         return False
 
 
-@pytest.mark.skipif(not _have_numba_cuda_toolkit(), reason="numba-cuda[cu13] is not installed")
-def test_cuda_kernels_compile_to_ptx():
-    targets = [t for spec in SPECS.values() for t, _ in spec.cuda_ptx_targets]
-    if not targets:
-        pytest.skip("no CUDA kernels registered")
+def _ptx_targets():
+    # each (kernel, signature) once: two registered kernels may share one CUDA kernel
+    return sorted({tuple(t) for spec in SPECS.values() for t in spec.cuda_ptx_targets})
+
+
+def _start_ptx_compile(early):
+    """Every registered (kernel, signature) compiled to PTX: in one process when started early, once the tests
+    are collected (on the core the serial run leaves idle), else in two side by side (the compiles are
+    independent and CPU-bound). Each process imports only the modules of its kernels (targets read here)."""
+    targets = _ptx_targets()
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # the kernels split over two processes compiling side by side (the compiles are independent and CPU-bound)
-    shards = 2
-    procs = [subprocess.Popen([sys.executable, "-c", _PTX_SCRIPT, str(k), str(shards)], cwd=root, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(shards)]
+    shards = 1 if early else 2
+    return [BackgroundRun([sys.executable, "-c", _PTX_SCRIPT, json.dumps(targets[k::shards])], cwd=root,
+                          env=env) for k in range(shards)]
+
+
+EARLY = EarlyRuns({"test_cuda_kernels_compile_to_ptx": _start_ptx_compile}
+                  if _have_numba_cuda_toolkit() else {})
+start_early, stop_early = EARLY.start_early, EARLY.stop     # called by conftest
+
+
+@pytest.mark.skipif(not _have_numba_cuda_toolkit(), reason="numba-cuda[cu13] is not installed")
+def test_cuda_kernels_compile_to_ptx():
+    targets = _ptx_targets()
+    if not targets:
+        pytest.skip("no CUDA kernels registered")
     compiled = []
     try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, err[-4000:]
-            compiled += json.loads(out.strip().splitlines()[-1])
+        for run in EARLY.runs("test_cuda_kernels_compile_to_ptx"):
+            code, out, err = run.result(timeout=600)
+            assert code == 0, err[-4000:]
+            compiled += [tuple(t) for t in json.loads(out.strip().splitlines()[-1])]
     finally:
-        for proc in procs:
-            proc.kill()
-    assert sorted(compiled) == sorted(targets)
+        EARLY.stop()
+    assert sorted(compiled) == targets
