@@ -2,8 +2,6 @@
 error between steps against analytic solutions (the cubic Hermite interpolant misses these bounds), the
 compiled single-system path against the array path, backward spans, float32, and no extra rhs calls."""
 
-from itertools import combinations_with_replacement
-
 import numpy as np
 import pytest
 from scipy.linalg import expm
@@ -13,59 +11,17 @@ import deqcore.ode.rosenbrock as rosenbrock
 from deqcore.ode.rosenbrock import RosenbrockDense
 from deqcore.ode.rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P
 from deqcore.ode.solution import hermite
+from tests.test_stiff import _density, _phi, _trees
 
 THETAS = np.linspace(0.05, 0.95, 10)
 
 
-# ---- order conditions of the continuous extension: Σ b_i(θ) Φ_i(t) = θ^ρ(t) / γ(t) ----
-def _rooted_trees(n):
-    """Rooted trees with n vertices as sorted tuples of subtrees (built from multisets of smaller trees)."""
-    if n == 1:
-        return [()]
-    out = set()
-
-    def grow(remaining, smallest, kids):
-        if remaining == 0:
-            out.add(tuple(sorted(kids)))
-            return
-        for size in range(smallest, remaining + 1):
-            for sub in _rooted_trees(size):
-                grow(remaining - size, size, kids + [sub])
-    grow(n - 1, 1, [])
-    return sorted(out)
-
-
-def _order(t):
-    return 1 + sum(_order(c) for c in t)
-
-
-def _tree_factorial(t):
-    value = _order(t)
-    for c in t:
-        value *= _tree_factorial(c)
-    return value
-
-
-def _weights(t, alpha, beta):
-    """Φ_i(t) of a Rosenbrock method: a single subtree couples through β = α + Γ (f' and the Jacobian term),
-    several through α (higher derivatives of f)."""
-    if len(t) == 1:
-        return beta @ _weights(t[0], alpha, beta)
-    out = np.ones(alpha.shape[0])
-    for c in t:
-        out = out * (alpha @ _weights(c, alpha, beta))
-    return out
-
-
+# ---- order conditions of the continuous extension: Σ b_i(θ) Φ_i(t) = θ^ρ(t) / γ(t) (trees as in test_stiff) ----
 def _worst_residual(tab, order, thetas):
     alpha, Gamma, _, _ = tab.standard()
     beta = alpha + Gamma
-    return max(abs(tab.dense_weights(th) @ Gamma @ _weights(t, alpha, beta) - th ** order / _tree_factorial(t))
-               for th in thetas for t in _rooted_trees(order))
-
-
-def test_tree_enumeration():
-    assert [len(_rooted_trees(n)) for n in range(1, 6)] == [1, 1, 2, 4, 9]
+    return max(abs(tab.dense_weights(th) @ Gamma @ _phi(t, alpha, beta) - th ** order / _density(t))
+               for th in thetas for t in _trees(order))
 
 
 @pytest.mark.parametrize("tab", [RODAS4, RODAS5P], ids=lambda t: t.name)
