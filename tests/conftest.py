@@ -37,6 +37,23 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+#: under "thorough", a test's own ``@settings(max_examples=k)`` (which overrides the profile's count) runs
+#: ``k × FUZZ_FACTOR`` random examples instead (``FUZZ_FACTOR`` from the environment, default 10)
+FUZZ_FACTOR = float(os.environ.get("FUZZ_FACTOR", "10"))
+
+
+def pytest_collection_modifyitems(items):
+    if settings.default.derandomize:
+        return
+    seen = set()
+    for item in items:
+        test = getattr(item, "obj", None)
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if own is None or id(test) in seen:
+            continue
+        seen.add(id(test))
+        test._hypothesis_internal_use_settings = settings(
+            own, max_examples=max(own.max_examples, int(own.max_examples * FUZZ_FACTOR)), derandomize=False)
 
 
 def _modules_of(items):
