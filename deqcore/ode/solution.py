@@ -118,9 +118,15 @@ class ODESolution:
             values = [interpolate(self.steps[i], tau, self._tableau) for i, tau in zip(index, times)]
         if not scalar:
             return self._stack(values)
-        # a new array (a 0-d state: 0-d); at a step's end the interpolant gives the stored state itself, which
-        # a caller writing into the result would otherwise change for every later call and for the adjoints
-        return np.asarray(values[0]) if isinstance(values[0], np.generic) else values[0].copy()
+        value = values[0]
+        if isinstance(value, np.generic):       # a 0-d state: 0-d
+            return np.asarray(value)
+        # at a step's end the interpolant gives the stored state itself, which a caller writing into the result
+        # would change for every later call and for the adjoints: copied there (only there: GaussAdjoint calls
+        # this once per evaluation of its rhs)
+        step = self.steps[index[0]] if self.steps else None
+        stored = value is self._y0 or (step is not None and (value is step.y0 or value is step.y1))
+        return value.copy() if stored else value
 
     def _step_ends(self):
         """(direction, direction · end time of every step), built once: a dense-output call costs
