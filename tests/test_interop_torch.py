@@ -136,6 +136,56 @@ def test_non_contiguous_and_requires_grad_inputs():
     torch.testing.assert_close(layer(x), layer(x.detach().contiguous()))
 
 
+class _TiedCell(torch.nn.Module):
+    """tanh(A z + A x + b) with one weight used twice (a tied parameter) and a frozen bias."""
+
+    def __init__(self, width, norm, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a = torch.nn.Linear(width, width, bias=False, dtype=torch.float64)
+        self.b = torch.nn.Linear(width, width, bias=False, dtype=torch.float64)
+        self.b.weight = self.a.weight                                    # the same Parameter twice
+        self.c = torch.nn.Parameter(torch.randn(width, dtype=torch.float64), requires_grad=False)
+        with torch.no_grad():
+            self.a.weight.mul_(norm / torch.linalg.matrix_norm(self.a.weight, ord=2))
+
+    def forward(self, z, x):
+        return torch.tanh(self.a(z) + self.b(x) + self.c)
+
+
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_tied_and_frozen_parameters_get_the_unrolled_gradient(x_grad):
+    f = _TiedCell(5, norm=0.5, seed=6)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=x_grad)
+    c = torch.randn(3, 5, dtype=torch.float64)
+    z0 = torch.zeros(3, 5, dtype=torch.float64)
+    z = z0
+    for _ in range(200):
+        z = f(z, x)
+    wrt = (x, f.a.weight) if x_grad else (f.a.weight,)
+    want = torch.autograd.grad((z * c).sum(), wrt)
+    layer = dqt.DEQ(f, **TIGHT)
+    got = torch.autograd.grad((layer(x, z0) * c).sum(), wrt)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    (layer(x, z0) * c).sum().backward()
+    assert f.c.grad is None                                          # frozen: no gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), -float("inf")])
+def test_a_non_finite_strided_start_is_named(dtype, bad):
+    torch.manual_seed(7)
+    layer = dqt.DEQ(dqt.example_cell(3, 2, dtype=dtype))
+    z0 = torch.zeros(3, 2, dtype=dtype).t()                         # (2, 3), not contiguous
+    z0[1, 2] = bad
+    with pytest.raises(ValueError, match="z0 must be a non-empty tensor of finite numbers, got shape \\(2, 3\\) "
+                                         "holding NaN or infinity"):
+        layer(torch.ones(2, 2, dtype=dtype), z0)
+    z0[1, 2] = torch.finfo(dtype).max                                 # the largest finite start is accepted
+    assert torch.isfinite(layer(torch.ones(2, 2, dtype=dtype), z0)).all()
+
+
 def test_training_step_lowers_loss():
     f = cell(6, 3, norm=0.5, seed=5)
     layer = dqt.DEQ(f, atol=1e-8, rtol=1e-8, max_steps=100)
