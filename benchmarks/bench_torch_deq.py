@@ -26,10 +26,18 @@ implicit-function-theorem solve (float64, one LU per sample) at a float64 z* (pe
 the methods' z* with the smallest residual), so every row's error is against the same exact gradient;
 ``overhead/NFE`` is the forward time per f-evaluation minus the time of one f alone; ``fwd / NFE·t_f`` and
 ``bwd / N_vjp·t_vjp`` are the forward and backward times over their floors (t_f: one f without a graph, t_vjp:
-one ∂f/∂zᵀ v on a retained graph, both timed in a warm loop of the same case); ``row evals`` is the number of
-sample rows f was evaluated on in the forward (NFE × batch without compaction; deqcore rows only).
+one ∂f/∂zᵀ v on a retained graph, both timed in a warm loop in every round of repeats, so that each ratio is taken
+against the floors of its own round and the load of a shared machine moves both alike; the tables show the medians
+of the ratios and of the floors); ``row evals`` is the number of sample rows f was evaluated on in the forward
+(NFE × batch without compaction; deqcore rows only).
+
+``--baseline DIR`` adds the deqcore rows of another checkout (``DIR/deqcore``, e.g. the previous main), run in the
+same rounds as this one's: a before/after in one process, under one load. Its package is copied to a folder
+under the system's temporary directory as ``deqcore_baseline`` (its kernel registry's module paths renamed, the
+files' times kept so that Numba's cache stays valid between runs).
 
     python benchmarks/bench_torch_deq.py [--device cpu|cuda] [--quick] [--tiny] [--no-torchdeq] [--out DIR]
+                                         [--baseline DIR] [--cases easy-float32,...]
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):   # 
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import importlib  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -177,13 +186,16 @@ def torch_method(solver):
     return run
 
 
-def deqcore_method(solver, compact=False):
+def deqcore_method(solver, compact=False, adapter=None):
+    """A deqcore row: ``adapter`` is the ``deqcore.interop.torch`` module to use (default this checkout's)."""
+    adapter = dqt if adapter is None else adapter
+
     def run(f, x, tol, cache={}):
         key = (id(f), tol, compact)
         if key not in cache:
             # the default adjoint: it follows the forward's tolerance and budget (rtol=tol, atol 0, MAX_STEPS)
             options = dict(compact=True) if compact else {}
-            cache[key] = dqt.DEQ(f, solver, None, atol=0.0, rtol=tol, max_steps=MAX_STEPS, **options)
+            cache[key] = adapter.DEQ(f, solver, None, atol=0.0, rtol=tol, max_steps=MAX_STEPS, **options)
         layer = cache[key]
         z = layer(x, torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device))
         return z, layer
@@ -205,10 +217,15 @@ def torchdeq_method(name):
     return run
 
 
-def methods(with_torchdeq=True):
+def methods(with_torchdeq=True, baseline=None):
+    """The rows, by name; ``baseline``: another deqcore package (see :func:`import_baseline`), whose Anderson rows
+    come right after this checkout's."""
     import inspect
 
     table = {"deqcore Anderson (adapter)": deqcore_method(dq.Anderson())}
+    if baseline is not None:
+        table["deqcore Anderson (adapter), baseline"] = deqcore_method(
+            baseline.Anderson(), adapter=importlib.import_module(baseline.__name__ + ".interop.torch"))
     if "compact" in inspect.signature(dqt.DEQ).parameters:       # (an older deqcore has no compaction there)
         table["deqcore Anderson (adapter, compact=True)"] = deqcore_method(dq.Anderson(), compact=True)
     table.update({
@@ -225,6 +242,32 @@ def methods(with_torchdeq=True):
     table["TorchDEQ anderson"] = torchdeq_method("anderson")
     table["TorchDEQ broyden"] = torchdeq_method("broyden")
     return table
+
+
+def import_baseline(checkout):
+    """``checkout``'s deqcore package, imported as ``deqcore_baseline`` beside this one: its files copied (times
+    kept) to a folder under the temporary directory, with the kernel registry's module paths (``"deqcore.``)
+    renamed; the copy is refreshed on every call."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    source = pathlib.Path(checkout).resolve() / "deqcore"
+    if not (source / "__init__.py").is_file():
+        raise SystemExit(f"--baseline: {source} is not a deqcore package")
+    root = pathlib.Path(tempfile.gettempdir()) / "deqcore_baseline" / hashlib.sha1(str(source).encode()).hexdigest()[:10]
+    target = root / "deqcore_baseline"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in target.rglob("*.py"):
+        text = path.read_text()
+        renamed = text.replace('"deqcore.', '"deqcore_baseline.')
+        if renamed != text:
+            times = path.stat()
+            path.write_text(renamed)
+            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    sys.path.insert(0, str(root))
+    return importlib.import_module("deqcore_baseline")
 
 
 def counts_of(extra):
@@ -285,22 +328,25 @@ def run_once(run, f, x, c, tol):
     return mid - start, end - mid, z.detach(), extra, host(f.W.grad).copy()
 
 
-def bench_case(kind, dtype, sizes, repeats, device="cpu", with_torchdeq=True):
-    """One row per method; the repeats go round-robin over the methods so load changes hit all alike."""
+def bench_case(kind, dtype, sizes, repeats, device="cpu", with_torchdeq=True, baseline=None):
+    """One row per method; the repeats go round-robin over the methods so load changes hit all alike, and each
+    round times the floors (one f, one VJP) first: a method's ratios in a round are against that round's."""
     f, x, c = make_problem(kind, dtype, *sizes, device=device)
     tol = TOLERANCE[dtype]
-    with torch.no_grad():
-        f_time = statistics.median(_timed_f(f, x) for _ in range(20))
-    vjp_time = _timed_vjp(f, x)
-    runs = methods(with_torchdeq)
+    runs = methods(with_torchdeq, baseline)
     times = {name: ([], []) for name in runs}
+    floors = []
     last = {}
     for repeat in range(repeats + 1):                  # round 0 warms up and is not timed
+        with torch.no_grad():
+            floors.append((statistics.median(_timed_f(f, x) for _ in range(10)), _timed_vjp(f, x, 10)))
         for name, run in runs.items():
             fwd, bwd, *last[name] = run_once(run, f, x, c, tol)
             if repeat:
                 times[name][0].append(fwd)
                 times[name][1].append(bwd)
+    floors = floors[1:]
+    f_time, vjp_time = (statistics.median(column) for column in zip(*floors))
     rows = []
     z_ref = reference_fixed_point(f, x, [last[name][0] for name in runs])
     reference = dense_reference_grad_W(f, x, c, z_ref)
@@ -310,9 +356,11 @@ def bench_case(kind, dtype, sizes, repeats, device="cpu", with_torchdeq=True):
         err = float(np.linalg.norm(grad_W - reference) / np.linalg.norm(reference))
         res = relative_residuals(f, z, x)
         fwd, bwd = (statistics.median(t) for t in times[name])
+        fwd_ratio = statistics.median(t / (nfe * t_f) for t, (t_f, _) in zip(times[name][0], floors))
+        bwd_ratio = statistics.median(t / (nvjp * t_v) for t, (_, t_v) in zip(times[name][1], floors))
         rows.append(dict(method=name, fwd=fwd, bwd=bwd, nfe=nfe, nvjp=nvjp, residual=float(res.max()),
                          ok=int((res <= tol * (1 + 1e-3)).sum()), batch=x.shape[0], err=err, f_time=f_time,
-                         vjp_time=vjp_time, row_evals=row_evals))
+                         vjp_time=vjp_time, row_evals=row_evals, fwd_ratio=fwd_ratio, bwd_ratio=bwd_ratio))
     return rows
 
 
@@ -328,7 +376,8 @@ def _timed_f(f, x):
 def _timed_vjp(f, x, repeats=20):
     """Median time of one ∂f/∂zᵀ v on a retained graph (what each step of an implicit backward costs)."""
     z = torch.zeros(x.shape[0], f.W.shape[0], dtype=x.dtype, device=x.device).requires_grad_(True)
-    fz = f(z, x)
+    with torch.enable_grad():
+        fz = f(z, x)
     v = torch.ones_like(fz) / 10
     times = []
     for _ in range(repeats):
@@ -354,7 +403,7 @@ def table(kind, dtype, rows):
         row_evals = "-" if r["row_evals"] is None else str(r["row_evals"])
         lines.append(f"| {r['method']} | {1e3 * r['fwd']:.1f} | {1e3 * r['bwd']:.1f} | {1e3 * total:.1f} | "
                      f"{total / base_total:.2f}x | {r['nfe']} | {row_evals} | {r['nvjp']} | "
-                     f"{r['fwd'] / (r['nfe'] * r['f_time']):.2f} | {r['bwd'] / (r['nvjp'] * r['vjp_time']):.2f} | "
+                     f"{r['fwd_ratio']:.2f} | {r['bwd_ratio']:.2f} | "
                      f"{1e3 * overhead:.2f} | {r['ok']}/{r['batch']} | {r['residual']:.1e} | {r['err']:.1e} |")
     return "\n".join(lines)
 
@@ -372,7 +421,22 @@ def main(argv=None) -> int:
                         help="leave out TorchDEQ's rows (its hard-map Broyden takes seconds a run)")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"),
                         help="folder for torch_deq.md")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="a checkout whose deqcore (DIR/deqcore) runs its Anderson rows in the same rounds "
+                             "(a before/after in one process)")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated cases to run, of easy-float64,hard-float64,easy-float32,hard-float32 "
+                             "(default all)")
     args = parser.parse_args(argv)
+    baseline = import_baseline(args.baseline) if args.baseline else None
+    all_cases = [(kind, dtype) for dtype in (torch.float64, torch.float32) for kind in ("easy", "hard")]
+    label_of = lambda kind, dtype: f"{kind}-{str(dtype).replace('torch.', '')}"  # noqa: E731
+    if args.cases:
+        wanted = args.cases.split(",")
+        unknown = set(wanted) - {label_of(*case) for case in all_cases}
+        if unknown:
+            parser.error(f"--cases: unknown {sorted(unknown)}")
+        all_cases = [case for case in all_cases if label_of(*case) in wanted]
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -413,23 +477,26 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = "torch_deq" + ("_cuda" if args.device == "cuda" else "") + \
         ("_tiny" if args.tiny else "_quick" if args.quick else "") + ".md"
+    if baseline is not None:
+        header += [f"Rows marked *baseline*: the deqcore package of {pathlib.Path(args.baseline).resolve()}, "
+                   "run in the same rounds.", ""]
     sections, failures = [], 0
-    for dtype in (torch.float64, torch.float32):
-        for kind in ("easy", "hard"):
-            start = time.perf_counter()
-            label = f"{kind} {str(dtype).replace('torch.', '')}"
-            try:
-                rows = bench_case(kind, dtype, sizes, repeats, args.device, with_torchdeq=not args.no_torchdeq)
-                sections.append(table(kind, dtype, rows))
-                status = "ok"
-            except Exception as err:      # keep the other cases and what they measured
-                traceback.print_exc()
-                failures += 1
-                status = f"error: {type(err).__name__}: {err}".splitlines()[0][:200]
-                sections.append(f"### {kind} map, {str(dtype).replace('torch.', '')}: {status}")
-            print(sections[-1] + "\n", flush=True)
-            (out / name).write_text("\n".join(header + ["\n\n".join(sections), ""]))   # written as measured
-            print(f"bench_torch_deq: {label}: {status} ({time.perf_counter() - start:.1f} s)", flush=True)
+    for kind, dtype in all_cases:
+        start = time.perf_counter()
+        label = f"{kind} {str(dtype).replace('torch.', '')}"
+        try:
+            rows = bench_case(kind, dtype, sizes, repeats, args.device, with_torchdeq=not args.no_torchdeq,
+                              baseline=baseline)
+            sections.append(table(kind, dtype, rows))
+            status = "ok"
+        except Exception as err:      # keep the other cases and what they measured
+            traceback.print_exc()
+            failures += 1
+            status = f"error: {type(err).__name__}: {err}".splitlines()[0][:200]
+            sections.append(f"### {kind} map, {str(dtype).replace('torch.', '')}: {status}")
+        print(sections[-1] + "\n", flush=True)
+        (out / name).write_text("\n".join(header + ["\n\n".join(sections), ""]))   # written as measured
+        print(f"bench_torch_deq: {label}: {status} ({time.perf_counter() - start:.1f} s)", flush=True)
     print(f"wrote {out / name}")
     return 1 if failures else 0
 

@@ -240,7 +240,8 @@ class DEQ(torch.nn.Module):
             raise
 
     def _solve(self, x, z0):
-        x = x.detach()
+        if x.requires_grad:
+            x = x.detach()
         if self.compact:              # x per sample: the solver hands f the rows of x that go with z's rows
             x_array = to_array(x, "x")
             fn, args = _fast_map_rows(self.f, x, x_array, z0), (x_array,)
@@ -253,7 +254,7 @@ class DEQ(torch.nn.Module):
                                             max_steps=self.max_steps, batched=self.batched, args=args,
                                             compact=self.compact,
                                             where="the forward solve of deqcore.interop.torch.DEQ")
-        return from_array(self.last_solution.value)
+        return _as_tensor(self.last_solution.value)
 
     def _gradients(self, x, z_star, g, params, forward=None):
         """``(dx, dparams)`` by the implicit adjoint for the cotangent ``g`` of z*."""
