@@ -255,7 +255,8 @@ def import_baseline(checkout):
     source = pathlib.Path(checkout).resolve() / "deqcore"
     if not (source / "__init__.py").is_file():
         raise SystemExit(f"--baseline: {source} is not a deqcore package")
-    root = pathlib.Path(tempfile.gettempdir()) / "deqcore_baseline" / hashlib.sha1(str(source).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(str(source).encode()).hexdigest()[:10]
+    root = pathlib.Path(tempfile.gettempdir()) / "deqcore_baseline" / digest
     target = root / "deqcore_baseline"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
