@@ -271,6 +271,18 @@ def import_baseline(checkout):
     return importlib.import_module("deqcore_baseline")
 
 
+def _describe_checkout(checkout):
+    """``commit abc1234`` for a git checkout, else its folder's name."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        return f"the checkout at commit {commit}"
+    except (OSError, subprocess.CalledProcessError):
+        return f"the folder {pathlib.Path(checkout).resolve().name}"
+
+
 def counts_of(extra):
     """(forward NFE, backward VJPs, forward row evaluations or None) from a method's second return value."""
     if isinstance(extra, dict):
@@ -479,8 +491,8 @@ def main(argv=None) -> int:
     name = "torch_deq" + ("_cuda" if args.device == "cuda" else "") + \
         ("_tiny" if args.tiny else "_quick" if args.quick else "") + ".md"
     if baseline is not None:
-        header += [f"Rows marked *baseline*: the deqcore package of {pathlib.Path(args.baseline).resolve()}, "
-                   "run in the same rounds.", ""]
+        header += [f"Rows marked *baseline*: the deqcore package of {_describe_checkout(args.baseline)}, run in the "
+                   "same rounds as this checkout's.", ""]
     sections, failures = [], 0
     for kind, dtype in all_cases:
         start = time.perf_counter()
