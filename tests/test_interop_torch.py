@@ -172,6 +172,33 @@ def test_tied_and_frozen_parameters_get_the_unrolled_gradient(x_grad):
     assert f.c.grad is None                                          # frozen: no gradient
 
 
+def test_one_graph_at_z_star_serves_every_adjoint_vjp():
+    """The backward evaluates f once (with a graph at z*) however many VJPs its adjoint takes, and the gradients
+    from that one graph are the dense implicit ones."""
+    inner = cell(60, 6, norm=0.9, seed=8)       # 60 > DENSE_ADJOINT_LIMIT: the iterative adjoint on VJPs
+    calls = {"graph": 0}
+
+    class Counted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z, x):
+            calls["graph"] += torch.is_grad_enabled()
+            return self.inner(z, x)
+
+    f = Counted()
+    layer = dqt.DEQ(f, atol=0.0, rtol=1e-12, max_steps=300)
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(3, 60, dtype=torch.float64)
+    (layer(x, torch.zeros(3, 60, dtype=torch.float64)) * c).sum().backward()
+    assert calls["graph"] == 1 and layer.last_adjoint.nvjp >= 5
+    assert layer.last_adjoint.success.all()
+    dx, dW, dU, db = dense_ift_gradients(inner, x, c)
+    for got, want in [(x.grad, dx), (inner.W.weight.grad, dW), (inner.U.weight.grad, dU), (inner.U.bias.grad, db)]:
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bad", [float("nan"), -float("inf")])
 def test_a_non_finite_strided_start_is_named(dtype, bad):
