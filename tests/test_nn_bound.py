@@ -309,6 +309,42 @@ def test_deq_binds_its_vjp_once_per_chain_of_calls(mode, monkeypatch):
     assert (calls_u, calls_b) == {"phantom": (1 + steps, 1), "fixed depth": (steps, 1), "jacobian loss": (3, 1)}[mode]
 
 
+@pytest.mark.parametrize("variant", ["zeros", "one_step"])
+def test_deq_forward_normalises_its_weight_once(variant, monkeypatch):
+    """A DEQ's forward binds f (the weight) for its solve and its VJP at z* (the weight and its pullback) inside
+    one ``shared_weights`` block: one weight normalisation a training step instead of two (three with the
+    Skip-Reg start's VJP), with values, counts and gradients bit for bit those computed without the block."""
+    from contextlib import nullcontext
+
+    from deqcore.models import deq as deq_module
+    from deqcore.nn import reparam
+
+    width = 5
+    deq = dq.DeepEquilibriumNetwork(_deq_f(width, weight_norm=True), dq.Anderson(), init=variant, atol=1e-9,
+                                    rtol=1e-9, max_steps=60)
+    rng = np.random.default_rng(11)
+    params, state = nn.setup(rng, deq)
+    params["model"]["layer_1"]["layer_1"]["weight_g"] *= 0.4
+    x, dy = rng.standard_normal((4, width)), rng.standard_normal((4, width))
+    outs = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(deq_module, "shared_weights", nullcontext)
+        calls = []
+        original = reparam.WeightNorm._parts
+        monkeypatch.setattr(reparam.WeightNorm, "_parts", staticmethod(lambda p: calls.append(1) or original(p)))
+        z, pullback, new_state = nn.vjp(deq, x, params, state)
+        dx, dparams = pullback(dy)
+        solution = new_state["solution"]
+        outs.append((z, dx, nn.ravel(dparams)[0], solution.nfev, solution.adjoint.nvjp, len(calls)))
+        monkeypatch.undo()
+    (z_s, dx_s, dp_s, nfe_s, nvjp_s, calls_s), (z_u, dx_u, dp_u, nfe_u, nvjp_u, calls_u) = outs
+    assert np.array_equal(z_s, z_u) and np.array_equal(dx_s, dx_u) and np.array_equal(dp_s, dp_u)
+    assert (nfe_s, nvjp_s) == (nfe_u, nvjp_u)
+    assert (calls_s, calls_u) == ((1, 2) if variant == "zeros" else (1, 3))
+    assert reparam._SHARED.memo is None                 # (nothing kept after the forward)
+
+
 def test_deq_checks_a_call_signature_once_and_then_runs_bound(monkeypatch):
     """A DEQ's first f-evaluation goes through the layers' checked calls once per signature (array types, shapes
     and dtypes of z, x, the parameters and the state); later solves of that signature start bound, with the

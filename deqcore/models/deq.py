@@ -32,6 +32,7 @@ from ..adjoint.steady_state import (
 from ..backend import get_namespace
 from ..linalg import GMRES, LinearOperator
 from ..nn.core import Layer, input_pullback, partial_pullback
+from ..nn.reparam import shared_weights
 from ..nn.tree import tree_add, tree_leaves, tree_map
 from ..results import ReturnCode
 from .jacobian import JACOBIAN_MODES, hutchinson_probe, jacobian_loss_gradient
@@ -359,6 +360,11 @@ class DeepEquilibriumNetwork(Layer):
         return self._forward(x, params, state, want_vjp=True)
 
     def _forward(self, x, params, state, want_vjp):
+        # (f bound for the solve and the VJP at z* normalise the same weights: once, see nn.reparam.shared_weights)
+        with shared_weights():
+            return self._forward_shared(x, params, state, want_vjp)
+
+    def _forward_shared(self, x, params, state, want_vjp):
         self._check_input(x, params)
         depth = int(state.get("fixed_depth", 0))
         u0, u0_pullback, extra_nfe = self._initial(x, params, state, want_vjp or depth > 0)
