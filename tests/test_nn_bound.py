@@ -433,3 +433,28 @@ def test_deq_runs_the_root_api_checks_once_per_call_signature(monkeypatch):
         for a, b in zip(*outs):
             assert np.array_equal(a, b)
     assert len(checks) == 3 + len(calls)             # cached: (3, 1e-9), (3, 1e-6), (2, 1e-6); fresh: each call
+
+
+def test_deq_checks_its_input_once_per_signature(monkeypatch):
+    """A DEQ started from zeros checks x against its parameters once per call signature (x's type, shape and
+    dtype, the parameters' and state's layout); a later call of another signature is checked again, so a
+    float32 x for float64 parameters, an integer x or an x without a batch axis still raise, naming x."""
+    from deqcore.models import deq as deq_module
+
+    width = 4
+    deq = dq.DeepEquilibriumNetwork(_deq_f(width), dq.Anderson())
+    rng = np.random.default_rng(3)
+    params, state = nn.setup(rng, deq)
+    checks = []
+    original = deq_module.DeepEquilibriumNetwork._check_input
+    monkeypatch.setattr(deq_module.DeepEquilibriumNetwork, "_check_input",
+                        lambda self, x, p: checks.append(x.shape) or original(self, x, p))
+    for batch in (3, 3, 2, 3, 2):
+        z, _ = deq(rng.standard_normal((batch, width)), params, state)
+        assert z.shape == (batch, width)
+    assert checks == [(3, width), (2, width)]
+    for bad, error in [(np.ones((3, width), np.float32), "x has dtype float32 but the parameters are float64"),
+                       (np.ones((3, width), np.int64), "x has dtype int64"),
+                       (np.ones(()), "x must have a leading batch axis")]:
+        with pytest.raises((TypeError, ValueError), match=error):
+            deq(bad, params, state)
