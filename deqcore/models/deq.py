@@ -627,23 +627,33 @@ class _Unsigned(Exception):
 
 
 def _leaf_signature(a):
+    if type(a) is np.ndarray:                   # (the usual leaf: its shape is a tuple, its dtype a np.dtype)
+        return np.ndarray, a.shape, a.dtype.str
     shape, dtype = getattr(a, "shape", None), getattr(a, "dtype", None)
     if shape is None or dtype is None:
         raise _Unsigned
     return type(a), tuple(shape), np.dtype(dtype).str
 
 
+_SCALARS = (bool, int, float, str)
+
+
 def _tree_signature(tree):
+    kind = type(tree)
+    if kind is dict:                            # (the layers' parameter and state trees: dicts of arrays)
+        return tuple([(key, _tree_signature(value)) for key, value in tree.items()])
+    if kind is np.ndarray:
+        return np.ndarray, tree.shape, tree.dtype.str
     if isinstance(tree, dict):
-        return tuple((key, _tree_signature(value)) for key, value in tree.items())
+        return tuple([(key, _tree_signature(value)) for key, value in tree.items()])
     if isinstance(tree, (tuple, list)):
-        return (type(tree),) + tuple(_tree_signature(value) for value in tree)
+        return (type(tree),) + tuple([_tree_signature(value) for value in tree])
     if tree is None:
         return None
-    if type(tree) in (bool, int, float, str):
-        return type(tree), tree
+    if kind in _SCALARS:
+        return kind, tree
     if isinstance(tree, np.generic):
-        return type(tree), tree.item()
+        return kind, tree.item()
     return _leaf_signature(tree)
 
 
