@@ -333,12 +333,12 @@ class DeepEquilibriumNetwork(Layer):
     def _zeros_start_signature(self, x, params, state):
         """:func:`_call_signature` of f((u0, x)) for a solve from zeros shaped like x (u0's signature is x's),
         computed before the input checks: a signature already in ``_inputs_checked`` passed
-        :meth:`_check_input` (which reads x's type, shape and dtype and the parameters' dtypes: ``params`` holds
-        the model's alone here), so a training loop runs those checks on its first step only. None when the start
-        is not zeros shaped like x (or the trees hold unsigned leaves)."""
+        :meth:`_check_input` (which reads x's type, shape and dtype and the parameters' dtypes; ``params``
+        holds the model's alone here), so a training loop runs those checks on its first step only. None when
+        the start is not zeros shaped like x (or the trees hold unsigned leaves)."""
         if (self.init_mode != "zeros" or type(x) is not np.ndarray or self.problem_type != "steady_state"
-                or type(self)._zero_state is not DeepEquilibriumNetwork._zero_state or not isinstance(params, dict)
-                or len(params) != 1 or not isinstance(state, dict)):
+                or type(self)._zero_state is not DeepEquilibriumNetwork._zero_state
+                or not isinstance(params, dict) or len(params) != 1 or not isinstance(state, dict)):
             return None
         try:
             return _call_signature(x, x, params["model"], state["model"])
@@ -376,7 +376,8 @@ class DeepEquilibriumNetwork(Layer):
         return self._forward(x, params, state, want_vjp=True)
 
     def _forward(self, x, params, state, want_vjp):
-        # (f bound for the solve and the VJP at z* normalise the same weights: once, see nn.reparam.shared_weights)
+        # (the f bound for the solve and the VJP at z* normalise the same weights: once, see
+        # nn.reparam.shared_weights)
         with shared_weights():
             return self._forward_shared(x, params, state, want_vjp)
 

@@ -164,9 +164,9 @@ def fused_activation(z, name, bias=None, axis=-1, derivative=True):
 
 
 def activation_forward_fn(name):
-    """``z -> fused_activation(z, name)``, the value and the derivative without a bias (equal bit for bit), with
-    the kernel (and the ``DEQCORE_KERNELS`` setting, read now) resolved once: for a layer's VJP bound to its
-    parameters. Any z but a C-contiguous NumPy float array takes :func:`fused_activation`.
+    """``z -> fused_activation(z, name)``, the value and the derivative without a bias (equal bit for bit),
+    with the kernel (and the ``DEQCORE_KERNELS`` setting, read now) resolved once: for a layer's VJP bound to
+    its parameters. Any z but a C-contiguous NumPy float array takes :func:`fused_activation`.
 
     >>> import numpy as np
     >>> z = np.linspace(-2.0, 2.0, 8192).reshape(64, 128)

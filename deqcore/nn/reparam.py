@@ -33,18 +33,18 @@ def _normalise(v, eps=1e-12):
 
 
 class _Shared(threading.local):
-    memo = None     # inside shared_weights(): id(weight_v) -> (weight_v, weight_g, WeightNorm's parts and weight)
+    memo = None     # inside shared_weights(): id(weight_v) -> (weight_v, weight_g, the parts and the weight)
 
 
 _SHARED = _Shared()
 
 
 class shared_weights:
-    """``with shared_weights(): ...``: inside the block a weight normalisation of the same parameter arrays (the
-    same objects) is computed once and its result reused, bit for bit the value computed again. A DEQ's forward
-    binds f to its parameters (the weight) and then its VJP at z* (the weight and its pullback): one
-    normalisation instead of two. Blocks nest (the outermost one's results are shared). The block must not change
-    the parameter arrays in place (a model's forward does not).
+    """``with shared_weights(): ...``: inside the block a weight normalisation of the same parameter arrays
+    (the same objects) is computed once and its result reused, bit for bit the value computed again. A DEQ's
+    forward binds f to its parameters (the weight) and then its VJP at z* (the weight and its pullback): one
+    normalisation instead of two. Blocks nest (the outermost one's results are shared). The block must not
+    change the parameter arrays in place (a model's forward does not).
 
     >>> import numpy as np
     >>> from deqcore import nn
@@ -102,8 +102,8 @@ class WeightNorm:
         return v, g.reshape(shape), norm, shape
 
     def _weight_parts(self, params):
-        """``(w, v, g, norm, shape)``: the weight and :meth:`_parts`, computed once per parameter arrays inside a
-        :class:`shared_weights` block."""
+        """``(w, v, g, norm, shape)``: the weight and :meth:`_parts`, computed once per parameter arrays
+        inside a :class:`shared_weights` block."""
         memo = _SHARED.memo
         if memo is not None:
             v, g = params["weight_v"], params["weight_g"]
