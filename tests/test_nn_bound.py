@@ -110,6 +110,28 @@ def test_activation_value_fn_equals_fused_activation(name):
             activation_value_fn(name, bias, -1)(np.ones((2, 3), dtype))
 
 
+@pytest.mark.parametrize("name", ACTS)
+def test_activation_bound_vjp_equals_its_vjp(name):
+    """An activation's bound VJP (its kernel chosen once) against its VJP, bit for bit: below and above the
+    sizes where the kernel takes over from NumPy, both dtypes, a strided input (the general path), and the
+    pullbacks."""
+    rng = np.random.default_rng(2)
+    layer = nn.Activation(name)
+    bound = layer.bind_vjp({}, {})
+    for dtype in (np.float32, np.float64):
+        for shape in ((3, 16), (700, 16), (2, 16, 300)):
+            z = (rng.standard_normal(shape) * 4).astype(dtype)
+            for x in (z, z[::2]):
+                (y, pullback, _), (y_b, pullback_b, _) = layer.vjp(x, {}, {}), bound(x)
+                dy = rng.standard_normal(y.shape).astype(dtype)
+                assert _same(y_b, y) and _same(pullback_b(dy)[0], pullback(dy)[0])
+                assert _same(input_pullback(pullback_b)(dy), input_pullback(pullback)(dy))
+                got, want = partial_pullback(pullback_b, True)(dy), partial_pullback(pullback, True)(dy)
+                assert _same(got[0], want[0])
+    with pytest.raises(TypeError):
+        bound([1.0, 2.0])
+
+
 def _unbound(deq):
     """The same DEQ whose f runs through the layers' public calls on every evaluation."""
     model = deq.model
@@ -309,6 +331,44 @@ def test_deq_binds_its_vjp_once_per_chain_of_calls(mode, monkeypatch):
     assert (calls_u, calls_b) == {"phantom": (1 + steps, 1), "fixed depth": (steps, 1), "jacobian loss": (3, 1)}[mode]
 
 
+@pytest.mark.parametrize("variant", ["zeros", "one_step"])
+def test_deq_forward_normalises_its_weight_once(variant, monkeypatch):
+    """A DEQ's forward binds f (the weight) for its solve and its VJP at z* (the weight and its pullback)
+    inside one ``shared_weights`` block: one weight normalisation a training step instead of two (three with
+    the Skip-Reg start's VJP), with values, counts and gradients bit for bit those computed without the
+    block."""
+    from contextlib import nullcontext
+
+    from deqcore.models import deq as deq_module
+    from deqcore.nn import reparam
+
+    width = 5
+    deq = dq.DeepEquilibriumNetwork(_deq_f(width, weight_norm=True), dq.Anderson(), init=variant, atol=1e-9,
+                                    rtol=1e-9, max_steps=60)
+    rng = np.random.default_rng(11)
+    params, state = nn.setup(rng, deq)
+    params["model"]["layer_1"]["layer_1"]["weight_g"] *= 0.4
+    x, dy = rng.standard_normal((4, width)), rng.standard_normal((4, width))
+    outs = []
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(deq_module, "shared_weights", nullcontext)
+        calls = []
+        original = reparam.WeightNorm._parts
+        counting = staticmethod(lambda p: calls.append(1) or original(p))
+        monkeypatch.setattr(reparam.WeightNorm, "_parts", counting)
+        z, pullback, new_state = nn.vjp(deq, x, params, state)
+        dx, dparams = pullback(dy)
+        solution = new_state["solution"]
+        outs.append((z, dx, nn.ravel(dparams)[0], solution.nfev, solution.adjoint.nvjp, len(calls)))
+        monkeypatch.undo()
+    (z_s, dx_s, dp_s, nfe_s, nvjp_s, calls_s), (z_u, dx_u, dp_u, nfe_u, nvjp_u, calls_u) = outs
+    assert np.array_equal(z_s, z_u) and np.array_equal(dx_s, dx_u) and np.array_equal(dp_s, dp_u)
+    assert (nfe_s, nvjp_s) == (nfe_u, nvjp_u)
+    assert (calls_s, calls_u) == ((1, 2) if variant == "zeros" else (1, 3))
+    assert reparam._SHARED.memo is None                 # (nothing kept after the forward)
+
+
 def test_deq_checks_a_call_signature_once_and_then_runs_bound(monkeypatch):
     """A DEQ's first f-evaluation goes through the layers' checked calls once per signature (array types, shapes
     and dtypes of z, x, the parameters and the state); later solves of that signature start bound, with the
@@ -397,3 +457,28 @@ def test_deq_runs_the_root_api_checks_once_per_call_signature(monkeypatch):
         for a, b in zip(*outs):
             assert np.array_equal(a, b)
     assert len(checks) == 3 + len(calls)             # cached: (3, 1e-9), (3, 1e-6), (2, 1e-6); fresh: each call
+
+
+def test_deq_checks_its_input_once_per_signature(monkeypatch):
+    """A DEQ started from zeros checks x against its parameters once per call signature (x's type, shape and
+    dtype, the parameters' and state's layout); a later call of another signature is checked again, so a
+    float32 x for float64 parameters, an integer x or an x without a batch axis still raise, naming x."""
+    from deqcore.models import deq as deq_module
+
+    width = 4
+    deq = dq.DeepEquilibriumNetwork(_deq_f(width), dq.Anderson())
+    rng = np.random.default_rng(3)
+    params, state = nn.setup(rng, deq)
+    checks = []
+    original = deq_module.DeepEquilibriumNetwork._check_input
+    monkeypatch.setattr(deq_module.DeepEquilibriumNetwork, "_check_input",
+                        lambda self, x, p: checks.append(x.shape) or original(self, x, p))
+    for batch in (3, 3, 2, 3, 2):
+        z, _ = deq(rng.standard_normal((batch, width)), params, state)
+        assert z.shape == (batch, width)
+    assert checks == [(3, width), (2, width)]
+    for bad, error in [(np.ones((3, width), np.float32), "x has dtype float32 but the parameters are"),
+                       (np.ones((3, width), np.int64), "x has dtype int64"),
+                       (np.ones(()), "x must have a leading batch axis")]:
+        with pytest.raises((TypeError, ValueError), match=error):
+            deq(bad, params, state)

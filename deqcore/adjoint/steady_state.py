@@ -504,6 +504,8 @@ class _Iteration:
         self.going = ~self.done & ~self.slow
         self.n_going = int(xp.count_nonzero(self.going))
         self.n_slow = int(xp.count_nonzero(self.slow))
+        if not self.n_going:                # (no step reads a trial then: the next one takes GMRES's vectors)
+            return
         if self.compiled is not None:
             buffers = self.buffers
             self.trial = self.compiled.trial(self.going, self.lam, self.r,

@@ -32,6 +32,7 @@ from ..adjoint.steady_state import (
 from ..backend import get_namespace
 from ..linalg import GMRES, LinearOperator
 from ..nn.core import Layer, input_pullback, partial_pullback
+from ..nn.reparam import shared_weights
 from ..nn.tree import tree_add, tree_leaves, tree_map
 from ..results import ReturnCode
 from .jacobian import JACOBIAN_MODES, hutchinson_probe, jacobian_loss_gradient
@@ -284,14 +285,15 @@ class DeepEquilibriumNetwork(Layer):
             return u0, lambda du: _model_cotangent(pb(du)), 1
         return self._f(x, params, state)(zeros), None, 1
 
-    def _solve(self, x, params, state, u0):
+    def _solve(self, x, params, state, u0, signature=None):
         if self.problem_type == "ode":
             return integrate_span(self._f(x, params, state), u0, self.solver, self.tspan, atol=self.atol,
                                   rtol=self.rtol, max_steps=self.max_steps)
         if self._compacts(x, state, u0):
             return solve_equilibrium(self._f_rows(params, state), u0, self.solver, atol=self.atol, rtol=self.rtol,
                                      max_steps=self.max_steps, args=(x,), compact=True)
-        signature = _call_signature(u0, x, params["model"], state["model"]) if type(u0) is np.ndarray else None
+        if signature is None and type(u0) is np.ndarray:     # (given: x's, u0 being zeros like x)
+            signature = _call_signature(u0, x, params["model"], state["model"])
         f = self._f(x, params, state, signature)
         key, solved = None, self.__dict__.setdefault("_solved_signatures", set())
         if signature is not None and not is_ode_solver(self.solver):
@@ -328,7 +330,22 @@ class DeepEquilibriumNetwork(Layer):
             return False
         return True
 
-    def _solve_isolated(self, x, params, state, u0):
+    def _zeros_start_signature(self, x, params, state):
+        """:func:`_call_signature` of f((u0, x)) for a solve from zeros shaped like x (u0's signature is x's),
+        computed before the input checks: a signature already in ``_inputs_checked`` passed
+        :meth:`_check_input` (which reads x's type, shape and dtype and the parameters' dtypes; ``params``
+        holds the model's alone here), so a training loop runs those checks on its first step only. None when
+        the start is not zeros shaped like x (or the trees hold unsigned leaves)."""
+        if (self.init_mode != "zeros" or type(x) is not np.ndarray or self.problem_type != "steady_state"
+                or type(self)._zero_state is not DeepEquilibriumNetwork._zero_state
+                or not isinstance(params, dict) or len(params) != 1 or not isinstance(state, dict)):
+            return None
+        try:
+            return _call_signature(x, x, params["model"], state["model"])
+        except (KeyError, TypeError):
+            return None
+
+    def _solve_isolated(self, x, params, state, u0, signature=None):
         """The forward solve; a sample whose start u0 holds NaN/inf (a NaN input through a learned or
         one-step initial guess) starts from zeros instead and is marked DIVERGED, so it cannot stop the batch.
         Warns once per call site when samples fail."""
@@ -341,7 +358,7 @@ class DeepEquilibriumNetwork(Layer):
                 u0 = xp.where(bad.reshape((-1,) + (1,) * (u0.ndim - 1)), xp.zeros((), dtype=u0.dtype), u0)
             else:
                 bad = None
-        outcome = self._solve(x, params, state, u0)
+        outcome = self._solve(x, params, state, u0, signature)
         if self.problem_type != "steady_state":
             return outcome
         if bad is not None:
@@ -359,14 +376,27 @@ class DeepEquilibriumNetwork(Layer):
         return self._forward(x, params, state, want_vjp=True)
 
     def _forward(self, x, params, state, want_vjp):
-        self._check_input(x, params)
+        # (the f bound for the solve and the VJP at z* normalise the same weights: once, see
+        # nn.reparam.shared_weights)
+        with shared_weights():
+            return self._forward_shared(x, params, state, want_vjp)
+
+    def _forward_shared(self, x, params, state, want_vjp):
+        signature = self._zeros_start_signature(x, params, state)
+        checked = self.__dict__.setdefault("_inputs_checked", set())
+        if signature is None or signature not in checked:
+            self._check_input(x, params)
+            if signature is not None:
+                if len(checked) >= _SIGNATURES_KEPT:
+                    checked.clear()
+                checked.add(signature)
         depth = int(state.get("fixed_depth", 0))
         u0, u0_pullback, extra_nfe = self._initial(x, params, state, want_vjp or depth > 0)
         if depth > 0:
             return self._unrolled(x, params, state, u0, u0_pullback, depth, extra_nfe)
-        outcome = self._solve_isolated(x, params, state, u0)
+        outcome = self._solve_isolated(x, params, state, u0, signature)
         z_star = outcome.value
-        xp = get_namespace(z_star)
+        xp = np if type(z_star) is np.ndarray else get_namespace(z_star)
         model, pm, sm = self.model, params["model"], state["model"]
         jac_seed = int(state.get("jacobian_seed", 0))
         fixed_pullback, f_star = None, None
@@ -598,23 +628,33 @@ class _Unsigned(Exception):
 
 
 def _leaf_signature(a):
+    if type(a) is np.ndarray:                   # (the usual leaf: its shape is a tuple, its dtype a np.dtype)
+        return np.ndarray, a.shape, a.dtype.str
     shape, dtype = getattr(a, "shape", None), getattr(a, "dtype", None)
     if shape is None or dtype is None:
         raise _Unsigned
     return type(a), tuple(shape), np.dtype(dtype).str
 
 
+_SCALARS = (bool, int, float, str)
+
+
 def _tree_signature(tree):
+    kind = type(tree)
+    if kind is dict:                            # (the layers' parameter and state trees: dicts of arrays)
+        return tuple([(key, _tree_signature(value)) for key, value in tree.items()])
+    if kind is np.ndarray:
+        return np.ndarray, tree.shape, tree.dtype.str
     if isinstance(tree, dict):
-        return tuple((key, _tree_signature(value)) for key, value in tree.items())
+        return tuple([(key, _tree_signature(value)) for key, value in tree.items()])
     if isinstance(tree, (tuple, list)):
-        return (type(tree),) + tuple(_tree_signature(value) for value in tree)
+        return (type(tree),) + tuple([_tree_signature(value) for value in tree])
     if tree is None:
         return None
-    if type(tree) in (bool, int, float, str):
-        return type(tree), tree
+    if kind in _SCALARS:
+        return kind, tree
     if isinstance(tree, np.generic):
-        return type(tree), tree.item()
+        return kind, tree.item()
     return _leaf_signature(tree)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 from functools import partial
 
-from .activation_kernels import REFERENCE, activation_value_fn, fused_activation
+from .activation_kernels import REFERENCE, activation_forward_fn, activation_value_fn, fused_activation
 from .core import Layer, check_array_input, identity, with_input_only
 
 __all__ = ["Activation", "ACTIVATIONS", "activation"]
@@ -114,10 +114,25 @@ class Activation(Layer):
 
     def vjp(self, x, params, state):
         y, d = self.forward(check_array_input(self, x))
-        pullback = with_input_only(lambda dy: (self.scale(d, dy), {}), lambda dy, wanted=None: self.scale(d, dy),
-                                   lambda dy, wanted: (None if wanted is False else self.scale(d, dy), {}),
-                                   lambda wanted=None: self.scale_fn(d))
-        return y, pullback, state
+        return y, self._pullback(d), state
+
+    def bind_vjp(self, params, state):
+        if self.is_identity:
+            return super().bind_vjp(params, state)
+        forward = activation_forward_fn(self.name)      # (the kernel chosen once)
+
+        def vjp(x):
+            y, d = forward(check_array_input(self, x))
+            return y, self._pullback(d), state
+
+        return vjp
+
+    def _pullback(self, d):
+        """The pullback at the derivative ``d`` (None for the identity)."""
+        scale = self.scale
+        return with_input_only(lambda dy: (scale(d, dy), {}), lambda dy, wanted=None: scale(d, dy),
+                               lambda dy, wanted: (None if wanted is False else scale(d, dy), {}),
+                               lambda wanted=None: self.scale_fn(d))
 
     def jvp(self, x, params, state, dx, dparams=None):
         y, d = self.forward(check_array_input(self, x))

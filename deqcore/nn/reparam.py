@@ -12,11 +12,13 @@ new state; calls with the same state use the same ``u`` (as a DEQ's fixed-point 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..backend import get_namespace
 
-__all__ = ["PlainWeight", "WeightNorm", "SpectralNorm", "weight_scheme"]
+__all__ = ["PlainWeight", "WeightNorm", "SpectralNorm", "weight_scheme", "shared_weights"]
 
 _POWER_ITERATIONS_AT_INIT = 30
 
@@ -28,6 +30,45 @@ def _rows(w):
 def _normalise(v, eps=1e-12):
     xp = get_namespace(v)
     return v / xp.maximum(xp.linalg.norm(v), eps)
+
+
+class _Shared(threading.local):
+    memo = None     # inside shared_weights(): id(weight_v) -> (weight_v, weight_g, the parts and the weight)
+
+
+_SHARED = _Shared()
+
+
+class shared_weights:
+    """``with shared_weights(): ...``: inside the block a weight normalisation of the same parameter arrays
+    (the same objects) is computed once and its result reused, bit for bit the value computed again. A DEQ's
+    forward binds f to its parameters (the weight) and then its VJP at z* (the weight and its pullback): one
+    normalisation instead of two. Blocks nest (the outermost one's results are shared). The block must not
+    change the parameter arrays in place (a model's forward does not).
+
+    >>> import numpy as np
+    >>> from deqcore import nn
+    >>> layer = nn.Dense(3, 3, weight_norm=True)
+    >>> params, state = nn.setup(np.random.default_rng(0), layer)
+    >>> with shared_weights():
+    ...     w1, _ = layer._scheme.weight(params, state)
+    ...     w2, _ = layer._scheme.weight(params, state)
+    >>> w1 is w2, bool(np.array_equal(w1, layer._scheme.weight(params, state)[0]))
+    (True, True)
+    """
+
+    __slots__ = ("outer",)
+
+    def __enter__(self):
+        self.outer = _SHARED.memo
+        if self.outer is None:
+            _SHARED.memo = {}
+        return self
+
+    def __exit__(self, *exc):
+        if self.outer is None:
+            _SHARED.memo = None
+        return False
 
 
 class PlainWeight:
@@ -60,12 +101,27 @@ class WeightNorm:
         norm = xp.sqrt(xp.sum(_rows(v) ** 2, axis=1)).reshape(shape)
         return v, g.reshape(shape), norm, shape
 
+    def _weight_parts(self, params):
+        """``(w, v, g, norm, shape)``: the weight and :meth:`_parts`, computed once per parameter arrays
+        inside a :class:`shared_weights` block."""
+        memo = _SHARED.memo
+        if memo is not None:
+            v, g = params["weight_v"], params["weight_g"]
+            hit = memo.get(id(v))
+            if hit is not None and hit[0] is v and hit[1] is g:
+                return hit[2]
+        parts = self._parts(params)
+        v_rows, g_rows, norm, shape = parts
+        out = (g_rows * v_rows / norm, v_rows, g_rows, norm, shape)
+        if memo is not None:
+            memo[id(v)] = (v, g, out)
+        return out
+
     def weight(self, params, state):
-        v, g, norm, _ = self._parts(params)
-        return g * v / norm, state
+        return self._weight_parts(params)[0], state
 
     def weight_vjp(self, params, state):
-        v, g, norm, shape = self._parts(params)
+        w, v, g, norm, shape = self._weight_parts(params)
 
         def pullback(dw):
             xp = get_namespace(dw)
@@ -73,11 +129,10 @@ class WeightNorm:
             dv = (g / norm) * (dw - v * (inner / norm))
             return {"weight_v": dv, "weight_g": inner.reshape(-1)}
 
-        return g * v / norm, pullback, state
+        return w, pullback, state
 
     def weight_jvp(self, params, state, dparams):
-        v, g, norm, shape = self._parts(params)
-        w = g * v / norm
+        w, v, g, norm, shape = self._weight_parts(params)
         if dparams is None:
             return w, None
         xp = get_namespace(v)
