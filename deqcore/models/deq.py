@@ -285,10 +285,10 @@ class DeepEquilibriumNetwork(Layer):
             return u0, lambda du: _model_cotangent(pb(du)), 1
         return self._f(x, params, state)(zeros), None, 1
 
-    def _solve(self, x, params, state, u0, signature=None):
+    def _solve(self, x, params, state, u0, signature=None, held=None):
         if self.problem_type == "ode":
-            return integrate_span(self._f(x, params, state), u0, self.solver, self.tspan, atol=self.atol,
-                                  rtol=self.rtol, max_steps=self.max_steps)
+            return integrate_span(_hold_rows(self._f(x, params, state), held), u0, self.solver, self.tspan,
+                                  atol=self.atol, rtol=self.rtol, max_steps=self.max_steps)
         if self._compacts(x, state, u0):
             return solve_equilibrium(self._f_rows(params, state), u0, self.solver, atol=self.atol, rtol=self.rtol,
                                      max_steps=self.max_steps, args=(x,), compact=True)
@@ -345,11 +345,22 @@ class DeepEquilibriumNetwork(Layer):
         except (KeyError, TypeError):
             return None
 
-    def _solve_isolated(self, x, params, state, u0, signature=None):
+    def _solve_isolated(self, x, params, state, u0, signature=None, held=None):
         """The forward solve; a sample whose start u0 holds NaN/inf (a NaN input through a learned or
         one-step initial guess) starts from zeros instead and is marked DIVERGED, so it cannot stop the batch.
-        Warns once per call site when samples fail."""
+        Warns once per call site when samples fail. ODE models (one integration for the batch): the samples
+        ``held`` (non-finite inputs, zeroed by :func:`_held_samples`) stay at their start, marked DIVERGED; the
+        others' codes are the integration's."""
         xp = get_namespace(u0)
+        if self.problem_type == "ode":
+            outcome = self._solve(x, params, state, u0, held=held)
+            codes = xp.full((u0.shape[0],), int(outcome.result), dtype=np.int64)
+            if held is not None:
+                codes = xp.where(held, int(ReturnCode.DIVERGED), codes)
+            warn_failed(f"the forward solve of {type(self).__name__}", codes,
+                        "The state at the end of the span is returned and its gradient is not exact: raise "
+                        "max_steps, or check the inputs of the samples marked DIVERGED for NaN/inf")
+            return outcome, codes
         bad = None
         # (zeros, the start for init="zeros", are finite whatever x holds: no pass over them)
         if self.problem_type == "steady_state" and self.init_mode != "zeros" and u0.ndim >= 1 and u0.shape[0] > 0:
@@ -359,14 +370,12 @@ class DeepEquilibriumNetwork(Layer):
             else:
                 bad = None
         outcome = self._solve(x, params, state, u0, signature)
-        if self.problem_type != "steady_state":
-            return outcome
         if bad is not None:
             outcome.result = xp.where(bad, int(ReturnCode.DIVERGED), outcome.result)
         warn_failed(f"the forward solve of {type(self).__name__}", outcome.result,
                     "The best iterate is returned and its gradient is not the implicit gradient: raise max_steps, "
                     "loosen atol/rtol or keep f contractive")
-        return outcome
+        return outcome, outcome.result
 
     def __call__(self, x, params, state):
         y, _, new_state = self._forward(x, params, state, want_vjp=False)
@@ -390,11 +399,14 @@ class DeepEquilibriumNetwork(Layer):
                 if len(checked) >= _SIGNATURES_KEPT:
                     checked.clear()
                 checked.add(signature)
+        held = None
+        if self.problem_type == "ode":
+            x, held = _held_samples(x)
         depth = int(state.get("fixed_depth", 0))
         u0, u0_pullback, extra_nfe = self._initial(x, params, state, want_vjp or depth > 0)
         if depth > 0:
             return self._unrolled(x, params, state, u0, u0_pullback, depth, extra_nfe)
-        outcome = self._solve_isolated(x, params, state, u0, signature)
+        outcome, codes = self._solve_isolated(x, params, state, u0, signature, held)
         z_star = outcome.value
         xp = np if type(z_star) is np.ndarray else get_namespace(z_star)
         model, pm, sm = self.model, params["model"], state["model"]
@@ -420,8 +432,8 @@ class DeepEquilibriumNetwork(Layer):
         skip_loss = ((z_star - u0) ** 2).mean() if self.init_mode != "zeros" else 0.0
         solution = DeepEquilibriumSolution(
             z_star=z_star, u0=u0, residual=outcome.residual, jacobian_loss=jac_loss,
-            nfev=int(outcome.stats.get("nfev", 0)) + extra_nfe, result=outcome.result, original=outcome,
-            skip_loss=skip_loss)
+            nfev=int(outcome.stats.get("nfev", 0)) + extra_nfe, result=codes, original=outcome,
+            skip_loss=skip_loss, held=held)
         new_state = {**state, "model": model_state, "solution": solution, "fixed_depth": depth,
                      "jacobian_seed": jac_seed + (self.jacobian_regularization is not None)}
         y = self.output(z_star)
@@ -501,7 +513,11 @@ class DeepEquilibriumNetwork(Layer):
         return self.adjoint.gradient(problem, g)
 
     def _ode_gradient(self, x, params, state, solution, g):
-        return ode_parameter_gradient(self._theta_vjp(x, params, state), solution.original, g, self.adjoint)
+        z = solution.z_star
+        if g.dtype != z.dtype and np.dtype(g.dtype).kind == "f":
+            g = g.astype(z.dtype)         # a float32 cotangent of a float64 output, as the steady-state models take
+        vjp = _hold_rows_vjp(self._theta_vjp(x, params, state), solution.held)
+        return ode_parameter_gradient(vjp, solution.original, g, self.adjoint)
 
     def _unrolled(self, x, params, state, u0, u0_pullback, depth, extra_nfe):
         """Fixed-depth mode: z_k = f((z_{k-1}, x)) for k = 1..depth from u0, with exact backpropagation."""
@@ -692,3 +708,46 @@ class SkipDeepEquilibriumNetwork(DeepEquilibriumNetwork):
         if init_model is not None and not isinstance(init_model, Layer):
             raise TypeError(f"init_model must be an nn.Layer or None, got {type(init_model).__name__}")
         super().__init__(model, solver, init="one_step" if init_model is None else init_model, **settings)
+
+
+def _held_samples(x):
+    """``(x, held)``: x with its non-finite samples (rows along the leading axis) zeroed and the bool mask of those
+    samples, or ``(x, None)`` when every sample is finite. An ODE model integrates its batch as one system: a NaN
+    sample would stop the others, so it is held at its start instead (see :func:`_hold_rows`)."""
+    xp = get_namespace(x)
+    bad = ~xp.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if not bool(bad.any()):
+        return x, None
+    return xp.where(bad.reshape((-1,) + (1,) * (x.ndim - 1)), xp.zeros((), dtype=x.dtype), x), bad
+
+
+def _row_mask(held, z):
+    return held.reshape((-1,) + (1,) * (z.ndim - 1))
+
+
+def _hold_rows(f, held):
+    """z ↦ f(z) with the ``held`` samples' rows replaced by z's (dz/dt = f(z) − z is 0 there), or f itself."""
+    if held is None:
+        return f
+    xp = get_namespace(held)
+    return lambda z: xp.where(_row_mask(held, z), z, f(z))
+
+
+def _hold_rows_vjp(vjp, held):
+    """The VJP of :func:`_hold_rows`: the held rows pass their cotangent through as the identity's and send none
+    into f (so no input or parameter gradient from them)."""
+    if held is None:
+        return vjp
+    xp = get_namespace(held)
+
+    def held_vjp(z):
+        fz, pullback = vjp(z)
+        mask = _row_mask(held, z)
+
+        def held_pullback(a):
+            dz, rest = pullback(xp.where(mask, xp.zeros((), dtype=a.dtype), a))
+            return xp.where(mask, a, dz), rest
+
+        return xp.where(mask, z, fz), held_pullback
+
+    return held_vjp

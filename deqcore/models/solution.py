@@ -25,6 +25,8 @@ class DeepEquilibriumSolution:
         result: the return code(s) of the solve (per sample; non-convergence does not raise by default).
         original: the underlying :class:`deqcore.Solution` (or ODE solution).
         adjoint: statistics of the backward solve, filled in when the pullback runs.
+        held: ODE models (``problem_type="ode"``, ``MultiScaleNeuralODE``): per-sample bool, True where a
+            non-finite input held the sample at its start (its code DIVERGED); None when no sample was held.
 
     >>> import numpy as np, deqcore as dq
     >>> from deqcore import nn
@@ -47,6 +49,7 @@ class DeepEquilibriumSolution:
     original: Any = None
     skip_loss: Any = 0.0
     adjoint: Any = None
+    held: Any = None
 
     @property
     def success(self):
