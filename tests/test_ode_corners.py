@@ -1,0 +1,93 @@
+"""ODE corners: spans of 10⁻¹² and spans at |t| = 10⁸ (the step floor and t's float64 grid), for every method,
+forwards and backwards, float32 and float64 states.
+References: analytic solutions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import deqcore as dq
+
+EVERY_METHOD = [dq.Tsit5(), dq.VCAB3(), dq.VCABM3(), dq.Rodas3(), dq.Rodas4(), dq.Rodas5P(), dq.Radau(),
+                dq.BDF()]
+
+
+def _name(solver):
+    return type(solver).__name__
+
+
+def _decay(lam):
+    return lambda t, y: -lam * y
+
+
+# ------------------------------------------------------------------------------------------- tiny spans
+TINY_SPANS = [(0.0, 1e-12), (1e-12, 0.0), (1.0, 1.0 + 1e-11), (1.0 + 1e-11, 1.0), (-3e-12, 0.0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("span", TINY_SPANS, ids=str)
+@pytest.mark.parametrize("solver", EVERY_METHOD, ids=_name)
+def test_a_tiny_span_moves_the_state_by_its_length_times_f(solver, span, dtype):
+    # y(t1) = y0 + (t1 − t0)·f to within (t1 − t0)² and y0's rounding
+    y0 = np.array([0.5, 2.0], dtype)
+    f = lambda t, y: np.array([1.0, -3.0], y.dtype) * np.array([1.0, y[1]], y.dtype)   # noqa: E731
+    sol = dq.integrate(f, y0, span, solver, atol=1e-12, rtol=1e-9 if dtype == np.float64 else 2e-5)
+    assert sol.success and sol.ts[-1] == span[1]
+    length = span[1] - span[0]
+    want = np.array([0.5 + length, 2.0 * math.exp(-3.0 * length)])
+    np.testing.assert_allclose(sol.value, want, rtol=2 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("span", TINY_SPANS[:4], ids=str)
+@pytest.mark.parametrize("solver", EVERY_METHOD, ids=_name)
+def test_a_tiny_span_with_dynamics_of_its_own_scale_is_solved_to_the_tolerance(solver, span, dtype):
+    # λ·|t1 − t0| = 2: steps far below the old absolute floor 8 eps·max(|t|, 1) near t = 0, and below the
+    # first step BDF took at t = 1 (10⁻¹⁶: DT_TOO_SMALL after one step, where steps of 8 eps are allowed)
+    length = span[1] - span[0]
+    lam = 2.0 / abs(length)
+    atol, rtol = 1e-9, 1e-6 if dtype == np.float64 else 2e-5
+    sol = dq.integrate(_decay(lam), np.ones(1, dtype), span, solver, atol=atol, rtol=rtol)
+    want = math.exp(-lam * length)
+    assert sol.success, sol.result
+    assert abs(float(sol.value[0]) - want) <= 50 * (atol + rtol * want)
+
+
+# ------------------------------------------------------------------------------------------ large |t|
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("span", [(1e8, 1e8 + 1e-7), (1e8, 1e8 - 1e-7), (-1e8, -1e8 + 3e-7)], ids=str)
+@pytest.mark.parametrize("solver", EVERY_METHOD, ids=_name)
+def test_a_span_of_a_few_units_in_the_last_place_of_t_is_solved(solver, span, dtype):
+    # at |t| = 1e8 a step of t is a multiple of 1.49e-8: the span holds 7 to 20 of them, and the tolerance
+    # asks for steps of a few of them. The old floor 8 eps·|t| = 1.8e-7 was larger than the span
+    length = span[1] - span[0]
+    lam = 1e6          # BDF's first steps (order 1, error (hλ)²/2) need two to four of them at rtol 1e-3
+    atol, rtol = 1e-12, 1e-3
+    sol = dq.integrate(_decay(lam), np.ones(1, dtype), span, solver, atol=atol, rtol=rtol)
+    assert sol.success, sol.result
+    want = math.exp(-lam * length)
+    assert abs(float(sol.value[0]) - want) <= 50 * (atol + rtol * want)
+
+
+@pytest.mark.parametrize("solver", [dq.Tsit5(), dq.VCABM3(), dq.Rodas5P(), dq.BDF()], ids=_name)
+def test_steps_at_large_t_are_steps_of_t_s_grid_so_time_and_state_agree(solver):
+    # y₀' = 1 integrates the time itself; y₁ oscillates fast so that the steps are a few units in the last
+    # place of t (1.49e-8). A step h that t cannot take moved y₀ by h but t by round(t + h) − t (up to
+    # half a unit off each step): the state's clock drifted from t
+    w = 3e5
+    f = lambda t, y: np.array([1.0, w * math.cos(w * (t - 1e8))])   # noqa: E731
+    sol = dq.integrate(f, np.zeros(2), (1e8, 1e8 + 1e-5), solver, atol=1e-9, rtol=1e-3)
+    assert sol.success
+    elapsed = sol.ts - 1e8
+    np.testing.assert_allclose(sol.ys[:, 0], elapsed, rtol=1e-9, atol=1e-20)
+    np.testing.assert_allclose(sol.ys[:, 1], np.sin(w * elapsed), atol=0.05)
+
+
+def test_dt0_below_the_floor_is_raised_to_a_floor_of_the_span_s_scale():
+    sol = dq.integrate(lambda t, y: -y, np.ones(1), (0.0, 1e-12), dq.Tsit5(), dt0=1e-30)
+    assert sol.success and sol.steps[0].h >= 2 * np.finfo(float).eps * 1e-12
+    np.testing.assert_allclose(sol.value, math.exp(-1e-12), rtol=1e-15)
