@@ -91,3 +91,42 @@ def test_dt0_below_the_floor_is_raised_to_a_floor_of_the_span_s_scale():
     sol = dq.integrate(lambda t, y: -y, np.ones(1), (0.0, 1e-12), dq.Tsit5(), dt0=1e-30)
     assert sol.success and sol.steps[0].h >= 2 * np.finfo(float).eps * 1e-12
     np.testing.assert_allclose(sol.value, math.exp(-1e-12), rtol=1e-15)
+
+
+# ------------------------------------------------------------- batched steady states: samples alone
+def _batch_rhs(t, u, c):
+    # du = A u + c[:, :2] + c[:, 2]·u² per sample (elementwise: no product whose rounding depends on the batch)
+    Au = np.stack([-2.0 * u[:, 0] + u[:, 1], 0.5 * u[:, 0] - 1.5 * u[:, 1]], axis=1)
+    return Au + c[:, :2] + c[:, 2:3] * u ** 2
+
+
+def _batch_jac(t, u, c):
+    J = np.zeros((u.shape[0], 2, 2))
+    J[:, 0, 0], J[:, 0, 1] = -2.0 + 2.0 * c[:, 2] * u[:, 0], 1.0
+    J[:, 1, 0], J[:, 1, 1] = 0.5, -1.5 + 2.0 * c[:, 2] * u[:, 1]
+    return J
+
+
+@pytest.mark.parametrize("solver", [dq.VCABM3(), dq.Tsit5(), dq.Rodas5P(), dq.Rodas4(), dq.Rodas3()], ids=_name)
+def test_batched_steady_state_samples_beside_failing_ones_are_unchanged_bit_for_bit(solver):
+    # sample 1 blows up (u² growth), sample 2 has a NaN source: samples 0 and 3 end exactly as in the same
+    # batch with healthy samples in their places, and (explicit methods) exactly as solved alone
+    c = np.array([[1.0, 0.5, 0.0], [5.0, 5.0, 3.0], [np.nan, 0.0, 0.0], [0.1, -0.3, 0.0]])
+    u0 = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [2.0, -2.0]])
+    jac = _batch_jac if isinstance(solver, (dq.Rodas5P, dq.Rodas4, dq.Rodas3)) else None
+    options = dict(batched=True, throw=False, atol=1e-9, rtol=1e-9, max_steps=400, jac=jac)
+    sol = dq.steady_state(_batch_rhs, u0, solver, args=(c,), **options)
+    assert int(sol.result[1]) != int(dq.ReturnCode.SUCCESS) and int(sol.result[2]) != int(dq.ReturnCode.SUCCESS)
+    healthy_c, healthy_u0 = c.copy(), u0.copy()
+    healthy_c[1:3], healthy_u0[1:3] = [[0.3, -0.2, 0.0], [0.2, 0.2, 0.0]], [[1.0, -1.0], [0.5, 0.5]]
+    healthy = dq.steady_state(_batch_rhs, healthy_u0, solver, args=(healthy_c,), **options)
+    A = np.array([[-2.0, 1.0], [0.5, -1.5]])
+    for i in (0, 3):
+        assert int(healthy.result[i]) == int(sol.result[i])
+        np.testing.assert_array_equal(sol.value[i], healthy.value[i])
+        if jac is None:     # (the Rosenbrock stages' sums round with the batch's length: not compared alone)
+            alone = dq.steady_state(_batch_rhs, u0[i:i + 1], solver, args=(c[i:i + 1],), **options)
+            assert int(alone.result[0]) == int(sol.result[i])
+            np.testing.assert_array_equal(sol.value[i], alone.value[0])
+        if int(sol.result[i]) == int(dq.ReturnCode.SUCCESS):
+            np.testing.assert_allclose(sol.value[i], np.linalg.solve(A, -c[i, :2]), atol=1e-7)
