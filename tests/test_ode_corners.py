@@ -130,3 +130,14 @@ def test_batched_steady_state_samples_beside_failing_ones_are_unchanged_bit_for_
             np.testing.assert_array_equal(sol.value[i], alone.value[0])
         if int(sol.result[i]) == int(dq.ReturnCode.SUCCESS):
             np.testing.assert_allclose(sol.value[i], np.linalg.solve(A, -c[i, :2]), atol=1e-7)
+
+
+@pytest.mark.parametrize("span", [(0.0, 5e-324), (1e-310, 0.0), (-1.5e308, 1.5e308)], ids=str)
+def test_a_span_whose_length_is_subnormal_or_infinite_is_refused_naming_t_span(span):
+    # (0, 5e-324): Rodas5P raised ZeroDivisionError, Radau ended LINEAR_SOLVE_FAILED; (−1.5e308, 1.5e308):
+    # t1 − t0 = inf, DIVERGED
+    for solver in (dq.Rodas5P(), dq.Radau(), dq.Tsit5()):
+        with pytest.raises(ValueError, match="t_span must have a length"):
+            dq.integrate(lambda t, y: -y, np.ones(2), span, solver)
+    sol = dq.integrate(lambda t, y: -y, np.ones(2), (0.0, 1e-300), dq.Rodas5P())     # a normal one is solved
+    np.testing.assert_array_equal(sol.value, np.ones(2))
