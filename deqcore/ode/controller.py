@@ -22,8 +22,8 @@ import numpy as np
 from ..backend import to_host
 from ..results import ReturnCode
 
-__all__ = ["pi_factor", "pi_factor_array", "control_step", "make_control_step", "initial_step",
-           "initial_step_host"]
+__all__ = ["pi_factor", "pi_factor_array", "step_limit", "step_limit_array", "control_step", "make_control_step",
+           "initial_step", "initial_step_host"]
 
 SAFETY = 0.9
 FACTOR_MIN = 0.2
@@ -49,12 +49,55 @@ def pi_factor(err, err_prev, after_reject, exponent):
     return min(max(FACTOR_MIN, SAFETY * e ** (-1.0 / exponent)), 1.0)
 
 
-def make_control_step(pi_factor):
+def step_limit(good, h, h_next, t, t_end, direction, eps):
+    """The next step size of a row at time ``t`` after an attempt of size ``h`` (``good``: accepted) for which
+    the controller proposes ``h_next``; 0.0 where the row cannot go on (a rejected step that cannot shrink).
+    Plain Python floats (Numba compiles this function into the control kernels and the compiled loops).
+
+    The floor is relative to ``|t|``: ``2·eps·|t|`` (eps that of the float64 time: two to four units in the
+    last place of t), with ``min(1, |t_end|)`` in place of ``|t|`` where that is larger, so a span near 0 has
+    a floor of its own scale, never an absolute one; it never exceeds an eighth of the rest of the span (but
+    stays at least ``eps·|t|``, at least one unit in the last place of t). A proposal below the floor is raised to it (as SciPy does); a rejected step whose successor would not
+    be smaller ends the row. The step is then clipped to the rest of the span and rounded to what ``t`` can
+    take (``|(t + direction·h) − t|``), so the time advances by exactly the step the method takes.
+
+    >>> step_limit(True, 1e-3, 1e-20, 1.0, 2.0, 1.0, 2.0 ** -52) == 2 * 2.0 ** -52      # raised to the floor
+    True
+    >>> step_limit(True, 1e-14, 1e-16, 0.0, 1e-12, 1.0, 2.0 ** -52)      # a span near 0: a floor of its scale
+    1e-16
+    >>> step_limit(False, 2 * 2.0 ** -52, 1e-17, 1.0, 2.0, 1.0, 2.0 ** -52)   # rejected at the floor: the end
+    0.0
+    """
+    rest = abs(t_end - t)
+    at = abs(t)
+    floor = 2.0 * eps * max(at, min(1.0, abs(t_end)))
+    floor = min(floor, max(0.125 * rest, eps * at))
+    h_new = h_next if h_next > floor else floor
+    h_new = h_new if h_new < rest else rest
+    h_new = abs((t + direction * h_new) - t)
+    if not good and not h_new < h:
+        return 0.0
+    return h_new
+
+
+def step_limit_array(xp, good, h, h_next, t, t_end, direction, eps):
+    """:func:`step_limit` on per-row arrays of the namespace ``xp``."""
+    rest = xp.abs(t_end - t)
+    at = xp.abs(t)
+    floor = 2.0 * eps * xp.maximum(at, min(1.0, abs(t_end)))
+    floor = xp.minimum(floor, xp.maximum(0.125 * rest, eps * at))
+    h_new = xp.where(h_next > floor, h_next, floor)
+    h_new = xp.where(h_new < rest, h_new, rest)
+    h_new = xp.abs((t + direction * h_new) - t)
+    return xp.where(~good & ~(h_new < h), 0.0, h_new)
+
+
+def make_control_step(pi_factor, step_limit=step_limit):
     """The step control of one row as a scalar function (plain Python floats in, a tuple out), built around
-    ``pi_factor``: the Python :func:`pi_factor` for the host loop of an unbatched problem
-    (:data:`control_step`), its Numba compilation for the control kernels, which inline the function this
-    returns (closures over compiled functions compile). The one copy of the per-row control logic; see
-    ``deqcore.ode.kernels.ode_control_reference`` for what it decides.
+    ``pi_factor`` and ``step_limit``: the Python :func:`pi_factor` and :func:`step_limit` for the host loop of
+    an unbatched problem (:data:`control_step`), their Numba compilations for the control kernels, which inline
+    the function this returns (closures over compiled functions compile). The one copy of the per-row control
+    logic; see ``deqcore.ode.kernels.ode_control_reference`` for what it decides.
 
     ``control(err_sq, y_absmax, res, threshold, exponent, t, h, err_prev, after_reject, m, t_end, direction,
     steady, big, eps) -> (good, active, code, t, h_next, err_prev, after_reject)`` for a row that was active
@@ -77,11 +120,13 @@ def make_control_step(pi_factor):
         if good and not (y_absmax < big):
             code = DIVERGED
             active = False
-        if active and h_next <= 8.0 * eps * max(abs(t), 1.0):
-            code = DT_TOO_SMALL if math.isfinite(err) else DIVERGED
-            active = False
         if active:
-            h_next = min(h_next, abs(t_end - t))  # never past t_end
+            limited = step_limit(good, h, h_next, t, t_end, direction, eps)   # never past t_end
+            if limited > 0.0:
+                h_next = limited
+            else:
+                code = DT_TOO_SMALL if math.isfinite(err) else DIVERGED
+                active = False
         return good, active, code, t, h_next, err_prev, not good
 
     return control

@@ -27,7 +27,7 @@ import numpy as np
 from ..backend import get_kernel, to_host
 from ..results import ReturnCode
 from .base import Evaluator, ensure_error_sums
-from .controller import control_step, initial_step, initial_step_host
+from .controller import control_step, initial_step, initial_step_host, step_limit, step_limit_array
 
 __all__ = ["run", "StepRecord", "LoopResult"]
 
@@ -139,10 +139,12 @@ class _HostRow:
             self.rejected += 1
         self.nfev = ev.nfev
         if active and trial.h_next is not None:
-            # a stepper with its own step-size selection: its proposal replaces the PI controller's, clipped
-            # to the rest of the span; one below the resolution of t ends the row like the controller's test
-            h = min(abs(float(trial.h_next)), abs(self.t_end - t))
-            if not h > 8.0 * T_EPS * max(abs(t), 1.0):
+            # a stepper with its own step-size selection: its proposal replaces the PI controller's, limited
+            # as the controller's (the floor, the rest of the span, t's grid)
+            limited = step_limit(good, self.h, abs(float(trial.h_next)), t, self.t_end, self.direction, T_EPS)
+            if limited > 0.0:
+                h = limited
+            else:
                 code = DT_TOO_SMALL if math.isfinite(err_sq) else DIVERGED
                 active = False
         if not active and trial.code is not None and code in (DIVERGED, DT_TOO_SMALL):
@@ -243,9 +245,13 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
             h0 = initial_step(xp, lambda t, y, dh: ev(t + dh, y), np.full(R, t0), y0, f0, direction,
                               ev.full_atol(atol), rtol, exponent, ev.batched, span)
     else:
-        floor = 100.0 * T_EPS * max(abs(float(t0)), 1.0)  # a dt0 below t's resolution is raised to it
-        h0 = min(max(abs(float(dt0)), floor), span)
-        h0 = h0 if not ev.batched else np.full(R, h0)
+        h0 = abs(float(dt0)) if not ev.batched else np.full(R, abs(float(dt0)))
+    # the first step as every later one: at least the floor, at most the span, on t's grid
+    if ev.batched:
+        h0 = step_limit_array(np, np.ones(R, dtype=bool), 0.0, np.asarray(h0, dtype=np.float64), float(t0),
+                              t_end, direction, T_EPS)
+    else:
+        h0 = step_limit(True, 0.0, _scalar(h0), float(t0), t_end, direction, T_EPS)
     stepper.start(float(t0), y0, f0)
     big = _BIG[np.dtype(y0.dtype)]                       # (the entry points accept float32 and float64 only)
     cx = xp if ev.batched else np  # where the per-row control state lives

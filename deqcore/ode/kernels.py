@@ -33,7 +33,7 @@ import numpy as np
 
 from ..backend import get_namespace, register_kernel
 from ..results import ReturnCode
-from .controller import pi_factor_array
+from .controller import pi_factor_array, step_limit_array
 
 __all__ = ["rk_stage_reference", "rk_combine_error_reference", "adams_predict_reference",
            "adams_correct_error_reference", "ode_control_reference"]
@@ -113,10 +113,11 @@ def ode_control_reference(err_sq, y_absmax, res, threshold, exponent, t, h, h_ne
     ``res`` = max|f(y_new)| (read when ``steady``), ``threshold`` the steady-state test's bound and
     ``exponent`` the power of h the row's local error scales with. For each active row: RMS error
     ``sqrt(err_sq / m)``; accept when ≤ 1 (advance ``t`` by ``direction·h``, landing exactly on ``t_end``,
-    and remember the error); ``h_next = h · factor`` (PI controller), then at most the rest of the span
-    ``|t_end − t|``; count the attempt; then finish the row
+    and remember the error); ``h_next = h · factor`` (PI controller), limited by
+    :func:`~deqcore.ode.controller.step_limit` (at least its floor, at most the rest of the span
+    ``|t_end − t|``, on t's float64 grid); count the attempt; then finish the row
     when it reached ``t_end`` or (``steady``) ``res ≤ threshold`` (SUCCESS), when an accepted state is not
-    below ``big`` (DIVERGED), or when the next step would vanish against ``eps·max(|t|, 1)`` (DT_TOO_SMALL,
+    below ``big`` (DIVERGED), or when a rejected step cannot shrink below the floor (DT_TOO_SMALL,
     or DIVERGED for a non-finite error). ``ok`` receives the accepted rows, ``summary`` the number of
     accepted and of still active rows. Inactive rows keep ``h``.
     """
@@ -139,10 +140,11 @@ def ode_control_reference(err_sq, y_absmax, res, threshold, exponent, t, h, h_ne
     blown = good & ~(y_absmax < big)
     xp.copyto(codes, DIVERGED, where=blown)
     still = active & ~done & ~blown
-    tiny = still & (h_next <= 8.0 * eps * xp.maximum(xp.abs(t), 1.0))
+    limited = step_limit_array(xp, good, h, h_next, t, t_end, direction, eps)   # never past t_end
+    tiny = still & ~(limited > 0.0)
     xp.copyto(codes, xp.where(xp.isfinite(err), DT_TOO_SMALL, DIVERGED), where=tiny)
     xp.copyto(active, still & ~tiny)
-    xp.copyto(h_next, xp.minimum(h_next, xp.abs(t_end - t)), where=active)  # never past t_end
+    xp.copyto(h_next, limited, where=active)
     xp.copyto(ok, good)
     summary[0] = good.sum()
     summary[1] = active.sum()

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..backend import get_namespace
 from ..backend.numba_tools import CACHE, launch_config, numba
-from .controller import make_control_step as _make_control_step, pi_factor as _pi_factor_py
+from .controller import make_control_step as _make_control_step, pi_factor as _pi_factor_py, \
+    step_limit as _step_limit_py
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 from ..backend.cuda_blocks import block_reduce2, for_kernels, max_nan  # noqa: E402
 from ..backend.launch import cuda_kernel  # noqa: E402
@@ -67,7 +68,8 @@ def adams_error_weight(h, h1, h2, corrector):
     return h * h * (h * h / 4.0 + (p + q) * h / 3.0 + p * q / 2.0)
 
 
-control_step = numba.njit(inline="always")(_make_control_step(pi_factor))
+step_limit = numba.njit(inline="always", cache=CACHE)(_step_limit_py)
+control_step = numba.njit(inline="always")(_make_control_step(pi_factor, step_limit))
 
 
 @numba.njit(inline="always")

@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 
 from ..backend.numba_tools import CACHE, numba
 from ..results import ReturnCode
-from .controller import make_control_step, pi_factor
+from .controller import make_control_step, pi_factor, step_limit
 from .driver import StepRecord
 
 __all__ = ["CALLBACK", "SERVED", "RAISED", "HAND_BACK", "DISPATCH", "callback_address", "run_served",
@@ -83,7 +83,8 @@ def run_served(serve, run):
         _SERVING.serve = previous
 
 #: the driver's step control of one row (:func:`~deqcore.ode.controller.make_control_step`), compiled
-control = numba.njit(make_control_step(numba.njit(pi_factor)))
+_step_limit = numba.njit(step_limit)
+control = numba.njit(make_control_step(numba.njit(pi_factor), _step_limit))
 
 _DIVERGED, _DT_TOO_SMALL = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
 
@@ -92,15 +93,17 @@ _DIVERGED, _DT_TOO_SMALL = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL
 def control_with_proposal(err_sq, y_absmax, res, threshold, exponent, t, h, err_prev, after_reject, m, t_end,
                           direction, steady, big, eps, h_next, trial_code):
     """The driver's control of its one host row (``_HostRow.control``) after an attempt whose stepper
-    proposes the next step size ``h_next`` (it replaces the PI controller's, clipped to the rest of the
-    span) and, for a failed attempt, the code ``trial_code`` (0: none) reported instead of DIVERGED or
+    proposes the next step size ``h_next`` (it replaces the PI controller's, limited as the controller's by
+    :func:`~deqcore.ode.controller.step_limit`) and, for a failed attempt, the code ``trial_code`` (0: none) reported instead of DIVERGED or
     DT_TOO_SMALL. Returns :func:`control`'s tuple."""
     good, active, code, t_new, h_ctrl, err_prev, after_reject = control(
         err_sq, y_absmax, res, threshold, exponent, t, h, err_prev, after_reject, m, t_end, direction, steady, big,
         eps)
     if active:
-        h_ctrl = min(abs(h_next), abs(t_end - t_new))
-        if not h_ctrl > 8.0 * eps * max(abs(t_new), 1.0):
+        limited = _step_limit(good, h, abs(h_next), t_new, t_end, direction, eps)
+        if limited > 0.0:
+            h_ctrl = limited
+        else:
             code = _DT_TOO_SMALL if math.isfinite(err_sq) else _DIVERGED
             active = False
     if not active and trial_code != 0 and (code == _DIVERGED or code == _DT_TOO_SMALL):

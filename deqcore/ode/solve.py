@@ -217,6 +217,12 @@ def _check_span(t_span):
     t0, t1 = _check_time(t_span[0], "t_span[0]"), _check_time(t_span[1], "t_span[1]")
     if t0 == t1:
         raise ValueError("t_span must have t1 != t0 (an empty span)")
+    length = abs(t1 - t0)
+    if not _TINY[np.dtype(np.float64)] <= length < math.inf:
+        # a subnormal length has no step size 1/h can be formed from (the implicit methods' 1/(γh) overflowed:
+        # a ZeroDivisionError or LINEAR_SOLVE_FAILED), an infinite one no finite step count
+        raise ValueError(f"t_span must have a length |t1 - t0| that is a normal float64 number, got "
+                         f"t1 - t0 = {t1 - t0!r}")
     return t0, t1
 
 
