@@ -126,19 +126,22 @@ def fixed_point_solution(f: Callable, z0: Any, args: tuple = (), solver: RootSol
     return _run(solve, z0, args)
 
 
-def _run(solve, z0, args):
-    """``solve(z0, args)``; a failure raised by a host callback while it runs (eagerly, or under a transformation
+def _run(solve, *operands):
+    """``solve(*operands)``; a failure raised by a host callback while it runs (eagerly, or under a transformation
     that runs it, such as ``jax.grad`` outside ``jax.jit``) comes out as the ``dq.SolveError`` it is rather than
     JAX's ``JaxRuntimeError`` around it. Eager calls wait for their result, so the error is raised here."""
     RAISED_IN_CALLBACK.clear()
     try:
-        out = solve(z0, args)
+        out = solve(*operands)
         if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(out)):
             out = jax.block_until_ready(out)
         return out
     except (jax.errors.JaxRuntimeError, ValueError) as err:   # a cached vmapped callback's failure: ValueError
-        if RAISED_IN_CALLBACK and str(RAISED_IN_CALLBACK[0]) in str(err):
-            raise RAISED_IN_CALLBACK.pop() from None
+        # (under shard_map several devices' callbacks may have raised: JAX reports one of them)
+        raised = next((e for e in reversed(RAISED_IN_CALLBACK) if str(e) in str(err)), None)
+        RAISED_IN_CALLBACK.clear()
+        if raised is not None:
+            raise raised from None
         raise
 
 
@@ -488,6 +491,14 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
         raise ValueError("z0 must have the batch on its leading axis")
     leaves, treedef = jax.tree_util.tree_flatten(args)
     flat_axes = _flat_in_axes(in_axes, args, len(leaves))
+    devices, batch = mesh.shape[axis], z0.shape[0]
+    if batch % devices:
+        raise ValueError(f"z0 has a batch of {batch} rows, which does not split evenly over the {devices} devices "
+                         f"of mesh axis {axis!r}: pad the batch to a multiple of {devices}")
+    for i, (leaf, a) in enumerate(zip(leaves, flat_axes)):
+        if a == 0 and (len(np.shape(leaf)) < 1 or np.shape(leaf)[0] != batch):
+            raise ValueError(f"args leaf {i} is per-sample (in_axes 0), so its leading axis must be z0's batch "
+                             f"({batch}); got shape {tuple(np.shape(leaf))} (mark shared leaves None in in_axes)")
     spec = [PartitionSpec(axis) if a == 0 else PartitionSpec() for a in flat_axes]
 
     def place(x, s):
@@ -504,7 +515,7 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
         return jax.vmap(lambda z, a: fixed_point(f, z, a, **options), in_axes=(0, vmap_axes))(z_local, local_args)
 
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(axis), *spec), out_specs=PartitionSpec(axis))
-    return mapped(z0, *leaves)
+    return _run(mapped, z0, *leaves)         # (eagerly a failed solve is the dq.SolveError, as for fixed_point)
 
 
 def _flat_in_axes(in_axes, args, count):
