@@ -6,7 +6,10 @@
   sample the unsharded value; a batch that does not split over the devices, or a per-sample argument of another
   length, is a ValueError naming z0 / the argument;
 * Dask: chunks of uneven sizes, one of them all failing, keep each sample's code and value of the in-process
-  batched solve, and the stats are the chunks' summed.
+  batched solve, and the stats are the chunks' summed; an unbatched-only method is refused when the lazy
+  steady-state solve is built, not on the workers;
+* the command line: ``demo --epochs 1`` trains; an ``--out`` folder that cannot be made, a ``--file`` that cannot
+  be run and a malformed ``--scheduler`` are one-line usage errors naming the flag (exit code 2).
 """
 
 import json
@@ -122,6 +125,20 @@ def test_dask_uneven_chunks_with_one_failing_chunk_keep_every_sample_s_code_and_
     per_chunk = [dq.fixed_point(fn, np.zeros((b - s, 1)), args=(a[s:b], x[s:b]), batched=True, throw=False,
                                 **options).stats for s, b in zip(starts[:-1], starts[1:])]
     assert sol.stats["nfev"] == sum(s["nfev"] for s in per_chunk) and sol.stats["num_chunks"] == 4
+
+
+@pytest.mark.parametrize("method", ["Radau", "BDF"])
+def test_dask_steady_state_refuses_an_unbatched_method_when_built_not_on_a_worker(method):
+    # deqcore.dask checks a solve's options "before anything runs": an unbatched-only method passed every check and
+    # failed on the workers at compute time, after the chunks had been scheduled
+    pytest.importorskip("dask.array")
+    import deqcore.dask as dqd
+
+    with pytest.raises(ValueError, match=rf"solver=dq.{method}\(\) solves unbatched problems only"):
+        dqd.steady_state(lambda t, z: -z, np.ones((4, 2)), getattr(dq, method)())
+    final = dqd.integrate(lambda t, z: -z, np.ones((2, 2)), (0.0, 1.0), getattr(dq, method)(), atol=1e-10,
+                          rtol=1e-10).compute(scheduler="sync")                 # (integrate solves row by row)
+    np.testing.assert_allclose(final.value, np.exp(-1.0), rtol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------- command line
