@@ -74,3 +74,23 @@ def test_load_still_rounds_to_a_float32_template_and_keeps_exact_integers(tmp_pa
     np.testing.assert_array_equal(loaded["w"], values.astype(np.float32))      # non-finite values stay as saved
     assert loaded["n"].dtype == np.int64 and loaded["n"].tolist() == [1, 2]
     assert loaded["flag"].dtype == bool and bool(loaded["flag"]) and loaded["step"] == 7
+
+
+def test_wrapped_function_derivatives_of_the_wrong_shape_are_named_not_broadcast():
+    # a pullback that sums over the batch (dx of shape (1, n)) or a transposed tangent went through unchecked: NumPy
+    # broadcast them into a DEQ's gradient without a word
+    bad = nn.WrappedFunction(np.sin, vjp=lambda x: (np.sin(x), lambda d: (np.cos(x) * d).sum(0, keepdims=True)),
+                             jvp=lambda x, d: (np.sin(x), (np.cos(x) * d).T))
+    x = np.linspace(0.0, 1.0, 6).reshape(3, 2)
+    _, pullback, _ = nn.vjp(bad, x, {}, {})
+    with pytest.raises(ValueError, match=r"pullback returned dx of shape \(1, 2\), but x has shape \(3, 2\)"):
+        pullback(np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"jvp returned the tangent dy of shape \(2, 3\), but y has shape \(3, 2\)"):
+        nn.jvp(bad, x, {}, {}, np.ones((3, 2)))
+    # right shapes, tuples included, pass through unchanged
+    pair = nn.WrappedFunction(lambda t: t[0] * t[1], vjp=lambda t: (t[0] * t[1], lambda d: (d * t[1], d * t[0])),
+                              jvp=lambda t, dt: (t[0] * t[1], dt[0] * t[1] + t[0] * dt[1]))
+    (da, db), _ = nn.vjp(pair, (x, 2 * x), {}, {})[1](np.ones((3, 2)))
+    np.testing.assert_array_equal(da, 2 * x)
+    np.testing.assert_array_equal(db, x)
+    np.testing.assert_array_equal(nn.jvp(pair, (x, 2 * x), {}, {}, (x, x))[1], 3 * x * x)
