@@ -94,3 +94,17 @@ def test_wrapped_function_derivatives_of_the_wrong_shape_are_named_not_broadcast
     np.testing.assert_array_equal(da, 2 * x)
     np.testing.assert_array_equal(db, x)
     np.testing.assert_array_equal(nn.jvp(pair, (x, 2 * x), {}, {}, (x, x))[1], 3 * x * x)
+
+
+@pytest.mark.parametrize("opt", [nn.SGD(0.1), nn.SGD(0.1, momentum=0.9), nn.Adam(), nn.AdamW()], ids=repr)
+def test_optimisers_name_the_gradient_leaves_missing_or_extra(opt):
+    # a gradient tree of another layout failed with "trees have different structures (dict keys differ)", naming
+    # neither the argument nor the keys
+    params = {"a": np.ones(2), "b": {"c": np.zeros(3)}}
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"grads must have the tree of params.*missing in grads: 'b/c'$"):
+        opt.update({"a": np.ones(2)}, state, params)
+    with pytest.raises(ValueError, match=r"grads must have the tree of params.*not in params: 'd'$"):
+        opt.update({"a": np.ones(2), "b": {"c": np.ones(3)}, "d": np.ones(1)}, state, params)
+    new, _ = opt.update({"a": np.ones(2), "b": {"c": np.ones(3)}}, state, params)
+    assert (new["a"] < 1).all() and (new["b"]["c"] < 0).all()             # a step against the gradient
