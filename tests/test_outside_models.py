@@ -205,3 +205,30 @@ def test_neural_ode_model_cotangent_dtype_error_names_dy_or_is_accepted_like_the
         assert "dL_dyT" not in str(err) and "dy" in str(err)
     else:
         assert dx.dtype == np.float64
+
+
+def test_convolutional_multiscale_models_gradient_and_nan_isolation_on_nchw_scales():
+    # scales (2, 4, 4) and (2, 2, 2): strided and upsampling mappings, GroupNorm after fusion; the gradient against
+    # central differences, and a NaN image diverged alone (its neighbour's output equals the solo solve)
+    main = (nn.Parallel(nn.add, nn.Conv2d(2, 2, 3, padding=1, activation="tanh", use_bias=False),
+                        nn.Conv2d(1, 2, 3, padding=1, activation="tanh")), nn.Conv2d(2, 2, 1, activation="tanh"))
+    mapping = [[nn.NoOpLayer(), nn.Conv2d(2, 2, 2, stride=2, activation="tanh")],
+               [nn.Chain(nn.Conv2d(2, 2, 1), nn.Upsample(2)), nn.NoOpLayer()]]
+    model, params, state = _setup(dq.MultiScaleSkipDeepEquilibriumNetwork(
+        main, mapping, (nn.GroupNorm(2, 2), nn.Conv2d(2, 2, 1)), None, dq.Broyden(), ((2, 4, 4), (2, 2, 2)),
+        atol=1e-11, rtol=0.0, max_steps=500))
+    x = np.random.default_rng(1).standard_normal((2, 1, 4, 4))
+    ys, pullback, new_state = nn.vjp(model, x, params, state)
+    assert new_state["solution"].success.all() and [y.shape for y in ys] == [(2, 2, 4, 4), (2, 2, 2, 2)]
+    c = tuple(np.random.default_rng(2).standard_normal(y.shape) for y in ys)
+    dx, dparams = pullback(c)
+    _directional_check(dparams, dx, params, x,
+                       lambda p, xx: float(sum(np.sum(a * b) for a, b in zip(model(xx, p, state)[0], c))), 1e-7, 2)
+    x3 = np.concatenate([x, x[:1]])
+    x3[1, 0, 2, 3] = np.nan
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ys3, state3 = model(x3, params, state)
+    assert state3["solution"].result.tolist() == [0, int(dq.ReturnCode.DIVERGED), 0]
+    for a, b in zip(ys3, ys):
+        np.testing.assert_allclose(a[[0, 2]], b[[0, 0]], rtol=1e-12, atol=1e-14)
