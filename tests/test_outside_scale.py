@@ -2,7 +2,9 @@
 
 * JAX sharding on two CPU devices (a subprocess: XLA_FLAGS must be set before JAX starts): an eager
   ``sharded_fixed_point`` whose solve fails on one device or on both raises ``dq.SolveError``, as the eager
-  unsharded ``fixed_point`` does, never JAX's ``JaxRuntimeError`` around it; ``throw=False`` gives every good
+  unsharded ``fixed_point`` does, never JAX's ``JaxRuntimeError`` around it; a failure followed by a reduction
+  over the devices (a loss's sum, a shared weight's gradient) raises, under jit and eagerly, where the process
+  used to abort (the healthy device waited for the failed one in the all-reduce); ``throw=False`` gives every good
   sample the unsharded value; a batch that does not split over the devices, or a per-sample argument of another
   length, is a ValueError naming z0 / the argument;
 * Dask: chunks of uneven sizes, one of them all failing, keep each sample's code and value of the in-process
@@ -27,7 +29,9 @@ from .background import BackgroundRun, EarlyRuns
 
 SHARDED_FAILURES = r'''
 import os, json, warnings
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+# (short collective timeouts: a device left waiting for a failed one aborts the process in seconds, not a minute)
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_warn_stuck_timeout_seconds=1"
+                           " --xla_cpu_collective_call_terminate_timeout_seconds=5")
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 import deqcore as dq
@@ -45,7 +49,7 @@ def outcome(name, call):
         out = call()
         report[name] = ["ok", np.asarray(out).ravel().tolist()]
     except Exception as err:
-        report[name] = [type(err).__module__ + "." + type(err).__name__, str(err)[:200]]
+        report[name] = [type(err).__module__ + "." + type(err).__name__, str(err)[-2000:]]
 
 sharded = lambda fn, a, **kw: dqj.sharded_fixed_point(fn, jnp.zeros_like(a), a, mesh=mesh, **{**opts, **kw})
 outcome("one_device_fails", lambda: sharded(f, x))
@@ -61,6 +65,20 @@ outcome("reference", lambda: jax.vmap(lambda z, a: dqj.fixed_point(f, z, a, engi
 outcome("odd_batch", lambda: sharded(lambda z, a: 0.5 * jnp.cos(z) + a, x[:3]))
 outcome("short_arg", lambda: dqj.sharded_fixed_point(lambda z, a: 0.5 * jnp.cos(z) + a, jnp.zeros((4, 1)), x[:2],
                                                      mesh=mesh))
+# a reduction over the devices after the failed solve: the healthy device waited in the all-reduce for the failed
+# one, and XLA aborted the process (SIGABRT) after its timeout; a gradient of a shared weight the same
+g = lambda z, a: jnp.where(a[1] > 0.5, 2.0, a[0]) * jnp.cos(z) + a[1]
+loss = lambda w: dqj.sharded_fixed_point(g, jnp.zeros_like(x), (w, x), mesh=mesh, in_axes=(None, 0), **opts).sum()
+outcome("jit_sum", lambda: jax.jit(loss)(jnp.asarray(0.5)))
+outcome("jit_grad", lambda: jax.jit(jax.grad(loss))(jnp.asarray(0.5)))
+with jax.set_mesh(mesh):
+    outcome("eager_grad", lambda: jax.grad(loss)(jnp.asarray(0.5)))
+good = lambda z, a: a[0] * jnp.cos(z) + a[1]
+loss_good = lambda w: dqj.sharded_fixed_point(good, jnp.zeros_like(x), (w, x), mesh=mesh, in_axes=(None, 0),
+                                              **opts).sum()
+outcome("jit_grad_good", lambda: jax.jit(jax.grad(loss_good))(jnp.asarray(0.5)))
+outcome("grad_good_unsharded", lambda: jax.grad(lambda w: jax.vmap(lambda z, a: dqj.fixed_point(
+    good, z, (w, a), engine="host", **opts))(jnp.zeros_like(x), x).sum())(jnp.asarray(0.5)))
 print(json.dumps(report))
 '''
 
@@ -87,7 +105,7 @@ def test_sharded_eager_failure_is_a_solve_error_on_two_devices():
     report = json.loads(stdout.strip().splitlines()[-1])
     solve_error = "deqcore.results.SolveError"
     assert report["unsharded"][0] == solve_error, report          # the eager unsharded behaviour, for reference
-    assert report["one_device_fails"][0] == solve_error and "2 of 2 samples" in report["one_device_fails"][1], report
+    assert report["one_device_fails"][0] == solve_error and "2 of 4 samples" in report["one_device_fails"][1], report
     assert report["both_fail"][0] == solve_error, report
     assert report["nan_sample"][0] == solve_error and "DIVERGED" in report["nan_sample"][1], report
     # throw=False: the best iterates, the good samples at their fixed points, equal to the unsharded solve
@@ -97,6 +115,12 @@ def test_sharded_eager_failure_is_a_solve_error_on_two_devices():
     np.testing.assert_allclose(good, 0.5 * np.cos(good) + np.array([0.0, 1 / 3]), atol=1e-10)
     assert report["odd_batch"][0] == "builtins.ValueError" and "z0 has a batch of 3 rows" in report["odd_batch"][1]
     assert report["short_arg"][0] == "builtins.ValueError" and "args leaf 0 is per-sample" in report["short_arg"][1]
+    # after a reduction over the devices: under jit JAX's error carrying the message, eagerly the SolveError itself
+    for name in ("jit_sum", "jit_grad"):
+        assert report[name][0] == "jax.errors.JaxRuntimeError" and "2 of 4 samples" in report[name][1], report
+    assert report["eager_grad"][0] == solve_error, report
+    assert report["jit_grad_good"][0] == "ok", report          # a healthy batch: the unsharded gradient
+    np.testing.assert_allclose(report["jit_grad_good"][1], report["grad_good_unsharded"][1], rtol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------------------- Dask
