@@ -510,8 +510,10 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     ``jax.shard_map`` every device calls the host solver on its local rows only (one batched solve per device,
     samples never gathered onto one host), and the implicit adjoint runs the same way; gradients of shared
     arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`; the
-    engine is the host one (``engine="auto"`` or ``"host"``).
-    The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``.
+    engine is the host one (``engine="auto"`` or ``"host"``). The batch must split evenly over the devices.
+    The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``. A failed solve raises
+    ``dq.SolveError`` (under ``jax.jit``, JAX's error carrying its message), or warns once with ``throw=False``,
+    naming the whole batch's codes: the devices share their codes first, so none is left waiting for a failed one.
 
     >>> import jax, jax.numpy as jnp
     >>> mesh = jax.make_mesh((1,), ("b",))
