@@ -175,6 +175,16 @@ def _check_options(kind, options):
         wanted = ("an ODE method (dq.Tsit5(), dq.VCABM3(), dq.Rodas5P(), ...)" if ode
                   else "a deqcore root solver (dq.Anderson(), dq.Broyden(), ...)")
         raise TypeError(f"solver must be {wanted} or None, got {type(solver).__name__}")
+    if kind == "steady_state" and isinstance(solver, _unbatched_methods()):
+        raise ValueError(f"solver=dq.{type(solver).__name__}() solves unbatched problems only, and steady_state "
+                         "solves each chunk as one batch: use dq.Rodas5P() (stiff, batched) or an explicit method")
+
+
+def _unbatched_methods():
+    """The ODE methods that refuse ``batched=True`` (their step loops run one system)."""
+    from .ode import BDF, Radau
+
+    return (BDF, Radau)
 
 
 def _lazy(kind, fn, y0, args, options, chunk_size):

@@ -66,7 +66,8 @@ def train(model, data, *, epochs=25, batch_size=64, lr=1e-2, seed=0, progress=Tr
     rng = np.random.default_rng(seed)
     params, state = nn.setup(rng, model)
     steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
-    opt = nn.Adam(lr=nn.cosine_schedule(lr, epochs * steps_per_epoch, warmup_steps=steps_per_epoch))
+    total_steps = epochs * steps_per_epoch        # (a warm-up of one epoch, shorter when that is all there is)
+    opt = nn.Adam(lr=nn.cosine_schedule(lr, total_steps, warmup_steps=min(steps_per_epoch, total_steps - 1)))
     opt_state = opt.init(params)
     history = {"loss": [], "train_accuracy": [], "test_accuracy": [], "forward_nfe": [], "backward_nfe": [],
                "forward_time": [], "backward_time": [], "unconverged": [], "samples": []}
@@ -189,6 +190,10 @@ def main(argv=None) -> int:
         parser.error("--lr must be a finite positive number")
     if not 0 <= args.seed < 2 ** 32:
         parser.error("--seed must be an integer in [0, 2**32 - 1]")
+    try:                                           # (before training: a bad --out fails now, not after it)
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {args.out!r}: cannot create the folder ({err.strerror or err})")
     data = load_digits_split(args.seed)
     model = build_classifier(args.width, SOLVERS[args.solver]())
     print(f"DEQ classifier on digits: {len(data[0])} training / {len(data[2])} test images, width {args.width}, "

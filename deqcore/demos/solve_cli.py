@@ -68,6 +68,8 @@ def _from_file(path, parser):
         namespace = runpy.run_path(path)
     except FileNotFoundError:
         parser.error(f"--file {path!r} does not exist")
+    except (SyntaxError, ImportError, OSError) as err:    # not Python, a folder, unreadable, a missing import
+        parser.error(f"--file {path!r} cannot be run: {type(err).__name__}: {err}")
     if not callable(namespace.get("fn")):
         parser.error(f"--file {path!r} must define a function fn(y)")
     if "y0" not in namespace:
@@ -183,9 +185,7 @@ def _main_dask(args, parser):
                            rtol=args.rtol, max_steps=args.max_steps)
     summary = [da.bincount(lazy.result, minlength=len(dq.ReturnCode)), lazy.residual.max(), lazy.stats]
     start = time.perf_counter()
-    where = _run_summary(summary, args)
-    if where is None:
-        return 2
+    where = _run_summary(summary, args, parser)
     (counts, worst, stats), label = where
     elapsed = time.perf_counter() - start
     total = _sum(stats, "nfev")
@@ -216,8 +216,9 @@ def deq_map(z, x, W, U, b):
     return np.tanh(z @ W.T + (x @ U.T + b))
 
 
-def _run_summary(parts, args):
-    """Compute ``parts`` with a progress bar where ``args`` says; returns (values, label)."""
+def _run_summary(parts, args, parser):
+    """Compute ``parts`` with a progress bar where ``args`` says; returns (values, label). A scheduler address
+    that is malformed or cannot be reached is a one-line usage error naming --scheduler."""
     if args.workers is None and args.scheduler is None:
         from dask.diagnostics import ProgressBar
 
@@ -228,7 +229,11 @@ def _run_summary(parts, args):
     from distributed import Client, LocalCluster, progress
 
     if args.scheduler is not None:
-        client, cluster, label = Client(args.scheduler), None, f"cluster at {args.scheduler}"
+        try:
+            client = Client(args.scheduler)
+        except (OSError, ValueError, TypeError) as err:     # (distributed's timeout is an OSError)
+            parser.error(f"--scheduler {args.scheduler!r}: cannot connect to a Dask scheduler there ({err})")
+        cluster, label = None, f"cluster at {args.scheduler}"
     else:
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None)
         client, label = Client(cluster), f"{args.workers} local worker processes"

@@ -83,8 +83,11 @@ RAISED_IN_CALLBACK: list = []
 
 
 def raise_from_callback(error):
-    """Raise ``error`` (a ``dq.SolveError``) inside a host callback, remembering it for :data:`RAISED_IN_CALLBACK`."""
-    RAISED_IN_CALLBACK[:] = [error]
+    """Raise ``error`` (a ``dq.SolveError``) inside a host callback, remembering it for :data:`RAISED_IN_CALLBACK`
+    (every one since the list was cleared: under ``shard_map`` each device's callback may raise its own)."""
+    if len(RAISED_IN_CALLBACK) >= 64:
+        del RAISED_IN_CALLBACK[:32]
+    RAISED_IN_CALLBACK.append(error)
     raise error
 
 

@@ -51,7 +51,8 @@ import numpy as np
 
 from .._checks import check_callable
 from ..adjoint.steady_state import FixedPointVJP, OneStepGradient, PhantomGradient, SteadyStateAdjoint
-from ..results import SolveError
+from ..adjoint._warn import warn_failed
+from ..results import ReturnCode, Solution, SolveError
 from ..root import RootSolver
 from ._common import (RAISED_IN_CALLBACK, check_adjoint, check_dtype, check_options, import_framework,
                       raise_from_callback, solve)
@@ -73,6 +74,7 @@ class _Config:
     rtol: float
     max_steps: int
     throw: bool
+    codes: bool = False         # the host solve returns (value, codes) and never raises (sharded_fixed_point)
 
 
 def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | None = None, *,
@@ -126,24 +128,40 @@ def fixed_point_solution(f: Callable, z0: Any, args: tuple = (), solver: RootSol
     return _run(solve, z0, args)
 
 
-def _run(solve, z0, args):
-    """``solve(z0, args)``; a failure raised by a host callback while it runs (eagerly, or under a transformation
+def _run(solve, *operands):
+    """``solve(*operands)``; a failure raised by a host callback while it runs (eagerly, or under a transformation
     that runs it, such as ``jax.grad`` outside ``jax.jit``) comes out as the ``dq.SolveError`` it is rather than
     JAX's ``JaxRuntimeError`` around it. Eager calls wait for their result, so the error is raised here."""
     RAISED_IN_CALLBACK.clear()
     try:
-        out = solve(z0, args)
-        if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(out)):
-            out = jax.block_until_ready(out)
+        out = solve(*operands)
+        concrete = [_concrete_primal(leaf) for leaf in jax.tree_util.tree_leaves(out)]
+        if all(isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) for leaf in concrete):
+            jax.block_until_ready(concrete)      # (eagerly, also under jax.grad: its primal values are computed)
         return out
     except (jax.errors.JaxRuntimeError, ValueError) as err:   # a cached vmapped callback's failure: ValueError
-        if RAISED_IN_CALLBACK and str(RAISED_IN_CALLBACK[0]) in str(err):
-            raise RAISED_IN_CALLBACK.pop() from None
+        # (under shard_map several devices' callbacks may have raised: JAX reports one of them)
+        raised = next((e for e in reversed(RAISED_IN_CALLBACK) if str(e) in str(err)), None)
+        RAISED_IN_CALLBACK.clear()
+        if raised is not None:
+            raise raised from None
         raise
 
 
-def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False):
-    """Validated options and ``(solve(z0, args), z0)`` for the chosen engine."""
+def _concrete_primal(x):
+    """The value an eager transformation carries inside ``x`` (a JVP or linearisation tracer's primal, itself
+    possibly a tracer of an outer transformation), or ``x``."""
+    for _ in range(16):
+        primal = getattr(x, "primal", None) if isinstance(x, jax.core.Tracer) else None
+        if primal is None:
+            return x
+        x = primal
+    return x
+
+
+def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False, codes=False):
+    """Validated options and ``(solve(z0, args), z0)`` for the chosen engine (``codes``: the host engine's
+    ``solve`` returning ``(z, codes)``, the return codes as z's dtype, see :func:`sharded_fixed_point`)."""
     check_callable(f, "f")
     f = _hashable(f)
     solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
@@ -167,7 +185,7 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
         raise TypeError(f"f must preserve the dtype of z: got {out.dtype} from {z0.dtype}")
     engine = choose_engine(engine, solver, adjoint, needs_xla=solution)
     if engine == "host":
-        return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw)), z0
+        return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw, codes)), z0
     config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
                                   max_steps, throw, warn=not solution)
     return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0
@@ -246,20 +264,34 @@ def choose_engine(engine: str, solver: RootSolver, adjoint: Any, needs_xla: bool
 
 @functools.lru_cache(maxsize=64)
 def _implicit_fixed_point(f, config):
-    """z*(z0, args) with the implicit JVP; cached per (f, config) so repeated calls reuse JAX's caches."""
+    """z*(z0, args) with the implicit JVP; cached per (f, config) so repeated calls reuse JAX's caches. With
+    ``config.codes``, ``(z*, code)``: the return code per system as z's dtype (no tangent), from the same host
+    solve."""
+    codes = config.codes
+
+    def forward(z0, args):
+        if codes:
+            return _callback_with_codes(f, config, z0, args)
+        return _callback(_host_solve, f, config, z0, args)
+
+    def primal_and(z_out, dz):
+        if codes:
+            return z_out, (dz, jnp.zeros_like(z_out[1]))
+        return z_out, dz
 
     @jax.custom_jvp
     def fp(z0, args):
-        return _callback(_host_solve, f, config, z0, args)
+        return forward(z0, args)
 
     def fp_jvp(primals, tangents):
         z0, args = primals
-        z = _callback(_host_solve, f, config, z0, args)
+        out = forward(z0, args)
+        z = out[0] if codes else out
         b = _args_tangent(f, z, args, tangents[1])
         if b is None:                                    # no argument carries a tangent
-            return z, jnp.zeros_like(z)
+            return primal_and(out, jnp.zeros_like(z))
         if isinstance(config.adjoint, OneStepGradient):  # (I − ∂f/∂z)⁻¹ ≈ I: λ ≈ g, ż ≈ b
-            return z, b
+            return primal_and(out, b)
 
         if _varying_axes(z):
             # inside shard_map the linearisation's types carry the mesh axes, which the host cannot apply: the
@@ -282,7 +314,7 @@ def _implicit_fixed_point(f, config):
             matvec, b,
             solve=lambda _, rhs: _callback(_host_tangent, f, config, z, args, rhs),
             transpose_solve=transpose_solve)
-        return z, dz
+        return primal_and(out, dz)
 
     fp.defjvp(fp_jvp, symbolic_zeros=True)
     return fp
@@ -301,6 +333,15 @@ def _callback(host_fn, f, config, z, args, *extra):
                             vmap_method="expand_dims")
     # inside shard_map the result varies over the mesh axes its inputs vary over (each device's own rows)
     return _varying_like(out, *jax.tree_util.tree_leaves((z, args, extra)))
+
+
+def _callback_with_codes(f, config, z, args):
+    """:func:`_callback` of :func:`_host_solve` with ``config.codes``: ``(z*, codes)``, one code per system."""
+    fn = _host_callable(_host_solve, f, config, z.ndim)
+    shapes = (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct((), z.dtype))
+    value, codes = jax.pure_callback(fn, shapes, z, args, vmap_method="expand_dims")
+    like = jax.tree_util.tree_leaves((z, args))
+    return _varying_like(value, *like), _varying_like(codes, *like)
 
 
 class _HostProblem:
@@ -404,13 +445,19 @@ def _evaluators(f, treedef, axes, batched):
 
 
 def _host_solve(f, config, core_ndim, z0, args):
+    """The forward solve: its best iterate; with ``config.codes`` also the return codes (as z0's dtype, shaped like
+    the vmapped axes), never raising nor warning."""
     problem = _HostProblem(f, core_ndim, z0, args)
     sol = solve(problem.f, problem.fold(z0), config.solver, atol=config.atol, rtol=config.rtol,
                 max_steps=config.max_steps, batched=problem.batched,
-                where="the forward solve of deqcore.interop.jax.fixed_point", warn=not config.throw)
+                where="the forward solve of deqcore.interop.jax.fixed_point", warn=not (config.throw or config.codes))
+    dtype = np.asarray(z0).dtype
+    if config.codes:
+        mapped = problem.out_shape[:len(problem.out_shape) - len(problem.core_shape)]
+        return problem.unfold(sol.value, dtype), np.asarray(sol.result, dtype=dtype).reshape(mapped)
     if config.throw and not bool(np.all(sol.success)):
         raise_from_callback(SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol))
-    return problem.unfold(sol.value, np.asarray(z0).dtype)
+    return problem.unfold(sol.value, dtype)
 
 
 def _linear_solve(problem, z, rhs, config, linear_at):
@@ -463,8 +510,10 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     ``jax.shard_map`` every device calls the host solver on its local rows only (one batched solve per device,
     samples never gathered onto one host), and the implicit adjoint runs the same way; gradients of shared
     arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`; the
-    engine is the host one (``engine="auto"`` or ``"host"``).
-    The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``.
+    engine is the host one (``engine="auto"`` or ``"host"``). The batch must split evenly over the devices.
+    The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``. A failed solve raises
+    ``dq.SolveError`` (under ``jax.jit``, JAX's error carrying its message), or warns once with ``throw=False``,
+    naming the whole batch's codes: the devices share their codes first, so none is left waiting for a failed one.
 
     >>> import jax, jax.numpy as jnp
     >>> mesh = jax.make_mesh((1,), ("b",))
@@ -481,13 +530,29 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     if engine not in ("auto", "host"):
         raise ValueError(f"engine must be 'host' (or 'auto', which means 'host' here) for sharded_fixed_point, "
                          f"got {engine!r}: the XLA engine's implicit gradient does not yet run inside shard_map")
-    options["engine"] = "host"
+    settings = dict(solver=None, atol=1e-6, rtol=1e-5, max_steps=100, adjoint=None, throw=True)
+    unknown = sorted(set(options) - set(settings))
+    if unknown:
+        raise TypeError(f"sharded_fixed_point got unexpected keyword(s) {', '.join(unknown)}; it takes "
+                        f"{', '.join(settings)} and engine, as fixed_point")
+    settings.update(options)
+    throw = settings.pop("throw")
+    if not isinstance(throw, bool):
+        raise TypeError(f"throw must be a bool, got {type(throw).__name__}")
     if axis not in mesh.axis_names:
         raise ValueError(f"axis {axis!r} is not an axis of mesh (its axes: {mesh.axis_names})")
     if not hasattr(z0, "shape") or len(z0.shape) < 1:
         raise ValueError("z0 must have the batch on its leading axis")
     leaves, treedef = jax.tree_util.tree_flatten(args)
     flat_axes = _flat_in_axes(in_axes, args, len(leaves))
+    devices, batch = mesh.shape[axis], z0.shape[0]
+    if batch % devices:
+        raise ValueError(f"z0 has a batch of {batch} rows, which does not split evenly over the {devices} devices "
+                         f"of mesh axis {axis!r}: pad the batch to a multiple of {devices}")
+    for i, (leaf, a) in enumerate(zip(leaves, flat_axes)):
+        if a == 0 and (len(np.shape(leaf)) < 1 or np.shape(leaf)[0] != batch):
+            raise ValueError(f"args leaf {i} is per-sample (in_axes 0), so its leading axis must be z0's batch "
+                             f"({batch}); got shape {tuple(np.shape(leaf))} (mark shared leaves None in in_axes)")
     spec = [PartitionSpec(axis) if a == 0 else PartitionSpec() for a in flat_axes]
 
     def place(x, s):
@@ -499,12 +564,46 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     leaves = [place(jnp.asarray(x), s) for x, s in zip(leaves, spec)]
     vmap_axes = jax.tree_util.tree_unflatten(treedef, flat_axes)
 
+    def one(z, a):
+        solve_with_codes, z = _prepare(f, z, a, settings["solver"], settings["atol"], settings["rtol"],
+                                       settings["max_steps"], settings["adjoint"], False, "host", codes=True)
+        return solve_with_codes(z, a)
+
     def local(z_local, *arg_leaves):
         local_args = jax.tree_util.tree_unflatten(treedef, list(arg_leaves))
-        return jax.vmap(lambda z, a: fixed_point(f, z, a, **options), in_axes=(0, vmap_axes))(z_local, local_args)
+        z, codes = jax.vmap(one, in_axes=(0, vmap_axes))(z_local, local_args)
+        # the host solves never raise here: a callback raising on one device alone leaves the others waiting in the
+        # next collective (XLA aborts the process after its timeout). Every device learns the batch's codes first,
+        # then every device reports the same failure (raises dq.SolveError, or warns with throw=False).
+        counts = jax.lax.psum(jnp.stack([jnp.sum(codes == c) for c in range(len(ReturnCode))]).astype(jnp.int32),
+                              axis)
+        return z + _report_sharded(counts, throw).astype(z.dtype)
 
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(axis), *spec), out_specs=PartitionSpec(axis))
-    return mapped(z0, *leaves)
+    return _run(mapped, z0, *leaves)         # (eagerly a failed solve is the dq.SolveError, as for fixed_point)
+
+
+def _report_sharded(counts, throw):
+    """A zero (added to the result, so XLA keeps it) after the host has reported the codes ``counts`` (how many
+    samples of the whole sharded batch ended with each ``ReturnCode``): a failure raises ``dq.SolveError``
+    (``throw``) or warns once per call site."""
+    shape = jax.ShapeDtypeStruct((), jnp.int32)
+    # (an io_callback: XLA may not drop it when only a gradient, which never reads the value, is wanted)
+    return jax.experimental.io_callback(functools.partial(_host_report_sharded, throw), shape, counts)
+
+
+def _host_report_sharded(throw, counts):
+    counts = np.asarray(counts).reshape(-1)
+    if counts[1:].sum() == 0:
+        return np.zeros((), np.int32)
+    codes = np.repeat(np.arange(counts.size), counts)
+    where = "the forward solve of deqcore.interop.jax.sharded_fixed_point"
+    if throw:
+        sol = Solution(None, codes, {}, None, batched=True)
+        raise_from_callback(SolveError(f"deqcore.interop.jax.sharded_fixed_point: {sol.failure_message()}", sol))
+    warn_failed(where, codes, "The best iterate is returned and its gradient is not the implicit gradient: raise "
+                "max_steps or loosen atol/rtol")
+    return np.zeros((), np.int32)
 
 
 def _flat_in_axes(in_axes, args, count):

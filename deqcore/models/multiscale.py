@@ -114,6 +114,9 @@ class MultiScaleMap(Layer):
     def split(self, z):
         """The flat state as a list of per-scale arrays of shape (batch, *scale)."""
         xp = get_namespace(z)
+        if getattr(z, "ndim", 0) != 2 or z.shape[1] != sum(self.sizes):
+            raise ValueError(f"the multiscale state z must have shape (batch, {sum(self.sizes)}) (one flat row per "
+                             f"sample: the scales {self.scales} joined); got shape {tuple(getattr(z, 'shape', ()))}")
         bounds = [sum(self.sizes[:i + 1]) for i in range(len(self.sizes) - 1)]
         return [part.reshape((z.shape[0],) + scale) for part, scale in zip(xp.split(z, bounds, axis=1), self.scales)]
 
@@ -259,6 +262,15 @@ class MultiScaleDeepEquilibriumNetwork(DeepEquilibriumNetwork):
     def _zero_state(self, x):
         xp = get_namespace(x)
         return xp.zeros((x.shape[0], sum(self.map.sizes)), dtype=x.dtype)
+
+    def _initial(self, x, params, state, want_vjp):
+        u0, pullback, nfe = super()._initial(x, params, state, want_vjp)
+        want = (x.shape[0], sum(self.map.sizes))
+        if tuple(getattr(u0, "shape", ())) != want:
+            raise ValueError(f"{type(self).__name__}: the init layer returned shape {tuple(getattr(u0, 'shape', ()))}, "
+                             f"but the initial state is one flat row per sample, shape {want} (the scales "
+                             f"{self.map.scales} joined): make the init layer output {want[1]} features")
+        return u0, pullback, nfe
 
     def output(self, z_star):
         return tuple(self.map.split(z_star))

@@ -482,12 +482,35 @@ class WrappedFunction(Layer):
         if self._vjp is None:
             raise NotImplementedError(f"{self!r} has no vjp; pass vjp=lambda x: (y, pullback)")
         y, pb = self._vjp(x)
-        return y, lambda dy: (pb(dy), {}), state
+
+        def pullback(dy):
+            dx = pb(dy)
+            _check_shaped_like(self, "its vjp's pullback returned dx", dx, "x", x)
+            return dx, {}
+
+        return y, pullback, state
 
     def jvp(self, x, params, state, dx, dparams=None):
         if self._jvp is None:
             raise NotImplementedError(f"{self!r} has no jvp; pass jvp=lambda x, dx: (y, dy)")
-        return self._jvp(x, dx)
+        y, dy = self._jvp(x, dx)
+        _check_shaped_like(self, "its jvp returned the tangent dy", dy, "y", y)
+        return y, dy
+
+
+def _shapes(tree):
+    """The tree of leaf shapes (None for a leaf without one)."""
+    if isinstance(tree, (tuple, list)):
+        return tuple(_shapes(t) for t in tree)
+    return tuple(tree.shape) if hasattr(tree, "shape") else None
+
+
+def _check_shaped_like(layer, what, got, name, like):
+    """A user-given derivative must be shaped like what it is the derivative of: NumPy would otherwise broadcast a
+    wrong one silently into the gradient (a (1, n) dx summed over the batch, a transposed dy)."""
+    if _shapes(got) != _shapes(like):
+        raise ValueError(f"{layer!r}: {what} of shape {_shapes(got)}, but {name} has shape {_shapes(like)}; it must "
+                         f"return one array shaped like {name} (a tuple of them for a tuple {name})")
 
 
 class Reshape(Layer):

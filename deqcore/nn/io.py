@@ -190,15 +190,42 @@ def load(path, template):
         if problems:
             raise ValueError(f"cannot load {where} into the template: " + "; ".join(problems))
         stored = {key: _read_data(archive, members[key], *headers[key], where) for key in expected}
+    cast = {key: _cast(stored[key], leaf, key) for key, leaf in expected.items()}
+    problems = [problem for _, problem in cast.values() if problem]
+    if problems:
+        raise ValueError(f"cannot load {where} into the template: " + "; ".join(problems))
     leaves = iter(key for key, _ in tree_paths(template))
 
     def fill(leaf):
+        value = cast[next(leaves)][0]
         if isinstance(leaf, _SCALARS):            # the template's Python type, as arrays get its dtype
-            return type(leaf)(stored[next(leaves)].item())
-        xp = get_namespace(leaf)
-        return xp.asarray(stored[next(leaves)], dtype=leaf.dtype)
+            return type(leaf)(value.item())
+        return get_namespace(leaf).asarray(value)
 
     return tree_map(fill, template)
+
+
+def _cast(array, leaf, key):
+    """``(array in the template leaf's dtype, None)``, or ``(None, why)`` when the cast would change values
+    silently: into a bool or integer leaf only values it holds exactly (no truncated fraction, no wrap-around);
+    into a float leaf, rounding is what a float32 template asks for, but a finite value may not overflow to
+    infinity."""
+    target = np.dtype(type(leaf)) if isinstance(leaf, _SCALARS) else np.dtype(leaf.dtype)
+    with np.errstate(all="ignore"):
+        out = array.astype(target)
+        if target.kind in "biu" and array.dtype != target:
+            exact = out.astype(array.dtype) == array
+            if array.dtype.kind == "f":
+                exact &= np.isfinite(array)
+            if not exact.all():
+                example = array[~exact].ravel()[0].item()
+                return None, (f"{key}: the file holds {array.dtype} values that the template's {target} cannot "
+                              f"hold exactly (e.g. {example!r}); loading would truncate or wrap them")
+        elif target.kind == "f" and (np.isfinite(array) & ~np.isfinite(out)).any():
+            example = array[np.isfinite(array) & ~np.isfinite(out)].ravel()[0].item()
+            return None, (f"{key}: the file holds values beyond the range of the template's {target} (e.g. "
+                          f"{example!r}); loading would make them infinite")
+    return out, None
 
 
 def _read_data(archive, info, shape, fortran, dtype, offset, nbytes, where):
