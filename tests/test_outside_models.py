@@ -9,10 +9,10 @@ differences, the solo solve of each sample):
   "reverse") with J the dense Jacobian of the fused map, and its gradient through the pullback the differences of
   that value at fixed z*;
 * the multiscale model's forward-mode tangent with parameter tangents against differences of the output;
-* an init layer of the wrong width is named as such (it was a reshape error from inside the map);
-* the neural ODE models (``problem_type="ode"``, ``MultiScaleNeuralODE``) solve the whole batch as one ODE, so a
-  NaN sample fails every sample and a sample's value depends on its neighbours: marked xfail (the fix belongs in
-  deqcore/models/deq.py and deqcore/ode).
+* an init layer of the wrong width is named as such (it was a reshape error from inside the map).
+
+The neural ODE models' batch (a NaN sample held, per-sample codes, agreement with a sample's own solve) is
+checked in tests/test_ode_models_isolation.py.
 """
 
 import warnings
@@ -135,76 +135,6 @@ def test_multiscale_init_layer_of_the_wrong_width_is_named():
         model(np.ones((2, 3)), params, state)
     with pytest.raises(ValueError, match=r"multiscale state z must have shape \(batch, 5\)"):
         model.map.split(np.ones((2, 4)))
-
-
-# ------------------------------------------------------------------------------------------ neural ODE models
-
-def _ode_models():
-    f = nn.Chain(nn.Parallel(nn.add, nn.Dense(3, 3, use_bias=False), nn.Dense(3, 3)), nn.Activation("tanh"))
-    tight = dict(atol=1e-8, rtol=1e-8, max_steps=2000)
-    yield "deq_ode", dq.DeepEquilibriumNetwork(f, dq.Tsit5(), problem_type="ode", **tight)
-    yield "multiscale_ode", dq.MultiScaleNeuralODE(*_parts(post=False), dq.Tsit5(), SCALES, **tight)
-
-
-ODE_MODELS = dict(_ode_models())
-ROUTED = ("the neural ODE models integrate the whole batch as one ODE (dq.integrate has no batched mode): "
-          "deqcore/models/deq.py (_solve_isolated returns ODE outcomes untouched) and deqcore/ode")
-
-
-def _leaves(y):
-    return list(y) if isinstance(y, tuple) else [y]
-
-
-@pytest.mark.xfail(strict=True, reason=ROUTED)
-@pytest.mark.parametrize("name", sorted(ODE_MODELS))
-def test_neural_ode_model_nan_sample_is_diverged_alone(name):
-    # README: "One failing sample never moves the others ... for every ... DEQ model"; here every sample's output
-    # came back zeros with one scalar code DIVERGED and no warning
-    model = ODE_MODELS[name]
-    params, state = nn.setup(np.random.default_rng(0), model)
-    x = np.random.default_rng(5).standard_normal((4, 3))
-    x[2, 1] = np.nan
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        y, new_state = model(x, params, state)
-    result = np.asarray(new_state["solution"].result)
-    assert result.shape == (4,) and result[2] == dq.ReturnCode.DIVERGED
-    for i in (0, 1, 3):
-        solo, _ = model(x[i:i + 1], params, state)
-        assert result[i] == dq.ReturnCode.SUCCESS
-        for a, b in zip(_leaves(y), _leaves(solo)):
-            np.testing.assert_allclose(a[i], b[0], rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.xfail(strict=True, reason=ROUTED)
-@pytest.mark.parametrize("name", sorted(ODE_MODELS))
-def test_neural_ode_model_sample_equals_its_solo_solve_to_round_off(name):
-    # README: with batched solves each sample's value equals its own unbatched solve to round-off; one step size
-    # for the batch makes a sample's z(t1) depend on its neighbours at the level of the tolerance (1e-9 here)
-    model = ODE_MODELS[name]
-    params, state = nn.setup(np.random.default_rng(0), model)
-    x = np.random.default_rng(5).standard_normal((4, 3)) * np.array([[0.1], [1.0], [3.0], [10.0]])
-    y, _ = model(x, params, state)
-    for i in range(4):
-        solo, _ = model(x[i:i + 1], params, state)
-        for a, b in zip(_leaves(y), _leaves(solo)):
-            np.testing.assert_allclose(a[i], b[0], rtol=1e-13, atol=1e-15)
-
-
-@pytest.mark.xfail(strict=True, reason="deqcore/models/deq.py: an ODE model's pullback hands dy to the ODE adjoint "
-                                       "unchecked, whose error names its own argument dL_dyT")
-def test_neural_ode_model_cotangent_dtype_error_names_dy_or_is_accepted_like_the_steady_models():
-    # the steady-state models accept a float32 cotangent for a float64 output; the ODE ones raised
-    # "TypeError: dL_dyT must have the dtype of y0", an internal name the caller never passed
-    model = ODE_MODELS["deq_ode"]
-    params, state = nn.setup(np.random.default_rng(0), model)
-    y, pullback, _ = nn.vjp(model, np.ones((2, 3)), params, state)
-    try:
-        dx, _ = pullback(np.ones_like(y, dtype=np.float32))
-    except TypeError as err:
-        assert "dL_dyT" not in str(err) and "dy" in str(err)
-    else:
-        assert dx.dtype == np.float64
 
 
 def test_convolutional_multiscale_models_gradient_and_nan_isolation_on_nchw_scales():
