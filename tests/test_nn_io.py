@@ -174,3 +174,27 @@ def test_cross_entropy_accepts_every_class():
     value, grad = nn.softmax_cross_entropy(np.zeros((3, 3)), np.array([0, 1, 2]))
     np.testing.assert_allclose(float(value), np.log(3.0))
     np.testing.assert_allclose(grad.sum(axis=1), 0.0, atol=1e-15)
+
+
+def test_a_deq_state_after_a_call_saves_without_its_solution_record_and_loads_into_either_template(tmp_path):
+    import deqcore as dq
+    from deqcore import nn
+
+    model = dq.DeepEquilibriumNetwork(nn.Chain(nn.Parallel(nn.add, nn.Dense(3, 3, use_bias=False), nn.Dense(3, 3)),
+                                               nn.BatchNorm(3), nn.Activation("tanh")), dq.Anderson())
+    params, fresh = nn.setup(np.random.default_rng(0), model)
+    params = nn.tree_map(lambda a: 0.3 * a, params)
+    x = np.random.default_rng(1).standard_normal((5, 3))
+    _, trained = model(x, params, fresh)                      # BatchNorm's running statistics moved
+    assert trained["solution"] is not None
+    path = tmp_path / "state.npz"
+    nn.save(path, trained)
+    assert not any(name.startswith("solution") for name in np.load(path).files)
+    for template in (fresh, trained):
+        loaded = nn.load(path, template)
+        assert loaded["solution"] is None
+        for a, b in zip(nn.tree_leaves(loaded["model"]), nn.tree_leaves(trained["model"])):
+            np.testing.assert_array_equal(a, b)
+        y_loaded, _ = model(x, params, loaded)
+        y_trained, _ = model(x, params, trained)
+        np.testing.assert_array_equal(y_loaded, y_trained)

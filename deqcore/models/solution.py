@@ -51,6 +51,9 @@ class DeepEquilibriumSolution:
     adjoint: Any = None
     held: Any = None
 
+    #: a record of one call, not part of the model: ``nn.save`` leaves it out of a saved state
+    nn_transient = True
+
     @property
     def success(self):
         """True where the solve converged (per sample)."""

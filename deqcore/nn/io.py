@@ -59,6 +59,12 @@ def _check_kind(dtype, key):
 _SCALARS = (bool, int, float)
 
 
+def _transient(leaf) -> bool:
+    """True for a leaf that describes the last call rather than the model (``nn_transient = True`` on its class,
+    as a DEQ's ``state["solution"]``): :func:`save` leaves it out and :func:`load` gives None in its place."""
+    return getattr(type(leaf), "nn_transient", False) is True
+
+
 def _scalar_array(leaf, key):
     """The 0-d array of a Python bool, int or float leaf."""
     if type(leaf) is int and not np.iinfo(np.int64).min <= leaf <= np.iinfo(np.int64).max:
@@ -73,7 +79,9 @@ def _shape(leaf):
 def save(path, params) -> None:
     """Write every array leaf of ``params`` to ``path`` (an ``.npz``, uncompressed; ``.npz`` is appended when the
     path has another suffix), keyed by its path. Leaves must be real (boolean, integer or float) arrays, or
-    Python bools, ints and floats (a state's flags and step counts), stored as 0-d arrays.
+    Python bools, ints and floats (a state's flags and step counts), stored as 0-d arrays. A record of the last
+    call (a DEQ's ``state["solution"]``) is not saved: a state saved after training loads into the state
+    :func:`deqcore.nn.setup` gives.
 
     >>> import numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "p")
@@ -88,6 +96,8 @@ def save(path, params) -> None:
     entries = tree_paths(params)
     arrays = {}
     for key, leaf in entries:
+        if _transient(leaf):
+            continue
         if isinstance(leaf, _SCALARS):
             arrays[key] = _scalar_array(leaf, key)
             continue
@@ -146,7 +156,7 @@ def load(path, template):
     ...
     ValueError: cannot load '...p.npz' into the template: weight: file has shape (2, 2), template ...
     """
-    expected = dict(tree_paths(template))
+    expected = {key: leaf for key, leaf in tree_paths(template) if not _transient(leaf)}
     path = _npz_path(path)
     where = repr(path) if isinstance(path, str) else "the file"
     try:
@@ -194,9 +204,11 @@ def load(path, template):
     problems = [problem for _, problem in cast.values() if problem]
     if problems:
         raise ValueError(f"cannot load {where} into the template: " + "; ".join(problems))
-    leaves = iter(key for key, _ in tree_paths(template))
+    leaves = iter(key for key, leaf in tree_paths(template) if not _transient(leaf))
 
     def fill(leaf):
+        if _transient(leaf):
+            return None
         value = cast[next(leaves)][0]
         if isinstance(leaf, _SCALARS):            # the template's Python type, as arrays get its dtype
             return type(leaf)(value.item())
