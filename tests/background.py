@@ -11,8 +11,10 @@ conftest), through :class:`EarlyRuns`; run on its own, the test starts its subpr
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 
@@ -86,6 +88,16 @@ class EarlyRuns:
         if name not in self._runs:
             self._runs[name] = self._starters[name](early)
         return self._runs[name]
+
+
+def two_device_jax_starter(script):
+    """An :class:`EarlyRuns` starter running ``script`` in a Python subprocess with two XLA host devices (the flag
+    must be set before JAX starts, hence the subprocess)."""
+    def start(early):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        return [BackgroundRun([sys.executable, "-c", script], env=env)]
+
+    return start
 
 
 def _serve():

@@ -1,7 +1,6 @@
 """The JAX adapter: gradients (eager and jitted) against JAX's autodiff of an unrolled solve, vmap against
 per-sample solves, input errors."""
 
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import deqcore as dq  # noqa: E402
 from deqcore.interop import jax as dqj  # noqa: E402
-from tests.background import BackgroundRun, EarlyRuns  # noqa: E402
+from tests.background import EarlyRuns, two_device_jax_starter  # noqa: E402
 
 TIGHT = dict(atol=1e-12, rtol=1e-12, max_steps=300)
 
@@ -243,14 +242,10 @@ print(json.dumps({"value": err(z, z_ref), "grad": err(g, g_ref), "fixed": fixed,
 '''
 
 
-def _start_sharded(early):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    return [BackgroundRun([sys.executable, "-c", SHARDED_SCRIPT], env=env)]
-
-
 # the sharded run starts once the tests are collected, on the core the serial run leaves idle (conftest calls
 # these)
-EARLY = EarlyRuns({"test_sharded_batch_is_solved_per_device_and_matches_the_unsharded_run": _start_sharded})
+EARLY = EarlyRuns({"test_sharded_batch_is_solved_per_device_and_matches_the_unsharded_run":
+                   two_device_jax_starter(SHARDED_SCRIPT)})
 start_early, stop_early = EARLY.start_early, EARLY.stop
 
 

@@ -15,15 +15,13 @@
 """
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 
 import deqcore as dq
 
-from .background import BackgroundRun, EarlyRuns
+from .background import EarlyRuns, two_device_jax_starter
 
 # ------------------------------------------------------------------------------------------------- JAX sharding
 
@@ -83,12 +81,8 @@ print(json.dumps(report))
 '''
 
 
-def _start_sharded_failures(early):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    return [BackgroundRun([sys.executable, "-c", SHARDED_FAILURES], env=env)]
-
-
-EARLY = EarlyRuns({"test_sharded_eager_failure_is_a_solve_error_on_two_devices": _start_sharded_failures})
+EARLY = EarlyRuns({"test_sharded_eager_failure_is_a_solve_error_on_two_devices":
+                   two_device_jax_starter(SHARDED_FAILURES)})
 start_early, stop_early = EARLY.start_early, EARLY.stop
 
 
