@@ -7,8 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import numba
-
 from deqcore.backend import numba_tools
 
 
@@ -31,8 +29,9 @@ def test_the_key_follows_a_helper_modules_content_not_its_time_stamp(tmp_path):
 
 
 def test_numba_caches_under_the_keyed_folder_also_for_a_callers_folder_and_a_child_process(tmp_path):
+    # (checked in child processes: numba's configuration is the process's, and a benchmark may import a second
+    # deqcore package beside this one, with its own key)
     assert re.fullmatch(r"src-[0-9a-f]{16}", os.path.basename(numba_tools.CACHE_DIR))   # (the sources at import)
-    assert numba.config.CACHE_DIR == numba_tools.CACHE_DIR == os.environ["NUMBA_CACHE_DIR"]
     code = ("import numba, os; from deqcore.backend import numba_tools as n; "
             "print(n.CACHE_DIR); print(numba.config.CACHE_DIR)")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
