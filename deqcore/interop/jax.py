@@ -44,6 +44,7 @@ True
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -530,7 +531,7 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     if engine not in ("auto", "host"):
         raise ValueError(f"engine must be 'host' (or 'auto', which means 'host' here) for sharded_fixed_point, "
                          f"got {engine!r}: the XLA engine's implicit gradient does not yet run inside shard_map")
-    settings = dict(solver=None, atol=1e-6, rtol=1e-5, max_steps=100, adjoint=None, throw=True)
+    settings = _fixed_point_defaults()
     unknown = sorted(set(options) - set(settings))
     if unknown:
         raise TypeError(f"sharded_fixed_point got unexpected keyword(s) {', '.join(unknown)}; it takes "
@@ -581,6 +582,12 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
 
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(axis), *spec), out_specs=PartitionSpec(axis))
     return _run(mapped, z0, *leaves)         # (eagerly a failed solve is the dq.SolveError, as for fixed_point)
+
+
+def _fixed_point_defaults():
+    """:func:`fixed_point`'s options and their defaults (solver, atol, rtol, max_steps, adjoint, throw)."""
+    parameters = inspect.signature(fixed_point).parameters
+    return {name: parameters[name].default for name in ("solver", "atol", "rtol", "max_steps", "adjoint", "throw")}
 
 
 def _report_sharded(counts, throw):

@@ -349,7 +349,7 @@ class DeepEquilibriumNetwork(Layer):
         """The forward solve; a sample whose start u0 holds NaN/inf (a NaN input through a learned or
         one-step initial guess) starts from zeros instead and is marked DIVERGED, so it cannot stop the batch.
         Warns once per call site when samples fail. ODE models (one integration for the batch): the samples
-        ``held`` (non-finite inputs, zeroed by :func:`_held_samples`) stay at their start, marked DIVERGED; the
+        ``held`` (non-finite inputs, zeroed by :func:`_zero_nonfinite_samples`) stay at their start, marked DIVERGED; the
         others' codes are the integration's."""
         xp = get_namespace(u0)
         if self.problem_type == "ode":
@@ -363,12 +363,8 @@ class DeepEquilibriumNetwork(Layer):
             return outcome, codes
         bad = None
         # (zeros, the start for init="zeros", are finite whatever x holds: no pass over them)
-        if self.problem_type == "steady_state" and self.init_mode != "zeros" and u0.ndim >= 1 and u0.shape[0] > 0:
-            bad = ~xp.isfinite(u0.reshape(u0.shape[0], -1)).all(axis=1)
-            if bool(bad.any()):
-                u0 = xp.where(bad.reshape((-1,) + (1,) * (u0.ndim - 1)), xp.zeros((), dtype=u0.dtype), u0)
-            else:
-                bad = None
+        if self.init_mode != "zeros" and u0.ndim >= 1 and u0.shape[0] > 0:
+            u0, bad = _zero_nonfinite_samples(u0)
         outcome = self._solve(x, params, state, u0, signature)
         if bad is not None:
             outcome.result = xp.where(bad, int(ReturnCode.DIVERGED), outcome.result)
@@ -401,7 +397,7 @@ class DeepEquilibriumNetwork(Layer):
                 checked.add(signature)
         held = None
         if self.problem_type == "ode":
-            x, held = _held_samples(x)
+            x, held = _zero_nonfinite_samples(x)
         depth = int(state.get("fixed_depth", 0))
         u0, u0_pullback, extra_nfe = self._initial(x, params, state, want_vjp or depth > 0)
         if depth > 0:
@@ -657,10 +653,8 @@ _SCALARS = (bool, int, float, str)
 
 def _tree_signature(tree):
     kind = type(tree)
-    if kind is dict:                            # (the layers' parameter and state trees: dicts of arrays)
-        return tuple([(key, _tree_signature(value)) for key, value in tree.items()])
-    if kind is np.ndarray:
-        return np.ndarray, tree.shape, tree.dtype.str
+    if kind is np.ndarray:                      # (the usual leaf first, then the layers' dicts of them)
+        return _leaf_signature(tree)
     if isinstance(tree, dict):
         return tuple([(key, _tree_signature(value)) for key, value in tree.items()])
     if isinstance(tree, (tuple, list)):
@@ -710,19 +704,20 @@ class SkipDeepEquilibriumNetwork(DeepEquilibriumNetwork):
         super().__init__(model, solver, init="one_step" if init_model is None else init_model, **settings)
 
 
-def _held_samples(x):
-    """``(x, held)``: x with its non-finite samples (rows along the leading axis) zeroed and the bool mask of those
-    samples, or ``(x, None)`` when every sample is finite. An ODE model integrates its batch as one system: a NaN
-    sample would stop the others, so it is held at its start instead (see :func:`_hold_rows`)."""
-    xp = get_namespace(x)
-    bad = ~xp.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+def _zero_nonfinite_samples(a):
+    """``(a, bad)``: ``a`` with its non-finite samples (rows along the leading axis) zeroed and the bool mask of
+    those samples, or ``(a, None)`` when every sample is finite. A steady-state model starts such a sample from
+    zeros; an ODE model, which integrates its batch as one system, holds it at its start (see :func:`_hold_rows`)."""
+    xp = get_namespace(a)
+    bad = ~xp.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
     if not bool(bad.any()):
-        return x, None
-    return xp.where(bad.reshape((-1,) + (1,) * (x.ndim - 1)), xp.zeros((), dtype=x.dtype), x), bad
+        return a, None
+    return xp.where(_row_mask(bad, a), xp.zeros((), dtype=a.dtype), a), bad
 
 
-def _row_mask(held, z):
-    return held.reshape((-1,) + (1,) * (z.ndim - 1))
+def _row_mask(rows, z):
+    """The per-sample bool ``rows`` shaped to broadcast over z's sample rows."""
+    return rows.reshape((-1,) + (1,) * (z.ndim - 1))
 
 
 def _hold_rows(f, held):

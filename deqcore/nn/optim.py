@@ -55,16 +55,17 @@ def _check_grads(grads, params):
     (m, n) weight, or a (3,) one over a (1,) bias, and silently change the update (or the parameter's shape);
     and its floating dtype: a float64 gradient would silently turn a float32 parameter into float64."""
     leaves = dict(tree_paths(params))
-    paths = [path for path, _ in tree_paths(grads)]
-    missing = [path for path in leaves if path not in set(paths)]
-    extra = [path for path in paths if path not in leaves]
+    grad_leaves = tree_paths(grads)
+    present = {path for path, _ in grad_leaves}
+    missing = [path for path in leaves if path not in present]
+    extra = [path for path, _ in grad_leaves if path not in leaves]
     if missing or extra:
         raise ValueError("grads must have the tree of params (pass the gradients of these params): "
                          + "; ".join(f"{what}: {', '.join(repr(p) for p in found[:5])}"
                                      + (f" and {len(found) - 5} more" if len(found) > 5 else "")
                                      for what, found in (("missing in grads", missing), ("not in params", extra))
                                      if found))
-    for path, g in tree_paths(grads):
+    for path, g in grad_leaves:
         p = leaves[path]
         if tuple(getattr(g, "shape", ())) != tuple(getattr(p, "shape", ())):
             raise ValueError(f"grads[{path!r}] has shape {tuple(getattr(g, 'shape', ()))} but the parameter has "
