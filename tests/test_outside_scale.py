@@ -26,10 +26,13 @@ from .background import EarlyRuns, two_device_jax_starter
 # ------------------------------------------------------------------------------------------------- JAX sharding
 
 SHARDED_FAILURES = r'''
-import os, json, warnings
-# (short collective timeouts: a device left waiting for a failed one aborts the process in seconds, not a minute)
-os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_warn_stuck_timeout_seconds=1"
-                           " --xla_cpu_collective_call_terminate_timeout_seconds=5")
+import faulthandler, os, json, sys, warnings
+# (collective timeouts: a device left waiting for a failed one aborts the process in 60 s, inside the test's limit;
+# 5 s aborted healthy runs on a loaded machine, where one device's host solve can lag the other's that long. A run
+# that hangs all the same prints every thread's stack before it ends.)
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_warn_stuck_timeout_seconds=10"
+                           " --xla_cpu_collective_call_terminate_timeout_seconds=60")
+faulthandler.dump_traceback_later(200, exit=True, file=sys.stderr)
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 import deqcore as dq
