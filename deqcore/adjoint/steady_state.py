@@ -334,7 +334,7 @@ class SteadyStateAdjoint:
         pullback_z = problem.pullback_z if problem.pullback_z is not None and not evaluated else (
             lambda v: pullback(v)[0])
         batched = problem.batched
-        xp = get_namespace(g)
+        xp = np if type(g) is np.ndarray else get_namespace(g)
         z_star = problem.z_star
         if tuple(getattr(g, "shape", ())) != tuple(z_star.shape):
             raise ValueError(f"g (the cotangent of z*) must have z*'s shape {tuple(z_star.shape)}, got "

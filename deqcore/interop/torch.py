@@ -411,12 +411,24 @@ def _grad(output, inputs, cotangent, retain):
 
 
 def _z_vjp(fz, zt):
-    """``v -> ∂f/∂zᵀ v`` on one retained graph, arrays in and out."""
+    """``v -> ∂f/∂zᵀ v`` on one retained graph, arrays in and out. The adjoint iterations hand it the same few
+    arrays over and over (their buffers, rewritten in place): the tensor view of each of the first
+    :data:`_VIEWS_KEPT` arrays it is given is kept (with the array, so that its id stays its own) and reused."""
     wrt = (zt,)
     on_cpu = zt.device.type == "cpu"
+    views: dict = {}
 
     def vjp(v):
-        dz = _grad(fz, wrt, _as_tensor(v), retain=True)[0]
+        kept = views.get(id(v))
+        if kept is not None and kept[0] is v:
+            vt = kept[1]
+        elif on_cpu and type(v) is np.ndarray and v.flags.c_contiguous and v.flags.writeable:
+            vt = torch.from_numpy(v)                 # a view: it follows the array's later contents
+            if len(views) < _VIEWS_KEPT:
+                views[id(v)] = (v, vt)
+        else:
+            vt = from_array(v)                       # (a copy for a read-only array: never kept)
+        dz = _grad(fz, wrt, vt, retain=True)[0]
         if dz is None:
             return np.zeros(zt.shape, dtype=v.dtype) if on_cpu else to_array(torch.zeros_like(zt), "dz")
         if on_cpu and dz.is_contiguous():
@@ -424,6 +436,10 @@ def _z_vjp(fz, zt):
         return to_array(dz, "dz")
 
     return vjp
+
+
+#: how many VJP input arrays :func:`_z_vjp` keeps tensor views of (the iteration's trial buffers, its cotangent)
+_VIEWS_KEPT = 4
 
 
 def _with_no_theta(vjp):
