@@ -334,7 +334,7 @@ class SteadyStateAdjoint:
         pullback_z = problem.pullback_z if problem.pullback_z is not None and not evaluated else (
             lambda v: pullback(v)[0])
         batched = problem.batched
-        xp = get_namespace(g)
+        xp = np if type(g) is np.ndarray else get_namespace(g)
         z_star = problem.z_star
         if tuple(getattr(g, "shape", ())) != tuple(z_star.shape):
             raise ValueError(f"g (the cotangent of z*) must have z*'s shape {tuple(z_star.shape)}, got "
@@ -403,7 +403,7 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
     if preconditioner is not None:      # (checked as GMRES.solve checks it, its shape errors naming it)
         preconditioner = as_preconditioner(preconditioner, g.shape[1], g).matvec
     dtype = g.dtype
-    zero = xp.zeros((), dtype=dtype)
+    zero = dtype.type(0) if xp is np else xp.zeros((), dtype=dtype)     # (a NumPy scalar: no array made)
     gnorm = _row_norms(xp, g)
     bad = None
     if not bool(xp.isfinite(gnorm.sum())):     # a non-finite norm: a non-finite g, or one whose squares overflow
@@ -430,6 +430,8 @@ def _richardson_then_gmres(gmres, vjp_rows, g, x0, preconditioner, xp):
                 rhs, rhs_tol = xp.where(waiting[:, None], it.r, zero), xp.where(waiting, tol, 1)
             else:
                 waiting, rhs, rhs_tol = it.compiled.hand_over(it.slow, it.done, it.r, tol)
+                if it.inputs is None:       # GMRES's VJP input, made at its first round (zero: every row finite)
+                    it.inputs = xp.zeros(g.shape, dtype=g.dtype)
             it.n_slow = 0
             # without a preconditioner Arnoldi runs on Jᵀ itself (the operator I − Jᵀ, shifted: the same Krylov
             # space, without the cancellation of v − Jᵀv that made nearly every step orthogonalise twice); the
@@ -471,11 +473,10 @@ class _Iteration:
         self.buffers = self.inputs = None
         if self.compiled is not None:
             # two (B, n) buffers take turns as the next trial and the shared steps' VJP input (each written
-            # only when it is neither the VJP input being read nor the trial still to be read), and the VJP
+            # only when it is neither the VJP input being read nor the trial still to be read); the VJP
             # input of GMRES's steps (its rows the compiled Arnoldi step writes, the iterating rows' trials
-            # the iteration's step writes; zero at first: every row finite)
+            # the iteration's step writes) is made at GMRES's first round (most easy solves never get there)
             self.buffers = (xp.empty_like(g), xp.empty_like(g))
-            self.inputs = xp.zeros(g.shape, dtype=g.dtype)
         self.trial = None
         self.steps = 0
         if x0 is None:

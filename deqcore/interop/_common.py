@@ -7,7 +7,8 @@ import numpy as np
 from .._checks import check_bool, check_positive_int, check_tolerance
 from ..adjoint._warn import warn_failed
 from ..adjoint.steady_state import OneStepGradient, PhantomGradient, SteadyStateAdjoint
-from ..root import Anderson, RootSolver, fixed_point
+from ..root import Anderson, RootSolver
+from ..root.api import checked_fixed_point
 
 __all__ = ["import_framework", "check_options", "check_adjoint", "check_compact", "check_dtype", "solve"]
 
@@ -65,12 +66,14 @@ def check_dtype(dtype_name: str, name: str, cast: str = ".float() or .double()")
 
 
 def solve(fn, z0, solver, *, atol, rtol, max_steps, batched, where="the forward solve", warn=True, args=(),
-          compact=False):
+          compact=False, finite=False, conforming=False):
     """``dq.fixed_point`` without raising: failures are recorded in the returned Solution's ``result`` and
     (with ``warn``) reported by one RuntimeWarning per call site naming the code and the count. ``args`` and
-    ``compact`` as in ``dq.fixed_point`` (per-sample arguments; finished samples dropped from f's rows)."""
-    sol = fixed_point(fn, z0, solver, args=args, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
-                      throw=False, compact=compact)
+    ``compact`` as in ``dq.fixed_point`` (per-sample arguments; finished samples dropped from f's rows);
+    ``finite`` and ``conforming``: what the caller vouches for (z0 checked finite; fn's outputs checked by fn),
+    see :func:`deqcore.root.api.checked_fixed_point`."""
+    sol = checked_fixed_point(fn, z0, solver, args=args, atol=atol, rtol=rtol, max_steps=max_steps,
+                              batched=batched, throw=False, compact=compact, finite=finite, conforming=conforming)
     if warn:
         warn_failed(where, sol.result, "The best iterate is returned and its gradient is not the implicit "
                     "gradient: raise max_steps or loosen atol/rtol")

@@ -47,7 +47,9 @@ __all__ = ["root_find", "fixed_point", "default_solvers"]
 _NUMPY_DTYPES = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 
 
-def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact):
+def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact, finite=False):
+    """The arguments' checks (errors name the argument) and fn(y0, *args), checked; ``finite``: the caller has
+    already checked that y0 holds finite numbers (one pass over y0 less)."""
     check_callable(fn, "fn")
     if type(y0) is np.ndarray and y0.dtype in _NUMPY_DTYPES:      # the usual case: a float32/float64 NumPy array
         xp = np
@@ -57,7 +59,7 @@ def _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, c
                             f"np.asarray(y0).reshape(1)")
         xp = check_float_array(y0, "y0")
         check_solver_dtype(y0, "y0")
-    if not default_kernel("all_finite", xp)(y0):   # one compiled pass on NumPy, no temporary
+    if not finite and not default_kernel("all_finite", xp)(y0):   # one compiled pass on NumPy, no temporary
         raise ValueError("y0 contains NaN or infinity")
     if solver is not None and not isinstance(solver, RootSolver):
         raise TypeError("solver must be a deqcore root solver (dq.Anderson(), dq.Broyden(), dq.NewtonRaphson(), "
@@ -98,9 +100,12 @@ def default_solvers(n: int, has_jac: bool):
     return first + [LimitedMemoryBroyden(), Anderson()]
 
 
-def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode, compact):
-    """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation)."""
-    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact, first=fy0)
+def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode, compact,
+           conforming=False):
+    """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation);
+    ``conforming`` as in :func:`~deqcore.root.problem.flat_problem`."""
+    problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact, first=fy0,
+                                           conforming=conforming)
     f0, start = fy0.reshape(y2d.shape), None
     if mode == "root":      # (fn may return one buffer it overwrites on every call: the solvers keep F(y0))
         f0 = f0.copy()
@@ -219,6 +224,25 @@ def fixed_point(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = Non
     >>> sol.success.tolist(), sol.stats["num_steps"] < 20
     ([True, True, True], True)
     """
-    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact)
+    return checked_fixed_point(fn, y0, solver, args=args, atol=atol, rtol=rtol, max_steps=max_steps,
+                               batched=batched, throw=throw, compact=compact)
+
+
+def checked_fixed_point(fn, y0, solver=None, *, args=(), atol=1e-6, rtol=1e-6, max_steps=100, batched=False,
+                        throw=True, compact=False, finite=False, conforming=False) -> Solution:
+    """:func:`fixed_point` for callers that vouch for part of what it checks (the framework adapters, once per
+    forward pass): ``finite``, y0 holds finite numbers (checked by the caller: no second pass over it);
+    ``conforming``, every call of fn returns a C-contiguous array of y0's kind, dtype and shape (checked by fn
+    itself: fn's output is then read as it is, without the per-call checks of :func:`fixed_point`). Every other
+    argument is checked as :func:`fixed_point` checks it, and fn's output at y0 always is.
+
+    >>> import numpy as np
+    >>> sol = checked_fixed_point(lambda z: 0.5 * z + 1.0, np.zeros((2, 3)), atol=1e-10, rtol=0.0, batched=True,
+    ...                           finite=True, conforming=True)
+    >>> bool(np.allclose(sol.value, 2.0)), sol.success.tolist()
+    (True, [True, True])
+    """
+    fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact, finite)
     return _solve(fn, y0, fy0, Anderson() if solver is None else solver, args=args, jac=None, atol=atol, rtol=rtol,
-                  max_steps=max_steps, batched=batched, throw=throw, mode="fixed_point", compact=compact)
+                  max_steps=max_steps, batched=batched, throw=throw, mode="fixed_point", compact=compact,
+                  conforming=conforming)

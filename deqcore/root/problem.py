@@ -229,11 +229,14 @@ def _owned(call, xp, first=None):
     return owned
 
 
-def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False, first=None):
+def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False, first=None, conforming=False):
     """(RootProblem, y0 as (B, n), unflatten) for ``fn`` of the user's shapes.
 
     ``mode="root"``: F = fn; ``mode="fixed_point"``: F = fn(y) − y with G = fn. ``first``: fn's output at y0 when
     the caller evaluated it (root mode: a later output sharing its memory is copied, see :func:`_owned`).
+    ``conforming``: fn is known to return C-contiguous arrays of y0's kind, dtype and shape (a framework adapter's
+    map, which checks its outputs itself); with y0 already (B, n) and no ``args``, fn is then the problem's map
+    as it is (no wrapper, no checks per call).
 
     Every call's output is checked (type, shape, dtype: attribute reads, no pass over the data), so a ``fn``
     or ``jac`` that changes what it returns part-way fails with an error naming it. ``compact=True`` (batched
@@ -257,6 +260,8 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False, first=
             if not out.flags.c_contiguous:
                 out = xp.ascontiguousarray(out)                   # the kernels are compiled for C order
             return out.reshape(batch, n)
+    elif conforming and not args:                                 # (B, n), and fn checks its own outputs
+        call = fn
     else:                                                         # (B, n) already: no reshapes per call
         def call(y2d):
             out = fn(y2d, *args)
