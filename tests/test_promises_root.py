@@ -42,3 +42,25 @@ def test_njev_and_nfev_are_the_calls_fn_and_jac_received(solver, batched):
     assert np.all(sol.success)
     np.testing.assert_allclose(sol.value, 2.0 ** (1 / 3), rtol=1e-12)
     assert (sol.stats["nfev"], sol.stats["njev"]) == (fn.calls, jac.calls)
+
+
+# ------------------------------------------------------------------------------------------ fn's output
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("entry", [dq.root_find, dq.fixed_point], ids=["root_find", "fixed_point"])
+@pytest.mark.parametrize("subclass", [np.asmatrix, np.ma.asarray], ids=["matrix", "masked"])
+@pytest.mark.parametrize("solver", [dq.Anderson(), dq.Broyden(), dq.NewtonRaphson()], ids=["anderson", "broyden",
+                                                                                          "newton"])
+def test_an_ndarray_subclass_returned_by_fn_solves_like_the_plain_array(entry, subclass, solver):
+    # np.matrix passes the kind check (an ndarray) and then reached the compiled kernels, which failed with Numba's
+    # TypingError; its values are those of the plain array, so the solve must be that of the plain array
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((3, 3))
+    W *= 0.5 / np.linalg.norm(W, 2)
+    x = rng.standard_normal((2, 3))
+    plain = (lambda z: np.tanh(z @ W.T + x)) if entry is dq.fixed_point else (lambda z: np.tanh(z @ W.T + x) - z)
+    expected = entry(plain, np.zeros((2, 3)), solver, atol=1e-12, rtol=0.0, batched=True)
+    sol = entry(lambda z: subclass(plain(np.asarray(z))), np.zeros((2, 3)), solver, atol=1e-12, rtol=0.0, batched=True)
+    assert type(sol.value) is np.ndarray and sol.success.all()
+    np.testing.assert_array_equal(sol.value, expected.value)
