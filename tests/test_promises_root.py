@@ -64,3 +64,39 @@ def test_an_ndarray_subclass_returned_by_fn_solves_like_the_plain_array(entry, s
     sol = entry(lambda z: subclass(plain(np.asarray(z))), np.zeros((2, 3)), solver, atol=1e-12, rtol=0.0, batched=True)
     assert type(sol.value) is np.ndarray and sol.success.all()
     np.testing.assert_array_equal(sol.value, expected.value)
+
+
+# ------------------------------------------------------------------------------------------ JAX adapter
+
+
+def test_jax_host_engine_under_vmap_isolates_a_non_finite_start_as_the_xla_engine_does():
+    # each mapped sample is its own system: a NaN start is that sample's DIVERGED; the host engine raised for the
+    # whole batch instead (the engine's "y0 contains NaN" ValueError inside JAX's callback error, throw=False too)
+    import warnings
+
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    from deqcore.interop import jax as dqj
+
+    f = lambda z, a: 0.5 * jnp.cos(z) + a                              # noqa: E731
+    z0 = jnp.array([[0.0, 0.0], [jnp.nan, 0.0], [0.0, 0.0]], dtype=jnp.float32)
+    a = jnp.array([[1.0, 2.0], [1.0, 1.0], [-1.0, 0.5]], dtype=jnp.float32)
+    solve = {engine: jax.vmap(lambda z, a, engine=engine: dqj.fixed_point(f, z, a, atol=1e-6, rtol=0.0,
+                                                                           throw=False, engine=engine))
+             for engine in ("xla", "host")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        host, xla = solve["host"](z0, a), solve["xla"](z0, a)
+    assert any("1 of 3" in str(w.message) and "DIVERGED" in str(w.message) for w in caught)
+    assert not np.isfinite(np.asarray(host[1])).all() and not np.isfinite(np.asarray(xla[1])).all()
+    for i in (0, 2):
+        alone = dqj.fixed_point(f, z0[i], a[i], atol=1e-6, rtol=0.0, engine="host")
+        np.testing.assert_allclose(np.asarray(host[i]), np.asarray(alone), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(host[i]), np.asarray(xla[i]), rtol=0, atol=1e-5)
+    with pytest.raises(dq.SolveError, match="1 of 3 samples DIVERGED"):
+        jax.vmap(lambda z, a: dqj.fixed_point(f, z, a, atol=1e-6, rtol=0.0, engine="host"))(z0, a)
+    # the gradient of the finite samples is theirs alone: d z*/d a = 1 / (1 + 0.5 sin z*)
+    grad = jax.grad(lambda a: jnp.nansum(solve["host"](z0, a)[jnp.array([0, 2])]))(a)
+    z = np.asarray(host)[[0, 2]]
+    np.testing.assert_allclose(np.asarray(grad)[[0, 2]], 1 / (1 + 0.5 * np.sin(z)), rtol=1e-4)
+
