@@ -100,3 +100,35 @@ def test_jax_host_engine_under_vmap_isolates_a_non_finite_start_as_the_xla_engin
     z = np.asarray(host)[[0, 2]]
     np.testing.assert_allclose(np.asarray(grad)[[0, 2]], 1 / (1 + 0.5 * np.sin(z)), rtol=1e-4)
 
+
+# ------------------------------------------------------------------------------------------ torch adapter
+
+
+def test_torch_gradient_under_functional_call_reaches_the_tensors_it_was_called_with():
+    # torch.func.functional_call (ensembles, meta-learning) swaps f's parameters for the call only: the backward
+    # pass, which runs after the call, evaluated f with the module's own parameters and gave the swapped-in
+    # tensors no gradient (None, with a warning calling them captured tensors)
+    torch = pytest.importorskip("torch")
+    from deqcore.interop import torch as dqt
+
+    torch.manual_seed(0)
+    cell = dqt.example_cell(3, 2, norm=0.7)
+    layer = dqt.DEQ(cell, atol=1e-12, rtol=0.0, max_steps=200)
+    x = torch.randn(2, 2, dtype=torch.float64)
+    z0 = torch.zeros(2, 3, dtype=torch.float64)
+    W = (0.9 * cell.W.weight).detach().requires_grad_(True)       # not the module's own weight
+    loss = torch.func.functional_call(layer, {"f.W.weight": W}, (x, z0)).square().sum()
+    (grad,) = torch.autograd.grad(loss, W)
+
+    def loss_at(w):
+        with torch.no_grad():
+            return float(torch.func.functional_call(layer, {"f.W.weight": w}, (x, z0)).square().sum())
+
+    h, numeric = 1e-6, torch.zeros_like(W)
+    for i in range(3):
+        for j in range(3):
+            e = torch.zeros_like(W)
+            e[i, j] = h
+            numeric[i, j] = (loss_at(W.detach() + e) - loss_at(W.detach() - e)) / (2 * h)
+    torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+    assert cell.W.weight.grad is None                             # the module's own weight took no part
