@@ -132,3 +132,26 @@ def test_torch_gradient_under_functional_call_reaches_the_tensors_it_was_called_
             numeric[i, j] = (loss_at(W.detach() + e) - loss_at(W.detach() - e)) / (2 * h)
     torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
     assert cell.W.weight.grad is None                             # the module's own weight took no part
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["vmap", "vmap-of-vmap"])
+def test_jax_host_engine_maps_a_scalar_state_as_the_xla_engine_does(nested):
+    # a mapped scalar fixed point (z0 of shape ()) folded to a batch of shape (B,): the host engine handed that to
+    # the batched solve, which needs (B, n), and failed inside JAX's callback error; the XLA engine solves it
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    from deqcore.interop import jax as dqj
+
+    f = lambda z, a: 0.5 * jnp.cos(z) + a                              # noqa: E731
+    a = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3) if nested else jnp.linspace(-1.0, 1.0, 4)
+
+    def mapped(engine):
+        one = lambda a: dqj.fixed_point(f, jnp.zeros(()), a, atol=1e-6, rtol=0.0, engine=engine)  # noqa: E731
+        return jax.vmap(jax.vmap(one)) if nested else jax.vmap(one)
+
+    z = {engine: np.asarray(mapped(engine)(a)) for engine in ("xla", "host")}
+    assert z["host"].shape == a.shape
+    np.testing.assert_allclose(z["host"], z["xla"], rtol=0, atol=1e-5)
+    np.testing.assert_array_less(np.abs(0.5 * np.cos(z["host"]) + np.asarray(a) - z["host"]), 1e-6)
+    grad = jax.grad(lambda a: mapped("host")(a).sum())(a)           # d z*/d a = 1 / (1 + 0.5 sin z*)
+    np.testing.assert_allclose(np.asarray(grad), 1 / (1 + 0.5 * np.sin(z["host"])), rtol=1e-4)

@@ -377,30 +377,38 @@ class _HostProblem:
         self.ops = _evaluators(f, treedef, self.axes, self.batched) if f is not None else None
 
     def fold(self, a):
-        """``a`` with vmap's axes folded into one (or unchanged when not mapped), as a writable host array."""
+        """``a`` with vmap's axes folded into one (or unchanged when not mapped), as a writable host array; mapped
+        scalar systems as ``(B, 1)`` (the batched solvers take a system per row)."""
         a = np.broadcast_to(np.asarray(a), self.out_shape)
-        return np.array(a.reshape((-1,) + self.core_shape) if self.batched else a)
+        return np.array(a.reshape((-1,) + (self.core_shape or (1,))) if self.batched else a)
 
     def unfold(self, a, dtype):
         return np.asarray(a).reshape(self.out_shape).astype(dtype, copy=False)
 
+    def _core(self, a):
+        """A folded array in f's own shape per sample (``(B,)`` for mapped scalar systems)."""
+        return a.reshape(a.shape[:1]) if self.batched and not self.core_shape else a
+
+    def _folded(self, out, like):
+        return np.asarray(out).reshape(like.shape)
+
     def f(self, z):
-        return np.asarray(self.ops.f(z, self.args))
+        return self._folded(self.ops.f(self._core(z), self.args), z)
 
     def pullback_at(self, z):
         """``v -> (∂f/∂zᵀ v, None)`` at z: f linearised once, each call one transposed application."""
-        linear = self.ops.linearize_vjp(z, self.args)
-        return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
+        linear = self.ops.linearize_vjp(self._core(z), self.args)
+        return lambda v: (self._folded(self.ops.apply(linear, self._core(v)), v), None)
 
     def pullback_with(self, apply):
         """``v -> (∂f/∂zᵀ v, None)`` from ``apply(residuals, v)``, a pullback linearised outside the callback
         whose residuals are this callback's arguments."""
-        return lambda v: (np.asarray(apply(self.args, v)), None)
+        return lambda v: (self._folded(apply(self.args, self._core(v)), v), None)
 
     def pushforward_at(self, z):
         """``v -> (∂f/∂z v, None)`` at z, for the tangent solve (same shape of call as the pullback)."""
-        linear = self.ops.linearize_jvp(z, self.args)
-        return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
+        linear = self.ops.linearize_jvp(self._core(z), self.args)
+        return lambda v: (self._folded(self.ops.apply(linear, self._core(v)), v), None)
 
 
 def _on_default_device(leaves):
