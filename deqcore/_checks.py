@@ -133,4 +133,6 @@ def check_returned_array(out, name: str, shape, dtype, array_type, *, shape_of: 
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"{name} must return arrays of {shape_of} shape {tuple(shape)}; a call returned "
                          f"{tuple(out.shape)}")
+    if type(out) is not array_type:     # a subclass (np.matrix, a masked array): its values, as the plain array
+        out = out.view(array_type)
     return out

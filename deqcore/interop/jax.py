@@ -43,6 +43,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -376,30 +377,38 @@ class _HostProblem:
         self.ops = _evaluators(f, treedef, self.axes, self.batched) if f is not None else None
 
     def fold(self, a):
-        """``a`` with vmap's axes folded into one (or unchanged when not mapped), as a writable host array."""
+        """``a`` with vmap's axes folded into one (or unchanged when not mapped), as a writable host array; mapped
+        scalar systems as ``(B, 1)`` (the batched solvers take a system per row)."""
         a = np.broadcast_to(np.asarray(a), self.out_shape)
-        return np.array(a.reshape((-1,) + self.core_shape) if self.batched else a)
+        return np.array(a.reshape((-1,) + (self.core_shape or (1,))) if self.batched else a)
 
     def unfold(self, a, dtype):
         return np.asarray(a).reshape(self.out_shape).astype(dtype, copy=False)
 
+    def _core(self, a):
+        """A folded array in f's own shape per sample (``(B,)`` for mapped scalar systems)."""
+        return a.reshape(a.shape[:1]) if self.batched and not self.core_shape else a
+
+    def _folded(self, out, like):
+        return np.asarray(out).reshape(like.shape)
+
     def f(self, z):
-        return np.asarray(self.ops.f(z, self.args))
+        return self._folded(self.ops.f(self._core(z), self.args), z)
 
     def pullback_at(self, z):
         """``v -> (∂f/∂zᵀ v, None)`` at z: f linearised once, each call one transposed application."""
-        linear = self.ops.linearize_vjp(z, self.args)
-        return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
+        linear = self.ops.linearize_vjp(self._core(z), self.args)
+        return lambda v: (self._folded(self.ops.apply(linear, self._core(v)), v), None)
 
     def pullback_with(self, apply):
         """``v -> (∂f/∂zᵀ v, None)`` from ``apply(residuals, v)``, a pullback linearised outside the callback
         whose residuals are this callback's arguments."""
-        return lambda v: (np.asarray(apply(self.args, v)), None)
+        return lambda v: (self._folded(apply(self.args, self._core(v)), v), None)
 
     def pushforward_at(self, z):
         """``v -> (∂f/∂z v, None)`` at z, for the tangent solve (same shape of call as the pullback)."""
-        linear = self.ops.linearize_jvp(z, self.args)
-        return lambda v: (np.asarray(self.ops.apply(linear, v)), None)
+        linear = self.ops.linearize_jvp(self._core(z), self.args)
+        return lambda v: (self._folded(self.ops.apply(linear, self._core(v)), v), None)
 
 
 def _on_default_device(leaves):
@@ -449,9 +458,11 @@ def _host_solve(f, config, core_ndim, z0, args):
     """The forward solve: its best iterate; with ``config.codes`` also the return codes (as z0's dtype, shaped like
     the vmapped axes), never raising nor warning."""
     problem = _HostProblem(f, core_ndim, z0, args)
-    sol = solve(problem.f, problem.fold(z0), config.solver, atol=config.atol, rtol=config.rtol,
-                max_steps=config.max_steps, batched=problem.batched,
-                where="the forward solve of deqcore.interop.jax.fixed_point", warn=not (config.throw or config.codes))
+    sol = _solve_finite_starts(problem, problem.fold(z0), config)
+    if not (config.throw or config.codes):
+        warn_failed("the forward solve of deqcore.interop.jax.fixed_point", sol.result,
+                    "The best iterate is returned and its gradient is not the implicit gradient: raise max_steps or "
+                    "loosen atol/rtol")
     dtype = np.asarray(z0).dtype
     if config.codes:
         mapped = problem.out_shape[:len(problem.out_shape) - len(problem.core_shape)]
@@ -459,6 +470,28 @@ def _host_solve(f, config, core_ndim, z0, args):
     if config.throw and not bool(np.all(sol.success)):
         raise_from_callback(SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol))
     return problem.unfold(sol.value, dtype)
+
+
+def _solve_finite_starts(problem, z0, config):
+    """The host solve of the folded start ``z0``, a system whose start holds NaN or infinity DIVERGED on its own with
+    that start as its value (as on the XLA engine: under ``jax.vmap`` each sample is its own system); the solve
+    itself runs on the others."""
+    rows = z0.reshape(z0.shape[0] if problem.batched else 1, -1)
+    bad = ~np.isfinite(rows).all(axis=1)
+    if not bad.any():
+        return solve(problem.f, z0, config.solver, atol=config.atol, rtol=config.rtol, max_steps=config.max_steps,
+                     batched=problem.batched, warn=False)
+    if bad.all():
+        result = np.full(rows.shape[0], int(ReturnCode.DIVERGED)) if problem.batched else ReturnCode.DIVERGED
+        residual = np.full(rows.shape[0], np.inf) if problem.batched else np.inf
+        return Solution(value=z0, result=result, residual=residual, batched=problem.batched,
+                        stats={"num_steps": 0, "nfev": 0})
+    mask = bad.reshape((-1,) + (1,) * (z0.ndim - 1))
+    sol = solve(problem.f, np.where(mask, 0, z0).astype(z0.dtype), config.solver, atol=config.atol, rtol=config.rtol,
+                max_steps=config.max_steps, batched=True, warn=False)
+    return dataclasses.replace(sol, value=np.where(mask, z0, sol.value),
+                               result=np.where(bad, int(ReturnCode.DIVERGED), sol.result),
+                               residual=np.where(bad, np.inf, sol.residual))
 
 
 def _linear_solve(problem, z, rhs, config, linear_at):

@@ -232,7 +232,7 @@ class DEQ(torch.nn.Module):
                 raise ValueError(f"z0 must be a non-empty tensor of finite numbers, got shape {tuple(z0.shape)}"
                                  + ("" if z0.numel() == 0 else " holding NaN or infinity"))
         try:
-            return _ImplicitFixedPoint.apply(self, x, z0, *params)
+            return _ImplicitFixedPoint.apply(self, _members(self.f), x, z0, *params)
         except RuntimeError as err:      # e.g. torch's "mat1 and mat2 shapes cannot be multiplied" from f(0, x)
             if from_zeros and hasattr(err, "add_note"):
                 err.add_note(f"z0=None started z as zeros shaped like x {tuple(x.shape)}: if f's state has "
@@ -256,8 +256,11 @@ class DEQ(torch.nn.Module):
                                             where="the forward solve of deqcore.interop.torch.DEQ")
         return _as_tensor(self.last_solution.value)
 
-    def _gradients(self, x, z_star, g, params, forward=None):
-        """``(dx, dparams)`` by the implicit adjoint for the cotangent ``g`` of z*."""
+    def _gradients(self, x, z_star, g, params, forward=None, members=None):
+        """``(dx, dparams)`` by the implicit adjoint for the cotangent ``g`` of z*. ``members``: f's parameters and
+        buffers during the forward call (:func:`_members`), which f is evaluated with again if they changed since
+        (``torch.func.functional_call`` swaps them for the call only)."""
+        f = _rebound(self.f, members)
         want_x = x.requires_grad
         x_in = x.detach().requires_grad_(True) if want_x else x    # (x without grad has no graph to detach from)
         inputs = ((x_in,) if want_x else ()) + params
@@ -267,7 +270,7 @@ class DEQ(torch.nn.Module):
         def graph_at(zt):
             """f's graph at the leaf ``zt`` and the pullback on it (z's alone, ``v -> ∂f/∂zᵀ v``, unless ``full``)."""
             with torch.enable_grad():
-                fz = _check_like(self.f(zt, x_in), zt, "f", "z")
+                fz = _check_like(f(zt, x_in), zt, "f", "z")
             if not record.get("_captures_checked"):     # once per layer, on f's graph at z* (no extra call)
                 record["_captures_checked"] = True
                 _warn_if_captured(fz, (zt,) + inputs)
@@ -312,6 +315,24 @@ class DEQ(torch.nn.Module):
         grads = list(grads)
         dx = grads.pop(0) if want_x else None
         return dx, tuple(grads)
+
+
+def _members(f):
+    """f's parameters and buffers by name (None for a plain function), as the forward call sees them."""
+    if not isinstance(f, torch.nn.Module):
+        return None
+    return {**dict(f.named_parameters(remove_duplicate=False)), **dict(f.named_buffers(remove_duplicate=False))}
+
+
+def _rebound(f, members):
+    """f as the forward call evaluated it: f itself, or, when its parameters or buffers are no longer those of the
+    forward call (which ran under ``torch.func.functional_call``), f called with those."""
+    if members is None:
+        return f
+    now = _members(f)
+    if now.keys() == members.keys() and all(now[name] is t for name, t in members.items()):
+        return f
+    return lambda z, x: torch.func.functional_call(f, members, (z, x))
 
 
 def _warn_if_captured(out, inputs):
@@ -455,9 +476,9 @@ class _ImplicitFixedPoint(torch.autograd.Function):
     """z* = f(z*, x) forward by a deqcore solve, backward by deqcore's implicit adjoint."""
 
     @staticmethod
-    def forward(ctx, layer, x, z0, *params):
+    def forward(ctx, layer, members, x, z0, *params):
         z_star = layer._solve(x, z0)
-        ctx.layer, ctx.forward = layer, layer.last_solution
+        ctx.layer, ctx.forward, ctx.members = layer, layer.last_solution, members
         ctx.save_for_backward(x, z_star, *params)
         return z_star
 
@@ -466,11 +487,11 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         x, z_star, *params = ctx.saved_tensors
         create_graph = torch.is_grad_enabled()
         with torch.no_grad():
-            dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params), ctx.forward)
+            dx, dparams = ctx.layer._gradients(x, z_star, grad_z, tuple(params), ctx.forward, ctx.members)
         if dparams == ():
             dparams = (None,) * len(params)
         grads = _differentiable_once((dx, *dparams), (x, *params, grad_z), create_graph)
-        return (None, grads[0], None, *grads[1:])
+        return (None, None, grads[0], None, *grads[1:])
 
 
 def _differentiable_once(grads, inputs, create_graph):

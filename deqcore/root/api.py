@@ -101,11 +101,12 @@ def default_solvers(n: int, has_jac: bool):
 
 
 def _solve(fn, y0, fy0, solver, *, args, jac, atol, rtol, max_steps, batched, throw, mode, compact,
-           conforming=False):
-    """Solve from y0, reusing fy0 = fn(y0) that the argument checks evaluated (no second evaluation);
-    ``conforming`` as in :func:`~deqcore.root.problem.flat_problem`."""
+           conforming=False, jac0=None):
+    """Solve from y0, reusing fy0 = fn(y0) (and jac0 = jac(y0)) that the argument checks evaluated (no second
+    evaluation; the first Jacobian asked for at y0 is jac0, counted in njev); ``conforming`` as in
+    :func:`~deqcore.root.problem.flat_problem`."""
     problem, y2d, unflatten = flat_problem(fn, y0, args, batched, mode=mode, jac=jac, compact=compact, first=fy0,
-                                           conforming=conforming)
+                                           conforming=conforming, first_jac=jac0)
     f0, start = fy0.reshape(y2d.shape), None
     if mode == "root":      # (fn may return one buffer it overwrites on every call: the solvers keep F(y0))
         f0 = f0.copy()
@@ -196,15 +197,16 @@ def root_find(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None,
     False
     """
     fy0 = _check_common(fn, y0, solver, args, atol, rtol, max_steps, batched, throw, compact)
+    jac0 = None
     if jac is not None:
         check_callable(jac, "jac")
         n = y0[0].size if batched else y0.size
         expected = ((y0.shape[0], n, n) if batched else (n, n))
-        check_returned_array(jac(y0, *args), "jac", expected, y0.dtype, get_namespace(y0).ndarray,
-                             shape_of="the Jacobian's")
+        jac0 = check_returned_array(jac(y0, *args), "jac", expected, y0.dtype, get_namespace(y0).ndarray,
+                                    shape_of="the Jacobian's")
         _warn_unused_jac(solver)
     return _solve(fn, y0, fy0, solver, args=args, jac=jac, atol=atol, rtol=rtol, max_steps=max_steps, batched=batched,
-                  throw=throw, mode="root", compact=compact)
+                  throw=throw, mode="root", compact=compact, jac0=jac0)
 
 
 def fixed_point(fn: Callable[..., Any], y0: Any, solver: RootSolver | None = None, *, args: tuple = (),

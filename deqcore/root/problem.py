@@ -229,7 +229,8 @@ def _owned(call, xp, first=None):
     return owned
 
 
-def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False, first=None, conforming=False):
+def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False, first=None, conforming=False,
+                 first_jac=None):
     """(RootProblem, y0 as (B, n), unflatten) for ``fn`` of the user's shapes.
 
     ``mode="root"``: F = fn; ``mode="fixed_point"``: F = fn(y) − y with G = fn. ``first``: fn's output at y0 when
@@ -237,6 +238,7 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False, first=
     ``conforming``: fn is known to return C-contiguous arrays of y0's kind, dtype and shape (a framework adapter's
     map, which checks its outputs itself); with y0 already (B, n) and no ``args``, fn is then the problem's map
     as it is (no wrapper, no checks per call).
+    ``first_jac``: jac's output at y0 when the caller evaluated it: the first Jacobian asked for, if at y0, is that.
 
     Every call's output is checked (type, shape, dtype: attribute reads, no pass over the data), so a ``fn``
     or ``jac`` that changes what it returns part-way fails with an error naming it. ``compact=True`` (batched
@@ -284,7 +286,13 @@ def flat_problem(fn, y0, args, batched, *, mode, jac=None, compact=False, first=
 
     user_jac = None
     if jac is not None:  # root mode only: fixed_point takes no Jacobian
+        start = [None if first_jac is None else (y0.copy(), first_jac)]
+
         def user_jac(y2d):
+            if start[0] is not None:        # the argument check's jac(y0), reused once (never evaluated twice)
+                (y_first, J), start[0] = start[0], None
+                if xp.array_equal(unflatten(y2d), y_first):
+                    return J.reshape(batch, n, n)
             J = check_returned_array(jac(unflatten(y2d), *args), "jac", jac_shape, dtype, array_type,
                                      shape_of="the Jacobian's")
             return J.reshape(batch, n, n)
