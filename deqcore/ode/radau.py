@@ -620,7 +620,8 @@ class RadauStepper(OneSystemJacobian):
             radau_start(self._addresses, M, Z_prev, self._T_inv_c, y, self._tol_atol, self._tol_rtol, Z, W, Y,
                         self._scale)
         else:           # the weights: the caller's
-            radau_start(self._addresses, M, Z_prev, self._T_inv_c, y, self._zero_atol, 0.0, Z, W, Y, self._scratch)
+            radau_start(self._addresses, M, Z_prev, self._T_inv_c, y, self._zero_atol, 0.0, Z, W, Y,
+                        self._scratch)
         faccon = max(self.faccon, np.finfo(self.dtype).eps) ** 0.8
         rate = np.array([1.0, 1.0, self.jac_rate, faccon])
         k_max = self.max_iter
@@ -633,9 +634,9 @@ class RadauStepper(OneSystemJacobian):
                                               mu_h.imag, self._lu_r, self._piv_r, self._lu_c, self._piv_c,
                                               self._scale, y, W, Z, Y_next, rate, k, k_max, tol, tol_fail)
             else:
-                status, factor = radau_newton_sparse(self._addresses, F, self._T_c, self._T_inv_c, g_h, mu_h.real,
-                                                     mu_h.imag, sparse[0], sparse[1], scale, y, W, Z, Y_next, rate,
-                                                     k, k_max, tol, tol_fail)
+                status, factor = radau_newton_sparse(
+                    self._addresses, F, self._T_c, self._T_inv_c, g_h, mu_h.real, mu_h.imag, sparse[0],
+                    sparse[1], scale, y, W, Z, Y_next, rate, k, k_max, tol, tol_fail)
             Y, Y_prev = Y_next, Y
             if status != BAD_F:
                 self.stats["nlinsolve"] += 2

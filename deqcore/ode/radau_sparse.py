@@ -1,8 +1,9 @@
-"""Radau's simplified Newton iteration with sparse factors (:class:`~deqcore.ode.sparse_lu.ShiftedSparseLU`) as
-one compiled call per iteration: :func:`radau_newton_sparse` is :func:`~deqcore.ode.kernels_host.radau_newton`
-(the same arithmetic, through the same BLAS routines) with the two sparse solves in place of LAPACK's getrs.
-The array code of :meth:`RadauStepper._iterate <deqcore.ode.radau.RadauStepper._iterate>` spent about as much
-time in its dozen NumPy operations per iteration on a few hundred unknowns as in the sparse solves themselves.
+"""Radau's simplified Newton iteration with sparse factors (:class:`~deqcore.ode.sparse_lu.ShiftedSparseLU`)
+as one compiled call per iteration: :func:`radau_newton_sparse` is
+:func:`~deqcore.ode.kernels_host.radau_newton` (the same arithmetic, through the same BLAS routines) with the
+two sparse solves in place of LAPACK's getrs. The array code of :meth:`RadauStepper._iterate
+<deqcore.ode.radau.RadauStepper._iterate>` spent about as much time in its dozen NumPy operations per
+iteration on a few hundred unknowns as in the sparse solves themselves.
 
 ``factors``: a factorisation's arrays in the order of :meth:`ShiftedSparseLU.kernel_arrays
 <deqcore.ode.sparse_lu.ShiftedSparseLU.kernel_arrays>`.
@@ -41,8 +42,8 @@ def _sparse_solve(b, f):
 
 
 @numba.njit(cache=CACHE)
-def radau_newton_sparse(addresses, F, T, T_inv, g_h, mu_re, mu_im, factors_r, factors_c, scale, y, W, Z, Y, rate,
-                        k, k_max, tol, tol_fail):
+def radau_newton_sparse(addresses, F, T, T_inv, g_h, mu_re, mu_im, factors_r, factors_c, scale, y, W, Z, Y,
+                        rate, k, k_max, tol, tol_fail):
     """One simplified Newton iteration on ``W = T⁻¹Z`` (see :func:`~deqcore.ode.kernels_host.radau_newton`:
     the same arguments, results and updates of ``W``, ``Z``, ``Y`` and ``rate``), the real and complex
     systems solved with the sparse factors ``factors_r`` and ``factors_c``."""

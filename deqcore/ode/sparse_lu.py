@@ -223,8 +223,9 @@ class ShiftedSparseLU:
         matrix went to partial pivoting (SciPy's ``splu``)."""
         if self._splu is not None:
             return None
-        return (self.order, self.l_ptr, self.l_run, self.l_idx, self.u_ptr, self.u_stop, self.u_idx, self.l_val,
-                self.u_val, self.diag, self.x, self.block_start, self.block, self.piv, self._getrs)
+        return (self.order, self.l_ptr, self.l_run, self.l_idx, self.u_ptr, self.u_stop, self.u_idx,
+                self.l_val, self.u_val, self.diag, self.x, self.block_start, self.block, self.piv,
+                self._getrs)
 
     def solve(self, rhs):
         """``x`` with ``(a·I − b·J) x = rhs`` for the last :meth:`factor` (a new array)."""
