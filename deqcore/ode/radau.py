@@ -83,6 +83,7 @@ from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error,
                            radau_extrapolation, radau_factor, radau_newton, radau_start)
 from .jacobian import OneSystemJacobian
+from .radau_sparse import radau_newton_sparse
 
 __all__ = ["Radau", "RadauStepper", "radau_coefficients"]
 
@@ -115,6 +116,9 @@ KEEP_ITER_PER_JAC_ITERS = 3
 #: one small dense float64 system runs its whole step loop in compiled code (:mod:`deqcore.ode.radau_loop`);
 #: False keeps it on the driver's loop (the same steps; tests compare the two)
 COMPILED_LOOP = True
+#: run Newton's iterations with sparse factors (``jac_sparsity``, float64) in compiled code
+#: (:mod:`deqcore.ode.radau_sparse`); False: the array code (the same numbers, slower)
+SPARSE_COMPILED = True
 
 
 _EPS64 = float(np.finfo(np.float64).eps)
@@ -263,6 +267,7 @@ class RadauStepper(OneSystemJacobian):
         self.jac_calls = 0          # rhs calls of a Jacobian (columns or column groups; 0 with the user's jac)
         self.pattern = None if method.jac_sparsity is None else normalize_sparsity(method.jac_sparsity, n)
         self._sparse = None         # the sparse factors (a SparseFactors) when J is sparse
+        self._sparse_arrays = None  # their compiled arrays (real, complex) for radau_newton_sparse, or None
         # the method's coefficients in the state's dtype (shared by every stepper, never written)
         self._T, self._T_inv, self._e, self._A_inv_last, self._T_c, self._T_inv_c = _coefficients(dt)
         self._c = _C_LIST
@@ -364,6 +369,10 @@ class RadauStepper(OneSystemJacobian):
                 self._sparse = SparseFactors(self.pattern)
             solves = [self._sparse.solver(J, s, 1.0, dt, slot=k)
                       for k, (s, dt) in enumerate(zip(shifts, (self.dtype, self.cdtype)))]
+            if self.dtype == np.float64 and solves[0] is not None and solves[1] is not None:
+                # both factored by the compiled elimination: Newton's iterations compiled (radau_sparse)
+                arrays = tuple(self._sparse.slots[k].kernel_arrays() for k in range(2))
+                self._sparse_arrays = None if arrays[0] is None or arrays[1] is None else arrays
         if solves[0] is None or solves[1] is None:
             return None
         return (h, solves[0], solves[1])
@@ -530,6 +539,9 @@ class RadauStepper(OneSystemJacobian):
     def _iterate(self, t, y, h, scale, tol):
         if self.lu[1] is _COMPILED:
             return self._iterate_compiled(t, y, h, tol)
+        if self._sparse_arrays is not None and SPARSE_COMPILED:
+            return self._iterate_compiled(t, y, h, tol, np.ascontiguousarray(scale, dtype=np.float64),
+                                          self._sparse_arrays)
         ev, n, shape = self.ev, self.n, self.ev.shape
         _, solve_real, solve_complex = self.lu
         T, T_inv, c = self._T, self._T_inv, self._c
@@ -584,13 +596,19 @@ class RadauStepper(OneSystemJacobian):
                 return True, Z, k, theta, None, faccon
         return False, Z, k_max, theta, 0.5 * abs(h), faccon
 
-    def _iterate_compiled(self, t, y, h, tol):
-        """:meth:`_iterate` with its vector work in the compiled kernels (f evaluated here)."""
+    def _iterate_compiled(self, t, y, h, tol, scale=None, sparse=None):
+        """:meth:`_iterate` with its vector work in the compiled kernels (f evaluated here): the dense factors
+        of :meth:`_host_buffers`, or ``sparse``, the real and complex sparse factors' arrays (then ``scale``:
+        the error weights)."""
         ev, n, shape, c = self.ev, self.n, self.ev.shape, self._c
         tol_fail, tol = tol, tol * self.newton_factor
         g_h, mu_h = COEF.gamma / h, COEF.mu / h
         y = np.ascontiguousarray(y, dtype=np.float64)
         Z, W, Y, F = (np.empty((3, n)) for _ in range(4))
+        if sparse is not None and getattr(self, "_no_rows", None) is None:
+            self._addresses = radau_addresses()
+            self._no_rows, self._M = np.empty((0, n)), (None, None)
+            self._scratch, self._zero_atol = np.empty(n), np.zeros(1)
         if self.Z_prev is None:
             M, Z_prev = self._T_c, self._no_rows
         else:
@@ -598,8 +616,12 @@ class RadauStepper(OneSystemJacobian):
             if self._M[0] != ratio:
                 self._M = (ratio, np.ascontiguousarray(extrapolation_matrix(ratio), dtype=np.float64))
             M, Z_prev = self._M[1], self.Z_prev
-        radau_start(self._addresses, M, Z_prev, self._T_inv_c, y, self._tol_atol, self._tol_rtol, Z, W, Y,
-                    self._scale)
+        if sparse is None:
+            radau_start(self._addresses, M, Z_prev, self._T_inv_c, y, self._tol_atol, self._tol_rtol, Z, W, Y,
+                        self._scale)
+        else:           # the weights: the caller's
+            radau_start(self._addresses, M, Z_prev, self._T_inv_c, y, self._zero_atol, 0.0, Z, W, Y,
+                        self._scratch)
         faccon = max(self.faccon, np.finfo(self.dtype).eps) ** 0.8
         rate = np.array([1.0, 1.0, self.jac_rate, faccon])
         k_max = self.max_iter
@@ -607,9 +629,14 @@ class RadauStepper(OneSystemJacobian):
             for i in range(3):
                 F[i] = ev(t + c[i] * h, Y[i].reshape(shape)).reshape(-1)
             Y_next = np.empty((3, n))
-            status, factor = radau_newton(self._addresses, F, self._T_c, self._T_inv_c, g_h, mu_h.real, mu_h.imag,
-                                          self._lu_r, self._piv_r, self._lu_c, self._piv_c, self._scale, y, W, Z,
-                                          Y_next, rate, k, k_max, tol, tol_fail)
+            if sparse is None:
+                status, factor = radau_newton(self._addresses, F, self._T_c, self._T_inv_c, g_h, mu_h.real,
+                                              mu_h.imag, self._lu_r, self._piv_r, self._lu_c, self._piv_c,
+                                              self._scale, y, W, Z, Y_next, rate, k, k_max, tol, tol_fail)
+            else:
+                status, factor = radau_newton_sparse(
+                    self._addresses, F, self._T_c, self._T_inv_c, g_h, mu_h.real, mu_h.imag, sparse[0],
+                    sparse[1], scale, y, W, Z, Y_next, rate, k, k_max, tol, tol_fail)
             Y, Y_prev = Y_next, Y
             if status != BAD_F:
                 self.stats["nlinsolve"] += 2

@@ -217,6 +217,16 @@ class ShiftedSparseLU:
         self._splu = lu
         return True
 
+    def kernel_arrays(self):
+        """The last :meth:`factor`'s arrays as compiled code takes them (the arguments of the compiled solve
+        after the right-hand side, without its output: see :mod:`deqcore.ode.radau_sparse`); None when that
+        matrix went to partial pivoting (SciPy's ``splu``)."""
+        if self._splu is not None:
+            return None
+        return (self.order, self.l_ptr, self.l_run, self.l_idx, self.u_ptr, self.u_stop, self.u_idx,
+                self.l_val, self.u_val, self.diag, self.x, self.block_start, self.block, self.piv,
+                self._getrs)
+
     def solve(self, rhs):
         """``x`` with ``(a·I − b·J) x = rhs`` for the last :meth:`factor` (a new array)."""
         if self._splu is not None:
