@@ -36,3 +36,27 @@ def test_a_failed_steady_state_returns_the_state_it_reached_as_the_readme_says(s
     promise = re.search(r"`value` holds the lowest-residual iterate[^.]*\.", text)
     assert promise is not None
     assert "last state" in promise.group(0), promise.group(0)
+
+
+# ------------------------------------------------------------------------- Dask: arguments checked up front
+
+@pytest.mark.parametrize("atol, match", [(np.ones(3), "atol must broadcast"), (np.array([-1e-8, 1e-3]), "atol"),
+                                         (np.array([np.nan, 1e-3]), "atol"), (np.array(["a", "b"]), "atol")],
+                         ids=["shape", "negative", "nan", "strings"])
+def test_dask_integrate_refuses_a_bad_per_component_atol_when_built(atol, match):
+    # the README: "Bad arguments ... raise ValueError or TypeError naming the argument"; deqcore.dask checks the
+    # solve's options when the lazy solve is built, not on a worker at compute time
+    dqd = pytest.importorskip("deqcore.dask")
+    with pytest.raises((ValueError, TypeError), match=match):
+        dqd.integrate(lambda t, y: -y, np.ones((6, 2)), (0.0, 1.0), atol=atol, chunk_size=2)
+
+
+def test_dask_integrate_with_a_per_component_atol_equals_each_row_s_own_solve():
+    dqd = pytest.importorskip("deqcore.dask")
+    atol = np.array([1e-10, 1e-4])
+    y0 = np.array([[1.0, 2.0], [0.5, -1.0], [3.0, 0.25]])
+    rhs = lambda t, y: np.array([y[1], -y[0]])         # noqa: E731
+    sol = dqd.integrate(rhs, y0, (0.0, 2.0), atol=atol, rtol=1e-6, chunk_size=2).compute(scheduler="sync")
+    for i in range(3):
+        own = dq.integrate(rhs, y0[i], (0.0, 2.0), atol=atol, rtol=1e-6)
+        np.testing.assert_array_equal(sol.value[i], own.value)
