@@ -79,3 +79,15 @@ def test_adams_saved_values_on_fast_decay_are_within_the_readme_s_bound(solver):
     bound = re.search(r"and within (\d+)× over 1–40 decay times", text)
     assert bound is not None
     assert worst <= float(bound.group(1))
+
+
+# ------------------------------------------------------- steady_state: rtol=0 keeps the absolute stopping test
+
+def test_steady_state_s_rtol_warning_says_the_stopping_test_keeps_the_caller_s_rtol():
+    # the README recommends rtol=0 for steady states that drift (the test is then max|f(u)| <= atol) and says
+    # only the step control raises it; the warning said "using rtol = 2.22e-14" as if the test changed too
+    with pytest.warns(UserWarning, match=r"step control \(the stopping test keeps rtol=0.0\)"):
+        sol = dq.steady_state(lambda t, u: -(u - 1.0), np.zeros(2), atol=1e-9, rtol=0.0)
+    assert np.abs(sol.value - 1.0).max() <= 1e-9                  # |f(u)| = |u − 1| <= atol: the absolute test
+    with pytest.warns(UserWarning, match=r"using rtol = 2.22e-14 \(100 eps\)$"):
+        dq.integrate(lambda t, y: -y, np.ones(1), (0.0, 1.0), rtol=0.0)
