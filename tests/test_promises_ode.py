@@ -91,3 +91,19 @@ def test_steady_state_s_rtol_warning_says_the_stopping_test_keeps_the_caller_s_r
     assert np.abs(sol.value - 1.0).max() <= 1e-9                  # |f(u)| = |u − 1| <= atol: the absolute test
     with pytest.warns(UserWarning, match=r"using rtol = 2.22e-14 \(100 eps\)$"):
         dq.integrate(lambda t, y: -y, np.ones(1), (0.0, 1.0), rtol=0.0)
+
+
+# ------------------------------------------------------------- rhs results of another dtype: cast or refused
+
+@pytest.mark.parametrize("solver", [dq.Tsit5(), dq.Radau(), dq.Rodas5P()], ids=["tsit5", "radau", "rodas5p"])
+def test_a_wider_rhs_result_is_cast_to_the_state_s_dtype_and_a_narrower_one_is_refused_as_the_readme_says(solver):
+    # the README listed a wrong-dtype rhs result among the refused arguments but the ODE methods cast a wider
+    # one (float64 for a float32 state, as SciPy does); the README now says so, and a narrower one is refused
+    sol = dq.integrate(lambda t, y: -y.astype(np.float64), np.ones(2, np.float32), (0.0, 1.0), solver,
+                       atol=1e-6, rtol=1e-5)
+    assert sol.value.dtype == np.float32 and sol.ys.dtype == np.float32
+    np.testing.assert_allclose(sol.value, np.exp(-1.0), rtol=1e-4)
+    with pytest.raises(TypeError, match="rhs must return a real floating array of y0's dtype float64"):
+        dq.integrate(lambda t, y: -y.astype(np.float32), np.ones(2), (0.0, 1.0), solver)
+    text = " ".join(README.read_text().split())
+    assert "an `rhs` result of a wider one (float64 for a float32 state), are cast to the state's" in text
