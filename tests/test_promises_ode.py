@@ -100,9 +100,9 @@ def test_a_wider_rhs_result_is_cast_to_the_state_s_dtype_and_a_narrower_one_is_r
     # the README listed a wrong-dtype rhs result among the refused arguments but the ODE methods cast a wider
     # one (float64 for a float32 state, as SciPy does); the README now says so, and a narrower one is refused
     sol = dq.integrate(lambda t, y: -y.astype(np.float64), np.ones(2, np.float32), (0.0, 1.0), solver,
-                       atol=1e-6, rtol=1e-5)
+                       atol=1e-6, rtol=1e-4)
     assert sol.value.dtype == np.float32 and sol.ys.dtype == np.float32
-    np.testing.assert_allclose(sol.value, np.exp(-1.0), rtol=1e-4)
+    np.testing.assert_allclose(sol.value, np.exp(-1.0), rtol=1e-3)
     with pytest.raises(TypeError, match="rhs must return a real floating array of y0's dtype float64"):
         dq.integrate(lambda t, y: -y.astype(np.float32), np.ones(2), (0.0, 1.0), solver)
     text = " ".join(README.read_text().split())
