@@ -107,3 +107,62 @@ def test_a_wider_rhs_result_is_cast_to_the_state_s_dtype_and_a_narrower_one_is_r
         dq.integrate(lambda t, y: -y.astype(np.float32), np.ones(2), (0.0, 1.0), solver)
     text = " ".join(README.read_text().split())
     assert "an `rhs` result of a wider one (float64 for a float32 state), are cast to the state's" in text
+
+
+# ---------------------------------------------- JAX sharding: a non-finite start on one device of two
+
+SHARDED_NAN_START = r'''
+import json, os, sys, warnings
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
+                           "--xla_cpu_collective_call_terminate_timeout_seconds=20")
+import jax, jax.numpy as jnp, numpy as np
+import deqcore as dq
+from deqcore.interop import jax as dqj
+
+mesh = jax.make_mesh((2,), ("b",))
+f = lambda z, a: 0.5 * jnp.cos(z) + a
+a = jnp.linspace(0.0, 1.0, 8, dtype=jnp.float32).reshape(4, 2)
+z0 = jnp.zeros((4, 2), jnp.float32).at[3, 0].set(jnp.nan)        # row 3 lives on device 1 only
+report = {}
+try:
+    dqj.sharded_fixed_point(f, z0, a, mesh=mesh, atol=1e-5, rtol=0.0)
+    report["throw"] = ["returned", ""]
+except Exception as err:
+    report["throw"] = [type(err).__module__ + "." + type(err).__name__, str(err)]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = np.asarray(dqj.sharded_fixed_point(f, z0, a, mesh=mesh, atol=1e-5, rtol=0.0, throw=False))
+report["warnings"] = [str(w.message) for w in caught]
+ref = jax.vmap(lambda z, a: dqj.fixed_point(f, z, a, atol=1e-5, rtol=0.0, engine="host"))(jnp.zeros((3, 2)), a[:3])
+report["good_rows_off"] = float(np.abs(out[:3] - np.asarray(ref)).max())
+report["nan_row"] = out[3].tolist()
+try:
+    dqj.sharded_fixed_point(f, z0, a, mesh=None)
+except Exception as err:
+    report["mesh"] = [type(err).__name__, str(err)]
+print(json.dumps(report))
+'''
+
+
+def test_a_non_finite_start_on_one_device_is_that_sample_s_failure_not_a_hang():
+    # sharded_fixed_point with z0 NaN in one row: that device's host solve raised "y0 contains NaN or infinity"
+    # alone, the other device waited in the next collective and XLA aborted the whole process after its timeout
+    # (README: bad input never hangs; a failed solve raises dq.SolveError on whichever device it failed). The row
+    # is now DIVERGED, as on the XLA engine, and its neighbours are solved as without it
+    pytest.importorskip("jax")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", SHARDED_NAN_START], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["throw"][0] == "deqcore.results.SolveError", report
+    assert "1 of 4 samples DIVERGED" in report["throw"][1], report
+    assert len(report["warnings"]) == 1 and "1 of 4 samples (DIVERGED)" in report["warnings"][0], report
+    assert report["good_rows_off"] == 0.0
+    assert np.isnan(report["nan_row"][0])
+    assert report["mesh"][0] == "TypeError" and "mesh must be a jax.sharding.Mesh" in report["mesh"][1]

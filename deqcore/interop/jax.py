@@ -449,13 +449,27 @@ def _host_solve(f, config, core_ndim, z0, args):
     """The forward solve: its best iterate; with ``config.codes`` also the return codes (as z0's dtype, shaped like
     the vmapped axes), never raising nor warning."""
     problem = _HostProblem(f, core_ndim, z0, args)
-    sol = solve(problem.f, problem.fold(z0), config.solver, atol=config.atol, rtol=config.rtol,
-                max_steps=config.max_steps, batched=problem.batched,
-                where="the forward solve of deqcore.interop.jax.fixed_point", warn=not (config.throw or config.codes))
+    start = problem.fold(z0)
     dtype = np.asarray(z0).dtype
     if config.codes:
+        # the sharded solve: a raise here, on one device alone, would leave the others waiting in the next
+        # collective until XLA aborts the process, so a non-finite start is that sample's DIVERGED (as on the
+        # XLA engine), its neighbours solved as if it were not there
         mapped = problem.out_shape[:len(problem.out_shape) - len(problem.core_shape)]
-        return problem.unfold(sol.value, dtype), np.asarray(sol.result, dtype=dtype).reshape(mapped)
+        bad = ~np.isfinite(start.reshape(len(start), -1) if problem.batched else start.reshape(1, -1)).all(axis=1)
+        if bad.all():
+            return problem.unfold(start, dtype), np.full(mapped, int(ReturnCode.DIVERGED), dtype=dtype)
+        if bad.any():
+            held = start[bad].copy()
+            start[bad] = 0.0
+    sol = solve(problem.f, start, config.solver, atol=config.atol, rtol=config.rtol,
+                max_steps=config.max_steps, batched=problem.batched,
+                where="the forward solve of deqcore.interop.jax.fixed_point", warn=not (config.throw or config.codes))
+    if config.codes:
+        value, codes = np.array(sol.value), np.array(sol.result, dtype=dtype).reshape(-1)
+        if bad.any():
+            value[bad], codes[bad] = held, int(ReturnCode.DIVERGED)
+        return problem.unfold(value, dtype), codes.reshape(mapped)
     if config.throw and not bool(np.all(sol.success)):
         raise_from_callback(SolveError(f"deqcore.interop.jax.fixed_point: {sol.failure_message()}", sol))
     return problem.unfold(sol.value, dtype)
@@ -540,6 +554,9 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     throw = settings.pop("throw")
     if not isinstance(throw, bool):
         raise TypeError(f"throw must be a bool, got {type(throw).__name__}")
+    if not hasattr(mesh, "axis_names") or not hasattr(mesh, "shape"):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((n,), ('b',))), got "
+                        f"{type(mesh).__name__}")
     if axis not in mesh.axis_names:
         raise ValueError(f"axis {axis!r} is not an axis of mesh (its axes: {mesh.axis_names})")
     if not hasattr(z0, "shape") or len(z0.shape) < 1:
