@@ -199,6 +199,10 @@ def _lazy(kind, fn, y0, args, options, chunk_size):
         raise TypeError(f"y0 has dtype {y0.dtype}; deqcore solves in float32 or float64")
     if y0.shape[0] == 0:
         raise ValueError(f"y0 must hold at least one sample, got shape {y0.shape}")
+    if kind == "integrate" and np.ndim(options["atol"]) > 0:     # one atol per component of a row, checked
+        from .ode.solve import _check_atol                          # here rather than on a worker
+
+        _check_atol(options["atol"], np.broadcast_to(np.zeros((), y0.dtype), y0.shape[1:]))
     if kind in ("fixed_point", "root_find") and y0.ndim < 2:
         raise ValueError(f"y0 must have shape (batch, n, ...): one system per row, got shape {y0.shape} (for "
                          "scalar systems add an axis: y0[:, None])")

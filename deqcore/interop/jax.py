@@ -573,6 +573,9 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     throw = settings.pop("throw")
     if not isinstance(throw, bool):
         raise TypeError(f"throw must be a bool, got {type(throw).__name__}")
+    if not hasattr(mesh, "axis_names") or not hasattr(mesh, "shape"):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((n,), ('b',))), got "
+                        f"{type(mesh).__name__}")
     if axis not in mesh.axis_names:
         raise ValueError(f"axis {axis!r} is not an axis of mesh (its axes: {mesh.axis_names})")
     if not hasattr(z0, "shape") or len(z0.shape) < 1:

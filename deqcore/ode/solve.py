@@ -63,8 +63,10 @@ def _check_common(rhs, y0, solver, args, atol, rtol, max_steps, atol_array=False
     if raised is not None:
         raised["rtol"] = rtol       # the caller's rtol, before the step control's floor below
     if rtol < rtol_min:
+        where = ("" if raised is None else      # steady_state: its stopping test keeps the caller's rtol
+                 f" in the step control (the stopping test keeps rtol={rtol!r})")
         warnings.warn(f"rtol={rtol!r} is below what {dtype.name} resolves; using rtol = "
-                      f"{rtol_min:.3g} (100 eps)", UserWarning, stacklevel=3)
+                      f"{rtol_min:.3g} (100 eps){where}", UserWarning, stacklevel=3)
         rtol = rtol_min
     return xp, atol, rtol, check_positive_int(max_steps, "max_steps")
 
