@@ -184,10 +184,17 @@ def clip_by_global_norm(grads, max_norm):
     """``(clipped, norm)``: scale all gradients by ``min(1, max_norm / norm)`` where ``norm`` is the
     Euclidean norm of all leaves together (computed on the device, no transfer).
 
+    A gradient holding NaN or infinity has a non-finite ``norm``: it comes back as zeros (with that ``norm``),
+    never as NaN, so an update with it cannot poison the parameters (plain SGD leaves them unchanged; momentum
+    and Adam still move by their history). Check ``norm`` to skip such a step (``math.isfinite(float(norm))``).
+
     >>> import numpy as np
     >>> clipped, norm = clip_by_global_norm({"a": np.array([3.0, 4.0])}, 1.0)
     >>> clipped["a"], float(norm)
     (array([0.6, 0.8]), 5.0)
+    >>> clipped, norm = clip_by_global_norm({"a": np.array([np.inf, 4.0])}, 1.0)
+    >>> clipped["a"], float(norm)
+    (array([0., 0.]), inf)
     """
     max_norm = check_tolerance(max_norm, "max_norm")
     leaves = tree_leaves(grads)
@@ -199,10 +206,12 @@ def clip_by_global_norm(grads, max_norm):
     dtype = leaves[0].dtype
     sizes = [xp.max(xp.abs(g)).astype(dtype) for g in leaves if g.size]      # (on the device: no transfer)
     size = xp.max(xp.stack(sizes)) if sizes else xp.zeros((), dtype=dtype)
-    size = xp.where(xp.isfinite(size) & (size > 0), size, xp.ones((), dtype=size.dtype))
-    norm = size * tree_norm(tree_map(lambda g: g / size.astype(g.dtype), grads))
-    factor = xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30))
-    return tree_map(lambda g: g * factor.astype(g.dtype), grads), norm
+    finite = xp.isfinite(size)                                     # False when an entry is inf or NaN
+    scale = xp.where(finite & (size > 0), size, xp.ones((), dtype=size.dtype))
+    kept = tree_map(lambda g: xp.where(finite, g, xp.zeros((), dtype=g.dtype)), grads)   # (no inf·0 = NaN below)
+    norm = xp.where(finite, scale * tree_norm(tree_map(lambda g: g / scale.astype(g.dtype), kept)), size)
+    factor = xp.where(finite, xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30)), 0.0)
+    return tree_map(lambda g: g * factor.astype(g.dtype), kept), norm
 
 
 def cosine_schedule(peak_lr, total_steps, warmup_steps=0, final_lr=0.0):
