@@ -28,3 +28,29 @@ def test_clip_by_global_norm_of_finite_gradients_is_the_hand_computed_scaling():
     np.testing.assert_allclose(clipped["a"], [1.5, 0.0], rtol=1e-6)
     np.testing.assert_allclose(clipped["b"]["c"], [[2.0]], rtol=1e-6)
     assert clipped["a"].dtype == np.float32
+
+
+def test_adam_two_steps_equal_the_hand_computed_update():
+    params = {"w": np.array([1.0, -2.0])}
+    g1, g2 = np.array([0.5, 2.0]), np.array([-1.0, 1.0])
+    opt = nn.Adam(lr=0.1, b1=0.5, b2=0.75, eps=1e-3)
+    p1, state = opt.update({"w": g1}, opt.init(params), params)
+    p2, state = opt.update({"w": g2}, state, p1)
+    m_hat = (0.25 * g1 + 0.5 * g2) / (1 - 0.5 ** 2)
+    v_hat = (0.1875 * g1 ** 2 + 0.25 * g2 ** 2) / (1 - 0.75 ** 2)
+    expected = params["w"] - 0.1 * g1 / (np.abs(g1) + 1e-3) - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-3)
+    np.testing.assert_allclose(p2["w"], expected, rtol=1e-14)
+
+
+def test_adam_eps_zero_is_refused_not_nan_on_a_zero_gradient():
+    with pytest.raises(ValueError, match="eps"):
+        nn.Adam(eps=0.0)
+    with pytest.raises(ValueError, match="eps"):
+        nn.AdamW(eps=0.0)
+
+
+@pytest.mark.parametrize("opt", [nn.SGD(lr=0.1), nn.Adam(lr=0.1)])
+def test_optimisers_refuse_integer_parameters_instead_of_turning_them_into_floats(opt):
+    params = {"w": np.array([1, 2])}
+    with pytest.raises(TypeError, match="params"):
+        opt.update({"w": np.array([1, 1])}, opt.init(params), params)

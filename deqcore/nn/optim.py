@@ -67,6 +67,10 @@ def _check_grads(grads, params):
                                      if found))
     for path, g in grad_leaves:
         p = leaves[path]
+        p_kind = getattr(getattr(p, "dtype", None), "kind", "f")
+        if p_kind != "f":
+            raise TypeError(f"params[{path!r}] has dtype {p.dtype}: an update would turn it into floats; "
+                            "params must be floating arrays (nn.setup makes them float32 or float64)")
         if tuple(getattr(g, "shape", ())) != tuple(getattr(p, "shape", ())):
             raise ValueError(f"grads[{path!r}] has shape {tuple(getattr(g, 'shape', ()))} but the parameter has "
                              f"{tuple(getattr(p, 'shape', ()))}: pass the gradients of these params (same tree, same "
@@ -141,7 +145,8 @@ class Adam:
         _check_lr(self.lr)
         _check_beta(self.b1, "b1")
         _check_beta(self.b2, "b2")
-        check_tolerance(self.eps, "eps")
+        if check_tolerance(self.eps, "eps") == 0:      # 0/0 = NaN in every parameter whose gradient is still 0
+            raise ValueError("eps must be > 0 (with eps=0 a parameter whose gradients were all 0 becomes NaN)")
         check_tolerance(self.weight_decay, "weight_decay")
 
     def init(self, params):
