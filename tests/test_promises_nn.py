@@ -54,3 +54,29 @@ def test_optimisers_refuse_integer_parameters_instead_of_turning_them_into_float
     params = {"w": np.array([1, 2])}
     with pytest.raises(TypeError, match="params"):
         opt.update({"w": np.array([1, 1])}, opt.init(params), params)
+
+
+# -- dtypes -------------------------------------------------------------------------------------------------
+_LAYERS = [
+    (lambda: nn.Dense(4, 3, "tanh"), (3, 4)),
+    (lambda: nn.Conv2d(4, 2, 3, padding=1), (2, 4, 5, 5)),
+    (lambda: nn.LayerNorm((4,)), (3, 4)),
+    (lambda: nn.GroupNorm(4, 2), (2, 4, 3, 3)),
+    (lambda: nn.BatchNorm(4), (2, 4, 3, 3)),
+    (lambda: nn.Activation("gelu"), (3, 4)),
+    (lambda: nn.Dropout(0.5), (3, 4)),
+    (lambda: nn.Upsample(2), (2, 4, 3, 3)),
+    (lambda: nn.Flatten(), (2, 4, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("make, shape", _LAYERS)
+@pytest.mark.parametrize("dtype", [np.complex128, np.float16, np.int64, np.bool_])
+def test_layers_refuse_inputs_that_are_not_float32_or_float64(make, shape, dtype):
+    layer = make()
+    params, state = nn.setup(0, layer)
+    x = np.ones(shape, dtype=dtype)
+    for call in (lambda: layer(x, params, state), lambda: nn.vjp(layer, x, params, state),
+                 lambda: nn.jvp(layer, x, params, state, x)):
+        with pytest.raises(TypeError, match=r"\bx\b"):
+            call()

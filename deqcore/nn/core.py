@@ -377,6 +377,9 @@ def shape_error(layer, expected: str, x) -> ShapeError:
     return ShapeError(f"{layer!r}: expected an input of shape {expected}; got {got}")
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def check_array_input(layer, x):
     """Reject tuples and non-arrays with a message naming the layer; return x."""
     if isinstance(x, (tuple, list)):
@@ -384,4 +387,6 @@ def check_array_input(layer, x):
                         "with nn.Parallel")
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{layer!r} takes a NumPy or CuPy array, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:     # (complex would pass through silently, float16 and ints be upcast)
+        raise TypeError(f"{layer!r}: x has dtype {x.dtype}; layers take float32 or float64 inputs (x.astype(np.float32))")
     return x
