@@ -80,3 +80,43 @@ def test_layers_refuse_inputs_that_are_not_float32_or_float64(make, shape, dtype
                  lambda: nn.jvp(layer, x, params, state, x)):
         with pytest.raises(TypeError, match=r"\bx\b"):
             call()
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: nn.Dense(4, 3, "tanh"), (3, 4)),
+    (lambda: nn.Dense(4, 3, weight_norm=True), (3, 4)),
+    (lambda: nn.Dense(4, 3, spectral_norm=True), (3, 4)),
+    (lambda: nn.Conv2d(4, 2, 3, padding=1), (2, 4, 5, 5)),
+    (lambda: nn.LayerNorm((4,)), (3, 4)),
+    (lambda: nn.GroupNorm(4, 2), (2, 4, 3, 3)),
+    (lambda: nn.BatchNorm(4), (2, 4, 3, 3)),
+    (lambda: nn.BatchNorm(4, affine=False), (2, 4, 3, 3)),
+    (lambda: nn.Chain(nn.Dense(4, 4), nn.Activation("relu")), (3, 4)),
+])
+@pytest.mark.parametrize("param_dtype, x_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_mixed_input_and_parameter_dtypes_are_refused_as_the_models_do(make, shape, param_dtype, x_dtype):
+    """NumPy promotes the float32 side: the output, the float32 parameters' gradients (which the optimisers then
+    refuse) and BatchNorm's running statistics silently became float64. The DEQ models refuse the mix; so do
+    the layers, naming x."""
+    layer = make()
+    params, state = nn.setup(0, layer, dtype=param_dtype)
+    x = np.ones(shape, dtype=x_dtype)
+    for call in (lambda: layer(x, params, state), lambda: nn.vjp(layer, x, params, state),
+                 lambda: nn.jvp(layer, x, params, state, x), lambda: layer.bind_vjp(params, state)(x)):
+        with pytest.raises(TypeError, match=r"\bx\b.*float"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradients_and_state_keep_the_dtype_of_their_parameters(dtype):
+    model = nn.Chain(nn.Conv2d(2, 4, 3, padding=1, weight_norm=True), nn.BatchNorm(4), nn.GroupNorm(4, 2),
+                     nn.Activation("gelu"), nn.Flatten(), nn.Dense(36, 3, spectral_norm=True), nn.LayerNorm((3,)))
+    params, state = nn.setup(0, model, dtype=dtype)
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(dtype)
+    y, pullback, new_state = nn.vjp(model, x, params, state)
+    dx, dparams = pullback(np.ones_like(y))
+    assert y.dtype == dx.dtype == dtype
+    assert {leaf.dtype for leaf in nn.tree_leaves(dparams)} == {np.dtype(dtype)}
+    assert {leaf.dtype for leaf in nn.tree_leaves(new_state) if hasattr(leaf, "dtype")} == {np.dtype(dtype)}
+    params, _ = nn.Adam(lr=1e-3).update(dparams, nn.Adam().init(params), params)      # accepted as they are
+

@@ -101,9 +101,19 @@ class WeightedLayer(Layer):
         return params["bias"] if self.use_bias else None
 
     # the bias add, the activation and its derivative run as one fused pass (nn.activation_kernels)
-    def __call__(self, x, params, state):
+    def _input(self, x, w):
+        """``_prepare(x)`` for an ``x`` whose dtype is the weight's (NumPy would promote a float32 side to
+        float64: a float64 output, float64 gradients for float32 parameters)."""
         ctx = self._prepare(x)
+        if x.dtype != w.dtype:
+            raise TypeError(f"{self!r}: x has dtype {x.dtype} but the parameters are {w.dtype}: cast x "
+                            f"(x.astype(np.{w.dtype})) or set the parameters up in {x.dtype} "
+                            f"(nn.setup(rng, model, dtype=np.{x.dtype}))")
+        return ctx
+
+    def __call__(self, x, params, state):
         w, state = self._scheme.weight(params, state)
+        ctx = self._input(x, w)
         return self.activation.apply(self._contract(ctx, w), self._bias_of(params), self.bias_axis), state
 
     def bind(self, params, state):
@@ -111,8 +121,8 @@ class WeightedLayer(Layer):
         return self._bound(w, self._bias_of(params))
 
     def linearize(self, x, params, state):
-        ctx = self._prepare(x)
         w, _ = self._scheme.weight_jvp(params, state, None)
+        ctx = self._input(x, w)
         y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
         return y, self._tangent_fn(d, w)
 
@@ -127,13 +137,13 @@ class WeightedLayer(Layer):
         return lambda x: value(self._contract(self._prepare(x), w))
 
     def vjp(self, x, params, state):
-        ctx = self._prepare(x)
         w, weight_pullback, state = self._scheme.weight_vjp(params, state)
+        ctx = self._input(x, w)
         return self._vjp_at(ctx, params, w, weight_pullback, state)
 
     def bind_vjp(self, params, state):
         w, weight_pullback, new_state = self._scheme.weight_vjp(params, state)     # the normalisation once
-        return lambda x: self._vjp_at(self._prepare(x), params, w, weight_pullback, new_state)
+        return lambda x: self._vjp_at(self._input(x, w), params, w, weight_pullback, new_state)
 
     def _vjp_at(self, ctx, params, w, weight_pullback, state):
         """:meth:`vjp` at the checked input ``ctx`` and the effective weight ``w`` with its pullback."""
@@ -175,8 +185,8 @@ class WeightedLayer(Layer):
         return self._transpose(dz, ctx, w)[1]
 
     def jvp(self, x, params, state, dx, dparams=None):
-        ctx = self._prepare(x)
         w, dw = self._scheme.weight_jvp(params, state, dparams)
+        ctx = self._input(x, w)
         y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
         dz = self._contract(self._prepare(dx), w)
         if dw is not None:

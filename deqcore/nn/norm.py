@@ -69,11 +69,24 @@ class _Normalisation(Layer):
             return xhat
         return xhat * self._view(params["scale"], xhat.ndim) + self._view(params["bias"], xhat.ndim)
 
+    def _held_dtype(self, params, state):
+        """The dtype of what this layer holds (parameters, running statistics), or None."""
+        return params["scale"].dtype if self.affine else None
+
+    def _check_dtype(self, x, params, state):
+        held = self._held_dtype(params, state)
+        if held is not None and getattr(x, "dtype", held) != held:     # (NumPy would promote the float32 side)
+            raise TypeError(f"{self!r}: x has dtype {x.dtype} but the parameters are {held}: cast x "
+                            f"(x.astype(np.{held})) or set the parameters up in {x.dtype} "
+                            f"(nn.setup(rng, model, dtype=np.{x.dtype}))")
+
     def __call__(self, x, params, state):
+        self._check_dtype(x, params, state)
         xhat, _, state = self._normalise(x, state)
         return self._affine(xhat, params), state
 
     def vjp(self, x, params, state):
+        self._check_dtype(x, params, state)
         xhat, jacobian, state = self._normalise(x, state)
 
         def pullback(dy):
@@ -85,6 +98,7 @@ class _Normalisation(Layer):
         return self._affine(xhat, params), pullback, state
 
     def jvp(self, x, params, state, dx, dparams=None):
+        self._check_dtype(x, params, state)
         xhat, jacobian, _ = self._normalise(x, state)
         dxhat = jacobian(dx)
         if not self.affine:
@@ -210,6 +224,9 @@ class BatchNorm(_ChannelNorm):
 
     def row_coupling(self, state):
         return f"{self!r} in training mode (batch statistics)" if state.get("training", False) else None
+
+    def _held_dtype(self, params, state):
+        return state["running_mean"].dtype        # (a float64 batch would turn float32 running statistics into float64)
 
     def init(self, rng):
         params, _ = super().init(rng)
