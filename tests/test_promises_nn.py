@@ -120,3 +120,21 @@ def test_gradients_and_state_keep_the_dtype_of_their_parameters(dtype):
     assert {leaf.dtype for leaf in nn.tree_leaves(new_state) if hasattr(leaf, "dtype")} == {np.dtype(dtype)}
     params, _ = nn.Adam(lr=1e-3).update(dparams, nn.Adam().init(params), params)      # accepted as they are
 
+
+# -- shapes -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, shape", [(lambda: nn.GroupNorm(4, 2), (0, 4, 3, 3)),
+                                         (lambda: nn.LayerNorm((4,)), (0, 4)),
+                                         (lambda: nn.Conv2d(4, 2, 3), (0, 4, 3, 3)),
+                                         (lambda: nn.Dense(4, 2), (0, 4))])
+def test_an_empty_batch_passes_through_per_sample_layers(make, shape):
+    layer = make()
+    params, state = nn.setup(0, layer)
+    x = np.ones(shape)
+    y, pullback, _ = nn.vjp(layer, x, params, state)
+    assert y.shape[0] == 0
+    dx, dparams = pullback(np.ones_like(y))
+    assert dx.shape == x.shape
+    for leaf in nn.tree_leaves(dparams):
+        assert np.array_equal(leaf, np.zeros_like(leaf))         # no sample, no gradient
+    assert nn.jvp(layer, x, params, state, x)[1].shape == y.shape
+

@@ -8,6 +8,7 @@ pullback and the tangent.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -194,7 +195,8 @@ class GroupNorm(_ChannelNorm):
 
     def _normalise(self, x, state):
         self._check(x)
-        xhat, jacobian, _, _ = _standardised(x, x.reshape((x.shape[0], self.groups, -1)), (2,), self.eps)
+        per_group = math.prod(x.shape[1:]) // self.groups      # (not -1: NumPy cannot infer it for an empty batch)
+        xhat, jacobian, _, _ = _standardised(x, x.reshape((x.shape[0], self.groups, per_group)), (2,), self.eps)
         return xhat, jacobian, state
 
 
