@@ -121,6 +121,18 @@ def test_gradients_and_state_keep_the_dtype_of_their_parameters(dtype):
     params, _ = nn.Adam(lr=1e-3).update(dparams, nn.Adam().init(params), params)      # accepted as they are
 
 
+def test_losses_keep_the_prediction_dtype_so_a_float32_model_trains_against_float64_targets():
+    model = nn.Dense(3, 2, "tanh")
+    params, state = nn.setup(0, model, dtype=np.float32)
+    x = np.ones((4, 3), np.float32)
+    y, pullback, _ = nn.vjp(model, x, params, state)
+    value, dy = nn.mse(y, np.zeros((4, 2)))                      # a float64 target, as in the README
+    assert dy.dtype == np.float32
+    np.testing.assert_allclose(dy, 2 * y / y.size, rtol=1e-6)
+    _, grads = pullback(dy)
+    nn.Adam().update(grads, nn.Adam().init(params), params)     # float32 gradients: accepted
+
+
 # -- shapes -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, shape", [(lambda: nn.GroupNorm(4, 2), (0, 4, 3, 3)),
                                          (lambda: nn.LayerNorm((4,)), (0, 4)),
@@ -138,3 +150,11 @@ def test_an_empty_batch_passes_through_per_sample_layers(make, shape):
         assert np.array_equal(leaf, np.zeros_like(leaf))         # no sample, no gradient
     assert nn.jvp(layer, x, params, state, x)[1].shape == y.shape
 
+
+@pytest.mark.parametrize("loss, name", [(lambda: nn.mse(np.ones((0, 3)), np.ones((0, 3))), "prediction"),
+                                        (lambda: nn.softmax_cross_entropy(np.ones((0, 3)), np.zeros(0, int)),
+                                         "logits"),
+                                        (lambda: nn.accuracy(np.ones((0, 3)), np.zeros(0, int)), "logits")])
+def test_losses_of_an_empty_batch_are_refused_not_nan(loss, name):
+    with pytest.raises(ValueError, match=name):
+        loss()
