@@ -158,3 +158,20 @@ def test_an_empty_batch_passes_through_per_sample_layers(make, shape):
 def test_losses_of_an_empty_batch_are_refused_not_nan(loss, name):
     with pytest.raises(ValueError, match=name):
         loss()
+
+
+@pytest.mark.parametrize("make, shape", [(lambda: nn.Dense(3, 2, "tanh"), (4, 3)),
+                                         (lambda: nn.Parallel(None, nn.Dense(3, 2), nn.LayerNorm((3,))),
+                                          (4, 3))])
+def test_a_float64_cotangent_of_a_float32_model_gives_float32_gradients(make, shape):
+    """As the DEQ models do: the cotangent is cast to the output's dtype (was: every gradient float64)."""
+    model = make()
+    params, state = nn.setup(0, model, dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    y, pullback, _ = nn.vjp(model, x, params, state)
+    dy = nn.tree_map(lambda a: np.ones(a.shape), y)                              # float64
+    dx, grads = pullback(dy)
+    reference = pullback(nn.tree_map(lambda a: np.ones(a.shape, np.float32), y))
+    for got, want in zip(nn.tree_leaves((dx, grads)), nn.tree_leaves(reference)):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)

@@ -209,6 +209,7 @@ def _checked_pullback(pullback, y, model):
     """``pullback`` refusing a cotangent shaped unlike ``y`` (NumPy would broadcast a (1, n) or (B, 1) one
     through an activation or a norm and return a gradient of the wrong problem without a word)."""
     shapes = [(path, tuple(leaf.shape)) for path, leaf in tree_paths(y) if hasattr(leaf, "shape")]
+    dtypes = dict((path, leaf.dtype) for path, leaf in tree_paths(y) if hasattr(leaf, "dtype"))
 
     def checked(dy, *args, **kwargs):
         got = dict((path, tuple(leaf.shape)) for path, leaf in tree_paths(dy) if hasattr(leaf, "shape"))
@@ -217,12 +218,24 @@ def _checked_pullback(pullback, y, model):
                 where = f"dy[{path}]" if path else "dy"
                 raise ValueError(f"{where} has shape {got[path]} but {model!r} returned shape {shape}: the "
                                  "cotangent must have the output's shape")
-        return pullback(dy, *args, **kwargs)
+        return pullback(_cast_like(dy, dtypes), *args, **kwargs)
 
     for name in ("input_only", "partial", "input_fn"):      # what input_pullback / partial_pullback use
         if hasattr(pullback, name):
             setattr(checked, name, getattr(pullback, name))
     return checked
+
+
+def _cast_like(dy, dtypes, path=""):
+    """``dy`` with each floating leaf cast to the dtype of the output leaf at its path (a float64 cotangent of a
+    float32 output would make every gradient float64; the DEQ models cast it too)."""
+    if isinstance(dy, (tuple, list)):
+        return type(dy)(_cast_like(d, dtypes, f"{path}/{i}" if path else str(i)) for i, d in enumerate(dy))
+    want = dtypes.get(path)
+    dtype = getattr(dy, "dtype", None)
+    if want is not None and dtype is not None and dtype != want and dtype.kind == "f" and want.kind == "f":
+        return dy.astype(want)
+    return dy
 
 
 def jvp(model, x, params, state, dx, dparams=None):
