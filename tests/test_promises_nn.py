@@ -6,6 +6,7 @@ import pytest
 
 import deqcore as dq
 from deqcore import nn
+from deqcore.models import with_fixed_depth
 
 
 # -- optimisers ---------------------------------------------------------------------------------------------
@@ -175,3 +176,42 @@ def test_a_float64_cotangent_of_a_float32_model_gives_float32_gradients(make, sh
     for got, want in zip(nn.tree_leaves((dx, grads)), nn.tree_leaves(reference)):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, want)
+
+
+# -- models -------------------------------------------------------------------------------------------------
+def _small_deq(**settings):
+    f = nn.Chain(nn.Parallel(nn.add, nn.Dense(3, 3, use_bias=False), nn.Dense(3, 3)), nn.Activation("tanh"))
+    deq = dq.DeepEquilibriumNetwork(f, dq.Anderson(), atol=1e-10, rtol=0.0, max_steps=100, **settings)
+    params, state = nn.setup(0, deq)
+    params["model"]["layer_1"]["layer_1"]["weight"] *= 0.3
+    return deq, f, params, state
+
+
+@pytest.mark.parametrize("depth", [-2, 1.5, True, "3"])
+def test_a_bad_fixed_depth_in_the_state_is_named_not_truncated(depth):
+    deq, _, params, state = _small_deq()
+    with pytest.raises((TypeError, ValueError), match="fixed_depth"):
+        deq(np.ones((2, 3)), params, {**state, "fixed_depth": depth})
+
+
+def test_pretraining_is_the_chained_map_and_its_gradient_matches_finite_differences():
+    deq, f, params, state = _small_deq()
+    state = with_fixed_depth(state, 3)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3))
+
+    def chained(x, params):
+        z = np.zeros_like(x)
+        for _ in range(3):
+            z = f((z, x), params["model"], state["model"])[0]
+        return z
+
+    z, pullback, _ = nn.vjp(deq, x, params, state)
+    np.testing.assert_array_equal(z, chained(x, params))
+    dy = rng.standard_normal(z.shape)
+    dx, dparams = pullback(dy)
+    tx, tp = rng.standard_normal(x.shape), nn.tree_map(lambda a: rng.standard_normal(a.shape), params)
+    eps = 1e-6
+    up = np.sum(dy * chained(x + eps * tx, nn.tree_map(lambda a, b: a + eps * b, params, tp)))
+    down = np.sum(dy * chained(x - eps * tx, nn.tree_map(lambda a, b: a - eps * b, params, tp)))
+    assert (up - down) / (2 * eps) == pytest.approx(float(np.sum(dx * tx) + nn.tree_dot(dparams, tp)), abs=1e-8)
