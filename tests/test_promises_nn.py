@@ -215,3 +215,31 @@ def test_pretraining_is_the_chained_map_and_its_gradient_matches_finite_differen
     up = np.sum(dy * chained(x + eps * tx, nn.tree_map(lambda a, b: a + eps * b, params, tp)))
     down = np.sum(dy * chained(x - eps * tx, nn.tree_map(lambda a, b: a - eps * b, params, tp)))
     assert (up - down) / (2 * eps) == pytest.approx(float(np.sum(dx * tx) + nn.tree_dot(dparams, tp)), abs=1e-8)
+
+
+def test_jvp_tangents_of_the_wrong_shape_or_tree_are_named_not_broadcast():
+    layer = nn.Dense(3, 2, "tanh")
+    params, state = nn.setup(0, layer)
+    x = np.ones((2, 3))
+    with pytest.raises(ValueError, match="dx"):
+        nn.jvp(layer, x, params, state, np.ones((1, 3)))          # was a (1, 2) tangent
+    with pytest.raises(ValueError, match="dparams"):
+        nn.jvp(layer, x, params, state, x, {"weight": np.ones((2, 3))})      # was a KeyError
+    with pytest.raises(ValueError, match="dparams"):
+        nn.jvp(layer, x, params, state, x, {"weight": np.ones((1, 3)), "bias": np.ones(2)})
+    par = nn.Parallel(nn.add, nn.Dense(3, 2), nn.Dense(3, 2))
+    pp, ps = nn.setup(0, par)
+    with pytest.raises(ValueError, match="dx"):
+        nn.jvp(par, (x, x), pp, ps, (x, np.ones((2, 1))))
+
+
+def test_a_float64_tangent_of_a_float32_layer_gives_a_float32_tangent():
+    layer = nn.Dense(3, 2, "tanh")
+    params, state = nn.setup(0, layer, dtype=np.float32)
+    x = np.ones((2, 3), np.float32)
+    dparams = nn.tree_map(lambda a: np.ones(a.shape), params)
+    _, dy = nn.jvp(layer, x, params, state, np.ones((2, 3)), dparams)
+    _, want = nn.jvp(layer, x, params, state, np.ones((2, 3), np.float32),
+                     nn.tree_map(lambda a: a.astype(np.float32), dparams))
+    assert dy.dtype == np.float32
+    np.testing.assert_array_equal(dy, want)

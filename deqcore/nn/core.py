@@ -231,6 +231,8 @@ def _cast_like(dy, dtypes, path=""):
     float32 output would make every gradient float64; the DEQ models cast it too)."""
     if isinstance(dy, (tuple, list)):
         return type(dy)(_cast_like(d, dtypes, f"{path}/{i}" if path else str(i)) for i, d in enumerate(dy))
+    if isinstance(dy, dict):
+        return {k: _cast_like(d, dtypes, f"{path}/{k}" if path else str(k)) for k, d in dy.items()}
     want = dtypes.get(path)
     dtype = getattr(dy, "dtype", None)
     if want is not None and dtype is not None and dtype != want and dtype.kind == "f" and want.kind == "f":
@@ -248,7 +250,28 @@ def jvp(model, x, params, state, dx, dparams=None):
     (array([[7.]]), array([[3.]]))
     """
     _check_layer(model)
+    dx = _checked_tangent(dx, x, "dx", "x")
+    if dparams is not None:
+        dparams = _checked_tangent(dparams, params, "dparams", "params")
     return model.jvp(x, params, state, dx, dparams)
+
+
+def _checked_tangent(tangent, primal, name, primal_name):
+    """``tangent`` with the tree and shapes of ``primal`` (NumPy would broadcast a (1, n) tangent through the
+    layer and return the tangent of another problem without a word), floating leaves cast to the primal's
+    dtypes (as a cotangent is: a float64 tangent would make a float32 layer's output tangent float64)."""
+    primal_leaves = [(path, leaf) for path, leaf in tree_paths(primal) if hasattr(leaf, "shape")]
+    tangent_leaves = dict((path, leaf) for path, leaf in tree_paths(tangent) if hasattr(leaf, "shape"))
+    missing = [path or name for path, _ in primal_leaves if path not in tangent_leaves]
+    if missing:
+        raise ValueError(f"{name} must have the tree of {primal_name}; missing: {', '.join(map(repr, missing[:5]))}")
+    for path, leaf in primal_leaves:
+        got = tangent_leaves[path]
+        if tuple(got.shape) != tuple(leaf.shape):
+            where = f"{name}[{path!r}]" if path else name
+            raise ValueError(f"{where} has shape {tuple(got.shape)} but {primal_name} has {tuple(leaf.shape)}: a "
+                             "tangent must have its primal's shape")
+    return _cast_like(tangent, dict((path, leaf.dtype) for path, leaf in primal_leaves if hasattr(leaf, "dtype")))
 
 
 def bind(model, params, state):
