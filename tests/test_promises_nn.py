@@ -243,3 +243,25 @@ def test_a_float64_tangent_of_a_float32_layer_gives_a_float32_tangent():
                      nn.tree_map(lambda a: a.astype(np.float32), dparams))
     assert dy.dtype == np.float32
     np.testing.assert_array_equal(dy, want)
+
+
+@pytest.mark.parametrize("make, key, bad", [
+    (lambda: nn.Dense(3, 2), "weight", np.ones((3, 3))),
+    (lambda: nn.Dense(3, 2), "bias", np.ones((1, 2))),                  # was broadcast without a word
+    (lambda: nn.Dense(3, 2), "bias", None),                             # was a KeyError
+    (lambda: nn.Dense(3, 2, weight_norm=True), "weight_g", np.ones(3)),
+    (lambda: nn.Conv2d(2, 3, 3), "weight", np.ones((3, 2, 2, 2))),
+    (lambda: nn.LayerNorm((3,)), "scale", np.ones((1, 3))),
+    (lambda: nn.GroupNorm(2, 1), "bias", np.ones(3)),
+])
+def test_parameters_of_the_wrong_shape_or_missing_are_named(make, key, bad):
+    layer = make()
+    params, state = nn.setup(0, layer)
+    params = {k: v for k, v in params.items() if k != key}
+    if bad is not None:
+        params[key] = bad
+    x = np.ones((2, 2, 4, 4)) if isinstance(layer, (nn.Conv2d, nn.GroupNorm)) else np.ones((2, 3))
+    for call in (lambda: layer(x, params, state), lambda: nn.vjp(layer, x, params, state),
+                 lambda: layer.jvp(x, params, state, x)):
+        with pytest.raises(ValueError, match=key):
+            call()

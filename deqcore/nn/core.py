@@ -24,7 +24,7 @@ import numpy as np
 from .tree import to_namespace, tree_paths
 
 __all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode", "input_pullback",
-           "partial_pullback", "bind"]
+           "partial_pullback", "bind", "check_params"]
 
 
 class ShapeError(ValueError):
@@ -414,6 +414,21 @@ def shape_error(layer, expected: str, x) -> ShapeError:
 
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_params(layer, params, shapes):
+    """Raise an error naming ``params[key]`` when ``params`` lacks a key of ``shapes`` (``{key: shape}``) or holds
+    another shape there (NumPy would broadcast a (1, n) bias, or fail with its own message); return params."""
+    if not isinstance(params, dict):
+        raise TypeError(f"{layer!r}: params must be a dict (from nn.setup), got {type(params).__name__}")
+    for key, shape in shapes.items():
+        leaf = params.get(key)
+        if leaf is None:
+            raise ValueError(f"{layer!r}: params has no {key!r}; set the parameters up with nn.setup(rng, model)")
+        if tuple(getattr(leaf, "shape", ())) != shape:
+            raise ValueError(f"{layer!r}: params[{key!r}] has shape {tuple(getattr(leaf, 'shape', ()))}, "
+                             f"expected {shape}")
+    return params
 
 
 def check_array_input(layer, x):

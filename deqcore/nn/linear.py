@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 
 from .activations import activation as _activation
-from .core import Layer, check_array_input, shape_error, with_input_only
+from .core import Layer, check_array_input, check_params, shape_error, with_input_only
 from .reparam import weight_scheme
 
 __all__ = ["Dense", "WeightedLayer", "INITIALISERS"]
@@ -100,6 +100,18 @@ class WeightedLayer(Layer):
     def _bias_of(self, params):
         return params["bias"] if self.use_bias else None
 
+    def _checked(self, params):
+        """``params`` with this layer's keys and shapes (errors name the key)."""
+        shapes = getattr(self, "_param_shapes", None)
+        if shapes is None:
+            out = self.weight_shape[0]
+            shapes = ({"weight_v": self.weight_shape, "weight_g": (out,)} if self.weight_norm
+                      else {"weight": self.weight_shape})
+            if self.use_bias:
+                shapes["bias"] = (out,)
+            self._param_shapes = shapes
+        return check_params(self, params, shapes)
+
     # the bias add, the activation and its derivative run as one fused pass (nn.activation_kernels)
     def _input(self, x, w):
         """``_prepare(x)`` for an ``x`` whose dtype is the weight's (NumPy would promote a float32 side to
@@ -112,15 +124,18 @@ class WeightedLayer(Layer):
         return ctx
 
     def __call__(self, x, params, state):
+        self._checked(params)
         w, state = self._scheme.weight(params, state)
         ctx = self._input(x, w)
         return self.activation.apply(self._contract(ctx, w), self._bias_of(params), self.bias_axis), state
 
     def bind(self, params, state):
+        self._checked(params)
         w, _ = self._scheme.weight_jvp(params, state, None)    # the normalisation once, no state update
         return self._bound(w, self._bias_of(params))
 
     def linearize(self, x, params, state):
+        self._checked(params)
         w, _ = self._scheme.weight_jvp(params, state, None)
         ctx = self._input(x, w)
         y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
@@ -137,11 +152,13 @@ class WeightedLayer(Layer):
         return lambda x: value(self._contract(self._prepare(x), w))
 
     def vjp(self, x, params, state):
+        self._checked(params)
         w, weight_pullback, state = self._scheme.weight_vjp(params, state)
         ctx = self._input(x, w)
         return self._vjp_at(ctx, params, w, weight_pullback, state)
 
     def bind_vjp(self, params, state):
+        self._checked(params)
         w, weight_pullback, new_state = self._scheme.weight_vjp(params, state)     # the normalisation once
         return lambda x: self._vjp_at(self._input(x, w), params, w, weight_pullback, new_state)
 
@@ -185,6 +202,7 @@ class WeightedLayer(Layer):
         return self._transpose(dz, ctx, w)[1]
 
     def jvp(self, x, params, state, dx, dparams=None):
+        self._checked(params)
         w, dw = self._scheme.weight_jvp(params, state, dparams)
         ctx = self._input(x, w)
         y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)

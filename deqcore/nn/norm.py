@@ -15,7 +15,7 @@ import numpy as np
 
 from .._checks import check_probability, check_tolerance
 from ..backend import get_namespace
-from .core import Layer, check_array_input, shape_error
+from .core import Layer, check_array_input, check_params, shape_error
 from .linear import check_size
 
 __all__ = ["LayerNorm", "GroupNorm", "BatchNorm"]
@@ -75,6 +75,8 @@ class _Normalisation(Layer):
         return params["scale"].dtype if self.affine else None
 
     def _check_dtype(self, x, params, state):
+        if self.affine:
+            check_params(self, params, {"scale": tuple(self.param_shape), "bias": tuple(self.param_shape)})
         held = self._held_dtype(params, state)
         if held is not None and getattr(x, "dtype", held) != held:     # (NumPy would promote the float32 side)
             raise TypeError(f"{self!r}: x has dtype {x.dtype} but the parameters are {held}: cast x "
