@@ -265,3 +265,21 @@ def test_parameters_of_the_wrong_shape_or_missing_are_named(make, key, bad):
                  lambda: layer.jvp(x, params, state, x)):
         with pytest.raises(ValueError, match=key):
             call()
+
+
+@pytest.mark.parametrize("value, error", [(float("nan"), ValueError), (np.inf, ValueError), ("a", TypeError),
+                                          (np.ones(2), TypeError), (True, TypeError)])
+@pytest.mark.parametrize("name", ["d_jacobian_loss", "d_skip_loss"])
+def test_bad_auxiliary_loss_cotangents_are_named_not_nan_gradients(value, error, name):
+    deq, _, params, state = _small_deq(jacobian_regularization="forward", init="one_step")
+    y, pullback, _ = nn.vjp(deq, np.ones((2, 3)), params, state)
+    with pytest.raises(error, match=name):
+        pullback(np.ones_like(y), **{name: value})
+    dx, grads = pullback(np.ones_like(y), **{name: np.float64(0.5)})       # a 0-d number is fine
+    assert np.isfinite(float(nn.tree_norm(grads)))
+
+
+def test_a_one_dimensional_x_is_named_x_not_the_solvers_y0():
+    deq, _, params, state = _small_deq()
+    with pytest.raises(ValueError, match=r"\bx\b"):
+        deq(np.ones(3), params, state)

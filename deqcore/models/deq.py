@@ -258,8 +258,9 @@ class DeepEquilibriumNetwork(Layer):
             raise TypeError(f"x must be a NumPy or CuPy array, got {type(x).__name__}")
         if np.dtype(x.dtype).kind != "f":
             raise TypeError(f"x has dtype {x.dtype}; pass a float32 or float64 array (e.g. x.astype(np.float32))")
-        if getattr(x, "ndim", 0) < 1:
-            raise ValueError(f"x must have a leading batch axis, got shape {tuple(x.shape)}")
+        if getattr(x, "ndim", 0) < (1 if self.init_mode == "layer" else 2):     # (z is shaped like x: (B, ...))
+            raise ValueError(f"x must have shape (B, ...), a leading batch axis and each sample's own axes, got "
+                             f"shape {tuple(x.shape)}")
         if x.size == 0:
             raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
         kinds = {np.dtype(a.dtype) for a in tree_leaves(params) if np.dtype(a.dtype).kind == "f"}
@@ -463,8 +464,10 @@ class DeepEquilibriumNetwork(Layer):
                                 pullback_z=lambda v: z_only(v)[0])
 
         def pullback(dy, *, d_jacobian_loss=None, d_skip_loss=None):
-            d_jacobian_loss = self.jacobian_loss_weight if d_jacobian_loss is None else d_jacobian_loss
-            d_skip_loss = self.skip_loss_weight if d_skip_loss is None else d_skip_loss
+            d_jacobian_loss = (self.jacobian_loss_weight if d_jacobian_loss is None
+                               else _check_loss_cotangent(d_jacobian_loss, "d_jacobian_loss"))
+            d_skip_loss = self.skip_loss_weight if d_skip_loss is None else _check_loss_cotangent(d_skip_loss,
+                                                                                                  "d_skip_loss")
             g = self.output_vjp(dy)
             if self.problem_type == "ode":
                 (dx, dpm), info = self._ode_gradient(x, params, state, solution, g)
@@ -529,6 +532,9 @@ class DeepEquilibriumNetwork(Layer):
         new_state = {**state, "solution": solution, "fixed_depth": depth}
 
         def pullback(dy, *, d_jacobian_loss=None, d_skip_loss=None):
+            for value, name in ((d_jacobian_loss, "d_jacobian_loss"), (d_skip_loss, "d_skip_loss")):
+                if value is not None:
+                    _check_loss_cotangent(value, name)     # (the unrolled chain has neither loss)
             v = self.output_vjp(dy)
             dx, dpm = None, None
             for pb in reversed(pullbacks):
@@ -568,6 +574,20 @@ class DeepEquilibriumNetwork(Layer):
         warn_failed(f"the tangent solve of {type(self).__name__}.jvp", sol.result,
                     "Their tangents are not the derivative of z*: I − ∂f/∂z is singular or ill-conditioned there")
         return y, self.output(sol.value.reshape(shape))
+
+
+def _check_loss_cotangent(value, name):
+    """``value`` when it is a finite real number (or 0-d array): the cotangent of a scalar loss (a NaN made every
+    gradient NaN without a word; an array or a string failed in NumPy's words)."""
+    shape = getattr(value, "shape", ())
+    kind = getattr(getattr(value, "dtype", None), "kind", "f")
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or (shape == () and kind in "fiu"
+                                                                           and hasattr(value, "dtype"))):
+        raise TypeError(f"{name} must be a real number (the weight of a scalar loss), got "
+                        f"{type(value).__name__}{' of shape ' + str(tuple(shape)) if shape else ''}")
+    if not np.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {float(value)!r}")
+    return value
 
 
 def _warn_once(message):
