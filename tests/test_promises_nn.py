@@ -283,3 +283,25 @@ def test_a_one_dimensional_x_is_named_x_not_the_solvers_y0():
     deq, _, params, state = _small_deq()
     with pytest.raises(ValueError, match=r"\bx\b"):
         deq(np.ones(3), params, state)
+
+
+# -- reparametrisations -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option", ["weight_norm", "spectral_norm"])
+def test_a_zero_weight_under_a_normalisation_is_zero_with_finite_gradients_not_nan(option):
+    with pytest.raises(ValueError, match="init"):
+        nn.Dense(2, 3, init="zeros", **{option: True})
+    layer = nn.Dense(2, 3, "tanh", **{option: True})
+    params, state = nn.setup(0, layer)
+    key = "weight_v" if option == "weight_norm" else "weight"
+    params[key] = np.zeros_like(params[key])                  # e.g. after a step with weight decay to zero
+    x = np.ones((2, 2))
+    y, pullback, new_state = nn.vjp(layer, x, params, state)
+    np.testing.assert_array_equal(y, np.tanh(np.zeros((2, 3)) + params["bias"]))
+    dx, grads = pullback(np.ones_like(y))
+    assert all(np.isfinite(leaf).all() for leaf in nn.tree_leaves((dx, grads, new_state)) if hasattr(leaf, "dtype"))
+    assert np.isfinite(nn.jvp(layer, x, params, state, x, nn.tree_map(np.ones_like, params))[1]).all()
+
+
+def test_an_init_returning_nan_is_named():
+    with pytest.raises(ValueError, match="init"):
+        nn.setup(0, nn.Dense(2, 3, init=lambda rng, shape: np.full(shape, np.nan)))

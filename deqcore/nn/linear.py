@@ -76,6 +76,9 @@ class WeightedLayer(Layer):
         self.init_weight = _check_init(init)
         self.weight_norm, self.spectral_norm = weight_norm, spectral_norm
         self._scheme = weight_scheme(weight_norm, spectral_norm)
+        if init == "zeros" and (weight_norm or spectral_norm):
+            raise ValueError(f"init='zeros' with {'weight_norm' if weight_norm else 'spectral_norm'}=True: a zero "
+                             "weight has no norm to divide by and stays zero; choose another init")
 
     def _options(self):
         parts = [] if self.activation.is_identity else [self.activation.name]
@@ -90,6 +93,8 @@ class WeightedLayer(Layer):
             w = np.asarray(self.init_weight(rng, self.weight_shape), dtype=np.float64)
             if w.shape != self.weight_shape:
                 raise ValueError(f"{self!r}: init returned shape {w.shape}, expected {self.weight_shape}")
+            if not np.isfinite(w).all():
+                raise ValueError(f"{self!r}: init returned a weight holding NaN or infinity")
         else:
             w = INITIALISERS[self.init_weight](rng, self.weight_shape, fan_in, fan_out)
         params, state = self._scheme.init(w, rng)
