@@ -305,3 +305,11 @@ def test_a_zero_weight_under_a_normalisation_is_zero_with_finite_gradients_not_n
 def test_an_init_returning_nan_is_named():
     with pytest.raises(ValueError, match="init"):
         nn.setup(0, nn.Dense(2, 3, init=lambda rng, shape: np.full(shape, np.nan)))
+
+
+@pytest.mark.parametrize("which, bad", [("params", {}), ("state", None), ("params", None), ("state", {"x": 1})])
+def test_a_deq_called_with_trees_not_from_setup_names_them(which, bad):
+    deq, _, params, state = _small_deq()
+    trees = {"params": params, "state": state, which: bad}
+    with pytest.raises(TypeError, match=which):
+        deq(np.ones((2, 3)), trees["params"], trees["state"])

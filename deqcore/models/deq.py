@@ -252,6 +252,16 @@ class DeepEquilibriumNetwork(Layer):
 
         return f
 
+    def _check_trees(self, params, state):
+        """params and state must be this model's trees from ``nn.setup`` (a None state or an empty params was an
+        AttributeError or a KeyError)."""
+        keys = ("model", "init") if self.init_mode == "layer" else ("model",)
+        for name, tree in (("params", params), ("state", state)):
+            if not isinstance(tree, dict) or any(k not in tree for k in keys):
+                got = f"a dict with keys {sorted(map(str, tree))}" if isinstance(tree, dict) else type(tree).__name__
+                raise TypeError(f"{type(self).__name__}: {name} must be the {name} from nn.setup(rng, model) (a dict "
+                                f"with {', '.join(map(repr, keys))}); got {got}")
+
     def _check_input(self, x, params):
         """x must be a floating array of the parameters' dtype (errors name x and the parameters)."""
         if not hasattr(x, "dtype") or not hasattr(x, "shape"):
@@ -388,6 +398,7 @@ class DeepEquilibriumNetwork(Layer):
             return self._forward_shared(x, params, state, want_vjp)
 
     def _forward_shared(self, x, params, state, want_vjp):
+        self._check_trees(params, state)
         signature = self._zeros_start_signature(x, params, state)
         checked = self.__dict__.setdefault("_inputs_checked", set())
         if signature is None or signature not in checked:
