@@ -410,7 +410,8 @@ class DeepEquilibriumNetwork(Layer):
         held = None
         if self.problem_type == "ode":
             x, held = _zero_nonfinite_samples(x)
-        depth = check_positive_int(state.get("fixed_depth", 0), 'state["fixed_depth"]', minimum=0)   # (int() took 1.5, -2)
+        # (checked, not int(): that took 1.5 as 1 and -2 as a solve)
+        depth = check_positive_int(state.get("fixed_depth", 0), 'state["fixed_depth"]', minimum=0)
         u0, u0_pullback, extra_nfe = self._initial(x, params, state, want_vjp or depth > 0)
         if depth > 0:
             return self._unrolled(x, params, state, u0, u0_pullback, depth, extra_nfe)

@@ -439,5 +439,6 @@ def check_array_input(layer, x):
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{layer!r} takes a NumPy or CuPy array, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:     # (complex would pass through silently, float16 and ints be upcast)
-        raise TypeError(f"{layer!r}: x has dtype {x.dtype}; layers take float32 or float64 inputs (x.astype(np.float32))")
+        raise TypeError(f"{layer!r}: x has dtype {x.dtype}; layers take float32 or float64 inputs "
+                        "(x.astype(np.float32))")
     return x
