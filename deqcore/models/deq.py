@@ -269,7 +269,7 @@ class DeepEquilibriumNetwork(Layer):
         if np.dtype(x.dtype).kind != "f":
             raise TypeError(f"x has dtype {x.dtype}; pass a float32 or float64 array (e.g. x.astype(np.float32))")
         if getattr(x, "ndim", 0) < (1 if self.init_mode == "layer" else 2):     # (z is shaped like x: (B, ...))
-            raise ValueError(f"x must have shape (B, ...), a leading batch axis and each sample's own axes, got "
+            raise ValueError(f"x must have a leading batch axis and each sample's own axes, shape (B, ...); got "
                              f"shape {tuple(x.shape)}")
         if x.size == 0:
             raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
