@@ -252,14 +252,25 @@ class DeepEquilibriumNetwork(Layer):
 
         return f
 
+    def _check_trees(self, params, state):
+        """params and state must be this model's trees from ``nn.setup`` (a None state or an empty params was an
+        AttributeError or a KeyError)."""
+        keys = ("model", "init") if self.init_mode == "layer" else ("model",)
+        for name, tree in (("params", params), ("state", state)):
+            if not isinstance(tree, dict) or any(k not in tree for k in keys):
+                got = f"a dict with keys {sorted(map(str, tree))}" if isinstance(tree, dict) else type(tree).__name__
+                raise TypeError(f"{type(self).__name__}: {name} must be the {name} from nn.setup(rng, model) (a dict "
+                                f"with {', '.join(map(repr, keys))}); got {got}")
+
     def _check_input(self, x, params):
         """x must be a floating array of the parameters' dtype (errors name x and the parameters)."""
         if not hasattr(x, "dtype") or not hasattr(x, "shape"):
             raise TypeError(f"x must be a NumPy or CuPy array, got {type(x).__name__}")
         if np.dtype(x.dtype).kind != "f":
             raise TypeError(f"x has dtype {x.dtype}; pass a float32 or float64 array (e.g. x.astype(np.float32))")
-        if getattr(x, "ndim", 0) < 1:
-            raise ValueError(f"x must have a leading batch axis, got shape {tuple(x.shape)}")
+        if getattr(x, "ndim", 0) < (1 if self.init_mode == "layer" else 2):     # (z is shaped like x: (B, ...))
+            raise ValueError(f"x must have a leading batch axis and each sample's own axes, shape (B, ...); got "
+                             f"shape {tuple(x.shape)}")
         if x.size == 0:
             raise ValueError(f"x must have at least one sample and element, got shape {tuple(x.shape)}")
         kinds = {np.dtype(a.dtype) for a in tree_leaves(params) if np.dtype(a.dtype).kind == "f"}
@@ -387,6 +398,7 @@ class DeepEquilibriumNetwork(Layer):
             return self._forward_shared(x, params, state, want_vjp)
 
     def _forward_shared(self, x, params, state, want_vjp):
+        self._check_trees(params, state)
         signature = self._zeros_start_signature(x, params, state)
         checked = self.__dict__.setdefault("_inputs_checked", set())
         if signature is None or signature not in checked:
@@ -398,7 +410,8 @@ class DeepEquilibriumNetwork(Layer):
         held = None
         if self.problem_type == "ode":
             x, held = _zero_nonfinite_samples(x)
-        depth = int(state.get("fixed_depth", 0))
+        # (checked, not int(): that took 1.5 as 1 and -2 as a solve)
+        depth = check_positive_int(state.get("fixed_depth", 0), 'state["fixed_depth"]', minimum=0)
         u0, u0_pullback, extra_nfe = self._initial(x, params, state, want_vjp or depth > 0)
         if depth > 0:
             return self._unrolled(x, params, state, u0, u0_pullback, depth, extra_nfe)
@@ -463,8 +476,10 @@ class DeepEquilibriumNetwork(Layer):
                                 pullback_z=lambda v: z_only(v)[0])
 
         def pullback(dy, *, d_jacobian_loss=None, d_skip_loss=None):
-            d_jacobian_loss = self.jacobian_loss_weight if d_jacobian_loss is None else d_jacobian_loss
-            d_skip_loss = self.skip_loss_weight if d_skip_loss is None else d_skip_loss
+            d_jacobian_loss = (self.jacobian_loss_weight if d_jacobian_loss is None
+                               else _check_loss_cotangent(d_jacobian_loss, "d_jacobian_loss"))
+            d_skip_loss = self.skip_loss_weight if d_skip_loss is None else _check_loss_cotangent(d_skip_loss,
+                                                                                                  "d_skip_loss")
             g = self.output_vjp(dy)
             if self.problem_type == "ode":
                 (dx, dpm), info = self._ode_gradient(x, params, state, solution, g)
@@ -529,6 +544,9 @@ class DeepEquilibriumNetwork(Layer):
         new_state = {**state, "solution": solution, "fixed_depth": depth}
 
         def pullback(dy, *, d_jacobian_loss=None, d_skip_loss=None):
+            for value, name in ((d_jacobian_loss, "d_jacobian_loss"), (d_skip_loss, "d_skip_loss")):
+                if value is not None:
+                    _check_loss_cotangent(value, name)     # (the unrolled chain has neither loss)
             v = self.output_vjp(dy)
             dx, dpm = None, None
             for pb in reversed(pullbacks):
@@ -568,6 +586,20 @@ class DeepEquilibriumNetwork(Layer):
         warn_failed(f"the tangent solve of {type(self).__name__}.jvp", sol.result,
                     "Their tangents are not the derivative of z*: I − ∂f/∂z is singular or ill-conditioned there")
         return y, self.output(sol.value.reshape(shape))
+
+
+def _check_loss_cotangent(value, name):
+    """``value`` when it is a finite real number (or 0-d array): the cotangent of a scalar loss (a NaN made every
+    gradient NaN without a word; an array or a string failed in NumPy's words)."""
+    shape = getattr(value, "shape", ())
+    kind = getattr(getattr(value, "dtype", None), "kind", "f")
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or (shape == () and kind in "fiu"
+                                                                           and hasattr(value, "dtype"))):
+        raise TypeError(f"{name} must be a real number (the weight of a scalar loss), got "
+                        f"{type(value).__name__}{' of shape ' + str(tuple(shape)) if shape else ''}")
+    if not np.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {float(value)!r}")
+    return value
 
 
 def _warn_once(message):

@@ -24,7 +24,7 @@ import numpy as np
 from .tree import to_namespace, tree_paths
 
 __all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode", "input_pullback",
-           "partial_pullback", "bind"]
+           "partial_pullback", "bind", "check_params"]
 
 
 class ShapeError(ValueError):
@@ -209,6 +209,7 @@ def _checked_pullback(pullback, y, model):
     """``pullback`` refusing a cotangent shaped unlike ``y`` (NumPy would broadcast a (1, n) or (B, 1) one
     through an activation or a norm and return a gradient of the wrong problem without a word)."""
     shapes = [(path, tuple(leaf.shape)) for path, leaf in tree_paths(y) if hasattr(leaf, "shape")]
+    dtypes = dict((path, leaf.dtype) for path, leaf in tree_paths(y) if hasattr(leaf, "dtype"))
 
     def checked(dy, *args, **kwargs):
         got = dict((path, tuple(leaf.shape)) for path, leaf in tree_paths(dy) if hasattr(leaf, "shape"))
@@ -217,12 +218,26 @@ def _checked_pullback(pullback, y, model):
                 where = f"dy[{path}]" if path else "dy"
                 raise ValueError(f"{where} has shape {got[path]} but {model!r} returned shape {shape}: the "
                                  "cotangent must have the output's shape")
-        return pullback(dy, *args, **kwargs)
+        return pullback(_cast_like(dy, dtypes), *args, **kwargs)
 
     for name in ("input_only", "partial", "input_fn"):      # what input_pullback / partial_pullback use
         if hasattr(pullback, name):
             setattr(checked, name, getattr(pullback, name))
     return checked
+
+
+def _cast_like(dy, dtypes, path=""):
+    """``dy`` with each floating leaf cast to the dtype of the output leaf at its path (a float64 cotangent of a
+    float32 output would make every gradient float64; the DEQ models cast it too)."""
+    if isinstance(dy, (tuple, list)):
+        return type(dy)(_cast_like(d, dtypes, f"{path}/{i}" if path else str(i)) for i, d in enumerate(dy))
+    if isinstance(dy, dict):
+        return {k: _cast_like(d, dtypes, f"{path}/{k}" if path else str(k)) for k, d in dy.items()}
+    want = dtypes.get(path)
+    dtype = getattr(dy, "dtype", None)
+    if want is not None and dtype is not None and dtype != want and dtype.kind == "f" and want.kind == "f":
+        return dy.astype(want)
+    return dy
 
 
 def jvp(model, x, params, state, dx, dparams=None):
@@ -235,7 +250,28 @@ def jvp(model, x, params, state, dx, dparams=None):
     (array([[7.]]), array([[3.]]))
     """
     _check_layer(model)
+    dx = _checked_tangent(dx, x, "dx", "x")
+    if dparams is not None:
+        dparams = _checked_tangent(dparams, params, "dparams", "params")
     return model.jvp(x, params, state, dx, dparams)
+
+
+def _checked_tangent(tangent, primal, name, primal_name):
+    """``tangent`` with the tree and shapes of ``primal`` (NumPy would broadcast a (1, n) tangent through the
+    layer and return the tangent of another problem without a word), floating leaves cast to the primal's
+    dtypes (as a cotangent is: a float64 tangent would make a float32 layer's output tangent float64)."""
+    primal_leaves = [(path, leaf) for path, leaf in tree_paths(primal) if hasattr(leaf, "shape")]
+    tangent_leaves = dict((path, leaf) for path, leaf in tree_paths(tangent) if hasattr(leaf, "shape"))
+    missing = [path or name for path, _ in primal_leaves if path not in tangent_leaves]
+    if missing:
+        raise ValueError(f"{name} must have the tree of {primal_name}; missing: {', '.join(map(repr, missing[:5]))}")
+    for path, leaf in primal_leaves:
+        got = tangent_leaves[path]
+        if tuple(got.shape) != tuple(leaf.shape):
+            where = f"{name}[{path!r}]" if path else name
+            raise ValueError(f"{where} has shape {tuple(got.shape)} but {primal_name} has {tuple(leaf.shape)}: a "
+                             "tangent must have its primal's shape")
+    return _cast_like(tangent, dict((path, leaf.dtype) for path, leaf in primal_leaves if hasattr(leaf, "dtype")))
 
 
 def bind(model, params, state):
@@ -377,6 +413,24 @@ def shape_error(layer, expected: str, x) -> ShapeError:
     return ShapeError(f"{layer!r}: expected an input of shape {expected}; got {got}")
 
 
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_params(layer, params, shapes):
+    """Raise an error naming ``params[key]`` when ``params`` lacks a key of ``shapes`` (``{key: shape}``) or holds
+    another shape there (NumPy would broadcast a (1, n) bias, or fail with its own message); return params."""
+    if not isinstance(params, dict):
+        raise TypeError(f"{layer!r}: params must be a dict (from nn.setup), got {type(params).__name__}")
+    for key, shape in shapes.items():
+        leaf = params.get(key)
+        if leaf is None:
+            raise ValueError(f"{layer!r}: params has no {key!r}; set the parameters up with nn.setup(rng, model)")
+        if tuple(getattr(leaf, "shape", ())) != shape:
+            raise ValueError(f"{layer!r}: params[{key!r}] has shape {tuple(getattr(leaf, 'shape', ()))}, "
+                             f"expected {shape}")
+    return params
+
+
 def check_array_input(layer, x):
     """Reject tuples and non-arrays with a message naming the layer; return x."""
     if isinstance(x, (tuple, list)):
@@ -384,4 +438,7 @@ def check_array_input(layer, x):
                         "with nn.Parallel")
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{layer!r} takes a NumPy or CuPy array, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:     # (complex would pass through silently, float16 and ints be upcast)
+        raise TypeError(f"{layer!r}: x has dtype {x.dtype}; layers take float32 or float64 inputs "
+                        "(x.astype(np.float32))")
     return x

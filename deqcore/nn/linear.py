@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 
 from .activations import activation as _activation
-from .core import Layer, check_array_input, shape_error, with_input_only
+from .core import Layer, check_array_input, check_params, shape_error, with_input_only
 from .reparam import weight_scheme
 
 __all__ = ["Dense", "WeightedLayer", "INITIALISERS"]
@@ -76,6 +76,9 @@ class WeightedLayer(Layer):
         self.init_weight = _check_init(init)
         self.weight_norm, self.spectral_norm = weight_norm, spectral_norm
         self._scheme = weight_scheme(weight_norm, spectral_norm)
+        if init == "zeros" and (weight_norm or spectral_norm):
+            raise ValueError(f"init='zeros' with {'weight_norm' if weight_norm else 'spectral_norm'}=True: a zero "
+                             "weight has no norm to divide by and stays zero; choose another init")
 
     def _options(self):
         parts = [] if self.activation.is_identity else [self.activation.name]
@@ -90,6 +93,8 @@ class WeightedLayer(Layer):
             w = np.asarray(self.init_weight(rng, self.weight_shape), dtype=np.float64)
             if w.shape != self.weight_shape:
                 raise ValueError(f"{self!r}: init returned shape {w.shape}, expected {self.weight_shape}")
+            if not np.isfinite(w).all():
+                raise ValueError(f"{self!r}: init returned a weight holding NaN or infinity")
         else:
             w = INITIALISERS[self.init_weight](rng, self.weight_shape, fan_in, fan_out)
         params, state = self._scheme.init(w, rng)
@@ -100,19 +105,44 @@ class WeightedLayer(Layer):
     def _bias_of(self, params):
         return params["bias"] if self.use_bias else None
 
+    def _checked(self, params):
+        """``params`` with this layer's keys and shapes (errors name the key)."""
+        shapes = getattr(self, "_param_shapes", None)
+        if shapes is None:
+            out = self.weight_shape[0]
+            shapes = ({"weight_v": self.weight_shape, "weight_g": (out,)} if self.weight_norm
+                      else {"weight": self.weight_shape})
+            if self.use_bias:
+                shapes["bias"] = (out,)
+            self._param_shapes = shapes
+        return check_params(self, params, shapes)
+
     # the bias add, the activation and its derivative run as one fused pass (nn.activation_kernels)
-    def __call__(self, x, params, state):
+    def _input(self, x, w):
+        """``_prepare(x)`` for an ``x`` whose dtype is the weight's (NumPy would promote a float32 side to
+        float64: a float64 output, float64 gradients for float32 parameters)."""
         ctx = self._prepare(x)
+        if x.dtype != w.dtype:
+            raise TypeError(f"{self!r}: x has dtype {x.dtype} but the parameters are {w.dtype}: cast x "
+                            f"(x.astype(np.{w.dtype})) or set the parameters up in {x.dtype} "
+                            f"(nn.setup(rng, model, dtype=np.{x.dtype}))")
+        return ctx
+
+    def __call__(self, x, params, state):
+        self._checked(params)
         w, state = self._scheme.weight(params, state)
+        ctx = self._input(x, w)
         return self.activation.apply(self._contract(ctx, w), self._bias_of(params), self.bias_axis), state
 
     def bind(self, params, state):
+        self._checked(params)
         w, _ = self._scheme.weight_jvp(params, state, None)    # the normalisation once, no state update
         return self._bound(w, self._bias_of(params))
 
     def linearize(self, x, params, state):
-        ctx = self._prepare(x)
+        self._checked(params)
         w, _ = self._scheme.weight_jvp(params, state, None)
+        ctx = self._input(x, w)
         y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
         return y, self._tangent_fn(d, w)
 
@@ -127,13 +157,15 @@ class WeightedLayer(Layer):
         return lambda x: value(self._contract(self._prepare(x), w))
 
     def vjp(self, x, params, state):
-        ctx = self._prepare(x)
+        self._checked(params)
         w, weight_pullback, state = self._scheme.weight_vjp(params, state)
+        ctx = self._input(x, w)
         return self._vjp_at(ctx, params, w, weight_pullback, state)
 
     def bind_vjp(self, params, state):
+        self._checked(params)
         w, weight_pullback, new_state = self._scheme.weight_vjp(params, state)     # the normalisation once
-        return lambda x: self._vjp_at(self._prepare(x), params, w, weight_pullback, new_state)
+        return lambda x: self._vjp_at(self._input(x, w), params, w, weight_pullback, new_state)
 
     def _vjp_at(self, ctx, params, w, weight_pullback, state):
         """:meth:`vjp` at the checked input ``ctx`` and the effective weight ``w`` with its pullback."""
@@ -175,8 +207,9 @@ class WeightedLayer(Layer):
         return self._transpose(dz, ctx, w)[1]
 
     def jvp(self, x, params, state, dx, dparams=None):
-        ctx = self._prepare(x)
+        self._checked(params)
         w, dw = self._scheme.weight_jvp(params, state, dparams)
+        ctx = self._input(x, w)
         y, d = self.activation.forward(self._contract(ctx, w), self._bias_of(params), self.bias_axis)
         dz = self._contract(self._prepare(dx), w)
         if dw is not None:

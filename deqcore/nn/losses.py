@@ -14,6 +14,12 @@ from ..backend import check_float_array, get_namespace, to_host
 __all__ = ["softmax_cross_entropy", "mse", "log_softmax", "accuracy"]
 
 
+def _check_not_empty(array, name):
+    """A mean over no samples is undefined (it was NaN or a ZeroDivisionError)."""
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(array.shape)}): a loss needs at least one sample")
+
+
 def log_softmax(logits, axis=-1):
     """Stable ``log(softmax(logits))`` (log-sum-exp with the maximum subtracted).
 
@@ -64,6 +70,7 @@ def softmax_cross_entropy(logits, labels):
     xp = get_namespace(logits, labels)
     if logits.ndim < 2:
         raise ValueError(f"logits must have shape (B, K), got {logits.shape}")
+    _check_not_empty(logits, "logits")
     targets = _targets(logits, labels, xp)
     logp = log_softmax(logits)
     batch = logits.size // logits.shape[-1]
@@ -83,7 +90,9 @@ def mse(prediction, target):
     check_float_array(prediction, "prediction")
     if prediction.shape != target.shape:
         raise ValueError(f"prediction and target shapes differ: {prediction.shape} and {target.shape}")
-    diff = prediction - target
+    _check_not_empty(prediction, "prediction")
+    # the gradient in the prediction's dtype (a float64 target would make a float32 model's gradients float64)
+    diff = prediction - get_namespace(prediction).asarray(target).astype(prediction.dtype, copy=False)
     return (diff * diff).mean(), (2.0 / diff.size) * diff
 
 
@@ -95,4 +104,5 @@ def accuracy(logits, labels):
     0.5
     """
     xp = get_namespace(logits, labels)
+    _check_not_empty(logits, "logits")
     return xp.mean((xp.argmax(logits, axis=-1) == labels).astype(logits.dtype))

@@ -8,13 +8,14 @@ pullback and the tangent.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
 from .._checks import check_probability, check_tolerance
 from ..backend import get_namespace
-from .core import Layer, check_array_input, shape_error
+from .core import Layer, check_array_input, check_params, shape_error
 from .linear import check_size
 
 __all__ = ["LayerNorm", "GroupNorm", "BatchNorm"]
@@ -69,11 +70,26 @@ class _Normalisation(Layer):
             return xhat
         return xhat * self._view(params["scale"], xhat.ndim) + self._view(params["bias"], xhat.ndim)
 
+    def _held_dtype(self, params, state):
+        """The dtype of what this layer holds (parameters, running statistics), or None."""
+        return params["scale"].dtype if self.affine else None
+
+    def _check_dtype(self, x, params, state):
+        if self.affine:
+            check_params(self, params, {"scale": tuple(self.param_shape), "bias": tuple(self.param_shape)})
+        held = self._held_dtype(params, state)
+        if held is not None and getattr(x, "dtype", held) != held:     # (NumPy would promote the float32 side)
+            raise TypeError(f"{self!r}: x has dtype {x.dtype} but the parameters are {held}: cast x "
+                            f"(x.astype(np.{held})) or set the parameters up in {x.dtype} "
+                            f"(nn.setup(rng, model, dtype=np.{x.dtype}))")
+
     def __call__(self, x, params, state):
+        self._check_dtype(x, params, state)
         xhat, _, state = self._normalise(x, state)
         return self._affine(xhat, params), state
 
     def vjp(self, x, params, state):
+        self._check_dtype(x, params, state)
         xhat, jacobian, state = self._normalise(x, state)
 
         def pullback(dy):
@@ -85,6 +101,7 @@ class _Normalisation(Layer):
         return self._affine(xhat, params), pullback, state
 
     def jvp(self, x, params, state, dx, dparams=None):
+        self._check_dtype(x, params, state)
         xhat, jacobian, _ = self._normalise(x, state)
         dxhat = jacobian(dx)
         if not self.affine:
@@ -180,7 +197,8 @@ class GroupNorm(_ChannelNorm):
 
     def _normalise(self, x, state):
         self._check(x)
-        xhat, jacobian, _, _ = _standardised(x, x.reshape((x.shape[0], self.groups, -1)), (2,), self.eps)
+        per_group = math.prod(x.shape[1:]) // self.groups      # (not -1: NumPy cannot infer it for an empty batch)
+        xhat, jacobian, _, _ = _standardised(x, x.reshape((x.shape[0], self.groups, per_group)), (2,), self.eps)
         return xhat, jacobian, state
 
 
@@ -210,6 +228,9 @@ class BatchNorm(_ChannelNorm):
 
     def row_coupling(self, state):
         return f"{self!r} in training mode (batch statistics)" if state.get("training", False) else None
+
+    def _held_dtype(self, params, state):
+        return state["running_mean"].dtype        # (a float64 batch would turn float32 running statistics into float64)
 
     def init(self, rng):
         params, _ = super().init(rng)

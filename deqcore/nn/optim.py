@@ -67,6 +67,10 @@ def _check_grads(grads, params):
                                      if found))
     for path, g in grad_leaves:
         p = leaves[path]
+        p_kind = getattr(getattr(p, "dtype", None), "kind", "f")
+        if p_kind != "f":
+            raise TypeError(f"params[{path!r}] has dtype {p.dtype}: an update would turn it into floats; "
+                            "params must be floating arrays (nn.setup makes them float32 or float64)")
         if tuple(getattr(g, "shape", ())) != tuple(getattr(p, "shape", ())):
             raise ValueError(f"grads[{path!r}] has shape {tuple(getattr(g, 'shape', ()))} but the parameter has "
                              f"{tuple(getattr(p, 'shape', ()))}: pass the gradients of these params (same tree, same "
@@ -141,7 +145,8 @@ class Adam:
         _check_lr(self.lr)
         _check_beta(self.b1, "b1")
         _check_beta(self.b2, "b2")
-        check_tolerance(self.eps, "eps")
+        if check_tolerance(self.eps, "eps") == 0:      # 0/0 = NaN in every parameter whose gradient is still 0
+            raise ValueError("eps must be > 0 (with eps=0 a parameter whose gradients were all 0 becomes NaN)")
         check_tolerance(self.weight_decay, "weight_decay")
 
     def init(self, params):
@@ -184,10 +189,17 @@ def clip_by_global_norm(grads, max_norm):
     """``(clipped, norm)``: scale all gradients by ``min(1, max_norm / norm)`` where ``norm`` is the
     Euclidean norm of all leaves together (computed on the device, no transfer).
 
+    A gradient holding NaN or infinity has a non-finite ``norm``: it comes back as zeros (with that ``norm``),
+    never as NaN, so an update with it cannot poison the parameters (plain SGD leaves them unchanged; momentum
+    and Adam still move by their history). Check ``norm`` to skip such a step (``math.isfinite(float(norm))``).
+
     >>> import numpy as np
     >>> clipped, norm = clip_by_global_norm({"a": np.array([3.0, 4.0])}, 1.0)
     >>> clipped["a"], float(norm)
     (array([0.6, 0.8]), 5.0)
+    >>> clipped, norm = clip_by_global_norm({"a": np.array([np.inf, 4.0])}, 1.0)
+    >>> clipped["a"], float(norm)
+    (array([0., 0.]), inf)
     """
     max_norm = check_tolerance(max_norm, "max_norm")
     leaves = tree_leaves(grads)
@@ -199,10 +211,12 @@ def clip_by_global_norm(grads, max_norm):
     dtype = leaves[0].dtype
     sizes = [xp.max(xp.abs(g)).astype(dtype) for g in leaves if g.size]      # (on the device: no transfer)
     size = xp.max(xp.stack(sizes)) if sizes else xp.zeros((), dtype=dtype)
-    size = xp.where(xp.isfinite(size) & (size > 0), size, xp.ones((), dtype=size.dtype))
-    norm = size * tree_norm(tree_map(lambda g: g / size.astype(g.dtype), grads))
-    factor = xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30))
-    return tree_map(lambda g: g * factor.astype(g.dtype), grads), norm
+    finite = xp.isfinite(size)                                     # False when an entry is inf or NaN
+    scale = xp.where(finite & (size > 0), size, xp.ones((), dtype=size.dtype))
+    kept = tree_map(lambda g: xp.where(finite, g, xp.zeros((), dtype=g.dtype)), grads)   # (no inf·0 = NaN below)
+    norm = xp.where(finite, scale * tree_norm(tree_map(lambda g: g / scale.astype(g.dtype), kept)), size)
+    factor = xp.where(finite, xp.minimum(1.0, max_norm / xp.maximum(norm, 1e-30)), 0.0)
+    return tree_map(lambda g: g * factor.astype(g.dtype), kept), norm
 
 
 def cosine_schedule(peak_lr, total_steps, warmup_steps=0, final_lr=0.0):

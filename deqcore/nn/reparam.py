@@ -88,7 +88,8 @@ class PlainWeight:
 
 
 class WeightNorm:
-    """W = g · V / ‖V‖ row-wise; parameters ``weight_v`` (like W) and ``weight_g`` (one per output)."""
+    """W = g · V / ‖V‖ row-wise; parameters ``weight_v`` (like W) and ``weight_g`` (one per output). A zero row
+    of V gives a zero row of W (‖V‖ taken as 1 there), with finite gradients."""
 
     def init(self, w, rng):
         return {"weight_v": w, "weight_g": np.linalg.norm(_rows(w), axis=1)}, {}
@@ -99,6 +100,7 @@ class WeightNorm:
         xp = get_namespace(v)
         shape = (-1,) + (1,) * (v.ndim - 1)
         norm = xp.sqrt(xp.sum(_rows(v) ** 2, axis=1)).reshape(shape)
+        norm = xp.where(norm > 0, norm, xp.ones((), dtype=norm.dtype))   # a zero row of v: a zero row of W, not NaN
         return v, g.reshape(shape), norm, shape
 
     def _weight_parts(self, params):
@@ -142,7 +144,8 @@ class WeightNorm:
 
 
 class SpectralNorm:
-    """W / σ with σ = ‖Wᵀu‖ ≈ the largest singular value; ``u`` and ``training`` live in the state."""
+    """W / σ with σ = ‖Wᵀu‖ ≈ the largest singular value; ``u`` and ``training`` live in the state. σ = 0 (a
+    zero weight) is taken as 1: the weight stays zero, with finite gradients."""
 
     def init(self, w, rng):
         m = _rows(w)
@@ -157,6 +160,7 @@ class SpectralNorm:
         xp = get_namespace(w)
         t = _rows(w).T @ u
         sigma = xp.sqrt(t @ t)
+        sigma = xp.where(sigma > 0, sigma, xp.ones((), dtype=sigma.dtype))   # a zero weight stays zero, not NaN
         return w, u, t / sigma, sigma
 
     @staticmethod
