@@ -168,8 +168,7 @@ def test_learned_history_has_only_the_used_slots_written(rng):
     sol = dq.fixed_point(fn, np.zeros((3, 10)), dq.Anderson(history_size=20), atol=1e-6, rtol=0.0,
                          batched=True)
     G, F, count = sol.learned["anderson_history"]
-    assert G.shape == F.shape == (3, 20, 10) and 1 < count == sol.stats["num_steps"] < 20
-    assert (G[:, count:] == 0).all() and (F[:, count:] == 0).all()
+    assert G.shape == F.shape == (3, count, 10) and 1 < count == sol.stats["num_steps"] < 20   # the filled slots
     for b in range(3):                      # a row that finished early holds the steps it ran, then zeros
         ran = int(np.any(F[b] != 0, axis=1).sum())
         assert ran >= 1 and (F[b, ran:] == 0).all() and (G[b, ran:] == 0).all()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend.numba_tools import CACHE, numba
+from numba import types  # noqa: E402  (after numba_tools has set the cache folder)
+from numba.extending import intrinsic  # noqa: E402
 from numba import cuda  # noqa: E402  (after numba_tools has set the cache folder)
 from ..backend.cuda_blocks import block_reduce2, for_kernels  # noqa: E402
 from ..backend.launch import cuda_kernel  # noqa: E402
@@ -234,12 +236,39 @@ def all_finite_numba_cpu(x):
     return bool(_all_finite(x.reshape(-1).view(itype), inf_bits, magnitude))
 
 
+def _int_of(value):
+    return types.int32 if value.bitwidth == 32 else types.int64
+
+
+@intrinsic
+def _magnitude_bits(typingctx, value):
+    """|value|'s bit pattern (sign bit cleared) as the signed integer of its size, without a pass through memory:
+    non-negative floats order like these integers, and every NaN pattern lies above +inf's. Staying in the
+    float's width keeps a float32 maximum at 8 lanes (Numba's integer arithmetic would widen it to int64)."""
+    itype = _int_of(value)
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], context.get_value_type(itype))
+        return builder.and_(bits, context.get_constant(itype, (1 << (itype.bitwidth - 1)) - 1))
+    return itype(value), codegen
+
+
+@intrinsic
+def _float_of_bits(typingctx, bits, like):
+    """The float of ``like``'s type whose bit pattern is ``bits`` (an integer of its size)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(like))
+    return like(bits, like), codegen
+
+
 @numba.njit(cache=CACHE)
-def _start_point(y0, raw0, is_map, f0, y0_bits, f0_bits, work, work_bits, magnitude, inf_bits, scale_bits, scale,
-                 relative_to_iterate, root_eps, cap, y_limit):
-    """Row by row: f0 = raw0 − y0 (a fixed-point map's evaluation) or raw0, then :func:`_start_tolerance`'s
-    scale on the row just written (the same arithmetic)."""
+def _start_point(y0, raw0, is_map, f0, test, atol, relative_to_iterate, root_eps, inf_bits, zero):
+    """Row by row: f0 = raw0 − y0 (a fixed-point map's evaluation) or raw0, then the row's test in ``test``
+    (tol, cap, y_limit): the maxima of |y0| and |y0 + f0| (rounded to the arrays' dtype) or of |f0| on the floats'
+    bit patterns (two running maxima, each one vectorised reduction), a non-finite scale (NaN or inf) counting
+    as 0, as :func:`~deqcore.root.driver_kernels.start_tolerance_reference` computes it."""
     batch, n = y0.shape
+    tol, cap, y_limit = test[0], test[1], test[2]
     for i in range(batch):
         if is_map:
             for j in range(n):
@@ -247,27 +276,44 @@ def _start_point(y0, raw0, is_map, f0, y0_bits, f0_bits, work, work_bits, magnit
         else:
             for j in range(n):
                 f0[i, j] = raw0[i, j]
-        _row_scale(i, y0, f0, y0_bits, f0_bits, work, work_bits, magnitude, inf_bits, scale_bits, scale,
-                   relative_to_iterate, root_eps, cap, y_limit)
+        m = _magnitude_bits(zero)
+        if relative_to_iterate:
+            m_map = m
+            for j in range(n):
+                y = y0[i, j]
+                a = _magnitude_bits(y)
+                b = _magnitude_bits(y + f0[i, j])
+                m = a if a > m else m
+                m_map = b if b > m_map else m_map
+            m = m_map if m_map > m else m
+        else:
+            for j in range(n):
+                a = _magnitude_bits(f0[i, j])
+                m = a if a > m else m
+        tol[i] = atol
+        cap[i] = zero if m >= inf_bits else _float_of_bits(m, zero)
+        if relative_to_iterate:
+            y_limit[i] = np.float64(cap[i]) / root_eps if cap[i] > 0 else np.inf
+        else:
+            y_limit[i] = np.inf
 
 
 def start_point_numba_cpu(y0, raw0, is_map, atol, relative_to_iterate, eps):
     """:func:`~deqcore.root.driver_kernels.start_point_reference` in one compiled pass over y0 and the start's
     evaluation (the residual and the per-sample test together; one allocation for the three test vectors)."""
-    batch, dtype = y0.shape[0], y0.dtype
-    itype, magnitude, inf_bits = _BITS[dtype]
-    y0, raw0 = np.ascontiguousarray(y0), np.ascontiguousarray(raw0)
+    dtype = y0.dtype
+    if not y0.flags.c_contiguous:
+        y0 = np.ascontiguousarray(y0)
+    if not raw0.flags.c_contiguous:
+        raw0 = np.ascontiguousarray(raw0)
     f0 = np.empty_like(y0)
-    test = np.empty((3, batch), dtype)
-    tol, cap, y_limit = test
-    tol.fill(atol)
-    work = np.empty(y0.shape[1] + 1, dtype)
-    work_bits = work.view(itype)
-    _start_point(y0, raw0, bool(is_map), f0, y0.view(itype), f0.view(itype), work, work_bits, magnitude, inf_bits,
-                 work_bits[-1:], work[-1:], bool(relative_to_iterate), _root(eps), cap, y_limit)
-    return f0, tol, cap, y_limit
+    test = np.empty((3, y0.shape[0]), dtype)
+    _start_point(y0, raw0, bool(is_map), f0, test, float(atol), bool(relative_to_iterate), _root(eps),
+                 _BITS[dtype][2], _ZERO[dtype])
+    return f0, test[0], test[1], test[2]
 
 
+_ZERO = {dtype: dtype.type(0) for dtype in _BITS}   # (``zero``: the arrays' dtype, known to the kernel)
 _ROOTS: dict = {}
 
 

@@ -134,8 +134,8 @@ class Anderson(RootSolver):
 
     def init(self, problem, y, f, *, zeroed=None) -> AndersonState:
         """The state at the start point. Only slots below count are read and every row writes slot k at step k,
-        so the rings need no zeroing (a pass over B·m·n elements twice); learned() zeroes the slots not yet
-        written. With compaction a finished row stops writing: those rings start zeroed (``zeroed=None``: when
+        so the rings need no zeroing (a pass over B·m·n elements twice); learned() hands over the written slots
+        only. With compaction a finished row stops writing: those rings start zeroed (``zeroed=None``: when
         ``problem.can_restrict``), except in the CPU's fused steps (:meth:`init_fused`)."""
         xp, m, (batch, n) = problem.xp, self.history_size, y.shape
         eps, floor = _limits(problem.dtype)
@@ -192,11 +192,12 @@ class Anderson(RootSolver):
                                    state.floor, **limits)
 
     def learned(self, state) -> dict:
-        """``anderson_history``: ``(G, F, count)``: the ring of mapped iterates yᵢ + beta·fᵢ and residuals fᵢ
-        (B, history_size, n), of which the first ``count`` slots are filled (on the CPU, or with ``compact=True``,
-        a sample that finished early filled only the slots of the steps it ran; the others are zero)."""
+        """``anderson_history``: ``(G, F, count)``: the filled part of the ring, mapped iterates yᵢ + beta·fᵢ and
+        residuals fᵢ (B, count, n), ``count`` = min(steps, history_size) slots (views of the solver's ring, no copy;
+        the slots a solve never reached are not handed over, so none is zeroed). On the CPU, or with
+        ``compact=True``, a sample that finished early filled only the slots of the steps it ran; its others are
+        zero."""
         count = min(state.k, self.history_size)
-        if count < self.history_size:          # (a full ring has no unwritten slots: two empty assignments less)
-            state.G[:, count:] = 0
-            state.F[:, count:] = 0
+        if count < self.history_size:
+            return {"anderson_history": (state.G[:, :count], state.F[:, :count], count)}
         return {"anderson_history": (state.G, state.F, count)}
