@@ -575,30 +575,34 @@ def radau_start(addresses, M, Z_prev, T_inv, y, atol, rtol, Z, W, Y, scale):
         scale[q] = _tol(atol, q) + rtol * abs(y[q])
 
 
-@numba.njit(cache=CACHE)
-def radau_newton(addresses, F, T, T_inv, g_h, mu_re, mu_im, lu_r, piv_r, lu_c, piv_c, scale, y, W, Z, Y, rate,
-                 k, k_max, tol, tol_fail):
-    """One simplified Newton iteration on ``W = T⁻¹Z`` from the stage evaluations ``F`` ``(3, n)``: solve the
-    real and complex systems for ``ΔW``, its RMS scaled norm, the contraction rate and the convergence test,
-    then ``W += ΔW``, ``Z = T W`` and the next stage arguments ``Y = y + Z``. ``rate`` holds
-    ``[‖ΔW‖ of the last iteration, its ratio, θ, θ/(1 − θ)]`` and is updated. Returns (CONTINUE | CONVERGED |
-    FAILED | BAD_F, factor): on failure the next step size is ``factor·|h|``."""
-    n = y.shape[0]
+@numba.njit
+def radau_newton_rhs(addresses, F, T_inv, g_h, mu_re, mu_im, W):
+    """The right-hand sides of one simplified Newton iteration from the stage evaluations ``F`` ``(3, n)``:
+    ``(finite, work_r, work_c)``, the real system's ``(T⁻¹F)₀ − γ/h·W₀`` and the complex one's, solved in place
+    by the caller's factors (``finite`` False when ``F`` holds NaN or infinity)."""
+    n = W.shape[1]
+    work_r = np.empty(n)
+    work_c = np.empty(n, dtype=np.complex128)
     for i in range(3):
         for q in range(n):
             if not math.isfinite(F[i, q]):
-                return BAD_F, 0.5
+                return False, work_r, work_c
     G = np.empty((3, n))
     _gemm(addresses[RADAU_GEMM], T_inv, F, G)
-    work_r = np.empty(n)
-    work_c = np.empty(n, dtype=np.complex128)
     for q in range(n):
         work_r[q] = G[0, q] - g_h * W[0, q]
         w1 = W[1, q]
         w2 = W[2, q]
         work_c[q] = complex(G[1, q] - (mu_re * w1 - mu_im * w2), G[2, q] - (mu_re * w2 + mu_im * w1))
-    _getrs(addresses[RADAU_GETRS], lu_r, piv_r, work_r)
-    _getrs(addresses[RADAU_ZGETRS], lu_c, piv_c, work_c)
+    return True, work_r, work_c
+
+
+@numba.njit
+def radau_newton_update(addresses, work_r, work_c, T, scale, y, W, Z, Y, rate, k, k_max, tol, tol_fail):
+    """The rest of one simplified Newton iteration from the solved ``work_r``, ``work_c`` (``ΔW``): its RMS scaled
+    norm, the contraction rate and the convergence test, then ``W += ΔW``, ``Z = T W``, ``Y = y + Z`` (see
+    :func:`radau_newton`)."""
+    n = y.shape[0]
     dW = np.empty((3, n))
     for q in range(n):
         dW[0, q] = work_r[q]
@@ -632,6 +636,22 @@ def radau_newton(addresses, F, T, T_inv, g_h, mu_re, mu_im, lu_r, piv_r, lu_c, p
     if faccon * dyno <= (tol if k < k_max else tol_fail):
         return CONVERGED, 0.0
     return CONTINUE, 0.0
+
+
+@numba.njit(cache=CACHE)
+def radau_newton(addresses, F, T, T_inv, g_h, mu_re, mu_im, lu_r, piv_r, lu_c, piv_c, scale, y, W, Z, Y, rate,
+                 k, k_max, tol, tol_fail):
+    """One simplified Newton iteration on ``W = T⁻¹Z`` from the stage evaluations ``F`` ``(3, n)``: solve the
+    real and complex systems for ``ΔW``, its RMS scaled norm, the contraction rate and the convergence test,
+    then ``W += ΔW``, ``Z = T W`` and the next stage arguments ``Y = y + Z``. ``rate`` holds
+    ``[‖ΔW‖ of the last iteration, its ratio, θ, θ/(1 − θ)]`` and is updated. Returns (CONTINUE | CONVERGED |
+    FAILED | BAD_F, factor): on failure the next step size is ``factor·|h|``."""
+    finite, work_r, work_c = radau_newton_rhs(addresses, F, T_inv, g_h, mu_re, mu_im, W)
+    if not finite:
+        return BAD_F, 0.5
+    _getrs(addresses[RADAU_GETRS], lu_r, piv_r, work_r)
+    _getrs(addresses[RADAU_ZGETRS], lu_c, piv_c, work_c)
+    return radau_newton_update(addresses, work_r, work_c, T, scale, y, W, Z, Y, rate, k, k_max, tol, tol_fail)
 
 
 @numba.njit(cache=CACHE)

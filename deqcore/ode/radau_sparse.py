@@ -22,12 +22,8 @@ True
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 from ..backend.numba_tools import CACHE, numba
-from .kernels_host import (BAD_F, CONTINUE, CONVERGED, FAILED, RADAU_DOT, RADAU_GEMM, _gemm, _rms_scaled)
+from .kernels_host import BAD_F, radau_newton_rhs, radau_newton_update
 from .sparse_lu import _solve
 
 __all__ = ["radau_newton_sparse"]
@@ -47,52 +43,9 @@ def radau_newton_sparse(addresses, F, T, T_inv, g_h, mu_re, mu_im, factors_r, fa
     """One simplified Newton iteration on ``W = T⁻¹Z`` (see :func:`~deqcore.ode.kernels_host.radau_newton`:
     the same arguments, results and updates of ``W``, ``Z``, ``Y`` and ``rate``), the real and complex
     systems solved with the sparse factors ``factors_r`` and ``factors_c``."""
-    n = y.shape[0]
-    for i in range(3):
-        for q in range(n):
-            if not math.isfinite(F[i, q]):
-                return BAD_F, 0.5
-    G = np.empty((3, n))
-    _gemm(addresses[RADAU_GEMM], T_inv, F, G)
-    work_r = np.empty(n)
-    work_c = np.empty(n, dtype=np.complex128)
-    for q in range(n):
-        work_r[q] = G[0, q] - g_h * W[0, q]
-        w1 = W[1, q]
-        w2 = W[2, q]
-        work_c[q] = complex(G[1, q] - (mu_re * w1 - mu_im * w2), G[2, q] - (mu_re * w2 + mu_im * w1))
+    finite, work_r, work_c = radau_newton_rhs(addresses, F, T_inv, g_h, mu_re, mu_im, W)
+    if not finite:
+        return BAD_F, 0.5
     _sparse_solve(work_r, factors_r)
     _sparse_solve(work_c, factors_c)
-    dW = np.empty((3, n))
-    for q in range(n):
-        dW[0, q] = work_r[q]
-        dW[1, q] = work_c[q].real
-        dW[2, q] = work_c[q].imag
-    dyno = _rms_scaled(addresses[RADAU_DOT], dW, scale, np.empty(3 * n))
-    if not math.isfinite(dyno):
-        return FAILED, 0.5
-    faccon = rate[3]
-    if 1 < k < k_max:
-        thq = dyno / rate[0]
-        theta = thq if k == 2 else math.sqrt(thq * rate[1])
-        rate[1] = thq
-        rate[2] = theta
-        if not theta < 0.99:
-            return FAILED, 0.5
-        faccon = theta / (1.0 - theta)
-        rate[3] = faccon
-        predicted = faccon * dyno * math.pow(theta, float(k_max - 1 - k)) / tol_fail
-        if predicted >= 1.0:
-            q = max(1e-4, min(20.0, predicted))
-            return FAILED, 0.8 * math.pow(q, -1.0 / (4 + k_max - 1 - k))
-    rate[0] = max(dyno, 2.220446049250313e-16)
-    for i in range(3):
-        for q in range(n):
-            W[i, q] += dW[i, q]
-    _gemm(addresses[RADAU_GEMM], T, W, Z)
-    for i in range(3):
-        for q in range(n):
-            Y[i, q] = y[q] + Z[i, q]
-    if faccon * dyno <= (tol if k < k_max else tol_fail):
-        return CONVERGED, 0.0
-    return CONTINUE, 0.0
+    return radau_newton_update(addresses, work_r, work_c, T, scale, y, W, Z, Y, rate, k, k_max, tol, tol_fail)
