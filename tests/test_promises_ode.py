@@ -166,3 +166,29 @@ def test_a_non_finite_start_on_one_device_is_that_sample_s_failure_not_a_hang():
     assert report["good_rows_off"] == 0.0
     assert np.isnan(report["nan_row"][0])
     assert report["mesh"][0] == "TypeError" and "mesh must be a jax.sharding.Mesh" in report["mesh"][1]
+
+
+@pytest.mark.parametrize("method", [dq.Radau, dq.BDF, dq.Rodas5P])
+@pytest.mark.parametrize("pattern, error, match", [
+    ([[1.0, np.nan], [0.0, 1.0]], ValueError, "jac_sparsity holds NaN"),
+    (np.array([[1.0, 0.0], [np.inf, 1.0]]), ValueError, "jac_sparsity holds NaN"),
+    ([["x", ""], ["", "x"]], TypeError, "jac_sparsity must hold bools or numbers"),
+    (np.ones((2, 3)), ValueError, r"jac_sparsity must be a square \(n, n\) pattern"),
+])
+def test_a_sparsity_pattern_of_nan_or_strings_is_refused_by_name(method, pattern, error, match):
+    with pytest.raises(error, match=match):
+        method(jac_sparsity=pattern)
+
+
+@pytest.mark.parametrize("method", [dq.Radau, dq.BDF, dq.Rodas5P])
+def test_a_numeric_or_scipy_sparse_pattern_solves_as_the_bool_one(method):
+    import scipy.linalg
+    import scipy.sparse as sp
+
+    A = np.array([[-2.0, 1.0, 0.0], [1.0, -2.0, 1.0], [0.0, 1.0, -2.0]])
+    y0 = np.array([1.0, 0.5, 0.25])
+    ref = dq.integrate(lambda t, y: A @ y, y0, (0.0, 1.0), method(jac_sparsity=A != 0), rtol=1e-8, atol=1e-10)
+    for pattern in (np.abs(A), sp.csr_matrix(A)):
+        sol = dq.integrate(lambda t, y: A @ y, y0, (0.0, 1.0), method(jac_sparsity=pattern), rtol=1e-8, atol=1e-10)
+        np.testing.assert_array_equal(sol.ys[-1], ref.ys[-1])
+    np.testing.assert_allclose(ref.ys[-1], scipy.linalg.expm(A) @ y0, rtol=1e-6)

@@ -95,6 +95,31 @@ def jvp_step(xp, y_rows, v_rows):
     return xp.where(vnorm > 0, eps * (1.0 + ynorm) / xp.where(vnorm > 0, vnorm, 1.0), 0.0)
 
 
+def check_sparsity_pattern(pattern) -> None:
+    """Refuse a ``jac_sparsity`` that is not a square pattern of bools or finite numbers (array-like, CuPy or
+    ``scipy.sparse``), naming it; the state's size is checked later, by :func:`normalize_sparsity`.
+
+    >>> check_sparsity_pattern([[1, 0], [1, 1]])
+    >>> check_sparsity_pattern([[1.0, float("nan")], [0.0, 1.0]])
+    Traceback (most recent call last):
+    ...
+    ValueError: jac_sparsity holds NaN or infinity (nonzero = may be nonzero: give bools or finite numbers)
+    """
+    import scipy.sparse as sp
+
+    if sp.issparse(pattern):
+        shape, values = pattern.shape, pattern.tocoo().data
+    else:
+        values = np.asarray(pattern.get() if hasattr(pattern, "get") else pattern)
+        shape = values.shape
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"jac_sparsity must be a square (n, n) pattern, got shape {tuple(shape)}")
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"jac_sparsity must hold bools or numbers, got dtype {values.dtype}")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError("jac_sparsity holds NaN or infinity (nonzero = may be nonzero: give bools or finite numbers)")
+
+
 def normalize_sparsity(pattern, n: int):
     """A sparsity pattern (array-like or ``scipy.sparse`` matrix, ``(n, n)``, nonzero = may be nonzero) as a
     SciPy CSC matrix with sorted indices; the diagonal is always included (the stage matrices need it)."""

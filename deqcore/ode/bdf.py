@@ -57,7 +57,7 @@ from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, FAILED, HOST_SYSTEM_LIMIT, bdf_error, bdf_newton, bdf_newton_apply,
                            bdf_newton_rhs, bdf_predict, bdf_rescale, bdf_update, factor_shifted, getrs_address,
                            new_factors)
-from ..linalg.finite_diff import _GROW as _FD_GROW, normalize_sparsity
+from ..linalg.finite_diff import _GROW as _FD_GROW, check_sparsity_pattern, normalize_sparsity
 from .jacobian import OneSystemJacobian
 
 __all__ = ["BDF", "BDFStepper"]
@@ -380,10 +380,7 @@ class BDF(ODEMethod):
         if not isinstance(self.ndf, (bool, np.bool_)):
             raise TypeError(f"ndf must be a bool, got {type(self.ndf).__name__}")
         if self.jac_sparsity is not None:
-            shape = getattr(self.jac_sparsity, "shape", None)
-            shape = np.shape(self.jac_sparsity) if shape is None else shape
-            if len(shape) != 2 or shape[0] != shape[1]:
-                raise ValueError(f"jac_sparsity must be a square (n, n) pattern, got shape {tuple(shape)}")
+            check_sparsity_pattern(self.jac_sparsity)
 
     @property
     def order(self):

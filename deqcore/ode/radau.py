@@ -77,7 +77,7 @@ from typing import Any
 
 import numpy as np
 
-from ..linalg.finite_diff import _GROW as _FD_GROW, normalize_sparsity
+from ..linalg.finite_diff import _GROW as _FD_GROW, check_sparsity_pattern, normalize_sparsity
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
 from .kernels_host import (BAD_F, CONVERGED, HOST_SYSTEM_LIMIT, radau_addresses, radau_error,
@@ -726,10 +726,7 @@ class Radau(ODEMethod):
 
     def __post_init__(self):
         if self.jac_sparsity is not None:
-            shape = getattr(self.jac_sparsity, "shape", None)
-            shape = np.shape(self.jac_sparsity) if shape is None else shape
-            if len(shape) != 2 or shape[0] != shape[1]:
-                raise ValueError(f"jac_sparsity must be a square (n, n) pattern, got shape {tuple(shape)}")
+            check_sparsity_pattern(self.jac_sparsity)
         for name in ("jac_rate", "newton_tol"):
             value = getattr(self, name)
             if value is None:

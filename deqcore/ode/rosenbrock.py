@@ -50,7 +50,8 @@ import numpy as np
 from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
 from .base import Evaluator, ODEMethod, Trial, host_float
-from ..linalg.finite_diff import FiniteDiffJacobian, jvp_step, normalize_sparsity, time_increment
+from ..linalg.finite_diff import (FiniteDiffJacobian, check_sparsity_pattern, jvp_step, normalize_sparsity,
+                                  time_increment)
 from .kernels_host import (HOST_SYSTEM_LIMIT, factor_shifted, gemv_address, getrs_address, new_factors, rosenbrock_finish,
                            rosenbrock_input, rosenbrock_stage)
 from .rosenbrock_tableaus import RODAS3, RODAS4, RODAS5P, RosenbrockTableau
@@ -516,11 +517,7 @@ def _check_settings(method):
     if method.jac_sparsity is not None:
         if isinstance(method.linear_solver, GMRES):
             raise ValueError("jac_sparsity needs linear_solver=dq.LU() (GMRES never forms the Jacobian)")
-        shape = getattr(method.jac_sparsity, "shape", None)
-        if shape is None:
-            shape = np.shape(method.jac_sparsity)
-        if len(shape) != 2 or shape[0] != shape[1]:
-            raise ValueError(f"jac_sparsity must be a square (n, n) pattern, got shape {tuple(shape)}")
+        check_sparsity_pattern(method.jac_sparsity)
 
 
 @dataclass(frozen=True, eq=False)
