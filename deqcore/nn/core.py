@@ -24,7 +24,7 @@ import numpy as np
 from .tree import to_namespace, tree_paths
 
 __all__ = ["Layer", "ShapeError", "setup", "vjp", "jvp", "testmode", "trainmode", "input_pullback",
-           "partial_pullback", "bind", "check_params"]
+           "partial_pullback", "bind", "check_params", "check_input_dtype"]
 
 
 class ShapeError(ValueError):
@@ -429,6 +429,15 @@ def check_params(layer, params, shapes):
             raise ValueError(f"{layer!r}: params[{key!r}] has shape {tuple(getattr(leaf, 'shape', ()))}, "
                              f"expected {shape}")
     return params
+
+
+def check_input_dtype(layer, x, held):
+    """Raise a TypeError naming x when its dtype is not ``held``, the dtype of what ``layer`` holds (parameters,
+    running statistics): NumPy would promote the float32 side, a float64 output and float64 gradients."""
+    if x.dtype != held:
+        raise TypeError(f"{layer!r}: x has dtype {x.dtype} but the parameters are {held}: cast x "
+                        f"(x.astype(np.{held})) or set the parameters up in {x.dtype} "
+                        f"(nn.setup(rng, model, dtype=np.{x.dtype}))")
 
 
 def check_array_input(layer, x):

@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 
 from .activations import activation as _activation
-from .core import Layer, check_array_input, check_params, shape_error, with_input_only
+from .core import Layer, check_array_input, check_input_dtype, check_params, shape_error, with_input_only
 from .reparam import weight_scheme
 
 __all__ = ["Dense", "WeightedLayer", "INITIALISERS"]
@@ -122,10 +122,7 @@ class WeightedLayer(Layer):
         """``_prepare(x)`` for an ``x`` whose dtype is the weight's (NumPy would promote a float32 side to
         float64: a float64 output, float64 gradients for float32 parameters)."""
         ctx = self._prepare(x)
-        if x.dtype != w.dtype:
-            raise TypeError(f"{self!r}: x has dtype {x.dtype} but the parameters are {w.dtype}: cast x "
-                            f"(x.astype(np.{w.dtype})) or set the parameters up in {x.dtype} "
-                            f"(nn.setup(rng, model, dtype=np.{x.dtype}))")
+        check_input_dtype(self, x, w.dtype)
         return ctx
 
     def __call__(self, x, params, state):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._checks import check_probability, check_tolerance
 from ..backend import get_namespace
-from .core import Layer, check_array_input, check_params, shape_error
+from .core import Layer, check_array_input, check_input_dtype, check_params, shape_error
 from .linear import check_size
 
 __all__ = ["LayerNorm", "GroupNorm", "BatchNorm"]
@@ -78,10 +78,8 @@ class _Normalisation(Layer):
         if self.affine:
             check_params(self, params, {"scale": tuple(self.param_shape), "bias": tuple(self.param_shape)})
         held = self._held_dtype(params, state)
-        if held is not None and getattr(x, "dtype", held) != held:     # (NumPy would promote the float32 side)
-            raise TypeError(f"{self!r}: x has dtype {x.dtype} but the parameters are {held}: cast x "
-                            f"(x.astype(np.{held})) or set the parameters up in {x.dtype} "
-                            f"(nn.setup(rng, model, dtype=np.{x.dtype}))")
+        if held is not None and hasattr(x, "dtype"):
+            check_input_dtype(self, x, held)
 
     def __call__(self, x, params, state):
         self._check_dtype(x, params, state)

@@ -292,11 +292,14 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
     best_y, best_res, since_best, codes, done, tol, rtol, cap, y_limit, limit, patience = book
     dtype, shape = f.dtype, f.shape
     itype, magnitude, inf_bits = _BITS[dtype]
-    key = (dtype, shape[0], G.shape[1])
-    head = (f, f.view(itype), magnitude, inf_bits)
-    middle = (best_y, best_res, since_best, codes, done, tol, float(rtol), cap, y_limit, limit, int(patience), G, F,
-              H, G.shape[1], G.dtype.type(beta), float(ridge), float(floor), dtype.type(limit_floor),
-              dtype.type(limit_factor))
+    batch = shape[0]
+    norm_bits = np.empty(2, dtype=itype)
+    where = np.zeros(3, dtype=np.int64)
+    fixed = (f, f.view(itype), magnitude, inf_bits, norm_bits, norm_bits.view(dtype), best_y, best_res, since_best,
+             codes, done, tol, float(rtol), cap, y_limit, limit, int(patience), G, F, H, G.shape[1],
+             G.dtype.type(beta), float(ridge), float(floor), dtype.type(limit_floor), dtype.type(limit_factor),
+             np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64), *cpu_scratch(G.shape[1], batch),
+             where)
     kernel, empty_like, addresses, conforming = _anderson_loop, np.empty_like, _addresses, _conforming
     ndarray = np.ndarray
     raised = [None]
@@ -304,8 +307,6 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
     def run(evaluate, is_map, y, k, steps, max_steps, stop_live, start=None, conformed=False):
         if not y.flags.c_contiguous:
             y = np.ascontiguousarray(y)
-        scratch = _take_scratch(key, itype)
-        norm_bits, norms, was_done, rows, W, V, where = scratch
         held = [y, empty_like(y), None]     # the iterate, the next one, the evaluation: alive while the loop reads
 
         def serve(request, t_a, t_b, t_c):
@@ -322,61 +323,17 @@ def _prepare_anderson_loop(f, book, G, F, H, beta, ridge, floor, limit_floor=1e-
                 raised[0] = error
                 return RAISED
 
-        try:
-            if start is not None:
-                held[2] = start = conforming(start, dtype, shape)
-                addresses(start, y, held[1], where)
-            status, k, steps, stepped, live = run_served(serve, lambda: kernel(
-                DISPATCH, bool(is_map), *head, norm_bits, norms, *middle, was_done, rows, W, V, where, k, steps,
-                min(max_steps, 2 ** 62), stop_live, start is not None))
-        finally:
-            _give_back(key, scratch)
+        if start is not None:
+            held[2] = start = conforming(start, dtype, shape)
+            addresses(start, y, held[1], where)
+        status, k, steps, stepped, live = run_served(serve, lambda: kernel(
+            DISPATCH, bool(is_map), *fixed, k, steps, min(max_steps, 2 ** 62), stop_live, start is not None))
         if status == -RAISED:
             error, raised[0] = raised[0], None
             raise error
         return held[1] if stepped else held[0], k, steps, live
 
     return run
-
-
-#: (dtype, batch, history size) -> the compiled loop's scratch sets not in use: a solve takes one for the length
-#: of a compiled call and gives it back after, so no two calls (threads, a solve nested in an evaluation) share one
-_SCRATCH: dict = {}
-
-
-def _take_scratch(key, itype):
-    """A scratch set for the compiled loop on ``key`` = (dtype, batch, history size): (norm_bits, their float
-    view, was_done, rows, W, V, where), each written before it is read in a call (no state between calls): one
-    given back by an earlier call, else a fresh one (pure set-up: six allocations less per solve)."""
-    free = _SCRATCH.get(key)
-    if free:
-        try:
-            return free.pop()
-        except IndexError:           # (taken by another thread in between)
-            pass
-    dtype, batch, m = key
-    norm_bits = np.empty(2, dtype=itype)
-    return (norm_bits, norm_bits.view(dtype), np.empty(batch, dtype=np.bool_), np.empty(batch, dtype=np.int64),
-            *cpu_scratch(m, batch), np.zeros(3, dtype=np.int64))
-
-
-def _give_back(key, scratch):
-    """Keep ``scratch`` for the next call on ``key``; the sets of at most :data:`SCRATCH_KEYS` keys are kept (the
-    compacted batches' sizes vary: the oldest are dropped)."""
-    free = _SCRATCH.get(key)
-    if free is None:
-        while len(_SCRATCH) >= SCRATCH_KEYS:
-            try:
-                del _SCRATCH[next(iter(_SCRATCH))]
-            except (KeyError, RuntimeError, StopIteration):     # (changed by another thread in between)
-                break
-        free = _SCRATCH.setdefault(key, [])
-    if len(free) < 4:
-        free.append(scratch)
-
-
-#: the most (dtype, batch, history size) keys whose scratch sets are kept
-SCRATCH_KEYS = 8
 
 
 def _conforming(raw, dtype, shape):
