@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check for a machine with an NVIDIA H100/H200 and CuPy 14 (CUDA 13), Numba, numba-cuda, torch and JAX
-# already installed. Installs nothing. Five steps, each under its own time limit, within 8 minutes in all:
+# already installed. Installs nothing. Five steps, each under its own time limit, within 8.5 minutes in all:
 #
 #   1. preflight   toolchain versions and one kernel launch on a CuPy array (about 10 s)
 #   2. tests       the GPU tests (CUDA kernels on real CUDA, CuPy cases, torch on CUDA), verbose
@@ -45,6 +45,17 @@ if "$py" -c "import pytest_timeout" 2>/dev/null; then
 else
   echo "gpu_check: pytest-timeout is not installed: no per-test limits, only each step's" | tee -a "$out/summary.txt"
 fi
+# The GPU tests mostly wait on kernel compilation (NVVM, NVRTC): on the device they run in worker processes
+# (pytest-xdist, where installed; GPU_CHECK_WORKERS=0 runs them in one process).
+test_workers=()
+if [ "$dry_run" = 1 ]; then
+  workers="${GPU_CHECK_WORKERS:-0}"
+else
+  workers="${GPU_CHECK_WORKERS:-4}"
+fi
+if [ "$workers" -gt 0 ] && "$py" -c "import xdist" 2>/dev/null; then
+  test_workers=(-n "$workers")
+fi
 if [ "$dry_run" = 1 ]; then
   export NUMBA_ENABLE_CUDASIM=1
   unset DEQCORE_TEST_REAL_CUDA
@@ -53,7 +64,7 @@ if [ "$dry_run" = 1 ]; then
   torch_opts=(--device cpu --tiny)
 else
   export DEQCORE_TEST_REAL_CUDA=1          # tests/conftest.py: real CUDA kernels, not the simulator
-  limits=(45 150 130 60 60)
+  limits=(45 150 130 60 100)
   bench_opts=(--xp cupy)
   torch_opts=(--device cuda --quick)
 fi
@@ -92,7 +103,7 @@ if [ "$dry_run" = 1 ] && [ "$with_tests" = 0 ]; then
   rc=$?
   detail="collected only: $(pytest_tail "$out/tests.log")"
 else
-  timeout -s INT -k 10 "${limits[1]}" "$py" -m pytest "${pytest_opts[@]}" -k "$select" tests \
+  timeout -s INT -k 10 "${limits[1]}" "$py" -m pytest "${pytest_opts[@]}" "${test_workers[@]}" -k "$select" tests \
     --ignore=tests/test_interop_jax.py > "$out/tests.log" 2>&1
   rc=$?
   detail="$(pytest_tail "$out/tests.log")"
@@ -116,7 +127,7 @@ summary torch $rc $((SECONDS - t)) "$(grep '^bench_torch_deq: ' "$out/bench_torc
 # 5. the JAX adapter, last and alone: JAX would otherwise take most of the GPU's memory at import
 t=$SECONDS
 XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s INT -k 10 "${limits[4]}" "$py" -m pytest "${pytest_opts[@]}" \
-  tests/test_interop_jax.py > "$out/jax.log" 2>&1
+  "${test_workers[@]}" tests/test_interop_jax.py > "$out/jax.log" 2>&1
 rc=$?
 summary jax $rc $((SECONDS - t)) "$(pytest_tail "$out/jax.log") -> jax.log"
 
