@@ -94,7 +94,7 @@ def two_device_jax_starter(script):
     """An :class:`EarlyRuns` starter running ``script`` in a Python subprocess with two XLA host devices (the flag
     must be set before JAX starts, hence the subprocess)."""
     def start(early):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
         return [BackgroundRun([sys.executable, "-c", script], env=env)]
 
     return start

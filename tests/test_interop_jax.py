@@ -200,6 +200,7 @@ def test_missing_jax_gives_install_hint():
 SHARDED_SCRIPT = r'''
 import os, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"   # two CPU devices, also on a machine whose default backend is one GPU
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 from deqcore.interop import jax as dqj

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .namespace import is_cupy_namespace
 
-__all__ = ["register_kernel", "get_kernel", "default_kernel", "implementations", "registered_kernels", "KernelSpec", "IMPLS"]
+__all__ = ["register_kernel", "get_kernel", "default_kernel", "implementations", "registered_kernels", "KernelSpec", "IMPLS",
+           "numba_cuda_problem"]
 
 IMPLS = ("reference", "numba_cpu", "numba_cuda")
 #: the float types a signature template's ``{t}`` stands for
@@ -111,6 +113,58 @@ def _numba_usable() -> bool:
     return True
 
 
+_CUDA_PROBLEM: list = []   # [why Numba's CUDA target cannot compile here, or None], found once
+
+
+def numba_cuda_problem() -> str | None:
+    """Why Numba's CUDA target cannot compile kernels in this environment, or None when it can.
+
+    Found once, by loading what the target's first compilation loads. numba-cuda 0.30 (in maintenance mode)
+    fails there under NumPy 2.5, which removed ``np.row_stack``: every CUDA kernel would then fail at its
+    first launch. On the CUDA simulator, or where numba-cuda is not installed and no CuPy array is ever
+    passed, nothing is loaded.
+
+    >>> numba_cuda_problem() is None or isinstance(numba_cuda_problem(), str)
+    True
+    """
+    if not _CUDA_PROBLEM:
+        _CUDA_PROBLEM.append(_find_numba_cuda_problem())
+    return _CUDA_PROBLEM[0]
+
+
+def _find_numba_cuda_problem() -> str | None:
+    try:
+        from .numba_tools import cuda_simulator_enabled
+
+        if cuda_simulator_enabled():
+            return None
+        importlib.import_module("numba.cuda.cudaimpl")   # the target's registries (its first compile loads them)
+    except Exception as err:   # any failure here would otherwise surface at every kernel's first launch
+        import numpy
+
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            numba_cuda = f"numba-cuda {version('numba-cuda')}"
+        except PackageNotFoundError:
+            numba_cuda = "numba-cuda (not installed)"
+        advice = ("install numpy<2.5 (numba-cuda 0.30 refers to np.row_stack, removed in NumPy 2.5)"
+                  if "row_stack" in str(err) else "install a numba-cuda that matches this CUDA and NumPy")
+        return (f"{numba_cuda} cannot compile CUDA kernels with NumPy {numpy.__version__} "
+                f"({type(err).__name__}: {err}); {advice}")
+    return None
+
+
+_WARNED_CUDA: list = []
+
+
+def _warn_cuda_fallback(problem: str) -> None:
+    if not _WARNED_CUDA:
+        _WARNED_CUDA.append(True)
+        warnings.warn(f"deqcore runs its array-code (reference) kernels on CuPy arrays, slower than the fused "
+                      f"CUDA kernels: {problem}", RuntimeWarning, stacklevel=4)
+
+
 _DEFAULTS: dict = {}   # (name, namespace) -> get_kernel's default choice
 
 
@@ -129,7 +183,9 @@ def get_kernel(name: str, xp, impl: str | None = None) -> Callable:
     """The implementation of kernel ``name`` for namespace ``xp``.
 
     ``impl`` picks one explicitly (``"reference"``, ``"numba_cpu"``, ``"numba_cuda"``); by default NumPy
-    gets the Numba CPU version and CuPy the Numba CUDA version where registered, else the reference.
+    gets the Numba CPU version and CuPy the Numba CUDA version where registered, else the reference. Where
+    Numba's CUDA target cannot compile (:func:`numba_cuda_problem`), CuPy gets the reference with one
+    ``RuntimeWarning`` saying why, and an explicit ``impl="numba_cuda"`` raises ``RuntimeError``.
     """
     spec = _spec(name)
     if impl is None:
@@ -141,8 +197,13 @@ def get_kernel(name: str, xp, impl: str | None = None) -> Callable:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if impl != "reference" and getattr(spec, impl) is None:
             impl = "reference" if os.environ.get("DEQCORE_KERNELS") else impl
+        if impl == "numba_cuda" and numba_cuda_problem() is not None:
+            raise RuntimeError(f"kernel {name!r}: impl='numba_cuda' cannot run here: {numba_cuda_problem()}")
         return spec.load(impl)
     preferred = "numba_cuda" if is_cupy_namespace(xp) else "numba_cpu"
-    if getattr(spec, preferred) is not None and _numba_usable():
-        return spec.load(preferred)
-    return spec.reference
+    if getattr(spec, preferred) is None or not _numba_usable():
+        return spec.reference
+    if preferred == "numba_cuda" and numba_cuda_problem() is not None:
+        _warn_cuda_fallback(numba_cuda_problem())
+        return spec.reference
+    return spec.load(preferred)
