@@ -201,8 +201,21 @@ def _launch_host_time(xp):
             times[sync] = statistics.median(t[5:]) * 1e6
     finally:
         config.CUDA_ARRAY_INTERFACE_SYNC = default
+    deqcore_launch = "n/a on the simulator"
+    if not simulator:                                  # deqcore's launcher: Numba compiles, CuPy launches
+        from deqcore.backend.launch import cuda_kernel
+        from deqcore.backend.numba_tools import launch_config
+
+        ours, t = cuda_kernel(_twice_plus_one_kernel), []
+        config_ = launch_config(x.shape[0], ours.threads)
+        for _ in range(30):
+            start = time.perf_counter()
+            ours[config_](x, out)
+            t.append(time.perf_counter() - start)
+        synchronize(xp)
+        deqcore_launch = f"{statistics.median(t[5:]) * 1e6:.1f} ({type(next(iter(ours._fast.values()))).__name__})"
     return (f"host µs per launch with 2 array arguments: {times[1]:.1f} with Numba's array sync on, "
-            f"{times[0]:.1f} off (NUMBA_CUDA_ARRAY_INTERFACE_SYNC={default})")
+            f"{times[0]:.1f} off (NUMBA_CUDA_ARRAY_INTERFACE_SYNC={default}); deqcore's launch {deqcore_launch}")
 
 
 def _toolchain_without_simulator():

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from numba import cuda
 
 import deqcore  # noqa: F401  (registers kernels)
 from deqcore.backend import is_cupy_namespace, kernels as registry
@@ -51,10 +52,11 @@ def test_registry_has_kernels():
 
 @pytest.mark.parametrize("name,impl", CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kernel_matches_reference(name, impl, dtype, xp):
+def test_kernel_matches_reference(name, impl, dtype, xp, monkeypatch):
     """On NumPy: the CPU kernels natively, the CUDA kernels on the simulator; on CuPy (a GPU): the CUDA
-    kernels and the reference on device arrays, both against the reference on the host. The CUDA launches'
-    argument types must match registered PTX signatures."""
+    kernels and the reference on device arrays, both against the reference on the host, and the CUDA kernels
+    again through the fast launch (after Numba's first). The CUDA launches' argument types must match
+    registered PTX signatures."""
     if impl == "numba_cpu" and is_cupy_namespace(xp):
         pytest.skip("the Numba CPU kernels take NumPy arrays")
     from deqcore.backend.launch import recording
@@ -70,6 +72,16 @@ def test_kernel_matches_reference(name, impl, dtype, xp):
         _check_launch_signatures(name, launches)
     if is_cupy_namespace(xp):
         _compare(spec.reference(*on(xp, args)), ref, dtype)
+    if is_cupy_namespace(xp) and impl == "numba_cuda":
+        from deqcore.backend import fast_launch
+
+        fast_calls = []
+        real_call = fast_launch.FastLauncher.__call__
+        monkeypatch.setattr(fast_launch.FastLauncher, "__call__",
+                            lambda self, *a: fast_calls.append(1) or real_call(self, *a))
+        for _ in range(2):      # the first launch per argument types goes through Numba, the next ones do not
+            _compare(spec.load(impl)(*on(xp, args)), ref, dtype)
+        assert fast_calls, f"{name}: no launch took the fast path"
 
 
 def _check_launch_signatures(name, launches):
@@ -133,8 +145,6 @@ def test_unknown_kernel_and_impl():
 
 
 def _add_one(x):
-    from numba import cuda
-
     i = cuda.grid(1)
     if i < x.shape[0]:
         x[i] += 1.0
@@ -182,17 +192,21 @@ def test_launcher_on_cupy_arrays_does_not_wait_for_the_gpu(xp, monkeypatch):
     kernel = cuda_kernel(_add_one)
     with xp.cuda.Stream(non_blocking=True) as stream:
         x = xp.arange(1000, dtype=xp.float64)
-        kernel[launch_config(1000, kernel.threads)](x)
-        x *= 2.0                                          # ordered after the kernel on the same stream
+        for _ in range(3):                                # Numba's launch, then the fast launch twice
+            kernel[launch_config(1000, kernel.threads)](x)
+        x *= 2.0                                          # ordered after the kernels on the same stream
     assert waits == []
+    assert [type(f).__name__ for f in kernel._fast.values()] == ["FastLauncher"]
     stream.synchronize()
-    np.testing.assert_array_equal(x.get(), 2.0 * (np.arange(1000) + 1.0))
+    np.testing.assert_array_equal(x.get(), 2.0 * (np.arange(1000) + 3.0))
 
 
 _PTX_SCRIPT = r"""
 import inspect, json, sys
 from deqcore.backend import kernels as registry
 from numba import cuda
+from numba.core.sigutils import normalize_signature
+from deqcore.backend.fast_launch import check_parameters, entry_parameters, flat_kinds
 # the launcher's conversion of CuPy arrays (the simulator has none; checked against the real API here)
 assert {"owner", "sync"} <= set(inspect.signature(cuda.from_cuda_array_interface).parameters)
 done = []
@@ -201,6 +215,8 @@ for target, signature in json.loads(sys.argv[1]):      # this process's share of
     fn = getattr(fn, "py_func", fn)
     ptx, _ = cuda.compile_ptx(fn, signature, cc=(9, 0))
     assert ".target sm_90" in ptx, target
+    # the fast launch's flattening of the arguments matches the kernel's PTX parameters
+    check_parameters(flat_kinds(normalize_signature(signature)[0]), entry_parameters(ptx)[1])
     done.append([target, signature])
 print(json.dumps(done))
 """
