@@ -75,3 +75,26 @@ def test_numbas_launch_is_kept_where_asked_or_where_the_kernel_is_not_covered(mo
 
 def test_the_launch_key_is_none_without_cupy_arrays():
     assert fast_launch.launch_key((np.ones(3), 2.0)) is None
+
+
+def test_the_launch_key_tells_types_apart_and_refuses_other_arguments(monkeypatch):
+    """On stand-ins for CuPy arrays (no CuPy arrays without a GPU): dtype, ndim and contiguity decide the key,
+    scalars by type; any other argument (a NumPy array, another library's device array) keeps Numba's launch."""
+    import sys
+    import types as pytypes
+
+    class FakeArray:
+        def __init__(self, a):
+            self.dtype, self.ndim, self.flags = a.dtype, a.ndim, a.flags
+
+    fake = pytypes.SimpleNamespace(ndarray=FakeArray, cuda=pytypes.SimpleNamespace(
+        runtime=pytypes.SimpleNamespace(getDevice=lambda: 0)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    c, f = FakeArray(np.zeros((3, 4))), FakeArray(np.zeros((3, 4), order="F"))
+    key = fast_launch.launch_key((c, 1.0, 2, True, np.float32(1)))
+    assert key == (0, ("d", 2, True, False), float, int, bool, "f")
+    assert fast_launch.launch_key((f,)) != fast_launch.launch_key((c,))
+    assert fast_launch.launch_key((FakeArray(np.zeros((3, 4), np.float32)),)) != fast_launch.launch_key((c,))
+    assert fast_launch.launch_key((c, np.ones(2))) is None
+    assert fast_launch.launch_key((c, object())) is None
+    assert fast_launch.launch_key((1.0, 2)) is None

@@ -87,7 +87,8 @@ def check_parameters(kinds, ptx_types) -> None:
 
 def launch_key(args):
     """What decides the compiled overload of a launch on these arguments: per array its dtype, ndim and
-    contiguity, per scalar its type; None unless some argument is a CuPy array and none a NumPy array."""
+    contiguity, per scalar its type; None unless some argument is a CuPy array and every other one a CuPy array
+    or a bool, int or float (Python or NumPy)."""
     import sys
 
     cupy = sys.modules.get("cupy")
@@ -100,10 +101,12 @@ def launch_key(args):
             any_cupy = True
             flags = a.flags
             key.append((a.dtype.char, a.ndim, flags.c_contiguous, flags.f_contiguous))
-        elif isinstance(a, np.ndarray):
+        elif isinstance(a, np.generic):
+            key.append(a.dtype.char)
+        elif type(a) in (bool, int, float):
+            key.append(type(a))
+        else:                                       # NumPy arrays, other device arrays: Numba's launch
             return None
-        else:
-            key.append(a.dtype.char if isinstance(a, np.generic) else type(a))
     return (cupy.cuda.runtime.getDevice(), *key) if any_cupy else None   # (a module is loaded on one device)
 
 
