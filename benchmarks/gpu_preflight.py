@@ -237,6 +237,16 @@ def toolchain():
     check("Numba's CUDA libraries", _library_paths)
 
 
+def _cuda_target():
+    """deqcore's own check that numba-cuda compiles with this NumPy (it falls back to array code otherwise)."""
+    from deqcore.backend.kernels import numba_cuda_problem
+
+    problem = numba_cuda_problem()
+    if problem is not None:
+        raise RuntimeError(problem)
+    return "compiles with this NumPy"
+
+
 def probe(dry_run):
     """Every item, in order; returns the number of failures."""
     say("mode", "CUDA simulator (dry run)" if dry_run else "real CUDA")
@@ -248,6 +258,7 @@ def probe(dry_run):
         check("device", _cupy_runtime)
         check("Numba's driver", _numba_driver)
         toolchain()
+        check("Numba's CUDA target", _cuda_target)
     xp = None
     if check("array namespace", lambda: _namespace(dry_run).__name__):
         xp = _namespace(dry_run)
