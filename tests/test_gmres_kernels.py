@@ -60,6 +60,24 @@ def test_krylov_dimension_above_the_kernel_limit_falls_back(rng, xp):
     np.testing.assert_allclose(to_host(sol.value), np.linalg.solve(A, b[:, :, None])[:, :, 0], atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype, exponent", [(np.float64, 530), (np.float64, -530), (np.float32, 100),
+                                             (np.float32, -100)])
+def test_every_step_solves_systems_of_huge_or_tiny_magnitude_alike(rng, dtype, exponent):
+    """A matrix of size 2^±530 (float64) or 2^±100 (float32) runs each cycle on a power-of-2 multiple of itself,
+    whose norms stay finite: the reference and the fused step (and the CUDA kernel on the simulator) take the
+    steps of the ordinary system, and the solutions are the ordinary ones scaled back."""
+    A, b = _systems(rng, 3, 8, dtype)
+    huge = np.ldexp(A, exponent)
+    rtol = tolerance(dtype, 1e-5, 1e-10)
+    ordinary = _solve(A, b, "reference", rtol=rtol, restart=3)
+    assert (ordinary.result == 0).all()
+    for impl in ("reference", "numba_cpu", "numba_cuda"):
+        sol = _solve(huge, b, impl, rtol=rtol, restart=3)
+        np.testing.assert_array_equal(sol.result, ordinary.result)
+        assert sol.stats == ordinary.stats
+        np.testing.assert_allclose(np.ldexp(sol.value, exponent), ordinary.value, rtol=tolerance(dtype, 1e-5, 1e-12))
+
+
 @pytest.mark.parametrize("impl", ["reference", "numba_cpu", "numba_cuda"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shifted", [False, True])

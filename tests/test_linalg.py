@@ -274,6 +274,65 @@ def test_gmres_non_finite_operator_output_is_diverged(rng):
     assert sol.codes[0] == ReturnCode.SUCCESS
 
 
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e160), (np.float64, 1e-160), (np.float32, 1e30),
+                                           (np.float32, 1e-30)])
+def test_gmres_solves_systems_of_huge_or_tiny_magnitude(rng, dtype, scale):
+    # ||A v||² of such a matrix overflows (or underflows) though the system is well conditioned
+    A0, b0 = _near_identity(rng, 12, 3), rng.standard_normal((3, 12))
+    A, b = (scale * A0).astype(dtype), (scale * b0).astype(dtype)
+    rtol = _rtol(dtype)
+    solver = GMRES(rtol=rtol, max_steps=500)
+    sol = linear_solve(A, b, solver)
+    assert np.all(sol.success) and sol.value.dtype == dtype
+    assert _max_rel_err(sol.value, _reference(A0, b0)) < 3 * rtol + 2000 * np.finfo(dtype).eps
+    ordinary = linear_solve(A0.astype(dtype), b0.astype(dtype), solver)
+    assert sol.stats == ordinary.stats
+    single = linear_solve(A[1], b[1], solver)
+    assert single.success and _max_rel_err(single.value, _reference(A0[1], b0[1])) < 3 * rtol + 2000 * np.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("dtype, a_exp, b_exp", [(np.float64, 530, 530), (np.float64, -530, -530),
+                                                 (np.float64, 530, 0), (np.float64, -530, 3),
+                                                 (np.float32, 100, 100), (np.float32, -100, -90),
+                                                 (np.float32, 90, 0)])
+@pytest.mark.parametrize("restart", [3, 20])
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_gmres_on_power_of_two_multiples_repeats_the_ordinary_solve(rng, dtype, a_exp, b_exp, restart,
+                                                                    preconditioned):
+    # powers of 2 scale every quantity exactly: the iterates are those of the ordinary system, bit for bit
+    A0, b0 = _near_identity(rng, 15, 2).astype(dtype), rng.standard_normal((2, 15)).astype(dtype)
+    solver = GMRES(rtol=_rtol(dtype), restart=restart, max_steps=500)
+    jacobi = 1 / np.diagonal(A0, axis1=1, axis2=2)              # of the ordinary matrix: A M stays huge or tiny
+    M = (lambda v: v * jacobi) if preconditioned else None
+    ordinary = solver.solve(A0, b0, preconditioner=M)
+    sol = solver.solve(np.ldexp(A0, a_exp), np.ldexp(b0, b_exp), preconditioner=M)
+    assert sol.codes == ordinary.codes == [ReturnCode.SUCCESS] * 2 and sol.stats == ordinary.stats
+    assert np.array_equal(sol.value, np.ldexp(ordinary.value, b_exp - a_exp))
+    assert np.array_equal(sol.residual, np.ldexp(ordinary.residual, b_exp))
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-160])
+def test_gmres_huge_or_tiny_sample_beside_an_ordinary_one(rng, scale):
+    A0, b0 = _near_identity(rng, 10, 2), rng.standard_normal((2, 10))
+    A, b = A0.copy(), b0.copy()
+    A[0], b[0] = scale * A0[0], scale * b0[0]
+    solver = GMRES(rtol=1e-10, restart=4, max_steps=500)
+    sol = linear_solve(A, b, solver)
+    assert np.all(sol.success) and _max_rel_err(sol.value, _reference(A0, b0)) < 1e-9
+    for i in range(2):
+        one = linear_solve(A[i], b[i], solver)
+        assert one.success and np.allclose(sol.value[i], one.value, rtol=1e-13, atol=0)
+        assert np.isclose(sol.residual[i], one.residual, rtol=1e-6, atol=0)
+
+
+def test_gmres_start_point_far_from_a_huge_system(rng):
+    # ||b − A x0|| of a start point at the wrong scale overflows
+    A0, b = _near_identity(rng, 8, 2), rng.standard_normal((2, 8))
+    A = 1e160 * A0
+    sol = linear_solve(A, b, GMRES(rtol=1e-10, max_steps=500), x0=np.ones((2, 8)))
+    assert np.all(sol.success) and _max_rel_err(sol.value, _reference(A, b)) < 1e-9
+
+
 # ---------------------------------------------------------------- LinearOperator
 
 

@@ -13,6 +13,11 @@ step is bound to the cycle's arrays once, reads the operator's output without co
 orthogonalised in a scratch row of the kernel's own) and returns the count itself; the cycle's start (first
 basis vector, flags) and the bookkeeping after its true residual (codes, x, r, norms) are one compiled pass each.
 
+Magnitudes far from 1 are scaled away by powers of 2 (exact): rows of ``b``, and per cycle the operator of each
+sample whose first ``A v`` is far from 1 (the cycle then runs on ``σ_i A``), so that no squared norm overflows or
+underflows; the norms of ``b`` and of the true residuals are summed again, scaled, where theirs would. Ordinary
+magnitudes get the scale 1, and the same results bit for bit.
+
 >>> import numpy as np
 >>> A = np.array([[3.0, 1.0], [1.0, 2.0]])
 >>> sol = GMRES(rtol=1e-10).solve(A, np.array([1.0, 0.0]))
@@ -128,23 +133,64 @@ def as_preconditioner(M, n, b):
 _EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}    # (np.finfo: µs a call)
 
 
+#: per dtype, the sums of squares [low, high] taken as they are by :func:`_norms`: none of their terms overflowed, and
+#: those that underflowed are far below the sum's last bit
+_SAFE_SQUARES = {np.dtype(t): (float(np.finfo(t).tiny / np.finfo(t).eps), float(np.finfo(t).max))
+                 for t in (np.float32, np.float64)}
+
+
 def _norms(xp, v):
-    return xp.sqrt(xp.sum(v * v, axis=-1))
+    """Euclidean norms of the rows of ``v``; a row whose sum of squares overflows or underflows is summed again
+    scaled by a power of 2 (the others keep the plain sums, bit for bit)."""
+    with np.errstate(over="ignore", under="ignore"):
+        squares = xp.sum(v * v, axis=-1)
+        low, high = _SAFE_SQUARES.get(v.dtype) or _SAFE_SQUARES[np.dtype(np.float64)]
+        off = ~((squares >= low) & (squares <= high))          # (NaN too: it stays NaN)
+        if not bool(off.any()):
+            return xp.sqrt(squares)
+        return xp.where(off, _scaled_norms(xp, v), xp.sqrt(squares))
 
 
-#: rows of b whose largest entry lies outside [2^-RHS_EXPONENT, 2^RHS_EXPONENT] are rescaled (by powers of 2)
+def _scaled_norms(xp, v):
+    """Row norms of ``v`` summed with each row's largest entry scaled to [1/2, 1) by a power of 2."""
+    largest = xp.max(xp.abs(v), axis=-1)
+    largest = xp.where(xp.isfinite(largest), largest, xp.zeros((), dtype=largest.dtype))
+    _, exponent = xp.frexp(largest)
+    scale = xp.ldexp(xp.ones((), dtype=v.dtype), -exponent.astype(np.int32))
+    scaled = v * scale[:, None]
+    return xp.sqrt(xp.sum(scaled * scaled, axis=-1)) / scale
+
+
+#: rows of b (and of a cycle's first A v) whose largest entry lies outside [2^-RHS_EXPONENT, 2^RHS_EXPONENT] are
+#: rescaled (by powers of 2)
 RHS_EXPONENT = 30
+
+
+def _unit_scales(xp, largest):
+    """Powers of 2 bringing each entry of ``largest`` (finite, >= 0) far from 1 to [1/2, 1) (1 for the others),
+    or None when none is far."""
+    _, exponent = xp.frexp(largest)
+    far = (exponent > RHS_EXPONENT) | (exponent < -RHS_EXPONENT)
+    if not bool(far.any()):
+        return None
+    return xp.ldexp(xp.ones((), dtype=largest.dtype), xp.where(far, -exponent, 0).astype(np.int32))
 
 
 def _rhs_scales(xp, rhs):
     """Powers of 2 (B,) bringing each row of ``rhs`` whose largest entry is far from 1 to about 1 (1 for the
     others), or None when no row needs it: ||b||² of a float32 row of size 1e20 overflows (and of 1e-23
     underflows), which would make the test ||r|| ≤ rtol·||b|| pass at x = 0."""
-    _, exponent = xp.frexp(xp.max(xp.abs(rhs), axis=1))
-    far = (exponent > RHS_EXPONENT) | (exponent < -RHS_EXPONENT)
-    if not bool(far.any()):
-        return None
-    return xp.ldexp(xp.ones((), dtype=rhs.dtype), xp.where(far, -exponent, 0).astype(np.int32))
+    return _unit_scales(xp, xp.max(xp.abs(rhs), axis=1))
+
+
+def _operator_scales(xp, w, active):
+    """Powers of 2 (B,) for a cycle's operator, from its first output ``w = A v_0``: each active sample whose
+    largest entry of ``w`` is far from 1 runs the cycle on ``σ_i A`` with that entry about 1 (1 for the others),
+    so that ||A v||² neither overflows nor underflows; None when no sample needs it. Exact, σ_i being a power of
+    2: the cycle's update is σ_i times the one it finds for ``σ_i A``."""
+    largest = xp.max(xp.abs(w), axis=1)
+    keep = active & xp.isfinite(largest)                  # (a non-finite output keeps its code: DIVERGED)
+    return _unit_scales(xp, xp.where(keep, largest, xp.zeros((), dtype=largest.dtype)))
 
 
 @dataclass(frozen=True)
@@ -351,6 +397,7 @@ class GMRES(LinearSolver):
             broke = xp.zeros(B, dtype=bool)
             live = active.copy()
         used = 0
+        sigma = None                                      # the cycle's operator scales (None: all 1)
         tiny_factor = _BREAKDOWN_FACTOR * eps
         tol = xp.asarray(tol, dtype=dtype)
         tol = xp.broadcast_to(tol, (B,)).astype(dtype, copy=True) if tol.shape != (B,) else xp.ascontiguousarray(tol)
@@ -363,18 +410,22 @@ class GMRES(LinearSolver):
                 else:
                     w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))
                 used += 1
+                w, sigma = _scaled_output(xp, w, j, sigma, active, shifted)
                 if not step(w, j):
                     break
         else:
             for j in range(m):
                 w = apply_A(V[:, j] if precondition is None else precondition(V[:, j]))
                 used += 1
+                w, sigma = _scaled_output(xp, w, j, sigma, active, shifted)
                 arnoldi_step(V, w, R, Q, beta, tol, k, live, broke, j, tiny_factor, shifted)
                 if not bool(live.any()):
                     break
         # least squares per sample: the upper-triangular k_i x k_i system (gmres_least_squares)
         least_squares = getattr(arnoldi_step, "least_squares", None) or get_kernel("gmres_least_squares", xp)
         y = least_squares(R, Q, beta, k, used)
+        if sigma is not None:                             # the update for A from the one for σ A
+            y = y * sigma[:, None].astype(y.dtype, copy=False)
         if prepare is not None:                           # the basis vectors each sample wrote, no others
             if x is not None and precondition is None:
                 dx = arnoldi_step.update_add(V, y, k, x)
@@ -385,3 +436,12 @@ class GMRES(LinearSolver):
         # the compiled step changes rows and columns <= j + 1 of Q at step j; the reference changes whole rows
         _give_back_workspace(xp, work, used + 1 if prepare is not None else m + 1)
         return dx, broke, used
+
+
+def _scaled_output(xp, w, j, sigma, active, shifted):
+    """``(σ w, σ)``: the operator output of step ``j`` for the cycle's scaled operator, the scales ``σ`` chosen at
+    its first step (:func:`_operator_scales`; none for the shifted operator ``I − B``, whose identity part is not
+    scaled). ``w`` itself is never written."""
+    if j == 0 and not shifted:
+        sigma = _operator_scales(xp, w, active)
+    return (w if sigma is None else w * sigma[:, None]), sigma
