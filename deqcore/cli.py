@@ -14,11 +14,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "ArgumentParser"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with a user error as one line on stderr (``prog: error: message``, no usage text) and
+    exit code 2; every command's parser is one."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m deqcore",
         description="Deep Equilibrium Models and the solvers under them, on NumPy and CuPy arrays.",
     )

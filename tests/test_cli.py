@@ -46,6 +46,26 @@ def test_bad_arguments_exit_2_with_one_line(args, capsys):
     assert stderr.strip().splitlines()[-1].startswith(("usage", "python -m deqcore")) or "error" in stderr
 
 
+@pytest.mark.parametrize("args, named", [
+    (["frobnicate"], "frobnicate"), (["demo", "--epochs", "0"], "--epochs"), (["demo", "--bogus"], "--bogus"),
+    (["demo", "--epochs", "x"], "--epochs"), (["demo", "--lr", "-1"], "--lr"),
+    (["demo", "--solvers", "--atol", "-1"], "--atol"), (["demo", "--solvers", "--bogus"], "--bogus"),
+    (["solve", "--max-steps", "-3"], "--max-steps"), (["solve", "--batch", "-2"], "--batch"),
+    (["solve", "--solver", "nope"], "--solver"), (["solve", "--atol", "-1"], "--atol"),
+    (["solve", "--workers", "2"], "--workers"), (["bench", "--bogus"], "--bogus"), (["bench", "--only", "zzz"], "zzz"),
+])
+def test_a_user_error_is_one_line_naming_the_argument(args, named, capsys):
+    try:
+        code = cli.main(args)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and captured.out == ""
+    assert len(lines) == 1 and "usage" not in lines[0] and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith("python -m deqcore") and "error" in lines[0] and named in lines[0]
+
+
 def test_solve_builtin_problem(capsys):
     from deqcore.demos import solve_cli
 

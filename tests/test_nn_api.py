@@ -306,3 +306,13 @@ def test_partial_pullback_of_conv_matches_the_full_pullback(rng):
     np.testing.assert_array_equal(got_x, dx)
     for got, want in zip(tree_leaves(got_params), tree_leaves(dparams), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_testmode_is_not_collected_as_a_test_but_its_doctest_runs():
+    import doctest
+
+    # pytest collects any function whose name starts with "test" (in core.py's doctest run, or a test module that
+    # imports it) unless its __test__ attribute is false
+    assert getattr(nn.testmode, "__test__", True) is False
+    [example] = doctest.DocTestFinder().find(nn.testmode, "testmode")
+    assert example.examples                    # its docstring's example is still collected as a doctest

@@ -8,13 +8,13 @@ the time.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 import deqcore as dq
 from .solve_cli import PROBLEMS
+from ..cli import ArgumentParser
 
 __all__ = ["main"]
 
@@ -32,7 +32,7 @@ def _row(name, solve, fn, fixed):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deqcore demo --solvers", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m deqcore demo --solvers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
     args = parser.parse_args(argv)
     if not 0 < args.atol < float("inf"):           # (NaN fails too)

@@ -9,7 +9,6 @@ table.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import pathlib
@@ -17,6 +16,8 @@ import platform
 import subprocess
 import sys
 import time
+
+from ..cli import ArgumentParser
 
 __all__ = ["main", "machine_description"]
 
@@ -117,7 +118,7 @@ def _find_benchmarks(root: pathlib.Path, only):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deqcore bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m deqcore bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="run the full sizes (default: each script's --quick)")
     parser.add_argument("--only", nargs="*", default=[], help="run only benchmarks whose name contains these words")
     parser.add_argument("--root", default=".", help="the repository root holding benchmarks/ (default: .)")

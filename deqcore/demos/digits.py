@@ -10,7 +10,6 @@ Run it with ``python -m deqcore demo`` (``--help`` lists the flags).
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 
 import deqcore as dq
 from deqcore import nn
+from deqcore.cli import ArgumentParser
 
 __all__ = ["main", "build_classifier", "load_digits_split", "train"]
 
@@ -167,7 +167,7 @@ def plot(history, curves, out_dir):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m deqcore demo",
+    parser = ArgumentParser(prog="python -m deqcore demo",
                                      description="Train a DEQ classifier on scikit-learn's digits data.")
     parser.add_argument("--solver", choices=sorted(SOLVERS), default="anderson", help="forward solver")
     parser.add_argument("--width", type=int, default=64, help="width of the equilibrium state (default 64)")

@@ -17,13 +17,13 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import runpy
 import time
 
 import numpy as np
 
 from .problems import PROBLEMS as CLASSIC
+from ..cli import ArgumentParser
 
 __all__ = ["main", "PROBLEMS", "SOLVER_NAMES"]
 
@@ -84,8 +84,8 @@ def _from_file(path, parser):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m deqcore solve", description=__doc__.split("\n\n")[0],
-                                     epilog="Built-in problems: " + ", ".join(PROBLEMS))
+    parser = ArgumentParser(prog="python -m deqcore solve", description=__doc__.split("\n\n")[0],
+                            epilog="Built-in problems: " + ", ".join(PROBLEMS))
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--problem", choices=sorted(PROBLEMS), default=None, help="a built-in problem (default deq)")
     source.add_argument("--file", help="a Python file defining fn(y) and y0 (and optionally batched = True)")

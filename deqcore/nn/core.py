@@ -398,6 +398,9 @@ def testmode(state):
     return _set_training(state, False)
 
 
+testmode.__test__ = False      # not a test: pytest would collect it by its name (in core.py's doctests, or on import)
+
+
 def trainmode(state):
     """A copy of ``state`` with every ``training`` flag on.
 

@@ -4,6 +4,9 @@ An optimiser is a frozen dataclass of settings; ``state = opt.init(params)`` and
 ``params, state = opt.update(grads, state, params)``. ``lr`` is a number or a schedule ``step -> lr``
 (step counts from 0). All arithmetic stays on the parameters' device.
 
+A gradient holding NaN or infinity is not applied: ``update`` then returns ``params`` and ``state`` unchanged
+and warns (a :class:`NonFiniteGradientWarning`); the next finite step is the one it would have been without it.
+
 >>> import numpy as np
 >>> from deqcore import nn
 >>> opt = nn.SGD(lr=0.1, momentum=0.9)
@@ -17,6 +20,7 @@ array([0.8])
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +28,11 @@ from .._checks import check_positive_int, check_tolerance
 from ..backend import get_namespace
 from .tree import tree_leaves, tree_map, tree_norm, tree_paths, zeros_like
 
-__all__ = ["SGD", "Adam", "AdamW", "clip_by_global_norm", "cosine_schedule"]
+__all__ = ["SGD", "Adam", "AdamW", "NonFiniteGradientWarning", "clip_by_global_norm", "cosine_schedule"]
+
+
+class NonFiniteGradientWarning(RuntimeWarning):
+    """An optimiser skipped an update because a gradient held NaN or infinity."""
 
 
 def _check_lr(lr):
@@ -81,6 +89,20 @@ def _check_grads(grads, params):
                             f"change the parameter's dtype; cast the gradient (g.astype(np.{p_dtype}))")
 
 
+def _skip_non_finite(grads) -> bool:
+    """True (with a warning) when a gradient leaf holds NaN or infinity: the update must leave the parameters and
+    the state as they are (one device-to-host transfer of a flag)."""
+    leaves = [g for g in tree_leaves(grads) if getattr(g, "size", 1)]
+    if not leaves:
+        return False
+    xp = get_namespace(*leaves)
+    if bool(xp.all(xp.stack([xp.isfinite(g).all() for g in leaves]))):
+        return False
+    warnings.warn("a gradient holds NaN or infinity: the update was skipped (params and optimiser state "
+                  "unchanged)", NonFiniteGradientWarning, stacklevel=3)
+    return True
+
+
 @dataclass(frozen=True)
 class SGD:
     """Stochastic gradient descent with optional (Nesterov) momentum, PyTorch's convention:
@@ -109,8 +131,11 @@ class SGD:
         return {"step": 0, "velocity": zeros_like(params) if self.momentum else None}
 
     def update(self, grads, state, params):
-        """``(new_params, new_state)``."""
+        """``(new_params, new_state)``; ``(params, state)`` unchanged, with a :class:`NonFiniteGradientWarning`,
+        when a gradient holds NaN or infinity."""
         _check_grads(grads, params)
+        if _skip_non_finite(grads):
+            return params, state
         lr = _lr_at(self.lr, state["step"])
         if not self.momentum:
             return tree_map(lambda p, g: p - lr * g, params, grads), {**state, "step": state["step"] + 1}
@@ -154,8 +179,11 @@ class Adam:
         return {"step": 0, "m": zeros_like(params), "v": zeros_like(params)}
 
     def update(self, grads, state, params):
-        """``(new_params, new_state)``."""
+        """``(new_params, new_state)``; ``(params, state)`` unchanged, with a :class:`NonFiniteGradientWarning`,
+        when a gradient holds NaN or infinity."""
         _check_grads(grads, params)
+        if _skip_non_finite(grads):
+            return params, state
         step = state["step"] + 1
         lr = _lr_at(self.lr, state["step"])
         b1, b2, eps, wd = self.b1, self.b2, self.eps, self.weight_decay
@@ -191,7 +219,8 @@ def clip_by_global_norm(grads, max_norm):
 
     A gradient holding NaN or infinity has a non-finite ``norm``: it comes back as zeros (with that ``norm``),
     never as NaN, so an update with it cannot poison the parameters (plain SGD leaves them unchanged; momentum
-    and Adam still move by their history). Check ``norm`` to skip such a step (``math.isfinite(float(norm))``).
+    and Adam still move by their history). Check ``norm`` to skip such a step (``math.isfinite(float(norm))``), or
+    pass the unclipped gradients to the optimiser's ``update``, which skips it.
 
     >>> import numpy as np
     >>> clipped, norm = clip_by_global_norm({"a": np.array([3.0, 4.0])}, 1.0)

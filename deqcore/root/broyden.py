@@ -26,12 +26,16 @@ from . import broyden_kernels  # noqa: F401  (registers broyden_dots and broyden
 
 __all__ = ["Broyden", "LimitedMemoryBroyden", "BroydenState"]
 
+#: the ring's slots at the start of a solve; a larger ``memory`` (or ``threshold``) grows it as the steps fill it
+#: (to at most twice the steps taken: ``memory=10**9`` allocates what the solve uses, not 10**9 slots)
+INITIAL_SLOTS = 256
+
 
 @dataclass
 class BroydenState(IterateState):
-    """Broyden's state besides the iterate ``y`` and ``f`` = F(y): the stored pairs ``U``, ``V`` (B, memory, n)
-    with F's inverse Jacobian ≈ −I + Σ uᵢ vᵢᵀ, ``count`` (B,) pairs stored per sample, ``k`` steps taken, the
-    next step ``s`` and the next iterate ``y_next`` = y + s."""
+    """Broyden's state besides the iterate ``y`` and ``f`` = F(y): the stored pairs ``U``, ``V`` (B, slots, n)
+    (slots ≤ ``memory``, grown as the steps need them) with F's inverse Jacobian ≈ −I + Σ uᵢ vᵢᵀ, ``count`` (B,)
+    pairs stored per sample, ``k`` steps taken, the next step ``s`` and the next iterate ``y_next`` = y + s."""
 
     U: Any = None
     V: Any = None
@@ -45,10 +49,15 @@ class _LowRankBroyden(RootSolver):
     """Shared mechanics; subclasses choose what happens when memory is full and on stagnation."""
 
     _limited = False
-    compactable = True
 
     def _capacity(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def compactable(self) -> bool:
+        """A ring that may grow during the solve cannot be scattered back into the one the driver kept for the
+        finished rows: the driver then runs all rows (the same results)."""
+        return self._capacity() <= INITIAL_SLOTS
 
     def _reset_factor(self) -> float:
         return np.inf
@@ -58,8 +67,9 @@ class _LowRankBroyden(RootSolver):
 
         U and V are two halves of one allocation: the C allocator then reuses the same memory solve after
         solve, where two separate arrays of a few MiB each get fresh pages every time (measured: their page
-        faults cost more than all the Broyden arithmetic of a short solve)."""
-        xp, m, (batch, n) = problem.xp, self._capacity(), y.shape
+        faults cost more than all the Broyden arithmetic of a short solve). The ring starts with
+        :data:`INITIAL_SLOTS` slots at most; :meth:`step` grows it when the steps fill it."""
+        xp, m, (batch, n) = problem.xp, min(self._capacity(), INITIAL_SLOTS), y.shape
         ring = xp.zeros((2, batch, m, n), dtype=y.dtype)
         return BroydenState(y, f, U=ring[0], V=ring[1], count=xp.zeros(batch, dtype=np.int64), k=0, s=f,
                             y_next=y + f)
@@ -73,11 +83,22 @@ class _LowRankBroyden(RootSolver):
         next step and iterate. Every per-sample decision stays on the device."""
         y, s = state.y_next, state.s
         f = problem.F(y)
+        if state.k >= state.U.shape[1] and state.U.shape[1] < self._capacity():
+            self._grow(problem.xp, state)
         kernel = get_kernel("broyden_step", problem.xp)
         state.y_next, state.s, state.U, state.V, state.count = kernel(
             state.U, state.V, y, f, state.f, s, state.count, state.k, self._limited, self._reset_factor())
         state.y, state.f, state.k = y, f, state.k + 1
         return state, None
+
+    def _grow(self, xp, state):
+        """Twice the slots (at most the capacity), the stored pairs kept in theirs: step k writes slot k and
+        ``count`` ≤ k, so while k < slots the ring holds exactly what a ring of the full capacity would, and the
+        kernels read only the filled slots (the same arithmetic, bit for bit)."""
+        batch, m, n = state.U.shape
+        ring = xp.zeros((2, batch, min(self._capacity(), max(2 * m, state.k + 1)), n), dtype=state.U.dtype)
+        ring[0, :, :m], ring[1, :, :m] = state.U, state.V
+        state.U, state.V = ring[0], ring[1]
 
     def learned(self, state) -> dict:
         """``inverse_jacobian``: (U, V) with F's inverse Jacobian ≈ −I + Σ uᵢ vᵢᵀ per sample."""
@@ -87,8 +108,8 @@ class _LowRankBroyden(RootSolver):
 @dataclass(frozen=True)
 class Broyden(_LowRankBroyden):
     """Good Broyden with a ring of the last ``memory`` rank-one updates (bounded memory: O(memory·n) per
-    sample, never O(max_steps)). The default memory is chosen from ``benchmarks/bench_root.py`` (see
-    ARCHITECTURE.md, "Constants set by measurement").
+    sample, and no more slots than the solve's steps fill beyond the first 256). The default memory is chosen
+    from ``benchmarks/bench_root.py`` (see ARCHITECTURE.md, "Constants set by measurement").
 
     >>> import numpy as np, deqcore as dq
     >>> sol = dq.root_find(lambda y: y ** 3 + y - np.array([2.0, 10.0]), np.ones(2), dq.Broyden(), atol=1e-10)
