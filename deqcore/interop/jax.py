@@ -88,7 +88,8 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
     Args:
         f: a JAX-traceable function ``f(z, args)`` returning an array shaped like z (same dtype).
         z0: start point (float32 or float64 array); no gradient flows to it.
-        args: any pytree of arrays f depends on; gradients flow to its floating leaves.
+        args: any pytree of arrays f depends on; gradients flow to its floating leaves (and to arrays f closes
+            over that an enclosing ``jax.grad`` or ``jax.jit`` traces).
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         atol, rtol, max_steps: the solve's tolerances and budget.
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
@@ -102,7 +103,7 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
 
     Unmapped, the whole array is one system; under ``jax.vmap`` each mapped sample is one system.
     """
-    solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine)
+    solve, z0, args = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine)
     return _run(solve, z0, args)
 
 
@@ -126,7 +127,7 @@ def fixed_point_solution(f: Callable, z0: Any, args: tuple = (), solver: RootSol
         raise ValueError("engine='host' cannot report return codes to JAX: fixed_point_solution needs "
                          "engine='xla' or 'auto' (its codes reach the host path as a RuntimeWarning or, with "
                          "throw=True, a dq.SolveError)")
-    solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=True)
+    solve, z0, args = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=True)
     return _run(solve, z0, args)
 
 
@@ -162,8 +163,9 @@ def _concrete_primal(x):
 
 
 def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False, codes=False):
-    """Validated options and ``(solve(z0, args), z0)`` for the chosen engine (``codes``: the host engine's
-    ``solve`` returning ``(z, codes)``, the return codes as z's dtype, see :func:`sharded_fixed_point`)."""
+    """Validated options and ``(solve(z0, args), z0, args)`` for the chosen engine (``codes``: the host engine's
+    ``solve`` returning ``(z, codes)``, the return codes as z's dtype, see :func:`sharded_fixed_point`); traced
+    values f closes over are moved into ``args`` (:func:`_hoist_closure`)."""
     check_callable(f, "f")
     f = _hashable(f)
     solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
@@ -186,11 +188,36 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
     if out.dtype != z0.dtype:
         raise TypeError(f"f must preserve the dtype of z: got {out.dtype} from {z0.dtype}")
     engine = choose_engine(engine, solver, adjoint, needs_xla=solution)
+    f, args = _hoist_closure(f, z0, args)
     if engine == "host":
-        return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw, codes)), z0
+        return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw, codes)), z0, args
     config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
                                   max_steps, throw, warn=not solution)
-    return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0
+    return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0, args
+
+
+def _hoist_closure(f, z0, args):
+    """``(f, args)``, or, when f closes over values a JAX transformation traces (an array differentiated by an
+    enclosing ``jax.grad``, a ``jax.jit`` argument), ``(g, (args, hoisted))`` with ``g(z, (args, hoisted)) =
+    f(z, args)``: the custom derivative sees them as arguments, so their gradients are the implicit ones (else
+    they would get none) and no tracer reaches the host engine's callbacks (``jax.closure_convert``)."""
+    converted, hoisted = jax.closure_convert(f, z0, args)
+    if not hoisted:
+        return f, args
+    return _Hoisted(converted), (args, tuple(hoisted))
+
+
+class _Hoisted:
+    """f closure-converted: ``g(z, (args, hoisted)) = f(z, args)`` (hashable by identity, for the per-f caches)."""
+
+    __slots__ = ("converted", "__weakref__")
+
+    def __init__(self, converted):
+        self.converted = converted
+
+    def __call__(self, z, args_and_hoisted):
+        args, hoisted = args_and_hoisted
+        return self.converted(z, args, *hoisted)
 
 
 class _ByIdentity:
@@ -602,8 +629,8 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     vmap_axes = jax.tree_util.tree_unflatten(treedef, flat_axes)
 
     def one(z, a):
-        solve_with_codes, z = _prepare(f, z, a, settings["solver"], settings["atol"], settings["rtol"],
-                                       settings["max_steps"], settings["adjoint"], False, "host", codes=True)
+        solve_with_codes, z, a = _prepare(f, z, a, settings["solver"], settings["atol"], settings["rtol"],
+                                          settings["max_steps"], settings["adjoint"], False, "host", codes=True)
         return solve_with_codes(z, a)
 
     def local(z_local, *arg_leaves):
