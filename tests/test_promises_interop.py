@@ -2,8 +2,8 @@
 implicit-function-theorem gradient, an unrolled autograd solve, central finite differences):
 
 * JAX: values f closes over that an enclosing ``jax.grad`` or ``jax.jit`` traces get the implicit gradient (they
-  are arguments of f as much as ``args`` are) on both engines; ``jit(grad)`` of two chained solves; nested
-  ``vmap``;
+  are arguments of f as much as ``args`` are) on both engines, and are refused by name by ``sharded_fixed_point``
+  (which needs them in ``args``); ``jit(grad)`` of two chained solves; nested ``vmap``;
 * torch: expanded and transposed inputs with ``requires_grad`` on some of them only; a NaN sample fails alone,
   the others' values and gradients unchanged; a forward under ``torch.no_grad``/``inference_mode`` has no graph.
 """
@@ -85,6 +85,20 @@ def test_jax_nested_vmap_solves_each_sample_as_its_own_system(jx):
     got = np.asarray(jax.vmap(jax.vmap(solve))(jnp.asarray(B)))
     want = [[_dense(W, B[i, j])[0] for j in range(3)] for i in range(2)]
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_jax_sharded_solve_refuses_a_traced_value_f_closes_over_by_name(jx):
+    jax, jnp, dqj = jx
+    mesh = jax.make_mesh((1,), ("b",))
+    W, _, _ = _map(5)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, N)))
+
+    def loss(W_):
+        f = lambda z, xx: jnp.tanh(W_ @ z + xx)
+        return dqj.sharded_fixed_point(f, jnp.zeros_like(x), x, mesh=mesh, **TIGHT).sum()
+
+    with pytest.raises(ValueError, match="closes over .* pass them there, marked None"):
+        jax.grad(loss)(jnp.asarray(W))
 
 
 # -------------------------------------------------------------------------------------------- torch adapter

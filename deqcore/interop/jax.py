@@ -572,6 +572,7 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     samples never gathered onto one host), and the implicit adjoint runs the same way; gradients of shared
     arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`; the
     engine is the host one (``engine="auto"`` or ``"host"``). The batch must split evenly over the devices.
+    Arrays f closes over that ``jax.grad`` or ``jax.jit`` traces must be passed in ``args`` (a ValueError says so).
     The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``. A failed solve raises
     ``dq.SolveError`` (under ``jax.jit``, JAX's error carrying its message), or warns once with ``throw=False``,
     naming the whole batch's codes: the devices share their codes first, so none is left waiting for a failed one.
@@ -617,6 +618,7 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
         if a == 0 and (len(np.shape(leaf)) < 1 or np.shape(leaf)[0] != batch):
             raise ValueError(f"args leaf {i} is per-sample (in_axes 0), so its leading axis must be z0's batch "
                              f"({batch}); got shape {tuple(np.shape(leaf))} (mark shared leaves None in in_axes)")
+    _refuse_traced_closure(f, z0, args, flat_axes)
     spec = [PartitionSpec(axis) if a == 0 else PartitionSpec() for a in flat_axes]
 
     def place(x, s):
@@ -645,6 +647,20 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
 
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(axis), *spec), out_specs=PartitionSpec(axis))
     return _run(mapped, z0, *leaves)         # (eagerly a failed solve is the dq.SolveError, as for fixed_point)
+
+
+def _refuse_traced_closure(f, z0, args, flat_axes):
+    """A ValueError when f closes over values a JAX transformation traces: inside ``shard_map`` they cannot be
+    moved into the arguments as :func:`fixed_point` does (f's traced form carries the mesh's axes)."""
+    if z0.shape[0] == 0:              # (an empty batch is refused by name further on)
+        return
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    sample = [jnp.asarray(leaf)[0] if a == 0 else leaf for leaf, a in zip(leaves, flat_axes)]
+    g, _ = _hoist_closure(_hashable(f), jnp.asarray(z0)[0], jax.tree_util.tree_unflatten(treedef, sample))
+    if isinstance(g, _Hoisted):
+        raise ValueError("f closes over values that jax.grad or jax.jit traces (e.g. a weight differentiated by "
+                         "an enclosing jax.grad); sharded_fixed_point needs them in args: pass them there, marked "
+                         "None (shared) in in_axes")
 
 
 def _fixed_point_defaults():
