@@ -2,7 +2,8 @@
 implicit-function-theorem gradient, an unrolled autograd solve, central finite differences):
 
 * JAX: values f closes over that an enclosing ``jax.grad`` or ``jax.jit`` traces get the implicit gradient (they
-  are arguments of f as much as ``args`` are) on both engines, and are refused by name by ``sharded_fixed_point``
+  are arguments of f as much as ``args`` are) on both engines, a vmapped one makes each sample its own system,
+  and they are refused by name by ``sharded_fixed_point``
   (which needs them in ``args``); ``jit(grad)`` of two chained solves; nested ``vmap``;
 * torch: expanded and transposed inputs with ``requires_grad`` on some of them only; a NaN sample fails alone,
   the others' values and gradients unchanged; a forward under ``torch.no_grad``/``inference_mode`` has no graph.
@@ -57,6 +58,17 @@ def test_jax_a_weight_f_closes_over_gets_the_implicit_gradient(jx, engine):
 
     grad = jax.grad(loss) if engine == "host" else jax.jit(jax.grad(loss))     # (the host engine: eagerly)
     np.testing.assert_allclose(np.asarray(grad(jnp.asarray(W))), want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("engine", ["host", "xla"])
+def test_jax_a_vmapped_value_f_closes_over_makes_each_sample_its_own_system(jx, engine):
+    jax, jnp, dqj = jx
+    scales = np.array([0.2, 0.6, 1.0])
+    W, b, _ = _map(6)
+    f_of = lambda s: (lambda z, bb: jnp.tanh(s * jnp.asarray(W) @ z + bb))     # s is the vmapped value
+    got = jax.vmap(lambda s: dqj.fixed_point(f_of(s), jnp.zeros(N), jnp.asarray(b), engine=engine, **TIGHT))(
+        jnp.asarray(scales))
+    np.testing.assert_allclose(np.asarray(got), [_dense(s * W, b)[0] for s in scales], rtol=1e-10, atol=1e-12)
 
 
 def test_jax_jit_grad_of_two_chained_solves_matches_finite_differences(jx):

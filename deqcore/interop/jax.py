@@ -89,7 +89,7 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
         f: a JAX-traceable function ``f(z, args)`` returning an array shaped like z (same dtype).
         z0: start point (float32 or float64 array); no gradient flows to it.
         args: any pytree of arrays f depends on; gradients flow to its floating leaves (and to arrays f closes
-            over that an enclosing ``jax.grad`` or ``jax.jit`` traces).
+            over that an enclosing ``jax.grad`` or ``jax.jit`` traces; one that ``jax.vmap`` maps is mapped as args).
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         atol, rtol, max_steps: the solve's tolerances and budget.
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
@@ -198,26 +198,43 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
 
 def _hoist_closure(f, z0, args):
     """``(f, args)``, or, when f closes over values a JAX transformation traces (an array differentiated by an
-    enclosing ``jax.grad``, a ``jax.jit`` argument), ``(g, (args, hoisted))`` with ``g(z, (args, hoisted)) =
-    f(z, args)``: the custom derivative sees them as arguments, so their gradients are the implicit ones (else
-    they would get none) and no tracer reaches the host engine's callbacks (``jax.closure_convert``)."""
-    converted, hoisted = jax.closure_convert(f, z0, args)
-    if not hoisted:
+    enclosing ``jax.grad``, a ``jax.jit`` argument, a ``jax.vmap``-ped value), ``(g, (args, hoisted))`` with
+    ``g(z, (args, hoisted)) = f(z, args)``: the custom derivative and vmap rules see them as arguments, so their
+    gradients are the implicit ones (else they would get none) and no tracer reaches the host engine's callbacks.
+    Outside any transformation there is nothing to hoist and f is not traced."""
+    if _top_level():
         return f, args
-    return _Hoisted(converted), (args, tuple(hoisted))
+    closed = jax.make_jaxpr(f)(z0, args)
+    traced = tuple(isinstance(c, jax.core.Tracer) for c in closed.consts)
+    if not any(traced):
+        return f, args
+    hoisted = tuple(c for c, t in zip(closed.consts, traced) if t)
+    return _Hoisted(closed.jaxpr, [None if t else c for c, t in zip(closed.consts, traced)], traced), (args, hoisted)
+
+
+def _top_level() -> bool:
+    """True when no JAX transformation is tracing (eager code): no value f closes over can then be a tracer."""
+    try:
+        from jax._src.core import trace_ctx
+        return bool(trace_ctx.is_top_level())
+    except (ImportError, AttributeError):       # pragma: no cover - another JAX: trace f every time
+        return False
 
 
 class _Hoisted:
-    """f closure-converted: ``g(z, (args, hoisted)) = f(z, args)`` (hashable by identity, for the per-f caches)."""
+    """f with its traced closed-over values as arguments: ``g(z, (args, hoisted)) = f(z, args)``, evaluating f's
+    jaxpr (hashable by identity, for the per-f caches)."""
 
-    __slots__ = ("converted", "__weakref__")
+    __slots__ = ("jaxpr", "kept", "traced", "__weakref__")
 
-    def __init__(self, converted):
-        self.converted = converted
+    def __init__(self, jaxpr, kept, traced):
+        self.jaxpr, self.kept, self.traced = jaxpr, kept, traced
 
     def __call__(self, z, args_and_hoisted):
         args, hoisted = args_and_hoisted
-        return self.converted(z, args, *hoisted)
+        values = iter(hoisted)
+        consts = [next(values) if t else c for c, t in zip(self.kept, self.traced)]
+        return jax.core.eval_jaxpr(self.jaxpr, consts, *jax.tree_util.tree_leaves((z, args)))[0]
 
 
 class _ByIdentity:
@@ -572,7 +589,7 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     samples never gathered onto one host), and the implicit adjoint runs the same way; gradients of shared
     arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`; the
     engine is the host one (``engine="auto"`` or ``"host"``). The batch must split evenly over the devices.
-    Arrays f closes over that ``jax.grad`` or ``jax.jit`` traces must be passed in ``args`` (a ValueError says so).
+    Arrays f closes over that a JAX transformation traces must be passed in ``args`` (a ValueError says so).
     The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``. A failed solve raises
     ``dq.SolveError`` (under ``jax.jit``, JAX's error carrying its message), or warns once with ``throw=False``,
     naming the whole batch's codes: the devices share their codes first, so none is left waiting for a failed one.
@@ -658,9 +675,9 @@ def _refuse_traced_closure(f, z0, args, flat_axes):
     sample = [jnp.asarray(leaf)[0] if a == 0 else leaf for leaf, a in zip(leaves, flat_axes)]
     g, _ = _hoist_closure(_hashable(f), jnp.asarray(z0)[0], jax.tree_util.tree_unflatten(treedef, sample))
     if isinstance(g, _Hoisted):
-        raise ValueError("f closes over values that jax.grad or jax.jit traces (e.g. a weight differentiated by "
-                         "an enclosing jax.grad); sharded_fixed_point needs them in args: pass them there, marked "
-                         "None (shared) in in_axes")
+        raise ValueError("f closes over values that a JAX transformation traces (e.g. a weight differentiated "
+                         "by an enclosing jax.grad, or a jax.jit argument); sharded_fixed_point needs them in args: "
+                         "pass them there, marked None (shared) in in_axes")
 
 
 def _fixed_point_defaults():
