@@ -88,7 +88,8 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
     Args:
         f: a JAX-traceable function ``f(z, args)`` returning an array shaped like z (same dtype).
         z0: start point (float32 or float64 array); no gradient flows to it.
-        args: any pytree of arrays f depends on; gradients flow to its floating leaves.
+        args: any pytree of arrays f depends on; gradients flow to its floating leaves (and to arrays f closes
+            over that an enclosing ``jax.grad`` or ``jax.jit`` traces; one that ``jax.vmap`` maps is mapped as args).
         solver: a deqcore fixed-point solver (default ``dq.Anderson()``).
         atol, rtol, max_steps: the solve's tolerances and budget.
         adjoint: ``dq.SteadyStateAdjoint(...)`` (default; it also solves forward-mode tangents) or
@@ -102,7 +103,7 @@ def fixed_point(f: Callable, z0: Any, args: tuple = (), solver: RootSolver | Non
 
     Unmapped, the whole array is one system; under ``jax.vmap`` each mapped sample is one system.
     """
-    solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine)
+    solve, z0, args = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine)
     return _run(solve, z0, args)
 
 
@@ -126,7 +127,7 @@ def fixed_point_solution(f: Callable, z0: Any, args: tuple = (), solver: RootSol
         raise ValueError("engine='host' cannot report return codes to JAX: fixed_point_solution needs "
                          "engine='xla' or 'auto' (its codes reach the host path as a RuntimeWarning or, with "
                          "throw=True, a dq.SolveError)")
-    solve, z0 = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=True)
+    solve, z0, args = _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=True)
     return _run(solve, z0, args)
 
 
@@ -162,8 +163,9 @@ def _concrete_primal(x):
 
 
 def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine, solution=False, codes=False):
-    """Validated options and ``(solve(z0, args), z0)`` for the chosen engine (``codes``: the host engine's
-    ``solve`` returning ``(z, codes)``, the return codes as z's dtype, see :func:`sharded_fixed_point`)."""
+    """Validated options and ``(solve(z0, args), z0, args)`` for the chosen engine (``codes``: the host engine's
+    ``solve`` returning ``(z, codes)``, the return codes as z's dtype, see :func:`sharded_fixed_point`); traced
+    values f closes over are moved into ``args`` (:func:`_hoist_closure`)."""
     check_callable(f, "f")
     f = _hashable(f)
     solver, atol, rtol, max_steps = check_options(solver, atol, rtol, max_steps)
@@ -186,11 +188,53 @@ def _prepare(f, z0, args, solver, atol, rtol, max_steps, adjoint, throw, engine,
     if out.dtype != z0.dtype:
         raise TypeError(f"f must preserve the dtype of z: got {out.dtype} from {z0.dtype}")
     engine = choose_engine(engine, solver, adjoint, needs_xla=solution)
+    f, args = _hoist_closure(f, z0, args)
     if engine == "host":
-        return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw, codes)), z0
+        return _implicit_fixed_point(f, _Config(solver, adjoint, atol, rtol, max_steps, throw, codes)), z0, args
     config = jax_xla.EngineConfig(jax_xla.forward_method(solver), jax_xla.linear_spec(adjoint), atol, rtol,
                                   max_steps, throw, warn=not solution)
-    return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0
+    return _jitted(jax_xla.implicit_fixed_point(f, config), solution), z0, args
+
+
+def _hoist_closure(f, z0, args):
+    """``(f, args)``, or, when f closes over values a JAX transformation traces (an array differentiated by an
+    enclosing ``jax.grad``, a ``jax.jit`` argument, a ``jax.vmap``-ped value), ``(g, (args, hoisted))`` with
+    ``g(z, (args, hoisted)) = f(z, args)``: the custom derivative and vmap rules see them as arguments, so their
+    gradients are the implicit ones (else they would get none) and no tracer reaches the host engine's callbacks.
+    Outside any transformation there is nothing to hoist and f is not traced."""
+    if _top_level():
+        return f, args
+    closed = jax.make_jaxpr(f)(z0, args)
+    traced = tuple(isinstance(c, jax.core.Tracer) for c in closed.consts)
+    if not any(traced):
+        return f, args
+    hoisted = tuple(c for c, t in zip(closed.consts, traced) if t)
+    return _Hoisted(closed.jaxpr, [None if t else c for c, t in zip(closed.consts, traced)], traced), (args, hoisted)
+
+
+def _top_level() -> bool:
+    """True when no JAX transformation is tracing (eager code): no value f closes over can then be a tracer."""
+    try:
+        from jax._src.core import trace_ctx
+        return bool(trace_ctx.is_top_level())
+    except (ImportError, AttributeError):       # pragma: no cover - another JAX: trace f every time
+        return False
+
+
+class _Hoisted:
+    """f with its traced closed-over values as arguments: ``g(z, (args, hoisted)) = f(z, args)``, evaluating f's
+    jaxpr (hashable by identity, for the per-f caches)."""
+
+    __slots__ = ("jaxpr", "kept", "traced", "__weakref__")
+
+    def __init__(self, jaxpr, kept, traced):
+        self.jaxpr, self.kept, self.traced = jaxpr, kept, traced
+
+    def __call__(self, z, args_and_hoisted):
+        args, hoisted = args_and_hoisted
+        values = iter(hoisted)
+        consts = [next(values) if t else c for c, t in zip(self.kept, self.traced)]
+        return jax.core.eval_jaxpr(self.jaxpr, consts, *jax.tree_util.tree_leaves((z, args)))[0]
 
 
 class _ByIdentity:
@@ -545,6 +589,7 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     samples never gathered onto one host), and the implicit adjoint runs the same way; gradients of shared
     arguments are summed over the devices by ``shard_map``. ``options`` are those of :func:`fixed_point`; the
     engine is the host one (``engine="auto"`` or ``"host"``). The batch must split evenly over the devices.
+    Arrays f closes over that a JAX transformation traces must be passed in ``args`` (a ValueError says so).
     The result equals ``jax.vmap(lambda z, a: fixed_point(f, z, a, **options))(z0, args)``. A failed solve raises
     ``dq.SolveError`` (under ``jax.jit``, JAX's error carrying its message), or warns once with ``throw=False``,
     naming the whole batch's codes: the devices share their codes first, so none is left waiting for a failed one.
@@ -590,6 +635,7 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
         if a == 0 and (len(np.shape(leaf)) < 1 or np.shape(leaf)[0] != batch):
             raise ValueError(f"args leaf {i} is per-sample (in_axes 0), so its leading axis must be z0's batch "
                              f"({batch}); got shape {tuple(np.shape(leaf))} (mark shared leaves None in in_axes)")
+    _refuse_traced_closure(f, z0, args, flat_axes)
     spec = [PartitionSpec(axis) if a == 0 else PartitionSpec() for a in flat_axes]
 
     def place(x, s):
@@ -602,8 +648,8 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
     vmap_axes = jax.tree_util.tree_unflatten(treedef, flat_axes)
 
     def one(z, a):
-        solve_with_codes, z = _prepare(f, z, a, settings["solver"], settings["atol"], settings["rtol"],
-                                       settings["max_steps"], settings["adjoint"], False, "host", codes=True)
+        solve_with_codes, z, a = _prepare(f, z, a, settings["solver"], settings["atol"], settings["rtol"],
+                                          settings["max_steps"], settings["adjoint"], False, "host", codes=True)
         return solve_with_codes(z, a)
 
     def local(z_local, *arg_leaves):
@@ -618,6 +664,20 @@ def sharded_fixed_point(f: Callable, z0: Any, args: tuple = (), *, mesh: Any, ax
 
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(axis), *spec), out_specs=PartitionSpec(axis))
     return _run(mapped, z0, *leaves)         # (eagerly a failed solve is the dq.SolveError, as for fixed_point)
+
+
+def _refuse_traced_closure(f, z0, args, flat_axes):
+    """A ValueError when f closes over values a JAX transformation traces: inside ``shard_map`` they cannot be
+    moved into the arguments as :func:`fixed_point` does (f's traced form carries the mesh's axes)."""
+    if z0.shape[0] == 0:              # (an empty batch is refused by name further on)
+        return
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    sample = [jnp.asarray(leaf)[0] if a == 0 else leaf for leaf, a in zip(leaves, flat_axes)]
+    g, _ = _hoist_closure(_hashable(f), jnp.asarray(z0)[0], jax.tree_util.tree_unflatten(treedef, sample))
+    if isinstance(g, _Hoisted):
+        raise ValueError("f closes over values that a JAX transformation traces (e.g. a weight differentiated "
+                         "by an enclosing jax.grad, or a jax.jit argument); sharded_fixed_point needs them in args: "
+                         "pass them there, marked None (shared) in in_axes")
 
 
 def _fixed_point_defaults():
