@@ -293,3 +293,32 @@ def test_linear_solve_reuses_the_lu_factors_it_returned():
         np.testing.assert_allclose(again.value[[0, 2]], want, rtol=1e-10, atol=1e-12)
     with pytest.raises(TypeError, match="LUFactorization: solve it with solver=dq.LU"):
         dq.linear_solve(first.learned["state"], b, dq.GMRES())
+
+
+# ------------------------------------------------------------------------- Newton and the trust region at any scale
+
+_SCALED_W = np.array([[0.5, 0.8, 0.1], [-0.7, 0.3, 0.4], [0.2, -0.6, 0.5]])
+
+
+@pytest.mark.parametrize("solver", [dq.NewtonRaphson(), dq.TrustRegion()], ids=["newton", "trust-region"])
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e20), (np.float32, 1e-20), (np.float64, 1e160),
+                                          (np.float64, 1e-160)])
+def test_newton_and_trust_region_solve_a_problem_posed_at_an_extreme_scale(solver, dtype, scale):
+    """F(y) = s·tanh(W y/s + 1) − y is the unit problem scaled by s: squares of its norms overflow (or underflow)
+    at s = 1e20 in float32 and 1e160 in float64, which stalled the line search and the dogleg; the root is s
+    times SciPy's root of the unit problem, reached in as many evaluations as at scale 1."""
+    from scipy.optimize import fsolve
+
+    W, s = _SCALED_W.astype(dtype), dtype(scale)
+    unit = fsolve(lambda z: np.tanh(_SCALED_W @ z + 1.0) - z, np.zeros(3), xtol=1e-14)
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    sols = {}
+    for k in (dtype(1), s):
+        fn = lambda y, k=k: k * np.tanh(y / k @ W.T + dtype(1)) - y
+        y0 = (k * np.array([0.1, -0.2, 0.3])).astype(dtype)
+        sol = sols[k] = dq.root_find(fn, y0, solver, atol=0.0, rtol=rtol, throw=False)
+        assert sol.result == dq.ReturnCode.SUCCESS and sol.value.dtype == dtype
+        assert np.abs(fn(sol.value)).max() <= rtol * np.abs(fn(y0)).max()      # the documented test (rtol part)
+        np.testing.assert_allclose(sol.value / k, unit, rtol=50 * rtol ** 0.5 if dtype == np.float32 else 1e-8)
+    assert sols[s].stats["nfev"] <= sols[dtype(1)].stats["nfev"] + 8
+
