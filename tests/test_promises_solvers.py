@@ -10,6 +10,8 @@ linear_solve, the default root-solver sequence on a non-finite residual. Referen
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -322,3 +324,35 @@ def test_newton_and_trust_region_solve_a_problem_posed_at_an_extreme_scale(solve
         np.testing.assert_allclose(sol.value / k, unit, rtol=50 * rtol ** 0.5 if dtype == np.float32 else 1e-8)
     assert sols[s].stats["nfev"] <= sols[dtype(1)].stats["nfev"] + 8
 
+
+# ------------------------------------------------------------------------- ODE states far from size 1
+
+ODE_METHODS = [dq.Tsit5(), dq.VCAB3(), dq.VCABM3(), dq.Radau(), dq.BDF(), dq.Rodas5P(), dq.Rodas4(), dq.Rodas3()]
+ODE_IDS = [type(m).__name__ for m in ODE_METHODS]
+
+
+@pytest.mark.parametrize("solver", ODE_METHODS, ids=ODE_IDS)
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e30), (np.float64, 1e250)])
+def test_a_decaying_ode_whose_state_is_large_but_finite_is_solved_not_diverged(solver, dtype, scale):
+    """A finite state above √max of its dtype (1.8e19 in float32, 1.3e154 in float64) was called DIVERGED after
+    the first accepted step, for integrate and steady_state alike, though the solution decays: the problem is
+    the unit problem scaled, and its solution is the scaled matrix exponential's."""
+    from scipy.linalg import expm
+
+    A = np.array([[-1.0, 2.0], [-2.0, -1.0]])
+    Ad, y0 = A.astype(dtype), (scale * np.array([1.0, 0.5])).astype(dtype)
+    rhs = lambda t, y: y @ Ad.T
+    sol = dq.integrate(rhs, y0, (0.0, 1.0), solver, atol=scale * 1e-6, rtol=1e-4, throw=False)
+    assert sol.result == dq.ReturnCode.SUCCESS and sol.value.dtype == dtype
+    np.testing.assert_allclose(sol.value / scale, expm(A) @ [1.0, 0.5], atol=3e-4)
+    steady = dq.steady_state(rhs, y0, solver, atol=0.0, rtol=1e-4, throw=False)
+    assert steady.result == dq.ReturnCode.SUCCESS
+    assert np.abs(rhs(0.0, steady.value)).max() <= 1e-4 * np.abs(rhs(0.0, y0)).max()
+
+
+@pytest.mark.parametrize("solver", [dq.Tsit5(), dq.Radau(), dq.Rodas5P()], ids=["Tsit5", "Radau", "Rodas5P"])
+def test_exponential_growth_past_the_square_root_of_the_largest_float_is_integrated(solver):
+    # y' = y over [0, 400]: e^400 ≈ 5.2e173 is a float64 number (SciPy's solve_ivp integrates it)
+    sol = dq.integrate(lambda t, y: y, np.ones(1), (0.0, 400.0), solver, atol=1e-8, rtol=1e-8, throw=False)
+    assert sol.result == dq.ReturnCode.SUCCESS
+    assert abs(sol.value[0] / math.exp(400.0) - 1.0) < 1e-4

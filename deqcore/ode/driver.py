@@ -65,8 +65,10 @@ class LoopResult:
 
 
 DIVERGED, DT_TOO_SMALL = int(ReturnCode.DIVERGED), int(ReturnCode.DT_TOO_SMALL)
-#: sqrt of the largest finite number of each state dtype (a state beyond it has diverged)
-_BIG = {np.dtype(dt): float(np.sqrt(np.finfo(dt).max)) for dt in (np.float32, np.float64)}
+#: an accepted state holding a value not below this has diverged: only an overflow (inf) or NaN. A finite state
+#: is a state, however large: a bound of √max (1.8e19 in float32) ended decaying problems posed at that scale, and
+#: growth to e^400 in float64, as DIVERGED; a blow-up still ends DT_TOO_SMALL or DIVERGED once its steps overflow
+_BIG = {np.dtype(dt): math.inf for dt in (np.float32, np.float64)}
 
 
 def row_absmax(ev: Evaluator, a):
