@@ -356,3 +356,14 @@ def test_exponential_growth_past_the_square_root_of_the_largest_float_is_integra
     sol = dq.integrate(lambda t, y: y, np.ones(1), (0.0, 400.0), solver, atol=1e-8, rtol=1e-8, throw=False)
     assert sol.result == dq.ReturnCode.SUCCESS
     assert abs(sol.value[0] / math.exp(400.0) - 1.0) < 1e-4
+
+
+def test_steady_state_takes_a_numpy_bool_for_batched_as_it_does_for_throw():
+    # a NumPy bool was refused with "batched must be a bool, got bool" (NumPy 2 names its type bool)
+    rhs = lambda t, u: 1.0 - u
+    want = dq.steady_state(rhs, np.zeros((2, 3)), batched=True, throw=True)
+    got = dq.steady_state(rhs, np.zeros((2, 3)), batched=np.True_, throw=np.True_)
+    assert got.result.tolist() == [0, 0] and np.array_equal(got.value, want.value)
+    assert np.abs(got.value - 1.0).max() <= 1e-4          # |f(u)| = |1 − u| ≤ rtol·|f(u0)| (atol 1e-6 + 1e-4)
+    with pytest.raises(TypeError, match="batched must be a bool, got str"):
+        dq.steady_state(rhs, np.zeros((2, 3)), batched="yes")

@@ -272,8 +272,7 @@ def steady_state(rhs: Callable, y0: Any, solver: ODEMethod | None = None, *, arg
     solver = VCABM3() if solver is None else solver
     given = {}
     xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps, raised=given)
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    batched = check_bool(batched, "batched")
     if batched and (y0.ndim < 1 or y0.shape[0] == 0 or y0.size == 0):
         raise ValueError(f"batched=True needs y0 with a leading batch axis and elements, got shape "
                          f"{tuple(y0.shape)}")
