@@ -367,3 +367,15 @@ def test_steady_state_takes_a_numpy_bool_for_batched_as_it_does_for_throw():
     assert np.abs(got.value - 1.0).max() <= 1e-4          # |f(u)| = |1 − u| ≤ rtol·|f(u0)| (atol 1e-6 + 1e-4)
     with pytest.raises(TypeError, match="batched must be a bool, got str"):
         dq.steady_state(rhs, np.zeros((2, 3)), batched="yes")
+
+
+@pytest.mark.parametrize("solver", ODE_METHODS, ids=ODE_IDS)
+def test_an_integration_that_accepts_no_step_reports_the_residual_at_its_start_not_nan(solver):
+    # dt0 far too large and max_steps=1: the one attempt is rejected and the solve ends MAX_STEPS at t0, where
+    # max|dy/dt| = 1000 (the residual read NaN, while steady_state reports max|f(u0)| in the same case)
+    rhs = lambda t, y: -1000.0 * (y - np.cos(10.0 * t))
+    sol = dq.integrate(rhs, np.zeros(2), (0.0, 10.0), solver, dt0=5.0, max_steps=1, atol=1e-12,
+                       rtol=1e-10, throw=False)
+    assert sol.result == dq.ReturnCode.MAX_STEPS and sol.stats["accepted"] == 0 and sol.t_final == 0.0
+    assert sol.residual == np.abs(rhs(0.0, np.zeros(2))).max() == 1000.0
+    np.testing.assert_array_equal(sol.value, np.zeros(2))
