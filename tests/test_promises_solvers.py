@@ -351,11 +351,31 @@ def test_a_decaying_ode_whose_state_is_large_but_finite_is_solved_not_diverged(s
 
 
 @pytest.mark.parametrize("solver", [dq.Tsit5(), dq.Radau(), dq.Rodas5P()], ids=["Tsit5", "Radau", "Rodas5P"])
-def test_exponential_growth_past_the_square_root_of_the_largest_float_is_integrated(solver):
-    # y' = y over [0, 400]: e^400 ≈ 5.2e173 is a float64 number (SciPy's solve_ivp integrates it)
-    sol = dq.integrate(lambda t, y: y, np.ones(1), (0.0, 400.0), solver, atol=1e-8, rtol=1e-8, throw=False)
+def test_a_runaway_is_growth_past_the_square_root_of_the_largest_float_times_the_start(solver):
+    # y' = y over [0, 40] from 1e140 reaches 2.4e157 (> √max = 1.3e154, called DIVERGED): a 2.4e17-fold growth,
+    # integrated; over [0, 400] from 1 it grows e^400-fold, past √max: a runaway, DIVERGED as before
+    sol = dq.integrate(lambda t, y: y, np.full(1, 1e140), (0.0, 40.0), solver, atol=1e130, rtol=1e-8, throw=False)
     assert sol.result == dq.ReturnCode.SUCCESS
-    assert abs(sol.value[0] / math.exp(400.0) - 1.0) < 1e-4
+    assert abs(sol.value[0] / (1e140 * math.exp(40.0)) - 1.0) < 1e-5
+    sol = dq.integrate(lambda t, y: y, np.ones(1), (0.0, 400.0), solver, atol=1e-8, rtol=1e-8, throw=False)
+    assert sol.result == dq.ReturnCode.DIVERGED and sol.t_final < 360.0
+
+
+@pytest.mark.parametrize("solver", [dq.Tsit5(), dq.VCABM3(), dq.Rodas5P()], ids=["Tsit5", "VCABM3", "Rodas5P"])
+def test_a_batched_steady_state_measures_each_sample_s_runaway_against_its_own_start(solver):
+    # float32 samples at 1e30 (decaying) and at 1 (running away): each ends as its own solve (Rosenbrock's
+    # finite-difference Jacobian, accurate to ~3e-4 in float32, may stop the decay at another accepted step)
+    rhs = lambda t, u: u * np.array([[-1.0], [1.0]], np.float32)
+    y0 = np.array([[1e30, 2e30], [1.0, 2.0]], np.float32)
+    sol = dq.steady_state(rhs, y0, solver, batched=True, atol=0.0, rtol=1e-3, max_steps=5000, throw=False)
+    assert sol.result[0] == dq.ReturnCode.SUCCESS and sol.result[1] == dq.ReturnCode.DIVERGED
+    for i, sign in enumerate((-1.0, 1.0)):
+        alone = dq.steady_state(lambda t, u: np.float32(sign) * u, y0[i], solver, atol=0.0, rtol=1e-3,
+                                max_steps=5000, throw=False)
+        assert int(alone.result) == int(sol.result[i])
+        if not isinstance(solver, dq.Rodas5P):
+            np.testing.assert_allclose(alone.value, sol.value[i], rtol=1e-6)
+    assert np.abs(rhs(0.0, sol.value)[0]).max() <= 1e-3 * np.abs(rhs(0.0, y0)[0]).max()
 
 
 def test_steady_state_takes_a_numpy_bool_for_batched_as_it_does_for_throw():
