@@ -4,8 +4,11 @@ ODE adjoints with an implicit adjoint solver and after a stiff forward solve (a 
 itself and the remedy), Jacobian sparsity patterns that miss true nonzeros (never a wrong SUCCESS), a user
 Jacobian given as a SciPy sparse matrix or in float32, a jac given to a method that never calls it (told, not
 dropped), batched linear solves with singular and non-finite samples and LU factors passed back to
-linear_solve, the default root-solver sequence on a non-finite residual. References: analytic solutions
-(matrix exponentials), SciPy's solve_ivp and dense float64 solves.
+linear_solve, the default root-solver sequence on a non-finite residual, Newton and the trust region on problems
+posed at 1e±20 (float32) and 1e±160 (float64), ODE states far from size 1 and the runaway bound relative to the
+start (batched: per sample), the residual of an integration that accepts no step, a NumPy bool for steady_state's
+batched. References: analytic solutions (matrix exponentials), SciPy's solve_ivp and fsolve, dense float64
+solves.
 """
 
 from __future__ import annotations
