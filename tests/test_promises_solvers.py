@@ -4,11 +4,16 @@ ODE adjoints with an implicit adjoint solver and after a stiff forward solve (a 
 itself and the remedy), Jacobian sparsity patterns that miss true nonzeros (never a wrong SUCCESS), a user
 Jacobian given as a SciPy sparse matrix or in float32, a jac given to a method that never calls it (told, not
 dropped), batched linear solves with singular and non-finite samples and LU factors passed back to
-linear_solve, the default root-solver sequence on a non-finite residual. References: analytic solutions
-(matrix exponentials), SciPy's solve_ivp and dense float64 solves.
+linear_solve, the default root-solver sequence on a non-finite residual, Newton and the trust region on problems
+posed at 1e±20 (float32) and 1e±160 (float64), ODE states far from size 1 and the runaway bound relative to the
+start (batched: per sample), the residual of an integration that accepts no step, a NumPy bool for steady_state's
+batched. References: analytic solutions (matrix exponentials), SciPy's solve_ivp and fsolve, dense float64
+solves.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -293,3 +298,107 @@ def test_linear_solve_reuses_the_lu_factors_it_returned():
         np.testing.assert_allclose(again.value[[0, 2]], want, rtol=1e-10, atol=1e-12)
     with pytest.raises(TypeError, match="LUFactorization: solve it with solver=dq.LU"):
         dq.linear_solve(first.learned["state"], b, dq.GMRES())
+
+
+# ------------------------------------------------------------------------- Newton and the trust region at any scale
+
+_SCALED_W = np.array([[0.5, 0.8, 0.1], [-0.7, 0.3, 0.4], [0.2, -0.6, 0.5]])
+
+
+@pytest.mark.parametrize("solver", [dq.NewtonRaphson(), dq.TrustRegion()], ids=["newton", "trust-region"])
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e20), (np.float32, 1e-20), (np.float64, 1e160),
+                                          (np.float64, 1e-160)])
+def test_newton_and_trust_region_solve_a_problem_posed_at_an_extreme_scale(solver, dtype, scale):
+    """F(y) = s·tanh(W y/s + 1) − y is the unit problem scaled by s: squares of its norms overflow (or underflow)
+    at s = 1e20 in float32 and 1e160 in float64, which stalled the line search and the dogleg; the root is s
+    times SciPy's root of the unit problem, reached in as many evaluations as at scale 1."""
+    from scipy.optimize import fsolve
+
+    W, s = _SCALED_W.astype(dtype), dtype(scale)
+    unit = fsolve(lambda z: np.tanh(_SCALED_W @ z + 1.0) - z, np.zeros(3), xtol=1e-14)
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    sols = {}
+    for k in (dtype(1), s):
+        fn = lambda y, k=k: k * np.tanh(y / k @ W.T + dtype(1)) - y
+        y0 = (k * np.array([0.1, -0.2, 0.3])).astype(dtype)
+        sol = sols[k] = dq.root_find(fn, y0, solver, atol=0.0, rtol=rtol, throw=False)
+        assert sol.result == dq.ReturnCode.SUCCESS and sol.value.dtype == dtype
+        assert np.abs(fn(sol.value)).max() <= rtol * np.abs(fn(y0)).max()      # the documented test (rtol part)
+        np.testing.assert_allclose(sol.value / k, unit, rtol=50 * rtol ** 0.5 if dtype == np.float32 else 1e-8)
+    assert sols[s].stats["nfev"] <= sols[dtype(1)].stats["nfev"] + 8
+
+
+# ------------------------------------------------------------------------- ODE states far from size 1
+
+ODE_METHODS = [dq.Tsit5(), dq.VCAB3(), dq.VCABM3(), dq.Radau(), dq.BDF(), dq.Rodas5P(), dq.Rodas4(), dq.Rodas3()]
+ODE_IDS = [type(m).__name__ for m in ODE_METHODS]
+
+
+@pytest.mark.parametrize("solver", ODE_METHODS, ids=ODE_IDS)
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e30), (np.float64, 1e250)])
+def test_a_decaying_ode_whose_state_is_large_but_finite_is_solved_not_diverged(solver, dtype, scale):
+    """A finite state above √max of its dtype (1.8e19 in float32, 1.3e154 in float64) was called DIVERGED after
+    the first accepted step, for integrate and steady_state alike, though the solution decays: the problem is
+    the unit problem scaled, and its solution is the scaled matrix exponential's."""
+    from scipy.linalg import expm
+
+    A = np.array([[-1.0, 2.0], [-2.0, -1.0]])
+    Ad, y0 = A.astype(dtype), (scale * np.array([1.0, 0.5])).astype(dtype)
+    rhs = lambda t, y: y @ Ad.T
+    sol = dq.integrate(rhs, y0, (0.0, 1.0), solver, atol=scale * 1e-6, rtol=1e-4, throw=False)
+    assert sol.result == dq.ReturnCode.SUCCESS and sol.value.dtype == dtype
+    np.testing.assert_allclose(sol.value / scale, expm(A) @ [1.0, 0.5], atol=3e-4)
+    steady = dq.steady_state(rhs, y0, solver, atol=0.0, rtol=1e-4, throw=False)
+    assert steady.result == dq.ReturnCode.SUCCESS
+    assert np.abs(rhs(0.0, steady.value)).max() <= 1e-4 * np.abs(rhs(0.0, y0)).max()
+
+
+@pytest.mark.parametrize("solver", [dq.Tsit5(), dq.Radau(), dq.Rodas5P()], ids=["Tsit5", "Radau", "Rodas5P"])
+def test_a_runaway_is_growth_past_the_square_root_of_the_largest_float_times_the_start(solver):
+    # y' = y over [0, 40] from 1e140 reaches 2.4e157 (> √max = 1.3e154, called DIVERGED): a 2.4e17-fold growth,
+    # integrated; over [0, 400] from 1 it grows e^400-fold, past √max: a runaway, DIVERGED as before
+    sol = dq.integrate(lambda t, y: y, np.full(1, 1e140), (0.0, 40.0), solver, atol=1e130, rtol=1e-8, throw=False)
+    assert sol.result == dq.ReturnCode.SUCCESS
+    assert abs(sol.value[0] / (1e140 * math.exp(40.0)) - 1.0) < 1e-5
+    sol = dq.integrate(lambda t, y: y, np.ones(1), (0.0, 400.0), solver, atol=1e-8, rtol=1e-8, throw=False)
+    assert sol.result == dq.ReturnCode.DIVERGED and sol.t_final < 360.0
+
+
+@pytest.mark.parametrize("solver", [dq.Tsit5(), dq.VCABM3(), dq.Rodas5P()], ids=["Tsit5", "VCABM3", "Rodas5P"])
+def test_a_batched_steady_state_measures_each_sample_s_runaway_against_its_own_start(solver):
+    # float32 samples at 1e30 (decaying) and at 1 (running away): each ends as its own solve (Rosenbrock's
+    # finite-difference Jacobian, accurate to ~3e-4 in float32, may stop the decay at another accepted step)
+    rhs = lambda t, u: u * np.array([[-1.0], [1.0]], np.float32)
+    y0 = np.array([[1e30, 2e30], [1.0, 2.0]], np.float32)
+    sol = dq.steady_state(rhs, y0, solver, batched=True, atol=0.0, rtol=1e-3, max_steps=5000, throw=False)
+    assert sol.result[0] == dq.ReturnCode.SUCCESS and sol.result[1] == dq.ReturnCode.DIVERGED
+    for i, sign in enumerate((-1.0, 1.0)):
+        alone = dq.steady_state(lambda t, u: np.float32(sign) * u, y0[i], solver, atol=0.0, rtol=1e-3,
+                                max_steps=5000, throw=False)
+        assert int(alone.result) == int(sol.result[i])
+        if not isinstance(solver, dq.Rodas5P):
+            np.testing.assert_allclose(alone.value, sol.value[i], rtol=1e-6)
+    assert np.abs(rhs(0.0, sol.value)[0]).max() <= 1e-3 * np.abs(rhs(0.0, y0)[0]).max()
+
+
+def test_steady_state_takes_a_numpy_bool_for_batched_as_it_does_for_throw():
+    # a NumPy bool was refused with "batched must be a bool, got bool" (NumPy 2 names its type bool)
+    rhs = lambda t, u: 1.0 - u
+    want = dq.steady_state(rhs, np.zeros((2, 3)), batched=True, throw=True)
+    got = dq.steady_state(rhs, np.zeros((2, 3)), batched=np.True_, throw=np.True_)
+    assert got.result.tolist() == [0, 0] and np.array_equal(got.value, want.value)
+    assert np.abs(got.value - 1.0).max() <= 1e-4          # |f(u)| = |1 − u| ≤ rtol·|f(u0)| (atol 1e-6 + 1e-4)
+    with pytest.raises(TypeError, match="batched must be a bool, got str"):
+        dq.steady_state(rhs, np.zeros((2, 3)), batched="yes")
+
+
+@pytest.mark.parametrize("solver", ODE_METHODS, ids=ODE_IDS)
+def test_an_integration_that_accepts_no_step_reports_the_residual_at_its_start_not_nan(solver):
+    # dt0 far too large and max_steps=1: the one attempt is rejected and the solve ends MAX_STEPS at t0, where
+    # max|dy/dt| = 1000 (the residual read NaN, while steady_state reports max|f(u0)| in the same case)
+    rhs = lambda t, y: -1000.0 * (y - np.cos(10.0 * t))
+    sol = dq.integrate(rhs, np.zeros(2), (0.0, 10.0), solver, dt0=5.0, max_steps=1, atol=1e-12,
+                       rtol=1e-10, throw=False)
+    assert sol.result == dq.ReturnCode.MAX_STEPS and sol.stats["accepted"] == 0 and sol.t_final == 0.0
+    assert sol.residual == np.abs(rhs(0.0, np.zeros(2))).max() == 1000.0
+    np.testing.assert_array_equal(sol.value, np.zeros(2))

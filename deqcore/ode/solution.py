@@ -90,9 +90,9 @@ class ODESolution:
     @property
     def residual(self) -> float:
         """``max|dy/dt|`` at :attr:`t_final` (as ``Solution.residual`` of a steady-state solve)."""
-        if not self.steps:
-            return float("nan")
-        return float(abs(self.steps[-1].f1).max())
+        if self.steps:
+            return float(abs(self.steps[-1].f1).max())
+        return float("nan") if self._f_start is None else float(abs(self._f_start).max())   # no step accepted
 
     def __call__(self, t):
         """Dense output at a time or a 1-D array of times inside the integrated span (stacked on axis 0)."""
@@ -146,6 +146,7 @@ class ODESolution:
     _stack: Callable = field(default=None, repr=False)
     _ends: Any = field(default=None, repr=False)
     _final: Any = field(default=None, repr=False)
+    _f_start: Any = field(default=None, repr=False)       # dy/dt at t0 (the residual when no step was accepted)
 
     def failure_message(self) -> str | None:
         """What failed and what to try (ODE advice), or None on success."""

@@ -200,6 +200,8 @@ def integrate(rhs: Callable, y0: Any, t_span: Sequence[float] | np.ndarray, solv
         sol = ODESolution(reached, None, code, stats, problem, out.steps, y0, tableau, xp.stack)
         ts, ys = reached, (sol(reached) if reached.size else xp.empty((0,) + y0.shape, dtype=y0.dtype))
     sol = ODESolution(ts, ys, code, stats, problem, out.steps, y0, tableau, xp.stack)
+    if not out.steps:
+        sol._f_start = out.f
     if throw and code != ReturnCode.SUCCESS:
         sol.raise_if_failed()
     return sol
@@ -272,8 +274,7 @@ def steady_state(rhs: Callable, y0: Any, solver: ODEMethod | None = None, *, arg
     solver = VCABM3() if solver is None else solver
     given = {}
     xp, atol, rtol, max_steps = _check_common(rhs, y0, solver, args, atol, rtol, max_steps, raised=given)
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    batched = check_bool(batched, "batched")
     if batched and (y0.ndim < 1 or y0.shape[0] == 0 or y0.size == 0):
         raise ValueError(f"batched=True needs y0 with a leading batch axis and elements, got shape "
                          f"{tuple(y0.shape)}")

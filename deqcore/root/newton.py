@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import InitVar, dataclass
 from typing import Any
 
+import numpy as np
+
 from .._checks import check_choice, check_positive_int, check_tolerance
 from ..linalg import GMRES, LU, LinearOperator
 from ..results import ReturnCode
@@ -29,6 +31,22 @@ def _sq(a):
     return (a * a).sum(axis=1)
 
 
+def _norm(xp, a):
+    """Euclidean norm per row, formed from the rows scaled by their max-norm: ``a * a`` overflows for entries
+    above √max (1.8e19 in float32, 1.3e154 in float64) and underflows below √tiny, so a problem posed at that
+    scale would see infinite or zero norms. Non-finite rows give a non-finite norm."""
+    m = xp.abs(a).max(axis=1)
+    safe = xp.where((m > 0) & xp.isfinite(m), m, 1)
+    return xp.where(xp.isfinite(m), m * xp.sqrt(_sq(a / safe[:, None])), m + xp.inf)
+
+
+def _cauchy(xp, g, Jg):
+    """The steepest-descent minimiser of ½‖F + J p‖² along −g: −g·‖g‖²/‖Jg‖² (ratios of scaled norms)."""
+    g_norm, jg_norm = _norm(xp, g), _norm(xp, Jg)
+    ratio = g_norm / xp.where(jg_norm > 0, jg_norm, 1)
+    return -g * xp.where(jg_norm > 0, ratio * ratio, 0)[:, None]
+
+
 def _dense_step(xp, J, f):
     """Solve J δ = −f by LU; singular samples get the Cauchy (steepest-descent) step of ½‖F‖² instead."""
     factors = LU().factor(J)
@@ -36,9 +54,7 @@ def _dense_step(xp, J, f):
     singular = xp.asarray(factors.singular).reshape(-1)
     if bool(singular.any()):
         g = xp.matmul(xp.swapaxes(J, 1, 2), f[:, :, None])[:, :, 0]
-        Jg = xp.matmul(J, g[:, :, None])[:, :, 0]
-        cauchy = -g * (_sq(g) / xp.maximum(_sq(Jg), 1e-300))[:, None]
-        delta = xp.where(singular[:, None], cauchy, delta)
+        delta = xp.where(singular[:, None], _cauchy(xp, g, xp.matmul(J, g[:, :, None])[:, :, 0]), delta)
     return delta, factors
 
 
@@ -51,11 +67,13 @@ class NewtonState(IterateState):
 
 @dataclass
 class TrustRegionState(IterateState):
-    """The dogleg's state: per-sample radius (B,), the dense Jacobian at y (B, n, n), its last LU factors."""
+    """The dogleg's state: per-sample radius (B,) and its cap (B,), the dense Jacobian at y (B, n, n), its last LU
+    factors."""
 
     radius: Any = None
     J: Any = None
     factors: Any = None
+    max_radius: Any = None
 
 
 @dataclass(frozen=True)
@@ -121,18 +139,21 @@ class NewtonRaphson(RootSolver):
         return state, failed
 
     def _backtrack(self, problem, y, f, delta):
-        """Armijo backtracking per sample: accept t when ‖F(y + tδ)‖² ≤ (1 − 2·1e-4·t)‖F(y)‖²."""
+        """Armijo backtracking per sample: accept t when ‖F(y + tδ)‖² ≤ (1 − 2·1e-4·t)‖F(y)‖² (norms relative to
+        ‖F(y)‖, so the test reads the same at any scale of F)."""
         xp = problem.xp
-        phi0 = _sq(f)
+        norm0 = _norm(xp, f)
+        unit = xp.where(norm0 > 0, norm0, 1)
         t = xp.ones(y.shape[0], dtype=y.dtype)
         accepted = xp.zeros(y.shape[0], dtype=bool)
-        y_best, f_best = y, f
+        y_best, f_best, phi_best = y, f, xp.where(norm0 > 0, 1.0, 0.0)
         for _ in range(self.max_backtracks + 1):
             trial = y + t[:, None] * delta
             f_trial = problem.F(trial)
-            phi = _sq(f_trial)
-            ok = ~accepted & xp.isfinite(phi) & (phi <= (1 - 2e-4 * t) * phi0)
-            take = ok | (~accepted & xp.isfinite(phi) & (phi < _sq(f_best)))
+            phi = (_norm(xp, f_trial) / unit) ** 2
+            ok = ~accepted & xp.isfinite(phi) & (phi <= 1 - 2e-4 * t)
+            take = ok | (~accepted & xp.isfinite(phi) & (phi < phi_best))
+            phi_best = xp.where(take, phi, phi_best)
             y_best = xp.where(take[:, None], trial, y_best)
             f_best = xp.where(take[:, None], f_trial, f_best)
             accepted = accepted | ok
@@ -152,7 +173,8 @@ class TrustRegion(RootSolver):
 
     The radius shrinks to a quarter of the step when the model predicts badly (ρ < 1/4) and doubles, up to
     ``max_radius``, when it predicts well (ρ > 3/4) and the step reached the boundary; steps with ρ ≤ ``eta``
-    are rejected. The first radius is ``initial_radius``·max(1, ‖y0‖).
+    are rejected. The first radius is ``initial_radius``·max(1, ‖y0‖), its cap ``max_radius``·max(1, ‖y0‖); the
+    model's reductions are measured relative to ‖F(y)‖², so the iteration reads the same at any scale of y and F.
 
     >>> import numpy as np, deqcore as dq
     >>> fn = lambda y: np.array([10.0 * (y[1] - y[0] ** 2), 1.0 - y[0]])      # Rosenbrock's root (1, 1)
@@ -174,46 +196,48 @@ class TrustRegion(RootSolver):
 
     def init(self, problem, y, f) -> TrustRegionState:
         xp = problem.xp
-        radius = self.initial_radius * xp.maximum(xp.sqrt(_sq(y)), 1.0)
-        return TrustRegionState(y, f, radius=radius, J=problem.jacobian(y, f))
+        scale = xp.maximum(_norm(xp, y), 1.0)
+        return TrustRegionState(y, f, radius=self.initial_radius * scale, J=problem.jacobian(y, f),
+                                max_radius=self.max_radius * scale)
 
     def step(self, problem, state: TrustRegionState):
         xp = problem.xp
         y, f, J, radius = state.y, state.f, state.J, state.radius
         gauss_newton, state.factors = _dense_step(xp, J, f)
         g = xp.matmul(xp.swapaxes(J, 1, 2), f[:, :, None])[:, :, 0]
-        Jg = xp.matmul(J, g[:, :, None])[:, :, 0]
-        cauchy = -g * (_sq(g) / xp.maximum(_sq(Jg), 1e-300))[:, None]
+        cauchy = _cauchy(xp, g, xp.matmul(J, g[:, :, None])[:, :, 0])
         p = self._dogleg(xp, gauss_newton, cauchy, g, radius)
         y_trial = y + p
         f_trial = problem.F(y_trial)
         model = f + xp.matmul(J, p[:, :, None])[:, :, 0]
-        predicted = _sq(f) - _sq(model)
-        actual = _sq(f) - _sq(f_trial)
+        # reductions of ‖F‖² relative to ‖F(y)‖² (squares of raw norms overflow or underflow at extreme scales)
+        unit = _norm(xp, f)
+        unit = xp.where(unit > 0, unit, 1)
+        predicted = 1 - (_norm(xp, model) / unit) ** 2
+        actual = 1 - (_norm(xp, f_trial) / unit) ** 2
         rho = xp.where(predicted > 0, actual / xp.where(predicted > 0, predicted, 1), -1.0)
         rho = xp.where(xp.isfinite(rho), rho, -1.0)
-        step_norm = xp.sqrt(_sq(p))
+        step_norm = _norm(xp, p)
         radius = xp.where(rho < 0.25, 0.25 * step_norm,
                           xp.where((rho > 0.75) & (step_norm >= 0.99 * radius),
-                                   xp.minimum(2 * radius, self.max_radius), radius))
+                                   xp.minimum(2 * radius, state.max_radius), radius))
         accept = (rho > self.eta)[:, None]
         state.y = xp.where(accept, y_trial, y)
         state.f = xp.where(accept, f_trial, f)
-        state.radius = xp.maximum(radius, 1e-300)
+        state.radius = xp.maximum(radius, float(np.finfo(y.dtype).tiny))
         if bool(accept.any()):
             state.J = xp.where(accept[:, :, None], problem.jacobian(state.y, state.f, adapt=accept[:, 0]), J)
         return state, None
 
     @staticmethod
     def _dogleg(xp, gauss_newton, cauchy, g, radius):
-        gn_norm, c_norm = xp.sqrt(_sq(gauss_newton)), xp.sqrt(_sq(cauchy))
-        g_norm = xp.maximum(xp.sqrt(_sq(g)), 1e-300)
-        boundary_sd = -g * (radius / g_norm)[:, None]
-        # τ ∈ [0, 1] with ‖c + τ(gn − c)‖ = radius
-        d = gauss_newton - cauchy
-        a, b, c = _sq(d), 2 * (cauchy * d).sum(axis=1), _sq(cauchy) - radius ** 2
+        gn_norm, c_norm, g_norm = _norm(xp, gauss_newton), _norm(xp, cauchy), _norm(xp, g)
+        boundary_sd = -g * (radius / xp.where(g_norm > 0, g_norm, 1))[:, None]
+        # τ ∈ [0, 1] with ‖c + τ(gn − c)‖ = radius, in units of the radius (no squares of raw lengths)
+        d, c_unit = (gauss_newton - cauchy) / radius[:, None], cauchy / radius[:, None]
+        a, b, c = _sq(d), 2 * (c_unit * d).sum(axis=1), _sq(c_unit) - 1
         disc = xp.sqrt(xp.maximum(b * b - 4 * a * c, 0))
-        tau = xp.clip((-b + disc) / xp.maximum(2 * a, 1e-300), 0, 1)
-        between = cauchy + tau[:, None] * d
+        tau = xp.clip((-b + disc) / xp.where(a > 0, 2 * a, 1), 0, 1)
+        between = cauchy + tau[:, None] * (gauss_newton - cauchy)
         return xp.where((gn_norm <= radius)[:, None], gauss_newton,
                         xp.where((c_norm >= radius)[:, None], boundary_sd, between))
