@@ -84,12 +84,15 @@ def check_bool(value, name: str) -> bool:
 
     >>> check_bool(True, "throw")
     True
+    >>> import numpy as np
+    >>> check_bool(np.True_, "throw")
+    True
     >>> check_bool("False", "throw")
     Traceback (most recent call last):
     ...
     TypeError: throw must be True or False, got str
     """
-    if value is True or value is False or type(value).__name__ == "bool_":
+    if value is True or value is False or isinstance(value, np.bool_):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
 

@@ -402,3 +402,13 @@ def test_an_integration_that_accepts_no_step_reports_the_residual_at_its_start_n
     assert sol.result == dq.ReturnCode.MAX_STEPS and sol.stats["accepted"] == 0 and sol.t_final == 0.0
     assert sol.residual == np.abs(rhs(0.0, np.zeros(2))).max() == 1000.0
     np.testing.assert_array_equal(sol.value, np.zeros(2))
+
+
+def test_numpy_bools_are_taken_for_throw_and_batched_by_the_root_entry_points():
+    """NumPy 2's bool type is named 'bool' (was refused: 'must be True or False, got bool')."""
+    import deqcore as dq
+
+    sol = dq.fixed_point(lambda z: 0.5 * z + 1.0, np.zeros(2), throw=np.True_, batched=np.False_)
+    np.testing.assert_allclose(sol.value, [2.0, 2.0], rtol=1e-5)
+    with pytest.raises(TypeError, match="throw must be True or False, got int"):
+        dq.fixed_point(lambda z: 0.5 * z, np.zeros(2), throw=1)
