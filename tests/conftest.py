@@ -80,6 +80,14 @@ def pytest_sessionfinish(session):
         module.stop_early()
 
 
+@pytest.fixture(scope="module")
+def tc():
+    """(torch, deqcore.interop.torch), or the test is skipped without torch."""
+    torch = pytest.importorskip("torch")
+    from deqcore.interop import torch as dqt
+    return torch, dqt
+
+
 @pytest.fixture
 def rng():
     """A seeded NumPy generator."""

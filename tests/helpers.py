@@ -74,6 +74,14 @@ def steady_state_rhs(rng, batch, n, contraction=0.8, xp=np):
     return lambda t, z: f(z) - z
 
 
+def unrolled(f, x, z0, steps: int):
+    """z after ``steps`` plain iterations z = f(z, x) (a reference that autograd can differentiate)."""
+    z = z0
+    for _ in range(steps):
+        z = f(z, x)
+    return z
+
+
 def on(xp, args):
     """Fresh copies of ``args`` with the arrays on ``xp`` (other values as they are): kernels may write into
     their arguments."""

@@ -16,22 +16,9 @@ import pytest
 
 import deqcore as dq
 from deqcore import nn
+from tests.helpers import unrolled
 
 # --------------------------------------------------------------------------------------------- torch adapter
-
-
-@pytest.fixture(scope="module")
-def tc():
-    torch = pytest.importorskip("torch")
-    from deqcore.interop import torch as dqt
-    return torch, dqt
-
-
-def _unrolled(f, x, z0, steps=200):
-    z = z0
-    for _ in range(steps):
-        z = f(z, x)
-    return z
 
 
 def test_torch_compile_runs_the_deq_and_the_torch_layer_with_the_eager_gradients(tc):
@@ -48,7 +35,7 @@ def test_torch_compile_runs_the_deq_and_the_torch_layer_with_the_eager_gradients
     params = [*cell.parameters(), *encoder.parameters()]
     value = torch.compile(loss, backend="eager")(x)
     compiled = torch.autograd.grad(value, params)
-    reference = torch.autograd.grad(_unrolled(cell, torch.sin(encoder(x)), torch.zeros(5, 4, dtype=torch.float64))
+    reference = torch.autograd.grad(unrolled(cell, torch.sin(encoder(x)), torch.zeros(5, 4, dtype=torch.float64), 200)
                                     .square().sum(), params)
     for a, b in zip(compiled, reference):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0.0)
@@ -163,7 +150,7 @@ def test_torch_per_sample_scalar_input_with_a_vector_state_gives_the_unrolled_gr
     x = torch.linspace(-1.0, 1.0, 4, dtype=torch.float64, requires_grad=True)
     z = dqt.DEQ(f, atol=1e-12, rtol=0.0, max_steps=200)(x, torch.zeros(4, 3, dtype=torch.float64))
     (dx,) = torch.autograd.grad(z.square().sum(), x)
-    z_ref = _unrolled(f, x, torch.zeros(4, 3, dtype=torch.float64))
+    z_ref = unrolled(f, x, torch.zeros(4, 3, dtype=torch.float64), 200)
     (dx_ref,) = torch.autograd.grad(z_ref.square().sum(), x)
     torch.testing.assert_close(z, z_ref, atol=1e-11, rtol=0.0)
     torch.testing.assert_close(dx, dx_ref, atol=1e-10, rtol=0.0)

@@ -119,13 +119,6 @@ def test_jax_fixed_point_solution_with_a_host_only_solver_does_not_send_the_user
 
 # --------------------------------------------------------------------------------------------- torch adapter
 
-@pytest.fixture(scope="module")
-def tc():
-    torch = pytest.importorskip("torch")
-    from deqcore.interop import torch as dqt
-    return torch, dqt
-
-
 def test_torch_half_precision_is_refused_by_name(tc):
     torch, dqt = tc
     layer = dqt.DEQ(dqt.example_cell(4, 3))

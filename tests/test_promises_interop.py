@@ -14,6 +14,8 @@ import warnings
 import numpy as np
 import pytest
 
+from tests.helpers import unrolled
+
 N = 4
 
 
@@ -115,18 +117,7 @@ def test_jax_sharded_solve_refuses_a_traced_value_f_closes_over_by_name(jx):
 
 # -------------------------------------------------------------------------------------------- torch adapter
 
-@pytest.fixture(scope="module")
-def tc():
-    torch = pytest.importorskip("torch")
-    from deqcore.interop import torch as dqt
-    return torch, dqt
-
-
-def _unrolled(f, x, z0, steps=300):
-    z = z0
-    for _ in range(steps):
-        z = f(z, x)
-    return z
+STEPS = 300   # unrolled iterations of the torch references
 
 
 def test_torch_expanded_and_transposed_inputs_with_some_requiring_grad(tc):
@@ -141,7 +132,7 @@ def test_torch_expanded_and_transposed_inputs_with_some_requiring_grad(tc):
     wrt = (base, f.U.weight, f.U.bias)
     layer = dqt.DEQ(f, atol=1e-12, rtol=1e-12, max_steps=300)
     got = torch.autograd.grad((layer(x, z0) * c).sum(), wrt)
-    want = torch.autograd.grad((_unrolled(f, x, z0) * c).sum(), wrt)
+    want = torch.autograd.grad((unrolled(f, x, z0, STEPS) * c).sum(), wrt)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
     assert f.W.weight.grad is None
@@ -163,7 +154,7 @@ def test_torch_a_nan_sample_fails_alone_with_the_others_values_and_gradients_unc
         assert layer.last_solution.result.tolist() == [0, 2, 0, 0]          # SUCCESS but DIVERGED for sample 1
         dx, = torch.autograd.grad((z * c).sum(), (bad,))
     assert any("1 of 4 samples (DIVERGED)" in str(w.message) for w in caught)
-    ref = _unrolled(f, x, z0)
+    ref = unrolled(f, x, z0, STEPS)
     want, = torch.autograd.grad((ref * c).sum(), (x,))
     keep = [0, 2, 3]
     torch.testing.assert_close(z[keep], ref[keep], rtol=1e-10, atol=1e-12)
@@ -176,7 +167,7 @@ def test_torch_forward_under_no_grad_and_inference_mode_is_a_fixed_point_without
     f = dqt.example_cell(5, 3)
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     layer = dqt.DEQ(f, atol=1e-12, rtol=1e-12, max_steps=300)
-    want = _unrolled(f, x, torch.zeros(4, 5, dtype=torch.float64)).detach()
+    want = unrolled(f, x, torch.zeros(4, 5, dtype=torch.float64), STEPS).detach()
     for context in (torch.no_grad, torch.inference_mode):
         with context():
             z = layer(x, torch.zeros(4, 5, dtype=torch.float64))
