@@ -412,3 +412,21 @@ def test_numpy_bools_are_taken_for_throw_and_batched_by_the_root_entry_points():
     np.testing.assert_allclose(sol.value, [2.0, 2.0], rtol=1e-5)
     with pytest.raises(TypeError, match="throw must be True or False, got int"):
         dq.fixed_point(lambda z: 0.5 * z, np.zeros(2), throw=1)
+
+
+@pytest.mark.parametrize("solver", [dq.Broyden(), dq.LimitedMemoryBroyden()], ids=["broyden", "limited"])
+@pytest.mark.parametrize("kernels", ["reference", "default"])
+def test_broyden_solves_a_problem_posed_at_1e100(solver, kernels, monkeypatch):
+    """The update's usability test compared |vᵀd| with sqrt(sᵀs·dᵀd), whose product overflows once s and d
+    reach ~1e77 in float64 (the sample then ended DIVERGED); the scaled problem takes the unit problem's
+    steps."""
+    if kernels == "reference":
+        monkeypatch.setenv("DEQCORE_KERNELS", "reference")
+    W, s = _SCALED_W, 1e100
+    sols = {}
+    for k in (1.0, s):
+        fn = lambda y, k=k: k * np.tanh(y / k @ W.T + 1.0) - y
+        sols[k] = dq.root_find(fn, k * np.array([0.1, -0.2, 0.3]), solver, atol=0.0, rtol=1e-10, throw=False)
+        assert sols[k].result == dq.ReturnCode.SUCCESS, (k, sols[k].result)
+    np.testing.assert_allclose(sols[s].value / s, sols[1.0].value, rtol=1e-8)
+    assert abs(sols[s].stats["nfev"] - sols[1.0].stats["nfev"]) <= 2

@@ -72,7 +72,7 @@ def _update_reference(xp, U, V, y, f, f_old, s, a, c, count, k, limited, reset_f
     ht = -s + xp.matmul(c[:, None, :], V)[:, 0]                 # Hᵀ s: the roles of U and V swap
     d = f - f_old
     denom = _bdot(ht, d)
-    scale = xp.maximum(xp.sqrt(_bdot(s, s) * _bdot(d, d)), tiny)
+    scale = xp.maximum(xp.sqrt(_bdot(s, s)) * xp.sqrt(_bdot(d, d)), tiny)   # (the product of squares overflows)
     usable = xp.isfinite(denom) & (xp.abs(denom) > 1e-12 * scale) & xp.isfinite(f).all(axis=1)
     u = xp.where(usable[:, None], -hf / xp.where(usable, denom, 1)[:, None], 0)
     v = xp.where(usable[:, None], ht, 0)

@@ -41,7 +41,7 @@ def broyden_slot(count, k, m, limited):
 def broyden_decision(denom, ss, dd, bad, ff, fo, count, m, limited, reset_factor, tiny):
     """(usable, reset) for one sample from its reductions: denom = vᵀd, ss = sᵀs, dd = dᵀd, bad = Σ(f − f) (NaN
     unless f is finite), ff = fᵀf and fo = f_oldᵀf_old. Shared by the CPU loop and the CUDA kernel."""
-    scale = max(math.sqrt(ss * dd), tiny)
+    scale = max(math.sqrt(ss) * math.sqrt(dd), tiny)     # (ss·dd overflows from |s|, |d| ~ 1e77 in float64)
     usable = abs(denom) > 1e-12 * scale and abs(denom) != np.inf and bad == 0.0
     reset = False
     if limited:
