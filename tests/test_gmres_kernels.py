@@ -64,14 +64,16 @@ def test_krylov_dimension_above_the_kernel_limit_falls_back(rng, xp):
                                              (np.float32, -100)])
 def test_every_step_solves_systems_of_huge_or_tiny_magnitude_alike(rng, dtype, exponent):
     """A matrix of size 2^±530 (float64) or 2^±100 (float32) runs each cycle on a power-of-2 multiple of itself,
-    whose norms stay finite: the reference and the fused step (and the CUDA kernel on the simulator) take the
-    steps of the ordinary system, and the solutions are the ordinary ones scaled back."""
+    whose norms stay finite: the reference and the fused CPU step take the steps of the ordinary system, and
+    the solutions are the ordinary ones scaled back."""
     A, b = _systems(rng, 3, 8, dtype)
     huge = np.ldexp(A, exponent)
     rtol = tolerance(dtype, 1e-5, 1e-10)
     ordinary = _solve(A, b, "reference", rtol=rtol, restart=3)
     assert (ordinary.result == 0).all()
-    for impl in ("reference", "numba_cpu", "numba_cuda"):
+    # (the scaling is applied outside the kernels, so the CUDA kernel, slow on the simulator, sees ordinary sizes;
+    # it is checked against the reference on ordinary systems above)
+    for impl in ("reference", "numba_cpu"):
         sol = _solve(huge, b, impl, rtol=rtol, restart=3)
         np.testing.assert_array_equal(sol.result, ordinary.result)
         assert sol.stats == ordinary.stats
