@@ -39,6 +39,7 @@ from .._checks import check_callable, check_positive_int, check_tolerance
 from ..backend import check_float_array, default_kernel, get_kernel
 from ..results import ReturnCode, Solution
 from .base import LinearSolver, finish, nonfinite_rows
+from .norms import row_norms
 from ._validate import check_bool, check_rhs
 from .gmres_kernels import MAX_RESTART, arnoldi_step_reference
 from . import triangular_kernels  # noqa: F401  (registers back_substitute)
@@ -131,34 +132,6 @@ def as_preconditioner(M, n, b):
 
 
 _EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float32, np.float64)}    # (np.finfo: µs a call)
-
-
-#: per dtype, the sums of squares [low, high] taken as they are by :func:`_norms`: none of their terms overflowed, and
-#: those that underflowed are far below the sum's last bit
-_SAFE_SQUARES = {np.dtype(t): (float(np.finfo(t).tiny / np.finfo(t).eps), float(np.finfo(t).max))
-                 for t in (np.float32, np.float64)}
-
-
-def _norms(xp, v):
-    """Euclidean norms of the rows of ``v``; a row whose sum of squares overflows or underflows is summed again
-    scaled by a power of 2 (the others keep the plain sums, bit for bit)."""
-    with np.errstate(over="ignore", under="ignore"):
-        squares = xp.sum(v * v, axis=-1)
-        low, high = _SAFE_SQUARES.get(v.dtype) or _SAFE_SQUARES[np.dtype(np.float64)]
-        off = ~((squares >= low) & (squares <= high))          # (NaN too: it stays NaN)
-        if not bool(off.any()):
-            return xp.sqrt(squares)
-        return xp.where(off, _scaled_norms(xp, v), xp.sqrt(squares))
-
-
-def _scaled_norms(xp, v):
-    """Row norms of ``v`` summed with each row's largest entry scaled to [1/2, 1) by a power of 2."""
-    largest = xp.max(xp.abs(v), axis=-1)
-    largest = xp.where(xp.isfinite(largest), largest, xp.zeros((), dtype=largest.dtype))
-    _, exponent = xp.frexp(largest)
-    scale = xp.ldexp(xp.ones((), dtype=v.dtype), -exponent.astype(np.int32))
-    scaled = v * scale[:, None]
-    return xp.sqrt(xp.sum(scaled * scaled, axis=-1)) / scale
 
 
 #: rows of b (and of a cycle's first A v) whose largest entry lies outside [2^-RHS_EXPONENT, 2^RHS_EXPONENT] are
@@ -280,7 +253,7 @@ class GMRES(LinearSolver):
         if scale is not None:     # rows of b far from size 1, scaled by powers of 2 (exact) so ||b|| neither
             rhs = rhs * scale[:, None]         # overflows nor underflows: A x = b is solved as A (s x) = s b
             x0 = None if x0 is None else x0 * scale[:, None]
-            tol = xp.maximum(self.atol * scale, self.rtol * _norms(xp, rhs)).astype(dtype)
+            tol = xp.maximum(self.atol * scale, self.rtol * row_norms(xp, rhs)).astype(dtype)
         x, codes, rnorm, stats = self._run(xp, apply_A, apply_M, rhs, x0, max_steps, min(self.restart, n), tol=tol)
         if scale is not None:
             x, rnorm = x / scale[:, None], rnorm / scale
@@ -306,7 +279,7 @@ class GMRES(LinearSolver):
         dtype = rhs.dtype
         eps = _EPS.get(dtype) or float(np.finfo(dtype).eps)
         precondition = apply_M
-        bnorm = _norms(xp, rhs)
+        bnorm = row_norms(xp, rhs)
         if tol is None:
             tol = xp.maximum(xp.asarray(self.atol, dtype=dtype), self.rtol * bnorm)
         steps = 0
@@ -320,7 +293,7 @@ class GMRES(LinearSolver):
             x = xp.where((bnorm == 0)[:, None], xp.zeros((), dtype=dtype), x0)
             r = rhs - apply_A(x)
             steps += 1
-            rnorm = _norms(xp, r)
+            rnorm = row_norms(xp, r)
         done = rnorm <= tol
         codes = xp.where(done, int(ReturnCode.SUCCESS), int(ReturnCode.NOT_RUN))
         if end is not None and getattr(tol, "shape", None) != rhs.shape[:1]:
@@ -343,7 +316,7 @@ class GMRES(LinearSolver):
             r_new = rhs - apply_A(x_new)
             steps += used + 1
             cycles += 1
-            new = _norms(xp, r_new)
+            new = row_norms(xp, r_new)
             if end is not None:
                 finished = end(x, x_new, r, r_new, new, rnorm, tol, broke, done, codes, 1 - eps**0.5,
                                ReturnCode.SUCCESS, ReturnCode.BREAKDOWN, ReturnCode.STALLED, ReturnCode.DIVERGED)

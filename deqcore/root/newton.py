@@ -18,6 +18,7 @@ import numpy as np
 
 from .._checks import check_choice, check_positive_int, check_tolerance
 from ..linalg import GMRES, LU, LinearOperator
+from ..linalg.norms import row_norms
 from ..results import ReturnCode
 from .base import IterateState, RootSolver
 
@@ -31,18 +32,9 @@ def _sq(a):
     return (a * a).sum(axis=1)
 
 
-def _norm(xp, a):
-    """Euclidean norm per row, formed from the rows scaled by their max-norm: ``a * a`` overflows for entries
-    above √max (1.8e19 in float32, 1.3e154 in float64) and underflows below √tiny, so a problem posed at that
-    scale would see infinite or zero norms. Non-finite rows give a non-finite norm."""
-    m = xp.abs(a).max(axis=1)
-    safe = xp.where((m > 0) & xp.isfinite(m), m, 1)
-    return xp.where(xp.isfinite(m), m * xp.sqrt(_sq(a / safe[:, None])), m + xp.inf)
-
-
 def _cauchy(xp, g, Jg):
     """The steepest-descent minimiser of ½‖F + J p‖² along −g: −g·‖g‖²/‖Jg‖² (ratios of scaled norms)."""
-    g_norm, jg_norm = _norm(xp, g), _norm(xp, Jg)
+    g_norm, jg_norm = row_norms(xp, g), row_norms(xp, Jg)
     ratio = g_norm / xp.where(jg_norm > 0, jg_norm, 1)
     return -g * xp.where(jg_norm > 0, ratio * ratio, 0)[:, None]
 
@@ -142,7 +134,7 @@ class NewtonRaphson(RootSolver):
         """Armijo backtracking per sample: accept t when ‖F(y + tδ)‖² ≤ (1 − 2·1e-4·t)‖F(y)‖² (norms relative to
         ‖F(y)‖, so the test reads the same at any scale of F)."""
         xp = problem.xp
-        norm0 = _norm(xp, f)
+        norm0 = row_norms(xp, f)
         unit = xp.where(norm0 > 0, norm0, 1)
         t = xp.ones(y.shape[0], dtype=y.dtype)
         accepted = xp.zeros(y.shape[0], dtype=bool)
@@ -150,7 +142,7 @@ class NewtonRaphson(RootSolver):
         for _ in range(self.max_backtracks + 1):
             trial = y + t[:, None] * delta
             f_trial = problem.F(trial)
-            phi = (_norm(xp, f_trial) / unit) ** 2
+            phi = (row_norms(xp, f_trial) / unit) ** 2
             ok = ~accepted & xp.isfinite(phi) & (phi <= 1 - 2e-4 * t)
             take = ok | (~accepted & xp.isfinite(phi) & (phi < phi_best))
             phi_best = xp.where(take, phi, phi_best)
@@ -196,7 +188,7 @@ class TrustRegion(RootSolver):
 
     def init(self, problem, y, f) -> TrustRegionState:
         xp = problem.xp
-        scale = xp.maximum(_norm(xp, y), 1.0)
+        scale = xp.maximum(row_norms(xp, y), 1.0)
         return TrustRegionState(y, f, radius=self.initial_radius * scale, J=problem.jacobian(y, f),
                                 max_radius=self.max_radius * scale)
 
@@ -211,13 +203,13 @@ class TrustRegion(RootSolver):
         f_trial = problem.F(y_trial)
         model = f + xp.matmul(J, p[:, :, None])[:, :, 0]
         # reductions of ‖F‖² relative to ‖F(y)‖² (squares of raw norms overflow or underflow at extreme scales)
-        unit = _norm(xp, f)
+        unit = row_norms(xp, f)
         unit = xp.where(unit > 0, unit, 1)
-        predicted = 1 - (_norm(xp, model) / unit) ** 2
-        actual = 1 - (_norm(xp, f_trial) / unit) ** 2
+        predicted = 1 - (row_norms(xp, model) / unit) ** 2
+        actual = 1 - (row_norms(xp, f_trial) / unit) ** 2
         rho = xp.where(predicted > 0, actual / xp.where(predicted > 0, predicted, 1), -1.0)
         rho = xp.where(xp.isfinite(rho), rho, -1.0)
-        step_norm = _norm(xp, p)
+        step_norm = row_norms(xp, p)
         radius = xp.where(rho < 0.25, 0.25 * step_norm,
                           xp.where((rho > 0.75) & (step_norm >= 0.99 * radius),
                                    xp.minimum(2 * radius, state.max_radius), radius))
@@ -231,7 +223,7 @@ class TrustRegion(RootSolver):
 
     @staticmethod
     def _dogleg(xp, gauss_newton, cauchy, g, radius):
-        gn_norm, c_norm, g_norm = _norm(xp, gauss_newton), _norm(xp, cauchy), _norm(xp, g)
+        gn_norm, c_norm, g_norm = row_norms(xp, gauss_newton), row_norms(xp, cauchy), row_norms(xp, g)
         boundary_sd = -g * (radius / xp.where(g_norm > 0, g_norm, 1))[:, None]
         # τ ∈ [0, 1] with ‖c + τ(gn − c)‖ = radius, in units of the radius (no squares of raw lengths)
         d, c_unit = (gauss_newton - cauchy) / radius[:, None], cauchy / radius[:, None]
