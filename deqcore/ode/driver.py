@@ -184,7 +184,8 @@ class _DeviceRows:
         self.summary = xp.zeros(2, dtype=np.int64)
         self.exponent = xp.empty(R)
         self.mask = None
-        self.inv_scale = 1.0        # 1 / max(1, max|y0|) per row: the runaway test reads y_absmax in those units
+        self.inv_scale = None       # 1 / max(1, max|y0|) per row where some start exceeds 1 (the runaway test
+                                    # reads y_absmax in those units), else None: nothing to scale
 
     def arguments(self):
         return self.t, (self.h if self.direction == 1.0 else self.direction * self.h)
@@ -207,9 +208,10 @@ class _DeviceRows:
         # the stepper may keep the array it got as h: a new one for the next step size
         (self.t, self.h, self.err_prev, self.after_reject, self.active, self.codes, self.accepted, self.rejected,
          self.nfev, self.ok, self.summary) = self.control_kernel(
-            trial.err_sq, trial.y_absmax * self.inv_scale, res, self.threshold, self.exponent, self.t, self.h,
-            xp.empty(ev.num_rows), self.err_prev, self.after_reject, self.active, self.codes, self.accepted, self.rejected, self.nfev,
-            self.ok, self.summary, self.m, self.t_end, self.direction, self.steady, self.big, T_EPS, ev.nfev)
+            trial.err_sq, trial.y_absmax if self.inv_scale is None else trial.y_absmax * self.inv_scale, res,
+            self.threshold, self.exponent, self.t, self.h, xp.empty(ev.num_rows), self.err_prev, self.after_reject,
+            self.active, self.codes, self.accepted, self.rejected, self.nfev, self.ok, self.summary, self.m,
+            self.t_end, self.direction, self.steady, self.big, T_EPS, ev.nfev)
         if trial.code is not None:
             codes = self.codes
             ended = was_active & ~self.active & ((codes == DIVERGED) | (codes == DT_TOO_SMALL)) & (trial.code != 0)
@@ -274,7 +276,7 @@ def run(ev: Evaluator, stepper, y0, t0: float, t_end: float, direction: float, *
         active = cx.ones(R, dtype=bool)
         n_active = R
     rows = (_DeviceRows if ev.batched else _HostRow)(ev, t0, h0, t_end, direction, steady, big, threshold, active)
-    if ev.batched:
+    if ev.batched and bool((scale > 1.0).any()):      # (one host read a solve)
         rows.inv_scale = 1.0 / scale
     y, fy = y0, f0
     steps: list[StepRecord] = []

@@ -199,9 +199,8 @@ def integrate(rhs: Callable, y0: Any, t_span: Sequence[float] | np.ndarray, solv
         reached = times[direction * (times - out.t[0]) <= 0] if code != ReturnCode.SUCCESS else times
         sol = ODESolution(reached, None, code, stats, problem, out.steps, y0, tableau, xp.stack)
         ts, ys = reached, (sol(reached) if reached.size else xp.empty((0,) + y0.shape, dtype=y0.dtype))
-    sol = ODESolution(ts, ys, code, stats, problem, out.steps, y0, tableau, xp.stack)
-    if not out.steps:
-        sol._f_start = out.f
+    sol = ODESolution(ts, ys, code, stats, problem, out.steps, y0, tableau, xp.stack,
+                      _f_start=None if out.steps else out.f)
     if throw and code != ReturnCode.SUCCESS:
         sol.raise_if_failed()
     return sol
